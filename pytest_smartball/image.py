@@ -1,0 +1,80 @@
+"""Firmware images: raw ``.bin`` or Intel ``.hex``, validated before anything is sent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import protocol as p
+
+
+class ImageError(ValueError):
+    """An image that cannot be flashed; the message names the file and the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareImage:
+    data: bytes
+    source: str = "<memory>"
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @property
+    def crc32(self) -> int:
+        return p.crc32(self.data)
+
+    def __repr__(self) -> str:
+        return f"FirmwareImage({self.source}, {self.size} bytes, crc32 {self.crc32:08x})"
+
+    def check_fits(self, capacity: int) -> None:
+        if self.size > capacity:
+            raise ImageError(
+                f"{self.source}: image is {self.size} bytes but the device's staging area holds "
+                f"{capacity} bytes; build a smaller image"
+            )
+
+
+def load_image(path: str | Path, *, max_size: int | None = None) -> FirmwareImage:
+    """Read ``.bin`` or Intel ``.hex`` (by extension, or by content for other names)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory, not a firmware image") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    looks_hex = path.suffix.lower() in (".hex", ".ihex") or (
+        path.suffix.lower() != ".bin" and raw[:1] == b":"
+    )
+    data = _from_intel_hex(path, raw) if looks_hex else raw
+    if not data:
+        raise ImageError(f"{path}: the image is empty")
+    image = FirmwareImage(data, str(path))
+    if max_size is not None:
+        image.check_fits(max_size)
+    return image
+
+
+def _from_intel_hex(path: Path, raw: bytes) -> bytes:
+    from intelhex import HexRecordError, IntelHex, IntelHexError
+
+    ih = IntelHex()
+    try:
+        ih.loadhex(_text_io(raw))
+    except (HexRecordError, IntelHexError, ValueError, UnicodeDecodeError) as exc:
+        raise ImageError(f"{path}: not a valid Intel HEX file: {exc}") from None
+    if ih.minaddr() is None:
+        return b""
+    # Gaps inside the image are erased flash on the device: fill them with 0xFF.
+    ih.padding = 0xFF
+    return bytes(ih.tobinarray(start=ih.minaddr(), end=ih.maxaddr()))
+
+
+def _text_io(raw: bytes):
+    import io
+
+    return io.StringIO(raw.decode("ascii"))

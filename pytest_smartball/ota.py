@@ -1,0 +1,520 @@
+"""The OTA engine: an explicit state machine that survives drops, resumes, and never bricks.
+
+Each state is one coroutine that returns the next state. Link failures (:class:`LinkLost`,
+:class:`ResponseTimeout`, :class:`ConnectFailed`) are caught in one place, the runner,
+and become the RECOVERING state; the device's ``CMD_OTA_STATUS`` answer is the only truth
+about what it holds, so nothing already sent is ever assumed to have arrived.
+
+    SCANNING -> CONNECTING -> QUERYING -+-> (ABORTING) -> STARTING -> WAITING_READY
+                                        |                                 |
+                                        +--> WAITING_READY (still erasing)|
+                                                                          v
+          SUCCEEDED <- QUERYING <- REBOOTING <- FINISHING <- TRANSFERRING <- STABILISING
+    any link failure -> RECOVERING -> SCANNING (a budget of attempts without progress)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bleak.backends.device import BLEDevice
+
+from . import protocol as p
+from .image import FirmwareImage, ImageError
+from .link import (
+    BleBackend,
+    ConnectFailed,
+    DeviceNotFound,
+    LinkLost,
+    LinkSettings,
+    NusLink,
+    ResponseTimeout,
+    find_device,
+)
+
+log = logging.getLogger("pytest_smartball.ota")
+
+
+class State(enum.Enum):
+    SCANNING = "scanning"
+    CONNECTING = "connecting"
+    QUERYING = "querying"
+    ABORTING = "aborting"
+    STARTING = "starting"
+    WAITING_READY = "waiting-ready"
+    STABILISING = "stabilising"
+    TRANSFERRING = "transferring"
+    FINISHING = "finishing"
+    REBOOTING = "rebooting"
+    RECOVERING = "recovering"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class FailureKind(enum.Enum):
+    BAD_INPUT = "bad-input"  # the image (or a parameter) cannot be used
+    NOT_FOUND = "not-found"  # the device never showed up
+    LINK = "link"  # the update could not finish: retries without progress exhausted
+    REFUSED = "refused"  # the device rejected the image (too large, CRC mismatch, ...)
+
+
+class OtaFailed(Exception):
+    def __init__(self, kind: FailureKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class OtaSettings:
+    link: LinkSettings = field(default_factory=LinkSettings)
+    #: After READY, before the first DATA (the field's firmware needed a moment).
+    stabilise_s: float = 1.0
+    #: Longest silence while waiting for READY; MSG_OTA_PROGRESS counts as a sign of life.
+    erase_silence_timeout_s: float = 10.0
+    #: Longest wait for an ACK with a full window in flight before asking for STATUS.
+    ack_timeout_s: float = 3.0
+    #: Reply to a command such as INFO, STATUS or ABORT.
+    reply_timeout_s: float = 5.0
+    #: From FINISH to DONE (the device CRCs the whole image).
+    verify_timeout_s: float = 15.0
+    #: From DONE to the link dropping for the reset.
+    reset_timeout_s: float = 10.0
+    #: How long a vanished device (reboot, advertising pause) is waited for.
+    reappear_timeout_s: float = 60.0
+    #: Recoveries in a row without the device getting further before giving up.
+    max_attempts_without_progress: int = 5
+    #: A hard cap on recoveries whatever the progress, so nothing can loop forever.
+    max_recoveries: int = 100
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 8.0
+    #: Proposed in CMD_OTA_START; the link's write size caps it further.
+    chunk_size: int = p.MAX_DATA_CHUNK
+
+
+@dataclass(frozen=True, slots=True)
+class OtaEvent:
+    time: float  # seconds since the update began (event-loop time)
+    kind: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.time:9.3f}s  {self.kind:<14} {self.detail}"
+
+
+@dataclass(slots=True)
+class OtaResult:
+    success: bool = False
+    failure: FailureKind | None = None
+    error: str = ""
+    image_size: int = 0
+    image_crc32: int = 0
+    bytes_sent: int = 0
+    bytes_resent: int = 0
+    connects: int = 0
+    reconnects: int = 0
+    resumes: int = 0
+    restarts: int = 0
+    duration_s: float = 0.0
+    phase_s: dict[str, float] = field(default_factory=dict)
+    info_after: p.MsgInfo | None = None
+    events: list[OtaEvent] = field(default_factory=list)
+
+    @property
+    def throughput_bps(self) -> float:
+        transfer = self.phase_s.get(State.TRANSFERRING.value, 0.0)
+        return self.image_size / transfer if transfer > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["failure"] = self.failure.value if self.failure else None
+        out["throughput_bps"] = round(self.throughput_bps, 1)
+        out["events"] = [asdict(e) for e in self.events]
+        out["info_after"] = asdict(self.info_after) if self.info_after else None
+        return out
+
+
+ProgressCallback = Callable[[str, int, int], None]  # phase ("erase"/"transfer"), done, total
+
+
+class OtaEngine:
+    """Flash one image onto one SmartBall. ``await engine.run()`` returns an OtaResult and
+    raises nothing for device or link trouble: a failure is ``result.success == False``
+    with ``result.failure`` and a sentence in ``result.error``."""
+
+    def __init__(
+        self,
+        image: FirmwareImage,
+        backend: BleBackend,
+        *,
+        device: BLEDevice | None = None,
+        name: str | None = "SmartBall",
+        address: str | None = None,
+        settings: OtaSettings | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_event: Callable[[OtaEvent], None] | None = None,
+    ) -> None:
+        self.image = image
+        self.backend = backend
+        self.settings = settings or OtaSettings()
+        self.name = name
+        self.address = address or (device.address if device else None)
+        self._ble_device = device
+        self._on_progress = on_progress or (lambda phase, done, total: None)
+        self._on_event = on_event
+        self.result = OtaResult(image_size=image.size, image_crc32=image.crc32)
+        self.state = State.SCANNING
+        self._link: NusLink | None = None
+        self._t0 = 0.0
+        self._state_since = 0.0
+        self._status: p.MsgOtaStatus | None = None
+        self._ready: p.MsgOtaReady | None = None
+        self._device_offset = 0  # what the device said it expects next
+        self._high_water = 0  # highest offset ever sent (for re-sent accounting)
+        self._erase_done = 0
+        self._finish_sent = False
+        self._recovering = False
+        self._last_error = ""
+        self._no_progress = 0
+        self._progress_mark: tuple[int, int] = (0, 0)
+        self._capacity_checked = False
+        self.data_offsets_sent: list[int] = []  # for tests: every DATA offset, in order
+
+    # --- the runner --------------------------------------------------------------------
+
+    async def run(self) -> OtaResult:
+        loop = asyncio.get_running_loop()
+        self._t0 = self._state_since = loop.time()
+        self._event(
+            "start", f"{self.image.source}: {self.image.size} bytes, crc32 {self.image.crc32:08x}"
+        )
+        handlers: dict[State, Callable[[], Awaitable[State]]] = {
+            State.SCANNING: self._scan,
+            State.CONNECTING: self._connect,
+            State.QUERYING: self._query,
+            State.ABORTING: self._abort,
+            State.STARTING: self._start,
+            State.WAITING_READY: self._wait_ready,
+            State.STABILISING: self._stabilise,
+            State.TRANSFERRING: self._transfer,
+            State.FINISHING: self._finish,
+            State.REBOOTING: self._await_reboot,
+            State.RECOVERING: self._recover,
+        }
+        try:
+            while self.state not in (State.SUCCEEDED, State.FAILED):
+                try:
+                    next_state = await handlers[self.state]()
+                except (LinkLost, ResponseTimeout, ConnectFailed) as exc:
+                    self._last_error = str(exc)
+                    self._event("link-failure", str(exc))
+                    next_state = State.RECOVERING
+                except OtaFailed as exc:
+                    self.result.failure = exc.kind
+                    self.result.error = str(exc)
+                    next_state = State.FAILED
+                self._transition(next_state)
+        finally:
+            await self._close_link()
+            self.result.duration_s = loop.time() - self._t0
+        self.result.success = self.state is State.SUCCEEDED
+        self._event("end", "success" if self.result.success else f"failed: {self.result.error}")
+        return self.result
+
+    def _transition(self, new: State) -> None:
+        now = asyncio.get_running_loop().time()
+        phases = self.result.phase_s
+        phases[self.state.value] = phases.get(self.state.value, 0.0) + (now - self._state_since)
+        self._state_since = now
+        if new is not self.state:
+            self._event("state", f"{self.state.value} -> {new.value}")
+        self.state = new
+
+    def _event(self, kind: str, detail: str = "") -> None:
+        event = OtaEvent(asyncio.get_running_loop().time() - self._t0, kind, detail)
+        self.result.events.append(event)
+        log.info("%s %s", kind, detail)
+        if self._on_event is not None:
+            self._on_event(event)
+
+    # --- states ------------------------------------------------------------------------
+
+    async def _scan(self) -> State:
+        s = self.settings
+        timeout = s.reappear_timeout_s if self._recovering else s.link.scan_timeout_s
+        if self._ble_device is not None and not self._recovering:
+            return State.CONNECTING
+        try:
+            self._ble_device = await find_device(
+                self.backend,
+                name=None if self.address else self.name,
+                address=self.address,
+                timeout=timeout,
+            )
+        except DeviceNotFound as exc:
+            if not self._recovering:
+                raise OtaFailed(FailureKind.NOT_FOUND, str(exc)) from None
+            raise ConnectFailed(str(exc)) from None
+        self.address = self._ble_device.address
+        return State.CONNECTING
+
+    async def _connect(self) -> State:
+        assert self._ble_device is not None
+        self._link = await NusLink.open(
+            self._ble_device,
+            self.backend,
+            self.settings.link,
+            on_event=lambda kind, detail: self._event(kind, detail),
+        )
+        self.result.connects += 1
+        if self.result.connects > 1:
+            self.result.reconnects += 1
+        return State.QUERYING
+
+    async def _query(self) -> State:
+        link = self._require_link()
+        info = await self._request(p.CmdInfo(), p.MsgInfo)
+        if not self._capacity_checked:
+            try:
+                self.image.check_fits(info.staging_capacity)
+            except ImageError as exc:
+                raise OtaFailed(FailureKind.BAD_INPUT, str(exc)) from None
+            self._capacity_checked = True
+        if self._finish_sent and self._is_active(info):
+            self.result.info_after = info
+            self._event(
+                "verified",
+                f"device runs the new image (crc32 {info.active_image_crc32:08x},"
+                f" firmware {info.firmware_version})",
+            )
+            return State.SUCCEEDED
+        self._finish_sent = False
+        status = await self._request(p.CmdOtaStatus(), p.MsgOtaStatus)
+        self._status = status
+        ours = (status.image_size, status.image_crc32) == (self.image.size, self.image.crc32)
+        self._event(
+            "status",
+            f"{status.state_name}, offset {status.next_expected_offset}, "
+            f"{'this' if ours else 'no/another'} image's session",
+        )
+        state = status.state
+        self._note_progress(status)
+        if ours and state == p.OtaState.ERASING:
+            return State.WAITING_READY
+        if ours and state == p.OtaState.RECEIVING:
+            self._device_offset = status.next_expected_offset
+            self.result.resumes += 1
+            self._event("resume", f"at offset {self._device_offset} of {self.image.size}")
+            return State.STARTING  # START for the same session answers READY without erasing
+        if ours and state in (p.OtaState.VERIFYING, p.OtaState.COMPLETE):
+            self._finish_sent = True
+            return State.REBOOTING if state == p.OtaState.COMPLETE else State.FINISHING
+        del link
+        if self.result.connects > 1 or state != p.OtaState.IDLE:
+            self.result.restarts += self.result.connects > 1
+            self._event("restart", "the device holds no session for this image: abort, start over")
+        return State.ABORTING if state != p.OtaState.IDLE else State.STARTING
+
+    async def _abort(self) -> State:
+        reply = await self._request(p.CmdOtaAbort(), p.MsgOtaStatus)
+        self._event("aborted", f"device state {reply.state_name}")
+        return State.STARTING
+
+    async def _start(self) -> State:
+        link = self._require_link()
+        resuming = (
+            self._status is not None
+            and self._status.state == p.OtaState.RECEIVING
+            and (self._status.image_size, self._status.image_crc32)
+            == (self.image.size, self.image.crc32)
+        )
+        if not resuming:
+            self._device_offset = 0
+            self._erase_done = 0
+        chunk = min(
+            self.settings.chunk_size, link.max_write - p.FRAME_OVERHEAD - p.DATA_HEADER_SIZE
+        )
+        await link.send(p.CmdOtaStart(self.image.size, self.image.crc32, chunk))
+        return State.WAITING_READY
+
+    async def _wait_ready(self) -> State:
+        link = self._require_link()
+        while True:
+            msg = await link.receive(self.settings.erase_silence_timeout_s)
+            if isinstance(msg, p.MsgOtaProgress) and msg.phase == p.OtaPhase.ERASE:
+                self._erase_done = msg.done
+                self._on_progress("erase", msg.done, msg.total)
+            elif isinstance(msg, p.MsgOtaReady):
+                self._ready = msg
+                self._event("ready", f"max chunk {msg.max_chunk}, window {msg.window}")
+                return State.STABILISING
+            elif isinstance(msg, p.MsgError):
+                self._refused(msg, "CMD_OTA_START")
+
+    async def _stabilise(self) -> State:
+        await asyncio.sleep(self.settings.stabilise_s)
+        return State.TRANSFERRING
+
+    async def _transfer(self) -> State:
+        link = self._require_link()
+        assert self._ready is not None
+        data = self.image.data
+        size = len(data)
+        chunk = min(self._ready.max_chunk, link.max_write - p.FRAME_OVERHEAD - p.DATA_HEADER_SIZE)
+        in_flight_limit = max(1, self._ready.window) * chunk
+        acked = sent = self._device_offset
+        self._on_progress("transfer", acked, size)
+        while acked < size:
+            while sent < size and sent - acked < in_flight_limit:
+                end = min(sent + chunk, size)
+                await link.send_frame(p.encode_data_frame(sent, data[sent:end]))
+                self._count_sent(sent, end)
+                sent = end
+            try:
+                msg = await link.receive(self.settings.ack_timeout_s)
+            except ResponseTimeout:
+                # A lost ACK or a lost write: the device's STATUS says where to go on.
+                self._event("ack-timeout", f"no ACK with {sent - acked} bytes in flight")
+                msg = await self._request(p.CmdOtaStatus(), p.MsgOtaStatus)
+            if isinstance(msg, p.MsgOtaAck):
+                if msg.next_expected_offset > acked:
+                    acked = msg.next_expected_offset
+                    self._device_offset = acked
+                    self._on_progress("transfer", acked, size)
+            elif isinstance(msg, p.MsgOtaStatus):
+                if msg.state != p.OtaState.RECEIVING:
+                    self._event("desync", f"device is {msg.state_name} mid-transfer")
+                    return State.QUERYING
+                acked = sent = self._device_offset = msg.next_expected_offset
+                self._event("rewind", f"device expects offset {acked}")
+            elif isinstance(msg, p.MsgError):
+                if msg.code in (p.ErrorCode.BAD_STATE, p.ErrorCode.BAD_OFFSET):
+                    self._event("device-error", f"{msg.code_name}: {msg.text}; re-syncing")
+                    return State.QUERYING
+                self._refused(msg, "CMD_OTA_DATA")
+            if acked > self._progress_mark[1] or self._progress_mark[0] < 2:
+                self._no_progress = 0
+        return State.FINISHING
+
+    async def _finish(self) -> State:
+        link = self._require_link()
+        if not self._finish_sent:
+            await link.send(p.CmdOtaFinish())
+            self._finish_sent = True
+        msg = await self._wait_for((p.MsgOtaDone,), self.settings.verify_timeout_s, "MSG_OTA_DONE")
+        if isinstance(msg, p.MsgError):
+            self._finish_sent = False
+            if msg.code == p.ErrorCode.BAD_STATE:
+                return State.QUERYING
+            self._refused(msg, "CMD_OTA_FINISH")
+        assert isinstance(msg, p.MsgOtaDone)
+        if msg.crc32 != self.image.crc32:
+            raise OtaFailed(
+                FailureKind.REFUSED,
+                f"device reported crc32 {msg.crc32:08x}, expected {self.image.crc32:08x}",
+            )
+        self._event("done", f"device verified crc32 {msg.crc32:08x}; it resets into the new image")
+        return State.REBOOTING
+
+    async def _await_reboot(self) -> State:
+        link = self._require_link()
+        try:
+            async with asyncio.timeout(self.settings.reset_timeout_s):
+                await link.lost.wait()
+        except TimeoutError:
+            self._event("no-reset", "the device did not reset after DONE; checking its image")
+            await self._close_link()
+        self._recovering = True
+        return State.SCANNING
+
+    async def _recover(self) -> State:
+        await self._close_link()
+        self._recovering = True
+        s = self.settings
+        recoveries = self.result.reconnects + 1
+        self._no_progress += 1
+        if self._no_progress > s.max_attempts_without_progress or recoveries > s.max_recoveries:
+            raise OtaFailed(
+                FailureKind.LINK,
+                f"gave up after {self._no_progress - 1} reconnect attempts without progress "
+                f"(device at offset {self._device_offset} of {self.image.size}); last error: "
+                f"{self._last_error}. The device keeps its old image; move it closer and run "
+                "the update again: it resumes where the device stopped",
+            )
+        backoff = min(s.backoff_max_s, s.backoff_base_s * 2 ** (self._no_progress - 1))
+        self._event(
+            "recover",
+            f"reconnecting in {backoff:g} s ({self._no_progress} of "
+            f"{s.max_attempts_without_progress} attempts since the last progress)",
+        )
+        await asyncio.sleep(backoff)
+        return State.SCANNING
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _require_link(self) -> NusLink:
+        if self._link is None:
+            raise LinkLost("not connected")
+        return self._link
+
+    async def _request(self, cmd: p.Command, expect: type) -> Any:
+        link = self._require_link()
+        reply = await link.request(cmd, (expect,), self.settings.reply_timeout_s)
+        if isinstance(reply, p.MsgError):
+            self._refused(reply, cmd.TYPE.name)
+        return reply
+
+    async def _wait_for(self, expect: tuple[type, ...], timeout: float, what: str) -> Any:
+        link = self._require_link()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise ResponseTimeout(f"no {what} within {timeout:g} s")
+            msg = await link.receive(remaining)
+            if isinstance(msg, (*expect, p.MsgError)):
+                return msg
+
+    def _refused(self, msg: p.MsgError, after: str) -> None:
+        raise OtaFailed(
+            FailureKind.REFUSED,
+            f"device refused {after}: {msg.code_name}: {msg.text or '(no text)'}",
+        )
+
+    def _count_sent(self, start: int, end: int) -> None:
+        self.data_offsets_sent.append(start)
+        self.result.bytes_sent += end - start
+        if start < self._high_water:
+            self.result.bytes_resent += min(end, self._high_water) - start
+        self._high_water = max(self._high_water, end)
+
+    def _note_progress(self, status: p.MsgOtaStatus) -> None:
+        rank = {p.OtaState.ERASING: 1, p.OtaState.RECEIVING: 2}.get(p.OtaState(status.state), 0)
+        ours = (status.image_size, status.image_crc32) == (self.image.size, self.image.crc32)
+        mark = (rank, status.next_expected_offset) if ours else (0, 0)
+        if rank == 1:
+            mark = (1, self._erase_done)
+        if mark > self._progress_mark:
+            self._no_progress = 0
+        self._progress_mark = max(mark, self._progress_mark) if ours else mark
+
+    def _is_active(self, info: p.MsgInfo) -> bool:
+        return (info.active_image_size, info.active_image_crc32) == (
+            self.image.size,
+            self.image.crc32,
+        )
+
+    async def _close_link(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
+
+
+def estimate_chunks(image_size: int, chunk: int) -> int:
+    return math.ceil(image_size / chunk)

@@ -1,0 +1,395 @@
+"""SmartBall OTA protocol v1: a pure codec (bytes in, typed messages out, and back).
+
+No asyncio and no bleak here: the client and the simulated device both build on this
+module, so the two sides cannot drift apart. ``docs/protocol.md`` is the contract the
+firmware must match; its worked examples are checked by ``tests/test_protocol.py``.
+
+Frame (little-endian)::
+
+    0xA5 | type u8 | length u16 | payload (length bytes, <= 512) | crc16 u16
+
+The CRC is CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, no reflection, no xor-out)
+over type + length + payload. ``binascii.crc_hqx`` from the standard library computes
+exactly that in C, so no third-party CRC package is needed; CRC-32 of images is
+``zlib.crc32`` (IEEE 802.3, the same as the nRF5 SDK's ``crc32_compute``).
+"""
+
+from __future__ import annotations
+
+import binascii
+import enum
+import struct
+import zlib
+from dataclasses import astuple, dataclass, field
+from typing import ClassVar
+
+SOF = 0xA5
+MAX_PAYLOAD = 512
+HEADER_SIZE = 4  # SOF, type, length u16
+CRC_SIZE = 2
+FRAME_OVERHEAD = HEADER_SIZE + CRC_SIZE
+DATA_HEADER_SIZE = 4  # offset u32 in front of CMD_OTA_DATA's bytes
+#: Largest image chunk one CMD_OTA_DATA frame can carry.
+MAX_DATA_CHUNK = MAX_PAYLOAD - DATA_HEADER_SIZE
+PROTOCOL_VERSION = 1
+
+NUS_SERVICE_UUID = "6e400001-b5a3-f393-e0a9-e50e24dcca9e"
+#: Host -> device, write without response.
+NUS_RX_UUID = "6e400002-b5a3-f393-e0a9-e50e24dcca9e"
+#: Device -> host, notify.
+NUS_TX_UUID = "6e400003-b5a3-f393-e0a9-e50e24dcca9e"
+
+_CRC = struct.Struct("<H")
+
+
+def crc16_ccitt_false(data: bytes) -> int:
+    """CRC-16/CCITT-FALSE; check value ``crc16_ccitt_false(b"123456789") == 0x29B1``."""
+    return binascii.crc_hqx(data, 0xFFFF)
+
+
+def crc32(data: bytes) -> int:
+    """CRC-32 (IEEE); check value ``crc32(b"123456789") == 0xCBF43926``."""
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+class ProtocolError(ValueError):
+    """A frame or payload that does not follow protocol v1."""
+
+
+class MsgType(enum.IntEnum):
+    CMD_INFO = 0x01
+    CMD_OTA_START = 0x10
+    CMD_OTA_DATA = 0x11
+    CMD_OTA_STATUS = 0x12
+    CMD_OTA_ABORT = 0x13
+    CMD_OTA_FINISH = 0x14
+    MSG_INFO = 0x81
+    MSG_OTA_READY = 0x90
+    MSG_OTA_PROGRESS = 0x91
+    MSG_OTA_STATUS = 0x92
+    MSG_OTA_ACK = 0x93
+    MSG_OTA_DONE = 0x94
+    MSG_ERROR = 0xEE
+
+
+class OtaState(enum.IntEnum):
+    IDLE = 0
+    ERASING = 1
+    RECEIVING = 2
+    VERIFYING = 3
+    COMPLETE = 4
+    ERROR = 5
+
+
+class OtaPhase(enum.IntEnum):
+    ERASE = 1
+    VERIFY = 2
+
+
+class ErrorCode(enum.IntEnum):
+    BAD_FRAME = 1
+    BAD_STATE = 2
+    BAD_OFFSET = 3
+    TOO_LARGE = 4
+    CRC_MISMATCH = 5
+    FLASH_ERROR = 6
+    UNKNOWN_COMMAND = 7
+    BAD_PARAM = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A frame whose CRC checked out; its payload is not interpreted yet."""
+
+    type: int
+    payload: bytes
+
+
+# --- messages ---------------------------------------------------------------------------
+# Each message class knows its type byte and its fixed payload layout (a struct format);
+# the variable tails (DATA's bytes, ERROR's text) are handled in encode/decode below.
+
+
+@dataclass(frozen=True, slots=True)
+class CmdInfo:
+    TYPE: ClassVar[MsgType] = MsgType.CMD_INFO
+    LAYOUT: ClassVar[str] = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CmdOtaStart:
+    TYPE: ClassVar[MsgType] = MsgType.CMD_OTA_START
+    LAYOUT: ClassVar[str] = "IIH"
+    image_size: int
+    image_crc32: int
+    chunk_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class CmdOtaData:
+    TYPE: ClassVar[MsgType] = MsgType.CMD_OTA_DATA
+    LAYOUT: ClassVar[str] = "I"
+    offset: int
+    data: bytes = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"CmdOtaData(offset={self.offset}, len={len(self.data)})"
+
+
+@dataclass(frozen=True, slots=True)
+class CmdOtaStatus:
+    TYPE: ClassVar[MsgType] = MsgType.CMD_OTA_STATUS
+    LAYOUT: ClassVar[str] = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CmdOtaAbort:
+    TYPE: ClassVar[MsgType] = MsgType.CMD_OTA_ABORT
+    LAYOUT: ClassVar[str] = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CmdOtaFinish:
+    TYPE: ClassVar[MsgType] = MsgType.CMD_OTA_FINISH
+    LAYOUT: ClassVar[str] = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MsgInfo:
+    TYPE: ClassVar[MsgType] = MsgType.MSG_INFO
+    LAYOUT: ClassVar[str] = "BBBBIII"
+    protocol_version: int
+    fw_major: int
+    fw_minor: int
+    fw_patch: int
+    active_image_size: int
+    active_image_crc32: int
+    staging_capacity: int
+
+    @property
+    def firmware_version(self) -> str:
+        return f"{self.fw_major}.{self.fw_minor}.{self.fw_patch}"
+
+
+@dataclass(frozen=True, slots=True)
+class MsgOtaReady:
+    TYPE: ClassVar[MsgType] = MsgType.MSG_OTA_READY
+    LAYOUT: ClassVar[str] = "HH"
+    max_chunk: int
+    window: int
+
+
+@dataclass(frozen=True, slots=True)
+class MsgOtaProgress:
+    TYPE: ClassVar[MsgType] = MsgType.MSG_OTA_PROGRESS
+    LAYOUT: ClassVar[str] = "BII"
+    phase: int
+    done: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class MsgOtaStatus:
+    TYPE: ClassVar[MsgType] = MsgType.MSG_OTA_STATUS
+    LAYOUT: ClassVar[str] = "BIII"
+    state: int
+    next_expected_offset: int
+    image_size: int
+    image_crc32: int
+
+    @property
+    def state_name(self) -> str:
+        try:
+            return OtaState(self.state).name.lower()
+        except ValueError:
+            return f"unknown({self.state})"
+
+
+@dataclass(frozen=True, slots=True)
+class MsgOtaAck:
+    TYPE: ClassVar[MsgType] = MsgType.MSG_OTA_ACK
+    LAYOUT: ClassVar[str] = "I"
+    next_expected_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class MsgOtaDone:
+    TYPE: ClassVar[MsgType] = MsgType.MSG_OTA_DONE
+    LAYOUT: ClassVar[str] = "I"
+    crc32: int
+
+
+@dataclass(frozen=True, slots=True)
+class MsgError:
+    TYPE: ClassVar[MsgType] = MsgType.MSG_ERROR
+    LAYOUT: ClassVar[str] = "B"
+    code: int
+    text: str = ""
+
+    @property
+    def code_name(self) -> str:
+        try:
+            return ErrorCode(self.code).name
+        except ValueError:
+            return f"UNKNOWN({self.code})"
+
+
+Command = CmdInfo | CmdOtaStart | CmdOtaData | CmdOtaStatus | CmdOtaAbort | CmdOtaFinish
+DeviceMessage = (
+    MsgInfo | MsgOtaReady | MsgOtaProgress | MsgOtaStatus | MsgOtaAck | MsgOtaDone | MsgError
+)
+Message = Command | DeviceMessage
+
+_CLASSES: dict[int, type] = {
+    cls.TYPE: cls
+    for cls in (
+        CmdInfo,
+        CmdOtaStart,
+        CmdOtaData,
+        CmdOtaStatus,
+        CmdOtaAbort,
+        CmdOtaFinish,
+        MsgInfo,
+        MsgOtaReady,
+        MsgOtaProgress,
+        MsgOtaStatus,
+        MsgOtaAck,
+        MsgOtaDone,
+        MsgError,
+    )
+}
+_STRUCTS: dict[int, struct.Struct] = {t: struct.Struct("<" + c.LAYOUT) for t, c in _CLASSES.items()}
+_VARIABLE_TAIL = {MsgType.CMD_OTA_DATA, MsgType.MSG_ERROR}
+COMMAND_TYPES = frozenset(t for t in _CLASSES if t < 0x80)
+
+
+def encode_frame(msg_type: int, payload: bytes) -> bytes:
+    if len(payload) > MAX_PAYLOAD:
+        raise ProtocolError(f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD}-byte limit")
+    if not 0 <= msg_type <= 0xFF:
+        raise ProtocolError(f"message type {msg_type} does not fit in a byte")
+    body = bytes((msg_type, len(payload) & 0xFF, len(payload) >> 8)) + payload
+    return bytes((SOF,)) + body + _CRC.pack(crc16_ccitt_false(body))
+
+
+def encode_payload(msg: Message) -> bytes:
+    fixed = _STRUCTS[msg.TYPE]
+    try:
+        if isinstance(msg, CmdOtaData):
+            return fixed.pack(msg.offset) + bytes(msg.data)
+        if isinstance(msg, MsgError):
+            return fixed.pack(msg.code) + msg.text.encode("utf-8")
+        return fixed.pack(*astuple(msg))
+    except (struct.error, OverflowError) as exc:
+        raise ProtocolError(f"cannot encode {msg!r}: {exc}") from exc
+
+
+def encode(msg: Message) -> bytes:
+    """The complete frame for one message."""
+    return encode_frame(msg.TYPE, encode_payload(msg))
+
+
+def encode_data_frame(offset: int, data: bytes) -> bytes:
+    """Fast path for CMD_OTA_DATA, the one frame sent thousands of times per update."""
+    if not 0 <= offset <= 0xFFFFFFFF:
+        raise ProtocolError(f"offset {offset} does not fit in u32")
+    return encode_frame(MsgType.CMD_OTA_DATA, offset.to_bytes(4, "little") + data)
+
+
+def parse_message(frame: Frame) -> Message:
+    """Interpret a frame's payload; raises ProtocolError for an unknown type or bad length."""
+    cls = _CLASSES.get(frame.type)
+    if cls is None:
+        raise ProtocolError(f"unknown message type 0x{frame.type:02X}")
+    fixed = _STRUCTS[frame.type]
+    payload = frame.payload
+    if frame.type in _VARIABLE_TAIL:
+        if len(payload) < fixed.size:
+            raise ProtocolError(
+                f"{cls.TYPE.name} payload is {len(payload)} bytes, needs at least {fixed.size}"
+            )
+        (head,) = fixed.unpack_from(payload)
+        tail = payload[fixed.size :]
+        if cls is MsgError:
+            return MsgError(head, tail.decode("utf-8", errors="replace"))
+        return CmdOtaData(head, bytes(tail))
+    if len(payload) != fixed.size:
+        raise ProtocolError(
+            f"{cls.TYPE.name} payload is {len(payload)} bytes, expected {fixed.size}"
+        )
+    return cls(*fixed.unpack(payload))
+
+
+def decode(frame_bytes: bytes) -> Message:
+    """Decode exactly one complete frame (test vectors, tools); raises ProtocolError."""
+    decoder = FrameDecoder()
+    frames = decoder.feed(frame_bytes)
+    if len(frames) != 1 or decoder.buffered or decoder.stats.dropped_bytes:
+        raise ProtocolError(f"not exactly one valid frame: {frame_bytes.hex(' ')}")
+    return parse_message(frames[0])
+
+
+@dataclass(slots=True)
+class DecoderStats:
+    frames: int = 0
+    dropped_bytes: int = 0
+    bad_crc: int = 0
+    bad_length: int = 0
+
+
+class FrameDecoder:
+    """Streaming decoder: frames may be split across packets and packets may hold several.
+
+    On garbage, a bad length or a bad CRC it drops the bytes up to the next SOF after the
+    one that started the bad frame and tries again, so one corrupted notification costs
+    one frame, not the link. What it drops is counted in ``stats``.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.stats = DecoderStats()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def reset(self) -> None:
+        """Forget a partial frame (after a link drop, its tail will never arrive)."""
+        self.stats.dropped_bytes += len(self._buffer)
+        self._buffer.clear()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        buf = self._buffer
+        buf += data
+        frames: list[Frame] = []
+        while buf:
+            if buf[0] != SOF:
+                start = buf.find(SOF)
+                skipped = len(buf) if start < 0 else start
+                self.stats.dropped_bytes += skipped
+                del buf[:skipped]
+                continue
+            if len(buf) < HEADER_SIZE:
+                break
+            msg_type, length = buf[1], buf[2] | (buf[3] << 8)
+            if length > MAX_PAYLOAD:
+                self.stats.bad_length += 1
+                self._drop_sof()
+                continue
+            end = HEADER_SIZE + length + CRC_SIZE
+            if len(buf) < end:
+                break
+            body = bytes(buf[1 : HEADER_SIZE + length])
+            (received_crc,) = _CRC.unpack_from(buf, HEADER_SIZE + length)
+            if crc16_ccitt_false(body) != received_crc:
+                self.stats.bad_crc += 1
+                self._drop_sof()
+                continue
+            frames.append(Frame(msg_type, body[HEADER_SIZE - 1 :]))
+            self.stats.frames += 1
+            del buf[:end]
+        return frames
+
+    def _drop_sof(self) -> None:
+        self.stats.dropped_bytes += 1
+        del self._buffer[:1]

@@ -1,0 +1,287 @@
+"""bleak backends (scanner and client) that reach simulated SmartBalls instead of a radio.
+
+The stock ``BleakScanner``/``BleakClient`` front-ends drive these through ``backend=``,
+so the OTA client runs unchanged against a real device or the simulator. They copy what
+bleak's BlueZ backend does where the field's failures live (see
+``shared/notes/bleak-backend.md``): services only after a successful connect, dropped on
+every disconnect (so the next GATT call raises "Service Discovery has not been performed
+yet"), a plain ``disconnected_callback`` delivered through the loop like a D-Bus signal,
+BlueZ's error strings, and a non-dict ``BLEDevice.details`` so bleak-retry-connector makes
+no D-Bus calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from bleak.backends.characteristic import BleakGATTCharacteristic
+from bleak.backends.client import BaseBleakClient, NotifyCallback
+from bleak.backends.descriptor import BleakGATTDescriptor
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
+from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
+from bleak.exc import BleakDeviceNotFoundError, BleakError
+
+from .device import NUS_RX, NUS_SERVICE, NUS_TX, SimDevice, SimLink
+
+log = logging.getLogger("sim.bleak_backend")
+
+_RX_HANDLE, _TX_HANDLE, _CCCD_HANDLE, _SERVICE_HANDLE = 0x000B, 0x000D, 0x000E, 0x000A
+_GAP_SERVICE = "00001800-0000-1000-8000-00805f9b34fb"
+_DEVICE_NAME_CHAR = "00002a00-0000-1000-8000-00805f9b34fb"
+
+
+@dataclass(frozen=True, slots=True)
+class SimDetails:
+    """``BLEDevice.details`` for a simulated device: deliberately not a dict (see module doc)."""
+
+    device: SimDevice
+
+
+class SimWorld:
+    """The simulated radio neighbourhood: its devices and the bleak backends that reach them."""
+
+    def __init__(self, devices: Iterable[SimDevice] = ()) -> None:
+        self.devices: dict[str, SimDevice] = {}
+        for device in devices:
+            self.add(device)
+        world = self
+        self.scanner_backend: type[BaseBleakScanner] = type(
+            "SimScannerBackend", (SimScanner,), {"world": world}
+        )
+        self.client_backend: type[BaseBleakClient] = type(
+            "SimClientBackend", (SimClient,), {"world": world}
+        )
+
+    def add(self, device: SimDevice) -> SimDevice:
+        key = device.address.upper()
+        if key in self.devices:
+            raise ValueError(f"a simulated device with address {device.address} already exists")
+        self.devices[key] = device
+        return device
+
+    def find(self, address: str) -> SimDevice | None:
+        return self.devices.get(address.upper())
+
+
+class SimScanner(BaseBleakScanner):
+    world: SimWorld
+
+    def __init__(
+        self,
+        detection_callback: Any = None,
+        service_uuids: list[str] | None = None,
+        scanning_mode: str = "active",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(detection_callback, service_uuids)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.seen_devices = {}
+        # Advertise from a task, repeatedly: bleak's find_device_* registers its queue only
+        # once iterated, so an advertisement emitted inside start() would be missed.
+        self._task = asyncio.get_running_loop().create_task(self._advertise_loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _advertise_loop(self) -> None:
+        interval = min((d.radio.adv_interval_s for d in self.world.devices.values()), default=0.1)
+        while True:
+            await asyncio.sleep(interval)
+            for device in self.world.devices.values():
+                if not device.advertising:
+                    continue
+                ad = device.advertisement()
+                if not self.is_allowed_uuid(ad["service_uuids"]):  # type: ignore[arg-type]
+                    continue
+                adv = AdvertisementData(platform_data=(device,), **ad)  # type: ignore[arg-type]
+                found = self.create_or_update_device(
+                    device.address, device.address, device.name, SimDetails(device), adv
+                )
+                self.call_detection_callbacks(found, adv)
+
+
+class SimClient(BaseBleakClient):
+    world: SimWorld
+
+    def __init__(
+        self,
+        address_or_ble_device: BLEDevice | str,
+        services: Any = None,
+        *,
+        disconnected_callback: Any = None,
+        timeout: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            address_or_ble_device, disconnected_callback=disconnected_callback, timeout=timeout
+        )
+        self._ble_device = (
+            address_or_ble_device if isinstance(address_or_ble_device, BLEDevice) else None
+        )
+        self._link: SimLink | None = None
+        self._notify_callbacks: dict[int, NotifyCallback] = {}
+
+    # --- connection --------------------------------------------------------------------
+
+    def _resolve_device(self) -> SimDevice:
+        if self._ble_device is not None and isinstance(self._ble_device.details, SimDetails):
+            return self._ble_device.details.device
+        device = self.world.find(self.address)
+        if device is None:
+            raise BleakDeviceNotFoundError(
+                self.address, f"Device with address {self.address} was not found."
+            )
+        return device
+
+    async def connect(self, pair: bool, **kwargs: Any) -> None:
+        if self.is_connected:
+            raise BleakError("Client is already connected")
+        device = self._resolve_device()
+        timeout = kwargs.get("timeout", self._timeout)
+        async with asyncio.timeout(timeout):
+            link = await device.connect(self)
+        self._link = link
+        self.services = self._build_services(link)
+
+    async def disconnect(self) -> None:
+        link = self._link
+        if link is None:
+            return
+        link.device.host_disconnect(link)
+        self._on_disconnected()
+
+    async def pair(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("the simulated SmartBall does not pair")
+
+    async def unpair(self) -> None:
+        raise NotImplementedError("the simulated SmartBall does not pair")
+
+    @property
+    def is_connected(self) -> bool:
+        return self._link is not None and self._link.alive
+
+    @property
+    def name(self) -> str:
+        return (
+            self._link.device.name
+            if self._link
+            else (self._ble_device.name if self._ble_device else "")
+        )
+
+    @property
+    def mtu_size(self) -> int:
+        return self._link.mtu if self._link else 23
+
+    # --- callbacks from the device (LinkPeer) --------------------------------------------
+
+    def sim_notification(self, data: bytes) -> None:
+        # Delivered through the loop, in order with link loss, as a D-Bus signal would be.
+        asyncio.get_running_loop().call_soon(self._deliver, self._link, bytes(data))
+
+    def sim_link_lost(self, reason: str) -> None:
+        asyncio.get_running_loop().call_soon(self._on_disconnected, self._link)
+
+    def _deliver(self, link: SimLink | None, data: bytes) -> None:
+        callback = self._notify_callbacks.get(_TX_HANDLE)
+        if callback is not None and link is self._link:
+            callback(bytearray(data))
+
+    def _on_disconnected(self, link: SimLink | None = None) -> None:
+        if link is not None and link is not self._link:
+            return  # an old link's late signal
+        if self._link is None:
+            return
+        self._link = None
+        self.services = None  # what makes the front-end raise "Service Discovery ..."
+        self._notify_callbacks.clear()
+        if self._disconnected_callback is not None:
+            self._disconnected_callback()
+
+    # --- GATT --------------------------------------------------------------------------
+
+    def _build_services(self, link: SimLink) -> BleakGATTServiceCollection:
+        services = BleakGATTServiceCollection()
+        gap = BleakGATTService(None, 0x0001, _GAP_SERVICE)
+        services.add_service(gap)
+        services.add_characteristic(
+            BleakGATTCharacteristic(None, 0x0003, _DEVICE_NAME_CHAR, ["read"], lambda: 20, gap)
+        )
+        if not link.nus_visible:
+            return services
+        nus = BleakGATTService(None, _SERVICE_HANDLE, NUS_SERVICE)
+        services.add_service(nus)
+        rx = BleakGATTCharacteristic(
+            None,
+            _RX_HANDLE,
+            NUS_RX,
+            ["write", "write-without-response"],
+            lambda: link.max_write,
+            nus,
+        )
+        tx = BleakGATTCharacteristic(
+            None, _TX_HANDLE, NUS_TX, ["notify"], lambda: link.max_write, nus
+        )
+        services.add_characteristic(rx)
+        services.add_characteristic(tx)
+        services.add_descriptor(
+            BleakGATTDescriptor(None, _CCCD_HANDLE, "00002902-0000-1000-8000-00805f9b34fb", tx)
+        )
+        return services
+
+    def _live_link(self) -> SimLink:
+        link = self._link
+        if link is None or not link.alive:
+            raise BleakError("Not connected")
+        return link
+
+    async def read_gatt_char(
+        self, characteristic: BleakGATTCharacteristic, **kwargs: Any
+    ) -> bytearray:
+        link = self._live_link()
+        if characteristic.handle == 0x0003:
+            return bytearray(link.device.name.encode())
+        raise BleakError(f"characteristic {characteristic.uuid} is not readable")
+
+    async def read_gatt_descriptor(
+        self, descriptor: BleakGATTDescriptor, **kwargs: Any
+    ) -> bytearray:
+        self._live_link()
+        enabled = _TX_HANDLE in self._notify_callbacks
+        return bytearray(b"\x01\x00" if enabled else b"\x00\x00")
+
+    async def write_gatt_char(
+        self, characteristic: BleakGATTCharacteristic, data: Any, response: bool
+    ) -> None:
+        link = self._live_link()
+        if characteristic.handle != _RX_HANDLE:
+            raise BleakError(f"characteristic {characteristic.uuid} is not writable")
+        await link.device.write(link, bytes(data))
+
+    async def write_gatt_descriptor(self, descriptor: BleakGATTDescriptor, data: Any) -> None:
+        self._live_link()
+        raise BleakError("descriptor writes are not supported by the simulator")
+
+    async def start_notify(
+        self, characteristic: BleakGATTCharacteristic, callback: NotifyCallback, **kwargs: Any
+    ) -> None:
+        self._live_link()
+        if characteristic.handle != _TX_HANDLE:
+            raise BleakError(f"characteristic {characteristic.uuid} does not notify")
+        self._notify_callbacks[characteristic.handle] = callback
+
+    async def stop_notify(self, characteristic: BleakGATTCharacteristic) -> None:
+        self._live_link()
+        self._notify_callbacks.pop(characteristic.handle, None)

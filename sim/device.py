@@ -1,0 +1,412 @@
+"""A simulated SmartBall: firmware model + radio (advertising, one link, NUS) + fault injection.
+
+The radio side never imports the client: the bleak backend in ``sim.bleak_backend`` talks
+to a device through ``connect``/``write``/``disconnect`` and receives notifications and
+link loss through the ``LinkPeer`` callbacks it registers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from bleak.exc import BleakError
+
+from pytest_smartball import protocol as p
+
+from .faults import Fault, FaultPlan
+from .firmware import FirmwareEvent, FlashTimings, SmartBallFirmware
+
+log = logging.getLogger("sim.device")
+
+NUS_SERVICE = p.NUS_SERVICE_UUID
+NUS_RX = p.NUS_RX_UUID
+NUS_TX = p.NUS_TX_UUID
+
+
+@dataclass(frozen=True, slots=True)
+class RadioTimings:
+    #: nRF52840 SoftDevice default advertising interval for a connectable device is
+    #: 100 ms-ish; the scanner sees one advertisement per interval.
+    adv_interval_s: float = 0.1
+    #: Time from the host's connect request to an established link with services resolved.
+    connect_s: float = 0.3
+    #: One write-without-response of up to MTU-3 bytes: a 15 ms connection interval carrying
+    #: 4 packets per event gives 3.75 ms per write (issue 6 refines this into a real model).
+    write_s: float = 0.00375
+    #: Reset to advertising again (bootloader + application start).
+    boot_s: float = 2.0
+
+
+class LinkPeer(Protocol):
+    """What the host side of a link (the bleak backend) must accept from the device."""
+
+    def sim_notification(self, data: bytes) -> None: ...
+    def sim_link_lost(self, reason: str) -> None: ...
+
+
+@dataclass(eq=False, slots=True)
+class SimLink:
+    device: SimDevice
+    peer: LinkPeer
+    mtu: int
+    number: int
+    nus_visible: bool = True
+    alive: bool = True
+
+    @property
+    def max_write(self) -> int:
+        return self.mtu - 3
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRecord:
+    time: float
+    fault: str
+    trigger: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{self.time:9.3f}s  {self.fault}  [{self.trigger or 'armed'}]{detail}"
+
+
+class SimDevice:
+    """One simulated SmartBall. Deterministic: no wall clock, randomness only from ``seed``."""
+
+    def __init__(
+        self,
+        name: str = "SmartBall",
+        address: str = "C0:FF:EE:00:00:01",
+        *,
+        active_image: bytes | None = None,
+        version: tuple[int, int, int] = (1, 0, 0),
+        staging_capacity: int | None = None,
+        window: int = 16,
+        mtu: int = 247,
+        flash: FlashTimings | None = None,
+        radio: RadioTimings | None = None,
+        faults: FaultPlan | str | None = None,
+        seed: int = 0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.name = name
+        self.address = address
+        self.mtu = mtu
+        self.radio = radio or RadioTimings()
+        self.rng = random.Random(seed)
+        if active_image is None:
+            active_image = bytes(self.rng.getrandbits(8) for _ in range(64 * 1024))
+        kwargs = {"staging_capacity": staging_capacity} if staging_capacity else {}
+        self.firmware = SmartBallFirmware(
+            active_image=active_image,
+            version=version,
+            window=window,
+            timings=flash,
+            send=self._notify,
+            request_reset=self.reboot,
+            observe=self._on_firmware_event,
+            **kwargs,
+        )
+        self._clock = clock
+        self.link: SimLink | None = None
+        self.booted = True
+        self._adv_paused_until = 0.0
+        self._connections = 0
+        self.fault_log: list[FaultRecord] = []
+        self.injector = FaultInjector(self)
+        self.set_faults(faults)
+
+    def __repr__(self) -> str:
+        return f"SimDevice({self.name!r}, {self.address})"
+
+    # --- time --------------------------------------------------------------------------
+
+    def now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:
+            return 0.0
+
+    # --- faults ------------------------------------------------------------------------
+
+    def set_faults(self, plan: FaultPlan | str | None) -> None:
+        plan = plan if isinstance(plan, FaultPlan) else FaultPlan.parse(plan)
+        self.injector.load(plan)
+
+    # --- advertising -------------------------------------------------------------------
+
+    @property
+    def advertising(self) -> bool:
+        return self.booted and self.link is None and self.now() >= self._adv_paused_until
+
+    def advertisement(self) -> dict[str, object]:
+        return {
+            "local_name": self.name,
+            "manufacturer_data": {},
+            "service_data": {},
+            "service_uuids": [NUS_SERVICE],
+            "tx_power": None,
+            "rssi": -55 - self.rng.randrange(10),
+        }
+
+    def pause_advertising(self, seconds: float) -> None:
+        self._adv_paused_until = max(self._adv_paused_until, self.now() + seconds)
+        self.disconnect("advertising paused")
+
+    # --- link --------------------------------------------------------------------------
+
+    async def connect(self, peer: LinkPeer) -> SimLink:
+        """Establish a link as BlueZ would: wait for an advertisement, then connect.
+
+        Faults may make it fail with BlueZ's own error text or never complete; the caller
+        bounds it with its timeout, exactly as bleak's BlueZ backend does.
+        """
+        outcome = self.injector.connect_outcome()
+        if outcome == "timeout":
+            await asyncio.Future()  # never completes: the host's connect timeout fires
+        while not self.advertising:  # noqa: ASYNC110 - a connect waits for an advertisement
+            await asyncio.sleep(self.radio.adv_interval_s)
+        await asyncio.sleep(self.radio.connect_s)
+        if outcome == "fail":
+            raise BleakError("[org.bluez.Error.Failed] br-connection-canceled")
+        if not self.advertising:  # lost the race against a reboot or another host
+            raise BleakError("[org.bluez.Error.Failed] le-connection-abort-by-local")
+        self._connections += 1
+        link = SimLink(self, peer, self.mtu, self._connections)
+        link.nus_visible = self.injector.nus_visible_on_connect()
+        self.link = link
+        log.info("%s: connected (link #%d)", self.name, link.number)
+        self.injector.on_connected(link)
+        return link
+
+    def disconnect(self, reason: str) -> None:
+        """Drop the current link, if any (device side or radio loss)."""
+        link = self.link
+        if link is None:
+            return
+        link.alive = False
+        self.link = None
+        self.firmware.link_lost()
+        log.info("%s: link #%d lost: %s", self.name, link.number, reason)
+        link.peer.sim_link_lost(reason)
+
+    def host_disconnect(self, link: SimLink) -> None:
+        if link is self.link:
+            link.alive = False
+            self.link = None
+            self.firmware.link_lost()
+            log.info("%s: host closed link #%d", self.name, link.number)
+
+    async def write(self, link: SimLink, data: bytes) -> None:
+        """A write-without-response on NUS RX: one radio slot, then the firmware sees it."""
+        if len(data) > link.max_write:
+            raise BleakError(
+                f"write of {len(data)} bytes exceeds the link's maximum of {link.max_write}"
+            )
+        await asyncio.sleep(self.radio.write_s)
+        if not link.alive:
+            raise BleakError("Not connected")
+        if self.injector.drop_write():
+            return
+        self.firmware.receive(bytes(data))
+
+    def _notify(self, frame: bytes) -> None:
+        link = self.link
+        if link is None or not link.alive:
+            return
+        frame = self.injector.filter_notification(frame)
+        if not frame:
+            return
+        step = link.max_write
+        for start in range(0, len(frame), step):
+            link.peer.sim_notification(frame[start : start + step])
+
+    # --- power -------------------------------------------------------------------------
+
+    def reboot(self) -> None:
+        """Reset the device: the link drops, RAM state is lost, it advertises after boot."""
+        self.disconnect("device reset")
+        self.firmware.power_cycle()
+        self.booted = False
+        log.info("%s: rebooting (%.1f s)", self.name, self.radio.boot_s)
+        asyncio.get_running_loop().call_later(self.radio.boot_s, self._booted)
+
+    def _booted(self) -> None:
+        self.booted = True
+        log.info("%s: booted, advertising", self.name)
+
+    def _on_firmware_event(self, event: FirmwareEvent) -> None:
+        self.injector.on_firmware_event(event)
+
+
+@dataclass(slots=True)
+class _Counters:
+    connect_fail: int = 0
+    connect_timeout: int = 0
+    race: list[float] = field(default_factory=list)
+    stale_cache: int = 0
+    lose: int = 0
+    lose_types: list[int] = field(default_factory=list)
+    write_drop: int = 0
+    corrupt: int = 0
+
+
+class FaultInjector:
+    """Applies a FaultPlan to one device: watches triggers, fires each fault once, logs it."""
+
+    def __init__(self, device: SimDevice) -> None:
+        self.device = device
+        self.pending: list[Fault] = []
+        self.armed = _Counters()
+        self._cmd_counts: dict[int, int] = {}
+
+    def load(self, plan: FaultPlan) -> None:
+        self.pending = list(plan.faults)
+        self.armed = _Counters()
+        self._cmd_counts = {}
+        erase_faults = [f for f in self.pending if f.effect == "slow-erase"]
+        for fault in erase_faults:
+            self.pending.remove(fault)
+            self._fire(fault)
+        self._fire_matching(lambda t: t.kind == "now")
+
+    # --- triggers ----------------------------------------------------------------------
+
+    def on_firmware_event(self, event: FirmwareEvent) -> None:
+        if event.kind == "erase_progress":
+            percent = 100 * event.done / event.total
+            self._fire_matching(lambda t: t.kind == "erase" and percent >= t.value)
+        elif event.kind == "data_accepted":
+            self._fire_matching(lambda t: t.kind == "offset" and event.offset >= t.value)
+        elif event.kind == "command" and event.msg_type is not None:
+            n = self._cmd_counts[event.msg_type] = self._cmd_counts.get(event.msg_type, 0) + 1
+            self._fire_matching(
+                lambda t: t.kind == "cmd" and t.msg_type == event.msg_type and n >= t.value
+            )
+
+    def on_connected(self, link: SimLink) -> None:
+        loop = asyncio.get_running_loop()
+        for fault in [f for f in self.pending if f.trigger.kind == "t"]:
+            self.pending.remove(fault)
+            loop.call_later(fault.trigger.value, self._fire_if_linked, fault, link)
+
+    def _fire_if_linked(self, fault: Fault, link: SimLink) -> None:
+        if link.alive:
+            self._fire(fault)
+        else:
+            self.pending.append(fault)  # its connection ended first: wait for the next one
+
+    def _fire_matching(self, matches: Callable[[object], bool]) -> None:
+        due = [f for f in self.pending if matches(f.trigger)]
+        for fault in due:
+            self.pending.remove(fault)
+            self._fire(fault)
+
+    # --- effects -----------------------------------------------------------------------
+
+    def _fire(self, fault: Fault) -> None:
+        d = self.device
+        a = self.armed
+        self.device.fault_log.append(
+            FaultRecord(d.now(), str(fault).split("@")[0], str(fault.trigger))
+        )
+        log.info("%s: fault %s", d.name, fault)
+        match fault.effect:
+            case "drop":
+                d.disconnect("link dropped (fault)")
+            case "reboot":
+                d.reboot()
+            case "adv-pause":
+                d.pause_advertising(fault.seconds)
+            case "race":
+                a.race.append(fault.seconds)
+            case "stale-cache":
+                a.stale_cache += 1
+            case "lose":
+                if fault.msg_type is not None:
+                    a.lose_types.append(fault.msg_type)
+                else:
+                    a.lose += fault.count
+            case "write-drop":
+                a.write_drop += fault.count
+            case "connect-fail":
+                a.connect_fail += fault.count
+            case "connect-timeout":
+                a.connect_timeout += fault.count
+            case "corrupt":
+                a.corrupt += fault.count
+            case "slow-erase":
+                fw = d.firmware
+                fw.timings = replace(fw.timings, erase_total_s=fault.seconds)
+
+    def _record(self, what: str, detail: str = "") -> None:
+        self.device.fault_log.append(FaultRecord(self.device.now(), what, "applied", detail))
+
+    def connect_outcome(self) -> str:
+        """'ok', 'fail' or 'timeout' for a connect attempt, consuming the armed faults."""
+        self._fire_matching(
+            lambda t: t.kind == "connect" and self.device._connections + 1 >= t.value
+        )
+        a = self.armed
+        if a.connect_timeout:
+            a.connect_timeout -= 1
+            self._record("connect-timeout")
+            return "timeout"
+        if a.connect_fail:
+            a.connect_fail -= 1
+            self._record("connect-fail", "br-connection-canceled")
+            return "fail"
+        return "ok"
+
+    def nus_visible_on_connect(self) -> bool:
+        a = self.armed
+        if a.race:
+            seconds = a.race.pop(0)
+            self._record("race", f"NUS appears {seconds:g}s after services resolved")
+            return False
+        if a.stale_cache:
+            a.stale_cache -= 1
+            self._record("stale-cache", "discovery returned a cached database without NUS")
+            return False
+        return True
+
+    def drop_write(self) -> bool:
+        if self.armed.write_drop:
+            self.armed.write_drop -= 1
+            self._record("write-drop")
+            return True
+        return False
+
+    def filter_notification(self, frame: bytes) -> bytes:
+        a = self.armed
+        msg_type = frame[1] if len(frame) > 1 else None
+        if msg_type in a.lose_types:
+            a.lose_types.remove(msg_type)
+            self._record("lose", p.MsgType(msg_type).name)
+            return b""
+        if a.lose:
+            a.lose -= 1
+            self._record("lose", _type_name(msg_type))
+            return b""
+        if a.corrupt:
+            a.corrupt -= 1
+            position = self.device.rng.randrange(1, len(frame))
+            corrupted = bytearray(frame)
+            corrupted[position] ^= 0xFF
+            self._record("corrupt", f"{_type_name(msg_type)} byte {position}")
+            return bytes(corrupted)
+        return frame
+
+
+def _type_name(msg_type: int | None) -> str:
+    try:
+        return p.MsgType(msg_type).name if msg_type is not None else "?"
+    except ValueError:
+        return f"0x{msg_type:02X}"
