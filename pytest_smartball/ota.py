@@ -185,6 +185,11 @@ class OtaEngine:
         self._capacity_checked = False
         self.data_offsets_sent: list[int] = []  # for tests: every DATA offset, in order
 
+    @property
+    def link(self) -> NusLink | None:
+        """The current connection, if any (tests use it to drop the link on purpose)."""
+        return self._link
+
     # --- the runner --------------------------------------------------------------------
 
     async def run(self) -> OtaResult:

@@ -1,0 +1,249 @@
+"""The OTA engine against the simulator's faults: every field failure, survived or failed cleanly.
+
+Runs on looptime's virtual clock (the plugin marks asyncio tests on --device=sim), so a
+30 s erase or a 20 s advertising pause costs no wall time and timings are exact.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pytest
+from bleak.exc import BleakError
+
+from hil_tests.naive_client import naive_flash
+from pytest_smartball import protocol as p
+from pytest_smartball.image import FirmwareImage
+from pytest_smartball.ota import FailureKind, OtaEngine, OtaResult, OtaSettings, State
+from sim.device import SimDevice
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.sim_only]
+
+FIELD_IMAGE = FirmwareImage(random.Random(323194).randbytes(323_194), "field-323194.bin")
+CHUNK = 234  # MTU 247: 244-byte writes minus 10 bytes of DATA framing
+WINDOW = 16
+
+
+def assert_flashed(device: SimDevice, image: FirmwareImage, result: OtaResult) -> None:
+    assert result.success, result.error
+    assert device.firmware.active.data == image.data
+    assert result.info_after is not None
+    assert result.info_after.active_image_crc32 == image.crc32
+
+
+def assert_untouched(device: SimDevice, baseline_crc: int, result: OtaResult) -> None:
+    assert not result.success
+    assert device.firmware.active.crc32 == baseline_crc, "old image must stay active"
+    assert device.firmware.pending_image is None, "no partial image may be marked complete"
+    assert device.firmware.state != p.OtaState.COMPLETE
+
+
+def event_kinds(result: OtaResult) -> list[str]:
+    return [e.kind for e in result.events]
+
+
+async def test_clean_update_of_the_field_image_with_a_30s_erase(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice, looptime: float
+) -> None:
+    sim_device.set_faults("slow-erase:30s")
+    result = await ota(FIELD_IMAGE).run()
+    assert_flashed(sim_device, FIELD_IMAGE, result)
+    assert result.phase_s[State.WAITING_READY.value] >= 30.0
+    assert result.bytes_resent == 0 and result.reconnects == 1  # the reconnect after reset
+    assert result.resumes == 0 and result.restarts == 0
+
+
+async def test_field_failure_naive_client_fails_and_engine_finishes(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice, smartball
+) -> None:
+    plan = "slow-erase:30s,drop@erase:50%"
+    sim_device.set_faults(plan)
+    with pytest.raises(BleakError, match="Service Discovery has not been performed yet"):
+        await naive_flash(smartball.backend, sim_device.address, FIELD_IMAGE.data)
+    assert sim_device.firmware.active.crc32 != FIELD_IMAGE.crc32
+
+    sim_device.set_faults(plan)
+    result = await ota(FIELD_IMAGE).run()
+    assert_flashed(sim_device, FIELD_IMAGE, result)
+    assert "link-lost" in event_kinds(result)
+
+
+async def test_naive_client_succeeds_without_faults(smartball, sim_device: SimDevice) -> None:
+    """Control for the test above: the naive flow fails because of the drop, not the sim."""
+    image = FirmwareImage(random.Random(1).randbytes(20_000))
+    await naive_flash(smartball.backend, sim_device.address, image.data)
+    await _until_rebooted(sim_device)
+    assert sim_device.firmware.active.crc32 == image.crc32
+
+
+async def _until_rebooted(device: SimDevice) -> None:
+    import asyncio
+
+    for _ in range(100):
+        if device.firmware.pending_image is None and device.booted:
+            return
+        await asyncio.sleep(0.1)
+
+
+async def test_resume_mid_transfer_at_the_device_offset(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
+) -> None:
+    sim_device.set_faults("drop@offset:60000")
+    engine = ota()
+    result = await engine.run()
+    assert_flashed(sim_device, firmware_image, result)
+    assert result.resumes == 1 and result.restarts == 0
+    assert 0 < result.bytes_resent <= WINDOW * CHUNK or result.bytes_resent == 0
+    assert result.bytes_resent <= WINDOW * CHUNK
+    resume = next(e for e in result.events if e.kind == "resume")
+    resumed_at = int(resume.detail.split()[2])
+    assert resumed_at >= 60_000
+    # After the drop the client restarted exactly at the device's offset, nowhere else.
+    after = engine.data_offsets_sent[engine.data_offsets_sent.index(resumed_at):]
+    assert after == sorted(after)
+
+
+async def test_resume_during_erase_waits_for_ready_without_erasing_again(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
+) -> None:
+    sim_device.set_faults("slow-erase:20s,drop@erase:40%")
+    result = await ota().run()
+    assert_flashed(sim_device, firmware_image, result)
+    assert result.restarts == 0
+    assert sim_device.firmware.commands_seen[p.MsgType.CMD_OTA_START] == 1
+    # One 20 s erase, not two: the reconnect found the device still erasing.
+    assert result.duration_s < 40
+
+
+async def test_restart_after_a_reboot_that_lost_the_session(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
+) -> None:
+    sim_device.set_faults("reboot@offset:50000")
+    result = await ota().run()
+    assert_flashed(sim_device, firmware_image, result)
+    assert result.restarts == 1
+    assert "restart" in event_kinds(result)
+
+
+async def test_device_that_vanishes_for_20s_is_waited_for(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
+) -> None:
+    sim_device.set_faults("adv-pause:20s@offset:50000")
+    result = await ota().run()
+    assert_flashed(sim_device, firmware_image, result)
+    assert result.phase_s[State.SCANNING.value] >= 20.0
+    assert result.resumes == 1
+
+
+async def test_retries_exhausted_is_a_clean_failure_with_the_old_image_active(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice
+) -> None:
+    baseline = sim_device.firmware.active.crc32
+    sim_device.set_faults("drop@offset:30000,connect-timeout:1000@offset:30000")
+    result = await ota().run()
+    assert_untouched(sim_device, baseline, result)
+    assert result.failure is FailureKind.LINK
+    assert "without progress" in result.error and "old image" in result.error
+    assert result.reconnects == 0  # it never got back in
+    assert event_kinds(result).count("recover") == OtaSettings().max_attempts_without_progress
+
+
+async def test_a_flaky_link_that_progresses_each_time_finishes(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
+) -> None:
+    drops = ",".join(f"drop@offset:{n}" for n in range(10_000, 130_000, 10_000))
+    sim_device.set_faults(drops)
+    result = await ota().run()
+    assert_flashed(sim_device, firmware_image, result)
+    assert result.resumes == 12 > OtaSettings().max_attempts_without_progress
+    assert result.bytes_resent <= result.resumes * WINDOW * CHUNK
+
+
+async def test_lost_ready_ends_the_wait_by_silence_timeout_and_resumes(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
+) -> None:
+    sim_device.set_faults("lose:MSG_OTA_READY")
+    result = await ota().run()
+    assert_flashed(sim_device, firmware_image, result)
+    assert any("no message from the device" in e.detail for e in result.events)
+
+
+async def test_lost_write_is_rewound_from_the_device_status(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
+) -> None:
+    sim_device.set_faults("write-drop@offset:40000")
+    result = await ota().run()
+    assert_flashed(sim_device, firmware_image, result)
+    assert "rewind" in event_kinds(result)
+    assert 0 < result.bytes_resent <= WINDOW * CHUNK
+    assert result.reconnects == 1  # only the one after the reset
+
+
+async def test_lost_ack_is_recovered_by_asking_for_status(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
+) -> None:
+    # A lost ACK mid-stream is absorbed by the next one (half a window later); the final
+    # ACK has no successor, so losing it stalls the pipe until the ACK timeout.
+    ack_every = WINDOW // 2 * CHUNK
+    last_but_one_ack = (firmware_image.size - 1) // ack_every * ack_every
+    sim_device.set_faults(f"lose:MSG_OTA_ACK@offset:{last_but_one_ack}")
+    result = await ota().run()
+    assert_flashed(sim_device, firmware_image, result)
+    assert "ack-timeout" in event_kinds(result)
+
+
+@pytest.mark.parametrize("fault", ["race:1.5s", "stale-cache"])
+async def test_connect_without_nus_is_retried(
+    fault: str, ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
+) -> None:
+    sim_device.set_faults(fault)
+    result = await ota().run()
+    assert_flashed(sim_device, firmware_image, result)
+    assert "services-missing" in event_kinds(result)
+
+
+async def test_connect_failures_are_retried(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
+) -> None:
+    sim_device.set_faults("connect-fail:3")
+    result = await ota().run()
+    assert_flashed(sim_device, firmware_image, result)
+    assert sum(1 for r in sim_device.fault_log if r.fault == "connect-fail") == 3
+
+
+async def test_image_too_large_fails_before_anything_is_sent(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice
+) -> None:
+    big = FirmwareImage(bytes(sim_device.firmware.staging_capacity + 1), "big.bin")
+    result = await ota(big).run()
+    assert result.failure is FailureKind.BAD_INPUT
+    assert "big.bin" in result.error and "staging" in result.error
+    assert p.MsgType.CMD_OTA_START not in sim_device.firmware.commands_seen
+
+
+class _WrongCrcImage(FirmwareImage):
+    @property
+    def crc32(self) -> int:
+        return p.crc32(self.data) ^ 0xFFFF
+
+
+async def test_device_refusing_the_image_is_reported_and_the_old_image_stays(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice
+) -> None:
+    baseline = sim_device.firmware.active.crc32
+    result = await ota(_WrongCrcImage(random.Random(3).randbytes(30_000), "bad.bin")).run()
+    assert_untouched(sim_device, baseline, result)
+    assert result.failure is FailureKind.REFUSED
+    assert "CRC_MISMATCH" in result.error
+
+
+async def test_device_that_never_answers_fails_within_bounded_time(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice, looptime: float
+) -> None:
+    baseline = sim_device.firmware.active.crc32
+    sim_device.set_faults("lose:100000")
+    result = await ota().run()
+    assert_untouched(sim_device, baseline, result)
+    assert result.failure is FailureKind.LINK
+    assert result.duration_s < 300
