@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,11 +71,19 @@ LINK_ERRORS = _link_errors()
 
 @dataclass(frozen=True, slots=True)
 class BleBackend:
-    """Which bleak backends to use. ``None`` means the platform's own (a real radio)."""
+    """Which bleak backends to use. ``None`` means the platform's own (a real radio).
+
+    ``forget`` removes a device from the stack's cache (its GATT database included) and
+    ``warnings`` reports known problems of the stack; the real ones talk to BlueZ, the
+    simulator supplies its own.
+    """
 
     scanner: type | None = None
     client: type | None = None
     label: str = "real"
+    adapter: str = "hci0"
+    forget: Callable[[str], Awaitable[bool]] | None = None
+    warnings: Callable[[], Awaitable[list[str]]] | None = None
 
     @property
     def is_real(self) -> bool:
@@ -85,6 +94,24 @@ class BleBackend:
 
     def client_kwargs(self) -> dict[str, Any]:
         return {} if self.client is None else {"backend": self.client}
+
+    async def forget_device(self, address: str) -> bool:
+        if self.forget is not None:
+            return await self.forget(address)
+        if sys.platform.startswith("linux"):
+            from .bluez import remove_device
+
+            return await remove_device(address, self.adapter)
+        return False  # CoreBluetooth and WinRT keep no cache a client can clear
+
+    async def platform_warnings(self) -> list[str]:
+        if self.warnings is not None:
+            return await self.warnings()
+        if self.is_real and sys.platform.startswith("linux"):
+            from .bluez import bluez_version, version_warnings
+
+            return version_warnings(await bluez_version())
+        return []
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,9 @@ class OtaSettings:
     max_recoveries: int = 100
     backoff_base_s: float = 0.5
     backoff_max_s: float = 8.0
+    #: Forget the device in the Bluetooth stack first (BlueZ: Adapter1.RemoveDevice, what
+    #: ``bluetoothctl remove`` does), so no stale GATT cache is used.
+    clear_cache: bool = False
     #: Proposed in CMD_OTA_START; the link's write size caps it further.
     chunk_size: int = p.MAX_DATA_CHUNK
 
@@ -176,7 +179,8 @@ class OtaEngine:
         self._ready: p.MsgOtaReady | None = None
         self._device_offset = 0  # what the device said it expects next
         self._high_water = 0  # highest offset ever sent (for re-sent accounting)
-        self._erase_done = 0
+        self._session_started = False
+        self._preflight_done = False
         self._finish_sent = False
         self._recovering = False
         self._last_error = ""
@@ -251,9 +255,11 @@ class OtaEngine:
 
     async def _scan(self) -> State:
         s = self.settings
-        timeout = s.reappear_timeout_s if self._recovering else s.link.scan_timeout_s
+        if not self._recovering:
+            await self._preflight()
         if self._ble_device is not None and not self._recovering:
             return State.CONNECTING
+        timeout = s.reappear_timeout_s if self._recovering else s.link.scan_timeout_s
         try:
             self._ble_device = await find_device(
                 self.backend,
@@ -267,6 +273,28 @@ class OtaEngine:
             raise ConnectFailed(str(exc)) from None
         self.address = self._ble_device.address
         return State.CONNECTING
+
+    async def _preflight(self) -> None:
+        """Once, before the first scan: BlueZ version warnings and the optional cache clear."""
+        if self._preflight_done:
+            return
+        self._preflight_done = True
+        for warning in await self.backend.platform_warnings():
+            self._event("warning", warning)
+        if not self.settings.clear_cache:
+            return
+        if self.address is None:  # the cache is per address: find the device first
+            device = await find_device(
+                self.backend, name=self.name, timeout=self.settings.link.scan_timeout_s
+            )
+            self.address = device.address
+        forgotten = await self.backend.forget_device(self.address)
+        self._ble_device = None  # the old BLEDevice refers to what was just removed
+        self._event(
+            "cache-cleared",
+            f"{self.address}: {'removed' if forgotten else 'not known'}"
+            " from the Bluetooth stack's device cache",
+        )
 
     async def _connect(self) -> State:
         assert self._ble_device is not None
@@ -282,7 +310,6 @@ class OtaEngine:
         return State.QUERYING
 
     async def _query(self) -> State:
-        link = self._require_link()
         info = await self._request(p.CmdInfo(), p.MsgInfo)
         if not self._capacity_checked:
             try:
@@ -308,22 +335,22 @@ class OtaEngine:
             f"{'this' if ours else 'no/another'} image's session",
         )
         state = status.state
-        self._note_progress(status)
         if ours and state == p.OtaState.ERASING:
             return State.WAITING_READY
         if ours and state == p.OtaState.RECEIVING:
             self._device_offset = status.next_expected_offset
+            self._progressed(2, self._device_offset)
             self.result.resumes += 1
             self._event("resume", f"at offset {self._device_offset} of {self.image.size}")
             return State.STARTING  # START for the same session answers READY without erasing
         if ours and state in (p.OtaState.VERIFYING, p.OtaState.COMPLETE):
             self._finish_sent = True
             return State.REBOOTING if state == p.OtaState.COMPLETE else State.FINISHING
-        del link
-        if self.result.connects > 1 or state != p.OtaState.IDLE:
-            self.result.restarts += self.result.connects > 1
-            self._event("restart", "the device holds no session for this image: abort, start over")
-        return State.ABORTING if state != p.OtaState.IDLE else State.STARTING
+        if self._session_started:
+            self.result.restarts += 1
+            self._event("restart", "the device lost this image's session: abort, start over")
+            return State.ABORTING
+        return State.STARTING if state == p.OtaState.IDLE else State.ABORTING
 
     async def _abort(self) -> State:
         reply = await self._request(p.CmdOtaAbort(), p.MsgOtaStatus)
@@ -340,7 +367,7 @@ class OtaEngine:
         )
         if not resuming:
             self._device_offset = 0
-            self._erase_done = 0
+        self._session_started = True
         chunk = min(
             self.settings.chunk_size, link.max_write - p.FRAME_OVERHEAD - p.DATA_HEADER_SIZE
         )
@@ -352,7 +379,7 @@ class OtaEngine:
         while True:
             msg = await link.receive(self.settings.erase_silence_timeout_s)
             if isinstance(msg, p.MsgOtaProgress) and msg.phase == p.OtaPhase.ERASE:
-                self._erase_done = msg.done
+                self._progressed(1, msg.done)
                 self._on_progress("erase", msg.done, msg.total)
             elif isinstance(msg, p.MsgOtaReady):
                 self._ready = msg
@@ -390,6 +417,7 @@ class OtaEngine:
                 if msg.next_expected_offset > acked:
                     acked = msg.next_expected_offset
                     self._device_offset = acked
+                    self._progressed(2, acked)
                     self._on_progress("transfer", acked, size)
             elif isinstance(msg, p.MsgOtaStatus):
                 if msg.state != p.OtaState.RECEIVING:
@@ -402,8 +430,6 @@ class OtaEngine:
                     self._event("device-error", f"{msg.code_name}: {msg.text}; re-syncing")
                     return State.QUERYING
                 self._refused(msg, "CMD_OTA_DATA")
-            if acked > self._progress_mark[1] or self._progress_mark[0] < 2:
-                self._no_progress = 0
         return State.FINISHING
 
     async def _finish(self) -> State:
@@ -499,15 +525,14 @@ class OtaEngine:
             self.result.bytes_resent += min(end, self._high_water) - start
         self._high_water = max(self._high_water, end)
 
-    def _note_progress(self, status: p.MsgOtaStatus) -> None:
-        rank = {p.OtaState.ERASING: 1, p.OtaState.RECEIVING: 2}.get(p.OtaState(status.state), 0)
-        ours = (status.image_size, status.image_crc32) == (self.image.size, self.image.crc32)
-        mark = (rank, status.next_expected_offset) if ours else (0, 0)
-        if rank == 1:
-            mark = (1, self._erase_done)
+    def _progressed(self, rank: int, amount: int) -> None:
+        """Record how far the device has got (rank 1: erased bytes, 2: received bytes).
+        Only getting further than ever before resets the budget of fruitless attempts, so
+        a device that reboots at the same point every time is eventually given up on."""
+        mark = (rank, amount)
         if mark > self._progress_mark:
+            self._progress_mark = mark
             self._no_progress = 0
-        self._progress_mark = max(mark, self._progress_mark) if ours else mark
 
     def _is_active(self, info: p.MsgInfo) -> bool:
         return (info.active_image_size, info.active_image_crc32) == (

@@ -190,7 +190,7 @@ def smartball(
     """The device under test: kind, name, address, backend and (simulator) its SimDevice."""
     opts = smartball_options
     if opts.device == "real":
-        return SmartBallTarget("real", opts.name, opts.address, BleBackend())
+        return SmartBallTarget("real", opts.name, opts.address, BleBackend(adapter=opts.adapter))
     from sim.bleak_backend import SimWorld
     from sim.device import SimDevice
 
@@ -201,7 +201,13 @@ def smartball(
     seed = opts.seed ^ zlib.crc32(request.node.nodeid.encode())
     device = SimDevice(opts.name, opts.address or DEFAULT_SIM_ADDRESS, faults=spec, seed=seed)
     world = SimWorld([device])
-    backend = BleBackend(world.scanner_backend, world.client_backend, "sim")
+    backend = BleBackend(
+        world.scanner_backend,
+        world.client_backend,
+        "sim",
+        forget=world.forget,
+        warnings=world.warnings,
+    )
     return SmartBallTarget("sim", device.name, device.address, backend, device, world)
 
 

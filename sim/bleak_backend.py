@@ -67,6 +67,19 @@ class SimWorld:
     def find(self, address: str) -> SimDevice | None:
         return self.devices.get(address.upper())
 
+    async def forget(self, address: str) -> bool:
+        """What BlueZ's ``Adapter1.RemoveDevice`` does to a device: drop any link and the
+        cached GATT database (so an armed stale-cache fault no longer applies)."""
+        device = self.find(address)
+        if device is None:
+            return False
+        device.disconnect("host removed the device from its cache")
+        device.injector.forget_cache()
+        return True
+
+    async def warnings(self) -> list[str]:
+        return []
+
 
 class SimScanner(BaseBleakScanner):
     world: SimWorld

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -35,9 +36,13 @@ class RadioTimings:
     adv_interval_s: float = 0.1
     #: Time from the host's connect request to an established link with services resolved.
     connect_s: float = 0.3
-    #: One write-without-response of up to MTU-3 bytes: a 15 ms connection interval carrying
-    #: 4 packets per event gives 3.75 ms per write (issue 6 refines this into a real model).
-    write_s: float = 0.00375
+    #: The central's connection interval: host writes reach the device at connection
+    #: events, ``packets_per_event`` at a time (15 ms and 4 packets: a 2M-PHY link to an
+    #: nRF52840; BlueZ's default interval is 30-50 ms).
+    connection_interval_s: float = 0.015
+    packets_per_event: int = 4
+    #: Writes-without-response the host stack buffers before a write has to wait.
+    tx_queue_packets: int = 16
     #: Reset to advertising again (bootloader + application start).
     boot_s: float = 2.0
 
@@ -57,6 +62,10 @@ class SimLink:
     number: int
     nus_visible: bool = True
     alive: bool = True
+    #: Host writes waiting for a connection event, and writers waiting for queue space.
+    tx_queue: deque[bytes] = field(default_factory=deque)
+    space: asyncio.Event = field(default_factory=asyncio.Event)
+    event_scheduled: bool = False
 
     @property
     def max_write(self) -> int:
@@ -192,6 +201,7 @@ class SimDevice:
         if link is None:
             return
         link.alive = False
+        link.space.set()
         self.link = None
         self.firmware.link_lost()
         log.info("%s: link #%d lost: %s", self.name, link.number, reason)
@@ -200,22 +210,48 @@ class SimDevice:
     def host_disconnect(self, link: SimLink) -> None:
         if link is self.link:
             link.alive = False
+            link.space.set()
             self.link = None
             self.firmware.link_lost()
             log.info("%s: host closed link #%d", self.name, link.number)
 
     async def write(self, link: SimLink, data: bytes) -> None:
-        """A write-without-response on NUS RX: one radio slot, then the firmware sees it."""
+        """A write-without-response on NUS RX: queued in the host stack, carried to the
+        device at the next connection event. Waits only while the queue is full."""
         if len(data) > link.max_write:
             raise BleakError(
                 f"write of {len(data)} bytes exceeds the link's maximum of {link.max_write}"
             )
-        await asyncio.sleep(self.radio.write_s)
+        while link.alive and len(link.tx_queue) >= self.radio.tx_queue_packets:
+            link.space.clear()
+            await link.space.wait()
         if not link.alive:
             raise BleakError("Not connected")
-        if self.injector.drop_write():
+        link.tx_queue.append(bytes(data))
+        if not link.event_scheduled:
+            link.event_scheduled = True
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.radio.connection_interval_s, self._connection_event, link)
+
+    def _connection_event(self, link: SimLink) -> None:
+        link.event_scheduled = False
+        if not link.alive:
+            link.tx_queue.clear()  # unacknowledged packets die with the link
+            link.space.set()
             return
-        self.firmware.receive(bytes(data))
+        for _ in range(min(self.radio.packets_per_event, len(link.tx_queue))):
+            data = link.tx_queue.popleft()
+            if not self.injector.drop_write():
+                self.firmware.receive(data)
+            if not link.alive:  # the firmware reset, or a fault dropped the link
+                link.tx_queue.clear()
+                break
+        link.space.set()
+        if link.tx_queue and link.alive:
+            link.event_scheduled = True
+            asyncio.get_running_loop().call_later(
+                self.radio.connection_interval_s, self._connection_event, link
+            )
 
     def _notify(self, frame: bytes) -> None:
         link = self.link
@@ -376,6 +412,11 @@ class FaultInjector:
             self._record("stale-cache", "discovery returned a cached database without NUS")
             return False
         return True
+
+    def forget_cache(self) -> None:
+        if self.armed.stale_cache:
+            self._record("stale-cache", "cleared: the host removed its cached GATT database")
+        self.armed.stale_cache = 0
 
     def drop_write(self) -> bool:
         if self.armed.write_drop:
