@@ -190,6 +190,11 @@ class OtaEngine:
         self.data_offsets_sent: list[int] = []  # for tests: every DATA offset, in order
 
     @property
+    def started_at(self) -> float:
+        """Event-loop time when run() began (event times are relative to it)."""
+        return self._t0
+
+    @property
     def link(self) -> NusLink | None:
         """The current connection, if any (tests use it to drop the link on purpose)."""
         return self._link

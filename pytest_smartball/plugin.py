@@ -26,6 +26,9 @@ from .image import FirmwareImage, ImageError, load_image
 from .link import BleBackend, LinkSettings, NusLink, find_device
 from .ota import OtaEngine, OtaSettings
 
+_TARGET = pytest.StashKey["SmartBallTarget"]()
+_ENGINES = pytest.StashKey["list[OtaEngine]"]()
+
 DEFAULT_NAME = "SmartBall"
 DEFAULT_SIM_ADDRESS = "C0:FF:EE:00:00:01"
 #: A generated image when --firmware is not given: not a multiple of a page or a chunk.
@@ -191,24 +194,18 @@ def smartball(
     opts = smartball_options
     if opts.device == "real":
         return SmartBallTarget("real", opts.name, opts.address, BleBackend(adapter=opts.adapter))
-    from sim.bleak_backend import SimWorld
-    from sim.device import SimDevice
+    from .simulated import make_sim_target
 
     marker = request.node.get_closest_marker("faults")
     spec = ",".join(s for s in (opts.faults, marker.args[0] if marker else None) if s)
     # Each test gets its own device, seeded from --sim-seed and the test id: reproducible,
     # and independent of test order.
     seed = opts.seed ^ zlib.crc32(request.node.nodeid.encode())
-    device = SimDevice(opts.name, opts.address or DEFAULT_SIM_ADDRESS, faults=spec, seed=seed)
-    world = SimWorld([device])
-    backend = BleBackend(
-        world.scanner_backend,
-        world.client_backend,
-        "sim",
-        forget=world.forget,
-        warnings=world.warnings,
-    )
-    return SmartBallTarget("sim", device.name, device.address, backend, device, world)
+    sim = make_sim_target(opts.name, opts.address or DEFAULT_SIM_ADDRESS, faults=spec, seed=seed)
+    target = SmartBallTarget("sim", sim.device.name, sim.device.address, sim.backend, sim.device,
+                             sim.world)
+    request.node.stash[_TARGET] = target
+    return target
 
 
 @pytest.fixture
@@ -271,18 +268,53 @@ async def nus(smartball: SmartBallTarget, link_settings: LinkSettings) -> AsyncI
 
 @pytest.fixture
 def ota(
-    smartball: SmartBallTarget, firmware_image: FirmwareImage, ota_settings: OtaSettings
+    request: pytest.FixtureRequest,
+    smartball: SmartBallTarget,
+    firmware_image: FirmwareImage,
+    ota_settings: OtaSettings,
 ) -> Callable[..., OtaEngine]:
     """Factory for an OTA engine aimed at the device under test: ``ota(image=None, **kw)``."""
 
+    engines = request.node.stash.setdefault(_ENGINES, [])
+
     def make(image: FirmwareImage | None = None, **kwargs: Any) -> OtaEngine:
         kwargs.setdefault("settings", ota_settings)
-        return OtaEngine(
+        engine = OtaEngine(
             image or firmware_image,
             smartball.backend,
             name=smartball.name,
             address=smartball.address,
             **kwargs,
         )
+        engines.append(engine)  # for the timeline shown when the test fails
+        return engine
 
     return make
+
+
+# --- what a failing test shows ------------------------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call" and report.failed:
+        timeline = _timeline(item)
+        if timeline:
+            report.sections.append(("smartball timeline (client | device)", timeline))
+    return report
+
+
+def _timeline(item: pytest.Item) -> str:
+    """The OTA engines' event logs and the simulated device's fault log, merged by time."""
+    # (time, 0 for the device's cause before 1 for the client's effect, text)
+    rows: list[tuple[float, int, str]] = []
+    for engine in item.stash.get(_ENGINES, []):
+        rows += [(engine.started_at + e.time, 1, f"client  {e.kind:<16} {e.detail}")
+                 for e in engine.result.events]
+    target = item.stash.get(_TARGET, None)
+    if target is not None and target.sim is not None:
+        rows += [(r.time, 0, f"device  {r.fault:<16} [{r.trigger or 'armed'}] {r.detail}")
+                 for r in target.sim.fault_log]
+    rows.sort(key=lambda row: row[:2])
+    return "\n".join(f"{t:10.3f}s  {text}" for t, _, text in rows)
