@@ -50,10 +50,14 @@ async def probe_adapter(adapter: str = "hci0", timeout: float = 3.0) -> AdapterI
     try:
         async with asyncio.timeout(timeout):
             bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-    except (OSError, TimeoutError, Exception) as exc:
+    except TimeoutError:
+        raise BluezUnavailable(
+            f"the system D-Bus did not answer within {timeout:g} s; restart dbus and bluetoothd"
+        ) from None
+    except (OSError, ValueError) as exc:
         raise BluezUnavailable(
             f"cannot reach the system D-Bus ({type(exc).__name__}: {exc}); this machine has no "
-            "BlueZ running: install bluez and start bluetoothd, or use --device=sim"
+            "BlueZ running: install bluez and start bluetoothd"
         ) from None
     try:
         async with asyncio.timeout(timeout):
@@ -67,15 +71,14 @@ async def probe_adapter(adapter: str = "hci0", timeout: float = 3.0) -> AdapterI
             )
     except TimeoutError:
         raise BluezUnavailable(
-            f"BlueZ did not answer on the system D-Bus within {timeout:g} s; "
-            "restart bluetoothd or use --device=sim"
+            f"BlueZ did not answer on the system D-Bus within {timeout:g} s; restart bluetoothd"
         ) from None
     finally:
         bus.disconnect()
     if reply.message_type == MessageType.ERROR:
         raise BluezUnavailable(
             f"BlueZ is not running ({reply.error_name}); start bluetoothd "
-            "(systemctl start bluetooth) or use --device=sim"
+            "(systemctl start bluetooth)"
         )
     objects = reply.body[0]
     path = f"/org/bluez/{adapter}"
@@ -84,7 +87,7 @@ async def probe_adapter(adapter: str = "hci0", timeout: float = 3.0) -> AdapterI
         found = sorted(p.rsplit("/", 1)[1] for p, i in objects.items() if "org.bluez.Adapter1" in i)
         raise BluezUnavailable(
             f"Bluetooth adapter {adapter} not found (adapters: {', '.join(found) or 'none'}); "
-            "plug one in or choose another with --ble-adapter"
+            "plug one in or choose another adapter"
         )
     powered = bool(props["Powered"].value)
     if not powered:

@@ -90,10 +90,14 @@ class BleBackend:
         return self.client is None
 
     def scanner_kwargs(self) -> dict[str, Any]:
-        return {} if self.scanner is None else {"backend": self.scanner}
+        if self.scanner is not None:
+            return {"backend": self.scanner}
+        return {"bluez": {"adapter": self.adapter}} if sys.platform.startswith("linux") else {}
 
     def client_kwargs(self) -> dict[str, Any]:
-        return {} if self.client is None else {"backend": self.client}
+        if self.client is not None:
+            return {"backend": self.client}
+        return {"bluez": {"adapter": self.adapter}} if sys.platform.startswith("linux") else {}
 
     async def forget_device(self, address: str) -> bool:
         if self.forget is not None:
@@ -145,18 +149,25 @@ async def find_device(
     timeout: float = 15.0,
 ) -> BLEDevice:
     """Scan for a SmartBall by address (preferred) or advertised name."""
-    if address:
-        device = await BleakScanner.find_device_by_address(
-            address, timeout=timeout, **backend.scanner_kwargs()
-        )
-        what = f"address {address}"
-    elif name:
-        device = await BleakScanner.find_device_by_name(
-            name, timeout=timeout, **backend.scanner_kwargs()
-        )
-        what = f"name {name!r}"
-    else:
+    if not (address or name):
         raise ValueError("find_device needs a name or an address")
+    what = f"address {address}" if address else f"name {name!r}"
+    try:
+        if address:
+            device = await BleakScanner.find_device_by_address(
+                address, timeout=timeout, **backend.scanner_kwargs()
+            )
+        else:
+            device = await BleakScanner.find_device_by_name(
+                name,
+                timeout=timeout,
+                **backend.scanner_kwargs(),  # type: ignore[arg-type]
+            )
+    except (*LINK_ERRORS, OSError) as exc:  # no adapter, adapter off, stack not running
+        raise DeviceNotFound(
+            f"scanning for the SmartBall with {what} failed: {type(exc).__name__}: {exc}; "
+            "check that Bluetooth is on and the adapter is present"
+        ) from None
     if device is None:
         raise DeviceNotFound(
             f"no SmartBall with {what} advertised within {timeout:g} s; check that it is "

@@ -120,6 +120,8 @@ class OtaResult:
     bytes_sent: int = 0
     bytes_resent: int = 0
     connects: int = 0
+    #: Connections made again after a link failure (the planned one after the device
+    #: resets into the new image is not counted).
     reconnects: int = 0
     resumes: int = 0
     restarts: int = 0
@@ -180,6 +182,8 @@ class OtaEngine:
         self._device_offset = 0  # what the device said it expects next
         self._high_water = 0  # highest offset ever sent (for re-sent accounting)
         self._session_started = False
+        self._reconnecting = False
+        self._recoveries = 0
         self._preflight_done = False
         self._finish_sent = False
         self._recovering = False
@@ -310,8 +314,9 @@ class OtaEngine:
             on_event=lambda kind, detail: self._event(kind, detail),
         )
         self.result.connects += 1
-        if self.result.connects > 1:
+        if self._reconnecting:  # after a link failure (not the planned one after the reset)
             self.result.reconnects += 1
+            self._reconnecting = False
         return State.QUERYING
 
     async def _query(self) -> State:
@@ -471,10 +476,13 @@ class OtaEngine:
     async def _recover(self) -> State:
         await self._close_link()
         self._recovering = True
+        self._reconnecting = True
         s = self.settings
-        recoveries = self.result.reconnects + 1
+        self._recoveries += 1
         self._no_progress += 1
-        if self._no_progress > s.max_attempts_without_progress or recoveries > s.max_recoveries:
+        if self._no_progress > s.max_attempts_without_progress or (
+            self._recoveries > s.max_recoveries
+        ):
             raise OtaFailed(
                 FailureKind.LINK,
                 f"gave up after {self._no_progress - 1} reconnect attempts without progress "

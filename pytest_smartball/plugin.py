@@ -135,10 +135,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if opts.device == "real":
         from .bluez import BluezUnavailable, probe_adapter
 
+        if opts.faults:
+            raise pytest.UsageError(
+                "--sim-faults applies to the simulator only; real hardware cannot inject faults"
+            )
         try:
             asyncio.run(probe_adapter(opts.adapter))
         except BluezUnavailable as exc:
-            raise pytest.UsageError(f"--device=real: {exc}") from None
+            raise pytest.UsageError(
+                f"--device=real: {exc} (--device=sim needs no hardware)"
+            ) from None
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -146,9 +152,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
     opts = _options(config)
     target = opts.address or f"name {opts.name!r}"
+    firmware = opts.firmware or ("generated" if opts.device == "sim" else "none (OTA tests skip)")
     lines = [
         f"smartball: device={opts.device} target={target} "
-        f"firmware={opts.firmware or 'generated'} bleak={version('bleak')}",
+        f"firmware={firmware} bleak={version('bleak')}",
     ]
     if opts.device == "sim":
         lines.append(
@@ -165,11 +172,20 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from sim.faults import FaultPlan, FaultSpecError
+
     device = config.getoption("--device")
     skip_sim = pytest.mark.skip(reason="needs the simulator (--device=sim)")
     skip_real = pytest.mark.skip(reason="needs real hardware (--device=real)")
     for item in items:
-        if device == "real" and item.get_closest_marker("sim_only"):
+        faults = item.get_closest_marker("faults")
+        if faults is not None:
+            try:
+                FaultPlan.parse(faults.args[0] if faults.args else "")
+            except FaultSpecError as exc:
+                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.faults: {exc}") from None
+        if device == "real" and (item.get_closest_marker("sim_only") or faults is not None):
+            # A test that relies on an injected fault would pass without testing anything.
             item.add_marker(skip_sim)
         if device == "sim" and item.get_closest_marker("real_only"):
             item.add_marker(skip_real)
@@ -202,8 +218,9 @@ def smartball(
     # and independent of test order.
     seed = opts.seed ^ zlib.crc32(request.node.nodeid.encode())
     sim = make_sim_target(opts.name, opts.address or DEFAULT_SIM_ADDRESS, faults=spec, seed=seed)
-    target = SmartBallTarget("sim", sim.device.name, sim.device.address, sim.backend, sim.device,
-                             sim.world)
+    target = SmartBallTarget(
+        "sim", sim.device.name, sim.device.address, sim.backend, sim.device, sim.world
+    )
     request.node.stash[_TARGET] = target
     return target
 
@@ -310,11 +327,15 @@ def _timeline(item: pytest.Item) -> str:
     # (time, 0 for the device's cause before 1 for the client's effect, text)
     rows: list[tuple[float, int, str]] = []
     for engine in item.stash.get(_ENGINES, []):
-        rows += [(engine.started_at + e.time, 1, f"client  {e.kind:<16} {e.detail}")
-                 for e in engine.result.events]
+        rows += [
+            (engine.started_at + e.time, 1, f"client  {e.kind:<16} {e.detail}")
+            for e in engine.result.events
+        ]
     target = item.stash.get(_TARGET, None)
     if target is not None and target.sim is not None:
-        rows += [(r.time, 0, f"device  {r.fault:<16} [{r.trigger or 'armed'}] {r.detail}")
-                 for r in target.sim.fault_log]
+        rows += [
+            (r.time, 0, f"device  {r.fault:<16} [{r.trigger or 'armed'}] {r.detail}")
+            for r in target.sim.fault_log
+        ]
     rows.sort(key=lambda row: row[:2])
     return "\n".join(f"{t:10.3f}s  {text}" for t, _, text in rows)

@@ -1,0 +1,415 @@
+"""Tests of the ``smartball-ota`` command line, against the simulated SmartBall.
+
+Every run uses the simulator's virtual clock, so a 30 s erase or a minute of reconnects
+costs well under a second of wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from intelhex import IntelHex
+
+from pytest_smartball import cli
+from pytest_smartball.cli import main
+
+SIM_ADDRESS = "C0:FF:EE:00:00:01"
+STAGING = 480 * 1024
+SIM_OLD_IMAGE_SIZE = 64 * 1024  # what a fresh SimDevice runs
+
+
+def image_file(tmp_path: Path, size: int, *, seed: int = 7, name: str = "fw.bin") -> Path:
+    path = tmp_path / name
+    path.write_bytes(random.Random(seed).randbytes(size))
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any], str]:
+    code, out, err = run(capsys, *argv, "--json")
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, f"--json must print exactly one line, got: {out!r}"
+    return code, json.loads(lines[0]), err
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one clear message, got: {err!r}"
+    assert lines[0].startswith("smartball-ota: ")
+    return lines[0]
+
+
+def has_system_bus() -> bool:
+    address = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "")
+    candidates = [address.removeprefix("unix:path=").split(",")[0]] if address else []
+    candidates += ["/run/dbus/system_bus_socket", "/var/run/dbus/system_bus_socket"]
+    return any(c and Path(c).exists() for c in candidates)
+
+
+# --- help and arguments -----------------------------------------------------------------
+
+
+def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    assert "exit codes:" in out
+    for line in ("0    success", "2    bad input", "3    device not found", "4    update failed"):
+        assert line in out
+    assert "5    the device refused" in out
+    code, out, _ = run(capsys, "flash", "--help")
+    assert code == 0
+    assert "--max-attempts" in out and "exit codes:" in out
+
+
+def test_usage_error_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "frobnicate")
+    assert code == 2
+    assert "invalid choice" in err
+    code, _, err = run(capsys, "flash", "--sim", "x.bin", "--max-attempts", "0")
+    assert code == 2
+    assert "--max-attempts" in err
+
+
+def test_faults_without_sim_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "info", "--faults", "field-linux")
+    assert code == 2
+    assert "--faults" in one_error_line(err) and "--sim" in err
+    assert out == ""
+
+
+def test_bad_fault_spec_is_exit_2_with_the_parsers_sentence(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run(capsys, "status", "--sim", "--faults", "drop@erase:150%")
+    assert code == 2
+    line = one_error_line(err)
+    assert "bad --faults" in line and "must be 0% to 100%" in line
+
+
+def test_options_before_the_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    code, data, _ = run_json(capsys, "--sim", "--seed", "3", "info")
+    assert code == 0
+    assert data["simulated"] is True
+
+
+# --- scan / info / status / abort ---------------------------------------------------------
+
+
+def test_scan_lists_the_simulated_smartball(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "scan", "--sim")
+    assert code == 0
+    assert SIM_ADDRESS in out and "SmartBall" in out
+    assert "simulated" in out
+
+    code, data, _ = run_json(capsys, "scan", "--sim")
+    assert code == 0
+    [device] = data["devices"]
+    assert device["address"] == SIM_ADDRESS and device["name"] == "SmartBall"
+    assert isinstance(device["rssi"], int)
+
+
+def test_info(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "info", "--sim")
+    assert code == 0
+    assert "1.0.0" in out and f"{STAGING} bytes" in out and "times are simulated" in out
+
+    code, data, _ = run_json(capsys, "info", "--sim")
+    assert code == 0
+    assert data["firmware_version"] == "1.0.0"
+    assert data["active_image_size"] == SIM_OLD_IMAGE_SIZE
+    assert data["staging_capacity"] == STAGING
+    assert data["device"] == {"name": "SmartBall", "address": SIM_ADDRESS}
+
+
+def test_status(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "status", "--sim")
+    assert code == 0
+    assert "idle" in out and "next offset" in out
+
+    code, data, _ = run_json(capsys, "status", "--sim")
+    assert code == 0
+    assert data["state"] == "idle"
+    assert data["next_expected_offset"] == 0
+
+
+def test_abort(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "abort", "--sim")
+    assert code == 0
+    assert "aborted" in out
+
+    code, data, _ = run_json(capsys, "abort", "--sim", "--address", SIM_ADDRESS)
+    assert code == 0
+    assert data["command"] == "abort" and data["state"] == "idle"
+
+
+def test_unknown_device_is_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ("info", "--sim", "--address", "AA:BB:CC:DD:EE:FF", "--scan-timeout", "2")
+    code, out, err = run(capsys, *argv)
+    assert code == 3
+    assert "AA:BB:CC:DD:EE:FF" in one_error_line(err)
+    assert out == ""
+
+    code, data, _ = run_json(capsys, *argv)
+    assert code == 3
+    assert data["ok"] is False and data["exit_code"] == 3
+
+
+def test_link_trouble_in_info_is_exit_4(capsys: pytest.CaptureFixture[str]) -> None:
+    # Every connect times out: the link layer gives up with ConnectFailed.
+    code, _, err = run(capsys, "info", "--sim", "--faults", "connect-timeout:10")
+    assert code == 4
+    assert "could not connect" in one_error_line(err)
+
+
+def test_real_radio_without_bluez_is_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
+    if has_system_bus():
+        pytest.skip("this machine has a system D-Bus; the no-BlueZ path cannot be shown")
+    code, out, err = run(capsys, "info")
+    assert code == 3
+    line = one_error_line(err)
+    assert "BlueZ" in line or "D-Bus" in line
+    assert "--sim" in line
+    assert out == ""
+
+
+# --- flash: bad input ---------------------------------------------------------------------
+
+
+def test_missing_image_is_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run(capsys, "flash", "--sim", str(tmp_path / "nope.bin"))
+    assert code == 2
+    assert "no such file" in one_error_line(err)
+    assert out == ""
+
+
+def test_missing_image_fails_before_any_radio_activity(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # No --sim and no BlueZ here: the image is checked first, so the answer is 2, not 3.
+    code, _, err = run(capsys, "flash", str(tmp_path / "nope.bin"))
+    assert code == 2
+    assert "no such file" in one_error_line(err)
+
+
+def test_empty_image_is_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "empty.bin"
+    path.write_bytes(b"")
+    code, _, err = run(capsys, "flash", "--sim", str(path))
+    assert code == 2
+    assert "empty" in one_error_line(err)
+
+
+def test_malformed_hex_is_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "bad.hex"
+    path.write_text(":10000000ZZ\n:00000001FF\n")
+    code, _, err = run(capsys, "flash", "--sim", str(path))
+    assert code == 2
+    assert "not a valid Intel HEX" in one_error_line(err)
+
+
+def test_image_larger_than_staging_is_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = image_file(tmp_path, STAGING + 1)
+    code, data, err = run_json(capsys, "flash", "--sim", str(path))
+    assert code == 2
+    assert data["success"] is False and data["failure"] == "bad-input"
+    assert "staging" in one_error_line(err)
+    assert data["sim_active_image"]["size"] == SIM_OLD_IMAGE_SIZE
+
+
+# --- flash: success -----------------------------------------------------------------------
+
+
+def test_flash_human_output(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = image_file(tmp_path, 40_000)
+    code, out, err = run(capsys, "flash", "--sim", str(path), "--stabilise", "0.5")
+    assert code == 0
+    assert "Update succeeded" in out
+    assert "40000 bytes" in out and f"{zlib.crc32(path.read_bytes()):08x}" in out
+    assert "throughput" in out and "phases" in out and "device now" in out
+    assert "simulated" in out
+    assert "Faults on the simulated device (0)" in out
+    assert "transfer" in err  # the progress bar
+    assert "Event log:" not in out
+
+
+def test_flash_verbose_prints_the_event_log(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = image_file(tmp_path, 20_000)
+    code, out, _ = run(capsys, "flash", "--sim", "-v", str(path))
+    assert code == 0
+    assert "Event log:" in out
+    assert "transferring -> finishing" in out
+
+
+def test_flash_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = image_file(tmp_path, 30_000)
+    code, data, err = run_json(capsys, "flash", "--sim", str(path))
+    assert code == 0
+    assert data["success"] is True and data["exit_code"] == 0
+    assert data["simulated"] is True and data["virtual_time"] is True
+    assert data["device"] == {"name": "SmartBall", "address": SIM_ADDRESS}
+    assert data["bytes_sent"] >= 30_000
+    assert data["info_after"]["active_image_crc32"] == zlib.crc32(path.read_bytes())
+    assert data["fault_log"] == []
+    assert "%|" not in err  # no progress bars with --json
+
+
+def test_flash_field_linux_resumes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # field-linux drops the link at offset 247354: the image must reach past it to resume.
+    path = image_file(tmp_path, 300_000, seed=11)
+    crc = zlib.crc32(path.read_bytes())
+    code, out, err = run(capsys, "flash", "--sim", "--faults", "field-linux", str(path))
+    assert code == 0
+    assert "resume: at offset" in err
+    assert "link-lost" in err and "recover" in err
+    assert "Update succeeded" in out
+    assert "slow-erase:30s" in out and "adv-pause:20s" in out  # the device's fault log
+
+    code, data, _ = run_json(capsys, "flash", "--sim", "--faults", "field-linux", str(path))
+    assert code == 0
+    assert data["success"] is True
+    assert data["reconnects"] >= 1 and data["resumes"] >= 1
+    assert data["info_after"]["active_image_crc32"] == crc
+    assert any("drop" in line for line in data["fault_log"])
+
+
+def test_flash_valid_intel_hex(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    payload = random.Random(5).randbytes(25_000)
+    ih = IntelHex()
+    ih.frombytes(payload, offset=0x27000)
+    path = tmp_path / "app.hex"
+    ih.write_hex_file(str(path))
+    code, data, _ = run_json(capsys, "flash", "--sim", str(path))
+    assert code == 0
+    assert data["image_size"] == len(payload)
+    assert data["info_after"]["active_image_crc32"] == zlib.crc32(payload)
+
+
+def test_erase_time_sets_the_simulated_erase(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = image_file(tmp_path, 20_000)
+    code, data, _ = run_json(capsys, "flash", "--sim", "--erase-time", "20", str(path))
+    assert code == 0
+    assert data["phase_s"]["waiting-ready"] >= 20
+
+
+def test_clear_cache_forgets_the_simulated_gatt_cache(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = image_file(tmp_path, 20_000)
+    args = ("flash", "--sim", "--faults", "stale-cache", str(path))
+    code, _, err = run(capsys, *args, "--clear-cache")
+    assert code == 0
+    assert "cache-cleared" in err and "services-missing" not in err
+    code, _, err = run(capsys, *args)
+    assert code == 0
+    assert "services-missing" in err  # the control: without the clear, the stale cache bites
+
+
+# --- flash: failure -----------------------------------------------------------------------
+
+
+def test_failure_after_retries_is_exit_4_and_keeps_the_old_image(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = image_file(tmp_path, 40_000)
+    argv = ("flash", "--sim", "--faults", "connect-timeout:50", "--max-attempts", "2", str(path))
+    code, data, err = run_json(capsys, *argv)
+    assert code == 4
+    assert data["success"] is False and data["failure"] == "link"
+    assert "keeps its old image" in data["error"]
+    assert data["sim_active_image"]["size"] == SIM_OLD_IMAGE_SIZE
+    assert data["sim_active_image"]["crc32"] != zlib.crc32(path.read_bytes())
+    assert "update failed" in one_error_line(err)
+
+    code, out, err = run(capsys, *argv)
+    assert code == 4
+    assert "Update FAILED (link)" in out and "(its old image)" in out
+    assert "keeps its old image" in err
+
+
+def test_keyboard_interrupt_is_exit_130(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def interrupted(self: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.OtaEngine, "run", interrupted)
+    path = image_file(tmp_path, 20_000)
+    code, _, err = run(capsys, "flash", "--sim", str(path))
+    assert code == 130
+    assert "keeps its old image" in err and "flash" in err
+
+
+# --- the installed script -----------------------------------------------------------------
+
+
+def test_installed_script_smoke(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "smartball-ota"
+    exe = str(script) if script.exists() else shutil.which("smartball-ota")
+    if exe is None:
+        pytest.skip("the smartball-ota script is not installed")
+    proc = subprocess.run(
+        [exe, "status", "--sim", "--json"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["state"] == "idle"
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest_smartball.cli", "flash", "--sim", "missing.bin"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery is POSIX-only here")
+def test_ctrl_c_mid_update_is_exit_130(tmp_path: Path) -> None:
+    path = image_file(tmp_path, 20_000)
+    # Real time and a long erase, so the update is surely still running when Ctrl-C arrives.
+    argv = ["flash", "--sim", "--realtime", "--erase-time", "30", "--json", str(path)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest_smartball.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "keeps its old image" in err and "flash" in err
+    assert "Traceback" not in err
+    assert json.loads(out) == {
+        "command": "flash",
+        "ok": False,
+        "exit_code": 130,
+        "error": cli.INTERRUPTED,
+    }
