@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def load_image(path: str | Path, *, max_size: int | None = None) -> FirmwareImag
     looks_hex = path.suffix.lower() in (".hex", ".ihex") or (
         path.suffix.lower() != ".bin" and raw[:1] == b":"
     )
-    data = _from_intel_hex(path, raw) if looks_hex else raw
+    data = _from_intel_hex(path, raw, max_size) if looks_hex else raw
     if not data:
         raise ImageError(f"{path}: the image is empty")
     image = FirmwareImage(data, str(path))
@@ -59,22 +60,38 @@ def load_image(path: str | Path, *, max_size: int | None = None) -> FirmwareImag
     return image
 
 
-def _from_intel_hex(path: Path, raw: bytes) -> bytes:
+def _from_intel_hex(path: Path, raw: bytes, max_size: int | None = None) -> bytes:
     from intelhex import HexRecordError, IntelHex, IntelHexError
 
     ih = IntelHex()
     try:
-        ih.loadhex(_text_io(raw))
+        text = raw.decode("ascii")
+        ih.loadhex(io.StringIO(text))
     except (HexRecordError, IntelHexError, ValueError, UnicodeDecodeError) as exc:
         raise ImageError(f"{path}: not a valid Intel HEX file: {exc}") from None
-    if ih.minaddr() is None:
+    start, end = ih.minaddr(), ih.maxaddr()
+    if start is None:
         return b""
+    # intelhex stops quietly at the end of the text: without the EOF record a file cut
+    # short at a line boundary would load as a shorter image with a CRC to match.
+    if not any(_is_eof_record(line) for line in text.splitlines()):
+        raise ImageError(
+            f"{path}: not a valid Intel HEX file: no end-of-file record (:00000001FF); "
+            "the file is truncated"
+        )
+    span = end - start + 1
+    if max_size is not None and span > max_size:
+        # Before filling the gaps: a merged hex with UICR data at 0x10001000 spans 256 MB.
+        raise ImageError(
+            f"{path}: image is {span} bytes (Intel HEX data from 0x{start:08X} to "
+            f"0x{end:08X}) but the device's staging area holds {max_size} bytes; "
+            "build a smaller image"
+        )
     # Gaps inside the image are erased flash on the device: fill them with 0xFF.
     ih.padding = 0xFF
-    return bytes(ih.tobinarray(start=ih.minaddr(), end=ih.maxaddr()))
+    return bytes(ih.tobinarray(start=start, end=end))
 
 
-def _text_io(raw: bytes):
-    import io
-
-    return io.StringIO(raw.decode("ascii"))
+def _is_eof_record(line: str) -> bool:
+    line = line.strip()
+    return line.startswith(":") and len(line) >= 11 and line[1:3] == "00" and line[7:9] == "01"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from pytest_smartball import protocol as p
 
@@ -143,22 +144,30 @@ PROFILES: dict[str, str] = {
 
 
 def _num(value: float) -> str:
-    return f"{value:g}"
+    """The shortest decimal that parses back to ``value`` exactly, never in exponent form
+    (``:g`` gave ``1.23457`` for 1.2345678 and ``1e-05``, which the parser rejects)."""
+    text = format(Decimal(repr(float(value))), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
-_SECONDS = re.compile(r"^(\d+(?:\.\d+)?)(ms|s)?$")
+_SECONDS = re.compile(r"^(\d+(?:\.\d+)?)(ms|s)?$", re.ASCII)
 
 
 def _seconds(text: str, where: str) -> float:
     m = _SECONDS.match(text)
     if not m:
         raise FaultSpecError(f"{where}: {text!r} is not a duration (e.g. 20s, 1.5s, 300ms)")
-    value = float(m.group(1))
-    return value / 1000 if m.group(2) == "ms" else value
+    value = Decimal(m.group(1))
+    return float(value / 1000 if m.group(2) == "ms" else value)
+
+
+def _is_number(text: str) -> bool:
+    # str.isdigit() is also true for "²", which int() rejects
+    return text.isascii() and text.isdigit()
 
 
 def _count(text: str, where: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not _is_number(text) or int(text) < 1:
         raise FaultSpecError(f"{where}: {text!r} is not a positive whole number")
     return int(text)
 
@@ -187,12 +196,12 @@ def _parse_trigger(text: str, where: str) -> Trigger:
             raise FaultSpecError(f"{where}: erase trigger {arg!r} must be 0% to 100%")
         return Trigger("erase", percent)
     if kind == "cmd":
-        name, _, nth = arg.partition("#")
-        return Trigger("cmd", _count(nth or "1", where), _msg_type(name, where))
+        name, hash_sign, nth = arg.partition("#")
+        return Trigger("cmd", _count(nth if hash_sign else "1", where), _msg_type(name, where))
     if kind == "t":
         return Trigger("t", _seconds(arg, where))
     if kind == "offset":
-        if not arg.isdigit():
+        if not _is_number(arg):
             raise FaultSpecError(f"{where}: offset {arg!r} is not a byte count")
         return Trigger("offset", int(arg))
     return Trigger(kind, _count(arg, where))
@@ -200,23 +209,26 @@ def _parse_trigger(text: str, where: str) -> Trigger:
 
 def _parse_fault(part: str) -> Fault:
     where = f"fault {part!r}"
-    body, _, trigger_text = part.partition("@")
-    effect, _, arg = body.partition(":")
+    body, at, trigger_text = part.partition("@")
+    effect, colon, arg = body.partition(":")
     if effect not in EFFECTS:
         known = ", ".join(EFFECTS) + "; profiles: " + ", ".join(PROFILES)
         raise FaultSpecError(f"{where}: unknown effect {effect!r} (known: {known})")
-    trigger = _parse_trigger(trigger_text, where) if trigger_text else Trigger()
+    # "drop@" or "lose:" is a typo, not the default: _parse_trigger rejects an empty trigger
+    trigger = _parse_trigger(trigger_text, where) if at else Trigger()
     kind = EFFECTS[effect][0]
     if kind is None:
-        if arg:
+        if colon:
             raise FaultSpecError(f"{where}: {effect} takes no argument")
         return Fault(effect, trigger)
+    if colon and not arg:
+        raise FaultSpecError(f"{where}: nothing after ':' (omit it, or give {effect} a value)")
     if kind == "seconds":
         if not arg:
             raise FaultSpecError(f"{where}: {effect} needs a duration, e.g. {effect}:20s")
         return Fault(effect, trigger, seconds=_seconds(arg, where))
     if not arg:
         return Fault(effect, trigger)
-    if kind == "count_or_type" and not arg.isdigit():
+    if kind == "count_or_type" and not _is_number(arg):
         return Fault(effect, trigger, msg_type=_msg_type(arg, where))
     return Fault(effect, trigger, count=_count(arg, where))

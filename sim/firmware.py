@@ -218,6 +218,9 @@ class SmartBallFirmware:
                 self._reply(p.MsgOtaReady(s.max_chunk, self.window))
             # ERASING: the erase goes on and READY follows; VERIFYING: DONE or ERROR follows.
             return
+        # From COMPLETE a reset is still pending (after MSG_OTA_DONE): the new session
+        # replaces the verified image, so that reset must not cut the new session short.
+        self._cancel_tasks()
         self.session = OtaSession(
             msg.image_size, msg.image_crc32, max_chunk=min(msg.chunk_size, DEVICE_MAX_CHUNK)
         )

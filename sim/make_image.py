@@ -22,8 +22,13 @@ def make_image(size: int = FIELD_IMAGE_SIZE, seed: int = 0) -> bytes:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim.make_image", description=__doc__)
     parser.add_argument("out", type=Path, help="file to write (.bin)")
-    parser.add_argument("size", type=int, nargs="?", default=FIELD_IMAGE_SIZE,
-                        help=f"image size in bytes (default {FIELD_IMAGE_SIZE})")
+    parser.add_argument(
+        "size",
+        type=int,
+        nargs="?",
+        default=FIELD_IMAGE_SIZE,
+        help=f"image size in bytes (default {FIELD_IMAGE_SIZE})",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.size < 1:

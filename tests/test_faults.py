@@ -1,0 +1,540 @@
+"""Fault plans: the text form (parse, canonical spelling, errors) and what FaultInjector does
+to a SimDevice when a fault fires. The device is driven through its radio API with a small
+in-test peer, on looptime's virtual clock."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+from bleak.exc import BleakError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_smartball import protocol as p
+from pytest_smartball.protocol import MsgType
+from sim.device import SimDevice, SimLink
+from sim.faults import (
+    EFFECTS,
+    PROFILES,
+    TRIGGERS,
+    Fault,
+    FaultPlan,
+    FaultSpecError,
+    Trigger,
+)
+
+# --- parsing: every effect and every trigger -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "fault"),
+    [
+        ("drop", Fault("drop")),
+        ("reboot", Fault("reboot")),
+        ("adv-pause:20s", Fault("adv-pause", seconds=20.0)),
+        ("adv-pause:1.5", Fault("adv-pause", seconds=1.5)),  # seconds by default
+        ("adv-pause:300ms", Fault("adv-pause", seconds=0.3)),
+        ("race:1.5s", Fault("race", seconds=1.5)),
+        ("stale-cache", Fault("stale-cache")),
+        ("lose", Fault("lose", count=1)),
+        ("lose:3", Fault("lose", count=3)),
+        ("lose:MSG_OTA_READY", Fault("lose", msg_type=MsgType.MSG_OTA_READY)),
+        ("lose:msg_ota_ack", Fault("lose", msg_type=MsgType.MSG_OTA_ACK)),
+        ("write-drop", Fault("write-drop")),
+        ("write-drop:2", Fault("write-drop", count=2)),
+        ("connect-fail:3", Fault("connect-fail", count=3)),
+        ("connect-timeout", Fault("connect-timeout")),
+        ("corrupt:4", Fault("corrupt", count=4)),
+        ("slow-erase:30s", Fault("slow-erase", seconds=30.0)),
+    ],
+)
+def test_parse_each_effect(spec: str, fault: Fault) -> None:
+    assert FaultPlan.parse(spec) == FaultPlan((fault,))
+
+
+def test_every_effect_is_covered() -> None:
+    covered = {
+        "drop",
+        "reboot",
+        "adv-pause",
+        "race",
+        "stale-cache",
+        "lose",
+        "write-drop",
+        "connect-fail",
+        "connect-timeout",
+        "corrupt",
+        "slow-erase",
+    }
+    assert set(EFFECTS) == covered  # a new effect needs a case in test_parse_each_effect
+
+
+@pytest.mark.parametrize(
+    ("text", "trigger"),
+    [
+        ("erase:50%", Trigger("erase", 50)),
+        ("erase:0%", Trigger("erase", 0)),
+        ("erase:100%", Trigger("erase", 100)),
+        ("erase:12.5", Trigger("erase", 12.5)),
+        ("offset:200000", Trigger("offset", 200000)),
+        ("offset:0", Trigger("offset", 0)),
+        ("cmd:CMD_OTA_DATA#3", Trigger("cmd", 3, MsgType.CMD_OTA_DATA)),
+        ("cmd:cmd_ota_finish", Trigger("cmd", 1, MsgType.CMD_OTA_FINISH)),
+        ("t:2s", Trigger("t", 2.0)),
+        ("t:250ms", Trigger("t", 0.25)),
+        ("connect:2", Trigger("connect", 2)),
+    ],
+)
+def test_parse_each_trigger(text: str, trigger: Trigger) -> None:
+    (fault,) = FaultPlan.parse(f"drop@{text}").faults
+    assert fault == Fault("drop", trigger)
+
+
+def test_every_trigger_is_covered() -> None:
+    assert set(TRIGGERS) == {"erase", "offset", "cmd", "t", "connect"}
+
+
+def test_empty_specs_are_empty_plans() -> None:
+    for spec in (None, "", "  ", ",", " , ,"):
+        plan = FaultPlan.parse(spec)
+        assert plan == FaultPlan()
+        assert not plan
+        assert str(plan) == ""
+
+
+def test_plan_addition_and_truth() -> None:
+    a, b = FaultPlan.parse("drop"), FaultPlan.parse("reboot@offset:5")
+    assert a and b
+    assert (a + b).faults == (Fault("drop"), Fault("reboot", Trigger("offset", 5)))
+
+
+# --- canonical text ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "canonical"),
+    [
+        ("drop", "drop"),
+        (" drop , reboot ", "drop,reboot"),
+        ("adv-pause:20", "adv-pause:20s"),
+        ("adv-pause:20.0s", "adv-pause:20s"),
+        ("adv-pause:1500ms", "adv-pause:1.5s"),
+        ("adv-pause:1.1ms", "adv-pause:0.0011s"),
+        ("adv-pause:0.00001s", "adv-pause:0.00001s"),
+        ("adv-pause:1234567s", "adv-pause:1234567s"),
+        ("adv-pause:1.2345678s", "adv-pause:1.2345678s"),
+        ("lose:1", "lose"),
+        ("lose:msg_ota_ready", "lose:MSG_OTA_READY"),
+        ("write-drop:01", "write-drop"),
+        ("drop@erase:50", "drop@erase:50%"),
+        ("drop@erase:12.50%", "drop@erase:12.5%"),
+        ("drop@cmd:cmd_ota_data", "drop@cmd:CMD_OTA_DATA#1"),
+        ("drop@t:2000ms", "drop@t:2s"),
+        ("race:1.5s@connect:02", "race:1.5s@connect:2"),
+        ("drop-in-erase", "drop@erase:50%"),
+        ("drop-in-transfer,reboot", "drop@offset:100000,reboot"),
+        ("reboot-in-transfer", "reboot@offset:100000"),
+        ("field-linux", PROFILES["field-linux"]),
+    ],
+)
+def test_canonical_spelling(spec: str, canonical: str) -> None:
+    plan = FaultPlan.parse(spec)
+    assert str(plan) == canonical
+    assert FaultPlan.parse(str(plan)) == plan
+
+
+def test_profiles_expand() -> None:
+    plan = FaultPlan.parse("field-linux")
+    assert [f.effect for f in plan.faults] == [
+        "slow-erase",
+        "drop",
+        "race",
+        "connect-fail",
+        "drop",
+        "adv-pause",
+    ]
+    assert plan.faults[0] == Fault("slow-erase", seconds=30.0)
+    assert plan.faults[2] == Fault("race", Trigger("connect", 2), seconds=1.5)
+    assert plan.faults[5] == Fault("adv-pause", Trigger("offset", 247354), seconds=20.0)
+    mixed = FaultPlan.parse("lose:2,drop-in-erase,reboot-in-transfer")
+    assert mixed.faults == (
+        Fault("lose", count=2),
+        Fault("drop", Trigger("erase", 50)),
+        Fault("reboot", Trigger("offset", 100000)),
+    )
+    for name, spec in PROFILES.items():
+        assert FaultPlan.parse(name) == FaultPlan.parse(spec)
+
+
+# hypothesis: any Fault built from EFFECTS and TRIGGERS survives str -> parse
+
+_seconds = st.floats(min_value=0, max_value=1e7, allow_nan=False, allow_infinity=False)
+_count = st.integers(min_value=1, max_value=10**9)
+_msg_types = st.sampled_from(list(MsgType)).map(int)
+
+
+def _trigger(kind: str) -> st.SearchStrategy[Trigger]:
+    match kind:
+        case "erase":
+            return st.floats(min_value=0, max_value=100).map(lambda v: Trigger("erase", v))
+        case "offset":
+            return st.integers(min_value=0, max_value=2**32).map(lambda v: Trigger("offset", v))
+        case "cmd":
+            return st.builds(lambda n, t: Trigger("cmd", n, t), _count, _msg_types)
+        case "t":
+            return _seconds.map(lambda v: Trigger("t", v))
+        case "connect":
+            return _count.map(lambda v: Trigger("connect", v))
+    raise AssertionError(kind)
+
+
+triggers = st.one_of(st.just(Trigger()), *(_trigger(k) for k in TRIGGERS))
+
+
+@st.composite
+def faults(draw: st.DrawFn) -> Fault:
+    effect = draw(st.sampled_from(list(EFFECTS)))
+    trigger = draw(triggers)
+    kind = EFFECTS[effect][0]
+    if kind == "seconds":
+        return Fault(effect, trigger, seconds=draw(_seconds))
+    if kind == "count":
+        return Fault(effect, trigger, count=draw(_count))
+    if kind == "count_or_type":
+        if draw(st.booleans()):
+            return Fault(effect, trigger, msg_type=draw(_msg_types))
+        return Fault(effect, trigger, count=draw(_count))
+    assert kind is None
+    return Fault(effect, trigger)
+
+
+@settings(max_examples=300)
+@given(plan=st.lists(faults(), max_size=5).map(lambda fs: FaultPlan(tuple(fs))))
+def test_round_trip_of_generated_plans(plan: FaultPlan) -> None:
+    text = str(plan)
+    assert not re.search(r"\de[+-]?\d", text)  # no exponent form: the parser rejects it
+    assert FaultPlan.parse(text) == plan
+    assert str(FaultPlan.parse(text)) == text
+
+
+@settings(max_examples=200)
+@given(fault=faults())
+def test_round_trip_of_one_fault(fault: Fault) -> None:
+    (parsed,) = FaultPlan.parse(str(fault)).faults
+    assert parsed == fault
+
+
+# --- malformed specs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "names"),
+    [
+        ("explode", ["'explode'", "unknown effect"]),
+        ("drop,explode@erase:5%", ["'explode'"]),
+        ("slow-erase", ["needs a duration"]),
+        ("adv-pause", ["needs a duration"]),
+        ("race@connect:2", ["needs a duration"]),
+        ("adv-pause:fast", ["'fast'", "not a duration"]),
+        ("adv-pause:-1s", ["'-1s'"]),
+        ("adv-pause:1e3s", ["'1e3s'"]),
+        ("adv-pause:2m", ["'2m'"]),
+        ("drop:3", ["drop takes no argument"]),
+        ("stale-cache:1", ["takes no argument"]),
+        ("drop:", ["takes no argument"]),
+        ("lose:", ["nothing after ':'"]),
+        ("drop@", ["bad trigger ''"]),
+        ("drop@later", ["bad trigger 'later'"]),
+        ("drop@erase", ["bad trigger 'erase'"]),
+        ("drop@erase:", ["bad trigger 'erase:'"]),
+        ("drop@soon:5", ["bad trigger 'soon:5'"]),
+        ("drop@erase:150%", ["'150%'", "0% to 100%"]),
+        ("drop@erase:-5%", ["'-5%'"]),
+        ("drop@erase:half", ["'half'"]),
+        ("drop@erase:nan%", ["'nan%'"]),
+        ("drop@offset:-1", ["offset '-1'"]),
+        ("drop@offset:1k", ["offset '1k'"]),
+        ("drop@offset:²", ["offset '²'"]),
+        ("drop@t:soon", ["'soon'", "not a duration"]),
+        ("drop@connect:0", ["'0'", "positive whole number"]),
+        ("drop@connect:²", ["'²'"]),
+        ("drop@cmd:CMD_BOGUS#2", ["unknown message type 'CMD_BOGUS'"]),
+        ("drop@cmd:CMD_INFO#0", ["'0'", "positive whole number"]),
+        ("drop@cmd:CMD_INFO#", ["''", "positive whole number"]),
+        ("drop@cmd:#2", ["unknown message type ''"]),
+        ("lose:MSG_BOGUS", ["unknown message type 'MSG_BOGUS'"]),
+        ("lose:0", ["'0'", "positive whole number"]),
+        ("write-drop:0", ["'0'", "positive whole number"]),
+        ("connect-fail:x", ["'x'"]),
+        ("corrupt:1.5", ["'1.5'"]),
+        ("drop@erase:50%@offset:3", ["'50%@offset:3'"]),
+    ],
+)
+def test_malformed_spec_names_the_bad_part(spec: str, names: list[str]) -> None:
+    with pytest.raises(FaultSpecError) as info:
+        FaultPlan.parse(spec)
+    message = str(info.value)
+    bad_part = spec.split(",")[-1]  # the bad fault is the last one in every case
+    assert f"fault {bad_part!r}" in message
+    for name in names:
+        assert name in message
+
+
+def test_unknown_effect_lists_effects_and_profiles() -> None:
+    with pytest.raises(FaultSpecError) as info:
+        FaultPlan.parse("field-windows")
+    for name in (*EFFECTS, *PROFILES):
+        assert name in str(info.value)
+
+
+def test_fault_spec_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        FaultPlan.parse("drop@erase:101%")
+
+
+# --- FaultInjector through SimDevice -------------------------------------------------------------
+
+IMAGE = bytes(range(256)) * 8  # the simulated device's active image
+
+
+class Peer:
+    """The host end of a link, without bleak: decodes notifications, records link loss."""
+
+    def __init__(self) -> None:
+        self.decoder = p.FrameDecoder()
+        self.raw: list[bytes] = []
+        self.messages: list[p.Message] = []
+        self.lost: list[tuple[float, str]] = []
+
+    def sim_notification(self, data: bytes) -> None:
+        self.raw.append(bytes(data))
+        for frame in self.decoder.feed(data):
+            self.messages.append(p.parse_message(frame))
+
+    def sim_link_lost(self, reason: str) -> None:
+        self.lost.append((asyncio.get_running_loop().time(), reason))
+
+    def types(self) -> list[type]:
+        return [type(m) for m in self.messages]
+
+
+async def connect(device: SimDevice) -> tuple[Peer, SimLink]:
+    peer = Peer()
+    link = await device.connect(peer)
+    return peer, link
+
+
+async def send(device: SimDevice, link: SimLink, *msgs: p.Message) -> None:
+    for msg in msgs:
+        await device.write(link, p.encode(msg))
+    await asyncio.sleep(0.5)  # past the connection events that carry the writes
+
+
+def make_device(faults: str, **kwargs) -> SimDevice:
+    return SimDevice(active_image=IMAGE, faults=faults, **kwargs)
+
+
+def fired(device: SimDevice) -> list[tuple[str, str]]:
+    """(fault, trigger) of the records written when a fault fired (not when applied)."""
+    return [(r.fault, r.trigger) for r in device.fault_log if r.trigger != "applied"]
+
+
+def applied(device: SimDevice) -> list[tuple[str, str]]:
+    return [(r.fault, r.detail) for r in device.fault_log if r.trigger == "applied"]
+
+
+@pytest.mark.asyncio
+async def test_lose_one_message_type_drops_exactly_that_message() -> None:
+    device = make_device("lose:MSG_OTA_READY")
+    peer, link = await connect(device)
+    start = p.CmdOtaStart(5000, 0x1234, 100)
+    await send(device, link, start)
+    await asyncio.sleep(2)
+    assert peer.types() == [p.MsgOtaProgress, p.MsgOtaProgress]  # READY is lost
+    assert device.firmware.state == p.OtaState.RECEIVING
+    await send(device, link, p.CmdInfo(), start)  # resume: READY again, and this one arrives
+    assert peer.types()[2:] == [p.MsgInfo, p.MsgOtaReady]
+    assert applied(device) == [("lose", "MSG_OTA_READY")]
+    assert fired(device) == [("lose:MSG_OTA_READY", "")]
+
+
+@pytest.mark.asyncio
+async def test_lose_n_messages() -> None:
+    device = make_device("lose:2")
+    peer, link = await connect(device)
+    await send(device, link, p.CmdInfo(), p.CmdOtaStatus(), p.CmdOtaStatus(), p.CmdInfo())
+    assert peer.types() == [p.MsgOtaStatus, p.MsgInfo]
+    assert applied(device) == [("lose", "MSG_INFO"), ("lose", "MSG_OTA_STATUS")]
+
+
+@pytest.mark.asyncio
+async def test_corrupt_flips_one_byte_and_the_host_decoder_drops_the_frame() -> None:
+    device = make_device("corrupt", seed=1)
+    peer, link = await connect(device)
+    await send(device, link, p.CmdOtaStatus(), p.CmdInfo())
+    good = p.encode(device.firmware.status())
+    corrupted = peer.raw[0]
+    diff = [i for i, (a, b) in enumerate(zip(corrupted, good, strict=True)) if a != b]
+    assert len(diff) == 1
+    (position,) = diff
+    assert corrupted[position] == good[position] ^ 0xFF
+    assert position >= 1  # the SOF is never hit
+    assert applied(device) == [("corrupt", f"MSG_OTA_STATUS byte {position}")]
+    assert position not in (2, 3)  # this seed hits neither length byte: a plain bad CRC
+    assert peer.decoder.stats.bad_crc == 1
+    assert peer.types() == [p.MsgInfo]  # the next message decodes fine
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("seed", range(6))
+async def test_corrupt_never_delivers_the_damaged_frame(seed: int) -> None:
+    device = make_device("corrupt:3", seed=seed)
+    peer, link = await connect(device)
+    await send(device, link, p.CmdInfo(), p.CmdInfo(), p.CmdInfo())
+    assert len(applied(device)) == 3
+    assert all(r != p.encode(device.firmware.info()) for r in peer.raw)
+    assert peer.messages == []  # whatever the decoder made of them, no frame got through
+    assert (peer.decoder.stats.bad_crc + peer.decoder.stats.bad_length + peer.decoder.buffered) > 0
+
+
+@pytest.mark.asyncio
+async def test_write_drop_loses_one_write() -> None:
+    device = make_device("write-drop")
+    peer, link = await connect(device)
+    await send(device, link, p.CmdInfo(), p.CmdOtaStatus(), p.CmdInfo())
+    assert peer.types() == [p.MsgOtaStatus, p.MsgInfo]
+    assert device.firmware.commands_seen == {MsgType.CMD_OTA_STATUS: 1, MsgType.CMD_INFO: 1}
+    assert applied(device) == [("write-drop", "")]
+
+
+@pytest.mark.asyncio
+async def test_cmd_trigger_arms_on_the_nth_command() -> None:
+    device = make_device("write-drop:2@cmd:CMD_INFO#2")
+    peer, link = await connect(device)
+    await send(device, link, *[p.CmdInfo()] * 5)
+    # INFO 1 and 2 answered (the 2nd arms the fault), 3 and 4 lost, 5 answered
+    assert peer.types() == [p.MsgInfo] * 3
+    assert device.firmware.commands_seen == {MsgType.CMD_INFO: 3}
+    assert fired(device) == [("write-drop:2", "cmd:CMD_INFO#2")]
+
+
+@pytest.mark.asyncio
+async def test_drop_at_erase_percentage_keeps_the_erase_going() -> None:
+    device = make_device("drop@erase:50%")
+    loop = asyncio.get_running_loop()
+    peer, link = await connect(device)
+    t0 = loop.time()
+    await device.write(link, p.encode(p.CmdOtaStart(4 * 4096, 0x1234, 100)))  # 4 pages
+    await asyncio.sleep(5)
+    assert peer.types() == [p.MsgOtaProgress, p.MsgOtaProgress]  # then the link dropped
+    assert [m.done for m in peer.messages] == [4096, 8192]
+    assert not link.alive and device.link is None
+    assert device.firmware.state == p.OtaState.RECEIVING  # the erase finished without a host
+    (record,) = device.fault_log
+    assert (record.fault, record.trigger) == ("drop", "erase:50%")
+    # fired at the second page: the write's connection event, then 2 pages of 85 ms
+    assert record.time - t0 == pytest.approx(0.015 + 2 * 0.085, abs=0.02)
+    assert [t for t, _ in peer.lost] == [record.time]
+
+
+@pytest.mark.asyncio
+async def test_reboot_at_offset_loses_the_session() -> None:
+    device = make_device("reboot@offset:200")
+    peer, link = await connect(device)
+    image = bytes(1000)
+    await send(device, link, p.CmdOtaStart(len(image), p.crc32(image), 100))
+    await asyncio.sleep(1)
+    for offset in range(0, 300, 100):
+        await device.write(link, p.encode(p.CmdOtaData(offset, image[offset : offset + 100])))
+    await asyncio.sleep(0.5)
+    assert peer.lost and peer.lost[0][1] == "device reset"
+    assert device.firmware.state == p.OtaState.IDLE
+    assert device.firmware.boot_count == 2
+    assert not device.advertising
+    await asyncio.sleep(device.radio.boot_s)
+    assert device.advertising
+    assert fired(device) == [("reboot", "offset:200")]
+
+
+@pytest.mark.asyncio
+async def test_adv_pause_stops_advertising_for_its_duration() -> None:
+    loop = asyncio.get_running_loop()
+    device = make_device("")
+    peer, _link = await connect(device)
+    t0 = loop.time()
+    device.set_faults("adv-pause:5s")
+    assert peer.lost == [(t0, "advertising paused")]
+    await asyncio.sleep(4.9)
+    assert not device.advertising
+    await asyncio.sleep(0.2)
+    assert device.advertising
+    assert device.fault_log[0].time == t0
+
+
+@pytest.mark.asyncio
+async def test_time_trigger_fires_after_connecting() -> None:
+    loop = asyncio.get_running_loop()
+    device = make_device("drop@t:2s")
+    _peer, link = await connect(device)
+    t_connected = loop.time()
+    await asyncio.sleep(1.9)
+    assert link.alive
+    await asyncio.sleep(0.2)
+    assert not link.alive
+    (record,) = device.fault_log
+    assert (record.fault, record.trigger) == ("drop", "t:2s")
+    assert record.time - t_connected == pytest.approx(2.0, abs=1e-6)
+
+
+@pytest.mark.asyncio
+async def test_connect_fail_at_the_second_connection() -> None:
+    device = make_device("connect-fail@connect:2")
+    _peer, link = await connect(device)
+    device.disconnect("x")
+    with pytest.raises(BleakError, match="br-connection-canceled"):
+        await device.connect(Peer())
+    _, link = await connect(device)
+    assert link.number == 2
+    assert fired(device) == [("connect-fail", "connect:2")]
+    assert applied(device) == [("connect-fail", "br-connection-canceled")]
+
+
+@pytest.mark.asyncio
+async def test_slow_erase_takes_its_time() -> None:
+    loop = asyncio.get_running_loop()
+    device = make_device("slow-erase:30s")
+    peer, link = await connect(device)
+    t0 = loop.time()
+    await device.write(link, p.encode(p.CmdOtaStart(3 * 4096, 0x1234, 100)))
+    # the START reaches the device at the next connection event (15 ms), then 30 s of erase
+    await asyncio.sleep(30.0)
+    assert device.firmware.state == p.OtaState.ERASING
+    assert [m.done for m in peer.messages] == [4096, 8192]  # one page every 10 s
+    await asyncio.sleep(0.03)
+    assert device.firmware.state == p.OtaState.RECEIVING
+    assert isinstance(peer.messages[-1], p.MsgOtaReady)
+    assert loop.time() - t0 == pytest.approx(30.03, abs=1e-6)
+
+
+@pytest.mark.asyncio
+async def test_fault_log_records_every_fired_fault_in_order() -> None:
+    loop = asyncio.get_running_loop()
+    device = make_device("lose@cmd:CMD_INFO#1,write-drop@cmd:CMD_OTA_STATUS#2")
+    peer, link = await connect(device)
+    await send(device, link, p.CmdInfo())  # arms "lose", which eats the MSG_INFO
+    t1 = device.fault_log[0].time
+    await send(device, link, p.CmdOtaStatus(), p.CmdOtaStatus(), p.CmdOtaStatus())
+    assert peer.types() == [p.MsgOtaStatus, p.MsgOtaStatus]
+    log = [(r.fault, r.trigger, r.detail) for r in device.fault_log]
+    assert log == [
+        ("lose", "cmd:CMD_INFO#1", ""),
+        ("lose", "applied", "MSG_INFO"),
+        ("write-drop", "cmd:CMD_OTA_STATUS#2", ""),
+        ("write-drop", "applied", ""),
+    ]
+    times = [r.time for r in device.fault_log]
+    assert times == sorted(times)
+    assert times[0] == times[1] == t1 < times[2] <= times[3] <= loop.time()
+    assert "lose" in str(device.fault_log[0]) and "cmd:CMD_INFO#1" in str(device.fault_log[0])
