@@ -45,7 +45,7 @@ async def naive_flash(backend: BleBackend, address: str, image: bytes) -> None:
                 keepalive = p.encode(p.CmdOtaStatus())
                 await client.write_gatt_char(p.NUS_RX_UUID, keepalive, response=False)
         for offset in range(0, len(image), 234):
-            frame = p.encode_data_frame(offset, image[offset:offset + 234])
+            frame = p.encode_data_frame(offset, image[offset : offset + 234])
             await client.write_gatt_char(p.NUS_RX_UUID, frame, response=False)
         await client.write_gatt_char(p.NUS_RX_UUID, p.encode(p.CmdOtaFinish()), response=False)
         await asyncio.wait_for(done.wait(), 15.0)

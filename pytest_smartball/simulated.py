@@ -32,8 +32,11 @@ class SimTarget:
 
 def backend_for(world: SimWorld) -> BleBackend:
     return BleBackend(
-        world.scanner_backend, world.client_backend, "sim",
-        forget=world.forget, warnings=world.warnings,
+        world.scanner_backend,
+        world.client_backend,
+        "sim",
+        forget=world.forget,
+        warnings=world.warnings,
     )
 
 

@@ -53,19 +53,27 @@ def triggers(image_size: int = DEFAULT_STAGING_CAPACITY) -> st.SearchStrategy[Tr
         st.just(Trigger()),
         st.builds(lambda v: Trigger("erase", v), st.integers(0, 100)),
         st.builds(lambda v: Trigger("offset", v), st.integers(0, max(0, image_size))),
-        st.builds(lambda t, n: Trigger("cmd", n, t),
-                  st.sampled_from(_COMMAND_TYPES), st.integers(1, 20)),
+        st.builds(
+            lambda t, n: Trigger("cmd", n, t), st.sampled_from(_COMMAND_TYPES), st.integers(1, 20)
+        ),
         st.builds(lambda v: Trigger("t", v), st.sampled_from([0.5, 1, 2, 5, 10, 30])),
         st.builds(lambda v: Trigger("connect", v), st.integers(1, 4)),
     )
 
 
 def faults(image_size: int = DEFAULT_STAGING_CAPACITY) -> st.SearchStrategy[Fault]:
-    def build(effect: str, trigger: Trigger, seconds: float, count: int, msg_type: int | None,
-              ) -> Fault:
+    def build(
+        effect: str,
+        trigger: Trigger,
+        seconds: float,
+        count: int,
+        msg_type: int | None,
+    ) -> Fault:
         kind = EFFECTS[effect][0]
         if kind == "seconds":
             return Fault(effect, trigger, seconds=seconds)
+        if kind == "percent":
+            return Fault(effect, trigger, percent=float(count))
         if kind == "count_or_type" and msg_type is not None:
             return Fault(effect, trigger, msg_type=msg_type)
         if kind is None:
@@ -82,18 +90,20 @@ def faults(image_size: int = DEFAULT_STAGING_CAPACITY) -> st.SearchStrategy[Faul
     )
 
 
-def fault_plans(max_faults: int = 4, image_size: int = DEFAULT_STAGING_CAPACITY,
-                ) -> st.SearchStrategy[FaultPlan]:
+def fault_plans(
+    max_faults: int = 4,
+    image_size: int = DEFAULT_STAGING_CAPACITY,
+) -> st.SearchStrategy[FaultPlan]:
     """Plans of up to ``max_faults`` faults; they shrink towards fewer, simpler faults."""
-    return st.lists(faults(image_size), max_size=max_faults).map(
-        lambda fs: FaultPlan(tuple(fs))
-    )
+    return st.lists(faults(image_size), max_size=max_faults).map(lambda fs: FaultPlan(tuple(fs)))
 
 
 def messages() -> st.SearchStrategy[p.Message]:
     u8, u16, u32 = st.integers(0, 0xFF), st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF)
     return st.one_of(
-        st.just(p.CmdInfo()), st.just(p.CmdOtaStatus()), st.just(p.CmdOtaAbort()),
+        st.just(p.CmdInfo()),
+        st.just(p.CmdOtaStatus()),
+        st.just(p.CmdOtaAbort()),
         st.just(p.CmdOtaFinish()),
         st.builds(p.CmdOtaStart, u32, u32, u16),
         st.builds(p.CmdOtaData, u32, st.binary(max_size=p.MAX_DATA_CHUNK)),
@@ -130,8 +140,7 @@ def truncated_frames() -> st.SearchStrategy[bytes]:
 
 def frames() -> st.SearchStrategy[bytes]:
     """Protocol input of every kind: valid, mutated, truncated frames and garbage."""
-    return st.one_of(valid_frames(), mutated_frames(), truncated_frames(),
-                     st.binary(max_size=64))
+    return st.one_of(valid_frames(), mutated_frames(), truncated_frames(), st.binary(max_size=64))
 
 
 def command_frames() -> st.SearchStrategy[bytes]:

@@ -19,7 +19,7 @@ from bleak.exc import BleakError
 
 from pytest_smartball import protocol as p
 
-from .faults import Fault, FaultPlan
+from .faults import Fault, FaultPlan, Trigger
 from .firmware import FirmwareEvent, FlashTimings, SmartBallFirmware
 
 log = logging.getLogger("sim.device")
@@ -153,6 +153,7 @@ class SimDevice:
 
     @property
     def advertising(self) -> bool:
+        self.injector.fire_untriggered()
         return self.booted and self.link is None and self.now() >= self._adv_paused_until
 
     def advertisement(self) -> dict[str, object]:
@@ -292,6 +293,12 @@ class _Counters:
     lose_types: list[int] = field(default_factory=list)
     write_drop: int = 0
     corrupt: int = 0
+    race_until: float = -1.0
+    flaky_percent: float = 0.0
+
+
+#: Effects that shape a connect attempt: a connect trigger fires them before the attempt.
+_CONNECT_SHAPING = frozenset({"connect-fail", "connect-timeout", "race", "stale-cache"})
 
 
 class FaultInjector:
@@ -302,15 +309,25 @@ class FaultInjector:
         self.pending: list[Fault] = []
         self.armed = _Counters()
         self._cmd_counts: dict[int, int] = {}
+        self._untriggered_due = False
 
     def load(self, plan: FaultPlan) -> None:
         self.pending = list(plan.faults)
         self.armed = _Counters()
         self._cmd_counts = {}
-        erase_faults = [f for f in self.pending if f.effect == "slow-erase"]
-        for fault in erase_faults:
-            self.pending.remove(fault)
-            self._fire(fault)
+        self._untriggered_due = True
+        self.fire_untriggered()
+
+    def fire_untriggered(self) -> None:
+        """Fire the faults without a trigger, once an event loop runs (a device may be built
+        before its loop, and a reboot or a pause needs the loop's clock)."""
+        if not self._untriggered_due:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._untriggered_due = False
         self._fire_matching(lambda t: t.kind == "now")
 
     # --- triggers ----------------------------------------------------------------------
@@ -319,15 +336,27 @@ class FaultInjector:
         if event.kind == "erase_progress":
             percent = 100 * event.done / event.total
             self._fire_matching(lambda t: t.kind == "erase" and percent >= t.value)
+            self._maybe_flaky_drop()
         elif event.kind == "data_accepted":
             self._fire_matching(lambda t: t.kind == "offset" and event.offset >= t.value)
+            self._maybe_flaky_drop()
         elif event.kind == "command" and event.msg_type is not None:
             n = self._cmd_counts[event.msg_type] = self._cmd_counts.get(event.msg_type, 0) + 1
             self._fire_matching(
                 lambda t: t.kind == "cmd" and t.msg_type == event.msg_type and n >= t.value
             )
 
+    def _maybe_flaky_drop(self) -> None:
+        rate = self.armed.flaky_percent
+        if rate and self.device.link is not None and self.device.rng.random() * 100 < rate:
+            self._record("drop", f"flaky:{rate:g}%")
+            self.device.disconnect("link dropped (flaky)")
+
     def on_connected(self, link: SimLink) -> None:
+        # Connect-triggered faults that act on a link (drop, reboot, ...) fire now that
+        # there is one; those that shape the connect itself fired in connect_outcome().
+        number = self.device._connections
+        self._fire_matching(lambda t: t.kind == "connect" and number >= t.value)
         loop = asyncio.get_running_loop()
         for fault in [f for f in self.pending if f.trigger.kind == "t"]:
             self.pending.remove(fault)
@@ -339,8 +368,16 @@ class FaultInjector:
         else:
             self.pending.append(fault)  # its connection ended first: wait for the next one
 
-    def _fire_matching(self, matches: Callable[[object], bool]) -> None:
-        due = [f for f in self.pending if matches(f.trigger)]
+    def _fire_matching(
+        self, matches: Callable[[Trigger], bool], effects: frozenset[str] | None = None
+    ) -> None:
+        """Fire the pending faults whose trigger matches (and, if given, whose effect is
+        one of ``effects``)."""
+        due = [
+            f
+            for f in self.pending
+            if matches(f.trigger) and (effects is None or f.effect in effects)
+        ]
         for fault in due:
             self.pending.remove(fault)
             self._fire(fault)
@@ -363,6 +400,8 @@ class FaultInjector:
                 d.pause_advertising(fault.seconds)
             case "race":
                 a.race.append(fault.seconds)
+            case "flaky":
+                a.flaky_percent = fault.percent
             case "stale-cache":
                 a.stale_cache += 1
             case "lose":
@@ -387,8 +426,10 @@ class FaultInjector:
 
     def connect_outcome(self) -> str:
         """'ok', 'fail' or 'timeout' for a connect attempt, consuming the armed faults."""
+        self.fire_untriggered()
+        attempt_for = self.device._connections + 1
         self._fire_matching(
-            lambda t: t.kind == "connect" and self.device._connections + 1 >= t.value
+            lambda t: t.kind == "connect" and attempt_for >= t.value, effects=_CONNECT_SHAPING
         )
         a = self.armed
         if a.connect_timeout:
@@ -403,9 +444,14 @@ class FaultInjector:
 
     def nus_visible_on_connect(self) -> bool:
         a = self.armed
+        now = self.device.now()
         if a.race:
             seconds = a.race.pop(0)
-            self._record("race", f"NUS appears {seconds:g}s after services resolved")
+            a.race_until = now + seconds
+            self._record("race", f"services resolved before NUS was exported; for {seconds:g}s")
+            return False
+        if now < a.race_until:
+            self._record("race", "NUS still not exported")
             return False
         if a.stale_cache:
             a.stale_cache -= 1
@@ -438,7 +484,9 @@ class FaultInjector:
             return b""
         if a.corrupt:
             a.corrupt -= 1
-            position = self.device.rng.randrange(1, len(frame))
+            # Past the header, so the damage shows as a CRC failure (a damaged length
+            # field would stall the host's decoder until more bytes arrive instead).
+            position = self.device.rng.randrange(4, len(frame))
             corrupted = bytearray(frame)
             corrupted[position] ^= 0xFF
             self._record("corrupt", f"{_type_name(msg_type)} byte {position}")

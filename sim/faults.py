@@ -24,17 +24,21 @@ class FaultSpecError(ValueError):
 
 
 # effect name -> (argument kind, help). Kinds: None (no argument), "seconds", "count",
-# "count_or_type" (a number of messages, or one message type).
+# "count_or_type" (a number of messages, or one message type), "percent".
 EFFECTS: dict[str, tuple[str | None, str]] = {
     "drop": (None, "the link drops; the device keeps its state and advertises again"),
     "reboot": (None, "the device resets: OTA session lost, not advertising for its boot time"),
     "adv-pause": ("seconds", "the device stops advertising for N s (after dropping any link)"),
     "race": (
         "seconds",
-        "BlueZ race: the next connect reports services resolved before NUS "
-        "exists; discovery within N s of connecting finds no NUS",
+        "BlueZ race: the next connect reports services resolved before NUS is exported, "
+        "so its GATT database lacks NUS; connects within N s of it fare the same",
     ),
-    "stale-cache": (None, "the next connect's discovery returns a stale GATT cache without NUS"),
+    "stale-cache": (
+        None,
+        "the next connect's discovery returns a stale GATT cache without NUS "
+        "(until the host clears its cache)",
+    ),
     "lose": (
         "count_or_type",
         "the next N device messages (or the next one of a type) never arrive",
@@ -44,13 +48,18 @@ EFFECTS: dict[str, tuple[str | None, str]] = {
     "connect-timeout": ("count", "the next N connect attempts never complete (the host times out)"),
     "corrupt": ("count", "the next N device messages arrive with one byte flipped"),
     "slow-erase": ("seconds", "the whole staging erase takes N s (field: 15-40 s)"),
+    "flaky": (
+        "percent",
+        "from then on, each erased page and each accepted chunk drops the link with "
+        "probability N % (seeded by the device's seed)",
+    ),
 }
 
 TRIGGERS = {
     "erase": "erase progress reaches N %  (erase:50%)",
     "offset": "the device has accepted N bytes of the image  (offset:200000)",
     "cmd": "the device receives the Nth command of a type  (cmd:CMD_OTA_DATA#3)",
-    "t": "N s after every connection is made  (t:2s)",
+    "t": "N s after the next connection is made  (t:2s)",
     "connect": "the Nth connection is made  (connect:2)",
 }
 
@@ -85,12 +94,15 @@ class Fault:
     seconds: float = 0.0
     count: int = 1
     msg_type: int | None = None  # for "lose": lose the next message of this type
+    percent: float = 0.0  # for "flaky"
 
     def __str__(self) -> str:
         kind = EFFECTS[self.effect][0]
         text = self.effect
         if kind == "seconds":
             text += f":{_num(self.seconds)}s"
+        elif kind == "percent":
+            text += f":{_num(self.percent)}%"
         elif self.msg_type is not None:
             text += f":{p.MsgType(self.msg_type).name}"
         elif kind is not None and self.count != 1:
@@ -140,6 +152,7 @@ PROFILES: dict[str, str] = {
     "drop-in-erase": "drop@erase:50%",
     "drop-in-transfer": "drop@offset:100000",
     "reboot-in-transfer": "reboot@offset:100000",
+    "flaky": "flaky:1%",
 }
 
 
@@ -159,6 +172,17 @@ def _seconds(text: str, where: str) -> float:
         raise FaultSpecError(f"{where}: {text!r} is not a duration (e.g. 20s, 1.5s, 300ms)")
     value = Decimal(m.group(1))
     return float(value / 1000 if m.group(2) == "ms" else value)
+
+
+_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$", re.ASCII)
+
+
+def _percent(text: str, where: str) -> float:
+    m = _PERCENT.match(text)
+    value = float(Decimal(m.group(1))) if m else -1.0
+    if not 0 < value <= 100:
+        raise FaultSpecError(f"{where}: {text!r} is not a rate from 0% (excluded) to 100%")
+    return value
 
 
 def _is_number(text: str) -> bool:
@@ -227,6 +251,10 @@ def _parse_fault(part: str) -> Fault:
         if not arg:
             raise FaultSpecError(f"{where}: {effect} needs a duration, e.g. {effect}:20s")
         return Fault(effect, trigger, seconds=_seconds(arg, where))
+    if kind == "percent":
+        if not arg:
+            raise FaultSpecError(f"{where}: {effect} needs a rate, e.g. {effect}:2%")
+        return Fault(effect, trigger, percent=_percent(arg, where))
     if not arg:
         return Fault(effect, trigger)
     if kind == "count_or_type" and not _is_number(arg):

@@ -48,6 +48,8 @@ from sim.faults import (
         ("connect-timeout", Fault("connect-timeout")),
         ("corrupt:4", Fault("corrupt", count=4)),
         ("slow-erase:30s", Fault("slow-erase", seconds=30.0)),
+        ("flaky:2%", Fault("flaky", percent=2.0)),
+        ("flaky:0.5%", Fault("flaky", percent=0.5)),
     ],
 )
 def test_parse_each_effect(spec: str, fault: Fault) -> None:
@@ -67,6 +69,7 @@ def test_every_effect_is_covered() -> None:
         "connect-timeout",
         "corrupt",
         "slow-erase",
+        "flaky",
     }
     assert set(EFFECTS) == covered  # a new effect needs a case in test_parse_each_effect
 
@@ -206,6 +209,9 @@ def faults(draw: st.DrawFn) -> Fault:
         if draw(st.booleans()):
             return Fault(effect, trigger, msg_type=draw(_msg_types))
         return Fault(effect, trigger, count=draw(_count))
+    if kind == "percent":
+        percent = draw(st.decimals(min_value="0.001", max_value=100, places=3))
+        return Fault(effect, trigger, percent=float(percent))
     assert kind is None
     return Fault(effect, trigger)
 
@@ -538,3 +544,39 @@ async def test_fault_log_records_every_fired_fault_in_order() -> None:
     assert times == sorted(times)
     assert times[0] == times[1] == t1 < times[2] <= times[3] <= loop.time()
     assert "lose" in str(device.fault_log[0]) and "cmd:CMD_INFO#1" in str(device.fault_log[0])
+
+
+# --- trigger semantics added with the flaky effect and connect triggers --------------------
+
+
+@pytest.mark.asyncio
+async def test_drop_at_the_second_connection_drops_that_link() -> None:
+    device = make_device("drop@connect:2")
+    _, first = await connect(device)
+    device.disconnect("host went away")
+    assert first.alive is False
+    _, second = await connect(device)
+    assert second.alive is False, "the fault must act on the link it was triggered by"
+    assert fired(device) == [("drop", "connect:2")]
+
+
+@pytest.mark.asyncio
+async def test_slow_erase_with_a_trigger_waits_for_it() -> None:
+    device = make_device("slow-erase:30s@connect:2")
+    assert device.firmware.timings.erase_total_s is None
+    await connect(device)
+    assert device.firmware.timings.erase_total_s is None
+    device.disconnect("x")
+    await connect(device)
+    assert device.firmware.timings.erase_total_s == 30.0
+
+
+def test_untriggered_reboot_waits_for_an_event_loop() -> None:
+    device = make_device("reboot")  # built outside any loop: must not raise
+    assert device.fault_log == []
+
+    async def later() -> bool:
+        return device.advertising
+
+    assert asyncio.run(later()) is False  # rebooting: not advertising for the boot time
+    assert fired(device) == [("reboot", "")]

@@ -165,6 +165,18 @@ async def test_a_flaky_link_that_progresses_each_time_finishes(
     assert result.bytes_resent <= result.resumes * WINDOW * CHUNK
 
 
+async def test_flaky_profile_finishes_and_resends_at_most_a_window_per_drop(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
+) -> None:
+    sim_device.set_faults("flaky")
+    result = await ota().run()
+    assert_flashed(sim_device, firmware_image, result)
+    drops = sum(1 for r in sim_device.fault_log if r.detail.startswith("flaky"))
+    assert drops >= 2, "1 % per chunk over ~560 chunks and ~33 pages should drop a few times"
+    assert result.reconnects == drops
+    assert result.bytes_resent <= drops * WINDOW * CHUNK
+
+
 async def test_lost_ready_ends_the_wait_by_silence_timeout_and_resumes(
     ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
 ) -> None:

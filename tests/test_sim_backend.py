@@ -462,7 +462,14 @@ async def test_race_or_stale_cache_gives_services_without_nus(fault: str) -> Non
     with pytest.raises(BleakError):
         await host.command(p.CmdInfo())
     await host.client.disconnect()
-    # one connection only: the next one finds NUS
+    if fault.startswith("race"):
+        # BlueZ exports NUS 1.5 s after the raced connect: a reconnect before then fares
+        # no better, one after it finds NUS.
+        await host.client.connect()
+        assert host.client.services.get_service(p.NUS_SERVICE_UUID) is None
+        await host.client.disconnect()
+        await asyncio.sleep(1.5)
+    # a stale cache costs one connection only: the next one finds NUS
     await host.open()
     assert host.client.services.get_service(p.NUS_SERVICE_UUID) is not None
     await host.client.disconnect()
@@ -476,4 +483,5 @@ async def test_race_on_the_second_connection() -> None:
         await host.client.connect()
         visible.append(host.client.services.get_service(p.NUS_SERVICE_UUID) is not None)
         await host.client.disconnect()
+        await asyncio.sleep(1.5)  # past the race's window
     assert visible == [True, False, True]
