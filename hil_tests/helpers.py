@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from pytest_smartball import protocol as p
 from pytest_smartball.link import NusLink
 
@@ -38,3 +40,13 @@ async def send_chunks(
         assert isinstance(status, p.MsgOtaStatus), status
         offset = status.next_expected_offset
     return offset
+
+
+async def wait_for(nus: NusLink, kinds: tuple[type, ...], timeout: float) -> p.DeviceMessage:
+    """The next message of one of ``kinds`` or an error, skipping others (progress, ACKs)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        msg = await nus.receive(max(0.0, deadline - loop.time()))
+        if isinstance(msg, (*kinds, p.MsgError)):
+            return msg

@@ -9,7 +9,7 @@ import pytest
 from pytest_smartball import protocol as p
 from pytest_smartball.link import NusLink
 
-from .helpers import send_chunks, start_session
+from .helpers import send_chunks, start_session, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -64,5 +64,5 @@ async def test_data_at_wrong_offset_is_refused_without_corruption(nus: NusLink) 
     # Resuming from the device's offset gives an image that verifies.
     assert await send_chunks(nus, SMALL_IMAGE, ready, start=chunk) == len(SMALL_IMAGE)
     await nus.send(p.CmdOtaFinish())
-    done = await nus.request(p.CmdOtaStatus(), (p.MsgOtaDone,), timeout=15)
+    done = await wait_for(nus, (p.MsgOtaDone,), timeout=15)
     assert done == p.MsgOtaDone(p.crc32(SMALL_IMAGE))

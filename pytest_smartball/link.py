@@ -377,9 +377,17 @@ class NusLink:
     async def request(
         self, cmd: p.Command, expect: tuple[type, ...], timeout: float = 5.0
     ) -> p.DeviceMessage:
-        """Send a command and return the first reply of the expected types (or MSG_ERROR);
-        other messages that arrive meanwhile (progress, stale ACKs) are skipped."""
+        """Send a command and return its reply: the first message of the expected types,
+        or MSG_ERROR for a command the device may refuse. Messages already queued are
+        answers to earlier commands and are dropped first; others that arrive meanwhile
+        (progress, stale ACKs, errors about earlier writes) are skipped."""
+        stale = self.drain()
+        if stale:
+            log.debug(
+                "%s: dropped %d stale message(s) before %s", self._who, len(stale), cmd.TYPE.name
+            )
         await self.send(cmd)
+        accept = (*expect, p.MsgError) if cmd.TYPE in p.REFUSABLE_COMMANDS else expect
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -390,7 +398,7 @@ class NusLink:
                     f"{cmd.TYPE.name} within {timeout:g} s"
                 )
             msg = await self.receive(remaining)
-            if isinstance(msg, (*expect, p.MsgError)):
+            if isinstance(msg, accept):
                 return msg
 
     def drain(self) -> list[p.DeviceMessage]:

@@ -261,6 +261,12 @@ _CLASSES: dict[int, type] = {
 _STRUCTS: dict[int, struct.Struct] = {t: struct.Struct("<" + c.LAYOUT) for t, c in _CLASSES.items()}
 _VARIABLE_TAIL = {MsgType.CMD_OTA_DATA, MsgType.MSG_ERROR}
 COMMAND_TYPES = frozenset(t for t in _CLASSES if t < 0x80)
+#: Commands the device may answer with MSG_ERROR; INFO, STATUS and ABORT are answered in
+#: every state, so an error that arrives while waiting for their reply belongs to an
+#: earlier command.
+REFUSABLE_COMMANDS = frozenset(
+    {MsgType.CMD_OTA_START, MsgType.CMD_OTA_DATA, MsgType.CMD_OTA_FINISH}
+)
 
 
 def encode_frame(msg_type: int, payload: bytes) -> bytes:

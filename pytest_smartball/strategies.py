@@ -11,12 +11,11 @@ Shipped with the package so users can fuzz their own flows::
 
 from __future__ import annotations
 
-import random
-
 from hypothesis import strategies as st
 
 from sim.faults import EFFECTS, Fault, FaultPlan, Trigger
 from sim.firmware import DEFAULT_STAGING_CAPACITY, PAGE_SIZE
+from sim.make_image import make_image
 
 from . import protocol as p
 from .image import FirmwareImage
@@ -43,7 +42,9 @@ def images(max_size: int = DEFAULT_STAGING_CAPACITY) -> st.SearchStrategy[Firmwa
     generate and shrink (hypothesis shrinks the size and the seed, not megabytes)."""
 
     def build(size: int, seed: int) -> FirmwareImage:
-        return FirmwareImage(random.Random(seed).randbytes(size), f"fuzz-{size}-{seed}.bin")
+        # The same bytes as `python -m sim.make_image OUT SIZE --seed SEED`, so a failing
+        # example can be replayed from the shell.
+        return FirmwareImage(make_image(size, seed), f"fuzz-{size}-{seed}.bin")
 
     return st.builds(build, image_sizes(max_size), st.integers(0, 2**16))
 

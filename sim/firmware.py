@@ -106,6 +106,10 @@ class SmartBallFirmware:
         self._verify_task: asyncio.Task[None] | None = None
         self.pending_image: FirmwareImage | None = None
         self.commands_seen: dict[int, int] = {}
+        #: DATA at an offset the device had already received (a host re-sending what the
+        #: device never asked for) or beyond it (after a lost write): for fuzz properties.
+        self.data_rejected_behind = 0
+        self.data_rejected_ahead = 0
         self.boot_count = 1
 
     # --- what the device exposes -----------------------------------------------------
@@ -253,6 +257,10 @@ class SmartBallFirmware:
             self._error(p.ErrorCode.BAD_PARAM, f"chunk of {size} bytes (max {s.max_chunk})")
             return
         if msg.offset != s.next_offset:
+            if msg.offset < s.next_offset:
+                self.data_rejected_behind += 1
+            else:
+                self.data_rejected_ahead += 1
             self._reject_offset(s)
             return
         if msg.offset + size > s.image_size:

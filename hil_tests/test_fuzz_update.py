@@ -1,0 +1,175 @@
+"""Hypothesis proves the update never bricks: generated fault plans against whole updates.
+
+Each example builds a fresh simulated SmartBall with a generated fault plan, runs the OTA
+engine to the end on a virtual clock, and checks the properties below. A failing example
+shrinks to a minimal plan and prints the shell command that replays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from unittest import mock
+
+import pytest
+from hypothesis import example, given, note, settings
+from hypothesis import strategies as st
+
+from pytest_smartball import protocol as p
+from pytest_smartball.image import FirmwareImage
+from pytest_smartball.link import NusLink
+from pytest_smartball.ota import FailureKind, OtaEngine, OtaResult
+from pytest_smartball.simulated import make_sim_target, run_virtual
+from pytest_smartball.strategies import fault_plans, images
+from sim.device import SimDevice
+from sim.faults import FaultPlan
+from sim.firmware import DEFAULT_STAGING_CAPACITY
+from sim.make_image import make_image
+
+pytestmark = pytest.mark.sim_only
+
+CHUNK, WINDOW = 234, 16
+#: The many-plans property uses small images so thousands of updates fit in CI time;
+#: the second property covers the whole size range with fewer examples.
+SMALL_IMAGE_MAX = 12 * 1024
+MANY = settings.default.max_examples * 10
+FEW = max(10, settings.default.max_examples // 4)
+
+
+@contextmanager
+def recording_waits() -> Iterator[list[tuple[float, float]]]:
+    """Record (timeout, waited) for every NusLink.receive, in loop time."""
+    waits: list[tuple[float, float]] = []
+    original = NusLink.receive
+
+    async def receive(self: NusLink, timeout: float) -> p.DeviceMessage:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            return await original(self, timeout)
+        finally:
+            waits.append((timeout, loop.time() - start))
+
+    with mock.patch.object(NusLink, "receive", receive):
+        yield waits
+
+
+def replay_command(image: FirmwareImage, plan: FaultPlan, seed: int) -> str:
+    size, image_seed = image.source.removeprefix("fuzz-").removesuffix(".bin").split("-")
+    return (
+        f"python -m sim.make_image /tmp/fuzz.bin {size} --seed {image_seed} && "
+        f"smartball-ota flash /tmp/fuzz.bin --sim --seed {seed} --faults '{plan}' -v"
+    )
+
+
+def run_update(
+    image: FirmwareImage, plan: FaultPlan, seed: int, report: Callable[[str], None] = note
+) -> tuple[OtaResult, SimDevice, list[tuple[float, float]]]:
+    """One whole update on a fresh simulated device; ``report`` shows what a failing
+    example needs (hypothesis prints notes of the final, shrunk example only)."""
+    report(f"replay: {replay_command(image, plan, seed)}")
+
+    async def update() -> OtaResult:
+        target = make_sim_target(faults=plan, seed=seed)
+        engine = OtaEngine(image, target.backend, address=target.device.address)
+        run_update.device = target.device  # type: ignore[attr-defined]
+        return await engine.run()
+
+    with recording_waits() as waits:
+        result = run_virtual(update())
+    device: SimDevice = run_update.device  # type: ignore[attr-defined]
+    for event in result.events:
+        report(str(event))
+    for record in device.fault_log:
+        report(f"device: {record}")
+    return result, device, waits
+
+
+def check_never_bricks(
+    image: FirmwareImage,
+    result: OtaResult,
+    device: SimDevice,
+    baseline: bytes,
+    waits: list[tuple[float, float]],
+) -> None:
+    fw = device.firmware
+    if result.success:
+        assert fw.active.data == image.data, "success reported but the device runs other bytes"
+        assert result.info_after is not None
+        assert result.info_after.active_image_crc32 == image.crc32
+    else:
+        assert result.failure is not None and result.error
+        # Old image still active, or (when only the confirmation after the reset was lost)
+        # the complete new one: never anything else.
+        assert fw.active.data in (baseline, image.data), "device runs an image nobody sent"
+        if fw.active.data == image.data:
+            assert result.failure is FailureKind.LINK
+    if fw.pending_image is not None:
+        assert fw.pending_image.data == image.data, "a partial image is marked complete"
+    if fw.state == p.OtaState.COMPLETE:
+        assert fw.staged_bytes() == image.data
+    assert fw.data_rejected_behind == 0, "the client sent DATA the device had not asked for"
+    for timeout, waited in waits:
+        assert waited <= timeout + 1e-6, f"a wait of {timeout} s lasted {waited} s"
+    rewinds = sum(1 for e in result.events if e.kind in ("rewind", "ack-timeout", "desync"))
+    per_window = WINDOW * CHUNK
+    assert result.bytes_resent <= (
+        (result.resumes + rewinds + result.reconnects) * per_window + result.restarts * image.size
+    ), "more than one window re-sent per resume"
+
+
+@st.composite
+def image_and_plan(draw: st.DrawFn, max_size: int) -> tuple[FirmwareImage, FaultPlan, int]:
+    image = draw(images(max_size=max_size))
+    plan = draw(fault_plans(image_size=image.size))
+    return image, plan, draw(st.integers(0, 3))
+
+
+def _baseline(seed: int) -> bytes:
+    return make_sim_target(seed=seed).device.firmware.active.data
+
+
+# Plans that found bugs while this suite was written stay as explicit examples.
+@example(
+    case=(
+        FirmwareImage(make_image(5000, 1), "fuzz-5000-1.bin"),
+        FaultPlan.parse("drop@offset:0"),
+        0,
+    )
+)
+@example(
+    case=(FirmwareImage(make_image(1, 0), "fuzz-1-0.bin"), FaultPlan.parse("lose:MSG_OTA_DONE"), 0)
+)
+@example(
+    case=(
+        FirmwareImage(make_image(4096, 2), "fuzz-4096-2.bin"),
+        FaultPlan.parse("reboot@cmd:CMD_OTA_FINISH#1"),
+        1,
+    )
+)
+@settings(max_examples=MANY)
+@given(case=image_and_plan(SMALL_IMAGE_MAX))
+def test_update_never_bricks_under_generated_faults(
+    case: tuple[FirmwareImage, FaultPlan, int],
+) -> None:
+    image, plan, seed = case
+    result, device, waits = run_update(image, plan, seed)
+    check_never_bricks(image, result, device, _baseline(seed), waits)
+
+
+@settings(max_examples=FEW)
+@given(case=image_and_plan(DEFAULT_STAGING_CAPACITY))
+def test_update_never_bricks_across_image_sizes(case: tuple[FirmwareImage, FaultPlan, int]) -> None:
+    image, plan, seed = case
+    result, device, waits = run_update(image, plan, seed)
+    check_never_bricks(image, result, device, _baseline(seed), waits)
+
+
+def test_without_faults_every_generated_update_succeeds() -> None:
+    """Control: the properties above are not satisfied by failing everything."""
+    for size in (1, 4095, 4096, 4097, 233, 234, 235, DEFAULT_STAGING_CAPACITY):
+        image = FirmwareImage(make_image(size, 9), f"fuzz-{size}-9.bin")
+        result, device, _ = run_update(image, FaultPlan(), 0, report=lambda text: None)
+        assert result.success, (size, result.error)
+        assert device.firmware.active.data == image.data

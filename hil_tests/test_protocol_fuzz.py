@@ -1,0 +1,397 @@
+"""Stateful fuzzing of the device protocol (hypothesis RuleBasedStateMachine).
+
+Random sequences of START / DATA (right, repeated, skipped, past the end, bad sizes) /
+FINISH / ABORT / STATUS / INFO, link drops, resets and waits. Two drivers:
+
+* the firmware model directly, checked step by step against a simple model of what the
+  device must answer (many examples, simulator only);
+* a NUS link through bleak to the device under test (``--device=sim`` or ``--device=real``,
+  fewer examples): the device always answers ``CMD_OTA_STATUS`` and never switches to an
+  image whose CRC it did not verify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+)
+
+from pytest_smartball import protocol as p
+from pytest_smartball.link import BleBackend, LinkSettings, NusLink, find_device
+from pytest_smartball.strategies import command_frames
+from sim.firmware import PAGE_SIZE, FlashTimings, SmartBallFirmware
+from sim.make_image import make_image
+
+IMAGES = {"A": make_image(3_000, 1), "B": make_image(9_000, 2), "C": make_image(1, 3)}
+BASELINE = make_image(5_000, 99)
+WINDOW = 4
+CHUNK = 100
+ERASE_PAGE_S = 0.085
+
+
+@dataclass
+class Session:
+    name: str
+    crc: int
+    next_offset: int = 0
+
+    @property
+    def data(self) -> bytes:
+        return IMAGES[self.name]
+
+
+class FirmwareDriver:
+    """The firmware model on its own virtual-time loop; collects what it sends."""
+
+    def __init__(self) -> None:
+        import looptime
+
+        self.loop = looptime.new_event_loop(start=0)
+        self.inbox: list[p.DeviceMessage] = []
+        self._decoder = p.FrameDecoder()
+        self.fw = SmartBallFirmware(
+            active_image=BASELINE,
+            window=WINDOW,
+            staging_capacity=64 * 1024,
+            timings=FlashTimings(erase_page_s=ERASE_PAGE_S),
+            send=self._on_send,
+            request_reset=self._reset,
+        )
+        self.resets = 0
+
+    def _on_send(self, frame: bytes) -> None:
+        self.inbox += [p.parse_message(f) for f in self._decoder.feed(frame)]  # type: ignore[misc]
+
+    def _reset(self) -> None:
+        self.resets += 1
+        self.fw.power_cycle()
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    def write(self, data: bytes, settle_s: float = 0.001) -> list[p.DeviceMessage]:
+        async def go() -> None:
+            self.fw.receive(data)
+            await asyncio.sleep(settle_s)
+
+        return self.run(go())
+
+    def wait(self, seconds: float) -> list[p.DeviceMessage]:
+        return self.run(asyncio.sleep(seconds))
+
+    def run(self, coro: object) -> list[p.DeviceMessage]:
+        self.inbox = []
+        self.loop.run_until_complete(coro)  # type: ignore[arg-type]
+        return self.inbox
+
+    def close(self) -> None:
+        for task in asyncio.all_tasks(self.loop):
+            task.cancel()
+        self.loop.run_until_complete(asyncio.sleep(0))
+        self.loop.close()
+
+
+class DeviceProtocolModel(RuleBasedStateMachine):
+    """What protocol v1 says the device must answer, step by step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.d = FirmwareDriver()
+        self.state = p.OtaState.IDLE
+        self.session: Session | None = None
+        self.erase_done_at = 0.0
+        self.active = BASELINE
+        self.verified: set[bytes] = {BASELINE}
+
+    def teardown(self) -> None:
+        self.d.close()
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def expect_error(self, replies: list[p.DeviceMessage], code: p.ErrorCode) -> None:
+        errors = [m for m in replies if isinstance(m, p.MsgError)]
+        assert [e.code for e in errors] == [code], replies
+
+    def settle_erase(self) -> None:
+        """Erase ends at a known time; move the model when it has clearly passed."""
+        if self.state == p.OtaState.ERASING and self.d.now() >= self.erase_done_at + 1e-3:
+            self.state = p.OtaState.RECEIVING
+
+    # --- rules -------------------------------------------------------------------------
+
+    @rule(name=st.sampled_from(sorted(IMAGES)), wrong_crc=st.booleans())
+    def start(self, name: str, wrong_crc: bool) -> None:
+        data = IMAGES[name]
+        crc = p.crc32(data) ^ (1 if wrong_crc else 0)
+        replies = self.d.write(p.encode(p.CmdOtaStart(len(data), crc, CHUNK)))
+        s = self.session
+        busy = self.state in (p.OtaState.ERASING, p.OtaState.RECEIVING, p.OtaState.VERIFYING)
+        if busy and s is not None:
+            if (len(s.data), s.crc) != (len(data), crc):
+                self.expect_error(replies, p.ErrorCode.BAD_STATE)
+            elif self.state == p.OtaState.RECEIVING:
+                assert p.MsgOtaReady(CHUNK, WINDOW) in replies, replies
+            return
+        assert not any(isinstance(m, p.MsgError) for m in replies), replies
+        self.session = Session(name, crc)
+        self.state = p.OtaState.ERASING
+        pages = -(-len(data) // PAGE_SIZE)
+        self.erase_done_at = self.d.now() + pages * ERASE_PAGE_S
+
+    @rule(seconds=st.sampled_from([0.01, 0.1, 0.5, 2.0]))
+    def wait(self, seconds: float) -> None:
+        was_erasing = self.state == p.OtaState.ERASING
+        replies = self.d.wait(seconds)
+        self.settle_erase()
+        if was_erasing and self.state == p.OtaState.RECEIVING:
+            assert any(isinstance(m, p.MsgOtaReady) for m in replies), replies
+
+    @rule(
+        kind=st.sampled_from(
+            ["next", "next", "next", "repeat", "skip", "past-end", "empty", "too-big"]
+        )
+    )
+    def data(self, kind: str) -> None:
+        s = self.session
+        if self.state != p.OtaState.RECEIVING or s is None:
+            replies = self.d.write(p.encode(p.CmdOtaData(0, b"x")))
+            self.settle_erase()
+            if self.state != p.OtaState.RECEIVING:
+                self.expect_error(replies, p.ErrorCode.BAD_STATE)
+            return
+        size = len(s.data)
+        offset, length = s.next_offset, min(CHUNK, size - s.next_offset)
+        if kind == "repeat":
+            offset = max(0, s.next_offset - CHUNK)
+        elif kind == "skip":
+            offset = s.next_offset + CHUNK
+        elif kind == "past-end":
+            offset, length = s.next_offset, CHUNK + 1
+        payload = s.data[offset : offset + length] if kind not in ("empty", "too-big") else b""
+        if kind == "too-big":
+            payload = bytes(CHUNK + 1)
+        if kind == "past-end":
+            payload = (s.data[offset:] + b"\0" * length)[: min(length, CHUNK)]
+        replies = self.d.write(p.encode(p.CmdOtaData(offset, payload)))
+        if kind in ("empty", "too-big"):
+            self.expect_error(replies, p.ErrorCode.BAD_PARAM)
+        elif offset != s.next_offset:
+            assert not any(isinstance(m, p.MsgError) for m in replies), replies
+        elif offset + len(payload) > size:
+            self.expect_error(replies, p.ErrorCode.BAD_OFFSET)
+        elif length == 0:
+            self.expect_error(replies, p.ErrorCode.BAD_PARAM)
+        else:
+            assert not any(isinstance(m, p.MsgError) for m in replies), replies
+            s.next_offset += len(payload)
+
+    @rule()
+    def finish(self) -> None:
+        replies = self.d.write(p.encode(p.CmdOtaFinish()), settle_s=0.5)
+        self.settle_erase()
+        s = self.session
+        if self.state != p.OtaState.RECEIVING or s is None or s.next_offset != len(s.data):
+            self.expect_error(replies, p.ErrorCode.BAD_STATE)
+            return
+        if s.crc == p.crc32(s.data):
+            assert p.MsgOtaDone(s.crc) in replies, replies
+            self.active = s.data
+            self.verified.add(s.data)
+            self.state = p.OtaState.IDLE  # the device reset into the new image
+        else:
+            self.expect_error(replies, p.ErrorCode.CRC_MISMATCH)
+            self.state = p.OtaState.ERROR
+        self.session = None
+
+    @rule()
+    def abort(self) -> None:
+        replies = self.d.write(p.encode(p.CmdOtaAbort()))
+        assert p.MsgOtaStatus(p.OtaState.IDLE, 0, 0, 0) in replies, replies
+        self.state, self.session = p.OtaState.IDLE, None
+
+    @rule()
+    def reset(self) -> None:
+        self.d.fw.power_cycle()
+        self.state, self.session = p.OtaState.IDLE, None
+
+    @rule(cut=st.integers(1, 5))  # CMD_OTA_ABORT is 6 bytes: always a partial frame
+    def link_drop_mid_frame(self, cut: int) -> None:
+        """Half a frame, then the link drops: the device must forget the half."""
+        self.d.write(p.encode(p.CmdOtaAbort())[:cut])
+        self.d.fw.link_lost()
+
+    # --- invariants --------------------------------------------------------------------
+
+    @invariant()
+    def status_matches_the_model(self) -> None:
+        replies = self.d.write(p.encode(p.CmdOtaStatus()))
+        statuses = [m for m in replies if isinstance(m, p.MsgOtaStatus)]
+        assert statuses, replies
+        status = statuses[-1]
+        self.settle_erase()
+        s = self.session
+        if self.state == p.OtaState.ERASING and status.state == p.OtaState.RECEIVING:
+            self.state = p.OtaState.RECEIVING  # within a millisecond of the erase's end
+        assert status.state == self.state, (status, self.state)
+        if s is not None:
+            assert (status.image_size, status.image_crc32) == (len(s.data), s.crc)
+            assert status.next_expected_offset == s.next_offset
+        else:
+            assert (status.image_size, status.image_crc32, status.next_expected_offset) == (0, 0, 0)
+
+    @invariant()
+    def only_verified_images_ever_run(self) -> None:
+        assert self.d.fw.active.data == self.active
+        assert self.d.fw.active.data in self.verified
+
+
+DeviceProtocolModel.TestCase.settings = settings(
+    max_examples=settings.default.max_examples * 2, stateful_step_count=30, deadline=None
+)
+
+
+@pytest.mark.sim_only
+class TestDeviceProtocolModel(DeviceProtocolModel.TestCase):  # type: ignore[name-defined]
+    pass
+
+
+@pytest.mark.sim_only
+@pytest.mark.parametrize("start_session", [False, True])
+def test_arbitrary_input_never_breaks_the_device(start_session: bool) -> None:
+    @settings(max_examples=settings.default.max_examples * 3)
+    @given(chunks=st.lists(command_frames(), max_size=20))
+    def check(chunks: list[bytes]) -> None:
+        d = FirmwareDriver()
+        try:
+            if start_session:
+                d.write(p.encode(p.CmdOtaStart(len(IMAGES["A"]), p.crc32(IMAGES["A"]), CHUNK)))
+                d.wait(1.0)
+            for chunk in chunks:
+                d.write(chunk)
+            d.fw.link_lost()  # whatever half-frame is left goes with the link
+            replies = d.write(p.encode(p.CmdOtaStatus()))
+            assert any(isinstance(m, p.MsgOtaStatus) for m in replies), replies
+            # Random bytes can at most be valid commands; the image that runs is always one
+            # whose CRC the device verified.
+            active = d.fw.active.data
+            assert active == BASELINE or p.crc32(active) == d.fw.active.crc32
+        finally:
+            d.close()
+
+    check()
+
+
+# --- the same command sequences through a NUS link, on the device under test -----------------
+
+
+class LinkDriver:
+    """A NUS link to the device under test, on a loop of its own (hypothesis drives the
+    state machine synchronously). On the simulator the loop runs on virtual time."""
+
+    def __init__(self, target: object) -> None:
+        self.target = target
+        virtual = getattr(target, "is_sim", False)
+        if virtual:
+            import looptime
+
+            self.runner = asyncio.Runner(loop_factory=lambda: looptime.new_event_loop(start=0))
+        else:
+            self.runner = asyncio.Runner()
+        backend: BleBackend = target.backend  # type: ignore[attr-defined]
+        self.link: NusLink = self.runner.run(self._open(backend))
+
+    async def _open(self, backend: BleBackend) -> NusLink:
+        t = self.target
+        device = await find_device(backend, name=t.name, address=t.address)  # type: ignore[attr-defined]
+        return await NusLink.open(device, backend, LinkSettings(settle_s=0.5))
+
+    def reconnect_if_lost(self) -> None:
+        """A verified image makes the device reset: connect again, as a host would."""
+        if not self.link.is_connected:
+            self.runner.run(self.link.close())
+            self.link = self.runner.run(self._open(self.target.backend))  # type: ignore[attr-defined]
+
+    def request(self, cmd: p.Command, expect: tuple[type, ...], timeout: float = 10.0) -> object:
+        return self.runner.run(self.link.request(cmd, expect, timeout))
+
+    def send(self, cmd: p.Command) -> None:
+        self.reconnect_if_lost()
+        self.runner.run(self.link.send(cmd))
+
+    def wait(self, seconds: float) -> None:
+        self.runner.run(asyncio.sleep(seconds))
+
+    def close(self) -> None:
+        self.runner.run(self.link.close())
+        self.runner.close()
+
+
+def test_command_sequences_through_the_link_keep_the_device_safe(smartball: object) -> None:
+    """On real hardware too: random command sequences over NUS; afterwards the device
+    answers STATUS and runs only an image it verified. Fewer examples (real time)."""
+    image = IMAGES["A"]
+
+    @settings(
+        max_examples=max(5, settings.default.max_examples // 10),
+        stateful_step_count=15,
+        deadline=None,
+    )
+    class OverTheLink(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.d = LinkDriver(smartball)
+            info = self.d.request(p.CmdInfo(), (p.MsgInfo,))
+            assert isinstance(info, p.MsgInfo)
+            self.allowed = {info.active_image_crc32, p.crc32(image)}
+
+        @initialize()
+        def clean_state(self) -> None:
+            self.d.request(p.CmdOtaAbort(), (p.MsgOtaStatus,))
+
+        @rule(wrong_crc=st.booleans())
+        def start(self, wrong_crc: bool) -> None:
+            crc = p.crc32(image) ^ (1 if wrong_crc else 0)
+            self.d.send(p.CmdOtaStart(len(image), crc, CHUNK))
+
+        @rule(offset=st.sampled_from([0, CHUNK, 2 * CHUNK, len(image) - CHUNK, len(image)]))
+        def data(self, offset: int) -> None:
+            self.d.send(p.CmdOtaData(offset, image[offset : offset + CHUNK] or b"x"))
+
+        @rule()
+        def finish(self) -> None:
+            self.d.send(p.CmdOtaFinish())
+
+        @rule()
+        def abort(self) -> None:
+            self.d.send(p.CmdOtaAbort())
+
+        @rule(seconds=st.sampled_from([0.05, 1.0]))
+        def wait(self, seconds: float) -> None:
+            self.d.wait(seconds)
+
+        @invariant()
+        def answers_status_and_runs_a_verified_image(self) -> None:
+            self.d.wait(0.5)  # let a reset after a verified FINISH happen
+            self.d.reconnect_if_lost()
+            status = self.d.request(p.CmdOtaStatus(), (p.MsgOtaStatus,))
+            assert isinstance(status, p.MsgOtaStatus), status
+            info = self.d.request(p.CmdInfo(), (p.MsgInfo,))
+            assert isinstance(info, p.MsgInfo)
+            assert info.active_image_crc32 in self.allowed
+
+        def teardown(self) -> None:
+            try:
+                self.d.request(p.CmdOtaAbort(), (p.MsgOtaStatus,))
+            finally:
+                self.d.close()
+
+    OverTheLink.TestCase().runTest()
