@@ -44,6 +44,8 @@ async def naive_flash(backend: BleBackend, address: str, image: bytes) -> None:
                 # The keepalive that raised in the field once the link had dropped.
                 keepalive = p.encode(p.CmdOtaStatus())
                 await client.write_gatt_char(p.NUS_RX_UUID, keepalive, response=False)
+        else:
+            raise TimeoutError("no MSG_OTA_READY within 120 s")
         for offset in range(0, len(image), 234):
             frame = p.encode_data_frame(offset, image[offset : offset + 234])
             await client.write_gatt_char(p.NUS_RX_UUID, frame, response=False)

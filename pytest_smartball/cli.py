@@ -25,6 +25,8 @@ import looptime
 from bleak.backends.device import BLEDevice
 from tqdm import tqdm
 
+from sim.faults import PROFILES  # pure data: the help text lists the profiles
+
 from . import protocol as p
 from .bluez import BluezUnavailable, bluez_version, probe_adapter, version_warnings
 from .image import FirmwareImage, ImageError, load_image
@@ -40,7 +42,7 @@ from .link import (
 )
 from .ota import FailureKind, OtaEngine, OtaEvent, OtaResult, OtaSettings, State
 
-if TYPE_CHECKING:  # the simulator is imported only when --sim asks for it
+if TYPE_CHECKING:  # the simulator proper is imported only when --sim asks for it
     from sim.device import SimDevice
     from sim.faults import FaultPlan
 
@@ -212,7 +214,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         default=s,
         metavar="SPEC",
         help="with --sim: faults to inject, e.g. 'drop@erase:50%%,reboot@offset:200000' or a "
-        "profile (field-linux, drop-in-erase, drop-in-transfer, reboot-in-transfer)",
+        f"profile ({', '.join(PROFILES)}); see docs/faults.md",
     )
     sim.add_argument(
         "--seed", type=_int, default=s, metavar="N", help="simulator random seed (default: 0)"
@@ -306,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--clear-cache",
         action="store_true",
         help="forget the device in BlueZ (its cached GATT database) before connecting; "
-        "ignored with --sim",
+        "with --sim, the simulated stack's cache",
     )
     return parser
 

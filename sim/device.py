@@ -121,6 +121,7 @@ class SimDevice:
             observe=self._on_firmware_event,
             **kwargs,
         )
+        self.flash_timings = self.firmware.timings  # as configured, before any slow-erase
         self._clock = clock
         self.link: SimLink | None = None
         self.booted = True
@@ -310,8 +311,14 @@ class FaultInjector:
         self.armed = _Counters()
         self._cmd_counts: dict[int, int] = {}
         self._untriggered_due = False
+        self._timers: list[asyncio.TimerHandle] = []
 
     def load(self, plan: FaultPlan) -> None:
+        """Replace the plan: what the old one armed or scheduled is undone."""
+        for timer in self._timers:
+            timer.cancel()
+        self._timers = []
+        self.device.firmware.timings = self.device.flash_timings
         self.pending = list(plan.faults)
         self.armed = _Counters()
         self._cmd_counts = {}
@@ -360,7 +367,9 @@ class FaultInjector:
         loop = asyncio.get_running_loop()
         for fault in [f for f in self.pending if f.trigger.kind == "t"]:
             self.pending.remove(fault)
-            loop.call_later(fault.trigger.value, self._fire_if_linked, fault, link)
+            self._timers.append(
+                loop.call_later(fault.trigger.value, self._fire_if_linked, fault, link)
+            )
 
     def _fire_if_linked(self, fault: Fault, link: SimLink) -> None:
         if link.alive:

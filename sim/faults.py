@@ -60,7 +60,8 @@ TRIGGERS = {
     "offset": "the device has accepted N bytes of the image  (offset:200000)",
     "cmd": "the device receives the Nth command of a type  (cmd:CMD_OTA_DATA#3)",
     "t": "N s after the next connection is made  (t:2s)",
-    "connect": "the Nth connection is made  (connect:2)",
+    "connect": "the Nth connection: connect-fail/-timeout, race and stale-cache shape the "
+    "Nth attempt, other effects act once it is made  (connect:2)",
 }
 
 DEFAULT_ARGS = {"seconds": None, "count": 1, "count_or_type": 1}
@@ -211,17 +212,17 @@ def _parse_trigger(text: str, where: str) -> Trigger:
             f"{where}: bad trigger {text!r}; use erase:50%, offset:N, cmd:TYPE#N, t:2s or connect:N"
         )
     if kind == "erase":
-        value = arg.removesuffix("%")
-        try:
-            percent = float(value)
-        except ValueError:
-            percent = -1.0
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)%?", arg, re.ASCII)
+        percent = float(Decimal(m.group(1))) if m else -1.0
         if not 0 <= percent <= 100:
             raise FaultSpecError(f"{where}: erase trigger {arg!r} must be 0% to 100%")
         return Trigger("erase", percent)
     if kind == "cmd":
         name, hash_sign, nth = arg.partition("#")
-        return Trigger("cmd", _count(nth if hash_sign else "1", where), _msg_type(name, where))
+        msg_type = _msg_type(name, where)
+        if msg_type not in p.COMMAND_TYPES:
+            raise FaultSpecError(f"{where}: {name} is not a command the device receives")
+        return Trigger("cmd", _count(nth if hash_sign else "1", where), msg_type)
     if kind == "t":
         return Trigger("t", _seconds(arg, where))
     if kind == "offset":
@@ -258,5 +259,8 @@ def _parse_fault(part: str) -> Fault:
     if not arg:
         return Fault(effect, trigger)
     if kind == "count_or_type" and not _is_number(arg):
-        return Fault(effect, trigger, msg_type=_msg_type(arg, where))
+        msg_type = _msg_type(arg, where)
+        if msg_type in p.COMMAND_TYPES:
+            raise FaultSpecError(f"{where}: {arg} is a host command, not a device message")
+        return Fault(effect, trigger, msg_type=msg_type)
     return Fault(effect, trigger, count=_count(arg, where))
