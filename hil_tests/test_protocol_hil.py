@@ -66,3 +66,12 @@ async def test_data_at_wrong_offset_is_refused_without_corruption(nus: NusLink) 
     await nus.send(p.CmdOtaFinish())
     done = await wait_for(nus, (p.MsgOtaDone,), timeout=15)
     assert done == p.MsgOtaDone(p.crc32(SMALL_IMAGE))
+
+
+async def test_an_error_for_an_earlier_command_is_not_taken_as_a_reply(nus: NusLink) -> None:
+    """Found by the stateful fuzzer: a refused FINISH's MSG_ERROR was returned as the
+    reply to the STATUS request that followed it."""
+    await nus.request(p.CmdOtaAbort(), (p.MsgOtaStatus,))
+    await nus.send(p.CmdOtaFinish())  # refused: no session
+    status = await nus.request(p.CmdOtaStatus(), (p.MsgOtaStatus,))
+    assert status == p.MsgOtaStatus(p.OtaState.IDLE, 0, 0, 0)

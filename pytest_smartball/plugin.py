@@ -91,6 +91,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--sim-seed", type=int, default=0, help="seed for the simulator's randomness (default 0)"
     )
     group.addoption(
+        "--fuzz-examples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="hypothesis examples per property (the fuzz suites scale from it; default: "
+        "the hypothesis profile's, 100 in CI)",
+    )
+    group.addoption(
         "--sim-faults",
         default=None,
         help="fault plan applied to every simulated device, e.g. "
@@ -99,6 +107,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    examples = config.getoption("--fuzz-examples")
+    if examples is not None:
+        from hypothesis import settings
+
+        settings.register_profile("smartball-fuzz", settings.default, max_examples=examples)
+        settings.load_profile("smartball-fuzz")
     config.addinivalue_line("markers", "sim_only: runs only with --device=sim")
     config.addinivalue_line("markers", "real_only: runs only with --device=real")
     config.addinivalue_line(

@@ -580,3 +580,15 @@ def test_untriggered_reboot_waits_for_an_event_loop() -> None:
 
     assert asyncio.run(later()) is False  # rebooting: not advertising for the boot time
     assert fired(device) == [("reboot", "")]
+
+
+@pytest.mark.asyncio
+async def test_set_faults_cancels_running_timers_and_slow_erase() -> None:
+    device = make_device("drop@t:2s,slow-erase:30s")
+    assert device.firmware.timings.erase_total_s == 30.0
+    _, link = await connect(device)
+    device.set_faults("")
+    assert device.firmware.timings.erase_total_s is None
+    await asyncio.sleep(3)
+    assert link.alive, "the replaced plan's timer must not fire"
+    assert [f for f, _ in fired(device)] == ["slow-erase:30s"]
