@@ -99,6 +99,7 @@ NOTABLE_EVENTS = frozenset(
         "verified",
         "cache-cleared",
         "warning",
+        "device-reset",
     }
 )
 
@@ -604,10 +605,14 @@ class ProgressDisplay:
         self.virtual = virtual
         self._bar: tqdm[Any] | None = None
         self._phase = ""
+        self._quarter = -1
         self._last_kind = ""
 
     def on_progress(self, phase: str, done: int, total: int) -> None:
         if not self.bars:
+            return
+        if not sys.stderr.isatty():
+            self._progress_line(phase, done, total)
             return
         if phase != self._phase or self._bar is None or self._bar.total != total:
             self.close()
@@ -633,6 +638,17 @@ class ProgressDisplay:
         else:  # the device rewound (a resume below what we had sent): show its truth
             bar.n = done
             bar.refresh()
+
+    def _progress_line(self, phase: str, done: int, total: int) -> None:
+        """Without a terminal (CI logs, pipes) bars turn into noise: one line per quarter."""
+        quarter = 4 * done // total if total else 4
+        if phase != self._phase:
+            self._phase, self._quarter = phase, -1
+        if quarter > self._quarter:
+            self._quarter = quarter
+            print(
+                f"{phase}: {done}/{total} bytes ({100 * done // max(total, 1)}%)", file=sys.stderr
+            )
 
     def on_event(self, event: OtaEvent) -> None:
         if not self.lines or event.kind not in NOTABLE_EVENTS:

@@ -311,7 +311,7 @@ class OtaEngine:
             self._ble_device,
             self.backend,
             self.settings.link,
-            on_event=lambda kind, detail: self._event(kind, detail),
+            on_event=self._link_event,
         )
         self.result.connects += 1
         if self._reconnecting:  # after a link failure (not the planned one after the reset)
@@ -500,6 +500,11 @@ class OtaEngine:
         return State.SCANNING
 
     # --- helpers -----------------------------------------------------------------------
+
+    def _link_event(self, kind: str, detail: str) -> None:
+        if kind == "link-lost" and self.state is State.REBOOTING:
+            kind = "device-reset"  # the drop DONE announced, not a failure
+        self._event(kind, detail)
 
     def _require_link(self) -> NusLink:
         if self._link is None:
