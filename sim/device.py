@@ -21,6 +21,7 @@ from pytest_smartball import protocol as p
 
 from .faults import Fault, FaultPlan, Trigger
 from .firmware import FirmwareEvent, FlashTimings, SmartBallFirmware
+from .radio import RadioProfile
 
 log = logging.getLogger("sim.device")
 
@@ -36,15 +37,10 @@ class RadioTimings:
     adv_interval_s: float = 0.1
     #: Time from the host's connect request to an established link with services resolved.
     connect_s: float = 0.3
-    #: The central's connection interval: host writes reach the device at connection
-    #: events, ``packets_per_event`` at a time (15 ms and 4 packets: a 2M-PHY link to an
-    #: nRF52840; BlueZ's default interval is 30-50 ms).
-    connection_interval_s: float = 0.015
-    packets_per_event: int = 4
-    #: Writes-without-response the host stack buffers before a write has to wait.
-    tx_queue_packets: int = 16
     #: Reset to advertising again (bootloader + application start).
     boot_s: float = 2.0
+    #: The connected link's timing (connection events, PHY, data length, MTU).
+    link: RadioProfile = field(default_factory=RadioProfile)
 
 
 class LinkPeer(Protocol):
@@ -62,10 +58,13 @@ class SimLink:
     number: int
     nus_visible: bool = True
     alive: bool = True
-    #: Host writes waiting for a connection event, and writers waiting for queue space.
+    #: Host writes and device notification fragments waiting for a connection event, and
+    #: host writers waiting for room in the (bounded) write queue.
     tx_queue: deque[bytes] = field(default_factory=deque)
+    rx_queue: deque[bytes] = field(default_factory=deque)
     space: asyncio.Event = field(default_factory=asyncio.Event)
     event_scheduled: bool = False
+    events: int = 0
 
     @property
     def max_write(self) -> int:
@@ -96,7 +95,7 @@ class SimDevice:
         version: tuple[int, int, int] = (1, 0, 0),
         staging_capacity: int | None = None,
         window: int = 16,
-        mtu: int = 247,
+        mtu: int | None = None,
         flash: FlashTimings | None = None,
         radio: RadioTimings | None = None,
         faults: FaultPlan | str | None = None,
@@ -105,8 +104,8 @@ class SimDevice:
     ) -> None:
         self.name = name
         self.address = address
-        self.mtu = mtu
         self.radio = radio or RadioTimings()
+        self.mtu = mtu or self.radio.link.mtu
         self.rng = random.Random(seed)
         if active_image is None:
             active_image = bytes(self.rng.getrandbits(8) for _ in range(64 * 1024))
@@ -219,41 +218,18 @@ class SimDevice:
 
     async def write(self, link: SimLink, data: bytes) -> None:
         """A write-without-response on NUS RX: queued in the host stack, carried to the
-        device at the next connection event. Waits only while the queue is full."""
+        device at a connection event. Waits only while the queue is full."""
         if len(data) > link.max_write:
             raise BleakError(
                 f"write of {len(data)} bytes exceeds the link's maximum of {link.max_write}"
             )
-        while link.alive and len(link.tx_queue) >= self.radio.tx_queue_packets:
+        while link.alive and len(link.tx_queue) >= self.radio.link.tx_queue_writes:
             link.space.clear()
             await link.space.wait()
         if not link.alive:
             raise BleakError("Not connected")
         link.tx_queue.append(bytes(data))
-        if not link.event_scheduled:
-            link.event_scheduled = True
-            loop = asyncio.get_running_loop()
-            loop.call_later(self.radio.connection_interval_s, self._connection_event, link)
-
-    def _connection_event(self, link: SimLink) -> None:
-        link.event_scheduled = False
-        if not link.alive:
-            link.tx_queue.clear()  # unacknowledged packets die with the link
-            link.space.set()
-            return
-        for _ in range(min(self.radio.packets_per_event, len(link.tx_queue))):
-            data = link.tx_queue.popleft()
-            if not self.injector.drop_write():
-                self.firmware.receive(data)
-            if not link.alive:  # the firmware reset, or a fault dropped the link
-                link.tx_queue.clear()
-                break
-        link.space.set()
-        if link.tx_queue and link.alive:
-            link.event_scheduled = True
-            asyncio.get_running_loop().call_later(
-                self.radio.connection_interval_s, self._connection_event, link
-            )
+        self._schedule_event(link)
 
     def _notify(self, frame: bytes) -> None:
         link = self.link
@@ -263,8 +239,52 @@ class SimDevice:
         if not frame:
             return
         step = link.max_write
-        for start in range(0, len(frame), step):
-            link.peer.sim_notification(frame[start : start + step])
+        link.rx_queue.extend(frame[start : start + step] for start in range(0, len(frame), step))
+        self._schedule_event(link)
+
+    def _schedule_event(self, link: SimLink) -> None:
+        if not link.event_scheduled:
+            link.event_scheduled = True
+            asyncio.get_running_loop().call_later(
+                self.radio.link.connection_interval_s, self._connection_event, link
+            )
+
+    def _connection_event(self, link: SimLink) -> None:
+        """One connection event: up to ``exchanges_per_event`` exchanges, each a central
+        packet (a host write, or an empty poll) answered by a peripheral packet (a
+        notification fragment, or empty). What the device sends in reply to a write goes
+        out at a later event, as on a real controller."""
+        link.event_scheduled = False
+        if not link.alive:
+            link.tx_queue.clear()  # unacknowledged packets die with the link
+            link.rx_queue.clear()
+            link.space.set()
+            return
+        link.events += 1
+        profile = self.radio.link
+        slots = profile.exchanges_per_event()
+        replies = len(link.rx_queue)  # only what was queued before this event
+        while slots > 0 and (link.tx_queue or replies):
+            if link.tx_queue:
+                cost = profile.ll_packets(len(link.tx_queue[0]))
+                if cost > slots and slots < profile.exchanges_per_event():
+                    break  # the fragments of this write go together in the next event
+                data = link.tx_queue.popleft()
+                slots -= cost
+                if not self.injector.drop_write():
+                    self.firmware.receive(data)
+            else:
+                slots -= 1
+            if replies and link.alive:
+                replies -= 1
+                link.peer.sim_notification(link.rx_queue.popleft())
+            if not link.alive:  # the firmware reset, or a fault dropped the link
+                link.tx_queue.clear()
+                link.rx_queue.clear()
+                break
+        link.space.set()
+        if (link.tx_queue or link.rx_queue) and link.alive:
+            self._schedule_event(link)
 
     # --- power -------------------------------------------------------------------------
 

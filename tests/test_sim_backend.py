@@ -242,13 +242,30 @@ async def test_notification_and_drop_arrive_in_order() -> None:
     )
     await client.connect()
     await client.start_notify(p.NUS_TX_UUID, on_notify)
-    device.firmware.receive(p.encode(p.CmdInfo()))  # the device answers at once...
-    device.disconnect("x")  # ...and the link drops before the loop delivers the answer
+    device.firmware.receive(p.encode(p.CmdInfo()))  # the answer waits for a connection event
+    await asyncio.sleep(0.05)  # past it: the answer is on air
+    device.disconnect("x")
     device.firmware.receive(p.encode(p.CmdOtaStatus()))  # no link: this answer is lost
-    assert order == []  # both reach the host through the loop, like D-Bus signals
+    assert order == ["notification"]  # delivered through the loop, like a D-Bus signal
     await asyncio.sleep(1)
     assert order == ["notification", "disconnected"]
     assert messages == [device.firmware.info()]
+
+
+async def test_an_answer_not_yet_on_air_is_lost_with_the_link() -> None:
+    world, device = make_world()
+    order: list[str] = []
+    client = BleakClient(
+        await find(world),
+        backend=world.client_backend,
+        disconnected_callback=lambda _client: order.append("disconnected"),
+    )
+    await client.connect()
+    await client.start_notify(p.NUS_TX_UUID, lambda _c, _d: order.append("notification"))
+    device.firmware.receive(p.encode(p.CmdInfo()))  # queued for the next connection event
+    device.disconnect("x")  # the link drops first
+    await asyncio.sleep(1)
+    assert order == ["disconnected"]
 
 
 async def test_write_in_flight_at_a_drop_never_reaches_the_device() -> None:
