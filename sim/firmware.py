@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pytest_smartball import protocol as p
@@ -36,6 +37,13 @@ class FlashTimings:
     erase_page_s: float = 0.085
     #: When set, the whole erase takes this long whatever the image size (field mode).
     erase_total_s: float | None = None
+    #: t_WRITE: 41 us per 32-bit word (max). A 234-byte chunk takes 2.4 ms: about 97 kB/s,
+    #: faster than the default radio (65 kB/s), slower than a 7.5 ms LE 2M link.
+    write_word_s: float = 41e-6
+    #: Received chunks the device can hold while the flash is busy; None: the READY window,
+    #: so a host that respects the window never overflows it. Smaller values make the
+    #: device drop DATA when full (answered like a wrong offset: the host rewinds).
+    rx_buffer_chunks: int | None = None
     #: CRC-32 over the staged image before switching (about 20 MB/s on a 64 MHz M4).
     verify_s_per_byte: float = 1 / 20_000_000
     #: Between sending MSG_OTA_DONE and resetting, so the notification leaves the radio.
@@ -52,8 +60,11 @@ class OtaSession:
     image_size: int
     image_crc32: int
     max_chunk: int
-    next_offset: int = 0
+    next_offset: int = 0  # received (in flash or in the receive buffer)
     accepted_since_ack: int = 0
+    #: When the flash finishes each buffered chunk (loop time), oldest first.
+    unwritten: deque[float] = field(default_factory=deque)
+    flash_free_at: float = 0.0
     rejected_since_status: int | None = None  # None: no rejection since the last accepted chunk
 
 
@@ -110,9 +121,15 @@ class SmartBallFirmware:
         #: device never asked for) or beyond it (after a lost write): for fuzz properties.
         self.data_rejected_behind = 0
         self.data_rejected_ahead = 0
+        self.data_dropped_full = 0
+        self._timers: list[asyncio.TimerHandle] = []
         self.boot_count = 1
 
     # --- what the device exposes -----------------------------------------------------
+
+    @property
+    def rx_buffer_chunks(self) -> int:
+        return self.timings.rx_buffer_chunks or self.window
 
     @property
     def ack_interval(self) -> int:
@@ -269,15 +286,36 @@ class SmartBallFirmware:
                 f"chunk at {msg.offset}+{size} runs past the image end {s.image_size}",
             )
             return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while s.unwritten and s.unwritten[0] <= now:
+            s.unwritten.popleft()
+        if len(s.unwritten) >= self.rx_buffer_chunks:
+            self.data_dropped_full += 1  # the flash is behind: no room for this chunk
+            self._reject_offset(s)
+            return
         self._staging[msg.offset : msg.offset + size] = msg.data
         s.next_offset += size
         s.rejected_since_status = None
         s.accepted_since_ack += 1
-        complete = s.next_offset == s.image_size
-        if complete or s.accepted_since_ack >= self.ack_interval:
+        ack_now = s.next_offset == s.image_size or s.accepted_since_ack >= self.ack_interval
+        write_s = math.ceil(size / 4) * self.timings.write_word_s
+        if write_s:
+            written_at = max(now, s.flash_free_at) + write_s
+            s.flash_free_at = written_at
+            s.unwritten.append(written_at)
+        if ack_now:
+            # ACK what is in flash, when it is: the host's window then bounds the buffer.
             s.accepted_since_ack = 0
-            self._reply(p.MsgOtaAck(s.next_offset))
+            if write_s:
+                self._timers.append(loop.call_at(written_at, self._ack, s, s.next_offset))
+            else:  # an instant flash (a model setting): written as it arrives
+                self._ack(s, s.next_offset)
         self._observe(FirmwareEvent("data_accepted", offset=s.next_offset, total=s.image_size))
+
+    def _ack(self, session: OtaSession, written_offset: int) -> None:
+        if session is self.session and self.state == p.OtaState.RECEIVING:
+            self._reply(p.MsgOtaAck(written_offset))
 
     def _reject_offset(self, s: OtaSession) -> None:
         # One STATUS per gap, then one per window of further rejects: enough for the host
@@ -299,7 +337,8 @@ class SmartBallFirmware:
         self._verify_task = asyncio.get_running_loop().create_task(self._verify(s))
 
     async def _verify(self, s: OtaSession) -> None:
-        await asyncio.sleep(self.timings.verify_s_per_byte * s.image_size)
+        flushing = s.flash_free_at - asyncio.get_running_loop().time()
+        await asyncio.sleep(max(0.0, flushing) + self.timings.verify_s_per_byte * s.image_size)
         staged = bytes(self._staging[: s.image_size])
         actual = p.crc32(staged)
         if actual != s.image_crc32:
@@ -332,6 +371,9 @@ class SmartBallFirmware:
             if task is not None and not task.done() and task is not _current_task():
                 task.cancel()
         self._erase_task = self._verify_task = None
+        for timer in self._timers:
+            timer.cancel()
+        self._timers = []
 
     _HANDLERS: ClassVar[dict[type, Callable[[SmartBallFirmware, Any], None]]]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -40,8 +41,13 @@ CAPACITY = 5 * PAGE_SIZE
 PAGE_S = 0.085
 VERIFY_S_PER_BYTE = 1e-4  # 10 000 bytes verify in 1 s: long enough to observe VERIFYING
 RESET_DELAY_S = 0.1
+# An instant flash write: these tests feed chunks faster than any radio could; the flash
+# write time and the receive buffer have tests of their own at the end.
 TIMINGS = FlashTimings(
-    erase_page_s=PAGE_S, verify_s_per_byte=VERIFY_S_PER_BYTE, reset_delay_s=RESET_DELAY_S
+    erase_page_s=PAGE_S,
+    verify_s_per_byte=VERIFY_S_PER_BYTE,
+    reset_delay_s=RESET_DELAY_S,
+    write_word_s=0.0,
 )
 NEW_IMAGE = bytes((i * 7 + 3) & 0xFF for i in range(10_000))  # 3 pages
 NEW_PAGES = math.ceil(len(NEW_IMAGE) / PAGE_SIZE)
@@ -754,3 +760,54 @@ async def test_observer_sees_commands_and_data() -> None:
     accepted = [e.offset for e in h.events if e.kind == "data_accepted"]
     assert accepted == [100, 200, 250]
     assert h.fw.commands_seen == {p.MsgType.CMD_OTA_START: 1, p.MsgType.CMD_OTA_DATA: 3}
+
+
+# --- flash write time and the receive buffer ---------------------------------------------
+
+SLOW_FLASH = FlashTimings(erase_page_s=PAGE_S, write_word_s=41e-6, rx_buffer_chunks=2)
+
+
+async def test_ack_reports_what_the_flash_has_written_when_it_has() -> None:
+    h = Harness(window=4, timings=SLOW_FLASH)
+    await h.start_and_wait_ready()
+    t0 = h.now()
+    h.send(CmdOtaData(0, NEW_IMAGE[:CHUNK]))
+    h.send(CmdOtaData(CHUNK, NEW_IMAGE[CHUNK : 2 * CHUNK]))
+    assert h.take() == []  # both in the buffer, nothing written yet: no ACK
+    await asyncio.sleep(0.01)
+    (ack,) = [(t, m) for t, m in h.log if isinstance(m, MsgOtaAck)]
+    assert ack[1] == MsgOtaAck(2 * CHUNK)
+    # two chunks of 25 words, one after the other
+    assert ack[0] - t0 == pytest.approx(2 * 25 * 41e-6, abs=1e-6)
+
+
+async def test_a_full_receive_buffer_drops_data_and_the_status_rewinds_the_host() -> None:
+    h = Harness(window=4, timings=SLOW_FLASH)
+    await h.start_and_wait_ready()
+    h.take()
+    for k in range(3):  # faster than the flash: the third finds the 2-chunk buffer full
+        h.send(CmdOtaData(k * CHUNK, NEW_IMAGE[k * CHUNK : (k + 1) * CHUNK]))
+    assert h.fw.data_dropped_full == 1
+    (status,) = h.take()
+    assert isinstance(status, MsgOtaStatus) and status.next_expected_offset == 2 * CHUNK
+    await asyncio.sleep(0.01)  # the flash catches up; the chunk is accepted on resend
+    h.send(CmdOtaData(2 * CHUNK, NEW_IMAGE[2 * CHUNK : 3 * CHUNK]))
+    assert h.status().next_expected_offset == 3 * CHUNK
+    assert h.fw.data_dropped_full == 1
+
+
+async def test_finish_waits_for_the_flash_before_verifying() -> None:
+    h = Harness(window=4, timings=replace(SLOW_FLASH, rx_buffer_chunks=200))
+    await h.start_and_wait_ready()
+    h.send_image()
+    h.take()
+    t0 = h.now()
+    h.send(CmdOtaFinish())
+    await asyncio.sleep(2)
+    done = [(t, m) for t, m in h.log if isinstance(m, MsgOtaDone)]
+    assert len(done) == 1
+    words = sum(
+        math.ceil(min(CHUNK, len(NEW_IMAGE) - o) / 4) for o in range(0, len(NEW_IMAGE), CHUNK)
+    )
+    expected = words * 41e-6 + len(NEW_IMAGE) * SLOW_FLASH.verify_s_per_byte
+    assert done[0][0] - t0 == pytest.approx(expected, abs=1e-4)

@@ -201,10 +201,9 @@ async def test_lost_ack_is_recovered_by_asking_for_status(
     ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
 ) -> None:
     # A lost ACK mid-stream is absorbed by the next one (half a window later); the final
-    # ACK has no successor, so losing it stalls the pipe until the ACK timeout.
-    ack_every = WINDOW // 2 * CHUNK
-    last_but_one_ack = (firmware_image.size - 1) // ack_every * ack_every
-    sim_device.set_faults(f"lose:MSG_OTA_ACK@offset:{last_but_one_ack}")
+    # ACK has no successor, so losing it stalls the pipe until the ACK timeout. The fault
+    # is armed when the last chunk arrives; its ACK leaves once the flash has written it.
+    sim_device.set_faults(f"lose:MSG_OTA_ACK@offset:{firmware_image.size}")
     result = await ota().run()
     assert_flashed(sim_device, firmware_image, result)
     assert "ack-timeout" in event_kinds(result)
@@ -274,3 +273,21 @@ async def test_device_that_never_answers_fails_within_bounded_time(
     assert_untouched(sim_device, baseline, result)
     assert result.failure is FailureKind.LINK
     assert result.duration_s < 300
+
+
+async def test_a_radio_faster_than_the_flash_overflows_a_small_buffer_and_still_finishes(
+    firmware_image: FirmwareImage,
+) -> None:
+    from pytest_smartball.simulated import make_sim_target
+    from sim.device import RadioTimings
+    from sim.firmware import FlashTimings
+    from sim.radio import RadioProfile
+
+    fast_radio = RadioTimings(link=RadioProfile(connection_interval_s=0.0075, packets_per_event=6))
+    small_buffer = FlashTimings(rx_buffer_chunks=2)
+    target = make_sim_target(radio=fast_radio, flash=small_buffer)
+    result = await OtaEngine(firmware_image, target.backend).run()
+    assert_flashed(target.device, firmware_image, result)
+    assert target.device.firmware.data_dropped_full > 0, "the buffer never overflowed"
+    assert "rewind" in event_kinds(result) or "ack-timeout" in event_kinds(result)
+    assert target.device.firmware.data_rejected_behind == 0
