@@ -27,6 +27,7 @@ from hypothesis.stateful import (
 
 from pytest_smartball import protocol as p
 from pytest_smartball.link import BleBackend, LinkSettings, NusLink, find_device
+from pytest_smartball.simulated import virtual_event_loop
 from pytest_smartball.strategies import command_frames
 from sim.firmware import PAGE_SIZE, FlashTimings, SmartBallFirmware
 from sim.make_image import make_image
@@ -53,9 +54,7 @@ class FirmwareDriver:
     """The firmware model on its own virtual-time loop; collects what it sends."""
 
     def __init__(self) -> None:
-        import looptime
-
-        self.loop = looptime.new_event_loop(start=0)
+        self.loop = virtual_event_loop()
         self.inbox: list[p.DeviceMessage] = []
         self._decoder = p.FrameDecoder()
         self.fw = SmartBallFirmware(
@@ -301,9 +300,7 @@ class LinkDriver:
         self.target = target
         virtual = getattr(target, "is_sim", False)
         if virtual:
-            import looptime
-
-            self.runner = asyncio.Runner(loop_factory=lambda: looptime.new_event_loop(start=0))
+            self.runner = asyncio.Runner(loop_factory=virtual_event_loop)
         else:
             self.runner = asyncio.Runner()
         backend: BleBackend = target.backend  # type: ignore[attr-defined]

@@ -21,7 +21,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import looptime
 from bleak.backends.device import BLEDevice
 from tqdm import tqdm
 
@@ -41,6 +40,7 @@ from .link import (
     scan,
 )
 from .ota import FailureKind, OtaEngine, OtaEvent, OtaResult, OtaSettings, State
+from .simulated import virtual_event_loop
 
 if TYPE_CHECKING:  # the simulator proper is imported only when --sim asks for it
     from sim.device import SimDevice
@@ -340,7 +340,7 @@ def run_coroutine(coro: Coroutine[Any, Any, T], *, virtual: bool) -> T:
     """Run on a fresh loop: looptime's virtual clock (simulator) or a plain asyncio loop.
     Ctrl-C cancels the coroutine (so links are closed) and then raises KeyboardInterrupt."""
     factory: Callable[[], asyncio.AbstractEventLoop] | None = (
-        (lambda: looptime.new_event_loop(start=0)) if virtual else None
+        virtual_event_loop if virtual else None
     )
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(coro)

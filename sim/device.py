@@ -108,7 +108,7 @@ class SimDevice:
         self.mtu = mtu or self.radio.link.mtu
         self.rng = random.Random(seed)
         if active_image is None:
-            active_image = bytes(self.rng.getrandbits(8) for _ in range(64 * 1024))
+            active_image = self.rng.randbytes(64 * 1024)
         kwargs = {"staging_capacity": staging_capacity} if staging_capacity else {}
         self.firmware = SmartBallFirmware(
             active_image=active_image,

@@ -1,0 +1,1 @@
+"""Benchmarks: figures printed, never asserted in timed tests (see README)."""
