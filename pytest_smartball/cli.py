@@ -527,21 +527,26 @@ async def cmd_scan(ctx: Context) -> int:
     return code
 
 
+def _emit_reply(ctx: Context, command: str, device: BLEDevice, fields: dict[str, Any]) -> int:
+    """The --json answer of info/status/abort: the command, the device, the reply's fields."""
+    _emit_json(
+        {
+            "command": command,
+            "ok": True,
+            "exit_code": EXIT_OK,
+            "simulated": ctx.simulated,
+            "device": _device_dict(device.name, device.address),
+            **fields,
+        }
+    )
+    return EXIT_OK
+
+
 async def cmd_info(ctx: Context) -> int:
     target = await ctx.open_target()
     device, info = await _request(ctx, target, p.CmdInfo(), p.MsgInfo)
     if ctx.json:
-        _emit_json(
-            {
-                "command": "info",
-                "ok": True,
-                "exit_code": EXIT_OK,
-                "simulated": ctx.simulated,
-                "device": _device_dict(device.name, device.address),
-                **_info_dict(info),
-            }
-        )
-        return EXIT_OK
+        return _emit_reply(ctx, "info", device, _info_dict(info))
     _header(ctx, device)
     print(f"  firmware          {info.firmware_version} (protocol v{info.protocol_version})")
     print(
@@ -555,17 +560,7 @@ async def cmd_status(ctx: Context) -> int:
     target = await ctx.open_target()
     device, status = await _request(ctx, target, p.CmdOtaStatus(), p.MsgOtaStatus)
     if ctx.json:
-        _emit_json(
-            {
-                "command": "status",
-                "ok": True,
-                "exit_code": EXIT_OK,
-                "simulated": ctx.simulated,
-                "device": _device_dict(device.name, device.address),
-                **_status_dict(status),
-            }
-        )
-        return EXIT_OK
+        return _emit_reply(ctx, "status", device, _status_dict(status))
     _header(ctx, device)
     _print_status(status)
     return EXIT_OK
@@ -575,17 +570,7 @@ async def cmd_abort(ctx: Context) -> int:
     target = await ctx.open_target()
     device, status = await _request(ctx, target, p.CmdOtaAbort(), p.MsgOtaStatus)
     if ctx.json:
-        _emit_json(
-            {
-                "command": "abort",
-                "ok": True,
-                "exit_code": EXIT_OK,
-                "simulated": ctx.simulated,
-                "device": _device_dict(device.name, device.address),
-                **_status_dict(status),
-            }
-        )
-        return EXIT_OK
+        return _emit_reply(ctx, "abort", device, _status_dict(status))
     _header(ctx, device)
     print("  OTA session aborted; the active image is untouched")
     _print_status(status)
