@@ -14,7 +14,7 @@ ERASE_SILENCE_S = 10.0
 async def start_session(nus: NusLink, image: bytes, crc32: int | None = None) -> p.MsgOtaReady:
     """ABORT anything under way, START a session for ``image``, wait for READY."""
     await nus.request(p.CmdOtaAbort(), (p.MsgOtaStatus,))
-    chunk = nus.max_write - p.FRAME_OVERHEAD - p.DATA_HEADER_SIZE
+    chunk = nus.max_data_chunk
     await nus.send(p.CmdOtaStart(len(image), p.crc32(image) if crc32 is None else crc32, chunk))
     while True:
         msg = await nus.receive(ERASE_SILENCE_S)
@@ -27,7 +27,7 @@ async def send_chunks(
     nus: NusLink, image: bytes, ready: p.MsgOtaReady, start: int = 0, end: int | None = None
 ) -> int:
     """Stop-and-wait by windows (simple on purpose): returns the device's next offset."""
-    chunk = min(ready.max_chunk, nus.max_write - p.FRAME_OVERHEAD - p.DATA_HEADER_SIZE)
+    chunk = min(ready.max_chunk, nus.max_data_chunk)
     end = len(image) if end is None else end
     offset = start
     while offset < end:

@@ -26,6 +26,7 @@ from typing import Any
 from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError
 from bleak_retry_connector import BleakClientWithServiceCache, establish_connection
 
@@ -141,6 +142,16 @@ class LinkStats:
     bytes_written: int = 0
 
 
+#: RSSI (dBm) of the advertisement find_device last matched, by upper-case address.
+_last_rssi: dict[str, int] = {}
+
+
+def last_rssi(address: str) -> int | None:
+    """Signal strength of the device's advertisement when find_device last found it
+    (every bleak platform reports one); None when it has not been found in this process."""
+    return _last_rssi.get(address.upper())
+
+
 async def find_device(
     backend: BleBackend,
     *,
@@ -152,17 +163,20 @@ async def find_device(
     if not (address or name):
         raise ValueError("find_device needs a name or an address")
     what = f"address {address}" if address else f"name {name!r}"
+
+    def wanted(device: BLEDevice, adv: AdvertisementData) -> bool:
+        # What find_device_by_address / find_device_by_name match, plus the RSSI on the way.
+        if address and device.address.lower() != address.lower():
+            return False
+        if not address and adv.local_name != name:
+            return False
+        _last_rssi[device.address.upper()] = adv.rssi
+        return True
+
     try:
-        if address:
-            device = await BleakScanner.find_device_by_address(
-                address, timeout=timeout, **backend.scanner_kwargs()
-            )
-        else:
-            device = await BleakScanner.find_device_by_name(
-                name,
-                timeout=timeout,
-                **backend.scanner_kwargs(),  # type: ignore[arg-type]
-            )
+        device = await BleakScanner.find_device_by_filter(
+            wanted, timeout=timeout, **backend.scanner_kwargs()
+        )
     except (*LINK_ERRORS, OSError) as exc:  # no adapter, adapter off, stack not running
         raise DeviceNotFound(
             f"scanning for the SmartBall with {what} failed: {type(exc).__name__}: {exc}; "
@@ -293,6 +307,11 @@ class NusLink:
     @property
     def mtu_size(self) -> int:
         return self.max_write + 3
+
+    @property
+    def max_data_chunk(self) -> int:
+        """Image bytes one CMD_OTA_DATA frame carries when it fills exactly one write."""
+        return min(p.MAX_DATA_CHUNK, self.max_write - p.FRAME_OVERHEAD - p.DATA_HEADER_SIZE)
 
     @property
     def decoder_stats(self) -> p.DecoderStats:

@@ -177,7 +177,6 @@ class OtaEngine:
         self._link: NusLink | None = None
         self._t0 = 0.0
         self._state_since = 0.0
-        self._status: p.MsgOtaStatus | None = None
         self._ready: p.MsgOtaReady | None = None
         self._device_offset = 0  # what the device said it expects next
         self._high_water = 0  # highest offset ever sent (for re-sent accounting)
@@ -337,7 +336,6 @@ class OtaEngine:
             return State.SUCCEEDED
         self._finish_sent = False
         status = await self._request(p.CmdOtaStatus(), p.MsgOtaStatus)
-        self._status = status
         ours = (status.image_size, status.image_crc32) == (self.image.size, self.image.crc32)
         self._event(
             "status",
@@ -346,6 +344,7 @@ class OtaEngine:
         )
         state = status.state
         if ours and state == p.OtaState.ERASING:
+            self._device_offset = 0  # nothing received yet: READY, then from the start
             return State.WAITING_READY
         if ours and state == p.OtaState.RECEIVING:
             self._device_offset = status.next_expected_offset
@@ -356,6 +355,7 @@ class OtaEngine:
         if ours and state in (p.OtaState.VERIFYING, p.OtaState.COMPLETE):
             self._finish_sent = True
             return State.REBOOTING if state == p.OtaState.COMPLETE else State.FINISHING
+        self._device_offset = 0  # a new session: everything is sent from the start
         if self._session_started:
             self.result.restarts += 1
             self._event("restart", "the device lost this image's session: abort, start over")
@@ -368,19 +368,11 @@ class OtaEngine:
         return State.STARTING
 
     async def _start(self) -> State:
+        """START: a new session (erase first), or the same one again, which the device
+        answers with READY at once (how a resume gets its chunk size and window)."""
         link = self._require_link()
-        resuming = (
-            self._status is not None
-            and self._status.state == p.OtaState.RECEIVING
-            and (self._status.image_size, self._status.image_crc32)
-            == (self.image.size, self.image.crc32)
-        )
-        if not resuming:
-            self._device_offset = 0
         self._session_started = True
-        chunk = min(
-            self.settings.chunk_size, link.max_write - p.FRAME_OVERHEAD - p.DATA_HEADER_SIZE
-        )
+        chunk = min(self.settings.chunk_size, link.max_data_chunk)
         await link.send(p.CmdOtaStart(self.image.size, self.image.crc32, chunk))
         return State.WAITING_READY
 
@@ -407,7 +399,7 @@ class OtaEngine:
         assert self._ready is not None
         data = self.image.data
         size = len(data)
-        chunk = min(self._ready.max_chunk, link.max_write - p.FRAME_OVERHEAD - p.DATA_HEADER_SIZE)
+        chunk = min(self._ready.max_chunk, link.max_data_chunk)
         in_flight_limit = max(1, self._ready.window) * chunk
         acked = sent = self._device_offset
         self._on_progress("transfer", acked, size)
