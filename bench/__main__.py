@@ -72,8 +72,9 @@ class Row:
         return out
 
 
-def run_update(image: FirmwareImage, profile: str, *, window: int = WINDOW,
-               faults: str = "", seed: int = 0) -> tuple[OtaResult, Any]:
+def run_update(
+    image: FirmwareImage, profile: str, *, window: int = WINDOW, faults: str = "", seed: int = 0
+) -> tuple[OtaResult, Any]:
     radio = RadioTimings(link=PROFILES[profile])
     target = make_sim_target(faults=faults, seed=seed, radio=radio, window=window)
     engine = OtaEngine(image, target.backend, address=target.device.address)
@@ -133,28 +134,48 @@ def table(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--json", type=Path, default=Path("bench/results/latest.json"),
-                        help="where to write the figures (default: %(default)s)")
-    parser.add_argument("--profiles", nargs="+", default=["default", "bluez-default"],
-                        choices=sorted(PROFILES))
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=Path("bench/results/latest.json"),
+        help="where to write the figures (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--profiles", nargs="+", default=["default", "bluez-default"], choices=sorted(PROFILES)
+    )
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
-    parser.add_argument("--wall-repeats", type=int, default=3,
-                        help="simulated updates timed per row; the median is shown")
+    parser.add_argument(
+        "--wall-repeats",
+        type=int,
+        default=3,
+        help="simulated updates timed per row; the median is shown",
+    )
     args = parser.parse_args(argv)
 
-    rows = [measure(profile, size, args.wall_repeats)
-            for profile in args.profiles for size in args.sizes]
+    rows = [
+        measure(profile, size, args.wall_repeats)
+        for profile in args.profiles
+        for size in args.sizes
+    ]
     print("Simulated times are on the virtual clock; 'wall' is real time per update.")
-    print("eff = bound / update; xeff = transfer bound / transfer phase; "
-          "speedup = stop-and-wait transfer / pipelined transfer.")
+    print(
+        "eff = bound / update; xeff = transfer bound / transfer phase; "
+        "speedup = stop-and-wait transfer / pipelined transfer."
+    )
     print(table(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "rows": [r.as_dict() for r in rows],
-    }, indent=2))
+    args.json.write_text(
+        json.dumps(
+            {
+                "command": "python -m bench "
+                + " ".join(argv if argv is not None else sys.argv[1:]),
+                "python": platform.python_version(),
+                "machine": platform.machine(),
+                "rows": [r.as_dict() for r in rows],
+            },
+            indent=2,
+        )
+    )
     print(f"figures written to {args.json}")
     return 0
 

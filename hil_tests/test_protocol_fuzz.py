@@ -359,6 +359,8 @@ def test_command_sequences_through_the_link_keep_the_device_safe(smartball: obje
             crc = p.crc32(image) ^ (1 if wrong_crc else 0)
             self.d.send(p.CmdOtaStart(len(image), crc, CHUNK))
 
+        # Never more than three contiguous chunks: the device can never receive the whole
+        # (random) image, so a real board cannot end up booting it.
         @rule(offset=st.sampled_from([0, CHUNK, 2 * CHUNK, len(image) - CHUNK, len(image)]))
         def data(self, offset: int) -> None:
             self.d.send(p.CmdOtaData(offset, image[offset : offset + CHUNK] or b"x"))

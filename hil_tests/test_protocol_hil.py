@@ -7,6 +7,7 @@ import random
 import pytest
 
 from pytest_smartball import protocol as p
+from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import NusLink
 
 from .helpers import send_chunks, start_session, wait_for
@@ -51,21 +52,27 @@ async def test_wrong_crc_is_refused_at_finish(nus: NusLink) -> None:
     assert await nus.request(p.CmdInfo(), (p.MsgInfo,)) == before
 
 
-async def test_data_at_wrong_offset_is_refused_without_corruption(nus: NusLink) -> None:
-    ready = await start_session(nus, SMALL_IMAGE)
+async def test_data_at_wrong_offset_is_refused_without_corruption(
+    nus: NusLink, firmware_image: FirmwareImage
+) -> None:
+    # This test completes an update, so it sends the release image (--firmware), never
+    # random bytes: a real board would boot what it verified. The plugin restores the
+    # baseline afterwards on hardware.
+    image = firmware_image.data
+    ready = await start_session(nus, image)
     chunk = min(ready.max_chunk, 100)
-    await nus.send(p.CmdOtaData(0, SMALL_IMAGE[:chunk]))
+    await nus.send(p.CmdOtaData(0, image[:chunk]))
     # A chunk from further on, as after a lost write: dropped, answered with STATUS.
-    await nus.send(p.CmdOtaData(3 * chunk, SMALL_IMAGE[3 * chunk : 4 * chunk]))
-    status = await nus.receive(5.0)
+    await nus.send(p.CmdOtaData(3 * chunk, image[3 * chunk : 4 * chunk]))
+    status = await wait_for(nus, (p.MsgOtaStatus,), timeout=5.0)
     assert isinstance(status, p.MsgOtaStatus), status
     assert status.state == p.OtaState.RECEIVING
     assert status.next_expected_offset == chunk
     # Resuming from the device's offset gives an image that verifies.
-    assert await send_chunks(nus, SMALL_IMAGE, ready, start=chunk) == len(SMALL_IMAGE)
+    assert await send_chunks(nus, image, ready, start=chunk) == len(image)
     await nus.send(p.CmdOtaFinish())
     done = await wait_for(nus, (p.MsgOtaDone,), timeout=15)
-    assert done == p.MsgOtaDone(p.crc32(SMALL_IMAGE))
+    assert done == p.MsgOtaDone(firmware_image.crc32)
 
 
 async def test_an_error_for_an_earlier_command_is_not_taken_as_a_reply(nus: NusLink) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -56,8 +57,8 @@ async def probe_adapter(adapter: str = "hci0", timeout: float = 3.0) -> AdapterI
         ) from None
     except (OSError, ValueError) as exc:
         raise BluezUnavailable(
-            f"cannot reach the system D-Bus ({type(exc).__name__}: {exc}); this machine has no "
-            "BlueZ running: install bluez and start bluetoothd"
+            f"cannot reach the system D-Bus at {system_bus_address()} ({type(exc).__name__}: "
+            f"{exc}); this machine has no BlueZ running: install bluez and start bluetoothd"
         ) from None
     try:
         async with asyncio.timeout(timeout):
@@ -97,6 +98,11 @@ async def probe_adapter(adapter: str = "hci0", timeout: float = 3.0) -> AdapterI
     return AdapterInfo(adapter, path, str(props["Address"].value), powered)
 
 
+def system_bus_address() -> str:
+    """Where dbus-fast looks for the system bus (what the messages name)."""
+    return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/var/run/dbus/system_bus_socket")
+
+
 async def remove_device(address: str, adapter: str = "hci0", timeout: float = 5.0) -> bool:
     """BlueZ's ``Adapter1.RemoveDevice``: forget the device and its cached GATT database
     (what ``bluetoothctl remove ADDRESS`` does). False when BlueZ did not know it."""
@@ -133,9 +139,12 @@ async def bluez_version(timeout: float = 3.0) -> tuple[int, int] | None:
     exe = shutil.which("bluetoothctl")
     if exe is None:
         return None
-    proc = await asyncio.create_subprocess_exec(
-        exe, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            exe, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+    except OSError:
+        return None
     try:
         async with asyncio.timeout(timeout):
             out, _ = await proc.communicate()

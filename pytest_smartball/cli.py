@@ -108,6 +108,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "name": DEFAULT_NAME,
     "address": None,
     "adapter": "hci0",
+    "bluez": "system",
     "sim": False,
     "faults": None,
     "seed": 0,
@@ -187,6 +188,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--address", default=s, help="Bluetooth address of the device (preferred over --name)"
     )
     dev.add_argument("--adapter", default=s, help="BlueZ adapter (default: hci0)")
+    dev.add_argument(
+        "--bluez",
+        choices=("system", "emulated"),
+        default=s,
+        help="the system's BlueZ (default), or 'emulated': a private dbus-daemon and an "
+        "emulated bluetoothd serving a simulated SmartBall, in real time, through the real "
+        "BlueZ code path (--faults, --seed, --erase-time, --sim-address apply)",
+    )
     dev.add_argument(
         "--scan-timeout",
         type=_positive_seconds,
@@ -320,7 +329,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in COMMON_DEFAULTS.items():
         if not hasattr(args, key):
             setattr(args, key, value)
-    if not args.sim:
+    if args.sim and args.bluez == "emulated":
+        raise CliError(EXIT_BAD_INPUT, "--bluez=emulated is the real-device path; leave out --sim")
+    if not args.sim and args.bluez != "emulated":
         given = [
             flag for key, flag in SIM_ONLY.items() if getattr(args, key) != COMMON_DEFAULTS[key]
         ]
@@ -813,6 +824,31 @@ def _fail(code: int, message: str, args: argparse.Namespace | None) -> int:
     return code
 
 
+def _run_emulated(
+    args: argparse.Namespace, fault_plan: FaultPlan | None, coro: Coroutine[Any, Any, int]
+) -> int:
+    """Run ``coro`` on the real-device path against an emulated BlueZ (sim/bluez) that
+    this call starts and stops."""
+    from sim.bluez.launcher import DbusDaemonMissing, EmulatedBluez, emulated_smartball
+    from sim.firmware import FlashTimings
+
+    options: dict[str, Any] = {}
+    if args.erase_time:
+        options["flash"] = FlashTimings(erase_total_s=args.erase_time)
+    device = emulated_smartball(
+        args.name, args.address or args.sim_address, faults=fault_plan, seed=args.seed, **options
+    )
+    try:
+        bluez = EmulatedBluez([device], adapter=args.adapter).start()
+    except (DbusDaemonMissing, OSError, RuntimeError) as exc:
+        coro.close()
+        raise CliError(EXIT_NOT_FOUND, f"cannot start the emulated BlueZ: {exc}") from None
+    try:
+        return run_coroutine(coro, virtual=False)
+    finally:
+        bluez.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``smartball-ota`` entry point; returns the exit code (see ``EXIT_CODES``)."""
     try:
@@ -823,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc.code, str(exc), None)
 
     fault_plan: FaultPlan | None = None
-    if args.sim and args.faults:
+    if (args.sim or args.bluez == "emulated") and args.faults:
         from sim.faults import FaultPlan, FaultSpecError
 
         try:
@@ -844,6 +880,8 @@ def main(argv: list[str] | None = None) -> int:
             coro = {"scan": cmd_scan, "info": cmd_info, "status": cmd_status, "abort": cmd_abort}[
                 args.command
             ](ctx)
+        if args.bluez == "emulated":
+            return _run_emulated(args, fault_plan, coro)
         return run_coroutine(coro, virtual=ctx.virtual)
     except CliError as exc:
         return _fail(exc.code, str(exc), args)

@@ -269,7 +269,9 @@ class NusLink:
         except LINK_ERRORS as exc:
             self._mark_lost(f"start_notify failed: {exc}")
             raise LinkLost(f"{self._who}: link lost while enabling notifications: {exc}") from exc
-        self._on_event("connected", f"mtu {client.mtu_size}, write size {self.max_write}")
+        # Not client.mtu_size: on BlueZ it reads 23 (with a warning) until the MTU is
+        # acquired; the characteristic's write size is what bounds a write.
+        self._on_event("connected", f"write size {self.max_write} (mtu {self.mtu_size})")
 
     async def _establish(self) -> BleakClient:
         try:

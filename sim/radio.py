@@ -60,8 +60,12 @@ class RadioProfile:
         return max(1, math.ceil((L2CAP_HEADER + ATT_HEADER + att_value_len) / self.ll_max_payload))
 
     def exchange_time_s(self, central_payload: int, peripheral_payload: int) -> float:
-        return (self.packet_airtime_s(central_payload) + T_IFS_S
-                + self.packet_airtime_s(peripheral_payload) + T_IFS_S)
+        return (
+            self.packet_airtime_s(central_payload)
+            + T_IFS_S
+            + self.packet_airtime_s(peripheral_payload)
+            + T_IFS_S
+        )
 
     def exchanges_per_event(self) -> int:
         """How many full-size exchanges fit in one event, within the central's limit."""

@@ -82,7 +82,10 @@ def test_help_lists_the_smartball_options(inner: pytest.Pytester) -> None:
             "*--ble-name=BLE_NAME*",
             "*--ble-address=BLE_ADDRESS*",
             "*--ble-adapter=BLE_ADAPTER*",
+            "*--ble-scan-timeout=SECONDS*",
             "*--firmware=FIRMWARE*",
+            "*--baseline-firmware=PATH*",
+            "*--smartball-report=PATH*",
             "*--sim-seed=SIM_SEED*",
             "*--sim-faults=SIM_FAULTS*",
         ]
@@ -317,3 +320,416 @@ def test_device_real_without_bluez_fails_fast(
     line = assert_clean_usage_error(result, "--device=real", "D-Bus", "BlueZ")
     assert line.count(". ") == 0, f"not one sentence: {line}"
     assert elapsed < 15, f"took {elapsed:.1f} s"
+
+
+# --- what a run records: JUnit XML properties, failure logs, the JSON report -------------
+
+RECORD_TESTS = """
+import pytest
+
+from pytest_smartball.image import FirmwareImage
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_one_update(ota, pytestconfig, smartball):
+    result = await ota().run()
+    assert result.success, result.error
+    (pytestconfig.rootpath / "address.txt").write_text(smartball.address)
+
+
+async def test_two_updates(ota, firmware_image, sim_device):
+    assert (await ota().run()).success
+    too_big = FirmwareImage(b"\\x00" * (sim_device.firmware.staging_capacity + 1), "big.bin")
+    result = await ota(too_big).run()
+    assert result.failure.value == "bad-input"
+
+
+@pytest.mark.faults("reboot@offset:60000")
+async def test_fails_on_purpose(ota):
+    result = await ota().run()
+    assert result.restarts == 0
+"""
+
+
+def junit_cases(path) -> dict[str, dict]:
+    import xml.etree.ElementTree as ET
+
+    cases = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        cases[case.get("name")] = {
+            "properties": {p.get("name"): p.get("value") for p in case.iter("property")},
+            "system-out": "\n".join(s.text or "" for s in case.iter("system-out")),
+            "failure": "\n".join(f.text or "" for f in case.iter("failure")),
+        }
+    return cases
+
+
+def check_recorded_run(inner: pytest.Pytester) -> dict:
+    """What both the plain and the xdist run must leave: figures in the JUnit XML, the
+    failure's logs in it, and the JSON report."""
+    import json
+
+    cases = junit_cases(inner.path / "out.xml")
+    one = cases["test_one_update"]["properties"]
+    for name in (
+        "ota.duration_s",
+        "ota.phase.transferring_s",
+        "ota.phase.waiting-ready_s",
+        "ota.throughput_bps",
+        "ota.reconnects",
+        "ota.resumes",
+        "ota.restarts",
+        "ota.bytes_sent",
+        "ota.bytes_resent",
+        "ota.rssi",
+    ):
+        assert name in one, (name, sorted(one))
+    assert one["ota.success"] == "true"
+    assert int(one["ota.bytes_sent"]) == GENERATED_SIZE
+    assert -80 < int(one["ota.rssi"]) < -40
+    assert float(one["ota.throughput_bps"]) > 0
+    two = cases["test_two_updates"]["properties"]
+    assert two["ota1.success"] == "true"
+    assert (two["ota2.success"], two["ota2.failure"]) == ("false", "bad-input")
+    assert not any(name.startswith("ota.") for name in two)
+
+    failed = cases["test_fails_on_purpose"]
+    assert failed["properties"]["ota.restarts"] == "1"
+    log = failed["system-out"]
+    assert "smartball timeline (client | device)" in log
+    assert re.search(r"device  reboot +\[offset:60000\]", log), log
+    assert re.search(r"client  restart +the device lost this image's session", log), log
+    assert "assert 1 == 0" in failed["failure"]
+    assert "smartball timeline" not in cases["test_one_update"]["system-out"]
+
+    report = json.loads((inner.path / "report.json").read_text())
+    assert report["verdict"] == "fail"
+    assert report["counts"] == {
+        "passed": 2,
+        "failed": 1,
+        "error": 0,
+        "skipped": 0,
+        "xfailed": 0,
+        "xpassed": 0,
+    }
+    assert report["device"]["kind"] == "sim"
+    assert report["firmware"]["candidate"]["size"] == GENERATED_SIZE
+    crc = report["firmware"]["candidate"]["crc32"]
+    assert report["updates_total"] == 4 and report["updates_failed"] == 1
+    by_test = {}
+    for update in report["updates"]:
+        by_test.setdefault(update["test"].rsplit("::", 1)[1], []).append(update)
+    assert [u["success"] for u in by_test["test_two_updates"]] == [True, False]
+    first = by_test["test_one_update"][0]
+    assert first["test_outcome"] == "passed"
+    assert first["firmware_after"]["active_image_crc32"] == crc
+    assert first["firmware_before"]["active_image_crc32"] != crc
+    assert first["phase_s"]["transferring"] > 0 and first["rssi_dbm"] is not None
+    assert "events" not in first
+    refused = by_test["test_two_updates"][1]
+    assert refused["failure"] == "bad-input" and "staging area" in refused["error"]
+    assert refused["events"][0].startswith("0.000s  start") and "end" in refused["events"][-1]
+    assert by_test["test_fails_on_purpose"][0]["test_outcome"] == "failed"
+    for device in report["devices"]:
+        assert device["firmware_before"]["firmware"] and device["firmware_after"]
+    return report
+
+
+GENERATED_SIZE = 131_195
+
+
+def test_junit_properties_failure_logs_and_the_json_report(inner: pytest.Pytester) -> None:
+    inner.makepyfile(test_record=RECORD_TESTS)
+    result = run(inner, "--junitxml=out.xml", "--smartball-report=report.json")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*- smartball updates -*",
+            "test_one_update[[]1[]] C0:FF:EE:00:00:01  ok  *",
+            "smartball report: report.json (verdict fail; 4 updates, 1 failed)",
+        ]
+    )
+    report = check_recorded_run(inner)
+    assert [d["address"] for d in report["devices"]] == ["C0:FF:EE:00:00:01"]
+    assert report["firmware"]["verified_on"] == ["C0:FF:EE:00:00:01"]
+
+
+def test_xdist_workers_record_and_the_controller_writes_one_report(
+    inner: pytest.Pytester,
+) -> None:
+    inner.makepyfile(test_record=RECORD_TESTS)
+    a, b = "C0:FF:EE:00:00:0A", "C0:FF:EE:00:00:0B"
+    result = run(
+        inner,
+        "-n",
+        "2",
+        "--dist=loadfile",  # one worker runs all three: the other has none, like a spare board
+        f"--ble-address={a},{b}",
+        "--junitxml=out.xml",
+        "--smartball-report=report.json",
+    )
+    result.assert_outcomes(passed=2, failed=1)
+    report = check_recorded_run(inner)
+    used = (inner.path / "address.txt").read_text()
+    assert used in (a, b)
+    assert [d["address"] for d in report["devices"]] == [used]
+    assert report["devices"][0]["worker"] == {a: "gw0", b: "gw1"}[used]
+
+
+# --- --device=real against simulated boards (the backend hook, BlueZ stubbed) -----------------
+
+A, B = "C0:FF:EE:00:00:0A", "C0:FF:EE:00:00:0B"
+
+EMULATED_CONFTEST = f"""
+\"\"\"An emulated bench: --device=real reaches simulated SmartBalls through the
+pytest_smartball_backend hook, in real time; BlueZ's two answers are stubbed.\"\"\"
+import pytest
+
+from pytest_smartball import bluez
+from pytest_smartball.link import LinkSettings
+from pytest_smartball.ota import OtaSettings
+from pytest_smartball.simulated import backend_for
+from sim.bleak_backend import SimWorld
+from sim.device import RadioTimings, SimDevice
+from sim.make_image import make_image
+
+BASELINE = make_image(6000, 1)
+RADIO = RadioTimings(connect_s=0.05, boot_s=0.2)
+WORLD = SimWorld(
+    [
+        SimDevice("SmartBall", {A!r}, active_image=BASELINE, radio=RADIO, seed=1),
+        SimDevice("SmartBall", {B!r}, active_image=BASELINE, radio=RADIO, seed=2),
+        SimDevice("Headphones", "11:22:33:44:55:66", radio=RADIO, seed=3),
+    ]
+)
+
+
+async def probe_adapter(adapter, timeout=3.0):
+    return bluez.AdapterInfo(adapter, f"/org/bluez/{{adapter}}", "00:1A:7D:DA:71:13", True)
+
+
+async def bluez_version(timeout=3.0):
+    return (5, 53)
+
+
+bluez.probe_adapter = probe_adapter
+bluez.bluez_version = bluez_version
+
+
+def pytest_smartball_backend(config, adapter):
+    return backend_for(WORLD)
+
+
+FAST = OtaSettings(link=LinkSettings(settle_s=0.05), stabilise_s=0.05, backoff_base_s=0.05)
+
+
+@pytest.fixture
+def link_settings():
+    return FAST.link
+
+
+@pytest.fixture
+def ota_settings():
+    return FAST
+
+
+@pytest.fixture(scope="session")
+def smartball_reset_settings():
+    return FAST
+"""
+
+BENCH_TESTS = """
+import os
+
+import pytest
+
+from pytest_smartball import protocol as p
+from sim.make_image import make_image
+
+BASELINE_CRC = p.crc32(make_image(6000, 1))
+
+
+@pytest.mark.asyncio
+async def test_flashes_the_candidate(ota, firmware_image):
+    result = await ota().run()
+    assert result.success, result.error
+    assert result.info_after.active_image_crc32 == firmware_image.crc32
+
+
+@pytest.mark.asyncio
+async def test_leaves_a_session_open(nus):
+    await nus.send(p.CmdOtaStart(9000, 1, 100))
+    while not isinstance(await nus.receive(10), p.MsgOtaReady):
+        pass
+
+
+@pytest.mark.asyncio
+async def test_starts_idle_on_the_baseline(nus):
+    info = await nus.request(p.CmdInfo(), (p.MsgInfo,))
+    assert info.active_image_crc32 == BASELINE_CRC
+    status = await nus.request(p.CmdOtaStatus(), (p.MsgOtaStatus,))
+    assert status.state == p.OtaState.IDLE
+
+
+def test_where(smartball, pytestconfig, request):
+    # A real update takes minutes: the plugin raises pytest-timeout's 60 s for hardware.
+    assert request.node.get_closest_marker("timeout").args == (900,)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    (pytestconfig.rootpath / f"where-{worker}.txt").write_text(smartball.address)
+"""
+
+
+@pytest.fixture
+def bench(inner: pytest.Pytester) -> pytest.Pytester:
+    from sim.make_image import make_image
+
+    inner.makeconftest(EMULATED_CONFTEST)
+    inner.makepyfile(test_bench=BENCH_TESTS)
+    (inner.path / "baseline.bin").write_bytes(make_image(6000, 1))
+    (inner.path / "candidate.bin").write_bytes(make_image(9000, 2))
+    return inner
+
+
+REAL = ("--device=real", "--firmware=candidate.bin", "--ble-scan-timeout=1")
+
+
+def test_real_path_preflight_reset_between_tests_and_report(bench: pytest.Pytester) -> None:
+    """The order that breaks without the reset: flash another image, leave a session open,
+    then expect idle on the baseline."""
+    import json
+
+    order = [
+        "test_bench.py::test_flashes_the_candidate",
+        "test_bench.py::test_leaves_a_session_open",
+        "test_bench.py::test_starts_idle_on_the_baseline",
+    ]
+    result = run(
+        bench,
+        *REAL,
+        f"--ble-address={A}",
+        "--baseline-firmware=baseline.bin",
+        "--junitxml=out.xml",
+        "--smartball-report=report.json",
+        "-v",
+        *order,
+    )
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "smartball preflight: BlueZ answers on the system D-Bus; adapter hci0 "
+            "(00:1A:7D:DA:71:13) is powered",
+            f"smartball preflight: scanning for the SmartBall at {A} (up to 1 s)",
+            f"smartball preflight: found SmartBall ({A}, -* dBm)",
+            "smartball preflight: --baseline-firmware baseline.bin is what the devices run",
+            "smartball preflight: WARNING BlueZ 5.53: ServicesResolved may be reported *",
+            "*test session starts*",
+            f"smartball: device=real target={A} firmware=candidate.bin *",
+            "smartball: BlueZ 5.53; adapter hci0 (00:1A:7D:DA:71:13)",
+            f"smartball: SmartBall {A}, -* dBm: firmware 1.0.0, crc32 *",
+        ]
+    )
+    assert next(line for line in result.stdout.lines if "PASSED" in line).startswith(
+        "test_bench.py::test_flashes_the_candidate"
+    )
+    props = junit_cases(bench.path / "out.xml")["test_flashes_the_candidate"]["properties"]
+    assert props["ota.success"] == "true" and props["restore.success"] == "true"
+    report = json.loads((bench.path / "report.json").read_text())
+    assert report["verdict"] == "pass"
+    assert report["bluez"] == {
+        "version": "5.53",
+        "adapter": "hci0",
+        "adapter_address": "00:1A:7D:DA:71:13",
+    }
+    assert report["preflight"]["ok"] and report["preflight"]["warnings"]
+    (device,) = report["devices"]
+    assert device["address"] == A and device["rssi_dbm"] is not None
+    baseline_crc = f"{zlib.crc32((bench.path / 'baseline.bin').read_bytes()):08x}"
+    candidate_crc = report["firmware"]["candidate"]["crc32"]
+    assert device["firmware_before"]["active_image_crc32"] == baseline_crc
+    assert device["firmware_after"]["active_image_crc32"] == baseline_crc
+    assert report["firmware"]["verified_on"] == [A]
+    test_update, restore = (
+        next(u for u in report["updates"] if u["purpose"] == purpose)
+        for purpose in ("test", "restore")
+    )
+    assert test_update["firmware_before"]["active_image_crc32"] == baseline_crc
+    assert test_update["firmware_after"]["active_image_crc32"] == candidate_crc
+    assert restore["firmware_before"]["active_image_crc32"] == candidate_crc
+    assert restore["firmware_after"]["active_image_crc32"] == baseline_crc
+
+
+def test_real_path_without_a_baseline_image_warns(bench: pytest.Pytester) -> None:
+    result = run(
+        bench,
+        *REAL,
+        f"--ble-address={A}",
+        "test_bench.py::test_flashes_the_candidate",
+        "test_bench.py::test_starts_idle_on_the_baseline",
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "smartball: WARNING no --baseline-firmware: *",
+            "*PytestWarning: smartball: the SmartBall C0:FF:EE:00:00:0A runs crc32 * not the "
+            "baseline crc32 *; the next test starts from it (pass --baseline-firmware PATH *",
+        ]
+    )
+
+
+def test_real_path_gives_each_xdist_worker_its_own_device(bench: pytest.Pytester) -> None:
+    result = run(
+        bench,
+        *REAL,
+        "-n",
+        "2",
+        "--dist=each",  # every worker runs every test, on its own device
+        f"--ble-address={A},{B}",
+        "--baseline-firmware=baseline.bin",
+        "test_bench.py::test_where",
+    )
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [f"smartball: SmartBall {A}, * -> gw0", f"smartball: * {B}, * -> gw1"]
+    )
+    assert (bench.path / "where-gw0.txt").read_text() == A
+    assert (bench.path / "where-gw1.txt").read_text() == B
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (
+            ("--ble-address=C0:FF:EE:00:00:0C",),
+            [
+                "no SmartBall at C0:FF:EE:00:00:0C advertised within 1 s (seen instead: ",
+                f"SmartBall ({A}, ",
+                "Headphones (11:22:33:44:55:66, ",
+            ],
+        ),
+        (
+            (),  # by name: both boards are called SmartBall
+            ["2 devices advertise the name 'SmartBall'", "--ble-address"],
+        ),
+        (
+            (f"--ble-address={A}", "--firmware=candidate.bin", "--baseline-firmware=candidate.bin"),
+            ["--baseline-firmware candidate.bin (crc32 ", f"is not what the SmartBall at {A} runs"],
+        ),
+        (
+            ("-n", "2", f"--ble-address={A}"),
+            ["-n 2 starts 2 workers and each needs a device of its own", "--ble-address lists 1"],
+        ),
+    ],
+    ids=["not-found", "ambiguous-name", "wrong-baseline", "too-few-addresses"],
+)
+def test_real_path_preflight_failures_are_one_sentence(
+    bench: pytest.Pytester, args: tuple[str, ...], needles: list[str]
+) -> None:
+    import json
+
+    result = run(bench, *REAL, *args, "--smartball-report=report.json")
+    line = assert_clean_usage_error(result, "--device=real: ", *needles)
+    assert line.count(". ") == 0, f"not one sentence: {line}"
+    report = json.loads((bench.path / "report.json").read_text())
+    assert report["verdict"] == "fail" and not report["preflight"]["ok"]
+    assert report["preflight"]["error"] in line

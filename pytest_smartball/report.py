@@ -1,0 +1,262 @@
+"""What a run records about its updates: JUnit XML properties per test and one JSON summary
+(``--smartball-report PATH``) that a release checklist keeps.
+
+Pure data handling: the plugin feeds it OtaResults, device INFOs and test reports. Under
+pytest-xdist each worker's figures travel to the controller on the teardown report
+(``report.smartball_updates``) and in ``workeroutput``; the controller writes the file.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from . import protocol as p
+from .image import FirmwareImage
+from .ota import OtaResult
+
+#: Bumped when a field changes meaning or goes away (new fields may appear any time).
+FORMAT_VERSION = 1
+
+#: The order outcomes are listed in, and the ones that make a run fail.
+OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+BAD_OUTCOMES = ("failed", "error")
+
+
+def info_dict(info: p.MsgInfo | None) -> dict[str, Any] | None:
+    """A device's CMD_INFO answer, readable."""
+    if info is None:
+        return None
+    return {
+        "firmware": info.firmware_version,
+        "active_image_crc32": f"{info.active_image_crc32:08x}",
+        "active_image_size": info.active_image_size,
+        "staging_capacity": info.staging_capacity,
+        "protocol_version": info.protocol_version,
+    }
+
+
+def info_from_dict(data: dict[str, Any]) -> p.MsgInfo:
+    """Inverse of ``asdict(MsgInfo)`` (how INFOs travel to xdist workers)."""
+    return p.MsgInfo(**data)
+
+
+def image_dict(image: FirmwareImage | None) -> dict[str, Any] | None:
+    if image is None:
+        return None
+    return {"path": image.source, "size": image.size, "crc32": f"{image.crc32:08x}"}
+
+
+def update_record(
+    result: OtaResult,
+    *,
+    test: str,
+    index: int,
+    image: FirmwareImage,
+    device: str | None,
+    before: p.MsgInfo | None = None,
+    rssi: int | None = None,
+    purpose: str = "test",
+) -> dict[str, Any]:
+    """One update's figures. The event log is kept for failed updates only: that is when
+    someone reads it."""
+    record: dict[str, Any] = {
+        "test": test,
+        "update": index,
+        "purpose": purpose,
+        "device": device,
+        "image": image_dict(image),
+        "success": result.success,
+        "failure": result.failure.value if result.failure else None,
+        "error": result.error or None,
+        "duration_s": round(result.duration_s, 3),
+        "phase_s": {k: round(v, 3) for k, v in result.phase_s.items() if v > 0},
+        "throughput_bps": round(result.throughput_bps, 1),
+        "bytes_sent": result.bytes_sent,
+        "bytes_resent": result.bytes_resent,
+        "connects": result.connects,
+        "reconnects": result.reconnects,
+        "resumes": result.resumes,
+        "restarts": result.restarts,
+        "rssi_dbm": rssi,
+        "firmware_before": info_dict(before),
+        "firmware_after": info_dict(result.info_after),
+    }
+    if not result.success:
+        record["events"] = [str(e).strip() for e in result.events]
+    return record
+
+
+def junit_properties(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """``record_property`` pairs: ``ota.duration_s`` etc. for a test's one update,
+    ``ota1.``, ``ota2.``... when it ran several; ``restore.`` for the baseline put back
+    after the test (real hardware)."""
+    tests = [r for r in records if r["purpose"] == "test"]
+    props: list[tuple[str, str]] = []
+    for r in records:
+        if r["purpose"] != "test":
+            prefix = f"{r['purpose']}."
+        else:
+            prefix = "ota." if len(tests) == 1 else f"ota{r['update']}."
+        pairs: list[tuple[str, object]] = [
+            ("success", str(r["success"]).lower()),
+            ("duration_s", r["duration_s"]),
+            *((f"phase.{k}_s", v) for k, v in r["phase_s"].items()),
+            ("throughput_bps", r["throughput_bps"]),
+            ("bytes_sent", r["bytes_sent"]),
+            ("bytes_resent", r["bytes_resent"]),
+            ("connects", r["connects"]),
+            ("reconnects", r["reconnects"]),
+            ("resumes", r["resumes"]),
+            ("restarts", r["restarts"]),
+            ("image_size", r["image"]["size"]),
+            ("image_crc32", r["image"]["crc32"]),
+        ]
+        if r["device"]:
+            pairs.append(("device", r["device"]))
+        if r["rssi_dbm"] is not None:
+            pairs.append(("rssi", r["rssi_dbm"]))
+        if r["firmware_after"]:
+            pairs.append(("firmware_after", r["firmware_after"]["firmware"]))
+        if r["failure"]:
+            pairs += [("failure", r["failure"]), ("error", r["error"])]
+        props += [(prefix + name, str(value)) for name, value in pairs]
+    return props
+
+
+def outcome_of(previous: str | None, report: Any) -> str | None:
+    """A test's outcome so far, given its next setup/call/teardown report (what pytest's
+    summary line counts: a failing teardown after a pass is an error)."""
+    xfail = hasattr(report, "wasxfail")
+    if report.when == "call":
+        if xfail:
+            return "xfailed" if report.skipped else "xpassed"
+        return str(report.outcome)
+    if report.failed:
+        return previous if previous in BAD_OUTCOMES else "error"
+    if report.skipped and report.when == "setup":
+        return "xfailed" if xfail else "skipped"
+    return previous
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("pytest-smartball", "bleak", "bleak-retry-connector", "pytest", "dbus-fast"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+class RunReport:
+    """The JSON summary, filled as the run goes (on the controller under xdist)."""
+
+    def __init__(self, *, device: dict[str, Any], firmware: FirmwareImage | None) -> None:
+        self.started = time.time()
+        self.device = device
+        self.firmware = firmware
+        self.baseline: FirmwareImage | None = None
+        self.preflight: dict[str, Any] | None = None
+        self.bluez: dict[str, Any] | None = None
+        self.devices: dict[str, dict[str, Any]] = {}
+        self.outcomes: dict[str, str] = {}
+        self.updates: list[dict[str, Any]] = []
+
+    # --- feeding ---------------------------------------------------------------------
+
+    def add_test_report(self, report: Any) -> None:
+        outcome = outcome_of(self.outcomes.get(report.nodeid), report)
+        if outcome is not None:
+            self.outcomes[report.nodeid] = outcome
+        self.updates += getattr(report, "smartball_updates", None) or []
+
+    def add_device(self, part: dict[str, Any]) -> None:
+        """A device's entry (address, name, rssi, firmware_before/after, worker): merged
+        with what is known, the earliest ``before`` and the latest ``after`` kept."""
+        key = (part.get("address") or part.get("name") or "?").upper()
+        known = self.devices.setdefault(key, {})
+        for name, value in part.items():
+            if value is None:
+                continue
+            if name in ("address", "firmware_before") and known.get(name):
+                continue
+            known[name] = value
+
+    # --- the file --------------------------------------------------------------------
+
+    def to_dict(self, exitstatus: int | None = None) -> dict[str, Any]:
+        counts = Counter(self.outcomes.values())
+        tests = [
+            {
+                "test": nodeid,
+                "outcome": outcome,
+                "updates": sum(
+                    1 for u in self.updates if u["test"] == nodeid and u["purpose"] == "test"
+                ),
+            }
+            for nodeid, outcome in sorted(self.outcomes.items())
+        ]
+        updates = [{**u, "test_outcome": self.outcomes.get(u["test"])} for u in self.updates]
+        ok = (self.preflight is None or self.preflight.get("ok", True)) and not any(
+            counts[o] for o in BAD_OUTCOMES
+        )
+        if exitstatus not in (None, 0, 5):  # 5: no tests collected, judged by the counts
+            ok = False
+        candidate = self.firmware
+        verified_on = sorted(
+            {
+                u["device"] or "?"
+                for u in self.updates
+                if candidate is not None
+                and u["success"]
+                and u["firmware_after"]
+                and u["firmware_after"]["active_image_crc32"] == f"{candidate.crc32:08x}"
+            }
+        )
+        return {
+            "smartball_report": FORMAT_VERSION,
+            "verdict": "pass" if ok else "fail",
+            "started": _iso(self.started),
+            "finished": _iso(time.time()),
+            "command": " ".join(sys.argv),
+            "exit_status": exitstatus,
+            "host": {"platform": platform.platform(), **versions()},
+            "device": self.device,
+            "bluez": self.bluez,
+            "preflight": self.preflight,
+            "firmware": {
+                "candidate": image_dict(candidate),
+                "verified_on": verified_on,
+                "baseline": image_dict(self.baseline),
+            },
+            "devices": [self.devices[k] for k in sorted(self.devices)],
+            "counts": {o: counts[o] for o in OUTCOMES},
+            "updates_total": sum(1 for u in self.updates if u["purpose"] == "test"),
+            "updates_failed": sum(
+                1 for u in self.updates if u["purpose"] == "test" and not u["success"]
+            ),
+            "tests": tests,
+            "updates": sorted(updates, key=lambda u: (u["test"], u["purpose"], u["update"])),
+        }
+
+    def write(self, path: str | Path, exitstatus: int | None = None) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(exitstatus), indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def info_asdict(info: p.MsgInfo | None) -> dict[str, Any] | None:
+    return asdict(info) if info is not None else None
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))

@@ -1,0 +1,325 @@
+"""Start a private ``dbus-daemon``, the emulated BlueZ on it, and point bleak at them.
+
+:class:`EmulatedBluez` is what the pytest plugin (``--bluez=emulated``), the CLI
+(``smartball-ota --bluez=emulated``) and the tests use::
+
+    with EmulatedBluez([emulated_smartball()]) as bluez:
+        ...  # bleak's BlueZ backend now talks to bluez.emulator over a real D-Bus
+
+On entry it
+
+* starts ``dbus-daemon --nofork`` with a permissive config on a socket in a temporary
+  directory (pitfall 1 of ``shared/notes/bluez-emulator.md``: ``--print-address=1``);
+* runs :class:`~sim.bluez.emulator.BluezEmulator` on an event loop of its own, in a daemon
+  thread of this process, on its own bus connection (bleak's loops, one per test, come and
+  go; the emulator's stays);
+* sets ``DBUS_SYSTEM_BUS_ADDRESS`` (dbus-fast reads it for ``BusType.SYSTEM``) and puts a
+  fake ``bluetoothctl`` printing the emulated BlueZ version first on ``PATH``: bleak runs
+  ``bluetoothctl --version`` before its first connect and refuses BlueZ < 5.55, and this
+  project's version check reads it too (pitfall 10).
+
+On exit (also after a failure, Ctrl-C, or, through ``atexit``, an interpreter exit without
+it) it stops the emulator, kills the daemon by its pid, removes the directory and restores
+the environment. Nothing else is touched: no system bus, no ``bluetoothd``, no hardware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sim.device import RadioTimings, SimDevice
+from sim.firmware import FlashTimings
+
+from .emulator import BluezEmulator, Timing
+
+T = TypeVar("T")
+
+#: The version the fake bluetoothctl reports (no known GATT bugs, see pytest_smartball.bluez).
+DEFAULT_BLUEZ_VERSION = "5.72"
+
+_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow receive_sender="*"/>
+    <allow eavesdrop="true"/>
+  </policy>
+</busconfig>
+"""
+
+
+def leftover_daemons() -> list[int]:
+    """Pids of dbus-daemons a launcher started and nobody stopped (read from /proc, so no
+    procps needed). CI checks this is empty after the runs."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            cmdline
+            and cmdline[0].endswith(b"dbus-daemon")
+            and b"smartball-bluez-" in b" ".join(cmdline)
+        ):
+            found.append(int(proc.name))
+    return found
+
+
+def _die_with_parent() -> None:
+    """In the daemon's child, before exec: SIGTERM it when the process that started it dies,
+    even by SIGKILL (Linux prctl PR_SET_PDEATHSIG); elsewhere a no-op."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+
+
+class DbusDaemonMissing(RuntimeError):
+    """No ``dbus-daemon`` on this machine; the message says how to install it."""
+
+
+def emulated_smartball(
+    name: str = "SmartBall",
+    address: str = "C0:FF:EE:00:00:01",
+    *,
+    faults: Any = None,
+    seed: int = 0,
+    **options: Any,
+) -> SimDevice:
+    """The simulated SmartBall for real-time runs: the same firmware model and faults as
+    ``--device=sim``, with short timings (5 ms per erased page, 0.3 s boot, 20 ms connect)
+    so a real-time HIL suite stays short."""
+    options.setdefault("flash", FlashTimings(erase_page_s=0.005))
+    options.setdefault("radio", RadioTimings(boot_s=0.3, connect_s=0.02))
+    return SimDevice(name, address, faults=faults, seed=seed, **options)
+
+
+class PrivateBus:
+    """A ``dbus-daemon`` of our own, on a socket in a temporary directory."""
+
+    def __init__(self) -> None:
+        self.dir: Path | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.address: str = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self, timeout: float = 10.0) -> str:
+        exe = shutil.which("dbus-daemon")
+        if exe is None:
+            raise DbusDaemonMissing(
+                "the emulated BlueZ needs dbus-daemon, which is not installed; install it "
+                "(Debian/Ubuntu: apt-get install -y dbus-daemon, or the dbus package)"
+            )
+        self.dir = Path(tempfile.mkdtemp(prefix="smartball-bluez-"))
+        config = self.dir / "system-bus.conf"
+        socket_path = self.dir / "system_bus_socket"
+        config.write_text(_CONFIG.replace("{socket}", str(socket_path)), encoding="utf-8")
+        with (self.dir / "dbus-daemon.log").open("wb") as daemon_log:
+            self.process = subprocess.Popen(
+                [exe, "--nofork", f"--config-file={config}", "--print-address=1"],
+                stdout=subprocess.PIPE,
+                stderr=daemon_log,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,  # a plain prctl: safe before exec
+            )
+        atexit.register(self.stop)
+        deadline = time.monotonic() + timeout
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().decode().strip()  # printed once listening
+        if not line:
+            code = self.process.poll()
+            log_text = (self.dir / "dbus-daemon.log").read_text(errors="replace").strip()
+            self.stop()
+            raise RuntimeError(f"dbus-daemon did not start (exit code {code}): {log_text}")
+        while not socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.address = line
+        return line
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=3)
+            if process.stdout is not None:
+                process.stdout.close()
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+
+class EmulatedBluez:
+    """A private D-Bus with the emulated BlueZ serving ``devices``; see the module doc."""
+
+    def __init__(
+        self,
+        devices: Iterable[SimDevice] | None = None,
+        *,
+        adapter: str = "hci0",
+        bluez_version: str = DEFAULT_BLUEZ_VERSION,
+        timing: Timing | None = None,
+        set_environment: bool = True,
+    ) -> None:
+        self.devices = list(devices) if devices is not None else [emulated_smartball()]
+        self.adapter = adapter
+        self.bluez_version = bluez_version
+        self.timing = timing
+        self.set_environment = set_environment
+        self.bus = PrivateBus()
+        self.emulator: BluezEmulator | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._saved_env: dict[str, str | None] = {}
+        self._bin: Path | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> EmulatedBluez:
+        try:
+            address = self.bus.start()
+            self._bin = Path(tempfile.mkdtemp(prefix="smartball-bluetoothctl-"))
+            fake = self._bin / "bluetoothctl"
+            script = f"#!/bin/sh\n# emulated BlueZ (sim/bluez)\necho {self.bluez_version}\n"
+            fake.write_text(script, encoding="utf-8")
+            fake.chmod(0o755)
+            self.emulator = BluezEmulator(
+                address, self.devices, adapter=self.adapter, timing=self.timing
+            )
+            ready: Future[None] = Future()
+            self._thread = threading.Thread(
+                target=self._serve, args=(ready,), name="emulated-bluez", daemon=True
+            )
+            self._thread.start()
+            ready.result(timeout=10)
+            atexit.register(self.stop)
+            if self.set_environment:
+                self._apply_env(self.environment())
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def environment(self) -> dict[str, str]:
+        """What a process needs to use this BlueZ: the bus, and the fake bluetoothctl."""
+        assert self._bin is not None
+        return {
+            "DBUS_SYSTEM_BUS_ADDRESS": self.bus.address,
+            "PATH": f"{self._bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+    def _serve(self, ready: Future[None]) -> None:
+        loop = self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            assert self.emulator is not None
+            loop.run_until_complete(self.emulator.start())
+        except BaseException as exc:
+            ready.set_exception(exc)
+            loop.close()
+            return
+        ready.set_result(None)
+        try:
+            loop.run_forever()
+        finally:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()
+
+    def stop(self) -> None:
+        """Idempotent: emulator, thread, daemon (by pid), temporary files, environment."""
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+        loop, thread = self.loop, self._thread
+        if loop is not None and thread is not None and thread.is_alive():
+            if self.emulator is not None:
+                with contextlib.suppress(Exception):
+                    asyncio.run_coroutine_threadsafe(self.emulator.stop(), loop).result(5)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=5)
+        self._thread = None
+        self.loop = None
+        self.bus.stop()
+        if self._bin is not None:
+            shutil.rmtree(self._bin, ignore_errors=True)
+            self._bin = None
+        self._restore_env()
+
+    def __enter__(self) -> EmulatedBluez:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def daemon_pid(self) -> int | None:
+        return self.bus.pid
+
+    # --- talking to the emulator's loop --------------------------------------------------
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        """Run a coroutine on the emulator's loop (where its devices live)."""
+        assert self.loop is not None, "the emulated BlueZ is not running"
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call ``fn(*args)`` on the emulator's loop, e.g. ``bluez.call(dev.set_faults,
+        "drop@erase:50%")`` (a device's faults and timers belong to that loop)."""
+
+        async def call() -> T:
+            return fn(*args)
+
+        return self.run(call())
+
+    @property
+    def device(self) -> SimDevice:
+        """The first (usually the only) simulated device."""
+        return self.devices[0]
+
+    # --- environment -------------------------------------------------------------------
+
+    def _apply_env(self, env: dict[str, str]) -> None:
+        for key, value in env.items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+
+    def _restore_env(self) -> None:
+        saved, self._saved_env = self._saved_env, {}
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
