@@ -526,8 +526,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"firmware={firmware} bleak={version('bleak')}",
     ]
     if opts.device == "sim":
+        from sim.device import SimDevice
+
+        device_firmware = SimDevice(active_image=b"\xff").firmware.info().firmware_version
         lines.append(
-            f"smartball: simulator seed={opts.seed} faults={opts.faults or 'none'} (virtual time)"
+            f"smartball: simulated SmartBall firmware {device_firmware}, seed={opts.seed} "
+            f"faults={opts.faults or 'none'} (virtual time)"
         )
         return lines
     if state is None:

@@ -179,7 +179,7 @@ def test_sim_session_fixtures_markers_and_header(inner: pytest.Pytester) -> None
     result.stdout.fnmatch_lines(
         [
             f"smartball: device=sim target={ADDRESS} firmware=generated bleak={version('bleak')}",
-            "smartball: simulator seed=5 faults=none (virtual time)",
+            "smartball: simulated SmartBall firmware 1.0.0, seed=5 faults=none (virtual time)",
         ]
     )
     result.stdout.fnmatch_lines(
@@ -208,7 +208,7 @@ def test_sim_seed_makes_the_generated_image_reproducible(inner: pytest.Pytester)
     for seed in ("11", "11", "12"):
         result = run(inner, f"--sim-seed={seed}", inprocess=True)
         result.assert_outcomes(passed=1)
-        result.stdout.fnmatch_lines([f"smartball: simulator seed={seed} *"])
+        result.stdout.fnmatch_lines([f"smartball: simulated SmartBall firmware *, seed={seed} *"])
         seen.append(read_values(inner, "crc.txt"))
         (inner.path / "crc.txt").unlink()
     first, again, other = seen
@@ -253,7 +253,8 @@ def test_sim_faults_applies_to_every_test(inner: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "smartball: device=sim target=name 'Other' *",
-            "smartball: simulator seed=0 faults=drop-in-transfer (virtual time)",
+            "smartball: simulated SmartBall firmware 1.0.0, seed=0 "
+            "faults=drop-in-transfer (virtual time)",
         ]
     )
     result.assert_outcomes(passed=3)
