@@ -266,7 +266,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_Recorder(config), "smartball-recorder")
     if config.getoption("--bluez") == "emulated":
         # Before the session starts: preflight and every bleak bus then use the emulator.
-        from sim.bluez.pytest_plugin import start
+        from .emulated_bluez import start
 
         start(config)
 

@@ -25,11 +25,11 @@ from typing import Any
 
 import pytest
 
-from pytest_smartball.image import FirmwareImage, load_image
-from pytest_smartball.link import LinkSettings
-from pytest_smartball.ota import OtaSettings
+from sim.bluez.launcher import DbusDaemonMissing, EmulatedBluez, emulated_smartball
 
-from .launcher import DbusDaemonMissing, EmulatedBluez, emulated_smartball
+from .image import FirmwareImage, load_image
+from .link import LinkSettings
+from .ota import OtaSettings
 
 DEFAULT_ADDRESS = "C0:FF:EE:00:00:01"
 #: The image OTA tests flash when --firmware is not given (small: real time).
