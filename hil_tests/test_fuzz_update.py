@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from unittest import mock
 
 import pytest
-from hypothesis import example, given, note, settings
+from hypothesis import event, example, given, note, settings
 from hypothesis import strategies as st
 
 from pytest_smartball import protocol as p
@@ -33,8 +33,8 @@ CHUNK, WINDOW = 234, 16
 #: The many-plans property uses small images so thousands of updates fit in CI time;
 #: the second property covers the whole size range with fewer examples.
 SMALL_IMAGE_MAX = 12 * 1024
-MANY = settings.default.max_examples * 10
-FEW = max(10, settings.default.max_examples // 4)
+MANY = settings.default.max_examples * 20
+FEW = max(10, settings.default.max_examples // 2)
 
 
 @contextmanager
@@ -79,8 +79,8 @@ def run_update(
     with recording_waits() as waits:
         result = run_virtual(update())
     device: SimDevice = run_update.device  # type: ignore[attr-defined]
-    for event in result.events:
-        report(str(event))
+    for ota_event in result.events:
+        report(str(ota_event))
     for record in device.fault_log:
         report(f"device: {record}")
     return result, device, waits
@@ -162,10 +162,20 @@ def test_update_never_bricks_under_generated_faults(
     check_never_bricks(image, result, device, _baseline(seed), waits)
 
 
+@example(
+    case=(
+        FirmwareImage(
+            make_image(DEFAULT_STAGING_CAPACITY, 3), f"fuzz-{DEFAULT_STAGING_CAPACITY}-3.bin"
+        ),
+        FaultPlan.parse("drop@offset:400000,reboot@offset:450000"),
+        2,
+    )
+)
 @settings(max_examples=FEW)
 @given(case=image_and_plan(DEFAULT_STAGING_CAPACITY))
 def test_update_never_bricks_across_image_sizes(case: tuple[FirmwareImage, FaultPlan, int]) -> None:
     image, plan, seed = case
+    event(f"image {'over' if image.size > SMALL_IMAGE_MAX else 'up to'} {SMALL_IMAGE_MAX} bytes")
     result, device, waits = run_update(image, plan, seed)
     check_never_bricks(image, result, device, _baseline(seed), waits)
 

@@ -34,7 +34,10 @@ def image_sizes(max_size: int = DEFAULT_STAGING_CAPACITY) -> st.SearchStrategy[i
         for k in (1, 2, 3, 7):
             boundaries.update({unit * k - 1, unit * k, unit * k + 1})
     edges = sorted(b for b in boundaries if 1 <= b <= max_size)
-    return st.one_of(st.sampled_from(edges), st.integers(1, max_size))
+    # hypothesis favours small integers; the third branch keeps large images common too.
+    return st.one_of(
+        st.sampled_from(edges), st.integers(1, max_size), st.integers(max_size // 2, max_size)
+    )
 
 
 def images(max_size: int = DEFAULT_STAGING_CAPACITY) -> st.SearchStrategy[FirmwareImage]:
