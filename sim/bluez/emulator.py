@@ -875,16 +875,7 @@ class BluezEmulator:
         self._fd_replies = keep
 
     def _acquired_hup(self, dev: _EmulatedDevice, which: str) -> None:
-        sock = dev.notify_sock
-        if sock is None:
-            return
-        try:
-            data = sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
+        if _hung_up(dev.notify_sock):
             self._release_notify(dev)
 
     def _release_notify(self, dev: _EmulatedDevice) -> None:
@@ -922,17 +913,10 @@ class BluezEmulator:
     def _check_write_released(self, dev: _EmulatedDevice) -> None:
         """The client may have closed its AcquireWrite fd just before this call; notice
         the hang-up now rather than when the loop gets to the reader."""
-        sock = dev.write_sock
-        if sock is None:
+        if dev.write_sock is None:
             return
         self._close_sent_fds()
-        try:
-            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
+        if _hung_up(dev.write_sock):
             self._release_write(dev)
 
     def _release_write(self, dev: _EmulatedDevice) -> None:
@@ -978,3 +962,15 @@ class BluezEmulator:
                     [CHARACTERISTIC, {"Value": Variant("ay", data)}, []],
                 )
             )
+
+
+def _hung_up(sock: socket.socket | None) -> bool:
+    """Whether the client closed its end of an acquired fd (peek: nothing is consumed)."""
+    if sock is None:
+        return False
+    try:
+        return not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
