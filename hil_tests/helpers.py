@@ -31,6 +31,7 @@ async def send_chunks(
     end = len(image) if end is None else end
     offset = start
     while offset < end:
+        before = offset
         stop = min(offset + chunk * ready.window // 2, end)
         while offset < stop:
             size = min(chunk, stop - offset)
@@ -38,6 +39,7 @@ async def send_chunks(
             offset += size
         status = await nus.request(p.CmdOtaStatus(), (p.MsgOtaStatus,))
         assert isinstance(status, p.MsgOtaStatus), status
+        assert status.next_expected_offset > before, f"the device took nothing: {status}"
         offset = status.next_expected_offset
     return offset
 

@@ -417,8 +417,9 @@ class Context:
             await probe_adapter(self.args.adapter)
         except BluezUnavailable as exc:
             raise CliError(EXIT_NOT_FOUND, f"{exc} (--sim needs no hardware)") from None
-        for warning in version_warnings(await bluez_version()):
-            _warn(warning)
+        if self.args.command != "flash":  # the engine reports them itself for flash
+            for warning in version_warnings(await bluez_version()):
+                _warn(warning)
         return Target(BleBackend(adapter=self.args.adapter))
 
     def link_event(self, kind: str, detail: str) -> None:

@@ -26,8 +26,10 @@ from typing import Any
 from bleak.backends.device import BLEDevice
 
 from . import protocol as p
+from .bluez import BluezUnavailable
 from .image import FirmwareImage, ImageError
 from .link import (
+    LINK_ERRORS,
     BleBackend,
     ConnectFailed,
     DeviceNotFound,
@@ -183,7 +185,6 @@ class OtaEngine:
         self._session_started = False
         self._reconnecting = False
         self._recoveries = 0
-        self._preflight_done = False
         self._finish_sent = False
         self._recovering = False
         self._last_error = ""
@@ -283,20 +284,26 @@ class OtaEngine:
         return State.CONNECTING
 
     async def _preflight(self) -> None:
-        """Once, before the first scan: BlueZ version warnings and the optional cache clear."""
-        if self._preflight_done:
-            return
-        self._preflight_done = True
+        """Before the first scan (_scan calls it only then): BlueZ version warnings and the
+        optional cache clear."""
         for warning in await self.backend.platform_warnings():
             self._event("warning", warning)
         if not self.settings.clear_cache:
             return
         if self.address is None:  # the cache is per address: find the device first
-            device = await find_device(
-                self.backend, name=self.name, timeout=self.settings.link.scan_timeout_s
-            )
+            try:
+                device = await find_device(
+                    self.backend, name=self.name, timeout=self.settings.link.scan_timeout_s
+                )
+            except DeviceNotFound as exc:
+                raise OtaFailed(FailureKind.NOT_FOUND, str(exc)) from None
             self.address = device.address
-        forgotten = await self.backend.forget_device(self.address)
+        try:
+            forgotten = await self.backend.forget_device(self.address)
+        except (BluezUnavailable, TimeoutError, *LINK_ERRORS) as exc:
+            # Not fatal: the update can go on with the cache; say why it was kept.
+            self._event("warning", f"could not clear the cache for {self.address}: {exc}")
+            return
         self._ble_device = None  # the old BLEDevice refers to what was just removed
         self._event(
             "cache-cleared",

@@ -53,8 +53,12 @@ async def _naive(spec: str) -> tuple[bool, str]:
             await naive_flash(target.backend, target.device.address, IMAGE.data)
         await asyncio.sleep(5)  # the reset into the new image
     except Exception as exc:  # any failure of the naive flow counts
-        return False, f"{type(exc).__name__}: {exc}"
-    return target.device.firmware.active.data == IMAGE.data, "finished"
+        how = f"{type(exc).__name__}: {exc}"
+        ok = False
+    else:
+        how, ok = "finished", target.device.firmware.active.data == IMAGE.data
+    assert target.device.fault_log, f"{spec!r} never fired in the naive run: it tests nothing"
+    return ok, how
 
 
 @pytest.mark.asyncio

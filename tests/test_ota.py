@@ -85,6 +85,7 @@ async def _until_rebooted(device: SimDevice) -> None:
         if device.firmware.pending_image is None and device.booted:
             return
         await asyncio.sleep(0.1)
+    raise AssertionError("the device did not reset into the new image within 10 s")
 
 
 async def test_resume_mid_transfer_at_the_device_offset(
@@ -291,3 +292,15 @@ async def test_a_radio_faster_than_the_flash_overflows_a_small_buffer_and_still_
     assert target.device.firmware.data_dropped_full > 0, "the buffer never overflowed"
     assert "rewind" in event_kinds(result) or "ack-timeout" in event_kinds(result)
     assert target.device.firmware.data_rejected_behind == 0
+
+
+async def test_cache_clear_for_a_device_that_is_not_there_is_a_clean_not_found() -> None:
+    from pytest_smartball.simulated import make_sim_target
+
+    target = make_sim_target()
+    image = FirmwareImage(b"\x01" * 1000, "x.bin")
+    settings = OtaSettings(clear_cache=True)
+    engine = OtaEngine(image, target.backend, name="Other", settings=settings)
+    result = await engine.run()  # used to raise DeviceNotFound out of run()
+    assert result.failure is FailureKind.NOT_FOUND
+    assert "Other" in result.error
