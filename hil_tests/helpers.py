@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from pytest_smartball import protocol as p
 from pytest_smartball.link import NusLink
 
@@ -42,13 +40,3 @@ async def send_chunks(
         assert status.next_expected_offset > before, f"the device took nothing: {status}"
         offset = status.next_expected_offset
     return offset
-
-
-async def wait_for(nus: NusLink, kinds: tuple[type, ...], timeout: float) -> p.DeviceMessage:
-    """The next message of one of ``kinds`` or an error, skipping others (progress, ACKs)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        msg = await nus.receive(max(0.0, deadline - loop.time()))
-        if isinstance(msg, (*kinds, p.MsgError)):
-            return msg

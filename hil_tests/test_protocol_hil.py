@@ -10,7 +10,7 @@ from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import NusLink
 
-from .helpers import send_chunks, start_session, wait_for
+from .helpers import send_chunks, start_session
 
 pytestmark = pytest.mark.asyncio
 
@@ -64,14 +64,14 @@ async def test_data_at_wrong_offset_is_refused_without_corruption(
     await nus.send(p.CmdOtaData(0, image[:chunk]))
     # A chunk from further on, as after a lost write: dropped, answered with STATUS.
     await nus.send(p.CmdOtaData(3 * chunk, image[3 * chunk : 4 * chunk]))
-    status = await wait_for(nus, (p.MsgOtaStatus,), timeout=5.0)
+    status = await nus.wait_for((p.MsgOtaStatus, p.MsgError), 5.0, "MsgOtaStatus")
     assert isinstance(status, p.MsgOtaStatus), status
     assert status.state == p.OtaState.RECEIVING
     assert status.next_expected_offset == chunk
     # Resuming from the device's offset gives an image that verifies.
     assert await send_chunks(nus, image, ready, start=chunk) == len(image)
     await nus.send(p.CmdOtaFinish())
-    done = await wait_for(nus, (p.MsgOtaDone,), timeout=15)
+    done = await nus.wait_for((p.MsgOtaDone, p.MsgError), 15, "MsgOtaDone")
     assert done == p.MsgOtaDone(firmware_image.crc32)
 
 

@@ -409,15 +409,21 @@ class NusLink:
             )
         await self.send(cmd)
         accept = (*expect, p.MsgError) if cmd.TYPE in p.REFUSABLE_COMMANDS else expect
+        what = f"{'/'.join(t.TYPE.name for t in expect)} reply to {cmd.TYPE.name}"
+        return await self.wait_for(accept, timeout, what)
+
+    async def wait_for(
+        self, accept: tuple[type, ...], timeout: float, what: str
+    ) -> p.DeviceMessage:
+        """The first message of the ``accept`` types within ``timeout`` seconds in all,
+        skipping others; LinkLost at once if the link drops, ResponseTimeout naming
+        ``what`` when the time is up."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise ResponseTimeout(
-                    f"{self._who}: no {'/'.join(t.TYPE.name for t in expect)} reply to "
-                    f"{cmd.TYPE.name} within {timeout:g} s"
-                )
+                raise ResponseTimeout(f"{self._who}: no {what} within {timeout:g} s")
             msg = await self.receive(remaining)
             if isinstance(msg, accept):
                 return msg

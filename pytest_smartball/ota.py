@@ -446,7 +446,9 @@ class OtaEngine:
         if not self._finish_sent:
             await link.send(p.CmdOtaFinish())
             self._finish_sent = True
-        msg = await self._wait_for((p.MsgOtaDone,), self.settings.verify_timeout_s, "MSG_OTA_DONE")
+        msg = await link.wait_for(
+            (p.MsgOtaDone, p.MsgError), self.settings.verify_timeout_s, "MSG_OTA_DONE"
+        )
         if isinstance(msg, p.MsgError):
             self._finish_sent = False
             if msg.code == p.ErrorCode.BAD_STATE:
@@ -516,18 +518,6 @@ class OtaEngine:
         if isinstance(reply, p.MsgError):
             self._refused(reply, cmd.TYPE.name)
         return reply
-
-    async def _wait_for(self, expect: tuple[type, ...], timeout: float, what: str) -> Any:
-        link = self._require_link()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise ResponseTimeout(f"no {what} within {timeout:g} s")
-            msg = await link.receive(remaining)
-            if isinstance(msg, (*expect, p.MsgError)):
-                return msg
 
     def _refused(self, msg: p.MsgError, after: str) -> None:
         raise OtaFailed(

@@ -56,7 +56,9 @@ class SimLink:
     peer: LinkPeer
     mtu: int
     number: int
-    nus_visible: bool = True
+    #: Why this connection's GATT database lacks NUS: None (it has it), "race" or
+    #: "stale-cache". Backends express the two differently (bluez: late objects vs a cache).
+    nus_hidden: str | None = None
     alive: bool = True
     #: Host writes and device notification fragments waiting for a connection event, and
     #: host writers waiting for room in the (bounded) write queue.
@@ -64,11 +66,14 @@ class SimLink:
     rx_queue: deque[bytes] = field(default_factory=deque)
     space: asyncio.Event = field(default_factory=asyncio.Event)
     event_scheduled: bool = False
-    events: int = 0
 
     @property
     def max_write(self) -> int:
         return self.mtu - 3
+
+    @property
+    def nus_visible(self) -> bool:
+        return self.nus_hidden is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +195,7 @@ class SimDevice:
             raise BleakError("[org.bluez.Error.Failed] le-connection-abort-by-local")
         self._connections += 1
         link = SimLink(self, peer, self.mtu, self._connections)
-        link.nus_visible = self.injector.nus_visible_on_connect()
+        link.nus_hidden = self.injector.nus_hidden_on_connect()
         self.link = link
         log.info("%s: connected (link #%d)", self.name, link.number)
         self.injector.on_connected(link)
@@ -260,7 +265,6 @@ class SimDevice:
             link.rx_queue.clear()
             link.space.set()
             return
-        link.events += 1
         profile = self.radio.link
         slots = profile.exchanges_per_event()
         replies = len(link.rx_queue)  # only what was queued before this event
@@ -471,22 +475,24 @@ class FaultInjector:
             return "fail"
         return "ok"
 
-    def nus_visible_on_connect(self) -> bool:
+    def nus_hidden_on_connect(self) -> str | None:
+        """Why the new connection's GATT database lacks NUS ("race", "stale-cache"), or
+        None when discovery finds it."""
         a = self.armed
         now = self.device.now()
         if a.race:
             seconds = a.race.pop(0)
             a.race_until = now + seconds
             self._record("race", f"services resolved before NUS was exported; for {seconds:g}s")
-            return False
+            return "race"
         if now < a.race_until:
             self._record("race", "NUS still not exported")
-            return False
+            return "race"
         if a.stale_cache:
             a.stale_cache -= 1
             self._record("stale-cache", "discovery returned a cached database without NUS")
-            return False
-        return True
+            return "stale-cache"
+        return None
 
     def forget_cache(self) -> None:
         if self.armed.stale_cache:

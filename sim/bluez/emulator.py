@@ -13,7 +13,7 @@ injection as the in-process bleak backend (``sim/bleak_backend.py``). The emulat
 link's :class:`~sim.device.LinkPeer`: notifications become ``PropertiesChanged{Value}`` on
 the TX characteristic (or datagrams on an ``AcquireNotify`` socket), a lost link becomes
 ``ServicesResolved=false``, the GATT objects removed and ``Connected=false``. Fault
-decisions are the device's own (``connect_outcome``, ``nus_visible_on_connect``,
+decisions are the device's own (``connect_outcome``, ``nus_hidden_on_connect``,
 ``forget_cache``); this module only expresses them the BlueZ way:
 
 * ``connect-fail``: ``Connect`` answers ``org.bluez.Error.Failed: br-connection-canceled``;
@@ -573,7 +573,6 @@ class BluezEmulator:
     async def _connect(self, dev: _EmulatedDevice) -> None:
         sim = dev.sim
         peer = _LinkPeer(dev)
-        log_start = len(sim.fault_log)
         try:
             link = await sim.connect(peer)
         except BleakError as exc:
@@ -593,10 +592,9 @@ class BluezEmulator:
         if peer.lost_early or not link.alive:
             self._link_lost(dev, "dropped at once", remote=True)
             return
-        applied = {r.fault for r in sim.fault_log[log_start:] if r.trigger == "applied"}
-        self._spawn(self._discover(dev, link, applied))
+        self._spawn(self._discover(dev, link))
 
-    async def _discover(self, dev: _EmulatedDevice, link: SimLink, applied: set[str]) -> None:
+    async def _discover(self, dev: _EmulatedDevice, link: SimLink) -> None:
         await asyncio.sleep(self.timing.gatt_discovery_s)
         if dev.link is not link or not link.alive:
             return
@@ -605,7 +603,7 @@ class BluezEmulator:
             self._export_gatt(dev, link, nus=True)
             self._set(dev.path, DEVICE, ServicesResolved=Variant("b", True))
             return
-        if "stale-cache" in applied:
+        if link.nus_hidden == "stale-cache":
             # Discovery skipped: the cached database (no NUS) is what the device resolves to.
             if not dev.gatt.stale:
                 self._drop_gatt(dev, keep_stale=False)
