@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from bleak.backends.device import BLEDevice
 from tqdm import tqdm
 
+from sim.device import DEFAULT_ADDRESS
 from sim.faults import PROFILES  # pure data: the help text lists the profiles
 
 from . import protocol as p
@@ -81,7 +82,6 @@ INTERRUPTED = (
 )
 
 DEFAULT_NAME = "SmartBall"
-DEFAULT_SIM_ADDRESS = "C0:FF:EE:00:00:01"
 DEFAULT_SCAN_TIMEOUT_S = 15.0
 DEFAULT_LIST_SCAN_TIMEOUT_S = 5.0
 #: Reply to INFO / STATUS / ABORT (the engine's own default for the same requests).
@@ -116,7 +116,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "verbose": 0,
     "realtime": False,
     "erase_time": None,
-    "sim_address": DEFAULT_SIM_ADDRESS,
+    "sim_address": DEFAULT_ADDRESS,
     "scan_timeout": None,
     "settle": LinkSettings().settle_s,
 }
@@ -247,7 +247,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--sim-address",
         default=s,
         metavar="ADDR",
-        help=f"with --sim: the simulated device's address (default: {DEFAULT_SIM_ADDRESS})",
+        help=f"with --sim: the simulated device's address (default: {DEFAULT_ADDRESS})",
     )
     out = parser.add_argument_group("output")
     out.add_argument(
@@ -365,10 +365,6 @@ class Target:
     backend: BleBackend
     sim_device: SimDevice | None = None  # with --sim
 
-    @property
-    def simulated(self) -> bool:
-        return self.sim_device is not None
-
 
 class Context:
     """The parsed options and everything derived from them, shared by the commands."""
@@ -450,10 +446,8 @@ async def _find(ctx: Context, target: Target) -> BLEDevice:
             address=a.address,
             timeout=ctx.link_settings.scan_timeout_s,
         )
-    except DeviceNotFound as exc:
+    except DeviceNotFound as exc:  # find_device also turns scanner errors into this
         raise CliError(EXIT_NOT_FOUND, str(exc)) from None
-    except LINK_ERRORS as exc:
-        raise CliError(EXIT_NOT_FOUND, f"scanning failed: {type(exc).__name__}: {exc}") from None
 
 
 async def _request(

@@ -26,12 +26,12 @@ from typing import Any
 import pytest
 
 from sim.bluez.launcher import DbusDaemonMissing, EmulatedBluez, emulated_smartball
+from sim.device import DEFAULT_ADDRESS
 
 from .image import FirmwareImage, load_image
 from .link import LinkSettings
 from .ota import OtaSettings
 
-DEFAULT_ADDRESS = "C0:FF:EE:00:00:01"
 #: The image OTA tests flash when --firmware is not given (small: real time).
 GENERATED_IMAGE_SIZE = 16_195
 

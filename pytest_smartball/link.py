@@ -133,15 +133,6 @@ class LinkSettings:
     write_timeout_s: float = 5.0
 
 
-@dataclass(slots=True)
-class LinkStats:
-    notifications: int = 0
-    messages: int = 0
-    malformed: int = 0
-    frames_written: int = 0
-    bytes_written: int = 0
-
-
 #: RSSI (dBm) of the advertisement find_device last matched, by upper-case address.
 _last_rssi: dict[str, int] = {}
 
@@ -225,9 +216,6 @@ class NusLink:
         self.lost = asyncio.Event()
         self.lost_reason = "not connected"
         self.max_write = 20
-        self.stats = LinkStats()
-        #: Every message received, for tests that need to look back (e.g. ERROR frames).
-        self.on_message: Callable[[p.DeviceMessage], None] | None = None
 
     # --- connecting --------------------------------------------------------------------
 
@@ -315,10 +303,6 @@ class NusLink:
         """Image bytes one CMD_OTA_DATA frame carries when it fills exactly one write."""
         return min(p.MAX_DATA_CHUNK, self.max_write - p.FRAME_OVERHEAD - p.DATA_HEADER_SIZE)
 
-    @property
-    def decoder_stats(self) -> p.DecoderStats:
-        return self._decoder.stats
-
     # --- callbacks -------------------------------------------------------------------
 
     def _on_disconnected(self, client: BleakClient) -> None:
@@ -336,21 +320,15 @@ class NusLink:
         self._on_event("link-lost", reason)
 
     def _on_notify(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
-        self.stats.notifications += 1
         for frame in self._decoder.feed(bytes(data)):
             try:
                 msg = p.parse_message(frame)
             except p.ProtocolError as exc:
-                self.stats.malformed += 1
                 log.warning("%s: ignoring a malformed frame from the device: %s", self._who, exc)
                 continue
             if frame.type in p.COMMAND_TYPES:
-                self.stats.malformed += 1
                 log.warning("%s: the device sent a host command (%r); ignored", self._who, msg)
                 continue
-            self.stats.messages += 1
-            if self.on_message is not None:
-                self.on_message(msg)  # type: ignore[arg-type]
             self._queue.put_nowait(msg)
 
     # --- I/O -------------------------------------------------------------------------
@@ -377,8 +355,6 @@ class NusLink:
             raise LinkLost(
                 f"{self._who}: a write did not complete within {self.settings.write_timeout_s:g} s"
             ) from exc
-        self.stats.frames_written += 1
-        self.stats.bytes_written += len(frame)
 
     async def receive(self, timeout: float) -> p.DeviceMessage:
         """The next device message; LinkLost at once when the link drops, else

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -141,8 +140,6 @@ class OtaResult:
         out = asdict(self)
         out["failure"] = self.failure.value if self.failure else None
         out["throughput_bps"] = round(self.throughput_bps, 1)
-        out["events"] = [asdict(e) for e in self.events]
-        out["info_after"] = asdict(self.info_after) if self.info_after else None
         return out
 
 
@@ -551,7 +548,3 @@ class OtaEngine:
         link, self._link = self._link, None
         if link is not None:
             await link.close()
-
-
-def estimate_chunks(image_size: int, chunk: int) -> int:
-    return math.ceil(image_size / chunk)

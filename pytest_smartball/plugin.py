@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 import pytest
 import pytest_asyncio
 
+from sim.device import DEFAULT_ADDRESS
+
 from . import preflight
 from . import protocol as p
 from . import report as rep
@@ -50,7 +52,6 @@ _CALLED = pytest.StashKey[bool]()
 _SESSION = pytest.StashKey["SmartBallSession"]()
 
 DEFAULT_NAME = "SmartBall"
-DEFAULT_SIM_ADDRESS = "C0:FF:EE:00:00:01"
 #: A generated image when --firmware is not given: not a multiple of a page or a chunk.
 GENERATED_IMAGE_SIZE = 131_195
 #: pytest-timeout for each test on real hardware unless --timeout is given: a real update
@@ -363,7 +364,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if opts.device == "sim":
         image = _load_or_usage_error("--firmware", opts.firmware)
         state.baseline_image = _load_or_usage_error("--baseline-firmware", opts.baseline)
-        addresses = opts.addresses or (DEFAULT_SIM_ADDRESS,)
+        addresses = opts.addresses or (DEFAULT_ADDRESS,)
         state.address = addresses[(state.worker_index or 0) % len(addresses)]
         if state.report is not None:
             state.report.firmware = image or _generated_image(opts.seed)
@@ -629,7 +630,7 @@ def smartball(
     if state.baseline_image is not None:
         options["active_image"] = state.baseline_image.data
     sim = make_sim_target(
-        opts.name, state.address or DEFAULT_SIM_ADDRESS, faults=spec, seed=seed, **options
+        opts.name, state.address or DEFAULT_ADDRESS, faults=spec, seed=seed, **options
     )
     target = SmartBallTarget(
         "sim", sim.device.name, sim.device.address, sim.backend, sim.device, sim.world

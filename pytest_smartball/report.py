@@ -13,7 +13,6 @@ import platform
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -252,10 +251,6 @@ class RunReport:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(exitstatus), indent=2) + "\n", encoding="utf-8")
         return path
-
-
-def info_asdict(info: p.MsgInfo | None) -> dict[str, Any] | None:
-    return asdict(info) if info is not None else None
 
 
 def _iso(ts: float) -> str:

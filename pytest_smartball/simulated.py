@@ -13,14 +13,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sim.bleak_backend import SimWorld
-from sim.device import SimDevice
+from sim.device import DEFAULT_ADDRESS, SimDevice
 from sim.faults import FaultPlan
 
 from .link import BleBackend
 
 T = TypeVar("T")
-
-DEFAULT_ADDRESS = "C0:FF:EE:00:00:01"
 
 
 @dataclass(slots=True)

@@ -25,6 +25,7 @@ from .radio import RadioProfile
 
 log = logging.getLogger("sim.device")
 
+DEFAULT_ADDRESS = "C0:FF:EE:00:00:01"
 NUS_SERVICE = p.NUS_SERVICE_UUID
 NUS_RX = p.NUS_RX_UUID
 NUS_TX = p.NUS_TX_UUID
@@ -94,7 +95,7 @@ class SimDevice:
     def __init__(
         self,
         name: str = "SmartBall",
-        address: str = "C0:FF:EE:00:00:01",
+        address: str = DEFAULT_ADDRESS,
         *,
         active_image: bytes | None = None,
         version: tuple[int, int, int] = (1, 0, 0),

@@ -64,8 +64,6 @@ TRIGGERS = {
     "Nth attempt, other effects act once it is made  (connect:2)",
 }
 
-DEFAULT_ARGS = {"seconds": None, "count": 1, "count_or_type": 1}
-
 
 @dataclass(frozen=True, slots=True)
 class Trigger:

@@ -72,12 +72,6 @@ class RadioProfile:
         full = self.exchange_time_s(self.ll_max_payload, 0)
         return max(1, min(self.packets_per_event, int(self.connection_interval_s // full)))
 
-    def write_throughput_bps(self, value_len: int | None = None) -> float:
-        """ATT value bytes per second the host can write, with writes of ``value_len``."""
-        value_len = value_len or self.max_att_value
-        writes_per_event = self.exchanges_per_event() / self.ll_packets(value_len)
-        return writes_per_event * value_len / self.connection_interval_s
-
 
 PROFILES: dict[str, RadioProfile] = {
     "default": RadioProfile(),

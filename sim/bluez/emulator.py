@@ -73,7 +73,6 @@ ERR_NOT_CONNECTED = "org.bluez.Error.NotConnected"
 ERR_IN_PROGRESS = "org.bluez.Error.InProgress"
 ERR_DOES_NOT_EXIST = "org.bluez.Error.DoesNotExist"
 ERR_NOT_SUPPORTED = "org.bluez.Error.NotSupported"
-ERR_INVALID_ARGS = "org.bluez.Error.InvalidArguments"
 ERR_UNKNOWN_OBJECT = "org.freedesktop.DBus.Error.UnknownObject"
 ERR_UNKNOWN_METHOD = "org.freedesktop.DBus.Error.UnknownMethod"
 ERR_UNKNOWN_PROPERTY = "org.freedesktop.DBus.Error.UnknownProperty"
@@ -203,9 +202,6 @@ class BluezEmulator:
     def add_device(self, device: SimDevice) -> None:
         path = _dev_path(self.adapter_path, device.address)
         self.devices[path] = _EmulatedDevice(self, device, path)
-
-    def device(self, address: str) -> SimDevice:
-        return self.devices[_dev_path(self.adapter_path, address)].sim
 
     async def start(self) -> None:
         """Connect to the bus, own ``org.bluez`` and export the adapter."""
@@ -829,7 +825,7 @@ class BluezEmulator:
         mine.setblocking(False)
         dev.notify_sock = mine
         loop = asyncio.get_running_loop()
-        loop.add_reader(mine.fileno(), self._acquired_hup, dev, "notify")
+        loop.add_reader(mine.fileno(), self._acquired_hup, dev)
         self._set(path, CHARACTERISTIC, NotifyAcquired=Variant("b", True))
         self._set(path, CHARACTERISTIC, Notifying=Variant("b", True))
         self._send_fd_reply(msg, theirs, link.mtu)
@@ -872,7 +868,7 @@ class BluezEmulator:
                 keep.append((future, sock))
         self._fd_replies = keep
 
-    def _acquired_hup(self, dev: _EmulatedDevice, which: str) -> None:
+    def _acquired_hup(self, dev: _EmulatedDevice) -> None:
         if _hung_up(dev.notify_sock):
             self._release_notify(dev)
 

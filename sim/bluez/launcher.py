@@ -39,7 +39,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sim.device import RadioTimings, SimDevice
+from sim.device import DEFAULT_ADDRESS, RadioTimings, SimDevice
 from sim.firmware import FlashTimings
 
 from .emulator import BluezEmulator, Timing
@@ -101,7 +101,7 @@ class DbusDaemonMissing(RuntimeError):
 
 def emulated_smartball(
     name: str = "SmartBall",
-    address: str = "C0:FF:EE:00:00:01",
+    address: str = DEFAULT_ADDRESS,
     *,
     faults: Any = None,
     seed: int = 0,
