@@ -22,14 +22,14 @@ from pytest_smartball.image import FirmwareImage
 from pytest_smartball.ota import OtaEngine, OtaResult
 from pytest_smartball.simulated import make_sim_target, run_virtual
 from sim.device import RadioTimings
-from sim.firmware import DEFAULT_STAGING_CAPACITY, FlashTimings
-from sim.make_image import make_image
+from sim.firmware import DEFAULT_STAGING_CAPACITY
+from sim.make_image import FIELD_IMAGE_SIZE, make_image
 from sim.radio import PROFILES
 from sim.timing import lower_bound
 
 #: 64 KiB, the field image, and the largest image the 480 KiB staging area takes (a 1 MB
 #: image does not fit the nRF52840's staging bank, so the largest is the bank itself).
-SIZES = (64 * 1024, 323_194, DEFAULT_STAGING_CAPACITY)
+SIZES = (64 * 1024, FIELD_IMAGE_SIZE, DEFAULT_STAGING_CAPACITY)
 WINDOW = 16
 
 
@@ -86,15 +86,16 @@ def measure(profile: str, size: int, wall_repeats: int) -> Row:
     walls = []
     for _ in range(wall_repeats):
         t0 = time.perf_counter()
-        result, _ = run_update(image, profile)
+        result, last_device = run_update(image, profile)
         walls.append(time.perf_counter() - t0)
     assert result.success, result.error
+    device = last_device
     saw, _ = run_update(image, profile, window=1)
     assert saw.success, saw.error
     flaky, flaky_device = run_update(image, profile, faults="flaky", seed=7)
     drops = sum(1 for r in flaky_device.fault_log if r.detail.startswith("flaky"))
-    radio = PROFILES[profile]
-    bound = lower_bound(size, radio, FlashTimings(), RadioTimings().boot_s)
+    # the bound from the very timings the measured device ran with
+    bound = lower_bound(size, device.radio.link, device.flash_timings, device.radio.boot_s)
     return Row(
         profile=profile,
         size=size,
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
     parser.add_argument(
         "--wall-repeats",
-        type=int,
+        type=lambda v: max(1, int(v)),
         default=3,
         help="simulated updates timed per row; the median is shown",
     )

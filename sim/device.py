@@ -207,20 +207,23 @@ class SimDevice:
         link = self.link
         if link is None:
             return
-        link.alive = False
-        link.space.set()
-        self.link = None
-        self.firmware.link_lost()
+        self._end_link(link)
         log.info("%s: link #%d lost: %s", self.name, link.number, reason)
         link.peer.sim_link_lost(reason)
 
     def host_disconnect(self, link: SimLink) -> None:
         if link is self.link:
-            link.alive = False
-            link.space.set()
-            self.link = None
-            self.firmware.link_lost()
+            self._end_link(link)
             log.info("%s: host closed link #%d", self.name, link.number)
+
+    def _end_link(self, link: SimLink) -> None:
+        """Whatever was queued on air dies with the link; blocked writers wake to fail."""
+        link.alive = False
+        link.tx_queue.clear()
+        link.rx_queue.clear()
+        link.space.set()
+        self.link = None
+        self.firmware.link_lost()
 
     async def write(self, link: SimLink, data: bytes) -> None:
         """A write-without-response on NUS RX: queued in the host stack, carried to the
@@ -262,17 +265,14 @@ class SimDevice:
         out at a later event, as on a real controller."""
         link.event_scheduled = False
         if not link.alive:
-            link.tx_queue.clear()  # unacknowledged packets die with the link
-            link.rx_queue.clear()
-            link.space.set()
             return
         profile = self.radio.link
-        slots = profile.exchanges_per_event()
+        slots = per_event = profile.exchanges_per_event()
         replies = len(link.rx_queue)  # only what was queued before this event
         while slots > 0 and (link.tx_queue or replies):
             if link.tx_queue:
                 cost = profile.ll_packets(len(link.tx_queue[0]))
-                if cost > slots and slots < profile.exchanges_per_event():
+                if cost > slots and slots < per_event:
                     break  # the fragments of this write go together in the next event
                 data = link.tx_queue.popleft()
                 slots -= cost
@@ -284,9 +284,7 @@ class SimDevice:
                 replies -= 1
                 link.peer.sim_notification(link.rx_queue.popleft())
             if not link.alive:  # the firmware reset, or a fault dropped the link
-                link.tx_queue.clear()
-                link.rx_queue.clear()
-                break
+                return
         link.space.set()
         if (link.tx_queue or link.rx_queue) and link.alive:
             self._schedule_event(link)

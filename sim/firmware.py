@@ -122,7 +122,6 @@ class SmartBallFirmware:
         self.data_rejected_behind = 0
         self.data_rejected_ahead = 0
         self.data_dropped_full = 0
-        self._timers: list[asyncio.TimerHandle] = []
         self.boot_count = 1
 
     # --- what the device exposes -----------------------------------------------------
@@ -307,8 +306,8 @@ class SmartBallFirmware:
         if ack_now:
             # ACK what is in flash, when it is: the host's window then bounds the buffer.
             s.accepted_since_ack = 0
-            if write_s:
-                self._timers.append(loop.call_at(written_at, self._ack, s, s.next_offset))
+            if write_s:  # _ack ignores a session that ended meanwhile
+                loop.call_at(written_at, self._ack, s, s.next_offset)
             else:  # an instant flash (a model setting): written as it arrives
                 self._ack(s, s.next_offset)
         self._observe(FirmwareEvent("data_accepted", offset=s.next_offset, total=s.image_size))
@@ -371,9 +370,6 @@ class SmartBallFirmware:
             if task is not None and not task.done() and task is not _current_task():
                 task.cancel()
         self._erase_task = self._verify_task = None
-        for timer in self._timers:
-            timer.cancel()
-        self._timers = []
 
     _HANDLERS: ClassVar[dict[type, Callable[[SmartBallFirmware, Any], None]]]
 
