@@ -253,8 +253,10 @@ class NusLink:
         self._client, self._rx = client, rx
         self.max_write = rx.max_write_without_response_size
         try:
-            await client.start_notify(tx, self._on_notify)
-        except LINK_ERRORS as exc:
+            # bleak's BlueZ backend awaits this D-Bus call without a timeout of its own
+            async with asyncio.timeout(self.settings.write_timeout_s):
+                await client.start_notify(tx, self._on_notify)
+        except (*LINK_ERRORS, TimeoutError) as exc:
             self._mark_lost(f"start_notify failed: {exc}")
             raise LinkLost(f"{self._who}: link lost while enabling notifications: {exc}") from exc
         # Not client.mtu_size: on BlueZ it reads 23 (with a warning) until the MTU is

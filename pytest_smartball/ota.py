@@ -181,6 +181,7 @@ class OtaEngine:
         self._high_water = 0  # highest offset ever sent (for re-sent accounting)
         self._session_started = False
         self._reconnecting = False
+        self._just_connected = False
         self._recoveries = 0
         self._finish_sent = False
         self._recovering = False
@@ -317,6 +318,7 @@ class OtaEngine:
             on_event=self._link_event,
         )
         self.result.connects += 1
+        self._just_connected = True
         if self._reconnecting:  # after a link failure (not the planned one after the reset)
             self.result.reconnects += 1
             self._reconnecting = False
@@ -347,14 +349,16 @@ class OtaEngine:
             f"{'this' if ours else 'no/another'} image's session",
         )
         state = status.state
+        just_connected, self._just_connected = self._just_connected, False
         if ours and state == p.OtaState.ERASING:
             self._device_offset = 0  # nothing received yet: READY, then from the start
             return State.WAITING_READY
         if ours and state == p.OtaState.RECEIVING:
             self._device_offset = status.next_expected_offset
             self._progressed(2, self._device_offset)
-            self.result.resumes += 1
-            self._event("resume", f"at offset {self._device_offset} of {self.image.size}")
+            if just_connected:  # not a re-sync on a link that never dropped
+                self.result.resumes += 1
+                self._event("resume", f"at offset {self._device_offset} of {self.image.size}")
             return State.STARTING  # START for the same session answers READY without erasing
         if ours and state in (p.OtaState.VERIFYING, p.OtaState.COMPLETE):
             self._finish_sent = True

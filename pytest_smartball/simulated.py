@@ -55,12 +55,8 @@ def make_sim_target(
 def run_virtual(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine on a fresh event loop with looptime's virtual clock: simulated
     seconds cost no wall time, and the same inputs give the same timings."""
-    loop = virtual_event_loop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        _cancel_leftovers(loop)
-        loop.close()
+    with asyncio.Runner(loop_factory=virtual_event_loop) as runner:  # cancels leftovers
+        return runner.run(coro)
 
 
 def virtual_event_loop() -> asyncio.AbstractEventLoop:
@@ -73,11 +69,3 @@ def virtual_event_loop() -> asyncio.AbstractEventLoop:
     import looptime
 
     return looptime.new_event_loop(start=0, noop_cycles=8)
-
-
-def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
-    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-    for task in pending:
-        task.cancel()
-    if pending:
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
