@@ -65,25 +65,22 @@ def replay_command(image: FirmwareImage, plan: FaultPlan, seed: int) -> str:
 
 def run_update(
     image: FirmwareImage, plan: FaultPlan, seed: int, report: Callable[[str], None] = note
-) -> tuple[OtaResult, SimDevice, list[tuple[float, float]]]:
-    """One whole update on a fresh simulated device; ``report`` shows what a failing
-    example needs (hypothesis prints notes of the final, shrunk example only)."""
+) -> tuple[OtaResult, SimDevice, bytes, list[tuple[float, float]]]:
+    """One whole update on a fresh simulated device: the result, the device, the image it
+    ran before, and every wait. ``report`` shows what a failing example needs
+    (hypothesis prints the notes of the final, shrunk example only)."""
     report(f"replay: {replay_command(image, plan, seed)}")
-
-    async def update() -> OtaResult:
-        target = make_sim_target(faults=plan, seed=seed)
-        engine = OtaEngine(image, target.backend, address=target.device.address)
-        run_update.device = target.device  # type: ignore[attr-defined]
-        return await engine.run()
-
+    target = make_sim_target(faults=plan, seed=seed)
+    device = target.device
+    baseline = device.firmware.active.data
+    engine = OtaEngine(image, target.backend, address=device.address)
     with recording_waits() as waits:
-        result = run_virtual(update())
-    device: SimDevice = run_update.device  # type: ignore[attr-defined]
+        result = run_virtual(engine.run())
     for ota_event in result.events:
         report(str(ota_event))
     for record in device.fault_log:
         report(f"device: {record}")
-    return result, device, waits
+    return result, device, baseline, waits
 
 
 def check_never_bricks(
@@ -126,10 +123,6 @@ def image_and_plan(draw: st.DrawFn, max_size: int) -> tuple[FirmwareImage, Fault
     return image, plan, draw(st.integers(0, 3))
 
 
-def _baseline(seed: int) -> bytes:
-    return make_sim_target(seed=seed).device.firmware.active.data
-
-
 # Edge cases that run first in every run, whatever hypothesis draws: a drop at the very
 # first chunk, a lost DONE (success must come from the INFO check after the reset), and a
 # reset while verifying. Bugs the fuzzers find get a regression example here or a plain
@@ -158,8 +151,8 @@ def test_update_never_bricks_under_generated_faults(
     case: tuple[FirmwareImage, FaultPlan, int],
 ) -> None:
     image, plan, seed = case
-    result, device, waits = run_update(image, plan, seed)
-    check_never_bricks(image, result, device, _baseline(seed), waits)
+    result, device, baseline, waits = run_update(image, plan, seed)
+    check_never_bricks(image, result, device, baseline, waits)
 
 
 @example(
@@ -176,14 +169,14 @@ def test_update_never_bricks_under_generated_faults(
 def test_update_never_bricks_across_image_sizes(case: tuple[FirmwareImage, FaultPlan, int]) -> None:
     image, plan, seed = case
     event(f"image {'over' if image.size > SMALL_IMAGE_MAX else 'up to'} {SMALL_IMAGE_MAX} bytes")
-    result, device, waits = run_update(image, plan, seed)
-    check_never_bricks(image, result, device, _baseline(seed), waits)
+    result, device, baseline, waits = run_update(image, plan, seed)
+    check_never_bricks(image, result, device, baseline, waits)
 
 
 def test_without_faults_every_generated_update_succeeds() -> None:
     """Control: the properties above are not satisfied by failing everything."""
     for size in (1, 4095, 4096, 4097, 233, 234, 235, DEFAULT_STAGING_CAPACITY):
         image = FirmwareImage(make_image(size, 9), f"fuzz-{size}-9.bin")
-        result, device, _ = run_update(image, FaultPlan(), 0, report=lambda text: None)
+        result, device, _, _ = run_update(image, FaultPlan(), 0, report=lambda text: None)
         assert result.success, (size, result.error)
         assert device.firmware.active.data == image.data

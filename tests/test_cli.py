@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -391,7 +390,8 @@ def test_installed_script_smoke(tmp_path: Path) -> None:
 def test_ctrl_c_mid_update_is_exit_130(tmp_path: Path) -> None:
     path = image_file(tmp_path, 20_000)
     # Real time and a long erase, so the update is surely still running when Ctrl-C arrives.
-    argv = ["flash", "--sim", "--realtime", "--erase-time", "30", "--json", str(path)]
+    # -v logs to stderr even with --json: its first line says the update has begun.
+    argv = ["flash", "--sim", "--realtime", "--erase-time", "30", "--json", "-v", str(path)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest_smartball.cli", *argv],
         stdout=subprocess.PIPE,
@@ -399,7 +399,12 @@ def test_ctrl_c_mid_update_is_exit_130(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        time.sleep(1.0)
+        # Wait for the first log line instead of guessing how long the interpreter takes
+        # to start. A child that never prints is stopped by pytest-timeout; one that dies
+        # gives EOF and fails the assert.
+        assert proc.stderr is not None
+        first_line = proc.stderr.readline()
+        assert first_line, "the CLI exited before logging anything"
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
