@@ -44,9 +44,10 @@ def start(config: pytest.Config) -> EmulatedBluez:
             "--bluez=emulated replaces bluetoothd for the real-device path: use it with "
             "--device=real (--device=sim needs no BlueZ at all)"
         )
+    from .plugin import _options
+
     name = config.getoption("--ble-name")
-    addresses = [a.strip() for a in (config.getoption("--ble-address") or "").split(",")]
-    addresses = [a for a in addresses if a] or [DEFAULT_ADDRESS]
+    addresses = _options(config).addresses or (DEFAULT_ADDRESS,)
     options: dict[str, Any] = {}
     baseline = config.getoption("--baseline-firmware")
     if baseline:
@@ -85,26 +86,30 @@ def emulated_bluez(pytestconfig: pytest.Config) -> EmulatedBluez:
     return bluez
 
 
+#: Short pauses for emulated devices that erase a page in 5 ms and boot in 0.3 s.
+FAST_LINK = LinkSettings(settle_s=0.05, services_retry_backoff_s=0.05, scan_timeout_s=5.0)
+FAST_OTA = OtaSettings(
+    link=FAST_LINK,
+    stabilise_s=0.05,
+    backoff_base_s=0.05,
+    backoff_max_s=0.5,
+    reappear_timeout_s=10.0,
+)
+
+
 @pytest.fixture
 def link_settings() -> LinkSettings:
-    return LinkSettings(settle_s=0.05, services_retry_backoff_s=0.05, scan_timeout_s=5.0)
+    return FAST_LINK
 
 
 @pytest.fixture
-def ota_settings(link_settings: LinkSettings) -> OtaSettings:
-    return OtaSettings(
-        link=link_settings,
-        stabilise_s=0.05,
-        backoff_base_s=0.05,
-        backoff_max_s=0.5,
-        reappear_timeout_s=10.0,
-    )
+def ota_settings() -> OtaSettings:
+    return FAST_OTA
 
 
 @pytest.fixture(scope="session")
 def smartball_reset_settings() -> OtaSettings:
-    link = LinkSettings(settle_s=0.05, services_retry_backoff_s=0.05, scan_timeout_s=5.0)
-    return OtaSettings(link=link, stabilise_s=0.05, backoff_base_s=0.05, backoff_max_s=0.5)
+    return FAST_OTA
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,9 @@ from dbus_fast.aio import MessageBus
 from hil_tests.naive_client import naive_flash
 from pytest_smartball import protocol as p
 from pytest_smartball.bluez import probe_adapter, remove_device
+from pytest_smartball.emulated_bluez import FAST_LINK, FAST_OTA
 from pytest_smartball.image import FirmwareImage
-from pytest_smartball.link import BleBackend, ConnectFailed, LinkSettings, NusLink, find_device
+from pytest_smartball.link import BleBackend, ConnectFailed, NusLink, find_device
 from pytest_smartball.ota import OtaEngine, OtaSettings
 from sim.bluez import EmulatedBluez, emulated_smartball
 from sim.bluez.launcher import leftover_daemons
@@ -43,14 +44,7 @@ pytestmark = [
 ADDRESS = "C0:FF:EE:00:00:01"
 DEV_PATH = "/org/bluez/hci0/dev_C0_FF_EE_00_00_01"
 IMAGE = FirmwareImage(random.Random(5).randbytes(16_000), "emulated-16000.bin")
-FAST_LINK = LinkSettings(settle_s=0.05, services_retry_backoff_s=0.05, scan_timeout_s=5.0)
-FAST = OtaSettings(
-    link=FAST_LINK,
-    stabilise_s=0.05,
-    backoff_base_s=0.05,
-    backoff_max_s=0.2,
-    reappear_timeout_s=10.0,
-)
+FAST = FAST_OTA
 BACKEND = BleBackend(adapter="hci0")
 
 
