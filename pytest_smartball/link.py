@@ -303,7 +303,7 @@ class NusLink:
     @property
     def max_data_chunk(self) -> int:
         """Image bytes one CMD_OTA_DATA frame carries when it fills exactly one write."""
-        return min(p.MAX_DATA_CHUNK, self.max_write - p.FRAME_OVERHEAD - p.DATA_HEADER_SIZE)
+        return p.max_data_chunk(self.max_write)
 
     # --- callbacks -------------------------------------------------------------------
 

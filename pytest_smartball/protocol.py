@@ -42,6 +42,12 @@ NUS_TX_UUID = "6e400003-b5a3-f393-e0a9-e50e24dcca9e"
 _CRC = struct.Struct("<H")
 
 
+def max_data_chunk(write_size: int) -> int:
+    """Image bytes one CMD_OTA_DATA frame carries when it fills exactly one write of
+    ``write_size`` bytes (the link's MTU - 3)."""
+    return min(MAX_DATA_CHUNK, write_size - FRAME_OVERHEAD - DATA_HEADER_SIZE)
+
+
 def crc16_ccitt_false(data: bytes) -> int:
     """CRC-16/CCITT-FALSE; check value ``crc16_ccitt_false(b"123456789") == 0x29B1``."""
     return binascii.crc_hqx(data, 0xFFFF)

@@ -46,7 +46,7 @@ class LowerBound:
 
 def data_chunk(radio: RadioProfile) -> int:
     """Image bytes per write: one CMD_OTA_DATA frame per write of MTU-3 bytes."""
-    return min(p.MAX_DATA_CHUNK, radio.max_att_value - p.FRAME_OVERHEAD - p.DATA_HEADER_SIZE)
+    return p.max_data_chunk(radio.max_att_value)
 
 
 def lower_bound(
