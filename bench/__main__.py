@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smartball_sim.device import RadioTimings
+from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY
+from smartball_sim.make_image import FIELD_IMAGE_SIZE, make_image
+from smartball_sim.radio import PROFILES
+from smartball_sim.timing import lower_bound
+
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.ota import OtaEngine, OtaResult
 from pytest_smartball.simulated import make_sim_target, run_virtual
-from sim.device import RadioTimings
-from sim.firmware import DEFAULT_STAGING_CAPACITY
-from sim.make_image import FIELD_IMAGE_SIZE, make_image
-from sim.radio import PROFILES
-from sim.timing import lower_bound
 
 #: 64 KiB, the field image, and the largest image the 480 KiB staging area takes (a 1 MB
 #: image does not fit the nRF52840's staging bank, so the largest is the bank itself).

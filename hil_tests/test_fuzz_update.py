@@ -15,6 +15,10 @@ from unittest import mock
 import pytest
 from hypothesis import event, example, given, note, settings
 from hypothesis import strategies as st
+from smartball_sim.device import SimDevice
+from smartball_sim.faults import FaultPlan
+from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY
+from smartball_sim.make_image import make_image
 
 from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
@@ -22,10 +26,6 @@ from pytest_smartball.link import NusLink
 from pytest_smartball.ota import FailureKind, OtaEngine, OtaResult
 from pytest_smartball.simulated import make_sim_target, run_virtual
 from pytest_smartball.strategies import fault_plans, images
-from sim.device import SimDevice
-from sim.faults import FaultPlan
-from sim.firmware import DEFAULT_STAGING_CAPACITY
-from sim.make_image import make_image
 
 pytestmark = pytest.mark.sim_only
 
@@ -58,7 +58,7 @@ def recording_waits() -> Iterator[list[tuple[float, float]]]:
 def replay_command(image: FirmwareImage, plan: FaultPlan, seed: int) -> str:
     size, image_seed = image.source.removeprefix("fuzz-").removesuffix(".bin").split("-")
     return (
-        f"python -m sim.make_image /tmp/fuzz.bin {size} --seed {image_seed} && "
+        f"python -m smartball_sim.make_image /tmp/fuzz.bin {size} --seed {image_seed} && "
         f"smartball-ota flash /tmp/fuzz.bin --sim --seed {seed} --faults '{plan}' -v"
     )
 

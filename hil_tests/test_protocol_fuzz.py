@@ -24,13 +24,13 @@ from hypothesis.stateful import (
     invariant,
     rule,
 )
+from smartball_sim.firmware import PAGE_SIZE, FlashTimings, SmartBallFirmware
+from smartball_sim.make_image import make_image
 
 from pytest_smartball import protocol as p
 from pytest_smartball.link import BleBackend, LinkSettings, NusLink, find_device
 from pytest_smartball.simulated import virtual_event_loop
 from pytest_smartball.strategies import command_frames
-from sim.firmware import PAGE_SIZE, FlashTimings, SmartBallFirmware
-from sim.make_image import make_image
 
 IMAGES = {"A": make_image(3_000, 1), "B": make_image(9_000, 2), "C": make_image(1, 3)}
 BASELINE = make_image(5_000, 99)

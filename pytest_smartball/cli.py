@@ -22,10 +22,9 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bleak.backends.device import BLEDevice
+from smartball_sim.device import DEFAULT_ADDRESS
+from smartball_sim.faults import PROFILES  # pure data: the help text lists the profiles
 from tqdm import tqdm
-
-from sim.device import DEFAULT_ADDRESS
-from sim.faults import PROFILES  # pure data: the help text lists the profiles
 
 from . import protocol as p
 from .bluez import BluezUnavailable, bluez_version, probe_adapter, version_warnings
@@ -44,8 +43,8 @@ from .ota import FailureKind, OtaEngine, OtaEvent, OtaResult, OtaSettings, State
 from .simulated import virtual_event_loop
 
 if TYPE_CHECKING:  # the simulator proper is imported only when --sim asks for it
-    from sim.device import SimDevice
-    from sim.faults import FaultPlan
+    from smartball_sim.device import SimDevice
+    from smartball_sim.faults import FaultPlan
 
 PROG = "smartball-ota"
 log = logging.getLogger("pytest_smartball.cli")
@@ -392,7 +391,7 @@ class Context:
         """Build the simulated device (inside the running loop: faults may schedule
         timers), or preflight BlueZ for the real radio."""
         if self.simulated:
-            from sim.firmware import FlashTimings
+            from smartball_sim.firmware import FlashTimings
 
             from .simulated import make_sim_target
 
@@ -822,10 +821,10 @@ def _fail(code: int, message: str, args: argparse.Namespace | None) -> int:
 def _run_emulated(
     args: argparse.Namespace, fault_plan: FaultPlan | None, coro: Coroutine[Any, Any, int]
 ) -> int:
-    """Run ``coro`` on the real-device path against an emulated BlueZ (sim/bluez) that
+    """Run ``coro`` on the real-device path against an emulated BlueZ (sim/smartball_sim/bluez) that
     this call starts and stops."""
-    from sim.bluez.launcher import DbusDaemonMissing, EmulatedBluez, emulated_smartball
-    from sim.firmware import FlashTimings
+    from smartball_sim.bluez.launcher import DbusDaemonMissing, EmulatedBluez, emulated_smartball
+    from smartball_sim.firmware import FlashTimings
 
     options: dict[str, Any] = {}
     if args.erase_time:
@@ -855,7 +854,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fault_plan: FaultPlan | None = None
     if (args.sim or args.bluez == "emulated") and args.faults:
-        from sim.faults import FaultPlan, FaultSpecError
+        from smartball_sim.faults import FaultPlan, FaultSpecError
 
         try:
             fault_plan = FaultPlan.parse(args.faults)

@@ -24,9 +24,8 @@ import sys
 from typing import Any
 
 import pytest
-
-from sim.bluez.launcher import DbusDaemonMissing, EmulatedBluez, emulated_smartball
-from sim.device import DEFAULT_ADDRESS
+from smartball_sim.bluez.launcher import DbusDaemonMissing, EmulatedBluez, emulated_smartball
+from smartball_sim.device import DEFAULT_ADDRESS
 
 from .image import FirmwareImage, load_image
 from .link import LinkSettings

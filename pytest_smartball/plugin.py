@@ -32,8 +32,7 @@ from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
-
-from sim.device import DEFAULT_ADDRESS
+from smartball_sim.device import DEFAULT_ADDRESS
 
 from . import preflight
 from . import protocol as p
@@ -86,8 +85,8 @@ class SmartBallTarget:
     name: str
     address: str | None
     backend: BleBackend
-    sim: Any = None  # sim.device.SimDevice on the simulator
-    world: Any = None  # sim.bleak_backend.SimWorld on the simulator
+    sim: Any = None  # smartball_sim.device.SimDevice on the simulator
+    world: Any = None  # smartball_sim.bleak_backend.SimWorld on the simulator
 
     @property
     def is_sim(self) -> bool:
@@ -247,7 +246,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=("system", "emulated"),
         default="system",
         help="with --device=real: the system's BlueZ (default), or 'emulated': a private "
-        "dbus-daemon and an emulated bluetoothd serving simulated SmartBalls (sim/bluez), "
+        "dbus-daemon and an emulated bluetoothd serving simulated SmartBalls "
+        "(sim/smartball_sim/bluez), "
         "started and stopped by this run",
     )
 
@@ -351,7 +351,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if state.worker is None:
         state.report = rep.RunReport(device=_device_summary(opts), firmware=None)
     if opts.faults:
-        from sim.faults import FaultPlan, FaultSpecError
+        from smartball_sim.faults import FaultPlan, FaultSpecError
 
         if opts.device == "real" and config.getoption("--bluez") != "emulated":
             raise pytest.UsageError(
@@ -527,7 +527,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"firmware={firmware} bleak={version('bleak')}",
     ]
     if opts.device == "sim":
-        from sim.device import SimDevice
+        from smartball_sim.device import SimDevice
 
         device_firmware = SimDevice(active_image=b"\xff").firmware.info().firmware_version
         lines.append(
@@ -555,7 +555,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from sim.faults import FaultPlan, FaultSpecError
+    from smartball_sim.faults import FaultPlan, FaultSpecError
 
     device = config.getoption("--device")
     skip_sim = pytest.mark.skip(reason="needs the simulator (--device=sim)")
@@ -680,7 +680,7 @@ def _return_to_baseline(
 
 @pytest.fixture
 def sim_device(smartball: SmartBallTarget) -> Any:
-    """The simulated SmartBall (sim.device.SimDevice); skips the test on real hardware."""
+    """The simulated SmartBall (smartball_sim.device.SimDevice); skips the test on real hardware."""
     if not smartball.is_sim:
         pytest.skip("needs the simulator (--device=sim)")
     return smartball.sim

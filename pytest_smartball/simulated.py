@@ -12,9 +12,9 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sim.bleak_backend import SimWorld
-from sim.device import DEFAULT_ADDRESS, SimDevice
-from sim.faults import FaultPlan
+from smartball_sim.bleak_backend import SimWorld
+from smartball_sim.device import DEFAULT_ADDRESS, SimDevice
+from smartball_sim.faults import FaultPlan
 
 from .link import BleBackend
 

@@ -12,10 +12,9 @@ Shipped with the package so users can fuzz their own flows::
 from __future__ import annotations
 
 from hypothesis import strategies as st
-
-from sim.faults import EFFECTS, Fault, FaultPlan, Trigger
-from sim.firmware import DEFAULT_STAGING_CAPACITY, PAGE_SIZE
-from sim.make_image import make_image
+from smartball_sim.faults import EFFECTS, Fault, FaultPlan, Trigger
+from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY, PAGE_SIZE
+from smartball_sim.make_image import make_image
 
 from . import protocol as p
 from .image import FirmwareImage
@@ -45,7 +44,7 @@ def images(max_size: int = DEFAULT_STAGING_CAPACITY) -> st.SearchStrategy[Firmwa
     generate and shrink (hypothesis shrinks the size and the seed, not megabytes)."""
 
     def build(size: int, seed: int) -> FirmwareImage:
-        # The same bytes as `python -m sim.make_image OUT SIZE --seed SEED`, so a failing
+        # The same bytes as `python -m smartball_sim.make_image OUT SIZE --seed SEED`, so a failing
         # example can be replayed from the shell.
         return FirmwareImage(make_image(size, seed), f"fuzz-{size}-{seed}.bin")
 

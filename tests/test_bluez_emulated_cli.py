@@ -1,5 +1,5 @@
 """``smartball-ota --bluez=emulated``: the CLI's real-device path against the emulated BlueZ
-it starts and stops itself (sim/bluez). Real time, short simulated timings."""
+it starts and stops itself (sim/smartball_sim/bluez). Real time, short simulated timings."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from smartball_sim.make_image import make_image
 
 from pytest_smartball.cli import EXIT_BAD_INPUT, main
-from sim.make_image import make_image
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dbus-daemon") is None,

@@ -1,5 +1,5 @@
-"""The real BlueZ code path against the emulated BlueZ (sim/bluez): unmodified bleak, its
-BlueZ backend, bleak-retry-connector, dbus-fast and a real dbus-daemon, with only
+"""The real BlueZ code path against the emulated BlueZ (sim/smartball_sim/bluez): unmodified
+bleak, its BlueZ backend, bleak-retry-connector, dbus-fast and a real dbus-daemon, with only
 bluetoothd replaced. Real time (D-Bus is real), with short simulated timings.
 
 Each test gets its own private dbus-daemon and emulator (about 50 ms to start), so fault
@@ -21,6 +21,8 @@ from bleak import BleakClient, BleakScanner
 from bleak.exc import BleakError
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
+from smartball_sim.bluez import EmulatedBluez, emulated_smartball
+from smartball_sim.bluez.launcher import leftover_daemons
 
 from hil_tests.naive_client import naive_flash
 from pytest_smartball import protocol as p
@@ -29,8 +31,6 @@ from pytest_smartball.emulated_bluez import FAST_LINK, FAST_OTA
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import BleBackend, ConnectFailed, NusLink, find_device
 from pytest_smartball.ota import OtaEngine, OtaSettings
-from sim.bluez import EmulatedBluez, emulated_smartball
-from sim.bluez.launcher import leftover_daemons
 
 pytestmark = [
     pytest.mark.asyncio,

@@ -11,11 +11,8 @@ import pytest
 from bleak.exc import BleakError
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from pytest_smartball import protocol as p
-from pytest_smartball.protocol import MsgType
-from sim.device import SimDevice, SimLink
-from sim.faults import (
+from smartball_sim.device import SimDevice, SimLink
+from smartball_sim.faults import (
     EFFECTS,
     PROFILES,
     TRIGGERS,
@@ -24,6 +21,9 @@ from sim.faults import (
     FaultSpecError,
     Trigger,
 )
+
+from pytest_smartball import protocol as p
+from pytest_smartball.protocol import MsgType
 
 # --- parsing: every effect and every trigger -----------------------------------------------
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from smartball_sim.faults import EFFECTS, PROFILES, TRIGGERS, FaultPlan, FaultSpecError
+from smartball_sim.make_image import make_image
 
 from pytest_smartball.cli import main
-from sim.faults import EFFECTS, PROFILES, TRIGGERS, FaultPlan, FaultSpecError
-from sim.make_image import make_image
 
 pytest_plugins = ["pytester"]
 
@@ -301,7 +301,7 @@ def test_shell_example_runs(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    image = Path("build/demo.bin")  # what `python -m sim.make_image build/demo.bin` writes
+    image = Path("build/demo.bin")  # `python -m smartball_sim.make_image build/demo.bin`
     image.parent.mkdir()
     image.write_bytes(make_image())
     assert str(image) in example.argv

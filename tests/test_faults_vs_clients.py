@@ -11,12 +11,12 @@ import asyncio
 import random
 
 import pytest
+from smartball_sim.faults import EFFECTS, FaultPlan
 
 from hil_tests.naive_client import naive_flash
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.ota import OtaEngine
 from pytest_smartball.simulated import make_sim_target
-from sim.faults import EFFECTS, FaultPlan
 
 pytestmark = pytest.mark.sim_only
 

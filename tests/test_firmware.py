@@ -12,6 +12,7 @@ import math
 from dataclasses import replace
 
 import pytest
+from smartball_sim.firmware import PAGE_SIZE, FirmwareEvent, FlashTimings, SmartBallFirmware
 
 from pytest_smartball import protocol as p
 from pytest_smartball.protocol import (
@@ -31,7 +32,6 @@ from pytest_smartball.protocol import (
     MsgOtaStatus,
     OtaState,
 )
-from sim.firmware import PAGE_SIZE, FirmwareEvent, FlashTimings, SmartBallFirmware
 
 pytestmark = pytest.mark.asyncio
 

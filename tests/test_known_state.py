@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+from smartball_sim.make_image import make_image
 
 from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
@@ -11,7 +12,6 @@ from pytest_smartball.known_state import ResetFailed, return_to_baseline
 from pytest_smartball.link import LinkSettings
 from pytest_smartball.ota import OtaEngine, OtaSettings
 from pytest_smartball.simulated import make_sim_target
-from sim.make_image import make_image
 
 pytestmark = pytest.mark.asyncio
 

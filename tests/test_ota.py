@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 import pytest
 from bleak.exc import BleakError
+from smartball_sim.device import SimDevice
 
 from hil_tests.naive_client import naive_flash
 from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.ota import FailureKind, OtaEngine, OtaResult, OtaSettings, State
-from sim.device import SimDevice
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.sim_only]
 
@@ -279,10 +279,11 @@ async def test_device_that_never_answers_fails_within_bounded_time(
 async def test_a_radio_faster_than_the_flash_overflows_a_small_buffer_and_still_finishes(
     firmware_image: FirmwareImage,
 ) -> None:
+    from smartball_sim.device import RadioTimings
+    from smartball_sim.firmware import FlashTimings
+    from smartball_sim.radio import RadioProfile
+
     from pytest_smartball.simulated import make_sim_target
-    from sim.device import RadioTimings
-    from sim.firmware import FlashTimings
-    from sim.radio import RadioProfile
 
     fast_radio = RadioTimings(link=RadioProfile(connection_interval_s=0.0075, packets_per_event=6))
     small_buffer = FlashTimings(rx_buffer_chunks=2)

@@ -491,9 +491,9 @@ from pytest_smartball import bluez
 from pytest_smartball.link import LinkSettings
 from pytest_smartball.ota import OtaSettings
 from pytest_smartball.simulated import backend_for
-from sim.bleak_backend import SimWorld
-from sim.device import RadioTimings, SimDevice
-from sim.make_image import make_image
+from smartball_sim.bleak_backend import SimWorld
+from smartball_sim.device import RadioTimings, SimDevice
+from smartball_sim.make_image import make_image
 
 BASELINE = make_image(6000, 1)
 RADIO = RadioTimings(connect_s=0.05, boot_s=0.2)
@@ -546,7 +546,7 @@ import os
 import pytest
 
 from pytest_smartball import protocol as p
-from sim.make_image import make_image
+from smartball_sim.make_image import make_image
 
 BASELINE_CRC = p.crc32(make_image(6000, 1))
 
@@ -583,7 +583,7 @@ def test_where(smartball, pytestconfig, request):
 
 @pytest.fixture
 def bench(inner: pytest.Pytester) -> pytest.Pytester:
-    from sim.make_image import make_image
+    from smartball_sim.make_image import make_image
 
     inner.makeconftest(EMULATED_CONFTEST)
     inner.makepyfile(test_bench=BENCH_TESTS)

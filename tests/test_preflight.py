@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 from dbus_fast import MessageType, Variant
+from smartball_sim.bleak_backend import SimWorld
+from smartball_sim.device import SimDevice
 
 from pytest_smartball import bluez, preflight
 from pytest_smartball import protocol as p
@@ -24,8 +26,6 @@ from pytest_smartball.image import FirmwareImage, ImageError
 from pytest_smartball.link import ConnectFailed
 from pytest_smartball.preflight import Seen, Wanted, check, match, plan_devices
 from pytest_smartball.simulated import backend_for
-from sim.bleak_backend import SimWorld
-from sim.device import SimDevice
 
 A, B, C = "C0:FF:EE:00:00:0A", "C0:FF:EE:00:00:0B", "C0:FF:EE:00:00:0C"
 HCI0 = AdapterInfo("hci0", "/org/bluez/hci0", "00:1A:7D:DA:71:13", True)

@@ -15,10 +15,10 @@ from bleak import BleakClient, BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
 from bleak_retry_connector import establish_connection
+from smartball_sim.bleak_backend import SimDetails, SimWorld
+from smartball_sim.device import RadioTimings, SimDevice
 
 from pytest_smartball import protocol as p
-from sim.bleak_backend import SimDetails, SimWorld
-from sim.device import RadioTimings, SimDevice
 
 pytestmark = pytest.mark.asyncio
 

@@ -1,4 +1,4 @@
-"""``python -m sim.bluez check``: exit 1 (listing them) if a dbus-daemon started by the
+"""``python -m smartball_sim.bluez check``: exit 1 (listing them) if a dbus-daemon started by the
 emulated BlueZ's launcher is still running; CI runs it after the test runs."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from .launcher import leftover_daemons
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args != ["check"]:
-        print("usage: python -m sim.bluez check", file=sys.stderr)
+        print("usage: python -m smartball_sim.bluez check", file=sys.stderr)
         return 2
     pids = leftover_daemons()
     if pids:

@@ -1,4 +1,5 @@
-"""Write a deterministic test firmware image: ``python -m sim.make_image OUT [SIZE] [--seed N]``.
+"""Write a deterministic test firmware image:
+``python -m smartball_sim.make_image OUT [SIZE] [--seed N]``.
 
 The field image was 323,194 bytes; that is the default size. The bytes are pseudo-random
 (seeded), so every run produces the same file and CRC-32.
@@ -20,7 +21,7 @@ def make_image(size: int = FIELD_IMAGE_SIZE, seed: int = 0) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sim.make_image", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m smartball_sim.make_image", description=__doc__)
     parser.add_argument("out", type=Path, help="file to write (.bin)")
     parser.add_argument(
         "size",

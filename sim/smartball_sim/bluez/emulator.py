@@ -8,9 +8,9 @@ they talk to BlueZ: ``GetManagedObjects``, ``InterfacesAdded``/``InterfacesRemov
 ``WriteValue``. Shapes, orders, paths and error names follow BlueZ's ``src/device.c``,
 ``src/gatt-client.c`` and ``src/adapter.c`` (see ``shared/notes/bluez-emulator.md``).
 
-Each device is a :class:`sim.device.SimDevice`, the same radio, firmware and fault
+Each device is a :class:`smartball_sim.device.SimDevice`, the same radio, firmware and fault
 injection as the in-process bleak backend (``sim/bleak_backend.py``). The emulator is the
-link's :class:`~sim.device.LinkPeer`: notifications become ``PropertiesChanged{Value}`` on
+link's :class:`~smartball_sim.device.LinkPeer`: notifications become ``PropertiesChanged{Value}`` on
 the TX characteristic (or datagrams on an ``AcquireNotify`` socket), a lost link becomes
 ``ServicesResolved=false``, the GATT objects removed and ``Connected=false``. Fault
 decisions are the device's own (``connect_outcome``, ``nus_hidden_on_connect``,
@@ -25,7 +25,8 @@ decisions are the device's own (``connect_outcome``, ``nus_hidden_on_connect``,
   connect resolves to; it stays exported across disconnects until ``RemoveDevice``.
 
 All of it runs on one asyncio loop and one bus connection (:meth:`BluezEmulator.start`);
-:mod:`sim.bluez.launcher` runs it on a thread of its own next to a private ``dbus-daemon``.
+:mod:`smartball_sim.bluez.launcher` runs it on a thread of its own next to a private
+``dbus-daemon``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from bleak.exc import BleakError
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from sim.device import NUS_RX, NUS_SERVICE, NUS_TX, SimDevice, SimLink
+from smartball_sim.device import NUS_RX, NUS_SERVICE, NUS_TX, SimDevice, SimLink
 
 log = logging.getLogger("sim.bluez")
 
@@ -121,7 +122,7 @@ class _Gatt:
 
 
 class _LinkPeer:
-    """The host side of one link (sim.device.LinkPeer): forwards to the emulator."""
+    """The host side of one link (smartball_sim.device.LinkPeer): forwards to the emulator."""
 
     def __init__(self, dev: _EmulatedDevice) -> None:
         self.dev = dev

@@ -10,7 +10,7 @@ On entry it
 
 * starts ``dbus-daemon --nofork`` with a permissive config on a socket in a temporary
   directory (pitfall 1 of ``shared/notes/bluez-emulator.md``: ``--print-address=1``);
-* runs :class:`~sim.bluez.emulator.BluezEmulator` on an event loop of its own, in a daemon
+* runs :class:`~smartball_sim.bluez.emulator.BluezEmulator` on an event loop of its own, in a daemon
   thread of this process, on its own bus connection (bleak's loops, one per test, come and
   go; the emulator's stays);
 * sets ``DBUS_SYSTEM_BUS_ADDRESS`` (dbus-fast reads it for ``BusType.SYSTEM``) and puts a
@@ -39,8 +39,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sim.device import DEFAULT_ADDRESS, RadioTimings, SimDevice
-from sim.firmware import FlashTimings
+from smartball_sim.device import DEFAULT_ADDRESS, RadioTimings, SimDevice
+from smartball_sim.firmware import FlashTimings
 
 from .emulator import BluezEmulator, Timing
 

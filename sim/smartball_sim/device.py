@@ -1,6 +1,6 @@
 """A simulated SmartBall: firmware model + radio (advertising, one link, NUS) + fault injection.
 
-The radio side never imports the client: the bleak backend in ``sim.bleak_backend`` talks
+The radio side never imports the client: the bleak backend in ``smartball_sim.bleak_backend`` talks
 to a device through ``connect``/``write``/``disconnect`` and receives notifications and
 link loss through the ``LinkPeer`` callbacks it registers.
 """
