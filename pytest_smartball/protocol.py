@@ -20,7 +20,7 @@ import binascii
 import enum
 import struct
 import zlib
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, fields
 from typing import ClassVar
 
 SOF = 0xA5
@@ -92,6 +92,23 @@ class OtaPhase(enum.IntEnum):
     VERIFY = 2
 
 
+class Capability(enum.IntFlag):
+    """Bits of ``MsgInfo.capabilities``: what this device can do beyond the v1 baseline.
+    A host ignores bits it does not know."""
+
+    NONE = 0
+    #: The device erases each staging page just before writing it (see docs/protocol.md).
+    PROGRESSIVE_ERASE = 0x1
+
+
+class StartFlag(enum.IntFlag):
+    """Bits of ``CmdOtaStart.flags``: what the host asks of the session. A host sets only
+    bits whose capability the device advertised; a device ignores bits it does not know."""
+
+    NONE = 0
+    PROGRESSIVE_ERASE = 0x1
+
+
 class ErrorCode(enum.IntEnum):
     BAD_FRAME = 1
     BAD_STATE = 2
@@ -114,6 +131,12 @@ class Frame:
 # --- messages ---------------------------------------------------------------------------
 # Each message class knows its type byte and its fixed payload layout (a struct format);
 # the variable tails (DATA's bytes, ERROR's text) are handled in encode/decode below.
+#
+# Growing the protocol without a new version: a fixed-layout message may gain fields at
+# its end. ``OPTIONAL`` names how many of the last fields are such additions; a receiver
+# takes their defaults when a shorter (older) payload lacks them, and ignores bytes beyond
+# the fields it knows. An encoder leaves trailing optional fields out while they hold their
+# defaults, so what an older peer sends and expects stays byte for byte the same.
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +148,13 @@ class CmdInfo:
 @dataclass(frozen=True, slots=True)
 class CmdOtaStart:
     TYPE: ClassVar[MsgType] = MsgType.CMD_OTA_START
-    LAYOUT: ClassVar[str] = "IIH"
+    LAYOUT: ClassVar[str] = "IIHI"
+    OPTIONAL: ClassVar[int] = 1
     image_size: int
     image_crc32: int
     chunk_size: int
+    #: StartFlag bits; sent only when not 0.
+    flags: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +189,8 @@ class CmdOtaFinish:
 @dataclass(frozen=True, slots=True)
 class MsgInfo:
     TYPE: ClassVar[MsgType] = MsgType.MSG_INFO
-    LAYOUT: ClassVar[str] = "BBBBIII"
+    LAYOUT: ClassVar[str] = "BBBBIIII"
+    OPTIONAL: ClassVar[int] = 1
     protocol_version: int
     fw_major: int
     fw_minor: int
@@ -171,6 +198,8 @@ class MsgInfo:
     active_image_size: int
     active_image_crc32: int
     staging_capacity: int
+    #: Capability bits; sent only when not 0.
+    capabilities: int = 0
 
     @property
     def firmware_version(self) -> str:
@@ -228,9 +257,18 @@ class MsgOtaDone:
 @dataclass(frozen=True, slots=True)
 class MsgError:
     TYPE: ClassVar[MsgType] = MsgType.MSG_ERROR
-    LAYOUT: ClassVar[str] = "B"
+    LAYOUT: ClassVar[str] = "BB"
     code: int
+    #: Type byte of the frame this error answers (0 when it answers none).
+    command: int = 0
     text: str = ""
+
+    @property
+    def command_name(self) -> str:
+        try:
+            return MsgType(self.command).name
+        except ValueError:
+            return f"0x{self.command:02X}"
 
     @property
     def code_name(self) -> str:
@@ -265,6 +303,11 @@ _CLASSES: dict[int, type] = {
     )
 }
 _STRUCTS: dict[int, struct.Struct] = {t: struct.Struct("<" + c.LAYOUT) for t, c in _CLASSES.items()}
+#: Payload bytes a message of each type must have: its layout without the optional tail.
+_REQUIRED_SIZE: dict[int, int] = {
+    t: struct.calcsize("<" + c.LAYOUT[: len(c.LAYOUT) - getattr(c, "OPTIONAL", 0)])
+    for t, c in _CLASSES.items()
+}
 _VARIABLE_TAIL = {MsgType.CMD_OTA_DATA, MsgType.MSG_ERROR}
 COMMAND_TYPES = frozenset(t for t in _CLASSES if t < 0x80)
 #: Commands the device may answer with MSG_ERROR; INFO, STATUS and ABORT are answered in
@@ -290,10 +333,22 @@ def encode_payload(msg: Message) -> bytes:
         if isinstance(msg, CmdOtaData):
             return fixed.pack(msg.offset) + bytes(msg.data)
         if isinstance(msg, MsgError):
-            return fixed.pack(msg.code) + msg.text.encode("utf-8")
-        return fixed.pack(*astuple(msg))
+            return fixed.pack(msg.code, msg.command) + msg.text.encode("utf-8")
+        return _drop_default_tail(msg, fixed.pack(*astuple(msg)))
     except (struct.error, OverflowError) as exc:
         raise ProtocolError(f"cannot encode {msg!r}: {exc}") from exc
+
+
+def _drop_default_tail(msg: Message, payload: bytes) -> bytes:
+    """Leave out trailing optional fields that hold their defaults (see OPTIONAL)."""
+    optional = getattr(msg, "OPTIONAL", 0)
+    if not optional:
+        return payload
+    names = [f.name for f in fields(msg)]
+    keep = len(names)
+    while keep > len(names) - optional and getattr(msg, names[keep - 1]) == 0:
+        keep -= 1
+    return payload[: struct.calcsize("<" + msg.LAYOUT[:keep])]
 
 
 def encode(msg: Message) -> bytes:
@@ -315,21 +370,30 @@ def parse_message(frame: Frame) -> Message:
         raise ProtocolError(f"unknown message type 0x{frame.type:02X}")
     fixed = _STRUCTS[frame.type]
     payload = frame.payload
+    required = _REQUIRED_SIZE[frame.type]
+    if len(payload) < required:
+        raise ProtocolError(
+            f"{cls.TYPE.name} payload is {len(payload)} bytes, needs at least {required}"
+        )
     if frame.type in _VARIABLE_TAIL:
-        if len(payload) < fixed.size:
-            raise ProtocolError(
-                f"{cls.TYPE.name} payload is {len(payload)} bytes, needs at least {fixed.size}"
-            )
-        (head,) = fixed.unpack_from(payload)
+        head = fixed.unpack_from(payload)
         tail = payload[fixed.size :]
         if cls is MsgError:
-            return MsgError(head, tail.decode("utf-8", errors="replace"))
-        return CmdOtaData(head, bytes(tail))
-    if len(payload) != fixed.size:
-        raise ProtocolError(
-            f"{cls.TYPE.name} payload is {len(payload)} bytes, expected {fixed.size}"
-        )
-    return cls(*fixed.unpack(payload))
+            return MsgError(*head, text=tail.decode("utf-8", errors="replace"))
+        return CmdOtaData(head[0], bytes(tail))
+    if len(payload) < fixed.size:  # an older peer: the optional fields take their defaults
+        present = struct.Struct("<" + _present_layout(cls.LAYOUT, len(payload)))
+        return cls(*present.unpack_from(payload))  # type: ignore[no-any-return]
+    # Bytes beyond the fields this codec knows are a newer peer's additions: ignored.
+    return cls(*fixed.unpack_from(payload))  # type: ignore[no-any-return]
+
+
+def _present_layout(layout: str, size: int) -> str:
+    """The longest prefix of ``layout`` whose fields fit in ``size`` bytes."""
+    for end in range(len(layout), -1, -1):
+        if struct.calcsize("<" + layout[:end]) <= size:
+            return layout[:end]
+    return ""
 
 
 def decode(frame_bytes: bytes) -> Message:

@@ -108,15 +108,15 @@ def messages() -> st.SearchStrategy[p.Message]:
         st.just(p.CmdOtaStatus()),
         st.just(p.CmdOtaAbort()),
         st.just(p.CmdOtaFinish()),
-        st.builds(p.CmdOtaStart, u32, u32, u16),
+        st.builds(p.CmdOtaStart, u32, u32, u16, u32),
         st.builds(p.CmdOtaData, u32, st.binary(max_size=p.MAX_DATA_CHUNK)),
-        st.builds(p.MsgInfo, u8, u8, u8, u8, u32, u32, u32),
+        st.builds(p.MsgInfo, u8, u8, u8, u8, u32, u32, u32, u32),
         st.builds(p.MsgOtaReady, u16, u16),
         st.builds(p.MsgOtaProgress, u8, u32, u32),
         st.builds(p.MsgOtaStatus, u8, u32, u32, u32),
         st.builds(p.MsgOtaAck, u32),
         st.builds(p.MsgOtaDone, u32),
-        st.builds(p.MsgError, u8, st.text(max_size=40)),
+        st.builds(p.MsgError, u8, u8, st.text(max_size=40)),
     )
 
 

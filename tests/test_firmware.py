@@ -638,18 +638,14 @@ async def test_device_message_echoed_back_is_unknown_command() -> None:
 @pytest.mark.parametrize(
     ("msg_type", "payload"),
     [
-        (p.MsgType.CMD_INFO, b"\x00"),
         (p.MsgType.CMD_OTA_START, bytes(9)),
-        (p.MsgType.CMD_OTA_START, bytes(11)),
-        (p.MsgType.CMD_OTA_STATUS, b"\x01"),
-        (p.MsgType.CMD_OTA_ABORT, b"\x00\x00"),
-        (p.MsgType.CMD_OTA_FINISH, b"\x00"),
+        (p.MsgType.CMD_OTA_START, bytes(1)),
         (p.MsgType.CMD_OTA_DATA, b""),
         (p.MsgType.CMD_OTA_DATA, b"\x00\x00\x00"),
     ],
     ids=lambda v: v.name if isinstance(v, p.MsgType) else f"{len(v)}B",
 )
-async def test_good_crc_wrong_length_is_bad_frame(msg_type: int, payload: bytes) -> None:
+async def test_good_crc_too_short_is_bad_frame(msg_type: int, payload: bytes) -> None:
     h = Harness()
     await h.start_and_wait_ready()
     h.send_image(NEW_IMAGE[:300])

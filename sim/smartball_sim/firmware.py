@@ -123,6 +123,8 @@ class SmartBallFirmware:
         self.data_rejected_ahead = 0
         self.data_dropped_full = 0
         self.boot_count = 1
+        #: Type byte of the frame being handled: what a MSG_ERROR sent now answers.
+        self._answering = 0
 
     # --- what the device exposes -----------------------------------------------------
 
@@ -191,6 +193,7 @@ class SmartBallFirmware:
             self._handle_frame(frame)
 
     def _handle_frame(self, frame: p.Frame) -> None:
+        self._answering = frame.type
         self.commands_seen[frame.type] = self.commands_seen.get(frame.type, 0) + 1
         self._observe(FirmwareEvent("command", msg_type=frame.type))
         if frame.type not in p.COMMAND_TYPES:
@@ -346,6 +349,7 @@ class SmartBallFirmware:
             self._error(
                 p.ErrorCode.CRC_MISMATCH,
                 f"staged image crc32 {actual:08x} != expected {s.image_crc32:08x}; old image kept",
+                command=p.MsgType.CMD_OTA_FINISH,
             )
             self._observe(FirmwareEvent("verify_failed"))
             return
@@ -361,9 +365,10 @@ class SmartBallFirmware:
     def _reply(self, msg: p.DeviceMessage) -> None:
         self._send(p.encode(msg))
 
-    def _error(self, code: p.ErrorCode, text: str) -> None:
+    def _error(self, code: p.ErrorCode, text: str, command: int | None = None) -> None:
         log.info("error %s: %s", code.name, text)
-        self._reply(p.MsgError(code, text))
+        answering = self._answering if command is None else command
+        self._reply(p.MsgError(code, answering, text))
 
     def _cancel_tasks(self) -> None:
         for task in (self._erase_task, self._verify_task):
