@@ -8,10 +8,9 @@ import asyncio
 import re
 
 import pytest
-from bleak.exc import BleakError
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from smartball_sim.device import SimDevice, SimLink
+from smartball_sim.device import ConnectRefusal, ConnectRefused, SimDevice, SimLink
 from smartball_sim.faults import (
     EFFECTS,
     PROFILES,
@@ -501,8 +500,9 @@ async def test_connect_fail_at_the_second_connection() -> None:
     device = make_device("connect-fail@connect:2")
     _peer, link = await connect(device)
     device.disconnect("x")
-    with pytest.raises(BleakError, match="br-connection-canceled"):
+    with pytest.raises(ConnectRefused) as refused:
         await device.connect(Peer())
+    assert refused.value.refusal is ConnectRefusal.CANCELED
     _, link = await connect(device)
     assert link.number == 2
     assert fired(device) == [("connect-fail", "connect:2")]

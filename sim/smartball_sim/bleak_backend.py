@@ -26,7 +26,16 @@ from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
 from bleak.exc import BleakDeviceNotFoundError, BleakError
 
-from .device import NUS_RX, NUS_SERVICE, NUS_TX, SimDevice, SimLink
+from .bluez_errors import CONNECT_FAILED_TEXT
+from .device import (
+    NUS_RX,
+    NUS_SERVICE,
+    NUS_TX,
+    ConnectRefused,
+    SimDevice,
+    SimLink,
+    SimLinkError,
+)
 
 log = logging.getLogger("sim.bleak_backend")
 
@@ -164,8 +173,13 @@ class SimClient(BaseBleakClient):
             raise BleakError("Client is already connected")
         device = self._resolve_device()
         timeout = kwargs.get("timeout", self._timeout)
-        async with asyncio.timeout(timeout):
-            link = await device.connect(self)
+        try:
+            async with asyncio.timeout(timeout):
+                link = await device.connect(self)
+        except ConnectRefused as exc:
+            raise BleakError(
+                f"[org.bluez.Error.Failed] {CONNECT_FAILED_TEXT[exc.refusal]}"
+            ) from None
         self._link = link
         self.services = self._build_services(link)
 
@@ -281,7 +295,10 @@ class SimClient(BaseBleakClient):
         link = self._live_link()
         if characteristic.handle != _RX_HANDLE:
             raise BleakError(f"characteristic {characteristic.uuid} is not writable")
-        await link.device.write(link, bytes(data))
+        try:
+            await link.device.write(link, bytes(data))
+        except SimLinkError as exc:
+            raise BleakError(str(exc)) from None
 
     async def write_gatt_descriptor(self, descriptor: BleakGATTDescriptor, data: Any) -> None:
         self._live_link()

@@ -8,14 +8,13 @@ link loss through the ``LinkPeer`` callbacks it registers.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
-
-from bleak.exc import BleakError
 
 from pytest_smartball import protocol as p
 
@@ -42,6 +41,35 @@ class RadioTimings:
     boot_s: float = 2.0
     #: The connected link's timing (connection events, PHY, data length, MTU).
     link: RadioProfile = field(default_factory=RadioProfile)
+
+
+class ConnectRefusal(enum.Enum):
+    """Why a connect attempt failed, as data: each front (the in-process bleak backend,
+    the BlueZ emulator, Bumble) turns it into its own stack's error."""
+
+    #: The controller gave up before a link existed (BlueZ: ``br-connection-canceled``).
+    CANCELED = "canceled"
+    #: A link came up and was lost at once: the device had just stopped advertising
+    #: (a reset, another host). BlueZ: ``le-connection-abort-by-local``.
+    ABORTED_AT_ONCE = "aborted-at-once"
+
+
+class SimLinkError(Exception):
+    """Base of what the simulated radio refuses; the message says what happened."""
+
+
+class ConnectRefused(SimLinkError):
+    def __init__(self, refusal: ConnectRefusal) -> None:
+        super().__init__(refusal.value)
+        self.refusal = refusal
+
+
+class LinkClosed(SimLinkError):
+    """A write on a link that is gone."""
+
+
+class WriteTooLong(SimLinkError):
+    """A write longer than the link's MTU - 3 (a real controller refuses it)."""
 
 
 class LinkPeer(Protocol):
@@ -181,8 +209,9 @@ class SimDevice:
     async def connect(self, peer: LinkPeer) -> SimLink:
         """Establish a link as BlueZ would: wait for an advertisement, then connect.
 
-        Faults may make it fail with BlueZ's own error text or never complete; the caller
-        bounds it with its timeout, exactly as bleak's BlueZ backend does.
+        Faults may make it fail (:class:`ConnectRefused`, a :class:`ConnectRefusal`) or
+        never complete; the caller bounds it with its timeout, exactly as bleak's BlueZ
+        backend does.
         """
         outcome = self.injector.connect_outcome()
         if outcome == "timeout":
@@ -191,9 +220,9 @@ class SimDevice:
             await asyncio.sleep(self.radio.adv_interval_s)
         await asyncio.sleep(self.radio.connect_s)
         if outcome == "fail":
-            raise BleakError("[org.bluez.Error.Failed] br-connection-canceled")
+            raise ConnectRefused(ConnectRefusal.CANCELED)
         if not self.advertising:  # lost the race against a reboot or another host
-            raise BleakError("[org.bluez.Error.Failed] le-connection-abort-by-local")
+            raise ConnectRefused(ConnectRefusal.ABORTED_AT_ONCE)
         self._connections += 1
         link = SimLink(self, peer, self.mtu, self._connections)
         link.nus_hidden = self.injector.nus_hidden_on_connect()
@@ -229,14 +258,14 @@ class SimDevice:
         """A write-without-response on NUS RX: queued in the host stack, carried to the
         device at a connection event. Waits only while the queue is full."""
         if len(data) > link.max_write:
-            raise BleakError(
+            raise WriteTooLong(
                 f"write of {len(data)} bytes exceeds the link's maximum of {link.max_write}"
             )
         while link.alive and len(link.tx_queue) >= self.radio.link.tx_queue_writes:
             link.space.clear()
             await link.space.wait()
         if not link.alive:
-            raise BleakError("Not connected")
+            raise LinkClosed("Not connected")
         link.tx_queue.append(bytes(data))
         self._schedule_event(link)
 

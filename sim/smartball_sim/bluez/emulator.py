@@ -35,17 +35,25 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bleak.exc import BleakError
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from smartball_sim.device import NUS_RX, NUS_SERVICE, NUS_TX, SimDevice, SimLink
+from smartball_sim.bluez_errors import CONNECT_FAILED_TEXT
+from smartball_sim.device import (
+    NUS_RX,
+    NUS_SERVICE,
+    NUS_TX,
+    ConnectRefusal,
+    ConnectRefused,
+    SimDevice,
+    SimLink,
+    SimLinkError,
+)
 
 log = logging.getLogger("sim.bluez")
 
@@ -78,7 +86,6 @@ ERR_UNKNOWN_OBJECT = "org.freedesktop.DBus.Error.UnknownObject"
 ERR_UNKNOWN_METHOD = "org.freedesktop.DBus.Error.UnknownMethod"
 ERR_UNKNOWN_PROPERTY = "org.freedesktop.DBus.Error.UnknownProperty"
 
-_BLUEZ_ERROR = re.compile(r"^\[(org\.bluez\.Error\.\w+)\]\s*(.*)$")
 
 #: The caller of the method being handled (per-client StartNotify/StartDiscovery).
 _caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
@@ -572,15 +579,13 @@ class BluezEmulator:
         peer = _LinkPeer(dev)
         try:
             link = await sim.connect(peer)
-        except BleakError as exc:
-            m = _BLUEZ_ERROR.match(str(exc))
-            name, text = (m.group(1), m.group(2)) if m else (ERR_FAILED, str(exc))
-            if text == "le-connection-abort-by-local":
+        except ConnectRefused as exc:
+            if exc.refusal is ConnectRefusal.ABORTED_AT_ONCE:
                 # BlueZ connected and lost it at once: bleak waits for Connected to go
                 # true -> false before it retries (the note's pitfall 7).
                 self._set(dev.path, DEVICE, Connected=Variant("b", True))
                 self._set(dev.path, DEVICE, Connected=Variant("b", False))
-            raise DBusFailure(name, text) from None
+            raise DBusFailure(ERR_FAILED, CONNECT_FAILED_TEXT[exc.refusal]) from None
         peer.link = link
         dev.link = link
         # src/device.c att_connect_cb: Connected=true, then the Connect reply, then the
@@ -785,7 +790,7 @@ class BluezEmulator:
         async def write() -> Message:
             try:
                 await link.device.write(link, bytes(data))
-            except BleakError as exc:
+            except SimLinkError as exc:
                 raise DBusFailure(ERR_FAILED, str(exc)) from None
             return Message.new_method_return(msg)
 
@@ -902,7 +907,7 @@ class BluezEmulator:
             self._spawn(self._write_quietly(link, data))
 
     async def _write_quietly(self, link: SimLink, data: bytes) -> None:
-        with contextlib.suppress(BleakError):
+        with contextlib.suppress(SimLinkError):
             await link.device.write(link, data)
 
     def _check_write_released(self, dev: _EmulatedDevice) -> None:
