@@ -95,3 +95,15 @@ def _from_intel_hex(path: Path, raw: bytes, max_size: int | None = None) -> byte
 def _is_eof_record(line: str) -> bool:
     line = line.strip()
     return line.startswith(":") and len(line) >= 11 and line[1:3] == "00" and line[7:9] == "01"
+
+
+#: The image the simulator's OTA tests flash when no --firmware is given: not a multiple of
+#: a page or a chunk, so the last page and the last chunk are partial.
+GENERATED_IMAGE_SIZE = 131_195
+
+
+def generated_image(seed: int, size: int = GENERATED_IMAGE_SIZE) -> FirmwareImage:
+    """Deterministic pseudo-random bytes: the same seed gives the same image and CRC."""
+    import random
+
+    return FirmwareImage(random.Random(seed).randbytes(size), f"generated-{size}.bin")

@@ -12,6 +12,7 @@ Shipped with the package so users can fuzz their own flows::
 from __future__ import annotations
 
 from hypothesis import strategies as st
+
 from smartball_sim.faults import EFFECTS, Fault, FaultPlan, Trigger
 from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY, PAGE_SIZE
 from smartball_sim.make_image import make_image

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 from intelhex import IntelHex
 
-from pytest_smartball import cli
 from pytest_smartball.cli import main
+from pytest_smartball.cli.errors import interrupted_sentence
+from pytest_smartball.ota import OtaEngine
 
 SIM_ADDRESS = "C0:FF:EE:00:00:01"
 STAGING = 480 * 1024
@@ -131,7 +132,7 @@ def test_info(capsys: pytest.CaptureFixture[str]) -> None:
 
     code, data, _ = run_json(capsys, "info", "--sim")
     assert code == 0
-    assert data["firmware_version"] == "1.0.0"
+    assert data["firmware"] == "1.0.0"
     assert data["active_image_size"] == SIM_OLD_IMAGE_SIZE
     assert data["staging_capacity"] == STAGING
     assert data["device"] == {"name": "SmartBall", "address": SIM_ADDRESS}
@@ -268,7 +269,7 @@ def test_flash_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert data["simulated"] is True and data["virtual_time"] is True
     assert data["device"] == {"name": "SmartBall", "address": SIM_ADDRESS}
     assert data["bytes_sent"] >= 30_000
-    assert data["info_after"]["active_image_crc32"] == zlib.crc32(path.read_bytes())
+    assert data["info_after"]["active_image_crc32"] == f"{zlib.crc32(path.read_bytes()):08x}"
     assert data["fault_log"] == []
     assert "%|" not in err  # no progress bars with --json
 
@@ -288,7 +289,7 @@ def test_flash_field_linux_resumes(capsys: pytest.CaptureFixture[str], tmp_path:
     assert code == 0
     assert data["success"] is True
     assert data["reconnects"] >= 1 and data["resumes"] >= 1
-    assert data["info_after"]["active_image_crc32"] == crc
+    assert data["info_after"]["active_image_crc32"] == f"{crc:08x}"
     assert any("drop" in line for line in data["fault_log"])
 
 
@@ -301,7 +302,7 @@ def test_flash_valid_intel_hex(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     code, data, _ = run_json(capsys, "flash", "--sim", str(path))
     assert code == 0
     assert data["image_size"] == len(payload)
-    assert data["info_after"]["active_image_crc32"] == zlib.crc32(payload)
+    assert data["info_after"]["active_image_crc32"] == f"{zlib.crc32(payload):08x}"
 
 
 def test_erase_time_sets_the_simulated_erase(
@@ -339,7 +340,7 @@ def test_failure_after_retries_is_exit_4_and_keeps_the_old_image(
     assert data["success"] is False and data["failure"] == "link"
     assert "keeps its old image" in data["error"]
     assert data["sim_active_image"]["size"] == SIM_OLD_IMAGE_SIZE
-    assert data["sim_active_image"]["crc32"] != zlib.crc32(path.read_bytes())
+    assert data["sim_active_image"]["crc32"] != f"{zlib.crc32(path.read_bytes()):08x}"
     assert "update failed" in one_error_line(err)
 
     code, out, err = run(capsys, *argv)
@@ -354,11 +355,12 @@ def test_keyboard_interrupt_is_exit_130(
     async def interrupted(self: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.OtaEngine, "run", interrupted)
+    monkeypatch.setattr(OtaEngine, "run", interrupted)
     path = image_file(tmp_path, 20_000)
     code, _, err = run(capsys, "flash", "--sim", str(path))
     assert code == 130
-    assert "keeps its old image" in err and "flash" in err
+    assert interrupted_sentence(simulated=True) in err
+    assert "simulated SmartBall" in err and "gone" in err
 
 
 # --- the installed script -----------------------------------------------------------------
@@ -410,11 +412,11 @@ def test_ctrl_c_mid_update_is_exit_130(tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert proc.returncode == 130, err
-    assert "keeps its old image" in err and "flash" in err
+    assert interrupted_sentence(simulated=True) in err
     assert "Traceback" not in err
     assert json.loads(out) == {
         "command": "flash",
         "ok": False,
         "exit_code": 130,
-        "error": cli.INTERRUPTED,
+        "error": interrupted_sentence(simulated=True),
     }

@@ -10,6 +10,9 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from pytest_smartball import protocol as p
+from pytest_smartball.protocol import MsgType
 from smartball_sim.device import ConnectRefusal, ConnectRefused, SimDevice, SimLink
 from smartball_sim.faults import (
     EFFECTS,
@@ -21,8 +24,8 @@ from smartball_sim.faults import (
     Trigger,
 )
 
-from pytest_smartball import protocol as p
-from pytest_smartball.protocol import MsgType
+# Virtual time: simulated seconds cost no wall time, and timings are exact.
+pytestmark = pytest.mark.looptime
 
 # --- parsing: every effect and every trigger -----------------------------------------------
 

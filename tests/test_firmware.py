@@ -12,7 +12,6 @@ import math
 from dataclasses import replace
 
 import pytest
-from smartball_sim.firmware import PAGE_SIZE, FirmwareEvent, FlashTimings, SmartBallFirmware
 
 from pytest_smartball import protocol as p
 from pytest_smartball.protocol import (
@@ -32,8 +31,10 @@ from pytest_smartball.protocol import (
     MsgOtaStatus,
     OtaState,
 )
+from smartball_sim.firmware import PAGE_SIZE, FirmwareEvent, FlashTimings, SmartBallFirmware
 
-pytestmark = pytest.mark.asyncio
+# Virtual time: a 40 s erase costs milliseconds, and timings are exact.
+pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
 
 OLD_IMAGE = bytes(range(256)) * 12  # 3072 bytes, the image the device runs
 VERSION = (1, 4, 2)

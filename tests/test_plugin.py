@@ -109,7 +109,7 @@ def test_loaded_from_the_entry_point(request):
 
 
 def test_ble_name_and_address_reach_the_device(smartball, sim_device):
-    assert smartball.is_sim and smartball.kind == "sim"
+    assert smartball.is_sim
     assert (smartball.name, smartball.address) == ({NAME!r}, {ADDRESS!r})
     assert (sim_device.name, sim_device.address) == ({NAME!r}, {ADDRESS!r})
     assert smartball.sim is sim_device
@@ -126,7 +126,7 @@ async def test_nus_answers_info(nus, sim_device):
 
 
 @pytest.mark.asyncio
-async def test_runs_on_virtual_time():
+async def test_runs_on_virtual_time(smartball):
     loop = asyncio.get_running_loop()
     t0, w0 = loop.time(), time.perf_counter()
     await asyncio.sleep(3600)
@@ -179,7 +179,7 @@ def test_sim_session_fixtures_markers_and_header(inner: pytest.Pytester) -> None
     result.stdout.fnmatch_lines(
         [
             f"smartball: device=sim target={ADDRESS} firmware=generated bleak={version('bleak')}",
-            "smartball: simulated SmartBall firmware 1.0.0, seed=5 faults=none (virtual time)",
+            "smartball: simulated SmartBall, seed=5 faults=none (virtual time)",
         ]
     )
     result.stdout.fnmatch_lines(
@@ -208,7 +208,7 @@ def test_sim_seed_makes_the_generated_image_reproducible(inner: pytest.Pytester)
     for seed in ("11", "11", "12"):
         result = run(inner, f"--sim-seed={seed}", inprocess=True)
         result.assert_outcomes(passed=1)
-        result.stdout.fnmatch_lines([f"smartball: simulated SmartBall firmware *, seed={seed} *"])
+        result.stdout.fnmatch_lines([f"smartball: simulated SmartBall, seed={seed} *"])
         seen.append(read_values(inner, "crc.txt"))
         (inner.path / "crc.txt").unlink()
     first, again, other = seen
@@ -253,8 +253,7 @@ def test_sim_faults_applies_to_every_test(inner: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "smartball: device=sim target=name 'Other' *",
-            "smartball: simulated SmartBall firmware 1.0.0, seed=0 "
-            "faults=drop-in-transfer (virtual time)",
+            "smartball: simulated SmartBall, seed=0 faults=drop-in-transfer (virtual time)",
         ]
     )
     result.assert_outcomes(passed=3)
@@ -490,7 +489,7 @@ import pytest
 from pytest_smartball import bluez
 from pytest_smartball.link import LinkSettings
 from pytest_smartball.ota import OtaSettings
-from pytest_smartball.simulated import backend_for
+from pytest_smartball.targets.simulated import backend_for
 from smartball_sim.bleak_backend import SimWorld
 from smartball_sim.device import RadioTimings, SimDevice
 from smartball_sim.make_image import make_image

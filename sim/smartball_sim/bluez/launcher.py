@@ -39,6 +39,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pytest_smartball import protocol as p
 from smartball_sim.device import DEFAULT_ADDRESS, RadioTimings, SimDevice
 from smartball_sim.firmware import FlashTimings
 
@@ -100,7 +101,7 @@ class DbusDaemonMissing(RuntimeError):
 
 
 def emulated_smartball(
-    name: str = "SmartBall",
+    name: str = p.DEFAULT_NAME,
     address: str = DEFAULT_ADDRESS,
     *,
     faults: Any = None,
