@@ -4,20 +4,24 @@ Everything the field taught us about bleak on BlueZ lives here, once:
 
 * connect through ``bleak_retry_connector.establish_connection`` (retries, backoff, BlueZ
   error categories) with the ``BLEDevice`` from the scan, never a bare address;
-* settle after connecting, then force service discovery: NUS must be there, else the
-  connect counts as failed (this covers BlueZ's ``ServicesResolved``-before-objects race
-  and stale GATT caches);
+* after connecting, go on as soon as the stack has resolved the services *and* the NUS
+  characteristics are really there; a connect without them counts as failed (BlueZ's
+  ``ServicesResolved``-before-objects race, stale GATT caches). The settle delay is only
+  the upper bound of that wait, and a fixed pause only on stacks known to need one;
 * a plain ``disconnected_callback`` that wakes every wait at once;
 * one write path that turns bleak, EOF and D-Bus errors into :class:`LinkLost`.
 
 The backend is injected (:class:`BleBackend`): ``None`` classes mean the platform's own
-(a real radio); the simulator supplies its classes. This module never imports ``sim``.
+(a real radio); the simulator supplies its classes. It is also the seam to the stack's
+specifics (BlueZ's cache, version warnings): what they raise becomes this module's errors
+or warnings, so the engine above knows no stack. This module never imports the simulator.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Mapping
@@ -32,6 +36,7 @@ from bleak.exc import BleakError
 from bleak_retry_connector import BleakClientWithServiceCache, establish_connection
 
 from . import protocol as p
+from .bluez import BluezUnavailable
 
 log = logging.getLogger("pytest_smartball.link")
 
@@ -56,6 +61,18 @@ class ResponseTimeout(LinkError):
     """The device sent nothing that was waited for within the time allowed."""
 
 
+class ForgetFailed(LinkError):
+    """The stack's cache for a device could not be cleared (one sentence: why)."""
+
+
+class LinkEvent(enum.StrEnum):
+    """What a link reports through its ``on_event`` callback."""
+
+    CONNECTED = "connected"
+    LINK_LOST = "link-lost"
+    SERVICES_MISSING = "services-missing"
+
+
 def _link_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [BleakError, EOFError, BrokenPipeError, ConnectionError]
     try:  # dbus-fast is bleak's D-Bus library on Linux; absent elsewhere
@@ -69,8 +86,16 @@ def _link_errors() -> tuple[type[BaseException], ...]:
 
 #: What a GATT call may raise when the link is going or gone.
 LINK_ERRORS = _link_errors()
+#: ... and with the timeouts that bound every call on it.
+LINK_OR_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (*LINK_ERRORS, TimeoutError)
+#: ... and what the stack's plumbing may raise besides (no adapter, no D-Bus socket).
+STACK_ERRORS: tuple[type[BaseException], ...] = (*LINK_OR_TIMEOUT_ERRORS, OSError)
 #: Starting and stopping a scanner: bounded on top of the scan itself.
 SCANNER_START_STOP_S = 10.0
+
+
+#: BlueZ before this reports ServicesResolved before the GATT objects exist (see bluez.py).
+SERVICES_RACE_FIXED_IN = (5, 55)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +104,8 @@ class BleBackend:
 
     ``forget`` removes a device from the stack's cache (its GATT database included) and
     ``warnings`` reports known problems of the stack; the real ones talk to BlueZ, the
-    simulator supplies its own.
+    simulator supplies its own. Whatever the stack raises comes out as this module's
+    errors (:class:`ForgetFailed`) or as warnings.
     """
 
     scanner: type | None = None
@@ -87,10 +113,16 @@ class BleBackend:
     adapter: str = "hci0"
     forget: Callable[[str], Awaitable[bool]] | None = None
     warnings: Callable[[], Awaitable[list[str]]] | None = None
+    #: Re-read a connected client's services from the stack (True when it could).
+    reread: Callable[[BleakClient], Awaitable[bool]] | None = None
 
     @property
     def is_real(self) -> bool:
         return self.client is None
+
+    @property
+    def can_reread_services(self) -> bool:
+        return self.reread is not None or (self.is_real and sys.platform.startswith("linux"))
 
     def scanner_kwargs(self) -> dict[str, Any]:
         if self.scanner is not None:
@@ -103,15 +135,27 @@ class BleBackend:
         return {"bluez": {"adapter": self.adapter}} if sys.platform.startswith("linux") else {}
 
     async def forget_device(self, address: str) -> bool:
-        if self.forget is not None:
-            return await self.forget(address)
-        if sys.platform.startswith("linux"):
-            from .bluez import remove_device
+        """Forget ``address`` in the stack (BlueZ: ``Adapter1.RemoveDevice``); False when the
+        stack did not know it. Raises :class:`ForgetFailed` with a sentence, whatever the
+        stack raised."""
+        try:
+            if self.forget is not None:
+                return await self.forget(address)
+            if sys.platform.startswith("linux"):
+                from .bluez import remove_device
 
-            return await remove_device(address, self.adapter)
+                return await remove_device(address, self.adapter)
+        except BluezUnavailable as exc:
+            raise ForgetFailed(f"could not clear the cache for {address}: {exc}") from None
+        except STACK_ERRORS as exc:
+            why = str(exc) or "no answer in time"
+            raise ForgetFailed(
+                f"could not clear the cache for {address} ({type(exc).__name__}: {why})"
+            ) from None
         return False  # CoreBluetooth and WinRT keep no cache a client can clear
 
     async def platform_warnings(self) -> list[str]:
+        """Known problems of the stack, one sentence each; never raises."""
         if self.warnings is not None:
             return await self.warnings()
         if self.is_real and sys.platform.startswith("linux"):
@@ -120,11 +164,37 @@ class BleBackend:
             return version_warnings(await bluez_version())
         return []
 
+    async def reread_services(self, client: BleakClient) -> bool:
+        """Replace ``client.services`` with what the stack shows now (bleak resolves them
+        once per connection); False when this stack's client cannot."""
+        if self.reread is not None:
+            return await self.reread(client)
+        if self.is_real and sys.platform.startswith("linux"):
+            from .bluez import reread_services
+
+            return await reread_services(client)
+        return False
+
+    async def needs_fixed_settle(self) -> bool:
+        """Whether the stack is known to report services resolved before they are (BlueZ
+        before 5.55, which preflight warns about): then the whole settle delay is waited."""
+        if self.is_real and sys.platform.startswith("linux"):
+            from .bluez import bluez_version
+
+            version = await bluez_version()
+            return version is not None and version < SERVICES_RACE_FIXED_IN
+        return False
+
 
 @dataclass(frozen=True, slots=True)
 class LinkSettings:
-    #: Pause after connecting before the first GATT operation (BlueZ services race).
+    #: Longest wait after connecting for the stack to show the Nordic UART Service; the
+    #: wait ends as soon as it is there (BlueZ's services race, stale caches).
     settle_s: float = 1.5
+    #: Wait the whole ``settle_s`` after every connect, whatever the stack shows: for stacks
+    #: known to report services resolved too early. None: as the stack needs
+    #: (:meth:`BleBackend.needs_fixed_settle`, which the engine asks before it connects).
+    fixed_settle: bool | None = None
     #: Attempts per connect that establish_connection makes (it retries transient errors
     #: up to 9 times on its own, see bleak-backend.md).
     connect_attempts: int = 3
@@ -187,7 +257,7 @@ async def observe(
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await complete.wait()
-    except (*LINK_ERRORS, OSError, TimeoutError) as exc:  # no adapter, stack not running
+    except STACK_ERRORS as exc:  # no adapter, stack not running
         why = str(exc) or "the scanner did not start or stop in time"
         raise DeviceNotFound(
             f"scanning failed ({type(exc).__name__}: {why}); check that Bluetooth is on and "
@@ -231,6 +301,10 @@ async def scan(backend: BleBackend, timeout: float) -> list[Sighting]:
 
 
 _LOST = object()
+#: Message types this codec knows; others are a newer device's (P13).
+_KNOWN_TYPES = frozenset(int(t) for t in p.MsgType)
+#: How often the settle looks again for services that came late.
+SETTLE_POLL_S = 0.05
 
 
 class NusLink:
@@ -241,12 +315,12 @@ class NusLink:
         device: BLEDevice,
         backend: BleBackend,
         settings: LinkSettings,
-        on_event: Callable[[str, str], None] | None = None,
+        on_event: Callable[[LinkEvent, str], None] | None = None,
     ) -> None:
         self.device = device
         self.backend = backend
         self.settings = settings
-        self._on_event = on_event or (lambda kind, detail: None)
+        self._on_event: Callable[[LinkEvent, str], None] = on_event or (lambda kind, detail: None)
         self._client: BleakClient | None = None
         self._rx: BleakGATTCharacteristic | None = None
         self._decoder = p.FrameDecoder()
@@ -263,7 +337,7 @@ class NusLink:
         device: BLEDevice,
         backend: BleBackend,
         settings: LinkSettings | None = None,
-        on_event: Callable[[str, str], None] | None = None,
+        on_event: Callable[[LinkEvent, str], None] | None = None,
     ) -> NusLink:
         link = cls(device, backend, settings or LinkSettings(), on_event)
         await link._connect()
@@ -273,12 +347,11 @@ class NusLink:
         s = self.settings
         for attempt in range(1, s.services_attempts + 1):
             client = await self._establish()
-            await asyncio.sleep(s.settle_s)
-            rx, tx, problem = _find_nus(client)
+            rx, tx, problem = await self._settle(client)
             if rx is not None and tx is not None:
                 break
             self._on_event(
-                "services-missing", f"{problem} (attempt {attempt}/{s.services_attempts})"
+                LinkEvent.SERVICES_MISSING, f"{problem} (attempt {attempt}/{s.services_attempts})"
             )
             await _quiet_disconnect(client)
             if attempt == s.services_attempts:
@@ -288,18 +361,43 @@ class NusLink:
                     "(smartball-ota --clear-cache, or `bluetoothctl remove ADDRESS`) and retry"
                 )
             await asyncio.sleep(s.services_retry_backoff_s * attempt)
+        assert rx is not None and tx is not None  # the loop ends only with both, or raises
         self._client, self._rx = client, rx
         self.max_write = rx.max_write_without_response_size
         try:
             # bleak's BlueZ backend awaits this D-Bus call without a timeout of its own
             async with asyncio.timeout(self.settings.write_timeout_s):
                 await client.start_notify(tx, self._on_notify)
-        except (*LINK_ERRORS, TimeoutError) as exc:
+        except LINK_OR_TIMEOUT_ERRORS as exc:
             self._mark_lost(f"start_notify failed: {exc}")
             raise LinkLost(f"{self._who}: link lost while enabling notifications: {exc}") from exc
         # Not client.mtu_size: on BlueZ it reads 23 (with a warning) until the MTU is
         # acquired; the characteristic's write size is what bounds a write.
-        self._on_event("connected", f"write size {self.max_write} (mtu {self.mtu_size})")
+        self._on_event(LinkEvent.CONNECTED, f"write size {self.max_write} (mtu {self.mtu_size})")
+
+    async def _settle(
+        self, client: BleakClient
+    ) -> tuple[BleakGATTCharacteristic | None, BleakGATTCharacteristic | None, str]:
+        """Wait until NUS is there, at most ``settle_s``. The connect returned once the
+        stack resolved the services (no bleak service cache, see _establish), so what it
+        resolved is looked at at once; if NUS is missing and the stack's client can re-read
+        its services, they are read again while the settle lasts (BlueZ's race: the objects
+        come after ServicesResolved). A fixed settle waits first, whatever the stack shows."""
+        s = self.settings
+        if s.fixed_settle:
+            await asyncio.sleep(s.settle_s)
+            await self.backend.reread_services(client)
+            return _find_nus(client)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + s.settle_s
+        while True:
+            rx, tx, problem = _find_nus(client)
+            remaining = deadline - loop.time()
+            if (rx and tx) or remaining <= 0 or not self.backend.can_reread_services:
+                return rx, tx, problem
+            await asyncio.sleep(min(SETTLE_POLL_S, remaining))
+            if not await self.backend.reread_services(client):
+                return _find_nus(client)
 
     async def _establish(self) -> BleakClient:
         try:
@@ -309,6 +407,10 @@ class NusLink:
                 self.device.name or self.device.address,
                 disconnected_callback=self._on_disconnected,
                 max_attempts=self.settings.connect_attempts,
+                # Without bleak's own service cache its BlueZ backend returns from connect
+                # only once BlueZ reports ServicesResolved, with what BlueZ resolved; with
+                # it, at once, with what an earlier connection saw.
+                use_services_cache=False,
                 **self.backend.client_kwargs(),
             )
         except (TimeoutError, BleakError) as exc:
@@ -357,10 +459,14 @@ class NusLink:
         self.lost.set()
         self._decoder.reset()
         self._queue.put_nowait(_LOST)
-        self._on_event("link-lost", reason)
+        self._on_event(LinkEvent.LINK_LOST, reason)
 
     def _on_notify(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
         for frame in self._decoder.feed(bytes(data)):
+            if frame.type not in _KNOWN_TYPES:
+                # P13: a message type this host does not know (a newer device's) is ignored.
+                log.info("%s: ignoring a message of unknown type 0x%02X", self._who, frame.type)
+                continue
             try:
                 msg = p.parse_message(frame)
             except p.ProtocolError as exc:
@@ -411,6 +517,11 @@ class NusLink:
             raise LinkLost(f"{self._who}: {self.lost_reason}")
         return item  # type: ignore[return-value]
 
+    def no_reply(self, what: str, timeout: float) -> ResponseTimeout:
+        """The error for a reply that never came, naming it (``what``: "MSG_INFO reply to
+        CMD_INFO")."""
+        return ResponseTimeout(f"{self._who}: no {what} within {timeout:g} s")
+
     async def request(
         self, cmd: p.Command, expect: tuple[type, ...], timeout: float = 5.0
     ) -> p.DeviceMessage:
@@ -425,7 +536,8 @@ class NusLink:
             )
         await self.send(cmd)
         accept = (*expect, p.MsgError) if cmd.TYPE in p.REFUSABLE_COMMANDS else expect
-        what = f"{'/'.join(t.TYPE.name for t in expect)} reply to {cmd.TYPE.name}"
+        names = "/".join(p.MsgType(getattr(t, "TYPE", 0)).name for t in expect)
+        what = f"{names} reply to {cmd.TYPE.name}"
         return await self.wait_for(accept, timeout, what)
 
     async def wait_for(
@@ -438,9 +550,12 @@ class NusLink:
         deadline = loop.time() + timeout
         while True:
             remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise ResponseTimeout(f"{self._who}: no {what} within {timeout:g} s")
-            msg = await self.receive(remaining)
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                msg = await self.receive(remaining)
+            except (TimeoutError, ResponseTimeout):
+                raise self.no_reply(what, timeout) from None
             if isinstance(msg, accept):
                 return msg
 
@@ -476,5 +591,5 @@ async def _quiet_disconnect(client: BleakClient) -> None:
     try:
         async with asyncio.timeout(5.0):
             await client.disconnect()
-    except (*LINK_ERRORS, TimeoutError) as exc:
+    except LINK_OR_TIMEOUT_ERRORS as exc:
         log.debug("disconnect: %s", exc)

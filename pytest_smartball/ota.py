@@ -25,13 +25,12 @@ from typing import Any
 from bleak.backends.device import BLEDevice
 
 from . import protocol as p
-from .bluez import BluezUnavailable
 from .image import FirmwareImage, ImageError
 from .link import (
-    LINK_ERRORS,
     BleBackend,
     ConnectFailed,
     DeviceNotFound,
+    ForgetFailed,
     LinkLost,
     LinkSettings,
     NusLink,
@@ -302,9 +301,9 @@ class OtaEngine:
             self.address = sighting.address
         try:
             forgotten = await self.backend.forget_device(self.address)
-        except (BluezUnavailable, TimeoutError, *LINK_ERRORS) as exc:
+        except ForgetFailed as exc:
             # Not fatal: the update can go on with the cache; say why it was kept.
-            self._event("warning", f"could not clear the cache for {self.address}: {exc}")
+            self._event("warning", str(exc))
             return
         self._ble_device = None  # the old BLEDevice refers to what was just removed
         self._event(

@@ -209,6 +209,8 @@ async def test_connect_fail_is_bluez_br_connection_canceled_and_retried(
 
 
 async def test_race_services_resolved_before_nus_is_exported(bluez: EmulatedBluez) -> None:
+    """ServicesResolved=true comes before the NUS objects: the settle reads the services
+    again (bleak's own BlueZ manager) until they are there, on the same connection."""
     bluez.call(bluez.device.set_faults, "race:0.01s")
     events: list[tuple[str, str]] = []
     device = (await find_device(BACKEND, address=ADDRESS, timeout=5)).ble_device
@@ -219,9 +221,28 @@ async def test_race_services_resolved_before_nus_is_exported(bluez: EmulatedBlue
         assert link.max_write == 244
     finally:
         await link.close()
+    assert not [d for k, d in events if k == "services-missing"]
+    assert ("race", "applied") in [(f, t) for f, t, _ in fault_log(bluez)]
+    assert len([c for c in bluez.emulator.calls if c[1] == "Connect"]) == 1
+
+
+async def test_race_without_reading_the_services_again_reconnects(bluez: EmulatedBluez) -> None:
+    """Control for the test above: what the connect resolved lacks NUS, and a client that
+    cannot read again has to connect again."""
+    bluez.call(bluez.device.set_faults, "race:0.01s")
+    events: list[tuple[str, str]] = []
+
+    async def cannot(client: object) -> bool:
+        return False
+
+    backend = BleBackend(adapter="hci0", reread=cannot)
+    device = (await find_device(backend, address=ADDRESS, timeout=5)).ble_device
+    link = await NusLink.open(
+        device, backend, FAST_LINK, on_event=lambda k, d: events.append((k, d))
+    )
+    await link.close()
     missing = [d for k, d in events if k == "services-missing"]
     assert missing and "no Nordic UART Service" in missing[0]
-    assert ("race", "applied") in [(f, t) for f, t, _ in fault_log(bluez)]
 
 
 async def test_stale_cache_is_kept_across_reconnects_until_remove_device(
