@@ -20,7 +20,7 @@ from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import NusLink
 from pytest_smartball.loops import run as run_loop
-from pytest_smartball.ota import FailureKind, OtaEngine, OtaResult
+from pytest_smartball.ota import OtaEngine, OtaResult, Outcome
 from pytest_smartball.strategies import fault_plans, images
 from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.device import SimDevice
@@ -98,13 +98,15 @@ def check_never_bricks(
         assert fw.active.data == image.data, "success reported but the device runs other bytes"
         assert result.info_after is not None
         assert result.info_after.active_image_crc32 == image.crc32
-    else:
-        assert result.failure is not None and result.error
-        # Old image still active, or (when only the confirmation after the reset was lost)
-        # the complete new one: never anything else.
+    elif result.outcome is Outcome.UNCONFIRMED:
+        # The whole image was delivered and the switch asked for: the new image, or the old
+        # one still, never anything else.
+        assert result.failure is None and result.error
         assert fw.active.data in (baseline, image.data), "device runs an image nobody sent"
-        if fw.active.data == image.data:
-            assert result.failure is FailureKind.LINK
+    else:
+        # "Failed" says the device keeps its old image: it must be true.
+        assert result.failure is not None and result.error
+        assert fw.active.data == baseline, "failed, but the device runs the new image"
     if fw.pending_image is not None:
         assert fw.pending_image.data == image.data, "a partial image is marked complete"
     if fw.state == p.OtaState.COMPLETE:

@@ -1,0 +1,110 @@
+"""Which DATA chunk to send next: the transfer's credit, by the protocol's rules (pure).
+
+docs/protocol.md, P6: the window counts chunks, and only MSG_OTA_ACK grants credit. The
+host may have at most ``window`` chunks sent beyond the offset of the last ACK it received;
+READY starts the count at the session's next expected offset. A MSG_OTA_STATUS moves the
+send position to the offset the device expects (a rewind) but grants nothing: the chunks
+below that offset are with the device, maybe not yet written, and still take their place
+in its receive buffer.
+
+Pacing (engine decision E3): a STATUS the host did not ask for is a refusal (a gap, or no
+room in the device's buffer). After one the host's own window halves, down to the device's
+ACK interval (``max(1, window // 2)``, P7; below it the device would never owe an ACK, and
+the transfer would stall until the ACK timeout); each ACK that moves forward widens it by
+one chunk again, up to the device's window. So a device whose buffer is smaller than the
+window it announced gets fewer chunks in flight instead of a storm of rewinds.
+
+Devices that predate P6 send no ACK after a STATUS: when a second STATUS the host asked for
+says the same offset with no ACK in between, the host takes that offset as acknowledged
+(safe: a device without room refuses the chunk and the host rewinds).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+def host_chunk(limit: int) -> int:
+    """Image bytes per DATA chunk within ``limit`` (what one write and READY allow):
+    a multiple of 4 so offsets stay word aligned (P8), at least 4."""
+    return max(4, limit - limit % 4)
+
+
+class CreditWindow:
+    """One transfer's send position and credit. Feed it what the device says; ask it what
+    to send."""
+
+    def __init__(self, size: int, chunk: int, window: int, start: int) -> None:
+        if chunk < 1:
+            raise ValueError(f"chunk of {chunk} bytes")
+        self.size = size
+        self.chunk = chunk
+        self.device_window = max(1, window)
+        self.ack_interval = max(1, self.device_window // 2)
+        #: Chunks the host lets itself have beyond the last ACK (AIMD within the device's).
+        self.window = self.device_window
+        self.acked = start  # every byte below it is in the device's flash
+        self.sent = start  # the next byte to send
+        self._held: deque[int] = deque()  # end offsets of chunks beyond `acked` in the device
+        self._asked_status_offset: int | None = None
+        self._all_received = start >= size
+
+    @property
+    def complete(self) -> bool:
+        """The device has every byte: its ACK said so, or its STATUS (FINISH may follow,
+        P7: the device sends the last ACK before it answers FINISH)."""
+        return self.acked >= self.size or self._all_received
+
+    @property
+    def in_flight(self) -> int:
+        """Bytes sent and not acknowledged."""
+        return max(0, self.sent - self.acked)
+
+    @property
+    def chunks_held(self) -> int:
+        return len(self._held)
+
+    def next_span(self) -> tuple[int, int] | None:
+        """The next chunk to send, if the credit allows one."""
+        if self.sent >= self.size or len(self._held) >= self.window:
+            return None
+        return self.sent, min(self.sent + self.chunk, self.size)
+
+    def sent_span(self, end: int) -> None:
+        self._held.append(end)
+        self.sent = end
+
+    def on_ack(self, offset: int) -> bool:
+        """MSG_OTA_ACK(offset); True when it moved the acknowledged offset forward."""
+        if offset <= self.acked:
+            return False  # stale, or a repeat
+        self.acked = offset
+        self.sent = max(self.sent, offset)
+        while self._held and self._held[0] <= offset:
+            self._held.popleft()
+        if self.window < self.device_window:
+            self.window += 1
+        self._asked_status_offset = None
+        if offset >= self.size:
+            self._all_received = True
+        return True
+
+    def on_status(self, offset: int, *, asked: bool) -> int:
+        """MSG_OTA_STATUS in RECEIVING: the device expects ``offset`` next. Returns how
+        many bytes the send position moved back."""
+        back = max(0, self.sent - offset)
+        if offset < self.acked:
+            # Less than it acknowledged: the device is the only truth about what it holds.
+            self.acked = offset
+        self.sent = offset
+        while self._held and self._held[-1] > offset:
+            self._held.pop()  # beyond what the device received: gone
+        if offset >= self.size:
+            self._all_received = True
+        if not asked:
+            self.window = max(self.ack_interval, self.window // 2)
+        elif self._asked_status_offset == offset and offset > self.acked:
+            self.on_ack(offset)  # a device before P6: no ACK follows a STATUS
+        else:
+            self._asked_status_offset = offset
+        return back
