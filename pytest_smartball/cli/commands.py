@@ -12,12 +12,20 @@ from tqdm import tqdm
 from .. import protocol as p
 from ..image import FirmwareImage
 from ..link import LINK_ERRORS, DeviceNotFound, LinkError, NusLink, find_device, scan
-from ..ota import FailureKind, OtaEngine, OtaSettings
+from ..ota import FailureKind, OtaEngine, OtaSettings, Outcome
 from ..report import info_dict
 from ..targets import Target
 from . import output as out
 from .args import LIST_SCAN_TIMEOUT_S, PROG, Context
-from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, CliError
+from .errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNCONFIRMED,
+    CliError,
+)
 from .targets import open_target
 
 EXIT_FOR_FAILURE: dict[FailureKind, int] = {
@@ -25,6 +33,7 @@ EXIT_FOR_FAILURE: dict[FailureKind, int] = {
     FailureKind.NOT_FOUND: EXIT_NOT_FOUND,
     FailureKind.LINK: EXIT_FAILED,
     FailureKind.REFUSED: EXIT_REFUSED,
+    FailureKind.NO_RESET: EXIT_FAILED,
 }
 
 
@@ -173,8 +182,10 @@ async def cmd_flash(ctx: Context, image: FirmwareImage) -> int:
         raise CliError(code, f"Bluetooth error: {type(exc).__name__}: {exc}") from None
     finally:
         display.close()
-    if result.success:
+    if result.outcome is Outcome.SUCCEEDED:
         code = EXIT_OK
+    elif result.outcome is Outcome.UNCONFIRMED:
+        code = EXIT_UNCONFIRMED
     else:
         code = EXIT_FOR_FAILURE[result.failure] if result.failure else EXIT_FAILED
     if ctx.json:
@@ -202,6 +213,8 @@ async def cmd_flash(ctx: Context, image: FirmwareImage) -> int:
             for event in result.events:
                 print(f"  {event}")
         out.print_summary(ctx, engine, result, image, target)
-    if not result.success:
+    if result.outcome is Outcome.UNCONFIRMED:
+        print(f"{PROG}: update unconfirmed: {result.error}", file=sys.stderr)
+    elif not result.success:
         print(f"{PROG}: update failed: {result.error}", file=sys.stderr)
     return code

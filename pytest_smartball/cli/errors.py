@@ -7,6 +7,7 @@ EXIT_BAD_INPUT = 2
 EXIT_NOT_FOUND = 3
 EXIT_FAILED = 4
 EXIT_REFUSED = 5
+EXIT_UNCONFIRMED = 6
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES = """\
@@ -18,6 +19,8 @@ exit codes:
   4    update failed after retries (reconnects without progress exhausted), or link
        trouble during info/status/abort; the device keeps its old image
   5    the device refused the image or a command (e.g. CRC mismatch)
+  6    unconfirmed: the whole image was delivered and the switch asked for (the device
+       may run the new image), but it could not be seen running it; check with `info`
   130  interrupted (Ctrl-C): the device keeps its old image; run flash again to resume
 """
 
