@@ -10,7 +10,13 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from smartball_sim.device import ConnectRefusal, ConnectRefused, SimDevice, SimLink
+from smartball_sim.device import (
+    ConnectRefusal,
+    ConnectRefused,
+    RadioTimings,
+    SimDevice,
+    SimLink,
+)
 from smartball_sim.faults import (
     EFFECTS,
     PROFILES,
@@ -49,6 +55,9 @@ from pytest_smartball.protocol import MsgType
         ("slow-erase:30s", Fault("slow-erase", seconds=30.0)),
         ("flaky:2%", Fault("flaky", percent=2.0)),
         ("flaky:0.5%", Fault("flaky", percent=0.5)),
+        ("no-reset", Fault("no-reset")),
+        ("flash-fail", Fault("flash-fail", count=1)),
+        ("flash-fail:2", Fault("flash-fail", count=2)),
     ],
 )
 def test_parse_each_effect(spec: str, fault: Fault) -> None:
@@ -69,6 +78,8 @@ def test_every_effect_is_covered() -> None:
         "corrupt",
         "slow-erase",
         "flaky",
+        "no-reset",
+        "flash-fail",
     }
     assert set(EFFECTS) == covered  # a new effect needs a case in test_parse_each_effect
 
@@ -594,3 +605,187 @@ async def test_set_faults_cancels_running_timers_and_slow_erase() -> None:
     await asyncio.sleep(3)
     assert link.alive, "the replaced plan's timer must not fire"
     assert [f for f, _ in fired(device)] == ["slow-erase:30s"]
+
+
+# --- resets leave nothing behind; a command that resets is never seen (issue 10) ------------
+
+
+def _flash_cli(tmp_path, spec: str, *extra: str) -> tuple[int, dict]:
+    """``smartball-ota flash IMG --sim --faults SPEC --json``, in-process."""
+    import contextlib
+    import io
+    import json
+
+    from smartball_sim.make_image import make_image
+
+    from pytest_smartball.cli import main
+
+    image = tmp_path / "demo.bin"
+    image.write_bytes(make_image())
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["flash", str(image), "--sim", "--faults", spec, "--json", *extra])
+    return code, json.loads(out.getvalue())
+
+
+def test_a_reset_fired_from_inside_the_erase_ends_that_erase(tmp_path) -> None:
+    """Regression (issue 10): the reset fired from the erase's own step; that erase went
+    on, sent READY into the new session while the new erase ran, and the new erase wiped
+    the DATA the host streamed: exit 5, CRC_MISMATCH."""
+    code, result = _flash_cli(tmp_path, "slow-erase:30s,reboot@erase:20%")
+    assert code == 0, result["error"]
+    assert result["restarts"] == 1 and result["bytes_resent"] == 0
+
+
+def test_the_start_that_fires_a_reset_opens_no_session(tmp_path) -> None:
+    """Regression (issue 10): the resume START that fired the reset was then handled by the
+    freshly reset device, which opened a session and erased: everything was sent again
+    and the engine counted no restart. The START was never seen: the device is idle, the
+    engine finds that out and restarts (the session was in RAM: it is gone)."""
+    code, result = _flash_cli(tmp_path, "drop@offset:323194,reboot@cmd:CMD_OTA_START#2")
+    assert code == 0, result["error"]
+    assert result["restarts"] == 1
+    assert [line.split()[1:] for line in result["fault_log"]] == [
+        ["drop", "[offset:323194]"],
+        ["reboot", "[cmd:CMD_OTA_START#2]"],
+    ]
+
+
+@pytest.mark.asyncio
+async def test_reboot_on_a_command_discards_it_and_the_frames_behind_it() -> None:
+    device = make_device("reboot@cmd:CMD_OTA_START")
+    peer, link = await connect(device)
+    await device.write(link, p.encode(p.CmdOtaStart(5000, 0x1234, 100)) + p.encode(p.CmdInfo()))
+    await asyncio.sleep(3)
+    assert peer.lost and peer.lost[0][1] == "device reset"
+    assert device.firmware.state == p.OtaState.IDLE
+    assert device.firmware.commands_seen == {}  # neither the START nor the INFO behind it
+    assert device.firmware.flash.erases == 0
+    assert peer.messages == []
+
+
+@pytest.mark.asyncio
+async def test_drop_on_a_command_lets_the_device_handle_it_and_loses_the_reply() -> None:
+    device = make_device("drop@cmd:CMD_OTA_START")
+    peer, link = await connect(device)
+    await device.write(link, p.encode(p.CmdOtaStart(5000, 0x1234, 100)))
+    await asyncio.sleep(1)
+    assert not link.alive and peer.messages == []
+    assert device.firmware.state == p.OtaState.RECEIVING  # it erased and is ready
+    assert device.firmware.commands_seen == {MsgType.CMD_OTA_START: 1}
+
+
+@pytest.mark.asyncio
+async def test_a_boot_timer_from_before_a_second_reset_does_not_end_that_boot() -> None:
+    device = make_device("", radio=RadioTimings(boot_s=2.0))
+    device.reboot()
+    await asyncio.sleep(1.5)
+    device.reboot()  # a second reset while booting: its boot takes its own 2 s
+    await asyncio.sleep(1.0)
+    assert not device.advertising
+    await asyncio.sleep(1.1)
+    assert device.advertising
+
+
+# --- no-reset, flash-fail, erase:N% in progressive mode --------------------------------------
+
+
+async def _update(device: SimDevice, image: bytes, *, flags: int = 0) -> Peer:
+    """A plain host on the device's radio: START, the image at its credit, FINISH."""
+    peer, link = await connect(device)
+    await device.write(link, p.encode(p.CmdOtaStart(len(image), p.crc32(image), 232, flags)))
+
+    def acked() -> int:
+        return max(
+            (m.next_expected_offset for m in peer.messages if isinstance(m, p.MsgOtaAck)),
+            default=0,
+        )
+
+    for _ in range(1000):
+        if any(isinstance(m, p.MsgOtaReady | p.MsgError) for m in peer.messages):
+            break
+        await asyncio.sleep(0.05)
+    for offset in range(0, len(image), 232):
+        for _ in range(1000):
+            if offset < acked() + 16 * 232 or not link.alive:
+                break
+            await asyncio.sleep(0.005)
+        if not link.alive or any(isinstance(m, p.MsgError) for m in peer.messages):
+            return peer
+        await device.write(link, p.encode(p.CmdOtaData(offset, image[offset : offset + 232])))
+    for _ in range(1000):
+        if acked() == len(image) or not link.alive:
+            break
+        await asyncio.sleep(0.005)
+    if link.alive:
+        await device.write(link, p.encode(p.CmdOtaFinish()))
+    await asyncio.sleep(1)
+    return peer
+
+
+@pytest.mark.asyncio
+async def test_no_reset_answers_done_and_never_resets() -> None:
+    image = bytes(range(256)) * 40
+    device = make_device("no-reset")
+    peer = await _update(device, image)
+    assert p.MsgOtaDone(p.crc32(image)) in peer.messages
+    await asyncio.sleep(60)
+    assert peer.lost == [] and device.link is not None  # the link stays up, no reset
+    assert device.firmware.state == p.OtaState.COMPLETE
+    assert device.firmware.active.data == IMAGE  # still the old image
+    assert applied(device) == [
+        ("no-reset", "DONE sent; the device stays in COMPLETE on its old image")
+    ]
+    device.reboot()  # something else resets it: the bootloader switches after all
+    assert device.firmware.active.data == image
+
+
+@pytest.mark.asyncio
+async def test_one_flash_failure_is_retried_two_are_a_flash_error() -> None:
+    image = bytes(range(256)) * 40
+    device = make_device("flash-fail@offset:3000")
+    await _update(device, image)
+    await asyncio.sleep(3)
+    assert device.firmware.active.data == image  # the retry worked
+    device = make_device("flash-fail:2@offset:3000")
+    peer = await _update(device, image)
+    errors = [(e.code, e.command) for e in peer.messages if isinstance(e, p.MsgError)]
+    assert errors[0] == (p.ErrorCode.FLASH_ERROR, p.MsgType.CMD_OTA_DATA)
+    # the DATA still in flight then finds no session
+    assert set(errors[1:]) <= {(p.ErrorCode.BAD_STATE, p.MsgType.CMD_OTA_DATA)}
+    assert device.firmware.state == p.OtaState.ERROR
+    assert device.firmware.active.data == IMAGE
+    assert fired(device) == [("flash-fail:2", "offset:3000")]
+
+
+@pytest.mark.asyncio
+async def test_set_faults_disarms_flash_failures() -> None:
+    device = make_device("flash-fail:5")
+    assert device.firmware.flash.fail_next == 5
+    device.set_faults("")
+    assert device.firmware.flash.fail_next == 0
+
+
+@pytest.mark.asyncio
+async def test_erase_percent_in_a_progressive_erase_counts_pages_erased_during_the_transfer() -> (
+    None
+):
+    image = bytes(range(256)) * 64  # 16384 bytes: 4 pages
+    device = make_device("drop@erase:50%", progressive_erase=True)
+    peer = await _update(device, image, flags=p.StartFlag.PROGRESSIVE_ERASE)
+    assert isinstance(peer.messages[0], p.MsgOtaReady)  # at once: no erase first
+    assert not any(isinstance(m, p.MsgOtaProgress) for m in peer.messages)
+    (record,) = device.fault_log
+    assert (record.fault, record.trigger) == ("drop", "erase:50%")
+    # it fired when the second of four pages was erased, during the transfer: the link
+    # dropped there, so the chunks for pages 2 and 3 never came and nothing erased them
+    assert device.firmware.flash.erases == 2
+    assert 4096 < device.firmware.status().next_expected_offset <= 8192
+
+
+@pytest.mark.asyncio
+async def test_slow_erase_does_not_slow_a_progressive_erase() -> None:
+    image = bytes(range(256)) * 16  # one page
+    device = make_device("slow-erase:30s", progressive_erase=True)
+    peer = await _update(device, image, flags=p.StartFlag.PROGRESSIVE_ERASE)
+    assert p.MsgOtaDone(p.crc32(image)) in peer.messages
