@@ -29,7 +29,7 @@ from pytest_smartball.strategies import fault_plans, images
 
 pytestmark = pytest.mark.sim_only
 
-CHUNK, WINDOW = 234, 16
+CHUNK, WINDOW = 232, 16
 #: The many-plans property uses small images so thousands of updates fit in CI time;
 #: the second property covers the whole size range with fewer examples.
 SMALL_IMAGE_MAX = 12 * 1024

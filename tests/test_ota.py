@@ -21,7 +21,7 @@ from pytest_smartball.ota import FailureKind, OtaEngine, OtaResult, OtaSettings,
 pytestmark = [pytest.mark.asyncio, pytest.mark.sim_only]
 
 FIELD_IMAGE = FirmwareImage(random.Random(323194).randbytes(323_194), "field-323194.bin")
-CHUNK = 234  # MTU 247: 244-byte writes minus 10 bytes of DATA framing
+CHUNK = 232  # MTU 247: 244-byte writes minus 10 bytes of DATA framing, in whole words
 WINDOW = 16
 
 
