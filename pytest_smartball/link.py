@@ -126,7 +126,7 @@ class LinkSettings:
     #: Pause after connecting before the first GATT operation (BlueZ services race).
     settle_s: float = 1.5
     #: Attempts per connect that establish_connection makes (it retries transient errors
-    #: up to 9 times on its own, see bleak-backend.md).
+    #: up to 9 times on its own: bleak_retry_connector.MAX_TRANSIENT_ERRORS).
     connect_attempts: int = 3
     #: Connects that came up without NUS before giving up (race / stale cache).
     services_attempts: int = 3

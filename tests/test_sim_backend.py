@@ -1,6 +1,6 @@
 """The simulator's bleak backends, driven through bleak's own front-end and retry connector.
 
-What they must imitate of bleak's BlueZ backend is in shared/notes/bleak-backend.md; the
+What they imitate of bleak's BlueZ backend is listed in sim/smartball_sim/bleak_backend.py; the
 field's failure (a write after a drop raising "Service Discovery has not been performed
 yet") is reproduced here on purpose. All waiting is on looptime's virtual clock.
 """

@@ -9,7 +9,8 @@
 On entry it
 
 * starts ``dbus-daemon --nofork`` with a permissive config on a socket in a temporary
-  directory (pitfall 1 of ``shared/notes/bluez-emulator.md``: ``--print-address=1``);
+  directory (``--print-address=1``, with its value: without one, the option's optional
+  value swallows whatever option follows it);
 * runs :class:`~smartball_sim.bluez.emulator.BluezEmulator` on an event loop of its own, in a daemon
   thread of this process, on its own bus connection (bleak's loops, one per test, come and
   go; the emulator's stays);
