@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from typing import Any
 
 import pytest
@@ -489,10 +488,8 @@ def test_probe_without_a_system_bus_is_one_sentence(
     monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path / 'no-bus'}")
-    start = time.perf_counter()
     with pytest.raises(BluezUnavailable) as exc:
         asyncio.run(bluez.probe_adapter("hci0"))
-    assert time.perf_counter() - start < 5
     one_sentence(str(exc.value))
     assert f"unix:path={tmp_path / 'no-bus'}" in str(exc.value)
     assert "install bluez and start bluetoothd" in str(exc.value)
