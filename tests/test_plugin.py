@@ -352,9 +352,9 @@ async def test_fails_on_purpose(ota):
 def junit_cases(path) -> dict[str, dict]:
     import xml.etree.ElementTree as ET
 
-    cases = {}
+    cases: dict[str, dict] = {}
     for case in ET.parse(path).getroot().iter("testcase"):
-        cases[case.get("name")] = {
+        cases[case.get("name") or ""] = {
             "properties": {p.get("name"): p.get("value") for p in case.iter("property")},
             "system-out": "\n".join(s.text or "" for s in case.iter("system-out")),
             "failure": "\n".join(f.text or "" for f in case.iter("failure")),
@@ -414,7 +414,7 @@ def check_recorded_run(inner: pytest.Pytester) -> dict:
     assert report["firmware"]["candidate"]["size"] == GENERATED_SIZE
     crc = report["firmware"]["candidate"]["crc32"]
     assert report["updates_total"] == 4 and report["updates_failed"] == 1
-    by_test = {}
+    by_test: dict[str, list[dict]] = {}
     for update in report["updates"]:
         by_test.setdefault(update["test"].rsplit("::", 1)[1], []).append(update)
     assert [u["success"] for u in by_test["test_two_updates"]] == [True, False]

@@ -277,7 +277,8 @@ def test_devices_for_xdist_workers(
 
 class StubBluez:
     def __init__(self, adapter: AdapterInfo | BluezUnavailable, version=(5, 66)) -> None:
-        self.adapter, self.version, self.asked = adapter, version, []
+        self.adapter, self.version = adapter, version
+        self.asked: list[str] = []
 
     async def probe_adapter(self, adapter: str) -> AdapterInfo:
         self.asked.append(adapter)

@@ -90,11 +90,7 @@ def leftover_daemons() -> list[int]:
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if (
-            cmdline
-            and cmdline[0].endswith(b"dbus-daemon")
-            and tag in b" ".join(cmdline)
-        ):
+        if cmdline and cmdline[0].endswith(b"dbus-daemon") and tag in b" ".join(cmdline):
             found.append(int(proc.name))
     return found
 
