@@ -23,6 +23,7 @@ from hypothesis.stateful import (
     initialize,
     invariant,
     rule,
+    run_state_machine_as_test,
 )
 
 from pytest_smartball import protocol as p
@@ -399,4 +400,4 @@ def test_command_sequences_through_the_link_keep_the_device_safe(smartball: obje
             finally:
                 self.d.close()
 
-    OverTheLink.TestCase().runTest()
+    run_state_machine_as_test(OverTheLink)
