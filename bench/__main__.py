@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_smartball.image import FirmwareImage
+from pytest_smartball.loops import run as run_loop
+from pytest_smartball.ota import OtaEngine, OtaResult
+from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.device import RadioTimings
 from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY
 from smartball_sim.make_image import FIELD_IMAGE_SIZE, make_image
 from smartball_sim.radio import PROFILES
 from smartball_sim.timing import lower_bound
-
-from pytest_smartball.image import FirmwareImage
-from pytest_smartball.ota import OtaEngine, OtaResult
-from pytest_smartball.simulated import make_sim_target, run_virtual
 
 #: 64 KiB, the field image, and the largest image the 480 KiB staging area takes (a 1 MB
 #: image does not fit the nRF52840's staging bank, so the largest is the bank itself).
@@ -78,8 +78,8 @@ def run_update(
 ) -> tuple[OtaResult, Any]:
     radio = RadioTimings(link=PROFILES[profile])
     target = make_sim_target(faults=faults, seed=seed, radio=radio, window=window)
-    engine = OtaEngine(image, target.backend, address=target.device.address)
-    return run_virtual(engine.run()), target.device
+    engine = OtaEngine(image, target.backend, address=target.address)
+    return run_loop(virtual=True, coro=engine.run()), target.sim
 
 
 def measure(profile: str, size: int, wall_repeats: int) -> Row:

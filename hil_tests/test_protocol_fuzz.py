@@ -23,14 +23,15 @@ from hypothesis.stateful import (
     initialize,
     invariant,
     rule,
+    run_state_machine_as_test,
 )
-from smartball_sim.firmware import PAGE_SIZE, FlashTimings, SmartBallFirmware
-from smartball_sim.make_image import make_image
 
 from pytest_smartball import protocol as p
 from pytest_smartball.link import BleBackend, LinkSettings, NusLink, find_device
-from pytest_smartball.simulated import virtual_event_loop
+from pytest_smartball.loops import virtual_event_loop
 from pytest_smartball.strategies import command_frames
+from smartball_sim.firmware import PAGE_SIZE, FlashTimings, SmartBallFirmware
+from smartball_sim.make_image import make_image
 
 IMAGES = {"A": make_image(3_000, 1), "B": make_image(9_000, 2), "C": make_image(1, 3)}
 BASELINE = make_image(5_000, 99)
@@ -325,8 +326,8 @@ class LinkDriver:
 
     async def _open(self, backend: BleBackend) -> NusLink:
         t = self.target
-        device = await find_device(backend, name=t.name, address=t.address)  # type: ignore[attr-defined]
-        return await NusLink.open(device, backend, LinkSettings(settle_s=0.5))
+        sighting = await find_device(backend, name=t.name, address=t.address, timeout=10)  # type: ignore[attr-defined]
+        return await NusLink.open(sighting.ble_device, backend, LinkSettings(settle_s=0.5))
 
     def reconnect_if_lost(self) -> None:
         """A verified image makes the device reset: connect again, as a host would."""
@@ -410,4 +411,4 @@ def test_command_sequences_through_the_link_keep_the_device_safe(smartball: obje
             finally:
                 self.d.close()
 
-    OverTheLink.TestCase().runTest()
+    run_state_machine_as_test(OverTheLink)

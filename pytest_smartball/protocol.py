@@ -50,6 +50,8 @@ NUS_SERVICE_UUID = "6e400001-b5a3-f393-e0a9-e50e24dcca9e"
 NUS_RX_UUID = "6e400002-b5a3-f393-e0a9-e50e24dcca9e"
 #: Device -> host, notify.
 NUS_TX_UUID = "6e400003-b5a3-f393-e0a9-e50e24dcca9e"
+#: The name a SmartBall advertises unless configured otherwise.
+DEFAULT_NAME = "SmartBall"
 
 _CRC = struct.Struct("<H")
 _IDLE_US = round(DECODER_IDLE_S * 1_000_000)
@@ -228,6 +230,10 @@ class MsgInfo:
     @property
     def firmware_version(self) -> str:
         return f"{self.fw_major}.{self.fw_minor}.{self.fw_patch}"
+
+    def runs(self, image_size: int, image_crc32: int) -> bool:
+        """Whether the device that answered runs exactly this image (size and CRC-32)."""
+        return (self.active_image_size, self.active_image_crc32) == (image_size, image_crc32)
 
 
 @dataclass(frozen=True, slots=True)

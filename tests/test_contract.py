@@ -23,13 +23,13 @@ from typing import Any
 
 import looptime
 import pytest
+
+from pytest_smartball import contract
+from pytest_smartball import protocol as p
 from smartball_sim import contract_vectors
 from smartball_sim.device import SimDevice
 from smartball_sim.firmware import FirmwareEvent, FirmwareEventKind, FlashTimings, SmartBallFirmware
 from smartball_sim.make_image import make_image
-
-from pytest_smartball import contract
-from pytest_smartball import protocol as p
 
 DOC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
 TABLE = contract.command_state_table()
@@ -447,6 +447,7 @@ def _timing_cases() -> list[tuple[str, int, bool, FlashTimings]]:
 
 
 @pytest.mark.asyncio
+@pytest.mark.looptime
 @pytest.mark.parametrize(
     ("size", "progressive", "timings"),
     [c[1:] for c in _timing_cases()],
@@ -528,6 +529,7 @@ class _Peer:
 
 
 @pytest.mark.asyncio
+@pytest.mark.looptime
 @pytest.mark.parametrize("size", [4096, 480 * 1024])
 async def test_activation_ends_the_link_and_advertises_within_the_obligations(size: int) -> None:
     """Through the simulated radio: DONE on air -> the device ends the link within

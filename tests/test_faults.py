@@ -10,13 +10,10 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from smartball_sim.device import (
-    ConnectRefusal,
-    ConnectRefused,
-    RadioTimings,
-    SimDevice,
-    SimLink,
-)
+
+from pytest_smartball import protocol as p
+from pytest_smartball.protocol import MsgType
+from smartball_sim.device import ConnectRefusal, ConnectRefused, RadioTimings, SimDevice, SimLink
 from smartball_sim.faults import (
     EFFECTS,
     PROFILES,
@@ -27,8 +24,8 @@ from smartball_sim.faults import (
     Trigger,
 )
 
-from pytest_smartball import protocol as p
-from pytest_smartball.protocol import MsgType
+# Virtual time: simulated seconds cost no wall time, and timings are exact.
+pytestmark = pytest.mark.looptime
 
 # --- parsing: every effect and every trigger -----------------------------------------------
 
@@ -616,9 +613,8 @@ def _flash_cli(tmp_path, spec: str, *extra: str) -> tuple[int, dict]:
     import io
     import json
 
-    from smartball_sim.make_image import make_image
-
     from pytest_smartball.cli import main
+    from smartball_sim.make_image import make_image
 
     image = tmp_path / "demo.bin"
     image.write_bytes(make_image())

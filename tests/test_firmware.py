@@ -16,14 +16,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from smartball_sim.firmware import (
-    PAGE_SIZE,
-    FirmwareEvent,
-    FirmwareEventKind,
-    FlashTimings,
-    SmartBallFirmware,
-)
-from smartball_sim.make_image import make_image
 
 from pytest_smartball import protocol as p
 from pytest_smartball.protocol import (
@@ -43,8 +35,17 @@ from pytest_smartball.protocol import (
     MsgOtaStatus,
     OtaState,
 )
+from smartball_sim.firmware import (
+    PAGE_SIZE,
+    FirmwareEvent,
+    FirmwareEventKind,
+    FlashTimings,
+    SmartBallFirmware,
+)
+from smartball_sim.make_image import make_image
 
-pytestmark = pytest.mark.asyncio
+# Virtual time: a 40 s erase costs milliseconds, and timings are exact.
+pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
 
 OLD_IMAGE = bytes(range(256)) * 12  # 3072 bytes, the image the device runs
 VERSION = (1, 4, 2)

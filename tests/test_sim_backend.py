@@ -1,6 +1,6 @@
 """The simulator's bleak backends, driven through bleak's own front-end and retry connector.
 
-What they must imitate of bleak's BlueZ backend is in shared/notes/bleak-backend.md; the
+What they imitate of bleak's BlueZ backend is listed in sim/smartball_sim/bleak_backend.py; the
 field's failure (a write after a drop raising "Service Discovery has not been performed
 yet") is reproduced here on purpose. All waiting is on looptime's virtual clock.
 """
@@ -15,12 +15,13 @@ from bleak import BleakClient, BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
 from bleak_retry_connector import establish_connection
+
+from pytest_smartball import protocol as p
 from smartball_sim.bleak_backend import SimDetails, SimWorld
 from smartball_sim.device import RadioTimings, SimDevice
 
-from pytest_smartball import protocol as p
-
-pytestmark = pytest.mark.asyncio
+# Virtual time: a 40 s erase costs milliseconds, and timings are exact.
+pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
 
 ADDRESS = "C0:FF:EE:00:00:01"
 SERVICE_DISCOVERY = re.escape("Service Discovery has not been performed yet")

@@ -124,7 +124,7 @@ class SimDevice:
 
     def __init__(
         self,
-        name: str = "SmartBall",
+        name: str = p.DEFAULT_NAME,
         address: str = DEFAULT_ADDRESS,
         *,
         active_image: bytes | None = None,
