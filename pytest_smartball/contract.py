@@ -257,7 +257,7 @@ def vectors(name: str) -> dict[str, Any]:
     """One vector file (``codec.json``, ``decoder.json`` or ``device.json``), as JSON."""
     if name not in VECTOR_FILES:
         raise KeyError(f"no vector file {name!r} (one of {', '.join(VECTOR_FILES)})")
-    return _read(f"vectors/{name}")  # type: ignore[no-any-return]
+    return _read(f"vectors/{name}")
 
 
 def vector_text(name: str) -> str:

@@ -413,9 +413,9 @@ def parse_message(frame: Frame) -> Message:
         return CmdOtaData(head[0], bytes(tail))
     if len(payload) < fixed.size:  # an older peer: the optional fields take their defaults
         present = struct.Struct("<" + _present_layout(cls.LAYOUT, len(payload)))
-        return cls(*present.unpack_from(payload))  # type: ignore[no-any-return]
+        return cls(*present.unpack_from(payload))
     # Bytes beyond the fields this codec knows are a newer peer's additions: ignored.
-    return cls(*fixed.unpack_from(payload))  # type: ignore[no-any-return]
+    return cls(*fixed.unpack_from(payload))
 
 
 def _present_layout(layout: str, size: int) -> str:

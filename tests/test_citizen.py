@@ -211,7 +211,8 @@ def imports_of(module: str, *, top_level_only: bool) -> set[str]:
     package, *rest = module.split(".")
     root = PACKAGES[package]
     path = root.joinpath(*rest)
-    is_package = path.is_dir()
+    # (pytest_smartball/contract/ is the data of the module contract.py, not a package)
+    is_package = (path / "__init__.py").exists()
     source = (path / "__init__.py") if is_package else path.with_suffix(".py")
     tree = ast.parse(source.read_text(encoding="utf-8"))
     base = module if is_package else module.rpartition(".")[0]

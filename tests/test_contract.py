@@ -37,7 +37,7 @@ TIMING = contract.timing()
 
 
 def _vectors(name: str) -> list[dict[str, Any]]:
-    return contract.vectors(name)["vectors"]  # type: ignore[no-any-return]
+    return contract.vectors(name)["vectors"]
 
 
 # --- the files are current ------------------------------------------------------------------
@@ -62,7 +62,7 @@ def _message(type_name: str, fields: dict[str, Any]) -> p.Message:
     values = dict(fields)
     if cls is p.CmdOtaData:
         values["data"] = bytes.fromhex(values["data"])
-    return cls(**values)  # type: ignore[no-any-return]
+    return cls(**values)
 
 
 @pytest.mark.parametrize("vector", _vectors("codec.json"), ids=lambda v: v["name"])
@@ -148,7 +148,7 @@ class Replay:
         loop = looptime.new_event_loop(start=0, noop_cycles=8)
         decoder = p.FrameDecoder()
         out: list[dict[str, Any]] = []
-        handled: list[dict[str, str]] = []
+        handled: list[dict[str, Any]] = []
         active = _active_image(config)
 
         def sent(frame: bytes) -> None:
@@ -170,7 +170,7 @@ class Replay:
 
         fw = SmartBallFirmware(
             active_image=active,
-            version=tuple(config["active_image"]["version"]),  # type: ignore[arg-type]
+            version=tuple(config["active_image"]["version"]),
             staging_capacity=config["staging_capacity"],
             window=config["window"],
             progressive_erase=config["progressive_erase"],

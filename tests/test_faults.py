@@ -18,10 +18,12 @@ from smartball_sim.faults import (
     EFFECTS,
     PROFILES,
     TRIGGERS,
+    Effect,
     Fault,
     FaultPlan,
     FaultSpecError,
     Trigger,
+    TriggerKind,
 )
 
 # Virtual time: simulated seconds cost no wall time, and timings are exact.
@@ -33,28 +35,28 @@ pytestmark = pytest.mark.looptime
 @pytest.mark.parametrize(
     ("spec", "fault"),
     [
-        ("drop", Fault("drop")),
-        ("reboot", Fault("reboot")),
-        ("adv-pause:20s", Fault("adv-pause", seconds=20.0)),
-        ("adv-pause:1.5", Fault("adv-pause", seconds=1.5)),  # seconds by default
-        ("adv-pause:300ms", Fault("adv-pause", seconds=0.3)),
-        ("race:1.5s", Fault("race", seconds=1.5)),
-        ("stale-cache", Fault("stale-cache")),
-        ("lose", Fault("lose", count=1)),
-        ("lose:3", Fault("lose", count=3)),
-        ("lose:MSG_OTA_READY", Fault("lose", msg_type=MsgType.MSG_OTA_READY)),
-        ("lose:msg_ota_ack", Fault("lose", msg_type=MsgType.MSG_OTA_ACK)),
-        ("write-drop", Fault("write-drop")),
-        ("write-drop:2", Fault("write-drop", count=2)),
-        ("connect-fail:3", Fault("connect-fail", count=3)),
-        ("connect-timeout", Fault("connect-timeout")),
-        ("corrupt:4", Fault("corrupt", count=4)),
-        ("slow-erase:30s", Fault("slow-erase", seconds=30.0)),
-        ("flaky:2%", Fault("flaky", percent=2.0)),
-        ("flaky:0.5%", Fault("flaky", percent=0.5)),
-        ("no-reset", Fault("no-reset")),
-        ("flash-fail", Fault("flash-fail", count=1)),
-        ("flash-fail:2", Fault("flash-fail", count=2)),
+        ("drop", Fault(Effect.DROP)),
+        ("reboot", Fault(Effect.REBOOT)),
+        ("adv-pause:20s", Fault(Effect.ADV_PAUSE, seconds=20.0)),
+        ("adv-pause:1.5", Fault(Effect.ADV_PAUSE, seconds=1.5)),  # seconds by default
+        ("adv-pause:300ms", Fault(Effect.ADV_PAUSE, seconds=0.3)),
+        ("race:1.5s", Fault(Effect.RACE, seconds=1.5)),
+        ("stale-cache", Fault(Effect.STALE_CACHE)),
+        ("lose", Fault(Effect.LOSE, count=1)),
+        ("lose:3", Fault(Effect.LOSE, count=3)),
+        ("lose:MSG_OTA_READY", Fault(Effect.LOSE, msg_type=MsgType.MSG_OTA_READY)),
+        ("lose:msg_ota_ack", Fault(Effect.LOSE, msg_type=MsgType.MSG_OTA_ACK)),
+        ("write-drop", Fault(Effect.WRITE_DROP)),
+        ("write-drop:2", Fault(Effect.WRITE_DROP, count=2)),
+        ("connect-fail:3", Fault(Effect.CONNECT_FAIL, count=3)),
+        ("connect-timeout", Fault(Effect.CONNECT_TIMEOUT)),
+        ("corrupt:4", Fault(Effect.CORRUPT, count=4)),
+        ("slow-erase:30s", Fault(Effect.SLOW_ERASE, seconds=30.0)),
+        ("flaky:2%", Fault(Effect.FLAKY, percent=2.0)),
+        ("flaky:0.5%", Fault(Effect.FLAKY, percent=0.5)),
+        ("no-reset", Fault(Effect.NO_RESET)),
+        ("flash-fail", Fault(Effect.FLASH_FAIL, count=1)),
+        ("flash-fail:2", Fault(Effect.FLASH_FAIL, count=2)),
     ],
 )
 def test_parse_each_effect(spec: str, fault: Fault) -> None:
@@ -84,22 +86,22 @@ def test_every_effect_is_covered() -> None:
 @pytest.mark.parametrize(
     ("text", "trigger"),
     [
-        ("erase:50%", Trigger("erase", 50)),
-        ("erase:0%", Trigger("erase", 0)),
-        ("erase:100%", Trigger("erase", 100)),
-        ("erase:12.5", Trigger("erase", 12.5)),
-        ("offset:200000", Trigger("offset", 200000)),
-        ("offset:0", Trigger("offset", 0)),
-        ("cmd:CMD_OTA_DATA#3", Trigger("cmd", 3, MsgType.CMD_OTA_DATA)),
-        ("cmd:cmd_ota_finish", Trigger("cmd", 1, MsgType.CMD_OTA_FINISH)),
-        ("t:2s", Trigger("t", 2.0)),
-        ("t:250ms", Trigger("t", 0.25)),
-        ("connect:2", Trigger("connect", 2)),
+        ("erase:50%", Trigger(TriggerKind.ERASE, 50)),
+        ("erase:0%", Trigger(TriggerKind.ERASE, 0)),
+        ("erase:100%", Trigger(TriggerKind.ERASE, 100)),
+        ("erase:12.5", Trigger(TriggerKind.ERASE, 12.5)),
+        ("offset:200000", Trigger(TriggerKind.OFFSET, 200000)),
+        ("offset:0", Trigger(TriggerKind.OFFSET, 0)),
+        ("cmd:CMD_OTA_DATA#3", Trigger(TriggerKind.CMD, 3, MsgType.CMD_OTA_DATA)),
+        ("cmd:cmd_ota_finish", Trigger(TriggerKind.CMD, 1, MsgType.CMD_OTA_FINISH)),
+        ("t:2s", Trigger(TriggerKind.T, 2.0)),
+        ("t:250ms", Trigger(TriggerKind.T, 0.25)),
+        ("connect:2", Trigger(TriggerKind.CONNECT, 2)),
     ],
 )
 def test_parse_each_trigger(text: str, trigger: Trigger) -> None:
     (fault,) = FaultPlan.parse(f"drop@{text}").faults
-    assert fault == Fault("drop", trigger)
+    assert fault == Fault(Effect.DROP, trigger)
 
 
 def test_every_trigger_is_covered() -> None:
@@ -117,7 +119,10 @@ def test_empty_specs_are_empty_plans() -> None:
 def test_plan_addition_and_truth() -> None:
     a, b = FaultPlan.parse("drop"), FaultPlan.parse("reboot@offset:5")
     assert a and b
-    assert (a + b).faults == (Fault("drop"), Fault("reboot", Trigger("offset", 5)))
+    assert (a + b).faults == (
+        Fault(Effect.DROP),
+        Fault(Effect.REBOOT, Trigger(TriggerKind.OFFSET, 5)),
+    )
 
 
 # --- canonical text ---------------------------------------------------------------------------
@@ -165,14 +170,16 @@ def test_profiles_expand() -> None:
         "drop",
         "adv-pause",
     ]
-    assert plan.faults[0] == Fault("slow-erase", seconds=30.0)
-    assert plan.faults[2] == Fault("race", Trigger("connect", 2), seconds=1.5)
-    assert plan.faults[5] == Fault("adv-pause", Trigger("offset", 247354), seconds=20.0)
+    assert plan.faults[0] == Fault(Effect.SLOW_ERASE, seconds=30.0)
+    assert plan.faults[2] == Fault(Effect.RACE, Trigger(TriggerKind.CONNECT, 2), seconds=1.5)
+    assert plan.faults[5] == Fault(
+        Effect.ADV_PAUSE, Trigger(TriggerKind.OFFSET, 247354), seconds=20.0
+    )
     mixed = FaultPlan.parse("lose:2,drop-in-erase,reboot-in-transfer")
     assert mixed.faults == (
-        Fault("lose", count=2),
-        Fault("drop", Trigger("erase", 50)),
-        Fault("reboot", Trigger("offset", 100000)),
+        Fault(Effect.LOSE, count=2),
+        Fault(Effect.DROP, Trigger(TriggerKind.ERASE, 50)),
+        Fault(Effect.REBOOT, Trigger(TriggerKind.OFFSET, 100000)),
     )
     for name, spec in PROFILES.items():
         assert FaultPlan.parse(name) == FaultPlan.parse(spec)
@@ -189,15 +196,19 @@ _device_types = st.sampled_from([t for t in MsgType if t not in p.COMMAND_TYPES]
 def _trigger(kind: str) -> st.SearchStrategy[Trigger]:
     match kind:
         case "erase":
-            return st.floats(min_value=0, max_value=100).map(lambda v: Trigger("erase", v))
+            return st.floats(min_value=0, max_value=100).map(
+                lambda v: Trigger(TriggerKind.ERASE, v)
+            )
         case "offset":
-            return st.integers(min_value=0, max_value=2**32).map(lambda v: Trigger("offset", v))
+            return st.integers(min_value=0, max_value=2**32).map(
+                lambda v: Trigger(TriggerKind.OFFSET, v)
+            )
         case "cmd":
-            return st.builds(lambda n, t: Trigger("cmd", n, t), _count, _command_types)
+            return st.builds(lambda n, t: Trigger(TriggerKind.CMD, n, t), _count, _command_types)
         case "t":
-            return _seconds.map(lambda v: Trigger("t", v))
+            return _seconds.map(lambda v: Trigger(TriggerKind.T, v))
         case "connect":
-            return _count.map(lambda v: Trigger("connect", v))
+            return _count.map(lambda v: Trigger(TriggerKind.CONNECT, v))
     raise AssertionError(kind)
 
 

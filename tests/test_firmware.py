@@ -212,7 +212,9 @@ async def test_erase_reports_progress_page_by_page_then_ready() -> None:
     assert h.fw.state == OtaState.ERASING
     await asyncio.sleep(PAGE_S * NEW_PAGES + 1)
     total = NEW_PAGES * PAGE_SIZE
-    expected = [MsgOtaProgress(1, PAGE_SIZE * (i + 1), total) for i in range(NEW_PAGES)]
+    expected: list[p.Message] = [
+        MsgOtaProgress(1, PAGE_SIZE * (i + 1), total) for i in range(NEW_PAGES)
+    ]
     expected.append(MsgOtaReady(max_chunk=232, window=16))
     assert [m for _, m in h.log] == expected
     times = [t - t0 for t, _ in h.log]
@@ -1117,7 +1119,8 @@ async def test_a_zero_latency_host_at_full_credit_never_finds_the_buffer_full() 
     image = make_image(323_194, 3)
     decoder = p.FrameDecoder()
     done = asyncio.Event()
-    state = {"next": 0, "acked": 0, "rewinds": 0, "frozen_at": -1.0, "same_instant": 0}
+    state = {"next": 0, "acked": 0, "rewinds": 0, "same_instant": 0}
+    frozen_at = [-1.0]
 
     def on_frame(frame: bytes) -> None:
         for f in decoder.feed(frame):
@@ -1142,8 +1145,8 @@ async def test_a_zero_latency_host_at_full_credit_never_finds_the_buffer_full() 
         elif isinstance(msg, MsgOtaStatus) and msg.state == OtaState.RECEIVING:
             state["rewinds"] += 1
             now = loop.time()
-            state["same_instant"] = state["same_instant"] + 1 if now == state["frozen_at"] else 0
-            state["frozen_at"] = now
+            state["same_instant"] = state["same_instant"] + 1 if now == frozen_at[0] else 0
+            frozen_at[0] = now
             if state["same_instant"] > 50:  # the livelock: give up instead of spinning
                 done.set()
                 return

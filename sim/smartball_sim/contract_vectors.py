@@ -50,7 +50,7 @@ VECTOR_DIR = Path(contract.__file__).parent / "contract" / "vectors"
 
 
 def _fields(msg: p.Message) -> dict[str, Any]:
-    out = asdict(msg)  # type: ignore[call-overload]
+    out = asdict(msg)
     if isinstance(msg, p.CmdOtaData):
         out["data"] = msg.data.hex(" ")
     return {k: v for k, v in out.items()}

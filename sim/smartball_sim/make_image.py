@@ -52,10 +52,9 @@ def image_version(data: bytes) -> tuple[int, int, int]:
 
 def _version(text: str) -> tuple[int, int, int]:
     m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", text, re.ASCII)
-    parts = tuple(int(g) for g in m.groups()) if m else ()
-    if len(parts) != 3 or any(part > 255 for part in parts):
+    if m is None or any(int(g) > 255 for g in m.groups()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a version X.Y.Z with parts 0..255")
-    return parts  # type: ignore[return-value]
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from pytest_smartball import protocol as p
 
-from .faults import EFFECTS, Effect, Fault, FaultPlan, Trigger
+from .faults import EFFECTS, ArgKind, Effect, Fault, FaultPlan, Trigger, TriggerKind
 from .firmware import DEFAULT_STAGING_CAPACITY, PAGE_SIZE
 from .make_image import make_image
 
@@ -73,30 +73,32 @@ def image_specs(max_size: int = DEFAULT_STAGING_CAPACITY) -> st.SearchStrategy[I
 def triggers(image_size: int = DEFAULT_STAGING_CAPACITY) -> st.SearchStrategy[Trigger]:
     return st.one_of(
         st.just(Trigger()),
-        st.builds(lambda v: Trigger("erase", v), st.integers(0, 100)),
-        st.builds(lambda v: Trigger("offset", v), st.integers(0, max(0, image_size))),
+        st.builds(lambda v: Trigger(TriggerKind.ERASE, v), st.integers(0, 100)),
+        st.builds(lambda v: Trigger(TriggerKind.OFFSET, v), st.integers(0, max(0, image_size))),
         st.builds(
-            lambda t, n: Trigger("cmd", n, t), st.sampled_from(_COMMAND_TYPES), st.integers(1, 20)
+            lambda t, n: Trigger(TriggerKind.CMD, n, t),
+            st.sampled_from(_COMMAND_TYPES),
+            st.integers(1, 20),
         ),
-        st.builds(lambda v: Trigger("t", v), st.sampled_from([0.5, 1, 2, 5, 10, 30])),
-        st.builds(lambda v: Trigger("connect", v), st.integers(1, 4)),
+        st.builds(lambda v: Trigger(TriggerKind.T, v), st.sampled_from([0.5, 1, 2, 5, 10, 30])),
+        st.builds(lambda v: Trigger(TriggerKind.CONNECT, v), st.integers(1, 4)),
     )
 
 
 def faults(image_size: int = DEFAULT_STAGING_CAPACITY) -> st.SearchStrategy[Fault]:
     def build(
-        effect: str,
+        effect: Effect,
         trigger: Trigger,
         seconds: float,
         count: int,
         msg_type: int | None,
     ) -> Fault:
         kind = EFFECTS[effect][0]
-        if kind == "seconds":
+        if kind is ArgKind.SECONDS:
             return Fault(effect, trigger, seconds=seconds)
-        if kind == "percent":
+        if kind is ArgKind.PERCENT:
             return Fault(effect, trigger, percent=float(count))
-        if kind == "count_or_type" and msg_type is not None:
+        if kind is ArgKind.COUNT_OR_TYPE and msg_type is not None:
             return Fault(effect, trigger, msg_type=msg_type)
         if kind is None:
             return Fault(effect, trigger)
