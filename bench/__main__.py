@@ -78,7 +78,7 @@ def run_update(
 ) -> tuple[OtaResult, Any]:
     radio = RadioTimings(link=PROFILES[profile])
     target = make_sim_target(faults=faults, seed=seed, radio=radio, window=window)
-    engine = OtaEngine(image, target.backend, address=target.sim.address)
+    engine = OtaEngine(image, target.backend, address=target.address)
     return run_loop(virtual=True, coro=engine.run()), target.sim
 
 

@@ -21,18 +21,18 @@ from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import NusLink
 from pytest_smartball.loops import run as run_loop
 from pytest_smartball.ota import OtaEngine, OtaResult, Outcome
-from pytest_smartball.strategies import fault_plans, images
 from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.device import SimDevice
 from smartball_sim.faults import FaultPlan
 from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY
 from smartball_sim.make_image import make_image
+from smartball_sim.strategies import fault_plans, image_specs
 
 # The work is bounded by example counts and virtual time, not by the wall clock; the
 # timeout only catches a hang, generously, so a busy machine cannot fail the run.
 pytestmark = [pytest.mark.sim_only, pytest.mark.timeout(1800)]
 
-CHUNK, WINDOW = 234, 16
+CHUNK, WINDOW = 232, 16
 #: The many-plans property uses small images so thousands of updates fit in CI time;
 #: the second property covers the whole size range with fewer examples.
 SMALL_IMAGE_MAX = 12 * 1024
@@ -123,7 +123,8 @@ def check_never_bricks(
 
 @st.composite
 def image_and_plan(draw: st.DrawFn, max_size: int) -> tuple[FirmwareImage, FaultPlan, int]:
-    image = draw(images(max_size=max_size))
+    spec = draw(image_specs(max_size=max_size))
+    image = FirmwareImage(spec.data, spec.name)
     plan = draw(fault_plans(image_size=image.size))
     return image, plan, draw(st.integers(0, 3))
 

@@ -196,7 +196,7 @@ class LinkSettings:
     #: (:meth:`BleBackend.needs_fixed_settle`, which the engine asks before it connects).
     fixed_settle: bool | None = None
     #: Attempts per connect that establish_connection makes (it retries transient errors
-    #: up to 9 times on its own, see bleak-backend.md).
+    #: up to 9 times on its own: bleak_retry_connector.MAX_TRANSIENT_ERRORS).
     connect_attempts: int = 3
     #: Connects that came up without NUS before giving up (race / stale cache).
     services_attempts: int = 3

@@ -11,6 +11,10 @@ from .link import LinkSettings
 
 DEFAULT_SCAN_TIMEOUT_S = LinkSettings().scan_timeout_s
 
+#: Set once tests are collected: one of them uses the SmartBall fixtures or markers (only
+#: then does ``--device=real`` check the bench).
+NEEDS_DEVICE = pytest.StashKey[bool]()
+
 
 @dataclass(frozen=True, slots=True)
 class SmartBallOptions:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 
 from .link import BleBackend
-from .options import add_options
+from .options import NEEDS_DEVICE, add_options
 
 # In import order: each module imports only those before it.
 pytest_plugins = [
@@ -83,12 +83,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         and config.pluginmanager.has_plugin("timeout")
         and config.getoption("timeout", None) is None
     )
+    needs_device = False
     for item in items:
         ours = any(item.get_closest_marker(m) for m in SMARTBALL_MARKERS) or bool(
             SMARTBALL_FIXTURES.intersection(getattr(item, "fixturenames", ()))
         )
         if not ours:
             continue  # not the plugin's business: untouched
+        needs_device = True
         faults = item.get_closest_marker("faults")
         if faults is not None:
             _check_fault_marker(item, faults)
@@ -106,6 +108,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.looptime)
         if real_timeout and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(REAL_TEST_TIMEOUT_S))
+    config.stash[NEEDS_DEVICE] = needs_device
 
 
 def _check_fault_marker(item: pytest.Item, marker: pytest.Mark) -> None:

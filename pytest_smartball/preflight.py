@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from . import bluez
 from . import protocol as p
@@ -288,8 +288,16 @@ def check(
 # --- the answers (I/O, every step bounded) ------------------------------------------------
 
 
-class Boundary:
+class Boundary(Protocol):
     """Where preflight meets BlueZ; tests pass a stub with the same two methods."""
+
+    async def probe_adapter(self, adapter: str) -> AdapterInfo: ...
+
+    async def bluez_version(self) -> tuple[int, int] | None: ...
+
+
+class SystemBluez:
+    """The real boundary: BlueZ on the system D-Bus."""
 
     async def probe_adapter(self, adapter: str) -> AdapterInfo:
         return await bluez.probe_adapter(adapter)
@@ -326,7 +334,7 @@ async def run(
     on_step: Callable[[str], None] = lambda line: None,
 ) -> Outcome:
     """Gather the answers step by step, deciding after each with :func:`check`."""
-    io = boundary or Boundary()
+    io = boundary or SystemBluez()
     answers: dict[str, object] = {}
     shown = 0
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
@@ -20,11 +20,9 @@ from .image import FirmwareImage
 from .options import SmartBallOptions, read_options
 from .ota import OtaEngine, OtaResult, OtaSettings
 from .session import SmartBallSession, current_session, smartball_session
+from .targets import Target
 
-if TYPE_CHECKING:
-    pass
-
-TARGET = pytest.StashKey["Target"]()
+TARGET = pytest.StashKey[Target]()
 ENGINES = pytest.StashKey["list[OtaEngine]"]()
 UPDATES = pytest.StashKey["list[Update]"]()
 LINK_EVENTS = pytest.StashKey["list[tuple[float, str]]"]()
@@ -50,7 +48,7 @@ class Update:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     item.stash[CALLED] = True
     return (yield)
 
@@ -58,7 +56,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
-) -> Iterator[pytest.TestReport]:
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     records: list[dict[str, Any]] = []
     if call.when == "teardown":
         records = _update_records(item)

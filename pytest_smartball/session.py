@@ -22,7 +22,7 @@ from . import protocol as p
 from . import report as rep
 from .image import FirmwareImage, ImageError, generated_image, load_image
 from .link import BleBackend
-from .options import SmartBallOptions, read_options
+from .options import NEEDS_DEVICE, SmartBallOptions, read_options
 from .ota import OtaSettings
 
 _SESSION = pytest.StashKey["SmartBallSession"]()
@@ -154,6 +154,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         problem = fault_spec_problem(opts.faults)
         if problem:
             raise pytest.UsageError(f"--sim-faults: {problem}")
+    if opts.device == "real":
+        if state.controller or "smartball" in getattr(config, "workerinput", {}):
+            # The xdist controller sees no tests; it checks the bench for its workers.
+            _start_real(config, opts, state)
+        return  # else after collection, and only if a collected test needs a device
     if opts.device == "sim":
         image = load_or_usage_error("--firmware", opts.firmware)
         state.baseline_image = load_or_usage_error("--baseline-firmware", opts.baseline)
@@ -162,8 +167,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         if state.report is not None:
             state.report.firmware = image or generated_image(opts.seed)
             state.report.baseline = state.baseline_image
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """``--device=real`` without xdist: check the bench now, if any test needs a device (a
+    run of unrelated tests must not fail for want of Bluetooth)."""
+    state = current_session(session.config)
+    if state is None or state.kind != "real" or state.backend is not None:
         return
-    _start_real(config, opts, state)
+    if session.config.stash.get(NEEDS_DEVICE, False):
+        _start_real(session.config, state.options, state)
+        terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is not None:
+            for line in bench_lines(state):
+                terminal.write_line(line)
 
 
 def _start_real(config: pytest.Config, opts: SmartBallOptions, state: SmartBallSession) -> None:
@@ -324,13 +342,19 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             f"faults={opts.faults or 'none'} (virtual time)"
         )
         return lines
-    if state is None:
+    if state is None or state.backend is None:
+        lines.append("smartball: the bench is checked once tests that need a device are collected")
         return lines
+    return lines + bench_lines(state)
+
+
+def bench_lines(state: SmartBallSession) -> list[str]:
+    """What preflight found: BlueZ, each device (and its xdist worker), the warnings."""
     bluez = state.bluez or {}
-    lines.append(
-        f"smartball: BlueZ {bluez.get('version') or 'unknown'}; adapter {opts.adapter}"
+    lines = [
+        f"smartball: BlueZ {bluez.get('version') or 'unknown'}; adapter {state.options.adapter}"
         + (f" ({bluez['adapter_address']})" if bluez.get("adapter_address") else "")
-    )
+    ]
     for index, device in enumerate(state.devices):
         worker = f" -> gw{index}" if state.controller else ""
         rssi = f", {device.rssi} dBm" if device.rssi is not None else ""
@@ -339,5 +363,4 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             f"{device.baseline.firmware_version}, crc32 {device.baseline.active_image_crc32:08x}"
             f"{worker}"
         )
-    lines += [f"smartball: WARNING {w}" for w in state.warnings]
-    return lines
+    return lines + [f"smartball: WARNING {w}" for w in state.warnings]

@@ -87,6 +87,81 @@ def test_usage_error_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--max-attempts" in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("flash", "--sim", "x.bin", "--max-attempts", "0"),
+        ("flash", "--sim"),
+        ("frobnicate",),
+        ("info", "--faults", "field-linux"),
+        ("status", "--sim", "--faults", "drop@erase:150%"),
+        ("info", "--scan-timeout", "-1"),
+    ],
+)
+def test_a_bad_argument_is_one_sentence_and_the_usage_line(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[0].startswith("smartball-ota: ") and lines[0].count(". ") == 0, lines
+    assert len(lines) <= 2, f"one sentence plus the usage line, got {err!r}"
+    if len(lines) == 2:
+        assert lines[1].startswith("usage: smartball-ota") and "\n" not in lines[1]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("flash", "--sim", "x.bin", "--max-attempts", "0"),
+        ("flash", "--sim"),
+        ("info", "--faults", "field-linux"),
+        ("frobnicate",),
+    ],
+)
+def test_json_with_a_bad_argument_prints_one_object(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    code, data, err = run_json(capsys, *argv)
+    assert code == 2
+    assert data["ok"] is False and data["exit_code"] == 2 and data["error"]
+    assert data["error"] in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    code, out, _ = run(capsys, "--version")
+    assert code == 0
+    assert out.strip() == f"smartball-ota {version('pytest-smartball')}"
+
+
+@pytest.mark.parametrize(
+    ("segments", "name", "sentence"),
+    [
+        ({0xFFFFFFF0: b"\x01"}, "far.hex", "data at 0xFFFFFFF0 is outside"),
+        ({0: bytes(100), 0x10000000: b"\x02"}, "merged.hex", "data at 0x10000000 is outside"),
+        ({0: bytes(100)}, "hex-text.bin", "Intel HEX text, not a raw binary image"),
+    ],
+)
+def test_image_problems_are_bad_input_before_any_bluetooth(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    segments: dict[int, bytes],
+    name: str,
+    sentence: str,
+) -> None:
+    """Without --sim: exit 2, not 3 (no BlueZ here) or 4, so nothing was probed or connected."""
+    ih = IntelHex()
+    for address, data in segments.items():
+        ih.frombytes(data, offset=address)
+    path = tmp_path / name
+    ih.write_hex_file(str(path))
+    code, out, err = run(capsys, "flash", str(path))
+    assert code == 2 and out == ""
+    assert sentence in one_error_line(err)
+
+
 def test_faults_without_sim_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "info", "--faults", "field-linux")
     assert code == 2

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from pytest_smartball.cli import main
-from smartball_sim.faults import EFFECTS, PROFILES, TRIGGERS, FaultPlan, FaultSpecError
+from smartball_sim.faults import EFFECTS, PROFILES, TRIGGERS, Effect, FaultPlan, FaultSpecError
 from smartball_sim.make_image import make_image
 
 pytest_plugins = ["pytester"]
@@ -194,7 +194,7 @@ def test_effects_table_lists_every_effect_once_with_its_argument_and_an_example(
     assert sorted(names) == sorted(EFFECTS), "the effects table must list each effect once"
     assert len(names) == len(set(names))
     for row in rows:
-        kind = EFFECTS[row.effect][0]
+        kind = EFFECTS[Effect(row.effect)][0]
         assert row.argument.lower().startswith(_ARGUMENT_WORDS[kind]), row
         if kind == "count_or_type":
             assert "type" in row.argument

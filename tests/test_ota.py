@@ -472,28 +472,33 @@ async def test_a_lost_done_is_confirmed_by_info_after_the_reset(
 # --- E2: a device that answers DONE and never resets ---------------------------------------------
 
 
-def never_resets(device: SimDevice) -> None:
-    """A device stub: its firmware asks for the reset after DONE and nothing happens (the
-    FW model's ``no-reset`` fault does the same)."""
-    device.firmware._request_reset = lambda: None
-
-
 async def test_a_device_that_never_resets_after_done_is_given_up_on_in_bounded_time(
     ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
 ) -> None:
-    never_resets(sim_device)
+    sim_device.set_faults("no-reset")
     result = await ota().run()
     assert result.outcome is Outcome.UNCONFIRMED and result.failure is None
     assert "did not reset within 2 waits of 5 s" in result.error
     assert "It switches at its next reset: power-cycle it" in result.error
+    assert "keeps its old image" not in result.error
     assert event_kinds(result).count(EventKind.NO_RESET) == OtaSettings().max_reset_waits
-    assert result.duration_s < 60
+    assert result.duration_s < 30
     # What the sentence says is what the device holds: the old image runs, the new one waits.
     assert sim_device.firmware.state == p.OtaState.COMPLETE
-    assert sim_device.firmware.pending_image is not None
-    assert sim_device.firmware.pending_image.data == firmware_image.data
-    sim_device.reboot()
+    assert sim_device.firmware.active.data != firmware_image.data
+    sim_device.reboot()  # the power cycle the sentence asks for
+    await asyncio.sleep(60)
     assert sim_device.firmware.active.data == firmware_image.data
+
+
+async def flash_another_image_that_stays_pending(smartball, sim_device: SimDevice) -> int:
+    """The device verifies another image and commits the switch, but does not reset (yet):
+    STATUS COMPLETE for a session that is not this update's. Its CRC-32."""
+    other = random.Random(5).randbytes(12_000)
+    sim_device.set_faults("no-reset")
+    await naive_flash(smartball.backend, sim_device.address, other)  # returns at DONE
+    assert sim_device.firmware.state == p.OtaState.COMPLETE
+    return p.crc32(other)
 
 
 async def test_a_committed_switch_to_another_image_is_waited_out_before_start(
@@ -503,16 +508,28 @@ async def test_a_committed_switch_to_another_image_is_waited_out_before_start(
     firmware_image: FirmwareImage,
 ) -> None:
     """P11: STATUS COMPLETE for another image's session → wait for that reset (START would
-    be refused under a committed switch), then update."""
-    other = FirmwareImage(random.Random(5).randbytes(12_000), "other.bin")
-    sim_device.firmware.timings = replace(sim_device.firmware.timings, reset_delay_s=3.0)
-    await naive_flash(smartball.backend, sim_device.address, other.data)  # returns at DONE
-    assert sim_device.firmware.state == p.OtaState.COMPLETE
+    be refused under a committed switch), then update. Here the device is power-cycled
+    while the engine waits."""
+    await flash_another_image_that_stays_pending(smartball, sim_device)
+    starts = received_starts(sim_device)
+    asyncio.get_running_loop().call_later(3.0, sim_device.reboot)
     result = await ota().run()
     assert_flashed(sim_device, firmware_image, result)
     status = next(e for e in result.events if e.kind is EventKind.STATUS)
     assert status.detail.startswith("complete") and "another" in status.detail
-    assert result.restarts == 0
+    assert len(starts) == 1 and result.restarts == 0  # no START under the committed switch
+
+
+async def test_a_committed_switch_to_another_image_that_never_happens_is_given_up_on(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice, smartball
+) -> None:
+    other_crc = await flash_another_image_that_stays_pending(smartball, sim_device)
+    starts = received_starts(sim_device)
+    result = await ota().run()
+    assert result.outcome is Outcome.FAILED and result.failure is FailureKind.NO_RESET
+    assert f"another image (crc32 {other_crc:08x})" in result.error
+    assert "Power-cycle it" in result.error
+    assert starts == []
 
 
 # --- P13: what this host does not know -----------------------------------------------------------

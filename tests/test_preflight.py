@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from typing import Any
 
 import pytest
@@ -278,7 +277,8 @@ def test_devices_for_xdist_workers(
 
 class StubBluez:
     def __init__(self, adapter: AdapterInfo | BluezUnavailable, version=(5, 66)) -> None:
-        self.adapter, self.version, self.asked = adapter, version, []
+        self.adapter, self.version = adapter, version
+        self.asked: list[str] = []
 
     async def probe_adapter(self, adapter: str) -> AdapterInfo:
         self.asked.append(adapter)
@@ -489,10 +489,8 @@ def test_probe_without_a_system_bus_is_one_sentence(
     monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path / 'no-bus'}")
-    start = time.perf_counter()
     with pytest.raises(BluezUnavailable) as exc:
         asyncio.run(bluez.probe_adapter("hci0"))
-    assert time.perf_counter() - start < 5
     one_sentence(str(exc.value))
     assert f"unix:path={tmp_path / 'no-bus'}" in str(exc.value)
     assert "install bluez and start bluetoothd" in str(exc.value)

@@ -58,8 +58,9 @@ class _Parser(argparse.ArgumentParser):
     whole usage block and exiting."""
 
     def error(self, message: str) -> NoReturn:
-        sentence = message[0].upper() + message[1:] if message else "bad arguments"
-        raise CliError(EXIT_BAD_INPUT, sentence, usage=self.format_usage().strip())
+        raise CliError(
+            EXIT_BAD_INPUT, message or "bad arguments", usage=self.format_usage().strip()
+        )
 
 
 def _number(text: str, *, minimum: float, inclusive: bool, what: str) -> float:

@@ -35,11 +35,8 @@ async def open_target(ctx: Context) -> Target:
     or check BlueZ for the real radio (also what an emulated BlueZ serves)."""
     a = ctx.args
     if ctx.simulated:
-        from smartball_sim.firmware import FlashTimings
-
         from ..targets.simulated import make_sim_target
 
-        flash = FlashTimings(erase_total_s=a.erase_time) if a.erase_time else None
         loop = asyncio.get_running_loop()
         t0 = loop.time()  # 0 on the virtual clock; fault-log times count from here
         target = make_sim_target(
@@ -47,7 +44,7 @@ async def open_target(ctx: Context) -> Target:
             a.sim_address,
             faults=a.faults,
             seed=a.seed,
-            flash=flash,
+            erase_time_s=a.erase_time,
             clock=lambda: loop.time() - t0,
         )
         target.address = a.address or target.address  # --address looks for another one

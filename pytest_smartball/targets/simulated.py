@@ -8,6 +8,7 @@ from typing import Any
 from smartball_sim.bleak_backend import SimWorld
 from smartball_sim.device import DEFAULT_ADDRESS, SimDevice
 from smartball_sim.faults import FaultPlan, FaultSpecError
+from smartball_sim.firmware import FlashTimings
 
 from .. import protocol as p
 from ..link import BleBackend
@@ -26,9 +27,13 @@ def make_sim_target(
     *,
     faults: FaultPlan | str | None = None,
     seed: int = 0,
+    erase_time_s: float | None = None,
     **device_options: Any,
 ) -> Target:
-    """A simulated SmartBall alone in its world, and the backend that reaches it."""
+    """A simulated SmartBall alone in its world, and the backend that reaches it.
+    ``erase_time_s``: the whole staging erase takes that long (the field's 15-40 s)."""
+    if erase_time_s:
+        device_options["flash"] = FlashTimings(erase_total_s=erase_time_s)
     device = SimDevice(name, address or DEFAULT_ADDRESS, faults=faults, seed=seed, **device_options)
     world = SimWorld([device])
     return Target(backend_for(world), device.name, device.address, device)
