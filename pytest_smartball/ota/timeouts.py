@@ -1,8 +1,9 @@
 """The client's timeouts, derived from the device's timing obligations (P17).
 
-A device promises to answer within a bound (docs/protocol.md, "Timing obligations"); the
-client waits that bound plus a margin, so a device that keeps its promise is never given
-up on, and one that breaks it is noticed after a time the client can state:
+A device promises to answer within a bound (``pytest_smartball/contract/timing.json``,
+rendered in docs/protocol.md); the client waits that bound plus a margin, so a device
+that keeps its promise is never given up on, and one that breaks it is noticed after a
+time the client can state:
 
     timeout = obligation + 4 s
 
@@ -14,54 +15,27 @@ either the link is gone (and the stack says so by then) or the device broke its 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from .. import contract
 
 #: Seconds added to each obligation: the link's supervision timeout (see the module's text).
 LINK_MARGIN_S = 4.0
-MB = 1024 * 1024
+#: The largest image the verify timeout has to cover by default: all of the nRF52840's
+#: flash (a staging bank holds less).
+LARGEST_IMAGE = 1_048_576
 
 
 def with_margin(obligation_s: float) -> float:
-    """The client's wait for something the device promises within ``obligation_s``."""
-    return obligation_s + LINK_MARGIN_S
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceTiming:
-    """The device's timing obligations (P17), in seconds."""
-
-    #: START → first PROGRESS, and between PROGRESS messages during an erase.
-    progress_gap_max_s: float = 1.0
-    #: Last erase PROGRESS → READY.
-    ready_after_erase_max_s: float = 0.5
-    #: The chunk that completes an ACK interval (or a STATUS request) → its ACK.
-    ack_latency_max_s: float = 0.5
-    #: INFO, STATUS, ABORT → the reply.
-    reply_max_s: float = 0.5
-    #: FINISH → DONE: this much plus ``verify_per_mb_s`` per MB of image.
-    verify_base_s: float = 1.0
-    verify_per_mb_s: float = 1.0
-    #: DONE → the device ends the link to reset.
-    done_to_disconnect_max_s: float = 1.0
-    #: Reset → advertising again, after an activation (the bootloader copies the image).
-    reset_to_advertising_activation_s: float = 30.0
-    #: Reset → advertising again, otherwise.
-    reset_to_advertising_s: float = 5.0
-
-    def verify_max_s(self, image_size: int) -> float:
-        return self.verify_base_s + self.verify_per_mb_s * image_size / MB
-
-
-#: The obligations of docs/protocol.md.
-CONTRACT = DeviceTiming()
-#: The largest image the verify timeout has to cover by default (1 MB: all of the
-#: nRF52840's flash; a staging bank holds less).
-LARGEST_IMAGE = MB
+    """The client's wait for something the device promises within ``obligation_s``
+    (rounded up to a tenth of a second, so sentences show it plainly)."""
+    return math.ceil((obligation_s + LINK_MARGIN_S) * 10 - 1e-9) / 10
 
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """The defaults ``OtaSettings`` takes, from one ``DeviceTiming``."""
+    """The defaults ``OtaSettings`` takes, from the device's obligations."""
 
     erase_silence_s: float
     ack_s: float
@@ -71,17 +45,22 @@ class Timeouts:
     reappear_s: float
 
     @classmethod
-    def from_device(cls, timing: DeviceTiming = CONTRACT) -> Timeouts:
+    def from_contract(cls, timing: contract.Timing | None = None) -> Timeouts:
+        t = timing or contract.timing()
         return cls(
-            erase_silence_s=with_margin(
-                max(timing.progress_gap_max_s, timing.ready_after_erase_max_s)
-            ),
-            ack_s=with_margin(timing.ack_latency_max_s),
-            reply_s=with_margin(timing.reply_max_s),
-            verify_s=with_margin(timing.verify_max_s(LARGEST_IMAGE)),
-            reset_s=with_margin(timing.done_to_disconnect_max_s),
-            reappear_s=with_margin(timing.reset_to_advertising_activation_s),
+            # START → first PROGRESS and between PROGRESS; last PROGRESS → READY
+            erase_silence_s=with_margin(max(t.progress_gap_max_s, t.ready_after_erase_max_s)),
+            # the chunk that completes an ACK interval (or a STATUS request) → its ACK
+            ack_s=with_margin(t.ack_latency_max_s),
+            # INFO, STATUS, ABORT → the reply
+            reply_s=with_margin(t.reply_max_s),
+            # FINISH → DONE, for the largest image
+            verify_s=with_margin(t.verify_max_s(LARGEST_IMAGE)),
+            # DONE → the device ends the link to reset
+            reset_s=with_margin(t.done_to_disconnect_max_s),
+            # a reset (after an activation: the bootloader's copy) → advertising again
+            reappear_s=with_margin(t.reset_to_advertising_max_s(activation=True)),
         )
 
 
-DEFAULT = Timeouts.from_device()
+DEFAULT = Timeouts.from_contract()
