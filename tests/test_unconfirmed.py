@@ -4,17 +4,23 @@ verifies the new image and resets into it, and is then out of reach for 1000 s."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import shutil
+import signal
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from pytest_smartball import report as rep
 from pytest_smartball.cli import main
-from pytest_smartball.cli.errors import EXIT_CODES, EXIT_UNCONFIRMED
+from pytest_smartball.cli.errors import EXIT_CODES, EXIT_UNCONFIRMED, interrupted_sentence
 from pytest_smartball.image import FirmwareImage
-from pytest_smartball.ota import OtaEvent, OtaResult, Outcome
+from pytest_smartball.ota import OtaEngine, OtaEvent, OtaResult, Outcome
+from pytest_smartball.ota.decide import Commit
 
 PLAN = "adv-pause:1000s@cmd:CMD_OTA_FINISH"
 
@@ -90,3 +96,32 @@ def test_the_report_and_junit_carry_the_outcome() -> None:
 def test_a_result_built_from_success_alone_says_succeeded() -> None:
     assert OtaResult(success=True).outcome is Outcome.SUCCEEDED
     assert OtaResult().outcome is Outcome.FAILED
+
+
+@pytest.mark.skipif(
+    shutil.which("dbus-daemon") is None or sys.platform == "win32",
+    reason="the real-device path needs the emulated BlueZ (dbus-daemon) and POSIX signals",
+)
+@pytest.mark.parametrize("asked", [False, True])
+def test_ctrl_c_after_the_switch_was_asked_for_does_not_say_old_image(
+    asked: bool,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C on a real device (the emulated BlueZ's path): before FINISH the device keeps
+    its old image; after it, it may run the new one."""
+
+    async def interrupted(self: OtaEngine) -> OtaResult:
+        if asked:
+            self.record = replace(self.record, commit=Commit.FINISH_SENT)
+        signal.raise_signal(signal.SIGINT)  # asyncio.Runner cancels the update
+        await asyncio.sleep(60)
+        raise AssertionError("not interrupted")
+
+    monkeypatch.setattr(OtaEngine, "run", interrupted)
+    code = main(["flash", str(image_file(tmp_path)), "--bluez=emulated", "--scan-timeout", "5"])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert interrupted_sentence(simulated=False, switch_asked=asked) in err
+    assert ("keeps its old image" in err) is not asked

@@ -283,6 +283,8 @@ class Context:
         self.simulated: bool = args.sim
         self.emulated: bool = args.bluez == "emulated"
         self.virtual: bool = args.sim and not args.realtime
+        #: An interrupted flash had asked the device to switch (for the Ctrl-C sentence).
+        self.switch_asked = False
         self.link_settings = LinkSettings(
             settle_s=args.settle,
             scan_timeout_s=args.scan_timeout or LinkSettings().scan_timeout_s,

@@ -3,6 +3,7 @@ exit code or raises :class:`~.errors.CliError`."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import Any
 
@@ -177,6 +178,9 @@ async def cmd_flash(ctx: Context, image: FirmwareImage) -> int:
         )
     try:
         result = await engine.run()
+    except asyncio.CancelledError:  # Ctrl-C: main() says what the device holds
+        ctx.switch_asked = engine.switch_asked
+        raise
     except LINK_ERRORS as exc:  # e.g. the platform scanner failing (no adapter)
         code = EXIT_NOT_FOUND if engine.result.connects == 0 else EXIT_FAILED
         raise CliError(code, f"Bluetooth error: {type(exc).__name__}: {exc}") from None

@@ -21,15 +21,22 @@ exit codes:
   5    the device refused the image or a command (e.g. CRC mismatch)
   6    unconfirmed: the whole image was delivered and the switch asked for (the device
        may run the new image), but it could not be seen running it; check with `info`
-  130  interrupted (Ctrl-C): the device keeps its old image; run flash again to resume
+  130  interrupted (Ctrl-C): the device keeps its old image (unless the switch to the
+       new one was already asked for: then it may run it); run flash again to resume
 """
 
 
-def interrupted_sentence(simulated: bool) -> str:
+def interrupted_sentence(simulated: bool, switch_asked: bool = False) -> str:
+    """What Ctrl-C leaves behind. ``switch_asked``: FINISH had been sent (or DONE said)."""
     if simulated:
         return (
             "interrupted: the simulated SmartBall lived in this process and is gone with it; "
             "nothing was written to a real device"
+        )
+    if switch_asked:
+        return (
+            "interrupted after the device was asked to switch to the new image: it may run "
+            "it now, or after its next reset; check with `smartball-ota info`"
         )
     return (
         "interrupted: the device keeps its old image; run `smartball-ota flash IMAGE` again "

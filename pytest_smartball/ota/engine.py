@@ -85,6 +85,12 @@ class OtaEngine:
         return self.record.state
 
     @property
+    def switch_asked(self) -> bool:
+        """FINISH was sent (or the device said DONE, or COMPLETE): if this update stops now,
+        the device may run the new image, now or after its next reset."""
+        return self.record.commit is not Commit.NONE
+
+    @property
     def started_at(self) -> float:
         """Event-loop time when run() began (event times are relative to it)."""
         return self._t0
