@@ -462,6 +462,20 @@ async def test_a_switch_that_cannot_be_confirmed_is_unconfirmed_not_failed(
     assert result.duration_s < 600, "bounded by the budgets, not by the fault"
 
 
+async def test_a_drop_at_the_last_chunk_is_finished_without_a_resume_start(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
+) -> None:
+    """Issue 10: with every byte at the device, the reconnect sends FINISH, not a START
+    (which here would reset the device and lose the session)."""
+    size = firmware_image.size
+    sim_device.set_faults(f"drop@offset:{size},reboot@cmd:CMD_OTA_START#2")
+    result = await ota().run()
+    assert_flashed(sim_device, firmware_image, result)
+    assert result.restarts == 0 and result.resumes == 1
+    assert result.bytes_resent <= WINDOW * CHUNK
+    assert not [r for r in sim_device.fault_log if r.fault == "reboot"]
+
+
 async def test_a_lost_done_is_confirmed_by_info_after_the_reset(
     ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
 ) -> None:

@@ -243,6 +243,13 @@ def test_a_state_this_host_does_not_know_is_not_its_session() -> None:
     assert r.state is State.ABORTING and r.restarts == 1 and EventKind.RESTART in kinds
 
 
+def test_a_session_with_every_byte_goes_straight_to_finish() -> None:
+    """No resume START when nothing is left to send (issue 10: a reset on that START)."""
+    r, kinds = query(QUERY, OLD_INFO, status(p.OtaState.RECEIVING, IMAGE.size))
+    assert r.state is State.FINISHING and r.commit is Commit.NONE  # FINISH not sent yet
+    assert EventKind.RESUME in kinds
+
+
 def test_a_resume_counts_only_on_a_new_connection() -> None:
     receiving = status(p.OtaState.RECEIVING, 4640)
     r, kinds = query(QUERY, OLD_INFO, receiving)

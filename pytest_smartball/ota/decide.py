@@ -399,9 +399,12 @@ def _status(r: Record, seen: StatusReply) -> Decision:
     if ours and state is p.OtaState.RECEIVING:
         offset = status.next_expected_offset
         r = _progressed(r, 2, offset)
+        # Every byte there (FINISH lost, or the link dropped at the last chunk): FINISH
+        # needs no READY, and a START would be one more command to get wrong.
+        complete = offset >= r.image.size
         r = replace(
             r,
-            state=State.STARTING,
+            state=State.FINISHING if complete else State.STARTING,
             commit=Commit.NONE,
             resume_offset=offset,
             said=Said(offset, "MSG_OTA_STATUS"),
