@@ -60,17 +60,23 @@ def test_a_stale_or_repeated_ack_changes_nothing() -> None:
     assert w.acked == 8 * CHUNK
 
 
-def test_a_refusal_halves_the_window_down_to_the_ack_interval_and_acks_widen_it_again() -> None:
-    """E3: paced rewinds."""
+def test_a_refusal_halves_the_window_down_to_one_and_a_half_ack_intervals() -> None:
+    """E3: paced rewinds. The device ACKs every 8 chunks (window // 2): with 12 in flight
+    the next chunks are queued while an ACK travels."""
     w = CreditWindow(SIZE, CHUNK, WINDOW, start=0)
     fill(w)
     w.on_status(2 * CHUNK, asked=False)  # the device had room for two
-    assert w.window == 8
+    assert w.window == 12
     w.on_status(2 * CHUNK, asked=False)
-    assert w.window == 8  # never below the ACK interval (window // 2): an ACK stays due
-    assert len(fill(w)) == 6  # 2 held + 6 new = the window of 8
+    assert w.window == 12  # never below one and a half ACK intervals
+    assert len(fill(w)) == 10  # 2 held + 10 new = the window of 12
     w.on_ack(8 * CHUNK)
-    assert w.window == 9
+    assert w.window == 13  # each ACK that moves forward widens it by one again
+
+
+@pytest.mark.parametrize(("window", "floor"), [(1, 1), (2, 1), (3, 1), (4, 3), (16, 12), (17, 12)])
+def test_the_pacing_floor_follows_the_ack_interval(window: int, floor: int) -> None:
+    assert CreditWindow(SIZE, CHUNK, window, start=0).floor == floor
 
 
 def test_a_device_before_p6_gets_credit_from_a_repeated_status() -> None:
