@@ -231,6 +231,26 @@ async def test_lost_ready_ends_the_wait_by_silence_timeout_and_resumes(
     )
 
 
+async def test_a_device_that_repeats_itself_during_the_erase_is_still_silent_about_it(
+    ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
+) -> None:
+    """The erase-silence timeout restarts only when the erase gets further: the same
+    PROGRESS again and again (and stale ACKs) do not keep the wait alive."""
+    sim_device.set_faults("lose:MSG_OTA_READY")
+    loop = asyncio.get_running_loop()
+
+    def chatter() -> None:
+        sim_device._notify(p.encode(p.MsgOtaProgress(p.OtaPhase.ERASE, 4096, 135168)))
+        sim_device._notify(p.encode(p.MsgOtaAck(232)))
+        loop.call_later(0.5, chatter)
+
+    loop.call_later(0.5, chatter)
+    result = await ota().run()
+    assert_flashed(sim_device, firmware_image, result)
+    failure = next(e for e in result.events if e.kind is EventKind.LINK_FAILURE)
+    assert "no MSG_OTA_READY or erase progress after CMD_OTA_START within 5 s" in failure.detail
+
+
 async def test_lost_write_is_rewound_from_the_device_status(
     ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
 ) -> None:
