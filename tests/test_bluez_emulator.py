@@ -223,6 +223,7 @@ async def test_race_services_resolved_before_nus_is_exported(bluez: EmulatedBlue
         await link.close()
     assert not [d for k, d in events if k == "services-missing"]
     assert ("race", "applied") in [(f, t) for f, t, _ in fault_log(bluez)]
+    assert bluez.emulator is not None
     assert len([c for c in bluez.emulator.calls if c[1] == "Connect"]) == 1
 
 

@@ -19,7 +19,7 @@ from pytest_smartball import report as rep
 from pytest_smartball.cli import main
 from pytest_smartball.cli.errors import EXIT_CODES, EXIT_UNCONFIRMED, interrupted_sentence
 from pytest_smartball.image import FirmwareImage
-from pytest_smartball.ota import OtaEngine, OtaEvent, OtaResult, Outcome
+from pytest_smartball.ota import EventKind, OtaEngine, OtaEvent, OtaResult, Outcome
 from pytest_smartball.ota.decide import Commit
 
 PLAN = "adv-pause:1000s@cmd:CMD_OTA_FINISH"
@@ -60,7 +60,7 @@ def unconfirmed_result() -> OtaResult:
         error="... could not be reached afterwards to confirm that it runs it",
         image_size=image.size,
         image_crc32=image.crc32,
-        events=[OtaEvent(0.0, "start", "x")],  # type: ignore[arg-type]
+        events=[OtaEvent(0.0, EventKind.START, "x")],
     )
 
 
