@@ -361,6 +361,29 @@ async def test_a_radio_faster_than_the_flash_overflows_a_small_buffer_and_still_
     assert result.bytes_resent < 3 * firmware_image.size, result.bytes_resent
 
 
+async def test_a_device_that_refuses_on_a_link_without_airtime_is_paced(
+    firmware_image: FirmwareImage,
+) -> None:
+    """A 2-chunk buffer under a window of 16 on a link whose connection events are 1 µs
+    apart (as an in-process stack without airtime): refused bursts, some refused without a
+    word (the device rate-limits its STATUS replies). The pause after a repeated refusal
+    and the short ACK wait after a refusal keep it going: 74 s of (virtual) transfer,
+    against 141 s without the pause and 646 s without the short wait."""
+    from smartball_sim.device import RadioTimings
+    from smartball_sim.firmware import FlashTimings
+    from smartball_sim.radio import RadioProfile
+
+    no_airtime = RadioTimings(
+        link=RadioProfile(connection_interval_s=0.000001, packets_per_event=100)
+    )
+    target = make_sim_target(radio=no_airtime, flash=FlashTimings(rx_buffer_chunks=2))
+    assert target.sim is not None
+    result = await OtaEngine(firmware_image, target.backend).run()
+    assert_flashed(target.sim, firmware_image, result)
+    assert result.reconnects == 0
+    assert result.phase_s[State.TRANSFERRING.value] < 100
+
+
 # --- updates that cannot finish: told as they are -------------------------------------------
 
 

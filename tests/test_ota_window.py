@@ -79,6 +79,36 @@ def test_the_pacing_floor_follows_the_ack_interval(window: int, floor: int) -> N
     assert CreditWindow(SIZE, CHUNK, window, start=0).floor == floor
 
 
+def test_a_refusal_at_the_same_offset_pauses_the_sending() -> None:
+    """The device's flash is behind: wait (20 ms, doubling per repeat, at most 0.5 s)
+    instead of re-sending at once; an ACK, or a refusal further on, ends the doubling."""
+    w = CreditWindow(SIZE, CHUNK, WINDOW, start=0)
+    fill(w)
+    w.on_status(2 * CHUNK, asked=False, now=10.0)
+    assert w.paused_until == 0.0 and w.next_span(10.0) is not None  # a first refusal
+    fill(w)
+    w.on_status(2 * CHUNK, asked=False, now=10.0)  # again, nothing taken since
+    assert w.paused_until == pytest.approx(10.02)
+    assert w.next_span(10.01) is None and w.next_span(10.02) is not None
+    for pause in (0.04, 0.08, 0.16, 0.32, 0.5, 0.5):
+        w.on_status(2 * CHUNK, asked=False, now=11.0)
+        assert w.paused_until == pytest.approx(11.0 + pause)
+    w.on_status(3 * CHUNK, asked=False, now=12.0)  # it took one more: no pause
+    assert w.paused_until <= 12.0
+    w.on_status(3 * CHUNK, asked=False, now=12.0)
+    assert w.paused_until == pytest.approx(12.02)  # the doubling starts again
+    w.on_ack(3 * CHUNK)
+    assert w.paused_until == 0.0 and w.next_span(12.0) is not None
+
+
+def test_an_asked_status_never_pauses() -> None:
+    w = CreditWindow(SIZE, CHUNK, WINDOW, start=0)
+    fill(w)
+    for _ in range(3):
+        w.on_status(2 * CHUNK, asked=True, now=1.0)
+    assert w.paused_until == 0.0
+
+
 def test_a_device_before_p6_gets_credit_from_a_repeated_status() -> None:
     """Such a device sends no ACK after a STATUS: two answers with the same offset and no
     ACK between them are taken as one."""

@@ -510,7 +510,8 @@ def _ack_timeout(r: Record, seen: AckTimeout) -> Decision:
         )
         return _link_failed(r, LinkFailed(why))
     note = Note(
-        EventKind.ACK_TIMEOUT, f"no ACK with {seen.in_flight} bytes in flight; asking STATUS"
+        EventKind.ACK_TIMEOUT,
+        f"no ACK for {seen.waited_s:g} s with {seen.in_flight} bytes in flight; asking STATUS",
     )
     return replace(r, ack_timeouts=waits), (note,)
 

@@ -310,23 +310,33 @@ class OtaEngine:
             start=self.record.resume_offset,
         )
         self._on_progress("transfer", window.acked, size)
-        ack_deadline = loop.time() + s.ack_timeout_s
+        # Shorter once the device refused DATA: one that refused may refuse again without a
+        # word (its STATUS replies to refused DATA are rate-limited, P12).
+        ack_wait = s.ack_timeout_s
+        ack_deadline = loop.time() + ack_wait
         status_deadline: float | None = None  # a STATUS asked for, not yet answered
         while not window.complete:
-            while (span := window.next_span()) is not None:
+            while (span := window.next_span(loop.time())) is not None:
                 start, end = span
                 await link.send_frame(p.encode_data_frame(start, data[start:end]))
                 window.sent_span(end)
                 self._count_sent(start, end)
-                ack_deadline = loop.time() + s.ack_timeout_s
+                ack_deadline = loop.time() + ack_wait
             deadline = status_deadline if status_deadline is not None else ack_deadline
+            paused = loop.time() < window.paused_until < deadline
             try:
-                msg = await link.receive(max(0.0, deadline - loop.time()))
+                until = window.paused_until if paused else deadline
+                msg = await link.receive(max(0.0, until - loop.time()))
             except ResponseTimeout:
+                if paused:
+                    # The pause after a repeated refusal is over: send again. Ended here,
+                    # not by comparing clocks (a virtual clock rounds to microseconds).
+                    window.paused_until = 0.0
+                    continue
                 if status_deadline is not None:
                     what = "MSG_OTA_STATUS reply to CMD_OTA_STATUS"
                     raise link.no_reply(what, s.reply_timeout_s) from None
-                self._see(o.AckTimeout(window.in_flight, s.ack_timeout_s))
+                self._see(o.AckTimeout(window.in_flight, ack_wait))
                 if self.state is not State.TRANSFERRING:
                     return
                 await link.send(p.CmdOtaStatus())  # P6: answered with STATUS, then an ACK
@@ -334,7 +344,7 @@ class OtaEngine:
                 continue
             if isinstance(msg, p.MsgOtaAck):
                 if window.on_ack(msg.next_expected_offset):
-                    ack_deadline = loop.time() + s.ack_timeout_s
+                    ack_deadline = loop.time() + ack_wait
                     self._see(o.Acked(msg.next_expected_offset))
                     self._on_progress("transfer", window.acked, size)
             elif isinstance(msg, p.MsgOtaStatus):
@@ -343,10 +353,13 @@ class OtaEngine:
                     self._see(o.Desync(msg))
                     return
                 offset, acked = msg.next_expected_offset, window.acked
-                back = window.on_status(offset, asked=asked)
+                back = window.on_status(offset, asked=asked, now=loop.time())
                 self._see(o.Rewound(offset, back, refused=not asked))
                 if self.state is not State.TRANSFERRING:
                     return
+                if not asked:
+                    ack_wait = min(ack_wait, s.refusal_probe_s)
+                    ack_deadline = min(ack_deadline, loop.time() + ack_wait)
                 if window.acked > acked:  # a device before P6: its STATUS taken as an ACK
                     self._see(o.Acked(window.acked))
             elif isinstance(msg, p.MsgError):

@@ -25,6 +25,8 @@ class OtaSettings:
     erase_silence_timeout_s: float = DEFAULT_TIMEOUTS.erase_silence_s
     #: Longest wait for an ACK with chunks in flight before asking for STATUS.
     ack_timeout_s: float = DEFAULT_TIMEOUTS.ack_s
+    #: The same wait after the device refused DATA (see ``Timeouts.refusal_probe_s``).
+    refusal_probe_s: float = DEFAULT_TIMEOUTS.refusal_probe_s
     #: Reply to a command such as INFO, STATUS or ABORT.
     reply_timeout_s: float = DEFAULT_TIMEOUTS.reply_s
     #: From FINISH to DONE (the device reads the whole image back for its CRC).

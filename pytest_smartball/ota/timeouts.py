@@ -43,6 +43,10 @@ class Timeouts:
     verify_s: float
     reset_s: float
     reappear_s: float
+    #: After a refusal (a device whose buffer is smaller than its window may refuse the
+    #: rest of a burst without a word: its STATUS replies are rate-limited, P12): ask
+    #: STATUS if no ACK came within the ACK latency obligation itself, not with the margin.
+    refusal_probe_s: float
 
     @classmethod
     def from_contract(cls, timing: contract.Timing | None = None) -> Timeouts:
@@ -60,6 +64,7 @@ class Timeouts:
             reset_s=with_margin(t.done_to_disconnect_max_s),
             # a reset (after an activation: the bootloader's copy) → advertising again
             reappear_s=with_margin(t.reset_to_advertising_max_s(activation=True)),
+            refusal_probe_s=t.ack_latency_max_s,
         )
 
 

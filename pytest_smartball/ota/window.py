@@ -19,6 +19,13 @@ in flight instead of a storm of rewinds. (Measured on the model, a 131 KB image 
 344/115/5 KB with it, and the transfer no slower; halving down to one interval instead cut
 re-sends further but made the 8-chunk case 29 % slower.)
 
+A refusal at the same offset as the one before it, with no ACK between, means the device's
+flash is behind (its buffer is still full): re-sending at once would only be refused again,
+and on a link without airtime (an in-process stack) the clock would never move on. The host
+then pauses before it sends again: 20 ms (a few chunk writes, a couple of connection events),
+doubling per repeat at the same offset up to 0.5 s (the device's ACK latency obligation, by
+which it has written what it holds); an ACK that moves forward ends the pause.
+
 Devices that predate P6 send no ACK after a STATUS: when a second STATUS the host asked for
 says the same offset with no ACK in between, the host takes that offset as acknowledged
 (safe: a device without room refuses the chunk and the host rewinds).
@@ -29,6 +36,10 @@ from __future__ import annotations
 from collections import deque
 
 from .. import protocol as p
+
+#: The first pause after a repeated refusal, and the longest (see the module's text).
+REFUSAL_PAUSE_S = 0.02
+REFUSAL_PAUSE_MAX_S = 0.5
 
 
 def host_chunk(limit: int) -> int:
@@ -58,6 +69,10 @@ class CreditWindow:
         self._held: deque[int] = deque()  # end offsets of chunks beyond `acked` in the device
         self._asked_status_offset: int | None = None
         self._all_received = start >= size
+        self._refused_at: int | None = None  # offset of the last refusal, until an ACK
+        self._repeats = 0
+        #: No DATA before this time (loop seconds): a paced repeat refusal.
+        self.paused_until = 0.0
 
     @property
     def complete(self) -> bool:
@@ -74,9 +89,9 @@ class CreditWindow:
     def chunks_held(self) -> int:
         return len(self._held)
 
-    def next_span(self) -> tuple[int, int] | None:
-        """The next chunk to send, if the credit allows one."""
-        if self.sent >= self.size or len(self._held) >= self.window:
+    def next_span(self, now: float = float("inf")) -> tuple[int, int] | None:
+        """The next chunk to send at time ``now``, if the credit (and the pacing) allows."""
+        if self.sent >= self.size or len(self._held) >= self.window or now < self.paused_until:
             return None
         return self.sent, min(self.sent + self.chunk, self.size)
 
@@ -95,13 +110,14 @@ class CreditWindow:
         if self.window < self.device_window:
             self.window += 1
         self._asked_status_offset = None
+        self._refused_at, self._repeats, self.paused_until = None, 0, 0.0
         if offset >= self.size:
             self._all_received = True
         return True
 
-    def on_status(self, offset: int, *, asked: bool) -> int:
-        """MSG_OTA_STATUS in RECEIVING: the device expects ``offset`` next. Returns how
-        many bytes the send position moved back."""
+    def on_status(self, offset: int, *, asked: bool, now: float = 0.0) -> int:
+        """MSG_OTA_STATUS in RECEIVING at time ``now``: the device expects ``offset`` next.
+        Returns how many bytes the send position moved back."""
         back = max(0, self.sent - offset)
         if offset < self.acked:
             # Less than it acknowledged: the device is the only truth about what it holds.
@@ -113,6 +129,13 @@ class CreditWindow:
             self._all_received = True
         if not asked:
             self.window = max(self.floor, self.window // 2)
+            if offset == self._refused_at:  # nothing taken since the last refusal
+                self._repeats += 1
+                pause = REFUSAL_PAUSE_S * 2 ** (self._repeats - 1)
+                self.paused_until = now + min(REFUSAL_PAUSE_MAX_S, pause)
+            else:
+                self._repeats = 0
+            self._refused_at = offset
         elif self._asked_status_offset == offset and offset > self.acked:
             self.on_ack(offset)  # a device before P6: no ACK follows a STATUS
         else:
