@@ -462,7 +462,9 @@ class NusLink:
         self._on_event(LinkEvent.LINK_LOST, reason)
 
     def _on_notify(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
-        for frame in self._decoder.feed(bytes(data)):
+        # P14: a partial frame with no byte for 1 s is discarded (the loop's clock).
+        now = asyncio.get_running_loop().time()
+        for frame in self._decoder.feed(bytes(data), now=now):
             if frame.type not in _KNOWN_TYPES:
                 # P13: a message type this host does not know (a newer device's) is ignored.
                 log.info("%s: ignoring a message of unknown type 0x%02X", self._who, frame.type)

@@ -143,6 +143,19 @@ async def test_a_message_of_unknown_type_is_ignored_and_the_next_one_arrives(
     assert "unknown type 0xB7" in caplog.text
 
 
+async def test_a_partial_frame_is_dropped_after_a_second_of_silence() -> None:
+    """P14, a MUST for both ends: a frame that stopped halfway (its length claims 200 bytes)
+    does not swallow the next message once no byte has come for 1 s."""
+    target = make_sim_target()
+    assert target.sim is not None
+    link, _, _ = await open_link(target)
+    target.sim._notify(bytes([p.SOF, p.MsgType.MSG_OTA_STATUS, 200, 0, 1, 2, 3]))
+    await asyncio.sleep(1.5)
+    target.sim._notify(p.encode(p.MsgOtaAck(232)))
+    assert await link.receive(1.0) == p.MsgOtaAck(232)
+    await link.close()
+
+
 async def test_a_reply_that_never_comes_is_named() -> None:
     """E4: 'no MSG_INFO reply to CMD_INFO within 3 s', not 'no message for 3 s'."""
     target = make_sim_target(faults="lose:MSG_INFO")
