@@ -18,7 +18,8 @@ from pytest_smartball import protocol as p
 from pytest_smartball.ota import decide as d
 from pytest_smartball.ota import observations as o
 from pytest_smartball.ota import states
-from pytest_smartball.ota.decide import Commit, ImageId, Limits, Record, decide
+from pytest_smartball.ota.decide import decide
+from pytest_smartball.ota.record import Commit, ImageId, Limits, Record, Said
 from pytest_smartball.ota.states import (
     TRANSITIONS,
     EventKind,
@@ -143,7 +144,7 @@ RECORDS = [
     for extra in (
         {},
         {"seen": True, "session_opened": True, "fits_checked": True},
-        {"seen": True, "commit": Commit.FINISH_SENT, "said": d.Said(20_000, "MSG_OTA_ACK")},
+        {"seen": True, "commit": Commit.FINISH_SENT, "said": Said(20_000, "MSG_OTA_ACK")},
         {"seen": True, "commit": Commit.VERIFIED, "reset_waits": 1},
         {"seen": True, "attempts": LIMITS.max_attempts_without_progress + 1},
         {"seen": True, "recoveries": LIMITS.max_recoveries + 1},
@@ -253,7 +254,7 @@ def test_a_session_with_every_byte_goes_straight_to_finish() -> None:
 def test_a_resume_counts_only_on_a_new_connection() -> None:
     receiving = status(p.OtaState.RECEIVING, 4640)
     r, kinds = query(QUERY, OLD_INFO, receiving)
-    assert (r.resumes, r.resume_offset, r.said) == (1, 4640, d.Said(4640, "MSG_OTA_STATUS"))
+    assert (r.resumes, r.resume_offset, r.said) == (1, 4640, Said(4640, "MSG_OTA_STATUS"))
     assert EventKind.RESUME in kinds
     # The same answer after a re-sync on a live link is not a resume.
     again, kinds = query(replace(r, state=State.QUERYING), OLD_INFO, receiving)
@@ -391,7 +392,7 @@ def test_giving_up_tells_what_the_device_holds(commit: Commit, outcome: Outcome,
 
 def test_the_give_up_sentence_names_the_limit_the_offset_said_and_the_last_error() -> None:
     """E4."""
-    r = give_up(record(State.QUERYING, seen=True, said=d.Said(100_280, "MSG_OTA_STATUS")))
+    r = give_up(record(State.QUERYING, seen=True, said=Said(100_280, "MSG_OTA_STATUS")))
     assert "5 attempts in a row without progress (the limit is 5" in r.error
     assert "last reported offset 100280 of 20000 (MSG_OTA_STATUS)" in r.error
     assert "last error: no MSG_INFO reply to CMD_INFO within 4.5 s" in r.error

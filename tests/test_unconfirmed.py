@@ -20,7 +20,7 @@ from pytest_smartball.cli import main
 from pytest_smartball.cli.errors import EXIT_CODES, EXIT_UNCONFIRMED, interrupted_sentence
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.ota import EventKind, OtaEngine, OtaEvent, OtaResult, Outcome
-from pytest_smartball.ota.decide import Commit
+from pytest_smartball.ota.record import Commit
 
 PLAN = "adv-pause:1000s@cmd:CMD_OTA_FINISH"
 

@@ -34,7 +34,8 @@ from ..link import (
     find_device,
 )
 from . import observations as o
-from .decide import Commit, ImageId, Record, decide
+from .decide import decide
+from .record import Commit, ImageId, Record
 from .result import OtaEvent, OtaResult, OtaSettings
 from .states import EventKind, Outcome, State
 from .window import CreditWindow, host_chunk

@@ -7,7 +7,7 @@ from typing import Any
 
 from .. import protocol as p
 from ..link import LinkSettings
-from .decide import Limits
+from .record import Limits
 from .states import EventKind, FailureKind, Outcome, State
 from .timeouts import DEFAULT as DEFAULT_TIMEOUTS
 

@@ -1,4 +1,5 @@
-"""The NUS link over bleak: scan, connect robustly, send frames, receive typed messages.
+"""One connection to a SmartBall's NUS over bleak: connect robustly, send frames, receive
+typed messages.
 
 Everything the field taught us about bleak on BlueZ lives here, once:
 
@@ -11,179 +12,35 @@ Everything the field taught us about bleak on BlueZ lives here, once:
 * a plain ``disconnected_callback`` that wakes every wait at once;
 * one write path that turns bleak, EOF and D-Bus errors into :class:`LinkLost`.
 
-The backend is injected (:class:`BleBackend`): ``None`` classes mean the platform's own
-(a real radio); the simulator supplies its classes. It is also the seam to the stack's
-specifics (BlueZ's cache, version warnings): what they raise becomes this module's errors
-or warnings, so the engine above knows no stack. This module never imports the simulator.
+The backend is injected (:class:`~.backend.BleBackend`); this module never imports the
+simulator.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
 import logging
-import sys
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from bleak import BleakClient, BleakScanner
+from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
-from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError
 from bleak_retry_connector import BleakClientWithServiceCache, establish_connection
 
-from . import protocol as p
-from .bluez import BluezUnavailable
+from .. import protocol as p
+from .backend import BleBackend
+from .errors import (
+    LINK_ERRORS,
+    LINK_OR_TIMEOUT_ERRORS,
+    ConnectFailed,
+    LinkEvent,
+    LinkLost,
+    ResponseTimeout,
+)
 
 log = logging.getLogger("pytest_smartball.link")
-
-
-class LinkError(Exception):
-    """Base of the link's clean failures; the message says what failed and what to do."""
-
-
-class DeviceNotFound(LinkError):
-    pass
-
-
-class ConnectFailed(LinkError):
-    pass
-
-
-class LinkLost(LinkError):
-    """The connection is gone (dropped, reset, or a GATT call failed): reconnect to go on."""
-
-
-class ResponseTimeout(LinkError):
-    """The device sent nothing that was waited for within the time allowed."""
-
-
-class ForgetFailed(LinkError):
-    """The stack's cache for a device could not be cleared (one sentence: why)."""
-
-
-class LinkEvent(enum.StrEnum):
-    """What a link reports through its ``on_event`` callback."""
-
-    CONNECTED = "connected"
-    LINK_LOST = "link-lost"
-    SERVICES_MISSING = "services-missing"
-
-
-def _link_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [BleakError, EOFError, BrokenPipeError, ConnectionError]
-    try:  # dbus-fast is bleak's D-Bus library on Linux; absent elsewhere
-        from dbus_fast.errors import DBusError
-
-        errors.append(DBusError)
-    except ImportError:  # pragma: no cover - non-Linux
-        pass
-    return tuple(errors)
-
-
-#: What a GATT call may raise when the link is going or gone.
-LINK_ERRORS = _link_errors()
-#: ... and with the timeouts that bound every call on it.
-LINK_OR_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (*LINK_ERRORS, TimeoutError)
-#: ... and what the stack's plumbing may raise besides (no adapter, no D-Bus socket).
-STACK_ERRORS: tuple[type[BaseException], ...] = (*LINK_OR_TIMEOUT_ERRORS, OSError)
-#: Starting and stopping a scanner: bounded on top of the scan itself.
-SCANNER_START_STOP_S = 10.0
-
-
-#: BlueZ before this reports ServicesResolved before the GATT objects exist (see bluez.py).
-SERVICES_RACE_FIXED_IN = (5, 55)
-
-
-@dataclass(frozen=True, slots=True)
-class BleBackend:
-    """Which bleak backends to use. ``None`` means the platform's own (a real radio).
-
-    ``forget`` removes a device from the stack's cache (its GATT database included) and
-    ``warnings`` reports known problems of the stack; the real ones talk to BlueZ, the
-    simulator supplies its own. Whatever the stack raises comes out as this module's
-    errors (:class:`ForgetFailed`) or as warnings.
-    """
-
-    scanner: type | None = None
-    client: type | None = None
-    adapter: str = "hci0"
-    forget: Callable[[str], Awaitable[bool]] | None = None
-    warnings: Callable[[], Awaitable[list[str]]] | None = None
-    #: Re-read a connected client's services from the stack (True when it could).
-    reread: Callable[[BleakClient], Awaitable[bool]] | None = None
-
-    @property
-    def is_real(self) -> bool:
-        return self.client is None
-
-    @property
-    def can_reread_services(self) -> bool:
-        return self.reread is not None or (self.is_real and sys.platform.startswith("linux"))
-
-    def scanner_kwargs(self) -> dict[str, Any]:
-        if self.scanner is not None:
-            return {"backend": self.scanner}
-        return {"bluez": {"adapter": self.adapter}} if sys.platform.startswith("linux") else {}
-
-    def client_kwargs(self) -> dict[str, Any]:
-        if self.client is not None:
-            return {"backend": self.client}
-        return {"bluez": {"adapter": self.adapter}} if sys.platform.startswith("linux") else {}
-
-    async def forget_device(self, address: str) -> bool:
-        """Forget ``address`` in the stack (BlueZ: ``Adapter1.RemoveDevice``); False when the
-        stack did not know it. Raises :class:`ForgetFailed` with a sentence, whatever the
-        stack raised."""
-        try:
-            if self.forget is not None:
-                return await self.forget(address)
-            if sys.platform.startswith("linux"):
-                from .bluez import remove_device
-
-                return await remove_device(address, self.adapter)
-        except BluezUnavailable as exc:
-            raise ForgetFailed(f"could not clear the cache for {address}: {exc}") from None
-        except STACK_ERRORS as exc:
-            why = str(exc) or "no answer in time"
-            raise ForgetFailed(
-                f"could not clear the cache for {address} ({type(exc).__name__}: {why})"
-            ) from None
-        return False  # CoreBluetooth and WinRT keep no cache a client can clear
-
-    async def platform_warnings(self) -> list[str]:
-        """Known problems of the stack, one sentence each; never raises."""
-        if self.warnings is not None:
-            return await self.warnings()
-        if self.is_real and sys.platform.startswith("linux"):
-            from .bluez import bluez_version, version_warnings
-
-            return version_warnings(await bluez_version())
-        return []
-
-    async def reread_services(self, client: BleakClient) -> bool:
-        """Replace ``client.services`` with what the stack shows now (bleak resolves them
-        once per connection); False when this stack's client cannot."""
-        if self.reread is not None:
-            return await self.reread(client)
-        if self.is_real and sys.platform.startswith("linux"):
-            from .bluez import reread_services
-
-            return await reread_services(client)
-        return False
-
-    async def needs_fixed_settle(self) -> bool:
-        """Whether the stack is known to report services resolved before they are (BlueZ
-        before 5.55, which preflight warns about): then the whole settle delay is waited."""
-        if self.is_real and sys.platform.startswith("linux"):
-            from .bluez import bluez_version
-
-            version = await bluez_version()
-            return version is not None and version < SERVICES_RACE_FIXED_IN
-        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,100 +61,6 @@ class LinkSettings:
     #: How long a scan looks for the device (``--scan-timeout``, ``--ble-scan-timeout``).
     scan_timeout_s: float = 10.0
     write_timeout_s: float = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Sighting:
-    """One advertiser a scan saw: what it advertised, and the BLEDevice to connect to."""
-
-    address: str
-    name: str | None
-    rssi: int | None = None
-    nus: bool = False  # advertises the Nordic UART Service
-    device: BLEDevice | None = field(default=None, compare=False, repr=False)
-
-    def __str__(self) -> str:
-        rssi = f", {self.rssi} dBm" if self.rssi is not None else ""
-        return f"{self.name or '(no name)'} ({self.address}{rssi})"
-
-    @property
-    def ble_device(self) -> BLEDevice:
-        assert self.device is not None, f"{self} was not seen by a scan"
-        return self.device
-
-
-async def observe(
-    backend: BleBackend,
-    *,
-    timeout: float,
-    done: Callable[[Mapping[str, Sighting]], bool] = lambda seen: False,
-) -> dict[str, Sighting]:
-    """Scan until ``done(seen)`` holds or ``timeout`` passes; every advertiser seen, by
-    upper-case address. The one scanning loop: finding a device, listing devices and
-    preflight all use it. Raises DeviceNotFound when the scanner itself fails (no adapter,
-    adapter off, stack not running)."""
-    seen: dict[str, Sighting] = {}
-    complete = asyncio.Event()
-
-    def on_advertisement(device: BLEDevice, adv: AdvertisementData) -> None:
-        seen[device.address.upper()] = Sighting(
-            device.address,
-            adv.local_name or device.name,
-            adv.rssi,
-            p.NUS_SERVICE_UUID in (u.lower() for u in adv.service_uuids),
-            device,
-        )
-        if done(seen):
-            complete.set()
-
-    scanner = BleakScanner(detection_callback=on_advertisement, **backend.scanner_kwargs())
-    try:
-        async with asyncio.timeout(timeout + SCANNER_START_STOP_S):  # start and stop bounded
-            async with scanner:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await complete.wait()
-    except STACK_ERRORS as exc:  # no adapter, stack not running
-        why = str(exc) or "the scanner did not start or stop in time"
-        raise DeviceNotFound(
-            f"scanning failed ({type(exc).__name__}: {why}); check that Bluetooth is on and "
-            "the adapter is present"
-        ) from None
-    return seen
-
-
-async def find_device(
-    backend: BleBackend,
-    *,
-    name: str | None = None,
-    address: str | None = None,
-    timeout: float,
-) -> Sighting:
-    """Scan for a SmartBall by address (preferred) or advertised name."""
-    if not (address or name):
-        raise ValueError("find_device needs a name or an address")
-    what = f"address {address}" if address else f"name {name!r}"
-
-    def wanted(s: Sighting) -> bool:
-        return s.address.upper() == address.upper() if address else s.name == name
-
-    seen = await observe(
-        backend, timeout=timeout, done=lambda seen: any(wanted(s) for s in seen.values())
-    )
-    for sighting in seen.values():
-        if wanted(sighting):
-            return sighting
-    raise DeviceNotFound(
-        f"no SmartBall with {what} advertised within {timeout:g} s; check that it is "
-        "powered, in range and not connected to another host"
-    )
-
-
-async def scan(backend: BleBackend, timeout: float) -> list[Sighting]:
-    """Devices advertising NUS, strongest first."""
-    seen = await observe(backend, timeout=timeout)
-    nus = [s for s in seen.values() if s.nus]
-    return sorted(nus, key=lambda s: -(s.rssi if s.rssi is not None else -999))
 
 
 _LOST = object()
