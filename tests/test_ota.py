@@ -329,6 +329,30 @@ async def test_a_cache_clear_that_fails_with_an_os_error_is_a_warning_not_an_esc
     assert "could not clear the cache" in warning.detail and "FileNotFoundError" in warning.detail
 
 
+async def test_an_os_error_from_the_stack_mid_transfer_is_a_link_failure_not_an_escape(
+    ota: Callable[..., OtaEngine],
+    sim_device: SimDevice,
+    firmware_image: FirmwareImage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """run() never raises for the stack's trouble, an OS error the link does not know
+    included (a D-Bus socket refused, say): it recovers like from any link failure."""
+    write = sim_device.write
+    failed: list[int] = []
+
+    async def refusing(link: object, data: bytes) -> None:
+        if len(data) > 1 and data[1] == p.MsgType.CMD_OTA_DATA and not failed:
+            failed.append(1)
+            raise PermissionError(13, "Permission denied")
+        await write(link, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sim_device, "write", refusing)
+    result = await ota().run()
+    assert_flashed(sim_device, firmware_image, result)
+    failure = next(e for e in result.events if e.kind is EventKind.LINK_FAILURE)
+    assert "PermissionError" in failure.detail and result.reconnects == 1
+
+
 async def test_connect_failures_are_retried(
     ota: Callable[..., OtaEngine], sim_device: SimDevice, firmware_image: FirmwareImage
 ) -> None:

@@ -34,6 +34,7 @@ from .backend import BleBackend
 from .errors import (
     LINK_ERRORS,
     LINK_OR_TIMEOUT_ERRORS,
+    STACK_ERRORS,
     ConnectFailed,
     LinkEvent,
     LinkLost,
@@ -356,5 +357,5 @@ async def _quiet_disconnect(client: BleakClient) -> None:
     try:
         async with asyncio.timeout(5.0):
             await client.disconnect()
-    except LINK_OR_TIMEOUT_ERRORS as exc:
+    except STACK_ERRORS as exc:
         log.debug("disconnect: %s", exc)

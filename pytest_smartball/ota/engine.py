@@ -21,7 +21,7 @@ from bleak.backends.device import BLEDevice
 from .. import protocol as p
 from ..image import FirmwareImage, ImageError
 from ..link import (
-    LINK_ERRORS,
+    STACK_ERRORS,
     BleBackend,
     ConnectFailed,
     DeviceNotFound,
@@ -130,7 +130,7 @@ class OtaEngine:
                     await handlers[state]()
                 except (LinkLost, ResponseTimeout, ConnectFailed) as exc:
                     self._see(o.LinkFailed(str(exc)))
-                except LINK_ERRORS as exc:  # a stack error the link did not translate
+                except STACK_ERRORS as exc:  # a stack error the link did not translate
                     self._see(o.LinkFailed(f"Bluetooth error: {type(exc).__name__}: {exc}"))
                 if self.state is state:
                     raise AssertionError(f"the {state.name} step ended without a decision")
