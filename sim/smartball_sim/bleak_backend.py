@@ -16,8 +16,9 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from bleak.assigned_numbers import CharacteristicPropertyName
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.client import BaseBleakClient, NotifyCallback
 from bleak.backends.descriptor import BleakGATTDescriptor
@@ -299,7 +300,7 @@ def services_from_layout(
                 None,
                 char.declaration_handle,
                 char.uuid,
-                list(char.properties),
+                cast(list[CharacteristicPropertyName], list(char.properties)),
                 max_write,
                 bleak_service,
             )
