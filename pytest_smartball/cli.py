@@ -116,6 +116,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "realtime": False,
     "erase_time": None,
     "sim_address": DEFAULT_ADDRESS,
+    "sim_link": "model",
     "scan_timeout": None,
     "settle": LinkSettings().settle_s,
 }
@@ -124,6 +125,7 @@ SIM_ONLY = {
     "realtime": "--realtime",
     "erase_time": "--erase-time",
     "sim_address": "--sim-address",
+    "sim_link": "--sim-link",
 }
 
 T = TypeVar("T")
@@ -248,6 +250,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help=f"with --sim: the simulated device's address (default: {DEFAULT_ADDRESS})",
     )
+    sim.add_argument(
+        "--sim-link",
+        choices=("model", "bumble"),
+        default=s,
+        help="with --sim: what carries the BLE link: our radio model (default) or Google's "
+        "Bumble stack (real HCI/L2CAP/ATT; pip install 'pytest-smartball[bumble]')",
+    )
     out = parser.add_argument_group("output")
     out.add_argument(
         "--json",
@@ -363,6 +372,7 @@ def run_coroutine(coro: Coroutine[Any, Any, T], *, virtual: bool) -> T:
 class Target:
     backend: BleBackend
     sim_device: SimDevice | None = None  # with --sim
+    world: Any = None  # with --sim: the simulated radio neighbourhood
 
 
 class Context:
@@ -399,15 +409,24 @@ class Context:
             flash = FlashTimings(erase_total_s=a.erase_time) if a.erase_time else None
             loop = asyncio.get_running_loop()
             t0 = loop.time()  # 0 on the virtual clock; fault-log times count from here
-            sim = make_sim_target(
-                a.name,
-                a.sim_address,
-                faults=self.fault_plan,
-                seed=a.seed,
-                flash=flash,
-                clock=lambda: loop.time() - t0,
-            )
-            return Target(sim.backend, sim.device)
+            make: Callable[..., Any] = make_sim_target
+            faults: Any = self.fault_plan
+            if a.sim_link == "bumble":
+                from .simulated_bumble import BlueZOnlyFault, BumbleUnavailable, make_bumble_target
+
+                make, faults = make_bumble_target, a.faults  # profiles need their names
+            try:
+                sim = make(
+                    a.name,
+                    a.sim_address,
+                    faults=faults,
+                    seed=a.seed,
+                    flash=flash,
+                    clock=lambda: loop.time() - t0,
+                )
+            except (BumbleUnavailable, BlueZOnlyFault) as exc:
+                raise CliError(EXIT_BAD_INPUT, str(exc)) from None
+            return Target(sim.backend, sim.device, sim.world)
         try:
             await probe_adapter(self.args.adapter)
         except BluezUnavailable as exc:
@@ -691,6 +710,9 @@ def _print_summary(
             f"  device now     firmware {info.firmware_version}, active image "
             f"{info.active_image_size} bytes, crc32 {info.active_image_crc32:08x}"
         )
+    mtu = getattr(target.world, "negotiated_mtu", None)
+    if mtu is not None:
+        print(f"  ATT MTU        {mtu} (negotiated over Bumble)")
     sim = target.sim_device
     if sim is not None:
         active = sim.firmware.active
@@ -763,6 +785,7 @@ async def cmd_flash(ctx: Context, image: FirmwareImage) -> int:
             active = sim.firmware.active
             payload["fault_log"] = [str(r) for r in sim.fault_log]
             payload["sim_active_image"] = {"size": len(active.data), "crc32": active.crc32}
+            payload["att_mtu"] = getattr(target.world, "negotiated_mtu", None)
         _emit_json(payload)
     else:
         if a.verbose:

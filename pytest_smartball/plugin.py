@@ -71,6 +71,7 @@ class SmartBallOptions:
     baseline: str | None = None
     report: str | None = None
     scan_timeout: float = preflight.DEFAULT_SCAN_TIMEOUT_S
+    sim_link: str = "model"
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -236,6 +237,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "the hypothesis profile's, 100 in CI)",
     )
     group.addoption(
+        "--sim-link",
+        choices=("model", "bumble"),
+        default="model",
+        help="what carries the simulator's BLE link: our radio model (default) or Google's "
+        "Bumble stack (real HCI/L2CAP/ATT; pip install 'pytest-smartball[bumble]')",
+    )
+    group.addoption(
         "--sim-faults",
         default=None,
         help="fault plan applied to every simulated device, e.g. "
@@ -289,6 +297,7 @@ def _options(config: pytest.Config) -> SmartBallOptions:
         baseline=config.getoption("--baseline-firmware"),
         report=config.getoption("--smartball-report"),
         scan_timeout=config.getoption("--ble-scan-timeout"),
+        sim_link=config.getoption("--sim-link"),
     )
 
 
@@ -361,6 +370,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             FaultPlan.parse(opts.faults)
         except FaultSpecError as exc:
             raise pytest.UsageError(f"--sim-faults: {exc}") from None
+    if opts.device == "sim" and opts.sim_link == "bumble":
+        from .simulated_bumble import BlueZOnlyFault, BumbleUnavailable, check_bumble_faults
+
+        try:
+            check_bumble_faults(opts.faults)
+        except (BumbleUnavailable, BlueZOnlyFault) as exc:
+            raise pytest.UsageError(str(exc)) from None
     if opts.device == "sim":
         image = _load_or_usage_error("--firmware", opts.firmware)
         state.baseline_image = _load_or_usage_error("--baseline-firmware", opts.baseline)
@@ -532,7 +548,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         device_firmware = SimDevice(active_image=b"\xff").firmware.info().firmware_version
         lines.append(
             f"smartball: simulated SmartBall firmware {device_firmware}, seed={opts.seed} "
-            f"faults={opts.faults or 'none'} (virtual time)"
+            f"faults={opts.faults or 'none'}"
+            + (f" link={opts.sim_link}" if opts.sim_link != "model" else "")
+            + " (virtual time)"
         )
         return lines
     if state is None:
@@ -621,6 +639,13 @@ def smartball(
         return
     from .simulated import make_sim_target
 
+    make_target: Callable[..., Any] = make_sim_target
+    refused: tuple[type[Exception], ...] = ()
+    if opts.sim_link == "bumble":
+        from .simulated_bumble import BlueZOnlyFault
+        from .simulated_bumble import make_bumble_target as make_target
+
+        refused = (BlueZOnlyFault,)
     marker = request.node.get_closest_marker("faults")
     spec = ",".join(s for s in (opts.faults, marker.args[0] if marker else None) if s)
     # Each test gets its own device, seeded from --sim-seed and the test id: reproducible,
@@ -629,9 +654,12 @@ def smartball(
     options: dict[str, Any] = {}
     if state.baseline_image is not None:
         options["active_image"] = state.baseline_image.data
-    sim = make_sim_target(
-        opts.name, state.address or DEFAULT_ADDRESS, faults=spec, seed=seed, **options
-    )
+    try:
+        sim = make_target(
+            opts.name, state.address or DEFAULT_ADDRESS, faults=spec, seed=seed, **options
+        )
+    except refused as exc:  # the test's plan needs BlueZ; the Bumble link refuses it
+        pytest.skip(str(exc))
     target = SmartBallTarget(
         "sim", sim.device.name, sim.device.address, sim.backend, sim.device, sim.world
     )

@@ -4,6 +4,8 @@
 SimDevice as ``simulated.make_sim_target`` (firmware model, fault plan, seed), served by a
 Bumble peripheral and reached by a Bumble central behind bleak's backend interface, so
 every byte crosses real HCI, L2CAP and ATT. It runs on the same virtual clock.
+
+Import it only when ``--sim-link=bumble`` is asked for (it imports the simulator).
 """
 
 from __future__ import annotations
@@ -11,17 +13,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from smartball_sim.bumble.faults import BlueZOnlyFault  # no bumble import
+
 from .link import BleBackend
 
-if TYPE_CHECKING:  # the simulator is imported only when a target is built
+if TYPE_CHECKING:  # the rest of the simulator, and bumble, load when a target is built
     from smartball_sim.bumble.central import BumbleWorld
     from smartball_sim.device import SimDevice
     from smartball_sim.faults import FaultPlan
 
+__all__ = ["BlueZOnlyFault", "BumbleTarget", "BumbleUnavailable", "make_bumble_target"]
+
 INSTALL_HINT = (
     "--sim-link=bumble needs Google's Bumble BLE stack: pip install 'pytest-smartball[bumble]'"
 )
-SIM_LINKS = ("model", "bumble")
 
 
 class BumbleUnavailable(Exception):
@@ -60,7 +65,7 @@ def make_bumble_target(
     a fault the Bumble link cannot express (``race``, ``stale-cache``)."""
     require_bumble()
     from smartball_sim.bumble.central import BumbleWorld
-    from smartball_sim.bumble.peripheral import plan_for_bumble, refuse_bluez_only
+    from smartball_sim.bumble.faults import plan_for_bumble, refuse_bluez_only
     from smartball_sim.device import DEFAULT_ADDRESS, FaultRecord, SimDevice
 
     plan, left_out = plan_for_bumble(faults)
@@ -84,3 +89,13 @@ def make_bumble_target(
         warnings=world.warnings,
     )
     return BumbleTarget(device, world, backend)
+
+
+def check_bumble_faults(spec: str | None) -> None:
+    """Before a run: BumbleUnavailable without bumble, FaultSpecError (a ValueError) for a
+    plan the Bumble link refuses, so the run stops with one sentence before any test."""
+    require_bumble()
+    from smartball_sim.bumble.faults import plan_for_bumble, refuse_bluez_only
+
+    plan, _ = plan_for_bumble(spec)
+    refuse_bluez_only(plan)

@@ -118,6 +118,9 @@ class LinkLayer(Protocol):
     """What carries a SimDevice's link. The device decides (firmware, faults, advertising,
     resets); a link layer moves the bytes and tells the host side what happened."""
 
+    #: How a host sees a connect-fail on this link (for the fault log).
+    connect_fail_detail: str
+
     def send(self, link: Link, frame: bytes) -> None:
         """Carry one whole device frame to the host, cut at the link's MTU - 3."""
 
@@ -373,6 +376,8 @@ class SimDevice:
 class ModelLinkLayer:
     """The in-process radio model: advertising is polled by the scanner, a connect takes
     ``connect_s``, and bytes move only at connection events (``smartball_sim.radio``)."""
+
+    connect_fail_detail = "br-connection-canceled"
 
     def __init__(self, device: SimDevice) -> None:
         self.device = device
@@ -646,7 +651,7 @@ class FaultInjector:
             return "timeout"
         if a.connect_fail:
             a.connect_fail -= 1
-            self._record("connect-fail", "br-connection-canceled")
+            self._record("connect-fail", self.device.link_layer.connect_fail_detail)
             return "fail"
         return "ok"
 

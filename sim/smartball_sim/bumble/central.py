@@ -38,7 +38,6 @@ from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
 from bleak.exc import BleakDeviceNotFoundError, BleakError
 from bumble import core, hci
-from bumble.controller import Controller
 from bumble.core import AdvertisingData
 from bumble.device import Advertisement, Connection, Device, Peer
 from bumble.gatt_client import CharacteristicProxy
@@ -47,7 +46,7 @@ from bumble.transport.common import AsyncPipeSink
 
 from ..device import SimDevice
 from .link import SmartBallLink
-from .peripheral import SmartBallPeripheral, serve_smartball
+from .peripheral import QuietController, SmartBallPeripheral, serve_smartball
 
 log = logging.getLogger("sim.bumble.central")
 
@@ -71,7 +70,7 @@ def reason_text(reason: int) -> str:
     return f"HCI 0x{reason:02X} ({REASONS.get(reason, hci.HCI_Constant.error_name(reason))})"
 
 
-class CentralController(Controller):
+class CentralController(QuietController):
     """Bumble's controller, except that LE Create Connection Cancel ends the attempt.
 
     Core 5.3, Vol 4, Part E, 7.8.13: after a successful cancel the controller reports LE
@@ -131,6 +130,8 @@ class BumbleWorld:
         for device in devices:
             self.add(device)
         self.exchange_mtu = exchange_mtu
+        #: The ATT MTU of the last connection set up (after its exchange, if any).
+        self.negotiated_mtu: int | None = None
         self.central_address = central_address
         self.peripherals: dict[str, SmartBallPeripheral] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -349,6 +350,7 @@ class BumbleClient(BaseBleakClient):
             if connection.handle in central.connections:
                 await _quiet_disconnect(connection)
             raise
+        self.world.negotiated_mtu = connection.att_mtu
 
     def _adopt(self, connection: Connection) -> None:
         self._connection = connection
@@ -412,10 +414,12 @@ class BumbleClient(BaseBleakClient):
         except asyncio.CancelledError:
             task.cancel()
             raise
-        if task.done():
-            return task.result()
-        task.cancel()
-        raise BleakError(f"Not connected: {reason_text(lost.result())}")
+        if lost.done():
+            task.cancel()
+            raise BleakError(f"Not connected: {reason_text(lost.result())}")
+        if task.cancelled():  # Bumble cancels a link's pending requests when it goes
+            raise BleakError("Not connected: the GATT request was cancelled")
+        return task.result()
 
     async def disconnect(self) -> None:
         connection = self._connection

@@ -52,7 +52,7 @@ from typing import Any
 
 from bumble import data_types, hci, ll
 from bumble.controller import Controller
-from bumble.core import UUID, AdvertisingData
+from bumble.core import UUID, AdvertisingData, PhysicalTransport
 from bumble.device import Connection, Device, DeviceConfiguration
 from bumble.gatt import Characteristic, CharacteristicValue, Service
 from bumble.host import Host
@@ -62,15 +62,20 @@ from bumble.transport.common import AsyncPipeSink
 
 from .. import gatt_layout as gatt
 from ..device import Link, LinkEnd, SimDevice
-from ..faults import PROFILES, Fault, FaultPlan, FaultSpecError
+from ..faults import FaultPlan
+from .faults import refuse_bluez_only
 from .link import SmartBallLink, sever
 
-__all__ = ["SmartBallController", "SmartBallLink", "SmartBallPeripheral", "serve_smartball"]
+__all__ = [
+    "QuietController",
+    "SmartBallController",
+    "SmartBallLink",
+    "SmartBallPeripheral",
+    "serve_smartball",
+]
 
 log = logging.getLogger("sim.bumble.peripheral")
 
-#: Effects that only mean something on BlueZ (its GATT cache and its D-Bus objects).
-BLUEZ_ONLY_EFFECTS = frozenset({"race", "stale-cache"})
 #: Legacy advertising data (Core 5.3, Vol 6, Part B, 2.3.1.1): at most 31 bytes.
 ADV_DATA_MAX = 31
 #: A central's link layer gives up on a connection whose first packets get no answer
@@ -86,35 +91,6 @@ async def serve_smartball(
     peripheral = SmartBallPeripheral(device, link, controller_address=controller_address)
     await peripheral.start()
     return peripheral
-
-
-def refuse_bluez_only(plan: FaultPlan) -> None:
-    for fault in plan.faults:
-        if fault.effect in BLUEZ_ONLY_EFFECTS:
-            raise FaultSpecError(
-                f"fault {str(fault)!r}: {fault.effect} is a BlueZ host's failure (its GATT "
-                "cache and D-Bus objects); the Bumble link has no BlueZ, so it cannot apply "
-                "it (run it with --sim-link=model or --bluez=emulated)"
-            )
-
-
-def plan_for_bumble(spec: str | FaultPlan | None) -> tuple[FaultPlan, list[Fault]]:
-    """The plan a Bumble link runs, and the faults of named profiles it leaves out.
-
-    A profile (``field-linux``) describes a field condition seen through BlueZ; on this
-    link its BlueZ-only faults are left out (the caller says so) and the rest applies. The
-    same faults written out by hand are refused (``refuse_bluez_only``)."""
-    if spec is None or isinstance(spec, FaultPlan):
-        return spec or FaultPlan(), []
-    kept: list[Fault] = []
-    left_out: list[Fault] = []
-    for part in (s.strip() for s in spec.split(",")):
-        if part in PROFILES:
-            for fault in FaultPlan.parse(PROFILES[part]).faults:
-                (left_out if fault.effect in BLUEZ_ONLY_EFFECTS else kept).append(fault)
-        elif part:
-            kept.extend(FaultPlan.parse(part).faults)
-    return FaultPlan(tuple(kept)), left_out
 
 
 def advertising_data(name: str) -> tuple[bytes, bytes]:
@@ -161,7 +137,27 @@ class BumbleLink:
         return self.mtu - 3
 
 
-class SmartBallController(Controller):
+class QuietController(Controller):
+    """A Bumble controller that drops a host's data for a link that has just ended without
+    a warning each time: the host learns of the end one event later, and a real controller
+    discards that data the same way."""
+
+    def on_hci_acl_data_packet(self, packet: hci.HCI_AclDataPacket) -> None:
+        if self.find_connection_by_handle(packet.connection_handle) is None:
+            log.debug("%s: data for ended link 0x%04X dropped", self.name, packet.connection_handle)
+            return
+        super().on_hci_acl_data_packet(packet)
+
+    def on_link_acl_data(
+        self, sender_address: hci.Address, transport: PhysicalTransport, data: bytes
+    ) -> None:
+        if transport == PhysicalTransport.LE and sender_address not in self.le_connections:
+            log.debug("%s: data from %s after its link ended dropped", self.name, sender_address)
+            return
+        super().on_link_acl_data(sender_address, transport, data)
+
+
+class SmartBallController(QuietController):
     """A Bumble controller for the device: it lets the device's fault plan decide each
     incoming connect request, and fails one it cannot take the way a real link fails."""
 
@@ -226,6 +222,8 @@ class SmartBallController(Controller):
 
 class SmartBallPeripheral:
     """A SimDevice's link layer over a Bumble host stack (``SimDevice.link_layer``)."""
+
+    connect_fail_detail = "unanswered: HCI 0x3E connection failed to be established"
 
     def __init__(
         self, device: SimDevice, link: LocalLink, *, controller_address: str | None = None
