@@ -160,11 +160,14 @@ class BumbleWorld:
     async def start(self) -> Device:
         """Power the central and serve every device, once, in the running loop."""
         loop = asyncio.get_running_loop()
-        if self._loop is not None and self._loop is not loop:
-            raise RuntimeError("a Bumble world runs in the event loop that started it")
-        self._loop = loop
-        if self._starting is None:
+        if self._loop is not loop:
+            if self._loop is not None and self._loop.is_running():
+                raise RuntimeError("a Bumble world runs in one event loop at a time")
+            if self._loop is not None:
+                self._rebuild()
+            self._loop = loop
             self._starting = asyncio.Lock()
+        assert self._starting is not None
         async with self._starting:
             if self.central is None:
                 for key, device in self.devices.items():
@@ -178,6 +181,18 @@ class BumbleWorld:
                 self.central = central
         assert self.central is not None
         return self.central
+
+    def _rebuild(self) -> None:
+        """The loop the Bumble stacks ran in has ended (a host process gone): the devices
+        keep their state, their links are dead, and every stack starts afresh in the next
+        loop (Bumble's objects belong to the loop that made them)."""
+        for peripheral in self.peripherals.values():
+            peripheral.abandon()
+        self.link = SmartBallLink()
+        self.central = None
+        self.peripherals = {}
+        self._scanners = set()
+        self.negotiated_mtu = None
 
     async def close(self) -> None:
         for peripheral in self.peripherals.values():
@@ -263,6 +278,9 @@ class BumbleScanner(BaseBleakScanner):
             for uuids in data.get_all(kind)
             for uuid in uuids
         ]
+        # Bumble's LocalLink repeats the advertising data as the scan response, and the
+        # accumulator joins both: each field comes twice.
+        uuids = list(dict.fromkeys(uuids))
         if not self.is_allowed_uuid(uuids):
             return
         names = data.get_all(AdvertisingData.Type.COMPLETE_LOCAL_NAME) or data.get_all(
@@ -308,6 +326,7 @@ class BumbleClient(BaseBleakClient):
             address_or_ble_device if isinstance(address_or_ble_device, BLEDevice) else None
         )
         self._connection: Connection | None = None
+        self._up = False  # connected and set up: a disconnection now is reported
         self._lost: asyncio.Future[int] | None = None
         self._proxies: dict[int, CharacteristicProxy[bytes]] = {}  # by declaration handle
         self._subscriptions: dict[int, Callable[[bytes], None]] = {}
@@ -350,6 +369,7 @@ class BumbleClient(BaseBleakClient):
             if connection.handle in central.connections:
                 await _quiet_disconnect(connection)
             raise
+        self._up = True
         self.world.negotiated_mtu = connection.att_mtu
 
     def _adopt(self, connection: Connection) -> None:
@@ -362,9 +382,10 @@ class BumbleClient(BaseBleakClient):
             self.last_disconnect_reason = reason
             log.info("%s: disconnected, %s", self.address, reason_text(reason))
             if self._connection is connection:
+                was_up, self._up = self._up, False
                 self._forget()
-                if self._disconnected_callback is not None:
-                    self._disconnected_callback()
+                if was_up and self._disconnected_callback is not None:
+                    self._disconnected_callback()  # not for a connect that fails
 
         connection.on(Connection.EVENT_DISCONNECTION, on_disconnection)
 

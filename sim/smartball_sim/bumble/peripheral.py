@@ -278,6 +278,16 @@ class SmartBallPeripheral:
         if self.controller in self.controller.link.controllers:
             self.controller.link.remove_controller(self.controller)
 
+    def abandon(self) -> None:
+        """Its event loop has ended: stop, and let the device forget a link that died with
+        it (nothing of the old loop can run any more)."""
+        self._started = False
+        if self._adv_resume is not None:
+            self._adv_resume.cancel()
+        link = self.device.link
+        if link is not None and self.device.link_layer is self:
+            self.device.host_disconnect(link)
+
     # --- LinkLayer ---------------------------------------------------------------------
 
     def send(self, link: Link, frame: bytes) -> None:
