@@ -11,6 +11,8 @@ Shipped with the package so users can fuzz their own flows::
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from hypothesis import strategies as st
 from smartball_sim.faults import EFFECTS, Fault, FaultPlan, Trigger
 from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY, PAGE_SIZE
@@ -51,20 +53,41 @@ def images(max_size: int = DEFAULT_STAGING_CAPACITY) -> st.SearchStrategy[Firmwa
     return st.builds(build, image_sizes(max_size), st.integers(0, 2**16))
 
 
-def triggers(image_size: int = DEFAULT_STAGING_CAPACITY) -> st.SearchStrategy[Trigger]:
-    return st.one_of(
+def triggers(
+    image_size: int = DEFAULT_STAGING_CAPACITY,
+    *,
+    timed: bool = True,
+    commands: Sequence[int] = _COMMAND_TYPES,
+) -> st.SearchStrategy[Trigger]:
+    """``timed=False`` leaves out ``t:`` triggers; ``commands`` limits ``cmd:`` triggers."""
+    kinds = [
         st.just(Trigger()),
         st.builds(lambda v: Trigger("erase", v), st.integers(0, 100)),
         st.builds(lambda v: Trigger("offset", v), st.integers(0, max(0, image_size))),
-        st.builds(
-            lambda t, n: Trigger("cmd", n, t), st.sampled_from(_COMMAND_TYPES), st.integers(1, 20)
-        ),
-        st.builds(lambda v: Trigger("t", v), st.sampled_from([0.5, 1, 2, 5, 10, 30])),
         st.builds(lambda v: Trigger("connect", v), st.integers(1, 4)),
-    )
+    ]
+    if commands:
+        kinds.insert(
+            3,
+            st.builds(
+                lambda t, n: Trigger("cmd", n, t), st.sampled_from(commands), st.integers(1, 20)
+            ),
+        )
+    if timed:
+        seconds = st.sampled_from([0.5, 1, 2, 5, 10, 30])
+        kinds.insert(-1, st.builds(lambda v: Trigger("t", v), seconds))
+    return st.one_of(kinds)
 
 
-def faults(image_size: int = DEFAULT_STAGING_CAPACITY) -> st.SearchStrategy[Fault]:
+def faults(
+    image_size: int = DEFAULT_STAGING_CAPACITY,
+    *,
+    effects: Iterable[str] = EFFECTS,
+    trigger_strategy: st.SearchStrategy[Trigger] | None = None,
+) -> st.SearchStrategy[Fault]:
+    """Faults of the given ``effects`` (all by default) with triggers from
+    ``trigger_strategy`` (``triggers(image_size)`` by default)."""
+
     def build(
         effect: str,
         trigger: Trigger,
@@ -85,8 +108,8 @@ def faults(image_size: int = DEFAULT_STAGING_CAPACITY) -> st.SearchStrategy[Faul
 
     return st.builds(
         build,
-        st.sampled_from(sorted(EFFECTS)),
-        triggers(image_size),
+        st.sampled_from(sorted(effects)),
+        triggers(image_size) if trigger_strategy is None else trigger_strategy,
         st.sampled_from([0.5, 1.5, 5, 20, 40]),
         st.integers(1, 4),
         st.one_of(st.none(), st.sampled_from(_DEVICE_TYPES)),

@@ -408,8 +408,11 @@ async def test_a_cancelled_connect_leaves_no_link_behind() -> None:
     await world.start()
     device.pause_advertising(10)
     client = BleakClient(ADDRESS, backend=world.client_backend, timeout=3)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
     with pytest.raises(TimeoutError):
         await client.connect()
+    assert loop.time() - t0 == pytest.approx(3)  # not when the device happens to come back
     await asyncio.sleep(10)  # the device advertises again
     assert device.advertising and device.link is None
     assert world.central is not None and not world.central.connections

@@ -1,0 +1,98 @@
+"""Differential check: the same seeded fault plans over our radio model and over Bumble end
+the same way (success, or the same clean failure) with the same image on the device.
+
+Bumble moves bytes without airtime, so times differ (durations, when a time-triggered
+fault fires) and the engine may send a different number of commands; docs/faults.md lists
+what legitimately differs. The plans here leave out what depends on time or on how many
+random draws a link makes (``t:`` triggers, ``flaky``, ``cmd:`` triggers on commands whose
+count depends on timing), and BlueZ's own faults (``race``, ``stale-cache``), which the
+Bumble link refuses. A disagreement on what remains is a bug in one of the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, event, example, given, note, settings
+from hypothesis import strategies as st
+from smartball_sim.bumble.faults import BLUEZ_ONLY_EFFECTS
+from smartball_sim.faults import EFFECTS, FaultPlan
+from smartball_sim.make_image import make_image
+
+from pytest_smartball import protocol as p
+from pytest_smartball.image import FirmwareImage
+from pytest_smartball.ota import OtaEngine
+from pytest_smartball.simulated import make_sim_target, run_virtual
+from pytest_smartball.simulated_bumble import make_bumble_target
+from pytest_smartball.strategies import faults, images, triggers
+
+#: Effects whose outcome does not depend on timing or on the link's random draws.
+COMPARABLE_EFFECTS = sorted(frozenset(EFFECTS) - BLUEZ_ONLY_EFFECTS - {"flaky"})
+#: Commands the engine sends a timing-independent number of times.
+COUNTED_COMMANDS = (p.MsgType.CMD_OTA_START, p.MsgType.CMD_OTA_FINISH)
+SMALL_IMAGE_MAX = 12 * 1024
+EXAMPLES = max(10, settings.default.max_examples // 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """What an update ends in, as far as the two links must agree."""
+
+    success: bool
+    failure: str | None
+    active_crc32: int
+    active_size: int
+
+
+def run(link: str, image: FirmwareImage, plan: FaultPlan, seed: int) -> Ending:
+    make = make_bumble_target if link == "bumble" else make_sim_target
+    target = make(faults=plan, seed=seed)
+    result = run_virtual(OtaEngine(image, target.backend, address=target.device.address).run())
+    note(f"{link}: {'ok' if result.success else result.error} in {result.duration_s:.2f} s")
+    for ota_event in result.events:
+        note(f"  {link} {ota_event}")
+    for record in target.device.fault_log:
+        note(f"  {link} device: {record}")
+    active = target.device.firmware.active
+    failure = result.failure.value if result.failure else None
+    return Ending(result.success, failure, active.crc32, len(active.data))
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[FirmwareImage, FaultPlan, int]:
+    image = draw(images(max_size=SMALL_IMAGE_MAX))
+    comparable = faults(
+        image.size,
+        effects=COMPARABLE_EFFECTS,
+        trigger_strategy=triggers(image.size, timed=False, commands=COUNTED_COMMANDS),
+    )
+    plan = draw(st.lists(comparable, max_size=3).map(lambda fs: FaultPlan(tuple(fs))))
+    return image, plan, draw(st.integers(0, 3))
+
+
+@pytest.mark.sim_only
+@example(case=(FirmwareImage(make_image(20_000, 1), "diff-20000-1.bin"), FaultPlan(), 0))
+@example(
+    case=(
+        FirmwareImage(make_image(20_000, 2), "diff-20000-2.bin"),
+        FaultPlan.parse("slow-erase:30s,drop@erase:50%,connect-fail@connect:2"),
+        0,
+    )
+)
+@example(
+    case=(
+        FirmwareImage(make_image(9_000, 3), "diff-9000-3.bin"),
+        FaultPlan.parse("reboot@offset:4000,lose:MSG_OTA_DONE"),
+        1,
+    )
+)
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases())
+def test_model_and_bumble_end_the_same(case: tuple[FirmwareImage, FaultPlan, int]) -> None:
+    image, plan, seed = case
+    note(f"plan {plan or '(none)'}, seed {seed}, image {image.size} bytes")
+    model = run("model", image, plan, seed)
+    bumble = run("bumble", image, plan, seed)
+    event(f"model {'succeeded' if model.success else model.failure}")
+    assert bumble == model
