@@ -16,6 +16,7 @@ about what it holds, so nothing already sent is ever assumed to have arrived.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from collections.abc import Awaitable, Callable
@@ -410,6 +411,7 @@ class OtaEngine:
         chunk = min(self._ready.max_chunk, link.max_data_chunk)
         in_flight_limit = max(1, self._ready.window) * chunk
         acked = sent = self._device_offset
+        rewound_to = -1
         self._on_progress("transfer", acked, size)
         while acked < size:
             while sent < size and sent - acked < in_flight_limit:
@@ -433,7 +435,15 @@ class OtaEngine:
                 if msg.state != p.OtaState.RECEIVING:
                     self._event("desync", f"device is {msg.state_name} mid-transfer")
                     return State.QUERYING
-                acked = sent = self._device_offset = msg.next_expected_offset
+                if msg.next_expected_offset == rewound_to:
+                    # Refused again with nothing taken since the last rewind: its flash is
+                    # behind. Re-sending at once would spin (on a link without airtime the
+                    # clock never moves on); its next ACK says the flash made room.
+                    with contextlib.suppress(ResponseTimeout):
+                        await link.wait_for(
+                            (p.MsgOtaAck,), self.settings.ack_timeout_s, "MSG_OTA_ACK"
+                        )
+                acked = sent = self._device_offset = rewound_to = msg.next_expected_offset
                 self._event("rewind", f"device expects offset {acked}")
             elif isinstance(msg, p.MsgError):
                 if msg.code in (p.ErrorCode.BAD_STATE, p.ErrorCode.BAD_OFFSET):
