@@ -549,3 +549,31 @@ def test_a_world_starts_again_in_a_new_event_loop() -> None:
     assert device.link is not None  # the first loop ended with its link up
     assert run_virtual(second()) == [p.MsgOtaStatus]
     assert device.firmware.state == p.OtaState.RECEIVING
+
+
+@pytest.mark.asyncio
+async def test_advertising_resumes_when_a_pause_ends_on_a_rounded_clock() -> None:
+    """Found by the fuzzer: looptime ran the end-of-pause timer at a time that read just
+    before the pause's end, the device was still silent, the timer was set again for the
+    remaining fraction of a microsecond, and the loop spun at one frozen instant."""
+    image = FirmwareImage(make_image(12_287, 0), "pause.bin")
+    target = make_bumble_target(faults="adv-pause:1.5s@offset:8325", seed=3)
+    result = await OtaEngine(image, target.backend, address=target.device.address).run()
+    assert result.success, result.error
+    assert target.device.firmware.active.data == image.data
+
+
+@pytest.mark.asyncio
+async def test_a_device_whose_flash_is_behind_is_not_flooded_at_one_instant() -> None:
+    """Found by the fuzzer: after lost writes the engine rewound to the device's offset and
+    re-sent a window at once, the full receive buffer refused it, and so on: with no airtime
+    the clock never moved on and the flash never made room. The engine now waits for the
+    next ACK when a rewind lands where the last one did (a local fix of the engine's
+    pacing, see the report)."""
+    image = FirmwareImage(make_image(10_418, 0), "flood.bin")
+    target = make_bumble_target(
+        faults="connect-timeout@erase:53%,write-drop:3@cmd:CMD_OTA_DATA#13", seed=0
+    )
+    result = await OtaEngine(image, target.backend, address=target.device.address).run()
+    assert result.success, result.error
+    assert target.device.firmware.active.data == image.data

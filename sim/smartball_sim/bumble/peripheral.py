@@ -81,6 +81,8 @@ ADV_DATA_MAX = 31
 #: A central's link layer gives up on a connection whose first packets get no answer
 #: after 6 connection intervals (Core 5.3, Vol 6, Part B, 4.5.2).
 ESTABLISH_INTERVALS = 6
+#: Longer than a virtual clock's resolution (looptime: 1 us), short against any timing here.
+CLOCK_TICK_S = 1e-5
 CONNECTION_FAILED_TO_BE_ESTABLISHED = hci.HCI_ErrorCode.CONNECTION_FAILED_TO_BE_ESTABLISHED_ERROR
 
 
@@ -400,7 +402,11 @@ class SmartBallPeripheral:
                 if not want and d.booted and d.link is None and paused_for > 0:
                     if self._adv_resume is not None:
                         self._adv_resume.cancel()
-                    self._adv_resume = loop.call_later(paused_for, self.advertising_changed)
+                    # Past the pause's end by a clock tick: a virtual clock (looptime, 1 us)
+                    # may run a timer at a time that reads just before its due time.
+                    self._adv_resume = loop.call_later(
+                        paused_for + CLOCK_TICK_S, self.advertising_changed
+                    )
         finally:
             self._adv_running = False
 
