@@ -22,15 +22,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pytest_smartball.image import FirmwareImage
+from pytest_smartball.loops import run as run_loop
+from pytest_smartball.ota import OtaEngine, OtaResult
+from pytest_smartball.targets import Target
+from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.device import RadioTimings
 from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY
 from smartball_sim.make_image import FIELD_IMAGE_SIZE, make_image
 from smartball_sim.radio import PROFILES
 from smartball_sim.timing import lower_bound
-
-from pytest_smartball.image import FirmwareImage
-from pytest_smartball.ota import OtaEngine, OtaResult
-from pytest_smartball.simulated import make_sim_target, run_virtual
 
 #: The row run over Google's Bumble stack instead of a radio profile of our model.
 BUMBLE = "bumble"
@@ -82,16 +83,16 @@ class Row:
 def run_update(
     image: FirmwareImage, profile: str, *, window: int = WINDOW, faults: str = "", seed: int = 0
 ) -> tuple[OtaResult, Any]:
-    target: Any
+    target: Target
     if profile == BUMBLE:
-        from pytest_smartball.simulated_bumble import make_bumble_target
+        from pytest_smartball.targets.bumble import make_bumble_target
 
         target = make_bumble_target(faults=faults, seed=seed, window=window)
     else:
         radio = RadioTimings(link=PROFILES[profile])
         target = make_sim_target(faults=faults, seed=seed, radio=radio, window=window)
-    engine = OtaEngine(image, target.backend, address=target.device.address)
-    return run_virtual(engine.run()), target.device
+    engine = OtaEngine(image, target.backend, address=target.address)
+    return run_loop(virtual=True, coro=engine.run()), target.sim
 
 
 def measure(profile: str, size: int, wall_repeats: int) -> Row:

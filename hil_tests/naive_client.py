@@ -15,6 +15,9 @@ from bleak import BleakClient, BleakScanner
 from pytest_smartball import protocol as p
 from pytest_smartball.link import BleBackend
 
+#: The field script's chunk at MTU 247, in whole words as protocol v1 requires (was 234).
+CHUNK = 232
+
 
 async def naive_flash(backend: BleBackend, address: str, image: bytes) -> None:
     """Flash like the original script; raises whatever bleak raises."""
@@ -34,7 +37,7 @@ async def naive_flash(backend: BleBackend, address: str, image: bytes) -> None:
 
     async with BleakClient(target.address, **backend.client_kwargs()) as client:
         await client.start_notify(p.NUS_TX_UUID, on_notify)
-        start = p.CmdOtaStart(len(image), p.crc32(image), 234)
+        start = p.CmdOtaStart(len(image), p.crc32(image), CHUNK)
         await client.write_gatt_char(p.NUS_RX_UUID, p.encode(start), response=False)
         for _ in range(40):  # up to 120 s, like the original loop
             try:
@@ -46,8 +49,8 @@ async def naive_flash(backend: BleBackend, address: str, image: bytes) -> None:
                 await client.write_gatt_char(p.NUS_RX_UUID, keepalive, response=False)
         else:
             raise TimeoutError("no MSG_OTA_READY within 120 s")
-        for offset in range(0, len(image), 234):
-            frame = p.encode_data_frame(offset, image[offset : offset + 234])
+        for offset in range(0, len(image), CHUNK):
+            frame = p.encode_data_frame(offset, image[offset : offset + CHUNK])
             await client.write_gatt_char(p.NUS_RX_UUID, frame, response=False)
         await client.write_gatt_char(p.NUS_RX_UUID, p.encode(p.CmdOtaFinish()), response=False)
         await asyncio.wait_for(done.wait(), 15.0)

@@ -10,27 +10,30 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 from unittest import mock
 
 import pytest
 from hypothesis import event, example, given, note, settings
 from hypothesis import strategies as st
-from smartball_sim.device import SimDevice
-from smartball_sim.faults import FaultPlan
-from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY
-from smartball_sim.make_image import make_image
 
 from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import NusLink
+from pytest_smartball.loops import run as run_loop
 from pytest_smartball.ota import FailureKind, OtaEngine, OtaResult
-from pytest_smartball.simulated import make_sim_target, run_virtual
-from pytest_smartball.strategies import fault_plans, images
+from pytest_smartball.targets import Target
+from pytest_smartball.targets.simulated import make_sim_target
+from smartball_sim.device import SimDevice
+from smartball_sim.faults import FaultPlan
+from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY
+from smartball_sim.make_image import make_image
+from smartball_sim.strategies import fault_plans, image_specs
 
-pytestmark = pytest.mark.sim_only
+# The work is bounded by example counts and virtual time, not by the wall clock; the
+# timeout only catches a hang, generously, so a busy machine cannot fail the run.
+pytestmark = [pytest.mark.sim_only, pytest.mark.timeout(1800)]
 
-CHUNK, WINDOW = 234, 16
+CHUNK, WINDOW = 232, 16
 #: The many-plans property uses small images so thousands of updates fit in CI time;
 #: the second property covers the whole size range with fewer examples.
 SMALL_IMAGE_MAX = 12 * 1024
@@ -65,10 +68,10 @@ def replay_command(image: FirmwareImage, plan: FaultPlan, seed: int, sim_link: s
     )
 
 
-def make_target(sim_link: str, plan: FaultPlan, seed: int) -> Any:
+def make_target(sim_link: str, plan: FaultPlan, seed: int) -> Target:
     """A fresh simulated SmartBall on the link ``--sim-link`` asks for."""
     if sim_link == "bumble":
-        from pytest_smartball.simulated_bumble import make_bumble_target
+        from pytest_smartball.targets.bumble import make_bumble_target
 
         return make_bumble_target(faults=plan, seed=seed)
     return make_sim_target(faults=plan, seed=seed)
@@ -96,11 +99,12 @@ def run_update(
     plan = for_link(plan, sim_link)
     report(f"replay: {replay_command(image, plan, seed, sim_link)}")
     target = make_target(sim_link, plan, seed)
-    device = target.device
+    device = target.sim
+    assert device is not None
     baseline = device.firmware.active.data
     engine = OtaEngine(image, target.backend, address=device.address)
     with recording_waits() as waits:
-        result = run_virtual(engine.run())
+        result = run_loop(virtual=True, coro=engine.run())
     for ota_event in result.events:
         report(str(ota_event))
     for record in device.fault_log:
@@ -143,7 +147,8 @@ def check_never_bricks(
 
 @st.composite
 def image_and_plan(draw: st.DrawFn, max_size: int) -> tuple[FirmwareImage, FaultPlan, int]:
-    image = draw(images(max_size=max_size))
+    spec = draw(image_specs(max_size=max_size))
+    image = FirmwareImage(spec.data, spec.name)
     plan = draw(fault_plans(image_size=image.size))
     return image, plan, draw(st.integers(0, 3))
 

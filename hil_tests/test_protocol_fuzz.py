@@ -23,14 +23,15 @@ from hypothesis.stateful import (
     initialize,
     invariant,
     rule,
+    run_state_machine_as_test,
 )
-from smartball_sim.firmware import PAGE_SIZE, FlashTimings, SmartBallFirmware
-from smartball_sim.make_image import make_image
 
 from pytest_smartball import protocol as p
 from pytest_smartball.link import BleBackend, LinkSettings, NusLink, find_device
-from pytest_smartball.simulated import virtual_event_loop
+from pytest_smartball.loops import virtual_event_loop
 from pytest_smartball.strategies import command_frames
+from smartball_sim.firmware import PAGE_SIZE, FlashTimings, SmartBallFirmware
+from smartball_sim.make_image import make_image
 
 IMAGES = {"A": make_image(3_000, 1), "B": make_image(9_000, 2), "C": make_image(1, 3)}
 BASELINE = make_image(5_000, 99)
@@ -83,7 +84,9 @@ class FirmwareDriver:
     def now(self) -> float:
         return self.loop.time()
 
-    def write(self, data: bytes, settle_s: float = 0.001) -> list[p.DeviceMessage]:
+    # A page erase stalls the device's CPU (85 ms): a command sent during one is answered
+    # when the page is done, so every write waits longer than a page for its replies.
+    def write(self, data: bytes, settle_s: float = 0.1) -> list[p.DeviceMessage]:
         async def go() -> None:
             self.fw.receive(data)
             await asyncio.sleep(settle_s)
@@ -128,7 +131,8 @@ class DeviceProtocolModel(RuleBasedStateMachine):
 
     def settle_erase(self) -> None:
         """Erase ends at a known time; move the model when it has clearly passed."""
-        if self.state == p.OtaState.ERASING and self.d.now() >= self.erase_done_at + 1e-3:
+        # (5 ms: a chunk's write under way when START arrives delays the erase by ~1 ms)
+        if self.state == p.OtaState.ERASING and self.d.now() >= self.erase_done_at + 5e-3:
             self.state = p.OtaState.RECEIVING
 
     # --- rules -------------------------------------------------------------------------
@@ -137,6 +141,7 @@ class DeviceProtocolModel(RuleBasedStateMachine):
     def start(self, name: str, wrong_crc: bool) -> None:
         data = IMAGES[name]
         crc = p.crc32(data) ^ (1 if wrong_crc else 0)
+        sent_at = self.d.now()
         replies = self.d.write(p.encode(p.CmdOtaStart(len(data), crc, CHUNK)))
         s = self.session
         busy = self.state in (p.OtaState.ERASING, p.OtaState.RECEIVING, p.OtaState.VERIFYING)
@@ -149,8 +154,9 @@ class DeviceProtocolModel(RuleBasedStateMachine):
         assert not any(isinstance(m, p.MsgError) for m in replies), replies
         self.session = Session(name, crc)
         self.state = p.OtaState.ERASING
+        self.data_while_erasing = 0
         pages = -(-len(data) // PAGE_SIZE)
-        self.erase_done_at = self.d.now() + pages * ERASE_PAGE_S
+        self.erase_done_at = sent_at + pages * ERASE_PAGE_S
 
     @rule(seconds=st.sampled_from([0.01, 0.1, 0.5, 2.0]))
     def wait(self, seconds: float) -> None:
@@ -170,6 +176,12 @@ class DeviceProtocolModel(RuleBasedStateMachine):
         if self.state != p.OtaState.RECEIVING or s is None:
             replies = self.d.write(p.encode(p.CmdOtaData(0, b"x")))
             self.settle_erase()
+            if self.state == p.OtaState.ERASING:
+                # rate-limited while erasing: the first DATA since START, then one per window
+                self.data_while_erasing += 1
+                if (self.data_while_erasing - 1) % WINDOW:
+                    assert not any(isinstance(m, p.MsgError) for m in replies), replies
+                    return
             if self.state != p.OtaState.RECEIVING:
                 self.expect_error(replies, p.ErrorCode.BAD_STATE)
             return
@@ -187,7 +199,7 @@ class DeviceProtocolModel(RuleBasedStateMachine):
         if kind == "past-end":
             payload = (s.data[offset:] + b"\0" * length)[: min(length, CHUNK)]
         replies = self.d.write(p.encode(p.CmdOtaData(offset, payload)))
-        if kind in ("empty", "too-big"):
+        if kind in ("empty", "too-big") or not payload:  # the length is checked first
             self.expect_error(replies, p.ErrorCode.BAD_PARAM)
         elif offset != s.next_offset:
             assert not any(isinstance(m, p.MsgError) for m in replies), replies
@@ -314,8 +326,8 @@ class LinkDriver:
 
     async def _open(self, backend: BleBackend) -> NusLink:
         t = self.target
-        device = await find_device(backend, name=t.name, address=t.address)  # type: ignore[attr-defined]
-        return await NusLink.open(device, backend, LinkSettings(settle_s=0.5))
+        sighting = await find_device(backend, name=t.name, address=t.address, timeout=10)  # type: ignore[attr-defined]
+        return await NusLink.open(sighting.ble_device, backend, LinkSettings(settle_s=0.5))
 
     def reconnect_if_lost(self) -> None:
         """A verified image makes the device reset: connect again, as a host would."""
@@ -399,4 +411,4 @@ def test_command_sequences_through_the_link_keep_the_device_safe(smartball: obje
             finally:
                 self.d.close()
 
-    OverTheLink.TestCase().runTest()
+    run_state_machine_as_test(OverTheLink)

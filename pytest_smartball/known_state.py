@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from bleak.backends.device import BLEDevice
+
 from . import protocol as p
 from .image import FirmwareImage
-from .link import BleBackend, LinkError, NusLink, find_device
+from .link import BleBackend, LinkError, LinkSettings, NusLink, find_device
 from .ota import OtaEngine, OtaResult, OtaSettings
 
 #: Connect, ask, ABORT: the whole check, before any restoring flash.
@@ -33,31 +35,35 @@ class ResetOutcome:
 
 
 def runs(info: p.MsgInfo, baseline: p.MsgInfo) -> bool:
-    return (info.active_image_size, info.active_image_crc32) == (
-        baseline.active_image_size,
-        baseline.active_image_crc32,
-    )
+    return info.runs(baseline.active_image_size, baseline.active_image_crc32)
 
 
 async def idle_and_info(
-    backend: BleBackend,
-    *,
-    name: str,
-    address: str | None,
-    settings: OtaSettings,
+    backend: BleBackend, device: BLEDevice, link_settings: LinkSettings, reply_timeout_s: float
 ) -> tuple[str, p.MsgInfo]:
-    """Connect; STATUS, ABORT unless idle; INFO. The state found and what the device runs."""
-    device = await find_device(
-        backend, name=name, address=address, timeout=settings.reappear_timeout_s
-    )
-    async with await NusLink.open(device, backend, settings.link) as link:
-        status = await link.request(p.CmdOtaStatus(), (p.MsgOtaStatus,), settings.reply_timeout_s)
+    """Connect; STATUS, ABORT unless idle (a session a test or an earlier run left behind
+    is dropped); INFO. The state found and what the device runs."""
+    async with await NusLink.open(device, backend, link_settings) as link:
+        status = await link.request(p.CmdOtaStatus(), (p.MsgOtaStatus,), reply_timeout_s)
         assert isinstance(status, p.MsgOtaStatus)
         if status.state != p.OtaState.IDLE:
-            await link.request(p.CmdOtaAbort(), (p.MsgOtaStatus,), settings.reply_timeout_s)
-        info = await link.request(p.CmdInfo(), (p.MsgInfo,), settings.reply_timeout_s)
+            await link.request(p.CmdOtaAbort(), (p.MsgOtaStatus,), reply_timeout_s)
+        info = await link.request(p.CmdInfo(), (p.MsgInfo,), reply_timeout_s)
     assert isinstance(info, p.MsgInfo)
     return status.state_name, info
+
+
+async def find_idle_and_info(
+    backend: BleBackend, *, name: str, address: str | None, settings: OtaSettings
+) -> tuple[str, p.MsgInfo]:
+    """:func:`idle_and_info` on the device found by address or name (it may still be
+    coming back from a reset, so the scan waits as long as a vanished device is waited for)."""
+    sighting = await find_device(
+        backend, name=name, address=address, timeout=settings.reappear_timeout_s
+    )
+    return await idle_and_info(
+        backend, sighting.ble_device, settings.link, settings.reply_timeout_s
+    )
 
 
 async def return_to_baseline(
@@ -75,7 +81,7 @@ async def return_to_baseline(
     who = address or repr(name)
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S + settings.reappear_timeout_s):
-            state, info = await idle_and_info(
+            state, info = await find_idle_and_info(
                 backend, name=name, address=address, settings=settings
             )
     except (LinkError, TimeoutError) as exc:

@@ -17,10 +17,11 @@ The backend is injected (:class:`BleBackend`): ``None`` classes mean the platfor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from bleak import BleakClient, BleakScanner
@@ -68,6 +69,8 @@ def _link_errors() -> tuple[type[BaseException], ...]:
 
 #: What a GATT call may raise when the link is going or gone.
 LINK_ERRORS = _link_errors()
+#: Starting and stopping a scanner: bounded on top of the scan itself.
+SCANNER_START_STOP_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +84,6 @@ class BleBackend:
 
     scanner: type | None = None
     client: type | None = None
-    label: str = "real"
     adapter: str = "hci0"
     forget: Callable[[str], Awaitable[bool]] | None = None
     warnings: Callable[[], Awaitable[list[str]]] | None = None
@@ -124,23 +126,74 @@ class LinkSettings:
     #: Pause after connecting before the first GATT operation (BlueZ services race).
     settle_s: float = 1.5
     #: Attempts per connect that establish_connection makes (it retries transient errors
-    #: up to 9 times on its own, see bleak-backend.md).
+    #: up to 9 times on its own: bleak_retry_connector.MAX_TRANSIENT_ERRORS).
     connect_attempts: int = 3
     #: Connects that came up without NUS before giving up (race / stale cache).
     services_attempts: int = 3
     services_retry_backoff_s: float = 1.0
-    scan_timeout_s: float = 15.0
+    #: How long a scan looks for the device (``--scan-timeout``, ``--ble-scan-timeout``).
+    scan_timeout_s: float = 10.0
     write_timeout_s: float = 5.0
 
 
-#: RSSI (dBm) of the advertisement find_device last matched, by upper-case address.
-_last_rssi: dict[str, int] = {}
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """One advertiser a scan saw: what it advertised, and the BLEDevice to connect to."""
+
+    address: str
+    name: str | None
+    rssi: int | None = None
+    nus: bool = False  # advertises the Nordic UART Service
+    device: BLEDevice | None = field(default=None, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        rssi = f", {self.rssi} dBm" if self.rssi is not None else ""
+        return f"{self.name or '(no name)'} ({self.address}{rssi})"
+
+    @property
+    def ble_device(self) -> BLEDevice:
+        assert self.device is not None, f"{self} was not seen by a scan"
+        return self.device
 
 
-def last_rssi(address: str) -> int | None:
-    """Signal strength of the device's advertisement when find_device last found it
-    (every bleak platform reports one); None when it has not been found in this process."""
-    return _last_rssi.get(address.upper())
+async def observe(
+    backend: BleBackend,
+    *,
+    timeout: float,
+    done: Callable[[Mapping[str, Sighting]], bool] = lambda seen: False,
+) -> dict[str, Sighting]:
+    """Scan until ``done(seen)`` holds or ``timeout`` passes; every advertiser seen, by
+    upper-case address. The one scanning loop: finding a device, listing devices and
+    preflight all use it. Raises DeviceNotFound when the scanner itself fails (no adapter,
+    adapter off, stack not running)."""
+    seen: dict[str, Sighting] = {}
+    complete = asyncio.Event()
+
+    def on_advertisement(device: BLEDevice, adv: AdvertisementData) -> None:
+        seen[device.address.upper()] = Sighting(
+            device.address,
+            adv.local_name or device.name,
+            adv.rssi,
+            p.NUS_SERVICE_UUID in (u.lower() for u in adv.service_uuids),
+            device,
+        )
+        if done(seen):
+            complete.set()
+
+    scanner = BleakScanner(detection_callback=on_advertisement, **backend.scanner_kwargs())
+    try:
+        async with asyncio.timeout(timeout + SCANNER_START_STOP_S):  # start and stop bounded
+            async with scanner:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await complete.wait()
+    except (*LINK_ERRORS, OSError, TimeoutError) as exc:  # no adapter, stack not running
+        why = str(exc) or "the scanner did not start or stop in time"
+        raise DeviceNotFound(
+            f"scanning failed ({type(exc).__name__}: {why}); check that Bluetooth is on and "
+            "the adapter is present"
+        ) from None
+    return seen
 
 
 async def find_device(
@@ -148,48 +201,33 @@ async def find_device(
     *,
     name: str | None = None,
     address: str | None = None,
-    timeout: float = 15.0,
-) -> BLEDevice:
+    timeout: float,
+) -> Sighting:
     """Scan for a SmartBall by address (preferred) or advertised name."""
     if not (address or name):
         raise ValueError("find_device needs a name or an address")
     what = f"address {address}" if address else f"name {name!r}"
 
-    def wanted(device: BLEDevice, adv: AdvertisementData) -> bool:
-        # What find_device_by_address / find_device_by_name match, plus the RSSI on the way.
-        if address and device.address.lower() != address.lower():
-            return False
-        if not address and adv.local_name != name:
-            return False
-        _last_rssi[device.address.upper()] = adv.rssi
-        return True
+    def wanted(s: Sighting) -> bool:
+        return s.address.upper() == address.upper() if address else s.name == name
 
-    try:
-        device = await BleakScanner.find_device_by_filter(
-            wanted, timeout=timeout, **backend.scanner_kwargs()
-        )
-    except (*LINK_ERRORS, OSError) as exc:  # no adapter, adapter off, stack not running
-        raise DeviceNotFound(
-            f"scanning for the SmartBall with {what} failed: {type(exc).__name__}: {exc}; "
-            "check that Bluetooth is on and the adapter is present"
-        ) from None
-    if device is None:
-        raise DeviceNotFound(
-            f"no SmartBall with {what} advertised within {timeout:g} s; check that it is "
-            "powered, in range and not connected to another host"
-        )
-    return device
-
-
-async def scan(backend: BleBackend, timeout: float = 5.0) -> list[tuple[BLEDevice, int]]:
-    """Devices advertising NUS, with their RSSI, strongest first."""
-    found = await BleakScanner.discover(
-        timeout=timeout,
-        return_adv=True,
-        service_uuids=[p.NUS_SERVICE_UUID],
-        **backend.scanner_kwargs(),
+    seen = await observe(
+        backend, timeout=timeout, done=lambda seen: any(wanted(s) for s in seen.values())
     )
-    return sorted(((d, adv.rssi) for d, adv in found.values()), key=lambda item: -item[1])
+    for sighting in seen.values():
+        if wanted(sighting):
+            return sighting
+    raise DeviceNotFound(
+        f"no SmartBall with {what} advertised within {timeout:g} s; check that it is "
+        "powered, in range and not connected to another host"
+    )
+
+
+async def scan(backend: BleBackend, timeout: float) -> list[Sighting]:
+    """Devices advertising NUS, strongest first."""
+    seen = await observe(backend, timeout=timeout)
+    nus = [s for s in seen.values() if s.nus]
+    return sorted(nus, key=lambda s: -(s.rssi if s.rssi is not None else -999))
 
 
 _LOST = object()

@@ -130,6 +130,8 @@ class OtaResult:
     duration_s: float = 0.0
     phase_s: dict[str, float] = field(default_factory=dict)
     info_after: p.MsgInfo | None = None
+    #: Signal strength of the device's advertisement when this update last found it.
+    rssi_dbm: int | None = None
     events: list[OtaEvent] = field(default_factory=list)
 
     @property
@@ -158,7 +160,7 @@ class OtaEngine:
         backend: BleBackend,
         *,
         device: BLEDevice | None = None,
-        name: str | None = "SmartBall",
+        name: str | None = p.DEFAULT_NAME,
         address: str | None = None,
         settings: OtaSettings | None = None,
         on_progress: ProgressCallback | None = None,
@@ -269,7 +271,7 @@ class OtaEngine:
             return State.CONNECTING
         timeout = s.reappear_timeout_s if self._recovering else s.link.scan_timeout_s
         try:
-            self._ble_device = await find_device(
+            sighting = await find_device(
                 self.backend,
                 name=None if self.address else self.name,
                 address=self.address,
@@ -279,7 +281,9 @@ class OtaEngine:
             if not self._recovering:
                 raise OtaFailed(FailureKind.NOT_FOUND, str(exc)) from None
             raise ConnectFailed(str(exc)) from None
-        self.address = self._ble_device.address
+        self._ble_device = sighting.ble_device
+        self.address = sighting.address
+        self.result.rssi_dbm = sighting.rssi
         return State.CONNECTING
 
     async def _preflight(self) -> None:
@@ -291,12 +295,12 @@ class OtaEngine:
             return
         if self.address is None:  # the cache is per address: find the device first
             try:
-                device = await find_device(
+                sighting = await find_device(
                     self.backend, name=self.name, timeout=self.settings.link.scan_timeout_s
                 )
             except DeviceNotFound as exc:
                 raise OtaFailed(FailureKind.NOT_FOUND, str(exc)) from None
-            self.address = device.address
+            self.address = sighting.address
         try:
             forgotten = await self.backend.forget_device(self.address)
         except (BluezUnavailable, TimeoutError, *LINK_ERRORS) as exc:

@@ -14,43 +14,32 @@ asks :func:`check` after every step. Every failure is one sentence.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from bleak import BleakScanner
-from bleak.backends.device import BLEDevice
-from bleak.backends.scanner import AdvertisementData
+from typing import Any, Protocol
 
 from . import bluez
 from . import protocol as p
 from .bluez import AdapterInfo, BluezUnavailable
 from .image import FirmwareImage, ImageError, load_image
-from .link import LINK_ERRORS, BleBackend, LinkError, LinkSettings, NusLink
+from .known_state import idle_and_info
+from .link import BleBackend, DeviceNotFound, LinkError, LinkSettings, Sighting, observe
 
 #: How long the scan waits for the wanted devices (``--ble-scan-timeout``).
-DEFAULT_SCAN_TIMEOUT_S = 10.0
+DEFAULT_SCAN_TIMEOUT_S = LinkSettings().scan_timeout_s
 #: A scan by name goes on at least this long after a match, to notice a second SmartBall
 #: with the same name (a bench of several boards run without addresses).
 NAME_SCAN_MIN_S = 3.0
 #: Connect, ABORT and INFO, per device.
 INFO_TIMEOUT_S = 30.0
+#: Each reply within that.
+INFO_REPLY_S = 5.0
 #: Devices listed when the wanted one was not seen.
 SEEN_LISTED = 8
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
-    """One advertiser the scan saw."""
-
-    address: str
-    name: str | None
-    rssi: int | None = None
-    nus: bool = False  # advertises the Nordic UART Service
-
-    def __str__(self) -> str:
-        rssi = f", {self.rssi} dBm" if self.rssi is not None else ""
-        return f"{self.name or '(no name)'} ({self.address}{rssi})"
+#: One advertiser the scan saw (what the decisions below look at).
+Seen = Sighting
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,8 +288,16 @@ def check(
 # --- the answers (I/O, every step bounded) ------------------------------------------------
 
 
-class Boundary:
+class Boundary(Protocol):
     """Where preflight meets BlueZ; tests pass a stub with the same two methods."""
+
+    async def probe_adapter(self, adapter: str) -> AdapterInfo: ...
+
+    async def bluez_version(self) -> tuple[int, int] | None: ...
+
+
+class SystemBluez:
+    """The real boundary: BlueZ on the system D-Bus."""
 
     async def probe_adapter(self, adapter: str) -> AdapterInfo:
         return await bluez.probe_adapter(adapter)
@@ -309,53 +306,18 @@ class Boundary:
         return await bluez.bluez_version()
 
 
-async def discover(
-    backend: BleBackend, wanted: Wanted, timeout: float
-) -> tuple[list[Seen], dict[str, BLEDevice]]:
+async def discover(backend: BleBackend, wanted: Wanted, timeout: float) -> list[Seen]:
     """Scan until every wanted device advertised (by name: for a few seconds more, to see
-    duplicates) or ``timeout`` passed; everything seen, and the BLEDevices by address."""
-    seen: dict[str, Seen] = {}
-    devices: dict[str, BLEDevice] = {}
-    complete = asyncio.Event()
+    duplicates) or ``timeout`` passed; everything seen."""
     loop = asyncio.get_running_loop()
     start = loop.time()
 
-    def on_advertisement(device: BLEDevice, adv: AdvertisementData) -> None:
-        key = device.address.upper()
-        seen[key] = Seen(
-            device.address,
-            adv.local_name or device.name,
-            adv.rssi,
-            p.NUS_SERVICE_UUID in [u.lower() for u in adv.service_uuids],
+    def complete(seen: Mapping[str, Seen]) -> bool:
+        return match(seen.values(), wanted, timeout)[1] is None and (
+            bool(wanted.addresses) or loop.time() - start >= min(NAME_SCAN_MIN_S, timeout)
         )
-        devices[key] = device
-        if match(seen.values(), wanted, timeout)[1] is None and (
-            wanted.addresses or loop.time() - start >= min(NAME_SCAN_MIN_S, timeout)
-        ):
-            complete.set()
 
-    scanner = BleakScanner(detection_callback=on_advertisement, **backend.scanner_kwargs())
-    async with asyncio.timeout(timeout + 10.0):  # starting and stopping are bounded too
-        async with scanner:
-            try:
-                async with asyncio.timeout(timeout):
-                    await complete.wait()
-            except TimeoutError:
-                pass
-    return list(seen.values()), devices
-
-
-async def read_info(
-    backend: BleBackend, device: BLEDevice, settings: LinkSettings, timeout: float
-) -> p.MsgInfo:
-    """Connect, ``CMD_OTA_ABORT`` (any session a previous run left is dropped: the run starts
-    from idle), ``CMD_INFO``, disconnect."""
-    async with asyncio.timeout(timeout):
-        async with await NusLink.open(device, backend, settings) as link:
-            await link.request(p.CmdOtaAbort(), (p.MsgOtaStatus,))
-            info = await link.request(p.CmdInfo(), (p.MsgInfo,))
-    assert isinstance(info, p.MsgInfo)
-    return info
+    return list((await observe(backend, timeout=timeout, done=complete)).values())
 
 
 async def run(
@@ -370,9 +332,9 @@ async def run(
     info_timeout: float = INFO_TIMEOUT_S,
     boundary: Boundary | None = None,
     on_step: Callable[[str], None] = lambda line: None,
-) -> tuple[Outcome, dict[str, BLEDevice]]:
+) -> Outcome:
     """Gather the answers step by step, deciding after each with :func:`check`."""
-    io = boundary or Boundary()
+    io = boundary or SystemBluez()
     answers: dict[str, object] = {}
     shown = 0
 
@@ -394,37 +356,35 @@ async def run(
             "check that bluetoothd runs and this user may use it"
         )
     if not (out := decide()).ok:
-        return out, {}
+        return out
     answers["version"] = await io.bluez_version()
     answers["image"] = _load(firmware)
     answers["baseline"] = _load(baseline)
     if not (out := decide()).ok:
-        return out, {}
+        return out
     on_step(f"scanning for {wanted.describe()} (up to {scan_timeout:g} s)")
     try:
-        answers["scan"], devices = await discover(backend, wanted, scan_timeout)
-    except (*LINK_ERRORS, OSError, TimeoutError) as exc:
-        out.error = (
-            f"scanning with adapter {adapter} failed ({type(exc).__name__}: {exc}); "
-            "check `bluetoothctl show` and `rfkill list`"
-        )
-        return out, {}
+        answers["scan"] = await discover(backend, wanted, scan_timeout)
+    except DeviceNotFound as exc:
+        out.error = f"with adapter {adapter}, {exc}; check `bluetoothctl show` and `rfkill list`"
+        return out
     if not (out := decide()).ok:
-        return out, devices
+        return out
     infos: dict[str, p.MsgInfo | LinkError] = {}
     answers["infos"] = infos
     for s in out.found:
         try:
-            infos[s.address.upper()] = await read_info(
-                backend, devices[s.address.upper()], link_settings or LinkSettings(), info_timeout
-            )
+            async with asyncio.timeout(info_timeout):
+                _, infos[s.address.upper()] = await idle_and_info(
+                    backend, s.ble_device, link_settings or LinkSettings(), INFO_REPLY_S
+                )
         except LinkError as exc:
             infos[s.address.upper()] = exc
         except TimeoutError:
             infos[s.address.upper()] = LinkError(f"no answer within {info_timeout:g} s")
         if not (out := decide()).ok:
-            return out, devices
-    return out, devices
+            return out
+    return out
 
 
 def _load(path: str | None) -> FirmwareImage | ImageError | None:

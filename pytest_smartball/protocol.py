@@ -21,7 +21,7 @@ import enum
 import struct
 import zlib
 from dataclasses import astuple, dataclass, field, fields
-from typing import ClassVar
+from typing import Any, ClassVar
 
 SOF = 0xA5
 MAX_PAYLOAD = 512
@@ -29,8 +29,20 @@ HEADER_SIZE = 4  # SOF, type, length u16
 CRC_SIZE = 2
 FRAME_OVERHEAD = HEADER_SIZE + CRC_SIZE
 DATA_HEADER_SIZE = 4  # offset u32 in front of CMD_OTA_DATA's bytes
-#: Largest image chunk one CMD_OTA_DATA frame can carry.
-MAX_DATA_CHUNK = MAX_PAYLOAD - DATA_HEADER_SIZE
+#: The largest frame on the wire (a 512-byte payload); a decoder's buffer holds one.
+MAX_FRAME = MAX_PAYLOAD + FRAME_OVERHEAD
+#: The flash is written in 32-bit words: every chunk but the image's last is a multiple of
+#: this, so every chunk starts word aligned and no word is written twice.
+WORD_SIZE = 4
+#: Largest image chunk a device grants (``max_chunk`` in READY). A whole DATA frame must
+#: fit one ATT write, and an attribute value is at most 512 bytes: 500 + 10 = 510 <= 512.
+MAX_DATA_CHUNK = 500
+#: Smallest ``chunk_size`` a START may ask for: one word.
+MIN_CHUNK_SIZE = WORD_SIZE
+#: Longest MSG_ERROR text a device sends (UTF-8 bytes). Hosts accept any length.
+MAX_ERROR_TEXT = 48
+#: A receiver discards a partial frame when no byte has arrived for this long (seconds).
+DECODER_IDLE_S = 1.0
 PROTOCOL_VERSION = 1
 
 NUS_SERVICE_UUID = "6e400001-b5a3-f393-e0a9-e50e24dcca9e"
@@ -38,14 +50,28 @@ NUS_SERVICE_UUID = "6e400001-b5a3-f393-e0a9-e50e24dcca9e"
 NUS_RX_UUID = "6e400002-b5a3-f393-e0a9-e50e24dcca9e"
 #: Device -> host, notify.
 NUS_TX_UUID = "6e400003-b5a3-f393-e0a9-e50e24dcca9e"
+#: The name a SmartBall advertises unless configured otherwise.
+DEFAULT_NAME = "SmartBall"
 
 _CRC = struct.Struct("<H")
+_IDLE_US = round(DECODER_IDLE_S * 1_000_000)
+
+
+def _whole_words(size: int) -> int:
+    return size - size % WORD_SIZE
 
 
 def max_data_chunk(write_size: int) -> int:
-    """Image bytes one CMD_OTA_DATA frame carries when it fills exactly one write of
-    ``write_size`` bytes (the link's MTU - 3)."""
-    return min(MAX_DATA_CHUNK, write_size - FRAME_OVERHEAD - DATA_HEADER_SIZE)
+    """The host's chunk size: the image bytes one CMD_OTA_DATA frame carries when it fits
+    one write of ``write_size`` bytes (the link's MTU - 3), in whole words, at most
+    MAX_DATA_CHUNK. MTU 247: 244 - 10 = 234 -> 232; MTU 23: 20 - 10 = 10 -> 8."""
+    return _whole_words(min(MAX_DATA_CHUNK, write_size - FRAME_OVERHEAD - DATA_HEADER_SIZE))
+
+
+def granted_max_chunk(chunk_size: int) -> int:
+    """The device's ``max_chunk`` for a START asking for ``chunk_size`` (>= MIN_CHUNK_SIZE):
+    at most MAX_DATA_CHUNK, rounded down to whole words."""
+    return _whole_words(min(chunk_size, MAX_DATA_CHUNK))
 
 
 def crc16_ccitt_false(data: bytes) -> int:
@@ -205,6 +231,10 @@ class MsgInfo:
     def firmware_version(self) -> str:
         return f"{self.fw_major}.{self.fw_minor}.{self.fw_patch}"
 
+    def runs(self, image_size: int, image_crc32: int) -> bool:
+        """Whether the device that answered runs exactly this image (size and CRC-32)."""
+        return (self.active_image_size, self.active_image_crc32) == (image_size, image_crc32)
+
 
 @dataclass(frozen=True, slots=True)
 class MsgOtaReady:
@@ -284,7 +314,7 @@ DeviceMessage = (
 )
 Message = Command | DeviceMessage
 
-_CLASSES: dict[int, type] = {
+_CLASSES: dict[int, type[Any]] = {
     cls.TYPE: cls
     for cls in (
         CmdInfo,
@@ -379,13 +409,13 @@ def parse_message(frame: Frame) -> Message:
         head = fixed.unpack_from(payload)
         tail = payload[fixed.size :]
         if cls is MsgError:
-            return MsgError(*head, text=tail.decode("utf-8", errors="replace"))
+            return MsgError(head[0], head[1], text=tail.decode("utf-8", errors="replace"))
         return CmdOtaData(head[0], bytes(tail))
     if len(payload) < fixed.size:  # an older peer: the optional fields take their defaults
         present = struct.Struct("<" + _present_layout(cls.LAYOUT, len(payload)))
-        return cls(*present.unpack_from(payload))  # type: ignore[no-any-return]
+        return cls(*present.unpack_from(payload))
     # Bytes beyond the fields this codec knows are a newer peer's additions: ignored.
-    return cls(*fixed.unpack_from(payload))  # type: ignore[no-any-return]
+    return cls(*fixed.unpack_from(payload))
 
 
 def _present_layout(layout: str, size: int) -> str:
@@ -416,14 +446,22 @@ class DecoderStats:
 class FrameDecoder:
     """Streaming decoder: frames may be split across packets and packets may hold several.
 
-    On garbage, a bad length or a bad CRC it drops the bytes up to the next SOF after the
-    one that started the bad frame and tries again, so one corrupted notification costs
-    one frame, not the link. What it drops is counted in ``stats``.
+    On garbage, a bad length or a bad CRC it drops only the SOF that started the bad frame
+    and rescans from the next byte, so a real frame that began inside the bad one is found
+    again, and one corrupted notification costs one frame, not the link. What it drops is
+    counted in ``stats``.
+
+    Given the time of arrival (``feed(data, now)``, seconds on any monotonic clock), it
+    also discards a partial frame when no byte has arrived for DECODER_IDLE_S: the rule
+    docs/protocol.md makes a MUST for both ends, so a stray SOF or a frame cut by a lost
+    write cannot hold back the frames behind it.
     """
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self.stats = DecoderStats()
+        #: When the last byte arrived, in whole microseconds (None: no time given yet).
+        self._last_byte_us: int | None = None
 
     @property
     def buffered(self) -> int:
@@ -434,7 +472,15 @@ class FrameDecoder:
         self.stats.dropped_bytes += len(self._buffer)
         self._buffer.clear()
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes, now: float | None = None) -> list[Frame]:
+        """Frames completed by ``data``. ``now`` (seconds) enables the idle rule: a partial
+        frame older than DECODER_IDLE_S by then is discarded before ``data`` is taken."""
+        if now is not None and data:
+            now_us = round(now * 1_000_000)
+            last = self._last_byte_us
+            if self._buffer and last is not None and now_us - last >= _IDLE_US:
+                self.reset()
+            self._last_byte_us = now_us
         buf = self._buffer
         buf += data
         frames: list[Frame] = []

@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from smartball_sim.make_image import make_image
 
 from pytest_smartball.cli import EXIT_BAD_INPUT, main
+from smartball_sim.make_image import make_image
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dbus-daemon") is None,

@@ -58,7 +58,9 @@ def test_the_real_path_runs_against_the_emulated_bluez(pytester: pytest.Pytester
     result.assert_outcomes(passed=2)
     output = result.stdout.str()
     assert "smartball preflight" in output or "smartball: BlueZ 5.72" in output
-    pid = int(re.search(r"DAEMON-PID (\d+)", output).group(1))
+    found = re.search(r"DAEMON-PID (\d+)", output)
+    assert found is not None, output
+    pid = int(found.group(1))
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the run stopped its dbus-daemon
 

@@ -21,16 +21,16 @@ from bleak import BleakClient, BleakScanner
 from bleak.exc import BleakError
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
-from smartball_sim.bluez import EmulatedBluez, emulated_smartball
-from smartball_sim.bluez.launcher import leftover_daemons
 
 from hil_tests.naive_client import naive_flash
 from pytest_smartball import protocol as p
 from pytest_smartball.bluez import probe_adapter, remove_device
-from pytest_smartball.emulated_bluez import FAST_LINK, FAST_OTA
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import BleBackend, ConnectFailed, NusLink, find_device
 from pytest_smartball.ota import OtaEngine, OtaSettings
+from pytest_smartball.targets.emulated_bluez import FAST_LINK, FAST_OTA
+from smartball_sim.bluez import EmulatedBluez, emulated_smartball
+from smartball_sim.bluez.launcher import leftover_daemons
 
 pytestmark = [
     pytest.mark.asyncio,
@@ -110,7 +110,7 @@ async def test_nothing_is_left_running_and_the_environment_is_restored() -> None
 
 
 async def test_scan_connect_and_mtu_the_bluez_way(bluez: EmulatedBluez) -> None:
-    device = await find_device(BACKEND, name="SmartBall", timeout=5)
+    device = (await find_device(BACKEND, name="SmartBall", timeout=5)).ble_device
     assert device.details["path"] == DEV_PATH  # a real BlueZ BLEDevice
     link = await NusLink.open(device, BACKEND, FAST_LINK)
     try:
@@ -199,7 +199,7 @@ async def test_connect_fail_is_bluez_br_connection_canceled_and_retried(
     bluez: EmulatedBluez,
 ) -> None:
     bluez.call(bluez.device.set_faults, "connect-fail:2")
-    device = await find_device(BACKEND, address=ADDRESS, timeout=5)
+    device = (await find_device(BACKEND, address=ADDRESS, timeout=5)).ble_device
     link = await NusLink.open(device, BACKEND, FAST_LINK)
     await link.close()
     applied = [f for f in fault_log(bluez) if f[1] == "applied"]
@@ -211,7 +211,7 @@ async def test_connect_fail_is_bluez_br_connection_canceled_and_retried(
 async def test_race_services_resolved_before_nus_is_exported(bluez: EmulatedBluez) -> None:
     bluez.call(bluez.device.set_faults, "race:0.01s")
     events: list[tuple[str, str]] = []
-    device = await find_device(BACKEND, address=ADDRESS, timeout=5)
+    device = (await find_device(BACKEND, address=ADDRESS, timeout=5)).ble_device
     link = await NusLink.open(
         device, BACKEND, FAST_LINK, on_event=lambda k, d: events.append((k, d))
     )
@@ -228,7 +228,7 @@ async def test_stale_cache_is_kept_across_reconnects_until_remove_device(
     bluez: EmulatedBluez,
 ) -> None:
     bluez.call(bluez.device.set_faults, "stale-cache,stale-cache,stale-cache,stale-cache")
-    device = await find_device(BACKEND, address=ADDRESS, timeout=5)
+    device = (await find_device(BACKEND, address=ADDRESS, timeout=5)).ble_device
     with pytest.raises(ConnectFailed, match="never appeared"):
         await NusLink.open(device, BACKEND, FAST_LINK)
     # Disconnected, and the cached database (no NUS) is still exported.
@@ -259,7 +259,7 @@ async def test_remove_device_of_an_unknown_device() -> None:
 
 
 async def test_drop_while_writing_gives_bleak_errors_not_hangs(bluez: EmulatedBluez) -> None:
-    device = await find_device(BACKEND, address=ADDRESS, timeout=5)
+    device = (await find_device(BACKEND, address=ADDRESS, timeout=5)).ble_device
     dropped = asyncio.Event()
     async with BleakClient(device, disconnected_callback=lambda _c: dropped.set()) as client:
         bluez.call(bluez.device.disconnect, "test drop")

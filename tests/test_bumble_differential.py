@@ -16,23 +16,26 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import HealthCheck, event, example, given, note, settings
 from hypothesis import strategies as st
-from smartball_sim.bumble.faults import BLUEZ_ONLY_EFFECTS
-from smartball_sim.faults import EFFECTS, FaultPlan
-from smartball_sim.make_image import make_image
 
 from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
+from pytest_smartball.loops import run as run_loop
 from pytest_smartball.ota import OtaEngine
-from pytest_smartball.simulated import make_sim_target, run_virtual
-from pytest_smartball.simulated_bumble import make_bumble_target
-from pytest_smartball.strategies import faults, images, triggers
+from pytest_smartball.targets.bumble import make_bumble_target
+from pytest_smartball.targets.simulated import make_sim_target
+from smartball_sim.bumble.faults import BLUEZ_ONLY_EFFECTS
+from smartball_sim.faults import EFFECTS, Effect, FaultPlan
+from smartball_sim.make_image import make_image
+from smartball_sim.strategies import UNFINISHABLE_EFFECTS, faults, image_specs, triggers
 
 #: Effects whose outcome does not depend on timing or on the link's random draws.
-COMPARABLE_EFFECTS = sorted(frozenset(EFFECTS) - BLUEZ_ONLY_EFFECTS - {"flaky"})
+COMPARABLE_EFFECTS = sorted(
+    frozenset(EFFECTS) - BLUEZ_ONLY_EFFECTS - UNFINISHABLE_EFFECTS - {Effect.FLAKY}
+)
 #: Commands the engine sends a timing-independent number of times.
 COUNTED_COMMANDS = (p.MsgType.CMD_OTA_START, p.MsgType.CMD_OTA_FINISH)
 SMALL_IMAGE_MAX = 12 * 1024
-EXAMPLES = max(10, settings.default.max_examples // 2)
+EXAMPLES = max(10, settings().max_examples // 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,20 +51,24 @@ class Ending:
 def run(link: str, image: FirmwareImage, plan: FaultPlan, seed: int) -> Ending:
     make = make_bumble_target if link == "bumble" else make_sim_target
     target = make(faults=plan, seed=seed)
-    result = run_virtual(OtaEngine(image, target.backend, address=target.device.address).run())
+    device = target.sim
+    assert device is not None
+    engine = OtaEngine(image, target.backend, address=device.address)
+    result = run_loop(engine.run(), virtual=True)
     note(f"{link}: {'ok' if result.success else result.error} in {result.duration_s:.2f} s")
     for ota_event in result.events:
         note(f"  {link} {ota_event}")
-    for record in target.device.fault_log:
+    for record in device.fault_log:
         note(f"  {link} device: {record}")
-    active = target.device.firmware.active
+    active = device.firmware.active
     failure = result.failure.value if result.failure else None
     return Ending(result.success, failure, active.crc32, len(active.data))
 
 
 @st.composite
 def cases(draw: st.DrawFn) -> tuple[FirmwareImage, FaultPlan, int]:
-    image = draw(images(max_size=SMALL_IMAGE_MAX))
+    spec = draw(image_specs(max_size=SMALL_IMAGE_MAX))
+    image = FirmwareImage(spec.data, spec.name)
     comparable = faults(
         image.size,
         effects=COMPARABLE_EFFECTS,

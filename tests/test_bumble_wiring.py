@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from smartball_sim.make_image import FIELD_IMAGE_SIZE, make_image
 
 from pytest_smartball import protocol as p
 from pytest_smartball.cli import main
-from pytest_smartball.simulated_bumble import INSTALL_HINT
+from pytest_smartball.targets.bumble import INSTALL_HINT
+from smartball_sim.make_image import FIELD_IMAGE_SIZE, make_image
 
 from .test_plugin import assert_clean_usage_error, inner, run
 
@@ -48,7 +48,7 @@ def test_cli_json_names_the_mtu(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     payload = json.loads(capsys.readouterr().out)
     assert code == 0 and payload["ok"]
     assert payload["att_mtu"] == 247
-    assert payload["sim_active_image"] == {"size": 20_000, "crc32": crc}
+    assert payload["sim_active_image"] == {"size": 20_000, "crc32": f"{crc:08x}"}
 
 
 def test_cli_refuses_a_bluez_only_fault_on_bumble(
@@ -99,7 +99,7 @@ def test_plugin_runs_the_device_over_bumble(inner: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(
         [
-            "smartball: simulated SmartBall firmware *link=bumble (virtual time)",
+            "smartball: simulated SmartBall, *link=bumble (virtual time)",
             "*race is a BlueZ host's failure*",
         ]
     )

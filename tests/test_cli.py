@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 from intelhex import IntelHex
 
-from pytest_smartball import cli
 from pytest_smartball.cli import main
+from pytest_smartball.cli.errors import interrupted_sentence
+from pytest_smartball.ota import OtaEngine
 
 SIM_ADDRESS = "C0:FF:EE:00:00:01"
 STAGING = 480 * 1024
@@ -86,6 +87,81 @@ def test_usage_error_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--max-attempts" in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("flash", "--sim", "x.bin", "--max-attempts", "0"),
+        ("flash", "--sim"),
+        ("frobnicate",),
+        ("info", "--faults", "field-linux"),
+        ("status", "--sim", "--faults", "drop@erase:150%"),
+        ("info", "--scan-timeout", "-1"),
+    ],
+)
+def test_a_bad_argument_is_one_sentence_and_the_usage_line(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[0].startswith("smartball-ota: ") and lines[0].count(". ") == 0, lines
+    assert len(lines) <= 2, f"one sentence plus the usage line, got {err!r}"
+    if len(lines) == 2:
+        assert lines[1].startswith("usage: smartball-ota") and "\n" not in lines[1]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("flash", "--sim", "x.bin", "--max-attempts", "0"),
+        ("flash", "--sim"),
+        ("info", "--faults", "field-linux"),
+        ("frobnicate",),
+    ],
+)
+def test_json_with_a_bad_argument_prints_one_object(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    code, data, err = run_json(capsys, *argv)
+    assert code == 2
+    assert data["ok"] is False and data["exit_code"] == 2 and data["error"]
+    assert data["error"] in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    code, out, _ = run(capsys, "--version")
+    assert code == 0
+    assert out.strip() == f"smartball-ota {version('pytest-smartball')}"
+
+
+@pytest.mark.parametrize(
+    ("segments", "name", "sentence"),
+    [
+        ({0xFFFFFFF0: b"\x01"}, "far.hex", "data at 0xFFFFFFF0 is outside"),
+        ({0: bytes(100), 0x10000000: b"\x02"}, "merged.hex", "data at 0x10000000 is outside"),
+        ({0: bytes(100)}, "hex-text.bin", "Intel HEX text, not a raw binary image"),
+    ],
+)
+def test_image_problems_are_bad_input_before_any_bluetooth(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    segments: dict[int, bytes],
+    name: str,
+    sentence: str,
+) -> None:
+    """Without --sim: exit 2, not 3 (no BlueZ here) or 4, so nothing was probed or connected."""
+    ih = IntelHex()
+    for address, data in segments.items():
+        ih.frombytes(data, offset=address)
+    path = tmp_path / name
+    ih.write_hex_file(str(path))
+    code, out, err = run(capsys, "flash", str(path))
+    assert code == 2 and out == ""
+    assert sentence in one_error_line(err)
+
+
 def test_faults_without_sim_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "info", "--faults", "field-linux")
     assert code == 2
@@ -131,7 +207,7 @@ def test_info(capsys: pytest.CaptureFixture[str]) -> None:
 
     code, data, _ = run_json(capsys, "info", "--sim")
     assert code == 0
-    assert data["firmware_version"] == "1.0.0"
+    assert data["firmware"] == "1.0.0"
     assert data["active_image_size"] == SIM_OLD_IMAGE_SIZE
     assert data["staging_capacity"] == STAGING
     assert data["device"] == {"name": "SmartBall", "address": SIM_ADDRESS}
@@ -268,7 +344,7 @@ def test_flash_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert data["simulated"] is True and data["virtual_time"] is True
     assert data["device"] == {"name": "SmartBall", "address": SIM_ADDRESS}
     assert data["bytes_sent"] >= 30_000
-    assert data["info_after"]["active_image_crc32"] == zlib.crc32(path.read_bytes())
+    assert data["info_after"]["active_image_crc32"] == f"{zlib.crc32(path.read_bytes()):08x}"
     assert data["fault_log"] == []
     assert "%|" not in err  # no progress bars with --json
 
@@ -288,7 +364,7 @@ def test_flash_field_linux_resumes(capsys: pytest.CaptureFixture[str], tmp_path:
     assert code == 0
     assert data["success"] is True
     assert data["reconnects"] >= 1 and data["resumes"] >= 1
-    assert data["info_after"]["active_image_crc32"] == crc
+    assert data["info_after"]["active_image_crc32"] == f"{crc:08x}"
     assert any("drop" in line for line in data["fault_log"])
 
 
@@ -301,7 +377,7 @@ def test_flash_valid_intel_hex(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     code, data, _ = run_json(capsys, "flash", "--sim", str(path))
     assert code == 0
     assert data["image_size"] == len(payload)
-    assert data["info_after"]["active_image_crc32"] == zlib.crc32(payload)
+    assert data["info_after"]["active_image_crc32"] == f"{zlib.crc32(payload):08x}"
 
 
 def test_erase_time_sets_the_simulated_erase(
@@ -339,7 +415,7 @@ def test_failure_after_retries_is_exit_4_and_keeps_the_old_image(
     assert data["success"] is False and data["failure"] == "link"
     assert "keeps its old image" in data["error"]
     assert data["sim_active_image"]["size"] == SIM_OLD_IMAGE_SIZE
-    assert data["sim_active_image"]["crc32"] != zlib.crc32(path.read_bytes())
+    assert data["sim_active_image"]["crc32"] != f"{zlib.crc32(path.read_bytes()):08x}"
     assert "update failed" in one_error_line(err)
 
     code, out, err = run(capsys, *argv)
@@ -354,11 +430,12 @@ def test_keyboard_interrupt_is_exit_130(
     async def interrupted(self: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.OtaEngine, "run", interrupted)
+    monkeypatch.setattr(OtaEngine, "run", interrupted)
     path = image_file(tmp_path, 20_000)
     code, _, err = run(capsys, "flash", "--sim", str(path))
     assert code == 130
-    assert "keeps its old image" in err and "flash" in err
+    assert interrupted_sentence(simulated=True) in err
+    assert "simulated SmartBall" in err and "gone" in err
 
 
 # --- the installed script -----------------------------------------------------------------
@@ -410,11 +487,11 @@ def test_ctrl_c_mid_update_is_exit_130(tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert proc.returncode == 130, err
-    assert "keeps its old image" in err and "flash" in err
+    assert interrupted_sentence(simulated=True) in err
     assert "Traceback" not in err
     assert json.loads(out) == {
         "command": "flash",
         "ok": False,
         "exit_code": 130,
-        "error": cli.INTERRUPTED,
+        "error": interrupted_sentence(simulated=True),
     }

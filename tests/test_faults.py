@@ -10,19 +10,24 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from smartball_sim.device import ConnectRefusal, ConnectRefused, SimDevice, SimLink
+
+from pytest_smartball import protocol as p
+from pytest_smartball.protocol import MsgType
+from smartball_sim.device import ConnectRefusal, ConnectRefused, RadioTimings, SimDevice, SimLink
 from smartball_sim.faults import (
     EFFECTS,
     PROFILES,
     TRIGGERS,
+    Effect,
     Fault,
     FaultPlan,
     FaultSpecError,
     Trigger,
+    TriggerKind,
 )
 
-from pytest_smartball import protocol as p
-from pytest_smartball.protocol import MsgType
+# Virtual time: simulated seconds cost no wall time, and timings are exact.
+pytestmark = pytest.mark.looptime
 
 # --- parsing: every effect and every trigger -----------------------------------------------
 
@@ -30,25 +35,28 @@ from pytest_smartball.protocol import MsgType
 @pytest.mark.parametrize(
     ("spec", "fault"),
     [
-        ("drop", Fault("drop")),
-        ("reboot", Fault("reboot")),
-        ("adv-pause:20s", Fault("adv-pause", seconds=20.0)),
-        ("adv-pause:1.5", Fault("adv-pause", seconds=1.5)),  # seconds by default
-        ("adv-pause:300ms", Fault("adv-pause", seconds=0.3)),
-        ("race:1.5s", Fault("race", seconds=1.5)),
-        ("stale-cache", Fault("stale-cache")),
-        ("lose", Fault("lose", count=1)),
-        ("lose:3", Fault("lose", count=3)),
-        ("lose:MSG_OTA_READY", Fault("lose", msg_type=MsgType.MSG_OTA_READY)),
-        ("lose:msg_ota_ack", Fault("lose", msg_type=MsgType.MSG_OTA_ACK)),
-        ("write-drop", Fault("write-drop")),
-        ("write-drop:2", Fault("write-drop", count=2)),
-        ("connect-fail:3", Fault("connect-fail", count=3)),
-        ("connect-timeout", Fault("connect-timeout")),
-        ("corrupt:4", Fault("corrupt", count=4)),
-        ("slow-erase:30s", Fault("slow-erase", seconds=30.0)),
-        ("flaky:2%", Fault("flaky", percent=2.0)),
-        ("flaky:0.5%", Fault("flaky", percent=0.5)),
+        ("drop", Fault(Effect.DROP)),
+        ("reboot", Fault(Effect.REBOOT)),
+        ("adv-pause:20s", Fault(Effect.ADV_PAUSE, seconds=20.0)),
+        ("adv-pause:1.5", Fault(Effect.ADV_PAUSE, seconds=1.5)),  # seconds by default
+        ("adv-pause:300ms", Fault(Effect.ADV_PAUSE, seconds=0.3)),
+        ("race:1.5s", Fault(Effect.RACE, seconds=1.5)),
+        ("stale-cache", Fault(Effect.STALE_CACHE)),
+        ("lose", Fault(Effect.LOSE, count=1)),
+        ("lose:3", Fault(Effect.LOSE, count=3)),
+        ("lose:MSG_OTA_READY", Fault(Effect.LOSE, msg_type=MsgType.MSG_OTA_READY)),
+        ("lose:msg_ota_ack", Fault(Effect.LOSE, msg_type=MsgType.MSG_OTA_ACK)),
+        ("write-drop", Fault(Effect.WRITE_DROP)),
+        ("write-drop:2", Fault(Effect.WRITE_DROP, count=2)),
+        ("connect-fail:3", Fault(Effect.CONNECT_FAIL, count=3)),
+        ("connect-timeout", Fault(Effect.CONNECT_TIMEOUT)),
+        ("corrupt:4", Fault(Effect.CORRUPT, count=4)),
+        ("slow-erase:30s", Fault(Effect.SLOW_ERASE, seconds=30.0)),
+        ("flaky:2%", Fault(Effect.FLAKY, percent=2.0)),
+        ("flaky:0.5%", Fault(Effect.FLAKY, percent=0.5)),
+        ("no-reset", Fault(Effect.NO_RESET)),
+        ("flash-fail", Fault(Effect.FLASH_FAIL, count=1)),
+        ("flash-fail:2", Fault(Effect.FLASH_FAIL, count=2)),
     ],
 )
 def test_parse_each_effect(spec: str, fault: Fault) -> None:
@@ -69,6 +77,8 @@ def test_every_effect_is_covered() -> None:
         "corrupt",
         "slow-erase",
         "flaky",
+        "no-reset",
+        "flash-fail",
     }
     assert set(EFFECTS) == covered  # a new effect needs a case in test_parse_each_effect
 
@@ -76,22 +86,22 @@ def test_every_effect_is_covered() -> None:
 @pytest.mark.parametrize(
     ("text", "trigger"),
     [
-        ("erase:50%", Trigger("erase", 50)),
-        ("erase:0%", Trigger("erase", 0)),
-        ("erase:100%", Trigger("erase", 100)),
-        ("erase:12.5", Trigger("erase", 12.5)),
-        ("offset:200000", Trigger("offset", 200000)),
-        ("offset:0", Trigger("offset", 0)),
-        ("cmd:CMD_OTA_DATA#3", Trigger("cmd", 3, MsgType.CMD_OTA_DATA)),
-        ("cmd:cmd_ota_finish", Trigger("cmd", 1, MsgType.CMD_OTA_FINISH)),
-        ("t:2s", Trigger("t", 2.0)),
-        ("t:250ms", Trigger("t", 0.25)),
-        ("connect:2", Trigger("connect", 2)),
+        ("erase:50%", Trigger(TriggerKind.ERASE, 50)),
+        ("erase:0%", Trigger(TriggerKind.ERASE, 0)),
+        ("erase:100%", Trigger(TriggerKind.ERASE, 100)),
+        ("erase:12.5", Trigger(TriggerKind.ERASE, 12.5)),
+        ("offset:200000", Trigger(TriggerKind.OFFSET, 200000)),
+        ("offset:0", Trigger(TriggerKind.OFFSET, 0)),
+        ("cmd:CMD_OTA_DATA#3", Trigger(TriggerKind.CMD, 3, MsgType.CMD_OTA_DATA)),
+        ("cmd:cmd_ota_finish", Trigger(TriggerKind.CMD, 1, MsgType.CMD_OTA_FINISH)),
+        ("t:2s", Trigger(TriggerKind.T, 2.0)),
+        ("t:250ms", Trigger(TriggerKind.T, 0.25)),
+        ("connect:2", Trigger(TriggerKind.CONNECT, 2)),
     ],
 )
 def test_parse_each_trigger(text: str, trigger: Trigger) -> None:
     (fault,) = FaultPlan.parse(f"drop@{text}").faults
-    assert fault == Fault("drop", trigger)
+    assert fault == Fault(Effect.DROP, trigger)
 
 
 def test_every_trigger_is_covered() -> None:
@@ -109,7 +119,10 @@ def test_empty_specs_are_empty_plans() -> None:
 def test_plan_addition_and_truth() -> None:
     a, b = FaultPlan.parse("drop"), FaultPlan.parse("reboot@offset:5")
     assert a and b
-    assert (a + b).faults == (Fault("drop"), Fault("reboot", Trigger("offset", 5)))
+    assert (a + b).faults == (
+        Fault(Effect.DROP),
+        Fault(Effect.REBOOT, Trigger(TriggerKind.OFFSET, 5)),
+    )
 
 
 # --- canonical text ---------------------------------------------------------------------------
@@ -157,14 +170,16 @@ def test_profiles_expand() -> None:
         "drop",
         "adv-pause",
     ]
-    assert plan.faults[0] == Fault("slow-erase", seconds=30.0)
-    assert plan.faults[2] == Fault("race", Trigger("connect", 2), seconds=1.5)
-    assert plan.faults[5] == Fault("adv-pause", Trigger("offset", 247354), seconds=20.0)
+    assert plan.faults[0] == Fault(Effect.SLOW_ERASE, seconds=30.0)
+    assert plan.faults[2] == Fault(Effect.RACE, Trigger(TriggerKind.CONNECT, 2), seconds=1.5)
+    assert plan.faults[5] == Fault(
+        Effect.ADV_PAUSE, Trigger(TriggerKind.OFFSET, 247354), seconds=20.0
+    )
     mixed = FaultPlan.parse("lose:2,drop-in-erase,reboot-in-transfer")
     assert mixed.faults == (
-        Fault("lose", count=2),
-        Fault("drop", Trigger("erase", 50)),
-        Fault("reboot", Trigger("offset", 100000)),
+        Fault(Effect.LOSE, count=2),
+        Fault(Effect.DROP, Trigger(TriggerKind.ERASE, 50)),
+        Fault(Effect.REBOOT, Trigger(TriggerKind.OFFSET, 100000)),
     )
     for name, spec in PROFILES.items():
         assert FaultPlan.parse(name) == FaultPlan.parse(spec)
@@ -181,15 +196,19 @@ _device_types = st.sampled_from([t for t in MsgType if t not in p.COMMAND_TYPES]
 def _trigger(kind: str) -> st.SearchStrategy[Trigger]:
     match kind:
         case "erase":
-            return st.floats(min_value=0, max_value=100).map(lambda v: Trigger("erase", v))
+            return st.floats(min_value=0, max_value=100).map(
+                lambda v: Trigger(TriggerKind.ERASE, v)
+            )
         case "offset":
-            return st.integers(min_value=0, max_value=2**32).map(lambda v: Trigger("offset", v))
+            return st.integers(min_value=0, max_value=2**32).map(
+                lambda v: Trigger(TriggerKind.OFFSET, v)
+            )
         case "cmd":
-            return st.builds(lambda n, t: Trigger("cmd", n, t), _count, _command_types)
+            return st.builds(lambda n, t: Trigger(TriggerKind.CMD, n, t), _count, _command_types)
         case "t":
-            return _seconds.map(lambda v: Trigger("t", v))
+            return _seconds.map(lambda v: Trigger(TriggerKind.T, v))
         case "connect":
-            return _count.map(lambda v: Trigger("connect", v))
+            return _count.map(lambda v: Trigger(TriggerKind.CONNECT, v))
     raise AssertionError(kind)
 
 
@@ -594,3 +613,186 @@ async def test_set_faults_cancels_running_timers_and_slow_erase() -> None:
     await asyncio.sleep(3)
     assert link.alive, "the replaced plan's timer must not fire"
     assert [f for f, _ in fired(device)] == ["slow-erase:30s"]
+
+
+# --- resets leave nothing behind; a command that resets is never seen (issue 10) ------------
+
+
+def _flash_cli(tmp_path, spec: str, *extra: str) -> tuple[int, dict]:
+    """``smartball-ota flash IMG --sim --faults SPEC --json``, in-process."""
+    import contextlib
+    import io
+    import json
+
+    from pytest_smartball.cli import main
+    from smartball_sim.make_image import make_image
+
+    image = tmp_path / "demo.bin"
+    image.write_bytes(make_image())
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["flash", str(image), "--sim", "--faults", spec, "--json", *extra])
+    return code, json.loads(out.getvalue())
+
+
+def test_a_reset_fired_from_inside_the_erase_ends_that_erase(tmp_path) -> None:
+    """Regression (issue 10): the reset fired from the erase's own step; that erase went
+    on, sent READY into the new session while the new erase ran, and the new erase wiped
+    the DATA the host streamed: exit 5, CRC_MISMATCH."""
+    code, result = _flash_cli(tmp_path, "slow-erase:30s,reboot@erase:20%")
+    assert code == 0, result["error"]
+    assert result["restarts"] == 1 and result["bytes_resent"] == 0
+
+
+def test_the_start_that_fires_a_reset_opens_no_session(tmp_path) -> None:
+    """Regression (issue 10): the resume START that fired the reset was then handled by the
+    freshly reset device, which opened a session and erased: everything was sent again
+    and the engine counted no restart. The START was never seen: the device is idle, the
+    engine finds that out and restarts (the session was in RAM: it is gone)."""
+    code, result = _flash_cli(tmp_path, "drop@offset:323194,reboot@cmd:CMD_OTA_START#2")
+    assert code == 0, result["error"]
+    assert result["restarts"] == 1
+    assert [line.split()[1:] for line in result["fault_log"]] == [
+        ["drop", "[offset:323194]"],
+        ["reboot", "[cmd:CMD_OTA_START#2]"],
+    ]
+
+
+@pytest.mark.asyncio
+async def test_reboot_on_a_command_discards_it_and_the_frames_behind_it() -> None:
+    device = make_device("reboot@cmd:CMD_OTA_START")
+    peer, link = await connect(device)
+    await device.write(link, p.encode(p.CmdOtaStart(5000, 0x1234, 100)) + p.encode(p.CmdInfo()))
+    await asyncio.sleep(3)
+    assert peer.lost and peer.lost[0][1] == "device reset"
+    assert device.firmware.state == p.OtaState.IDLE
+    assert device.firmware.commands_seen == {}  # neither the START nor the INFO behind it
+    assert device.firmware.flash.erases == 0
+    assert peer.messages == []
+
+
+@pytest.mark.asyncio
+async def test_drop_on_a_command_lets_the_device_handle_it_and_loses_the_reply() -> None:
+    device = make_device("drop@cmd:CMD_OTA_START")
+    peer, link = await connect(device)
+    await device.write(link, p.encode(p.CmdOtaStart(5000, 0x1234, 100)))
+    await asyncio.sleep(1)
+    assert not link.alive and peer.messages == []
+    assert device.firmware.state == p.OtaState.RECEIVING  # it erased and is ready
+    assert device.firmware.commands_seen == {MsgType.CMD_OTA_START: 1}
+
+
+@pytest.mark.asyncio
+async def test_a_boot_timer_from_before_a_second_reset_does_not_end_that_boot() -> None:
+    device = make_device("", radio=RadioTimings(boot_s=2.0))
+    device.reboot()
+    await asyncio.sleep(1.5)
+    device.reboot()  # a second reset while booting: its boot takes its own 2 s
+    await asyncio.sleep(1.0)
+    assert not device.advertising
+    await asyncio.sleep(1.1)
+    assert device.advertising
+
+
+# --- no-reset, flash-fail, erase:N% in progressive mode --------------------------------------
+
+
+async def _update(device: SimDevice, image: bytes, *, flags: int = 0) -> Peer:
+    """A plain host on the device's radio: START, the image at its credit, FINISH."""
+    peer, link = await connect(device)
+    await device.write(link, p.encode(p.CmdOtaStart(len(image), p.crc32(image), 232, flags)))
+
+    def acked() -> int:
+        return max(
+            (m.next_expected_offset for m in peer.messages if isinstance(m, p.MsgOtaAck)),
+            default=0,
+        )
+
+    for _ in range(1000):
+        if any(isinstance(m, p.MsgOtaReady | p.MsgError) for m in peer.messages):
+            break
+        await asyncio.sleep(0.05)
+    for offset in range(0, len(image), 232):
+        for _ in range(1000):
+            if offset < acked() + 16 * 232 or not link.alive:
+                break
+            await asyncio.sleep(0.005)
+        if not link.alive or any(isinstance(m, p.MsgError) for m in peer.messages):
+            return peer
+        await device.write(link, p.encode(p.CmdOtaData(offset, image[offset : offset + 232])))
+    for _ in range(1000):
+        if acked() == len(image) or not link.alive:
+            break
+        await asyncio.sleep(0.005)
+    if link.alive:
+        await device.write(link, p.encode(p.CmdOtaFinish()))
+    await asyncio.sleep(1)
+    return peer
+
+
+@pytest.mark.asyncio
+async def test_no_reset_answers_done_and_never_resets() -> None:
+    image = bytes(range(256)) * 40
+    device = make_device("no-reset")
+    peer = await _update(device, image)
+    assert p.MsgOtaDone(p.crc32(image)) in peer.messages
+    await asyncio.sleep(60)
+    assert peer.lost == [] and device.link is not None  # the link stays up, no reset
+    assert device.firmware.state == p.OtaState.COMPLETE
+    assert device.firmware.active.data == IMAGE  # still the old image
+    assert applied(device) == [
+        ("no-reset", "DONE sent; the device stays in COMPLETE on its old image")
+    ]
+    device.reboot()  # something else resets it: the bootloader switches after all
+    assert device.firmware.active.data == image
+
+
+@pytest.mark.asyncio
+async def test_one_flash_failure_is_retried_two_are_a_flash_error() -> None:
+    image = bytes(range(256)) * 40
+    device = make_device("flash-fail@offset:3000")
+    await _update(device, image)
+    await asyncio.sleep(3)
+    assert device.firmware.active.data == image  # the retry worked
+    device = make_device("flash-fail:2@offset:3000")
+    peer = await _update(device, image)
+    errors = [(e.code, e.command) for e in peer.messages if isinstance(e, p.MsgError)]
+    assert errors[0] == (p.ErrorCode.FLASH_ERROR, p.MsgType.CMD_OTA_DATA)
+    # the DATA still in flight then finds no session
+    assert set(errors[1:]) <= {(p.ErrorCode.BAD_STATE, p.MsgType.CMD_OTA_DATA)}
+    assert device.firmware.state == p.OtaState.ERROR
+    assert device.firmware.active.data == IMAGE
+    assert fired(device) == [("flash-fail:2", "offset:3000")]
+
+
+@pytest.mark.asyncio
+async def test_set_faults_disarms_flash_failures() -> None:
+    device = make_device("flash-fail:5")
+    assert device.firmware.flash.fail_next == 5
+    device.set_faults("")
+    assert device.firmware.flash.fail_next == 0
+
+
+@pytest.mark.asyncio
+async def test_erase_percent_in_a_progressive_erase_counts_pages_erased_during_the_transfer() -> (
+    None
+):
+    image = bytes(range(256)) * 64  # 16384 bytes: 4 pages
+    device = make_device("drop@erase:50%", progressive_erase=True)
+    peer = await _update(device, image, flags=p.StartFlag.PROGRESSIVE_ERASE)
+    assert isinstance(peer.messages[0], p.MsgOtaReady)  # at once: no erase first
+    assert not any(isinstance(m, p.MsgOtaProgress) for m in peer.messages)
+    (record,) = device.fault_log
+    assert (record.fault, record.trigger) == ("drop", "erase:50%")
+    # it fired when the second of four pages was erased, during the transfer: the link
+    # dropped there, so the chunks for pages 2 and 3 never came and nothing erased them
+    assert device.firmware.flash.erases == 2
+    assert 4096 < device.firmware.status().next_expected_offset <= 8192
+
+
+@pytest.mark.asyncio
+async def test_slow_erase_does_not_slow_a_progressive_erase() -> None:
+    image = bytes(range(256)) * 16  # one page
+    device = make_device("slow-erase:30s", progressive_erase=True)
+    peer = await _update(device, image, flags=p.StartFlag.PROGRESSIVE_ERASE)
+    assert p.MsgOtaDone(p.crc32(image)) in peer.messages

@@ -1,8 +1,11 @@
-"""SmartBallFirmware against docs/protocol.md section 6 (device behaviour), driven directly.
+"""SmartBallFirmware, driven directly: docs/protocol.md's device rules one by one, the flash
+as the hardware has it, resets that leave nothing behind, and the regressions of the five
+places where the model and the document used to disagree (issue 17).
 
 No radio and no bleak: the firmware's ``send`` goes into a host-side FrameDecoder, and each
-decoded message is stamped with the loop's (virtual, looptime) time, so erase and reset
-timings are checked exactly without real waiting.
+decoded message is stamped with the loop's (virtual, looptime) time, so erase and flash
+timings are checked exactly without real waiting. Every cell of the command x state table
+is checked in tests/test_contract.py; the tests here go deeper where a cell cannot.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import replace
+from typing import Any
 
 import pytest
-from smartball_sim.firmware import PAGE_SIZE, FirmwareEvent, FlashTimings, SmartBallFirmware
 
 from pytest_smartball import protocol as p
 from pytest_smartball.protocol import (
@@ -32,30 +35,35 @@ from pytest_smartball.protocol import (
     MsgOtaStatus,
     OtaState,
 )
+from smartball_sim.firmware import (
+    PAGE_SIZE,
+    FirmwareEvent,
+    FirmwareEventKind,
+    FlashTimings,
+    SmartBallFirmware,
+)
+from smartball_sim.make_image import make_image
 
-pytestmark = pytest.mark.asyncio
+# Virtual time: a 40 s erase costs milliseconds, and timings are exact.
+pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
 
 OLD_IMAGE = bytes(range(256)) * 12  # 3072 bytes, the image the device runs
 VERSION = (1, 4, 2)
 CAPACITY = 5 * PAGE_SIZE
 PAGE_S = 0.085
 VERIFY_S_PER_BYTE = 1e-4  # 10 000 bytes verify in 1 s: long enough to observe VERIFYING
-RESET_DELAY_S = 0.1
 # An instant flash write: these tests feed chunks faster than any radio could; the flash
-# write time and the receive buffer have tests of their own at the end.
-TIMINGS = FlashTimings(
-    erase_page_s=PAGE_S,
-    verify_s_per_byte=VERIFY_S_PER_BYTE,
-    reset_delay_s=RESET_DELAY_S,
-    write_word_s=0.0,
-)
-NEW_IMAGE = bytes((i * 7 + 3) & 0xFF for i in range(10_000))  # 3 pages
+# write time and the receive buffer have tests of their own further down.
+TIMINGS = FlashTimings(erase_page_s=PAGE_S, verify_s_per_byte=VERIFY_S_PER_BYTE, write_word_s=0.0)
+NEW_IMAGE = make_image(10_000, 7, version=(2, 0, 1))  # 3 pages, version 2.0.1 in its descriptor
 NEW_PAGES = math.ceil(len(NEW_IMAGE) / PAGE_SIZE)
 CHUNK = 100
 
 
-def start_for(image: bytes, chunk: int = CHUNK, crc: int | None = None) -> CmdOtaStart:
-    return CmdOtaStart(len(image), p.crc32(image) if crc is None else crc, chunk)
+def start_for(
+    image: bytes, chunk: int = CHUNK, crc: int | None = None, flags: int = 0
+) -> CmdOtaStart:
+    return CmdOtaStart(len(image), p.crc32(image) if crc is None else crc, chunk, flags)
 
 
 def error_code(msg: object) -> int:
@@ -66,7 +74,7 @@ def error_code(msg: object) -> int:
 class Harness:
     """The firmware plus a host: decodes what the firmware sends, with loop timestamps."""
 
-    def __init__(self, *, window: int = 4, timings: FlashTimings = TIMINGS, **kwargs) -> None:
+    def __init__(self, *, window: int = 4, timings: FlashTimings = TIMINGS, **kwargs: Any) -> None:
         self.decoder = p.FrameDecoder()
         self.log: list[tuple[float, p.Message]] = []
         self.resets: list[float] = []
@@ -110,7 +118,9 @@ class Harness:
         return replies[0]
 
     def status(self) -> MsgOtaStatus:
-        reply = self.ask(CmdOtaStatus())
+        self.take()
+        self.send(CmdOtaStatus())
+        reply = self.take()[0]  # (in RECEIVING an ACK follows it)
         assert isinstance(reply, MsgOtaStatus)
         return reply
 
@@ -121,7 +131,7 @@ class Harness:
 
     # --- getting to a state ----------------------------------------------------------
 
-    async def start_and_wait_ready(self, image: bytes = NEW_IMAGE, **kwargs) -> MsgOtaReady:
+    async def start_and_wait_ready(self, image: bytes = NEW_IMAGE, **kwargs: Any) -> MsgOtaReady:
         self.send(start_for(image, **kwargs))
         pages = math.ceil(len(image) / PAGE_SIZE)
         await asyncio.sleep(self.fw.timings.page_erase_time(pages) * pages + 0.001)
@@ -135,7 +145,8 @@ class Harness:
             self.send(CmdOtaData(offset, image[offset : offset + chunk]))
 
     async def goto(self, state: OtaState) -> None:
-        """Bring the firmware into ``state`` with a NEW_IMAGE session where one applies."""
+        """Bring the firmware into ``state`` with a NEW_IMAGE session where one applies.
+        (COMPLETE lasts: this harness records the reset request and does not reset.)"""
         if state == OtaState.IDLE:
             return
         if state == OtaState.ERASING:
@@ -155,43 +166,6 @@ class Harness:
         assert self.fw.state == state
 
 
-ALL_STATES = list(OtaState)
-
-
-# --- any state ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("state", ALL_STATES, ids=lambda s: s.name)
-async def test_info_in_any_state(state: OtaState) -> None:
-    h = Harness()
-    await h.goto(state)
-    assert h.info() == MsgInfo(1, *VERSION, len(OLD_IMAGE), p.crc32(OLD_IMAGE), CAPACITY)
-    assert h.fw.state == state
-
-
-@pytest.mark.parametrize("state", ALL_STATES, ids=lambda s: s.name)
-async def test_status_in_any_state(state: OtaState) -> None:
-    h = Harness()
-    await h.goto(state)
-    status = h.status()
-    assert status.state == state
-    if state in (OtaState.IDLE, OtaState.ERROR):
-        assert (status.next_expected_offset, status.image_size, status.image_crc32) == (0, 0, 0)
-    else:
-        assert status.image_size == len(NEW_IMAGE)
-        assert status.image_crc32 == p.crc32(NEW_IMAGE)
-        expected_offset = 0 if state in (OtaState.ERASING, OtaState.RECEIVING) else len(NEW_IMAGE)
-        assert status.next_expected_offset == expected_offset
-    assert h.fw.state == state
-
-
-async def test_status_reports_receiving_progress() -> None:
-    h = Harness()
-    await h.start_and_wait_ready()
-    h.send_image(NEW_IMAGE[:450])
-    assert h.status() == MsgOtaStatus(OtaState.RECEIVING, 450, len(NEW_IMAGE), p.crc32(NEW_IMAGE))
-
-
 # --- START ---------------------------------------------------------------------------------
 
 
@@ -200,10 +174,11 @@ async def test_status_reports_receiving_progress() -> None:
     [
         (0, 100, ErrorCode.BAD_PARAM),
         (100, 0, ErrorCode.BAD_PARAM),
+        (100, 3, ErrorCode.BAD_PARAM),  # less than a word
         (0, 0, ErrorCode.BAD_PARAM),
         (CAPACITY + 1, 0, ErrorCode.BAD_PARAM),  # rule 1 is checked before rule 2
         (CAPACITY + 1, 100, ErrorCode.TOO_LARGE),
-        (0xFFFF_FFFF, 508, ErrorCode.TOO_LARGE),
+        (0xFFFF_FFFF, 500, ErrorCode.TOO_LARGE),
     ],
 )
 async def test_start_rejected(size: int, chunk: int, code: ErrorCode) -> None:
@@ -219,34 +194,35 @@ async def test_start_error_while_receiving_keeps_the_session() -> None:
     h = Harness()
     await h.start_and_wait_ready()
     h.send_image(NEW_IMAGE[:300])
-    assert error_code(h.ask(CmdOtaStart(0, 1, 1))) == ErrorCode.BAD_PARAM
-    assert error_code(h.ask(CmdOtaStart(CAPACITY + 1, 1, 1))) == ErrorCode.TOO_LARGE
+    assert error_code(h.ask(CmdOtaStart(0, 1, 4))) == ErrorCode.BAD_PARAM
+    assert error_code(h.ask(CmdOtaStart(CAPACITY + 1, 1, 4))) == ErrorCode.TOO_LARGE
     assert h.status() == MsgOtaStatus(OtaState.RECEIVING, 300, len(NEW_IMAGE), p.crc32(NEW_IMAGE))
 
 
 async def test_start_of_exactly_staging_capacity_is_accepted() -> None:
     h = Harness()
-    image = bytes(CAPACITY)
-    await h.start_and_wait_ready(image)
+    await h.start_and_wait_ready(bytes(CAPACITY))
 
 
 async def test_erase_reports_progress_page_by_page_then_ready() -> None:
     h = Harness(window=16)
     t0 = h.now()
-    h.send(start_for(NEW_IMAGE, chunk=234))
+    h.send(start_for(NEW_IMAGE, chunk=232))
     assert h.take() == []  # nothing at once: the first page takes t_ERASEPAGE
     assert h.fw.state == OtaState.ERASING
     await asyncio.sleep(PAGE_S * NEW_PAGES + 1)
     total = NEW_PAGES * PAGE_SIZE
-    expected = [MsgOtaProgress(1, PAGE_SIZE * (i + 1), total) for i in range(NEW_PAGES)]
-    expected.append(MsgOtaReady(max_chunk=234, window=16))
+    expected: list[p.Message] = [
+        MsgOtaProgress(1, PAGE_SIZE * (i + 1), total) for i in range(NEW_PAGES)
+    ]
+    expected.append(MsgOtaReady(max_chunk=232, window=16))
     assert [m for _, m in h.log] == expected
     times = [t - t0 for t, _ in h.log]
     page_times = [PAGE_S * (i + 1) for i in range(NEW_PAGES)]
-    assert times == pytest.approx([*page_times, page_times[-1]], abs=1e-4)
+    assert times == pytest.approx([*page_times, page_times[-1]], abs=1e-6)
     assert h.fw.state == OtaState.RECEIVING
     kinds = [e.kind for e in h.events]
-    assert kinds == ["command", *["erase_progress"] * NEW_PAGES, "ready"]
+    assert kinds == ["command", "handled", *["erase_progress"] * NEW_PAGES, "ready"]
     assert h.status().next_expected_offset == 0
 
 
@@ -262,47 +238,48 @@ async def test_erase_wipes_what_an_earlier_session_staged() -> None:
 
 
 @pytest.mark.parametrize(
-    ("asked", "granted"), [(1, 1), (234, 234), (508, 508), (509, 508), (0xFFFF, 508)]
+    ("asked", "granted"),
+    [(4, 4), (7, 4), (232, 232), (234, 232), (500, 500), (508, 500), (0xFFFF, 500)],
 )
-async def test_max_chunk_is_min_of_request_and_508(asked: int, granted: int) -> None:
+async def test_max_chunk_is_whole_words_and_at_most_500(asked: int, granted: int) -> None:
     h = Harness(window=7)
     assert await h.start_and_wait_ready(chunk=asked) == MsgOtaReady(granted, 7)
-    assert h.fw.session is not None and h.fw.session.max_chunk == granted
 
 
-async def test_start_same_image_while_erasing_does_not_restart() -> None:
+async def test_start_same_image_while_erasing_does_not_restart_and_takes_the_new_chunk() -> None:
     h = Harness()
     t0 = h.now()
     h.send(start_for(NEW_IMAGE))
     await asyncio.sleep(PAGE_S * 1.5)
-    h.send(start_for(NEW_IMAGE, chunk=50))  # same size and CRC; chunk size is not compared
+    h.send(start_for(NEW_IMAGE, chunk=48))  # a reconnect with a smaller MTU
     assert h.fw.state == OtaState.ERASING
     await asyncio.sleep(PAGE_S * NEW_PAGES * 3)
-    msgs = [m for _, m in h.log]
     total = NEW_PAGES * PAGE_SIZE
-    assert msgs == [
+    assert [m for _, m in h.log] == [
         *(MsgOtaProgress(1, PAGE_SIZE * (i + 1), total) for i in range(NEW_PAGES)),
-        MsgOtaReady(CHUNK, 4),  # the session's original max_chunk
+        MsgOtaReady(48, 4),  # the READY describes the link the host is on now
     ]
-    assert h.log[-1][0] - t0 == pytest.approx(PAGE_S * NEW_PAGES, abs=1e-4)
+    assert h.log[-1][0] - t0 == pytest.approx(PAGE_S * NEW_PAGES, abs=1e-6)
 
 
-async def test_start_same_image_while_receiving_resends_ready_and_keeps_offset() -> None:
+async def test_resume_start_takes_the_new_chunk_size_and_keeps_the_offset() -> None:
+    """Regression (issue 17): a resume START with another chunk_size was ignored, so a
+    host back on a link with a smaller MTU was granted chunks it cannot write."""
     h = Harness()
-    await h.start_and_wait_ready()
+    await h.start_and_wait_ready(chunk=100)
     h.send_image(NEW_IMAGE[:500])
     h.take()
-    assert h.ask(start_for(NEW_IMAGE)) == MsgOtaReady(CHUNK, 4)
+    assert h.ask(start_for(NEW_IMAGE, chunk=8)) == MsgOtaReady(8, 4)
+    assert error_code(h.ask(CmdOtaData(500, NEW_IMAGE[500:600]))) == ErrorCode.BAD_PARAM
     await asyncio.sleep(PAGE_S * NEW_PAGES * 2)
     assert h.take() == []  # no erase
     assert h.status().next_expected_offset == 500
-    assert h.fw.staged_bytes()[:500] == NEW_IMAGE[:500]
-    # and the transfer resumes where it was
-    h.send_image(start=500)
+    h.send_image(chunk=8, start=500)
     h.take()
     h.send(CmdOtaFinish())
     await asyncio.sleep(2)
     assert h.take() == [MsgOtaDone(p.crc32(NEW_IMAGE))]
+    assert h.fw.staged_bytes() == NEW_IMAGE
 
 
 async def test_start_same_image_while_verifying_sends_nothing_then_done() -> None:
@@ -315,43 +292,74 @@ async def test_start_same_image_while_verifying_sends_nothing_then_done() -> Non
     assert h.take() == [MsgOtaDone(p.crc32(NEW_IMAGE))]
 
 
-@pytest.mark.parametrize(
-    "state", [OtaState.ERASING, OtaState.RECEIVING, OtaState.VERIFYING], ids=lambda s: s.name
-)
-@pytest.mark.parametrize("differs", ["size", "crc"])
-async def test_start_other_image_while_busy_is_bad_state(state: OtaState, differs: str) -> None:
-    h = Harness()
-    await h.goto(state)
-    before = h.status()
-    other = (
-        CmdOtaStart(len(NEW_IMAGE) + 1, p.crc32(NEW_IMAGE), CHUNK)
-        if differs == "size"
-        else CmdOtaStart(len(NEW_IMAGE), p.crc32(NEW_IMAGE) ^ 1, CHUNK)
-    )
-    assert error_code(h.ask(other)) == ErrorCode.BAD_STATE
-    assert h.status() == before
-
-
-@pytest.mark.parametrize(
-    "state", [OtaState.IDLE, OtaState.ERROR, OtaState.COMPLETE], ids=lambda s: s.name
-)
-async def test_start_from_idle_error_complete_begins_a_new_session(state: OtaState) -> None:
+@pytest.mark.parametrize("state", [OtaState.IDLE, OtaState.ERROR], ids=lambda s: s.name)
+async def test_start_from_idle_or_error_begins_a_new_session(state: OtaState) -> None:
     h = Harness()
     await h.goto(state)
     other = bytes(5000)
     h.send(start_for(other, chunk=40))
     assert h.fw.state == OtaState.ERASING
-    assert h.status() == MsgOtaStatus(OtaState.ERASING, 0, 5000, p.crc32(other))
     await asyncio.sleep(10)
-    msgs = h.take()
-    assert msgs == [
+    assert h.take() == [
         MsgOtaProgress(1, 4096, 8192),
         MsgOtaProgress(1, 8192, 8192),
         MsgOtaReady(40, 4),
     ]
     assert h.fw.state == OtaState.RECEIVING
-    # In COMPLETE a reset was pending: a new session must not be cut short by it.
-    assert h.resets == []
+
+
+# --- COMPLETE: the switch is committed (regression, issue 17) ---------------------------------
+
+
+async def test_start_and_abort_in_complete_cannot_cancel_the_switch() -> None:
+    """Regression (issue 17): the model let START or ABORT in COMPLETE cancel the reset and
+    stay on the old image, while the document said COMPLETE -> reboot. START is refused,
+    ABORT answers COMPLETE, the reset still comes and the new image runs."""
+    h = Harness()
+    await h.goto(OtaState.COMPLETE)
+    assert h.fw.pending_image is not None
+    assert error_code(h.ask(start_for(bytes(5000)))) == ErrorCode.BAD_STATE
+    assert h.ask(CmdOtaAbort()) == MsgOtaStatus(
+        OtaState.COMPLETE, len(NEW_IMAGE), len(NEW_IMAGE), p.crc32(NEW_IMAGE)
+    )
+    await asyncio.sleep(10)
+    assert h.fw.state == OtaState.COMPLETE
+    assert h.fw.staged_bytes() == NEW_IMAGE  # nothing erased the staging bank
+    assert len(h.resets) == 1  # asked for once, right after DONE
+    h.fw.power_cycle()  # what the device does on that request
+    assert h.info().active_image_crc32 == p.crc32(NEW_IMAGE)
+
+
+async def test_info_reports_the_version_of_the_image_that_runs() -> None:
+    """Regression (issue 17): after the switch the model kept the old version with the
+    new size and CRC. The version comes from the image (its descriptor)."""
+    h = Harness()
+    await h.goto(OtaState.COMPLETE)
+    assert h.info() == MsgInfo(1, *VERSION, len(OLD_IMAGE), p.crc32(OLD_IMAGE), CAPACITY)
+    h.fw.power_cycle()
+    assert h.info() == MsgInfo(1, 2, 0, 1, len(NEW_IMAGE), p.crc32(NEW_IMAGE), CAPACITY)
+
+
+async def test_an_image_without_a_descriptor_runs_as_version_0_0_0() -> None:
+    h = Harness()
+    image = bytes(range(200))
+    await h.start_and_wait_ready(image)
+    h.send_image(image)
+    h.send(CmdOtaFinish())
+    await asyncio.sleep(1)
+    h.fw.power_cycle()
+    assert h.info().firmware_version == "0.0.0"
+
+
+async def test_the_bootloader_checks_the_staged_crc_again() -> None:
+    """A staged image damaged after DONE (a power loss mid-write of something else, a worn
+    page) is not switched to: the old image boots."""
+    h = Harness()
+    await h.goto(OtaState.COMPLETE)
+    h.fw.flash.erase_page(1)
+    h.fw.power_cycle()
+    assert h.info().active_image_crc32 == p.crc32(OLD_IMAGE)
+    assert h.fw.pending_image is None
 
 
 # --- DATA ----------------------------------------------------------------------------------
@@ -359,24 +367,55 @@ async def test_start_from_idle_error_complete_begins_a_new_session(state: OtaSta
 
 @pytest.mark.parametrize(
     "state",
-    [OtaState.IDLE, OtaState.ERASING, OtaState.VERIFYING, OtaState.COMPLETE, OtaState.ERROR],
+    [OtaState.IDLE, OtaState.VERIFYING, OtaState.COMPLETE, OtaState.ERROR],
     ids=lambda s: s.name,
 )
 async def test_data_outside_receiving_is_bad_state(state: OtaState) -> None:
     h = Harness()
     await h.goto(state)
-    offset = h.status().next_expected_offset
-    assert error_code(h.ask(CmdOtaData(offset, b"x"))) == ErrorCode.BAD_STATE
+    for _ in range(3):  # every one: only ERASING is rate-limited
+        assert error_code(h.ask(CmdOtaData(0, b"1234"))) == ErrorCode.BAD_STATE
     assert h.fw.state == state
 
 
-@pytest.mark.parametrize(("size", "offset"), [(0, 0), (CHUNK + 1, 0), (0, 77), (CHUNK + 1, 77)])
+@pytest.mark.parametrize("window", [1, 2, 4])
+async def test_data_while_erasing_gets_rate_limited_bad_state(window: int) -> None:
+    h = Harness(window=window, timings=replace(TIMINGS, erase_total_s=30.0))
+    h.send(start_for(NEW_IMAGE))
+    await asyncio.sleep(1)  # between two pages: the CPU is free
+    answered = []
+    for i in range(1, 3 * window + 2):
+        h.send(CmdOtaData(0, NEW_IMAGE[:CHUNK]))
+        replies = [m for m in h.take() if not isinstance(m, MsgOtaProgress)]
+        if replies:
+            assert [error_code(m) for m in replies] == [ErrorCode.BAD_STATE]
+            answered.append(i)
+    assert answered == [k for k in range(1, 3 * window + 2) if (k - 1) % window == 0]
+
+
+@pytest.mark.parametrize(("size", "offset"), [(0, 0), (CHUNK + 4, 0), (0, 76), (CHUNK + 4, 76)])
 async def test_data_bad_length_is_bad_param(size: int, offset: int) -> None:
     h = Harness()
     await h.start_and_wait_ready()
     # checked before the offset: also at a wrong offset the answer is BAD_PARAM, not STATUS
     assert error_code(h.ask(CmdOtaData(offset, bytes(size)))) == ErrorCode.BAD_PARAM
     assert h.status().next_expected_offset == 0
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 99])
+async def test_a_chunk_that_is_not_whole_words_is_bad_param_unless_it_ends_the_image(
+    size: int,
+) -> None:
+    h = Harness()
+    await h.start_and_wait_ready()
+    assert error_code(h.ask(CmdOtaData(0, NEW_IMAGE[:size]))) == ErrorCode.BAD_PARAM
+    assert h.status().next_expected_offset == 0
+    # the image's last chunk may end mid-word
+    image = NEW_IMAGE[: 96 + size]
+    h2 = Harness()
+    await h2.start_and_wait_ready(image)
+    h2.send(CmdOtaData(0, image[:96]))
+    assert h2.ask(CmdOtaData(96, image[96:])) == MsgOtaAck(len(image))
 
 
 async def test_data_of_exactly_max_chunk_is_accepted() -> None:
@@ -402,35 +441,24 @@ async def test_wrong_offset_gets_rate_limited_status(window: int) -> None:
             ]
             got_status.append(i)
     assert got_status == [k for k in range(1, n + 1) if (k - 1) % window == 0]
-    # the chunks were dropped
     assert h.fw.staged_bytes()[2 * CHUNK :] == b"\xff" * (len(NEW_IMAGE) - 2 * CHUNK)
     # an accepted chunk restarts the count: the next reject gets a STATUS at once
     h.send(CmdOtaData(2 * CHUNK, NEW_IMAGE[2 * CHUNK : 3 * CHUNK]))
     h.take()
-    h.send(CmdOtaData(0, NEW_IMAGE[:CHUNK]))  # a duplicate is a wrong offset too
-    assert h.take() == [
-        MsgOtaStatus(OtaState.RECEIVING, 3 * CHUNK, len(NEW_IMAGE), p.crc32(NEW_IMAGE))
-    ]
+    h.send(CmdOtaData(9 * CHUNK, NEW_IMAGE[:CHUNK]))
+    assert [type(m) for m in h.take()] == [MsgOtaStatus]
 
 
-async def test_first_reject_of_a_session_gets_status() -> None:
-    h = Harness(window=16)
-    await h.start_and_wait_ready()
-    reply = h.ask(CmdOtaData(CHUNK, NEW_IMAGE[CHUNK : 2 * CHUNK]))
-    assert isinstance(reply, MsgOtaStatus) and reply.next_expected_offset == 0
-
-
-async def test_data_running_past_the_end_is_bad_offset() -> None:
+async def test_data_past_the_image_end_is_bad_offset() -> None:
     h = Harness()
     image = NEW_IMAGE[:250]
     await h.start_and_wait_ready(image)
     h.send_image(image[:200])
     h.take()
-    assert error_code(h.ask(CmdOtaData(200, bytes(51)))) == ErrorCode.BAD_OFFSET
-    assert h.status().next_expected_offset == 200  # state and session as they were
-    assert h.fw.state == OtaState.RECEIVING
+    assert error_code(h.ask(CmdOtaData(200, bytes(52)))) == ErrorCode.BAD_OFFSET
+    assert h.status().next_expected_offset == 200
     # a wrong offset past the end is a wrong offset (rule 3 before rule 4): STATUS
-    reply = h.ask(CmdOtaData(300, bytes(10)))
+    reply = h.ask(CmdOtaData(300, bytes(12)))
     assert isinstance(reply, MsgOtaStatus)
     assert h.ask(CmdOtaData(200, image[200:])) == MsgOtaAck(250)
 
@@ -438,7 +466,7 @@ async def test_data_running_past_the_end_is_bad_offset() -> None:
 @pytest.mark.parametrize("window", [1, 2, 3, 4, 5, 16])
 @pytest.mark.parametrize("chunks", [1, 7, 8, 17])
 async def test_ack_every_half_window_and_at_the_end(window: int, chunks: int) -> None:
-    chunk = 10
+    chunk = 12
     image = NEW_IMAGE[: chunks * chunk - 3]  # the last chunk is short
     h = Harness(window=window)
     await h.start_and_wait_ready(image, chunk=chunk)
@@ -467,32 +495,92 @@ async def test_ack_count_ignores_rejected_chunks() -> None:
     assert h.take() == [MsgOtaAck(2 * CHUNK)]
 
 
-# --- FINISH --------------------------------------------------------------------------------
+# --- credit: only ACKs grant it (regression, issue 17) ---------------------------------------
+
+SLOW_FLASH = FlashTimings(erase_page_s=PAGE_S, write_word_s=41e-6)
 
 
-@pytest.mark.parametrize(
-    "state",
-    [
-        OtaState.IDLE,
-        OtaState.ERASING,
-        OtaState.RECEIVING,
-        OtaState.VERIFYING,
-        OtaState.COMPLETE,
-        OtaState.ERROR,
-    ],
-    ids=lambda s: s.name,
-)
-async def test_finish_before_complete_is_bad_state(state: OtaState) -> None:
+async def test_a_status_in_receiving_brings_an_ack_once_written() -> None:
+    """Regression (issue 17): with credit granted by ACKs only, a lost ACK left a host
+    without credit for good; the model answered STATUS and nothing else. Now the STATUS
+    is followed by an ACK of everything accepted, once it is written."""
+    h = Harness(window=4, timings=SLOW_FLASH)
+    await h.start_and_wait_ready()
+    h.send(CmdOtaData(0, NEW_IMAGE[:CHUNK]))  # half an interval: no ACK of its own
+    t0 = h.now()
+    h.send(CmdOtaStatus())
+    assert h.take() == [MsgOtaStatus(OtaState.RECEIVING, CHUNK, len(NEW_IMAGE), p.crc32(NEW_IMAGE))]
+    await asyncio.sleep(0.01)
+    ((t_ack, ack),) = [(t, m) for t, m in h.log if isinstance(m, MsgOtaAck)]
+    assert ack == MsgOtaAck(CHUNK)
+    assert t_ack - t0 == pytest.approx(25 * 41e-6, abs=1e-6)  # when the chunk was written
+
+
+async def test_a_resume_ready_waits_for_the_buffer_so_credit_never_doubles() -> None:
+    """Regression (issue 17): a host that counted credit from a resume READY could hold
+    two windows in the device (the buffered chunks and a new window). The resume READY now
+    leaves once the buffer is written, so a window from it always fits."""
+    h = Harness(window=4, timings=SLOW_FLASH)
+    await h.start_and_wait_ready()
+    for k in range(4):  # a full window, all buffered
+        h.send(CmdOtaData(k * CHUNK, NEW_IMAGE[k * CHUNK : (k + 1) * CHUNK]))
+    t0 = h.now()
+    h.send(start_for(NEW_IMAGE))  # the host came back and resumes at once
+    assert [m for m in h.take() if isinstance(m, MsgOtaReady)] == []
+    await asyncio.sleep(0.05)
+    (t_ready,) = [t for t, m in h.log if isinstance(m, MsgOtaReady) and t >= t0]
+    assert t_ready - t0 == pytest.approx(4 * 25 * 41e-6, abs=1e-6)
+    for k in range(4, 8):  # a window from READY's offset: nothing dropped
+        h.send(CmdOtaData(k * CHUNK, NEW_IMAGE[k * CHUNK : (k + 1) * CHUNK]))
+    assert h.fw.data_dropped_full == 0
+    assert h.status().next_expected_offset == 8 * CHUNK
+
+
+async def test_ack_reports_what_the_flash_has_written_when_it_has() -> None:
+    h = Harness(window=4, timings=SLOW_FLASH)
+    await h.start_and_wait_ready()
+    t0 = h.now()
+    h.send(CmdOtaData(0, NEW_IMAGE[:CHUNK]))
+    h.send(CmdOtaData(CHUNK, NEW_IMAGE[CHUNK : 2 * CHUNK]))
+    assert h.take() == []  # both in the buffer, nothing written yet: no ACK
+    await asyncio.sleep(0.01)
+    (ack,) = [(t, m) for t, m in h.log if isinstance(m, MsgOtaAck)]
+    assert ack[1] == MsgOtaAck(2 * CHUNK)
+    assert ack[0] - t0 == pytest.approx(2 * 25 * 41e-6, abs=1e-6)
+
+
+async def test_a_full_receive_buffer_drops_data_and_the_status_rewinds_the_host() -> None:
+    h = Harness(window=4, timings=replace(SLOW_FLASH, rx_buffer_chunks=2))
+    await h.start_and_wait_ready()
+    for k in range(3):  # faster than the flash: the third finds the 2-chunk buffer full
+        h.send(CmdOtaData(k * CHUNK, NEW_IMAGE[k * CHUNK : (k + 1) * CHUNK]))
+    assert h.fw.data_dropped_full == 1
+    (status,) = h.take()
+    assert isinstance(status, MsgOtaStatus) and status.next_expected_offset == 2 * CHUNK
+    await asyncio.sleep(0.01)  # the flash catches up; the chunk is accepted on resend
+    h.send(CmdOtaData(2 * CHUNK, NEW_IMAGE[2 * CHUNK : 3 * CHUNK]))
+    assert h.status().next_expected_offset == 3 * CHUNK
+    assert h.fw.data_dropped_full == 1
+
+
+# --- FINISH ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", list(OtaState), ids=lambda s: s.name)
+async def test_finish_before_everything_arrived_is_bad_state(state: OtaState) -> None:
     h = Harness()
     await h.goto(state)
     if state == OtaState.RECEIVING:
-        h.send_image(NEW_IMAGE[:-1])
+        h.send_image(NEW_IMAGE[:-16])
         h.take()
-    assert error_code(h.ask(CmdOtaFinish())) == ErrorCode.BAD_STATE
+    h.send(CmdOtaFinish())
+    await asyncio.sleep(PAGE_S if state == OtaState.ERASING else 0)  # (a page erase stalls)
+    (reply,) = [m for m in h.take() if not isinstance(m, MsgOtaProgress)]
+    assert error_code(reply) == ErrorCode.BAD_STATE
     assert h.fw.state == state
 
 
-async def test_finish_with_matching_crc_done_then_reset() -> None:
+async def test_finish_with_matching_crc_done_then_the_reset_request() -> None:
     h = Harness()
     await h.start_and_wait_ready()
     h.send_image()
@@ -504,44 +592,57 @@ async def test_finish_with_matching_crc_done_then_reset() -> None:
     assert h.take() == [MsgOtaDone(p.crc32(NEW_IMAGE))]
     assert h.fw.state == OtaState.COMPLETE
     t_done = h.log[-1][0]
-    assert t_done - t_finish == pytest.approx(VERIFY_S_PER_BYTE * len(NEW_IMAGE), abs=1e-4)
-    assert h.resets == []  # not yet: the DONE notification must leave the radio first
-    await asyncio.sleep(RESET_DELAY_S)
-    assert len(h.resets) == 1
-    assert h.resets[0] - t_done == pytest.approx(RESET_DELAY_S, abs=1e-4)
+    assert t_done - t_finish == pytest.approx(VERIFY_S_PER_BYTE * len(NEW_IMAGE), abs=1e-6)
+    # no radio here: DONE has "left" at once, so the reset is asked for at once
+    assert h.resets == [t_done]
     await asyncio.sleep(10)
-    assert len(h.resets) == 1
-    # until the reset the old image runs
-    assert h.info().active_image_crc32 == p.crc32(OLD_IMAGE)
+    assert len(h.resets) == 1  # the 1 s fallback does not ask again
+    assert h.info().active_image_crc32 == p.crc32(OLD_IMAGE)  # until the reset
     assert [e.kind for e in h.events if e.kind in ("verified", "verify_failed")] == ["verified"]
 
 
-async def test_power_cycle_switches_to_the_verified_image() -> None:
-    h = Harness()
+async def test_the_reset_waits_for_done_to_leave_the_radio_at_most_a_second() -> None:
+    loop = asyncio.get_running_loop()
+    sent_callbacks: list[Any] = []
+    h = Harness(when_sent=sent_callbacks.append)  # a radio that never says "sent"
     await h.goto(OtaState.COMPLETE)
-    boots = h.fw.boot_count
-    h.fw.power_cycle()  # what the device does on request_reset
-    assert h.fw.boot_count == boots + 1
-    assert h.fw.state == OtaState.IDLE
-    assert h.status() == MsgOtaStatus(0, 0, 0, 0)
-    assert h.info() == MsgInfo(1, *VERSION, len(NEW_IMAGE), p.crc32(NEW_IMAGE), CAPACITY)
-    # a second reset keeps it
-    h.fw.power_cycle()
-    assert h.info().active_image_crc32 == p.crc32(NEW_IMAGE)
+    (t_done,) = [t for t, m in h.log if isinstance(m, MsgOtaDone)]
+    assert h.resets == [] and len(sent_callbacks) == 1
+    await asyncio.sleep(1.5)
+    assert h.resets == [pytest.approx(t_done + 1.0, abs=1e-6)]
+    sent_callbacks[0]()  # "sent" after all: no second reset request
+    assert len(h.resets) == 1
+    # and with a radio that reports TX complete 30 ms after DONE
+    h2 = Harness(when_sent=lambda cb: loop.call_later(0.03, cb))
+    await h2.goto(OtaState.COMPLETE)
+    (t_done,) = [t for t, m in h2.log if isinstance(m, MsgOtaDone)]
+    await asyncio.sleep(2)
+    assert h2.resets == [pytest.approx(t_done + 0.03, abs=1e-6)]
 
 
-@pytest.mark.parametrize(
-    "state", [OtaState.ERASING, OtaState.RECEIVING, OtaState.VERIFYING], ids=lambda s: s.name
-)
-async def test_power_cycle_mid_session_loses_it_and_keeps_old_image(state: OtaState) -> None:
+async def test_the_last_bytes_ack_is_sent_even_when_finish_comes_before_they_are_written() -> None:
+    """Regression (issue 17): the model lost the ACK of the image's last byte when FINISH
+    arrived before that chunk was written (the ACK timer saw VERIFYING and stayed quiet)."""
+    h = Harness(window=16, timings=replace(SLOW_FLASH, verify_s_per_byte=1e-7))
+    image = NEW_IMAGE[:1000]
+    await h.start_and_wait_ready(image)
+    h.send_image(image)  # 10 chunks: no interval ACK (8), the last byte's ACK pending
+    h.send(CmdOtaFinish())  # at once, before the flash has written anything
+    assert h.take() == []
+    await asyncio.sleep(0.1)
+    msgs = h.take()
+    assert msgs == [MsgOtaAck(8 * CHUNK), MsgOtaAck(1000), MsgOtaDone(p.crc32(image))]
+
+
+async def test_the_verify_reads_the_flash_back() -> None:
     h = Harness()
-    await h.goto(state)
-    h.fw.power_cycle()
-    assert h.status() == MsgOtaStatus(0, 0, 0, 0)
-    await asyncio.sleep(30)
-    assert h.take() == []  # no PROGRESS, READY or DONE from the lost session
-    assert h.resets == []
-    assert h.info().active_image_crc32 == p.crc32(OLD_IMAGE)
+    await h.start_and_wait_ready()
+    h.send_image()
+    h.fw.flash.erase_page(2)  # the staged bytes are gone, whatever arrived
+    h.send(CmdOtaFinish())
+    await asyncio.sleep(2)
+    assert error_code(h.take()[-1]) == ErrorCode.CRC_MISMATCH
+    assert h.fw.state == OtaState.ERROR
 
 
 async def test_wrong_crc_is_crc_mismatch_error_state_old_image_kept() -> None:
@@ -551,68 +652,214 @@ async def test_wrong_crc_is_crc_mismatch_error_state_old_image_kept() -> None:
     h.take()
     h.send(CmdOtaFinish())
     await asyncio.sleep(VERIFY_S_PER_BYTE * len(NEW_IMAGE) + 1)
-    msgs = h.take()
-    assert len(msgs) == 1
-    assert error_code(msgs[0]) == ErrorCode.CRC_MISMATCH
+    (msg,) = h.take()
+    assert error_code(msg) == ErrorCode.CRC_MISMATCH
+    assert isinstance(msg, MsgError) and msg.command == p.MsgType.CMD_OTA_FINISH
     assert h.fw.state == OtaState.ERROR
     assert h.fw.session is None
     assert h.status() == MsgOtaStatus(OtaState.ERROR, 0, 0, 0)
     await asyncio.sleep(10)
     assert h.resets == []
-    assert h.info().active_image_crc32 == p.crc32(OLD_IMAGE)
     h.fw.power_cycle()
     assert h.info().active_image_crc32 == p.crc32(OLD_IMAGE)
-
-
-async def test_new_start_after_crc_mismatch_works() -> None:
-    h = Harness()
-    await h.goto(OtaState.ERROR)
-    # same size, now the right CRC: a new erase follows (nothing is "resumed")
-    h.send(start_for(NEW_IMAGE))
-    assert h.take() == []
-    await asyncio.sleep(PAGE_S * NEW_PAGES + 0.001)
-    msgs = h.take()
-    assert sum(isinstance(m, MsgOtaProgress) for m in msgs) == NEW_PAGES
-    assert msgs[-1] == MsgOtaReady(CHUNK, 4)
-    h.send_image()
-    h.send(CmdOtaFinish())
-    await asyncio.sleep(2)
-    assert MsgOtaDone(p.crc32(NEW_IMAGE)) in h.take()
-    assert len(h.resets) == 1
 
 
 # --- ABORT ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("state", ALL_STATES, ids=lambda s: s.name)
-async def test_abort_from_any_state(state: OtaState) -> None:
+@pytest.mark.parametrize(
+    "state", [s for s in OtaState if s != OtaState.COMPLETE], ids=lambda s: s.name
+)
+async def test_abort_ends_the_session(state: OtaState) -> None:
     h = Harness()
     await h.goto(state)
-    assert h.ask(CmdOtaAbort()) == MsgOtaStatus(0, 0, 0, 0)
-    assert h.fw.state == OtaState.IDLE
-    assert h.fw.session is None
+    h.send(CmdOtaAbort())
+    await asyncio.sleep(PAGE_S)  # (in ERASING the page under way finishes first)
+    assert [m for m in h.take() if not isinstance(m, MsgOtaProgress)] == [MsgOtaStatus(0, 0, 0, 0)]
+    assert h.fw.state == OtaState.IDLE and h.fw.session is None
     await asyncio.sleep(60)
     assert h.take() == []  # no PROGRESS / READY / DONE after an abort
     assert h.resets == []
-    assert h.fw.state == OtaState.IDLE
-    # ABORT in COMPLETE drops the verified image (docs/protocol.md, open points)
-    h.fw.power_cycle()
-    assert h.info().active_image_crc32 == p.crc32(OLD_IMAGE)
 
 
-async def test_abort_stops_the_erase() -> None:
+async def test_abort_cannot_stop_a_page_erase_halfway() -> None:
+    h = Harness()
+    t0 = h.now()
+    h.send(start_for(NEW_IMAGE))
+    await asyncio.sleep(0.01)
+    h.send(CmdOtaAbort())  # 10 ms into the first page: the CPU is stalled by it
+    assert h.take() == []
+    await asyncio.sleep(1)
+    assert [(round(t - t0, 6), m) for t, m in h.log] == [
+        (PAGE_S, MsgOtaProgress(1, PAGE_SIZE, NEW_PAGES * PAGE_SIZE)),  # the page completes
+        (PAGE_S, MsgOtaStatus(0, 0, 0, 0)),  # then the ABORT is handled
+    ]
+    assert h.fw.flash.erases == 1  # and no further page is erased
+
+
+async def test_abort_between_pages_of_a_yielding_erase() -> None:
     h = Harness(timings=FlashTimings(erase_total_s=30))
     h.send(start_for(NEW_IMAGE))
     await asyncio.sleep(15)
     assert len(h.take()) == 1  # page 1 of 3 after 10 s
-    h.send(CmdOtaAbort())
-    h.take()
+    assert h.ask(CmdOtaAbort()) == MsgOtaStatus(0, 0, 0, 0)  # the CPU is free: at once
     await asyncio.sleep(60)
     assert h.take() == []
     assert not [e for e in h.events if e.kind == "ready"]
 
 
-# --- bad frames ------------------------------------------------------------------------------
+# --- the flash --------------------------------------------------------------------------------
+
+
+async def test_every_word_is_written_once_and_the_last_is_padded() -> None:
+    image = NEW_IMAGE[:1001]  # ends one byte into a word
+    h = Harness(window=16, timings=SLOW_FLASH)
+    await h.start_and_wait_ready(image, chunk=232)
+    h.send_image(image, chunk=232)
+    await asyncio.sleep(0.1)
+    flash = h.fw.flash
+    assert [flash.writes_of_word(o) for o in range(0, 1004, 4)] == [1] * 251
+    assert flash.writes_of_word(1004) == 0
+    assert flash.read(0, 1004) == image + b"\xff\xff\xff"
+
+
+async def test_a_page_erase_stalls_the_replies() -> None:
+    h = Harness()
+    t0 = h.now()
+    h.send(start_for(NEW_IMAGE))
+    await asyncio.sleep(0.03)
+    h.send(CmdInfo())
+    assert h.take() == []  # the CPU is stalled by the first page's erase
+    await asyncio.sleep(0.1)
+    assert [(round(t - t0, 6), type(m)) for t, m in h.log[:2]] == [
+        (PAGE_S, MsgOtaProgress),
+        (PAGE_S, MsgInfo),
+    ]
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+async def test_a_failed_erase_is_retried_once_then_flash_error(failures: int) -> None:
+    h = Harness()
+    h.fw.flash.fail_next = failures
+    h.send(start_for(NEW_IMAGE))
+    await asyncio.sleep(2)
+    msgs = h.take()
+    if failures == 1:  # the retry worked: one page took two erases' time
+        assert isinstance(msgs[-1], MsgOtaReady)
+        assert h.log[-1][0] == pytest.approx((NEW_PAGES + 1) * PAGE_S, abs=1e-6)
+        return
+    (error,) = msgs
+    assert isinstance(error, MsgError)
+    assert (error.code, error.command) == (ErrorCode.FLASH_ERROR, p.MsgType.CMD_OTA_START)
+    assert h.fw.state == OtaState.ERROR and h.fw.session is None
+    assert h.info().active_image_crc32 == p.crc32(OLD_IMAGE)
+
+
+async def test_a_write_that_fails_twice_is_flash_error_naming_data() -> None:
+    h = Harness(timings=SLOW_FLASH)
+    await h.start_and_wait_ready()
+    h.send(CmdOtaData(0, NEW_IMAGE[:CHUNK]))
+    h.fw.flash.fail_next = 2
+    h.send(CmdOtaData(CHUNK, NEW_IMAGE[CHUNK : 2 * CHUNK]))
+    await asyncio.sleep(0.1)
+    error = h.take()[-1]
+    assert isinstance(error, MsgError)
+    assert (error.code, error.command) == (ErrorCode.FLASH_ERROR, p.MsgType.CMD_OTA_DATA)
+    assert h.status() == MsgOtaStatus(OtaState.ERROR, 0, 0, 0)
+    # a new session starts from scratch
+    await h.start_and_wait_ready()
+
+
+# --- resets: nothing from before a reset acts (issue 10) ----------------------------------------
+
+
+class ResettingHarness(Harness):
+    """A harness whose observer resets the device on one event, as a fault trigger does."""
+
+    def __init__(self, reset_on: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reset_on = reset_on
+        self.fw._observe = self._observe_and_maybe_reset
+
+    def _observe_and_maybe_reset(self, event: FirmwareEvent) -> None:
+        self.events.append(event)
+        if self.reset_on is not None and self.reset_on(event):
+            self.reset_on = None
+            self.fw.power_cycle()
+
+
+async def test_a_reset_from_inside_the_erase_stops_that_erase() -> None:
+    """Regression (issue 10): a reset fired from the erase's own step let that erase go
+    on, set RECEIVING and send READY into the next session."""
+    h = ResettingHarness(lambda e: e.kind is FirmwareEventKind.ERASE_PROGRESS)
+    h.send(start_for(NEW_IMAGE))
+    await asyncio.sleep(0.2)
+    assert h.fw.state == OtaState.IDLE
+    # a new session right after: its erase must not be mixed with the old one
+    t0 = h.now()
+    h.send(start_for(NEW_IMAGE))
+    await asyncio.sleep(1)
+    msgs = [(round(t - t0, 6), m) for t, m in h.log if t >= t0]
+    assert [m for _, m in msgs] == [
+        *(MsgOtaProgress(1, PAGE_SIZE * (i + 1), NEW_PAGES * PAGE_SIZE) for i in range(NEW_PAGES)),
+        MsgOtaReady(CHUNK, 4),
+    ]
+    assert [t for t, _ in msgs][-1] == pytest.approx(NEW_PAGES * PAGE_S, abs=1e-6)
+
+
+async def test_a_command_that_resets_the_device_is_never_handled() -> None:
+    """Regression (issue 10): the START whose arrival fired a reset was handled by the
+    freshly reset device, which opened a session and erased."""
+    h = ResettingHarness(
+        lambda e: e.kind is FirmwareEventKind.COMMAND and e.msg_type == p.MsgType.CMD_OTA_START
+    )
+    h.fw.receive(p.encode(start_for(NEW_IMAGE)) + p.encode(CmdInfo()))  # one write, two frames
+    await asyncio.sleep(1)
+    assert h.fw.state == OtaState.IDLE and h.fw.session is None
+    assert h.take() == []  # neither the START nor the INFO behind it in the same write
+    assert h.fw.commands_seen == {}
+    assert h.fw.flash.erases == 0
+
+
+async def test_a_reset_mid_page_erase_leaves_no_step_behind() -> None:
+    """A reset 40 ms into a page erase: that erase's end (its step is still scheduled) must
+    not act in the next life: no flash operation after the reset, no job bookkeeping mixed
+    into the next session, whose erase runs on its own clock."""
+    h = Harness()
+    h.send(start_for(NEW_IMAGE))
+    await asyncio.sleep(0.04)
+    h.fw.power_cycle()
+    await asyncio.sleep(0.01)
+    erases_before = h.fw.flash.erases
+    t0 = h.now()
+    h.send(start_for(bytes(9000)))
+    await asyncio.sleep(1)
+    assert erases_before == 0
+    assert h.fw.flash.erases == 3  # the new session's pages, and nothing of the old erase
+    progress = [round(t - t0, 6) for t, m in h.log if isinstance(m, MsgOtaProgress)]
+    assert progress == [round(PAGE_S * k, 6) for k in (1, 2, 3)]
+
+
+async def test_nothing_scheduled_before_a_reset_acts_after_it() -> None:
+    """Timers of every kind: pending writes and their ACKs, the verify, the 1 s activation
+    fallback."""
+    h = Harness(window=16, timings=SLOW_FLASH, when_sent=lambda cb: None)
+    await h.start_and_wait_ready()
+    h.send_image(NEW_IMAGE[:1600])  # 16 chunks buffered, ACKs pending
+    h.fw.power_cycle()
+    await asyncio.sleep(1)
+    assert h.take() == []
+    await h.start_and_wait_ready()
+    h.send_image()
+    h.send(CmdOtaFinish())
+    await asyncio.sleep(0.5)
+    h.take()
+    h.fw.power_cycle()  # with the verify and the activation's fallback pending, or not
+    await asyncio.sleep(5)
+    assert h.take() == [] and h.resets == []
+
+
+# --- the device's decoder ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -622,17 +869,10 @@ async def test_unknown_command(msg_type: int) -> None:
     h = Harness()
     await h.start_and_wait_ready()
     h.fw.receive(p.encode_frame(msg_type, b"\x00" * 4))
-    msgs = h.take()
-    assert len(msgs) == 1
-    assert error_code(msgs[0]) == ErrorCode.UNKNOWN_COMMAND
+    (msg,) = h.take()
+    assert isinstance(msg, MsgError)
+    assert (msg.code, msg.command) == (ErrorCode.UNKNOWN_COMMAND, msg_type)
     assert h.fw.state == OtaState.RECEIVING
-
-
-async def test_device_message_echoed_back_is_unknown_command() -> None:
-    h = Harness()
-    reply = h.ask(CmdInfo())
-    h.fw.receive(p.encode(reply))  # a host that loops TX back to RX
-    assert error_code(h.take()[0]) == ErrorCode.UNKNOWN_COMMAND
 
 
 @pytest.mark.parametrize(
@@ -651,11 +891,19 @@ async def test_good_crc_too_short_is_bad_frame(msg_type: int, payload: bytes) ->
     h.send_image(NEW_IMAGE[:300])
     h.take()
     h.fw.receive(p.encode_frame(msg_type, payload))
-    msgs = h.take()
-    assert len(msgs) == 1
-    assert error_code(msgs[0]) == ErrorCode.BAD_FRAME
-    # nothing happened: not even the ABORT with a bad length
+    (msg,) = h.take()
+    assert isinstance(msg, MsgError) and (msg.code, msg.command) == (ErrorCode.BAD_FRAME, msg_type)
     assert h.status() == MsgOtaStatus(OtaState.RECEIVING, 300, len(NEW_IMAGE), p.crc32(NEW_IMAGE))
+
+
+async def test_commands_with_trailing_bytes_from_a_newer_host_are_understood() -> None:
+    h = Harness()
+    h.fw.receive(p.encode_frame(p.MsgType.CMD_INFO, b"\x01\x02"))
+    assert isinstance(h.take()[0], MsgInfo)
+    start = p.encode_payload(start_for(NEW_IMAGE, flags=0x80000001)) + b"\x09" * 5
+    h.fw.receive(p.encode_frame(p.MsgType.CMD_OTA_START, start))  # unknown flag bits too
+    await asyncio.sleep(1)
+    assert isinstance(h.take()[-1], MsgOtaReady)
 
 
 async def test_bad_crc_frame_is_dropped_silently_and_counted() -> None:
@@ -665,30 +913,41 @@ async def test_bad_crc_frame_is_dropped_silently_and_counted() -> None:
     h.fw.receive(bytes(frame))
     assert h.take() == []
     assert h.fw.decoder_stats.bad_crc == 1
-    assert h.info().protocol_version == 1  # the decoder recovered
+    assert h.info().protocol_version == 1
+
+
+async def test_a_partial_frame_is_discarded_after_a_second_of_silence() -> None:
+    h = Harness()
+    h.fw.receive(bytes.fromhex("a5 11 08 00 00"))  # a DATA header announcing 8 bytes
+    await asyncio.sleep(0.5)
+    h.fw.receive(p.encode(CmdInfo())[:3])
+    assert h.take() == []  # within the second: still part of the partial frame
+    await asyncio.sleep(1.5)
+    h.fw.receive(p.encode(CmdInfo()))
+    assert [type(m) for m in h.take()] == [MsgInfo]
+    assert h.fw.decoder_stats.dropped_bytes == 8
 
 
 async def test_frame_split_across_many_receive_calls() -> None:
     h = Harness()
     stream = p.encode(start_for(NEW_IMAGE)) + p.encode(CmdOtaStatus())
-    for i, byte in enumerate(stream):
+    for byte in stream:
         h.fw.receive(bytes([byte]))
-        replies = h.take()
-        if i == len(stream) - 1:
-            assert replies == [
-                MsgOtaStatus(OtaState.ERASING, 0, len(NEW_IMAGE), p.crc32(NEW_IMAGE))
-            ]
-        else:
-            assert replies == []
+    assert h.take() == []  # the STATUS waits for the first page's erase
+    await asyncio.sleep(PAGE_S)
+    assert h.take() == [
+        MsgOtaProgress(1, PAGE_SIZE, NEW_PAGES * PAGE_SIZE),
+        MsgOtaStatus(OtaState.ERASING, 0, len(NEW_IMAGE), p.crc32(NEW_IMAGE)),
+    ]
     await asyncio.sleep(1)
     assert isinstance(h.take()[-1], MsgOtaReady)
-    # a DATA frame in 3-byte pieces, then three frames in one piece
     data = p.encode(CmdOtaData(0, NEW_IMAGE[:CHUNK]))
     for i in range(0, len(data), 3):
         h.fw.receive(data[i : i + 3])
     assert h.status().next_expected_offset == CHUNK
+    h.take()
     h.fw.receive(p.encode(CmdInfo()) + p.encode(CmdOtaStatus()) + p.encode(CmdInfo()))
-    assert [type(m) for m in h.take()] == [MsgInfo, MsgOtaStatus, MsgInfo]
+    assert [type(m) for m in h.take()] == [MsgInfo, MsgOtaStatus, MsgOtaAck, MsgInfo]
 
 
 async def test_link_lost_discards_a_partial_frame_and_keeps_the_session() -> None:
@@ -715,16 +974,15 @@ async def test_link_lost_during_erase_does_not_stop_it() -> None:
     assert isinstance(h.take()[-1], MsgOtaReady)
 
 
-# --- timing ---------------------------------------------------------------------------------
+# --- erase timing ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("image_size", [1, 10_000, CAPACITY])
 async def test_erase_total_s_stretches_the_erase(image_size: int) -> None:
-    loop = asyncio.get_running_loop()
     h = Harness(timings=FlashTimings(erase_total_s=30.0))
     image = NEW_IMAGE[:image_size] if image_size <= len(NEW_IMAGE) else bytes(image_size)
     pages = math.ceil(image_size / PAGE_SIZE)
-    t0 = loop.time()
+    t0 = h.now()
     h.send(start_for(image))
     await asyncio.sleep(29.9)
     assert h.fw.state == OtaState.ERASING
@@ -733,9 +991,9 @@ async def test_erase_total_s_stretches_the_erase(image_size: int) -> None:
     assert h.fw.state == OtaState.RECEIVING
     t_ready = h.log[-1][0]
     assert isinstance(h.log[-1][1], MsgOtaReady)
-    assert t_ready - t0 == pytest.approx(30.0, abs=1e-3)
+    assert t_ready - t0 == pytest.approx(30.0, abs=1e-6)
     progress_times = [t - t0 for t, m in h.log if isinstance(m, MsgOtaProgress)]
-    assert progress_times == pytest.approx([30.0 * (i + 1) / pages for i in range(pages)], abs=1e-3)
+    assert progress_times == pytest.approx([30.0 * (i + 1) / pages for i in range(pages)], abs=1e-6)
 
 
 async def test_default_timings_erase_a_page_in_85_ms() -> None:
@@ -744,7 +1002,7 @@ async def test_default_timings_erase_a_page_in_85_ms() -> None:
     h.send(start_for(NEW_IMAGE))
     await asyncio.sleep(1)
     assert isinstance(h.log[-1][1], MsgOtaReady)
-    assert h.log[-1][0] - t0 == pytest.approx(0.085 * NEW_PAGES, abs=1e-4)
+    assert h.log[-1][0] - t0 == pytest.approx(0.085 * NEW_PAGES, abs=1e-6)
 
 
 async def test_observer_sees_commands_and_data() -> None:
@@ -758,40 +1016,6 @@ async def test_observer_sees_commands_and_data() -> None:
     assert h.fw.commands_seen == {p.MsgType.CMD_OTA_START: 1, p.MsgType.CMD_OTA_DATA: 3}
 
 
-# --- flash write time and the receive buffer ---------------------------------------------
-
-SLOW_FLASH = FlashTimings(erase_page_s=PAGE_S, write_word_s=41e-6, rx_buffer_chunks=2)
-
-
-async def test_ack_reports_what_the_flash_has_written_when_it_has() -> None:
-    h = Harness(window=4, timings=SLOW_FLASH)
-    await h.start_and_wait_ready()
-    t0 = h.now()
-    h.send(CmdOtaData(0, NEW_IMAGE[:CHUNK]))
-    h.send(CmdOtaData(CHUNK, NEW_IMAGE[CHUNK : 2 * CHUNK]))
-    assert h.take() == []  # both in the buffer, nothing written yet: no ACK
-    await asyncio.sleep(0.01)
-    (ack,) = [(t, m) for t, m in h.log if isinstance(m, MsgOtaAck)]
-    assert ack[1] == MsgOtaAck(2 * CHUNK)
-    # two chunks of 25 words, one after the other
-    assert ack[0] - t0 == pytest.approx(2 * 25 * 41e-6, abs=1e-6)
-
-
-async def test_a_full_receive_buffer_drops_data_and_the_status_rewinds_the_host() -> None:
-    h = Harness(window=4, timings=SLOW_FLASH)
-    await h.start_and_wait_ready()
-    h.take()
-    for k in range(3):  # faster than the flash: the third finds the 2-chunk buffer full
-        h.send(CmdOtaData(k * CHUNK, NEW_IMAGE[k * CHUNK : (k + 1) * CHUNK]))
-    assert h.fw.data_dropped_full == 1
-    (status,) = h.take()
-    assert isinstance(status, MsgOtaStatus) and status.next_expected_offset == 2 * CHUNK
-    await asyncio.sleep(0.01)  # the flash catches up; the chunk is accepted on resend
-    h.send(CmdOtaData(2 * CHUNK, NEW_IMAGE[2 * CHUNK : 3 * CHUNK]))
-    assert h.status().next_expected_offset == 3 * CHUNK
-    assert h.fw.data_dropped_full == 1
-
-
 async def test_finish_waits_for_the_flash_before_verifying() -> None:
     h = Harness(window=4, timings=replace(SLOW_FLASH, rx_buffer_chunks=200))
     await h.start_and_wait_ready()
@@ -800,10 +1024,139 @@ async def test_finish_waits_for_the_flash_before_verifying() -> None:
     t0 = h.now()
     h.send(CmdOtaFinish())
     await asyncio.sleep(2)
-    done = [(t, m) for t, m in h.log if isinstance(m, MsgOtaDone)]
-    assert len(done) == 1
+    (done,) = [(t, m) for t, m in h.log if isinstance(m, MsgOtaDone)]
     words = sum(
         math.ceil(min(CHUNK, len(NEW_IMAGE) - o) / 4) for o in range(0, len(NEW_IMAGE), CHUNK)
     )
     expected = words * 41e-6 + len(NEW_IMAGE) * SLOW_FLASH.verify_s_per_byte
-    assert done[0][0] - t0 == pytest.approx(expected, abs=1e-4)
+    assert done[0] - t0 == pytest.approx(expected, abs=1e-5)
+
+
+# --- progressive erase (P18) ------------------------------------------------------------------
+
+
+async def test_progressive_erase_is_advertised_only_when_configured() -> None:
+    assert Harness().info().capabilities == 0
+    assert Harness(progressive_erase=True).info().capabilities == p.Capability.PROGRESSIVE_ERASE
+
+
+async def test_a_device_without_the_capability_ignores_the_flag() -> None:
+    h = Harness()
+    h.send(start_for(NEW_IMAGE, flags=p.StartFlag.PROGRESSIVE_ERASE))
+    assert h.fw.state == OtaState.ERASING
+    await asyncio.sleep(1)
+    assert sum(isinstance(m, MsgOtaProgress) for m in h.take()) == NEW_PAGES
+
+
+async def test_progressive_erase_ready_at_once_and_each_page_erased_before_its_first_write() -> (
+    None
+):
+    h = Harness(window=16, timings=SLOW_FLASH, progressive_erase=True)
+    t0 = h.now()
+    assert h.ask(start_for(NEW_IMAGE, chunk=232, flags=1)) == MsgOtaReady(232, 16)
+    assert h.fw.state == OtaState.RECEIVING
+    assert h.status() == MsgOtaStatus(OtaState.RECEIVING, 0, len(NEW_IMAGE), p.crc32(NEW_IMAGE))
+    assert h.fw.flash.erases == 0
+    h.send(CmdOtaData(0, NEW_IMAGE[:232]))  # the first chunk: page 0 is erased first
+    h.send(CmdInfo())
+    assert h.take() == []  # the erase stalls the CPU
+    await asyncio.sleep(0.2)
+    (t_info,) = [t for t, m in h.log if isinstance(m, MsgInfo)]
+    assert t_info - t0 == pytest.approx(PAGE_S, abs=1e-6)
+    assert h.fw.flash.erases == 1
+    assert not any(isinstance(m, MsgOtaProgress) for _, m in h.log)
+    erase_events = [e for e in h.events if e.kind == "erase_progress"]
+    assert [(e.done, e.total) for e in erase_events] == [(PAGE_SIZE, NEW_PAGES * PAGE_SIZE)]
+
+
+async def test_progressive_update_end_to_end_resume_and_restart() -> None:
+    h = Harness(window=16, timings=SLOW_FLASH, progressive_erase=True)
+    h.send(start_for(NEW_IMAGE, chunk=232, flags=1))
+    half = 4640  # 20 chunks: into page 1
+    for offset in range(0, half, 232):
+        h.send(CmdOtaData(offset, NEW_IMAGE[offset : offset + 232]))
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+    assert h.fw.flash.erases == 2
+    # a resume keeps the mode and the erased pages; flags are ignored on a resume
+    h.take()
+    h.send(start_for(NEW_IMAGE, chunk=232))
+    assert h.take() == [MsgOtaReady(232, 16)]
+    assert h.fw.session is not None and h.fw.session.progressive
+    for offset in range(half, len(NEW_IMAGE), 232):
+        h.send(CmdOtaData(offset, NEW_IMAGE[offset : offset + 232]))
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+    assert h.fw.flash.erases == NEW_PAGES
+    h.send(CmdOtaFinish())
+    await asyncio.sleep(0.1)
+    assert isinstance(h.take()[-1], MsgOtaDone)
+    # a restart (ABORT, START) erases every page again before writing it
+    h2 = Harness(window=16, timings=SLOW_FLASH, progressive_erase=True)
+    h2.send(start_for(NEW_IMAGE, chunk=232, flags=1))
+    h2.send(CmdOtaData(0, NEW_IMAGE[:232]))
+    await asyncio.sleep(0.2)
+    h2.send(CmdOtaAbort())
+    h2.send(start_for(NEW_IMAGE, chunk=232, flags=1))
+    h2.send(CmdOtaData(0, NEW_IMAGE[:232]))
+    await asyncio.sleep(0.2)
+    assert h2.fw.flash.erases == 2
+    assert h2.fw.flash.writes_of_word(0) == 1
+
+
+# --- a zero-latency host: no float compared against the clock (regression, issue 10) ----------
+
+
+async def test_a_zero_latency_host_at_full_credit_never_finds_the_buffer_full() -> None:
+    """Regression (issue 10): the model compared ``written_at <= now`` in floating point;
+    looptime rounds its clock to microseconds, so a step scheduled for ``written_at`` could
+    run a hair before it, find the buffer full and refuse the chunk. On a zero-latency
+    link the host rewound and re-sent at that same frozen instant, thousands of times.
+    Here a host that keeps exactly to its credit and on a STATUS rewinds and takes it as
+    credit (as today's engine does; the model must work for any host) must never be
+    refused, and must finish."""
+    loop = asyncio.get_running_loop()
+    image = make_image(323_194, 3)
+    decoder = p.FrameDecoder()
+    done = asyncio.Event()
+    state = {"next": 0, "acked": 0, "rewinds": 0, "same_instant": 0}
+    frozen_at = [-1.0]
+
+    def on_frame(frame: bytes) -> None:
+        for f in decoder.feed(frame):
+            loop.call_soon(react, p.parse_message(f))
+
+    fw = SmartBallFirmware(active_image=OLD_IMAGE, window=16, timings=FlashTimings(), send=on_frame)
+
+    def stream() -> None:
+        while state["next"] < len(image) and state["next"] < state["acked"] + 16 * 232:
+            offset = state["next"]
+            fw.receive(p.encode(CmdOtaData(offset, image[offset : offset + 232])))
+            state["next"] = min(offset + 232, len(image))
+        if state["acked"] == len(image) and not done.is_set():
+            fw.receive(p.encode(CmdOtaFinish()))
+
+    def react(msg: p.Message) -> None:
+        if isinstance(msg, MsgOtaReady):
+            stream()
+        elif isinstance(msg, MsgOtaAck):
+            state["acked"] = max(state["acked"], msg.next_expected_offset)
+            stream()
+        elif isinstance(msg, MsgOtaStatus) and msg.state == OtaState.RECEIVING:
+            state["rewinds"] += 1
+            now = loop.time()
+            state["same_instant"] = state["same_instant"] + 1 if now == frozen_at[0] else 0
+            frozen_at[0] = now
+            if state["same_instant"] > 50:  # the livelock: give up instead of spinning
+                done.set()
+                return
+            state["acked"] = state["next"] = msg.next_expected_offset
+            stream()
+        elif isinstance(msg, MsgOtaDone | MsgError):
+            done.set()
+
+    fw.receive(p.encode(start_for(image, chunk=232)))
+    async with asyncio.timeout(120):
+        await done.wait()
+    assert state["rewinds"] == 0 and fw.data_dropped_full == 0, state
+    assert fw.state == OtaState.COMPLETE

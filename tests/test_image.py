@@ -200,7 +200,7 @@ def test_merged_hex_with_uicr_is_refused_before_filling_the_gap(tmp_path: Path) 
     # that gap byte by byte took ~40 s before the size check could refuse it.
     path = write_hex(tmp_path / "merged.hex", {0x26000: DATA, 0x10001014: b"\x00\x00\x0f\x00"})
     message = image_error(path, max_size=480 * 1024)
-    assert "0x10001017" in message
+    assert "data at 0x10001014 is outside" in message
 
 
 def test_check_fits(tmp_path: Path) -> None:
@@ -208,3 +208,60 @@ def test_check_fits(tmp_path: Path) -> None:
     image.check_fits(len(DATA))
     with pytest.raises(ImageError, match=r"a\.bin: image is 5000 bytes .* holds 4999 bytes"):
         image.check_fits(len(DATA) - 1)
+
+
+# --- found before anything connects, in bounded memory --------------------------------------
+
+
+def test_hex_with_data_beyond_the_flash_names_the_address(tmp_path: Path) -> None:
+    path = write_hex(tmp_path / "far.hex", {0xFFFFFFF0: b"\x01"})
+    message = image_error(path)
+    assert "data at 0xFFFFFFF0 is outside the nRF52840's flash" in message
+
+
+def test_merged_hex_with_uicr_names_the_first_address_outside(tmp_path: Path) -> None:
+    path = write_hex(tmp_path / "merged.hex", {0: DATA, 0x10000000: b"\x02", 0x10001000: b"\x03"})
+    assert "data at 0x10000000 is outside" in image_error(path)
+
+
+def test_hex_straddling_the_end_of_flash_names_the_first_byte_outside(tmp_path: Path) -> None:
+    path = write_hex(tmp_path / "straddle.hex", {0x0FFFF0: bytes(32)})
+    assert "data at 0x00100000 is outside" in image_error(path)
+
+
+def test_far_addresses_never_build_a_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gap between 0 and a far address is never filled: the check runs first."""
+    built: list[int] = []
+    original = IntelHex.tobinarray
+
+    def recording(self: IntelHex, *args: object, **kwargs: object) -> object:
+        built.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(IntelHex, "tobinarray", recording)
+    image_error(write_hex(tmp_path / "merged.hex", {0: DATA, 0x10000000: b"\x02"}))
+    assert built == []
+
+
+def test_intel_hex_text_named_bin_is_refused(tmp_path: Path) -> None:
+    hex_path = write_hex(tmp_path / "app.hex", {0: DATA})
+    path = tmp_path / "app.bin"
+    path.write_bytes(hex_path.read_bytes())
+    message = image_error(path)
+    assert "Intel HEX text, not a raw binary image" in message and ".hex" in message
+
+
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "huge.bin"
+    with path.open("wb") as f:  # sparse: costs no disk, and is never read
+        f.truncate(64 * 1024 * 1024)
+    message = image_error(path)
+    assert "no SmartBall image is larger than" in message
+
+
+def test_an_image_larger_than_the_flash_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "big.bin"
+    path.write_bytes(bytes(0x100000 + 1))
+    assert "holds 1048576 bytes" in image_error(path)

@@ -4,16 +4,17 @@
 from __future__ import annotations
 
 import pytest
-from smartball_sim.make_image import make_image
 
 from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.known_state import ResetFailed, return_to_baseline
 from pytest_smartball.link import LinkSettings
 from pytest_smartball.ota import OtaEngine, OtaSettings
-from pytest_smartball.simulated import make_sim_target
+from pytest_smartball.targets.simulated import make_sim_target
+from smartball_sim.make_image import make_image
 
-pytestmark = pytest.mark.asyncio
+# Virtual time: a 40 s erase costs milliseconds, and timings are exact.
+pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
 
 BASELINE = FirmwareImage(make_image(6_000, 1), "baseline.bin")
 CANDIDATE = FirmwareImage(make_image(9_000, 2), "candidate.bin")
@@ -24,23 +25,23 @@ def target(**kwargs):
     return make_sim_target("SmartBall", "C0:FF:EE:00:00:01", active_image=BASELINE.data, **kwargs)
 
 
-async def reset(sim, image: FirmwareImage | None = BASELINE):
+async def reset(bench, image: FirmwareImage | None = BASELINE):
     return await return_to_baseline(
-        sim.backend,
+        bench.backend,
         name="SmartBall",
-        address=sim.device.address,
+        address=bench.sim.address,
         baseline=sim_baseline,
         baseline_image=image,
         settings=SETTINGS,
     )
 
 
-sim_baseline = target().device.firmware.info()
+sim_baseline = target().sim.firmware.info()
 
 
 async def test_a_device_left_idle_on_its_baseline_is_left_alone() -> None:
-    sim = target()
-    outcome = await reset(sim)
+    bench = target()
+    outcome = await reset(bench)
     assert outcome.state_before == "idle"
     assert outcome.restored is None and outcome.warning is None
     assert outcome.info == sim_baseline
@@ -51,8 +52,8 @@ class GiveUp(Exception):
 
 
 async def test_a_session_left_half_done_is_aborted() -> None:
-    sim = target()
-    engine = OtaEngine(CANDIDATE, sim.backend, address=sim.device.address, settings=SETTINGS)
+    bench = target()
+    engine = OtaEngine(CANDIDATE, bench.backend, address=bench.sim.address, settings=SETTINGS)
 
     def stop_halfway(phase: str, done: int, total: int) -> None:
         if phase == "transfer" and done > total // 2:
@@ -61,42 +62,44 @@ async def test_a_session_left_half_done_is_aborted() -> None:
     engine._on_progress = stop_halfway
     with pytest.raises(GiveUp):
         await engine.run()
-    assert sim.device.firmware.state == p.OtaState.RECEIVING
-    outcome = await reset(sim)
+    assert bench.sim.firmware.state == p.OtaState.RECEIVING
+    outcome = await reset(bench)
     assert outcome.state_before == "receiving"
-    assert sim.device.firmware.state == p.OtaState.IDLE
+    assert bench.sim.firmware.state == p.OtaState.IDLE
     assert outcome.restored is None and outcome.info == sim_baseline
 
 
 async def test_another_image_active_is_replaced_by_the_baseline() -> None:
-    sim = target()
+    bench = target()
     flashed = await OtaEngine(
-        CANDIDATE, sim.backend, address=sim.device.address, settings=SETTINGS
+        CANDIDATE, bench.backend, address=bench.sim.address, settings=SETTINGS
     ).run()
     assert flashed.success, flashed.error
-    assert sim.device.firmware.active.data == CANDIDATE.data
-    outcome = await reset(sim)
+    assert bench.sim.firmware.active.data == CANDIDATE.data
+    outcome = await reset(bench)
     assert outcome.found.active_image_crc32 == CANDIDATE.crc32
     assert outcome.restored is not None and outcome.restored.success
-    assert sim.device.firmware.active.data == BASELINE.data
+    assert bench.sim.firmware.active.data == BASELINE.data
     assert outcome.info.active_image_crc32 == BASELINE.crc32
 
 
 async def test_without_a_baseline_image_it_says_so() -> None:
-    sim = target()
+    bench = target()
     assert (
-        await OtaEngine(CANDIDATE, sim.backend, address=sim.device.address, settings=SETTINGS).run()
+        await OtaEngine(
+            CANDIDATE, bench.backend, address=bench.sim.address, settings=SETTINGS
+        ).run()
     ).success
-    outcome = await reset(sim, image=None)
+    outcome = await reset(bench, image=None)
     assert outcome.restored is None
     assert outcome.warning is not None
     assert f"runs crc32 {CANDIDATE.crc32:08x}" in outcome.warning
     assert "--baseline-firmware PATH" in outcome.warning
-    assert sim.device.firmware.active.data == CANDIDATE.data
+    assert bench.sim.firmware.active.data == CANDIDATE.data
 
 
 async def test_a_device_that_is_gone_fails_the_reset_in_bounded_time() -> None:
-    sim = target()
-    sim.device.pause_advertising(3600)
+    bench = target()
+    bench.sim.pause_advertising(3600)
     with pytest.raises(ResetFailed, match="could not return the SmartBall C0:FF:EE:00:00:01"):
-        await reset(sim)
+        await reset(bench)

@@ -11,17 +11,17 @@ from collections.abc import Callable
 
 import pytest
 from bleak.exc import BleakError
-from smartball_sim.device import SimDevice
 
 from hil_tests.naive_client import naive_flash
 from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.ota import FailureKind, OtaEngine, OtaResult, OtaSettings, State
+from smartball_sim.device import SimDevice
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.sim_only]
 
 FIELD_IMAGE = FirmwareImage(random.Random(323194).randbytes(323_194), "field-323194.bin")
-CHUNK = 234  # MTU 247: 244-byte writes minus 10 bytes of DATA framing
+CHUNK = 232  # MTU 247: 244-byte writes minus 10 bytes of DATA framing, in whole words
 WINDOW = 16
 
 
@@ -279,24 +279,23 @@ async def test_device_that_never_answers_fails_within_bounded_time(
 async def test_a_radio_faster_than_the_flash_overflows_a_small_buffer_and_still_finishes(
     firmware_image: FirmwareImage,
 ) -> None:
+    from pytest_smartball.targets.simulated import make_sim_target
     from smartball_sim.device import RadioTimings
     from smartball_sim.firmware import FlashTimings
     from smartball_sim.radio import RadioProfile
-
-    from pytest_smartball.simulated import make_sim_target
 
     fast_radio = RadioTimings(link=RadioProfile(connection_interval_s=0.0075, packets_per_event=6))
     small_buffer = FlashTimings(rx_buffer_chunks=2)
     target = make_sim_target(radio=fast_radio, flash=small_buffer)
     result = await OtaEngine(firmware_image, target.backend).run()
-    assert_flashed(target.device, firmware_image, result)
-    assert target.device.firmware.data_dropped_full > 0, "the buffer never overflowed"
+    assert_flashed(target.sim, firmware_image, result)
+    assert target.sim.firmware.data_dropped_full > 0, "the buffer never overflowed"
     assert "rewind" in event_kinds(result) or "ack-timeout" in event_kinds(result)
-    assert target.device.firmware.data_rejected_behind == 0
+    assert target.sim.firmware.data_rejected_behind == 0
 
 
 async def test_cache_clear_for_a_device_that_is_not_there_is_a_clean_not_found() -> None:
-    from pytest_smartball.simulated import make_sim_target
+    from pytest_smartball.targets.simulated import make_sim_target
 
     target = make_sim_target()
     image = FirmwareImage(b"\x01" * 1000, "x.bin")

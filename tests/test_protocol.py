@@ -55,7 +55,7 @@ SAMPLES = [
     CmdOtaStart(image_size=U32, image_crc32=U32, chunk_size=U16),
     CmdOtaStart(image_size=0, image_crc32=0, chunk_size=0),
     CmdOtaData(offset=0, data=b"\x00"),
-    CmdOtaData(offset=U32, data=bytes(i & 0xFF for i in range(MAX_DATA_CHUNK))),
+    CmdOtaData(offset=U32, data=bytes(i & 0xFF for i in range(MAX_PAYLOAD - 4))),
     CmdOtaData(offset=1234, data=b""),
     CmdOtaData(offset=7, data=bytes([SOF]) * 20),
     CmdOtaStatus(),
@@ -141,12 +141,33 @@ def test_every_message_type_is_sampled() -> None:
 
 
 def test_largest_data_frame() -> None:
+    # The largest chunk a device grants: a whole DATA frame then fits one ATT write, whose
+    # value is at most 512 bytes (4 + 500 + 6 = 510).
     msg = CmdOtaData(offset=U32, data=bytes(MAX_DATA_CHUNK))
     frame = encode(msg)
-    assert MAX_DATA_CHUNK == 508
-    assert len(frame) == MAX_PAYLOAD + protocol.FRAME_OVERHEAD == 518
+    assert MAX_DATA_CHUNK == 500
+    assert len(frame) == 510 <= 512
     assert frame == encode_data_frame(U32, bytes(MAX_DATA_CHUNK))
     assert decode(frame) == msg
+    # The codec still frames any payload up to 512 bytes (a device refuses such a chunk).
+    biggest = encode(CmdOtaData(offset=U32, data=bytes(MAX_PAYLOAD - 4)))
+    assert len(biggest) == MAX_PAYLOAD + protocol.FRAME_OVERHEAD == protocol.MAX_FRAME == 518
+
+
+@pytest.mark.parametrize(
+    ("write_size", "chunk"),
+    [(20, 8), (23, 12), (244, 232), (245, 232), (248, 236), (510, 500), (512, 500), (1000, 500)],
+)
+def test_the_hosts_chunk_fills_one_write_in_whole_words(write_size: int, chunk: int) -> None:
+    assert protocol.max_data_chunk(write_size) == chunk
+    assert chunk % 4 == 0 and chunk + 10 <= write_size
+
+
+@pytest.mark.parametrize(
+    ("asked", "granted"), [(4, 4), (5, 4), (7, 4), (232, 232), (234, 232), (500, 500), (508, 500)]
+)
+def test_the_devices_max_chunk_is_whole_words_up_to_500(asked: int, granted: int) -> None:
+    assert protocol.granted_max_chunk(asked) == granted
 
 
 def test_data_fast_path_matches_encode() -> None:
@@ -168,11 +189,11 @@ def test_payload_over_512_bytes_is_refused() -> None:
     with pytest.raises(ProtocolError):
         encode_frame(MsgType.CMD_OTA_DATA, bytes(MAX_PAYLOAD + 1))
     with pytest.raises(ProtocolError):
-        encode(CmdOtaData(offset=0, data=bytes(MAX_DATA_CHUNK + 1)))
+        encode(CmdOtaData(offset=0, data=bytes(MAX_PAYLOAD - 3)))
     with pytest.raises(ProtocolError):
         encode(MsgError(code=1, text="x" * MAX_PAYLOAD))
     with pytest.raises(ProtocolError):
-        encode_data_frame(0, bytes(MAX_DATA_CHUNK + 1))
+        encode_data_frame(0, bytes(MAX_PAYLOAD - 3))
     assert len(encode_frame(MsgType.CMD_OTA_DATA, bytes(MAX_PAYLOAD))) == 518
 
 
@@ -471,6 +492,45 @@ def test_reset_drops_and_counts_a_partial_frame() -> None:
     assert decoder.feed(frame[9:] + frame) == [Frame(frame[1], frame[4:-2])]
     assert decoder.stats.frames == 1
     assert decoder.buffered == 0
+
+
+# --- the idle rule: a partial frame is discarded after 1.0 s without a byte -------------------
+
+
+def test_a_partial_frame_idle_for_a_second_is_discarded() -> None:
+    decoder = FrameDecoder()
+    partial = bytes.fromhex("a5 11 08 00 00")  # a DATA header announcing 8 bytes
+    assert decoder.feed(partial, now=10.0) == []
+    # kept, it would swallow the INFO (14 bytes needed, 11 there): nothing comes out
+    frames = decoder.feed(encode(CmdInfo()), now=11.0)
+    assert frames == [Frame(MsgType.CMD_INFO, b"")]
+    assert decoder.stats.dropped_bytes == len(partial)
+    assert decoder.buffered == 0
+
+
+@pytest.mark.parametrize("gap", [0.5, 0.999999])
+def test_a_partial_frame_younger_than_a_second_is_kept(gap: float) -> None:
+    decoder = FrameDecoder()
+    assert decoder.feed(bytes.fromhex("a5 11 08 00 00"), now=10.0) == []
+    assert decoder.feed(encode(CmdInfo()), now=10.0 + gap) == []
+    assert decoder.buffered == 11 and decoder.stats.dropped_bytes == 0
+
+
+def test_the_idle_rule_measures_the_gap_since_the_last_byte() -> None:
+    decoder = FrameDecoder()
+    frame = encode(MsgOtaStatus(2, 46800, 323194, 0xDEADBEEF))
+    # a frame trickling in over 3 s, never a second without a byte, is kept whole
+    for i, byte in enumerate(frame[:-1]):
+        assert decoder.feed(bytes([byte]), now=0.15 * i) == []
+    assert decoder.feed(frame[-1:], now=0.15 * len(frame)) == [Frame(frame[1], frame[4:-2])]
+    assert decoder.stats.dropped_bytes == 0
+
+
+def test_without_times_the_decoder_keeps_a_partial_frame() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(bytes.fromhex("a5 11 08 00 00"))
+    assert decoder.feed(encode(CmdInfo())) == []
+    assert decoder.buffered == 11
 
 
 def test_reset_of_an_empty_decoder_counts_nothing() -> None:

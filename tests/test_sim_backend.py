@@ -1,6 +1,6 @@
 """The simulator's bleak backends, driven through bleak's own front-end and retry connector.
 
-What they must imitate of bleak's BlueZ backend is in shared/notes/bleak-backend.md; the
+What they imitate of bleak's BlueZ backend is listed in sim/smartball_sim/bleak_backend.py; the
 field's failure (a write after a drop raising "Service Discovery has not been performed
 yet") is reproduced here on purpose. All waiting is on looptime's virtual clock.
 """
@@ -15,12 +15,13 @@ from bleak import BleakClient, BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
 from bleak_retry_connector import establish_connection
+
+from pytest_smartball import protocol as p
 from smartball_sim.bleak_backend import SimDetails, SimWorld
 from smartball_sim.device import RadioTimings, SimDevice
 
-from pytest_smartball import protocol as p
-
-pytestmark = pytest.mark.asyncio
+# Virtual time: a 40 s erase costs milliseconds, and timings are exact.
+pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
 
 ADDRESS = "C0:FF:EE:00:00:01"
 SERVICE_DISCOVERY = re.escape("Service Discovery has not been performed yet")
@@ -194,9 +195,10 @@ async def test_write_longer_than_mtu_minus_3_raises() -> None:
     frame = p.encode(p.CmdOtaStart(10, 0x8EC580C0, 4)) + p.encode(p.CmdInfo())  # 16 + 6 bytes
     await host.client.write_gatt_char(p.NUS_RX_UUID, frame[:20], response=False)
     await host.client.write_gatt_char(p.NUS_RX_UUID, frame[20:], response=False)
-    await asyncio.sleep(0.1)
-    assert [type(m) for m in host.messages] == [p.MsgInfo]
-    assert device.firmware.state == p.OtaState.ERASING
+    await asyncio.sleep(0.2)
+    # the INFO waits for the one page's erase, which stalls the CPU, and its PROGRESS/READY
+    assert [type(m) for m in host.messages] == [p.MsgOtaProgress, p.MsgOtaReady, p.MsgInfo]
+    assert device.firmware.state == p.OtaState.RECEIVING
     await host.client.disconnect()
 
 
@@ -326,7 +328,11 @@ async def test_drop_keeps_the_ota_session() -> None:
     await host.open()
     await host.command(p.CmdOtaStatus())
     await asyncio.sleep(0.1)
-    assert host.messages[-1] == p.MsgOtaStatus(p.OtaState.RECEIVING, 0, 5000, 0x1234)
+    # the STATUS, then the ACK a STATUS in RECEIVING always brings (docs/protocol.md)
+    assert host.messages[-2:] == [
+        p.MsgOtaStatus(p.OtaState.RECEIVING, 0, 5000, 0x1234),
+        p.MsgOtaAck(0),
+    ]
     await host.client.disconnect()
 
 

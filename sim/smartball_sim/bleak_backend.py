@@ -2,8 +2,8 @@
 
 The stock ``BleakScanner``/``BleakClient`` front-ends drive these through ``backend=``,
 so the OTA client runs unchanged against a real device or the simulator. They copy what
-bleak's BlueZ backend does where the field's failures live (see
-``shared/notes/bleak-backend.md``): services only after a successful connect, dropped on
+bleak's BlueZ backend does where the field's failures live (read from bleak's
+``backends/bluezdbus``): services only after a successful connect, dropped on
 every disconnect (so the next GATT call raises "Service Discovery has not been performed
 yet"), a plain ``disconnected_callback`` delivered through the loop like a D-Bus signal,
 BlueZ's error strings, and a non-dict ``BLEDevice.details`` so bleak-retry-connector makes

@@ -23,12 +23,12 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, assert_never
 
 from pytest_smartball import protocol as p
 
-from .faults import Fault, FaultPlan, Trigger
-from .firmware import FirmwareEvent, FlashTimings, SmartBallFirmware
+from .faults import Effect, Fault, FaultPlan, Trigger, TriggerKind
+from .firmware import FirmwareEvent, FirmwareEventKind, FlashTimings, SmartBallFirmware, to_us
 from .radio import RadioProfile
 
 log = logging.getLogger("sim.device")
@@ -124,6 +124,10 @@ class LinkLayer(Protocol):
     def send(self, link: Link, frame: bytes) -> None:
         """Carry one whole device frame to the host, cut at the link's MTU - 3."""
 
+    def when_sent(self, link: Link, callback: Callable[[], None]) -> None:
+        """``callback`` once every notification queued so far has gone on air, or the
+        link has ended (the firmware waits for this before it resets after DONE)."""
+
     def discard(self, link: Link) -> None:
         """The link is gone: whatever it still had queued dies with it."""
 
@@ -155,6 +159,8 @@ class SimLink:
     rx_queue: deque[bytes] = field(default_factory=deque)
     space: asyncio.Event = field(default_factory=asyncio.Event)
     event_scheduled: bool = False
+    #: Called once the device's queued notifications have all gone on air (or the link).
+    sent_waiters: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def max_write(self) -> int:
@@ -182,13 +188,14 @@ class SimDevice:
 
     def __init__(
         self,
-        name: str = "SmartBall",
+        name: str = p.DEFAULT_NAME,
         address: str = DEFAULT_ADDRESS,
         *,
         active_image: bytes | None = None,
         version: tuple[int, int, int] = (1, 0, 0),
         staging_capacity: int | None = None,
         window: int = 16,
+        progressive_erase: bool = False,
         mtu: int | None = None,
         flash: FlashTimings | None = None,
         radio: RadioTimings | None = None,
@@ -209,9 +216,11 @@ class SimDevice:
             version=version,
             window=window,
             timings=flash,
+            progressive_erase=progressive_erase,
             send=self._notify,
-            request_reset=self._reset_requested,
+            request_reset=self._reset_into_new_image,
             observe=self._on_firmware_event,
+            when_sent=self._when_sent,
             **kwargs,
         )
         self.flash_timings = self.firmware.timings  # as configured, before any slow-erase
@@ -220,7 +229,7 @@ class SimDevice:
         self.link_layer: LinkLayer = ModelLinkLayer(self)
         self.link: Link | None = None
         self.booted = True
-        self._adv_paused_until = 0.0
+        self._adv_paused_until_us = 0
         self._connections = 0
         self.fault_log: list[FaultRecord] = []
         self.injector = FaultInjector(self)
@@ -260,7 +269,7 @@ class SimDevice:
     @property
     def advertising(self) -> bool:
         self.injector.fire_untriggered()
-        return self.booted and self.link is None and self.now() >= self._adv_paused_until
+        return self.booted and self.link is None and to_us(self.now()) >= self._adv_paused_until_us
 
     def advertisement(self) -> dict[str, object]:
         return {
@@ -275,10 +284,11 @@ class SimDevice:
     @property
     def advertising_paused_until(self) -> float:
         """Device time (``now()``) before which an advertising pause keeps it silent."""
-        return self._adv_paused_until
+        return self._adv_paused_until_us / 1_000_000
 
     def pause_advertising(self, seconds: float) -> None:
-        self._adv_paused_until = max(self._adv_paused_until, self.now() + seconds)
+        until = to_us(self.now() + seconds)
+        self._adv_paused_until_us = max(self._adv_paused_until_us, until)
         self.disconnect("advertising paused")
         self.link_layer.advertising_changed()
 
@@ -318,8 +328,8 @@ class SimDevice:
 
     def _end_link(self, link: Link) -> None:
         link.alive = False
-        self.link_layer.discard(link)
         self.link = None
+        self.link_layer.discard(link)
         self.firmware.link_lost()
 
     def _notify(self, frame: bytes) -> None:
@@ -330,6 +340,13 @@ class SimDevice:
         if not frame:
             return
         self.link_layer.send(link, frame)
+
+    def _when_sent(self, callback: Callable[[], None]) -> None:
+        link = self.link
+        if link is None or not link.alive:
+            callback()
+        else:
+            self.link_layer.when_sent(link, callback)
 
     # --- link: the model radio's entry points (the bleak backend, the BlueZ emulator) ----
 
@@ -348,23 +365,40 @@ class SimDevice:
 
     # --- power -------------------------------------------------------------------------
 
-    def reboot(self, end: LinkEnd = LinkEnd.CONNECTION_TIMEOUT) -> None:
-        """Reset the device: the link drops, RAM state is lost, it advertises after boot.
-
-        ``end``: how the host sees the link go: a crash or power glitch leaves it to time
-        out (0x08); a reset the firmware asked for hangs up first (0x13)."""
-        self.disconnect("device reset", end)
-        self.firmware.power_cycle()
+    def reboot(self) -> None:
+        """Reset the device: the link drops, RAM state is lost, it advertises after boot
+        (and after the bootloader has switched to a verified image, if one is pending)."""
+        self.disconnect("device reset")
+        bootloader_s = self.firmware.power_cycle()
         self.booted = False
         self.link_layer.advertising_changed()
-        log.info("%s: rebooting (%.1f s)", self.name, self.radio.boot_s)
-        asyncio.get_running_loop().call_later(self.radio.boot_s, self._booted)
+        boot_s = self.radio.boot_s + bootloader_s
+        log.info("%s: rebooting (%.1f s)", self.name, boot_s)
+        asyncio.get_running_loop().call_later(boot_s, self._booted, self.firmware.boot_count)
 
-    def _reset_requested(self) -> None:
-        """The firmware resets itself (into a verified image): it hangs up first."""
-        self.reboot(LinkEnd.REMOTE_USER_TERMINATED)
+    def _reset_into_new_image(self) -> None:
+        """The firmware's activation, once MSG_OTA_DONE is on air: end the link (HCI reason
+        0x13, remote user terminated; its LL_TERMINATE_IND goes out at the next connection
+        event), then reset. Not at all while a ``no-reset`` fault is armed."""
+        if self.injector.skip_reset():
+            return
+        boot = self.firmware.boot_count
+        link = self.link
+        delay = self.radio.link.connection_interval_s if link is not None else 0.0
+        asyncio.get_running_loop().call_later(delay, self._terminate_and_reset, boot)
 
-    def _booted(self) -> None:
+    def _terminate_and_reset(self, boot: int) -> None:
+        if boot != self.firmware.boot_count:
+            return  # something else reset the device meanwhile: that reset switched
+        self.disconnect(
+            "the device ended the link (0x13) to reset into the new image",
+            LinkEnd.REMOTE_USER_TERMINATED,
+        )
+        self.reboot()
+
+    def _booted(self, boot: int) -> None:
+        if boot != self.firmware.boot_count:
+            return  # a later reset restarted the boot: its own timer says when it is done
         self.booted = True
         log.info("%s: booted, advertising", self.name)
         self.link_layer.advertising_changed()
@@ -431,12 +465,20 @@ class ModelLinkLayer:
         link.rx_queue.extend(frame[start : start + step] for start in range(0, len(frame), step))
         self._schedule_event(link)
 
+    def when_sent(self, link: Link, callback: Callable[[], None]) -> None:
+        assert isinstance(link, SimLink)
+        if not link.rx_queue:
+            callback()
+        else:
+            link.sent_waiters.append(callback)
+
     def discard(self, link: Link) -> None:
         """Whatever was queued on air dies with the link; blocked writers wake to fail."""
         assert isinstance(link, SimLink)
         link.tx_queue.clear()
         link.rx_queue.clear()
         link.space.set()
+        self._wake_sent_waiters(link)
 
     def link_ended(self, link: Link, reason: str, end: LinkEnd) -> None:
         assert isinstance(link, SimLink)
@@ -449,6 +491,11 @@ class ModelLinkLayer:
         pass  # the model expresses every effect
 
     # --- connection events ---------------------------------------------------------------
+
+    def _wake_sent_waiters(self, link: SimLink) -> None:
+        waiters, link.sent_waiters = link.sent_waiters, []
+        for callback in waiters:
+            callback()
 
     def _schedule_event(self, link: SimLink) -> None:
         if not link.event_scheduled:
@@ -484,6 +531,8 @@ class ModelLinkLayer:
             if not link.alive:  # the firmware reset, or a fault dropped the link
                 return
         link.space.set()
+        if not link.rx_queue and link.sent_waiters:
+            self._wake_sent_waiters(link)
         if (link.tx_queue or link.rx_queue) and link.alive:
             self._schedule_event(link)
 
@@ -498,12 +547,15 @@ class _Counters:
     lose_types: list[int] = field(default_factory=list)
     write_drop: int = 0
     corrupt: int = 0
-    race_until: float = -1.0
+    race_until_us: int = -1
     flaky_percent: float = 0.0
+    no_reset: int = 0
 
 
 #: Effects that shape a connect attempt: a connect trigger fires them before the attempt.
-_CONNECT_SHAPING = frozenset({"connect-fail", "connect-timeout", "race", "stale-cache"})
+_CONNECT_SHAPING = frozenset(
+    {Effect.CONNECT_FAIL, Effect.CONNECT_TIMEOUT, Effect.RACE, Effect.STALE_CACHE}
+)
 
 
 class FaultInjector:
@@ -523,6 +575,7 @@ class FaultInjector:
             timer.cancel()
         self._timers = []
         self.device.firmware.timings = self.device.flash_timings
+        self.device.firmware.flash.fail_next = 0
         self.pending = list(plan.faults)
         self.armed = _Counters()
         self._cmd_counts = {}
@@ -539,22 +592,27 @@ class FaultInjector:
         except RuntimeError:
             return
         self._untriggered_due = False
-        self._fire_matching(lambda t: t.kind == "now")
+        self._fire_matching(lambda t: t.kind is TriggerKind.NOW)
 
     # --- triggers ----------------------------------------------------------------------
 
     def on_firmware_event(self, event: FirmwareEvent) -> None:
-        if event.kind == "erase_progress":
-            percent = 100 * event.done / event.total
-            self._fire_matching(lambda t: t.kind == "erase" and percent >= t.value)
+        if event.kind is FirmwareEventKind.ERASE_PROGRESS:
+            # In whole parts per million: no float compared at a threshold
+            reached = event.done * 1_000_000 // event.total
+            self._fire_matching(
+                lambda t: t.kind is TriggerKind.ERASE and reached >= round(t.value * 10_000)
+            )
             self._maybe_flaky_drop()
-        elif event.kind == "data_accepted":
-            self._fire_matching(lambda t: t.kind == "offset" and event.offset >= t.value)
+        elif event.kind is FirmwareEventKind.DATA_ACCEPTED:
+            self._fire_matching(lambda t: t.kind is TriggerKind.OFFSET and event.offset >= t.value)
             self._maybe_flaky_drop()
-        elif event.kind == "command" and event.msg_type is not None:
+        elif event.kind is FirmwareEventKind.COMMAND and event.msg_type is not None:
             n = self._cmd_counts[event.msg_type] = self._cmd_counts.get(event.msg_type, 0) + 1
             self._fire_matching(
-                lambda t: t.kind == "cmd" and t.msg_type == event.msg_type and n >= t.value
+                lambda t: (
+                    t.kind is TriggerKind.CMD and t.msg_type == event.msg_type and n >= t.value
+                )
             )
 
     def _maybe_flaky_drop(self) -> None:
@@ -567,9 +625,9 @@ class FaultInjector:
         # Connect-triggered faults that act on a link (drop, reboot, ...) fire now that
         # there is one; those that shape the connect itself fired in connect_outcome().
         number = self.device._connections
-        self._fire_matching(lambda t: t.kind == "connect" and number >= t.value)
+        self._fire_matching(lambda t: t.kind is TriggerKind.CONNECT and number >= t.value)
         loop = asyncio.get_running_loop()
-        for fault in [f for f in self.pending if f.trigger.kind == "t"]:
+        for fault in [f for f in self.pending if f.trigger.kind is TriggerKind.T]:
             self.pending.remove(fault)
             self._timers.append(
                 loop.call_later(fault.trigger.value, self._fire_if_linked, fault, link)
@@ -582,7 +640,7 @@ class FaultInjector:
             self.pending.append(fault)  # its connection ended first: wait for the next one
 
     def _fire_matching(
-        self, matches: Callable[[Trigger], bool], effects: frozenset[str] | None = None
+        self, matches: Callable[[Trigger], bool], effects: frozenset[Effect] | None = None
     ) -> None:
         """Fire the pending faults whose trigger matches (and, if given, whose effect is
         one of ``effects``)."""
@@ -605,34 +663,40 @@ class FaultInjector:
         )
         log.info("%s: fault %s", d.name, fault)
         match fault.effect:
-            case "drop":
+            case Effect.DROP:
                 d.disconnect("link dropped (fault)")
-            case "reboot":
+            case Effect.REBOOT:
                 d.reboot()
-            case "adv-pause":
+            case Effect.NO_RESET:
+                a.no_reset += 1
+            case Effect.ADV_PAUSE:
                 d.pause_advertising(fault.seconds)
-            case "race":
+            case Effect.RACE:
                 a.race.append(fault.seconds)
-            case "flaky":
+            case Effect.FLAKY:
                 a.flaky_percent = fault.percent
-            case "stale-cache":
+            case Effect.STALE_CACHE:
                 a.stale_cache += 1
-            case "lose":
+            case Effect.LOSE:
                 if fault.msg_type is not None:
                     a.lose_types.append(fault.msg_type)
                 else:
                     a.lose += fault.count
-            case "write-drop":
+            case Effect.WRITE_DROP:
                 a.write_drop += fault.count
-            case "connect-fail":
+            case Effect.CONNECT_FAIL:
                 a.connect_fail += fault.count
-            case "connect-timeout":
+            case Effect.CONNECT_TIMEOUT:
                 a.connect_timeout += fault.count
-            case "corrupt":
+            case Effect.CORRUPT:
                 a.corrupt += fault.count
-            case "slow-erase":
+            case Effect.SLOW_ERASE:
                 fw = d.firmware
                 fw.timings = replace(fw.timings, erase_total_s=fault.seconds)
+            case Effect.FLASH_FAIL:
+                d.firmware.flash.fail_next += fault.count
+            case _:
+                assert_never(fault.effect)
 
     def _record(self, what: str, detail: str = "") -> None:
         self.device.fault_log.append(FaultRecord(self.device.now(), what, "applied", detail))
@@ -642,7 +706,8 @@ class FaultInjector:
         self.fire_untriggered()
         attempt_for = self.device._connections + 1
         self._fire_matching(
-            lambda t: t.kind == "connect" and attempt_for >= t.value, effects=_CONNECT_SHAPING
+            lambda t: t.kind is TriggerKind.CONNECT and attempt_for >= t.value,
+            effects=_CONNECT_SHAPING,
         )
         a = self.armed
         if a.connect_timeout:
@@ -662,10 +727,10 @@ class FaultInjector:
         now = self.device.now()
         if a.race:
             seconds = a.race.pop(0)
-            a.race_until = now + seconds
+            a.race_until_us = to_us(now + seconds)
             self._record("race", f"services resolved before NUS was exported; for {seconds:g}s")
             return "race"
-        if now < a.race_until:
+        if to_us(now) < a.race_until_us:
             self._record("race", "NUS still not exported")
             return "race"
         if a.stale_cache:
@@ -678,6 +743,14 @@ class FaultInjector:
         if self.armed.stale_cache:
             self._record("stale-cache", "cleared: the host removed its cached GATT database")
         self.armed.stale_cache = 0
+
+    def skip_reset(self) -> bool:
+        """True when an armed ``no-reset`` keeps the device from resetting after DONE."""
+        if self.armed.no_reset:
+            self.armed.no_reset -= 1
+            self._record("no-reset", "DONE sent; the device stays in COMPLETE on its old image")
+            return True
+        return False
 
     def drop_write(self) -> bool:
         if self.armed.write_drop:

@@ -12,6 +12,7 @@ A fault without a trigger is armed from the start. Every fault fires once. See
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -23,64 +24,133 @@ class FaultSpecError(ValueError):
     """A fault spec that cannot be parsed; the message says which part and why."""
 
 
-# effect name -> (argument kind, help). Kinds: None (no argument), "seconds", "count",
-# "count_or_type" (a number of messages, or one message type), "percent".
-EFFECTS: dict[str, tuple[str | None, str]] = {
-    "drop": (None, "the link drops; the device keeps its state and advertises again"),
-    "reboot": (None, "the device resets: OTA session lost, not advertising for its boot time"),
-    "adv-pause": ("seconds", "the device stops advertising for N s (after dropping any link)"),
-    "race": (
-        "seconds",
+class Effect(enum.StrEnum):
+    """What goes wrong. The values are the names in the text form."""
+
+    DROP = "drop"
+    REBOOT = "reboot"
+    NO_RESET = "no-reset"
+    ADV_PAUSE = "adv-pause"
+    RACE = "race"
+    STALE_CACHE = "stale-cache"
+    LOSE = "lose"
+    WRITE_DROP = "write-drop"
+    CONNECT_FAIL = "connect-fail"
+    CONNECT_TIMEOUT = "connect-timeout"
+    CORRUPT = "corrupt"
+    SLOW_ERASE = "slow-erase"
+    FLASH_FAIL = "flash-fail"
+    FLAKY = "flaky"
+
+
+class ArgKind(enum.StrEnum):
+    """The argument an effect takes (an effect without one has ``None``)."""
+
+    SECONDS = "seconds"
+    COUNT = "count"
+    COUNT_OR_TYPE = "count_or_type"  # a number of messages, or one message type
+    PERCENT = "percent"
+
+
+class TriggerKind(enum.StrEnum):
+    """When a fault fires. The values are the names in the text form (NOW has none)."""
+
+    NOW = "now"
+    ERASE = "erase"
+    OFFSET = "offset"
+    CMD = "cmd"
+    T = "t"
+    CONNECT = "connect"
+
+
+# effect -> (argument kind, help)
+EFFECTS: dict[Effect, tuple[ArgKind | None, str]] = {
+    Effect.DROP: (None, "the link drops; the device keeps its state and advertises again"),
+    Effect.REBOOT: (
+        None,
+        "the device resets: OTA session lost, not advertising for its boot time",
+    ),
+    Effect.NO_RESET: (
+        None,
+        "the next MSG_OTA_DONE is not followed by a reset: the device stays in COMPLETE on "
+        "its old image, connected, until something else resets it",
+    ),
+    Effect.ADV_PAUSE: (
+        ArgKind.SECONDS,
+        "the device stops advertising for N s (after dropping any link)",
+    ),
+    Effect.RACE: (
+        ArgKind.SECONDS,
         "BlueZ race: the next connect reports services resolved before NUS is exported, "
         "so its GATT database lacks NUS; connects within N s of it fare the same",
     ),
-    "stale-cache": (
+    Effect.STALE_CACHE: (
         None,
         "the next connect's discovery returns a stale GATT cache without NUS "
         "(until the host clears its cache)",
     ),
-    "lose": (
-        "count_or_type",
+    Effect.LOSE: (
+        ArgKind.COUNT_OR_TYPE,
         "the next N device messages (or the next one of a type) never arrive",
     ),
-    "write-drop": ("count", "the next N host writes are silently lost"),
-    "connect-fail": ("count", "the next N connect attempts fail with br-connection-canceled"),
-    "connect-timeout": ("count", "the next N connect attempts never complete (the host times out)"),
-    "corrupt": ("count", "the next N device messages arrive with one byte flipped"),
-    "slow-erase": ("seconds", "the whole staging erase takes N s (field: 15-40 s)"),
-    "flaky": (
-        "percent",
+    Effect.WRITE_DROP: (ArgKind.COUNT, "the next N host writes are silently lost"),
+    Effect.CONNECT_FAIL: (
+        ArgKind.COUNT,
+        "the next N connect attempts fail with br-connection-canceled",
+    ),
+    Effect.CONNECT_TIMEOUT: (
+        ArgKind.COUNT,
+        "the next N connect attempts never complete (the host times out)",
+    ),
+    Effect.CORRUPT: (ArgKind.COUNT, "the next N device messages arrive with one byte flipped"),
+    Effect.SLOW_ERASE: (
+        ArgKind.SECONDS,
+        "the whole staging erase takes N s (field: 15-40 s); no effect on a progressive erase",
+    ),
+    Effect.FLASH_FAIL: (
+        ArgKind.COUNT,
+        "the next N flash operations (page erases or chunk writes) fail; the firmware "
+        "retries each once, so two in a row end the session with FLASH_ERROR",
+    ),
+    Effect.FLAKY: (
+        ArgKind.PERCENT,
         "from then on, each erased page and each accepted chunk drops the link with "
         "probability N % (seeded by the device's seed)",
     ),
 }
 
-TRIGGERS = {
-    "erase": "erase progress reaches N %  (erase:50%)",
-    "offset": "the device has accepted N bytes of the image  (offset:200000)",
-    "cmd": "the device receives the Nth command of a type  (cmd:CMD_OTA_DATA#3)",
-    "t": "N s after the next connection is made  (t:2s)",
-    "connect": "the Nth connection: connect-fail/-timeout, race and stale-cache shape the "
-    "Nth attempt, other effects act once it is made  (connect:2)",
+TRIGGERS: dict[TriggerKind, str] = {
+    TriggerKind.ERASE: "N % of the session's staging pages are erased, in either erase mode "
+    "(erase:50%)",
+    TriggerKind.OFFSET: "the device has accepted N bytes of the image  (offset:200000)",
+    TriggerKind.CMD: "the Nth command of a type arrives, before the device handles it "
+    "(cmd:CMD_OTA_DATA#3)",
+    TriggerKind.T: "N s after the next connection is made  (t:2s)",
+    TriggerKind.CONNECT: "the Nth connection: connect-fail/-timeout, race and stale-cache "
+    "shape the Nth attempt, other effects act once it is made  (connect:2)",
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Trigger:
-    kind: str = "now"  # now | erase | offset | cmd | t | connect
+    kind: TriggerKind = TriggerKind.NOW
     value: float = 0
     msg_type: int | None = None
 
+    def __post_init__(self) -> None:
+        # Trigger("erase", 50) reads well in tests and docs: the name becomes the enum
+        object.__setattr__(self, "kind", TriggerKind(self.kind))
+
     def __str__(self) -> str:
         match self.kind:
-            case "now":
+            case TriggerKind.NOW:
                 return ""
-            case "erase":
+            case TriggerKind.ERASE:
                 return f"erase:{_num(self.value)}%"
-            case "cmd":
+            case TriggerKind.CMD:
                 assert self.msg_type is not None
                 return f"cmd:{p.MsgType(self.msg_type).name}#{int(self.value)}"
-            case "t":
+            case TriggerKind.T:
                 return f"t:{_num(self.value)}s"
             case _:
                 return f"{self.kind}:{int(self.value)}"
@@ -88,19 +158,23 @@ class Trigger:
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    effect: str
+    effect: Effect
     trigger: Trigger = field(default_factory=Trigger)
     seconds: float = 0.0
     count: int = 1
     msg_type: int | None = None  # for "lose": lose the next message of this type
     percent: float = 0.0  # for "flaky"
 
+    def __post_init__(self) -> None:
+        # Fault("drop") reads well in tests and docs: the name becomes the enum
+        object.__setattr__(self, "effect", Effect(self.effect))
+
     def __str__(self) -> str:
         kind = EFFECTS[self.effect][0]
-        text = self.effect
-        if kind == "seconds":
+        text = str(self.effect)
+        if kind is ArgKind.SECONDS:
             text += f":{_num(self.seconds)}s"
-        elif kind == "percent":
+        elif kind is ArgKind.PERCENT:
             text += f":{_num(self.percent)}%"
         elif self.msg_type is not None:
             text += f":{p.MsgType(self.msg_type).name}"
@@ -204,39 +278,41 @@ def _msg_type(text: str, where: str) -> int:
 
 
 def _parse_trigger(text: str, where: str) -> Trigger:
-    kind, _, arg = text.partition(":")
-    if kind not in TRIGGERS or not arg:
+    name, _, arg = text.partition(":")
+    if name not in TRIGGERS or not arg:
         raise FaultSpecError(
             f"{where}: bad trigger {text!r}; use erase:50%, offset:N, cmd:TYPE#N, t:2s or connect:N"
         )
-    if kind == "erase":
+    kind = TriggerKind(name)
+    if kind is TriggerKind.ERASE:
         m = re.fullmatch(r"(\d+(?:\.\d+)?)%?", arg, re.ASCII)
         percent = float(Decimal(m.group(1))) if m else -1.0
         if not 0 <= percent <= 100:
             raise FaultSpecError(f"{where}: erase trigger {arg!r} must be 0% to 100%")
-        return Trigger("erase", percent)
-    if kind == "cmd":
-        name, hash_sign, nth = arg.partition("#")
-        msg_type = _msg_type(name, where)
+        return Trigger(kind, percent)
+    if kind is TriggerKind.CMD:
+        type_name, hash_sign, nth = arg.partition("#")
+        msg_type = _msg_type(type_name, where)
         if msg_type not in p.COMMAND_TYPES:
-            raise FaultSpecError(f"{where}: {name} is not a command the device receives")
-        return Trigger("cmd", _count(nth if hash_sign else "1", where), msg_type)
-    if kind == "t":
-        return Trigger("t", _seconds(arg, where))
-    if kind == "offset":
+            raise FaultSpecError(f"{where}: {type_name} is not a command the device receives")
+        return Trigger(kind, _count(nth if hash_sign else "1", where), msg_type)
+    if kind is TriggerKind.T:
+        return Trigger(kind, _seconds(arg, where))
+    if kind is TriggerKind.OFFSET:
         if not _is_number(arg):
             raise FaultSpecError(f"{where}: offset {arg!r} is not a byte count")
-        return Trigger("offset", int(arg))
+        return Trigger(kind, int(arg))
     return Trigger(kind, _count(arg, where))
 
 
 def _parse_fault(part: str) -> Fault:
     where = f"fault {part!r}"
     body, at, trigger_text = part.partition("@")
-    effect, colon, arg = body.partition(":")
-    if effect not in EFFECTS:
+    name, colon, arg = body.partition(":")
+    if name not in EFFECTS:
         known = ", ".join(EFFECTS) + "; profiles: " + ", ".join(PROFILES)
-        raise FaultSpecError(f"{where}: unknown effect {effect!r} (known: {known})")
+        raise FaultSpecError(f"{where}: unknown effect {name!r} (known: {known})")
+    effect = Effect(name)
     # "drop@" or "lose:" is a typo, not the default: _parse_trigger rejects an empty trigger
     trigger = _parse_trigger(trigger_text, where) if at else Trigger()
     kind = EFFECTS[effect][0]
@@ -246,17 +322,17 @@ def _parse_fault(part: str) -> Fault:
         return Fault(effect, trigger)
     if colon and not arg:
         raise FaultSpecError(f"{where}: nothing after ':' (omit it, or give {effect} a value)")
-    if kind == "seconds":
+    if kind is ArgKind.SECONDS:
         if not arg:
             raise FaultSpecError(f"{where}: {effect} needs a duration, e.g. {effect}:20s")
         return Fault(effect, trigger, seconds=_seconds(arg, where))
-    if kind == "percent":
+    if kind is ArgKind.PERCENT:
         if not arg:
             raise FaultSpecError(f"{where}: {effect} needs a rate, e.g. {effect}:2%")
         return Fault(effect, trigger, percent=_percent(arg, where))
     if not arg:
         return Fault(effect, trigger)
-    if kind == "count_or_type" and not _is_number(arg):
+    if kind is ArgKind.COUNT_OR_TYPE and not _is_number(arg):
         msg_type = _msg_type(arg, where)
         if msg_type in p.COMMAND_TYPES:
             raise FaultSpecError(f"{where}: {arg} is a host command, not a device message")

@@ -1,14 +1,29 @@
-"""The SmartBall firmware's OTA logic, modelled on the device side of protocol v1.
+"""The SmartBall firmware's OTA logic: the executable model of docs/protocol.md.
 
-Pure protocol behaviour plus flash timing: it receives bytes written to NUS RX, answers
-through ``send`` (bytes for NUS TX) and reports what happens to an observer, which the
-simulated device uses for fault triggers and logs. All delays are ``asyncio`` sleeps so a
-virtual clock (looptime) fast-forwards a 40 s erase.
+It receives the bytes written to NUS RX, answers through ``send`` (bytes for NUS TX) and
+reports what happens to an observer (the simulated device's fault triggers and logs).
+Everything it does later is a *step* scheduled on the event loop, so a virtual clock
+(looptime) fast-forwards a 40 s erase. Three rules shape the code:
+
+* **A reset ends everything.** Every step, and every callback handed to the device, runs
+  through :meth:`SmartBallFirmware._guarded`, which drops it when a reset happened since
+  it was scheduled; a call out of the firmware (send, observe, reset) that ends in a reset
+  unwinds the step that made it (:class:`_PowerCycled`). After a reset nothing from the
+  previous life acts: no step, timer, callback or notification. There are no tasks.
+* **Time is whole microseconds.** looptime rounds its clock to microseconds, so a step
+  scheduled for ``t`` may see ``loop.time()`` a hair below ``t`` in floating point. All
+  comparisons use integers from :func:`to_us`.
+* **The flash is a queue of jobs** (page erases and chunk writes, one at a time, as the
+  NVMC does them) on :class:`~smartball_sim.flash.Flash`: chunks are written as whole
+  words, a page erase stalls the CPU (what arrives meanwhile is handled when the page is
+  done, after its PROGRESS), an ABORT cannot stop a page erase halfway, and an ACK, the
+  resume READY and the verify wait until the bytes they speak for are in flash.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import math
 from collections import deque
@@ -18,61 +33,97 @@ from typing import Any, ClassVar
 
 from pytest_smartball import protocol as p
 
+from .flash import PAGE_SIZE, Flash, pad_to_words
+from .make_image import image_version
+
 log = logging.getLogger("sim.firmware")
 
-PAGE_SIZE = 4096
+__all__ = [
+    "DEFAULT_STAGING_CAPACITY",
+    "DEVICE_MAX_CHUNK",
+    "PAGE_SIZE",
+    "FirmwareEvent",
+    "FirmwareEventKind",
+    "FirmwareImage",
+    "FlashTimings",
+    "OtaSession",
+    "SmartBallFirmware",
+    "to_us",
+]
+
 #: nRF52840 (1 MB flash): bootloader, SoftDevice and the active application leave roughly
 #: this much for the staging bank of a dual-bank update.
 DEFAULT_STAGING_CAPACITY = 480 * 1024
 DEVICE_MAX_CHUNK = p.MAX_DATA_CHUNK
+#: After MSG_OTA_DONE the device waits for the notification to leave the radio, at most
+#: this long (docs/protocol.md, activation), then ends the link and resets.
+TX_COMPLETE_WAIT_S = 1.0
+_US = 1_000_000
+
+
+def to_us(seconds: float) -> int:
+    """Seconds as whole microseconds: the unit every time comparison in the simulator uses."""
+    return round(seconds * _US)
 
 
 @dataclass(frozen=True, slots=True)
 class FlashTimings:
     """Flash timings; defaults from the nRF52840 Product Specification v1.7, section 4.3.9."""
 
-    #: t_ERASEPAGE: 85 ms typical per 4 KB page. The field's firmware took 15-40 s for a
-    #: whole staging erase (it yields to the radio between pages); model that with
-    #: ``erase_total_s``.
+    #: t_ERASEPAGE: 85 ms typical per 4 KB page. The CPU stalls for it.
     erase_page_s: float = 0.085
-    #: When set, the whole erase takes this long whatever the image size (field mode).
+    #: When set, the whole erase takes this long whatever the image size (field mode: the
+    #: field's firmware took 15-40 s, yielding to the radio between pages). Each page still
+    #: stalls the CPU for ``erase_page_s`` at most; the rest of its share is idle time.
     erase_total_s: float | None = None
-    #: t_WRITE: 41 us per 32-bit word (max). A 234-byte chunk takes 2.4 ms: about 97 kB/s,
+    #: t_WRITE: 41 us per 32-bit word (max). A 232-byte chunk takes 2.4 ms: about 97 kB/s,
     #: faster than the default radio (65 kB/s), slower than a 7.5 ms LE 2M link.
     write_word_s: float = 41e-6
     #: Received chunks the device can hold while the flash is busy; None: the READY window,
-    #: so a host that respects the window never overflows it. Smaller values make the
+    #: so a host that keeps to its ACK credit never overflows it. Smaller values make the
     #: device drop DATA when full (answered like a wrong offset: the host rewinds).
     rx_buffer_chunks: int | None = None
-    #: CRC-32 over the staged image before switching (about 20 MB/s on a 64 MHz M4).
+    #: CRC-32 over flash read back (about 20 MB/s on a 64 MHz M4).
     verify_s_per_byte: float = 1 / 20_000_000
-    #: Between sending MSG_OTA_DONE and resetting, so the notification leaves the radio.
-    reset_delay_s: float = 0.1
 
     def page_erase_time(self, pages: int) -> float:
+        """One page's share of the erase: its stall plus, in field mode, the idle time."""
         if self.erase_total_s is not None and pages:
             return self.erase_total_s / pages
         return self.erase_page_s
 
+    def page_stall_s(self, pages: int) -> float:
+        return min(self.erase_page_s, self.page_erase_time(pages))
 
-@dataclass(slots=True)
-class OtaSession:
-    image_size: int
-    image_crc32: int
-    max_chunk: int
-    next_offset: int = 0  # received (in flash or in the receive buffer)
-    accepted_since_ack: int = 0
-    #: When the flash finishes each buffered chunk (loop time), oldest first.
-    unwritten: deque[float] = field(default_factory=deque)
-    flash_free_at: float = 0.0
-    rejected_since_status: int | None = None  # None: no rejection since the last accepted chunk
+    def write_time(self, size: int) -> float:
+        return math.ceil(size / 4) * self.write_word_s
+
+    def activation_s(self, image_size: int) -> float:
+        """The bootloader's work after a reset with a verified image pending: verify the
+        staging bank, erase the active bank's pages, copy, verify the copy."""
+        pages = math.ceil(image_size / PAGE_SIZE)
+        verify = image_size * self.verify_s_per_byte
+        return 2 * verify + pages * self.erase_page_s + self.write_time(image_size)
+
+
+class FirmwareEventKind(enum.StrEnum):
+    """What the firmware reports to its observer (fault triggers, the device log)."""
+
+    COMMAND = "command"  # a whole frame arrived, before it is handled
+    HANDLED = "handled"  # ... and once it is (replies sent, state changed)
+    ERASE_PROGRESS = "erase_progress"  # a staging page was erased (both erase modes)
+    READY = "ready"
+    DATA_ACCEPTED = "data_accepted"
+    VERIFIED = "verified"
+    VERIFY_FAILED = "verify_failed"
+    FLASH_ERROR = "flash_error"
 
 
 @dataclass(frozen=True, slots=True)
 class FirmwareEvent:
     """What the firmware did, for fault triggers and the device log."""
 
-    kind: str  # command, erase_progress, data_accepted, verified, rebooting, ...
+    kind: FirmwareEventKind
     msg_type: int | None = None
     offset: int = 0
     done: int = 0
@@ -89,6 +140,77 @@ class FirmwareImage:
         return p.crc32(self.data)
 
 
+@dataclass(eq=False, slots=True)
+class OtaSession:
+    """One update session (RAM: a reset loses it). Compared by identity."""
+
+    image_size: int
+    image_crc32: int
+    max_chunk: int
+    progressive: bool = False
+    next_offset: int = 0  # received: in flash or in the receive buffer
+    written_offset: int = 0  # in flash
+    unwritten_chunks: int = 0  # the receive buffer's fill
+    accepted_since_ack: int = 0
+    #: DATA refused since the last accepted chunk (wrong offset, full buffer) or, in
+    #: ERASING, since START: the rate limit of the replies. None: none yet.
+    rejected: int | None = None
+    pages: int = 0
+    pages_erased: int = 0
+    #: Pages this session has erased or queued for erasing (progressive mode).
+    erase_queued: set[int] = field(default_factory=set)
+    activating: bool = False
+
+    @property
+    def total_erase(self) -> int:
+        return self.pages * PAGE_SIZE
+
+
+@dataclass(eq=False, slots=True)
+class _FlashJob:
+    """One NVMC operation: erase ``page``, or write ``data`` at ``offset``."""
+
+    session: OtaSession
+    command: int  # the command whose work this is (what a FLASH_ERROR answers)
+    page: int | None = None
+    offset: int = 0
+    data: bytes = b""
+    length: int = 0  # image bytes the write carries (data is padded to whole words)
+    retried: bool = False
+    #: Run, in order, once the job is done (ACKs, the resume READY, the verify).
+    after: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def is_erase(self) -> bool:
+        return self.page is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingRecord:
+    """What the device persists (power-safe) before it sends MSG_OTA_DONE: the
+    bootloader switches to the staged image only if its CRC checks out again."""
+
+    image_size: int
+    image_crc32: int
+
+
+class _PowerCycled(Exception):
+    """Raised out of a call that reset the device, to unwind the step that made it."""
+
+
+#: Error texts (informative; hosts act on the code). Each is at most MAX_ERROR_TEXT bytes.
+_TEXTS = {
+    p.ErrorCode.BAD_FRAME: "payload too short for its type",
+    p.ErrorCode.BAD_STATE: "not allowed in state {state}",
+    p.ErrorCode.BAD_OFFSET: "chunk runs past the image end",
+    p.ErrorCode.TOO_LARGE: "image larger than the staging area",
+    p.ErrorCode.CRC_MISMATCH: "staged image CRC mismatch; old image kept",
+    p.ErrorCode.FLASH_ERROR: "flash failed twice; old image kept",
+    p.ErrorCode.UNKNOWN_COMMAND: "unknown command 0x{type:02X}",
+    p.ErrorCode.BAD_PARAM: "{what}",
+}
+
+
 class SmartBallFirmware:
     def __init__(
         self,
@@ -98,24 +220,33 @@ class SmartBallFirmware:
         staging_capacity: int = DEFAULT_STAGING_CAPACITY,
         window: int = 16,
         timings: FlashTimings | None = None,
+        progressive_erase: bool = False,
         send: Callable[[bytes], None] = lambda frame: None,
         request_reset: Callable[[], None] = lambda: None,
         observe: Callable[[FirmwareEvent], None] = lambda event: None,
+        when_sent: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
+        """``request_reset`` ends the link and resets the device (the activation after
+        DONE). ``when_sent(callback)`` calls back once every notification sent so far has
+        left the radio or the link is gone; without it (no radio) that is at once."""
+        if window < 1:
+            raise ValueError(f"window must be at least 1 (got {window})")
         self.active = FirmwareImage(bytes(active_image), version)
         self.staging_capacity = staging_capacity
         self.window = window
         self.timings = timings or FlashTimings()
+        #: Advertised in MSG_INFO; a START with the flag then erases page by page.
+        self.progressive_erase = progressive_erase
         self._send = send
         self._request_reset = request_reset
         self._observe = observe
+        self._when_sent = when_sent or (lambda callback: callback())
+        self.flash = Flash(staging_capacity)
         self._decoder = p.FrameDecoder()
-        self._staging = bytearray(b"\xff" * staging_capacity)
         self.state = p.OtaState.IDLE
         self.session: OtaSession | None = None
-        self._erase_task: asyncio.Task[None] | None = None
-        self._verify_task: asyncio.Task[None] | None = None
-        self.pending_image: FirmwareImage | None = None
+        #: Persisted (survives a reset) between MSG_OTA_DONE and the bootloader's switch.
+        self._pending: _PendingRecord | None = None
         self.commands_seen: dict[int, int] = {}
         #: DATA at an offset the device had already received (a host re-sending what the
         #: device never asked for) or beyond it (after a lost write): for fuzz properties.
@@ -123,6 +254,17 @@ class SmartBallFirmware:
         self.data_rejected_ahead = 0
         self.data_dropped_full = 0
         self.boot_count = 1
+        #: Bumped by every reset; a step or callback from an older life does nothing.
+        self._epoch = 0
+        #: Frames received and not yet handled (the CPU is stalled by a page erase).
+        self._inbox: deque[p.Frame] = deque()
+        self._stalled_until_us = 0
+        self._jobs: deque[_FlashJob] = deque()
+        self._running_job: _FlashJob | None = None
+        self._completing = False
+        #: The event loop the scheduled steps live on, and how many have yet to run.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = 0
         #: Type byte of the frame being handled: what a MSG_ERROR sent now answers.
         self._answering = 0
 
@@ -137,12 +279,24 @@ class SmartBallFirmware:
         return max(1, self.window // 2)
 
     @property
+    def capabilities(self) -> p.Capability:
+        return p.Capability.PROGRESSIVE_ERASE if self.progressive_erase else p.Capability.NONE
+
+    @property
     def decoder_stats(self) -> p.DecoderStats:
         return self._decoder.stats
 
+    @property
+    def pending_image(self) -> FirmwareImage | None:
+        """The verified image the bootloader switches to at the next reset, if any."""
+        if self._pending is None:
+            return None
+        data = self.flash.read(0, self._pending.image_size)
+        return FirmwareImage(data, image_version(data))
+
     def staged_bytes(self) -> bytes:
         size = self.session.image_size if self.session else 0
-        return bytes(self._staging[:size])
+        return self.flash.read(0, size)
 
     def info(self) -> p.MsgInfo:
         major, minor, patch = self.active.version
@@ -154,6 +308,7 @@ class SmartBallFirmware:
             active_image_size=len(self.active.data),
             active_image_crc32=self.active.crc32,
             staging_capacity=self.staging_capacity,
+            capabilities=self.capabilities,
         )
 
     def status(self) -> p.MsgOtaStatus:
@@ -165,115 +320,273 @@ class SmartBallFirmware:
             image_crc32=s.image_crc32 if s else 0,
         )
 
-    def power_cycle(self) -> None:
-        """Reset: RAM state (the OTA session) is lost; an image verified before the reset is
-        switched in, as the bootloader does."""
-        self._cancel_tasks()
-        if self.pending_image is not None:
-            log.info(
-                "boot: switching to the new image (%d bytes, crc32 %08x)",
-                len(self.pending_image.data),
-                self.pending_image.crc32,
-            )
-            self.active = self.pending_image
-            self.pending_image = None
+    def power_cycle(self) -> float:
+        """Reset: RAM (the session, queued work, half-received frames) is lost and nothing
+        scheduled before it will act. The bootloader runs first: with a verified image
+        pending it checks the staged CRC again and, if good, copies it over the active
+        image. Returns the bootloader's time for that (0 without an activation)."""
+        self._epoch += 1
+        self._scheduled = 0  # what is scheduled will find the epoch changed and do nothing
+        self._jobs.clear()
+        self._running_job = None
+        self._completing = False
+        self._inbox.clear()
+        self._stalled_until_us = 0
         self.state = p.OtaState.IDLE
         self.session = None
         self._decoder = p.FrameDecoder()
         self.boot_count += 1
+        return self._bootloader()
+
+    def _bootloader(self) -> float:
+        record, self._pending = self._pending, None
+        if record is None:
+            return 0.0
+        staged = self.flash.read(0, record.image_size)
+        if p.crc32(staged) != record.image_crc32:
+            log.warning("boot: the staged image fails its CRC; the old image stays active")
+            return self.timings.verify_s_per_byte * record.image_size
+        log.info(
+            "boot: switching to the new image (%d bytes, crc32 %08x)",
+            record.image_size,
+            record.image_crc32,
+        )
+        self.active = FirmwareImage(staged, image_version(staged))
+        return self.timings.activation_s(record.image_size)
 
     def link_lost(self) -> None:
         """The connection dropped: a half-received frame will never be completed."""
         self._decoder.reset()
 
+    # --- the one guard: nothing from before a reset acts -------------------------------
+
+    def _guarded(self, action: Callable[..., None], *args: Any) -> Callable[[], None]:
+        """``action(*args)`` as a callback that does nothing once the device has reset
+        since it was made, and that ends quietly if the action itself resets the device."""
+        epoch = self._epoch
+
+        def run() -> None:
+            if epoch != self._epoch:
+                return
+            try:
+                action(*args)
+            except _PowerCycled:
+                pass
+
+        return run
+
+    def _call_out(self, callback: Callable[..., None], *args: Any) -> None:
+        """Call out of the firmware (send, observe, reset); if that reset the device, the
+        step that made the call ends here."""
+        epoch = self._epoch
+        callback(*args)
+        if epoch != self._epoch:
+            raise _PowerCycled
+
+    def _at(self, when_us: int, action: Callable[..., None], *args: Any) -> None:
+        step, epoch = self._guarded(action, *args), self._epoch
+
+        def run() -> None:
+            if epoch == self._epoch:  # (a reset zeroed the count of its life's steps)
+                self._scheduled -= 1
+            step()
+
+        self._scheduled += 1
+        self._bind_loop().call_at(when_us / _US, run)
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop. A simulated device can outlive its event loop (a test's loop
+        closes, the next test brings its own): what it had scheduled died with the old
+        loop, and its clock starts again, so it resets, as a device that lost power."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            stale = self._loop is not None and (
+                self._scheduled or self._running_job is not None or self._stalled_until_us
+            )
+            self._loop = loop
+            if stale:
+                log.info("a new event loop: the work scheduled on the old one is lost; reset")
+                self.power_cycle()
+        return loop
+
+    def _now_us(self) -> int:
+        return to_us(asyncio.get_running_loop().time())
+
     # --- receiving -------------------------------------------------------------------
 
     def receive(self, data: bytes) -> None:
-        for frame in self._decoder.feed(data):
-            self._handle_frame(frame)
+        """Bytes written to NUS RX."""
+        if self._loop_time() is not None:
+            self._bind_loop()
+        self._guarded(self._receive, data)()
+
+    def _receive(self, data: bytes) -> None:
+        self._inbox.extend(self._decoder.feed(data, self._loop_time()))
+        self._handle_inbox()
+
+    def _loop_time(self) -> float | None:
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:
+            return None
+
+    def _stalled(self) -> bool:
+        return self._stalled_until_us > 0 and self._now_us() < self._stalled_until_us
+
+    def _handle_inbox(self) -> None:
+        """Handle received frames in order, unless a page erase stalls the CPU: then they
+        wait for the erase's end (its job step calls this again)."""
+        while self._inbox and not self._stalled():
+            self._handle_frame(self._inbox.popleft())
 
     def _handle_frame(self, frame: p.Frame) -> None:
         self._answering = frame.type
+        # A fault triggered by this command acts first; a reset means it was never seen.
+        self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.COMMAND, frame.type))
         self.commands_seen[frame.type] = self.commands_seen.get(frame.type, 0) + 1
-        self._observe(FirmwareEvent("command", msg_type=frame.type))
         if frame.type not in p.COMMAND_TYPES:
-            self._error(p.ErrorCode.UNKNOWN_COMMAND, f"unknown command 0x{frame.type:02X}")
-            return
-        try:
-            msg = p.parse_message(frame)
-        except p.ProtocolError as exc:
-            self._error(p.ErrorCode.BAD_FRAME, str(exc))
-            return
-        handler = self._HANDLERS[type(msg)]
-        handler(self, msg)
+            self._error(p.ErrorCode.UNKNOWN_COMMAND, type=frame.type)
+        else:
+            try:
+                msg = p.parse_message(frame)
+            except p.ProtocolError:
+                self._error(p.ErrorCode.BAD_FRAME)
+            else:
+                self._HANDLERS[type(msg)](self, msg)
+        self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.HANDLED, frame.type))
 
     def _on_info(self, msg: p.CmdInfo) -> None:
         self._reply(self.info())
 
     def _on_status(self, msg: p.CmdOtaStatus) -> None:
         self._reply(self.status())
+        s = self.session
+        if self.state == p.OtaState.RECEIVING and s is not None:
+            # So that a lost ACK cannot starve the host of credit: ACK all accepted bytes
+            # once they are written. The interval count restarts, as at every ACK.
+            s.accepted_since_ack = 0
+            self._after_written(s, self._ack, s, s.next_offset)
 
     def _on_abort(self, msg: p.CmdOtaAbort) -> None:
-        self._cancel_tasks()
-        self.state = p.OtaState.IDLE
-        self.session = None
-        self.pending_image = None
+        if self.state == p.OtaState.COMPLETE:
+            # The switch is committed (persisted before DONE): nothing is cancelled, and
+            # nothing may erase the staging bank under it.
+            self._reply(self.status())
+            return
+        self._end_session(p.OtaState.IDLE)
         self._reply(self.status())
 
     def _on_start(self, msg: p.CmdOtaStart) -> None:
-        if msg.image_size == 0 or msg.chunk_size == 0:
-            self._error(p.ErrorCode.BAD_PARAM, "image size and chunk size must be non-zero")
+        if msg.image_size == 0 or msg.chunk_size < p.MIN_CHUNK_SIZE:
+            self._error(p.ErrorCode.BAD_PARAM, what="image_size 0 or chunk_size below 4")
             return
         if msg.image_size > self.staging_capacity:
-            self._error(
-                p.ErrorCode.TOO_LARGE,
-                f"image of {msg.image_size} bytes exceeds staging capacity {self.staging_capacity}",
-            )
+            self._error(p.ErrorCode.TOO_LARGE)
             return
         s = self.session
-        busy = self.state in (p.OtaState.ERASING, p.OtaState.RECEIVING, p.OtaState.VERIFYING)
-        if busy and s is not None:
-            if (s.image_size, s.image_crc32) != (msg.image_size, msg.image_crc32):
-                self._error(
-                    p.ErrorCode.BAD_STATE, "another image's session is under way; abort first"
-                )
-            elif self.state == p.OtaState.RECEIVING:
-                self._reply(p.MsgOtaReady(s.max_chunk, self.window))
-            # ERASING: the erase goes on and READY follows; VERIFYING: DONE or ERROR follows.
+        if self.state == p.OtaState.COMPLETE:
+            self._error(p.ErrorCode.BAD_STATE)  # the switch is committed
             return
-        # From COMPLETE a reset is still pending (after MSG_OTA_DONE): the new session
-        # replaces the verified image, so that reset must not cut the new session short.
-        self._cancel_tasks()
-        self.session = OtaSession(
-            msg.image_size, msg.image_crc32, max_chunk=min(msg.chunk_size, DEVICE_MAX_CHUNK)
-        )
-        self.pending_image = None
-        self.state = p.OtaState.ERASING
-        self._erase_task = asyncio.get_running_loop().create_task(self._erase(self.session))
+        if self.state in (p.OtaState.ERASING, p.OtaState.RECEIVING, p.OtaState.VERIFYING):
+            assert s is not None
+            if (s.image_size, s.image_crc32) != (msg.image_size, msg.image_crc32):
+                self._error(p.ErrorCode.BAD_STATE)  # another image's session: ABORT first
+            elif self.state != p.OtaState.VERIFYING:
+                self._resume(s, msg)
+            # VERIFYING: DONE or CRC_MISMATCH follows.
+            return
+        self._new_session(msg)
 
-    async def _erase(self, session: OtaSession) -> None:
-        pages = math.ceil(session.image_size / PAGE_SIZE)
-        total = pages * PAGE_SIZE
-        page_time = self.timings.page_erase_time(pages)
-        for page in range(pages):
-            await asyncio.sleep(page_time)
-            start = page * PAGE_SIZE
-            self._staging[start : start + PAGE_SIZE] = b"\xff" * PAGE_SIZE
-            done = start + PAGE_SIZE
-            self._reply(p.MsgOtaProgress(p.OtaPhase.ERASE, done, total))
-            self._observe(FirmwareEvent("erase_progress", done=done, total=total))
-        self.state = p.OtaState.RECEIVING
-        self._reply(p.MsgOtaReady(session.max_chunk, self.window))
-        self._observe(FirmwareEvent("ready"))
+    def _resume(self, s: OtaSession, msg: p.CmdOtaStart) -> None:
+        """The same image's START while erasing or receiving (a host back after a link
+        drop): the session and its mode stay; the new chunk size applies (a reconnect may
+        have a smaller MTU); the ACK and rejection counts restart."""
+        s.max_chunk = p.granted_max_chunk(msg.chunk_size)
+        s.accepted_since_ack = 0
+        if self.state == p.OtaState.ERASING:
+            return  # READY follows when the erase ends, with this max_chunk
+        s.rejected = None
+        # READY again once every accepted byte is written: the host's credit starts at
+        # next_expected_offset, so the receive buffer must be empty by then.
+        self._after_written(s, self._send_ready, s)
+
+    def _new_session(self, msg: p.CmdOtaStart) -> None:
+        progressive = self.progressive_erase and bool(msg.flags & p.StartFlag.PROGRESSIVE_ERASE)
+        s = OtaSession(
+            msg.image_size,
+            msg.image_crc32,
+            max_chunk=p.granted_max_chunk(msg.chunk_size),
+            progressive=progressive,
+            pages=math.ceil(msg.image_size / PAGE_SIZE),
+        )
+        self._end_session(p.OtaState.IDLE)
+        self.session = s
+        if progressive:
+            self.state = p.OtaState.RECEIVING  # pages are erased as DATA reaches them
+            self._send_ready(s)
+            return
+        self.state = p.OtaState.ERASING
+        self._erase_next_page(s, 0)
+
+    def _end_session(self, state: p.OtaState) -> None:
+        """Forget the session; its queued flash work goes (a job under way completes)."""
+        self.session = None
+        self.state = state
+        self._jobs = deque(job for job in self._jobs if job is self._running_job)
+
+    # --- erasing (the whole image first) ----------------------------------------------
+
+    def _erase_next_page(self, s: OtaSession, page: int) -> None:
+        """Page ``page`` after its share of idle time (field mode: the firmware yields to
+        the radio between pages); its erase then stalls the CPU."""
+        idle = self.timings.page_erase_time(s.pages) - self.timings.page_stall_s(s.pages)
+        job = _FlashJob(s, p.MsgType.CMD_OTA_START, page=page)
+        job.after.append(lambda: self._page_erased_in_erasing(s, page))
+        idle_us = to_us(idle)
+        if idle_us > 0:
+            self._at(self._now_us() + idle_us, self._queue_job_if_current, job)
+        else:
+            self._queue_job(job)
+
+    def _queue_job_if_current(self, job: _FlashJob) -> None:
+        if job.session is self.session:
+            self._queue_job(job)
+
+    def _page_erased_in_erasing(self, s: OtaSession, page: int) -> None:
+        if self.state != p.OtaState.ERASING:
+            return
+        self._reply(p.MsgOtaProgress(p.OtaPhase.ERASE, (page + 1) * PAGE_SIZE, s.total_erase))
+        self._page_erased(s)
+        if page + 1 < s.pages:
+            self._erase_next_page(s, page + 1)
+        else:
+            self.state = p.OtaState.RECEIVING
+            self._send_ready(s)
+
+    def _page_erased(self, s: OtaSession) -> None:
+        s.pages_erased += 1
+        event = FirmwareEvent(
+            FirmwareEventKind.ERASE_PROGRESS, done=s.pages_erased * PAGE_SIZE, total=s.total_erase
+        )
+        self._call_out(self._observe, event)
+
+    def _send_ready(self, s: OtaSession) -> None:
+        if s is not self.session or self.state != p.OtaState.RECEIVING:
+            return
+        self._reply(p.MsgOtaReady(s.max_chunk, self.window))
+        self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.READY))
+
+    # --- DATA ----------------------------------------------------------------------------
 
     def _on_data(self, msg: p.CmdOtaData) -> None:
         s = self.session
         if self.state != p.OtaState.RECEIVING or s is None:
-            self._error(p.ErrorCode.BAD_STATE, f"DATA in state {self.state.name.lower()}")
+            if self.state != p.OtaState.ERASING or s is None or self._rate_limit(s):
+                self._error(p.ErrorCode.BAD_STATE)
             return
         size = len(msg.data)
         if size == 0 or size > s.max_chunk:
-            self._error(p.ErrorCode.BAD_PARAM, f"chunk of {size} bytes (max {s.max_chunk})")
+            self._error(p.ErrorCode.BAD_PARAM, what=f"chunk of {size} bytes, max {s.max_chunk}")
             return
         if msg.offset != s.next_offset:
             if msg.offset < s.next_offset:
@@ -282,110 +595,190 @@ class SmartBallFirmware:
                 self.data_rejected_ahead += 1
             self._reject_offset(s)
             return
-        if msg.offset + size > s.image_size:
-            self._error(
-                p.ErrorCode.BAD_OFFSET,
-                f"chunk at {msg.offset}+{size} runs past the image end {s.image_size}",
-            )
+        end = msg.offset + size
+        if end > s.image_size:
+            self._error(p.ErrorCode.BAD_OFFSET)
             return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        # A virtual clock (looptime) runs call_at(t) at t rounded to its 1 us resolution,
-        # so a chunk written "now" may read as not yet written: count it written.
-        while s.unwritten and s.unwritten[0] <= now + 1e-6:
-            s.unwritten.popleft()
-        if len(s.unwritten) >= self.rx_buffer_chunks:
+        if size % p.WORD_SIZE and end != s.image_size:
+            self._error(p.ErrorCode.BAD_PARAM, what=f"chunk of {size} bytes: not whole words")
+            return
+        if s.unwritten_chunks >= self.rx_buffer_chunks:
             self.data_dropped_full += 1  # the flash is behind: no room for this chunk
             self._reject_offset(s)
             return
-        self._staging[msg.offset : msg.offset + size] = msg.data
-        s.next_offset += size
-        s.rejected_since_status = None
+        s.next_offset = end
+        s.rejected = None
+        s.unwritten_chunks += 1
+        if s.progressive:
+            last_page = (end - 1) // PAGE_SIZE
+            for page in range(msg.offset // PAGE_SIZE, last_page + 1):
+                if page not in s.erase_queued:  # erased just before its first write
+                    s.erase_queued.add(page)
+                    job = _FlashJob(s, p.MsgType.CMD_OTA_DATA, page=page)
+                    job.after.append(lambda: self._page_erased(s))
+                    self._queue_job(job)
+        self._queue_job(
+            _FlashJob(
+                s,
+                p.MsgType.CMD_OTA_DATA,
+                offset=msg.offset,
+                data=pad_to_words(msg.data),
+                length=size,
+            )
+        )
         s.accepted_since_ack += 1
-        ack_now = s.next_offset == s.image_size or s.accepted_since_ack >= self.ack_interval
-        write_s = math.ceil(size / 4) * self.timings.write_word_s
-        if write_s:
-            written_at = max(now, s.flash_free_at) + write_s
-            s.flash_free_at = written_at
-            s.unwritten.append(written_at)
-        if ack_now:
-            # ACK what is in flash, when it is: the host's window then bounds the buffer.
+        if end == s.image_size or s.accepted_since_ack >= self.ack_interval:
+            # ACK what is in flash, once it is: the host's credit then bounds the buffer.
             s.accepted_since_ack = 0
-            if write_s:  # _ack ignores a session that ended meanwhile
-                loop.call_at(written_at, self._ack, s, s.next_offset)
-            else:  # an instant flash (a model setting): written as it arrives
-                self._ack(s, s.next_offset)
-        self._observe(FirmwareEvent("data_accepted", offset=s.next_offset, total=s.image_size))
+            self._after_written(s, self._ack, s, end)
+        event = FirmwareEvent(FirmwareEventKind.DATA_ACCEPTED, offset=end, total=s.image_size)
+        self._call_out(self._observe, event)
 
-    def _ack(self, session: OtaSession, written_offset: int) -> None:
-        if session is self.session and self.state == p.OtaState.RECEIVING:
-            self._reply(p.MsgOtaAck(written_offset))
+    def _rate_limit(self, s: OtaSession) -> bool:
+        """True for the rejected DATA that gets a reply: the first, then one per window."""
+        s.rejected = 0 if s.rejected is None or s.rejected >= self.window else s.rejected
+        s.rejected += 1
+        return s.rejected == 1
 
     def _reject_offset(self, s: OtaSession) -> None:
         # One STATUS per gap, then one per window of further rejects: enough for the host
         # to rewind, without a notification storm while its in-flight window drains.
-        if s.rejected_since_status is None or s.rejected_since_status >= self.window:
-            s.rejected_since_status = 0
+        if self._rate_limit(s):
             self._reply(self.status())
-        s.rejected_since_status += 1
+
+    def _ack(self, s: OtaSession, written_offset: int) -> None:
+        if s is self.session:
+            self._reply(p.MsgOtaAck(written_offset))
+
+    def _after_written(self, s: OtaSession, action: Callable[..., None], *args: Any) -> None:
+        """Run ``action`` once every byte the session has accepted so far is in flash."""
+        for job in reversed(self._jobs):
+            if job.session is s and not job.is_erase:
+                job.after.append(lambda: action(*args))
+                return
+        action(*args)
+
+    # --- the flash -------------------------------------------------------------------------
+
+    def _queue_job(self, job: _FlashJob) -> None:
+        self._jobs.append(job)
+        if self._running_job is None and not self._completing:
+            self._start_next_job()
+
+    def _start_next_job(self) -> None:
+        while self._running_job is None and self._jobs:
+            job = self._running_job = self._jobs[0]
+            now = self._now_us()
+            if job.is_erase:
+                duration = to_us(self.timings.page_stall_s(job.session.pages))
+                self._stalled_until_us = now + duration  # the CPU halts with the erase
+            else:
+                duration = to_us(self.timings.write_time(len(job.data)))
+            if duration:
+                self._at(now + duration, self._finish_job, job)
+            else:  # an instant flash (a model setting): written as it arrives
+                self._finish_job(job, start_next=False)
+
+    def _finish_job(self, job: _FlashJob, start_next: bool = True) -> None:
+        """The NVMC is done with ``job``: check it, retry a failure once, then run what
+        waited for it, handle what arrived during a stall, and start the next job."""
+        self._running_job = None
+        if self._jobs and self._jobs[0] is job:
+            self._jobs.popleft()
+        if job.is_erase:
+            assert job.page is not None
+            ok = self.flash.erase_page(job.page) and self.flash.is_erased(job.page)
+        else:
+            ok = self.flash.write_words(job.offset, job.data) and (
+                self.flash.read(job.offset, len(job.data)) == job.data
+            )
+        self._completing = True
+        try:
+            if not ok and not job.retried:
+                job.retried = True
+                self._jobs.appendleft(job)
+            elif not ok:
+                self._flash_failed(job)
+            elif job.session is self.session:
+                self._job_done(job)
+            if start_next:
+                self._handle_inbox()
+        finally:
+            self._completing = False
+        if start_next:
+            self._start_next_job()
+
+    def _job_done(self, job: _FlashJob) -> None:
+        s = job.session
+        if not job.is_erase:
+            s.unwritten_chunks -= 1
+            s.written_offset = job.offset + job.length
+        for action in job.after:
+            action()
+
+    def _flash_failed(self, job: _FlashJob) -> None:
+        what = f"page {job.page} erase" if job.is_erase else f"write at {job.offset}"
+        log.info("flash: %s failed twice", what)
+        if job.session is not self.session:
+            return  # an aborted session's last job: nobody waits for it
+        self._end_session(p.OtaState.ERROR)
+        self._error(p.ErrorCode.FLASH_ERROR, command=job.command)
+        self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.FLASH_ERROR))
+
+    # --- FINISH, verify, activation ---------------------------------------------------------
 
     def _on_finish(self, msg: p.CmdOtaFinish) -> None:
         s = self.session
         if self.state != p.OtaState.RECEIVING or s is None or s.next_offset != s.image_size:
-            have = f"{s.next_offset}/{s.image_size} bytes" if s else "no session"
-            self._error(
-                p.ErrorCode.BAD_STATE, f"FINISH in state {self.state.name.lower()} ({have})"
-            )
+            self._error(p.ErrorCode.BAD_STATE)
             return
         self.state = p.OtaState.VERIFYING
-        self._verify_task = asyncio.get_running_loop().create_task(self._verify(s))
+        # Once the last chunk is written (its ACK leaves first), read the flash back.
+        self._after_written(s, self._start_verify, s)
 
-    async def _verify(self, s: OtaSession) -> None:
-        flushing = s.flash_free_at - asyncio.get_running_loop().time()
-        await asyncio.sleep(max(0.0, flushing) + self.timings.verify_s_per_byte * s.image_size)
-        staged = bytes(self._staging[: s.image_size])
-        actual = p.crc32(staged)
-        if actual != s.image_crc32:
-            self.state = p.OtaState.ERROR
-            self.session = None
-            self._error(
-                p.ErrorCode.CRC_MISMATCH,
-                f"staged image crc32 {actual:08x} != expected {s.image_crc32:08x}; old image kept",
-                command=p.MsgType.CMD_OTA_FINISH,
-            )
-            self._observe(FirmwareEvent("verify_failed"))
+    def _start_verify(self, s: OtaSession) -> None:
+        if s is not self.session:
             return
+        duration = to_us(self.timings.verify_s_per_byte * s.image_size)
+        self._at(self._now_us() + duration, self._verify, s)
+
+    def _verify(self, s: OtaSession) -> None:
+        if s is not self.session or self.state != p.OtaState.VERIFYING:
+            return
+        actual = p.crc32(self.flash.read(0, s.image_size))  # the flash, read back
+        if actual != s.image_crc32:
+            self._end_session(p.OtaState.ERROR)
+            self._error(p.ErrorCode.CRC_MISMATCH, command=p.MsgType.CMD_OTA_FINISH)
+            self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.VERIFY_FAILED))
+            return
+        # Persisted before DONE goes out: from here a reset, or a power loss, switches.
+        self._pending = _PendingRecord(s.image_size, s.image_crc32)
         self.state = p.OtaState.COMPLETE
-        self.pending_image = FirmwareImage(staged, self.active.version)
         self._reply(p.MsgOtaDone(actual))
-        self._observe(FirmwareEvent("verified"))
-        await asyncio.sleep(self.timings.reset_delay_s)
-        self._request_reset()
+        self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.VERIFIED))
+        # Reset once DONE has left the radio, or after TX_COMPLETE_WAIT_S in any case.
+        self._at(self._now_us() + to_us(TX_COMPLETE_WAIT_S), self._activate, s)
+        self._call_out(self._when_sent, self._guarded(self._activate, s))
+
+    def _activate(self, s: OtaSession) -> None:
+        if s is not self.session or self.state != p.OtaState.COMPLETE or s.activating:
+            return
+        s.activating = True
+        self._call_out(self._request_reset)
 
     # --- helpers ---------------------------------------------------------------------
 
     def _reply(self, msg: p.DeviceMessage) -> None:
-        self._send(p.encode(msg))
+        self._call_out(self._send, p.encode(msg))
 
-    def _error(self, code: p.ErrorCode, text: str, command: int | None = None) -> None:
-        log.info("error %s: %s", code.name, text)
+    def _error(self, code: p.ErrorCode, command: int | None = None, **details: Any) -> None:
+        text = _TEXTS[code].format(state=self.state.name, **details)
+        encoded = text.encode()[: p.MAX_ERROR_TEXT].decode("utf-8", errors="ignore")
+        log.info("error %s: %s", code.name, encoded)
         answering = self._answering if command is None else command
-        self._reply(p.MsgError(code, answering, text))
-
-    def _cancel_tasks(self) -> None:
-        for task in (self._erase_task, self._verify_task):
-            if task is not None and not task.done() and task is not _current_task():
-                task.cancel()
-        self._erase_task = self._verify_task = None
+        self._reply(p.MsgError(code, answering, encoded))
 
     _HANDLERS: ClassVar[dict[type, Callable[[SmartBallFirmware, Any], None]]]
-
-
-def _current_task() -> asyncio.Task[object] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
 
 
 SmartBallFirmware._HANDLERS = {

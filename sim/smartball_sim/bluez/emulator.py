@@ -6,7 +6,7 @@ they talk to BlueZ: ``GetManagedObjects``, ``InterfacesAdded``/``InterfacesRemov
 ``Device1.Connect``/``Disconnect``, and NUS as ``GattService1``/``GattCharacteristic1``/
 ``GattDescriptor1`` objects with ``StartNotify``, ``AcquireNotify``, ``AcquireWrite`` and
 ``WriteValue``. Shapes, orders, paths and error names follow BlueZ's ``src/device.c``,
-``src/gatt-client.c`` and ``src/adapter.c`` (see ``shared/notes/bluez-emulator.md``).
+``src/gatt-client.c`` and ``src/adapter.c``; docs/faults.md ("Emulated BlueZ") lists them.
 
 Each device is a :class:`smartball_sim.device.SimDevice`, the same radio, firmware and fault
 injection as the in-process bleak backend (``sim/bleak_backend.py``). The emulator is the
@@ -248,8 +248,10 @@ class BluezEmulator:
         log.info("emulated BlueZ on %s: %s", self.bus_address, self.adapter_path)
 
     async def stop(self) -> None:
-        """Drop links, remove every object (bleak keeps a manager per loop and ignores
-        org.bluez leaving the bus; see the note's pitfall 6) and leave the bus."""
+        """Drop links, remove every object and leave the bus. bleak keeps one BlueZManager
+        per event loop and ignores org.bluez leaving the bus, so without the removals a
+        restarted emulator on the same loop would leave bleak with the old objects (a real
+        bluetoothd that exits sends no such removals)."""
         for dev in self.devices.values():
             if dev.connect_task is not None:
                 dev.connect_task.cancel()
@@ -574,7 +576,7 @@ class BluezEmulator:
         except ConnectRefused as exc:
             if exc.refusal is ConnectRefusal.ABORTED_AT_ONCE:
                 # BlueZ connected and lost it at once: bleak waits for Connected to go
-                # true -> false before it retries (the note's pitfall 7).
+                # true -> false before it retries; without it bleak hangs until its timeout.
                 self._set(dev.path, DEVICE, Connected=Variant("b", True))
                 self._set(dev.path, DEVICE, Connected=Variant("b", False))
             raise DBusFailure(ERR_FAILED, CONNECT_FAILED_TEXT[exc.refusal]) from None
@@ -849,7 +851,9 @@ class BluezEmulator:
 
     def _send_fd_reply(self, msg: Message, fd_sock: socket.socket, mtu: int) -> None:
         """Reply ``(h, q)``; our copy of the client's end is closed once the reply is
-        written (libdbus dups the fd; dbus-fast does not: the note's pitfall 4)."""
+        written. libdbus dups the fd it sends, dbus-fast does not: kept open any longer,
+        our copy would hide the client's close (no HUP), and a write right after
+        ``_acquire_mtu()`` would fail with ``NotPermitted: Write acquired``."""
         reply = Message.new_method_return(msg, "hq", [0, mtu], unix_fds=[fd_sock.fileno()])
         assert self.bus is not None
         future = self.bus.send(reply)

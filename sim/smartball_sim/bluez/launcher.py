@@ -9,7 +9,8 @@
 On entry it
 
 * starts ``dbus-daemon --nofork`` with a permissive config on a socket in a temporary
-  directory (pitfall 1 of ``shared/notes/bluez-emulator.md``: ``--print-address=1``);
+  directory (``--print-address=1``, with its value: without one, the option's optional
+  value swallows whatever option follows it);
 * runs :class:`~smartball_sim.bluez.emulator.BluezEmulator` on an event loop of its own, in a daemon
   thread of this process, on its own bus connection (bleak's loops, one per test, come and
   go; the emulator's stays);
@@ -39,6 +40,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pytest_smartball import protocol as p
 from smartball_sim.device import DEFAULT_ADDRESS, RadioTimings, SimDevice
 from smartball_sim.firmware import FlashTimings
 
@@ -65,9 +67,21 @@ _CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configura
 """
 
 
+#: Names the test run that starts daemons (``.ci/run`` sets it), so that two runs on one
+#: machine check only their own leftovers.
+RUN_ID_VARIABLE = "SMARTBALL_RUN_ID"
+
+
+def _daemon_tag() -> bytes:
+    run = os.environ.get(RUN_ID_VARIABLE, "")
+    return f"smartball-bluez-{run}-".encode() if run else b"smartball-bluez-"
+
+
 def leftover_daemons() -> list[int]:
-    """Pids of dbus-daemons a launcher started and nobody stopped (read from /proc, so no
-    procps needed). CI checks this is empty after the runs."""
+    """Pids of dbus-daemons a launcher of this run (``SMARTBALL_RUN_ID``; without it, of any
+    run) started and nobody stopped, read from /proc (no procps needed). CI checks this is
+    empty after the runs."""
+    tag = _daemon_tag()
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -76,11 +90,7 @@ def leftover_daemons() -> list[int]:
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if (
-            cmdline
-            and cmdline[0].endswith(b"dbus-daemon")
-            and b"smartball-bluez-" in b" ".join(cmdline)
-        ):
+        if cmdline and cmdline[0].endswith(b"dbus-daemon") and tag in b" ".join(cmdline):
             found.append(int(proc.name))
     return found
 
@@ -100,7 +110,7 @@ class DbusDaemonMissing(RuntimeError):
 
 
 def emulated_smartball(
-    name: str = "SmartBall",
+    name: str = p.DEFAULT_NAME,
     address: str = DEFAULT_ADDRESS,
     *,
     faults: Any = None,
@@ -134,7 +144,7 @@ class PrivateBus:
                 "the emulated BlueZ needs dbus-daemon, which is not installed; install it "
                 "(Debian/Ubuntu: apt-get install -y dbus-daemon, or the dbus package)"
             )
-        self.dir = Path(tempfile.mkdtemp(prefix="smartball-bluez-"))
+        self.dir = Path(tempfile.mkdtemp(prefix=_daemon_tag().decode()))
         config = self.dir / "system-bus.conf"
         socket_path = self.dir / "system_bus_socket"
         config.write_text(_CONFIG.replace("{socket}", str(socket_path)), encoding="utf-8")

@@ -8,10 +8,10 @@ BlueZ: on this link its BlueZ-only faults are left out, and the caller says so.
 
 from __future__ import annotations
 
-from ..faults import PROFILES, Fault, FaultPlan, FaultSpecError
+from ..faults import PROFILES, Effect, Fault, FaultPlan, FaultSpecError
 
 #: Effects that only mean something on BlueZ (its GATT cache and its D-Bus objects).
-BLUEZ_ONLY_EFFECTS = frozenset({"race", "stale-cache"})
+BLUEZ_ONLY_EFFECTS = frozenset({Effect.RACE, Effect.STALE_CACHE})
 
 
 class BlueZOnlyFault(FaultSpecError):

@@ -46,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +129,8 @@ class BumbleLink:
     #: Notification fragments not yet handed to the stack, in order.
     outbox: deque[bytes] = field(default_factory=deque)
     sending: bool = False
+    #: Called once the outbox is empty (handed to the controller) or the link has ended.
+    sent_waiters: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def mtu(self) -> int:
@@ -300,9 +302,17 @@ class SmartBallPeripheral:
             link.sending = True
             self._spawn(self._send_queued(link))
 
+    def when_sent(self, link: Link, callback: Callable[[], None]) -> None:
+        assert isinstance(link, BumbleLink)
+        if link.outbox or link.sending:
+            link.sent_waiters.append(callback)
+        else:
+            callback()
+
     def discard(self, link: Link) -> None:
         assert isinstance(link, BumbleLink)
         link.outbox.clear()
+        _wake(link)
 
     def link_ended(self, link: Link, reason: str, end: LinkEnd) -> None:
         assert isinstance(link, BumbleLink)
@@ -373,6 +383,7 @@ class SmartBallPeripheral:
                 await self.bumble.notify_subscriber(link.connection, self.tx, fragment)
         finally:
             link.sending = False
+            _wake(link)
 
     async def _hang_up(self, connection: Connection, reason: int) -> None:
         try:
@@ -409,6 +420,12 @@ class SmartBallPeripheral:
                     )
         finally:
             self._adv_running = False
+
+
+def _wake(link: BumbleLink) -> None:
+    waiters, link.sent_waiters = link.sent_waiters, []
+    for callback in waiters:
+        callback()
 
 
 def check_layout(device: Device) -> None:

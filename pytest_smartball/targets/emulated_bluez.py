@@ -1,4 +1,4 @@
-"""``pytest --device=real --bluez=emulated``: the real-device path against the emulated BlueZ.
+"""``--bluez=emulated``: the real-device path against the emulated BlueZ (pytest and CLI).
 
 :func:`start` is called from ``pytest_smartball.plugin``'s ``pytest_configure`` when the
 option is given, before the session starts (so before the plugin's real-device preflight
@@ -19,20 +19,62 @@ they run at the start.
 
 from __future__ import annotations
 
-import random
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
+
 from smartball_sim.bluez.launcher import DbusDaemonMissing, EmulatedBluez, emulated_smartball
 from smartball_sim.device import DEFAULT_ADDRESS
+from smartball_sim.firmware import FlashTimings
 
-from .image import FirmwareImage, load_image
-from .link import LinkSettings
-from .ota import OtaSettings
+from ..image import FirmwareImage, generated_image, load_image
+from ..link import LinkSettings
+from ..options import read_options
+from ..ota import OtaSettings
 
-#: The image OTA tests flash when --firmware is not given (small: real time).
-GENERATED_IMAGE_SIZE = 16_195
+#: The image OTA tests flash when --firmware is not given: small, because the emulated
+#: devices run in real time.
+REAL_TIME_IMAGE_SIZE = 16_195
+
+
+class EmulatorUnavailable(RuntimeError):
+    """The emulated BlueZ could not start (one sentence: what is missing)."""
+
+
+@contextmanager
+def running_emulator(
+    name: str,
+    addresses: Sequence[str],
+    *,
+    adapter: str = "hci0",
+    faults: Any = None,
+    seed: int = 0,
+    erase_time_s: float | None = None,
+    active_image: bytes | None = None,
+) -> Iterator[EmulatedBluez]:
+    """A private dbus-daemon and an emulated bluetoothd serving one simulated SmartBall per
+    address, for as long as the ``with`` block runs (the CLI's ``--bluez=emulated``)."""
+    options: dict[str, Any] = {}
+    if erase_time_s:
+        options["flash"] = FlashTimings(erase_total_s=erase_time_s)
+    if active_image is not None:
+        options["active_image"] = active_image
+    devices = [
+        emulated_smartball(name, address, faults=faults, seed=seed + i, **options)
+        for i, address in enumerate(addresses or (DEFAULT_ADDRESS,))
+    ]
+    try:
+        bluez = EmulatedBluez(devices, adapter=adapter).start()
+    except (DbusDaemonMissing, OSError, RuntimeError) as exc:
+        raise EmulatorUnavailable(f"cannot start the emulated BlueZ: {exc}") from None
+    try:
+        yield bluez
+    finally:
+        bluez.stop()
+
 
 _STASH = pytest.StashKey[EmulatedBluez]()
 
@@ -43,27 +85,21 @@ def start(config: pytest.Config) -> EmulatedBluez:
             "--bluez=emulated replaces bluetoothd for the real-device path: use it with "
             "--device=real (--device=sim needs no BlueZ at all)"
         )
-    from .plugin import _options
-
-    name = config.getoption("--ble-name")
-    addresses = _options(config).addresses or (DEFAULT_ADDRESS,)
+    opts = read_options(config)
     options: dict[str, Any] = {}
-    baseline = config.getoption("--baseline-firmware")
-    if baseline:
-        options["active_image"] = load_image(baseline).data
-    faults = config.getoption("--sim-faults")
-    seed = config.getoption("--sim-seed")
+    if opts.baseline:
+        options["active_image"] = load_image(opts.baseline).data
     devices = [
-        emulated_smartball(name, address, faults=faults, seed=seed + i, **options)
-        for i, address in enumerate(addresses)
+        emulated_smartball(opts.name, address, faults=opts.faults, seed=opts.seed + i, **options)
+        for i, address in enumerate(opts.addresses or (DEFAULT_ADDRESS,))
     ]
     try:
-        bluez = EmulatedBluez(devices, adapter=config.getoption("--ble-adapter")).start()
+        bluez = EmulatedBluez(devices, adapter=opts.adapter).start()
     except (DbusDaemonMissing, OSError, RuntimeError) as exc:
         raise pytest.UsageError(f"--bluez=emulated: {exc}") from None
     config.stash[_STASH] = bluez
     config.add_cleanup(bluez.stop)
-    # Registered after pytest_smartball.plugin: its fixtures below override the plugin's.
+    # Registered after the plugin's fixtures module: the fixtures below override those.
     config.pluginmanager.register(sys.modules[__name__], "smartball-emulated-bluez")
     return bluez
 
@@ -116,6 +152,4 @@ def firmware_image(pytestconfig: pytest.Config) -> FirmwareImage:
     path = pytestconfig.getoption("--firmware")
     if path:
         return load_image(path)
-    seed = pytestconfig.getoption("--sim-seed")
-    data = random.Random(seed).randbytes(GENERATED_IMAGE_SIZE)
-    return FirmwareImage(data, f"generated-{GENERATED_IMAGE_SIZE}.bin")
+    return generated_image(pytestconfig.getoption("--sim-seed"), REAL_TIME_IMAGE_SIZE)

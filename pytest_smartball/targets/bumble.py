@@ -1,11 +1,10 @@
 """The simulated SmartBall reached through Google's Bumble BLE stack (``--sim-link=bumble``).
 
-``make_bumble_target`` is the one entry the pytest plugin and the CLI call: the same
-SimDevice as ``simulated.make_sim_target`` (firmware model, fault plan, seed), served by a
-Bumble peripheral and reached by a Bumble central behind bleak's backend interface, so
-every byte crosses real HCI, L2CAP and ATT. It runs on the same virtual clock.
-
-Import it only when ``--sim-link=bumble`` is asked for (it imports the simulator).
+``make_bumble_target`` is the one entry the pytest plugin, the CLI, the fuzz properties and
+the benchmark call: the same SimDevice as :func:`.simulated.make_sim_target` (firmware
+model, fault plan, seed), served by a Bumble peripheral and reached by a Bumble central
+behind bleak's backend interface, so every byte crosses real HCI, L2CAP and ATT. It runs on
+the same virtual clock. Import it only when ``--sim-link=bumble`` is asked for.
 """
 
 from __future__ import annotations
@@ -15,14 +14,23 @@ from typing import TYPE_CHECKING, Any
 
 from smartball_sim.bumble.faults import BlueZOnlyFault  # no bumble import
 
-from .link import BleBackend
+from .. import protocol as p
+from ..link import BleBackend
+from . import Target
 
-if TYPE_CHECKING:  # the rest of the simulator, and bumble, load when a target is built
+if TYPE_CHECKING:  # bumble loads when a target is built
     from smartball_sim.bumble.central import BumbleWorld
     from smartball_sim.device import SimDevice
     from smartball_sim.faults import FaultPlan
 
-__all__ = ["BlueZOnlyFault", "BumbleTarget", "BumbleUnavailable", "make_bumble_target"]
+__all__ = [
+    "INSTALL_HINT",
+    "BlueZOnlyFault",
+    "BumbleTarget",
+    "BumbleUnavailable",
+    "check_bumble_faults",
+    "make_bumble_target",
+]
 
 INSTALL_HINT = (
     "--sim-link=bumble needs Google's Bumble BLE stack: pip install 'pytest-smartball[bumble]'"
@@ -42,34 +50,48 @@ def require_bumble() -> None:
 
 
 @dataclass(slots=True)
-class BumbleTarget:
-    """Same fields as ``simulated.SimTarget``: the device, its world, the bleak backend."""
+class BumbleTarget(Target):
+    """A Target whose device is served over Bumble, with the world that holds the stacks."""
 
-    device: SimDevice
-    world: BumbleWorld
-    backend: BleBackend
+    world: BumbleWorld | None = None
+
+    @property
+    def device(self) -> SimDevice:
+        """The simulated device (always there on this kind of target)."""
+        assert self.sim is not None
+        return self.sim
+
+    @property
+    def negotiated_mtu(self) -> int | None:
+        """The ATT MTU of the last connection the client set up (None before any)."""
+        return self.world.negotiated_mtu if self.world is not None else None
 
 
 def make_bumble_target(
-    name: str = "SmartBall",
+    name: str = p.DEFAULT_NAME,
     address: str | None = None,
     *,
     faults: FaultPlan | str | None = None,
     seed: int = 0,
+    erase_time_s: float | None = None,
     exchange_mtu: int | None = 517,
     **device_options: Any,
 ) -> BumbleTarget:
     """A simulated SmartBall served by a Bumble peripheral, and the backend of a Bumble
     central that reaches it. ``exchange_mtu=None``: the central never exchanges the ATT
-    MTU (the link stays at 23). Raises BumbleUnavailable without bumble, FaultSpecError for
-    a fault the Bumble link cannot express (``race``, ``stale-cache``)."""
+    MTU (the link stays at 23). Raises BumbleUnavailable without bumble, BlueZOnlyFault
+    for a fault the Bumble link cannot express (``race``, ``stale-cache``); a named
+    profile's BlueZ-only faults are left out and the fault log says so."""
     require_bumble()
     from smartball_sim.bumble.central import BumbleWorld
     from smartball_sim.bumble.faults import plan_for_bumble, refuse_bluez_only
     from smartball_sim.device import DEFAULT_ADDRESS, FaultRecord, SimDevice
+    from smartball_sim.firmware import FlashTimings
 
     plan, left_out = plan_for_bumble(faults)
     refuse_bluez_only(plan)
+    if erase_time_s:
+        device_options["flash"] = FlashTimings(erase_total_s=erase_time_s)
     device = SimDevice(name, address or DEFAULT_ADDRESS, faults=plan, seed=seed, **device_options)
     for fault in left_out:
         device.fault_log.append(
@@ -82,18 +104,14 @@ def make_bumble_target(
         )
     world = BumbleWorld([device], exchange_mtu=exchange_mtu)
     backend = BleBackend(
-        world.scanner_backend,
-        world.client_backend,
-        "sim-bumble",
-        forget=world.forget,
-        warnings=world.warnings,
+        world.scanner_backend, world.client_backend, forget=world.forget, warnings=world.warnings
     )
-    return BumbleTarget(device, world, backend)
+    return BumbleTarget(backend, device.name, device.address, device, world)
 
 
 def check_bumble_faults(spec: str | None) -> None:
-    """Before a run: BumbleUnavailable without bumble, FaultSpecError (a ValueError) for a
-    plan the Bumble link refuses, so the run stops with one sentence before any test."""
+    """Before a run: BumbleUnavailable without bumble, BlueZOnlyFault (a FaultSpecError)
+    for a plan the Bumble link refuses, so the run stops with one sentence before any test."""
     require_bumble()
     from smartball_sim.bumble.faults import plan_for_bumble, refuse_bluez_only
 

@@ -1,0 +1,309 @@
+"""``smartball-ota``'s arguments: the parser, the checks argparse cannot make, and the
+settings derived from them (:class:`Context`). Every bad argument becomes a
+:class:`~.errors.CliError` with one sentence and the command's one-line usage."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, NoReturn
+
+from .. import protocol as p
+from ..link import LinkSettings
+from ..ota import OtaSettings
+from .errors import EXIT_BAD_INPUT, EXIT_CODES, CliError
+
+PROG = "smartball-ota"
+log = logging.getLogger("pytest_smartball.cli")
+
+#: How long `scan` lists what advertises (finding one device uses LinkSettings's timeout).
+LIST_SCAN_TIMEOUT_S = 5.0
+
+#: Options shared by every subcommand; accepted before or after the subcommand's name.
+COMMON_DEFAULTS: dict[str, Any] = {
+    "name": p.DEFAULT_NAME,
+    "address": None,
+    "adapter": "hci0",
+    "bluez": "system",
+    "sim": False,
+    "faults": None,
+    "seed": 0,
+    "json": False,
+    "verbose": 0,
+    "realtime": False,
+    "erase_time": None,
+    "sim_address": None,
+    "sim_link": "model",
+    "scan_timeout": None,
+    "settle": LinkSettings().settle_s,
+}
+SIM_ONLY = {
+    "faults": "--faults",
+    "realtime": "--realtime",
+    "erase_time": "--erase-time",
+    "sim_address": "--sim-address",
+    "sim_link": "--sim-link",
+}
+
+
+def package_version() -> str:
+    try:
+        return version("pytest-smartball")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a bad argument raises one CliError instead of printing the
+    whole usage block and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(
+            EXIT_BAD_INPUT, message or "bad arguments", usage=self.format_usage().strip()
+        )
+
+
+def _number(text: str, *, minimum: float, inclusive: bool, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of {what}") from None
+    ok = value >= minimum if inclusive else value > minimum
+    if not ok or not math.isfinite(value):
+        bound = f"{'at least' if inclusive else 'more than'} {minimum:g}"
+        raise argparse.ArgumentTypeError(f"{text!r}: must be {bound} {what}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    return _number(text, minimum=0, inclusive=True, what="seconds")
+
+
+def _positive_seconds(text: str) -> float:
+    return _number(text, minimum=0, inclusive=False, what="seconds")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    """Common options. Defaults are SUPPRESSed so that an option given before the
+    subcommand is not overwritten by the subparser's default; parse_args fills them in."""
+    s = argparse.SUPPRESS
+    dev = parser.add_argument_group("device")
+    dev.add_argument("--name", default=s, help=f"advertised name (default: {p.DEFAULT_NAME})")
+    dev.add_argument(
+        "--address", default=s, help="Bluetooth address of the device (preferred over --name)"
+    )
+    dev.add_argument("--adapter", default=s, help="BlueZ adapter (default: hci0)")
+    dev.add_argument(
+        "--bluez",
+        choices=("system", "emulated"),
+        default=s,
+        help="the system's BlueZ (default), or 'emulated': a private dbus-daemon and an "
+        "emulated bluetoothd serving a simulated SmartBall, in real time, through the real "
+        "BlueZ code path (--faults, --seed, --erase-time, --sim-address apply)",
+    )
+    dev.add_argument(
+        "--scan-timeout",
+        type=_positive_seconds,
+        default=s,
+        metavar="S",
+        help=f"how long to look for the device (default: {LinkSettings().scan_timeout_s:g} s; "
+        f"for the scan listing {LIST_SCAN_TIMEOUT_S:g} s)",
+    )
+    dev.add_argument(
+        "--settle",
+        type=_seconds,
+        default=s,
+        metavar="S",
+        help=f"pause after connecting before the first GATT call, for BlueZ's service "
+        f"discovery race (default: {LinkSettings().settle_s:g} s)",
+    )
+    sim = parser.add_argument_group("simulator")
+    sim.add_argument(
+        "--sim",
+        action="store_true",
+        default=s,
+        help="run against a simulated SmartBall in-process (virtual time unless --realtime)",
+    )
+    sim.add_argument(
+        "--faults",
+        default=s,
+        metavar="SPEC",
+        help="with --sim: faults to inject, e.g. 'drop@erase:50%%,reboot@offset:200000' or a "
+        "profile such as field-linux; docs/faults.md lists them",
+    )
+    sim.add_argument(
+        "--seed", type=_int, default=s, metavar="N", help="simulator random seed (default: 0)"
+    )
+    sim.add_argument(
+        "--realtime",
+        action="store_true",
+        default=s,
+        help="with --sim: run at device speed instead of on a virtual clock",
+    )
+    sim.add_argument(
+        "--erase-time",
+        type=_positive_seconds,
+        default=s,
+        metavar="S",
+        help="with --sim: the whole staging erase takes S seconds (field: 15-40 s; "
+        "default: 85 ms per 4 KiB page)",
+    )
+    sim.add_argument(
+        "--sim-address",
+        default=s,
+        metavar="ADDR",
+        help="with --sim: the simulated device's address (default: the simulator's own)",
+    )
+    sim.add_argument(
+        "--sim-link",
+        choices=("model", "bumble"),
+        default=s,
+        help="with --sim: what carries the BLE link: our radio model (default) or Google's "
+        "Bumble stack (real HCI/L2CAP/ATT; pip install 'pytest-smartball[bumble]')",
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "--json",
+        action="store_true",
+        default=s,
+        help="print one JSON object on stdout instead of human-readable output",
+    )
+    out.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=s,
+        help="-v: info logging and the update's full event log; -vv: debug logging",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
+        prog=PROG,
+        usage=f"{PROG} [options] COMMAND ...",
+        description="Robust BLE OTA updates for SmartBall devices over the Nordic UART "
+        "Service, against real hardware (BlueZ) or a simulated SmartBall (--sim).",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
+    _add_common(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help: str, positional: str = "") -> argparse.ArgumentParser:
+        cmd = sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=EXIT_CODES,
+            usage=f"{PROG} {name} [options]{' ' + positional if positional else ''}",
+        )
+        cmd.formatter_class = fmt
+        _add_common(cmd)
+        return cmd
+
+    add("scan", "list devices advertising the Nordic UART Service, strongest first")
+    add("info", "show the device's firmware version and active image")
+    add("status", "show the device's OTA session (state, next offset, image size and CRC)")
+    add("abort", "abort the device's OTA session (the active image is untouched)")
+    flash = add("flash", "update the device with an image (.bin or Intel .hex); resumable", "IMAGE")
+    flash.add_argument("image", metavar="IMAGE", help="firmware image, .bin or Intel .hex")
+    ota = flash.add_argument_group("update")
+    defaults = OtaSettings()
+    ota.add_argument(
+        "--stabilise",
+        type=_seconds,
+        default=defaults.stabilise_s,
+        metavar="S",
+        help=f"pause after READY before the first data (default: {defaults.stabilise_s:g} s)",
+    )
+    ota.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        default=defaults.max_attempts_without_progress,
+        metavar="N",
+        help="reconnect attempts in a row without the device getting further before giving "
+        f"up (default: {defaults.max_attempts_without_progress})",
+    )
+    ota.add_argument(
+        "--reappear-timeout",
+        type=_positive_seconds,
+        default=defaults.reappear_timeout_s,
+        metavar="S",
+        help="how long a vanished device (reset, advertising pause) is waited for "
+        f"(default: {defaults.reappear_timeout_s:g} s)",
+    )
+    ota.add_argument(
+        "--clear-cache",
+        action="store_true",
+        help="forget the device in BlueZ (its cached GATT database) before connecting; "
+        "with --sim, the simulated stack's cache",
+    )
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse and validate; raises CliError(EXIT_BAD_INPUT) for every bad argument."""
+    args = build_parser().parse_args(argv)
+    for key, value in COMMON_DEFAULTS.items():
+        if not hasattr(args, key):
+            setattr(args, key, value)
+    if args.sim and args.bluez == "emulated":
+        raise CliError(EXIT_BAD_INPUT, "--bluez=emulated is the real-device path; leave out --sim")
+    if not args.sim and args.bluez != "emulated":
+        given = [
+            flag for key, flag in SIM_ONLY.items() if getattr(args, key) != COMMON_DEFAULTS[key]
+        ]
+        if given:
+            raise CliError(
+                EXIT_BAD_INPUT,
+                f"{', '.join(given)} only work{'s' if len(given) == 1 else ''} with --sim "
+                "(the simulated SmartBall)",
+            )
+    return args
+
+
+class Context:
+    """The parsed options and the settings derived from them, shared by the commands."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.json: bool = args.json
+        self.simulated: bool = args.sim
+        self.emulated: bool = args.bluez == "emulated"
+        self.virtual: bool = args.sim and not args.realtime
+        self.link_settings = LinkSettings(
+            settle_s=args.settle,
+            scan_timeout_s=args.scan_timeout or LinkSettings().scan_timeout_s,
+        )
+
+    @property
+    def clock_note(self) -> str:
+        if not self.simulated:
+            return ""
+        if self.virtual:
+            return "simulated SmartBall; times are simulated on a virtual clock, not wall time"
+        return "simulated SmartBall, running in real time"
+
+    def link_event(self, kind: str, detail: str) -> None:
+        log.info("link: %s %s", kind, detail)

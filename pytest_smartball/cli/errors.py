@@ -1,0 +1,44 @@
+"""Exit codes of ``smartball-ota`` and the error every expected failure becomes."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_NOT_FOUND = 3
+EXIT_FAILED = 4
+EXIT_REFUSED = 5
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES = """\
+exit codes:
+  0    success
+  2    bad input: missing, empty, malformed or too large image (larger than the device's
+       staging area), bad arguments, bad --faults spec
+  3    device not found, or no usable Bluetooth (BlueZ, system D-Bus or adapter missing)
+  4    update failed after retries (reconnects without progress exhausted), or link
+       trouble during info/status/abort; the device keeps its old image
+  5    the device refused the image or a command (e.g. CRC mismatch)
+  130  interrupted (Ctrl-C): the device keeps its old image; run flash again to resume
+"""
+
+
+def interrupted_sentence(simulated: bool) -> str:
+    if simulated:
+        return (
+            "interrupted: the simulated SmartBall lived in this process and is gone with it; "
+            "nothing was written to a real device"
+        )
+    return (
+        "interrupted: the device keeps its old image; run `smartball-ota flash IMAGE` again "
+        "to resume the update where the device stopped"
+    )
+
+
+class CliError(Exception):
+    """An expected failure: one sentence for stderr and the exit code (and, for a bad
+    argument, the command's one-line usage)."""
+
+    def __init__(self, code: int, message: str, usage: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.usage = usage

@@ -1,0 +1,265 @@
+"""The protocol contract as data: the command x state table, the device's timing obligations
+and the test vectors, read from this package's ``contract/`` directory.
+
+Pure: no I/O but reading its own package data, so the simulator, the client and the HIL
+suite on a real bench all read the same files. ``docs/protocol.md`` renders the table and
+the timings from here (``render_command_state_table``, ``render_timing_table``) and a test
+checks that the document says the same. The vectors are generated from the reference
+model (``python -m smartball_sim.contract_vectors --write``) and read by tests, and by the
+firmware team's C tests: hex in, frames / replies / states out.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from . import protocol as p
+
+STATES: tuple[p.OtaState, ...] = tuple(p.OtaState)
+
+
+def _read(name: str) -> Any:
+    return json.loads(resources.files(__package__).joinpath("contract", name).read_text("utf-8"))
+
+
+# --- the command x state table ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """What one command case does in one state."""
+
+    #: Messages the command causes, in order: "MSG_OTA_STATUS", "MSG_ERROR:BAD_STATE", ...
+    reply: tuple[str, ...]
+    #: The state once the command is handled.
+    state: p.OtaState
+    #: What follows without another command ("X+": one or more, "X?": zero or one) ...
+    then: tuple[str, ...] = ()
+    #: ... and the state after it (None: nothing follows).
+    then_state: p.OtaState | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: str
+    command: str
+    case: str
+    cells: dict[p.OtaState, Cell]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandStateTable:
+    about: str
+    rows: tuple[Row, ...]
+    notes: dict[str, str]
+
+    def row(self, row_id: str) -> Row:
+        return next(r for r in self.rows if r.id == row_id)
+
+
+def _cell(data: dict[str, Any]) -> Cell:
+    then_state = data.get("then_state")
+    return Cell(
+        reply=tuple(data["reply"]),
+        state=p.OtaState[data["state"]],
+        then=tuple(data.get("then", ())),
+        then_state=p.OtaState[then_state] if then_state else None,
+        notes=tuple(data.get("notes", ())),
+    )
+
+
+@functools.cache
+def command_state_table() -> CommandStateTable:
+    data = _read("command_state.json")
+    assert data["states"] == [s.name for s in STATES], "the table's states are the protocol's"
+    rows = tuple(
+        Row(
+            r["id"],
+            r["command"],
+            r["case"],
+            {p.OtaState[state]: _cell(cell) for state, cell in r["cells"].items()},
+        )
+        for r in data["rows"]
+    )
+    return CommandStateTable(data["about"], rows, dict(data["notes"]))
+
+
+def message_token(msg: p.Message) -> str:
+    """A message as the table names it: its type name, with the code for MSG_ERROR."""
+    if isinstance(msg, p.MsgError):
+        return f"MSG_ERROR:{msg.code_name}"
+    return msg.TYPE.name
+
+
+def matches(tokens: tuple[str, ...], messages: list[str]) -> bool:
+    """Whether message tokens (see :class:`Cell`) match the tokens of messages, in order."""
+    if not tokens:
+        return not messages
+    head, rest = tokens[0], tokens[1:]
+    if head.endswith("?"):
+        name = head[:-1]
+        return matches(rest, messages) or (
+            bool(messages) and messages[0] == name and matches(rest, messages[1:])
+        )
+    if head.endswith("+"):
+        name = head[:-1]
+        if not messages or messages[0] != name:
+            return False
+        n = 1
+        while n < len(messages) and messages[n] == name:
+            n += 1
+        return any(matches(rest, messages[k:]) for k in range(1, n + 1))
+    return bool(messages) and messages[0] == head and matches(rest, messages[1:])
+
+
+def _short(token: str) -> str:
+    name = token.rstrip("+?")
+    suffix = token[len(name) :]
+    if name.startswith("MSG_ERROR:"):
+        short = f"ERROR({name.split(':')[1]})"
+    else:
+        short = name.removeprefix("MSG_OTA_").removeprefix("MSG_")
+    return short + {"+": "…", "?": "?", "": ""}[suffix]
+
+
+def render_cell(cell: Cell, note_numbers: dict[str, int], state: p.OtaState) -> str:
+    text = ", ".join(_short(t) for t in cell.reply) or "—"
+    if cell.state != state:
+        text += f" → {cell.state.name}"
+    if cell.then or cell.then_state:
+        then = ", ".join(_short(t) for t in cell.then)
+        text += f"; then {then} → {cell.then_state.name if cell.then_state else '?'}"
+    if cell.notes:
+        text += " " + "".join(f"[{note_numbers[n]}]" for n in cell.notes)
+    return text
+
+
+def render_command_state_table() -> str:
+    """The table as docs/protocol.md shows it (Markdown), notes numbered below it."""
+    table = command_state_table()
+    order: list[str] = []
+    for row in table.rows:
+        for state in STATES:
+            for note in row.cells[state].notes:
+                if note not in order:
+                    order.append(note)
+    numbers = {note: i for i, note in enumerate(order, start=1)}
+    lines = [
+        "| command | case | " + " | ".join(s.name for s in STATES) + " |",
+        "|---|---|" + "---|" * len(STATES),
+    ]
+    for row in table.rows:
+        cells = [render_cell(row.cells[s], numbers, s) for s in STATES]
+        lines.append(f"| `{row.command}` | {row.case or 'any'} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.extend(f"[{numbers[n]}] {table.notes[n]}  " for n in order)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# --- timing obligations ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Obligation:
+    name: str
+    seconds: float
+    start: str
+    end: str
+    per_megabyte_s: float = 0.0
+    after_activation_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """The device's timing obligations (seconds, maxima)."""
+
+    obligations: tuple[Obligation, ...]
+
+    def __getitem__(self, name: str) -> Obligation:
+        return next(o for o in self.obligations if o.name == name)
+
+    @property
+    def progress_gap_max_s(self) -> float:
+        return self["progress_gap_max_s"].seconds
+
+    @property
+    def ready_after_erase_max_s(self) -> float:
+        return self["ready_after_erase_max_s"].seconds
+
+    @property
+    def ack_latency_max_s(self) -> float:
+        return self["ack_latency_max_s"].seconds
+
+    @property
+    def reply_max_s(self) -> float:
+        return self["reply_max_s"].seconds
+
+    def verify_max_s(self, image_size: int) -> float:
+        o = self["verify_max_s"]
+        return o.seconds + o.per_megabyte_s * image_size / 1_000_000
+
+    @property
+    def done_to_disconnect_max_s(self) -> float:
+        return self["done_to_disconnect_max_s"].seconds
+
+    def reset_to_advertising_max_s(self, activation: bool) -> float:
+        o = self["reset_to_advertising_max_s"]
+        if activation and o.after_activation_s is not None:
+            return o.after_activation_s
+        return o.seconds
+
+    @property
+    def decoder_idle_s(self) -> float:
+        return self["decoder_idle_s"].seconds
+
+
+@functools.cache
+def timing() -> Timing:
+    data = _read("timing.json")
+    return Timing(
+        tuple(
+            Obligation(
+                o["name"],
+                o["seconds"],
+                o["from"],
+                o["to"],
+                o.get("per_megabyte_s", 0.0),
+                o.get("after_activation_s"),
+            )
+            for o in data["obligations"]
+        )
+    )
+
+
+def render_timing_table() -> str:
+    lines = ["| obligation | at most | from | to |", "|---|---|---|---|"]
+    for o in timing().obligations:
+        limit = f"{o.seconds:g} s"
+        if o.per_megabyte_s:
+            limit += f" + {o.per_megabyte_s:g} s per MB"
+        if o.after_activation_s is not None:
+            limit += f" ({o.after_activation_s:g} s after an activation)"
+        lines.append(f"| `{o.name}` | {limit} | {o.start} | {o.end} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- vectors --------------------------------------------------------------------------------
+
+VECTOR_FILES = ("codec.json", "decoder.json", "device.json")
+
+
+def vectors(name: str) -> dict[str, Any]:
+    """One vector file (``codec.json``, ``decoder.json`` or ``device.json``), as JSON."""
+    if name not in VECTOR_FILES:
+        raise KeyError(f"no vector file {name!r} (one of {', '.join(VECTOR_FILES)})")
+    return _read(f"vectors/{name}")
+
+
+def vector_text(name: str) -> str:
+    """A vector file's text exactly as packaged (what the generator's --check compares)."""
+    return resources.files(__package__).joinpath("contract", "vectors", name).read_text("utf-8")

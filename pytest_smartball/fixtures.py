@@ -1,0 +1,245 @@
+"""The plugin's fixtures: the device under test (``smartball``), a connected NUS link
+(``nus``), an OTA engine factory (``ota``), the image to flash (``firmware_image``) and, on
+the simulator only, the simulated device itself (``sim_device``).
+
+On the simulator every test that uses these fixtures (or a SmartBall marker) runs on
+looptime's virtual clock (:mod:`pytest_smartball.plugin` decides); on hardware time is
+real and, after each test, the device is returned to idle and its baseline image
+(:mod:`pytest_smartball.known_state`), so tests run in any order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import warnings
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from . import loops
+from . import protocol as p
+from .image import FirmwareImage, generated_image, load_image
+from .link import LinkSettings, NusLink, find_device
+from .options import SmartBallOptions, read_options
+from .ota import OtaEngine, OtaSettings
+from .recording import CALLED, ENGINES, LINK_EVENTS, TARGET, UPDATES, Update
+from .session import SmartBallSession, smartball_session
+from .targets import Target
+
+#: Fixtures whose tests are the plugin's business (they get virtual time on the simulator).
+SMARTBALL_FIXTURES = frozenset({"smartball", "nus", "ota", "sim_device", "firmware_image"})
+
+
+@pytest.fixture(scope="session")
+def smartball_options(pytestconfig: pytest.Config) -> SmartBallOptions:
+    return read_options(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def smartball_reset_settings() -> OtaSettings:
+    """Settings for returning a real device to its baseline between tests."""
+    return OtaSettings()
+
+
+@pytest.fixture
+def smartball(
+    request: pytest.FixtureRequest,
+    smartball_options: SmartBallOptions,
+    smartball_reset_settings: OtaSettings,
+) -> Iterator[Target]:
+    """The device under test: name, address, the backend that reaches it and, on the
+    simulator, the simulated device (``.sim``).
+
+    On real hardware the device is returned to idle and its baseline image after the test.
+    """
+    opts = smartball_options
+    state = smartball_session(request.config)
+    if opts.device == "real":
+        assert state.backend is not None, "--device=real without a session start"
+        target = Target(state.backend, opts.name, state.address)
+        request.node.stash[TARGET] = target
+        state.reset_settings = smartball_reset_settings
+        yield target
+        if request.node.stash.get(CALLED, False):
+            _return_to_baseline(request.node, state, target, smartball_reset_settings)
+        return
+    from .targets.simulated import make_sim_target  # the simulator, only when a test needs it
+
+    make_target: Callable[..., Target] = make_sim_target
+    refused: tuple[type[Exception], ...] = ()
+    if opts.sim_link == "bumble":
+        from .targets.bumble import BlueZOnlyFault
+        from .targets.bumble import make_bumble_target as make_target
+
+        refused = (BlueZOnlyFault,)
+
+    marker = request.node.get_closest_marker("faults")
+    spec = ",".join(s for s in (opts.faults, marker.args[0] if marker else None) if s)
+    # Each test gets its own device, seeded from --sim-seed and the test id: reproducible,
+    # and independent of test order.
+    seed = opts.seed ^ zlib.crc32(request.node.nodeid.encode())
+    options: dict[str, Any] = {}
+    if state.baseline_image is not None:
+        options["active_image"] = state.baseline_image.data
+    try:
+        target = make_target(opts.name, state.address, faults=spec, seed=seed, **options)
+    except refused as exc:  # the test's plan needs BlueZ; the Bumble link refuses it
+        pytest.skip(str(exc))
+    request.node.stash[TARGET] = target
+    assert target.sim is not None
+    if state.sim_first is None:
+        state.sim_first = target.sim.firmware.info()
+        state.address = state.address or target.address  # what the report names
+    yield target
+
+
+def _return_to_baseline(
+    item: pytest.Item, state: SmartBallSession, target: Target, settings: OtaSettings
+) -> None:
+    from .known_state import ResetFailed, return_to_baseline
+
+    device = state.mine
+    if device is None:
+        return
+    try:
+        outcome = loops.run(
+            return_to_baseline(
+                target.backend,
+                name=target.name,
+                address=target.address,
+                baseline=device.baseline,
+                baseline_image=state.baseline_image,
+                settings=settings,
+            )
+        )
+    except ResetFailed as exc:
+        pytest.fail(f"smartball: {exc}", pytrace=False)
+    device.current = outcome.info
+    if outcome.restored is not None:
+        assert state.baseline_image is not None
+        item.stash.setdefault(UPDATES, []).append(
+            Update(
+                state.baseline_image,
+                outcome.restored,
+                outcome.found,
+                "restore",
+                address=target.address,
+            )
+        )
+    if outcome.warning:
+        warnings.warn(pytest.PytestWarning(f"smartball: {outcome.warning}"), stacklevel=1)
+
+
+@pytest.fixture
+def sim_device(smartball: Target) -> Any:
+    """The simulated SmartBall (smartball_sim.device.SimDevice); skips the test on real
+    hardware."""
+    if smartball.sim is None:
+        pytest.skip("needs the simulator (--device=sim)")
+    return smartball.sim
+
+
+@pytest.fixture(scope="session")
+def firmware_image(smartball_options: SmartBallOptions) -> FirmwareImage:
+    """The image OTA tests flash: --firmware, or a generated one on the simulator."""
+    if smartball_options.firmware:
+        return load_image(smartball_options.firmware)
+    if smartball_options.device == "real":
+        pytest.skip("OTA tests on real hardware need --firmware PATH")
+    return generated_image(smartball_options.seed)
+
+
+@pytest.fixture
+def link_settings(smartball_options: SmartBallOptions) -> LinkSettings:
+    return LinkSettings(scan_timeout_s=smartball_options.scan_timeout)
+
+
+@pytest.fixture
+def ota_settings(link_settings: LinkSettings) -> OtaSettings:
+    return OtaSettings(link=link_settings)
+
+
+@contextlib.contextmanager
+def _virtual_time(target: Target) -> Iterator[None]:
+    """looptime compacts time only inside tests; fixtures that talk to the simulator
+    switch it on themselves, so connecting costs no wall time."""
+    loop = asyncio.get_running_loop()
+    enable = getattr(loop, "looptime_enabled", None)
+    if target.is_sim and enable is not None and not loop.looptime_on:  # type: ignore[attr-defined]
+        with enable():
+            yield
+    else:
+        yield
+
+
+@pytest_asyncio.fixture
+async def nus(
+    request: pytest.FixtureRequest, smartball: Target, link_settings: LinkSettings
+) -> AsyncIterator[NusLink]:
+    """A connected NUS link to the device under test."""
+    events = request.node.stash.setdefault(LINK_EVENTS, [])
+    loop = asyncio.get_running_loop()
+
+    def on_event(kind: str, detail: str) -> None:
+        events.append((loop.time(), f"client  {'nus ' + kind:<16} {detail}"))
+
+    with _virtual_time(smartball):
+        sighting = await find_device(
+            smartball.backend,
+            name=smartball.name,
+            address=smartball.address,
+            timeout=link_settings.scan_timeout_s,
+        )
+        link = await NusLink.open(
+            sighting.ble_device, smartball.backend, link_settings, on_event=on_event
+        )
+    yield link
+    with _virtual_time(smartball):
+        await link.close()
+
+
+@pytest.fixture
+def ota(
+    request: pytest.FixtureRequest,
+    smartball: Target,
+    firmware_image: FirmwareImage,
+    ota_settings: OtaSettings,
+) -> Callable[..., OtaEngine]:
+    """Factory for an OTA engine aimed at the device under test: ``ota(image=None, **kw)``."""
+
+    engines = request.node.stash.setdefault(ENGINES, [])
+    updates = request.node.stash.setdefault(UPDATES, [])
+    state = smartball_session(request.config)
+
+    def make(image: FirmwareImage | None = None, **kwargs: Any) -> OtaEngine:
+        kwargs.setdefault("settings", ota_settings)
+        engine = OtaEngine(
+            image or firmware_image,
+            smartball.backend,
+            name=smartball.name,
+            address=smartball.address,
+            **kwargs,
+        )
+        engines.append(engine)  # for the timeline shown when the test fails
+        before = _known_info(smartball, state, updates)
+        updates.append(Update(engine.image, engine.result, before, engine=engine))
+        return engine
+
+    return make
+
+
+def _known_info(target: Target, state: SmartBallSession, updates: list[Update]) -> p.MsgInfo | None:
+    """What the device runs before an update, as far as the plugin knows."""
+    if target.sim is not None:
+        return target.sim.firmware.info()
+    for update in reversed(updates):
+        if update.result.info_after is not None:
+            return update.result.info_after
+        if update.result.events:
+            return None  # an update ran and did not say: unknown
+    device = state.mine
+    return device.current if device else None

@@ -1,0 +1,247 @@
+"""What each test leaves behind: every update's figures (JUnit XML properties and the
+``--smartball-report`` JSON summary, :mod:`pytest_smartball.report`), and, when a test
+fails, the timeline of the client's events and the simulated device's fault log (in the
+terminal and the JUnit XML's ``<system-out>``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from . import loops, preflight
+from . import protocol as p
+from . import report as rep
+from .image import FirmwareImage
+from .options import SmartBallOptions, read_options
+from .ota import OtaEngine, OtaResult, OtaSettings
+from .session import SmartBallSession, current_session, smartball_session
+from .targets import Target
+
+TARGET = pytest.StashKey[Target]()
+ENGINES = pytest.StashKey["list[OtaEngine]"]()
+UPDATES = pytest.StashKey["list[Update]"]()
+LINK_EVENTS = pytest.StashKey["list[tuple[float, str]]"]()
+CALLED = pytest.StashKey[bool]()
+
+TIMELINE_TITLE = "smartball timeline (client | device)"
+
+
+@dataclass(slots=True)
+class Update:
+    """An update of the test (an ``ota`` engine) or of its teardown (the baseline put back)."""
+
+    image: FirmwareImage
+    result: OtaResult
+    before: p.MsgInfo | None
+    purpose: str = "test"
+    engine: OtaEngine | None = None
+    address: str | None = None
+
+    @property
+    def device(self) -> str | None:
+        return self.engine.address if self.engine is not None else self.address
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    item.stash[CALLED] = True
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    records: list[dict[str, Any]] = []
+    if call.when == "teardown":
+        records = _update_records(item)
+        # Before the report is made: it copies item.user_properties (JUnit reads them there).
+        item.user_properties.extend(rep.junit_properties(records))
+        target = item.stash.get(TARGET, None)
+        if target is not None and target.sim is not None:
+            smartball_session(item.config).sim_last = target.sim.firmware.info()
+    report = yield
+    if records:
+        report.smartball_updates = records  # type: ignore[attr-defined]
+    if report.when == "call" and report.failed:
+        timeline = _timeline(item)
+        if timeline:
+            report.sections.append((TIMELINE_TITLE, timeline))
+    return report
+
+
+def _update_records(item: pytest.Item) -> list[dict[str, Any]]:
+    target = item.stash.get(TARGET, None)
+    records = []
+    counts: dict[str, int] = {}
+    for update in item.stash.get(UPDATES, []):
+        result = update.result
+        if not result.events:  # made, never run
+            continue
+        counts[update.purpose] = counts.get(update.purpose, 0) + 1
+        address = update.device or (target.address if target else None)
+        records.append(
+            rep.update_record(
+                result,
+                test=item.nodeid,
+                index=counts[update.purpose],
+                image=update.image,
+                device=address,
+                before=update.before,
+                rssi=result.rssi_dbm if result.connects else None,
+                purpose=update.purpose,
+            )
+        )
+    return records
+
+
+def _timeline(item: pytest.Item) -> str:
+    """The OTA engines' event logs and the simulated device's fault log, merged by time."""
+    # (time, 0 for the device's cause before 1 for the client's effect, text)
+    rows: list[tuple[float, int, str]] = []
+    for engine in item.stash.get(ENGINES, []):
+        rows += [
+            (engine.started_at + e.time, 1, f"client  {e.kind:<16} {e.detail}")
+            for e in engine.result.events
+        ]
+    rows += [(t, 1, text) for t, text in item.stash.get(LINK_EVENTS, [])]
+    target = item.stash.get(TARGET, None)
+    if target is not None and target.sim is not None:
+        rows += [
+            (r.time, 0, f"device  {r.fault:<16} [{r.trigger or 'armed'}] {r.detail}")
+            for r in target.sim.fault_log
+        ]
+    rows.sort(key=lambda row: row[:2])
+    return "\n".join(f"{t:10.3f}s  {text}" for t, _, text in rows)
+
+
+class Recorder:
+    """Session-wide hooks that need the config: collects outcomes and updates (on the
+    process that writes the report), the workers' device parts, and writes the file."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.written: str | None = None
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        state = current_session(self.config)
+        if state is not None and state.report is not None:
+            state.report.add_test_report(report)
+        if report.when == "call" and report.failed:
+            _junit_system_out(self.config, report)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        state = current_session(self.config)
+        part = getattr(node, "workeroutput", {}).get("smartball")
+        if state is not None and state.report is not None and part:
+            for device in part["devices"]:
+                state.report.add_device(device)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        state = current_session(self.config)
+        if state is None:
+            return
+        opts = read_options(self.config)
+        part = None if state.controller else _device_part(state, opts)
+        workeroutput = getattr(self.config, "workeroutput", None)
+        if workeroutput is not None:
+            workeroutput["smartball"] = {"devices": [part] if part else []}
+        if state.report is None or not opts.report:
+            return
+        if part:
+            state.report.add_device(part)
+        state.report.write(opts.report, int(exitstatus))
+        self.written = opts.report
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        state = current_session(self.config)
+        if state is None or state.report is None:
+            return
+        updates = [u for u in state.report.updates if u["purpose"] == "test"]
+        if updates and (state.kind == "real" or self.written):
+            terminalreporter.write_sep("-", "smartball updates")
+            for u in sorted(updates, key=lambda u: (u["test"], u["update"])):
+                terminalreporter.write_line(_update_line(u))
+        if self.written:
+            summary = state.report.to_dict()
+            terminalreporter.write_line(
+                f"smartball report: {self.written} (verdict {summary['verdict']}; "
+                f"{summary['updates_total']} updates, {summary['updates_failed']} failed)"
+            )
+
+
+def _device_part(state: SmartBallSession, opts: SmartBallOptions) -> dict[str, Any] | None:
+    """This process's device for the report: before and after the run."""
+    if state.kind == "sim":
+        if state.sim_first is None:
+            return None
+        return {
+            "address": state.address,
+            "name": opts.name,
+            "worker": state.worker,
+            "firmware_before": rep.info_dict(state.sim_first),
+            "firmware_after": rep.info_dict(state.sim_last or state.sim_first),
+        }
+    device = state.mine
+    if device is None or state.backend is None or not opts.report:
+        return None
+    part: dict[str, Any] = {"address": device.address, "worker": state.worker}
+    from .known_state import find_idle_and_info
+
+    settings = state.reset_settings or OtaSettings()
+    try:
+        _, info = loops.run(
+            asyncio.wait_for(
+                find_idle_and_info(
+                    state.backend, name=opts.name, address=device.address, settings=settings
+                ),
+                preflight.INFO_TIMEOUT_S + opts.scan_timeout,
+            )
+        )
+        part["firmware_after"] = rep.info_dict(info)
+    except Exception as exc:  # the report must still be written
+        part["firmware_after_error"] = f"{type(exc).__name__}: {exc}"
+    return part
+
+
+def _update_line(u: dict[str, Any]) -> str:
+    test = u["test"].rsplit("::", 1)[-1]
+    status = "ok" if u["success"] else f"FAILED ({u['failure']})"
+    rssi = f"  rssi {u['rssi_dbm']} dBm" if u["rssi_dbm"] is not None else ""
+    after = u["firmware_after"]["firmware"] if u["firmware_after"] else "?"
+    return (
+        f"{test}[{u['update']}] {u['device'] or ''}  {status}  {u['duration_s']:.1f} s  "
+        f"{u['throughput_bps'] / 1000:.1f} kB/s  reconnects {u['reconnects']}  "
+        f"resumes {u['resumes']}  re-sent {u['bytes_resent']} B{rssi}  firmware after {after}"
+    )
+
+
+def _junit_system_out(config: pytest.Config, report: pytest.TestReport) -> None:
+    """Put the failure's smartball sections into the JUnit XML as <system-out>, whatever
+    junit_logging says (a CI system shows them next to the failure)."""
+    sections = [(title, text) for title, text in report.sections if title == TIMELINE_TITLE]
+    if not sections:
+        return
+    try:
+        import xml.etree.ElementTree as ET
+
+        from _pytest.junitxml import bin_xml_escape, xml_key
+    except ImportError:  # pragma: no cover - another pytest
+        return
+    xml = config.stash.get(xml_key, None)
+    if xml is None:
+        return
+    node = ET.Element("system-out")
+    node.text = bin_xml_escape(
+        "\n".join(f"{f' {title} ':-^80}\n{text}\n" for title, text in sections)
+    )
+    with contextlib.suppress(AttributeError, KeyError):
+        xml.node_reporter(report).append(node)

@@ -1,0 +1,248 @@
+"""pytest-smartball is installed into other people's environments: it changes nothing it does
+not own, imports the simulator only when asked for, and its packages depend one way.
+
+* An unrelated project's tests behave the same with the plugin installed, disabled
+  (``-p no:smartball``), and under ``--device=sim`` or ``--device=real``: the plugin acts
+  only on tests that use its fixtures or markers.
+* ``smartball_sim`` is loaded only by ``pytest_smartball.targets``, and only when a test or a
+  command asks for a simulated device.
+* ``smartball_sim`` imports nothing of the client but the codec, and no module of either
+  package imports itself back through a circle.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {
+    "pytest_smartball": ROOT / "pytest_smartball",
+    "smartball_sim": ROOT / "sim" / "smartball_sim",
+}
+#: The modules that may import the simulator: they start simulated targets.
+SIM_IMPORTERS = "pytest_smartball.targets."
+#: What of the client the simulator may import: the pure codec and the contract's data.
+CLIENT_FOR_SIM = ("pytest_smartball.protocol", "pytest_smartball.contract")
+
+UNRELATED_TESTS = """
+import asyncio
+import time
+
+import pytest
+
+
+@pytest.mark.asyncio
+async def test_a_real_sleep_takes_real_time():
+    # A test of a real serial port, say: its sleeps must stay real.
+    loop = asyncio.get_running_loop()
+    wall, clock = time.perf_counter(), loop.time()
+    await asyncio.sleep(0.2)
+    assert time.perf_counter() - wall >= 0.19
+    assert loop.time() - clock >= 0.19
+
+
+def test_sync():
+    assert sum(range(4)) == 6
+"""
+
+RECORD_SIM_MODULES = """
+import json
+import sys
+
+
+def pytest_sessionfinish(session):
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] == "smartball_sim")
+    with open("loaded.json", "w") as f:
+        json.dump(loaded, f)
+"""
+
+INNER_INI = """\
+[pytest]
+asyncio_mode = strict
+asyncio_default_fixture_loop_scope = function
+asyncio_default_test_loop_scope = function
+"""
+
+
+@pytest.fixture
+def unrelated(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makefile(".ini", pytest=INNER_INI)
+    pytester.makeconftest(RECORD_SIM_MODULES)
+    pytester.makepyfile(test_unrelated=UNRELATED_TESTS)
+    return pytester
+
+
+def loaded_sim_modules(pytester: pytest.Pytester) -> list[str]:
+    return json.loads((pytester.path / "loaded.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), ("-p", "no:smartball"), ("--device=sim",), ("--device=real",)],
+    ids=["installed", "disabled", "device-sim", "device-real"],
+)
+def test_unrelated_tests_run_as_if_the_plugin_were_not_there(
+    unrelated: pytest.Pytester, args: tuple[str, ...]
+) -> None:
+    result = unrelated.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider", *args)
+    result.assert_outcomes(passed=2)
+    # --device=real on a machine without Bluetooth: no preflight, since no test needs a device.
+    assert "smartball preflight" not in result.stdout.str()
+    assert loaded_sim_modules(unrelated) == []
+
+
+def test_a_test_that_asks_for_the_simulator_loads_it(unrelated: pytest.Pytester) -> None:
+    """The control of the test above: the recording can see the simulator when it is used."""
+    unrelated.makepyfile(test_uses_it="def test_device(sim_device):\n    assert sim_device\n")
+    result = unrelated.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+    assert "smartball_sim.device" in loaded_sim_modules(unrelated)
+
+
+def run_python(code: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+SIM_LOADED = "[m for m in sys.modules if m.split('.')[0] == 'smartball_sim']"
+
+
+def test_importing_the_plugin_loads_no_simulator() -> None:
+    out = run_python(f"import sys, pytest_smartball.plugin; print({SIM_LOADED})")
+    assert out.strip() == "[]"
+
+
+def test_a_cli_command_without_sim_loads_no_simulator(tmp_path: Path) -> None:
+    # info on the real radio fails here for want of BlueZ (exit 3): the simulator stays out.
+    code = (
+        "import sys\n"
+        "from pytest_smartball.cli import main\n"
+        f"bus = 'unix:path={tmp_path / 'no-bus'}'\n"
+        "import os; os.environ['DBUS_SYSTEM_BUS_ADDRESS'] = bus\n"
+        "code = main(['info', '--address', 'AA:BB:CC:DD:EE:FF'])\n"
+        f"print(code, {SIM_LOADED})\n"
+    )
+    last = run_python(code).strip().splitlines()[-1]
+    assert last == "3 []"
+    with_sim = run_python(code.replace("'info', ", "'info', '--sim', '--scan-timeout', '1', "))
+    assert "smartball_sim.device" in with_sim.strip().splitlines()[-1]
+
+
+def modules(package: str) -> list[str]:
+    root = PACKAGES[package]
+    names = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        if parts[-1] == "__main__":
+            continue
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        names.append(".".join((package, *parts)))
+    return names
+
+
+@pytest.mark.parametrize("module", modules("pytest_smartball"))
+def test_client_modules_load_the_simulator_only_to_start_a_target(module: str) -> None:
+    loaded = json.loads(run_python(f"import sys, json, {module}; print(json.dumps({SIM_LOADED}))"))
+    if module.startswith(SIM_IMPORTERS):
+        return  # allowed; what they load is checked by the module-level rule below
+    assert loaded == [], f"importing {module} loaded the simulator: {loaded}"
+
+
+def test_only_the_target_modules_import_the_simulator_anywhere() -> None:
+    """Function-level imports too: a lazy import elsewhere would still couple the client to it."""
+    for module in modules("pytest_smartball"):
+        if module.startswith(SIM_IMPORTERS):
+            continue
+        for imported in imports_of(module, top_level_only=False):
+            assert imported.split(".")[0] != "smartball_sim", f"{module} imports {imported}"
+
+
+def test_the_simulator_imports_only_the_codec_of_the_client() -> None:
+    for module in modules("smartball_sim"):
+        for imported in imports_of(module, top_level_only=False):
+            if imported.split(".")[0] == "pytest_smartball" and imported != "pytest_smartball":
+                assert imported.startswith(CLIENT_FOR_SIM), f"{module} imports {imported}"
+
+
+def test_no_import_circles() -> None:
+    graph = {
+        module: {m for m in imports_of(module, top_level_only=True) if m in graph_nodes()}
+        for module in graph_nodes()
+    }
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycle = [*path[path.index(module) :], module]
+            raise AssertionError("import circle: " + " -> ".join(cycle))
+        if module in done:
+            return
+        for imported in sorted(graph[module]):
+            visit(imported, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+
+
+def graph_nodes() -> list[str]:
+    return modules("pytest_smartball") + modules("smartball_sim")
+
+
+ALL_MODULES = frozenset(graph_nodes())
+
+
+def imports_of(module: str, *, top_level_only: bool) -> set[str]:
+    """The modules ``module`` imports at run time (resolved, relative ones too; not those in
+    ``if TYPE_CHECKING:`` blocks); ``top_level_only`` also skips imports inside functions,
+    which cannot form a circle at import time."""
+    package, *rest = module.split(".")
+    root = PACKAGES[package]
+    path = root.joinpath(*rest)
+    # (pytest_smartball/contract/ is the data of the module contract.py, not a package)
+    is_package = (path / "__init__.py").exists()
+    source = (path / "__init__.py") if is_package else path.with_suffix(".py")
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    base = module if is_package else module.rpartition(".")[0]
+    found: set[str] = set()
+
+    def walk(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    anchor = base.split(".")
+                    anchor = anchor[: len(anchor) - (node.level - 1)]
+                    target = ".".join([*anchor, node.module] if node.module else anchor)
+                else:
+                    target = node.module or ""
+                for alias in node.names:  # `from . import protocol` imports the module
+                    submodule = f"{target}.{alias.name}"
+                    found.add(submodule if submodule in ALL_MODULES else target)
+            elif isinstance(node, ast.If) and _is_type_checking(node.test):
+                continue  # for the type checker only: nothing is imported at run time
+            elif not top_level_only or isinstance(node, (ast.If, ast.Try, ast.With)):
+                for field in ("body", "orelse", "finalbody", "handlers"):
+                    for child in getattr(node, field, []) or []:
+                        walk([child] if isinstance(child, ast.stmt) else child.body)
+
+    walk(tree.body)
+    found.discard(module)  # `from . import x` in a package's __init__ names the package
+    return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
