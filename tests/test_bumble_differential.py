@@ -5,8 +5,10 @@ Bumble moves bytes without airtime, so times differ (durations, when a time-trig
 fault fires) and the engine may send a different number of commands; docs/faults.md lists
 what legitimately differs. The plans here leave out what depends on time or on how many
 random draws a link makes (``t:`` triggers, ``flaky``, ``cmd:`` triggers on commands whose
-count depends on timing), and BlueZ's own faults (``race``, ``stale-cache``), which the
-Bumble link refuses. A disagreement on what remains is a bug in one of the two.
+count depends on timing), as many refused connects in a row as bleak-retry-connector
+retries (BlueZ's error is transient, Bumble's a connect error), and BlueZ's own faults
+(``race``, ``stale-cache``), which the Bumble link refuses. A disagreement on what remains
+is a bug in one of the two.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, event, example, given, note, settings
+from hypothesis import HealthCheck, assume, event, example, given, note, settings
 from hypothesis import strategies as st
 
 from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
+from pytest_smartball.link import LinkSettings
 from pytest_smartball.loops import run as run_loop
 from pytest_smartball.ota import OtaEngine
 from pytest_smartball.targets.bumble import make_bumble_target
@@ -75,6 +78,11 @@ def cases(draw: st.DrawFn) -> tuple[FirmwareImage, FaultPlan, int]:
         trigger_strategy=triggers(image.size, timed=False, commands=COUNTED_COMMANDS),
     )
     plan = draw(st.lists(comparable, max_size=3).map(lambda fs: FaultPlan(tuple(fs))))
+    # A refused connect is transient on the model (BlueZ's br-connection-canceled, retried
+    # within one connect) and a connect error on Bumble (HCI 0x3E, connect_attempts of them
+    # per connect): from that many on, the engine's recovery budget counts differently.
+    refused = sum(f.count for f in plan.faults if f.effect is Effect.CONNECT_FAIL)
+    assume(refused < LinkSettings().connect_attempts)
     return image, plan, draw(st.integers(0, 3))
 
 
@@ -91,6 +99,13 @@ def cases(draw: st.DrawFn) -> tuple[FirmwareImage, FaultPlan, int]:
     case=(
         FirmwareImage(make_image(9_000, 3), "diff-9000-3.bin"),
         FaultPlan.parse("reboot@offset:4000,lose:MSG_OTA_DONE"),
+        1,
+    )
+)
+@example(  # corrupted replies and refused connects: each costs the engine an attempt
+    case=(
+        FirmwareImage(make_image(1, 0), "diff-1-0.bin"),
+        FaultPlan.parse("corrupt:3,corrupt:2,connect-fail:2"),
         1,
     )
 )
