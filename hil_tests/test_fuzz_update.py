@@ -21,6 +21,7 @@ from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import NusLink
 from pytest_smartball.loops import run as run_loop
 from pytest_smartball.ota import OtaEngine, OtaResult, Outcome
+from pytest_smartball.targets import Target
 from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.device import SimDevice
 from smartball_sim.faults import FaultPlan
@@ -58,23 +59,48 @@ def recording_waits() -> Iterator[list[tuple[float, float]]]:
         yield waits
 
 
-def replay_command(image: FirmwareImage, plan: FaultPlan, seed: int) -> str:
+def replay_command(image: FirmwareImage, plan: FaultPlan, seed: int, sim_link: str) -> str:
     size, image_seed = image.source.removeprefix("fuzz-").removesuffix(".bin").split("-")
+    link = f" --sim-link {sim_link}" if sim_link != "model" else ""
     return (
         f"python -m smartball_sim.make_image /tmp/fuzz.bin {size} --seed {image_seed} && "
-        f"smartball-ota flash /tmp/fuzz.bin --sim --seed {seed} --faults '{plan}' -v"
+        f"smartball-ota flash /tmp/fuzz.bin --sim{link} --seed {seed} --faults '{plan}' -v"
     )
 
 
+def make_target(sim_link: str, plan: FaultPlan, seed: int) -> Target:
+    """A fresh simulated SmartBall on the link ``--sim-link`` asks for."""
+    if sim_link == "bumble":
+        from pytest_smartball.targets.bumble import make_bumble_target
+
+        return make_bumble_target(faults=plan, seed=seed)
+    return make_sim_target(faults=plan, seed=seed)
+
+
+def for_link(plan: FaultPlan, sim_link: str) -> FaultPlan:
+    """The generated plan without the faults the link cannot show (BlueZ's, on Bumble)."""
+    if sim_link != "bumble":
+        return plan
+    from smartball_sim.bumble.faults import BLUEZ_ONLY_EFFECTS
+
+    return FaultPlan(tuple(f for f in plan.faults if f.effect not in BLUEZ_ONLY_EFFECTS))
+
+
 def run_update(
-    image: FirmwareImage, plan: FaultPlan, seed: int, report: Callable[[str], None] = note
+    image: FirmwareImage,
+    plan: FaultPlan,
+    seed: int,
+    report: Callable[[str], None] = note,
+    sim_link: str = "model",
 ) -> tuple[OtaResult, SimDevice, bytes, list[tuple[float, float]]]:
     """One whole update on a fresh simulated device: the result, the device, the image it
     ran before, and every wait. ``report`` shows what a failing example needs
     (hypothesis prints the notes of the final, shrunk example only)."""
-    report(f"replay: {replay_command(image, plan, seed)}")
-    target = make_sim_target(faults=plan, seed=seed)
+    plan = for_link(plan, sim_link)
+    report(f"replay: {replay_command(image, plan, seed, sim_link)}")
+    target = make_target(sim_link, plan, seed)
     device = target.sim
+    assert device is not None
     baseline = device.firmware.active.data
     engine = OtaEngine(image, target.backend, address=device.address)
     with recording_waits() as waits:
@@ -154,10 +180,11 @@ def image_and_plan(draw: st.DrawFn, max_size: int) -> tuple[FirmwareImage, Fault
 @settings(max_examples=MANY)
 @given(case=image_and_plan(SMALL_IMAGE_MAX))
 def test_update_never_bricks_under_generated_faults(
-    case: tuple[FirmwareImage, FaultPlan, int],
+    case: tuple[FirmwareImage, FaultPlan, int], pytestconfig: pytest.Config
 ) -> None:
     image, plan, seed = case
-    result, device, baseline, waits = run_update(image, plan, seed)
+    sim_link = pytestconfig.getoption("--sim-link")
+    result, device, baseline, waits = run_update(image, plan, seed, sim_link=sim_link)
     check_never_bricks(image, result, device, baseline, waits)
 
 
@@ -172,17 +199,23 @@ def test_update_never_bricks_under_generated_faults(
 )
 @settings(max_examples=FEW)
 @given(case=image_and_plan(DEFAULT_STAGING_CAPACITY))
-def test_update_never_bricks_across_image_sizes(case: tuple[FirmwareImage, FaultPlan, int]) -> None:
+def test_update_never_bricks_across_image_sizes(
+    case: tuple[FirmwareImage, FaultPlan, int], pytestconfig: pytest.Config
+) -> None:
     image, plan, seed = case
     event(f"image {'over' if image.size > SMALL_IMAGE_MAX else 'up to'} {SMALL_IMAGE_MAX} bytes")
-    result, device, baseline, waits = run_update(image, plan, seed)
+    sim_link = pytestconfig.getoption("--sim-link")
+    result, device, baseline, waits = run_update(image, plan, seed, sim_link=sim_link)
     check_never_bricks(image, result, device, baseline, waits)
 
 
-def test_without_faults_every_generated_update_succeeds() -> None:
+def test_without_faults_every_generated_update_succeeds(pytestconfig: pytest.Config) -> None:
     """Control: the properties above are not satisfied by failing everything."""
+    sim_link = pytestconfig.getoption("--sim-link")
     for size in (1, 4095, 4096, 4097, 233, 234, 235, DEFAULT_STAGING_CAPACITY):
         image = FirmwareImage(make_image(size, 9), f"fuzz-{size}-9.bin")
-        result, device, _, _ = run_update(image, FaultPlan(), 0, report=lambda text: None)
+        result, device, _, _ = run_update(
+            image, FaultPlan(), 0, report=lambda text: None, sim_link=sim_link
+        )
         assert result.success, (size, result.error)
         assert device.firmware.active.data == image.data

@@ -29,6 +29,7 @@ class SmartBallOptions:
     report: str | None = None
     scan_timeout: float = DEFAULT_SCAN_TIMEOUT_S
     bluez: str = "system"
+    sim_link: str = "model"
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -95,6 +96,13 @@ def add_options(parser: pytest.Parser) -> None:
         "the hypothesis profile's, 100 in CI)",
     )
     group.addoption(
+        "--sim-link",
+        choices=("model", "bumble"),
+        default="model",
+        help="what carries the simulator's BLE link: our radio model (default) or Google's "
+        "Bumble stack (real HCI/L2CAP/ATT; pip install 'pytest-smartball[bumble]')",
+    )
+    group.addoption(
         "--sim-faults",
         default=None,
         help="fault plan applied to every simulated device, e.g. "
@@ -123,4 +131,5 @@ def read_options(config: pytest.Config) -> SmartBallOptions:
         report=config.getoption("--smartball-report"),
         scan_timeout=config.getoption("--ble-scan-timeout"),
         bluez=config.getoption("--bluez"),
+        sim_link=config.getoption("--sim-link"),
     )

@@ -159,6 +159,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             # The xdist controller sees no tests; it checks the bench for its workers.
             _start_real(config, opts, state)
         return  # else after collection, and only if a collected test needs a device
+    if opts.device == "sim" and opts.sim_link == "bumble":
+        from .targets.bumble import BlueZOnlyFault, BumbleUnavailable, check_bumble_faults
+
+        try:
+            check_bumble_faults(opts.faults)
+        except (BumbleUnavailable, BlueZOnlyFault) as exc:
+            raise pytest.UsageError(str(exc)) from None
     if opts.device == "sim":
         image = load_or_usage_error("--firmware", opts.firmware)
         state.baseline_image = load_or_usage_error("--baseline-firmware", opts.baseline)
@@ -339,7 +346,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if opts.device == "sim":
         lines.append(
             f"smartball: simulated SmartBall, seed={opts.seed} "
-            f"faults={opts.faults or 'none'} (virtual time)"
+            f"faults={opts.faults or 'none'}"
+            + (f" link={opts.sim_link}" if opts.sim_link != "model" else "")
+            + " (virtual time)"
         )
         return lines
     if state is None or state.backend is None:

@@ -35,6 +35,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "realtime": False,
     "erase_time": None,
     "sim_address": None,
+    "sim_link": "model",
     "scan_timeout": None,
     "settle": LinkSettings().settle_s,
 }
@@ -43,6 +44,7 @@ SIM_ONLY = {
     "realtime": "--realtime",
     "erase_time": "--erase-time",
     "sim_address": "--sim-address",
+    "sim_link": "--sim-link",
 }
 
 
@@ -170,6 +172,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         default=s,
         metavar="ADDR",
         help="with --sim: the simulated device's address (default: the simulator's own)",
+    )
+    sim.add_argument(
+        "--sim-link",
+        choices=("model", "bumble"),
+        default=s,
+        help="with --sim: what carries the BLE link: our radio model (default) or Google's "
+        "Bumble stack (real HCI/L2CAP/ATT; pip install 'pytest-smartball[bumble]')",
     )
     out = parser.add_argument_group("output")
     out.add_argument(

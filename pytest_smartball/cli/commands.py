@@ -210,6 +210,7 @@ async def cmd_flash(ctx: Context, image: FirmwareImage) -> int:
             active = sim.firmware.active
             payload["fault_log"] = [str(r) for r in sim.fault_log]
             payload["sim_active_image"] = {"size": len(active.data), "crc32": f"{active.crc32:08x}"}
+            payload["att_mtu"] = getattr(target, "negotiated_mtu", None)
         out.emit_json(payload)
     else:
         if a.verbose:

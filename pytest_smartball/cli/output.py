@@ -183,6 +183,9 @@ def print_summary(
             f"  device now     firmware {info.firmware_version}, active image "
             f"{info.active_image_size} bytes, crc32 {info.active_image_crc32:08x}"
         )
+    mtu = getattr(target, "negotiated_mtu", None)  # a BumbleTarget's (--sim-link bumble)
+    if mtu is not None:
+        print(f"  ATT MTU        {mtu} (negotiated over Bumble)")
     sim = target.sim
     if sim is not None:
         active = sim.firmware.active

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from tqdm import tqdm
@@ -37,16 +37,25 @@ async def open_target(ctx: Context) -> Target:
     if ctx.simulated:
         from ..targets.simulated import make_sim_target
 
+        make: Callable[..., Target] = make_sim_target
+        refused: tuple[type[Exception], ...] = ()
+        if a.sim_link == "bumble":
+            from ..targets.bumble import BlueZOnlyFault, BumbleUnavailable, make_bumble_target
+
+            make, refused = make_bumble_target, (BumbleUnavailable, BlueZOnlyFault)
         loop = asyncio.get_running_loop()
         t0 = loop.time()  # 0 on the virtual clock; fault-log times count from here
-        target = make_sim_target(
-            a.name,
-            a.sim_address,
-            faults=a.faults,
-            seed=a.seed,
-            erase_time_s=a.erase_time,
-            clock=lambda: loop.time() - t0,
-        )
+        try:
+            target = make(
+                a.name,
+                a.sim_address,
+                faults=a.faults,
+                seed=a.seed,
+                erase_time_s=a.erase_time,
+                clock=lambda: loop.time() - t0,
+            )
+        except refused as exc:
+            raise CliError(EXIT_BAD_INPUT, str(exc)) from None
         target.address = a.address or target.address  # --address looks for another one
         return target
     try:
