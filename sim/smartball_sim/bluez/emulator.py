@@ -43,11 +43,9 @@ from typing import Any
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from smartball_sim import gatt_layout as gatt
 from smartball_sim.bluez_errors import CONNECT_FAILED_TEXT
 from smartball_sim.device import (
-    NUS_RX,
-    NUS_SERVICE,
-    NUS_TX,
     ConnectRefusal,
     ConnectRefused,
     SimDevice,
@@ -68,12 +66,6 @@ CHARACTERISTIC = "org.bluez.GattCharacteristic1"
 DESCRIPTOR = "org.bluez.GattDescriptor1"
 #: Interfaces BlueZ lists for every object in GetManagedObjects / InterfacesAdded.
 STANDARD = (INTROSPECTABLE, PROPERTIES)
-
-GAP_SERVICE = "00001800-0000-1000-8000-00805f9b34fb"
-GATT_SERVICE = "00001801-0000-1000-8000-00805f9b34fb"
-DEVICE_NAME = "00002a00-0000-1000-8000-00805f9b34fb"
-SERVICE_CHANGED = "00002a05-0000-1000-8000-00805f9b34fb"
-CCCD = "00002902-0000-1000-8000-00805f9b34fb"
 
 # BlueZ's error names (src/error.h) and the texts bleak and bleak-retry-connector match on.
 ERR_FAILED = "org.bluez.Error.Failed"
@@ -716,34 +708,36 @@ class BluezEmulator:
             dev.gatt.paths.append(path)
             return path
 
+        def export(definition: gatt.GattService) -> dict[int, str]:
+            """The service's objects; the paths of its characteristics and descriptors
+            by handle (declaration handles for characteristics, as BlueZ names them)."""
+            svc = service(definition.handle, definition.uuid)
+            paths: dict[int, str] = {}
+            for c in definition.characteristics:
+                extra: dict[str, Variant] = {}
+                if "notify" in c.properties or "indicate" in c.properties:
+                    extra["Notifying"] = Variant("b", False)
+                if "notify" in c.properties:
+                    extra["NotifyAcquired"] = Variant("b", False)
+                if "write-without-response" in c.properties:
+                    extra["WriteAcquired"] = Variant("b", False)
+                path = paths[c.declaration_handle] = char(
+                    svc, c.declaration_handle, c.uuid, list(c.properties), **extra
+                )
+                for d in c.descriptors:
+                    paths[d.handle] = desc(path, d.handle, d.uuid)
+            return paths
+
         if gap:
-            gap_path = service(0x0001, GAP_SERVICE)
-            char(gap_path, 0x0002, DEVICE_NAME, ["read"])
-            gatt_path = service(0x0006, GATT_SERVICE)
-            changed = char(
-                gatt_path, 0x0007, SERVICE_CHANGED, ["indicate"], Notifying=Variant("b", False)
-            )
-            desc(changed, 0x0009, CCCD)
+            export(gatt.GAP)
+            export(gatt.GATT)
         dev.gatt.stale = stale
         if not nus:
             return
-        nus_path = service(0x000A, NUS_SERVICE)
-        dev.gatt.rx = char(
-            nus_path,
-            0x000B,
-            NUS_RX,
-            ["write-without-response", "write"],
-            WriteAcquired=Variant("b", False),
-        )
-        dev.gatt.tx = char(
-            nus_path,
-            0x000D,
-            NUS_TX,
-            ["notify"],
-            Notifying=Variant("b", False),
-            NotifyAcquired=Variant("b", False),
-        )
-        dev.gatt.cccd = desc(dev.gatt.tx, 0x000F, CCCD)
+        paths = export(gatt.NUS)
+        dev.gatt.rx = paths[gatt.NUS_RX.declaration_handle]
+        dev.gatt.tx = paths[gatt.NUS_TX.declaration_handle]
+        dev.gatt.cccd = paths[gatt.NUS_TX_CCCD.handle]
 
     def _drop_gatt(self, dev: _EmulatedDevice, *, keep_stale: bool) -> None:
         if keep_stale and dev.gatt.stale:
@@ -771,7 +765,7 @@ class BluezEmulator:
     def _m_GattCharacteristic1_ReadValue(self, msg: Message) -> Message:
         dev, path = self._gatt_target(msg)
         link = self._live(dev)
-        if self._prop(path, CHARACTERISTIC, "UUID") == DEVICE_NAME:
+        if self._prop(path, CHARACTERISTIC, "UUID") == gatt.DEVICE_NAME_UUID:
             return Message.new_method_return(msg, "ay", [link.device.name.encode()])
         raise DBusFailure(ERR_NOT_PERMITTED, "Read not permitted")
 
