@@ -189,11 +189,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     dev.add_argument("--adapter", default=s, help="BlueZ adapter (default: hci0)")
     dev.add_argument(
         "--bluez",
-        choices=("system", "emulated"),
+        choices=("system", "emulated", "vhci"),
         default=s,
         help="the system's BlueZ (default), or 'emulated': a private dbus-daemon and an "
         "emulated bluetoothd serving a simulated SmartBall, in real time, through the real "
-        "BlueZ code path (--faults, --seed, --erase-time, --sim-address apply)",
+        "BlueZ code path (--faults, --seed, --erase-time, --sim-address apply), or 'vhci': "
+        "this machine's real BlueZ with a simulated SmartBall behind a virtual controller on "
+        "/dev/vhci (the same options apply)",
     )
     dev.add_argument(
         "--scan-timeout",
@@ -328,9 +330,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in COMMON_DEFAULTS.items():
         if not hasattr(args, key):
             setattr(args, key, value)
-    if args.sim and args.bluez == "emulated":
-        raise CliError(EXIT_BAD_INPUT, "--bluez=emulated is the real-device path; leave out --sim")
-    if not args.sim and args.bluez != "emulated":
+    if args.sim and args.bluez in ("emulated", "vhci"):
+        raise CliError(
+            EXIT_BAD_INPUT, f"--bluez={args.bluez} is the real-device path; leave out --sim"
+        )
+    if not args.sim and args.bluez not in ("emulated", "vhci"):
         given = [
             flag for key, flag in SIM_ONLY.items() if getattr(args, key) != COMMON_DEFAULTS[key]
         ]
@@ -853,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc.code, str(exc), None)
 
     fault_plan: FaultPlan | None = None
-    if (args.sim or args.bluez == "emulated") and args.faults:
+    if (args.sim or args.bluez in ("emulated", "vhci")) and args.faults:
         from smartball_sim.faults import FaultPlan, FaultSpecError
 
         try:
@@ -876,6 +880,10 @@ def main(argv: list[str] | None = None) -> int:
             ](ctx)
         if args.bluez == "emulated":
             return _run_emulated(args, fault_plan, coro)
+        if args.bluez == "vhci":
+            from .vhci_bluez import run_with_virtual_radio
+
+            return run_with_virtual_radio(args, fault_plan, coro)
         return run_coroutine(coro, virtual=ctx.virtual)
     except CliError as exc:
         return _fail(exc.code, str(exc), args)

@@ -243,12 +243,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--bluez",
-        choices=("system", "emulated"),
+        choices=("system", "emulated", "vhci"),
         default="system",
         help="with --device=real: the system's BlueZ (default), or 'emulated': a private "
         "dbus-daemon and an emulated bluetoothd serving simulated SmartBalls "
         "(sim/smartball_sim/bluez), "
-        "started and stopped by this run",
+        "started and stopped by this run, or 'vhci': the system's real BlueZ with "
+        "simulated SmartBalls behind a virtual controller on /dev/vhci (smartball_sim.vhci)",
     )
 
 
@@ -270,6 +271,10 @@ def pytest_configure(config: pytest.Config) -> None:
         from .emulated_bluez import start
 
         start(config)
+    elif config.getoption("--bluez") == "vhci":
+        from .vhci_bluez import start as start_vhci
+
+        start_vhci(config)
 
 
 @pytest.hookimpl(trylast=True)
@@ -353,7 +358,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if opts.faults:
         from smartball_sim.faults import FaultPlan, FaultSpecError
 
-        if opts.device == "real" and config.getoption("--bluez") != "emulated":
+        if opts.device == "real" and config.getoption("--bluez") not in ("emulated", "vhci"):
             raise pytest.UsageError(
                 "--sim-faults applies to the simulator only; real hardware cannot inject faults"
             )
