@@ -324,12 +324,98 @@ class VirtualRadio:
         return self.devices[0]
 
 
-async def serve_for_bluez(device: SimDevice, link: Any) -> Any:
-    """Serve ``device`` on ``link`` as the Bumble SmartBall peripheral that provokes
-    BlueZ's own failures for ``race`` and ``stale-cache``."""
-    from .bumble.peripheral import serve_smartball
+def _bluez_facing_peripheral_class() -> type[Any]:
+    from bumble import att
 
-    return await serve_smartball(device, link)
+    from . import gatt_layout
+    from .bumble.peripheral import SmartBallPeripheral
+    from .device import FaultRecord
+    from .faults import FaultPlan
+
+    class BluezFacingPeripheral(SmartBallPeripheral):  # type: ignore[misc]
+        """The Bumble SmartBall, provoking for real what ``race`` and ``stale-cache``
+        imitate elsewhere:
+
+        * ``race``: a racing connection is lost (HCI 0x08) at bluetoothd's first service
+          discovery request, what a link that dies while the host discovers looks like.
+          bluetoothd >= 5.55 never reports ServicesResolved before the objects exist,
+          so this is the race's real form on today's BlueZ.
+        * ``stale-cache``: the device's GATT database changes without a Service Changed
+          indication. On the connection the fault hits, the device serves its database
+          without NUS (as a bootloader would); when that link ends NUS is back, and
+          nothing tells the host. Whatever cached the NUS-less database keeps it.
+        """
+
+        def __init__(self, device: SimDevice, link: Any) -> None:
+            super().__init__(device, link)
+            self._racing: set[int] = set()  # connection handles to drop at discovery
+            self._nus_hidden_on: int | None = None  # the handle that sees no NUS
+            self._nus_attributes: list[Any] = []
+            server = self.bumble.gatt_server
+            self._serve_att = server.on_gatt_pdu
+            server.on_gatt_pdu = self._on_gatt_pdu
+
+        def check_faults(self, plan: FaultPlan) -> None:
+            pass  # every effect has a form here
+
+        def _on_connection(self, connection: Any) -> None:
+            super()._on_connection(connection)
+            link = self.links.get(connection.handle)
+            if link is None or link is not self.device.link:
+                return
+            hidden = self.device.injector.nus_hidden_on_connect()
+            if hidden == "race":
+                self._racing.add(connection.handle)
+            elif hidden == "stale-cache":
+                self._hide_nus(connection.handle)
+
+        def _on_disconnection(self, link: Any, reason: int) -> None:
+            if link.connection.handle == self._nus_hidden_on:
+                self._show_nus()
+            super()._on_disconnection(link, reason)
+
+        def _hide_nus(self, handle: int) -> None:
+            server = self.bumble.gatt_server
+            first = gatt_layout.NUS.handle
+            self._nus_attributes = [a for a in server.attributes if a.handle >= first]
+            server.attributes = [a for a in server.attributes if a.handle < first]
+            for attribute in self._nus_attributes:
+                server.attributes_by_handle.pop(attribute.handle, None)
+            self._nus_hidden_on = handle
+            self._record("stale-cache", "this connection's GATT database has no NUS")
+
+        def _show_nus(self) -> None:
+            server = self.bumble.gatt_server
+            server.attributes = sorted(
+                [*server.attributes, *self._nus_attributes], key=lambda a: a.handle
+            )
+            self._nus_attributes = []
+            self._nus_hidden_on = None
+            self._record("stale-cache", "NUS is back, and no Service Changed says so")
+
+        def _on_gatt_pdu(self, bearer: Any, pdu: Any) -> None:
+            connection = bearer.connection if att.is_enhanced_bearer(bearer) else bearer
+            handle = connection.handle
+            if handle in self._racing and isinstance(pdu, att.ATT_Read_By_Group_Type_Request):
+                self._racing.discard(handle)
+                self._record("race", "link lost at bluetoothd's first discovery request")
+                self.device.disconnect("link lost during service discovery (race)")
+                return
+            self._serve_att(bearer, pdu)
+
+        def _record(self, fault: str, detail: str) -> None:
+            d = self.device
+            d.fault_log.append(FaultRecord(d.now(), fault, "applied", detail))
+
+    return BluezFacingPeripheral
+
+
+async def serve_for_bluez(device: SimDevice, link: Any) -> Any:
+    """Serve ``device`` on ``link`` as the Bumble SmartBall peripheral, provoking for
+    real what ``race`` and ``stale-cache`` imitate (:func:`_bluez_facing_peripheral_class`)."""
+    peripheral = _bluez_facing_peripheral_class()(device, link)
+    await peripheral.start()
+    return peripheral
 
 
 async def power_on_adapter(adapter: str, address: str, timeout: float) -> None:
