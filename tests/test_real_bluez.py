@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from bleak import BleakScanner
+from bleak import BleakClient, BleakScanner
 from bleak.exc import BleakError
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
@@ -193,6 +193,34 @@ async def test_stale_cache_for_real_needs_the_cache_cleared() -> None:
 
 def _fault_details(stack: Stack) -> list[tuple[str, str, str]]:
     return stack.call(lambda: [(r.fault, r.trigger, r.detail) for r in stack.device.fault_log])
+
+
+async def _write_size(stack: Stack) -> tuple[int, int]:
+    """Connect with bleak on this event loop: the RX characteristic's write size, and the
+    ATT MTU once acquired (AcquireWrite)."""
+    device = await BleakScanner.find_device_by_address(
+        stack.address, timeout=30, bluez={"adapter": stack.adapter}
+    )
+    assert device is not None
+    async with BleakClient(device) as client:
+        rx = client.services.get_characteristic(p.NUS_RX_UUID)
+        assert rx is not None
+        await client._backend._acquire_mtu()  # type: ignore[attr-defined]
+        return rx.max_write_without_response_size, client.mtu_size
+
+
+def test_bleak_on_a_new_event_loop_reports_a_write_size_of_20() -> None:
+    """bluetoothd 5.66 exports a characteristic's MTU only while connected and signals
+    neither its going nor its return. bleak builds a manager per event loop from
+    GetManagedObjects and then follows signals only: a loop that first meets the device
+    disconnected (after preflight's connect, or a test before) never learns the MTU and
+    reports 23 - 3 = 20 bytes per write for the whole loop, although the link runs at
+    MTU 247. A client that sizes its writes by it sends 20-byte writes."""
+    with real_stack() as stack:
+        first = asyncio.run(_write_size(stack))
+        second = asyncio.run(_write_size(stack))
+    assert first == (244, 247)
+    assert second == (20, 247)
 
 
 # --- recording what org.bluez says ----------------------------------------------------------
