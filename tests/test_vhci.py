@@ -84,15 +84,16 @@ def test_cli_vhci_is_not_the_simulator(capsys: pytest.CaptureFixture[str]) -> No
 @pytest.mark.looptime(False)
 async def test_the_hci_index_is_read_even_when_the_kernels_first_command_shares_the_read() -> None:
     """A pty stands in for /dev/vhci. The kernel answers Bumble's configuration packet
-    with ``ff 00 <index>``; here HCI Reset arrives in the same read, which Bumble's own
-    filter would have fed to its parser as garbage."""
+    with ``ff 00 <index as little-endian u16>``; here HCI Reset arrives in the same read,
+    which Bumble's own filter would have fed to its parser as garbage."""
     master, slave = pty.openpty()
     tty.setraw(master)
     tty.setraw(slave)
 
     def kernel() -> None:
         os.read(master, 16)  # Bumble's configuration packet
-        os.write(master, bytes.fromhex("ff000003") + bytes.fromhex("01030c00"))
+        # hci3, little-endian (drivers/bluetooth/hci_vhci.c), then HCI Reset
+        os.write(master, bytes.fromhex("ff000300") + bytes.fromhex("01030c00"))
 
     thread = threading.Thread(target=kernel, daemon=True)
     thread.start()

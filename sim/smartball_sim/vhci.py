@@ -173,16 +173,18 @@ async def open_vhci(path: str = VHCI_PATH) -> tuple[Transport, asyncio.Future[in
             vhci_problem(path) or f"cannot open {path}: {exc.strerror or exc}"
         ) from None
     # No await since Bumble wrote its configuration packet: the kernel's answer cannot
-    # have been read yet, so wrapping the parser's entry now sees it. The answer may come
-    # in one read with the kernel's first command (HCI Reset) behind it; Bumble's own
-    # filter takes only a read of exactly the 4 vendor bytes and would feed a longer one
-    # to its parser, so the vendor packet is split off here.
+    # have been read yet, so wrapping the parser's entry now sees it. The answer is
+    # ``ff <opcode> <index, little-endian u16>`` (drivers/bluetooth/hci_vhci.c,
+    # put_unaligned_le16; Bumble 0.0.236 reads it big-endian, so its log says hci256 for
+    # hci1). It may come in one read with the kernel's first command (HCI Reset) behind
+    # it; Bumble's own filter takes only a read of exactly the 4 vendor bytes and would
+    # feed a longer one to its parser, so the vendor packet is split off here.
     source: Any = transport.source
     bumble_received = source.data_received
 
     def data_received(data: bytes) -> None:
         if not index.done() and len(data) >= 4 and data[0] == _HCI_VENDOR_PKT:
-            index.set_result(data[2] << 8 | data[3])
+            index.set_result(data[2] | data[3] << 8)
             data = data[4:]
             if not data:
                 return
