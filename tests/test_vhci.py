@@ -45,9 +45,11 @@ def test_an_unreadable_dev_vhci_says_permission_denied(
     assert problem is not None and "permission denied" in problem
 
 
-def test_each_process_gets_its_own_controller_address() -> None:
-    assert vhci.controller_address(1) != vhci.controller_address(2)
-    assert vhci.controller_address(0x123456) == "5C:5B:A1:12:34:56"
+def test_each_radio_gets_its_own_controller_address() -> None:
+    assert vhci.controller_address(1, 1) != vhci.controller_address(2, 1)
+    assert vhci.controller_address(7, 1) != vhci.controller_address(7, 2)
+    assert vhci.controller_address(0x1234, 0x56) == "5C:5B:12:34:00:56"
+    assert vhci.controller_address() != vhci.controller_address()  # one process, two radios
 
 
 @pytest.mark.skipif(not NO_VHCI, reason="this machine has /dev/vhci")

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import threading
@@ -84,12 +85,17 @@ def vhci_problem(path: str = VHCI_PATH) -> str | None:
     return None
 
 
-def controller_address(pid: int | None = None) -> str:
-    """A public address for this run's controller, distinct per process (two runs on one
-    machine get two adapters that bluetoothd can tell apart)."""
+_radios = itertools.count(1)
+
+
+def controller_address(pid: int | None = None, number: int | None = None) -> str:
+    """A public address for a virtual controller: distinct per process and per radio in
+    it. bluetoothd does not bring up a second adapter with an address it already has (a
+    test's radio next to the session's stayed down)."""
     pid = os.getpid() if pid is None else pid
-    low = pid & 0xFFFFFF
-    return f"5C:5B:A1:{low >> 16:02X}:{(low >> 8) & 0xFF:02X}:{low & 0xFF:02X}"
+    number = next(_radios) if number is None else number
+    octets = [0x5C, 0x5B, (pid >> 8) & 0xFF, pid & 0xFF, (number >> 8) & 0xFF, number & 0xFF]
+    return ":".join(f"{octet:02X}" for octet in octets)
 
 
 def _host_controller_class() -> type[Any]:
