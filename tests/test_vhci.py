@@ -166,3 +166,21 @@ async def test_active_scanning_reports_the_advertisers_real_scan_response() -> N
         assert not (controller.le_features & hci.LeFeatureMask.LL_PRIVACY)
     finally:
         await peripheral.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime(False)
+async def test_the_real_stack_refuses_connect_fail_and_takes_race_and_stale_cache() -> None:
+    """connect-fail crashed Debian 12's kernel (docs/faults.md, Real BlueZ); race and
+    stale-cache have a real form on this front (the Bumble peripheral alone refuses them)."""
+    from smartball_sim.faults import FaultSpecError
+
+    link = SmartBallLink()
+    with pytest.raises(FaultSpecError, match="hci_chan_del"):
+        await vhci.serve_for_bluez(emulated_smartball(faults="connect-fail"), link)
+    peripheral = await vhci.serve_for_bluez(emulated_smartball(faults="race:1s,stale-cache"), link)
+    try:
+        with pytest.raises(FaultSpecError, match="connect-fail"):
+            peripheral.device.set_faults("field-linux")
+    finally:
+        await peripheral.close()

@@ -332,13 +332,22 @@ class VirtualRadio:
         return self.devices[0]
 
 
+#: Why a plan with ``connect-fail`` is refused on the real stack.
+CONNECT_FAIL_REFUSED = (
+    "connect-fail ends a new link with HCI 0x3E before bluetoothd's ATT channel is up, "
+    "and Debian 12's Linux 6.1 crashed on that every time (list_del corruption in "
+    "hci_chan_del) and took bluetoothd down with it; run it with --bluez=emulated or "
+    "--device=sim (docs/faults.md, Real BlueZ)"
+)
+
+
 def _bluez_facing_peripheral_class() -> type[Any]:
     from bumble import att
 
     from . import gatt_layout
     from .bumble.peripheral import SmartBallPeripheral
     from .device import FaultRecord
-    from .faults import FaultPlan
+    from .faults import FaultPlan, FaultSpecError
 
     class BluezFacingPeripheral(SmartBallPeripheral):  # type: ignore[misc]
         """The Bumble SmartBall, provoking for real what ``race`` and ``stale-cache``
@@ -364,7 +373,9 @@ def _bluez_facing_peripheral_class() -> type[Any]:
             server.on_gatt_pdu = self._on_gatt_pdu
 
         def check_faults(self, plan: FaultPlan) -> None:
-            pass  # every effect has a form here
+            for fault in plan.faults:
+                if fault.effect == "connect-fail":
+                    raise FaultSpecError(f"fault {str(fault)!r}: {CONNECT_FAIL_REFUSED}")
 
         def _on_connection(self, connection: Any) -> None:
             super()._on_connection(connection)
