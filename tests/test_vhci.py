@@ -184,3 +184,77 @@ async def test_the_real_stack_refuses_connect_fail_and_takes_race_and_stale_cach
             peripheral.device.set_faults("field-linux")
     finally:
         await peripheral.close()
+
+
+async def _central(link: SmartBallLink) -> object:
+    """A plain Bumble central on the link (what the kernel is, behind the vhci controller)."""
+    from bumble.device import Device
+    from bumble.host import Host
+    from bumble.transport.common import AsyncPipeSink
+    from smartball_sim.bumble.central import CentralController
+
+    controller = CentralController("central", link=link)
+    central = Device(name="central", address=hci.Address("F0:CE:17:A1:00:09"))
+    central.host = Host(controller, AsyncPipeSink(controller))
+    await central.power_on()
+    return central
+
+
+async def _services_seen(central: object, address: str) -> set[str] | str:
+    """Connect and discover like a host does: the service UUIDs, or how the link ended."""
+    from bumble.device import Connection, Device, Peer
+
+    assert isinstance(central, Device)
+    connection = await central.connect(
+        hci.Address(address), own_address_type=hci.OwnAddressType.RANDOM, timeout=10
+    )
+    ended: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    connection.on(Connection.EVENT_DISCONNECTION, lambda r: ended.done() or ended.set_result(r))
+    discovery = asyncio.ensure_future(Peer(connection).discover_services())
+    done, _ = await asyncio.wait({discovery, ended}, timeout=10, return_when="FIRST_COMPLETED")
+    if ended in done:
+        discovery.cancel()
+        return f"link lost, HCI 0x{ended.result():02X}"
+    uuids = {str(s.uuid).lower() for s in discovery.result()}
+    await connection.disconnect()
+    await asyncio.wait_for(ended, 10)
+    return uuids
+
+
+NUS = "6e400001-b5a3-f393-e0a9-e50e24dcca9e"
+
+
+@pytest.mark.asyncio
+async def test_race_loses_the_link_at_the_first_discovery_request() -> None:
+    link = SmartBallLink()
+    device = emulated_smartball(address="C0:FF:EE:00:00:0A", faults="race:0.1s")
+    peripheral = await vhci.serve_for_bluez(device, link)
+    try:
+        central = await _central(link)
+        assert await _services_seen(central, device.address) == "link lost, HCI 0x08"
+        await asyncio.sleep(0.5)  # past the race window
+        seen = await _services_seen(central, device.address)
+        assert isinstance(seen, set) and NUS in seen
+        details = [r.detail for r in device.fault_log if r.fault == "race"]
+        assert "link lost at bluetoothd's first discovery request" in details
+    finally:
+        await peripheral.close()
+
+
+@pytest.mark.asyncio
+async def test_stale_cache_serves_one_connection_without_nus_then_nus_silently() -> None:
+    link = SmartBallLink()
+    device = emulated_smartball(address="C0:FF:EE:00:00:0B", faults="stale-cache")
+    peripheral = await vhci.serve_for_bluez(device, link)
+    try:
+        central = await _central(link)
+        first = await _services_seen(central, device.address)
+        assert isinstance(first, set) and NUS not in first and first  # the GATT service
+        second = await _services_seen(central, device.address)
+        assert isinstance(second, set) and NUS in second
+        assert [r.detail for r in device.fault_log if r.trigger == "applied"][-2:] == [
+            "this connection's GATT database has no NUS",
+            "NUS is back, and no Service Changed says so",
+        ]
+    finally:
+        await peripheral.close()
