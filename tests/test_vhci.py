@@ -11,6 +11,7 @@ import pty
 import threading
 import tty
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -209,9 +210,15 @@ async def _services_seen(central: object, address: str) -> set[str] | str:
         hci.Address(address), own_address_type=hci.OwnAddressType.RANDOM, timeout=10
     )
     ended: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    connection.on(Connection.EVENT_DISCONNECTION, lambda r: ended.done() or ended.set_result(r))
+
+    def on_end(reason: int) -> None:
+        if not ended.done():
+            ended.set_result(reason)
+
+    connection.on(Connection.EVENT_DISCONNECTION, on_end)
     discovery = asyncio.ensure_future(Peer(connection).discover_services())
-    done, _ = await asyncio.wait({discovery, ended}, timeout=10, return_when="FIRST_COMPLETED")
+    waiting: set[asyncio.Future[Any]] = {discovery, ended}
+    done, _ = await asyncio.wait(waiting, timeout=10, return_when="FIRST_COMPLETED")
     if ended in done:
         discovery.cancel()
         return f"link lost, HCI 0x{ended.result():02X}"

@@ -368,9 +368,11 @@ def _bluez_facing_peripheral_class() -> type[Any]:
             self._racing: set[int] = set()  # connection handles to drop at discovery
             self._nus_hidden_on: int | None = None  # the handle that sees no NUS
             self._nus_attributes: list[Any] = []
+            # Bumble has no hook for a request before it is served: this connection's
+            # requests pass through _on_gatt_pdu first.
             server = self.bumble.gatt_server
             self._serve_att = server.on_gatt_pdu
-            server.on_gatt_pdu = self._on_gatt_pdu
+            setattr(server, "on_gatt_pdu", self._on_gatt_pdu)  # noqa: B010
 
         def check_faults(self, plan: FaultPlan) -> None:
             for fault in plan.faults:
