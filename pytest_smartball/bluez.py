@@ -203,6 +203,33 @@ async def reread_services(client: Any) -> bool:
     return True
 
 
+async def acquire_mtu(client: Any) -> int | None:
+    """The connection's ATT MTU as BlueZ negotiated it, or None when it cannot be had.
+
+    bleak's BlueZ backend learns a characteristic's ``MTU`` property from its manager, which
+    builds its picture once per event loop (GetManagedObjects) and then follows signals;
+    bluetoothd 5.66 exports ``MTU`` only while connected and signals neither its going nor
+    its return, so a loop that first met the device disconnected reports
+    ``max_write_without_response_size`` = 20 for the whole loop. The MTU itself comes with
+    ``AcquireWrite``: bleak's ``_acquire_mtu()`` (its documented way, see
+    ``BleakClient.mtu_size``) calls it, closes the fd at once and keeps the MTU. It goes
+    through the client's undocumented ``_backend``; with a bleak that lacks it, None.
+    """
+    backend = getattr(client, "_backend", None)
+    acquire = getattr(backend, "_acquire_mtu", None)
+    if acquire is None:
+        return None
+    try:
+        await acquire()
+        mtu = getattr(backend, "_mtu_size", None)
+    except (AssertionError, StopIteration, AttributeError, OSError, BleakError) as exc:
+        # bleak asserts on a failed reply (assert_reply raises BleakDBusError) and on a
+        # collection with no writable or notifying characteristic
+        log.debug("acquiring the MTU failed: %s: %s", type(exc).__name__, exc)
+        return None
+    return mtu if isinstance(mtu, int) and mtu >= 23 else None
+
+
 def parse_version(text: str) -> tuple[int, int] | None:
     m = re.search(r"(\d+)\.(\d+)", text)
     return (int(m.group(1)), int(m.group(2))) if m else None

@@ -114,15 +114,14 @@ async def test_scan_connect_and_mtu_the_bluez_way(bluez: EmulatedBluez) -> None:
     assert device.details["path"] == DEV_PATH  # a real BlueZ BLEDevice
     link = await NusLink.open(device, BACKEND, FAST_LINK)
     try:
-        # The engine's write size comes from the characteristic's MTU property...
+        # The link acquired the MTU (bleak's _acquire_mtu: AcquireWrite, fd closed at once)
+        # and writes MTU - 3 bytes; bleak on BlueZ reports 23 until then.
         assert link.max_write == 244
         client = link._client
         assert client is not None
-        # ...because bleak on BlueZ reports 23 until the MTU is acquired.
-        with pytest.warns(UserWarning, match="default MTU"):
-            assert client.mtu_size == 23
-        await client._backend._acquire_mtu()  # AcquireWrite, fd closed at once
-        assert client.mtu_size == 247
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "Using default MTU value"
+            assert client.mtu_size == 247
         info = await link.request(p.CmdInfo(), (p.MsgInfo,))
         assert isinstance(info, p.MsgInfo) and info.protocol_version == p.PROTOCOL_VERSION
     finally:
@@ -130,6 +129,27 @@ async def test_scan_connect_and_mtu_the_bluez_way(bluez: EmulatedBluez) -> None:
     calls = {member for _, member, _ in bluez.emulator.calls}
     assert {"GetManagedObjects", "StartDiscovery", "Connect", "StartNotify"} <= calls
     assert {"WriteValue", "AcquireWrite", "Disconnect"} <= calls
+
+
+async def test_the_link_writes_mtu_minus_3_on_an_event_loop_that_met_the_device_disconnected(
+    bluez: EmulatedBluez,
+) -> None:
+    """bluetoothd exports a characteristic's MTU only while connected and signals neither
+    its going nor its return (as 5.66 does, docs/faults.md "Real BlueZ"); bleak's manager on
+    a new event loop reads the objects while the device is disconnected, so its write size
+    is 20 for that loop. The link acquires the MTU and writes 244 bytes all the same."""
+    device = (await find_device(BACKEND, address=ADDRESS, timeout=5)).ble_device
+    async with await NusLink.open(device, BACKEND, FAST_LINK):
+        pass  # the device is known, its objects stay exported, without MTU once closed
+
+    async def on_a_new_loop() -> tuple[int, int]:
+        device = (await find_device(BACKEND, address=ADDRESS, timeout=5)).ble_device
+        async with await NusLink.open(device, BACKEND, FAST_LINK) as link:
+            assert link._rx is not None
+            return link._rx.max_write_without_response_size, link.max_write
+
+    bleak_says, link_writes = await asyncio.to_thread(asyncio.run, on_a_new_loop())
+    assert (bleak_says, link_writes) == (20, 244)
 
 
 async def test_acquire_notify_path(bluez: EmulatedBluez) -> None:

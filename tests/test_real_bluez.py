@@ -33,10 +33,16 @@ from dbus_fast.aio import MessageBus
 
 from hil_tests.naive_client import naive_flash
 from pytest_smartball import protocol as p
-from pytest_smartball.bluez import remove_device
 from pytest_smartball.image import FirmwareImage
-from pytest_smartball.link import BleBackend, ConnectFailed, LinkSettings, NusLink, find_device
-from pytest_smartball.ota import OtaEngine, OtaSettings
+from pytest_smartball.link import (
+    BleBackend,
+    ConnectFailed,
+    LinkEvent,
+    LinkSettings,
+    NusLink,
+    find_device,
+)
+from pytest_smartball.ota import EventKind, OtaEngine, OtaSettings
 
 BLUEZ = "org.bluez"
 
@@ -57,8 +63,9 @@ def _real_stack_missing() -> str | None:
     return None
 
 
+# No module-wide asyncio mark: the differential tests are plain functions (each stack runs
+# its own event loop inside a module fixture); each async test carries its own.
 pytestmark = [
-    pytest.mark.asyncio,
     pytest.mark.looptime(False),  # a real kernel and daemon: real time
     pytest.mark.skipif(_real_stack_missing() is not None, reason=str(_real_stack_missing())),
     pytest.mark.timeout(300),
@@ -121,6 +128,7 @@ def fault_log(stack: Stack) -> list[tuple[str, str]]:
 # --- the field failure, for real ---------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_the_field_failure_through_real_bluetoothd_and_the_engine_finishes() -> None:
     """The original script under a drop in the erase: the kernel reports the lost link
     (HCI 0x08), bluetoothd sets ServicesResolved and Connected false, bleak clears its
@@ -142,13 +150,14 @@ async def test_the_field_failure_through_real_bluetoothd_and_the_engine_finishes
         assert stack.call(lambda: stack.device.firmware.active.crc32) == IMAGE.crc32
 
 
+@pytest.mark.asyncio
 async def test_race_for_real_is_a_link_lost_during_service_discovery() -> None:
     """bluetoothd >= 5.55 does not say ServicesResolved before the objects exist; what a
     host meets instead is a link lost while it discovers. The connect fails, and the
     engine connects again and finishes."""
     lost_at_discovery = "link lost at bluetoothd's first discovery request"
     with real_stack(faults="race:0.1s") as stack:
-        device = await find_device(stack.backend, address=stack.address, timeout=30)
+        device = (await find_device(stack.backend, address=stack.address, timeout=30)).ble_device
         with pytest.raises(ConnectFailed) as lost:
             await NusLink.open(device, stack.backend, LinkSettings(connect_attempts=1))
         assert "disconnected" in str(lost.value), lost.value
@@ -160,46 +169,55 @@ async def test_race_for_real_is_a_link_lost_during_service_discovery() -> None:
         assert len([d for f, _, d in _fault_details(stack) if d == lost_at_discovery]) == 2
 
 
-async def test_stale_cache_for_real_needs_the_cache_cleared() -> None:
+@pytest.mark.asyncio
+async def test_a_database_changed_without_service_changed_is_read_again_on_the_next_connect() -> (
+    None
+):
     """A SmartBall whose GATT database changed without a Service Changed indication (one
-    connection without NUS, then NUS back). The link's reconnects never see NUS again;
-    BlueZ's Adapter1.RemoveDevice (the engine's clear_cache) ends it."""
+    connection without NUS, as a bootloader's, then NUS back). bluetoothd 5.66 keeps the
+    objects it found but reads the primary services again on every connection, and the
+    link connects without bleak's service cache (which would hand the NUS-less collection
+    to the next connect once more): the link's second connect finds NUS. No cache clear
+    is needed, unlike the simulator's stale-cache, which lasts until RemoveDevice."""
+    events: list[tuple[LinkEvent, str]] = []
     with real_stack(faults="stale-cache") as stack:
-        device = await find_device(stack.backend, address=stack.address, timeout=30)
-        with pytest.raises(ConnectFailed, match="never appeared"):
-            await NusLink.open(device, stack.backend, LinkSettings())
-        details = [d for f, _, d in _fault_details(stack) if f == "stale-cache"]
-        assert "this connection's GATT database has no NUS" in details, details
-        assert "NUS is back, and no Service Changed says so" in details, details
-        async with Recorder(stack) as rec:
-            exported = sorted(await rec.objects())
-        print(f"stale-cache: after the failed connects bluetoothd exports {exported}")
-
-        assert await remove_device(stack.address, stack.adapter)
-        device = await find_device(stack.backend, address=stack.address, timeout=30)
-        link = await NusLink.open(device, stack.backend, LinkSettings())
+        device = (await find_device(stack.backend, address=stack.address, timeout=30)).ble_device
+        link = await NusLink.open(
+            device, stack.backend, LinkSettings(), on_event=lambda *e: events.append(e)
+        )
         try:
             info = await link.request(p.CmdInfo(), (p.MsgInfo,))
             assert isinstance(info, p.MsgInfo)
         finally:
             await link.close()
+        details = [d for f, _, d in _fault_details(stack) if f == "stale-cache"]
+    missing = [d for kind, d in events if kind is LinkEvent.SERVICES_MISSING]
+    assert missing == ["GATT database has no Nordic UART Service (attempt 1/3)"], events
+    assert details == [
+        "this connection's GATT database has no NUS",
+        "NUS is back, and no Service Changed says so",
+    ], details
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the engine clears the cache only before its first scan; a database that "
-    "changes during the update (bootloader to application) leaves bleak's NUS-less "
-    "collection in use on every reconnect, and the engine gives up. It should forget the "
-    "device (RemoveDevice) when NUS is missing, not only at the start",
-)
-async def test_the_engine_clears_a_cache_that_went_stale_during_the_update() -> None:
-    with real_stack(faults="stale-cache") as stack:
-        settings = OtaSettings(clear_cache=True, max_attempts_without_progress=1)
+@pytest.mark.asyncio
+async def test_the_engine_finishes_when_the_database_changes_during_the_update() -> None:
+    """The database changes under a reconnect (a drop half-way, then a connection without
+    NUS, then NUS back without Service Changed), with a budget of one attempt without
+    progress: the link's own reconnect (services_attempts) sees NUS again, because
+    bluetoothd reads the services again on every connection, and the update resumes. The
+    engine forgets nothing: on bluetoothd 5.66 the cache is not what is stale."""
+    with real_stack(faults="drop@offset:8000,stale-cache@connect:2") as stack:
+        settings = OtaSettings(max_attempts_without_progress=1)
         result = await OtaEngine(
             IMAGE, stack.backend, address=stack.address, settings=settings
         ).run()
-        assert result.success, result.error
+        fired = [(f, t) for f, t, _ in _fault_details(stack)]
+    assert result.success, result.error
+    assert result.reconnects == 1 and result.restarts == 0, result
+    kinds = [e.kind for e in result.events]
+    assert kinds.count(EventKind.SERVICES_MISSING) == 1, result.events
+    assert EventKind.CACHE_CLEARED not in kinds
+    assert ("drop", "offset:8000") in fired and ("stale-cache", "connect:2") in fired, fired
 
 
 def _fault_details(stack: Stack) -> list[tuple[str, str, str]]:
@@ -232,6 +250,26 @@ def test_bleak_on_a_new_event_loop_reports_a_write_size_of_20() -> None:
         second = asyncio.run(_write_size(stack))
     assert first == (244, 247)
     assert second == (20, 247)
+
+
+async def _link_write_size(stack: Stack) -> tuple[int, int]:
+    """Open the link on this event loop: what bleak says a write may carry, and what the
+    link writes."""
+    device = (await find_device(stack.backend, address=stack.address, timeout=30)).ble_device
+    async with await NusLink.open(device, stack.backend, LinkSettings()) as link:
+        assert link._rx is not None
+        return link._rx.max_write_without_response_size, link.max_write
+
+
+def test_the_link_writes_mtu_minus_3_on_every_event_loop() -> None:
+    """Whatever bleak's characteristic says (244, then 20 on a loop that met the device
+    disconnected), the link acquires the MTU (bleak's _acquire_mtu) and writes 244 bytes:
+    232 image bytes per DATA frame instead of 8."""
+    with real_stack() as stack:
+        first = asyncio.run(_link_write_size(stack))
+        second = asyncio.run(_link_write_size(stack))
+    assert first == (244, 244)
+    assert second == (20, 244)
 
 
 # --- recording what org.bluez says ----------------------------------------------------------

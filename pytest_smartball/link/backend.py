@@ -97,6 +97,17 @@ class BleBackend:
             return await reread_services(client)
         return False
 
+    async def negotiated_mtu(self, client: BleakClient) -> int | None:
+        """The connection's ATT MTU when the stack must be asked for it (BlueZ: bleak's
+        characteristic write size can read 20 on an event loop that met the device
+        disconnected; see :func:`pytest_smartball.bluez.acquire_mtu`); None when the
+        characteristic's write size is already right or the stack cannot say."""
+        if self.is_real and sys.platform.startswith("linux"):
+            from ..bluez import acquire_mtu
+
+            return await acquire_mtu(client)
+        return None
+
     async def needs_fixed_settle(self) -> bool:
         """Whether the stack is known to report services resolved before they are (BlueZ
         before 5.55, which preflight warns about): then the whole settle delay is waited."""

@@ -127,7 +127,7 @@ class NusLink:
             await asyncio.sleep(s.services_retry_backoff_s * attempt)
         assert rx is not None and tx is not None  # the loop ends only with both, or raises
         self._client, self._rx = client, rx
-        self.max_write = rx.max_write_without_response_size
+        self.max_write = await self._write_size(client, rx)
         try:
             # bleak's BlueZ backend awaits this D-Bus call without a timeout of its own
             async with asyncio.timeout(self.settings.write_timeout_s):
@@ -135,9 +135,29 @@ class NusLink:
         except LINK_OR_TIMEOUT_ERRORS as exc:
             self._mark_lost(f"start_notify failed: {exc}")
             raise LinkLost(f"{self._who}: link lost while enabling notifications: {exc}") from exc
-        # Not client.mtu_size: on BlueZ it reads 23 (with a warning) until the MTU is
-        # acquired; the characteristic's write size is what bounds a write.
         self._on_event(LinkEvent.CONNECTED, f"write size {self.max_write} (mtu {self.mtu_size})")
+
+    async def _write_size(self, client: BleakClient, rx: BleakGATTCharacteristic) -> int:
+        """What one write may carry: MTU - 3 with the MTU the stack negotiated, when it has
+        to be asked for it (BlueZ), else the characteristic's own write size. Not
+        ``client.mtu_size``: on BlueZ it reads 23 (with a warning) until acquired."""
+        try:
+            async with asyncio.timeout(self.settings.write_timeout_s):
+                mtu = await self.backend.negotiated_mtu(client)
+        except TimeoutError:
+            mtu = None
+        size = rx.max_write_without_response_size
+        if mtu is None:
+            return size
+        if mtu - 3 != size:
+            log.info(
+                "%s: ATT MTU %d: writes of %d bytes (the characteristic said %d)",
+                self._who,
+                mtu,
+                mtu - 3,
+                size,
+            )
+        return mtu - 3
 
     async def _settle(
         self, client: BleakClient

@@ -103,7 +103,7 @@ def _host_controller_class() -> type[Any]:
     is needed only when a virtual radio is made)."""
     from .bumble.central import CentralController
 
-    class HostController(CentralController):  # type: ignore[misc]
+    class HostController(CentralController):
         """The controller the Linux kernel drives through ``/dev/vhci``."""
 
         def __init__(self, transport: Transport, link: Any, address: str) -> None:
@@ -349,7 +349,7 @@ def _bluez_facing_peripheral_class() -> type[Any]:
     from .device import FaultRecord
     from .faults import FaultPlan, FaultSpecError
 
-    class BluezFacingPeripheral(SmartBallPeripheral):  # type: ignore[misc]
+    class BluezFacingPeripheral(SmartBallPeripheral):
         """The Bumble SmartBall, provoking for real what ``race`` and ``stale-cache``
         imitate elsewhere:
 
