@@ -31,14 +31,9 @@ async def test_info_over_bluez(nus, emulated_bluez):
     assert info.protocol_version == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="real BlueZ 5.66 (tests/test_real_bluez.py) drops a characteristic's MTU "
-    "property on disconnect without a signal and brings it back silently; bleak reading "
-    "the device fresh on this test's loop after preflight's connect sees no MTU and "
-    "reports 23 - 3 = 20 for the rest of the process. The link must read the MTU itself",
-)
+# Real BlueZ 5.66 drops a characteristic's MTU property on disconnect without a signal and
+# brings it back silently; bleak reading the device fresh on this test's loop after
+# preflight's connect reports 23 - 3 = 20. The link acquires the MTU itself.
 async def test_write_size_after_preflight_connected(nus):
     assert nus.max_write == 244  # MTU 247 - 3
 
@@ -66,7 +61,7 @@ def test_the_real_path_runs_against_the_emulated_bluez(pytester: pytest.Pytester
         "no:cacheprovider",
         timeout=60,
     )
-    result.assert_outcomes(passed=2, xfailed=1)
+    result.assert_outcomes(passed=3)
     output = result.stdout.str()
     assert "smartball preflight" in output or "smartball: BlueZ 5.72" in output
     found = re.search(r"DAEMON-PID (\d+)", output)
