@@ -360,7 +360,9 @@ def _bluez_facing_peripheral_class() -> type[Any]:
         * ``stale-cache``: the device's GATT database changes without a Service Changed
           indication. On the connection the fault hits, the device serves its database
           without NUS (as a bootloader would); when that link ends NUS is back, and
-          nothing tells the host. Whatever cached the NUS-less database keeps it.
+          nothing tells the host. bluetoothd 5.66 reads the services again on the next
+          connection; a host that keeps a copy of its own (bleak's service cache) has
+          the NUS-less one until it reads them again.
         """
 
         def __init__(self, device: SimDevice, link: Any) -> None:
