@@ -59,9 +59,11 @@ CHUNK, WINDOW = 232, 16
 #: The many-plans properties use small images so thousands of updates fit in CI time;
 #: the across-sizes property covers the whole size range with fewer examples.
 SMALL_IMAGE_MAX = 12 * 1024
-MANY = settings.default.max_examples * 20
-SOME = settings.default.max_examples * 2
-FEW = max(10, settings.default.max_examples // 2)
+#: The loaded profile's example count (``--fuzz-examples N`` or HYPOTHESIS_PROFILE).
+EXAMPLES = settings().max_examples
+MANY = EXAMPLES * 20
+SOME = EXAMPLES * 2
+FEW = max(10, EXAMPLES // 2)
 BUDGETS = {link: Budgets.of(link=link) for link in Link}
 #: Plans are generated once for both links: within the stricter budgets (Bumble's refused
 #: connects are fewer per attempt), with BlueZ's effects, which a Bumble run leaves out.
