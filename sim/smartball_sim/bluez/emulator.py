@@ -12,7 +12,7 @@ real bluetoothd 5.66 says on D-Bus:
 compares them phase by phase.
 
 Each device is a :class:`smartball_sim.device.SimDevice`, the same radio, firmware and fault
-injection as the in-process bleak backend (``sim/bleak_backend.py``). The emulator is the
+injection as the in-process bleak backend (``smartball_sim/bleak_backend.py``). The emulator is the
 link's :class:`~smartball_sim.device.LinkPeer`: notifications become ``PropertiesChanged{Value}`` on
 the TX characteristic (or datagrams on an ``AcquireNotify`` socket), a lost link becomes
 ``ServicesResolved=false`` then ``Connected=false``. As in BlueZ, the GATT objects stay
