@@ -11,6 +11,10 @@ from .link import LinkSettings
 
 DEFAULT_SCAN_TIMEOUT_S = LinkSettings().scan_timeout_s
 
+#: Which BlueZ a --device=real run talks to; all but "system" serve simulated SmartBalls.
+BLUEZ_CHOICES = ("system", "emulated", "vhci")
+SIMULATED_BLUEZ = ("emulated", "vhci")
+
 #: Set once tests are collected: one of them uses the SmartBall fixtures or markers (only
 #: then does ``--device=real`` check the bench).
 NEEDS_DEVICE = pytest.StashKey[bool]()
@@ -110,11 +114,13 @@ def add_options(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--bluez",
-        choices=("system", "emulated"),
+        choices=BLUEZ_CHOICES,
         default="system",
-        help="with --device=real: the system's BlueZ (default), or 'emulated': a private "
+        help="with --device=real: the system's BlueZ (default); 'emulated': a private "
         "dbus-daemon and an emulated bluetoothd serving simulated SmartBalls "
-        "(smartball_sim.bluez), started and stopped by this run",
+        "(smartball_sim.bluez); or 'vhci': the system's real BlueZ with simulated SmartBalls "
+        "behind a virtual controller on /dev/vhci (smartball_sim.vhci); both are started and "
+        "stopped by this run",
     )
 
 

@@ -22,7 +22,7 @@ from . import protocol as p
 from . import report as rep
 from .image import FirmwareImage, ImageError, generated_image, load_image
 from .link import BleBackend
-from .options import NEEDS_DEVICE, SmartBallOptions, read_options
+from .options import NEEDS_DEVICE, SIMULATED_BLUEZ, SmartBallOptions, read_options
 from .ota import OtaSettings
 
 _SESSION = pytest.StashKey["SmartBallSession"]()
@@ -145,7 +145,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if state.worker is None:
         state.report = rep.RunReport(device=_device_summary(opts), firmware=None)
     if opts.faults:
-        if opts.device == "real" and opts.bluez != "emulated":
+        if opts.device == "real" and opts.bluez not in SIMULATED_BLUEZ:
             raise pytest.UsageError(
                 "--sim-faults applies to the simulator only; real hardware cannot inject faults"
             )

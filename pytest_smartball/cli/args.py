@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from .. import protocol as p
 from ..link import LinkSettings
+from ..options import BLUEZ_CHOICES, SIMULATED_BLUEZ
 from ..ota import OtaSettings
 from .errors import EXIT_BAD_INPUT, EXIT_CODES, CliError
 
@@ -114,11 +115,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     dev.add_argument("--adapter", default=s, help="BlueZ adapter (default: hci0)")
     dev.add_argument(
         "--bluez",
-        choices=("system", "emulated"),
+        choices=BLUEZ_CHOICES,
         default=s,
-        help="the system's BlueZ (default), or 'emulated': a private dbus-daemon and an "
+        help="the system's BlueZ (default); 'emulated': a private dbus-daemon and an "
         "emulated bluetoothd serving a simulated SmartBall, in real time, through the real "
-        "BlueZ code path (--faults, --seed, --erase-time, --sim-address apply)",
+        "BlueZ code path; or 'vhci': this machine's real BlueZ with a simulated SmartBall "
+        "behind a virtual controller on /dev/vhci (for both, --faults, --seed, --erase-time "
+        "and --sim-address apply)",
     )
     dev.add_argument(
         "--scan-timeout",
@@ -268,9 +271,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in COMMON_DEFAULTS.items():
         if not hasattr(args, key):
             setattr(args, key, value)
-    if args.sim and args.bluez == "emulated":
-        raise CliError(EXIT_BAD_INPUT, "--bluez=emulated is the real-device path; leave out --sim")
-    if not args.sim and args.bluez != "emulated":
+    if args.sim and args.bluez in SIMULATED_BLUEZ:
+        raise CliError(
+            EXIT_BAD_INPUT, f"--bluez={args.bluez} is the real-device path; leave out --sim"
+        )
+    if not args.sim and args.bluez not in SIMULATED_BLUEZ:
         given = [
             flag for key, flag in SIM_ONLY.items() if getattr(args, key) != COMMON_DEFAULTS[key]
         ]
@@ -290,7 +295,8 @@ class Context:
         self.args = args
         self.json: bool = args.json
         self.simulated: bool = args.sim
-        self.emulated: bool = args.bluez == "emulated"
+        #: "emulated" or "vhci": simulated SmartBalls behind a BlueZ, on the real-device path
+        self.served_by: str | None = args.bluez if args.bluez in SIMULATED_BLUEZ else None
         self.virtual: bool = args.sim and not args.realtime
         #: An interrupted flash had asked the device to switch (for the Ctrl-C sentence).
         self.switch_asked = False

@@ -200,7 +200,7 @@ class SimClient(BaseBleakClient):
         return (
             self._link.device.name
             if self._link
-            else (self._ble_device.name if self._ble_device else "")
+            else ((self._ble_device.name or "") if self._ble_device else "")
         )
 
     @property
