@@ -27,7 +27,7 @@ from smartball_sim.device import SimDevice
 from smartball_sim.faults import FaultPlan
 from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY
 from smartball_sim.make_image import make_image
-from smartball_sim.strategies import fault_plans, image_specs
+from smartball_sim.strategies import fault_plans, image_specs, offers_progressive_erase
 
 # The work is bounded by example counts and virtual time, not by the wall clock; the
 # timeout only catches a hang, generously, so a busy machine cannot fail the run.
@@ -69,12 +69,14 @@ def replay_command(image: FirmwareImage, plan: FaultPlan, seed: int, sim_link: s
 
 
 def make_target(sim_link: str, plan: FaultPlan, seed: int) -> Target:
-    """A fresh simulated SmartBall on the link ``--sim-link`` asks for."""
+    """A fresh simulated SmartBall on the link ``--sim-link`` asks for, in the erase mode
+    its seed gives (``offers_progressive_erase``)."""
+    progressive = offers_progressive_erase(seed)
     if sim_link == "bumble":
         from pytest_smartball.targets.bumble import make_bumble_target
 
-        return make_bumble_target(faults=plan, seed=seed)
-    return make_sim_target(faults=plan, seed=seed)
+        return make_bumble_target(faults=plan, seed=seed, progressive_erase=progressive)
+    return make_sim_target(faults=plan, seed=seed, progressive_erase=progressive)
 
 
 def for_link(plan: FaultPlan, sim_link: str) -> FaultPlan:
@@ -98,6 +100,7 @@ def run_update(
     (hypothesis prints the notes of the final, shrunk example only)."""
     plan = for_link(plan, sim_link)
     report(f"replay: {replay_command(image, plan, seed, sim_link)}")
+    report(f"device offers progressive erase: {offers_progressive_erase(seed)}")
     target = make_target(sim_link, plan, seed)
     device = target.sim
     assert device is not None
