@@ -120,8 +120,8 @@ def shown_specs() -> set[str]:
         # a bare effect name (`race`, `slow-erase`) is a name in a sentence, not a spec
         if _STARTS_WITH_A_NAME.match(span) and span not in EFFECTS:
             specs.add(span)
-    for row in effect_rows():
-        specs.add(row.example)
+    for effect_row in effect_rows():
+        specs.add(effect_row.example)
     for row in table("Trigger"):
         specs.add(only_code(row[3]))
     for row in table("You write"):
