@@ -31,6 +31,8 @@ CHUNK = 232
 
 #: Three pages: a session that is quick to set up, its last chunk shorter than CHUNK.
 SMALL = random.Random(16).randbytes(9_000)
+#: Where a RECEIVING set-up stops short of the end: the image's last, shorter chunk is left.
+NEAR_END = (len(SMALL) - 1) // CHUNK * CHUNK
 #: Another image, for "another image than the session's".
 OTHER = random.Random(17).randbytes(5_000)
 #: Pages of the image whose erase the ERASING set-up catches under way (about 3.4 s at the

@@ -30,7 +30,7 @@ from pytest_smartball.link import LinkSettings, NusLink, find_device
 from pytest_smartball.targets import Target
 
 from . import conformance as c
-from .conformance import CHUNK, OTHER, SMALL, TIMING, Session
+from .conformance import CHUNK, NEAR_END, OTHER, SMALL, TIMING, Session
 
 pytestmark = pytest.mark.asyncio
 
@@ -40,8 +40,6 @@ S = p.OtaState
 
 #: Rows whose RECEIVING set-up has sent the whole image (FINISH needs every byte).
 WHOLE_IMAGE_ROWS = ("finish", "finish_crc_mismatch")
-#: Where the ordinary RECEIVING set-up stops: the image's last, shorter chunk is left.
-NEAR_END = (len(SMALL) - 1) // CHUNK * CHUNK
 
 
 class Cell:
