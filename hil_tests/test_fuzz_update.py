@@ -36,8 +36,8 @@ CHUNK, WINDOW = 232, 16
 #: The many-plans property uses small images so thousands of updates fit in CI time;
 #: the second property covers the whole size range with fewer examples.
 SMALL_IMAGE_MAX = 12 * 1024
-MANY = settings.default.max_examples * 20
-FEW = max(10, settings.default.max_examples // 2)
+MANY = settings().max_examples * 20
+FEW = max(10, settings().max_examples // 2)
 
 
 @contextmanager
@@ -58,23 +58,32 @@ def recording_waits() -> Iterator[list[tuple[float, float]]]:
         yield waits
 
 
-def replay_command(image: FirmwareImage, plan: FaultPlan, seed: int) -> str:
+def replay_command(
+    image: FirmwareImage, plan: FaultPlan, seed: int, firmware_bugs: tuple[str, ...] = ()
+) -> str:
     size, image_seed = image.source.removeprefix("fuzz-").removesuffix(".bin").split("-")
+    bugs = "".join(f" --sim-firmware-bug {bug}" for bug in firmware_bugs)
     return (
         f"python -m smartball_sim.make_image /tmp/fuzz.bin {size} --seed {image_seed} && "
-        f"smartball-ota flash /tmp/fuzz.bin --sim --seed {seed} --faults '{plan}' -v"
+        f"smartball-ota flash /tmp/fuzz.bin --sim --seed {seed} --faults '{plan}'{bugs} -v"
     )
 
 
 def run_update(
-    image: FirmwareImage, plan: FaultPlan, seed: int, report: Callable[[str], None] = note
+    image: FirmwareImage,
+    plan: FaultPlan,
+    seed: int,
+    report: Callable[[str], None] = note,
+    firmware_bugs: tuple[str, ...] = (),
 ) -> tuple[OtaResult, SimDevice, bytes, list[tuple[float, float]]]:
-    """One whole update on a fresh simulated device: the result, the device, the image it
-    ran before, and every wait. ``report`` shows what a failing example needs
-    (hypothesis prints the notes of the final, shrunk example only)."""
-    report(f"replay: {replay_command(image, plan, seed)}")
-    target = make_sim_target(faults=plan, seed=seed)
+    """One whole update on a fresh simulated device (with the run's firmware bugs, if
+    any): the result, the device, the image it ran before, and every wait. ``report``
+    shows what a failing example needs (hypothesis prints the notes of the final, shrunk
+    example only)."""
+    report(f"replay: {replay_command(image, plan, seed, firmware_bugs)}")
+    target = make_sim_target(faults=plan, seed=seed, firmware_bugs=firmware_bugs)
     device = target.sim
+    assert device is not None
     baseline = device.firmware.active.data
     engine = OtaEngine(image, target.backend, address=device.address)
     with recording_waits() as waits:
@@ -152,10 +161,10 @@ def image_and_plan(draw: st.DrawFn, max_size: int) -> tuple[FirmwareImage, Fault
 @settings(max_examples=MANY)
 @given(case=image_and_plan(SMALL_IMAGE_MAX))
 def test_update_never_bricks_under_generated_faults(
-    case: tuple[FirmwareImage, FaultPlan, int],
+    case: tuple[FirmwareImage, FaultPlan, int], sim_firmware_bugs: tuple[str, ...]
 ) -> None:
     image, plan, seed = case
-    result, device, baseline, waits = run_update(image, plan, seed)
+    result, device, baseline, waits = run_update(image, plan, seed, firmware_bugs=sim_firmware_bugs)
     check_never_bricks(image, result, device, baseline, waits)
 
 
@@ -170,17 +179,23 @@ def test_update_never_bricks_under_generated_faults(
 )
 @settings(max_examples=FEW)
 @given(case=image_and_plan(DEFAULT_STAGING_CAPACITY))
-def test_update_never_bricks_across_image_sizes(case: tuple[FirmwareImage, FaultPlan, int]) -> None:
+def test_update_never_bricks_across_image_sizes(
+    case: tuple[FirmwareImage, FaultPlan, int], sim_firmware_bugs: tuple[str, ...]
+) -> None:
     image, plan, seed = case
     event(f"image {'over' if image.size > SMALL_IMAGE_MAX else 'up to'} {SMALL_IMAGE_MAX} bytes")
-    result, device, baseline, waits = run_update(image, plan, seed)
+    result, device, baseline, waits = run_update(image, plan, seed, firmware_bugs=sim_firmware_bugs)
     check_never_bricks(image, result, device, baseline, waits)
 
 
-def test_without_faults_every_generated_update_succeeds() -> None:
+def test_without_faults_every_generated_update_succeeds(
+    sim_firmware_bugs: tuple[str, ...],
+) -> None:
     """Control: the properties above are not satisfied by failing everything."""
     for size in (1, 4095, 4096, 4097, 233, 234, 235, DEFAULT_STAGING_CAPACITY):
         image = FirmwareImage(make_image(size, 9), f"fuzz-{size}-9.bin")
-        result, device, _, _ = run_update(image, FaultPlan(), 0, report=lambda text: None)
+        result, device, _, _ = run_update(
+            image, FaultPlan(), 0, report=lambda text: None, firmware_bugs=sim_firmware_bugs
+        )
         assert result.success, (size, result.error)
         assert device.firmware.active.data == image.data

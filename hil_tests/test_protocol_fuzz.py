@@ -272,7 +272,7 @@ class DeviceProtocolModel(RuleBasedStateMachine):
 
 
 DeviceProtocolModel.TestCase.settings = settings(
-    max_examples=settings.default.max_examples * 2, stateful_step_count=30, deadline=None
+    max_examples=settings().max_examples * 2, stateful_step_count=30, deadline=None
 )
 
 
@@ -284,7 +284,7 @@ class TestDeviceProtocolModel(DeviceProtocolModel.TestCase):  # type: ignore[nam
 @pytest.mark.sim_only
 @pytest.mark.parametrize("start_session", [False, True])
 def test_arbitrary_input_never_breaks_the_device(start_session: bool) -> None:
-    @settings(max_examples=settings.default.max_examples * 3)
+    @settings(max_examples=settings().max_examples * 3)
     @given(chunks=st.lists(command_frames(), max_size=20))
     def check(chunks: list[bytes]) -> None:
         d = FirmwareDriver()
@@ -356,7 +356,7 @@ def test_command_sequences_through_the_link_keep_the_device_safe(smartball: obje
     image = IMAGES["A"]
 
     @settings(
-        max_examples=max(5, settings.default.max_examples // 10),
+        max_examples=max(5, settings().max_examples // 10),
         stateful_step_count=15,
         deadline=None,
     )
