@@ -250,7 +250,8 @@ class SmartBallFirmware:
         self._request_reset = request_reset
         self._observe = observe
         self._when_sent = when_sent or (lambda callback: callback())
-        self.flash = Flash(staging_capacity)
+        # The reference never misuses the flash (a misuse raises); a buggy firmware may.
+        self.flash = Flash(staging_capacity, strict=not self.bugs)
         self._decoder = p.FrameDecoder()
         self.state = p.OtaState.IDLE
         self.session: OtaSession | None = None
