@@ -271,6 +271,13 @@ def firmware_bugs() -> tuple[FirmwareBugEntry, ...]:
     return tuple(FirmwareBugEntry(b["name"], b["what"], b["breaks"]) for b in data["bugs"])
 
 
+def render_firmware_bugs() -> str:
+    """The catalogue as docs/firmware-bugs.md shows it (Markdown)."""
+    lines = ["| bug | what a real firmware does wrong | breaks |", "|---|---|---|"]
+    lines += [f"| `{b.name}` | {b.what} | {b.breaks} |" for b in firmware_bugs()]
+    return "\n".join(lines) + "\n"
+
+
 # --- vectors --------------------------------------------------------------------------------
 
 VECTOR_FILES = ("codec.json", "decoder.json", "device.json")
