@@ -7,7 +7,11 @@ object: for every test, its outcome and verdict:
 * ``caught``: the test's call failed, and not because of the two things below;
 * ``crashed``: an exception was raised inside the simulator (``smartball_sim``), or the
   event loop logged one from it: the simulated device broke, it did not misbehave;
-* ``hung``: pytest-timeout stopped the test;
+* ``hung``: the test ran longer than ``--kill-test-timeout`` seconds (30 by default: the
+  suite's slowest test takes a few, so only a loop without a bound gets there).
+  pytest-timeout then ends the whole process (its thread method: an exception raised
+  into an event loop's callback would be swallowed by the loop), leaving the test marked
+  ``running``; kill_table.py records it as hung and runs the tests after it again;
 * ``error``: the set-up or tear-down failed (the harness, not the test's verdict);
 * ``passed`` / ``skipped``.
 
@@ -36,12 +40,14 @@ LAB_FIXTURES = frozenset({"power_cycle"})
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--kill-observations", default=None, metavar="PATH")
+    parser.addoption("--kill-test-timeout", type=float, default=30.0, metavar="SECONDS")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     path = config.getoption("--kill-observations")
     if path:
-        config.pluginmanager.register(Observer(Path(path)), "kill-observer")
+        observer = Observer(Path(path), config.getoption("--kill-test-timeout"))
+        config.pluginmanager.register(observer, "kill-observer")
 
 
 def raised_in_simulator(tb: TracebackType | None) -> bool:
@@ -78,14 +84,17 @@ class _LoopErrors(logging.Handler):
 
 
 class Observer:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, test_timeout_s: float) -> None:
         self.path = path
+        self.test_timeout_s = test_timeout_s
         self.tests: dict[str, dict[str, Any]] = {}
         self.loop_errors = _LoopErrors()
         logging.getLogger("asyncio").addHandler(self.loop_errors)
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         for item in items:
+            # Closest, so it wins over a test's own (longer) timeout marker.
+            item.add_marker(pytest.mark.timeout(self.test_timeout_s, method="thread"), append=False)
             fixtures = set(getattr(item, "fixturenames", ()))
             sim_only = bool(fixtures & SIM_ONLY_FIXTURES) or any(
                 item.get_closest_marker(m) for m in SIM_ONLY_MARKERS
@@ -96,6 +105,11 @@ class Observer:
                 "why": "",
                 "hardware": "no" if sim_only else ("lab" if fixtures & LAB_FIXTURES else "yes"),
             }
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        self.tests[item.nodeid]["outcome"] = "running"  # what a hang leaves behind
+        self._write()
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
@@ -119,6 +133,8 @@ class Observer:
             entry["why"] = f"{report.when} failed: {_first_line(report)}"
         elif report.skipped and report.when == "setup":
             entry["outcome"] = entry["verdict"] = "skipped"
+        if report.when == "teardown":
+            self._write()  # as the run goes: a run cut short still tells what it saw
         return report
 
     def _verdict(
@@ -142,6 +158,9 @@ class Observer:
         return "caught", _first_line(report)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self._write()
+
+    def _write(self) -> None:
         self.path.write_text(json.dumps(self.tests, indent=1, sort_keys=True), encoding="utf-8")
 
 

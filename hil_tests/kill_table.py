@@ -34,6 +34,8 @@ CONTROL = "(none)"
 #: every run repeats the whole suite, so the fuzzers get a fiftieth of the CI run's
 #: examples, without shrinking (HYPOTHESIS_PROFILE=kill, conftest.py).
 FUZZ_EXAMPLES = 2
+#: pytest processes per bug at most: one, plus one more after each hung test.
+MAX_PROCESSES = 10
 DOC = ROOT / "docs" / "firmware-bugs.md"
 BEGIN, END = "<!-- BEGIN kill-table -->", "<!-- END kill-table -->"
 
@@ -63,39 +65,56 @@ class BugRun:
 
 
 def run_one(bug: str, out: Path, fuzz_examples: int, extra: list[str]) -> BugRun:
-    observations = out / f"{bug.strip('()')}.json"
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "hil_tests",
-        "--device=sim",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "no:randomly",
-        "-p",
-        "hil_tests.kill_observer",
-        f"--kill-observations={observations}",
-        f"--fuzz-examples={fuzz_examples}",
-        f"--basetemp={out / ('tmp-' + bug.strip('()'))}",
-        *([] if bug == CONTROL else [f"--sim-firmware-bug={bug}"]),
-        *extra,
-    ]
+    """The suite against one bug. A test that hangs ends its pytest process (see
+    kill_observer.py); it is recorded as hung and the tests not yet run get a new process."""
+    name = bug.strip("()")
+    run = BugRun(bug)
     started = time.monotonic()
-    done = subprocess.run(
-        command,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HYPOTHESIS_PROFILE": "kill"},
-        check=False,
-    )
-    run = BugRun(bug, time.monotonic() - started, done.returncode)
-    run.output_tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-    if observations.exists():
-        run.tests = json.loads(observations.read_text(encoding="utf-8"))
+    remaining: list[str] = []
+    for attempt in range(MAX_PROCESSES):
+        observations = out / f"{name}.{attempt}.json"
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            *(remaining or ["hil_tests"]),
+            "--device=sim",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            "-p",
+            "hil_tests.kill_observer",
+            f"--kill-observations={observations}",
+            f"--fuzz-examples={fuzz_examples}",
+            f"--basetemp={out / ('tmp-' + name)}",
+            *([] if bug == CONTROL else [f"--sim-firmware-bug={bug}"]),
+            *extra,
+        ]
+        done = subprocess.run(
+            command,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HYPOTHESIS_PROFILE": "kill"},
+            check=False,
+        )
+        run.exit_code = done.returncode
+        run.output_tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        if not observations.exists():
+            break
+        seen = json.loads(observations.read_text(encoding="utf-8"))
+        hung = [test for test in seen.values() if test["outcome"] == "running"]
+        for test in hung:
+            test["outcome"] = test["verdict"] = "hung"
+            test["why"] = "ran past the kill runs' per-test timeout"
+        run.tests.update({k: v for k, v in seen.items() if v["outcome"] != "not run"})
+        remaining = [k for k, v in seen.items() if v["outcome"] == "not run"]
+        run.tests.update({k: seen[k] for k in remaining})
+        if not remaining or not hung:  # done, or stopped for another reason: say so
+            break
+    run.seconds = time.monotonic() - started
     return run
 
 
