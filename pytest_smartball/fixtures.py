@@ -16,6 +16,7 @@ import contextlib
 import warnings
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -28,7 +29,7 @@ from .image import FirmwareImage, generated_image, load_image
 from .link import LinkSettings, NusLink, find_device
 from .options import SmartBallOptions, read_options
 from .ota import OtaEngine, OtaSettings
-from .recording import CALLED, ENGINES, FIGURES, LINK_EVENTS, TARGET, UPDATES, Update
+from .recording import CALLED, ENGINES, FIGURES, LINK_EVENTS, SOAKS, TARGET, UPDATES, Update
 from .session import SmartBallSession, smartball_session
 from .targets import Target
 
@@ -156,6 +157,33 @@ def smartball_figures(request: pytest.FixtureRequest) -> FigureRecorder:
     limit=1.1)``; the figures go into the JUnit properties (``figure.NAME``) and the
     report. ``check_limits()`` fails the test naming every figure beyond its limit."""
     return request.node.stash.setdefault(FIGURES, FigureRecorder())
+
+
+@dataclass(slots=True)
+class SoakPlan:
+    """What ``--smartball-soak N`` asks for: N updates (None: no soak), the fault plan to
+    re-arm before each on the simulator, the baseline image, and where the summary goes."""
+
+    updates: int | None
+    faults: str | None
+    baseline: FirmwareImage | None
+    _item: pytest.Item
+
+    def record(self, summary: dict[str, Any]) -> None:
+        """A device's soak summary (pytest_smartball.soak.summary), for the report."""
+        self._item.stash.setdefault(SOAKS, []).append(summary)
+
+
+@pytest.fixture
+def smartball_soak(request: pytest.FixtureRequest, smartball: Target) -> SoakPlan:
+    """The soak the run asks for (``--smartball-soak N``); hil_tests/test_soak.py runs it.
+    The baseline is ``--baseline-firmware``, on the simulator by default the image its
+    device runs."""
+    opts = read_options(request.config)
+    baseline = smartball_session(request.config).baseline_image
+    if baseline is None and smartball.sim is not None:
+        baseline = FirmwareImage(smartball.sim.firmware.active.data, "the simulated device's image")
+    return SoakPlan(opts.soak, opts.faults, baseline, request.node)
 
 
 #: Why a reset-mid-update test skips on a bench that cannot cut a board's power.
