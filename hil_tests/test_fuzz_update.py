@@ -20,7 +20,8 @@ from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import NusLink
 from pytest_smartball.loops import run as run_loop
-from pytest_smartball.ota import FailureKind, OtaEngine, OtaResult
+from pytest_smartball.ota import OtaEngine, OtaResult, Outcome
+from pytest_smartball.targets import Target
 from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.device import SimDevice
 from smartball_sim.faults import FaultPlan
@@ -59,14 +60,39 @@ def recording_waits() -> Iterator[list[tuple[float, float]]]:
 
 
 def replay_command(
-    image: FirmwareImage, plan: FaultPlan, seed: int, firmware_bugs: tuple[str, ...] = ()
+    image: FirmwareImage,
+    plan: FaultPlan,
+    seed: int,
+    sim_link: str,
+    firmware_bugs: tuple[str, ...] = (),
 ) -> str:
     size, image_seed = image.source.removeprefix("fuzz-").removesuffix(".bin").split("-")
+    link = f" --sim-link {sim_link}" if sim_link != "model" else ""
     bugs = "".join(f" --sim-firmware-bug {bug}" for bug in firmware_bugs)
     return (
         f"python -m smartball_sim.make_image /tmp/fuzz.bin {size} --seed {image_seed} && "
-        f"smartball-ota flash /tmp/fuzz.bin --sim --seed {seed} --faults '{plan}'{bugs} -v"
+        f"smartball-ota flash /tmp/fuzz.bin --sim{link} --seed {seed} --faults '{plan}'{bugs} -v"
     )
+
+
+def make_target(
+    sim_link: str, plan: FaultPlan, seed: int, firmware_bugs: tuple[str, ...] = ()
+) -> Target:
+    """A fresh simulated SmartBall on the link ``--sim-link`` asks for."""
+    if sim_link == "bumble":
+        from pytest_smartball.targets.bumble import make_bumble_target
+
+        return make_bumble_target(faults=plan, seed=seed, firmware_bugs=firmware_bugs)
+    return make_sim_target(faults=plan, seed=seed, firmware_bugs=firmware_bugs)
+
+
+def for_link(plan: FaultPlan, sim_link: str) -> FaultPlan:
+    """The generated plan without the faults the link cannot show (BlueZ's, on Bumble)."""
+    if sim_link != "bumble":
+        return plan
+    from smartball_sim.bumble.faults import BLUEZ_ONLY_EFFECTS
+
+    return FaultPlan(tuple(f for f in plan.faults if f.effect not in BLUEZ_ONLY_EFFECTS))
 
 
 def run_update(
@@ -74,14 +100,16 @@ def run_update(
     plan: FaultPlan,
     seed: int,
     report: Callable[[str], None] = note,
+    sim_link: str = "model",
     firmware_bugs: tuple[str, ...] = (),
 ) -> tuple[OtaResult, SimDevice, bytes, list[tuple[float, float]]]:
     """One whole update on a fresh simulated device (with the run's firmware bugs, if
     any): the result, the device, the image it ran before, and every wait. ``report``
     shows what a failing example needs (hypothesis prints the notes of the final, shrunk
     example only)."""
-    report(f"replay: {replay_command(image, plan, seed, firmware_bugs)}")
-    target = make_sim_target(faults=plan, seed=seed, firmware_bugs=firmware_bugs)
+    plan = for_link(plan, sim_link)
+    report(f"replay: {replay_command(image, plan, seed, sim_link, firmware_bugs)}")
+    target = make_target(sim_link, plan, seed, firmware_bugs)
     device = target.sim
     assert device is not None
     baseline = device.firmware.active.data
@@ -107,13 +135,15 @@ def check_never_bricks(
         assert fw.active.data == image.data, "success reported but the device runs other bytes"
         assert result.info_after is not None
         assert result.info_after.active_image_crc32 == image.crc32
-    else:
-        assert result.failure is not None and result.error
-        # Old image still active, or (when only the confirmation after the reset was lost)
-        # the complete new one: never anything else.
+    elif result.outcome is Outcome.UNCONFIRMED:
+        # The whole image was delivered and the switch asked for: the new image, or the old
+        # one still, never anything else.
+        assert result.failure is None and result.error
         assert fw.active.data in (baseline, image.data), "device runs an image nobody sent"
-        if fw.active.data == image.data:
-            assert result.failure is FailureKind.LINK
+    else:
+        # "Failed" says the device keeps its old image: it must be true.
+        assert result.failure is not None and result.error
+        assert fw.active.data == baseline, "failed, but the device runs the new image"
     if fw.pending_image is not None:
         assert fw.pending_image.data == image.data, "a partial image is marked complete"
     if fw.state == p.OtaState.COMPLETE:
@@ -161,10 +191,15 @@ def image_and_plan(draw: st.DrawFn, max_size: int) -> tuple[FirmwareImage, Fault
 @settings(max_examples=MANY)
 @given(case=image_and_plan(SMALL_IMAGE_MAX))
 def test_update_never_bricks_under_generated_faults(
-    case: tuple[FirmwareImage, FaultPlan, int], sim_firmware_bugs: tuple[str, ...]
+    case: tuple[FirmwareImage, FaultPlan, int],
+    pytestconfig: pytest.Config,
+    sim_firmware_bugs: tuple[str, ...],
 ) -> None:
     image, plan, seed = case
-    result, device, baseline, waits = run_update(image, plan, seed, firmware_bugs=sim_firmware_bugs)
+    sim_link = pytestconfig.getoption("--sim-link")
+    result, device, baseline, waits = run_update(
+        image, plan, seed, sim_link=sim_link, firmware_bugs=sim_firmware_bugs
+    )
     check_never_bricks(image, result, device, baseline, waits)
 
 
@@ -180,22 +215,33 @@ def test_update_never_bricks_under_generated_faults(
 @settings(max_examples=FEW)
 @given(case=image_and_plan(DEFAULT_STAGING_CAPACITY))
 def test_update_never_bricks_across_image_sizes(
-    case: tuple[FirmwareImage, FaultPlan, int], sim_firmware_bugs: tuple[str, ...]
+    case: tuple[FirmwareImage, FaultPlan, int],
+    pytestconfig: pytest.Config,
+    sim_firmware_bugs: tuple[str, ...],
 ) -> None:
     image, plan, seed = case
     event(f"image {'over' if image.size > SMALL_IMAGE_MAX else 'up to'} {SMALL_IMAGE_MAX} bytes")
-    result, device, baseline, waits = run_update(image, plan, seed, firmware_bugs=sim_firmware_bugs)
+    sim_link = pytestconfig.getoption("--sim-link")
+    result, device, baseline, waits = run_update(
+        image, plan, seed, sim_link=sim_link, firmware_bugs=sim_firmware_bugs
+    )
     check_never_bricks(image, result, device, baseline, waits)
 
 
 def test_without_faults_every_generated_update_succeeds(
-    sim_firmware_bugs: tuple[str, ...],
+    pytestconfig: pytest.Config, sim_firmware_bugs: tuple[str, ...]
 ) -> None:
     """Control: the properties above are not satisfied by failing everything."""
+    sim_link = pytestconfig.getoption("--sim-link")
     for size in (1, 4095, 4096, 4097, 233, 234, 235, DEFAULT_STAGING_CAPACITY):
         image = FirmwareImage(make_image(size, 9), f"fuzz-{size}-9.bin")
         result, device, _, _ = run_update(
-            image, FaultPlan(), 0, report=lambda text: None, firmware_bugs=sim_firmware_bugs
+            image,
+            FaultPlan(),
+            0,
+            report=lambda text: None,
+            sim_link=sim_link,
+            firmware_bugs=sim_firmware_bugs,
         )
         assert result.success, (size, result.error)
         assert device.firmware.active.data == image.data

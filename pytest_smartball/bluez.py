@@ -13,6 +13,9 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
+from typing import Any
+
+from bleak.exc import BleakError
 
 log = logging.getLogger("pytest_smartball.bluez")
 
@@ -74,6 +77,11 @@ async def probe_adapter(adapter: str = "hci0", timeout: float = 3.0) -> AdapterI
         raise BluezUnavailable(
             f"BlueZ did not answer on the system D-Bus within {timeout:g} s; restart bluetoothd"
         ) from None
+    except (OSError, EOFError) as exc:
+        raise BluezUnavailable(
+            f"the system D-Bus connection failed ({type(exc).__name__}: {exc}); restart dbus "
+            "and bluetoothd"
+        ) from None
     finally:
         bus.disconnect()
     if reply.message_type == MessageType.ERROR:
@@ -105,26 +113,42 @@ def system_bus_address() -> str:
 
 async def remove_device(address: str, adapter: str = "hci0", timeout: float = 5.0) -> bool:
     """BlueZ's ``Adapter1.RemoveDevice``: forget the device and its cached GATT database
-    (what ``bluetoothctl remove ADDRESS`` does). False when BlueZ did not know it."""
-    from dbus_fast import BusType, Message, MessageType
-    from dbus_fast.aio import MessageBus
+    (what ``bluetoothctl remove ADDRESS`` does). False when BlueZ did not know it. Raises
+    :class:`BluezUnavailable` (one sentence) for anything else, an OS error included (no
+    system D-Bus: ``FileNotFoundError``)."""
+    try:
+        from dbus_fast import BusType, Message, MessageType
+        from dbus_fast.aio import MessageBus
+        from dbus_fast.errors import DBusError
+    except ImportError as exc:  # pragma: no cover - non-Linux
+        raise BluezUnavailable(f"clearing BlueZ's cache needs dbus-fast: {exc}") from None
 
     device_path = f"/org/bluez/{adapter}/dev_{address.upper().replace(':', '_')}"
-    async with asyncio.timeout(timeout):
-        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-        try:
-            reply = await bus.call(
-                Message(
-                    destination="org.bluez",
-                    path=f"/org/bluez/{adapter}",
-                    interface="org.bluez.Adapter1",
-                    member="RemoveDevice",
-                    signature="o",
-                    body=[device_path],
+    try:
+        async with asyncio.timeout(timeout):
+            bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+            try:
+                reply = await bus.call(
+                    Message(
+                        destination="org.bluez",
+                        path=f"/org/bluez/{adapter}",
+                        interface="org.bluez.Adapter1",
+                        member="RemoveDevice",
+                        signature="o",
+                        body=[device_path],
+                    )
                 )
-            )
-        finally:
-            bus.disconnect()
+            finally:
+                bus.disconnect()
+    except TimeoutError:
+        raise BluezUnavailable(
+            f"BlueZ did not answer RemoveDevice for {address} within {timeout:g} s"
+        ) from None
+    except (OSError, ValueError, EOFError, DBusError) as exc:
+        raise BluezUnavailable(
+            f"cannot reach BlueZ on the system D-Bus at {system_bus_address()} "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
     if reply.message_type == MessageType.ERROR:
         if reply.error_name == "org.bluez.Error.DoesNotExist":
             return False
@@ -152,6 +176,31 @@ async def bluez_version(timeout: float = 3.0) -> tuple[int, int] | None:
         proc.kill()
         return None
     return parse_version(out.decode(errors="replace"))
+
+
+async def reread_services(client: Any) -> bool:
+    """Re-read a connected bleak client's services from what BlueZ exports now.
+
+    bleak's BlueZ backend builds a connection's services once, when BlueZ reports
+    ServicesResolved; BlueZ before 5.55 may report that before the GATT objects exist (the
+    race the settle guards against), and the objects then come a moment later. This asks
+    bleak's own BlueZ manager for the services again, through two attributes bleak does not
+    document (the client's ``_backend`` and its ``_device_path``); with a bleak that lacks
+    them it returns False, and the link reconnects instead.
+    """
+    backend = getattr(client, "_backend", None)
+    path = getattr(backend, "_device_path", None)
+    if backend is None or not isinstance(path, str) or not hasattr(backend, "services"):
+        return False
+    try:
+        from bleak.backends.bluezdbus.manager import get_global_bluez_manager
+
+        manager = await get_global_bluez_manager()
+        backend.services = await manager.get_services(path, False, None)
+    except (ImportError, AttributeError, KeyError, OSError, BleakError) as exc:
+        log.debug("re-reading the services of %s failed: %s", path, exc)
+        return False
+    return True
 
 
 def parse_version(text: str) -> tuple[int, int] | None:

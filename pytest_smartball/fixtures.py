@@ -72,6 +72,14 @@ def smartball(
         return
     from .targets.simulated import make_sim_target  # the simulator, only when a test needs it
 
+    make_target: Callable[..., Target] = make_sim_target
+    refused: tuple[type[Exception], ...] = ()
+    if opts.sim_link == "bumble":
+        from .targets.bumble import BlueZOnlyFault
+        from .targets.bumble import make_bumble_target as make_target
+
+        refused = (BlueZOnlyFault,)
+
     marker = request.node.get_closest_marker("faults")
     spec = ",".join(s for s in (opts.faults, marker.args[0] if marker else None) if s)
     # Each test gets its own device, seeded from --sim-seed and the test id: reproducible,
@@ -80,15 +88,18 @@ def smartball(
     options: dict[str, Any] = {}
     if state.baseline_image is not None:
         options["active_image"] = state.baseline_image.data
-    target = make_sim_target(
-        opts.name,
-        state.address,
-        faults=spec,
-        seed=seed,
-        firmware_bugs=opts.firmware_bugs,
-        flash_spec=opts.sim_flash,
-        **options,
-    )
+    try:
+        target = make_target(
+            opts.name,
+            state.address,
+            faults=spec,
+            seed=seed,
+            firmware_bugs=opts.firmware_bugs,
+            flash_spec=opts.sim_flash,
+            **options,
+        )
+    except refused as exc:  # the test's plan needs BlueZ; the Bumble link refuses it
+        pytest.skip(str(exc))
     request.node.stash[TARGET] = target
     assert target.sim is not None
     if state.sim_first is None:

@@ -14,6 +14,10 @@ DEFAULT_SCAN_TIMEOUT_S = LinkSettings().scan_timeout_s
 #: A figure this much worse than the previous release's fails a --smartball-compare run.
 DEFAULT_COMPARE_TOLERANCE_PERCENT = 15.0
 
+#: Which BlueZ a --device=real run talks to; all but "system" serve simulated SmartBalls.
+BLUEZ_CHOICES = ("system", "emulated", "vhci")
+SIMULATED_BLUEZ = ("emulated", "vhci")
+
 #: Set once tests are collected: one of them uses the SmartBall fixtures or markers (only
 #: then does ``--device=real`` check the bench).
 NEEDS_DEVICE = pytest.StashKey[bool]()
@@ -39,6 +43,7 @@ class SmartBallOptions:
     compare: str | None = None
     compare_tolerance_percent: float = DEFAULT_COMPARE_TOLERANCE_PERCENT
     soak: int | None = None
+    sim_link: str = "model"
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -105,6 +110,13 @@ def add_options(parser: pytest.Parser) -> None:
         "the hypothesis profile's, 100 in CI)",
     )
     group.addoption(
+        "--sim-link",
+        choices=("model", "bumble"),
+        default="model",
+        help="what carries the simulator's BLE link: our radio model (default) or Google's "
+        "Bumble stack (real HCI/L2CAP/ATT; pip install 'pytest-smartball[bumble]')",
+    )
+    group.addoption(
         "--sim-faults",
         default=None,
         help="fault plan applied to every simulated device, e.g. "
@@ -112,11 +124,13 @@ def add_options(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--bluez",
-        choices=("system", "emulated"),
+        choices=BLUEZ_CHOICES,
         default="system",
-        help="with --device=real: the system's BlueZ (default), or 'emulated': a private "
+        help="with --device=real: the system's BlueZ (default); 'emulated': a private "
         "dbus-daemon and an emulated bluetoothd serving simulated SmartBalls "
-        "(smartball_sim.bluez), started and stopped by this run",
+        "(smartball_sim.bluez); or 'vhci': the system's real BlueZ with simulated SmartBalls "
+        "behind a virtual controller on /dev/vhci (smartball_sim.vhci); both are started and "
+        "stopped by this run",
     )
     bugs = [entry.name for entry in contract.firmware_bugs()]
     group.addoption(
@@ -179,4 +193,5 @@ def read_options(config: pytest.Config) -> SmartBallOptions:
         compare=config.getoption("--smartball-compare"),
         compare_tolerance_percent=config.getoption("--smartball-compare-tolerance"),
         soak=config.getoption("--smartball-soak"),
+        sim_link=config.getoption("--sim-link"),
     )

@@ -60,11 +60,16 @@ def pytest_configure(config: pytest.Config) -> None:
     from .recording import Recorder
 
     config.pluginmanager.register(Recorder(config), "smartball-recorder")
-    if config.getoption("--bluez") == "emulated":
-        # Before the session starts: preflight and every bleak bus then use the emulator.
+    bluez = config.getoption("--bluez")
+    # Before the session starts: preflight and every bleak bus then use what they serve.
+    if bluez == "emulated":
         from .targets.emulated_bluez import start
 
         start(config)
+    elif bluez == "vhci":
+        from .targets.vhci_bluez import start as start_vhci
+
+        start_vhci(config)
 
 
 @pytest.hookimpl(trylast=True)

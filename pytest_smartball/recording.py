@@ -221,9 +221,11 @@ class Recorder:
                 terminalreporter.write_line("smartball compare: no figure worse than the tolerance")
         if self.written:
             summary = state.report.to_dict()
+            unconfirmed = summary["updates_unconfirmed"]
             terminalreporter.write_line(
                 f"smartball report: {self.written} (verdict {summary['verdict']}; "
-                f"{summary['updates_total']} updates, {summary['updates_failed']} failed)"
+                f"{summary['updates_total']} updates, {summary['updates_failed']} failed"
+                + (f", {unconfirmed} unconfirmed)" if unconfirmed else ")")
             )
 
 
@@ -282,7 +284,12 @@ def _device_part(state: SmartBallSession, opts: SmartBallOptions) -> dict[str, A
 
 def _update_line(u: dict[str, Any]) -> str:
     test = u["test"].rsplit("::", 1)[-1]
-    status = "ok" if u["success"] else f"FAILED ({u['failure']})"
+    if u["success"]:
+        status = "ok"
+    elif u["outcome"] == "unconfirmed":
+        status = "UNCONFIRMED"
+    else:
+        status = f"FAILED ({u['failure']})"
     rssi = f"  rssi {u['rssi_dbm']} dBm" if u["rssi_dbm"] is not None else ""
     after = u["firmware_after"]["firmware"] if u["firmware_after"] else "?"
     return (

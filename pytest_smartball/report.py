@@ -73,6 +73,7 @@ def update_record(
         "device": device,
         "image": image_dict(image),
         "success": result.success,
+        "outcome": result.outcome.value,
         "failure": result.failure.value if result.failure else None,
         "error": result.error or None,
         "duration_s": round(result.duration_s, 3),
@@ -84,6 +85,7 @@ def update_record(
         "reconnects": result.reconnects,
         "resumes": result.resumes,
         "restarts": result.restarts,
+        "rewinds": result.rewinds,
         "rssi_dbm": rssi,
         "firmware_before": info_dict(before),
         "firmware_after": info_dict(result.info_after),
@@ -106,6 +108,7 @@ def junit_properties(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
             prefix = "ota." if len(tests) == 1 else f"ota{r['update']}."
         pairs: list[tuple[str, object]] = [
             ("success", str(r["success"]).lower()),
+            ("outcome", r["outcome"]),
             ("duration_s", r["duration_s"]),
             *((f"phase.{k}_s", v) for k, v in r["phase_s"].items()),
             ("throughput_bps", r["throughput_bps"]),
@@ -115,6 +118,7 @@ def junit_properties(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
             ("reconnects", r["reconnects"]),
             ("resumes", r["resumes"]),
             ("restarts", r["restarts"]),
+            ("rewinds", r["rewinds"]),
             ("image_size", r["image"]["size"]),
             ("image_crc32", r["image"]["crc32"]),
         ]
@@ -125,7 +129,9 @@ def junit_properties(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
         if r["firmware_after"]:
             pairs.append(("firmware_after", r["firmware_after"]["firmware"]))
         if r["failure"]:
-            pairs += [("failure", r["failure"]), ("error", r["error"])]
+            pairs.append(("failure", r["failure"]))
+        if r["error"]:
+            pairs.append(("error", r["error"]))
         props += [(prefix + name, str(value)) for name, value in pairs]
     return props
 
@@ -249,7 +255,10 @@ class RunReport:
             "counts": {o: counts[o] for o in OUTCOMES},
             "updates_total": sum(1 for u in self.updates if u["purpose"] == "test"),
             "updates_failed": sum(
-                1 for u in self.updates if u["purpose"] == "test" and not u["success"]
+                1 for u in self.updates if u["purpose"] == "test" and u["outcome"] == "failed"
+            ),
+            "updates_unconfirmed": sum(
+                1 for u in self.updates if u["purpose"] == "test" and u["outcome"] == "unconfirmed"
             ),
             "tests": tests,
             "updates": sorted(updates, key=lambda u: (u["test"], u["purpose"], u["update"])),

@@ -22,7 +22,7 @@ from . import protocol as p
 from . import report as rep
 from .image import FirmwareImage, ImageError, generated_image, load_image
 from .link import BleBackend
-from .options import NEEDS_DEVICE, SmartBallOptions, read_options
+from .options import NEEDS_DEVICE, SIMULATED_BLUEZ, SmartBallOptions, read_options
 from .ota import OtaSettings
 
 _SESSION = pytest.StashKey["SmartBallSession"]()
@@ -145,7 +145,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if state.worker is None:
         state.report = rep.RunReport(device=_device_summary(opts), firmware=None)
     if opts.faults:
-        if opts.device == "real" and opts.bluez != "emulated":
+        if opts.device == "real" and opts.bluez not in SIMULATED_BLUEZ:
             raise pytest.UsageError(
                 "--sim-faults applies to the simulator only; real hardware cannot inject faults"
             )
@@ -160,6 +160,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             # The xdist controller sees no tests; it checks the bench for its workers.
             _start_real(config, opts, state)
         return  # else after collection, and only if a collected test needs a device
+    if opts.device == "sim" and opts.sim_link == "bumble":
+        from .targets.bumble import BlueZOnlyFault, BumbleUnavailable, check_bumble_faults
+
+        try:
+            check_bumble_faults(opts.faults)
+        except (BumbleUnavailable, BlueZOnlyFault) as exc:
+            raise pytest.UsageError(str(exc)) from None
     if opts.device == "sim":
         image = load_or_usage_error("--firmware", opts.firmware)
         state.baseline_image = load_or_usage_error("--baseline-firmware", opts.baseline)
@@ -369,7 +376,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if opts.device == "sim":
         lines.append(
             f"smartball: simulated SmartBall, seed={opts.seed} "
-            f"faults={opts.faults or 'none'} (virtual time)"
+            f"faults={opts.faults or 'none'}"
+            + (f" link={opts.sim_link}" if opts.sim_link != "model" else "")
+            + " (virtual time)"
         )
         if opts.firmware_bugs or opts.sim_flash:
             lines.append(

@@ -209,6 +209,8 @@ async def test_connect_fail_is_bluez_br_connection_canceled_and_retried(
 
 
 async def test_race_services_resolved_before_nus_is_exported(bluez: EmulatedBluez) -> None:
+    """ServicesResolved=true comes before the NUS objects: the settle reads the services
+    again (bleak's own BlueZ manager) until they are there, on the same connection."""
     bluez.call(bluez.device.set_faults, "race:0.01s")
     events: list[tuple[str, str]] = []
     device = (await find_device(BACKEND, address=ADDRESS, timeout=5)).ble_device
@@ -219,9 +221,29 @@ async def test_race_services_resolved_before_nus_is_exported(bluez: EmulatedBlue
         assert link.max_write == 244
     finally:
         await link.close()
+    assert not [d for k, d in events if k == "services-missing"]
+    assert ("race", "applied") in [(f, t) for f, t, _ in fault_log(bluez)]
+    assert bluez.emulator is not None
+    assert len([c for c in bluez.emulator.calls if c[1] == "Connect"]) == 1
+
+
+async def test_race_without_reading_the_services_again_reconnects(bluez: EmulatedBluez) -> None:
+    """Control for the test above: what the connect resolved lacks NUS, and a client that
+    cannot read again has to connect again."""
+    bluez.call(bluez.device.set_faults, "race:0.01s")
+    events: list[tuple[str, str]] = []
+
+    async def cannot(client: object) -> bool:
+        return False
+
+    backend = BleBackend(adapter="hci0", reread=cannot)
+    device = (await find_device(backend, address=ADDRESS, timeout=5)).ble_device
+    link = await NusLink.open(
+        device, backend, FAST_LINK, on_event=lambda k, d: events.append((k, d))
+    )
+    await link.close()
     missing = [d for k, d in events if k == "services-missing"]
     assert missing and "no Nordic UART Service" in missing[0]
-    assert ("race", "applied") in [(f, t) for f, t, _ in fault_log(bluez)]
 
 
 async def test_stale_cache_is_kept_across_reconnects_until_remove_device(
@@ -235,7 +257,7 @@ async def test_stale_cache_is_kept_across_reconnects_until_remove_device(
     objects = await managed_objects()
     assert objects[DEV_PATH]["org.bluez.Device1"]["Connected"].value is False
     cached = [path for path in objects if path.startswith(DEV_PATH + "/")]
-    assert f"{DEV_PATH}/service0001" in cached
+    assert f"{DEV_PATH}/service0006" in cached  # the GATT service (GAP has no object)
     assert not any("service000a" in path for path in cached)
 
     # The engine's cache clear is Adapter1.RemoveDevice (pytest_smartball.bluez).
@@ -270,4 +292,6 @@ async def test_drop_while_writing_gives_bleak_errors_not_hangs(bluez: EmulatedBl
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         objects = await managed_objects()
-    assert not any(path.startswith(DEV_PATH + "/") for path in objects)  # GATT removed
+    # As real bluetoothd does (tests/test_real_bluez.py): the GATT objects stay, without MTU.
+    rx = objects[f"{DEV_PATH}/service000a/char000b"]["org.bluez.GattCharacteristic1"]
+    assert "MTU" not in rx

@@ -49,7 +49,7 @@ FRAME_BLOCK = re.compile(r"^[ \t]*```frame[ \t]*\n(.*?)\n[ \t]*```[ \t]*$", re.M
 U8, U16, U32 = 0xFF, 0xFFFF, 0xFFFF_FFFF
 
 #: One or more instances of every message type, with boundary values.
-SAMPLES = [
+SAMPLES: list[protocol.Message] = [
     CmdInfo(),
     CmdOtaStart(image_size=323194, image_crc32=0xDEADBEEF, chunk_size=234),
     CmdOtaStart(image_size=U32, image_crc32=U32, chunk_size=U16),
@@ -469,7 +469,7 @@ def test_stray_sof_with_plausible_length_holds_frames_back() -> None:
 
 def test_truncated_frame_followed_by_good_frames() -> None:
     truncated = encode(CmdOtaStart(323194, 0xDEADBEEF, 234))[:7]  # header says 10 more bytes
-    good = [CmdOtaStatus(), CmdInfo(), CmdOtaFinish()]
+    good: list[protocol.Message] = [CmdOtaStatus(), CmdInfo(), CmdOtaFinish()]
     decoder = FrameDecoder()
     # Not yet decidable: 7 + 6 bytes < the 16 the truncated header announces.
     assert decoder.feed(truncated + encode(good[0])) == []

@@ -19,7 +19,7 @@ import pytest
 
 from pytest_smartball import compare, soak
 from pytest_smartball.figures import BYTES_PER_SECOND, Figure, FigureRecorder, junit_properties
-from pytest_smartball.ota import OtaEvent, OtaResult
+from pytest_smartball.ota import EventKind, OtaEvent, OtaResult
 
 ROOT = Path(__file__).resolve().parent.parent
 BPS = BYTES_PER_SECOND
@@ -108,7 +108,7 @@ def _result(success: bool, duration: float) -> OtaResult:
     result.phase_s = {"transferring": duration / 2, "waiting-ready": 1.0}
     if not success:
         result.error = "gave up"
-        result.events = [OtaEvent(1.5, "link-failure", "device disconnected")]
+        result.events = [OtaEvent(1.5, EventKind.LINK_FAILURE, "device disconnected")]
     return result
 
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from pytest_smartball import protocol as p
 from pytest_smartball import report as rep
 from pytest_smartball.image import FirmwareImage
-from pytest_smartball.ota import FailureKind, OtaEvent, OtaResult
+from pytest_smartball.ota import EventKind, FailureKind, OtaEvent, OtaResult
 
 IMAGE = FirmwareImage(b"\x01" * 1000, "build/smartball.bin")
 BEFORE = p.MsgInfo(1, 1, 4, 2, 500, 0xABCD, 491520)
@@ -29,7 +29,10 @@ def result(success: bool = True) -> OtaResult:
         duration_s=12.34567,
         phase_s={"scanning": 1.0, "transferring": 4.0, "aborting": 0.0},
         info_after=AFTER if success else None,
-        events=[OtaEvent(0.0, "start", "x"), OtaEvent(1.5, "link-lost", "device disconnected")],
+        events=[
+            OtaEvent(0.0, EventKind.START, "x"),
+            OtaEvent(1.5, EventKind.LINK_LOST, "device disconnected"),
+        ],
     )
     if not success:
         r.failure, r.error = FailureKind.LINK, "gave up after 5 reconnect attempts"

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         return _fail(exc, json=ctx.json, command=args.command)
     except KeyboardInterrupt:
-        error = CliError(EXIT_INTERRUPTED, interrupted_sentence(ctx.simulated))
+        sentence = interrupted_sentence(ctx.simulated, switch_asked=ctx.switch_asked)
+        error = CliError(EXIT_INTERRUPTED, sentence)
         return _fail(error, json=ctx.json, command=args.command)
     finally:
         uninstall_logging()

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from .. import contract
 from .. import protocol as p
 from ..link import LinkSettings
+from ..options import BLUEZ_CHOICES, SIMULATED_BLUEZ
 from ..ota import OtaSettings
 from .errors import EXIT_BAD_INPUT, EXIT_CODES, CliError
 
@@ -37,6 +38,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "erase_time": None,
     "sim_address": None,
     "sim_firmware_bug": [],
+    "sim_link": "model",
     "scan_timeout": None,
     "settle": LinkSettings().settle_s,
 }
@@ -46,6 +48,7 @@ SIM_ONLY = {
     "erase_time": "--erase-time",
     "sim_address": "--sim-address",
     "sim_firmware_bug": "--sim-firmware-bug",
+    "sim_link": "--sim-link",
 }
 
 
@@ -115,11 +118,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     dev.add_argument("--adapter", default=s, help="BlueZ adapter (default: hci0)")
     dev.add_argument(
         "--bluez",
-        choices=("system", "emulated"),
+        choices=BLUEZ_CHOICES,
         default=s,
-        help="the system's BlueZ (default), or 'emulated': a private dbus-daemon and an "
+        help="the system's BlueZ (default); 'emulated': a private dbus-daemon and an "
         "emulated bluetoothd serving a simulated SmartBall, in real time, through the real "
-        "BlueZ code path (--faults, --seed, --erase-time, --sim-address apply)",
+        "BlueZ code path; or 'vhci': this machine's real BlueZ with a simulated SmartBall "
+        "behind a virtual controller on /dev/vhci (for both, --faults, --seed, --erase-time "
+        "and --sim-address apply)",
     )
     dev.add_argument(
         "--scan-timeout",
@@ -183,6 +188,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="with --sim: the simulated firmware has this bug (repeatable; "
         "docs/firmware-bugs.md says what each does): " + ", ".join(bugs),
+    )
+    sim.add_argument(
+        "--sim-link",
+        choices=("model", "bumble"),
+        default=s,
+        help="with --sim: what carries the BLE link: our radio model (default) or Google's "
+        "Bumble stack (real HCI/L2CAP/ATT; pip install 'pytest-smartball[bumble]')",
     )
     out = parser.add_argument_group("output")
     out.add_argument(
@@ -272,11 +284,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in COMMON_DEFAULTS.items():
         if not hasattr(args, key):
             setattr(args, key, value)
-    if args.sim and args.bluez == "emulated":
-        raise CliError(EXIT_BAD_INPUT, "--bluez=emulated is the real-device path; leave out --sim")
-    if args.bluez == "emulated" and args.sim_firmware_bug:
+    if args.sim and args.bluez in SIMULATED_BLUEZ:
+        raise CliError(
+            EXIT_BAD_INPUT, f"--bluez={args.bluez} is the real-device path; leave out --sim"
+        )
+    if args.bluez in SIMULATED_BLUEZ and args.sim_firmware_bug:
         raise CliError(EXIT_BAD_INPUT, "--sim-firmware-bug works with --sim only")
-    if not args.sim and args.bluez != "emulated":
+    if not args.sim and args.bluez not in SIMULATED_BLUEZ:
         given = [
             flag for key, flag in SIM_ONLY.items() if getattr(args, key) != COMMON_DEFAULTS[key]
         ]
@@ -296,8 +310,11 @@ class Context:
         self.args = args
         self.json: bool = args.json
         self.simulated: bool = args.sim
-        self.emulated: bool = args.bluez == "emulated"
+        #: "emulated" or "vhci": simulated SmartBalls behind a BlueZ, on the real-device path
+        self.served_by: str | None = args.bluez if args.bluez in SIMULATED_BLUEZ else None
         self.virtual: bool = args.sim and not args.realtime
+        #: An interrupted flash had asked the device to switch (for the Ctrl-C sentence).
+        self.switch_asked = False
         self.link_settings = LinkSettings(
             settle_s=args.settle,
             scan_timeout_s=args.scan_timeout or LinkSettings().scan_timeout_s,

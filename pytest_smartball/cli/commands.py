@@ -3,6 +3,7 @@ exit code or raises :class:`~.errors.CliError`."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import Any
 
@@ -12,12 +13,20 @@ from tqdm import tqdm
 from .. import protocol as p
 from ..image import FirmwareImage
 from ..link import LINK_ERRORS, DeviceNotFound, LinkError, NusLink, find_device, scan
-from ..ota import FailureKind, OtaEngine, OtaSettings
+from ..ota import FailureKind, OtaEngine, OtaSettings, Outcome
 from ..report import info_dict
 from ..targets import Target
 from . import output as out
 from .args import LIST_SCAN_TIMEOUT_S, PROG, Context
-from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, CliError
+from .errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNCONFIRMED,
+    CliError,
+)
 from .targets import open_target
 
 EXIT_FOR_FAILURE: dict[FailureKind, int] = {
@@ -25,6 +34,7 @@ EXIT_FOR_FAILURE: dict[FailureKind, int] = {
     FailureKind.NOT_FOUND: EXIT_NOT_FOUND,
     FailureKind.LINK: EXIT_FAILED,
     FailureKind.REFUSED: EXIT_REFUSED,
+    FailureKind.NO_RESET: EXIT_FAILED,
 }
 
 
@@ -168,13 +178,18 @@ async def cmd_flash(ctx: Context, image: FirmwareImage) -> int:
         )
     try:
         result = await engine.run()
+    except asyncio.CancelledError:  # Ctrl-C: main() says what the device holds
+        ctx.switch_asked = engine.switch_asked
+        raise
     except LINK_ERRORS as exc:  # e.g. the platform scanner failing (no adapter)
         code = EXIT_NOT_FOUND if engine.result.connects == 0 else EXIT_FAILED
         raise CliError(code, f"Bluetooth error: {type(exc).__name__}: {exc}") from None
     finally:
         display.close()
-    if result.success:
+    if result.outcome is Outcome.SUCCEEDED:
         code = EXIT_OK
+    elif result.outcome is Outcome.UNCONFIRMED:
+        code = EXIT_UNCONFIRMED
     else:
         code = EXIT_FOR_FAILURE[result.failure] if result.failure else EXIT_FAILED
     if ctx.json:
@@ -195,6 +210,7 @@ async def cmd_flash(ctx: Context, image: FirmwareImage) -> int:
             active = sim.firmware.active
             payload["fault_log"] = [str(r) for r in sim.fault_log]
             payload["sim_active_image"] = {"size": len(active.data), "crc32": f"{active.crc32:08x}"}
+            payload["att_mtu"] = getattr(target, "negotiated_mtu", None)
         out.emit_json(payload)
     else:
         if a.verbose:
@@ -202,6 +218,8 @@ async def cmd_flash(ctx: Context, image: FirmwareImage) -> int:
             for event in result.events:
                 print(f"  {event}")
         out.print_summary(ctx, engine, result, image, target)
-    if not result.success:
+    if result.outcome is Outcome.UNCONFIRMED:
+        print(f"{PROG}: update unconfirmed: {result.error}", file=sys.stderr)
+    elif not result.success:
         print(f"{PROG}: update failed: {result.error}", file=sys.stderr)
     return code

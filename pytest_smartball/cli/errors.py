@@ -7,6 +7,7 @@ EXIT_BAD_INPUT = 2
 EXIT_NOT_FOUND = 3
 EXIT_FAILED = 4
 EXIT_REFUSED = 5
+EXIT_UNCONFIRMED = 6
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES = """\
@@ -18,15 +19,24 @@ exit codes:
   4    update failed after retries (reconnects without progress exhausted), or link
        trouble during info/status/abort; the device keeps its old image
   5    the device refused the image or a command (e.g. CRC mismatch)
-  130  interrupted (Ctrl-C): the device keeps its old image; run flash again to resume
+  6    unconfirmed: the whole image was delivered and the switch asked for (the device
+       may run the new image), but it could not be seen running it; check with `info`
+  130  interrupted (Ctrl-C): the device keeps its old image (unless the switch to the
+       new one was already asked for: then it may run it); run flash again to resume
 """
 
 
-def interrupted_sentence(simulated: bool) -> str:
+def interrupted_sentence(simulated: bool, switch_asked: bool = False) -> str:
+    """What Ctrl-C leaves behind. ``switch_asked``: FINISH had been sent (or DONE said)."""
     if simulated:
         return (
             "interrupted: the simulated SmartBall lived in this process and is gone with it; "
             "nothing was written to a real device"
+        )
+    if switch_asked:
+        return (
+            "interrupted after the device was asked to switch to the new image: it may run "
+            "it now, or after its next reset; check with `smartball-ota info`"
         )
     return (
         "interrupted: the device keeps its old image; run `smartball-ota flash IMAGE` again "

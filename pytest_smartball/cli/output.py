@@ -13,23 +13,24 @@ from tqdm import tqdm
 
 from .. import protocol as p
 from ..image import FirmwareImage
-from ..ota import OtaEngine, OtaEvent, OtaResult, State
+from ..ota import EventKind, OtaEngine, OtaEvent, OtaResult, Outcome, State
 from ..targets import Target
 from .args import Context
 
 #: Engine events shown as they happen (one line each), above the progress bars.
 NOTABLE_EVENTS = frozenset(
     {
-        "link-lost",
-        "link-failure",
-        "resume",
-        "restart",
-        "recover",
-        "services-missing",
-        "verified",
-        "cache-cleared",
-        "warning",
-        "device-reset",
+        EventKind.LINK_LOST,
+        EventKind.LINK_FAILURE,
+        EventKind.RESUME,
+        EventKind.RESTART,
+        EventKind.RECOVER,
+        EventKind.SERVICES_MISSING,
+        EventKind.VERIFIED,
+        EventKind.CACHE_CLEARED,
+        EventKind.WARNING,
+        EventKind.DEVICE_RESET,
+        EventKind.NO_RESET,
     }
 )
 
@@ -130,9 +131,9 @@ class ProgressDisplay:
     def on_event(self, event: OtaEvent) -> None:
         if not self.lines or event.kind not in NOTABLE_EVENTS:
             return
-        if event.kind == "link-lost" and event.detail == "closed by host":
+        if event.kind is EventKind.LINK_LOST and event.detail == "closed by host":
             return
-        if event.kind == "link-failure" and self._last_kind == "link-lost":
+        if event.kind is EventKind.LINK_FAILURE and self._last_kind == EventKind.LINK_LOST:
             self._last_kind = event.kind
             return  # the link-lost line already said it
         self._last_kind = event.kind
@@ -157,6 +158,8 @@ def print_summary(
     who = f"{engine.name or 'device'} ({engine.address or 'not found'})"
     if result.success:
         print(f"Update succeeded: {who} runs {image.source}.")
+    elif result.outcome is Outcome.UNCONFIRMED:
+        print(f"Update UNCONFIRMED: {who} may run {image.source}; it was not seen running it.")
     else:
         print(f"Update FAILED ({result.failure.value if result.failure else '?'}): {who}.")
     print(f"  image          {image.size} bytes, crc32 {image.crc32:08x}")
@@ -165,6 +168,8 @@ def print_summary(
         f"  connections    {result.connects} ({result.reconnects} reconnects), "
         f"{result.resumes} resumes, {result.restarts} restarts"
     )
+    if result.rewinds:
+        print(f"  rewinds        {result.rewinds} (the device's STATUS moved the sending back)")
     clock = " (simulated time)" if ctx.virtual else ""
     print(f"  duration       {result.duration_s:.1f} s{clock}")
     phases = _phases_text(result)
@@ -178,6 +183,9 @@ def print_summary(
             f"  device now     firmware {info.firmware_version}, active image "
             f"{info.active_image_size} bytes, crc32 {info.active_image_crc32:08x}"
         )
+    mtu = getattr(target, "negotiated_mtu", None)  # a BumbleTarget's (--sim-link bumble)
+    if mtu is not None:
+        print(f"  ATT MTU        {mtu} (negotiated over Bumble)")
     sim = target.sim
     if sim is not None:
         active = sim.firmware.active

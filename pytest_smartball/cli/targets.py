@@ -1,12 +1,13 @@
 """Which device a command talks to: the platform's radio, a simulated SmartBall in this
-process (``--sim``), or simulated SmartBalls behind an emulated BlueZ
-(``--bluez=emulated``). The simulator is imported here only, and only when asked for."""
+process (``--sim``), or simulated SmartBalls behind an emulated BlueZ (``--bluez=emulated``)
+or behind a virtual controller of this machine's real BlueZ (``--bluez=vhci``). The
+simulator is imported by pytest_smartball.targets only, and only when asked for."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from tqdm import tqdm
@@ -21,7 +22,7 @@ from .errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND, CliError
 
 def check_fault_spec(ctx: Context) -> None:
     """A bad --faults is bad input, found before anything starts."""
-    if not ctx.args.faults or not (ctx.simulated or ctx.emulated):
+    if not ctx.args.faults or not (ctx.simulated or ctx.served_by):
         return
     from ..targets.simulated import fault_spec_problem
 
@@ -37,17 +38,26 @@ async def open_target(ctx: Context) -> Target:
     if ctx.simulated:
         from ..targets.simulated import make_sim_target
 
+        make: Callable[..., Target] = make_sim_target
+        refused: tuple[type[Exception], ...] = ()
+        if a.sim_link == "bumble":
+            from ..targets.bumble import BlueZOnlyFault, BumbleUnavailable, make_bumble_target
+
+            make, refused = make_bumble_target, (BumbleUnavailable, BlueZOnlyFault)
         loop = asyncio.get_running_loop()
         t0 = loop.time()  # 0 on the virtual clock; fault-log times count from here
-        target = make_sim_target(
-            a.name,
-            a.sim_address,
-            faults=a.faults,
-            seed=a.seed,
-            erase_time_s=a.erase_time,
-            firmware_bugs=a.sim_firmware_bug,
-            clock=lambda: loop.time() - t0,
-        )
+        try:
+            target = make(
+                a.name,
+                a.sim_address,
+                faults=a.faults,
+                seed=a.seed,
+                erase_time_s=a.erase_time,
+                firmware_bugs=a.sim_firmware_bug,
+                clock=lambda: loop.time() - t0,
+            )
+        except refused as exc:
+            raise CliError(EXIT_BAD_INPUT, str(exc)) from None
         target.address = a.address or target.address  # --address looks for another one
         return target
     try:
@@ -61,25 +71,40 @@ async def open_target(ctx: Context) -> Target:
 
 
 def run(ctx: Context, coro: Coroutine[Any, Any, int]) -> int:
-    """Run a command on the right loop, with the emulated BlueZ around it if asked for."""
-    if not ctx.emulated:
+    """Run a command on the right loop, with the emulated BlueZ or the virtual radio around
+    it if asked for."""
+    if ctx.served_by is None:
         return loops.run(coro, virtual=ctx.virtual)
-    from ..targets.emulated_bluez import EmulatorUnavailable, running_emulator
-
     a = ctx.args
+    addresses = [a.address or a.sim_address] if (a.address or a.sim_address) else []
     try:
-        with running_emulator(
-            a.name,
-            [a.address or a.sim_address] if (a.address or a.sim_address) else [],
-            adapter=a.adapter,
-            faults=a.faults,
-            seed=a.seed,
-            erase_time_s=a.erase_time,
-        ):
-            return loops.run(coro)
-    except EmulatorUnavailable as exc:
-        coro.close()
-        raise CliError(EXIT_NOT_FOUND, str(exc)) from None
+        if ctx.served_by == "emulated":
+            from ..targets.emulated_bluez import EmulatorUnavailable, running_emulator
+
+            try:
+                with running_emulator(
+                    a.name,
+                    addresses,
+                    adapter=a.adapter,
+                    faults=a.faults,
+                    seed=a.seed,
+                    erase_time_s=a.erase_time,
+                ):
+                    return loops.run(coro)
+            except EmulatorUnavailable as exc:
+                raise CliError(EXIT_NOT_FOUND, str(exc)) from None
+        from ..targets.vhci_bluez import VhciSetupError, running_virtual_radio
+
+        try:
+            with running_virtual_radio(
+                a.name, addresses, faults=a.faults, seed=a.seed, erase_time_s=a.erase_time
+            ) as radio:
+                a.adapter = radio.adapter  # read when the command opens its target
+                return loops.run(coro)
+        except VhciSetupError as exc:
+            raise CliError(EXIT_NOT_FOUND, str(exc)) from None
+    finally:
+        coro.close()  # a no-op once it ran; a command that never started is not left dangling
 
 
 def warn(message: str) -> None:

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from bleak.assigned_numbers import CharacteristicPropertyName
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.client import BaseBleakClient, NotifyCallback
 from bleak.backends.descriptor import BleakGATTDescriptor
@@ -26,22 +27,16 @@ from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
 from bleak.exc import BleakDeviceNotFoundError, BleakError
 
+from . import gatt_layout as gatt
 from .bluez_errors import CONNECT_FAILED_TEXT
-from .device import (
-    NUS_RX,
-    NUS_SERVICE,
-    NUS_TX,
-    ConnectRefused,
-    SimDevice,
-    SimLink,
-    SimLinkError,
-)
+from .device import ConnectRefused, SimDevice, SimLink, SimLinkError
 
 log = logging.getLogger("sim.bleak_backend")
 
-_RX_HANDLE, _TX_HANDLE, _CCCD_HANDLE, _SERVICE_HANDLE = 0x000B, 0x000D, 0x000E, 0x000A
-_GAP_SERVICE = "00001800-0000-1000-8000-00805f9b34fb"
-_DEVICE_NAME_CHAR = "00002a00-0000-1000-8000-00805f9b34fb"
+# BlueZ's view of the layout: characteristics by their declaration handle (gatt_layout).
+_RX_HANDLE = gatt.NUS_RX.declaration_handle
+_TX_HANDLE = gatt.NUS_TX.declaration_handle
+_NAME_HANDLE = gatt.DEVICE_NAME.declaration_handle
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +200,7 @@ class SimClient(BaseBleakClient):
         return (
             self._link.device.name
             if self._link
-            else (self._ble_device.name if self._ble_device else "")
+            else ((self._ble_device.name or "") if self._ble_device else "")
         )
 
     @property
@@ -240,33 +235,8 @@ class SimClient(BaseBleakClient):
     # --- GATT --------------------------------------------------------------------------
 
     def _build_services(self, link: SimLink) -> BleakGATTServiceCollection:
-        services = BleakGATTServiceCollection()
-        gap = BleakGATTService(None, 0x0001, _GAP_SERVICE)
-        services.add_service(gap)
-        services.add_characteristic(
-            BleakGATTCharacteristic(None, 0x0003, _DEVICE_NAME_CHAR, ["read"], lambda: 20, gap)
-        )
-        if not link.nus_visible:
-            return services
-        nus = BleakGATTService(None, _SERVICE_HANDLE, NUS_SERVICE)
-        services.add_service(nus)
-        rx = BleakGATTCharacteristic(
-            None,
-            _RX_HANDLE,
-            NUS_RX,
-            ["write", "write-without-response"],
-            lambda: link.max_write,
-            nus,
-        )
-        tx = BleakGATTCharacteristic(
-            None, _TX_HANDLE, NUS_TX, ["notify"], lambda: link.max_write, nus
-        )
-        services.add_characteristic(rx)
-        services.add_characteristic(tx)
-        services.add_descriptor(
-            BleakGATTDescriptor(None, _CCCD_HANDLE, "00002902-0000-1000-8000-00805f9b34fb", tx)
-        )
-        return services
+        shown = gatt.SERVICES if link.nus_visible else (gatt.GAP, gatt.GATT)
+        return services_from_layout(shown, lambda: link.max_write)
 
     def _live_link(self) -> SimLink:
         link = self._link
@@ -278,7 +248,7 @@ class SimClient(BaseBleakClient):
         self, characteristic: BleakGATTCharacteristic, **kwargs: Any
     ) -> bytearray:
         link = self._live_link()
-        if characteristic.handle == 0x0003:
+        if characteristic.handle == _NAME_HANDLE:
             return bytearray(link.device.name.encode())
         raise BleakError(f"characteristic {characteristic.uuid} is not readable")
 
@@ -315,3 +285,28 @@ class SimClient(BaseBleakClient):
     async def stop_notify(self, characteristic: BleakGATTCharacteristic) -> None:
         self._live_link()
         self._notify_callbacks.pop(characteristic.handle, None)
+
+
+def services_from_layout(
+    services: Iterable[gatt.GattService], max_write: Callable[[], int]
+) -> BleakGATTServiceCollection:
+    """The layout as bleak's BlueZ backend shows it: characteristics by declaration handle."""
+    collection = BleakGATTServiceCollection()
+    for service in services:
+        bleak_service = BleakGATTService(None, service.handle, service.uuid)
+        collection.add_service(bleak_service)
+        for char in service.characteristics:
+            bleak_char = BleakGATTCharacteristic(
+                None,
+                char.declaration_handle,
+                char.uuid,
+                cast(list[CharacteristicPropertyName], list(char.properties)),
+                max_write,
+                bleak_service,
+            )
+            collection.add_characteristic(bleak_char)
+            for desc in char.descriptors:
+                collection.add_descriptor(
+                    BleakGATTDescriptor(None, desc.handle, desc.uuid, bleak_char)
+                )
+    return collection

@@ -1,8 +1,17 @@
 """A simulated SmartBall: firmware model + radio (advertising, one link, NUS) + fault injection.
 
-The radio side never imports the client: the bleak backend in ``smartball_sim.bleak_backend`` talks
-to a device through ``connect``/``write``/``disconnect`` and receives notifications and
-link loss through the ``LinkPeer`` callbacks it registers.
+The device decides what a SmartBall does: its firmware, when it advertises, when it resets,
+which faults fire. What carries its one link is a seam, a :class:`LinkLayer`:
+
+* :class:`ModelLinkLayer` (the default): an in-process model of the radio with connection
+  events and airtime (``smartball_sim.radio``). The bleak backend in
+  ``smartball_sim.bleak_backend`` and the BlueZ emulator talk to it through
+  ``connect``/``write``/``disconnect`` and receive notifications and link loss through the
+  ``LinkPeer`` callbacks they register.
+* the Bumble peripheral (``smartball_sim.bumble``): a real BLE host stack serving the same
+  device over HCI, L2CAP and ATT.
+
+The radio side never imports the client.
 """
 
 from __future__ import annotations
@@ -73,6 +82,17 @@ class WriteTooLong(SimLinkError):
     """A write longer than the link's MTU - 3 (a real controller refuses it)."""
 
 
+class LinkEnd(enum.IntEnum):
+    """How a link ended, as the HCI reason code a host reads in its Disconnection Complete
+    event (Core 5.3, Vol 1, Part F, 2)."""
+
+    #: The link died: supervision timeout (a drop, a crash or power glitch, radio loss).
+    CONNECTION_TIMEOUT = 0x08
+    #: The peer hung up on purpose (LL_TERMINATE_IND): the device before its reset into a
+    #: new image, or a host that closes the link.
+    REMOTE_USER_TERMINATED = 0x13
+
+
 class LinkPeer(Protocol):
     """What the host side of a link (the bleak backend) must accept from the device."""
 
@@ -80,8 +100,52 @@ class LinkPeer(Protocol):
     def sim_link_lost(self, reason: str) -> None: ...
 
 
+class Link(Protocol):
+    """One connection, whatever carries it."""
+
+    number: int
+    alive: bool
+    #: Why this connection's GATT database lacks NUS: None (it has it), "race" or
+    #: "stale-cache" (BlueZ only; see SimLink).
+    nus_hidden: str | None
+
+    @property
+    def mtu(self) -> int: ...
+    @property
+    def max_write(self) -> int: ...
+
+
+class LinkLayer(Protocol):
+    """What carries a SimDevice's link. The device decides (firmware, faults, advertising,
+    resets); a link layer moves the bytes and tells the host side what happened."""
+
+    #: How a host sees a connect-fail on this link (for the fault log).
+    connect_fail_detail: str
+
+    def send(self, link: Link, frame: bytes) -> None:
+        """Carry one whole device frame to the host, cut at the link's MTU - 3."""
+
+    def when_sent(self, link: Link, callback: Callable[[], None]) -> None:
+        """``callback`` once every notification queued so far has gone on air, or the
+        link has ended (the firmware waits for this before it resets after DONE)."""
+
+    def discard(self, link: Link) -> None:
+        """The link is gone: whatever it still had queued dies with it."""
+
+    def link_ended(self, link: Link, reason: str, end: LinkEnd) -> None:
+        """The device's side ended the link (a fault, a reset, a pause): tell the host."""
+
+    def advertising_changed(self) -> None:
+        """``SimDevice.advertising`` may have changed (a link, a reset, a pause)."""
+
+    def check_faults(self, plan: FaultPlan) -> None:
+        """Raise FaultSpecError for a fault this link layer cannot express."""
+
+
 @dataclass(eq=False, slots=True)
 class SimLink:
+    """A link of the model radio (:class:`ModelLinkLayer`)."""
+
     device: SimDevice
     peer: LinkPeer
     mtu: int
@@ -164,12 +228,15 @@ class SimDevice:
         )
         self.flash_timings = self.firmware.timings  # as configured, before any slow-erase
         self._clock = clock
-        self.link: SimLink | None = None
+        #: What carries the link; the model radio unless another one is attached.
+        self.link_layer: LinkLayer = ModelLinkLayer(self)
+        self.link: Link | None = None
         self.booted = True
         self._adv_paused_until_us = 0
         self._connections = 0
         self.fault_log: list[FaultRecord] = []
         self.injector = FaultInjector(self)
+        self.fault_plan = FaultPlan()
         self.set_faults(faults)
 
     def __repr__(self) -> str:
@@ -189,7 +256,16 @@ class SimDevice:
 
     def set_faults(self, plan: FaultPlan | str | None) -> None:
         plan = plan if isinstance(plan, FaultPlan) else FaultPlan.parse(plan)
+        self.link_layer.check_faults(plan)
+        self.fault_plan = plan
         self.injector.load(plan)
+
+    def attach(self, link_layer: LinkLayer) -> None:
+        """Carry this device's link over another link layer (before any connection)."""
+        if self.link is not None:
+            raise RuntimeError(f"{self}: attach a link layer before anything connects")
+        link_layer.check_faults(self.fault_plan)
+        self.link_layer = link_layer
 
     # --- advertising -------------------------------------------------------------------
 
@@ -208,76 +284,56 @@ class SimDevice:
             "rssi": -55 - self.rng.randrange(10),
         }
 
+    @property
+    def advertising_paused_until(self) -> float:
+        """Device time (``now()``) before which an advertising pause keeps it silent."""
+        return self._adv_paused_until_us / 1_000_000
+
     def pause_advertising(self, seconds: float) -> None:
         until = to_us(self.now() + seconds)
         self._adv_paused_until_us = max(self._adv_paused_until_us, until)
         self.disconnect("advertising paused")
+        self.link_layer.advertising_changed()
 
-    # --- link --------------------------------------------------------------------------
+    # --- link: what every link layer shares ----------------------------------------------
 
-    async def connect(self, peer: LinkPeer) -> SimLink:
-        """Establish a link as BlueZ would: wait for an advertisement, then connect.
-
-        Faults may make it fail (:class:`ConnectRefused`, a :class:`ConnectRefusal`) or
-        never complete; the caller bounds it with its timeout, exactly as bleak's BlueZ
-        backend does.
-        """
-        outcome = self.injector.connect_outcome()
-        if outcome == "timeout":
-            await asyncio.Future()  # never completes: the host's connect timeout fires
-        while not self.advertising:  # noqa: ASYNC110 - a connect waits for an advertisement
-            await asyncio.sleep(self.radio.adv_interval_s)
-        await asyncio.sleep(self.radio.connect_s)
-        if outcome == "fail":
-            raise ConnectRefused(ConnectRefusal.CANCELED)
-        if not self.advertising:  # lost the race against a reboot or another host
-            raise ConnectRefused(ConnectRefusal.ABORTED_AT_ONCE)
-        self._connections += 1
-        link = SimLink(self, peer, self.mtu, self._connections)
-        link.nus_hidden = self.injector.nus_hidden_on_connect()
+    def link_established(self, link: Link) -> None:
+        """A link layer made a connection: it is the device's link from now on."""
         self.link = link
         log.info("%s: connected (link #%d)", self.name, link.number)
         self.injector.on_connected(link)
-        return link
 
-    def disconnect(self, reason: str) -> None:
+    def next_connection_number(self) -> int:
+        self._connections += 1
+        return self._connections
+
+    def receive_write(self, data: bytes) -> None:
+        """A host write on NUS RX reached the device (unless a fault loses it)."""
+        if not self.injector.drop_write():
+            self.firmware.receive(data)
+
+    def disconnect(self, reason: str, end: LinkEnd = LinkEnd.CONNECTION_TIMEOUT) -> None:
         """Drop the current link, if any (device side or radio loss)."""
         link = self.link
         if link is None:
             return
         self._end_link(link)
         log.info("%s: link #%d lost: %s", self.name, link.number, reason)
-        link.peer.sim_link_lost(reason)
+        self.link_layer.link_ended(link, reason, end)
+        self.link_layer.advertising_changed()
 
-    def host_disconnect(self, link: SimLink) -> None:
+    def host_disconnect(self, link: Link) -> None:
+        """The host side ended the link (it closed it, or its side saw it die)."""
         if link is self.link:
             self._end_link(link)
             log.info("%s: host closed link #%d", self.name, link.number)
+            self.link_layer.advertising_changed()
 
-    def _end_link(self, link: SimLink) -> None:
-        """Whatever was queued on air dies with the link; blocked writers wake to fail."""
+    def _end_link(self, link: Link) -> None:
         link.alive = False
-        link.tx_queue.clear()
-        link.rx_queue.clear()
-        link.space.set()
         self.link = None
-        self._wake_sent_waiters(link)
+        self.link_layer.discard(link)
         self.firmware.link_lost()
-
-    async def write(self, link: SimLink, data: bytes) -> None:
-        """A write-without-response on NUS RX: queued in the host stack, carried to the
-        device at a connection event. Waits only while the queue is full."""
-        if len(data) > link.max_write:
-            raise WriteTooLong(
-                f"write of {len(data)} bytes exceeds the link's maximum of {link.max_write}"
-            )
-        while link.alive and len(link.tx_queue) >= self.radio.link.tx_queue_writes:
-            link.space.clear()
-            await link.space.wait()
-        if not link.alive:
-            raise LinkClosed("Not connected")
-        link.tx_queue.append(bytes(data))
-        self._schedule_event(link)
 
     def _notify(self, frame: bytes) -> None:
         link = self.link
@@ -286,63 +342,29 @@ class SimDevice:
         frame = self.injector.filter_notification(frame)
         if not frame:
             return
-        step = link.max_write
-        link.rx_queue.extend(frame[start : start + step] for start in range(0, len(frame), step))
-        self._schedule_event(link)
+        self.link_layer.send(link, frame)
 
     def _when_sent(self, callback: Callable[[], None]) -> None:
-        """``callback`` once every notification queued so far has gone on air, or with the
-        link (the firmware waits for this before it resets after MSG_OTA_DONE)."""
         link = self.link
-        if link is None or not link.alive or not link.rx_queue:
+        if link is None or not link.alive:
             callback()
         else:
-            link.sent_waiters.append(callback)
+            self.link_layer.when_sent(link, callback)
 
-    def _wake_sent_waiters(self, link: SimLink) -> None:
-        waiters, link.sent_waiters = link.sent_waiters, []
-        for callback in waiters:
-            callback()
+    # --- link: the model radio's entry points (the bleak backend, the BlueZ emulator) ----
 
-    def _schedule_event(self, link: SimLink) -> None:
-        if not link.event_scheduled:
-            link.event_scheduled = True
-            asyncio.get_running_loop().call_later(
-                self.radio.link.connection_interval_s, self._connection_event, link
-            )
+    def _model(self) -> ModelLinkLayer:
+        if not isinstance(self.link_layer, ModelLinkLayer):
+            raise RuntimeError(f"{self} is served by {self.link_layer!r}, not the model radio")
+        return self.link_layer
 
-    def _connection_event(self, link: SimLink) -> None:
-        """One connection event: up to ``exchanges_per_event`` exchanges, each a central
-        packet (a host write, or an empty poll) answered by a peripheral packet (a
-        notification fragment, or empty). What the device sends in reply to a write goes
-        out at a later event, as on a real controller."""
-        link.event_scheduled = False
-        if not link.alive:
-            return
-        profile = self.radio.link
-        slots = per_event = profile.exchanges_per_event()
-        replies = len(link.rx_queue)  # only what was queued before this event
-        while slots > 0 and (link.tx_queue or replies):
-            if link.tx_queue:
-                cost = profile.ll_packets(len(link.tx_queue[0]))
-                if cost > slots and slots < per_event:
-                    break  # the fragments of this write go together in the next event
-                data = link.tx_queue.popleft()
-                slots -= cost
-                if not self.injector.drop_write():
-                    self.firmware.receive(data)
-            else:
-                slots -= 1
-            if replies and link.alive:
-                replies -= 1
-                link.peer.sim_notification(link.rx_queue.popleft())
-            if not link.alive:  # the firmware reset, or a fault dropped the link
-                return
-        link.space.set()
-        if not link.rx_queue and link.sent_waiters:
-            self._wake_sent_waiters(link)
-        if (link.tx_queue or link.rx_queue) and link.alive:
-            self._schedule_event(link)
+    async def connect(self, peer: LinkPeer) -> SimLink:
+        """Establish a link over the model radio (see ModelLinkLayer.connect)."""
+        return await self._model().connect(peer)
+
+    async def write(self, link: SimLink, data: bytes) -> None:
+        """A write-without-response on NUS RX over the model radio."""
+        await self._model().write(link, data)
 
     # --- power -------------------------------------------------------------------------
 
@@ -352,6 +374,7 @@ class SimDevice:
         self.disconnect("device reset")
         bootloader_s = self.firmware.power_cycle()
         self.booted = False
+        self.link_layer.advertising_changed()
         boot_s = self.radio.boot_s + bootloader_s
         log.info("%s: rebooting (%.1f s)", self.name, boot_s)
         asyncio.get_running_loop().call_later(boot_s, self._booted, self.firmware.boot_count)
@@ -370,7 +393,10 @@ class SimDevice:
     def _terminate_and_reset(self, boot: int) -> None:
         if boot != self.firmware.boot_count:
             return  # something else reset the device meanwhile: that reset switched
-        self.disconnect("the device ended the link (0x13) to reset into the new image")
+        self.disconnect(
+            "the device ended the link (0x13) to reset into the new image",
+            LinkEnd.REMOTE_USER_TERMINATED,
+        )
         self.reboot()
 
     def _booted(self, boot: int) -> None:
@@ -378,9 +404,140 @@ class SimDevice:
             return  # a later reset restarted the boot: its own timer says when it is done
         self.booted = True
         log.info("%s: booted, advertising", self.name)
+        self.link_layer.advertising_changed()
 
     def _on_firmware_event(self, event: FirmwareEvent) -> None:
         self.injector.on_firmware_event(event)
+
+
+class ModelLinkLayer:
+    """The in-process radio model: advertising is polled by the scanner, a connect takes
+    ``connect_s``, and bytes move only at connection events (``smartball_sim.radio``)."""
+
+    connect_fail_detail = "br-connection-canceled"
+
+    def __init__(self, device: SimDevice) -> None:
+        self.device = device
+
+    def __repr__(self) -> str:
+        return "the model radio"
+
+    async def connect(self, peer: LinkPeer) -> SimLink:
+        """Establish a link as BlueZ would: wait for an advertisement, then connect.
+
+        Faults may make it fail (:class:`ConnectRefused`, a :class:`ConnectRefusal`) or
+        never complete; the caller bounds it with its timeout, exactly as bleak's BlueZ
+        backend does.
+        """
+        d = self.device
+        outcome = d.injector.connect_outcome()
+        if outcome == "timeout":
+            await asyncio.Future()  # never completes: the host's connect timeout fires
+        while not d.advertising:  # noqa: ASYNC110 - a connect waits for an advertisement
+            await asyncio.sleep(d.radio.adv_interval_s)
+        await asyncio.sleep(d.radio.connect_s)
+        if outcome == "fail":
+            raise ConnectRefused(ConnectRefusal.CANCELED)
+        if not d.advertising:  # lost the race against a reboot or another host
+            raise ConnectRefused(ConnectRefusal.ABORTED_AT_ONCE)
+        link = SimLink(d, peer, d.mtu, d.next_connection_number())
+        link.nus_hidden = d.injector.nus_hidden_on_connect()
+        d.link_established(link)
+        return link
+
+    async def write(self, link: SimLink, data: bytes) -> None:
+        """A write-without-response on NUS RX: queued in the host stack, carried to the
+        device at a connection event. Waits only while the queue is full."""
+        if len(data) > link.max_write:
+            raise WriteTooLong(
+                f"write of {len(data)} bytes exceeds the link's maximum of {link.max_write}"
+            )
+        while link.alive and len(link.tx_queue) >= self.device.radio.link.tx_queue_writes:
+            link.space.clear()
+            await link.space.wait()
+        if not link.alive:
+            raise LinkClosed("Not connected")
+        link.tx_queue.append(bytes(data))
+        self._schedule_event(link)
+
+    # --- LinkLayer -----------------------------------------------------------------------
+
+    def send(self, link: Link, frame: bytes) -> None:
+        assert isinstance(link, SimLink)
+        step = link.max_write
+        link.rx_queue.extend(frame[start : start + step] for start in range(0, len(frame), step))
+        self._schedule_event(link)
+
+    def when_sent(self, link: Link, callback: Callable[[], None]) -> None:
+        assert isinstance(link, SimLink)
+        if not link.rx_queue:
+            callback()
+        else:
+            link.sent_waiters.append(callback)
+
+    def discard(self, link: Link) -> None:
+        """Whatever was queued on air dies with the link; blocked writers wake to fail."""
+        assert isinstance(link, SimLink)
+        link.tx_queue.clear()
+        link.rx_queue.clear()
+        link.space.set()
+        self._wake_sent_waiters(link)
+
+    def link_ended(self, link: Link, reason: str, end: LinkEnd) -> None:
+        assert isinstance(link, SimLink)
+        link.peer.sim_link_lost(reason)
+
+    def advertising_changed(self) -> None:
+        pass  # the scanner asks SimDevice.advertising at every advertising interval
+
+    def check_faults(self, plan: FaultPlan) -> None:
+        pass  # the model expresses every effect
+
+    # --- connection events ---------------------------------------------------------------
+
+    def _wake_sent_waiters(self, link: SimLink) -> None:
+        waiters, link.sent_waiters = link.sent_waiters, []
+        for callback in waiters:
+            callback()
+
+    def _schedule_event(self, link: SimLink) -> None:
+        if not link.event_scheduled:
+            link.event_scheduled = True
+            asyncio.get_running_loop().call_later(
+                self.device.radio.link.connection_interval_s, self._connection_event, link
+            )
+
+    def _connection_event(self, link: SimLink) -> None:
+        """One connection event: up to ``exchanges_per_event`` exchanges, each a central
+        packet (a host write, or an empty poll) answered by a peripheral packet (a
+        notification fragment, or empty). What the device sends in reply to a write goes
+        out at a later event, as on a real controller."""
+        link.event_scheduled = False
+        if not link.alive:
+            return
+        profile = self.device.radio.link
+        slots = per_event = profile.exchanges_per_event()
+        replies = len(link.rx_queue)  # only what was queued before this event
+        while slots > 0 and (link.tx_queue or replies):
+            if link.tx_queue:
+                cost = profile.ll_packets(len(link.tx_queue[0]))
+                if cost > slots and slots < per_event:
+                    break  # the fragments of this write go together in the next event
+                data = link.tx_queue.popleft()
+                slots -= cost
+                self.device.receive_write(data)
+            else:
+                slots -= 1
+            if replies and link.alive:
+                replies -= 1
+                link.peer.sim_notification(link.rx_queue.popleft())
+            if not link.alive:  # the firmware reset, or a fault dropped the link
+                return
+        link.space.set()
+        if not link.rx_queue and link.sent_waiters:
+            self._wake_sent_waiters(link)
+        if (link.tx_queue or link.rx_queue) and link.alive:
+            self._schedule_event(link)
 
 
 @dataclass(slots=True)
@@ -467,7 +624,7 @@ class FaultInjector:
             self._record("drop", f"flaky:{rate:g}%")
             self.device.disconnect("link dropped (flaky)")
 
-    def on_connected(self, link: SimLink) -> None:
+    def on_connected(self, link: Link) -> None:
         # Connect-triggered faults that act on a link (drop, reboot, ...) fire now that
         # there is one; those that shape the connect itself fired in connect_outcome().
         number = self.device._connections
@@ -479,7 +636,7 @@ class FaultInjector:
                 loop.call_later(fault.trigger.value, self._fire_if_linked, fault, link)
             )
 
-    def _fire_if_linked(self, fault: Fault, link: SimLink) -> None:
+    def _fire_if_linked(self, fault: Fault, link: Link) -> None:
         if link.alive:
             self._fire(fault)
         else:
@@ -562,7 +719,7 @@ class FaultInjector:
             return "timeout"
         if a.connect_fail:
             a.connect_fail -= 1
-            self._record("connect-fail", "br-connection-canceled")
+            self._record("connect-fail", self.device.link_layer.connect_fail_detail)
             return "fail"
         return "ok"
 

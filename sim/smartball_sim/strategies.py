@@ -14,6 +14,7 @@ Protocol frames (valid, damaged, garbage) are in ``pytest_smartball.strategies``
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from hypothesis import strategies as st
@@ -70,22 +71,42 @@ def image_specs(max_size: int = DEFAULT_STAGING_CAPACITY) -> st.SearchStrategy[I
     return st.builds(ImageSpec, image_sizes(max_size), st.integers(0, 2**16))
 
 
-def triggers(image_size: int = DEFAULT_STAGING_CAPACITY) -> st.SearchStrategy[Trigger]:
-    return st.one_of(
+def triggers(
+    image_size: int = DEFAULT_STAGING_CAPACITY,
+    *,
+    timed: bool = True,
+    commands: Sequence[int] = _COMMAND_TYPES,
+) -> st.SearchStrategy[Trigger]:
+    """``timed=False`` leaves out ``t:`` triggers; ``commands`` limits ``cmd:`` triggers."""
+    kinds = [
         st.just(Trigger()),
         st.builds(lambda v: Trigger(TriggerKind.ERASE, v), st.integers(0, 100)),
         st.builds(lambda v: Trigger(TriggerKind.OFFSET, v), st.integers(0, max(0, image_size))),
-        st.builds(
-            lambda t, n: Trigger(TriggerKind.CMD, n, t),
-            st.sampled_from(_COMMAND_TYPES),
-            st.integers(1, 20),
-        ),
-        st.builds(lambda v: Trigger(TriggerKind.T, v), st.sampled_from([0.5, 1, 2, 5, 10, 30])),
-        st.builds(lambda v: Trigger(TriggerKind.CONNECT, v), st.integers(1, 4)),
-    )
+    ]
+    if commands:
+        kinds.append(
+            st.builds(
+                lambda t, n: Trigger(TriggerKind.CMD, n, t),
+                st.sampled_from(commands),
+                st.integers(1, 20),
+            )
+        )
+    if timed:
+        seconds = st.sampled_from([0.5, 1, 2, 5, 10, 30])
+        kinds.append(st.builds(lambda v: Trigger(TriggerKind.T, v), seconds))
+    kinds.append(st.builds(lambda v: Trigger(TriggerKind.CONNECT, v), st.integers(1, 4)))
+    return st.one_of(kinds)
 
 
-def faults(image_size: int = DEFAULT_STAGING_CAPACITY) -> st.SearchStrategy[Fault]:
+def faults(
+    image_size: int = DEFAULT_STAGING_CAPACITY,
+    *,
+    effects: Iterable[Effect] | None = None,
+    trigger_strategy: st.SearchStrategy[Trigger] | None = None,
+) -> st.SearchStrategy[Fault]:
+    """Faults of the given ``effects`` (every finishable one by default) with triggers from
+    ``trigger_strategy`` (``triggers(image_size)`` by default)."""
+
     def build(
         effect: Effect,
         trigger: Trigger,
@@ -106,8 +127,10 @@ def faults(image_size: int = DEFAULT_STAGING_CAPACITY) -> st.SearchStrategy[Faul
 
     return st.builds(
         build,
-        st.sampled_from(sorted(set(EFFECTS) - UNFINISHABLE_EFFECTS)),
-        triggers(image_size),
+        st.sampled_from(
+            sorted(set(EFFECTS) - UNFINISHABLE_EFFECTS if effects is None else effects)
+        ),
+        triggers(image_size) if trigger_strategy is None else trigger_strategy,
         st.sampled_from([0.5, 1.5, 5, 20, 40]),
         st.integers(1, 4),
         st.one_of(st.none(), st.sampled_from(_DEVICE_TYPES)),

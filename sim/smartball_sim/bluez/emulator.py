@@ -6,22 +6,30 @@ they talk to BlueZ: ``GetManagedObjects``, ``InterfacesAdded``/``InterfacesRemov
 ``Device1.Connect``/``Disconnect``, and NUS as ``GattService1``/``GattCharacteristic1``/
 ``GattDescriptor1`` objects with ``StartNotify``, ``AcquireNotify``, ``AcquireWrite`` and
 ``WriteValue``. Shapes, orders, paths and error names follow BlueZ's ``src/device.c``,
-``src/gatt-client.c`` and ``src/adapter.c``; docs/faults.md ("Emulated BlueZ") lists them.
+``src/gatt-client.c`` and ``src/adapter.c`` (docs/faults.md, "Emulated BlueZ"), and what
+real bluetoothd 5.66 says on D-Bus:
+``tests/test_real_bluez.py`` runs the same scenarios against both (in CI's VM stage) and
+compares them phase by phase.
 
 Each device is a :class:`smartball_sim.device.SimDevice`, the same radio, firmware and fault
 injection as the in-process bleak backend (``sim/bleak_backend.py``). The emulator is the
 link's :class:`~smartball_sim.device.LinkPeer`: notifications become ``PropertiesChanged{Value}`` on
 the TX characteristic (or datagrams on an ``AcquireNotify`` socket), a lost link becomes
-``ServicesResolved=false``, the GATT objects removed and ``Connected=false``. Fault
+``ServicesResolved=false`` then ``Connected=false``. As in BlueZ, the GATT objects stay
+exported across disconnects (without their ``MTU`` property, silently) until
+``RemoveDevice``; the GAP service has no object (bluetoothd claims it). Fault
 decisions are the device's own (``connect_outcome``, ``nus_hidden_on_connect``,
 ``forget_cache``); this module only expresses them the BlueZ way:
 
 * ``connect-fail``: ``Connect`` answers ``org.bluez.Error.Failed: br-connection-canceled``;
 * ``connect-timeout``: ``Connect`` never answers (the client's timeout fires; its
   ``Disconnect`` cancels the attempt);
-* ``race``: ``ServicesResolved=true`` goes out with only the GAP service exported, and the
-  NUS objects follow :attr:`Timing.race_gap_s` later;
-* ``stale-cache``: the device's cached database (GAP and GATT services, no NUS) is what a
+* a ``Connect`` to a device that does not advertise: ``org.bluez.Error.Failed:
+  le-connection-abort-by-local`` after :attr:`Timing.le_connect_timeout_s` (40 s);
+* ``race`` (BlueZ before 5.55): ``ServicesResolved=true`` goes out with only the GATT
+  service exported, and the NUS objects follow :attr:`Timing.race_gap_s` later; the racing
+  connection's objects go when it ends;
+* ``stale-cache``: the device's cached database (the GATT service, no NUS) is what a
   connect resolves to; it stays exported across disconnects until ``RemoveDevice``.
 
 All of it runs on one asyncio loop and one bus connection (:meth:`BluezEmulator.start`);
@@ -43,11 +51,9 @@ from typing import Any
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from smartball_sim import gatt_layout as gatt
 from smartball_sim.bluez_errors import CONNECT_FAILED_TEXT
 from smartball_sim.device import (
-    NUS_RX,
-    NUS_SERVICE,
-    NUS_TX,
     ConnectRefusal,
     ConnectRefused,
     SimDevice,
@@ -69,12 +75,6 @@ DESCRIPTOR = "org.bluez.GattDescriptor1"
 #: Interfaces BlueZ lists for every object in GetManagedObjects / InterfacesAdded.
 STANDARD = (INTROSPECTABLE, PROPERTIES)
 
-GAP_SERVICE = "00001800-0000-1000-8000-00805f9b34fb"
-GATT_SERVICE = "00001801-0000-1000-8000-00805f9b34fb"
-DEVICE_NAME = "00002a00-0000-1000-8000-00805f9b34fb"
-SERVICE_CHANGED = "00002a05-0000-1000-8000-00805f9b34fb"
-CCCD = "00002902-0000-1000-8000-00805f9b34fb"
-
 # BlueZ's error names (src/error.h) and the texts bleak and bleak-retry-connector match on.
 ERR_FAILED = "org.bluez.Error.Failed"
 ERR_NOT_PERMITTED = "org.bluez.Error.NotPermitted"
@@ -85,6 +85,7 @@ ERR_NOT_SUPPORTED = "org.bluez.Error.NotSupported"
 ERR_UNKNOWN_OBJECT = "org.freedesktop.DBus.Error.UnknownObject"
 ERR_UNKNOWN_METHOD = "org.freedesktop.DBus.Error.UnknownMethod"
 ERR_UNKNOWN_PROPERTY = "org.freedesktop.DBus.Error.UnknownProperty"
+LE_CONNECTION_ABORT_BY_LOCAL = "le-connection-abort-by-local"
 
 
 #: The caller of the method being handled (per-client StartNotify/StartDiscovery).
@@ -102,6 +103,10 @@ class Timing:
     race_gap_s: float = 0.02
     #: RSSI updates while discovering (BlueZ reports each advertisement; a change only).
     rssi_interval_s: float = 0.1
+    #: A ``Connect`` to a device that does not advertise fails after the kernel's L2CAP
+    #: connect timeout (``L2CAP_CONN_TIMEOUT``) with ``le-connection-abort-by-local``: what
+    #: real bluetoothd 5.66 on Linux 6.1 answered in tests/test_real_bluez.py.
+    le_connect_timeout_s: float = 40.0
 
 
 class DBusFailure(Exception):
@@ -160,6 +165,8 @@ class _EmulatedDevice:
     #: StartNotify sessions on TX: unique bus names of the callers.
     notify_clients: set[str] = field(default_factory=set)
     notify_sock: socket.socket | None = None
+    #: The current link's discovery raced (its objects go when it ends).
+    link_raced: bool = False
     write_sock: socket.socket | None = None
     last_rssi: int | None = None
 
@@ -545,7 +552,7 @@ class BluezEmulator:
         if dev.link is not None:
             dev.sim.disconnect("host removed the device from its cache")
         dev.sim.injector.forget_cache()
-        self._drop_gatt(dev, keep_stale=False)
+        self._drop_gatt(dev)
         self._close_socks(dev)
         dev.exported = False
         dev.last_rssi = None
@@ -580,7 +587,10 @@ class BluezEmulator:
         sim = dev.sim
         peer = _LinkPeer(dev)
         try:
-            link = await sim.connect(peer)
+            async with asyncio.timeout(self.timing.le_connect_timeout_s):
+                link = await sim.connect(peer)
+        except TimeoutError:
+            raise DBusFailure(ERR_FAILED, LE_CONNECTION_ABORT_BY_LOCAL) from None
         except ConnectRefused as exc:
             if exc.refusal is ConnectRefusal.ABORTED_AT_ONCE:
                 # BlueZ connected and lost it at once: bleak waits for Connected to go
@@ -599,28 +609,38 @@ class BluezEmulator:
         self._spawn(self._discover(dev, link))
 
     async def _discover(self, dev: _EmulatedDevice, link: SimLink) -> None:
+        """BlueZ keeps a device's GATT objects across disconnects (until RemoveDevice): a
+        reconnect to a known device exports nothing new and only sets ServicesResolved;
+        the first connect (or one after RemoveDevice) exports every object first."""
         await asyncio.sleep(self.timing.gatt_discovery_s)
         if dev.link is not link or not link.alive:
             return
         if link.nus_visible:
-            self._drop_gatt(dev, keep_stale=False)  # a fresh discovery replaces any cache
-            self._export_gatt(dev, link, nus=True)
+            if dev.gatt.stale or dev.gatt.tx is None:
+                self._drop_gatt(dev)  # a fresh discovery replaces the stale database
+                self._export_gatt(dev, link, nus=True)
+            else:
+                self._mtu_known(dev, link)
             self._set(dev.path, DEVICE, ServicesResolved=Variant("b", True))
             return
         if link.nus_hidden == "stale-cache":
             # Discovery skipped: the cached database (no NUS) is what the device resolves to.
             if not dev.gatt.stale:
-                self._drop_gatt(dev, keep_stale=False)
+                self._drop_gatt(dev)
                 self._export_gatt(dev, link, nus=False, stale=True)
+            else:
+                self._mtu_known(dev, link)
             self._set(dev.path, DEVICE, ServicesResolved=Variant("b", True))
             return
-        # The race: ServicesResolved=true while only GAP is exported; NUS comes later.
-        self._drop_gatt(dev, keep_stale=False)
+        # The race (BlueZ before 5.55 re-discovering): ServicesResolved=true while only the
+        # GATT service is exported; NUS comes later.
+        dev.link_raced = True
+        self._drop_gatt(dev)
         self._export_gatt(dev, link, nus=False)
         self._set(dev.path, DEVICE, ServicesResolved=Variant("b", True))
         await asyncio.sleep(self.timing.race_gap_s)
         if dev.link is link and link.alive:
-            self._export_gatt(dev, link, nus=True, gap=False)
+            self._export_gatt(dev, link, nus=True, gatt_service=False)
 
     def _m_Device1_Disconnect(self, msg: Message) -> Any:
         dev = self._dev(msg)
@@ -643,14 +663,25 @@ class BluezEmulator:
 
     def _link_lost(self, dev: _EmulatedDevice, reason: str, *, remote: bool) -> None:
         """src/device.c device_disconnected, as the D-Bus side sees it: ServicesResolved
-        false, the GATT objects removed (a stale cache stays), Disconnected, Connected
-        false. Synchronous, so a call racing the drop finds the objects gone."""
+        false, Disconnected, Connected false. The GATT objects stay exported (real
+        bluetoothd 5.66 keeps them until RemoveDevice; tests/test_real_bluez.py compares),
+        without their MTU; a call on them answers "Not connected". Notify sessions end."""
         if dev.link is None:
             return
         dev.link = None
         self._set(dev.path, DEVICE, ServicesResolved=Variant("b", False))
-        self._drop_gatt(dev, keep_stale=True)
         self._close_socks(dev)
+        self._mtu_unknown(dev)
+        if dev.link_raced:
+            # The race imitates BlueZ before 5.55 resolving services early. A connection
+            # that raced leaves no objects behind, so the next connect discovers afresh;
+            # kept objects would let bleak-retry-connector reuse bleak's NUS-less
+            # collection on every reconnect (it does so when all cached paths exist).
+            dev.link_raced = False
+            self._drop_gatt(dev)
+        dev.notify_clients.clear()
+        if dev.gatt.tx is not None:
+            self._set(dev.gatt.tx, CHARACTERISTIC, Notifying=Variant("b", False))
         who = "org.bluez.Reason.Remote" if remote else "org.bluez.Reason.Local"
         self._send(
             Message.new_signal(
@@ -668,12 +699,13 @@ class BluezEmulator:
         link: SimLink,
         *,
         nus: bool,
-        gap: bool = True,
+        gatt_service: bool = True,
         stale: bool = False,
     ) -> None:
         """InterfacesAdded for each service, characteristic and descriptor, in order.
         Paths are ``<dev>/serviceXXXX/charYYYY/descZZZZ`` with 4 hex digits: bleak
-        derives the device and the handle from them."""
+        derives the device and the handle from them. The GAP service (0x1800) gets no
+        object: bluetoothd claims it for itself (its UUID is still in Device1.UUIDs)."""
         mtu = Variant("q", link.mtu)
 
         def service(handle: int, uuid: str) -> str:
@@ -718,42 +750,67 @@ class BluezEmulator:
             dev.gatt.paths.append(path)
             return path
 
-        if gap:
-            gap_path = service(0x0001, GAP_SERVICE)
-            char(gap_path, 0x0002, DEVICE_NAME, ["read"])
-            gatt_path = service(0x0006, GATT_SERVICE)
-            changed = char(
-                gatt_path, 0x0007, SERVICE_CHANGED, ["indicate"], Notifying=Variant("b", False)
-            )
-            desc(changed, 0x0009, CCCD)
+        def export(definition: gatt.GattService) -> dict[int, str]:
+            """The service's objects; the paths of its characteristics and descriptors
+            by handle (declaration handles for characteristics, as BlueZ names them)."""
+            svc = service(definition.handle, definition.uuid)
+            paths: dict[int, str] = {}
+            for c in definition.characteristics:
+                extra: dict[str, Variant] = {}
+                if "notify" in c.properties or "indicate" in c.properties:
+                    extra["Notifying"] = Variant("b", False)
+                if "notify" in c.properties:
+                    extra["NotifyAcquired"] = Variant("b", False)
+                if "write-without-response" in c.properties:
+                    extra["WriteAcquired"] = Variant("b", False)
+                path = paths[c.declaration_handle] = char(
+                    svc, c.declaration_handle, c.uuid, list(c.properties), **extra
+                )
+                for d in c.descriptors:
+                    paths[d.handle] = desc(path, d.handle, d.uuid)
+            return paths
+
+        if gatt_service:
+            export(gatt.GATT)
         dev.gatt.stale = stale
         if not nus:
             return
-        nus_path = service(0x000A, NUS_SERVICE)
-        dev.gatt.rx = char(
-            nus_path,
-            0x000B,
-            NUS_RX,
-            ["write-without-response", "write"],
-            WriteAcquired=Variant("b", False),
-        )
-        dev.gatt.tx = char(
-            nus_path,
-            0x000D,
-            NUS_TX,
-            ["notify"],
-            Notifying=Variant("b", False),
-            NotifyAcquired=Variant("b", False),
-        )
-        dev.gatt.cccd = desc(dev.gatt.tx, 0x000F, CCCD)
+        paths = export(gatt.NUS)
+        dev.gatt.rx = paths[gatt.NUS_RX.declaration_handle]
+        dev.gatt.tx = paths[gatt.NUS_TX.declaration_handle]
+        dev.gatt.cccd = paths[gatt.NUS_TX_CCCD.handle]
 
-    def _drop_gatt(self, dev: _EmulatedDevice, *, keep_stale: bool) -> None:
-        if keep_stale and dev.gatt.stale:
-            return
-        for path in reversed(dev.gatt.paths):
-            self._remove_object(path)
+    def _drop_gatt(self, dev: _EmulatedDevice) -> None:
+        """InterfacesRemoved for every GATT object, in bluetoothd's order: service by
+        service, each characteristic after its descriptors, the service last."""
+        paths = dev.gatt.paths
+        for svc in [p for p in paths if "/char" not in p]:
+            chars = [p for p in paths if p.startswith(f"{svc}/char") and "/desc" not in p]
+            for char in chars:
+                for desc in [p for p in paths if p.startswith(f"{char}/desc")]:
+                    self._remove_object(desc)
+                self._remove_object(char)
+            self._remove_object(svc)
         dev.gatt = _Gatt()
         dev.notify_clients.clear()
+
+    def _characteristics(self, dev: _EmulatedDevice) -> list[str]:
+        return [p for p in dev.gatt.paths if "/char" in p and "/desc" not in p]
+
+    def _mtu_known(self, dev: _EmulatedDevice, link: SimLink) -> None:
+        """A connected characteristic has the link's ATT MTU as its ``MTU`` property.
+        Silently, as real bluetoothd 5.66 does: no PropertiesChanged when it comes back
+        on a reconnect (bleak keeps the value it read when the object appeared)."""
+        for path in self._characteristics(dev):
+            props = self.objects.get(path, {}).get(CHARACTERISTIC)
+            if props is not None:
+                props["MTU"] = Variant("q", link.mtu)
+
+    def _mtu_unknown(self, dev: _EmulatedDevice) -> None:
+        """Without a link the characteristics have no ``MTU`` in GetManagedObjects, and
+        no signal says so (real bluetoothd 5.66)."""
+        for path in self._characteristics(dev):
+            self.objects.get(path, {}).get(CHARACTERISTIC, {}).pop("MTU", None)
 
     def _gatt_target(self, msg: Message) -> tuple[_EmulatedDevice, str]:
         path = msg.path or ""
@@ -773,7 +830,7 @@ class BluezEmulator:
     def _m_GattCharacteristic1_ReadValue(self, msg: Message) -> Message:
         dev, path = self._gatt_target(msg)
         link = self._live(dev)
-        if self._prop(path, CHARACTERISTIC, "UUID") == DEVICE_NAME:
+        if self._prop(path, CHARACTERISTIC, "UUID") == gatt.DEVICE_NAME_UUID:
             return Message.new_method_return(msg, "ay", [link.device.name.encode()])
         raise DBusFailure(ERR_NOT_PERMITTED, "Read not permitted")
 

@@ -1,130 +1,58 @@
-"""The NUS link over bleak: scan, connect robustly, send frames, receive typed messages.
+"""One connection to a SmartBall's NUS over bleak: connect robustly, send frames, receive
+typed messages.
 
 Everything the field taught us about bleak on BlueZ lives here, once:
 
 * connect through ``bleak_retry_connector.establish_connection`` (retries, backoff, BlueZ
   error categories) with the ``BLEDevice`` from the scan, never a bare address;
-* settle after connecting, then force service discovery: NUS must be there, else the
-  connect counts as failed (this covers BlueZ's ``ServicesResolved``-before-objects race
-  and stale GATT caches);
+* after connecting, go on as soon as the stack has resolved the services *and* the NUS
+  characteristics are really there; a connect without them counts as failed (BlueZ's
+  ``ServicesResolved``-before-objects race, stale GATT caches). The settle delay is only
+  the upper bound of that wait, and a fixed pause only on stacks known to need one;
 * a plain ``disconnected_callback`` that wakes every wait at once;
 * one write path that turns bleak, EOF and D-Bus errors into :class:`LinkLost`.
 
-The backend is injected (:class:`BleBackend`): ``None`` classes mean the platform's own
-(a real radio); the simulator supplies its classes. This module never imports ``sim``.
+The backend is injected (:class:`~.backend.BleBackend`); this module never imports the
+simulator.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import sys
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from bleak import BleakClient, BleakScanner
+from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.device import BLEDevice
-from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError
 from bleak_retry_connector import BleakClientWithServiceCache, establish_connection
 
-from . import protocol as p
+from .. import protocol as p
+from .backend import BleBackend
+from .errors import (
+    LINK_ERRORS,
+    LINK_OR_TIMEOUT_ERRORS,
+    STACK_ERRORS,
+    ConnectFailed,
+    LinkEvent,
+    LinkLost,
+    ResponseTimeout,
+)
 
 log = logging.getLogger("pytest_smartball.link")
 
 
-class LinkError(Exception):
-    """Base of the link's clean failures; the message says what failed and what to do."""
-
-
-class DeviceNotFound(LinkError):
-    pass
-
-
-class ConnectFailed(LinkError):
-    pass
-
-
-class LinkLost(LinkError):
-    """The connection is gone (dropped, reset, or a GATT call failed): reconnect to go on."""
-
-
-class ResponseTimeout(LinkError):
-    """The device sent nothing that was waited for within the time allowed."""
-
-
-def _link_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [BleakError, EOFError, BrokenPipeError, ConnectionError]
-    try:  # dbus-fast is bleak's D-Bus library on Linux; absent elsewhere
-        from dbus_fast.errors import DBusError
-
-        errors.append(DBusError)
-    except ImportError:  # pragma: no cover - non-Linux
-        pass
-    return tuple(errors)
-
-
-#: What a GATT call may raise when the link is going or gone.
-LINK_ERRORS = _link_errors()
-#: Starting and stopping a scanner: bounded on top of the scan itself.
-SCANNER_START_STOP_S = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class BleBackend:
-    """Which bleak backends to use. ``None`` means the platform's own (a real radio).
-
-    ``forget`` removes a device from the stack's cache (its GATT database included) and
-    ``warnings`` reports known problems of the stack; the real ones talk to BlueZ, the
-    simulator supplies its own.
-    """
-
-    scanner: type | None = None
-    client: type | None = None
-    adapter: str = "hci0"
-    forget: Callable[[str], Awaitable[bool]] | None = None
-    warnings: Callable[[], Awaitable[list[str]]] | None = None
-
-    @property
-    def is_real(self) -> bool:
-        return self.client is None
-
-    def scanner_kwargs(self) -> dict[str, Any]:
-        if self.scanner is not None:
-            return {"backend": self.scanner}
-        return {"bluez": {"adapter": self.adapter}} if sys.platform.startswith("linux") else {}
-
-    def client_kwargs(self) -> dict[str, Any]:
-        if self.client is not None:
-            return {"backend": self.client}
-        return {"bluez": {"adapter": self.adapter}} if sys.platform.startswith("linux") else {}
-
-    async def forget_device(self, address: str) -> bool:
-        if self.forget is not None:
-            return await self.forget(address)
-        if sys.platform.startswith("linux"):
-            from .bluez import remove_device
-
-            return await remove_device(address, self.adapter)
-        return False  # CoreBluetooth and WinRT keep no cache a client can clear
-
-    async def platform_warnings(self) -> list[str]:
-        if self.warnings is not None:
-            return await self.warnings()
-        if self.is_real and sys.platform.startswith("linux"):
-            from .bluez import bluez_version, version_warnings
-
-            return version_warnings(await bluez_version())
-        return []
-
-
 @dataclass(frozen=True, slots=True)
 class LinkSettings:
-    #: Pause after connecting before the first GATT operation (BlueZ services race).
+    #: Longest wait after connecting for the stack to show the Nordic UART Service; the
+    #: wait ends as soon as it is there (BlueZ's services race, stale caches).
     settle_s: float = 1.5
+    #: Wait the whole ``settle_s`` after every connect, whatever the stack shows: for stacks
+    #: known to report services resolved too early. None: as the stack needs
+    #: (:meth:`BleBackend.needs_fixed_settle`, which the engine asks before it connects).
+    fixed_settle: bool | None = None
     #: Attempts per connect that establish_connection makes (it retries transient errors
     #: up to 9 times on its own: bleak_retry_connector.MAX_TRANSIENT_ERRORS).
     connect_attempts: int = 3
@@ -136,101 +64,11 @@ class LinkSettings:
     write_timeout_s: float = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class Sighting:
-    """One advertiser a scan saw: what it advertised, and the BLEDevice to connect to."""
-
-    address: str
-    name: str | None
-    rssi: int | None = None
-    nus: bool = False  # advertises the Nordic UART Service
-    device: BLEDevice | None = field(default=None, compare=False, repr=False)
-
-    def __str__(self) -> str:
-        rssi = f", {self.rssi} dBm" if self.rssi is not None else ""
-        return f"{self.name or '(no name)'} ({self.address}{rssi})"
-
-    @property
-    def ble_device(self) -> BLEDevice:
-        assert self.device is not None, f"{self} was not seen by a scan"
-        return self.device
-
-
-async def observe(
-    backend: BleBackend,
-    *,
-    timeout: float,
-    done: Callable[[Mapping[str, Sighting]], bool] = lambda seen: False,
-) -> dict[str, Sighting]:
-    """Scan until ``done(seen)`` holds or ``timeout`` passes; every advertiser seen, by
-    upper-case address. The one scanning loop: finding a device, listing devices and
-    preflight all use it. Raises DeviceNotFound when the scanner itself fails (no adapter,
-    adapter off, stack not running)."""
-    seen: dict[str, Sighting] = {}
-    complete = asyncio.Event()
-
-    def on_advertisement(device: BLEDevice, adv: AdvertisementData) -> None:
-        seen[device.address.upper()] = Sighting(
-            device.address,
-            adv.local_name or device.name,
-            adv.rssi,
-            p.NUS_SERVICE_UUID in (u.lower() for u in adv.service_uuids),
-            device,
-        )
-        if done(seen):
-            complete.set()
-
-    scanner = BleakScanner(detection_callback=on_advertisement, **backend.scanner_kwargs())
-    try:
-        async with asyncio.timeout(timeout + SCANNER_START_STOP_S):  # start and stop bounded
-            async with scanner:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await complete.wait()
-    except (*LINK_ERRORS, OSError, TimeoutError) as exc:  # no adapter, stack not running
-        why = str(exc) or "the scanner did not start or stop in time"
-        raise DeviceNotFound(
-            f"scanning failed ({type(exc).__name__}: {why}); check that Bluetooth is on and "
-            "the adapter is present"
-        ) from None
-    return seen
-
-
-async def find_device(
-    backend: BleBackend,
-    *,
-    name: str | None = None,
-    address: str | None = None,
-    timeout: float,
-) -> Sighting:
-    """Scan for a SmartBall by address (preferred) or advertised name."""
-    if not (address or name):
-        raise ValueError("find_device needs a name or an address")
-    what = f"address {address}" if address else f"name {name!r}"
-
-    def wanted(s: Sighting) -> bool:
-        return s.address.upper() == address.upper() if address else s.name == name
-
-    seen = await observe(
-        backend, timeout=timeout, done=lambda seen: any(wanted(s) for s in seen.values())
-    )
-    for sighting in seen.values():
-        if wanted(sighting):
-            return sighting
-    raise DeviceNotFound(
-        f"no SmartBall with {what} advertised within {timeout:g} s; check that it is "
-        "powered, in range and not connected to another host"
-    )
-
-
-async def scan(backend: BleBackend, timeout: float) -> list[Sighting]:
-    """Devices advertising NUS, strongest first."""
-    seen = await observe(backend, timeout=timeout)
-    nus = [s for s in seen.values() if s.nus]
-    return sorted(nus, key=lambda s: -(s.rssi if s.rssi is not None else -999))
-
-
 _LOST = object()
+#: Message types this codec knows; others are a newer device's (P13).
+_KNOWN_TYPES = frozenset(int(t) for t in p.MsgType)
+#: How often the settle looks again for services that came late.
+SETTLE_POLL_S = 0.05
 
 
 class NusLink:
@@ -241,12 +79,12 @@ class NusLink:
         device: BLEDevice,
         backend: BleBackend,
         settings: LinkSettings,
-        on_event: Callable[[str, str], None] | None = None,
+        on_event: Callable[[LinkEvent, str], None] | None = None,
     ) -> None:
         self.device = device
         self.backend = backend
         self.settings = settings
-        self._on_event = on_event or (lambda kind, detail: None)
+        self._on_event: Callable[[LinkEvent, str], None] = on_event or (lambda kind, detail: None)
         self._client: BleakClient | None = None
         self._rx: BleakGATTCharacteristic | None = None
         self._decoder = p.FrameDecoder()
@@ -263,7 +101,7 @@ class NusLink:
         device: BLEDevice,
         backend: BleBackend,
         settings: LinkSettings | None = None,
-        on_event: Callable[[str, str], None] | None = None,
+        on_event: Callable[[LinkEvent, str], None] | None = None,
     ) -> NusLink:
         link = cls(device, backend, settings or LinkSettings(), on_event)
         await link._connect()
@@ -273,12 +111,11 @@ class NusLink:
         s = self.settings
         for attempt in range(1, s.services_attempts + 1):
             client = await self._establish()
-            await asyncio.sleep(s.settle_s)
-            rx, tx, problem = _find_nus(client)
+            rx, tx, problem = await self._settle(client)
             if rx is not None and tx is not None:
                 break
             self._on_event(
-                "services-missing", f"{problem} (attempt {attempt}/{s.services_attempts})"
+                LinkEvent.SERVICES_MISSING, f"{problem} (attempt {attempt}/{s.services_attempts})"
             )
             await _quiet_disconnect(client)
             if attempt == s.services_attempts:
@@ -288,18 +125,43 @@ class NusLink:
                     "(smartball-ota --clear-cache, or `bluetoothctl remove ADDRESS`) and retry"
                 )
             await asyncio.sleep(s.services_retry_backoff_s * attempt)
+        assert rx is not None and tx is not None  # the loop ends only with both, or raises
         self._client, self._rx = client, rx
         self.max_write = rx.max_write_without_response_size
         try:
             # bleak's BlueZ backend awaits this D-Bus call without a timeout of its own
             async with asyncio.timeout(self.settings.write_timeout_s):
                 await client.start_notify(tx, self._on_notify)
-        except (*LINK_ERRORS, TimeoutError) as exc:
+        except LINK_OR_TIMEOUT_ERRORS as exc:
             self._mark_lost(f"start_notify failed: {exc}")
             raise LinkLost(f"{self._who}: link lost while enabling notifications: {exc}") from exc
         # Not client.mtu_size: on BlueZ it reads 23 (with a warning) until the MTU is
         # acquired; the characteristic's write size is what bounds a write.
-        self._on_event("connected", f"write size {self.max_write} (mtu {self.mtu_size})")
+        self._on_event(LinkEvent.CONNECTED, f"write size {self.max_write} (mtu {self.mtu_size})")
+
+    async def _settle(
+        self, client: BleakClient
+    ) -> tuple[BleakGATTCharacteristic | None, BleakGATTCharacteristic | None, str]:
+        """Wait until NUS is there, at most ``settle_s``. The connect returned once the
+        stack resolved the services (no bleak service cache, see _establish), so what it
+        resolved is looked at at once; if NUS is missing and the stack's client can re-read
+        its services, they are read again while the settle lasts (BlueZ's race: the objects
+        come after ServicesResolved). A fixed settle waits first, whatever the stack shows."""
+        s = self.settings
+        if s.fixed_settle:
+            await asyncio.sleep(s.settle_s)
+            await self.backend.reread_services(client)
+            return _find_nus(client)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + s.settle_s
+        while True:
+            rx, tx, problem = _find_nus(client)
+            remaining = deadline - loop.time()
+            if (rx and tx) or remaining <= 0 or not self.backend.can_reread_services:
+                return rx, tx, problem
+            await asyncio.sleep(min(SETTLE_POLL_S, remaining))
+            if not await self.backend.reread_services(client):
+                return _find_nus(client)
 
     async def _establish(self) -> BleakClient:
         try:
@@ -309,6 +171,10 @@ class NusLink:
                 self.device.name or self.device.address,
                 disconnected_callback=self._on_disconnected,
                 max_attempts=self.settings.connect_attempts,
+                # Without bleak's own service cache its BlueZ backend returns from connect
+                # only once BlueZ reports ServicesResolved, with what BlueZ resolved; with
+                # it, at once, with what an earlier connection saw.
+                use_services_cache=False,
                 **self.backend.client_kwargs(),
             )
         except (TimeoutError, BleakError) as exc:
@@ -357,10 +223,16 @@ class NusLink:
         self.lost.set()
         self._decoder.reset()
         self._queue.put_nowait(_LOST)
-        self._on_event("link-lost", reason)
+        self._on_event(LinkEvent.LINK_LOST, reason)
 
     def _on_notify(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
-        for frame in self._decoder.feed(bytes(data)):
+        # P14: a partial frame with no byte for 1 s is discarded (the loop's clock).
+        now = asyncio.get_running_loop().time()
+        for frame in self._decoder.feed(bytes(data), now=now):
+            if frame.type not in _KNOWN_TYPES:
+                # P13: a message type this host does not know (a newer device's) is ignored.
+                log.info("%s: ignoring a message of unknown type 0x%02X", self._who, frame.type)
+                continue
             try:
                 msg = p.parse_message(frame)
             except p.ProtocolError as exc:
@@ -411,6 +283,11 @@ class NusLink:
             raise LinkLost(f"{self._who}: {self.lost_reason}")
         return item  # type: ignore[return-value]
 
+    def no_reply(self, what: str, timeout: float) -> ResponseTimeout:
+        """The error for a reply that never came, naming it (``what``: "MSG_INFO reply to
+        CMD_INFO")."""
+        return ResponseTimeout(f"{self._who}: no {what} within {timeout:g} s")
+
     async def request(
         self, cmd: p.Command, expect: tuple[type, ...], timeout: float = 5.0
     ) -> p.DeviceMessage:
@@ -425,7 +302,8 @@ class NusLink:
             )
         await self.send(cmd)
         accept = (*expect, p.MsgError) if cmd.TYPE in p.REFUSABLE_COMMANDS else expect
-        what = f"{'/'.join(t.TYPE.name for t in expect)} reply to {cmd.TYPE.name}"
+        names = "/".join(p.MsgType(getattr(t, "TYPE", 0)).name for t in expect)
+        what = f"{names} reply to {cmd.TYPE.name}"
         return await self.wait_for(accept, timeout, what)
 
     async def wait_for(
@@ -438,9 +316,12 @@ class NusLink:
         deadline = loop.time() + timeout
         while True:
             remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise ResponseTimeout(f"{self._who}: no {what} within {timeout:g} s")
-            msg = await self.receive(remaining)
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                msg = await self.receive(remaining)
+            except (TimeoutError, ResponseTimeout):
+                raise self.no_reply(what, timeout) from None
             if isinstance(msg, accept):
                 return msg
 
@@ -476,5 +357,5 @@ async def _quiet_disconnect(client: BleakClient) -> None:
     try:
         async with asyncio.timeout(5.0):
             await client.disconnect()
-    except (*LINK_ERRORS, TimeoutError) as exc:
+    except STACK_ERRORS as exc:
         log.debug("disconnect: %s", exc)

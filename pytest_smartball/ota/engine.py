@@ -1,0 +1,442 @@
+"""The OTA engine: the I/O of each state, with every decision left to :mod:`.decide`.
+
+Each state is one coroutine that talks to the link and reports what it saw to
+:meth:`OtaEngine._see`, which asks :func:`~.decide.decide` what next. Link failures
+(:class:`LinkLost`, :class:`ResponseTimeout`, :class:`ConnectFailed`) are caught in one
+place, the runner, and reported as :class:`~.observations.LinkFailed`; the device's own
+answers (STATUS, ACK) are the only truth about what it holds, so nothing already sent is
+assumed to have arrived. The states and their transitions: :mod:`.states`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import TypeVar
+
+from bleak.backends.device import BLEDevice
+
+from .. import protocol as p
+from ..image import FirmwareImage, ImageError
+from ..link import (
+    STACK_ERRORS,
+    BleBackend,
+    ConnectFailed,
+    DeviceNotFound,
+    ForgetFailed,
+    LinkEvent,
+    LinkLost,
+    LinkSettings,
+    NusLink,
+    ResponseTimeout,
+    find_device,
+)
+from . import observations as o
+from .decide import decide
+from .record import Commit, ImageId, Record
+from .result import OtaEvent, OtaResult, OtaSettings
+from .states import EventKind, Outcome, State
+from .window import CreditWindow, host_chunk
+
+log = logging.getLogger("pytest_smartball.ota")
+
+ProgressCallback = Callable[[str, int, int], None]  # phase ("erase"/"transfer"), done, total
+_Reply = TypeVar("_Reply", p.MsgInfo, p.MsgOtaStatus)
+
+
+class OtaEngine:
+    """Flash one image onto one SmartBall. ``await engine.run()`` returns an OtaResult and
+    raises nothing for device or link trouble: the outcome is ``result.outcome``
+    (succeeded, unconfirmed or failed) with ``result.failure`` and a sentence in
+    ``result.error`` when it did not succeed."""
+
+    def __init__(
+        self,
+        image: FirmwareImage,
+        backend: BleBackend,
+        *,
+        device: BLEDevice | None = None,
+        name: str | None = p.DEFAULT_NAME,
+        address: str | None = None,
+        settings: OtaSettings | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_event: Callable[[OtaEvent], None] | None = None,
+    ) -> None:
+        self.image = image
+        self.backend = backend
+        self.settings = settings or OtaSettings()
+        self.name = name
+        self.address = address or (device.address if device else None)
+        self._ble_device = device
+        self._on_progress = on_progress or (lambda phase, done, total: None)
+        self._on_event = on_event
+        self.result = OtaResult(image_size=image.size, image_crc32=image.crc32)
+        self.record = Record(ImageId(image.size, image.crc32, image.source), self.settings.limits())
+        self._link_settings: LinkSettings = self.settings.link
+        self._link: NusLink | None = None
+        self._ready: p.MsgOtaReady | None = None
+        self._t0 = 0.0
+        self._state_since = 0.0
+        self._high_water = 0  # highest offset ever sent (for re-sent accounting)
+
+    @property
+    def state(self) -> State:
+        return self.record.state
+
+    @property
+    def switch_asked(self) -> bool:
+        """FINISH was sent (or the device said DONE, or COMPLETE): if this update stops now,
+        the device may run the new image, now or after its next reset."""
+        return self.record.commit is not Commit.NONE
+
+    @property
+    def started_at(self) -> float:
+        """Event-loop time when run() began (event times are relative to it)."""
+        return self._t0
+
+    @property
+    def link(self) -> NusLink | None:
+        """The current connection, if any (tests use it to drop the link on purpose)."""
+        return self._link
+
+    # --- the runner --------------------------------------------------------------------
+
+    async def run(self) -> OtaResult:
+        loop = asyncio.get_running_loop()
+        self._t0 = self._state_since = loop.time()
+        self._event(
+            EventKind.START,
+            f"{self.image.source}: {self.image.size} bytes, crc32 {self.image.crc32:08x}",
+        )
+        handlers: dict[State, Callable[[], Awaitable[None]]] = {
+            State.SCANNING: self._scan,
+            State.CONNECTING: self._connect,
+            State.QUERYING: self._query,
+            State.ABORTING: self._abort,
+            State.STARTING: self._start,
+            State.WAITING_READY: self._wait_ready,
+            State.STABILISING: self._stabilise,
+            State.TRANSFERRING: self._transfer,
+            State.FINISHING: self._finish,
+            State.REBOOTING: self._await_reset,
+            State.RECOVERING: self._recover,
+        }
+        try:
+            while not self.state.terminal:
+                state = self.state
+                try:
+                    await handlers[state]()
+                except (LinkLost, ResponseTimeout, ConnectFailed) as exc:
+                    self._see(o.LinkFailed(str(exc)))
+                except STACK_ERRORS as exc:  # a stack error the link did not translate
+                    self._see(o.LinkFailed(f"Bluetooth error: {type(exc).__name__}: {exc}"))
+                if self.state is state:
+                    raise AssertionError(f"the {state.name} step ended without a decision")
+        finally:
+            await self._close_link()
+            self.result.duration_s = loop.time() - self._t0
+        r = self.record
+        assert r.outcome is not None
+        self.result.outcome = r.outcome
+        self.result.success = r.outcome is Outcome.SUCCEEDED
+        self.result.failure = r.failure
+        self.result.error = r.error
+        self._event(EventKind.END, r.outcome.value + (f": {r.error}" if r.error else ""))
+        return self.result
+
+    def _see(self, seen: o.Observation) -> None:
+        """Report what was seen; :func:`decide` says what next (the one place the record
+        and the state change)."""
+        old = self.record.state
+        self.record, notes = decide(self.record, seen)
+        r, res = self.record, self.result
+        res.connects, res.reconnects = r.connects, r.reconnects
+        res.resumes, res.restarts, res.rewinds = r.resumes, r.restarts, r.rewinds
+        for note in notes:
+            self._event(note.kind, note.detail)
+        if r.state is not old:
+            self._phase_ends(old)
+            self._event(EventKind.STATE, f"{old.value} -> {r.state.value}")
+
+    def _phase_ends(self, state: State) -> None:
+        now = asyncio.get_running_loop().time()
+        phases = self.result.phase_s
+        phases[state.value] = phases.get(state.value, 0.0) + (now - self._state_since)
+        self._state_since = now
+
+    def _event(self, kind: EventKind, detail: str = "") -> None:
+        event = OtaEvent(asyncio.get_running_loop().time() - self._t0, kind, detail)
+        self.result.events.append(event)
+        log.info("%s %s", kind, detail)
+        if self._on_event is not None:
+            self._on_event(event)
+
+    # --- states ------------------------------------------------------------------------
+
+    async def _scan(self) -> None:
+        s = self.settings
+        first = not self.record.seen
+        if first:
+            if not await self._preflight():
+                return
+            if self._ble_device is not None:
+                self._see(o.Found())
+                return
+        timeout = s.link.scan_timeout_s if first else s.reappear_timeout_s
+        try:
+            sighting = await find_device(
+                self.backend,
+                name=None if self.address else self.name,
+                address=self.address,
+                timeout=timeout,
+            )
+        except DeviceNotFound as exc:
+            self._see(o.NotFound(str(exc)))
+            return
+        self._ble_device = sighting.ble_device
+        self.address = sighting.address
+        self.result.rssi_dbm = sighting.rssi
+        self._see(o.Found())
+
+    async def _preflight(self) -> bool:
+        """Before the first scan: the stack's warnings, the settle it needs, and the
+        optional cache clear. False when the device was not found for the cache clear."""
+        for warning in await self.backend.platform_warnings():
+            self._event(EventKind.WARNING, warning)
+        if self._link_settings.fixed_settle is None:
+            fixed = await self.backend.needs_fixed_settle()
+            self._link_settings = replace(self._link_settings, fixed_settle=fixed)
+        if not self.settings.clear_cache:
+            return True
+        if self.address is None:  # the cache is per address: find the device first
+            try:
+                sighting = await find_device(
+                    self.backend, name=self.name, timeout=self.settings.link.scan_timeout_s
+                )
+            except DeviceNotFound as exc:
+                self._see(o.NotFound(str(exc)))
+                return False
+            self.address = sighting.address
+        try:
+            forgotten = await self.backend.forget_device(self.address)
+        except ForgetFailed as exc:
+            # Not fatal: the update can go on with the cache; say why it was kept.
+            self._event(EventKind.WARNING, str(exc))
+            return True
+        self._ble_device = None  # the old BLEDevice refers to what was just removed
+        self._event(
+            EventKind.CACHE_CLEARED,
+            f"{self.address}: {'removed' if forgotten else 'not known'}"
+            " from the Bluetooth stack's device cache",
+        )
+        return True
+
+    async def _connect(self) -> None:
+        assert self._ble_device is not None
+        self._link = await NusLink.open(
+            self._ble_device, self.backend, self._link_settings, on_event=self._link_event
+        )
+        self._see(o.Connected())
+
+    async def _query(self) -> None:
+        info = await self._request(p.CmdInfo(), p.MsgInfo)
+        try:
+            self.image.check_fits(info.staging_capacity)
+            too_large = None
+        except ImageError as exc:
+            too_large = str(exc)
+        self._see(o.InfoReply(info, too_large))
+        if self.record.state is State.SUCCEEDED:
+            self.result.info_after = info
+        if self.state is not State.QUERYING:
+            return
+        self._see(o.StatusReply(await self._request(p.CmdOtaStatus(), p.MsgOtaStatus)))
+
+    async def _abort(self) -> None:
+        self._see(o.AbortReply(await self._request(p.CmdOtaAbort(), p.MsgOtaStatus)))
+
+    async def _start(self) -> None:
+        """START: a new session (erase first, unless progressive), or the same one again,
+        which the device answers with READY at once (how a resume gets its chunk size and
+        window)."""
+        link = self._require_link()
+        chunk = host_chunk(min(self.settings.chunk_size, link.max_data_chunk))
+        flags = self.record.start_flags
+        await link.send(p.CmdOtaStart(self.image.size, self.image.crc32, chunk, flags))
+        self._see(o.StartSent(flags))
+
+    async def _wait_ready(self) -> None:
+        """Erase progress until READY. The silence timeout restarts only when the erase
+        gets further (a device that repeats itself, or sends what nobody waits for, is
+        still silent about the erase)."""
+        link = self._require_link()
+        loop = asyncio.get_running_loop()
+        timeout = self.settings.erase_silence_timeout_s
+        deadline = loop.time() + timeout
+        erased = -1
+        while self.state is State.WAITING_READY:
+            try:
+                msg = await link.receive(max(0.0, deadline - loop.time()))
+            except ResponseTimeout:
+                what = "MSG_OTA_READY or erase progress after CMD_OTA_START"
+                raise link.no_reply(what, timeout) from None
+            if isinstance(msg, p.MsgOtaProgress) and msg.phase == p.OtaPhase.ERASE:
+                if msg.done > erased:
+                    erased, deadline = msg.done, loop.time() + timeout
+                self._on_progress("erase", msg.done, msg.total)
+                self._see(o.EraseProgress(msg.done, msg.total))
+            elif isinstance(msg, p.MsgOtaReady):
+                self._ready = msg
+                self._see(o.Ready(msg))
+            elif isinstance(msg, p.MsgError):
+                self._see(o.DeviceError(msg, p.MsgType.CMD_OTA_START))
+
+    async def _stabilise(self) -> None:
+        await asyncio.sleep(self.settings.stabilise_s)
+        self._see(o.Stabilised())
+
+    async def _transfer(self) -> None:
+        link = self._require_link()
+        assert self._ready is not None
+        s = self.settings
+        data = self.image.data
+        size = len(data)
+        loop = asyncio.get_running_loop()
+        window = CreditWindow(
+            size,
+            host_chunk(min(self._ready.max_chunk, link.max_data_chunk)),
+            self._ready.window,
+            start=self.record.resume_offset,
+        )
+        self._on_progress("transfer", window.acked, size)
+        # Shorter once the device refused DATA: one that refused may refuse again without a
+        # word (its STATUS replies to refused DATA are rate-limited, P12).
+        ack_wait = s.ack_timeout_s
+        ack_deadline = loop.time() + ack_wait
+        status_deadline: float | None = None  # a STATUS asked for, not yet answered
+        while not window.complete:
+            while (span := window.next_span(loop.time())) is not None:
+                start, end = span
+                await link.send_frame(p.encode_data_frame(start, data[start:end]))
+                window.sent_span(end)
+                self._count_sent(start, end)
+                ack_deadline = loop.time() + ack_wait
+            deadline = status_deadline if status_deadline is not None else ack_deadline
+            paused = loop.time() < window.paused_until < deadline
+            try:
+                until = window.paused_until if paused else deadline
+                msg = await link.receive(max(0.0, until - loop.time()))
+            except ResponseTimeout:
+                if paused:
+                    # The pause after a repeated refusal is over: send again. Ended here,
+                    # not by comparing clocks (a virtual clock rounds to microseconds).
+                    window.paused_until = 0.0
+                    continue
+                if status_deadline is not None:
+                    what = "MSG_OTA_STATUS reply to CMD_OTA_STATUS"
+                    raise link.no_reply(what, s.reply_timeout_s) from None
+                self._see(o.AckTimeout(window.in_flight, ack_wait))
+                if self.state is not State.TRANSFERRING:
+                    return
+                await link.send(p.CmdOtaStatus())  # P6: answered with STATUS, then an ACK
+                status_deadline = loop.time() + s.reply_timeout_s
+                continue
+            if isinstance(msg, p.MsgOtaAck):
+                if window.on_ack(msg.next_expected_offset):
+                    ack_deadline = loop.time() + ack_wait
+                    self._see(o.Acked(msg.next_expected_offset))
+                    self._on_progress("transfer", window.acked, size)
+            elif isinstance(msg, p.MsgOtaStatus):
+                asked, status_deadline = status_deadline is not None, None
+                if msg.state != p.OtaState.RECEIVING:
+                    self._see(o.Desync(msg))
+                    return
+                offset, acked = msg.next_expected_offset, window.acked
+                back = window.on_status(offset, asked=asked, now=loop.time())
+                self._see(o.Rewound(offset, back, refused=not asked))
+                if self.state is not State.TRANSFERRING:
+                    return
+                if not asked:
+                    ack_wait = min(ack_wait, s.refusal_probe_s)
+                    ack_deadline = min(ack_deadline, loop.time() + ack_wait)
+                if window.acked > acked:  # a device before P6: its STATUS taken as an ACK
+                    self._see(o.Acked(window.acked))
+            elif isinstance(msg, p.MsgError):
+                self._see(o.DeviceError(msg, p.MsgType.CMD_OTA_DATA))
+                if self.state is not State.TRANSFERRING:
+                    return
+        self._on_progress("transfer", size, size)
+        self._see(o.AllAcked())
+
+    async def _finish(self) -> None:
+        link = self._require_link()
+        if self.record.commit is Commit.NONE:  # not when the device is verifying already
+            await link.send(p.CmdOtaFinish())
+            self._see(o.FinishSent())
+        loop = asyncio.get_running_loop()
+        timeout = self.settings.verify_timeout_s
+        deadline = loop.time() + timeout
+        while self.state is State.FINISHING:
+            try:
+                msg = await link.receive(max(0.0, deadline - loop.time()))
+            except ResponseTimeout:
+                raise link.no_reply("MSG_OTA_DONE reply to CMD_OTA_FINISH", timeout) from None
+            if isinstance(msg, p.MsgOtaDone):
+                self._see(o.Done(msg.crc32))
+            elif isinstance(msg, p.MsgError):
+                self._see(o.DeviceError(msg, p.MsgType.CMD_OTA_FINISH))
+
+    async def _await_reset(self) -> None:
+        """REBOOTING: the device said it resets (DONE, or STATUS COMPLETE); wait for the
+        link to end, bounded by the device's DONE→disconnect obligation with a margin."""
+        link = self._link
+        timeout = self.settings.reset_timeout_s
+        if link is not None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await link.lost.wait()
+            except TimeoutError:
+                await self._close_link()
+                self._see(o.ResetNotSeen(timeout))
+                return
+        await self._close_link()
+        self._see(o.DeviceReset())
+
+    async def _recover(self) -> None:
+        await self._close_link()
+        self._see(o.LinkClosed())
+        if self.state is State.RECOVERING:
+            await asyncio.sleep(self.record.backoff_s)
+            self._see(o.BackedOff())
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _link_event(self, kind: LinkEvent, detail: str) -> None:
+        event = EventKind(kind.value)
+        if event is EventKind.LINK_LOST and self.state is State.REBOOTING:
+            event = EventKind.DEVICE_RESET  # the drop DONE announced, not a failure
+        self._event(event, detail)
+
+    def _require_link(self) -> NusLink:
+        if self._link is None:
+            raise LinkLost("not connected")
+        return self._link
+
+    async def _request(self, cmd: p.Command, expect: type[_Reply]) -> _Reply:
+        """INFO, STATUS or ABORT, which a device answers in every state (never MSG_ERROR)."""
+        reply = await self._require_link().request(cmd, (expect,), self.settings.reply_timeout_s)
+        assert isinstance(reply, expect)
+        return reply
+
+    def _count_sent(self, start: int, end: int) -> None:
+        self.result.bytes_sent += end - start
+        if start < self._high_water:
+            self.result.bytes_resent += min(end, self._high_water) - start
+        self._high_water = max(self._high_water, end)
+
+    async def _close_link(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
