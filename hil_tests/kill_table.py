@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -180,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         control, *runs = [f.result() for f in futures]
     elapsed = time.monotonic() - started
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = children.ru_utime + children.ru_stime  # wall time depends on what else runs
     failed_control = [
         t for t, v in control.tests.items() if v["verdict"] not in ("passed", "skipped")
     ]
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     summary = (
         f"{len(runs) - len(survivors)} of {len(runs)} bugs killed; {len(control.tests)} tests "
-        f"per run; {elapsed:.0f} s with {args.jobs} jobs at once"
+        f"per run; {elapsed:.0f} s wall, {cpu:.0f} s CPU, {args.jobs} runs at once"
     )
     print(summary)
     for line in crashes:
@@ -218,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 "tests": len(control.tests),
                 "seconds": round(elapsed, 1),
+                "cpu_seconds": round(cpu, 1),
             },
             indent=1,
         ),

@@ -77,12 +77,16 @@ def _replies(bugs: frozenset[FirmwareBug], script: list[bytes]) -> list[p.Messag
     loop = virtual_event_loop()
     decoder = p.FrameDecoder()
     sent: list[p.Message] = []
+
+    def reset() -> None:
+        fw.power_cycle()
+
     fw = SmartBallFirmware(
         active_image=b"\x01" * 4096,
         window=4,
         timings=FlashTimings(write_word_s=0.0),
         send=lambda frame: sent.extend(p.parse_message(f) for f in decoder.feed(frame)),
-        request_reset=lambda: None if fw.power_cycle() else None,
+        request_reset=reset,
         bugs=bugs,
     )
 
