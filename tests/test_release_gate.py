@@ -21,6 +21,8 @@ from pytest_smartball import compare, soak
 from pytest_smartball.figures import BYTES_PER_SECOND, Figure, FigureRecorder, junit_properties
 from pytest_smartball.ota import EventKind, OtaEvent, OtaResult
 
+pytest_plugins = ["pytester"]
+
 ROOT = Path(__file__).resolve().parent.parent
 BPS = BYTES_PER_SECOND
 
@@ -255,3 +257,83 @@ def test_without_the_option_the_soak_skips(tmp_path: Path) -> None:
     result = run_hil(tmp_path, "hil_tests/test_soak.py", "-rs")
     assert result.returncode == 0
     assert "runs with --smartball-soak N" in result.stdout
+
+
+# --- the lab's power-cycle hook, on the real-device path -------------------------------------
+
+#: A lab's conftest.py: the boards are simulated SmartBalls reached through the backend
+#: hook (tests/test_plugin.py's bench); the hook "cuts the power" of the board it is given
+#: by resetting that simulated device on the test's loop, from the worker thread it is
+#: called in, as a switchable USB hub would.
+POWER_CYCLE_HOOK = """
+import asyncio
+
+import pytest_asyncio
+
+CALLS = []
+LOOP = []
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _the_tests_loop():
+    LOOP[:] = [asyncio.get_running_loop()]
+    yield
+
+
+async def _reboot(address):
+    board = WORLD.devices[address.upper()]
+    board.reboot()
+    for _ in range(50):  # it boots on the test's loop, which ends with the test
+        if board.booted:
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError("the simulated board did not boot within 5 s")
+
+
+def pytest_smartball_power_cycle(config, device):
+    CALLS.append(device.address)
+    asyncio.run_coroutine_threadsafe(_reboot(device.address), LOOP[0]).result(10)
+    return True
+"""
+
+POWER_CUT_TEST = """
+import pytest
+
+import conftest
+from pytest_smartball import protocol as p
+
+
+@pytest.mark.asyncio
+async def test_a_power_cut_ends_the_session(smartball, nus, power_cycle):
+    board = conftest.WORLD.devices[smartball.address.upper()]
+    boots = board.firmware.boot_count
+    await nus.send(p.CmdOtaStart(9000, 1, 100))
+    while not isinstance(await nus.receive(10), p.MsgOtaReady):
+        pass
+    await power_cycle()
+    assert conftest.CALLS == [smartball.address]
+    assert board.firmware.boot_count == boots + 1
+    assert board.firmware.session is None
+"""
+
+
+@pytest.mark.parametrize("lab_has_the_hook", [False, True])
+def test_reset_mid_update_tests_use_the_labs_power_cycle_hook_or_skip(
+    pytester: pytest.Pytester, lab_has_the_hook: bool
+) -> None:
+    from pytest_smartball.fixtures import NO_POWER_CYCLE
+    from smartball_sim.make_image import make_image
+
+    from .test_plugin import EMULATED_CONFTEST, INNER_INI, REAL, A, run
+
+    pytester.makefile(".ini", pytest=INNER_INI)
+    pytester.makeconftest(EMULATED_CONFTEST + (POWER_CYCLE_HOOK if lab_has_the_hook else ""))
+    pytester.makepyfile(test_lab=POWER_CUT_TEST)
+    (pytester.path / "baseline.bin").write_bytes(make_image(6000, 1))
+    (pytester.path / "candidate.bin").write_bytes(make_image(9000, 2))
+    result = run(pytester, *REAL, f"--ble-address={A}", "--baseline-firmware=baseline.bin", "-rs")
+    if lab_has_the_hook:
+        result.assert_outcomes(passed=1)
+    else:
+        result.assert_outcomes(skipped=1)
+        result.stdout.fnmatch_lines([f"*{NO_POWER_CYCLE}*"])
