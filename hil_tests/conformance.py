@@ -108,10 +108,11 @@ async def start(nus: NusLink, image: bytes, crc32: int | None = None) -> p.MsgOt
     return ready
 
 
-async def stream(nus: NusLink, image: bytes, ready: p.MsgOtaReady, end: int) -> int:
-    """Send ``image[:end]`` from offset 0 within the ACK credit; returns what the device
-    accepted, confirmed by STATUS (and the ACK that follows it)."""
-    acked = sent = 0
+async def stream(nus: NusLink, image: bytes, ready: p.MsgOtaReady, end: int, start: int = 0) -> int:
+    """Send ``image[start:end]`` within the ACK credit (READY starts it at ``start``, the
+    session's next_expected_offset); returns what the device accepted, confirmed by STATUS
+    (and the ACK that follows it)."""
+    acked = sent = start
     credit = ready.window * ready.max_chunk
     while sent < end:
         while sent < end and sent < acked + credit:
