@@ -210,7 +210,13 @@ class Cell:
         await self.nus.send_frame(frame)
 
 
-def _skip_reason(row: contract.Row, state: p.OtaState, target: Target, info: p.MsgInfo) -> str:
+#: The longest command frame a cell sends (a DATA frame of a whole chunk).
+LONGEST_FRAME = len(p.encode(p.CmdOtaData(0, bytes(CHUNK))))
+
+
+def _skip_reason(
+    row: contract.Row, state: p.OtaState, target: Target, info: p.MsgInfo, write_size: int
+) -> str:
     if state == S.COMPLETE and target.sim is None:
         return (
             "COMPLETE lasts only until MSG_OTA_DONE has left the radio; a real board cannot be "
@@ -219,6 +225,13 @@ def _skip_reason(row: contract.Row, state: p.OtaState, target: Target, info: p.M
     if row.id == "start_progressive" and not info.capabilities & p.Capability.PROGRESSIVE_ERASE:
         if target.sim is None:
             return "the board does not advertise PROGRESSIVE_ERASE: the row does not apply"
+    if state in (S.ERASING, S.VERIFYING) and write_size < LONGEST_FRAME:
+        return (
+            f"the link writes {write_size} bytes at a time: a command of several writes "
+            f"outlasts {state.name}, which the device leaves within seconds (erase) or "
+            "milliseconds (verify); these cells need a link that carries a DATA frame in one "
+            f"write ({LONGEST_FRAME} bytes, ATT MTU 247)"
+        )
     if row.id == "data_buffer_full" and state == S.RECEIVING:
         return (
             "a full receive buffer needs a host beyond its ACK credit while the flash lags; "
@@ -239,7 +252,7 @@ async def test_command_in_state(
 ) -> None:
     info = await nus.request(p.CmdInfo(), (p.MsgInfo,))
     assert isinstance(info, p.MsgInfo)
-    reason = _skip_reason(row, state, smartball, info)
+    reason = _skip_reason(row, state, smartball, info, nus.max_write)
     if reason:
         pytest.skip(reason)
     if row.id == "start_progressive" and smartball.sim is not None:
@@ -328,7 +341,7 @@ async def test_malformed_input_in_state(
     info = await nus.request(p.CmdInfo(), (p.MsgInfo,))
     assert isinstance(info, p.MsgInfo)
     status_row = TABLE.row("status")
-    reason = _skip_reason(status_row, state, smartball, info)
+    reason = _skip_reason(status_row, state, smartball, info, nus.max_write)
     if reason:
         pytest.skip(reason)
     cell = Cell(nus, smartball, info, firmware_image, status_row, state)
