@@ -26,6 +26,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from pytest_smartball import contract
 from pytest_smartball import protocol as p
 from pytest_smartball.link import BleBackend, LinkSettings, NusLink, find_device
 from pytest_smartball.loops import virtual_event_loop
@@ -38,6 +39,11 @@ BASELINE = make_image(5_000, 99)
 WINDOW = 4
 CHUNK = 100
 ERASE_PAGE_S = 0.085
+
+
+def default_examples() -> int:
+    """The loaded profile's example count (set by --fuzz-examples or HYPOTHESIS_PROFILE)."""
+    return (settings.default or settings()).max_examples
 
 
 @dataclass
@@ -108,8 +114,13 @@ class FirmwareDriver:
         self.loop.close()
 
 
+TABLE = contract.command_state_table()
+
+
 class DeviceProtocolModel(RuleBasedStateMachine):
-    """What protocol v1 says the device must answer, step by step."""
+    """What protocol v1 says the device must answer, step by step: the model keeps the
+    session (image, next offset) and the state; which reply each command gets in that state,
+    and the state after it, come from the contract's command x state table."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -125,9 +136,18 @@ class DeviceProtocolModel(RuleBasedStateMachine):
 
     # --- helpers -----------------------------------------------------------------------
 
-    def expect_error(self, replies: list[p.DeviceMessage], code: p.ErrorCode) -> None:
-        errors = [m for m in replies if isinstance(m, p.MsgError)]
-        assert [e.code for e in errors] == [code], replies
+    def expect(self, row_id: str, replies: list[p.DeviceMessage]) -> contract.Cell:
+        """The table's cell for this command case in the model's state: the errors the device
+        sent are exactly the cell's, its other messages are among the replies (the erase's or
+        the verify's own messages may come with them), and the model moves to its state."""
+        cell = TABLE.row(row_id).cells[self.state]
+        got = [contract.message_token(m) for m in replies]
+        want_errors = [t for t in cell.reply if t.startswith("MSG_ERROR:")]
+        assert [t for t in got if t.startswith("MSG_ERROR:")] == want_errors, (row_id, replies)
+        for token in cell.reply:
+            assert token in got, (row_id, token, replies)
+        self.state = cell.state
+        return cell
 
     def settle_erase(self) -> None:
         """Erase ends at a known time; move the model when it has clearly passed."""
@@ -144,19 +164,14 @@ class DeviceProtocolModel(RuleBasedStateMachine):
         sent_at = self.d.now()
         replies = self.d.write(p.encode(p.CmdOtaStart(len(data), crc, CHUNK)))
         s = self.session
-        busy = self.state in (p.OtaState.ERASING, p.OtaState.RECEIVING, p.OtaState.VERIFYING)
-        if busy and s is not None:
-            if (len(s.data), s.crc) != (len(data), crc):
-                self.expect_error(replies, p.ErrorCode.BAD_STATE)
-            elif self.state == p.OtaState.RECEIVING:
-                assert p.MsgOtaReady(CHUNK, WINDOW) in replies, replies
-            return
-        assert not any(isinstance(m, p.MsgError) for m in replies), replies
-        self.session = Session(name, crc)
-        self.state = p.OtaState.ERASING
-        self.data_while_erasing = 0
-        pages = -(-len(data) // PAGE_SIZE)
-        self.erase_done_at = sent_at + pages * ERASE_PAGE_S
+        same = s is not None and (len(s.data), s.crc) == (len(data), crc)
+        was = self.state
+        cell = self.expect("start_same" if same else "start_other", replies)
+        if cell.state == p.OtaState.ERASING and was != p.OtaState.ERASING:
+            self.session = Session(name, crc)  # a new session: erase from the start
+            self.data_while_erasing = 0
+            pages = -(-len(data) // PAGE_SIZE)
+            self.erase_done_at = sent_at + pages * ERASE_PAGE_S
 
     @rule(seconds=st.sampled_from([0.01, 0.1, 0.5, 2.0]))
     def wait(self, seconds: float) -> None:
@@ -183,7 +198,7 @@ class DeviceProtocolModel(RuleBasedStateMachine):
                     assert not any(isinstance(m, p.MsgError) for m in replies), replies
                     return
             if self.state != p.OtaState.RECEIVING:
-                self.expect_error(replies, p.ErrorCode.BAD_STATE)
+                self.expect("data_next", replies)
             return
         size = len(s.data)
         offset, length = s.next_offset, min(CHUNK, size - s.next_offset)
@@ -200,15 +215,14 @@ class DeviceProtocolModel(RuleBasedStateMachine):
             payload = (s.data[offset:] + b"\0" * length)[: min(length, CHUNK)]
         replies = self.d.write(p.encode(p.CmdOtaData(offset, payload)))
         if kind in ("empty", "too-big") or not payload:  # the length is checked first
-            self.expect_error(replies, p.ErrorCode.BAD_PARAM)
+            self.expect("data_length", replies)
         elif offset != s.next_offset:
+            # answered with STATUS, rate-limited like every rejection: no error either way
             assert not any(isinstance(m, p.MsgError) for m in replies), replies
         elif offset + len(payload) > size:
-            self.expect_error(replies, p.ErrorCode.BAD_OFFSET)
-        elif length == 0:
-            self.expect_error(replies, p.ErrorCode.BAD_PARAM)
+            self.expect("data_past_end", replies)
         else:
-            assert not any(isinstance(m, p.MsgError) for m in replies), replies
+            self.expect("data_next", replies)
             s.next_offset += len(payload)
 
     @rule()
@@ -217,23 +231,31 @@ class DeviceProtocolModel(RuleBasedStateMachine):
         self.settle_erase()
         s = self.session
         if self.state != p.OtaState.RECEIVING or s is None or s.next_offset != len(s.data):
-            self.expect_error(replies, p.ErrorCode.BAD_STATE)
+            self.expect("finish_incomplete", replies)
             return
-        if s.crc == p.crc32(s.data):
+        good = s.crc == p.crc32(s.data)
+        cell = self.expect("finish" if good else "finish_crc_mismatch", replies)
+        # what follows FINISH by itself (verify, then DONE or CRC_MISMATCH) came within 0.5 s
+        following = {token.rstrip("+?") for token in cell.then}
+        got = [contract.message_token(m) for m in replies]
+        assert contract.matches(cell.then, [t for t in got if t in following]), (cell, replies)
+        if good:
             assert p.MsgOtaDone(s.crc) in replies, replies
             self.active = s.data
             self.verified.add(s.data)
-            self.state = p.OtaState.IDLE  # the device reset into the new image
+            self.state = p.OtaState.IDLE  # COMPLETE, then the device reset into the new image
         else:
-            self.expect_error(replies, p.ErrorCode.CRC_MISMATCH)
-            self.state = p.OtaState.ERROR
+            assert cell.then_state is not None
+            self.state = cell.then_state
         self.session = None
 
     @rule()
     def abort(self) -> None:
         replies = self.d.write(p.encode(p.CmdOtaAbort()))
-        assert p.MsgOtaStatus(p.OtaState.IDLE, 0, 0, 0) in replies, replies
-        self.state, self.session = p.OtaState.IDLE, None
+        self.settle_erase()
+        self.expect("abort", replies)
+        assert p.MsgOtaStatus(self.state, 0, 0, 0) in replies, replies
+        self.session = None
 
     @rule()
     def reset(self) -> None:
@@ -271,20 +293,20 @@ class DeviceProtocolModel(RuleBasedStateMachine):
         assert self.d.fw.active.data in self.verified
 
 
-DeviceProtocolModel.TestCase.settings = settings(
-    max_examples=settings().max_examples * 2, stateful_step_count=30, deadline=None
-)
-
-
 @pytest.mark.sim_only
-class TestDeviceProtocolModel(DeviceProtocolModel.TestCase):  # type: ignore[name-defined]
-    pass
+def test_the_device_answers_as_the_command_state_table_says() -> None:
+    run_state_machine_as_test(
+        DeviceProtocolModel,
+        settings=settings(
+            max_examples=default_examples() * 2, stateful_step_count=30, deadline=None
+        ),
+    )
 
 
 @pytest.mark.sim_only
 @pytest.mark.parametrize("start_session", [False, True])
 def test_arbitrary_input_never_breaks_the_device(start_session: bool) -> None:
-    @settings(max_examples=settings().max_examples * 3)
+    @settings(max_examples=default_examples() * 3)
     @given(chunks=st.lists(command_frames(), max_size=20))
     def check(chunks: list[bytes]) -> None:
         d = FirmwareDriver()
@@ -356,7 +378,7 @@ def test_command_sequences_through_the_link_keep_the_device_safe(smartball: obje
     image = IMAGES["A"]
 
     @settings(
-        max_examples=max(5, settings().max_examples // 10),
+        max_examples=max(5, default_examples() // 10),
         stateful_step_count=15,
         deadline=None,
     )

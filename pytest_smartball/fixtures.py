@@ -265,9 +265,19 @@ def _virtual_time(target: Target) -> Iterator[None]:
 
 @pytest_asyncio.fixture
 async def nus(
-    request: pytest.FixtureRequest, smartball: Target, link_settings: LinkSettings
+    request: pytest.FixtureRequest,
+    smartball: Target,
+    link_settings: LinkSettings,
+    smartball_options: SmartBallOptions,
 ) -> AsyncIterator[NusLink]:
-    """A connected NUS link to the device under test."""
+    """A connected NUS link to the device under test. Skipped under ``--sim-faults``: a
+    raw link has no recovery by design, so a plan for every test would only break it."""
+    if smartball_options.faults:
+        pytest.skip(
+            f"a raw NUS link test: --sim-faults {smartball_options.faults!r} applies to "
+            "updates through the OTA engine (a raw link has no recovery); give this test "
+            "its own plan with @pytest.mark.faults"
+        )
     events = request.node.stash.setdefault(LINK_EVENTS, [])
     loop = asyncio.get_running_loop()
 

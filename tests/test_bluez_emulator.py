@@ -75,6 +75,12 @@ async def managed_objects() -> dict[str, dict]:
     return reply.body[0]
 
 
+def emulator_calls(bluez: EmulatedBluez) -> list[tuple[str, str, str]]:
+    """Every D-Bus call the emulated bluetoothd answered: (interface, member, object path)."""
+    assert bluez.emulator is not None, "the emulated BlueZ is not running"
+    return list(bluez.emulator.calls)
+
+
 async def test_launcher_points_the_system_bus_and_bluetoothctl_at_the_emulator(
     bluez: EmulatedBluez,
 ) -> None:
@@ -121,13 +127,13 @@ async def test_scan_connect_and_mtu_the_bluez_way(bluez: EmulatedBluez) -> None:
         # ...because bleak on BlueZ reports 23 until the MTU is acquired.
         with pytest.warns(UserWarning, match="default MTU"):
             assert client.mtu_size == 23
-        await client._backend._acquire_mtu()  # AcquireWrite, fd closed at once
+        await client._backend._acquire_mtu()  # type: ignore[attr-defined]  # AcquireWrite
         assert client.mtu_size == 247
         info = await link.request(p.CmdInfo(), (p.MsgInfo,))
         assert isinstance(info, p.MsgInfo) and info.protocol_version == p.PROTOCOL_VERSION
     finally:
         await link.close()
-    calls = {member for _, member, _ in bluez.emulator.calls}
+    calls = {member for _, member, _ in emulator_calls(bluez)}
     assert {"GetManagedObjects", "StartDiscovery", "Connect", "StartNotify"} <= calls
     assert {"WriteValue", "AcquireWrite", "Disconnect"} <= calls
 
@@ -135,19 +141,24 @@ async def test_scan_connect_and_mtu_the_bluez_way(bluez: EmulatedBluez) -> None:
 async def test_acquire_notify_path(bluez: EmulatedBluez) -> None:
     device = await BleakScanner.find_device_by_address(ADDRESS, timeout=5)
     assert device is not None
-    got: asyncio.Queue[bytes] = asyncio.Queue()
+    got: asyncio.Queue[p.Frame] = asyncio.Queue()
     decoder = p.FrameDecoder()
+
+    def on_notify(_characteristic: object, data: bytearray) -> None:
+        for frame in decoder.feed(bytes(data)):
+            got.put_nowait(frame)
+
     async with BleakClient(device) as client:
         await client.start_notify(
             p.NUS_TX_UUID,
-            lambda _c, data: [got.put_nowait(f) for f in decoder.feed(bytes(data))],
+            on_notify,
             bluez={"use_start_notify": False},
         )
         await client.write_gatt_char(p.NUS_RX_UUID, p.encode(p.CmdInfo()), response=False)
         frame = await asyncio.wait_for(got.get(), 5)
         assert isinstance(p.parse_message(frame), p.MsgInfo)
     assert ("org.bluez.GattCharacteristic1", "AcquireNotify") in {
-        (i, m) for i, m, _ in bluez.emulator.calls
+        (i, m) for i, m, _ in emulator_calls(bluez)
     }
 
 
@@ -204,7 +215,7 @@ async def test_connect_fail_is_bluez_br_connection_canceled_and_retried(
     await link.close()
     applied = [f for f in fault_log(bluez) if f[1] == "applied"]
     assert applied == [("connect-fail", "applied", "br-connection-canceled")] * 2
-    connects = [c for c in bluez.emulator.calls if c[1] == "Connect"]
+    connects = [c for c in emulator_calls(bluez) if c[1] == "Connect"]
     assert len(connects) == 3  # bleak-retry-connector took it as transient, twice
 
 
@@ -223,8 +234,7 @@ async def test_race_services_resolved_before_nus_is_exported(bluez: EmulatedBlue
         await link.close()
     assert not [d for k, d in events if k == "services-missing"]
     assert ("race", "applied") in [(f, t) for f, t, _ in fault_log(bluez)]
-    assert bluez.emulator is not None
-    assert len([c for c in bluez.emulator.calls if c[1] == "Connect"]) == 1
+    assert len([c for c in emulator_calls(bluez) if c[1] == "Connect"]) == 1
 
 
 async def test_race_without_reading_the_services_again_reconnects(bluez: EmulatedBluez) -> None:
@@ -271,7 +281,7 @@ async def test_stale_cache_is_kept_across_reconnects_until_remove_device(
     ).run()
     assert result.success, result.error
     assert any(e.kind == "cache-cleared" for e in result.events)
-    assert ("org.bluez.Adapter1", "RemoveDevice") in {(i, m) for i, m, _ in bluez.emulator.calls}
+    assert ("org.bluez.Adapter1", "RemoveDevice") in {(i, m) for i, m, _ in emulator_calls(bluez)}
     assert any(f == "stale-cache" and "cleared" in d for f, _, d in fault_log(bluez))
 
 

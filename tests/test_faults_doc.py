@@ -21,6 +21,7 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -119,8 +120,8 @@ def shown_specs() -> set[str]:
         # a bare effect name (`race`, `slow-erase`) is a name in a sentence, not a spec
         if _STARTS_WITH_A_NAME.match(span) and span not in EFFECTS:
             specs.add(span)
-    for row in effect_rows():
-        specs.add(row.example)
+    for effect_row in effect_rows():
+        specs.add(effect_row.example)
     for row in table("Trigger"):
         specs.add(only_code(row[3]))
     for row in table("You write"):
@@ -239,6 +240,8 @@ class ShellExample:
     argv: list[str]
     exit_code: int
     output: str  # the text blocks that follow the command's block, if any
+    #: ``python -c CODE`` that reads the command's stdout (``cmd | python -c ...``), if any
+    reader: str | None = None
 
 
 def shell_examples() -> list[ShellExample]:
@@ -260,10 +263,16 @@ def shell_examples() -> list[ShellExample]:
             )
             if part is None:
                 continue
-            part = part.split(" | ")[0]  # the command, not what reads its output
+            part, _, reader = part.partition(" | ")  # the command, and what reads its output
             code = re.search(r"exit (\d+)", comment)
+            reader_argv = shlex.split(reader) if reader else []
             examples.append(
-                ShellExample(shlex.split(part)[1:], int(code.group(1)) if code else 0, output)
+                ShellExample(
+                    shlex.split(part)[1:],
+                    int(code.group(1)) if code else 0,
+                    output,
+                    reader_argv[2] if reader_argv[:2] == ["python", "-c"] else None,
+                )
             )
     return examples
 
@@ -320,6 +329,27 @@ def test_shell_example_runs(
     first_output_line = next((ln for ln in example.output.splitlines() if ln.strip()), "")
     if first_output_line.startswith("smartball-ota: "):
         assert first_output_line.split(":")[1] in err
+    if example.reader is not None:
+        out = _read_with(example.reader, out)
+    # every pasted line ("..." aside) is a line of the run, figures and times included
+    run_lines = {line.rstrip() for line in (out + "\n" + err).splitlines()}
+    for line in example.output.splitlines():
+        if line.strip() and line.strip() != "...":
+            assert line.rstrip() in run_lines, (
+                f"docs/faults.md shows a line no run prints: {line!r}"
+            )
+
+
+def _read_with(code: str, stdout: str) -> str:
+    """What ``cmd | python -c CODE`` prints, given the command's stdout."""
+    import contextlib
+    import io
+    import sys
+
+    printed = io.StringIO()
+    with mock.patch.object(sys, "stdin", io.StringIO(stdout)), contextlib.redirect_stdout(printed):
+        exec(compile(code, "<docs/faults.md reader>", "exec"), {})
+    return printed.getvalue()
 
 
 # --- the Python examples ------------------------------------------------------------------
@@ -366,3 +396,63 @@ def test_python_test_examples_pass_or_fail_as_the_document_says(
     output = result.stdout.str()
     assert "smartball timeline (client | device)" in output
     assert re.search(r"device  reboot +\[offset:60000\]", output)
+
+
+# --- figures in the prose -----------------------------------------------------------------
+
+
+def _run_cli(
+    argv: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[str, str]:
+    monkeypatch.chdir(tmp_path)
+    Path("build").mkdir(exist_ok=True)
+    Path("build/demo.bin").write_bytes(make_image())
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    return out, err
+
+
+def test_the_field_linux_walkthrough_shows_a_runs_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    start = DOC.index("What `field-linux` does to the field-sized image")
+    text = DOC[start : DOC.index("\n## ", start)]
+    out, err = _run_cli(
+        ["flash", "build/demo.bin", "--sim", "--faults", "field-linux"],
+        tmp_path,
+        monkeypatch,
+        capsys,
+    )
+    stamps = re.findall(r"\[\s*(\d+\.\d+)s\]", err)  # stderr's events
+    stamps += re.findall(r"^\s+(\d+\.\d+)s  ", out, re.MULTILINE)  # the fault log
+    times = {f"{float(t):.1f}" for t in stamps}
+    shown = re.findall(r"(\d+\.\d) s\b", text)
+    assert len(shown) >= 5
+    for figure in shown:
+        assert figure in times, f"docs/faults.md: {figure} s is no time of the field-linux run"
+    pages = re.search(r"the (\d+)-page erase", text)
+    assert pages is not None and int(pages.group(1)) == -(-len(make_image()) // 4096)
+    for offset in re.findall(r"at offset (\d+)", text):
+        assert f"resume: at offset {offset} of" in err
+
+
+def test_the_flaky_figures_in_the_effects_table_are_a_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = re.search(
+        r"Observed with `(flaky:[\d.]+%)`, the ([\d,]+)-byte image and the CLI's default "
+        r"`--seed 0`: (\d+) drops, (\d+) resumes, ([\d,]+) bytes re-sent",
+        DOC,
+    )
+    assert m is not None, "the flaky row's figures are not where this test looks"
+    spec, size, drops, resumes, resent = m.groups()
+    assert int(size.replace(",", "")) == len(make_image())
+    out, _ = _run_cli(
+        ["flash", "build/demo.bin", "--sim", "--faults", spec], tmp_path, monkeypatch, capsys
+    )
+    assert out.count(f"drop  [applied] ({spec})") == int(drops)
+    assert re.search(rf", {resumes} resumes,", out), out
+    assert f"({resent.replace(',', '')} re-sent)" in out, out

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
-from pytest_smartball.known_state import ResetFailed, return_to_baseline
+from pytest_smartball.known_state import CHECK_TIMEOUT_S, ResetFailed, return_to_baseline
 from pytest_smartball.link import LinkSettings
 from pytest_smartball.ota import OtaEngine, OtaSettings
 from pytest_smartball.targets.simulated import make_sim_target
@@ -53,13 +55,18 @@ class GiveUp(Exception):
 
 async def test_a_session_left_half_done_is_aborted() -> None:
     bench = target()
-    engine = OtaEngine(CANDIDATE, bench.backend, address=bench.sim.address, settings=SETTINGS)
 
     def stop_halfway(phase: str, done: int, total: int) -> None:
         if phase == "transfer" and done > total // 2:
             raise GiveUp  # a test that stops mid-transfer
 
-    engine._on_progress = stop_halfway
+    engine = OtaEngine(
+        CANDIDATE,
+        bench.backend,
+        address=bench.sim.address,
+        settings=SETTINGS,
+        on_progress=stop_halfway,
+    )
     with pytest.raises(GiveUp):
         await engine.run()
     assert bench.sim.firmware.state == p.OtaState.RECEIVING
@@ -99,7 +106,13 @@ async def test_without_a_baseline_image_it_says_so() -> None:
 
 
 async def test_a_device_that_is_gone_fails_the_reset_in_bounded_time() -> None:
+    """It waits as long as a device back from a reset gets (the reappear timeout), and gives
+    up within the check's own bound after that; simulated seconds, exact under looptime."""
     bench = target()
     bench.sim.pause_advertising(3600)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     with pytest.raises(ResetFailed, match="could not return the SmartBall C0:FF:EE:00:00:01"):
         await reset(bench)
+    waited = loop.time() - started
+    assert SETTINGS.reappear_timeout_s <= waited <= CHECK_TIMEOUT_S + SETTINGS.reappear_timeout_s

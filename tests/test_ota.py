@@ -30,6 +30,7 @@ from pytest_smartball.ota import (
     State,
 )
 from pytest_smartball.targets.simulated import make_sim_target
+from smartball_sim.airlog import Packet, Sender
 from smartball_sim.device import SimDevice
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.sim_only]
@@ -629,6 +630,24 @@ async def test_an_unknown_message_type_from_the_device_is_ignored(
     sim_device.firmware._send = with_news
     result = await ota().run()
     assert_flashed(sim_device, firmware_image, result)
+
+
+async def test_info_and_status_share_a_connection_event_until_a_switch_is_asked_for(
+    firmware_image: FirmwareImage,
+) -> None:
+    """One round trip for both before the update (STATUS always follows INFO then); after
+    the reset INFO alone, since it may end the update."""
+    target = make_sim_target()
+    assert target.sim is not None
+    log: list[Packet] = []
+    target.sim.air_log = log
+    result = await OtaEngine(firmware_image, target.backend).run()
+    assert_flashed(target.sim, firmware_image, result)
+    first = [pkt for pkt in log if pkt.link == 1]
+    info, status, start = [pkt for pkt in first if pkt.sender is Sender.HOST][:3]
+    assert info.time == status.time < start.time  # INFO and STATUS in one event
+    last = [pkt for pkt in log if pkt.link == max(pkt.link for pkt in log)]
+    assert [pkt.sender for pkt in last] == [Sender.HOST, Sender.DEVICE]  # INFO, MSG_INFO
 
 
 # --- capabilities (P2, P3, P18) ----------------------------------------------------------------

@@ -129,7 +129,8 @@ def _give_up(r: Record, limit: str) -> Decision:
     if r.commit is Commit.NONE:
         holds = "The device keeps its old image; move it closer and run the update again"
         if r.session_opened and r.said is not None and r.said.offset > 0:
-            holds += ": it resumes where the device stopped"
+            # The session is in RAM: a reset the host could not tell from a drop loses it.
+            holds += ": unless it was reset meanwhile, it resumes where the device stopped"
         return _end(r, Outcome.FAILED, FailureKind.LINK, f"{where}. {holds}")
     return _end(r, Outcome.UNCONFIRMED, None, f"{where}. {_unconfirmed(r)}")
 

@@ -241,7 +241,21 @@ class OtaEngine:
         self._see(o.Connected())
 
     async def _query(self) -> None:
-        info = await self._request(p.CmdInfo(), p.MsgInfo)
+        """INFO, then STATUS. Before a switch is asked for, STATUS always follows INFO (only
+        an image too large for the device ends the update at INFO), so both go out at once
+        and share a connection event and a round trip; after FINISH, INFO alone may end the
+        update (the new image runs), so STATUS waits for its answer."""
+        link = self._require_link()
+        both = self.record.commit is Commit.NONE
+        if both:
+            link.drain()  # answers to earlier commands
+            await link.send(p.CmdInfo())
+            await link.send(p.CmdOtaStatus())
+            timeout = self.settings.reply_timeout_s
+            info = await link.wait_for((p.MsgInfo,), timeout, "MSG_INFO reply to CMD_INFO")
+            assert isinstance(info, p.MsgInfo)
+        else:
+            info = await self._request(p.CmdInfo(), p.MsgInfo)
         try:
             self.image.check_fits(info.staging_capacity)
             too_large = None
@@ -252,7 +266,13 @@ class OtaEngine:
             self.result.info_after = info
         if self.state is not State.QUERYING:
             return
-        self._see(o.StatusReply(await self._request(p.CmdOtaStatus(), p.MsgOtaStatus)))
+        if both:
+            what = "MSG_OTA_STATUS reply to CMD_OTA_STATUS"
+            status = await link.wait_for((p.MsgOtaStatus,), self.settings.reply_timeout_s, what)
+            assert isinstance(status, p.MsgOtaStatus)
+        else:
+            status = await self._request(p.CmdOtaStatus(), p.MsgOtaStatus)
+        self._see(o.StatusReply(status))
 
     async def _abort(self) -> None:
         self._see(o.AbortReply(await self._request(p.CmdOtaAbort(), p.MsgOtaStatus)))

@@ -16,18 +16,19 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from bleak.assigned_numbers import CharacteristicPropertyName
 from bleak.backends.characteristic import BleakGATTCharacteristic
-from bleak.backends.client import BaseBleakClient, NotifyCallback
+from bleak.backends.client import NotifyCallback
 from bleak.backends.descriptor import BleakGATTDescriptor
 from bleak.backends.device import BLEDevice
-from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
+from bleak.backends.scanner import AdvertisementData
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
 from bleak.exc import BleakDeviceNotFoundError, BleakError
 
 from . import gatt_layout as gatt
+from .bleak_front import DeviceRegistry, SimulatedClient, SimulatedScanner
 from .bluez_errors import CONNECT_FAILED_TEXT
 from .device import ConnectRefused, SimDevice, SimLink, SimLinkError
 
@@ -46,30 +47,14 @@ class SimDetails:
     device: SimDevice
 
 
-class SimWorld:
+class SimWorld(DeviceRegistry):
     """The simulated radio neighbourhood: its devices and the bleak backends that reach them."""
 
     def __init__(self, devices: Iterable[SimDevice] = ()) -> None:
-        self.devices: dict[str, SimDevice] = {}
+        super().__init__()
         for device in devices:
             self.add(device)
-        world = self
-        self.scanner_backend: type[BaseBleakScanner] = type(
-            "SimScannerBackend", (SimScanner,), {"world": world}
-        )
-        self.client_backend: type[BaseBleakClient] = type(
-            "SimClientBackend", (SimClient,), {"world": world}
-        )
-
-    def add(self, device: SimDevice) -> SimDevice:
-        key = device.address.upper()
-        if key in self.devices:
-            raise ValueError(f"a simulated device with address {device.address} already exists")
-        self.devices[key] = device
-        return device
-
-    def find(self, address: str) -> SimDevice | None:
-        return self.devices.get(address.upper())
+        self.scanner_backend, self.client_backend = self.backends_for(SimScanner, SimClient)
 
     async def forget(self, address: str) -> bool:
         """What BlueZ's ``Adapter1.RemoveDevice`` does to a device: drop any link and the
@@ -81,21 +66,12 @@ class SimWorld:
         device.injector.forget_cache()
         return True
 
-    async def warnings(self) -> list[str]:
-        return []
 
+class SimScanner(SimulatedScanner):
+    world: ClassVar[SimWorld]
 
-class SimScanner(BaseBleakScanner):
-    world: SimWorld
-
-    def __init__(
-        self,
-        detection_callback: Any = None,
-        service_uuids: list[str] | None = None,
-        scanning_mode: str = "active",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(detection_callback, service_uuids)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -130,24 +106,11 @@ class SimScanner(BaseBleakScanner):
                 self.call_detection_callbacks(found, adv)
 
 
-class SimClient(BaseBleakClient):
-    world: SimWorld
+class SimClient(SimulatedClient):
+    world: ClassVar[SimWorld]
 
-    def __init__(
-        self,
-        address_or_ble_device: BLEDevice | str,
-        services: Any = None,
-        *,
-        disconnected_callback: Any = None,
-        timeout: float = 10.0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            address_or_ble_device, disconnected_callback=disconnected_callback, timeout=timeout
-        )
-        self._ble_device = (
-            address_or_ble_device if isinstance(address_or_ble_device, BLEDevice) else None
-        )
+    def __init__(self, address_or_ble_device: BLEDevice | str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(address_or_ble_device, *args, **kwargs)
         self._link: SimLink | None = None
         self._notify_callbacks: dict[int, NotifyCallback] = {}
 
@@ -184,12 +147,6 @@ class SimClient(BaseBleakClient):
             return
         link.device.host_disconnect(link)
         self._on_disconnected()
-
-    async def pair(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError("the simulated SmartBall does not pair")
-
-    async def unpair(self) -> None:
-        raise NotImplementedError("the simulated SmartBall does not pair")
 
     @property
     def is_connected(self) -> bool:

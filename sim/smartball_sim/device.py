@@ -27,6 +27,7 @@ from typing import Protocol, assert_never
 
 from pytest_smartball import protocol as p
 
+from .airlog import Packet, Sender
 from .faults import Effect, Fault, FaultPlan, Trigger, TriggerKind
 from .firmware import FirmwareEvent, FirmwareEventKind, FlashTimings, SmartBallFirmware, to_us
 from .firmware_bugs import FirmwareBug
@@ -197,6 +198,7 @@ class SimDevice:
         staging_capacity: int | None = None,
         window: int = 16,
         progressive_erase: bool = False,
+        progressive_window_bytes: int | None = None,
         mtu: int | None = None,
         flash: FlashTimings | None = None,
         radio: RadioTimings | None = None,
@@ -219,6 +221,7 @@ class SimDevice:
             window=window,
             timings=flash,
             progressive_erase=progressive_erase,
+            progressive_window_bytes=progressive_window_bytes,
             send=self._notify,
             request_reset=self._reset_into_new_image,
             observe=self._on_firmware_event,
@@ -235,6 +238,8 @@ class SimDevice:
         self._adv_paused_until_us = 0
         self._connections = 0
         self.fault_log: list[FaultRecord] = []
+        #: Every packet on this device's links, once a list is given (``smartball_sim.airlog``).
+        self.air_log: list[Packet] | None = None
         self.injector = FaultInjector(self)
         self.fault_plan = FaultPlan()
         self.set_faults(faults)
@@ -306,6 +311,11 @@ class SimDevice:
     def next_connection_number(self) -> int:
         self._connections += 1
         return self._connections
+
+    def on_air(self, link: Link, sender: Sender, size: int) -> None:
+        """A link layer carried a packet of ``size`` value bytes (see ``airlog``)."""
+        if self.air_log is not None:
+            self.air_log.append(Packet(self.now(), link.number, sender, size))
 
     def receive_write(self, data: bytes) -> None:
         """A host write on NUS RX reached the device (unless a fault loses it)."""
@@ -525,12 +535,15 @@ class ModelLinkLayer:
                     break  # the fragments of this write go together in the next event
                 data = link.tx_queue.popleft()
                 slots -= cost
+                self.device.on_air(link, Sender.HOST, len(data))
                 self.device.receive_write(data)
             else:
                 slots -= 1
             if replies and link.alive:
                 replies -= 1
-                link.peer.sim_notification(link.rx_queue.popleft())
+                fragment = link.rx_queue.popleft()
+                self.device.on_air(link, Sender.DEVICE, len(fragment))
+                link.peer.sim_notification(fragment)
             if not link.alive:  # the firmware reset, or a fault dropped the link
                 return
         link.space.set()

@@ -154,6 +154,9 @@ class OtaSession:
     image_crc32: int
     max_chunk: int
     progressive: bool = False
+    #: What READY grants (the normal window, or the progressive one; see
+    #: ``SmartBallFirmware.session_window``).
+    window: int = 16
     next_offset: int = 0  # received: in flash or in the receive buffer
     written_offset: int = 0  # in flash
     unwritten_chunks: int = 0  # the receive buffer's fill
@@ -227,6 +230,7 @@ class SmartBallFirmware:
         window: int = 16,
         timings: FlashTimings | None = None,
         progressive_erase: bool = False,
+        progressive_window_bytes: int | None = None,
         send: Callable[[bytes], None] = lambda frame: None,
         request_reset: Callable[[], None] = lambda: None,
         observe: Callable[[FirmwareEvent], None] = lambda event: None,
@@ -246,6 +250,9 @@ class SmartBallFirmware:
         #: Advertised in MSG_INFO; a START with the flag then erases page by page.
         self.progressive_erase = progressive_erase
         self.bugs = frozenset(bugs)
+        #: A progressive session's window covers at least this many bytes (None: the normal
+        #: window); see :meth:`session_window`.
+        self.progressive_window_bytes = progressive_window_bytes
         self._send = send
         self._request_reset = request_reset
         self._observe = observe
@@ -282,15 +289,24 @@ class SmartBallFirmware:
 
     # --- what the device exposes -----------------------------------------------------
 
-    @property
-    def rx_buffer_chunks(self) -> int:
+    def session_window(self, progressive: bool, max_chunk: int) -> int:
+        """The window READY grants. In a progressive session each page's erase holds the
+        credit for 85 ms (nothing is written, so nothing is ACKed); a window of
+        ``progressive_window_bytes`` lets the radio go on filling the buffer meanwhile, so
+        neither the link nor the flash waits (docs/performance.md: two pages, 8 KB, cover
+        an erase and the ACK's round trip at 65 kB/s). The receive buffer grows with it."""
+        if not progressive or self.progressive_window_bytes is None:
+            return self.window
+        return max(self.window, math.ceil(self.progressive_window_bytes / max_chunk))
+
+    def rx_buffer_chunks(self, s: OtaSession) -> int:
         if Bug.WINDOW_EXCEEDS_BUFFER in self.bugs:
             return SMALL_RX_BUFFER_CHUNKS
-        return self.timings.rx_buffer_chunks or self.window
+        return self.timings.rx_buffer_chunks or s.window
 
-    @property
-    def ack_interval(self) -> int:
-        return max(1, self.window // 2)
+    @staticmethod
+    def ack_interval(s: OtaSession) -> int:
+        return max(1, s.window // 2)
 
     @property
     def capabilities(self) -> p.Capability:
@@ -555,6 +571,7 @@ class SmartBallFirmware:
         drop): the session and its mode stay; the new chunk size applies (a reconnect may
         have a smaller MTU); the ACK and rejection counts restart."""
         s.max_chunk = p.granted_max_chunk(msg.chunk_size)
+        s.window = self.session_window(s.progressive, s.max_chunk)
         s.accepted_since_ack = 0
         if self.state == p.OtaState.ERASING:
             return  # READY follows when the erase ends, with this max_chunk
@@ -565,11 +582,13 @@ class SmartBallFirmware:
 
     def _new_session(self, msg: p.CmdOtaStart) -> None:
         progressive = self.progressive_erase and bool(msg.flags & p.StartFlag.PROGRESSIVE_ERASE)
+        max_chunk = p.granted_max_chunk(msg.chunk_size)
         s = OtaSession(
             msg.image_size,
             msg.image_crc32,
-            max_chunk=p.granted_max_chunk(msg.chunk_size),
+            max_chunk=max_chunk,
             progressive=progressive,
+            window=self.session_window(progressive, max_chunk),
             pages=self._pages_to_erase(msg.image_size),
         )
         self._end_session(p.OtaState.IDLE)
@@ -634,7 +653,7 @@ class SmartBallFirmware:
     def _send_ready(self, s: OtaSession) -> None:
         if s is not self.session or self.state != p.OtaState.RECEIVING:
             return
-        self._reply(p.MsgOtaReady(s.max_chunk, self.window))
+        self._reply(p.MsgOtaReady(s.max_chunk, s.window))
         self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.READY))
 
     # --- DATA ----------------------------------------------------------------------------
@@ -663,7 +682,7 @@ class SmartBallFirmware:
         if size % p.WORD_SIZE and end != s.image_size:
             self._error(p.ErrorCode.BAD_PARAM, what=f"chunk of {size} bytes: not whole words")
             return
-        if s.unwritten_chunks >= self.rx_buffer_chunks:
+        if s.unwritten_chunks >= self.rx_buffer_chunks(s):
             self.data_dropped_full += 1  # the flash is behind: no room for this chunk
             self._reject_offset(s)
             return
@@ -688,7 +707,7 @@ class SmartBallFirmware:
             )
         )
         s.accepted_since_ack += 1
-        if end == s.image_size or s.accepted_since_ack >= self.ack_interval:
+        if end == s.image_size or s.accepted_since_ack >= self.ack_interval(s):
             # ACK what is in flash, once it is: the host's credit then bounds the buffer.
             s.accepted_since_ack = 0
             if Bug.ACK_BEFORE_WRITTEN in self.bugs:
@@ -700,7 +719,7 @@ class SmartBallFirmware:
 
     def _rate_limit(self, s: OtaSession) -> bool:
         """True for the rejected DATA that gets a reply: the first, then one per window."""
-        s.rejected = 0 if s.rejected is None or s.rejected >= self.window else s.rejected
+        s.rejected = 0 if s.rejected is None or s.rejected >= s.window else s.rejected
         s.rejected += 1
         return s.rejected == 1
 

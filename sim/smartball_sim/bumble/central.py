@@ -27,14 +27,14 @@ import logging
 import uuid as uuid_module
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 from bleak.assigned_numbers import CharacteristicPropertyName
 from bleak.backends.characteristic import BleakGATTCharacteristic
-from bleak.backends.client import BaseBleakClient, NotifyCallback
+from bleak.backends.client import NotifyCallback
 from bleak.backends.descriptor import BleakGATTDescriptor
 from bleak.backends.device import BLEDevice
-from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
+from bleak.backends.scanner import AdvertisementData
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
 from bleak.exc import BleakDeviceNotFoundError, BleakError
 from bumble import core, hci
@@ -44,6 +44,7 @@ from bumble.gatt_client import CharacteristicProxy
 from bumble.host import Host
 from bumble.transport.common import AsyncPipeSink
 
+from ..bleak_front import DeviceRegistry, SimulatedClient, SimulatedScanner
 from ..device import SimDevice
 from .link import SmartBallLink
 from .peripheral import QuietController, SmartBallPeripheral, serve_smartball
@@ -113,7 +114,7 @@ class BumbleDetails:
     device: SimDevice | None
 
 
-class BumbleWorld:
+class BumbleWorld(DeviceRegistry):
     """Simulated SmartBalls served by Bumble peripherals, and the bleak backends of one
     Bumble central that reaches them."""
 
@@ -124,9 +125,9 @@ class BumbleWorld:
         exchange_mtu: int | None = BLUEZ_EXCHANGE_MTU,
         central_address: str = CENTRAL_ADDRESS,
     ) -> None:
+        super().__init__()
         self.link = SmartBallLink()
         self.central: Device | None = None
-        self.devices: dict[str, SimDevice] = {}
         for device in devices:
             self.add(device)
         self.exchange_mtu = exchange_mtu
@@ -137,25 +138,11 @@ class BumbleWorld:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._starting: asyncio.Lock | None = None
         self._scanners: set[BumbleScanner] = set()
-        world = self
-        self.scanner_backend: type[BaseBleakScanner] = type(
-            "BumbleScannerBackend", (BumbleScanner,), {"world": world}
-        )
-        self.client_backend: type[BaseBleakClient] = type(
-            "BumbleClientBackend", (BumbleClient,), {"world": world}
-        )
+        self.scanner_backend, self.client_backend = self.backends_for(BumbleScanner, BumbleClient)
 
-    def add(self, device: SimDevice) -> SimDevice:
-        key = device.address.upper()
-        if key in self.devices:
-            raise ValueError(f"a simulated device with address {device.address} already exists")
+    def _check_can_add(self) -> None:
         if self.central is not None:
             raise RuntimeError("add devices before the Bumble world starts")
-        self.devices[key] = device
-        return device
-
-    def find(self, address: str) -> SimDevice | None:
-        return self.devices.get(address.upper())
 
     async def start(self) -> Device:
         """Power the central and serve every device, once, in the running loop."""
@@ -209,9 +196,6 @@ class BumbleWorld:
                     await _quiet_disconnect(connection)
         return True
 
-    async def warnings(self) -> list[str]:
-        return []
-
     # --- scanning, shared by every scanner like one adapter ------------------------------
 
     async def scanner_started(self, scanner: BumbleScanner) -> None:
@@ -246,17 +230,8 @@ async def _quiet_disconnect(connection: Connection) -> None:
         log.debug("disconnect: %s", exc)
 
 
-class BumbleScanner(BaseBleakScanner):
-    world: BumbleWorld
-
-    def __init__(
-        self,
-        detection_callback: Any = None,
-        service_uuids: list[str] | None = None,
-        scanning_mode: str = "active",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(detection_callback, service_uuids)
+class BumbleScanner(SimulatedScanner):
+    world: ClassVar[BumbleWorld]
 
     async def start(self) -> None:
         self.seen_devices = {}
@@ -307,24 +282,11 @@ def _uuid_text(uuid: core.UUID) -> str:
     return str(uuid_module.UUID(bytes=bytes(reversed(uuid.uuid_128_bytes))))
 
 
-class BumbleClient(BaseBleakClient):
-    world: BumbleWorld
+class BumbleClient(SimulatedClient):
+    world: ClassVar[BumbleWorld]
 
-    def __init__(
-        self,
-        address_or_ble_device: BLEDevice | str,
-        services: Any = None,
-        *,
-        disconnected_callback: Any = None,
-        timeout: float = 10.0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            address_or_ble_device, disconnected_callback=disconnected_callback, timeout=timeout
-        )
-        self._ble_device = (
-            address_or_ble_device if isinstance(address_or_ble_device, BLEDevice) else None
-        )
+    def __init__(self, address_or_ble_device: BLEDevice | str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(address_or_ble_device, *args, **kwargs)
         self._connection: Connection | None = None
         self._up = False  # connected and set up: a disconnection now is reported
         self._lost: asyncio.Future[int] | None = None
@@ -447,12 +409,6 @@ class BumbleClient(BaseBleakClient):
         if connection is None:
             return
         await _quiet_disconnect(connection)
-
-    async def pair(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError("the simulated SmartBall does not pair")
-
-    async def unpair(self) -> None:
-        raise NotImplementedError("the simulated SmartBall does not pair")
 
     @property
     def is_connected(self) -> bool:

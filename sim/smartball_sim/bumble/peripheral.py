@@ -61,6 +61,7 @@ from bumble.profiles.gatt_service import GenericAttributeProfileService
 from bumble.transport.common import AsyncPipeSink
 
 from .. import gatt_layout as gatt
+from ..airlog import Sender
 from ..device import Link, LinkEnd, SimDevice
 from ..faults import FaultPlan
 from .faults import refuse_bluez_only
@@ -355,6 +356,7 @@ class SmartBallPeripheral:
         link = self.links.get(connection.handle)
         if link is None or not link.alive or link is not self.device.link:
             return
+        self.device.on_air(link, Sender.HOST, len(value))
         if len(value) > link.max_write:
             log.warning(
                 "%s: dropped a %d-byte write: more than ATT MTU %d - 3 allows",
@@ -381,6 +383,7 @@ class SmartBallPeripheral:
             while link.outbox and link.alive:
                 fragment = link.outbox.popleft()
                 await self.bumble.notify_subscriber(link.connection, self.tx, fragment)
+                self.device.on_air(link, Sender.DEVICE, len(fragment))
         finally:
             link.sending = False
             _wake(link)

@@ -1,0 +1,115 @@
+"""The contract's test vectors, generated from the codec and the reference firmware model:
+``python -m smartball_sim.contract_vectors --check`` (fails if the packaged vectors differ
+from what the model produces now) or ``--write`` (regenerates them).
+
+Three files under ``pytest_smartball/contract/vectors/``, for any implementation's tests
+(the firmware team's C tests read them: hex in, frames / replies / states out):
+
+``codec.json``
+    One frame per message (and per optional-field and trailing-byte case): its fields and
+    its bytes.
+``decoder.json``
+    Byte streams, in timed pieces, and what a conforming decoder makes of them: the frames,
+    its counters, the bytes left buffered.
+``device.json``
+    Sessions with the device: timed inputs (hex, link drops, resets, flash failures) and,
+    for each, the messages the device sends until the next input and its state then.
+    ``MSG_ERROR`` is compared by code and command byte only; its text is informative.
+    Every other message is compared byte for byte. Message times (``t``) are what the
+    model took with the vector's flash timings; they are informative, the order is not.
+
+Every cell of ``command_state.json`` has a vector here (named ``cell:ROW:STATE``), and
+tests/test_contract.py checks each against its cell.
+
+The rooms: ``codec`` builds the codec's and the decoder's vectors, ``runner`` drives the
+firmware model through a session on a virtual clock, ``sessions`` holds the sessions of
+``device.json``; this module renders the files and compares them (``main``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pytest_smartball import contract
+
+from .codec import codec_vectors, decoder_vectors
+from .runner import DeviceConfig, Session, Step, run_session
+from .sessions import device_vectors, error_sessions, story_sessions, table_sessions
+
+__all__ = [
+    "GENERATORS",
+    "VECTOR_DIR",
+    "DeviceConfig",
+    "Session",
+    "Step",
+    "codec_vectors",
+    "decoder_vectors",
+    "device_vectors",
+    "error_sessions",
+    "main",
+    "render",
+    "run_session",
+    "story_sessions",
+    "table_sessions",
+]
+
+VECTOR_DIR = Path(contract.__file__).parent / "contract" / "vectors"
+
+GENERATORS: dict[str, Callable[[], list[dict[str, Any]]]] = {
+    "codec.json": codec_vectors,
+    "decoder.json": decoder_vectors,
+    "device.json": device_vectors,
+}
+
+_ABOUT = {
+    "codec.json": "Frames of protocol v1: each message's fields and bytes (hex); decode-only "
+    "cases for trailing bytes a receiver ignores; payloads too short to decode.",
+    "decoder.json": "Streams fed to the frame decoder in timed pieces (at_s, seconds) and "
+    "what it yields: frames (type, payload), its counters, the bytes left buffered. A "
+    "receiver discards a partial frame when no byte arrived for 1.0 s.",
+    "device.json": "Sessions with the device (config: window, staging capacity, flash "
+    "timings, the image it runs). Each step is an input at at_s (hex written to NUS RX, a "
+    "link drop, a reset, or flash operations made to fail) and everything the device sends "
+    "until the next step (out), then its state. MSG_ERROR compares code and command only; "
+    "other messages byte for byte; times t are informative (the model's, with these flash "
+    "timings), the order is not. event 'reset' is the device resetting itself after DONE.",
+}
+
+
+def render(name: str) -> str:
+    document = {
+        "about": _ABOUT[name],
+        "generated_by": "python -m smartball_sim.contract_vectors --write",
+        "vectors": GENERATORS[name](),
+    }
+    return json.dumps(document, indent=1, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m smartball_sim.contract_vectors")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--check", action="store_true", help="fail if the files differ")
+    mode.add_argument("--write", action="store_true", help="regenerate the files")
+    args = parser.parse_args(argv)
+    stale = []
+    for name in GENERATORS:
+        text = render(name)
+        path = VECTOR_DIR / name
+        if args.write:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")
+        elif not path.exists() or path.read_text(encoding="utf-8") != text:
+            stale.append(name)
+    if stale:
+        print(
+            f"stale contract vectors: {', '.join(stale)}; run "
+            "python -m smartball_sim.contract_vectors --write and review the diff",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

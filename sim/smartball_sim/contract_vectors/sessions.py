@@ -1,0 +1,337 @@
+"""The sessions of ``device.json``: the stories of docs/protocol.md, one session ending in
+each error code, and one per cell of the contract's command x state table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from pytest_smartball import contract
+from pytest_smartball import protocol as p
+
+from .runner import DeviceConfig, Session, Step, run_session
+
+# The sessions: a small image (40 bytes, 8-byte chunks, window 4: ACK every 2 chunks) keeps
+# the vectors short; one page erases in 85 ms.
+IMAGE = bytes((i * 7 + 3) & 0xFF for i in range(40))
+CHUNK = 8
+EIGHTY = bytes(range(80))
+TWO_PAGES = bytes(range(256)) * 20  # 5120 bytes: two pages
+
+
+def start(
+    image: bytes = IMAGE, chunk: int = CHUNK, crc: int | None = None, flags: int = 0
+) -> bytes:
+    crc = p.crc32(image) if crc is None else crc
+    return p.encode(p.CmdOtaStart(len(image), crc, chunk, flags=flags))
+
+
+def data(offset: int, chunk: bytes) -> bytes:
+    return p.encode(p.CmdOtaData(offset, chunk))
+
+
+def chunks(image: bytes = IMAGE, size: int = CHUNK, first: int = 0) -> Iterator[bytes]:
+    for offset in range(first, len(image), size):
+        yield data(offset, image[offset : offset + size])
+
+
+#: The session image of the table's ERASING cells: two pages, so the erase is still under
+#: way when a command that arrived during the first page is handled.
+ERASING_IMAGE = bytes(8192)
+
+
+def _steps_to(state: p.OtaState) -> tuple[list[Step], float, bytes]:
+    """Inputs that bring the model to ``state`` (with a session where one applies), the
+    time by which it is there, and the session's image."""
+    if state == p.OtaState.IDLE:
+        return [], 0.0, IMAGE
+    if state == p.OtaState.ERASING:
+        return [Step(0.0, start(ERASING_IMAGE))], 0.05, ERASING_IMAGE
+    crc = 0xDEADBEEF if state == p.OtaState.ERROR else None
+    steps = [Step(0.0, start(crc=crc))]
+    if state == p.OtaState.RECEIVING:
+        return steps, 0.2, IMAGE
+    # four chunks (the window), the fifth once their ACKs have come
+    steps.append(Step(0.2, b"".join(list(chunks())[:4])))
+    steps.append(Step(0.25, b"".join(list(chunks())[4:])))
+    steps.append(Step(0.3, p.encode(p.CmdOtaFinish())))
+    if state == p.OtaState.VERIFYING:
+        return steps, 0.300001, IMAGE  # the verify of 40 bytes takes 4 us
+    return steps, 0.4, IMAGE  # COMPLETE (DONE sent), or ERROR (CRC mismatch)
+
+
+def _cell_command(row_id: str, image: bytes) -> bytes:
+    """The command a table row sends, for a session of ``image``."""
+    other = bytes(80)
+    match row_id:
+        case "info":
+            return p.encode(p.CmdInfo())
+        case "status":
+            return p.encode(p.CmdOtaStatus())
+        case "abort":
+            return p.encode(p.CmdOtaAbort())
+        case "start_other":
+            return start(other)
+        case "start_same":
+            return start(image, chunk=16)
+        case "start_progressive":
+            return start(other, flags=p.StartFlag.PROGRESSIVE_ERASE)
+        case "start_bad_param":
+            return start(chunk=3)
+        case "start_too_large":
+            return start(bytes(5 * 4096 + 1))
+        case "data_next" | "data_buffer_full":
+            return data(0, IMAGE[:CHUNK])
+        case "data_offset":
+            return data(2 * CHUNK, IMAGE[2 * CHUNK : 3 * CHUNK])
+        case "data_length":
+            return data(0, IMAGE[: CHUNK + 4])
+        case "data_past_end":
+            return data(32, IMAGE[32:] + bytes(4))
+        case "data_words":
+            return data(0, IMAGE[:6])
+        case "finish" | "finish_crc_mismatch" | "finish_incomplete":
+            return p.encode(p.CmdOtaFinish())
+        case "unknown":
+            return p.encode_frame(0x02, b"")
+        case "short":
+            return p.encode_frame(p.MsgType.CMD_OTA_START, bytes(9))
+        case "bad_frame":
+            frame = bytearray(p.encode(p.CmdInfo()))
+            frame[-1] ^= 0x01
+            return bytes(frame)
+    raise AssertionError(row_id)
+
+
+def _cell_session(row_id: str, state: p.OtaState) -> Session:
+    """The set-up that brings the model to ``state``, then the row's command as the last
+    input. The device does not reset when it asks to, so COMPLETE lasts."""
+    config = DeviceConfig(progressive_erase=row_id == "start_progressive", resets=False)
+    steps, t, image = _steps_to(state)
+    if state == p.OtaState.RECEIVING:
+        all_chunks = list(chunks(first=0))
+        if row_id == "data_past_end":  # needs a max_chunk above the 8 bytes left
+            steps = [Step(0.0, start(chunk=16)), Step(0.2, b"".join(all_chunks[:4]))]
+            t = 0.3
+        elif row_id == "data_buffer_full":  # a receive buffer of one chunk, just filled
+            config = DeviceConfig(rx_buffer_chunks=1, resets=False)
+            steps = [Step(0.0, start()), Step(0.2, data(0, IMAGE[:CHUNK]))]
+            t, row_command = 0.2, data(CHUNK, IMAGE[CHUNK : 2 * CHUNK])
+            steps.append(Step(t, row_command))
+            return _cell(row_id, state, steps, config, t)
+        elif row_id in ("finish", "finish_crc_mismatch"):
+            # FINISH right behind the last chunk, before the flash has written it
+            crc = 0xDEADBEEF if row_id == "finish_crc_mismatch" else None
+            steps = [Step(0.0, start(crc=crc)), Step(0.2, b"".join(all_chunks[:-1]))]
+            t = 0.3
+            steps.append(Step(t, all_chunks[-1]))
+    steps.append(Step(t, _cell_command(row_id, image)))
+    return _cell(row_id, state, steps, config, t)
+
+
+def _cell(
+    row_id: str, state: p.OtaState, steps: list[Step], config: DeviceConfig, t: float
+) -> Session:
+    return Session(
+        f"cell:{row_id}:{state.name}",
+        f"command x state table, row {row_id!r} in {state.name}: set-up inputs, then the "
+        "row's command as the last input",
+        steps,
+        config,
+        t + 1.0,
+    )
+
+
+def table_sessions() -> list[Session]:
+    table = contract.command_state_table()
+    return [_cell_session(row.id, state) for row in table.rows for state in contract.STATES]
+
+
+def error_sessions() -> list[Session]:
+    """One session ending in each error code."""
+    finish = p.encode(p.CmdOtaFinish())
+    erase_done = 0.2
+    return [
+        Session(
+            "error:BAD_FRAME",
+            "CMD_OTA_START with a 9-byte payload (10 required).",
+            [Step(0.0, p.encode_frame(p.MsgType.CMD_OTA_START, bytes(9)))],
+        ),
+        Session(
+            "error:BAD_STATE", "CMD_OTA_DATA with no session.", [Step(0.0, data(0, IMAGE[:8]))]
+        ),
+        Session(
+            "error:BAD_OFFSET",
+            "A chunk at next_expected_offset that runs past image_size.",
+            [
+                Step(0.0, start(chunk=16)),
+                Step(erase_done, b"".join(list(chunks())[:4])),
+                Step(0.3, data(32, IMAGE[32:] + bytes(4))),
+            ],
+        ),
+        Session(
+            "error:TOO_LARGE",
+            "CMD_OTA_START with image_size one byte above staging_capacity.",
+            [Step(0.0, start(bytes(5 * 4096 + 1)))],
+        ),
+        Session(
+            "error:CRC_MISMATCH",
+            "A session announced with a wrong CRC: FINISH ends in CRC_MISMATCH, state ERROR.",
+            [
+                Step(0.0, start(crc=0xDEADBEEF)),
+                Step(erase_done, b"".join(list(chunks())[:4])),
+                Step(0.25, b"".join(list(chunks())[4:])),
+                Step(0.3, finish),
+            ],
+        ),
+        Session(
+            "error:FLASH_ERROR",
+            "The staging page's erase fails, and so does its retry: FLASH_ERROR naming the "
+            "START, state ERROR, session cleared.",
+            [Step(0.0, b"", flash_fail_next=2), Step(0.001, start())],
+        ),
+        Session(
+            "error:UNKNOWN_COMMAND",
+            "A frame of type 0x81 (a device message) sent to the device.",
+            [Step(0.0, p.encode(p.MsgInfo(1, 1, 0, 0, 0, 0, 0)))],
+        ),
+        Session(
+            "error:BAD_PARAM",
+            "CMD_OTA_START with chunk_size 3.",
+            [Step(0.0, start(chunk=3))],
+        ),
+    ]
+
+
+def story_sessions() -> list[Session]:
+    finish = p.encode(p.CmdOtaFinish())
+    smartball = b"SmartBall!"
+    all_chunks = list(chunks())
+    return [
+        Session(
+            "session:short",
+            "docs/protocol.md's short session: the 10-byte image b'SmartBall!' in 4-byte chunks, "
+            "window 4; then the device resets into it and CMD_INFO shows it.",
+            [
+                Step(0.0, start(smartball, 4)),
+                Step(0.2, data(0, b"Smar") + data(4, b"tBal")),
+                Step(0.3, data(8, b"l!")),
+                Step(0.4, finish),
+                Step(3.0, p.encode(p.CmdInfo())),
+            ],
+        ),
+        Session(
+            "session:final_ack_before_done",
+            "FINISH right behind the last chunk, before the flash has written it: the last "
+            "byte's ACK still goes first, then DONE, then the reset (window 8).",
+            [Step(0.0, start()), Step(0.2, b"".join(all_chunks) + finish)],
+            DeviceConfig(window=8),
+        ),
+        Session(
+            "session:resume_after_link_drop",
+            "The link drops mid-transfer with half a frame received; the host reconnects, "
+            "asks STATUS and sends START again with a smaller chunk_size (a smaller MTU): "
+            "READY with the new max_chunk, next_expected_offset kept, no erase.",
+            [
+                Step(0.0, start(chunk=16)),
+                Step(0.2, data(0, IMAGE[:16]) + data(16, IMAGE[16:32])[:7]),
+                Step(0.25, b"", link_lost=True),
+                Step(0.5, p.encode(p.CmdOtaStatus())),
+                Step(0.6, start(chunk=8)),
+                Step(0.7, data(16, IMAGE[16:24]) + data(24, IMAGE[24:32]) + data(32, IMAGE[32:])),
+                Step(0.8, finish),
+            ],
+        ),
+        Session(
+            "session:reset_loses_the_session",
+            "A reset mid-transfer: nothing of the session is left (STATUS IDLE), the old "
+            "image is active, a new START erases again.",
+            [
+                Step(0.0, start()),
+                Step(0.2, b"".join(all_chunks[:2])),
+                Step(0.25, b"", reset=True),
+                Step(0.3, p.encode(p.CmdOtaStatus()) + p.encode(p.CmdInfo())),
+                Step(0.4, start()),
+            ],
+        ),
+        Session(
+            "session:status_grants_a_lost_ack",
+            "Two chunks complete an ACK interval; the host lost that ACK and asks STATUS: "
+            "STATUS, then an ACK of everything written.",
+            [
+                Step(0.0, start()),
+                Step(0.2, b"".join(all_chunks[:3])),
+                Step(0.3, p.encode(p.CmdOtaStatus())),
+            ],
+        ),
+        Session(
+            "session:data_during_erase_rate_limited",
+            "Six DATA frames while the device erases two pages (window 4): held until the "
+            "first page is done, then the first and the fifth are answered with BAD_STATE.",
+            [
+                Step(0.0, start(ERASING_IMAGE)),
+                Step(0.01, b"".join(data(0, IMAGE[:8]) for _ in range(6))),
+            ],
+        ),
+        Session(
+            "session:wrong_offsets_rate_limited",
+            "Nine chunks past a lost one (window 4): STATUS for the first and the fifth and "
+            "the ninth; the chunk the device expects is then accepted.",
+            [
+                Step(0.0, start(EIGHTY, 8)),
+                Step(0.2, b"".join(list(chunks(EIGHTY))[1:10])),
+                Step(0.3, data(0, EIGHTY[:8])),
+            ],
+        ),
+        Session(
+            "session:command_during_a_page_erase",
+            "A page erase stalls the CPU: CMD_INFO sent 10 ms into the erase of a 2-page image "
+            "is answered after the first page's PROGRESS, 85 ms after START.",
+            [Step(0.0, start(bytes(5000))), Step(0.01, p.encode(p.CmdInfo()))],
+        ),
+        Session(
+            "session:abort_cannot_stop_a_page_erase",
+            "ABORT 10 ms into the erase: answered when the page is done (85 ms); no further "
+            "page is erased and no READY follows.",
+            [Step(0.0, start(bytes(9000))), Step(0.01, p.encode(p.CmdOtaAbort()))],
+        ),
+        Session(
+            "session:abort_in_complete",
+            "ABORT between DONE and the reset (here the harness does not reset): STATUS "
+            "COMPLETE, nothing cancelled.",
+            [
+                Step(0.0, start()),
+                Step(0.2, b"".join(all_chunks[:4])),
+                Step(0.25, all_chunks[4]),
+                Step(0.3, finish),
+                Step(0.4, p.encode(p.CmdOtaAbort()) + start(bytes(80))),
+            ],
+            DeviceConfig(resets=False),
+        ),
+        Session(
+            "session:stalled_partial_frame",
+            "The header of a DATA frame announcing 8 bytes, then silence for 1.5 s: the device "
+            "discards it, so the CMD_INFO after it is answered (kept, the partial frame would "
+            "swallow it).",
+            [Step(0.0, bytes.fromhex("a5 11 08 00 00")), Step(1.5, p.encode(p.CmdInfo()))],
+        ),
+        Session(
+            "session:progressive_erase",
+            "A device that advertises PROGRESSIVE_ERASE (MSG_INFO's capabilities) and a START "
+            "asking for it (flags 1): READY at once. The first chunk needs page 0 erased: the "
+            "erase stalls the CPU 85 ms, the chunks behind it wait; the 18th chunk reaches "
+            "page 1, erased before it is written. Window 16, 232-byte chunks, 5120 bytes.",
+            [
+                Step(0.0, p.encode(p.CmdInfo()) + start(TWO_PAGES, 232, flags=1)),
+                Step(0.01, b"".join(list(chunks(TWO_PAGES, 232))[:16])),
+                Step(0.3, b"".join(list(chunks(TWO_PAGES, 232))[16:])),
+                Step(0.6, finish),
+            ],
+            DeviceConfig(progressive_erase=True, window=16),
+        ),
+    ]
+
+
+def device_vectors() -> list[dict[str, Any]]:
+    sessions = [*story_sessions(), *error_sessions(), *table_sessions()]
+    return [run_session(s) for s in sessions]
