@@ -98,20 +98,37 @@ def replay_command(case: Case, sim_link: str) -> str:
     link = f" --sim-link {sim_link}" if sim_link != "model" else ""
     # The CLI's simulated device does not offer progressive erase (P18).
     mode = " (this case's device offers progressive erase)" if case.progressive else ""
+    bugs = "".join(f" --sim-firmware-bug {bug}" for bug in FIRMWARE_BUGS)
     return (
         f"python -m smartball_sim.make_image /tmp/fuzz.bin {size} --seed {image_seed} && "
         f"smartball-ota flash /tmp/fuzz.bin --sim{link} --seed {case.seed} "
-        f"--faults '{case.plan}' -v{mode}"
+        f"--faults '{case.plan}'{bugs} -v{mode}"
     )
 
 
+#: The run's --sim-firmware-bug names (set by the fixture below): the devices these tests
+#: build meet the same firmware as the rest of the suite (the kill table relies on it).
+FIRMWARE_BUGS: list[str] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _the_runs_firmware_bugs(sim_firmware_bugs: tuple[str, ...]) -> None:
+    FIRMWARE_BUGS[:] = sim_firmware_bugs
+
+
 def make_target(sim_link: str, plan: FaultPlan, seed: int, progressive: bool) -> Target:
-    """A fresh simulated SmartBall on the link ``--sim-link`` asks for."""
+    """A fresh simulated SmartBall on the link ``--sim-link`` asks for (with the run's
+    firmware bugs, if any)."""
+    bugs = tuple(FIRMWARE_BUGS)
     if sim_link == "bumble":
         from pytest_smartball.targets.bumble import make_bumble_target
 
-        return make_bumble_target(faults=plan, seed=seed, progressive_erase=progressive)
-    return make_sim_target(faults=plan, seed=seed, progressive_erase=progressive)
+        return make_bumble_target(
+            faults=plan, seed=seed, progressive_erase=progressive, firmware_bugs=bugs
+        )
+    return make_sim_target(
+        faults=plan, seed=seed, progressive_erase=progressive, firmware_bugs=bugs
+    )
 
 
 def for_link(plan: FaultPlan, sim_link: str) -> FaultPlan:

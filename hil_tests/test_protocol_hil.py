@@ -37,7 +37,7 @@ async def test_abort_mid_transfer_keeps_old_image(nus: NusLink) -> None:
     offset = await send_chunks(nus, SMALL_IMAGE, ready, end=4_000)
     assert 0 < offset < len(SMALL_IMAGE)
     reply = await nus.request(p.CmdOtaAbort(), (p.MsgOtaStatus,))
-    assert reply.state == p.OtaState.IDLE
+    assert isinstance(reply, p.MsgOtaStatus) and reply.state == p.OtaState.IDLE, reply
     assert await nus.request(p.CmdInfo(), (p.MsgInfo,)) == before
 
 

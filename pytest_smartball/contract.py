@@ -6,7 +6,9 @@ suite on a real bench all read the same files. ``docs/protocol.md`` renders the 
 the timings from here (``render_command_state_table``, ``render_timing_table``) and a test
 checks that the document says the same. The vectors are generated from the reference
 model (``python -m smartball_sim.contract_vectors --write``) and read by tests, and by the
-firmware team's C tests: hex in, frames / replies / states out.
+firmware team's C tests: hex in, frames / replies / states out. Beside the contract, the
+catalogue of firmware bugs that break it, which the simulated firmware can be told to have
+(``firmware_bugs``): the HIL suite's strength as a release gate is measured against it.
 """
 
 from __future__ import annotations
@@ -245,6 +247,34 @@ def render_timing_table() -> str:
         if o.after_activation_s is not None:
             limit += f" ({o.after_activation_s:g} s after an activation)"
         lines.append(f"| `{o.name}` | {limit} | {o.start} | {o.end} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- the catalogue of firmware bugs -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareBugEntry:
+    """A bug the simulated firmware can be told to have: its switch and what it breaks."""
+
+    name: str
+    #: What a real firmware with this bug does wrong (one or two sentences).
+    what: str
+    #: The rule of docs/protocol.md it breaks (section numbers, obligations).
+    breaks: str
+
+
+@functools.cache
+def firmware_bugs() -> tuple[FirmwareBugEntry, ...]:
+    """The catalogue (``firmware_bugs.json``): the switches of ``--sim-firmware-bug``."""
+    data = _read("firmware_bugs.json")
+    return tuple(FirmwareBugEntry(b["name"], b["what"], b["breaks"]) for b in data["bugs"])
+
+
+def render_firmware_bugs() -> str:
+    """The catalogue as docs/firmware-bugs.md shows it (Markdown)."""
+    lines = ["| bug | what a real firmware does wrong | breaks |", "|---|---|---|"]
+    lines += [f"| `{b.name}` | {b.what} | {b.breaks} |" for b in firmware_bugs()]
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,7 @@
 """The plugin's fixtures: the device under test (``smartball``), a connected NUS link
-(``nus``), an OTA engine factory (``ota``), the image to flash (``firmware_image``) and, on
-the simulator only, the simulated device itself (``sim_device``).
+(``nus``), an OTA engine factory (``ota``), the image to flash (``firmware_image``), the
+figures a test measures (``smartball_figures``), a power cut (``power_cycle``) and, on the
+simulator only, the simulated device itself (``sim_device``).
 
 On the simulator every test that uses these fixtures (or a SmartBall marker) runs on
 looptime's virtual clock (:mod:`pytest_smartball.plugin` decides); on hardware time is
@@ -14,7 +15,8 @@ import asyncio
 import contextlib
 import warnings
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -22,11 +24,12 @@ import pytest_asyncio
 
 from . import loops
 from . import protocol as p
+from .figures import FigureRecorder
 from .image import FirmwareImage, generated_image, load_image
 from .link import LinkSettings, NusLink, find_device
 from .options import SmartBallOptions, read_options
 from .ota import OtaEngine, OtaSettings
-from .recording import CALLED, ENGINES, LINK_EVENTS, TARGET, UPDATES, Update
+from .recording import CALLED, ENGINES, FIGURES, LINK_EVENTS, SOAKS, TARGET, UPDATES, Update
 from .session import SmartBallSession, smartball_session
 from .targets import Target
 
@@ -86,7 +89,15 @@ def smartball(
     if state.baseline_image is not None:
         options["active_image"] = state.baseline_image.data
     try:
-        target = make_target(opts.name, state.address, faults=spec, seed=seed, **options)
+        target = make_target(
+            opts.name,
+            state.address,
+            faults=spec,
+            seed=seed,
+            firmware_bugs=opts.firmware_bugs,
+            flash_spec=opts.sim_flash,
+            **options,
+        )
     except refused as exc:  # the test's plan needs BlueZ; the Bumble link refuses it
         pytest.skip(str(exc))
     request.node.stash[TARGET] = target
@@ -141,6 +152,82 @@ def sim_device(smartball: Target) -> Any:
     if smartball.sim is None:
         pytest.skip("needs the simulator (--device=sim)")
     return smartball.sim
+
+
+@pytest.fixture(scope="session")
+def sim_firmware_bugs(smartball_options: SmartBallOptions) -> tuple[str, ...]:
+    """The catalogue names of the firmware bugs every simulated SmartBall of the run has
+    (``--sim-firmware-bug``): a test that builds its own simulated devices passes them on,
+    so the whole suite meets the same firmware."""
+    return smartball_options.firmware_bugs
+
+
+@pytest.fixture
+def smartball_figures(request: pytest.FixtureRequest) -> FigureRecorder:
+    """Record what the test measures: ``smartball_figures.record("verify_s", 0.2,
+    limit=1.1)``; the figures go into the JUnit properties (``figure.NAME``) and the
+    report. ``check_limits()`` fails the test naming every figure beyond its limit."""
+    return request.node.stash.setdefault(FIGURES, FigureRecorder())
+
+
+@dataclass(slots=True)
+class SoakPlan:
+    """What ``--smartball-soak N`` asks for: N updates (None: no soak), the fault plan to
+    re-arm before each on the simulator, the baseline image, and where the summary goes."""
+
+    updates: int | None
+    faults: str | None
+    baseline: FirmwareImage | None
+    _item: pytest.Item
+
+    def record(self, summary: dict[str, Any]) -> None:
+        """A device's soak summary (pytest_smartball.soak.summary), for the report."""
+        self._item.stash.setdefault(SOAKS, []).append(summary)
+
+
+@pytest.fixture
+def smartball_soak(request: pytest.FixtureRequest, smartball: Target) -> SoakPlan:
+    """The soak the run asks for (``--smartball-soak N``); hil_tests/test_soak.py runs it.
+    The baseline is ``--baseline-firmware``, on the simulator by default the image its
+    device runs."""
+    opts = read_options(request.config)
+    baseline = smartball_session(request.config).baseline_image
+    if baseline is None and smartball.sim is not None:
+        baseline = FirmwareImage(smartball.sim.firmware.active.data, "the simulated device's image")
+    return SoakPlan(opts.soak, opts.faults, baseline, request.node)
+
+
+#: Why a reset-mid-update test skips on a bench that cannot cut a board's power.
+NO_POWER_CYCLE = (
+    "resetting a board mid-update needs a lab that can cut its power: implement the "
+    "pytest_smartball_power_cycle(config, device) hook in a conftest.py"
+)
+
+
+@pytest.fixture
+def power_cycle(request: pytest.FixtureRequest, smartball: Target) -> Callable[[], Awaitable[None]]:
+    """``await power_cycle()`` cuts the power of the device under test and restores it
+    (it then boots and advertises on its own). The simulator resets its device; real
+    hardware needs the lab's ``pytest_smartball_power_cycle`` hook, else the test skips."""
+    if smartball.sim is not None:
+        sim = smartball.sim
+
+        async def reset_simulated() -> None:
+            sim.reboot()
+
+        return reset_simulated
+    config = request.config
+    hook = config.hook.pytest_smartball_power_cycle
+    if not hook.get_hookimpls():
+        pytest.skip(NO_POWER_CYCLE)
+
+    async def cut_power() -> None:
+        done = await asyncio.to_thread(hook, config=config, device=smartball)
+        if not done:
+            who = smartball.address or smartball.name
+            pytest.fail(f"pytest_smartball_power_cycle did not power-cycle {who}", pytrace=False)
+
+    return cut_power
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,13 @@ from dataclasses import dataclass
 
 import pytest
 
+from . import contract
 from . import protocol as p
 from .link import LinkSettings
 
 DEFAULT_SCAN_TIMEOUT_S = LinkSettings().scan_timeout_s
+#: A figure this much worse than the previous release's fails a --smartball-compare run.
+DEFAULT_COMPARE_TOLERANCE_PERCENT = 15.0
 
 #: Which BlueZ a --device=real run talks to; all but "system" serve simulated SmartBalls.
 BLUEZ_CHOICES = ("system", "emulated", "vhci")
@@ -33,6 +36,13 @@ class SmartBallOptions:
     report: str | None = None
     scan_timeout: float = DEFAULT_SCAN_TIMEOUT_S
     bluez: str = "system"
+    #: Catalogue names of the bugs every simulated firmware of the run has.
+    firmware_bugs: tuple[str, ...] = ()
+    #: The simulated flash's timings, "erase_page_s=0.12,..." (None: the nRF52840's).
+    sim_flash: str | None = None
+    compare: str | None = None
+    compare_tolerance_percent: float = DEFAULT_COMPARE_TOLERANCE_PERCENT
+    soak: int | None = None
     sim_link: str = "model"
 
     @property
@@ -122,6 +132,47 @@ def add_options(parser: pytest.Parser) -> None:
         "behind a virtual controller on /dev/vhci (smartball_sim.vhci); both are started and "
         "stopped by this run",
     )
+    bugs = [entry.name for entry in contract.firmware_bugs()]
+    group.addoption(
+        "--sim-firmware-bug",
+        action="append",
+        default=[],
+        choices=bugs,
+        metavar="NAME",
+        help="give every simulated SmartBall this firmware bug (repeatable), to measure "
+        "what the suite catches; docs/firmware-bugs.md says what each does: " + ", ".join(bugs),
+    )
+    group.addoption(
+        "--sim-flash",
+        default=None,
+        metavar="KEY=S,...",
+        help="the simulated flash's timings, e.g. 'erase_page_s=0.12,write_word_s=50e-6' "
+        "(default: the nRF52840's, 85 ms per page erase, 41 us per word)",
+    )
+    release = parser.getgroup("smartball-release", "SmartBall release gate")
+    release.addoption(
+        "--smartball-compare",
+        default=None,
+        metavar="PREVIOUS_REPORT.json",
+        help="put this run's figures beside those of a previous --smartball-report (the "
+        "last release's) as ratios; a figure worse than the tolerance fails the run",
+    )
+    release.addoption(
+        "--smartball-compare-tolerance",
+        type=float,
+        default=DEFAULT_COMPARE_TOLERANCE_PERCENT,
+        metavar="PERCENT",
+        help="how much worse than the previous release a figure may be (default %(default)s %%)",
+    )
+    release.addoption(
+        "--smartball-soak",
+        type=int,
+        default=None,
+        metavar="N",
+        help="hil_tests/test_soak.py runs N back-to-back updates per device (candidate, "
+        "baseline, candidate, ...) and reports min/median/max of each figure and every "
+        "failure with its timeline",
+    )
 
 
 def read_options(config: pytest.Config) -> SmartBallOptions:
@@ -137,5 +188,10 @@ def read_options(config: pytest.Config) -> SmartBallOptions:
         report=config.getoption("--smartball-report"),
         scan_timeout=config.getoption("--ble-scan-timeout"),
         bluez=config.getoption("--bluez"),
+        firmware_bugs=tuple(dict.fromkeys(config.getoption("--sim-firmware-bug") or ())),
+        sim_flash=config.getoption("--sim-flash"),
+        compare=config.getoption("--smartball-compare"),
+        compare_tolerance_percent=config.getoption("--smartball-compare-tolerance"),
+        soak=config.getoption("--smartball-soak"),
         sim_link=config.getoption("--sim-link"),
     )

@@ -1,7 +1,9 @@
-"""What each test leaves behind: every update's figures (JUnit XML properties and the
-``--smartball-report`` JSON summary, :mod:`pytest_smartball.report`), and, when a test
-fails, the timeline of the client's events and the simulated device's fault log (in the
-terminal and the JUnit XML's ``<system-out>``)."""
+"""What each test leaves behind: every update's figures and the figures a test measured
+(``smartball_figures``; JUnit XML properties and the ``--smartball-report`` JSON summary,
+:mod:`pytest_smartball.report`), a soak's summary, and, when a test fails, the timeline of
+the client's events and the simulated device's fault log (in the terminal and the JUnit
+XML's ``<system-out>``). At the end of the run, ``--smartball-compare`` puts the figures
+beside the previous release's (:mod:`pytest_smartball.compare`)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from . import loops, preflight
+from . import compare, loops, preflight, soak
+from . import figures as fig
 from . import protocol as p
 from . import report as rep
 from .image import FirmwareImage
@@ -27,6 +30,8 @@ ENGINES = pytest.StashKey["list[OtaEngine]"]()
 UPDATES = pytest.StashKey["list[Update]"]()
 LINK_EVENTS = pytest.StashKey["list[tuple[float, str]]"]()
 CALLED = pytest.StashKey[bool]()
+FIGURES = pytest.StashKey[fig.FigureRecorder]()
+SOAKS = pytest.StashKey["list[dict[str, Any]]"]()
 
 TIMELINE_TITLE = "smartball timeline (client | device)"
 
@@ -58,16 +63,24 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     records: list[dict[str, Any]] = []
+    figures: list[dict[str, Any]] = []
     if call.when == "teardown":
         records = _update_records(item)
+        figures = _figure_records(item)
         # Before the report is made: it copies item.user_properties (JUnit reads them there).
         item.user_properties.extend(rep.junit_properties(records))
+        if FIGURES in item.stash:
+            item.user_properties.extend(fig.junit_properties(item.stash[FIGURES].figures))
         target = item.stash.get(TARGET, None)
         if target is not None and target.sim is not None:
             smartball_session(item.config).sim_last = target.sim.firmware.info()
     report = yield
     if records:
         report.smartball_updates = records  # type: ignore[attr-defined]
+    if figures:
+        report.smartball_figures = figures  # type: ignore[attr-defined]
+    if call.when == "teardown" and item.stash.get(SOAKS, None):
+        report.smartball_soak = item.stash[SOAKS]  # type: ignore[attr-defined]
     if report.when == "call" and report.failed:
         timeline = _timeline(item)
         if timeline:
@@ -100,6 +113,16 @@ def _update_records(item: pytest.Item) -> list[dict[str, Any]]:
     return records
 
 
+def _figure_records(item: pytest.Item) -> list[dict[str, Any]]:
+    if FIGURES not in item.stash:
+        return []
+    target = item.stash.get(TARGET, None)
+    device = target.address if target else None
+    return [
+        {"test": item.nodeid, "device": device, **f.as_dict()} for f in item.stash[FIGURES].figures
+    ]
+
+
 def _timeline(item: pytest.Item) -> str:
     """The OTA engines' event logs and the simulated device's fault log, merged by time."""
     # (time, 0 for the device's cause before 1 for the client's effect, text)
@@ -127,6 +150,7 @@ class Recorder:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.written: str | None = None
+        self.comparison: compare.Comparison | None = None
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -154,11 +178,16 @@ class Recorder:
         workeroutput = getattr(self.config, "workeroutput", None)
         if workeroutput is not None:
             workeroutput["smartball"] = {"devices": [part] if part else []}
+        if state.report is not None and opts.compare:
+            self.comparison = _compare(state.report, opts.compare, opts.compare_tolerance_percent)
+            state.report.comparison = self.comparison.as_dict()
+            if self.comparison.regressions and session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if state.report is None or not opts.report:
             return
         if part:
             state.report.add_device(part)
-        state.report.write(opts.report, int(exitstatus))
+        state.report.write(opts.report, int(session.exitstatus))
         self.written = opts.report
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -170,6 +199,26 @@ class Recorder:
             terminalreporter.write_sep("-", "smartball updates")
             for u in sorted(updates, key=lambda u: (u["test"], u["update"])):
                 terminalreporter.write_line(_update_line(u))
+        if state.report.figures and (self.written or self.comparison or state.kind == "real"):
+            terminalreporter.write_sep("-", "smartball figures")
+            for line in _figure_lines(state.report.figures):
+                terminalreporter.write_line(line)
+        for soak_summary in state.report.soaks:
+            terminalreporter.write_sep("-", "smartball soak")
+            for line in soak.lines(soak_summary):
+                terminalreporter.write_line(line)
+        if self.comparison is not None:
+            c = self.comparison
+            terminalreporter.write_sep(
+                "-",
+                f"smartball compare with {c.previous_path} (tolerance {c.tolerance_percent:g} %)",
+            )
+            for line in c.lines():
+                terminalreporter.write_line(line)
+            for sentence in c.sentences():
+                terminalreporter.write_line(f"smartball compare: FAILED: {sentence}", red=True)
+            if not c.regressions:
+                terminalreporter.write_line("smartball compare: no figure worse than the tolerance")
         if self.written:
             summary = state.report.to_dict()
             unconfirmed = summary["updates_unconfirmed"]
@@ -178,6 +227,25 @@ class Recorder:
                 f"{summary['updates_total']} updates, {summary['updates_failed']} failed"
                 + (f", {unconfirmed} unconfirmed)" if unconfirmed else ")")
             )
+
+
+def _compare(report: rep.RunReport, path: str, tolerance: float) -> compare.Comparison:
+    current = fig.median_by_name(report.figures)
+    try:
+        previous = compare.load_figures(path)
+    except compare.ReportUnusable:  # checked at the start; gone or changed since
+        previous = {}
+    return compare.compare(current, previous, tolerance, path)
+
+
+def _figure_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Each figure (the median over devices), with its limit."""
+    lines = []
+    for name, f in sorted(fig.median_by_name(records).items()):
+        limit = f"  (limit {f.text(f.limit)})" if f.limit is not None else ""
+        beyond = "  BEYOND THE LIMIT" if f.beyond_limit else ""
+        lines.append(f"{name:<26} {f.text():>12}{limit}{beyond}")
+    return lines
 
 
 def _device_part(state: SmartBallSession, opts: SmartBallOptions) -> dict[str, Any] | None:

@@ -174,6 +174,11 @@ class RunReport:
         self.devices: dict[str, dict[str, Any]] = {}
         self.outcomes: dict[str, str] = {}
         self.updates: list[dict[str, Any]] = []
+        #: What tests measured (pytest_smartball.figures), a soak's summaries, and the
+        #: comparison with the previous release (--smartball-compare).
+        self.figures: list[dict[str, Any]] = []
+        self.soaks: list[dict[str, Any]] = []
+        self.comparison: dict[str, Any] | None = None
 
     # --- feeding ---------------------------------------------------------------------
 
@@ -182,6 +187,8 @@ class RunReport:
         if outcome is not None:
             self.outcomes[report.nodeid] = outcome
         self.updates += getattr(report, "smartball_updates", None) or []
+        self.figures += getattr(report, "smartball_figures", None) or []
+        self.soaks += getattr(report, "smartball_soak", None) or []
 
     def add_device(self, part: dict[str, Any]) -> None:
         """A device's entry (address, name, rssi, firmware_before/after, worker): merged
@@ -214,6 +221,8 @@ class RunReport:
             counts[o] for o in BAD_OUTCOMES
         )
         if exitstatus not in (None, 0, 5):  # 5: no tests collected, judged by the counts
+            ok = False
+        if self.comparison and self.comparison["regressions"]:
             ok = False
         candidate = self.firmware
         verified_on = sorted(
@@ -253,6 +262,11 @@ class RunReport:
             ),
             "tests": tests,
             "updates": sorted(updates, key=lambda u: (u["test"], u["purpose"], u["update"])),
+            "figures": sorted(
+                self.figures, key=lambda f: (f["name"], f["test"], f["device"] or "")
+            ),
+            "soak": self.soaks,
+            "comparison": self.comparison,
         }
 
     def write(self, path: str | Path, exitstatus: int | None = None) -> Path:

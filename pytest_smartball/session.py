@@ -154,6 +154,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         problem = fault_spec_problem(opts.faults)
         if problem:
             raise pytest.UsageError(f"--sim-faults: {problem}")
+    _check_release_options(opts)
     if opts.device == "real":
         if state.controller or "smartball" in getattr(config, "workerinput", {}):
             # The xdist controller sees no tests; it checks the bench for its workers.
@@ -174,6 +175,33 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         if state.report is not None:
             state.report.firmware = image or generated_image(opts.seed)
             state.report.baseline = state.baseline_image
+
+
+def _check_release_options(opts: SmartBallOptions) -> None:
+    """The simulator's firmware switches and the release gate's options: one sentence each."""
+    for flag, given in (
+        ("--sim-firmware-bug", opts.firmware_bugs),
+        ("--sim-flash", opts.sim_flash),
+    ):
+        if given and opts.device != "sim":
+            raise pytest.UsageError(f"{flag} applies to the simulator only (--device=sim)")
+    if opts.sim_flash and opts.device == "sim":
+        from .targets.simulated import flash_spec_problem  # the simulator is asked for
+
+        problem = flash_spec_problem(opts.sim_flash)
+        if problem:
+            raise pytest.UsageError(f"--sim-flash: {problem}")
+    if opts.compare_tolerance_percent < 0:
+        raise pytest.UsageError("--smartball-compare-tolerance: a percentage of 0 or more")
+    if opts.soak is not None and opts.soak < 1:
+        raise pytest.UsageError("--smartball-soak: the number of updates must be 1 or more")
+    if opts.compare:
+        from .compare import ReportUnusable, load_figures
+
+        try:
+            load_figures(opts.compare)
+        except ReportUnusable as exc:
+            raise pytest.UsageError(f"--smartball-compare: {exc}") from None
 
 
 @pytest.hookimpl(trylast=True)
@@ -321,6 +349,8 @@ def _device_summary(opts: SmartBallOptions) -> dict[str, Any]:
     else:
         out["sim_seed"] = opts.seed
         out["sim_faults"] = opts.faults
+        out["sim_firmware_bugs"] = list(opts.firmware_bugs)
+        out["sim_flash"] = opts.sim_flash
     return out
 
 
@@ -350,6 +380,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             + (f" link={opts.sim_link}" if opts.sim_link != "model" else "")
             + " (virtual time)"
         )
+        if opts.firmware_bugs or opts.sim_flash:
+            lines.append(
+                f"smartball: simulated firmware bugs={','.join(opts.firmware_bugs) or 'none'} "
+                f"flash={opts.sim_flash or 'nRF52840'}"
+            )
         return lines
     if state is None or state.backend is None:
         lines.append("smartball: the bench is checked once tests that need a device are collected")

@@ -10,6 +10,7 @@ import math
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
+from .. import contract
 from .. import protocol as p
 from ..link import LinkSettings
 from ..options import BLUEZ_CHOICES, SIMULATED_BLUEZ
@@ -36,6 +37,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "realtime": False,
     "erase_time": None,
     "sim_address": None,
+    "sim_firmware_bug": [],
     "sim_link": "model",
     "scan_timeout": None,
     "settle": LinkSettings().settle_s,
@@ -45,6 +47,7 @@ SIM_ONLY = {
     "realtime": "--realtime",
     "erase_time": "--erase-time",
     "sim_address": "--sim-address",
+    "sim_firmware_bug": "--sim-firmware-bug",
     "sim_link": "--sim-link",
 }
 
@@ -176,6 +179,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="with --sim: the simulated device's address (default: the simulator's own)",
     )
+    bugs = [entry.name for entry in contract.firmware_bugs()]
+    sim.add_argument(
+        "--sim-firmware-bug",
+        action="append",
+        choices=bugs,
+        default=s,
+        metavar="NAME",
+        help="with --sim: the simulated firmware has this bug (repeatable; "
+        "docs/firmware-bugs.md says what each does): " + ", ".join(bugs),
+    )
     sim.add_argument(
         "--sim-link",
         choices=("model", "bumble"),
@@ -275,6 +288,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise CliError(
             EXIT_BAD_INPUT, f"--bluez={args.bluez} is the real-device path; leave out --sim"
         )
+    if args.bluez in SIMULATED_BLUEZ and args.sim_firmware_bug:
+        raise CliError(EXIT_BAD_INPUT, "--sim-firmware-bug works with --sim only")
     if not args.sim and args.bluez not in SIMULATED_BLUEZ:
         given = [
             flag for key, flag in SIM_ONLY.items() if getattr(args, key) != COMMON_DEFAULTS[key]

@@ -53,6 +53,7 @@ async def open_target(ctx: Context) -> Target:
                 faults=a.faults,
                 seed=a.seed,
                 erase_time_s=a.erase_time,
+                firmware_bugs=a.sim_firmware_bug,
                 clock=lambda: loop.time() - t0,
             )
         except refused as exc:

@@ -9,6 +9,8 @@ the same virtual clock. Import it only when ``--sim-link=bumble`` is asked for.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -75,11 +77,14 @@ def make_bumble_target(
     seed: int = 0,
     erase_time_s: float | None = None,
     exchange_mtu: int | None = 517,
+    firmware_bugs: Iterable[str] = (),
+    flash_spec: str | None = None,
     **device_options: Any,
 ) -> BumbleTarget:
     """A simulated SmartBall served by a Bumble peripheral, and the backend of a Bumble
     central that reaches it. ``exchange_mtu=None``: the central never exchanges the ATT
-    MTU (the link stays at 23). Raises BumbleUnavailable without bumble, BlueZOnlyFault
+    MTU (the link stays at 23). ``firmware_bugs`` and ``flash_spec`` as for
+    make_sim_target. Raises BumbleUnavailable without bumble, BlueZOnlyFault
     for a fault the Bumble link cannot express (``race``, ``stale-cache``); a named
     profile's BlueZ-only faults are left out and the fault log says so."""
     require_bumble()
@@ -90,9 +95,23 @@ def make_bumble_target(
 
     plan, left_out = plan_for_bumble(faults)
     refuse_bluez_only(plan)
+    from smartball_sim.firmware_bugs import parse_bugs
+
+    from .simulated import parse_flash_timings
+
+    flash = parse_flash_timings(flash_spec) if flash_spec else FlashTimings()
     if erase_time_s:
-        device_options["flash"] = FlashTimings(erase_total_s=erase_time_s)
-    device = SimDevice(name, address or DEFAULT_ADDRESS, faults=plan, seed=seed, **device_options)
+        flash = dataclasses.replace(flash, erase_total_s=erase_time_s)
+    if flash_spec or erase_time_s:
+        device_options["flash"] = flash
+    device = SimDevice(
+        name,
+        address or DEFAULT_ADDRESS,
+        faults=plan,
+        seed=seed,
+        firmware_bugs=parse_bugs(firmware_bugs),
+        **device_options,
+    )
     for fault in left_out:
         device.fault_log.append(
             FaultRecord(

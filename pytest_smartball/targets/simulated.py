@@ -3,12 +3,15 @@ CLI's ``--sim``, the fuzz properties and the benchmark reach one."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
 from smartball_sim.bleak_backend import SimWorld
 from smartball_sim.device import DEFAULT_ADDRESS, SimDevice
 from smartball_sim.faults import FaultPlan, FaultSpecError
 from smartball_sim.firmware import FlashTimings
+from smartball_sim.firmware_bugs import parse_bugs
 
 from .. import protocol as p
 from ..link import BleBackend
@@ -28,13 +31,27 @@ def make_sim_target(
     faults: FaultPlan | str | None = None,
     seed: int = 0,
     erase_time_s: float | None = None,
+    firmware_bugs: Iterable[str] = (),
+    flash_spec: str | None = None,
     **device_options: Any,
 ) -> Target:
     """A simulated SmartBall alone in its world, and the backend that reaches it.
-    ``erase_time_s``: the whole staging erase takes that long (the field's 15-40 s)."""
+    ``erase_time_s``: the whole staging erase takes that long (the field's 15-40 s).
+    ``firmware_bugs``: names from the catalogue of firmware bugs the device has (none: the
+    reference firmware). ``flash_spec``: its flash timings, ``"erase_page_s=0.1,..."``."""
+    if flash_spec:
+        device_options["flash"] = parse_flash_timings(flash_spec)
     if erase_time_s:
-        device_options["flash"] = FlashTimings(erase_total_s=erase_time_s)
-    device = SimDevice(name, address or DEFAULT_ADDRESS, faults=faults, seed=seed, **device_options)
+        flash = device_options.get("flash") or FlashTimings()
+        device_options["flash"] = dataclasses.replace(flash, erase_total_s=erase_time_s)
+    device = SimDevice(
+        name,
+        address or DEFAULT_ADDRESS,
+        faults=faults,
+        seed=seed,
+        firmware_bugs=parse_bugs(firmware_bugs),
+        **device_options,
+    )
     world = SimWorld([device])
     return Target(backend_for(world), device.name, device.address, device)
 
@@ -44,5 +61,37 @@ def fault_spec_problem(spec: str) -> str | None:
     try:
         FaultPlan.parse(spec)
     except FaultSpecError as exc:
+        return str(exc)
+    return None
+
+
+#: The flash timings ``--sim-flash`` may set (seconds; rx_buffer_chunks is a count).
+FLASH_FIELDS = tuple(f.name for f in dataclasses.fields(FlashTimings))
+
+
+def parse_flash_timings(spec: str) -> FlashTimings:
+    """``"erase_page_s=0.12,write_word_s=41e-6"`` as FlashTimings (the rest default);
+    ValueError with one sentence for anything else."""
+    values: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in FLASH_FIELDS:
+            raise ValueError(f"{item!r} is not KEY=VALUE with KEY one of {', '.join(FLASH_FIELDS)}")
+        try:
+            value = int(text) if key == "rx_buffer_chunks" else float(text)
+        except ValueError:
+            raise ValueError(f"{key}={text!r}: not a number") from None
+        if value <= 0:
+            raise ValueError(f"{key}={text}: must be above 0")
+        values[key] = value
+    return FlashTimings(**values)
+
+
+def flash_spec_problem(spec: str) -> str | None:
+    """Why a ``--sim-flash`` value cannot be used (one sentence), or None."""
+    try:
+        parse_flash_timings(spec)
+    except ValueError as exc:
         return str(exc)
     return None

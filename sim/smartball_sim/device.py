@@ -30,6 +30,7 @@ from pytest_smartball import protocol as p
 from .airlog import Packet, Sender
 from .faults import Effect, Fault, FaultPlan, Trigger, TriggerKind
 from .firmware import FirmwareEvent, FirmwareEventKind, FlashTimings, SmartBallFirmware, to_us
+from .firmware_bugs import FirmwareBug
 from .radio import RadioProfile
 
 log = logging.getLogger("sim.device")
@@ -204,6 +205,7 @@ class SimDevice:
         faults: FaultPlan | str | None = None,
         seed: int = 0,
         clock: Callable[[], float] | None = None,
+        firmware_bugs: frozenset[FirmwareBug] = frozenset(),
     ) -> None:
         self.name = name
         self.address = address
@@ -224,6 +226,7 @@ class SimDevice:
             request_reset=self._reset_into_new_image,
             observe=self._on_firmware_event,
             when_sent=self._when_sent,
+            bugs=firmware_bugs,
             **kwargs,
         )
         self.flash_timings = self.firmware.timings  # as configured, before any slow-erase

@@ -18,6 +18,10 @@ Everything it does later is a *step* scheduled on the event loop, so a virtual c
   words, a page erase stalls the CPU (what arrives meanwhile is handled when the page is
   done, after its PROGRESS), an ABORT cannot stop a page erase halfway, and an ACK, the
   resume READY and the verify wait until the bytes they speak for are in flash.
+
+The model can be told to have bugs (``bugs``, :class:`~smartball_sim.firmware_bugs.FirmwareBug`):
+each is a named deviation of a line or two where the reference behaviour is decided, so
+the HIL suite's strength can be measured against them. Without bugs this is the reference.
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from pytest_smartball import protocol as p
 
+from .firmware_bugs import LATE_RESET_S, SMALL_RX_BUFFER_CHUNKS
+from .firmware_bugs import FirmwareBug as Bug
 from .flash import PAGE_SIZE, Flash, pad_to_words
 from .make_image import image_version
 
@@ -229,10 +235,12 @@ class SmartBallFirmware:
         request_reset: Callable[[], None] = lambda: None,
         observe: Callable[[FirmwareEvent], None] = lambda event: None,
         when_sent: Callable[[Callable[[], None]], None] | None = None,
+        bugs: frozenset[Bug] = frozenset(),
     ) -> None:
         """``request_reset`` ends the link and resets the device (the activation after
         DONE). ``when_sent(callback)`` calls back once every notification sent so far has
-        left the radio or the link is gone; without it (no radio) that is at once."""
+        left the radio or the link is gone; without it (no radio) that is at once.
+        ``bugs``: deviations from the contract this firmware has (none: the reference)."""
         if window < 1:
             raise ValueError(f"window must be at least 1 (got {window})")
         self.active = FirmwareImage(bytes(active_image), version)
@@ -241,6 +249,7 @@ class SmartBallFirmware:
         self.timings = timings or FlashTimings()
         #: Advertised in MSG_INFO; a START with the flag then erases page by page.
         self.progressive_erase = progressive_erase
+        self.bugs = frozenset(bugs)
         #: A progressive session's window covers at least this many bytes (None: the normal
         #: window); see :meth:`session_window`.
         self.progressive_window_bytes = progressive_window_bytes
@@ -248,12 +257,15 @@ class SmartBallFirmware:
         self._request_reset = request_reset
         self._observe = observe
         self._when_sent = when_sent or (lambda callback: callback())
-        self.flash = Flash(staging_capacity)
+        # The reference never misuses the flash (a misuse raises); a buggy firmware may.
+        self.flash = Flash(staging_capacity, strict=not self.bugs)
         self._decoder = p.FrameDecoder()
         self.state = p.OtaState.IDLE
         self.session: OtaSession | None = None
         #: Persisted (survives a reset) between MSG_OTA_DONE and the bootloader's switch.
         self._pending: _PendingRecord | None = None
+        #: What MSG_INFO reports instead of the active image (Bug.INFO_STALE_AFTER_SWITCH).
+        self._stale_info: FirmwareImage | None = None
         self.commands_seen: dict[int, int] = {}
         #: DATA at an offset the device had already received (a host re-sending what the
         #: device never asked for) or beyond it (after a lost write): for fuzz properties.
@@ -288,6 +300,8 @@ class SmartBallFirmware:
         return max(self.window, math.ceil(self.progressive_window_bytes / max_chunk))
 
     def rx_buffer_chunks(self, s: OtaSession) -> int:
+        if Bug.WINDOW_EXCEEDS_BUFFER in self.bugs:
+            return SMALL_RX_BUFFER_CHUNKS
         return self.timings.rx_buffer_chunks or s.window
 
     @staticmethod
@@ -315,23 +329,31 @@ class SmartBallFirmware:
         return self.flash.read(0, size)
 
     def info(self) -> p.MsgInfo:
-        major, minor, patch = self.active.version
+        image = self._stale_info or self.active
+        major, minor, patch = image.version
         return p.MsgInfo(
             protocol_version=p.PROTOCOL_VERSION,
             fw_major=major,
             fw_minor=minor,
             fw_patch=patch,
-            active_image_size=len(self.active.data),
-            active_image_crc32=self.active.crc32,
+            active_image_size=len(image.data),
+            active_image_crc32=image.crc32,
             staging_capacity=self.staging_capacity,
             capabilities=self.capabilities,
         )
 
     def status(self) -> p.MsgOtaStatus:
         s = self.session
+        offset = s.next_offset if s else 0
+        if (
+            s
+            and self.state == p.OtaState.RECEIVING
+            and Bug.STATUS_REPORTS_WRITTEN_OFFSET in self.bugs
+        ):
+            offset = s.written_offset
         return p.MsgOtaStatus(
             state=self.state,
-            next_expected_offset=s.next_offset if s else 0,
+            next_expected_offset=offset,
             image_size=s.image_size if s else 0,
             image_crc32=s.image_crc32 if s else 0,
         )
@@ -341,6 +363,7 @@ class SmartBallFirmware:
         scheduled before it will act. The bootloader runs first: with a verified image
         pending it checks the staged CRC again and, if good, copies it over the active
         image. Returns the bootloader's time for that (0 without an activation)."""
+        kept = self._session_kept_across_reset()
         self._epoch += 1
         self._scheduled = 0  # what is scheduled will find the epoch changed and do nothing
         self._jobs.clear()
@@ -348,18 +371,27 @@ class SmartBallFirmware:
         self._completing = False
         self._inbox.clear()
         self._stalled_until_us = 0
-        self.state = p.OtaState.IDLE
-        self.session = None
+        self.state = p.OtaState.RECEIVING if kept else p.OtaState.IDLE
+        self.session = kept
         self._decoder = p.FrameDecoder()
         self.boot_count += 1
         return self._bootloader()
+
+    def _session_kept_across_reset(self) -> OtaSession | None:
+        """None: a reset ends the session. Bug.SESSION_SURVIVES_RESET persists it, its
+        offset counting the chunks of the receive buffer, which the reset loses."""
+        s = self.session
+        if Bug.SESSION_SURVIVES_RESET not in self.bugs or self.state != p.OtaState.RECEIVING:
+            return None
+        assert s is not None
+        return replace(s, unwritten_chunks=0, accepted_since_ack=0, rejected=None)
 
     def _bootloader(self) -> float:
         record, self._pending = self._pending, None
         if record is None:
             return 0.0
         staged = self.flash.read(0, record.image_size)
-        if p.crc32(staged) != record.image_crc32:
+        if p.crc32(staged) != record.image_crc32 and Bug.NO_CRC_CHECK not in self.bugs:
             log.warning("boot: the staged image fails its CRC; the old image stays active")
             return self.timings.verify_s_per_byte * record.image_size
         log.info(
@@ -367,12 +399,21 @@ class SmartBallFirmware:
             record.image_size,
             record.image_crc32,
         )
+        if Bug.INFO_STALE_AFTER_SWITCH in self.bugs and self._stale_info is None:
+            self._stale_info = self.active  # the settings record keeps the factory image
         self.active = FirmwareImage(staged, image_version(staged))
         return self.timings.activation_s(record.image_size)
 
     def link_lost(self) -> None:
         """The connection dropped: a half-received frame will never be completed."""
         self._decoder.reset()
+        s = self.session
+        if s is None or self.state not in (p.OtaState.ERASING, p.OtaState.RECEIVING):
+            return
+        if Bug.SESSION_LOST_ON_DROP in self.bugs:
+            self._end_session(p.OtaState.IDLE)
+        elif Bug.OFFSET_AHEAD_AFTER_DROP in self.bugs and self.state == p.OtaState.RECEIVING:
+            s.next_offset = min(s.image_size, s.next_offset + s.max_chunk)
 
     # --- the one guard: nothing from before a reset acts -------------------------------
 
@@ -437,7 +478,8 @@ class SmartBallFirmware:
         self._guarded(self._receive, data)()
 
     def _receive(self, data: bytes) -> None:
-        self._inbox.extend(self._decoder.feed(data, self._loop_time()))
+        now = None if Bug.PARTIAL_FRAME_KEPT in self.bugs else self._loop_time()
+        self._inbox.extend(self._decoder.feed(data, now))
         self._handle_inbox()
 
     def _loop_time(self) -> float | None:
@@ -447,6 +489,8 @@ class SmartBallFirmware:
             return None
 
     def _stalled(self) -> bool:
+        if Bug.ERASE_BLOCKS_COMMANDS in self.bugs and self.state == p.OtaState.ERASING:
+            return True  # until the erase's last page is done
         return self._stalled_until_us > 0 and self._now_us() < self._stalled_until_us
 
     def _handle_inbox(self) -> None:
@@ -461,7 +505,8 @@ class SmartBallFirmware:
         self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.COMMAND, frame.type))
         self.commands_seen[frame.type] = self.commands_seen.get(frame.type, 0) + 1
         if frame.type not in p.COMMAND_TYPES:
-            self._error(p.ErrorCode.UNKNOWN_COMMAND, type=frame.type)
+            if Bug.UNKNOWN_COMMAND_IGNORED not in self.bugs:
+                self._error(p.ErrorCode.UNKNOWN_COMMAND, type=frame.type)
         else:
             try:
                 msg = p.parse_message(frame)
@@ -489,6 +534,9 @@ class SmartBallFirmware:
             # nothing may erase the staging bank under it.
             self._reply(self.status())
             return
+        if Bug.ABORT_KEEPS_SESSION in self.bugs:
+            self._reply(p.MsgOtaStatus(p.OtaState.IDLE, 0, 0, 0))
+            return
         self._end_session(p.OtaState.IDLE)
         self._reply(self.status())
 
@@ -505,8 +553,13 @@ class SmartBallFirmware:
             return
         if self.state in (p.OtaState.ERASING, p.OtaState.RECEIVING, p.OtaState.VERIFYING):
             assert s is not None
-            if (s.image_size, s.image_crc32) != (msg.image_size, msg.image_crc32):
+            same = (s.image_size, s.image_crc32) == (msg.image_size, msg.image_crc32)
+            if not same and Bug.START_IGNORES_SESSION in self.bugs:
+                self._new_session(msg)
+            elif not same:
                 self._error(p.ErrorCode.BAD_STATE)  # another image's session: ABORT first
+            elif self.state != p.OtaState.VERIFYING and Bug.RESUME_RESTARTS_ERASE in self.bugs:
+                self._new_session(msg)
             elif self.state != p.OtaState.VERIFYING:
                 self._resume(s, msg)
             # VERIFYING: DONE or CRC_MISMATCH follows.
@@ -536,7 +589,7 @@ class SmartBallFirmware:
             max_chunk=max_chunk,
             progressive=progressive,
             window=self.session_window(progressive, max_chunk),
-            pages=math.ceil(msg.image_size / PAGE_SIZE),
+            pages=self._pages_to_erase(msg.image_size),
         )
         self._end_session(p.OtaState.IDLE)
         self.session = s
@@ -546,6 +599,11 @@ class SmartBallFirmware:
             return
         self.state = p.OtaState.ERASING
         self._erase_next_page(s, 0)
+
+    def _pages_to_erase(self, image_size: int) -> int:
+        if Bug.LAST_PAGE_NOT_ERASED in self.bugs:
+            return max(1, image_size // PAGE_SIZE)  # rounds the partial last page away
+        return math.ceil(image_size / PAGE_SIZE)
 
     def _end_session(self, state: p.OtaState) -> None:
         """Forget the session; its queued flash work goes (a job under way completes)."""
@@ -572,13 +630,16 @@ class SmartBallFirmware:
             self._queue_job(job)
 
     def _page_erased_in_erasing(self, s: OtaSession, page: int) -> None:
-        if self.state != p.OtaState.ERASING:
+        early_ready = Bug.READY_BEFORE_ERASE_DONE in self.bugs
+        if self.state != p.OtaState.ERASING and not (early_ready and s is self.session):
             return
-        self._reply(p.MsgOtaProgress(p.OtaPhase.ERASE, (page + 1) * PAGE_SIZE, s.total_erase))
+        if Bug.NO_ERASE_PROGRESS not in self.bugs:
+            progress = p.MsgOtaProgress(p.OtaPhase.ERASE, (page + 1) * PAGE_SIZE, s.total_erase)
+            self._reply(progress)
         self._page_erased(s)
         if page + 1 < s.pages:
             self._erase_next_page(s, page + 1)
-        else:
+        if self.state == p.OtaState.ERASING and (page + 1 == s.pages or early_ready):
             self.state = p.OtaState.RECEIVING
             self._send_ready(s)
 
@@ -615,7 +676,7 @@ class SmartBallFirmware:
             self._reject_offset(s)
             return
         end = msg.offset + size
-        if end > s.image_size:
+        if end > s.image_size and Bug.DATA_PAST_END_ACCEPTED not in self.bugs:
             self._error(p.ErrorCode.BAD_OFFSET)
             return
         if size % p.WORD_SIZE and end != s.image_size:
@@ -649,7 +710,10 @@ class SmartBallFirmware:
         if end == s.image_size or s.accepted_since_ack >= self.ack_interval(s):
             # ACK what is in flash, once it is: the host's credit then bounds the buffer.
             s.accepted_since_ack = 0
-            self._after_written(s, self._ack, s, end)
+            if Bug.ACK_BEFORE_WRITTEN in self.bugs:
+                self._ack(s, end)
+            else:
+                self._after_written(s, self._ack, s, end)
         event = FirmwareEvent(FirmwareEventKind.DATA_ACCEPTED, offset=end, total=s.image_size)
         self._call_out(self._observe, event)
 
@@ -666,7 +730,10 @@ class SmartBallFirmware:
             self._reply(self.status())
 
     def _ack(self, s: OtaSession, written_offset: int) -> None:
-        if s is self.session:
+        lost_to_finish = Bug.FINAL_ACK_LOST_TO_FINISH in self.bugs and (
+            self.state == p.OtaState.VERIFYING
+        )
+        if s is self.session and not lost_to_finish:
             self._reply(p.MsgOtaAck(written_offset))
 
     def _after_written(self, s: OtaSession, action: Callable[..., None], *args: Any) -> None:
@@ -765,6 +832,8 @@ class SmartBallFirmware:
         if s is not self.session or self.state != p.OtaState.VERIFYING:
             return
         actual = p.crc32(self.flash.read(0, s.image_size))  # the flash, read back
+        if Bug.NO_CRC_CHECK in self.bugs:
+            actual = s.image_crc32  # believed, never computed
         if actual != s.image_crc32:
             self._end_session(p.OtaState.ERROR)
             self._error(p.ErrorCode.CRC_MISMATCH, command=p.MsgType.CMD_OTA_FINISH)
@@ -773,8 +842,13 @@ class SmartBallFirmware:
         # Persisted before DONE goes out: from here a reset, or a power loss, switches.
         self._pending = _PendingRecord(s.image_size, s.image_crc32)
         self.state = p.OtaState.COMPLETE
+        if Bug.DONE_WRONG_CRC in self.bugs:
+            actual = int.from_bytes(actual.to_bytes(4, "little"), "big")
         self._reply(p.MsgOtaDone(actual))
         self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.VERIFIED))
+        if Bug.LATE_RESET in self.bugs:
+            self._at(self._now_us() + to_us(LATE_RESET_S), self._activate, s)
+            return
         # Reset once DONE has left the radio, or after TX_COMPLETE_WAIT_S in any case.
         self._at(self._now_us() + to_us(TX_COMPLETE_WAIT_S), self._activate, s)
         self._call_out(self._when_sent, self._guarded(self._activate, s))

@@ -13,7 +13,11 @@
   The firmware finds out by reading back, as the real one must (the NVMC reports nothing).
 
 Misuse (a write that is not word-aligned, a third write of a word) raises
-:class:`FlashMisuse`: that is a bug in the firmware model, never a device behaviour.
+:class:`FlashMisuse`: that is a bug in the firmware model, never a device behaviour. A
+firmware told to have a bug from the catalogue (``smartball_sim.firmware_bugs``) may write a
+word a third time, as a real one with that bug would: with ``strict=False`` the write
+then clears bits like any other (the NVMC does not refuse it; the datasheet no longer
+promises the bits) and is counted in ``overwrites`` instead of raising.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ class FlashMisuse(AssertionError):
 class Flash:
     """A region of NOR flash (the staging bank), ``size`` bytes, whole pages."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, strict: bool = True) -> None:
         if size % PAGE_SIZE:
             size += PAGE_SIZE - size % PAGE_SIZE
         self.size = size
@@ -41,6 +45,9 @@ class Flash:
         self.fail_next = 0
         self.erases = 0
         self.word_writes = 0
+        self.strict = strict
+        #: Words written beyond n_WRITE since their erase (only when not strict).
+        self.overwrites = 0
 
     def read(self, offset: int, size: int) -> bytes:
         self._check_range(offset, size)
@@ -70,7 +77,9 @@ class Flash:
         self._check_range(offset, len(data))
         first = offset // WORD_SIZE
         for word in range(first, first + len(data) // WORD_SIZE):
-            if self._writes[word] >= MAX_WRITES_PER_WORD:
+            if self._writes[word] >= MAX_WRITES_PER_WORD and not self.strict:
+                self.overwrites += 1
+            elif self._writes[word] >= MAX_WRITES_PER_WORD:
                 raise FlashMisuse(
                     f"word at {word * WORD_SIZE} written more than {MAX_WRITES_PER_WORD} "
                     "times since its page was erased"
@@ -78,7 +87,7 @@ class Flash:
         if self._failing():
             return False
         for word in range(first, first + len(data) // WORD_SIZE):
-            self._writes[word] += 1
+            self._writes[word] = min(self._writes[word] + 1, 255)
         old = int.from_bytes(self._data[offset : offset + len(data)], "little")
         new = old & int.from_bytes(data, "little")  # NOR: a write only clears bits
         self._data[offset : offset + len(data)] = new.to_bytes(len(data), "little")

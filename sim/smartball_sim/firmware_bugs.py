@@ -1,0 +1,70 @@
+"""The firmware bugs the simulated SmartBall can be told to have: one switch each.
+
+The catalogue (names, what a real firmware would do wrong, the rule it breaks) is contract
+data, ``pytest_smartball/contract/firmware_bugs.json``, so that ``--help`` can list it
+without loading the simulator. This enum is how the firmware model consults it: each bug
+is a small, named deviation in :mod:`smartball_sim.firmware` (search for its member), and
+the model without bugs is the reference. The HIL suite, run against each bug, must fail
+(``hil_tests/kill_table.py``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+
+from pytest_smartball import contract
+
+
+class FirmwareBug(enum.StrEnum):
+    NO_ERASE_PROGRESS = "no-erase-progress"
+    READY_BEFORE_ERASE_DONE = "ready-before-erase-done"
+    ERASE_BLOCKS_COMMANDS = "erase-blocks-commands"
+    LAST_PAGE_NOT_ERASED = "last-page-not-erased"
+    SESSION_LOST_ON_DROP = "session-lost-on-drop"
+    OFFSET_AHEAD_AFTER_DROP = "offset-ahead-after-drop"
+    RESUME_RESTARTS_ERASE = "resume-restarts-erase"
+    START_IGNORES_SESSION = "start-ignores-session"
+    ABORT_KEEPS_SESSION = "abort-keeps-session"
+    ACK_BEFORE_WRITTEN = "ack-before-written"
+    FINAL_ACK_LOST_TO_FINISH = "final-ack-lost-to-finish"
+    STATUS_REPORTS_WRITTEN_OFFSET = "status-reports-written-offset"
+    WINDOW_EXCEEDS_BUFFER = "window-exceeds-buffer"
+    DATA_PAST_END_ACCEPTED = "data-past-end-accepted"
+    NO_CRC_CHECK = "no-crc-check"
+    DONE_WRONG_CRC = "done-wrong-crc"
+    INFO_STALE_AFTER_SWITCH = "info-stale-after-switch"
+    UNKNOWN_COMMAND_IGNORED = "unknown-command-ignored"
+    PARTIAL_FRAME_KEPT = "partial-frame-kept"
+    LATE_RESET = "late-reset"
+    SESSION_SURVIVES_RESET = "session-survives-reset"
+
+    @property
+    def what(self) -> str:
+        """What a real firmware with this bug does wrong (from the catalogue)."""
+        return next(e.what for e in contract.firmware_bugs() if e.name == self.value)
+
+
+#: The receive buffer of a WINDOW_EXCEEDS_BUFFER firmware (its READY still says 16).
+SMALL_RX_BUFFER_CHUNKS = 2
+#: How long a LATE_RESET firmware waits after MSG_OTA_DONE before it resets.
+LATE_RESET_S = 3.0
+
+
+class UnknownFirmwareBug(ValueError):
+    """A bug name that is not in the catalogue; the message lists the ones that are."""
+
+
+def parse_bugs(names: Iterable[str]) -> frozenset[FirmwareBug]:
+    """Bug names (each may be comma-separated) as a set; one sentence for an unknown name."""
+    bugs: set[FirmwareBug] = set()
+    for item in names:
+        for name in filter(None, (n.strip() for n in item.split(","))):
+            try:
+                bugs.add(FirmwareBug(name))
+            except ValueError:
+                known = ", ".join(b.value for b in FirmwareBug)
+                raise UnknownFirmwareBug(
+                    f"no firmware bug {name!r} in the catalogue (one of: {known})"
+                ) from None
+    return frozenset(bugs)
