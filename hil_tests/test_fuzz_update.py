@@ -96,13 +96,12 @@ class Run:
 def replay_command(case: Case, sim_link: str) -> str:
     size, image_seed = case.image.source.removeprefix("fuzz-").removesuffix(".bin").split("-")
     link = f" --sim-link {sim_link}" if sim_link != "model" else ""
-    # The CLI's simulated device does not offer progressive erase (P18).
-    mode = " (this case's device offers progressive erase)" if case.progressive else ""
+    mode = " --sim-progressive-erase" if case.progressive else ""
     bugs = "".join(f" --sim-firmware-bug {bug}" for bug in FIRMWARE_BUGS)
     return (
         f"python -m smartball_sim.make_image /tmp/fuzz.bin {size} --seed {image_seed} && "
         f"smartball-ota flash /tmp/fuzz.bin --sim{link} --seed {case.seed} "
-        f"--faults '{case.plan}'{bugs} -v{mode}"
+        f"--faults '{case.plan}'{bugs}{mode} -v"
     )
 
 

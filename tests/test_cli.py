@@ -389,6 +389,20 @@ def test_erase_time_sets_the_simulated_erase(
     assert data["phase_s"]["waiting-ready"] >= 20
 
 
+def test_sim_progressive_erase_removes_the_erase_wait(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A device that offers progressive erase is asked for it: READY comes at once, so the
+    20 s erase is never waited for (the replay line of a progressive fuzz case uses this)."""
+    path = image_file(tmp_path, 20_000)
+    argv = ("flash", "--sim", "--erase-time", "20", "--sim-progressive-erase", str(path))
+    code, data, _ = run_json(capsys, *argv)
+    assert code == 0 and data["success"] is True
+    assert data["phase_s"].get("waiting-ready", 0) < 1
+    code, _, err = run(capsys, "flash", "--sim-progressive-erase", str(path))
+    assert code == 2 and "--sim-progressive-erase" in one_error_line(err)
+
+
 def test_clear_cache_forgets_the_simulated_gatt_cache(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -38,6 +38,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "erase_time": None,
     "sim_address": None,
     "sim_firmware_bug": [],
+    "sim_progressive_erase": False,
     "sim_link": "model",
     "scan_timeout": None,
     "settle": LinkSettings().settle_s,
@@ -48,6 +49,7 @@ SIM_ONLY = {
     "erase_time": "--erase-time",
     "sim_address": "--sim-address",
     "sim_firmware_bug": "--sim-firmware-bug",
+    "sim_progressive_erase": "--sim-progressive-erase",
     "sim_link": "--sim-link",
 }
 
@@ -190,6 +192,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "docs/firmware-bugs.md says what each does): " + ", ".join(bugs),
     )
     sim.add_argument(
+        "--sim-progressive-erase",
+        action="store_true",
+        default=s,
+        help="with --sim: the simulated device offers progressive erase (protocol section 8: "
+        "READY at once, each page erased before its first write); the engine then asks for it",
+    )
+    sim.add_argument(
         "--sim-link",
         choices=("model", "bumble"),
         default=s,
@@ -288,8 +297,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise CliError(
             EXIT_BAD_INPUT, f"--bluez={args.bluez} is the real-device path; leave out --sim"
         )
-    if args.bluez in SIMULATED_BLUEZ and args.sim_firmware_bug:
-        raise CliError(EXIT_BAD_INPUT, "--sim-firmware-bug works with --sim only")
+    if args.bluez in SIMULATED_BLUEZ:
+        for key in ("sim_firmware_bug", "sim_progressive_erase"):
+            if getattr(args, key):
+                raise CliError(EXIT_BAD_INPUT, f"{SIM_ONLY[key]} works with --sim only")
     if not args.sim and args.bluez not in SIMULATED_BLUEZ:
         given = [
             flag for key, flag in SIM_ONLY.items() if getattr(args, key) != COMMON_DEFAULTS[key]

@@ -54,6 +54,7 @@ async def open_target(ctx: Context) -> Target:
                 seed=a.seed,
                 erase_time_s=a.erase_time,
                 firmware_bugs=a.sim_firmware_bug,
+                progressive_erase=a.sim_progressive_erase,
                 clock=lambda: loop.time() - t0,
             )
         except refused as exc:
