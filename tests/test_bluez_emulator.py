@@ -22,7 +22,6 @@ from bleak.exc import BleakError
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from hil_tests.naive_client import naive_flash
 from pytest_smartball import protocol as p
 from pytest_smartball.bluez import probe_adapter, remove_device
 from pytest_smartball.image import FirmwareImage
@@ -31,6 +30,7 @@ from pytest_smartball.ota import OtaEngine, OtaSettings
 from pytest_smartball.targets.emulated_bluez import FAST_LINK, FAST_OTA
 from smartball_sim.bluez import EmulatedBluez, emulated_smartball
 from smartball_sim.bluez.launcher import leftover_daemons
+from tests.naive_client import naive_flash
 
 pytestmark = [
     pytest.mark.asyncio,

@@ -484,7 +484,7 @@ def test_a_profile_leaves_out_its_bluez_faults_and_says_so() -> None:
 
 @pytest.mark.asyncio
 async def test_the_naive_field_flow_fails_as_in_the_field_and_the_engine_finishes() -> None:
-    from hil_tests.naive_client import naive_flash
+    from tests.naive_client import naive_flash
 
     image = FirmwareImage(make_image(20_000, 4), "field.bin")
     naive = make_bumble_target(faults="slow-erase:30s,drop@erase:50%")

@@ -1,6 +1,6 @@
 """Every fault effect, against the robust engine and the naive field script.
 
-The engine must finish under each; the naive flow (``hil_tests/naive_client.py``, the
+The engine must finish under each; the naive flow (``tests/naive_client.py``, the
 original script) must fail where the fault is one it cannot survive. Together they show
 that each fault really bites and that the engine is what copes with it.
 """
@@ -13,12 +13,12 @@ import re
 
 import pytest
 
-from hil_tests.naive_client import naive_flash
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.ota import OtaEngine
 from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.device import SimDevice
 from smartball_sim.faults import EFFECTS, Effect, FaultPlan
+from tests.naive_client import naive_flash
 
 pytestmark = pytest.mark.sim_only
 

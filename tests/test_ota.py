@@ -16,7 +16,6 @@ from dataclasses import replace
 import pytest
 from bleak.exc import BleakError
 
-from hil_tests.naive_client import naive_flash
 from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import NusLink
@@ -32,6 +31,7 @@ from pytest_smartball.ota import (
 from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.airlog import Packet, Sender
 from smartball_sim.device import SimDevice
+from tests.naive_client import naive_flash
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.sim_only]
 

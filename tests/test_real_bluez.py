@@ -31,7 +31,6 @@ from bleak.exc import BleakError
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from hil_tests.naive_client import naive_flash
 from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import (
@@ -43,6 +42,7 @@ from pytest_smartball.link import (
     find_device,
 )
 from pytest_smartball.ota import EventKind, OtaEngine, OtaSettings
+from tests.naive_client import naive_flash
 
 BLUEZ = "org.bluez"
 
