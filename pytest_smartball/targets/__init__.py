@@ -17,10 +17,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..image import FirmwareImage, generated_image, load_image
 from ..link import BleBackend
 
 if TYPE_CHECKING:
+    import pytest
+
     from smartball_sim.device import SimDevice
+
+#: The generated image's size for simulated devices that run in real time (behind an
+#: emulated or a real bluetoothd): small enough that an update takes seconds.
+REAL_TIME_IMAGE_SIZE = 16_195
+
+
+def real_time_firmware_image(config: pytest.Config) -> FirmwareImage:
+    """``--firmware``, or a generated image of REAL_TIME_IMAGE_SIZE bytes."""
+    path = config.getoption("--firmware")
+    if path:
+        return load_image(path)
+    return generated_image(config.getoption("--sim-seed"), REAL_TIME_IMAGE_SIZE)
 
 
 @dataclass(slots=True)

@@ -30,14 +30,11 @@ from smartball_sim.bluez.launcher import DbusDaemonMissing, EmulatedBluez, emula
 from smartball_sim.device import DEFAULT_ADDRESS
 from smartball_sim.firmware import FlashTimings
 
-from ..image import FirmwareImage, generated_image, load_image
+from ..image import FirmwareImage, load_image
 from ..link import LinkSettings
 from ..options import read_options
 from ..ota import OtaSettings
-
-#: The image OTA tests flash when --firmware is not given: small, because the emulated
-#: devices run in real time.
-REAL_TIME_IMAGE_SIZE = 16_195
+from . import real_time_firmware_image
 
 
 class EmulatorUnavailable(RuntimeError):
@@ -149,7 +146,4 @@ def smartball_reset_settings() -> OtaSettings:
 
 @pytest.fixture(scope="session")
 def firmware_image(pytestconfig: pytest.Config) -> FirmwareImage:
-    path = pytestconfig.getoption("--firmware")
-    if path:
-        return load_image(path)
-    return generated_image(pytestconfig.getoption("--sim-seed"), REAL_TIME_IMAGE_SIZE)
+    return real_time_firmware_image(pytestconfig)

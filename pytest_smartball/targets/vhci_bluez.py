@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..image import FirmwareImage, generated_image, load_image
+from ..image import FirmwareImage, load_image
 from ..options import read_options
-from .emulated_bluez import REAL_TIME_IMAGE_SIZE
+from . import real_time_firmware_image
 
 if TYPE_CHECKING:  # the simulator is imported only when the radio is started
     from smartball_sim.vhci import VirtualRadio
@@ -140,7 +140,4 @@ def vhci_radio(pytestconfig: pytest.Config) -> VirtualRadio:
 
 @pytest.fixture(scope="session")
 def firmware_image(pytestconfig: pytest.Config) -> FirmwareImage:
-    path = pytestconfig.getoption("--firmware")
-    if path:
-        return load_image(path)
-    return generated_image(pytestconfig.getoption("--sim-seed"), REAL_TIME_IMAGE_SIZE)
+    return real_time_firmware_image(pytestconfig)
