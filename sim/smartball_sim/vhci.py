@@ -42,14 +42,13 @@ import contextlib
 import itertools
 import logging
 import os
-import threading
-from collections.abc import Callable, Coroutine, Iterable
-from concurrent.futures import Future
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from bumble import hci, ll
 from bumble.transport.common import Transport
 
+from .background_loop import BackgroundLoop
 from .device import SimDevice
 
 log = logging.getLogger("sim.vhci")
@@ -200,8 +199,10 @@ async def open_vhci(path: str = VHCI_PATH) -> tuple[Transport, asyncio.Future[in
     return transport, index
 
 
-class VirtualRadio:
+class VirtualRadio(BackgroundLoop):
     """Simulated SmartBalls behind a virtual controller of the host's BlueZ (module doc)."""
+
+    what = "the virtual radio"
 
     def __init__(
         self,
@@ -211,17 +212,16 @@ class VirtualRadio:
         address: str | None = None,
         adapter_timeout_s: float = ADAPTER_TIMEOUT_S,
     ) -> None:
+        super().__init__()
         self.devices = list(devices)
         self.vhci = vhci
         self.address = address or controller_address()
         self.adapter_timeout_s = adapter_timeout_s
         self.adapter: str = ""  # "hciN" once started
-        self.loop: asyncio.AbstractEventLoop | None = None
         self.peripherals: list[Any] = []
         self.link: Any = None
         self.controller: Any = None
         self._transport: Transport | None = None
-        self._thread: threading.Thread | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -231,43 +231,14 @@ class VirtualRadio:
         problem = vhci_problem(self.vhci)
         if problem:
             raise VhciUnavailable(problem)
-        ready: Future[None] = Future()
-        self._thread = threading.Thread(
-            target=self._serve, args=(ready,), name="vhci-radio", daemon=True
-        )
-        self._thread.start()
         try:
-            ready.result(timeout=self.adapter_timeout_s + 10)
+            self._start_loop("vhci-radio", timeout=self.adapter_timeout_s + 10)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _serve(self, ready: Future[None]) -> None:
-        loop = self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._attach())
-        except BaseException as exc:
-            ready.set_exception(exc)
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(self._detach())
-            loop.close()
-            return
-        ready.set_result(None)
-        try:
-            loop.run_forever()
-        finally:
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(self._detach())
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.close()
-
-    async def _attach(self) -> None:
+    async def _on_loop_start(self) -> None:
         from .bumble.link import SmartBallLink
 
         controller_class = _host_controller_class()  # imports before /dev/vhci is open
@@ -287,7 +258,7 @@ class VirtualRadio:
         await power_on_adapter(self.adapter, self.address, self.adapter_timeout_s)
         log.info("virtual radio: %s (%s) serves %s", self.adapter, self.address, self.devices)
 
-    async def _detach(self) -> None:
+    async def _on_loop_stop(self) -> None:
         for peripheral in self.peripherals:
             with contextlib.suppress(Exception):
                 await peripheral.close()
@@ -298,12 +269,7 @@ class VirtualRadio:
 
     def stop(self) -> None:
         """Idempotent: devices, controller (the kernel's hciN goes away), thread."""
-        loop, thread = self.loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-        self._thread = None
-        self.loop = None
+        self._stop_loop(timeout=10)
 
     def __enter__(self) -> VirtualRadio:
         return self.start()
@@ -311,20 +277,7 @@ class VirtualRadio:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # --- talking to the radio's loop ------------------------------------------------------
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
-        """Run a coroutine on the radio's loop (where the devices live)."""
-        assert self.loop is not None, "the virtual radio is not running"
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on the radio's loop, e.g. ``radio.call(dev.set_faults, "drop")``."""
-
-        async def call() -> T:
-            return fn(*args)
-
-        return self.run(call())
+    # --- the radio's loop: run() and call() come from BackgroundLoop ----------------------
 
     @property
     def device(self) -> SimDevice:

@@ -26,21 +26,19 @@ the environment. Nothing else is touched: no system bus, no ``bluetoothd``, no h
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable
-from concurrent.futures import Future
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pytest_smartball import protocol as p
+from smartball_sim.background_loop import BackgroundLoop
 from smartball_sim.device import DEFAULT_ADDRESS, RadioTimings, SimDevice
 from smartball_sim.firmware import FlashTimings
 
@@ -189,8 +187,10 @@ class PrivateBus:
             self.dir = None
 
 
-class EmulatedBluez:
+class EmulatedBluez(BackgroundLoop):
     """A private D-Bus with the emulated BlueZ serving ``devices``; see the module doc."""
+
+    what = "the emulated BlueZ"
 
     def __init__(
         self,
@@ -201,6 +201,7 @@ class EmulatedBluez:
         timing: Timing | None = None,
         set_environment: bool = True,
     ) -> None:
+        super().__init__()
         self.devices = list(devices) if devices is not None else [emulated_smartball()]
         self.adapter = adapter
         self.bluez_version = bluez_version
@@ -208,8 +209,6 @@ class EmulatedBluez:
         self.set_environment = set_environment
         self.bus = PrivateBus()
         self.emulator: BluezEmulator | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._saved_env: dict[str, str | None] = {}
         self._bin: Path | None = None
 
@@ -226,12 +225,7 @@ class EmulatedBluez:
             self.emulator = BluezEmulator(
                 address, self.devices, adapter=self.adapter, timing=self.timing
             )
-            ready: Future[None] = Future()
-            self._thread = threading.Thread(
-                target=self._serve, args=(ready,), name="emulated-bluez", daemon=True
-            )
-            self._thread.start()
-            ready.result(timeout=10)
+            self._start_loop("emulated-bluez", timeout=10)
             atexit.register(self.stop)
             if self.set_environment:
                 self._apply_env(self.environment())
@@ -248,40 +242,19 @@ class EmulatedBluez:
             "PATH": f"{self._bin}{os.pathsep}{os.environ.get('PATH', '')}",
         }
 
-    def _serve(self, ready: Future[None]) -> None:
-        loop = self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            assert self.emulator is not None
-            loop.run_until_complete(self.emulator.start())
-        except BaseException as exc:
-            ready.set_exception(exc)
-            loop.close()
-            return
-        ready.set_result(None)
-        try:
-            loop.run_forever()
-        finally:
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.close()
+    async def _on_loop_start(self) -> None:
+        assert self.emulator is not None
+        await self.emulator.start()
+
+    async def _on_loop_stop(self) -> None:
+        if self.emulator is not None:
+            await self.emulator.stop()
 
     def stop(self) -> None:
         """Idempotent: emulator, thread, daemon (by pid), temporary files, environment."""
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
-        loop, thread = self.loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
-            if self.emulator is not None:
-                with contextlib.suppress(Exception):
-                    asyncio.run_coroutine_threadsafe(self.emulator.stop(), loop).result(5)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=5)
-        self._thread = None
-        self.loop = None
+        self._stop_loop(timeout=10)
         self.bus.stop()
         if self._bin is not None:
             shutil.rmtree(self._bin, ignore_errors=True)
@@ -298,21 +271,7 @@ class EmulatedBluez:
     def daemon_pid(self) -> int | None:
         return self.bus.pid
 
-    # --- talking to the emulator's loop --------------------------------------------------
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
-        """Run a coroutine on the emulator's loop (where its devices live)."""
-        assert self.loop is not None, "the emulated BlueZ is not running"
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Call ``fn(*args)`` on the emulator's loop, e.g. ``bluez.call(dev.set_faults,
-        "drop@erase:50%")`` (a device's faults and timers belong to that loop)."""
-
-        async def call() -> T:
-            return fn(*args)
-
-        return self.run(call())
+    # --- the emulator's loop: run() and call() come from BackgroundLoop -------------------
 
     @property
     def device(self) -> SimDevice:
