@@ -32,6 +32,7 @@ from smartball_sim.bumble.link import SmartBallLink
 from smartball_sim.bumble.peripheral import ADV_DATA_MAX, advertising_data, serve_smartball
 from smartball_sim.device import SimDevice
 from smartball_sim.make_image import make_image
+from tests.hosts import NusHost
 
 ADDRESS = "C0:FF:EE:00:00:01"
 IMAGE = bytes(range(256)) * 4
@@ -57,39 +58,15 @@ async def find(world: BumbleWorld, timeout: float = 5.0) -> BLEDevice:
     return found
 
 
-class Host_:
-    """A BleakClient on the Bumble central with a disconnect log and a decoder on TX."""
+class Host_(NusHost):
+    """A host on the Bumble central; ``reason``: the HCI code of its last disconnection."""
 
     def __init__(self, world: BumbleWorld, device: BLEDevice | str) -> None:
-        self.disconnects: list[float] = []
-        self.decoder = p.FrameDecoder()
-        self.messages: list[p.Message] = []
-        self.chunks: list[bytes] = []
-        loop = asyncio.get_running_loop()
-        self.client = BleakClient(
-            device,
-            backend=world.client_backend,
-            disconnected_callback=lambda _c: self.disconnects.append(loop.time()),
-        )
-
-    def on_notify(self, _char: object, data: bytearray) -> None:
-        self.chunks.append(bytes(data))
-        for frame in self.decoder.feed(bytes(data)):
-            self.messages.append(p.parse_message(frame))
-
-    async def open(self) -> None:
-        await self.client.connect()
-        await self.client.start_notify(p.NUS_TX_UUID, self.on_notify)
-
-    async def command(self, msg: p.Message) -> None:
-        await self.client.write_gatt_char(p.NUS_RX_UUID, p.encode(msg), response=False)
+        super().__init__(world.client_backend, device)
 
     @property
     def reason(self) -> int | None:
         return self.client._backend.last_disconnect_reason  # type: ignore[attr-defined]
-
-    def types(self) -> list[type]:
-        return [type(m) for m in self.messages]
 
 
 async def connected(world: BumbleWorld) -> Host_:
@@ -256,7 +233,7 @@ async def test_a_drop_is_a_dead_link_0x08_and_clears_the_services() -> None:
     t0 = loop.time()
     device.disconnect("test")
     await asyncio.sleep(0.1)
-    assert host.disconnects == [t0]  # at once: Bumble's link has no supervision timeout
+    assert host.disconnect_times == [t0]  # at once: Bumble's link has no supervision timeout
     assert host.reason == hci.HCI_ErrorCode.CONNECTION_TIMEOUT_ERROR == 0x08
     assert not host.client.is_connected
     with pytest.raises(BleakError, match=SERVICE_DISCOVERY):

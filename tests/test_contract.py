@@ -30,6 +30,7 @@ from smartball_sim import contract_vectors
 from smartball_sim.device import SimDevice
 from smartball_sim.firmware import FirmwareEvent, FirmwareEventKind, FlashTimings, SmartBallFirmware
 from smartball_sim.make_image import make_image
+from tests.hosts import SimPeer
 
 DOC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
 TABLE = contract.command_state_table()
@@ -514,20 +515,6 @@ async def test_the_model_meets_its_timing_obligations(
     assert host.resets and host.resets[0] - done_at <= TIMING.done_to_disconnect_max_s
 
 
-class _Peer:
-    def __init__(self) -> None:
-        self.decoder = p.FrameDecoder()
-        self.messages: list[tuple[float, p.Message]] = []
-        self.lost: list[float] = []
-
-    def sim_notification(self, data: bytes) -> None:
-        now = asyncio.get_running_loop().time()
-        self.messages += [(now, p.parse_message(f)) for f in self.decoder.feed(data)]
-
-    def sim_link_lost(self, reason: str) -> None:
-        self.lost.append(asyncio.get_running_loop().time())
-
-
 @pytest.mark.asyncio
 @pytest.mark.looptime
 @pytest.mark.parametrize("size", [4096, 480 * 1024])
@@ -537,7 +524,7 @@ async def test_activation_ends_the_link_and_advertises_within_the_obligations(si
     bootloader copies the image); a plain reset advertises within the other limit."""
     image = make_image(size, 5)
     device = SimDevice(active_image=b"\x01" * 1000, window=16)
-    peer = _Peer()
+    peer = SimPeer()
     link = await device.connect(peer)
     loop = asyncio.get_running_loop()
 
@@ -549,11 +536,11 @@ async def test_activation_ends_the_link_and_advertises_within_the_obligations(si
             await asyncio.sleep(0.005)
 
     def acked() -> int:
-        acks = [m.next_expected_offset for _, m in peer.messages if isinstance(m, p.MsgOtaAck)]
+        acks = [m.next_expected_offset for m in peer.messages if isinstance(m, p.MsgOtaAck)]
         return max(acks, default=0)
 
     await write(p.CmdOtaStart(size, p.crc32(image), 232))
-    await until(lambda: any(isinstance(m, p.MsgOtaReady) for _, m in peer.messages))
+    await until(lambda: any(isinstance(m, p.MsgOtaReady) for m in peer.messages))
     for offset in range(0, size, 232):
         if offset >= acked() + 16 * 232:  # out of credit: wait for an ACK
             await until(lambda: offset < acked() + 16 * 232)  # noqa: B023 - awaited at once
@@ -561,9 +548,9 @@ async def test_activation_ends_the_link_and_advertises_within_the_obligations(si
     await until(lambda: acked() == size)
     await write(p.CmdOtaFinish())
     await until(lambda: bool(peer.lost))
-    (done_at,) = [t for t, m in peer.messages if isinstance(m, p.MsgOtaDone)]
-    assert peer.lost[0] - done_at <= TIMING.done_to_disconnect_max_s
-    reset_at = peer.lost[0]
+    (done_at,) = [t for t, m in peer.timed() if isinstance(m, p.MsgOtaDone)]
+    assert peer.lost[0][0] - done_at <= TIMING.done_to_disconnect_max_s
+    reset_at = peer.lost[0][0]
     await until(lambda: device.advertising)
     assert loop.time() - reset_at <= TIMING.reset_to_advertising_max_s(activation=True)
     assert device.firmware.active.data == image

@@ -25,6 +25,7 @@ from smartball_sim.faults import (
     Trigger,
     TriggerKind,
 )
+from tests.hosts import SimPeer
 
 # Virtual time: simulated seconds cost no wall time, and timings are exact.
 pytestmark = pytest.mark.looptime
@@ -324,29 +325,8 @@ def test_fault_spec_error_is_a_value_error() -> None:
 IMAGE = bytes(range(256)) * 8  # the simulated device's active image
 
 
-class Peer:
-    """The host end of a link, without bleak: decodes notifications, records link loss."""
-
-    def __init__(self) -> None:
-        self.decoder = p.FrameDecoder()
-        self.raw: list[bytes] = []
-        self.messages: list[p.Message] = []
-        self.lost: list[tuple[float, str]] = []
-
-    def sim_notification(self, data: bytes) -> None:
-        self.raw.append(bytes(data))
-        for frame in self.decoder.feed(data):
-            self.messages.append(p.parse_message(frame))
-
-    def sim_link_lost(self, reason: str) -> None:
-        self.lost.append((asyncio.get_running_loop().time(), reason))
-
-    def types(self) -> list[type]:
-        return [type(m) for m in self.messages]
-
-
-async def connect(device: SimDevice) -> tuple[Peer, SimLink]:
-    peer = Peer()
+async def connect(device: SimDevice) -> tuple[SimPeer, SimLink]:
+    peer = SimPeer()
     link = await device.connect(peer)
     return peer, link
 
@@ -520,7 +500,7 @@ async def test_connect_fail_at_the_second_connection() -> None:
     _peer, link = await connect(device)
     device.disconnect("x")
     with pytest.raises(ConnectRefused) as refused:
-        await device.connect(Peer())
+        await device.connect(SimPeer())
     assert refused.value.refusal is ConnectRefusal.CANCELED
     _, link = await connect(device)
     assert link.number == 2
@@ -702,7 +682,7 @@ async def test_a_boot_timer_from_before_a_second_reset_does_not_end_that_boot() 
 # --- no-reset, flash-fail, erase:N% in progressive mode --------------------------------------
 
 
-async def _update(device: SimDevice, image: bytes, *, flags: int = 0) -> Peer:
+async def _update(device: SimDevice, image: bytes, *, flags: int = 0) -> SimPeer:
     """A plain host on the device's radio: START, the image at its credit, FINISH."""
     peer, link = await connect(device)
     await device.write(link, p.encode(p.CmdOtaStart(len(image), p.crc32(image), 232, flags)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 import pytest
 from bleak import BleakClient, BleakScanner
@@ -19,6 +20,7 @@ from bleak_retry_connector import establish_connection
 from pytest_smartball import protocol as p
 from smartball_sim.bleak_backend import SimDetails, SimWorld
 from smartball_sim.device import RadioTimings, SimDevice
+from tests.hosts import NusHost
 
 # Virtual time: a 40 s erase costs milliseconds, and timings are exact.
 pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
@@ -43,32 +45,11 @@ async def find(world: SimWorld, name: str = "SmartBall", timeout: float = 5.0) -
     return found
 
 
-class Host:
-    """A BleakClient with a disconnect counter and a decoder on TX."""
+class Host(NusHost):
+    """A host on the in-process radio model."""
 
-    def __init__(self, world: SimWorld, device: BLEDevice | str, **kwargs) -> None:
-        self.disconnects: list[BleakClient] = []
-        self.decoder = p.FrameDecoder()
-        self.messages: list[p.Message] = []
-        self.chunks: list[bytearray] = []
-        self.client = BleakClient(
-            device,
-            backend=world.client_backend,
-            disconnected_callback=self.disconnects.append,
-            **kwargs,
-        )
-
-    def on_notify(self, _char: object, data: bytearray) -> None:
-        self.chunks.append(data)
-        for frame in self.decoder.feed(bytes(data)):
-            self.messages.append(p.parse_message(frame))
-
-    async def open(self) -> None:
-        await self.client.connect()
-        await self.client.start_notify(p.NUS_TX_UUID, self.on_notify)
-
-    async def command(self, msg: p.Message) -> None:
-        await self.client.write_gatt_char(p.NUS_RX_UUID, p.encode(msg), response=False)
+    def __init__(self, world: SimWorld, device: BLEDevice | str, **kwargs: Any) -> None:
+        super().__init__(world.client_backend, device, **kwargs)
 
 
 # --- discovery -----------------------------------------------------------------------------
