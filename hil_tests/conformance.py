@@ -58,6 +58,13 @@ class Session:
         return self.crc32 == p.crc32(self.image)
 
 
+#: A flash page: MSG_OTA_PROGRESS counts an erase in bytes, whole pages (protocol section 5).
+PAGE_SIZE = 4096
+#: The shortest page erase with which the ERASING set-up (ERASE_PAGES pages) lasts long
+#: enough for a command, its reply and a STATUS: 40 ms a page is 1.6 s; the nRF52840 takes 85.
+CATCHABLE_PAGE_S = 0.040
+
+
 def erase_image(staging_capacity: int) -> bytes:
     pages = max(1, min(ERASE_PAGES, staging_capacity // 4096))
     return random.Random(18).randbytes(pages * 4096 - 100)
