@@ -32,7 +32,10 @@ def test_the_simulator_has_a_switch_for_every_bug_of_the_catalogue() -> None:
 
 
 def _firmware_source() -> str:
-    return (Path(__file__).parent.parent / "sim" / "smartball_sim" / "firmware.py").read_text()
+    """The firmware model: firmware.py and its parts (firmware_*.py), not the catalogue."""
+    package = Path(__file__).parent.parent / "sim" / "smartball_sim"
+    parts = sorted(package.glob("firmware*.py"))
+    return "".join(path.read_text() for path in parts if path.name != "firmware_bugs.py")
 
 
 def test_every_entry_says_what_breaks_and_why() -> None:

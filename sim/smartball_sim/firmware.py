@@ -22,24 +22,42 @@ Everything it does later is a *step* scheduled on the event loop, so a virtual c
 The model can be told to have bugs (``bugs``, :class:`~smartball_sim.firmware_bugs.FirmwareBug`):
 each is a named deviation of a line or two where the reference behaviour is decided, so
 the HIL suite's strength can be measured against them. Without bugs this is the reference.
+
+This module holds the class, its reception, commands and reset guard; its data types live in
+``firmware_types.py``, its erasing, DATA/flash and FINISH/verify/activation parts in the
+mixins of ``firmware_erase.py``, ``firmware_data.py``, ``firmware_activation.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from pytest_smartball import protocol as p
 
-from .firmware_bugs import LATE_RESET_S, SMALL_RX_BUFFER_CHUNKS
+from .firmware_activation import TX_COMPLETE_WAIT_S as TX_COMPLETE_WAIT_S
+from .firmware_activation import ActivationMixin
+from .firmware_bugs import SMALL_RX_BUFFER_CHUNKS
 from .firmware_bugs import FirmwareBug as Bug
-from .flash import PAGE_SIZE, Flash, pad_to_words
+from .firmware_data import DataMixin
+from .firmware_erase import ErasingMixin
+from .firmware_types import (
+    _US,
+    FirmwareEvent,
+    FirmwareEventKind,
+    FirmwareImage,
+    FlashTimings,
+    OtaSession,
+    _FlashJob,
+    _PendingRecord,
+    to_us,
+)
+from .flash import PAGE_SIZE, Flash
 from .make_image import image_version
 
 log = logging.getLogger("sim.firmware")
@@ -61,146 +79,6 @@ __all__ = [
 #: this much for the staging bank of a dual-bank update.
 DEFAULT_STAGING_CAPACITY = 480 * 1024
 DEVICE_MAX_CHUNK = p.MAX_DATA_CHUNK
-#: After MSG_OTA_DONE the device waits for the notification to leave the radio, at most
-#: this long (docs/protocol.md, activation), then ends the link and resets.
-TX_COMPLETE_WAIT_S = 1.0
-_US = 1_000_000
-
-
-def to_us(seconds: float) -> int:
-    """Seconds as whole microseconds: the unit every time comparison in the simulator uses."""
-    return round(seconds * _US)
-
-
-@dataclass(frozen=True, slots=True)
-class FlashTimings:
-    """Flash timings; defaults from the nRF52840 Product Specification v1.7, section 4.3.9."""
-
-    #: t_ERASEPAGE: 85 ms typical per 4 KB page. The CPU stalls for it.
-    erase_page_s: float = 0.085
-    #: When set, the whole erase takes this long whatever the image size (field mode: the
-    #: field's firmware took 15-40 s, yielding to the radio between pages). Each page still
-    #: stalls the CPU for ``erase_page_s`` at most; the rest of its share is idle time.
-    erase_total_s: float | None = None
-    #: t_WRITE: 41 us per 32-bit word (max). A 232-byte chunk takes 2.4 ms: about 97 kB/s,
-    #: faster than the default radio (65 kB/s), slower than a 7.5 ms LE 2M link.
-    write_word_s: float = 41e-6
-    #: Received chunks the device can hold while the flash is busy; None: the READY window,
-    #: so a host that keeps to its ACK credit never overflows it. Smaller values make the
-    #: device drop DATA when full (answered like a wrong offset: the host rewinds).
-    rx_buffer_chunks: int | None = None
-    #: CRC-32 over flash read back (about 20 MB/s on a 64 MHz M4).
-    verify_s_per_byte: float = 1 / 20_000_000
-
-    def page_erase_time(self, pages: int) -> float:
-        """One page's share of the erase: its stall plus, in field mode, the idle time."""
-        if self.erase_total_s is not None and pages:
-            return self.erase_total_s / pages
-        return self.erase_page_s
-
-    def page_stall_s(self, pages: int) -> float:
-        return min(self.erase_page_s, self.page_erase_time(pages))
-
-    def write_time(self, size: int) -> float:
-        return math.ceil(size / 4) * self.write_word_s
-
-    def activation_s(self, image_size: int) -> float:
-        """The bootloader's work after a reset with a verified image pending: verify the
-        staging bank, erase the active bank's pages, copy, verify the copy."""
-        pages = math.ceil(image_size / PAGE_SIZE)
-        verify = image_size * self.verify_s_per_byte
-        return 2 * verify + pages * self.erase_page_s + self.write_time(image_size)
-
-
-class FirmwareEventKind(enum.StrEnum):
-    """What the firmware reports to its observer (fault triggers, the device log)."""
-
-    COMMAND = "command"  # a whole frame arrived, before it is handled
-    HANDLED = "handled"  # ... and once it is (replies sent, state changed)
-    ERASE_PROGRESS = "erase_progress"  # a staging page was erased (both erase modes)
-    READY = "ready"
-    DATA_ACCEPTED = "data_accepted"
-    VERIFIED = "verified"
-    VERIFY_FAILED = "verify_failed"
-    FLASH_ERROR = "flash_error"
-
-
-@dataclass(frozen=True, slots=True)
-class FirmwareEvent:
-    """What the firmware did, for fault triggers and the device log."""
-
-    kind: FirmwareEventKind
-    msg_type: int | None = None
-    offset: int = 0
-    done: int = 0
-    total: int = 0
-
-
-@dataclass(slots=True)
-class FirmwareImage:
-    data: bytes
-    version: tuple[int, int, int]
-
-    @property
-    def crc32(self) -> int:
-        return p.crc32(self.data)
-
-
-@dataclass(eq=False, slots=True)
-class OtaSession:
-    """One update session (RAM: a reset loses it). Compared by identity."""
-
-    image_size: int
-    image_crc32: int
-    max_chunk: int
-    progressive: bool = False
-    #: What READY grants (the normal window, or the progressive one; see
-    #: ``SmartBallFirmware.session_window``).
-    window: int = 16
-    next_offset: int = 0  # received: in flash or in the receive buffer
-    written_offset: int = 0  # in flash
-    unwritten_chunks: int = 0  # the receive buffer's fill
-    accepted_since_ack: int = 0
-    #: DATA refused since the last accepted chunk (wrong offset, full buffer) or, in
-    #: ERASING, since START: the rate limit of the replies. None: none yet.
-    rejected: int | None = None
-    pages: int = 0
-    pages_erased: int = 0
-    #: Pages this session has erased or queued for erasing (progressive mode).
-    erase_queued: set[int] = field(default_factory=set)
-    activating: bool = False
-
-    @property
-    def total_erase(self) -> int:
-        return self.pages * PAGE_SIZE
-
-
-@dataclass(eq=False, slots=True)
-class _FlashJob:
-    """One NVMC operation: erase ``page``, or write ``data`` at ``offset``."""
-
-    session: OtaSession
-    command: int  # the command whose work this is (what a FLASH_ERROR answers)
-    page: int | None = None
-    offset: int = 0
-    data: bytes = b""
-    length: int = 0  # image bytes the write carries (data is padded to whole words)
-    retried: bool = False
-    #: Run, in order, once the job is done (ACKs, the resume READY, the verify).
-    after: list[Callable[[], None]] = field(default_factory=list)
-
-    @property
-    def is_erase(self) -> bool:
-        return self.page is not None
-
-
-@dataclass(frozen=True, slots=True)
-class _PendingRecord:
-    """What the device persists (power-safe) before it sends MSG_OTA_DONE: the
-    bootloader switches to the staged image only if its CRC checks out again."""
-
-    image_size: int
-    image_crc32: int
 
 
 class _PowerCycled(Exception):
@@ -220,7 +98,7 @@ _TEXTS = {
 }
 
 
-class SmartBallFirmware:
+class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
     def __init__(
         self,
         *,
@@ -610,254 +488,6 @@ class SmartBallFirmware:
         self.session = None
         self.state = state
         self._jobs = deque(job for job in self._jobs if job is self._running_job)
-
-    # --- erasing (the whole image first) ----------------------------------------------
-
-    def _erase_next_page(self, s: OtaSession, page: int) -> None:
-        """Page ``page`` after its share of idle time (field mode: the firmware yields to
-        the radio between pages); its erase then stalls the CPU."""
-        idle = self.timings.page_erase_time(s.pages) - self.timings.page_stall_s(s.pages)
-        job = _FlashJob(s, p.MsgType.CMD_OTA_START, page=page)
-        job.after.append(lambda: self._page_erased_in_erasing(s, page))
-        idle_us = to_us(idle)
-        if idle_us > 0:
-            self._at(self._now_us() + idle_us, self._queue_job_if_current, job)
-        else:
-            self._queue_job(job)
-
-    def _queue_job_if_current(self, job: _FlashJob) -> None:
-        if job.session is self.session:
-            self._queue_job(job)
-
-    def _page_erased_in_erasing(self, s: OtaSession, page: int) -> None:
-        early_ready = Bug.READY_BEFORE_ERASE_DONE in self.bugs
-        if self.state != p.OtaState.ERASING and not (early_ready and s is self.session):
-            return
-        if Bug.NO_ERASE_PROGRESS not in self.bugs:
-            progress = p.MsgOtaProgress(p.OtaPhase.ERASE, (page + 1) * PAGE_SIZE, s.total_erase)
-            self._reply(progress)
-        self._page_erased(s)
-        if page + 1 < s.pages:
-            self._erase_next_page(s, page + 1)
-        if self.state == p.OtaState.ERASING and (page + 1 == s.pages or early_ready):
-            self.state = p.OtaState.RECEIVING
-            self._send_ready(s)
-
-    def _page_erased(self, s: OtaSession) -> None:
-        s.pages_erased += 1
-        event = FirmwareEvent(
-            FirmwareEventKind.ERASE_PROGRESS, done=s.pages_erased * PAGE_SIZE, total=s.total_erase
-        )
-        self._call_out(self._observe, event)
-
-    def _send_ready(self, s: OtaSession) -> None:
-        if s is not self.session or self.state != p.OtaState.RECEIVING:
-            return
-        self._reply(p.MsgOtaReady(s.max_chunk, s.window))
-        self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.READY))
-
-    # --- DATA ----------------------------------------------------------------------------
-
-    def _on_data(self, msg: p.CmdOtaData) -> None:
-        s = self.session
-        if self.state != p.OtaState.RECEIVING or s is None:
-            if self.state != p.OtaState.ERASING or s is None or self._rate_limit(s):
-                self._error(p.ErrorCode.BAD_STATE)
-            return
-        size = len(msg.data)
-        if size == 0 or size > s.max_chunk:
-            self._error(p.ErrorCode.BAD_PARAM, what=f"chunk of {size} bytes, max {s.max_chunk}")
-            return
-        if msg.offset != s.next_offset:
-            if msg.offset < s.next_offset:
-                self.data_rejected_behind += 1
-            else:
-                self.data_rejected_ahead += 1
-            self._reject_offset(s)
-            return
-        end = msg.offset + size
-        if end > s.image_size and Bug.DATA_PAST_END_ACCEPTED not in self.bugs:
-            self._error(p.ErrorCode.BAD_OFFSET)
-            return
-        if size % p.WORD_SIZE and end != s.image_size:
-            self._error(p.ErrorCode.BAD_PARAM, what=f"chunk of {size} bytes: not whole words")
-            return
-        if s.unwritten_chunks >= self.rx_buffer_chunks(s):
-            self.data_dropped_full += 1  # the flash is behind: no room for this chunk
-            self._reject_offset(s)
-            return
-        s.next_offset = end
-        s.rejected = None
-        s.unwritten_chunks += 1
-        if s.progressive:
-            last_page = (end - 1) // PAGE_SIZE
-            for page in range(msg.offset // PAGE_SIZE, last_page + 1):
-                if page not in s.erase_queued:  # erased just before its first write
-                    s.erase_queued.add(page)
-                    job = _FlashJob(s, p.MsgType.CMD_OTA_DATA, page=page)
-                    job.after.append(lambda: self._page_erased(s))
-                    self._queue_job(job)
-        self._queue_job(
-            _FlashJob(
-                s,
-                p.MsgType.CMD_OTA_DATA,
-                offset=msg.offset,
-                data=pad_to_words(msg.data),
-                length=size,
-            )
-        )
-        s.accepted_since_ack += 1
-        if end == s.image_size or s.accepted_since_ack >= self.ack_interval(s):
-            # ACK what is in flash, once it is: the host's credit then bounds the buffer.
-            s.accepted_since_ack = 0
-            if Bug.ACK_BEFORE_WRITTEN in self.bugs:
-                self._ack(s, end)
-            else:
-                self._after_written(s, self._ack, s, end)
-        event = FirmwareEvent(FirmwareEventKind.DATA_ACCEPTED, offset=end, total=s.image_size)
-        self._call_out(self._observe, event)
-
-    def _rate_limit(self, s: OtaSession) -> bool:
-        """True for the rejected DATA that gets a reply: the first, then one per window."""
-        s.rejected = 0 if s.rejected is None or s.rejected >= s.window else s.rejected
-        s.rejected += 1
-        return s.rejected == 1
-
-    def _reject_offset(self, s: OtaSession) -> None:
-        # One STATUS per gap, then one per window of further rejects: enough for the host
-        # to rewind, without a notification storm while its in-flight window drains.
-        if self._rate_limit(s):
-            self._reply(self.status())
-
-    def _ack(self, s: OtaSession, written_offset: int) -> None:
-        lost_to_finish = Bug.FINAL_ACK_LOST_TO_FINISH in self.bugs and (
-            self.state == p.OtaState.VERIFYING
-        )
-        if s is self.session and not lost_to_finish:
-            self._reply(p.MsgOtaAck(written_offset))
-
-    def _after_written(self, s: OtaSession, action: Callable[..., None], *args: Any) -> None:
-        """Run ``action`` once every byte the session has accepted so far is in flash."""
-        for job in reversed(self._jobs):
-            if job.session is s and not job.is_erase:
-                job.after.append(lambda: action(*args))
-                return
-        action(*args)
-
-    # --- the flash -------------------------------------------------------------------------
-
-    def _queue_job(self, job: _FlashJob) -> None:
-        self._jobs.append(job)
-        if self._running_job is None and not self._completing:
-            self._start_next_job()
-
-    def _start_next_job(self) -> None:
-        while self._running_job is None and self._jobs:
-            job = self._running_job = self._jobs[0]
-            now = self._now_us()
-            if job.is_erase:
-                duration = to_us(self.timings.page_stall_s(job.session.pages))
-                self._stalled_until_us = now + duration  # the CPU halts with the erase
-            else:
-                duration = to_us(self.timings.write_time(len(job.data)))
-            if duration:
-                self._at(now + duration, self._finish_job, job)
-            else:  # an instant flash (a model setting): written as it arrives
-                self._finish_job(job, start_next=False)
-
-    def _finish_job(self, job: _FlashJob, start_next: bool = True) -> None:
-        """The NVMC is done with ``job``: check it, retry a failure once, then run what
-        waited for it, handle what arrived during a stall, and start the next job."""
-        self._running_job = None
-        if self._jobs and self._jobs[0] is job:
-            self._jobs.popleft()
-        if job.is_erase:
-            assert job.page is not None
-            ok = self.flash.erase_page(job.page) and self.flash.is_erased(job.page)
-        else:
-            ok = self.flash.write_words(job.offset, job.data) and (
-                self.flash.read(job.offset, len(job.data)) == job.data
-            )
-        self._completing = True
-        try:
-            if not ok and not job.retried:
-                job.retried = True
-                self._jobs.appendleft(job)
-            elif not ok:
-                self._flash_failed(job)
-            elif job.session is self.session:
-                self._job_done(job)
-            if start_next:
-                self._handle_inbox()
-        finally:
-            self._completing = False
-        if start_next:
-            self._start_next_job()
-
-    def _job_done(self, job: _FlashJob) -> None:
-        s = job.session
-        if not job.is_erase:
-            s.unwritten_chunks -= 1
-            s.written_offset = job.offset + job.length
-        for action in job.after:
-            action()
-
-    def _flash_failed(self, job: _FlashJob) -> None:
-        what = f"page {job.page} erase" if job.is_erase else f"write at {job.offset}"
-        log.info("flash: %s failed twice", what)
-        if job.session is not self.session:
-            return  # an aborted session's last job: nobody waits for it
-        self._end_session(p.OtaState.ERROR)
-        self._error(p.ErrorCode.FLASH_ERROR, command=job.command)
-        self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.FLASH_ERROR))
-
-    # --- FINISH, verify, activation ---------------------------------------------------------
-
-    def _on_finish(self, msg: p.CmdOtaFinish) -> None:
-        s = self.session
-        if self.state != p.OtaState.RECEIVING or s is None or s.next_offset != s.image_size:
-            self._error(p.ErrorCode.BAD_STATE)
-            return
-        self.state = p.OtaState.VERIFYING
-        # Once the last chunk is written (its ACK leaves first), read the flash back.
-        self._after_written(s, self._start_verify, s)
-
-    def _start_verify(self, s: OtaSession) -> None:
-        if s is not self.session:
-            return
-        duration = to_us(self.timings.verify_s_per_byte * s.image_size)
-        self._at(self._now_us() + duration, self._verify, s)
-
-    def _verify(self, s: OtaSession) -> None:
-        if s is not self.session or self.state != p.OtaState.VERIFYING:
-            return
-        actual = p.crc32(self.flash.read(0, s.image_size))  # the flash, read back
-        if Bug.NO_CRC_CHECK in self.bugs:
-            actual = s.image_crc32  # believed, never computed
-        if actual != s.image_crc32:
-            self._end_session(p.OtaState.ERROR)
-            self._error(p.ErrorCode.CRC_MISMATCH, command=p.MsgType.CMD_OTA_FINISH)
-            self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.VERIFY_FAILED))
-            return
-        # Persisted before DONE goes out: from here a reset, or a power loss, switches.
-        self._pending = _PendingRecord(s.image_size, s.image_crc32)
-        self.state = p.OtaState.COMPLETE
-        if Bug.DONE_WRONG_CRC in self.bugs:
-            actual = int.from_bytes(actual.to_bytes(4, "little"), "big")
-        self._reply(p.MsgOtaDone(actual))
-        self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.VERIFIED))
-        if Bug.LATE_RESET in self.bugs:
-            self._at(self._now_us() + to_us(LATE_RESET_S), self._activate, s)
-            return
-        # Reset once DONE has left the radio, or after TX_COMPLETE_WAIT_S in any case.
-        self._at(self._now_us() + to_us(TX_COMPLETE_WAIT_S), self._activate, s)
-        self._call_out(self._when_sent, self._guarded(self._activate, s))
-
-    def _activate(self, s: OtaSession) -> None:
-        if s is not self.session or self.state != p.OtaState.COMPLETE or s.activating:
-            return
-        s.activating = True
-        self._call_out(self._request_reset)
 
     # --- helpers ---------------------------------------------------------------------
 

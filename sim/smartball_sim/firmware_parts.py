@@ -1,0 +1,62 @@
+"""What the parts of :class:`~smartball_sim.firmware.SmartBallFirmware` share: its state, and
+the steps one part calls in another, declared once for the type checker. The parts are
+``firmware.py`` (receiving, commands, the reset guard), ``firmware_erase.py`` (erasing),
+``firmware_data.py`` (DATA and the flash) and ``firmware_activation.py`` (FINISH, verify,
+activation). Nothing here runs: the declarations exist only for the type checker."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pytest_smartball import protocol as p
+
+from .firmware_bugs import FirmwareBug as Bug
+from .firmware_types import FirmwareEvent, FlashTimings, OtaSession, _FlashJob, _PendingRecord
+from .flash import Flash
+
+
+class FirmwareParts:
+    """The state every part of the firmware reads (set in ``SmartBallFirmware.__init__``)."""
+
+    state: p.OtaState
+    session: OtaSession | None
+    timings: FlashTimings
+    bugs: frozenset[Bug]
+    flash: Flash
+    data_rejected_behind: int
+    data_rejected_ahead: int
+    data_dropped_full: int
+    _observe: Callable[[FirmwareEvent], None]
+    _request_reset: Callable[[], None]
+    _when_sent: Callable[[Callable[[], None]], None]
+    _pending: _PendingRecord | None
+    _jobs: deque[_FlashJob]
+    _running_job: _FlashJob | None
+    _completing: bool
+    _stalled_until_us: int
+
+    if TYPE_CHECKING:
+        # firmware.py
+        def status(self) -> p.MsgOtaStatus: ...
+        def rx_buffer_chunks(self, s: OtaSession) -> int: ...
+        @staticmethod
+        def ack_interval(s: OtaSession) -> int: ...
+        def _guarded(self, action: Callable[..., None], *args: Any) -> Callable[[], None]: ...
+        def _call_out(self, callback: Callable[..., None], *args: Any) -> None: ...
+        def _at(self, when_us: int, action: Callable[..., None], *args: Any) -> None: ...
+        def _now_us(self) -> int: ...
+        def _handle_inbox(self) -> None: ...
+        def _end_session(self, state: p.OtaState) -> None: ...
+        def _reply(self, msg: p.DeviceMessage) -> None: ...
+        def _error(self, code: p.ErrorCode, command: int | None = None, **details: Any) -> None: ...
+
+        # firmware_erase.py
+        def _page_erased(self, s: OtaSession) -> None: ...
+
+        # firmware_data.py
+        def _queue_job(self, job: _FlashJob) -> None: ...
+        def _after_written(
+            self, s: OtaSession, action: Callable[..., None], *args: Any
+        ) -> None: ...
