@@ -50,9 +50,9 @@ from .firmware_types import (
     _US,
     FirmwareEvent,
     FirmwareEventKind,
-    FirmwareImage,
     FlashTimings,
     OtaSession,
+    StoredImage,
     _FlashJob,
     _PendingRecord,
     to_us,
@@ -68,10 +68,10 @@ __all__ = [
     "PAGE_SIZE",
     "FirmwareEvent",
     "FirmwareEventKind",
-    "FirmwareImage",
     "FlashTimings",
     "OtaSession",
     "SmartBallFirmware",
+    "StoredImage",
     "to_us",
 ]
 
@@ -121,7 +121,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         ``bugs``: deviations from the contract this firmware has (none: the reference)."""
         if window < 1:
             raise ValueError(f"window must be at least 1 (got {window})")
-        self.active = FirmwareImage(bytes(active_image), version)
+        self.active = StoredImage(bytes(active_image), version)
         self.staging_capacity = staging_capacity
         self.window = window
         self.timings = timings or FlashTimings()
@@ -143,7 +143,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         #: Persisted (survives a reset) between MSG_OTA_DONE and the bootloader's switch.
         self._pending: _PendingRecord | None = None
         #: What MSG_INFO reports instead of the active image (Bug.INFO_STALE_AFTER_SWITCH).
-        self._stale_info: FirmwareImage | None = None
+        self._stale_info: StoredImage | None = None
         self.commands_seen: dict[int, int] = {}
         #: DATA at an offset the device had already received (a host re-sending what the
         #: device never asked for) or beyond it (after a lost write): for fuzz properties.
@@ -195,12 +195,12 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         return self._decoder.stats
 
     @property
-    def pending_image(self) -> FirmwareImage | None:
+    def pending_image(self) -> StoredImage | None:
         """The verified image the bootloader switches to at the next reset, if any."""
         if self._pending is None:
             return None
         data = self.flash.read(0, self._pending.image_size)
-        return FirmwareImage(data, image_version(data))
+        return StoredImage(data, image_version(data))
 
     def staged_bytes(self) -> bytes:
         size = self.session.image_size if self.session else 0
@@ -279,7 +279,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         )
         if Bug.INFO_STALE_AFTER_SWITCH in self.bugs and self._stale_info is None:
             self._stale_info = self.active  # the settings record keeps the factory image
-        self.active = FirmwareImage(staged, image_version(staged))
+        self.active = StoredImage(staged, image_version(staged))
         return self.timings.activation_s(record.image_size)
 
     def link_lost(self) -> None:

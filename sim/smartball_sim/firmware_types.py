@@ -85,7 +85,9 @@ class FirmwareEvent:
 
 
 @dataclass(slots=True)
-class FirmwareImage:
+class StoredImage:
+    """An image as a flash bank holds it: its bytes and the version it says it is."""
+
     data: bytes
     version: tuple[int, int, int]
 

@@ -25,8 +25,7 @@ transfer phase separately.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from pytest_smartball import protocol as p
 
@@ -65,13 +64,6 @@ class LowerBound:
     @property
     def total_s(self) -> float:
         return self.without_link_setup_s + self.link_setup_s
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = asdict(self)
-        out["transfer_s"] = self.transfer_s
-        out["without_link_setup_s"] = self.without_link_setup_s
-        out["total_s"] = self.total_s
-        return out
 
 
 def data_chunk(radio: RadioProfile) -> int:
