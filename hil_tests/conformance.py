@@ -66,8 +66,8 @@ CATCHABLE_PAGE_S = 0.040
 
 
 def erase_image(staging_capacity: int) -> bytes:
-    pages = max(1, min(ERASE_PAGES, staging_capacity // 4096))
-    return random.Random(18).randbytes(pages * 4096 - 100)
+    pages = max(1, min(ERASE_PAGES, staging_capacity // PAGE_SIZE))
+    return random.Random(18).randbytes(pages * PAGE_SIZE - 100)
 
 
 def status_of(session: Session | None, state: p.OtaState) -> p.MsgOtaStatus:
@@ -98,8 +98,9 @@ async def ask_status(nus: NusLink) -> p.MsgOtaStatus:
 
 
 async def settle(nus: NusLink) -> None:
-    """Let stragglers arrive, then forget them: the next command starts a clean stream."""
-    await asyncio.sleep(QUIET_S)
+    """Let stragglers arrive, then forget them: the next command starts a clean stream.
+    Quiet means nothing for a reply time plus the radio's delivery, as collect() waits."""
+    await asyncio.sleep(QUIET_S + RADIO_MARGIN_S)
     nus.drain()
 
 
@@ -107,7 +108,7 @@ async def start(nus: NusLink, image: bytes, crc32: int | None = None) -> p.MsgOt
     """START a session and wait for READY through the whole erase."""
     crc = p.crc32(image) if crc32 is None else crc32
     await nus.send(p.CmdOtaStart(len(image), crc, CHUNK))
-    pages = math.ceil(len(image) / 4096)
+    pages = math.ceil(len(image) / PAGE_SIZE)
     budget = (pages + 1) * TIMING.progress_gap_max_s + TIMING.ready_after_erase_max_s
     ready = await nus.wait_for((p.MsgOtaReady, p.MsgError), budget + 5, "MSG_OTA_READY")
     assert isinstance(ready, p.MsgOtaReady), f"START was answered with {ready}"

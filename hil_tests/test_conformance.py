@@ -212,7 +212,7 @@ class Cell:
         """How long the cell's messages may take: the reply, then any erase, verify or
         ACK that follows, each at its obligation's limit."""
         sizes = [len(SMALL), len(OTHER)] + ([self.session.size] if self.session else [])
-        pages = math.ceil(max(sizes) / 4096)
+        pages = math.ceil(max(sizes) / c.PAGE_SIZE)
         names = {t.rstrip("+?") for t in tokens}
         budget = TIMING.reply_max_s + c.RADIO_MARGIN_S
         if names & {"MSG_OTA_PROGRESS", "MSG_OTA_READY"}:

@@ -43,7 +43,7 @@ ERASE_PAGE_S = 0.085
 
 def default_examples() -> int:
     """The loaded profile's example count (set by --fuzz-examples or HYPOTHESIS_PROFILE)."""
-    return (settings.default or settings()).max_examples
+    return settings().max_examples
 
 
 @dataclass

@@ -89,7 +89,7 @@ async def test_an_update_after_an_abandoned_session_succeeds(
     """The staging bank holds what an abandoned session wrote (as on every real board): the
     next session must erase every page its image touches, the partial last one too."""
     await nus.request(p.CmdOtaAbort(), (p.MsgOtaStatus,))
-    pages = -(-firmware_image.size // 4096)
+    pages = -(-firmware_image.size // c.PAGE_SIZE)
     leftover = random.Random(19).randbytes(pages * 4096)  # never finished: aborted below
     ready = await c.start(nus, leftover)
     await c.stream(nus, leftover, ready, len(leftover))

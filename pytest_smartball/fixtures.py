@@ -27,7 +27,7 @@ from . import protocol as p
 from .figures import FigureRecorder
 from .image import FirmwareImage, generated_image, load_image
 from .link import LinkSettings, NusLink, find_device
-from .options import SmartBallOptions, read_options
+from .options import SmartBallOptions
 from .ota import OtaEngine, OtaSettings
 from .recording import CALLED, ENGINES, FIGURES, LINK_EVENTS, SOAKS, TARGET, UPDATES, Update
 from .session import SmartBallSession, smartball_session
@@ -39,7 +39,7 @@ SMARTBALL_FIXTURES = frozenset({"smartball", "nus", "ota", "sim_device", "firmwa
 
 @pytest.fixture(scope="session")
 def smartball_options(pytestconfig: pytest.Config) -> SmartBallOptions:
-    return read_options(pytestconfig)
+    return smartball_session(pytestconfig).options
 
 
 @pytest.fixture(scope="session")
@@ -190,8 +190,8 @@ def smartball_soak(request: pytest.FixtureRequest, smartball: Target) -> SoakPla
     """The soak the run asks for (``--smartball-soak N``); hil_tests/test_soak.py runs it.
     The baseline is ``--baseline-firmware``, on the simulator by default the image its
     device runs."""
-    opts = read_options(request.config)
-    baseline = smartball_session(request.config).baseline_image
+    state = smartball_session(request.config)
+    opts, baseline = state.options, state.baseline_image
     if baseline is None and smartball.sim is not None:
         baseline = FirmwareImage(smartball.sim.firmware.active.data, "the simulated device's image")
     return SoakPlan(opts.soak, opts.faults, baseline, request.node)

@@ -57,7 +57,8 @@ _CRC = struct.Struct("<H")
 _IDLE_US = round(DECODER_IDLE_S * 1_000_000)
 
 
-def _whole_words(size: int) -> int:
+def whole_words(size: int) -> int:
+    """``size`` rounded down to whole 32-bit words (the NVMC writes words, P8)."""
     return size - size % WORD_SIZE
 
 
@@ -65,13 +66,13 @@ def max_data_chunk(write_size: int) -> int:
     """The host's chunk size: the image bytes one CMD_OTA_DATA frame carries when it fits
     one write of ``write_size`` bytes (the link's MTU - 3), in whole words, at most
     MAX_DATA_CHUNK. MTU 247: 244 - 10 = 234 -> 232; MTU 23: 20 - 10 = 10 -> 8."""
-    return _whole_words(min(MAX_DATA_CHUNK, write_size - FRAME_OVERHEAD - DATA_HEADER_SIZE))
+    return whole_words(min(MAX_DATA_CHUNK, write_size - FRAME_OVERHEAD - DATA_HEADER_SIZE))
 
 
 def granted_max_chunk(chunk_size: int) -> int:
     """The device's ``max_chunk`` for a START asking for ``chunk_size`` (>= MIN_CHUNK_SIZE):
     at most MAX_DATA_CHUNK, rounded down to whole words."""
-    return _whole_words(min(chunk_size, MAX_DATA_CHUNK))
+    return whole_words(min(chunk_size, MAX_DATA_CHUNK))
 
 
 def crc16_ccitt_false(data: bytes) -> int:

@@ -20,7 +20,7 @@ from . import figures as fig
 from . import protocol as p
 from . import report as rep
 from .image import FirmwareImage
-from .options import SmartBallOptions, read_options
+from .options import SmartBallOptions
 from .ota import OtaEngine, OtaResult, OtaSettings
 from .session import SmartBallSession, current_session, smartball_session
 from .targets import Target
@@ -173,7 +173,7 @@ class Recorder:
         state = current_session(self.config)
         if state is None:
             return
-        opts = read_options(self.config)
+        opts = state.options
         part = None if state.controller else _device_part(state, opts)
         workeroutput = getattr(self.config, "workeroutput", None)
         if workeroutput is not None:

@@ -72,8 +72,9 @@ class OtaEngine:
         self._ble_device = device
         self._on_progress = on_progress or (lambda phase, done, total: None)
         self._on_event = on_event
-        self.result = OtaResult(image_size=image.size, image_crc32=image.crc32)
-        self.record = Record(ImageId(image.size, image.crc32, image.source), self.settings.limits())
+        crc32 = image.crc32  # computed over the whole image on every access: once here
+        self.result = OtaResult(image_size=image.size, image_crc32=crc32)
+        self.record = Record(ImageId(image.size, crc32, image.source), self.settings.limits())
         self._link_settings: LinkSettings = self.settings.link
         self._link: NusLink | None = None
         self._ready: p.MsgOtaReady | None = None
@@ -108,7 +109,7 @@ class OtaEngine:
         self._t0 = self._state_since = loop.time()
         self._event(
             EventKind.START,
-            f"{self.image.source}: {self.image.size} bytes, crc32 {self.image.crc32:08x}",
+            f"{self.image.source}: {self.image.size} bytes, crc32 {self.record.image.crc32:08x}",
         )
         handlers: dict[State, Callable[[], Awaitable[None]]] = {
             State.SCANNING: self._scan,
@@ -284,7 +285,7 @@ class OtaEngine:
         link = self._require_link()
         chunk = host_chunk(min(self.settings.chunk_size, link.max_data_chunk))
         flags = self.record.start_flags
-        await link.send(p.CmdOtaStart(self.image.size, self.image.crc32, chunk, flags))
+        await link.send(p.CmdOtaStart(self.image.size, self.record.image.crc32, chunk, flags))
         self._see(o.StartSent(flags))
 
     async def _wait_ready(self) -> None:

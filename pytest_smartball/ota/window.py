@@ -46,7 +46,7 @@ def host_chunk(limit: int) -> int:
     """Image bytes per DATA chunk within ``limit`` (what one write and READY allow): whole
     words, so offsets stay word aligned (P8), at least one word. A device that announces a
     max_chunk that is not a multiple of 4 (one before P8) gets whole words too."""
-    return max(p.MIN_CHUNK_SIZE, limit - limit % p.WORD_SIZE)
+    return max(p.MIN_CHUNK_SIZE, p.whole_words(limit))
 
 
 class CreditWindow:

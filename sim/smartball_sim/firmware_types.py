@@ -50,7 +50,7 @@ class FlashTimings:
         return min(self.erase_page_s, self.page_erase_time(pages))
 
     def write_time(self, size: int) -> float:
-        return math.ceil(size / 4) * self.write_word_s
+        return math.ceil(size / p.WORD_SIZE) * self.write_word_s
 
     def activation_s(self, image_size: int) -> float:
         """The bootloader's work after a reset with a verified image pending: verify the

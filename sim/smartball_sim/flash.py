@@ -17,13 +17,14 @@ Misuse (a write that is not word-aligned, a third write of a word) raises
 firmware told to have a bug from the catalogue (``smartball_sim.firmware_bugs``) may write a
 word a third time, as a real one with that bug would: with ``strict=False`` the write
 then clears bits like any other (the NVMC does not refuse it; the datasheet no longer
-promises the bits) and is counted in ``overwrites`` instead of raising.
+promises the bits) instead of raising.
 """
 
 from __future__ import annotations
 
+from pytest_smartball.protocol import WORD_SIZE
+
 PAGE_SIZE = 4096
-WORD_SIZE = 4
 ERASED = 0xFF
 MAX_WRITES_PER_WORD = 2
 
@@ -44,10 +45,7 @@ class Flash:
         #: Operations (page erases or writes) still to fail, next first.
         self.fail_next = 0
         self.erases = 0
-        self.word_writes = 0
         self.strict = strict
-        #: Words written beyond n_WRITE since their erase (only when not strict).
-        self.overwrites = 0
 
     def read(self, offset: int, size: int) -> bytes:
         self._check_range(offset, size)
@@ -76,14 +74,13 @@ class Flash:
             raise FlashMisuse(f"write of {len(data)} bytes at {offset}: not whole words")
         self._check_range(offset, len(data))
         first = offset // WORD_SIZE
-        for word in range(first, first + len(data) // WORD_SIZE):
-            if self._writes[word] >= MAX_WRITES_PER_WORD and not self.strict:
-                self.overwrites += 1
-            elif self._writes[word] >= MAX_WRITES_PER_WORD:
-                raise FlashMisuse(
-                    f"word at {word * WORD_SIZE} written more than {MAX_WRITES_PER_WORD} "
-                    "times since its page was erased"
-                )
+        if self.strict:
+            for word in range(first, first + len(data) // WORD_SIZE):
+                if self._writes[word] >= MAX_WRITES_PER_WORD:
+                    raise FlashMisuse(
+                        f"word at {word * WORD_SIZE} written more than {MAX_WRITES_PER_WORD} "
+                        "times since its page was erased"
+                    )
         if self._failing():
             return False
         for word in range(first, first + len(data) // WORD_SIZE):
@@ -91,7 +88,6 @@ class Flash:
         old = int.from_bytes(self._data[offset : offset + len(data)], "little")
         new = old & int.from_bytes(data, "little")  # NOR: a write only clears bits
         self._data[offset : offset + len(data)] = new.to_bytes(len(data), "little")
-        self.word_writes += len(data) // WORD_SIZE
         return True
 
     def writes_of_word(self, offset: int) -> int:

@@ -88,7 +88,7 @@ def lower_bound(
     # packets as fit (exchanges_per_event), a write needing ll_packets() of them.
     packets = chunks * radio.ll_packets(chunk + p.FRAME_OVERHEAD + p.DATA_HEADER_SIZE)
     radio_s = math.ceil(packets / radio.exchanges_per_event()) * radio.connection_interval_s
-    flash_s = math.ceil(image_size / 4) * flash.write_word_s
+    flash_s = flash.write_time(image_size)
     pages = math.ceil(image_size / PAGE_SIZE)
     # erasing on demand stalls the CPU per page and has no idle time between pages
     per_page = flash.page_stall_s(pages) if progressive else flash.page_erase_time(pages)

@@ -43,7 +43,7 @@ import itertools
 import logging
 import os
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 from bumble import hci, ll
 from bumble.transport.common import Transport
@@ -53,7 +53,6 @@ from .device import SimDevice
 
 log = logging.getLogger("sim.vhci")
 
-T = TypeVar("T")
 
 VHCI_PATH = "/dev/vhci"
 #: bluetoothd adds a new controller's adapter within a second; under software emulation

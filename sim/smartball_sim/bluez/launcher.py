@@ -35,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pytest_smartball import protocol as p
 from smartball_sim.background_loop import BackgroundLoop
@@ -43,8 +43,6 @@ from smartball_sim.device import DEFAULT_ADDRESS, RadioTimings, SimDevice
 from smartball_sim.firmware import FlashTimings
 
 from .emulator import BluezEmulator, Timing
-
-T = TypeVar("T")
 
 #: The version the fake bluetoothctl reports (no known GATT bugs, see pytest_smartball.bluez).
 DEFAULT_BLUEZ_VERSION = "5.72"
