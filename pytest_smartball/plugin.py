@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pytest
 
+from .farm import add_options as add_farm_options
 from .link import BleBackend
 from .options import NEEDS_DEVICE, add_options
 
@@ -43,6 +44,7 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
+    add_farm_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -70,6 +72,10 @@ def pytest_configure(config: pytest.Config) -> None:
         from .targets.vhci_bluez import start as start_vhci
 
         start_vhci(config)
+    from . import farm
+
+    if farm.requested(config):  # labgrid's plugin is active: the balls come from its places
+        farm.start(config)
 
 
 @pytest.hookimpl(trylast=True)
