@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -74,6 +75,8 @@ POWER_OFF_S = 0.1
 #: resources do not show, end the run with a sentence instead of a hang.
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
+#: Ports tried for the coordinator (another process may take a free port first).
+COORDINATOR_ATTEMPTS = 3
 #: Every daemon this module starts carries this variable (the run id) in its environment,
 #: so ``check`` finds the ones of this run only.
 FARM_VARIABLE = "SMARTBALL_LABGRID_FARM"
@@ -280,21 +283,7 @@ class LoopbackFarm:
         except (DbusDaemonMissing, OSError, RuntimeError) as exc:
             raise FarmUnavailable(f"cannot start the emulated BlueZ: {exc}") from None
         self.power = PowerSwitch(self.bluez).start()
-        port = free_port()
-        self.coordinator_address = f"127.0.0.1:{port}"
-        # The coordinator keeps places.yaml and resources.yaml in its working directory.
-        coordinator_dir = self.dir / "coordinator"
-        coordinator_dir.mkdir()
-        coordinator = self._spawn(
-            "labgrid-coordinator",
-            [_labgrid_tool("labgrid-coordinator"), "--listen", self.coordinator_address],
-            cwd=coordinator_dir,
-        )
-        self._wait(
-            f"labgrid-coordinator on {self.coordinator_address}",
-            coordinator,
-            lambda: _listening(port),
-        )
+        self._start_coordinator()
         exporter_yaml = self.dir / "exporter.yaml"
         exporter_yaml.write_text(self.exporter_config(), encoding="utf-8")
         exporter = self._spawn(
@@ -322,6 +311,33 @@ class LoopbackFarm:
             self._client("-p", place, "add-match", f"{self.exporter_name}/{place}/*")
         self.env_file = self.dir / "env.yaml"
         self.env_file.write_text(self.environment_config(), encoding="utf-8")
+
+    def _start_coordinator(self) -> None:
+        """On a free port; again on another if a process took that port before ours bound
+        it (the port is free when picked, then released for the coordinator to take)."""
+        assert self.dir is not None
+        for attempt in range(1, COORDINATOR_ATTEMPTS + 1):
+            port = free_port()
+            self.coordinator_address = f"127.0.0.1:{port}"
+            # The coordinator keeps places.yaml and resources.yaml in its working directory.
+            coordinator_dir = self.dir / f"coordinator-{attempt}"
+            coordinator_dir.mkdir()
+            coordinator = self._spawn(
+                "labgrid-coordinator",
+                [_labgrid_tool("labgrid-coordinator"), "--listen", self.coordinator_address],
+                cwd=coordinator_dir,
+            )
+            try:
+                self._wait(
+                    f"labgrid-coordinator on {self.coordinator_address}",
+                    coordinator,
+                    functools.partial(_listening, port),
+                )
+                return
+            except FarmUnavailable:
+                if coordinator.alive() or attempt == COORDINATOR_ATTEMPTS:
+                    raise
+                log.warning("labgrid-coordinator could not listen on port %d; another port", port)
 
     def exporter_config(self) -> str:
         """The bench host's exporter configuration: a resource group per ball."""
