@@ -77,12 +77,37 @@ def test_a_power_cut_goes_through_the_places_power_driver(
 ) -> None:
     assert farm.power is not None
     before = len(farm.power.switched)
-    result = run(lab, *lab_args(farm), "-rs", timeout=120)
+    result = run(lab, *lab_args(farm), "-rs", "--junitxml=junit.xml", timeout=120)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["smartball labgrid: place smartball-1: *NetworkPowerDriver*"])
     # NetworkPowerDriver.cycle(): off, then on, over HTTP to the switch of port 1.
     assert farm.power.switched[before:] == [(1, False), (1, True)]
     assert "smartball-1" not in holders(farm), "the run did not release its place"
+    # Which ball a test ran on, for CI: in the JUnit properties.
+    junit = (lab.path / "junit.xml").read_text()
+    assert '<property name="labgrid.place" value="smartball-1"' in junit, junit
+    assert '<property name="labgrid.ball" value="C0:FF:EE:00:01:01"' in junit, junit
+
+
+def test_a_place_without_a_power_driver_skips_the_power_cut_saying_so(
+    farm: LoopbackFarm, lab: pytest.Pytester
+) -> None:
+    env = lab.makefile(
+        ".yaml",
+        env=(
+            "imports:\n  - pytest_smartball.farm.lab\ntargets:\n  smartball-2:\n"
+            "    resources:\n      RemotePlace:\n        name: smartball-2\n"
+            "    drivers:\n      SmartBallDriver: {}\n"
+        ),
+    )
+    assert farm.power is not None
+    before = len(farm.power.switched)
+    args = [a for a in lab_args(farm) if not a.startswith("--lg-env")]
+    result = run(lab, *args, f"--lg-env={env}", "-rs", timeout=120)
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*labgrid target smartball-2 has no power driver*"])
+    assert farm.power.switched[before:] == []
+    assert "smartball-2" not in holders(farm)
 
 
 def test_a_place_another_user_holds_is_refused_in_one_sentence(
