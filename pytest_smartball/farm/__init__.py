@@ -79,7 +79,6 @@ class LabgridFarm:
         self.balls: list[Ball] = []
         self.acquired: list[str] = []
         self.coordinator: Coordinator | None = None
-        self.workers: list[str] = []  # worker ids, by ball, under xdist
 
     # --- session start --------------------------------------------------------------------
 
@@ -119,8 +118,20 @@ class LabgridFarm:
                     f"labgrid: cannot reach the coordinator at {address} ({exc}); start it or "
                     "pass the right --lg-coordinator"
                 ) from None
+            wait_s = float(config.getoption("--smartball-place-wait"))
+            if wait_s < 0:
+                raise pytest.UsageError("--smartball-place-wait: 0 seconds or more")
             for place in places:
-                self._acquire(place)
+                try:
+                    self._acquire(place, wait_s)
+                except pytest.UsageError:
+                    raise
+                except Exception as exc:  # a coordinator that stops answering midway
+                    raise pytest.UsageError(
+                        f"labgrid: the coordinator at {address} failed while this run took "
+                        f"place {place} ({type(exc).__name__}: {exc}); the places it took are "
+                        "released"
+                    ) from None
         controller = config.pluginmanager.has_plugin("dsession")
         self.balls = [_bind(env, t, with_power=not controller) for t in targets]
         adapters = sorted({ball.adapter for ball in self.balls})
@@ -133,12 +144,12 @@ class LabgridFarm:
         config.option.ble_address = ",".join(ball.address for ball in self.balls)
         config.option.ble_adapter = adapters[0]
 
-    def _acquire(self, place: str) -> None:
+    def _acquire(self, place: str, wait_s: float) -> None:
         coordinator = self.coordinator
         assert coordinator is not None
-        wait_s = float(self.config.getoption("--smartball-place-wait"))
         started = time.monotonic()
         races = 0
+        # Bounded: next_step refuses once wait_s has passed, and races by MAX_RACES.
         while True:
             exists, held_by = coordinator.holder(place)
             step = next_step(
@@ -192,7 +203,6 @@ class LabgridFarm:
         index = int(worker[2:]) if worker[2:].isdigit() else 0
         ball = self.balls[index % len(self.balls)]
         node.workerinput[WORKER_KEY] = ball.target_name
-        self.workers.append(worker)
 
     # --- the power of the ball under test ----------------------------------------------
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import attr
 from labgrid.driver.common import Driver
+from labgrid.exceptions import NoDriverFoundError, NoResourceFoundError
 from labgrid.factory import target_factory
 from labgrid.protocol import PowerProtocol
 from labgrid.remote.client import ClientSession, ensure_event_loop
@@ -115,12 +116,12 @@ def bind(env: Any, target_name: str, *, with_power: bool) -> Ball:
     if with_power:
         try:
             power = target.get_driver(PowerProtocol)
-        except Exception:  # labgrid's NoDriverFoundError: the place has no power port
+        except NoDriverFoundError:  # the place has no power port
             power = None
     place = None
     try:
         place = str(target.get_resource(RemotePlace, wait_avail=False).name)
-    except Exception:  # NoResourceFoundError: a local target
+    except NoResourceFoundError:  # a local target
         place = None
     return Ball(target_name, place, driver.address, driver.ball_name, driver.adapter, power)
 
