@@ -22,6 +22,7 @@ from . import report as rep
 from .image import FirmwareImage
 from .options import SmartBallOptions
 from .ota import OtaEngine, OtaResult, OtaSettings
+from .release_report.attach import attach_timelines
 from .release_report.trace import ProgressTrace
 from .session import SmartBallSession, current_session, smartball_session
 from .targets import Target
@@ -80,6 +81,7 @@ def pytest_runtest_makereport(
     report = yield
     if records:
         report.smartball_updates = records  # type: ignore[attr-defined]
+        attach_timelines(item.config, report, records)  # pytest-html's report, if any
     if figures:
         report.smartball_figures = figures  # type: ignore[attr-defined]
     if call.when == "teardown" and item.stash.get(SOAKS, None):

@@ -478,3 +478,37 @@ def test_an_unwritable_page_fails_the_run_in_one_sentence(tmp_path: Path) -> Non
     )
     assert run.returncode == 1, run.stdout + run.stderr
     assert "smartball release page: FAILED: cannot write" in run.stdout
+
+
+def test_pytest_html_shows_each_update_s_timeline_with_its_test(tmp_path: Path) -> None:
+    pytest.importorskip("pytest_html", reason="pytest-html is in the test extra")
+    html = tmp_path / "pytest-html.html"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--device=sim",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            f"--basetemp={tmp_path / 'inner'}",
+            "hil_tests/test_ota_hil.py::test_full_update_activates_the_new_image",
+            "--sim-faults=drop@erase:50%",
+            f"--html={html}",
+            "--self-contained-html",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    text = html.read_text()  # pytest-html keeps its rows as escaped JSON in the page
+    assert "smartball-timeline" in text and "plot-area" in text
+    assert "marker drop" in text

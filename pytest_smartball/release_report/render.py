@@ -403,8 +403,9 @@ def timeline_svg(update: dict[str, Any]) -> str:
     the acknowledged offset as lines (0 to the image's size), a time axis in seconds."""
     end = model.end_time(update)
     out = [
+        # width and font as attributes too: pytest-html shows it without this page's CSS
         f'<svg class="timeline" viewBox="0 0 {SVG_WIDTH} {SVG_HEIGHT}" role="img" '
-        f'data-end="{end:g}">',
+        f'width="100%" font-size="11" font-family="sans-serif" data-end="{end:g}">',
         f"<title>{_e(update.get('test'))}: timeline over {end:.2f} s</title>",
         f'<rect class="plot-area" x="{PLOT_LEFT}" y="{BAND_TOP}" '
         f'width="{PLOT_RIGHT - PLOT_LEFT}" height="{PLOT_BOTTOM - BAND_TOP}" '
