@@ -4,7 +4,8 @@ the field's faults and a slower candidate, and a test checks what a person sees:
 markers where the report's events say, the worse figure marked, nothing wider than the
 window at 1280 px and at a phone's 390 px. Screenshots go to ``build/`` for a reviewer.
 
-Outside CI the test skips, naming what to install; under ``CI=true`` it fails instead.
+Outside CI the test skips, naming what to install; under ``CI=true`` (or
+``SMARTBALL_BROWSER_TEST=required``, as ``.ci/run`` sets) it fails instead.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ CHROMIUM_FLAGS = (
     "--hide-scrollbars",
 )
 WIDTHS = {"desktop": 1280, "phone": 390}
+#: ``SMARTBALL_BROWSER_TEST=required`` (.ci/run) or ``CI=true``: no browser is a failure.
+REQUIRED_ENV = "SMARTBALL_BROWSER_TEST"
 
 #: The candidate's own test: one update under the field's fault profile.
 FIELD_TEST = """\
@@ -75,8 +78,8 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     missing = _what_is_missing()
     if missing:
         message = f"the release page's browser test needs {missing}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " (CI=true: .ci/run installs them)")
+        if os.environ.get("CI") == "true" or os.environ.get(REQUIRED_ENV) == "required":
+            pytest.fail(message + " (.ci/run installs them)")
         pytest.skip(message)
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
