@@ -91,11 +91,14 @@ svg.timeline text{font:11px system-ui,sans-serif;fill:#222}
  vertical-align:-1px;margin-right:4px;border:1px solid #999}
 details{margin:.3em 0}summary{cursor:pointer}
 .muted{color:#666}
-@media (max-width:600px){body{font-size:14px;padding:8px}th,td{padding:2px 3px}}
+.timeline-wrap{overflow-x:auto}
+@media (max-width:600px){body{font-size:14px;padding:8px}th,td{padding:2px 3px}
+ svg.timeline{min-width:640px}}
 @media print{
  *{-webkit-print-color-adjust:exact;print-color-adjust:exact}
  body{max-width:none;padding:0;font-size:10pt}
  .update,table,svg.timeline{break-inside:avoid}
+ .timeline-wrap{overflow:visible}svg.timeline{min-width:0}
  details>summary{display:none}details{display:block}
  a{color:inherit;text-decoration:none}
 }
@@ -375,7 +378,7 @@ def _update(update: dict[str, Any], index: int) -> str:
         f'<article class="update {_e(outcome)}" data-update="{index}" '
         f'data-test="{_e(test)}"><h3>{_e(title)}</h3><p class="facts">{_e(facts)}</p>'
         + (f'<p class="flag"><strong>{_e(error)}</strong></p>' if error else "")
-        + timeline_svg(update)
+        + f'<div class="timeline-wrap">{timeline_svg(update)}</div>'
         + (f'<p class="where">Where the time went: {_e(where)}.</p>' if where else "")
         + (
             f"<details><summary>events ({len(events)})</summary><table><tr>"
