@@ -263,3 +263,13 @@ def test_the_page_shows_what_the_release_run_did(browser: Any, release_run: dict
         assert sizes[0] <= sizes[1] == width, f"{name}: page {sizes[0]} px in {width} px"
         _screenshot(browser, SHOTS / f"release-report-{name}.png", width)
     assert (SHOTS / "release-report-desktop.png").stat().st_size > 10_000
+
+    # Printed on A5 (its width at 96 dpi): the whole of every timeline on paper, not cut.
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    _at_width(browser, 560)
+    printed = browser.execute_script(
+        """return [document.documentElement.scrollWidth, window.innerWidth,
+             ...[...document.querySelectorAll('.timeline-wrap')].map(
+               w => w.scrollWidth - w.clientWidth)];"""
+    )
+    assert printed[0] <= printed[1] and not any(printed[2:]), printed
