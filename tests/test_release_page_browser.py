@@ -172,7 +172,28 @@ def release_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert candidate.returncode == 1, candidate.stdout + candidate.stderr
     assert "3 passed" in candidate.stdout, candidate.stdout
     assert "smartball compare: FAILED: erase_s" in candidate.stdout
-    return {"page": page, "report": json.loads(report.read_text())}
+    data = json.loads(report.read_text())
+    # The same run's page from smartball-report, with a kill table of the length
+    # hil_tests.kill_table writes (the bug names of the catalogue, long test ids).
+    with_kill = tmp / "release-with-kill-table.html"
+    from pytest_smartball import contract
+    from pytest_smartball.release_report.command import write_page
+
+    tests = [t["test"] for t in data["tests"]] * 3
+    kill = {
+        "bugs": {
+            bug.name: {
+                "killed": i != 0,
+                "caught_by": tests[: i % 5],
+                "caught_on_hardware_too": tests[: i % 3],
+            }
+            for i, bug in enumerate(contract.firmware_bugs())
+        },
+        "tests": len(data["tests"]),
+        "seconds": 100.0,
+    }
+    write_page(with_kill, data, kill_table=kill)
+    return {"page": page, "report": data, "with_kill_table": with_kill}
 
 
 def _at_width(driver: Any, width: int) -> None:
@@ -263,6 +284,16 @@ def test_the_page_shows_what_the_release_run_did(browser: Any, release_run: dict
         assert sizes[0] <= sizes[1] == width, f"{name}: page {sizes[0]} px in {width} px"
         _screenshot(browser, SHOTS / f"release-report-{name}.png", width)
     assert (SHOTS / "release-report-desktop.png").stat().st_size > 10_000
+
+    # The page with a kill table fits too.
+    browser.get(release_run["with_kill_table"].as_uri())
+    for name, width in WIDTHS.items():
+        _at_width(browser, width)
+        assert browser.execute_script("return document.querySelectorAll('#kill-table tr').length")
+        sizes = browser.execute_script(
+            "return [document.documentElement.scrollWidth, window.innerWidth]"
+        )
+        assert sizes[0] <= sizes[1] == width, f"{name}, kill table: {sizes[0]} px in {width} px"
 
     # Printed on A5 (its width at 96 dpi): the whole of every timeline on paper, not cut.
     browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})

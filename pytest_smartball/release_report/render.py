@@ -68,11 +68,11 @@ body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#
 h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.25em;margin:1.4em 0 .4em;
  border-bottom:2px solid #ddd}h3{font-size:1.05em;margin:1em 0 .3em}
 code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em}
-body *{overflow-wrap:anywhere}
+body *{overflow-wrap:break-word}td,td *{overflow-wrap:anywhere}td.flag{overflow-wrap:normal}
 table{border-collapse:collapse;width:100%;margin:.4em 0;font-size:.92em}
 th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}.summary th{width:7.5em;overflow-wrap:normal}
-td.num,th.num{text-align:right;white-space:nowrap}
+td.num,th.num{text-align:right}td.num{white-space:nowrap}
 .verdict{display:inline-block;padding:2px 10px;border-radius:4px;font-weight:700;color:#fff}
 .verdict.pass{background:#2e7d32}.verdict.fail{background:#c62828}
 .worse td{background:#ffebee}.worse .flag,.beyond .flag{color:#b71c1c;font-weight:700}
