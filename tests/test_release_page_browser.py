@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -154,20 +155,26 @@ def release_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     previous = tmp / "release-1.4.json"
     first = _pytest(tmp, f"--basetemp={tmp / 'p'}", TIMING_TEST, f"--smartball-report={previous}")
     assert first.returncode == 0, first.stdout + first.stderr
-    field_test = tmp / "test_field_update.py"
+    # Under the rootdir (in the ignored build/), so the page names the test by its path.
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    field_dir = Path(tempfile.mkdtemp(prefix="release-run-", dir=SHOTS))
+    field_test = field_dir / "test_field_update.py"
     field_test.write_text(FIELD_TEST)
     report, page = tmp / "candidate.json", tmp / "release.html"
-    candidate = _pytest(
-        tmp,
-        f"--basetemp={tmp / 'c'}",
-        TIMING_TEST,
-        RESUME_TEST,
-        str(field_test),
-        "--sim-flash=erase_page_s=0.12",
-        f"--smartball-compare={previous}",
-        f"--smartball-report={report}",
-        f"--smartball-html={page}",
-    )
+    try:
+        candidate = _pytest(
+            tmp,
+            f"--basetemp={tmp / 'c'}",
+            TIMING_TEST,
+            RESUME_TEST,
+            str(field_test.relative_to(ROOT)),
+            "--sim-flash=erase_page_s=0.12",
+            f"--smartball-compare={previous}",
+            f"--smartball-report={report}",
+            f"--smartball-html={page}",
+        )
+    finally:
+        shutil.rmtree(field_dir)
     # The slower erase fails the run (the compare gate); every test itself passed.
     assert candidate.returncode == 1, candidate.stdout + candidate.stderr
     assert "3 passed" in candidate.stdout, candidate.stdout
