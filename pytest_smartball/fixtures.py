@@ -30,6 +30,7 @@ from .link import LinkSettings, NusLink, find_device
 from .options import SmartBallOptions
 from .ota import OtaEngine, OtaSettings
 from .recording import CALLED, ENGINES, FIGURES, LINK_EVENTS, SOAKS, TARGET, UPDATES, Update
+from .release_report.trace import ProgressTrace
 from .session import SmartBallSession, smartball_session
 from .targets import Target
 
@@ -314,16 +315,25 @@ def ota(
 
     def make(image: FirmwareImage | None = None, **kwargs: Any) -> OtaEngine:
         kwargs.setdefault("settings", ota_settings)
+        trace = ProgressTrace()  # the offsets over time, for the release page
+        test_progress = kwargs.pop("on_progress", None)
+
+        def on_progress(phase: str, done: int, total: int) -> None:
+            trace.add(asyncio.get_running_loop().time() - engine.started_at, phase, done, total)
+            if test_progress is not None:
+                test_progress(phase, done, total)
+
         engine = OtaEngine(
             image or firmware_image,
             smartball.backend,
             name=smartball.name,
             address=smartball.address,
+            on_progress=on_progress,
             **kwargs,
         )
         engines.append(engine)  # for the timeline shown when the test fails
         before = _known_info(smartball, state, updates)
-        updates.append(Update(engine.image, engine.result, before, engine=engine))
+        updates.append(Update(engine.image, engine.result, before, engine=engine, progress=trace))
         return engine
 
     return make

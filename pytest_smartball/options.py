@@ -44,6 +44,8 @@ class SmartBallOptions:
     compare_tolerance_percent: float = DEFAULT_COMPARE_TOLERANCE_PERCENT
     soak: int | None = None
     sim_link: str = "model"
+    #: --smartball-html: where the release page goes (None: no page).
+    html: str | None = None
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -165,6 +167,14 @@ def add_options(parser: pytest.Parser) -> None:
         help="how much worse than the previous release a figure may be (default %(default)s %%)",
     )
     release.addoption(
+        "--smartball-html",
+        default=None,
+        metavar="PATH",
+        help="write the release page: one self-contained HTML file (no network) with each "
+        "update as a timeline per board, the timing figures against their limits and, with "
+        "--smartball-compare, beside the last release's",
+    )
+    release.addoption(
         "--smartball-soak",
         type=int,
         default=None,
@@ -194,4 +204,5 @@ def read_options(config: pytest.Config) -> SmartBallOptions:
         compare_tolerance_percent=config.getoption("--smartball-compare-tolerance"),
         soak=config.getoption("--smartball-soak"),
         sim_link=config.getoption("--sim-link"),
+        html=config.getoption("--smartball-html"),
     )

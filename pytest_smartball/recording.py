@@ -22,6 +22,8 @@ from . import report as rep
 from .image import FirmwareImage
 from .options import SmartBallOptions
 from .ota import OtaEngine, OtaResult, OtaSettings
+from .release_report.attach import attach_timelines
+from .release_report.trace import ProgressTrace
 from .session import SmartBallSession, current_session, smartball_session
 from .targets import Target
 
@@ -46,6 +48,8 @@ class Update:
     purpose: str = "test"
     engine: OtaEngine | None = None
     address: str | None = None
+    #: The engine's progress over time, for the release page (None: not traced).
+    progress: ProgressTrace | None = None
 
     @property
     def device(self) -> str | None:
@@ -77,6 +81,7 @@ def pytest_runtest_makereport(
     report = yield
     if records:
         report.smartball_updates = records  # type: ignore[attr-defined]
+        attach_timelines(item.config, report, records)  # pytest-html's report, if any
     if figures:
         report.smartball_figures = figures  # type: ignore[attr-defined]
     if call.when == "teardown" and item.stash.get(SOAKS, None):
@@ -108,6 +113,7 @@ def _update_records(item: pytest.Item) -> list[dict[str, Any]]:
                 before=update.before,
                 rssi=result.rssi_dbm if result.connects else None,
                 purpose=update.purpose,
+                progress=update.progress.as_list() if update.progress else None,
             )
         )
     return records
@@ -151,6 +157,9 @@ class Recorder:
         self.config = config
         self.written: str | None = None
         self.comparison: compare.Comparison | None = None
+        #: --smartball-html: the page written, or the sentence saying why it was not.
+        self.html_written: str | None = None
+        self.html_problem: str | None = None
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -183,12 +192,18 @@ class Recorder:
             state.report.comparison = self.comparison.as_dict()
             if self.comparison.regressions and session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        if state.report is None or not opts.report:
+        if state.report is None or not (opts.report or opts.html):
             return
         if part:
             state.report.add_device(part)
-        state.report.write(opts.report, int(session.exitstatus))
-        self.written = opts.report
+        if opts.report:
+            state.report.write(opts.report, int(session.exitstatus))
+            self.written = opts.report
+        if opts.html:
+            self.html_problem = _write_html(state.report, opts.html, int(session.exitstatus))
+            if self.html_problem and session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED  # no page: no success
+            self.html_written = None if self.html_problem else opts.html
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         state = current_session(self.config)
@@ -219,6 +234,12 @@ class Recorder:
                 terminalreporter.write_line(f"smartball compare: FAILED: {sentence}", red=True)
             if not c.regressions:
                 terminalreporter.write_line("smartball compare: no figure worse than the tolerance")
+        if self.html_written:
+            terminalreporter.write_line(f"smartball release page: {self.html_written}")
+        if self.html_problem:
+            terminalreporter.write_line(
+                f"smartball release page: FAILED: {self.html_problem}", red=True
+            )
         if self.written:
             summary = state.report.to_dict()
             unconfirmed = summary["updates_unconfirmed"]
@@ -236,6 +257,17 @@ def _compare(report: rep.RunReport, path: str, tolerance: float) -> compare.Comp
     except compare.ReportUnusable:  # checked at the start; gone or changed since
         previous = {}
     return compare.compare(current, previous, tolerance, path)
+
+
+def _write_html(report: rep.RunReport, path: str, exitstatus: int) -> str | None:
+    """Write the release page; None, or the sentence saying why it could not be written."""
+    from .release_report.command import write_page
+
+    try:
+        write_page(path, report.to_dict(exitstatus))
+    except OSError as exc:
+        return f"cannot write {path}: {exc.strerror or exc}"
+    return None
 
 
 def _figure_lines(records: list[dict[str, Any]]) -> list[str]:
@@ -261,7 +293,7 @@ def _device_part(state: SmartBallSession, opts: SmartBallOptions) -> dict[str, A
             "firmware_after": rep.info_dict(state.sim_last or state.sim_first),
         }
     device = state.mine
-    if device is None or state.backend is None or not opts.report:
+    if device is None or state.backend is None or not (opts.report or opts.html):
         return None
     part: dict[str, Any] = {"address": device.address, "worker": state.worker}
     from .known_state import find_idle_and_info

@@ -63,9 +63,12 @@ def update_record(
     before: p.MsgInfo | None = None,
     rssi: int | None = None,
     purpose: str = "test",
+    progress: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One update's figures. The event log is kept for failed updates only: that is when
-    someone reads it."""
+    """One update's figures. The event log as text is kept for failed updates only: that is
+    when someone reads it. ``timeline`` (every event, with its time) and ``progress`` (erase
+    and acknowledged offsets over time) are kept for every update: the release page draws
+    them."""
     record: dict[str, Any] = {
         "test": test,
         "update": index,
@@ -92,7 +95,24 @@ def update_record(
     }
     if not result.success:
         record["events"] = [str(e).strip() for e in result.events]
+    record["timeline"] = timeline_events(result)
+    record["progress"] = progress or []
     return record
+
+
+#: At most this many events per update in ``timeline`` (the first ones and the last ones):
+#: a flaky update's log stays readable and the report small.
+MAX_TIMELINE_EVENTS = 400
+
+
+def timeline_events(result: OtaResult) -> list[dict[str, Any]]:
+    """The update's events as data: ``t`` (seconds since the update began), ``kind``
+    (:class:`~pytest_smartball.ota.EventKind`'s value) and ``detail``."""
+    events = result.events
+    if len(events) > MAX_TIMELINE_EVENTS:
+        half = MAX_TIMELINE_EVENTS // 2
+        events = [*events[:half], *events[-half:]]
+    return [{"t": round(e.time, 3), "kind": str(e.kind), "detail": e.detail} for e in events]
 
 
 def junit_properties(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
