@@ -55,6 +55,26 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> arm_build.Build:
 
 # --- ELF ------------------------------------------------------------------------------------
 
+#: Committed fixtures, for machines without the toolchain: tests/arm_build.py's program,
+#: built once by arm-none-eabi-gcc 12.2 (``-Os -s -Wl,-z,max-page-size=0x100``, 1.2 KB) and
+#: its ``objcopy -O binary``.
+DATA = Path(__file__).parent / "data"
+
+
+def test_the_committed_arm_elf_gives_the_committed_bin() -> None:
+    image = load_image(DATA / "smartball-app.elf")
+    assert image.data == (DATA / "smartball-app.bin").read_bytes()
+    assert image.format is ImageFormat.ELF and image.address == APP
+    assert image.entry is not None and APP < image.entry < APP + image.size
+
+
+def test_the_committed_bin_is_a_raw_image() -> None:
+    image = load_image(DATA / "smartball-app.bin")
+    assert image.format is ImageFormat.RAW and image.size == 356
+    # Its vector table: the initial stack pointer in RAM, the reset handler (Thumb) inside.
+    stack, reset = struct.unpack_from("<II", image.data)
+    assert 0x20000000 <= stack <= 0x20040000 and APP < reset < APP + image.size and reset & 1
+
 
 def test_a_real_arm_elf_gives_the_bytes_objcopy_gives(build: arm_build.Build) -> None:
     image = load_image(build.elf)
