@@ -174,10 +174,14 @@ def _too_large(found: ImageFormat | None, max_size: int, size: str) -> str:
             "largest image an update can carry; the rest of the chip's 1 MiB flash holds the "
             "bootloader, the SoftDevice and the running application): build a smaller image"
         )
-    pipe_note = " (an ELF from a pipe is read whole: give its path)"
+    if found is ImageFormat.ELF:  # only from a pipe: a file's ELF is read in part
+        return (
+            f"an ELF from a pipe is read whole, and this one {size} (debug sections?): give "
+            "the ELF file's path instead (of a file only the headers and segments are read)"
+        )
     return (
         f"the {found.value} file {size}, more than any image for a {max_size}-byte staging "
-        "area needs: it is not a SmartBall image" + (pipe_note if found is ImageFormat.ELF else "")
+        "area needs: it is not a SmartBall image"
     )
 
 

@@ -403,6 +403,9 @@ def test_an_endless_pipe_is_read_no_further_than_the_bound(head: bytes) -> None:
     assert not thread.is_alive()
     bound = STAGING_CAPACITY if not head else image_module.MAX_CONTAINER_BYTES
     assert f"more than {bound} bytes" in message
+    if head:
+        assert "an ELF from a pipe is read whole" in message
+        assert "give the ELF file's path" in message
     # What the writer got rid of: what was read, plus at most the pipe's buffer and a chunk.
     assert written <= bound + 1 + 2 * (1 << 16) + 1024 * 1024
     assert written < limit
