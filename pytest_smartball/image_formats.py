@@ -420,7 +420,15 @@ def read_dfu_zip(raw: bytes, capacity: int) -> Parsed:
     try:
         archive = zipfile.ZipFile(io.BytesIO(raw))
         members = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,  # a "version needed to extract" zipfile does not know
+        ValueError,
+        EOFError,
+        OSError,
+        struct.error,
+    ) as exc:
         raise FormatError(f"not a valid zip archive ({exc}); rebuild the DFU package") from None
     if len(members) > DFU_MAX_MEMBERS:
         raise FormatError(

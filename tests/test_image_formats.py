@@ -350,6 +350,18 @@ def test_a_damaged_zip_is_refused(tmp_path: Path) -> None:
     assert "not a valid zip archive" in image_error(path)
 
 
+def test_a_zip_needing_an_unknown_zip_version_is_refused(tmp_path: Path) -> None:
+    """Found by mutating adafruit-nrfutil's package: zipfile raised NotImplementedError
+    ("zip file version 10.6") while opening the archive, a traceback instead of a sentence."""
+    path = make_zip(tmp_path / "v106.zip", {"manifest.json": manifest(bin_file="a.bin")})
+    raw = bytearray(path.read_bytes())
+    central = raw.index(b"PK\x01\x02")
+    struct.pack_into("<H", raw, central + 6, 106)  # "version needed to extract": 10.6
+    path.write_bytes(bytes(raw))
+    message = image_error(path)
+    assert "not a valid zip archive (zip file version 10.6)" in message
+
+
 # --- pipes and devices: bounded time and memory -------------------------------------------
 
 
