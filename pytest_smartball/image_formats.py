@@ -261,6 +261,12 @@ def _is_eof_record(line: str) -> bool:
 # --- ELF ------------------------------------------------------------------------------------
 
 
+#: A linker script makes one program header per region and kind (code, initialised data,
+#: perhaps a no-init area): far fewer than this. The bound keeps a damaged header count
+#: (e_phnum, or section 0's sh_info behind PN_XNUM: up to 2**32 - 1) from being walked.
+ELF_MAX_SEGMENTS = 256
+
+
 def read_elf(stream: BinaryIO, capacity: int) -> Parsed:
     """The loadable segments of a 32-bit ARM executable, read lazily from ``stream``: the
     headers and the segments' bytes, never the debug sections (often megabytes)."""
@@ -305,6 +311,12 @@ def _elf_segments(stream: BinaryIO, capacity: int) -> tuple[int, list[tuple[int,
         raise FormatError(
             f"it is an ELF file of type {kind}, not an executable: give the application's "
             "linked ELF"
+        )
+    count = elf.num_segments()  # with e_phnum 0xFFFF, section 0's sh_info: up to 2**32 - 1
+    if count > ELF_MAX_SEGMENTS:
+        raise FormatError(
+            f"it has {count} program headers; a firmware ELF has a few (at most "
+            f"{ELF_MAX_SEGMENTS} are read): the file is damaged; rebuild it"
         )
     parts: list[tuple[int, bytes]] = []
     total = 0

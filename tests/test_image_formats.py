@@ -162,6 +162,20 @@ def test_a_truncated_elf_is_refused(
     assert expected in image_error(cut)
 
 
+def test_an_elf_announcing_countless_program_headers_is_refused_at_once(tmp_path: Path) -> None:
+    """e_phnum 0xFFFF (PN_XNUM) takes the count from section 0's sh_info: 100,000 empty
+    headers here, 2**31 in the file that kept the reader busy for minutes, one by one."""
+    raw = bytearray((DATA / "smartball-app.elf").read_bytes())
+    (shoff,) = struct.unpack_from("<I", raw, 32)
+    struct.pack_into("<I", raw, 28, len(raw))  # e_phoff: the zeros past the file's end
+    struct.pack_into("<H", raw, 44, 0xFFFF)  # e_phnum: PN_XNUM
+    struct.pack_into("<I", raw, shoff + 28, 100_000)  # section 0's sh_info: the real count
+    path = tmp_path / "countless.elf"
+    path.write_bytes(bytes(raw) + bytes(32 * 100_000))
+    message = image_error(path)
+    assert "it has 100000 program headers; a firmware ELF has a few" in message
+
+
 # --- Intel HEX from objcopy -----------------------------------------------------------------
 
 
