@@ -12,14 +12,17 @@ built, so no file makes these readers allocate more than the staging area holds.
 - **ELF**: the loadable segments (``PT_LOAD`` with file contents, at their load address,
   like ``objcopy -O binary``), for 32-bit little-endian ARM executables only; the entry
   point is checked like a hex's start address.
-- **UF2**: 512-byte blocks with the nRF52840 family ID, each block once, assembled by
-  target address without gaps or overlaps.
+- **UF2**: 512-byte blocks with the nRF52840 family ID, every block the file announces
+  once, assembled by target address without overlaps (uf2conv writes no block for an
+  empty 256-byte page: that gap is erased flash).
 - **Nordic DFU .zip**: the ``application`` image named by ``manifest.json``; packages that
   update the bootloader or SoftDevice are refused.
 
 Every address-bearing image must start at the application's address (the bootloader
 copies an image's first byte there) and end inside the staging area's size
-(:func:`place`); gaps between a hex's or an ELF's parts are erased flash (``0xFF``).
+(:func:`place`). A gap between a hex's or a UF2's parts is erased flash (``0xFF``, as
+nrfutil and a UF2 bootloader leave it); between an ELF's, zeros, as ``objcopy -O binary``
+writes them, so an ELF gives the same bytes and CRC as the ``.bin`` its build writes.
 """
 
 from __future__ import annotations
@@ -112,6 +115,11 @@ def sniff(head: bytes) -> ImageFormat | None:
 
 # --- placing address-bearing data ------------------------------------------------------------
 
+#: What a gap between a hex's or a UF2's parts holds: erased flash.
+ERASED = 0xFF
+#: What ``objcopy -O binary`` (without --gap-fill) writes between an ELF's sections.
+OBJCOPY_GAP_FILL = 0x00
+
 
 def check_spans(spans: Iterable[tuple[int, int]], capacity: int, *, complete: bool = True) -> None:
     """Every ``(address, length)`` inside the application's range, and (when the spans are
@@ -158,11 +166,11 @@ def check_spans(spans: Iterable[tuple[int, int]], capacity: int, *, complete: bo
 
 
 def place(
-    segments: Iterable[tuple[int, bytes]], capacity: int, *, gaps: bool = True
+    segments: Iterable[tuple[int, bytes]], capacity: int, *, fill: int = ERASED
 ) -> tuple[bytes, int | None]:
-    """The image the segments make from the application's start: gaps are erased flash
-    (``0xFF``), or refused when ``gaps`` is False; overlaps are refused. Returns the bytes
-    and their address (None when there is no data)."""
+    """The image the segments make from the application's start, gaps filled with ``fill``
+    (erased flash unless told otherwise); overlaps are refused. Returns the bytes and their
+    address (None when there is no data)."""
     parts = sorted((a, d) for a, d in segments if d)
     check_spans(((a, len(d)) for a, d in parts), capacity)
     if not parts:
@@ -175,13 +183,8 @@ def place(
                 f"two parts of the image overlap at 0x{address:08X}: the file is inconsistent; "
                 "rebuild it"
             )
-        if address > end and not gaps:
-            raise FormatError(
-                f"the image has a gap from 0x{end:08X} to 0x{address - 1:08X} (no block writes "
-                "it): the file is incomplete; rebuild it"
-            )
         end = address + len(data)
-    image = bytearray(b"\xff" * (end - start))
+    image = bytearray(bytes([fill]) * (end - start))
     for address, data in parts:
         image[address - start : address - start + len(data)] = data
     return bytes(image), start
@@ -279,7 +282,7 @@ def read_elf(stream: BinaryIO, capacity: int) -> Parsed:
             "not a valid ELF file: its headers are cut short or damaged; rebuild it"
         ) from None
     entry, parts = segments
-    data, address = place(parts, capacity)
+    data, address = place(parts, capacity, fill=OBJCOPY_GAP_FILL)
     if not data:
         raise FormatError(
             "the ELF file has no loadable data (no PT_LOAD segment with contents): it is "
@@ -412,7 +415,7 @@ def read_uf2(raw: bytes, capacity: int) -> Parsed:
             f"not a valid UF2 file: it has {len(seen)} of the {total_blocks} blocks it "
             "announces; the file is truncated: rebuild it"
         )
-    data, address = place(parts, capacity, gaps=False)
+    data, address = place(parts, capacity)
     return Parsed(data, ImageFormat.UF2, address)
 
 

@@ -67,7 +67,7 @@ MEMORY {{
 ENTRY(Reset_Handler)
 SECTIONS {{
   .text : {{ KEEP(*(.isr_vector)) *(.text*) *(.rodata*) }} > FLASH
-  .data : {{ _sdata = .; *(.data*) _edata = .; }} > RAM AT > FLASH
+  .data : {data_align}{{ _sdata = .; *(.data*) _edata = .; }} > RAM AT > FLASH
   _sidata = LOADADDR(.data);
   .bss (NOLOAD) : {{ _sbss = .; *(.bss*) *(COMMON) _ebss = .; }} > RAM
   .uicr : {{ KEEP(*(.uicr)) }} > UICR
@@ -101,10 +101,16 @@ def require_toolchain() -> None:
 
 
 def build(
-    folder: Path, *, origin: int | None = None, uicr: bool = False, name: str = "app"
+    folder: Path,
+    *,
+    origin: int | None = None,
+    uicr: bool = False,
+    data_align: int | None = None,
+    name: str = "app",
 ) -> Build:
     """Compile, link and convert the program, linked at ``origin`` (the application's
-    address unless told otherwise); ``uicr`` adds a UICR value, as a merged build has."""
+    address unless told otherwise); ``uicr`` adds a UICR value, as a merged build has;
+    ``data_align`` aligns ``.data`` (in flash too), leaving a gap between it and the code."""
     require_toolchain()
     folder.mkdir(parents=True, exist_ok=True)
     layout = contract.flash_layout()
@@ -112,7 +118,10 @@ def build(
     source = folder / f"{name}.c"
     script = folder / f"{name}.ld"
     source.write_text(APP_C)
-    script.write_text(LINKER_SCRIPT.format(origin=origin, length=layout.staging_capacity))
+    align = f"ALIGN({data_align}) " if data_align else ""
+    script.write_text(
+        LINKER_SCRIPT.format(origin=origin, length=layout.staging_capacity, data_align=align)
+    )
     elf = folder / f"{name}.elf"
     flags = ["-DWITH_UICR"] if uicr else []
     _run(
