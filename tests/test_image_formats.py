@@ -188,6 +188,16 @@ def test_a_truncated_elf_is_refused(
     assert expected in image_error(cut)
 
 
+def test_an_elf_whose_entry_point_is_outside_its_image_is_refused(tmp_path: Path) -> None:
+    """e_entry in the bootloader (0x000F4000): the file is not (only) this application."""
+    raw = bytearray((DATA / "smartball-app.elf").read_bytes())
+    struct.pack_into("<I", raw, 24, 0x000F4001)  # e_entry, Thumb
+    path = tmp_path / "entry.elf"
+    path.write_bytes(bytes(raw))
+    message = image_error(path)
+    assert "its entry point (e_entry) is 0x000F4001, outside the image's data" in message
+
+
 def test_an_elf_announcing_countless_program_headers_is_refused_at_once(tmp_path: Path) -> None:
     """e_phnum 0xFFFF (PN_XNUM) takes the count from section 0's sh_info: 100,000 empty
     headers here, 2**31 in the file that kept the reader busy for minutes, one by one."""
