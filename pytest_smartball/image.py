@@ -23,6 +23,7 @@ from .image_formats import (
     FormatError,
     ImageFormat,
     Parsed,
+    packed_kind,
     read_dfu_zip,
     read_elf,
     read_intel_hex,
@@ -134,6 +135,12 @@ def _load(path: Path, max_size: int, silence_s: float) -> FirmwareImage:
         reader = _Reader(fd, pipe=not regular, silence_s=silence_s)
         head = reader.read(_HEAD)
         found = sniff(head)
+        packed = packed_kind(head) if found is None else None
+        if packed:  # before the size check: a large tarball is no oversized image
+            raise FormatError(
+                f"it is {packed}, not a firmware image: unpack it and give the .bin, .hex, "
+                ".elf, .uf2 or DFU .zip inside"
+            )
         if found is None and path.suffix.lower() in (".hex", ".ihex") and head:
             found = ImageFormat.INTEL_HEX  # named hex, no other magic: read as a (bad) hex
         if found is ImageFormat.ELF and regular:

@@ -113,6 +113,28 @@ def sniff(head: bytes) -> ImageFormat | None:
     return None
 
 
+#: What a file with no image magic may be instead of a raw image: compressed files and
+#: archives (a CI artefact such as firmware.elf.gz). None of these can begin a real raw
+#: image, whose first word is the initial stack pointer: 8-byte aligned, in RAM (only
+#: zstd's first byte is aligned, and its word 0xFD2FB528 is no RAM address).
+PACKED_MAGICS = (
+    (b"\x1f\x8b", "a gzip-compressed file"),
+    (b"\xfd7zXZ\x00", "an xz-compressed file"),
+    (b"BZh", "a bzip2-compressed file"),
+    (b"\x28\xb5\x2f\xfd", "a zstd-compressed file"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
+)
+_TAR_MAGIC_OFFSET = 257  # "ustar" in a tar header, within the 512 bytes sniffed
+
+
+def packed_kind(head: bytes) -> str | None:
+    """What compressed file or archive ``head`` begins, if any (a raw image begins none)."""
+    if head[_TAR_MAGIC_OFFSET : _TAR_MAGIC_OFFSET + 5] == b"ustar":
+        return "a tar archive"
+    return next((what for magic, what in PACKED_MAGICS if head.startswith(magic)), None)
+
+
 # --- placing address-bearing data ------------------------------------------------------------
 
 #: What a gap between a hex's or a UF2's parts holds: erased flash.

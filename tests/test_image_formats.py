@@ -408,6 +408,38 @@ def test_a_zip_needing_an_unknown_zip_version_is_refused(tmp_path: Path) -> None
     assert "not a valid zip archive (zip file version 10.6)" in message
 
 
+@pytest.mark.parametrize(
+    ("command", "name", "what"),
+    [
+        (["gzip", "-k", "-c"], "app.elf.gz", "a gzip-compressed file"),
+        (["xz", "-k", "-c"], "app.elf.xz", "an xz-compressed file"),
+        (["bzip2", "-k", "-c"], "app.elf.bz2", "a bzip2-compressed file"),
+        (["tar", "-c", "-f", "-"], "app.tar", "a tar archive"),
+    ],
+    ids=["gzip", "xz", "bzip2", "tar"],
+)
+def test_a_compressed_or_archived_image_is_refused_not_flashed_raw(
+    tmp_path: Path, command: list[str], name: str, what: str
+) -> None:
+    """A CI artefact (firmware.elf.gz, a tarball) has no image magic: it was flashed as raw
+    bytes. A real vector table's first byte (the stack pointer's, 8-byte aligned) is never
+    one of these formats' first bytes, and a tar's magic lies at byte 257."""
+    import subprocess
+
+    if shutil.which(command[0]) is None:
+        pytest.skip(f"{command[0]} is not installed")
+    source = tmp_path / "app.elf"
+    shutil.copyfile(DATA / "smartball-app.elf", source)
+    packed = subprocess.run(
+        [*command, source.name], cwd=tmp_path, capture_output=True, check=True, timeout=60
+    ).stdout
+    padding = bytes(STAGING_CAPACITY)  # a large one is not called an oversized image
+    for path, data in ((tmp_path / name, packed), (tmp_path / "renamed.bin", packed + padding)):
+        path.write_bytes(data)
+        message = image_error(path)
+        assert f"it is {what}, not a firmware image: unpack it" in message
+
+
 # --- pipes and devices: bounded time and memory -------------------------------------------
 
 
