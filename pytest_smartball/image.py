@@ -10,6 +10,7 @@ image: the staging area + 1 byte), and a pipe that stays silent is given up on.
 
 from __future__ import annotations
 
+import io
 import os
 import select
 import stat
@@ -200,8 +201,6 @@ def _parse(found: ImageFormat | None, raw: bytes, max_size: int) -> Parsed:
     if found is ImageFormat.DFU_ZIP:
         return read_dfu_zip(raw, max_size)
     if found is ImageFormat.ELF:
-        import io
-
         return read_elf(io.BytesIO(raw), max_size)
     if raw and not raw.translate(None, _TEXT_BYTES):
         first = raw.split(b"\n", 1)[0][:40].decode("ascii").strip()

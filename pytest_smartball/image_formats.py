@@ -27,16 +27,17 @@ writes them, so an ELF gives the same bytes and CRC as the ``.bin`` its build wr
 
 from __future__ import annotations
 
-import binascii
 import enum
 import io
 import json
 import struct
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from . import contract
+from .protocol import crc16_ccitt_false
 
 
 class FormatError(ValueError):
@@ -452,8 +453,6 @@ DFU_OTHER_PARTS = ("softdevice_bootloader", "bootloader", "softdevice")
 def read_dfu_zip(raw: bytes, capacity: int) -> Parsed:
     """The application image of a Nordic DFU package (``nrfutil pkg generate``,
     ``adafruit-nrfutil dfu genpkg``), each member's size checked before it is read."""
-    import zipfile
-
     try:
         archive = zipfile.ZipFile(io.BytesIO(raw))
         members = archive.infolist()
@@ -497,7 +496,7 @@ def read_dfu_zip(raw: bytes, capacity: int) -> Parsed:
         )
     data = _member(archive, bin_file, capacity, what="application image")
     expected = _crc16_of_manifest(application)
-    if expected is not None and binascii.crc_hqx(data, 0xFFFF) != expected:
+    if expected is not None and crc16_ccitt_false(data) != expected:
         raise FormatError(
             f"its application image {bin_file} does not match the CRC-16 its manifest "
             f"gives (0x{expected:04X}): the package is damaged; rebuild it"
@@ -511,9 +510,7 @@ def _crc16_of_manifest(application: dict[str, Any]) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _member(archive: Any, name: str, limit: int, *, what: str) -> bytes:
-    import zipfile
-
+def _member(archive: zipfile.ZipFile, name: str, limit: int, *, what: str) -> bytes:
     try:
         info = archive.getinfo(name)
     except KeyError:
@@ -543,7 +540,7 @@ def _member(archive: Any, name: str, limit: int, *, what: str) -> bytes:
     return data
 
 
-def _json_member(archive: Any, name: str) -> Any:
+def _json_member(archive: zipfile.ZipFile, name: str) -> Any:
     try:
         archive.getinfo(name)
     except KeyError:
