@@ -287,6 +287,8 @@ def _is_eof_record(line: str) -> bool:
 # --- ELF ------------------------------------------------------------------------------------
 
 
+#: Machines whose ELF files are programs for a computer (`cp /bin/true fw.elf`), not firmware.
+COMPUTER_MACHINES = frozenset({"EM_X86_64", "EM_386", "EM_AARCH64", "EM_PPC64", "EM_S390"})
 #: A linker script makes one program header per region and kind (code, initialised data,
 #: perhaps a no-init area): far fewer than this. The bound keeps a damaged header count
 #: (e_phnum, or section 0's sh_info behind PN_XNUM: up to 2**32 - 1) from being walked.
@@ -322,10 +324,11 @@ def _elf_segments(stream: BinaryIO, capacity: int) -> tuple[int, list[tuple[int,
     machine = elf["e_machine"]
     if elf.elfclass != 32 or not elf.little_endian or machine != "EM_ARM":
         bits = f"{elf.elfclass}-bit {'little' if elf.little_endian else 'big'}-endian"
+        other = "a computer's program" if machine in COMPUTER_MACHINES else "another chip's"
         raise FormatError(
             f"it is an ELF file for {elf.get_machine_arch()} ({machine}, {bits}), not for the "
-            "nRF52840's 32-bit ARM Cortex-M4: give the image the board's build wrote "
-            "(arm-none-eabi-gcc), not a program for this computer"
+            "nRF52840's 32-bit ARM Cortex-M4: give the ELF the SmartBall firmware's build "
+            f"wrote (arm-none-eabi-gcc), not {other}"
         )
     kind = elf["e_type"]
     if kind == "ET_REL":

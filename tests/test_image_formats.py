@@ -138,6 +138,20 @@ def test_a_program_for_this_computer_is_refused(tmp_path: Path, name: str) -> No
     message = image_error(path)
     assert "it is an ELF file for" in message
     assert "not for the nRF52840's 32-bit ARM Cortex-M4" in message
+    assert message.endswith("not a computer's program")
+
+
+def test_an_elf_for_another_microcontroller_is_not_called_a_program_for_this_computer(
+    tmp_path: Path,
+) -> None:
+    """An ESP32-C3's ELF (RISC-V) is another board's firmware, not a host program."""
+    raw = bytearray((DATA / "smartball-app.elf").read_bytes())
+    struct.pack_into("<H", raw, 18, 243)  # e_machine: EM_RISCV
+    path = tmp_path / "esp32c3.elf"
+    path.write_bytes(bytes(raw))
+    message = image_error(path)
+    assert "it is an ELF file for RISC-V (EM_RISCV, 32-bit little-endian)" in message
+    assert message.endswith("(arm-none-eabi-gcc), not another chip's")
 
 
 def test_an_elf_object_file_is_refused(tmp_path: Path) -> None:
