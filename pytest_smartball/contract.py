@@ -9,6 +9,8 @@ model (``python -m smartball_sim.contract_vectors --write``) and read by tests, 
 firmware team's C tests: hex in, frames / replies / states out. Beside the contract, the
 catalogue of firmware bugs that break it, which the simulated firmware can be told to have
 (``firmware_bugs``): the HIL suite's strength as a release gate is measured against it.
+And the device's flash layout (``flash_layout``): where the application lives and the
+staging area's capacity, read by the client's image intake and by the simulator.
 """
 
 from __future__ import annotations
@@ -276,6 +278,34 @@ def render_firmware_bugs() -> str:
     lines = ["| bug | what a real firmware does wrong | breaks |", "|---|---|---|"]
     lines += [f"| `{b.name}` | {b.what} | {b.breaks} |" for b in firmware_bugs()]
     return "\n".join(lines) + "\n"
+
+
+# --- the flash layout -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FlashLayout:
+    """Where a SmartBall keeps its application (``flash_layout.json``; addresses in bytes)."""
+
+    flash_size: int
+    page_size: int
+    #: The address the bootloader copies an image's first byte to: images are linked here.
+    application_start: int
+    #: The largest image an update can carry (MSG_INFO's ``staging_capacity``).
+    staging_capacity: int
+
+    @property
+    def application_end(self) -> int:
+        """One past the last address an image can fill."""
+        return self.application_start + self.staging_capacity
+
+
+@functools.cache
+def flash_layout() -> FlashLayout:
+    data = _read("flash_layout.json")
+    return FlashLayout(
+        data["flash_size"], data["page_size"], data["application_start"], data["staging_capacity"]
+    )
 
 
 # --- vectors --------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption(
         "--firmware",
         default=None,
-        help="image (.bin or Intel .hex) the OTA tests flash; the simulator "
+        help="image (.bin, Intel .hex, ELF, UF2 or DFU .zip) the OTA tests flash; the simulator "
         "generates one when omitted",
     )
     group.addoption(

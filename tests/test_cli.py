@@ -140,8 +140,8 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     ("segments", "name", "sentence"),
     [
         ({0xFFFFFFF0: b"\x01"}, "far.hex", "data at 0xFFFFFFF0 is outside"),
-        ({0: bytes(100), 0x10000000: b"\x02"}, "merged.hex", "data at 0x10000000 is outside"),
-        ({0: bytes(100)}, "hex-text.bin", "Intel HEX text, not a raw binary image"),
+        ({0x27000: bytes(300), 0x10000000: b"\x02"}, "merged.hex", "data at 0x10000000 is outside"),
+        ({0x26000: bytes(300)}, "hex-text.bin", "data at 0x00026000 lies below the application's"),
     ],
 )
 def test_image_problems_are_bad_input_before_any_bluetooth(
@@ -305,9 +305,9 @@ def test_image_larger_than_staging_is_exit_2(
     path = image_file(tmp_path, STAGING + 1)
     code, data, err = run_json(capsys, "flash", "--sim", str(path))
     assert code == 2
-    assert data["success"] is False and data["failure"] == "bad-input"
-    assert "staging" in one_error_line(err)
-    assert data["sim_active_image"]["size"] == SIM_OLD_IMAGE_SIZE
+    assert data["ok"] is False and data["exit_code"] == 2
+    assert f"staging area holds {STAGING} bytes" in one_error_line(err)
+    assert "sim_active_image" not in data  # refused before any connect (issue 21)
 
 
 # --- flash: success -----------------------------------------------------------------------

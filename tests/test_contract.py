@@ -614,6 +614,7 @@ def test_setuptools_packages_the_contract_data() -> None:
     patterns = config["tool"]["setuptools"]["package-data"]["pytest_smartball"]
     root = Path(contract.__file__).parent
     files = [f.relative_to(root).as_posix() for f in (root / "contract").rglob("*.json")]
-    assert len(files) == 3 + len(contract.VECTOR_FILES)  # table, timing, firmware bugs
+    # table, timing, firmware bugs, flash layout
+    assert len(files) == 4 + len(contract.VECTOR_FILES)
     for name in files:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name

@@ -251,8 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("info", "show the device's firmware version and active image")
     add("status", "show the device's OTA session (state, next offset, image size and CRC)")
     add("abort", "abort the device's OTA session (the active image is untouched)")
-    flash = add("flash", "update the device with an image (.bin or Intel .hex); resumable", "IMAGE")
-    flash.add_argument("image", metavar="IMAGE", help="firmware image, .bin or Intel .hex")
+    flash = add(
+        "flash",
+        "update the device with an image (.bin, .hex, ELF, UF2, DFU .zip); resumable",
+        "IMAGE",
+    )
+    flash.add_argument(
+        "image", metavar="IMAGE", help="firmware image: .bin, Intel .hex, ELF, UF2 or DFU .zip"
+    )
     ota = flash.add_argument_group("update")
     defaults = OtaSettings()
     ota.add_argument(

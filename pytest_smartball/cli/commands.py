@@ -173,7 +173,8 @@ async def cmd_flash(ctx: Context, image: FirmwareImage) -> int:
     if not ctx.json:
         note = f" ({ctx.clock_note})" if ctx.simulated else ""
         tqdm.write(
-            f"Flashing {image.source}: {image.size} bytes, crc32 {image.crc32:08x}{note}",
+            f"Flashing {image.source} ({image.described}): {image.size} bytes, "
+            f"crc32 {image.crc32:08x}{note}",
             file=sys.stderr,
         )
     try:
@@ -202,6 +203,7 @@ async def cmd_flash(ctx: Context, image: FirmwareImage) -> int:
             event["time"] = round(event["time"], 3)
         payload["info_after"] = info_dict(result.info_after)
         payload["image_source"] = image.source
+        payload["image_format"] = image.format.value
         payload["device"] = out.device_dict(engine.name, engine.address)
         payload["simulated"] = ctx.simulated
         payload["virtual_time"] = ctx.virtual

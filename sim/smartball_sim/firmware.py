@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar
 
+from pytest_smartball import contract
 from pytest_smartball import protocol as p
 
 from .firmware_activation import TX_COMPLETE_WAIT_S as TX_COMPLETE_WAIT_S
@@ -75,9 +76,10 @@ __all__ = [
     "to_us",
 ]
 
-#: nRF52840 (1 MB flash): bootloader, SoftDevice and the active application leave roughly
-#: this much for the staging bank of a dual-bank update.
-DEFAULT_STAGING_CAPACITY = 480 * 1024
+#: nRF52840 (1 MB flash): bootloader, SoftDevice and the active application leave this much
+#: (480 KiB) for the staging bank of a dual-bank update. One source for the client's image
+#: intake and the simulator: the contract's flash layout.
+DEFAULT_STAGING_CAPACITY = contract.flash_layout().staging_capacity
 DEVICE_MAX_CHUNK = p.MAX_DATA_CHUNK
 
 
