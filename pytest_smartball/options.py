@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 import pytest
@@ -17,6 +18,15 @@ DEFAULT_COMPARE_TOLERANCE_PERCENT = 15.0
 #: Which BlueZ a --device=real run talks to; all but "system" serve simulated SmartBalls.
 BLUEZ_CHOICES = ("system", "emulated", "vhci")
 SIMULATED_BLUEZ = ("emulated", "vhci")
+
+#: Where both spellings of the device option store their value. ``--smartball-device``
+#: always exists; ``--device`` is added only when no other plugin or conftest has it.
+DEVICE_DEST = "smartball_device"
+DEVICE_CHOICES = ("sim", "real")
+#: Set when ``--device`` belongs to another plugin or conftest of the run: the sentence
+#: that says so (the device is then chosen with ``--smartball-device``).
+DEVICE_CLASH = pytest.StashKey[str]()
+_DEVICE_HELP = "run against the in-process simulator (default) or real hardware"
 
 #: Set once tests are collected: one of them uses the SmartBall fixtures or markers (only
 #: then does ``--device=real`` check the bench).
@@ -53,10 +63,12 @@ class SmartBallOptions:
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("smartball", "SmartBall device under test")
     group.addoption(
-        "--device",
-        choices=("sim", "real"),
+        "--smartball-device",
+        dest=DEVICE_DEST,
+        choices=DEVICE_CHOICES,
         default="sim",
-        help="run against the in-process simulator (default) or real hardware",
+        help=_DEVICE_HELP + "; the same as --device, and works where another plugin or "
+        "conftest owns --device",
     )
     group.addoption(
         "--ble-name",
@@ -175,9 +187,26 @@ def add_options(parser: pytest.Parser) -> None:
     )
 
 
+def add_device_option(parser: pytest.Parser) -> str | None:
+    """Add the short spelling ``--device`` (the design's) unless another plugin or conftest
+    of the run already has it; then return the sentence that says so. Called once the
+    plugins and the initial conftests have added their options, so that ours never makes
+    theirs fail at start-up (``option dest 'device' already used``)."""
+    group = parser.getgroup("smartball")
+    try:
+        group.addoption("--device", dest=DEVICE_DEST, choices=DEVICE_CHOICES, help=_DEVICE_HELP)
+    except (ValueError, argparse.ArgumentError):
+        return (
+            "--device belongs to another plugin or this project's conftest here, so it does "
+            "not choose the SmartBall device: use --smartball-device=sim or "
+            "--smartball-device=real"
+        )
+    return None
+
+
 def read_options(config: pytest.Config) -> SmartBallOptions:
     return SmartBallOptions(
-        device=config.getoption("--device"),
+        device=config.getoption(DEVICE_DEST),
         name=config.getoption("--ble-name"),
         address=config.getoption("--ble-address"),
         adapter=config.getoption("--ble-adapter"),

@@ -78,7 +78,7 @@ def test_help_lists_the_smartball_options(inner: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "SmartBall device under test:",
-            "*--device={sim,real}*",
+            "*--smartball-device={sim,real}*",
             "*--ble-name=BLE_NAME*",
             "*--ble-address=BLE_ADDRESS*",
             "*--ble-adapter=BLE_ADAPTER*",
@@ -90,8 +90,88 @@ def test_help_lists_the_smartball_options(inner: pytest.Pytester) -> None:
             "*--sim-faults=SIM_FAULTS*",
         ]
     )
+    result.stdout.fnmatch_lines(["*--device={sim,real}*"])
     # The help's '%%' reaches argparse escaped, and shows as one '%'.
     assert "50%%" not in result.stdout.str()
+
+
+# --- a good neighbour: another --device, other projects' headers ---------------------------
+
+#: A project of someone else's, with its own --device (free text, as --device=cpu|gpu often is).
+THEIR_CONFTEST = """
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", help="cpu or gpu")
+"""
+
+THEIR_TESTS = """
+def test_their_option_is_theirs(pytestconfig):
+    assert pytestconfig.getoption("--device") == "gpu"
+
+
+def test_the_smartball_fixtures_still_work(smartball, pytestconfig):
+    assert smartball.sim is not None
+    assert pytestconfig.getoption("smartball_device") == "sim"
+"""
+
+CLASH_SENTENCE = "--device belongs to another plugin or this project's conftest here"
+
+
+@pytest.mark.parametrize("order", ["entry-point-first", "conftest-loads-the-plugin"])
+def test_a_conftest_with_its_own_device_option_keeps_it(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, order: str
+) -> None:
+    conftest = THEIR_CONFTEST
+    extra: tuple[str, ...] = ()
+    if order == "conftest-loads-the-plugin":
+        # The conftest is registered first and loads the plugin itself (its options come
+        # after the conftest's).
+        monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+        conftest = 'pytest_plugins = ["pytest_smartball.plugin"]\n' + conftest
+        extra = ("-p", "asyncio", "-p", "looptime")
+    inner.makeconftest(conftest)
+    inner.makepyfile(test_theirs=THEIR_TESTS)
+    result = run(inner, *extra, "--device=gpu")
+    assert "option dest" not in result.stderr.str() and "Traceback" not in result.stderr.str()
+    result.assert_outcomes(passed=2)
+    result = run(inner, *extra, "--device=gpu", "--smartball-device=sim")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([f"smartball: {CLASH_SENTENCE}*--smartball-device=sim*"])
+    # --device=real meant ours, but reaches theirs: one sentence says how to ask for ours.
+    sentence = assert_clean_usage_error(run(inner, *extra, "--device=real"), CLASH_SENTENCE)
+    assert "--smartball-device=real" in sentence and sentence.count(". ") == 0
+
+
+def test_smartball_device_always_works(inner: pytest.Pytester) -> None:
+    inner.makepyfile(test_ours="def test_kind(smartball):\n    assert smartball.sim is None\n")
+    result = run(inner, "--smartball-device=real", "-p", "no:smartball-recorder", inprocess=True)
+    # --device=real spelled the long way reaches the plugin: it checks for a bench.
+    assert "--device=real" in result.stdout.str() + result.stderr.str()
+
+
+def test_no_header_lines_in_a_project_that_does_not_use_the_plugin(
+    inner: pytest.Pytester,
+) -> None:
+    inner.makepyfile(test_plain="def test_plain():\n    assert True\n")
+    result = run(inner)
+    result.assert_outcomes(passed=1)
+    assert not [line for line in result.stdout.lines if line.startswith("smartball:")]
+    assert "virtual time" not in result.stdout.str()
+
+
+def test_header_lines_once_tests_that_use_the_plugin_are_collected(
+    inner: pytest.Pytester,
+) -> None:
+    inner.makepyfile(test_ours="def test_sim(sim_device):\n    assert sim_device\n")
+    result = run(inner)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "collected 1 item",
+            "smartball: device=sim *",
+            "smartball: simulated SmartBall, seed=0 faults=none (virtual time in the tests "
+            "that use its fixtures)",
+        ]
+    )
 
 
 MAIN_TESTS = f"""
@@ -178,7 +258,8 @@ def test_sim_session_fixtures_markers_and_header(inner: pytest.Pytester) -> None
     result.stdout.fnmatch_lines(
         [
             f"smartball: device=sim target={ADDRESS} firmware=generated bleak={version('bleak')}",
-            "smartball: simulated SmartBall, seed=5 faults=none (virtual time)",
+            "smartball: simulated SmartBall, seed=5 faults=none (virtual time in the tests "
+            "that use its fixtures)",
         ]
     )
     result.stdout.fnmatch_lines(
@@ -252,7 +333,9 @@ def test_sim_faults_applies_to_every_test(inner: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "smartball: device=sim target=name 'Other' *",
-            "smartball: simulated SmartBall, seed=0 faults=drop-in-transfer (virtual time)",
+            "smartball: simulated SmartBall, seed=0 faults=drop-in-transfer "
+            "(virtual time in the tests "
+            "that use its fixtures)",
         ]
     )
     result.assert_outcomes(passed=3)
