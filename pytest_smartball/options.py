@@ -9,6 +9,7 @@ import pytest
 
 from . import contract
 from . import protocol as p
+from .compare import DEFAULT_MIN_MEASURED_PERCENT
 from .link import LinkSettings
 
 DEFAULT_SCAN_TIMEOUT_S = LinkSettings().scan_timeout_s
@@ -52,6 +53,7 @@ class SmartBallOptions:
     sim_flash: str | None = None
     compare: str | None = None
     compare_tolerance_percent: float = DEFAULT_COMPARE_TOLERANCE_PERCENT
+    compare_min_measured_percent: float = DEFAULT_MIN_MEASURED_PERCENT
     soak: int | None = None
     sim_link: str = "model"
 
@@ -177,6 +179,15 @@ def add_options(parser: pytest.Parser) -> None:
         help="how much worse than the previous release a figure may be (default %(default)s %%)",
     )
     release.addoption(
+        "--smartball-compare-min-measured",
+        type=float,
+        default=DEFAULT_MIN_MEASURED_PERCENT,
+        metavar="PERCENT",
+        help="the share of the previous release's figures this run must measure again; "
+        "fewer fails the comparison, naming the figures not measured (default %(default)s %%: "
+        "a figure not measured is a regression not looked for)",
+    )
+    release.addoption(
         "--smartball-soak",
         type=int,
         default=None,
@@ -221,6 +232,7 @@ def read_options(config: pytest.Config) -> SmartBallOptions:
         sim_flash=config.getoption("--sim-flash"),
         compare=config.getoption("--smartball-compare"),
         compare_tolerance_percent=config.getoption("--smartball-compare-tolerance"),
+        compare_min_measured_percent=config.getoption("--smartball-compare-min-measured"),
         soak=config.getoption("--smartball-soak"),
         sim_link=config.getoption("--sim-link"),
     )

@@ -179,9 +179,14 @@ class Recorder:
         if workeroutput is not None:
             workeroutput["smartball"] = {"devices": [part] if part else []}
         if state.report is not None and opts.compare:
-            self.comparison = _compare(state.report, opts.compare, opts.compare_tolerance_percent)
+            self.comparison = _compare(
+                state.report,
+                opts.compare,
+                opts.compare_tolerance_percent,
+                opts.compare_min_measured_percent,
+            )
             state.report.comparison = self.comparison.as_dict()
-            if self.comparison.regressions and session.exitstatus == pytest.ExitCode.OK:
+            if self.comparison.failed and session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if state.report is None or not opts.report:
             return
@@ -215,10 +220,17 @@ class Recorder:
             )
             for line in c.lines():
                 terminalreporter.write_line(line)
-            for sentence in c.sentences():
+            for sentence in c.failures():
                 terminalreporter.write_line(f"smartball compare: FAILED: {sentence}", red=True)
-            if not c.regressions:
-                terminalreporter.write_line("smartball compare: no figure worse than the tolerance")
+            if not c.failed:
+                measured = (
+                    f"{c.measured_percent:.0f} % of the figures measured"
+                    if c.not_measured
+                    else "every figure measured"
+                )
+                terminalreporter.write_line(
+                    f"smartball compare: no figure worse than the tolerance ({measured})"
+                )
         if self.written:
             summary = state.report.to_dict()
             unconfirmed = summary["updates_unconfirmed"]
@@ -229,13 +241,15 @@ class Recorder:
             )
 
 
-def _compare(report: rep.RunReport, path: str, tolerance: float) -> compare.Comparison:
+def _compare(
+    report: rep.RunReport, path: str, tolerance: float, min_measured: float
+) -> compare.Comparison:
     current = fig.median_by_name(report.figures)
     try:
         previous = compare.load_figures(path)
     except compare.ReportUnusable:  # checked at the start; gone or changed since
         previous = {}
-    return compare.compare(current, previous, tolerance, path)
+    return compare.compare(current, previous, tolerance, path, min_measured)
 
 
 def _figure_lines(records: list[dict[str, Any]]) -> list[str]:

@@ -222,7 +222,9 @@ class RunReport:
         )
         if exitstatus not in (None, 0, 5):  # 5: no tests collected, judged by the counts
             ok = False
-        if self.comparison and self.comparison["regressions"]:
+        if self.comparison and (
+            self.comparison["regressions"] or self.comparison.get("failed", False)
+        ):
             ok = False
         candidate = self.firmware
         verified_on = sorted(

@@ -193,6 +193,8 @@ def _check_release_options(opts: SmartBallOptions) -> None:
             raise pytest.UsageError(f"--sim-flash: {problem}")
     if opts.compare_tolerance_percent < 0:
         raise pytest.UsageError("--smartball-compare-tolerance: a percentage of 0 or more")
+    if not 0 <= opts.compare_min_measured_percent <= 100:
+        raise pytest.UsageError("--smartball-compare-min-measured: a percentage from 0 to 100")
     if opts.soak is not None and opts.soak < 1:
         raise pytest.UsageError("--smartball-soak: the number of updates must be 1 or more")
     if opts.compare:
