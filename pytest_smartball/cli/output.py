@@ -184,13 +184,18 @@ def print_summary(
     if result.success:
         print(f"Update succeeded: {who} runs {image.source}.")
     elif result.outcome is Outcome.UNCONFIRMED:
-        print(f"Update UNCONFIRMED: {who} may run {image.source}; it was not seen running it.")
+        # Not "may run": the sentence below says what it was last seen running.
+        print(
+            f"Update UNCONFIRMED: {who} was asked to switch to {image.source} "
+            "and was not seen running it."
+        )
     else:
         print(f"Update FAILED ({result.failure.value if result.failure else '?'}): {who}.")
     print(f"  image          {image.size} bytes, crc32 {image.crc32:08x}")
     print(f"  sent           {result.bytes_sent} bytes ({result.bytes_resent} re-sent)")
     print(
-        f"  connections    {result.connects} ({result.reconnects} reconnects), "
+        # The planned connection after the reset is not a reconnect: say which ones count.
+        f"  connections    {result.connects} ({result.reconnects} after a lost link), "
         f"{result.resumes} resumes, {result.restarts} restarts"
     )
     if result.rewinds:
