@@ -72,6 +72,10 @@ class SmartBallSession:
     report: rep.RunReport | None = None  # on the process that writes it
     sim_first: p.MsgInfo | None = None  # sim: the first simulated device's INFO
     sim_last: p.MsgInfo | None = None  # sim: the last one's, after its test
+    #: sim: the device of the last test that ran an update, after it, and that test: each
+    #: test has a fresh simulated device, so "after the run" is after the last update.
+    sim_updated: p.MsgInfo | None = None
+    sim_updated_by: str | None = None
 
     @property
     def kind(self) -> str:

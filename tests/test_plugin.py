@@ -152,10 +152,11 @@ def test_no_header_lines_in_a_project_that_does_not_use_the_plugin(
     inner: pytest.Pytester,
 ) -> None:
     inner.makepyfile(test_plain="def test_plain():\n    assert True\n")
-    result = run(inner)
+    result = run(inner, "--junitxml=out.xml")
     result.assert_outcomes(passed=1)
     assert not [line for line in result.stdout.lines if line.startswith("smartball:")]
     assert "virtual time" not in result.stdout.str()
+    assert "smartball." not in (inner.path / "out.xml").read_text()  # their XML as it was
 
 
 def test_header_lines_once_tests_that_use_the_plugin_are_collected(
@@ -517,6 +518,87 @@ def check_recorded_run(inner: pytest.Pytester) -> dict:
 
 
 GENERATED_SIZE = 131_195
+
+#: Run in this order (no random order): the last test that updates flashes the candidate,
+#: and a test after it updates nothing.
+IDENTITY_TESTS = """
+import pytest
+
+from pytest_smartball.image import FirmwareImage
+from pytest_smartball.ota import OtaEngine
+
+pytestmark = pytest.mark.asyncio
+SMALL = FirmwareImage(bytes(range(256)) * 16, "small.bin")
+
+
+def own_engine(smartball, image):
+    return OtaEngine(image, smartball.backend, name=smartball.name, address=smartball.address)
+
+
+async def test_a_many_own_engines(smartball):
+    for _ in range(7):
+        assert (await own_engine(smartball, SMALL).run()).success
+
+
+async def test_b_one_own_engine(smartball):
+    assert (await own_engine(smartball, SMALL).run()).success
+
+
+async def test_c_the_candidate(ota):
+    assert (await ota().run()).success
+
+
+def test_z_no_update(sim_device):
+    assert sim_device.firmware.active.crc32 != 0
+"""
+
+
+def test_the_report_and_junit_say_what_the_run_was_and_what_the_device_runs(
+    inner: pytest.Pytester,
+) -> None:
+    """firmware_after is what the last update left, not the fresh device of whichever test
+    ran last; device.addresses names the device devices[] lists; the JUnit suite carries the
+    run's identity; every test that ran an update carries ota.* properties, also one that
+    built its own engines."""
+    import json
+    import xml.etree.ElementTree as ET
+
+    inner.makepyfile(test_identity=IDENTITY_TESTS)
+    result = run(inner, "--junitxml=out.xml", "--smartball-report=report.json")
+    result.assert_outcomes(passed=4)
+    report = json.loads((inner.path / "report.json").read_text())
+    crc = report["firmware"]["candidate"]["crc32"]
+    [device] = report["devices"]
+    assert report["firmware"]["verified_on"] == [device["address"]]
+    assert device["firmware_after"]["active_image_crc32"] == crc
+    assert device["firmware_after_test"].endswith("::test_c_the_candidate")
+    assert report["device"]["addresses"] == [device["address"]]
+
+    suite = ET.parse(inner.path / "out.xml").getroot().find("testsuite")
+    assert suite is not None
+    props = {
+        p.get("name"): p.get("value")
+        for p in suite.findall("properties/property")  # the suite's own, not a test's
+    }
+    assert props["smartball.kind"] == "sim"
+    assert props["smartball.candidate.crc32"] == crc
+    assert props["smartball.candidate.size"] == str(GENERATED_SIZE)
+    assert props["smartball.sim_seed"] == "0"
+    assert props["smartball.sim_faults"] == "none"
+    assert props["smartball.sim_firmware_bugs"] == "none"
+    assert props["smartball.addresses"] == device["address"]
+    assert props["smartball.verdict"] == "pass"
+
+    cases = junit_cases(inner.path / "out.xml")
+    many = cases["test_a_many_own_engines"]["properties"]
+    assert (many["ota.all.updates"], many["ota.all.succeeded"]) == ("7", "7")
+    one = cases["test_b_one_own_engine"]["properties"]
+    assert one["ota.success"] == "true" and one["ota.image_size"] == "4096"
+    assert cases["test_c_the_candidate"]["properties"]["ota.image_crc32"] == crc
+    assert not cases["test_z_no_update"]["properties"]
+    tests = {t["test"].rsplit("::", 1)[1]: t for t in report["tests"]}
+    assert tests["test_a_many_own_engines"]["update_summary"]["updates"] == 7
+    assert tests["test_b_one_own_engine"]["updates"] == 1
 
 
 def test_junit_properties_failure_logs_and_the_json_report(inner: pytest.Pytester) -> None:
