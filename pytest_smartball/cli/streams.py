@@ -65,6 +65,12 @@ class BestEffortStream(io.TextIOBase):
             except STREAM_ERRORS:
                 self._die()
 
+    def fileno(self) -> int:
+        """The wrapped stream's descriptor (tqdm reads the terminal's width through it)."""
+        if self._stream is None:
+            raise OSError("no such stream: it was closed when the command started")
+        return self._stream.fileno()
+
     def isatty(self) -> bool:
         if self.dead or self._stream is None:
             return False
