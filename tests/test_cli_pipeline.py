@@ -175,3 +175,56 @@ def test_with_stdout_closed_the_update_finishes_and_says_how(image: Path) -> Non
     assert proc.returncode == 4
     assert OLD_IMAGE in proc.stderr
     assert_quiet(proc.stderr)
+
+
+# --- the display never raises into the engine ------------------------------------------------
+
+
+class _BrokenTerminal:
+    """A stderr that fails in a way no stream wrapper expects."""
+
+    def isatty(self) -> bool:
+        raise RuntimeError("the terminal went away")
+
+    def write(self, text: str) -> int:
+        raise RuntimeError("the terminal went away")
+
+    def flush(self) -> None:
+        raise RuntimeError("the terminal went away")
+
+
+def test_a_failing_display_is_switched_off_instead_of_failing_the_update(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pytest_smartball.cli.output import ProgressDisplay
+    from pytest_smartball.ota import EventKind, OtaEvent
+
+    display = ProgressDisplay(bars=True, lines=True, virtual=True)
+    monkeypatch.setattr(sys, "stderr", _BrokenTerminal())
+    display.on_progress("erase", 10, 100)  # would raise into the engine's wait for READY
+    display.on_event(OtaEvent(1.0, EventKind.LINK_LOST, "device disconnected"))
+    display.close()
+    assert (display.bars, display.lines) == (False, False)
+
+
+def test_a_broken_stdout_in_process_keeps_the_exit_code(
+    monkeypatch: pytest.MonkeyPatch, image: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_smartball.cli import main
+
+    class GonePipe:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def isatty(self) -> bool:
+            return False
+
+    monkeypatch.setattr(sys, "stdout", GonePipe())
+    code = main(["flash", "--sim", *HOPELESS, str(image)])
+    err = capsys.readouterr().err
+    assert code == 4
+    assert OLD_IMAGE in err
+    assert_quiet(err)

@@ -84,7 +84,9 @@ class BestEffortStream(io.TextIOBase):
         stream = self._stream
         if stream is None:
             return
-        with contextlib.suppress(*STREAM_ERRORS):
+        # A stream without a descriptor (io.StringIO, a test's stand-in) has nothing to
+        # point elsewhere: AttributeError or io.UnsupportedOperation (an OSError).
+        with contextlib.suppress(AttributeError, *STREAM_ERRORS):
             fd = stream.fileno()
             devnull = os.open(os.devnull, os.O_WRONLY)
             try:
