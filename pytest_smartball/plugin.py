@@ -43,6 +43,9 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hooks)
 
 
+#: ``--device=sim|real`` was given where --device is another's option (see
+#: :func:`_asks_for_our_device`).
+_ASKED_FOR_OURS = pytest.StashKey[bool]()
 #: The sentence of a ``--device`` clash found while options were added (before a config).
 _device_clash: list[str | None] = []
 
@@ -80,8 +83,9 @@ def pytest_configure(config: pytest.Config) -> None:
     clash = _device_clash[0] if _device_clash else None
     if clash is not None:
         config.stash[DEVICE_CLASH] = clash
-        if _asks_for_our_device(config.invocation_params.args):
-            raise pytest.UsageError(clash)
+        # Judged once tests are collected: in a run of only the project's own tests,
+        # --device=sim means whatever the project means by it.
+        config.stash[_ASKED_FOR_OURS] = _asks_for_our_device(config.invocation_params.args)
     examples = config.getoption("--fuzz-examples")
     if examples is not None:
         from hypothesis import settings
@@ -150,6 +154,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if real_timeout and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(REAL_TEST_TIMEOUT_S))
     config.stash[NEEDS_DEVICE] = needs_device
+    if needs_device and config.stash.get(_ASKED_FOR_OURS, False):
+        raise pytest.UsageError(config.stash[DEVICE_CLASH])
 
 
 def _asks_for_our_device(args: Sequence[str]) -> bool:

@@ -139,6 +139,12 @@ def test_a_conftest_with_its_own_device_option_keeps_it(
     # --device=real meant ours, but reaches theirs: one sentence says how to ask for ours.
     sentence = assert_clean_usage_error(run(inner, *extra, "--device=real"), CLASH_SENTENCE)
     assert "--smartball-device=real" in sentence and sentence.count(". ") == 0
+    # In a run of only their own tests, --device=sim is theirs to mean what they like.
+    inner.makepyfile(
+        test_only_theirs="def test_sim(pytestconfig):\n"
+        "    assert pytestconfig.getoption('--device') == 'sim'\n"
+    )
+    run(inner, *extra, "test_only_theirs.py", "--device=sim").assert_outcomes(passed=1)
 
 
 def test_smartball_device_always_works(inner: pytest.Pytester) -> None:
