@@ -118,8 +118,6 @@ def pytest_smartball_backend(config: pytest.Config, adapter: str) -> BleBackend:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from .fixtures import SMARTBALL_FIXTURES
-
     device = config.getoption(DEVICE_DEST)
     skip_sim = pytest.mark.skip(reason="needs the simulator (--device=sim)")
     skip_real = pytest.mark.skip(reason="needs real hardware (--device=real)")
@@ -130,10 +128,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     )
     needs_device = False
     for item in items:
-        ours = any(item.get_closest_marker(m) for m in SMARTBALL_MARKERS) or bool(
-            SMARTBALL_FIXTURES.intersection(getattr(item, "fixturenames", ()))
-        )
-        if not ours:
+        if not _uses_the_plugin(item):
             continue  # not the plugin's business: untouched
         needs_device = True
         faults = item.get_closest_marker("faults")
@@ -155,7 +150,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(REAL_TEST_TIMEOUT_S))
     config.stash[NEEDS_DEVICE] = needs_device
     if needs_device and config.stash.get(_ASKED_FOR_OURS, False):
-        raise pytest.UsageError(config.stash[DEVICE_CLASH])
+        if not hasattr(config, "workerinput"):
+            raise pytest.UsageError(config.stash[DEVICE_CLASH])
+        # An xdist worker: a usage error here crashes it (INTERNALERROR) and the controller,
+        # which collects nothing, cannot raise one; each test that needs the device fails
+        # at its set-up with the sentence instead (see pytest_runtest_setup).
+        for item in items:
+            if _uses_the_plugin(item):
+                item.stash[_DEVICE_NOT_CHOSEN] = config.stash[DEVICE_CLASH]
+
+
+#: On an xdist worker: why this test cannot run (--device=sim|real reached another's option).
+_DEVICE_NOT_CHOSEN = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    sentence = item.stash.get(_DEVICE_NOT_CHOSEN, None)
+    if sentence is not None:  # before any fixture starts a device
+        pytest.fail(sentence, pytrace=False)
+
+
+def _uses_the_plugin(item: pytest.Item) -> bool:
+    """The test uses the SmartBall fixtures or markers (else it is none of our business)."""
+    from .fixtures import SMARTBALL_FIXTURES
+
+    return any(item.get_closest_marker(m) for m in SMARTBALL_MARKERS) or bool(
+        SMARTBALL_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+    )
 
 
 def _asks_for_our_device(args: Sequence[str]) -> bool:

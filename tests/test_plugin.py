@@ -147,6 +147,25 @@ def test_a_conftest_with_its_own_device_option_keeps_it(
     run(inner, *extra, "test_only_theirs.py", "--device=sim").assert_outcomes(passed=1)
 
 
+def test_a_device_clash_under_xdist_names_the_fix_instead_of_crashing_the_workers(
+    inner: pytest.Pytester,
+) -> None:
+    """xdist's controller collects nothing: the workers find the tests that need the
+    device, and a usage error raised there crashed them (INTERNALERROR, a traceback)."""
+    inner.makeconftest(THEIR_CONFTEST)
+    inner.makepyfile(
+        test_theirs="def test_theirs(pytestconfig):\n"
+        "    assert pytestconfig.getoption('--device') == 'real'\n\n\n"
+        "def test_ours(smartball):\n    assert smartball\n"
+    )
+    result = run(inner, "-n", "2", "--device=real")
+    out = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in out and "Traceback" not in out, out
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, out
+    result.assert_outcomes(passed=1, errors=1)
+    assert CLASH_SENTENCE in out and "--smartball-device=real" in out
+
+
 def test_smartball_device_always_works(inner: pytest.Pytester) -> None:
     inner.makepyfile(test_ours="def test_kind(smartball):\n    assert smartball.sim is None\n")
     result = run(inner, "--smartball-device=real", "-p", "no:smartball-recorder", inprocess=True)
