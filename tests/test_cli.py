@@ -573,3 +573,17 @@ def test_a_sim_address_that_is_an_address_is_the_devices(
 ) -> None:
     code, data, _ = run_json(capsys, "status", "--sim", "--sim-address", "C0:FF:EE:00:00:42")
     assert code == 0 and data["device"]["address"] == "C0:FF:EE:00:00:42"
+
+
+def test_the_cli_does_not_import_the_plugins_release_gate_or_recording() -> None:
+    """Layers: the CLI is a front of its own; the pytest plugin's gate (compare, figures)
+    and its recording are not loaded with it."""
+    code = (
+        "import sys, pytest_smartball.cli\n"
+        "print(sorted(m for m in sys.modules if m.startswith('pytest_smartball.')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    for module in ("compare", "figures", "recording", "session", "plugin", "fixtures"):
+        assert f"'pytest_smartball.{module}'" not in loaded, loaded

@@ -108,6 +108,12 @@ def test_compare_on_too_few_measured_figures_fails_naming_the_missing_ones() -> 
     assert not compare.compare(before, before, 15.0).failed
 
 
+def test_the_plugin_and_the_gate_agree_on_the_share_to_measure() -> None:
+    from pytest_smartball.options import DEFAULT_COMPARE_MIN_MEASURED_PERCENT
+
+    assert DEFAULT_COMPARE_MIN_MEASURED_PERCENT == compare.DEFAULT_MIN_MEASURED_PERCENT
+
+
 def test_a_previous_report_that_cannot_be_compared_is_named(tmp_path: Path) -> None:
     with pytest.raises(compare.ReportUnusable, match="cannot read"):
         compare.load_figures(tmp_path / "missing.json")
