@@ -20,6 +20,10 @@ from .figures import SECONDS, Figure, median_by_name
 
 #: A time figure counts as worse only if it also grew by more than this.
 NOISE_FLOOR_S = 0.05
+#: The share of the previous release's figures this run must measure again, in percent:
+#: a figure not measured is a regression not looked for, so a run that skipped the tests
+#: measuring them cannot pass the gate (``--smartball-compare-min-measured`` lowers it).
+DEFAULT_MIN_MEASURED_PERCENT = 100.0
 
 
 class ReportUnusable(ValueError):
@@ -93,10 +97,52 @@ class Comparison:
     previous_path: str
     tolerance_percent: float
     rows: tuple[Row, ...]
+    min_measured_percent: float = DEFAULT_MIN_MEASURED_PERCENT
 
     @property
     def regressions(self) -> list[Row]:
         return [r for r in self.rows if r.regressed]
+
+    @property
+    def not_measured(self) -> list[str]:
+        """The previous release's figures this run did not measure."""
+        return [r.name for r in self.rows if r.previous is not None and r.current is None]
+
+    @property
+    def measured_percent(self) -> float:
+        previous = sum(1 for r in self.rows if r.previous is not None)
+        if previous == 0:
+            return 100.0
+        return 100.0 * (previous - len(self.not_measured)) / previous
+
+    @property
+    def enough_measured(self) -> bool:
+        return self.measured_percent >= self.min_measured_percent
+
+    @property
+    def failed(self) -> bool:
+        """The gate fails: a figure got worse, or too few were measured to tell."""
+        return bool(self.regressions) or not self.enough_measured
+
+    def unmeasured_sentence(self) -> str | None:
+        """Why too few figures is a failure, naming each one missing (None: enough)."""
+        if self.enough_measured:
+            return None
+        missing = self.not_measured
+        previous = sum(1 for r in self.rows if r.previous is not None)
+        return (
+            f"this run measured {previous - len(missing)} of the {previous} figures of "
+            f"{self.previous_path} ({self.measured_percent:.0f} %, at least "
+            f"{self.min_measured_percent:g} % must be measured again): not measured "
+            f"{', '.join(missing)}; run the tests that measure them "
+            "(hil_tests/test_timing_contract.py) without skipping them, or lower "
+            "--smartball-compare-min-measured"
+        )
+
+    def failures(self) -> list[str]:
+        """Every reason the gate fails: too few figures measured, then each regression."""
+        unmeasured = self.unmeasured_sentence()
+        return ([unmeasured] if unmeasured else []) + self.sentences()
 
     def sentences(self) -> list[str]:
         """One sentence per figure worse than the tolerance allows."""
@@ -122,6 +168,11 @@ class Comparison:
             "noise_floor_s": NOISE_FLOOR_S,
             "figures": [r.as_dict() for r in self.rows],
             "regressions": self.sentences(),
+            "min_measured_percent": self.min_measured_percent,
+            "measured_percent": round(self.measured_percent, 1),
+            "not_measured": self.not_measured,
+            "failed": self.failed,
+            "failures": self.failures(),
         }
 
 
@@ -142,6 +193,7 @@ def compare(
     previous: dict[str, Figure],
     tolerance_percent: float,
     previous_path: str = "the previous report",
+    min_measured_percent: float = DEFAULT_MIN_MEASURED_PERCENT,
 ) -> Comparison:
     rows = []
     for name in sorted(set(current) | set(previous)):
@@ -155,4 +207,4 @@ def compare(
             and not (now.unit == SECONDS and abs(now.value - before.value) <= NOISE_FLOOR_S)
         )
         rows.append(Row(name, now, before, fraction, regressed))
-    return Comparison(previous_path, tolerance_percent, tuple(rows))
+    return Comparison(previous_path, tolerance_percent, tuple(rows), min_measured_percent)

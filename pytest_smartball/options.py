@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 import pytest
@@ -13,10 +14,23 @@ from .link import LinkSettings
 DEFAULT_SCAN_TIMEOUT_S = LinkSettings().scan_timeout_s
 #: A figure this much worse than the previous release's fails a --smartball-compare run.
 DEFAULT_COMPARE_TOLERANCE_PERCENT = 15.0
+#: Every figure of the previous release must be measured again: the same as
+#: ``compare.DEFAULT_MIN_MEASURED_PERCENT``, not imported from there because the CLI loads
+#: this module and has no business with the release gate (a test keeps the two equal).
+DEFAULT_COMPARE_MIN_MEASURED_PERCENT = 100.0
 
 #: Which BlueZ a --device=real run talks to; all but "system" serve simulated SmartBalls.
 BLUEZ_CHOICES = ("system", "emulated", "vhci")
 SIMULATED_BLUEZ = ("emulated", "vhci")
+
+#: Where both spellings of the device option store their value. ``--smartball-device``
+#: always exists; ``--device`` is added only when no other plugin or conftest has it.
+DEVICE_DEST = "smartball_device"
+DEVICE_CHOICES = ("sim", "real")
+#: Set when ``--device`` belongs to another plugin or conftest of the run: the sentence
+#: that says so (the device is then chosen with ``--smartball-device``).
+DEVICE_CLASH = pytest.StashKey[str]()
+_DEVICE_HELP = "run against the in-process simulator (default) or real hardware"
 
 #: Set once tests are collected: one of them uses the SmartBall fixtures or markers (only
 #: then does ``--device=real`` check the bench).
@@ -42,6 +56,7 @@ class SmartBallOptions:
     sim_flash: str | None = None
     compare: str | None = None
     compare_tolerance_percent: float = DEFAULT_COMPARE_TOLERANCE_PERCENT
+    compare_min_measured_percent: float = DEFAULT_COMPARE_MIN_MEASURED_PERCENT
     soak: int | None = None
     sim_link: str = "model"
     #: --smartball-html: where the release page goes (None: no page).
@@ -55,10 +70,12 @@ class SmartBallOptions:
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("smartball", "SmartBall device under test")
     group.addoption(
-        "--device",
-        choices=("sim", "real"),
+        "--smartball-device",
+        dest=DEVICE_DEST,
+        choices=DEVICE_CHOICES,
         default="sim",
-        help="run against the in-process simulator (default) or real hardware",
+        help=_DEVICE_HELP + "; the same as --device, and works where another plugin or "
+        "conftest owns --device",
     )
     group.addoption(
         "--ble-name",
@@ -175,6 +192,15 @@ def add_options(parser: pytest.Parser) -> None:
         "--smartball-compare, beside the last release's",
     )
     release.addoption(
+        "--smartball-compare-min-measured",
+        type=float,
+        default=DEFAULT_COMPARE_MIN_MEASURED_PERCENT,
+        metavar="PERCENT",
+        help="the share of the previous release's figures this run must measure again; "
+        "fewer fails the comparison, naming the figures not measured (default %(default)s %%: "
+        "a figure not measured is a regression not looked for)",
+    )
+    release.addoption(
         "--smartball-soak",
         type=int,
         default=None,
@@ -185,9 +211,26 @@ def add_options(parser: pytest.Parser) -> None:
     )
 
 
+def add_device_option(parser: pytest.Parser) -> str | None:
+    """Add the short spelling ``--device`` (the design's) unless another plugin or conftest
+    of the run already has it; then return the sentence that says so. Called once the
+    plugins and the initial conftests have added their options, so that ours never makes
+    theirs fail at start-up (``option dest 'device' already used``)."""
+    group = parser.getgroup("smartball")
+    try:
+        group.addoption("--device", dest=DEVICE_DEST, choices=DEVICE_CHOICES, help=_DEVICE_HELP)
+    except (ValueError, argparse.ArgumentError):
+        return (
+            "--device belongs to another plugin or this project's conftest here, so it does "
+            "not choose the SmartBall device: use --smartball-device=sim or "
+            "--smartball-device=real"
+        )
+    return None
+
+
 def read_options(config: pytest.Config) -> SmartBallOptions:
     return SmartBallOptions(
-        device=config.getoption("--device"),
+        device=config.getoption(DEVICE_DEST),
         name=config.getoption("--ble-name"),
         address=config.getoption("--ble-address"),
         adapter=config.getoption("--ble-adapter"),
@@ -202,6 +245,7 @@ def read_options(config: pytest.Config) -> SmartBallOptions:
         sim_flash=config.getoption("--sim-flash"),
         compare=config.getoption("--smartball-compare"),
         compare_tolerance_percent=config.getoption("--smartball-compare-tolerance"),
+        compare_min_measured_percent=config.getoption("--smartball-compare-min-measured"),
         soak=config.getoption("--smartball-soak"),
         sim_link=config.getoption("--sim-link"),
         html=config.getoption("--smartball-html"),

@@ -15,11 +15,13 @@ Nothing here imports the simulator; :mod:`.targets` does, when a test asks for i
 
 from __future__ import annotations
 
+from collections.abc import Generator, Sequence
+
 import pytest
 
 from .farm import add_options as add_farm_options
 from .link import BleBackend
-from .options import NEEDS_DEVICE, add_options
+from .options import DEVICE_CLASH, DEVICE_DEST, NEEDS_DEVICE, add_device_option, add_options
 
 # In import order: each module imports only those before it.
 pytest_plugins = [
@@ -42,12 +44,50 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hooks)
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+#: ``--device=sim|real`` was given where --device is another's option (see
+#: :func:`_asks_for_our_device`).
+_ASKED_FOR_OURS = pytest.StashKey[bool]()
+#: The sentence of a ``--device`` clash found while options were added (before a config).
+_device_clash: list[str | None] = []
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     add_options(parser)
     add_farm_options(parser)
+    _device_clash.clear()
+    if _registered_by_a_conftest(pluginmanager):
+        # A conftest's ``pytest_plugins`` loaded us: the initial conftests are being loaded
+        # now and pytest_load_initial_conftests has passed us by; add --device at once.
+        _device_clash.append(add_device_option(parser))
+
+
+def _registered_by_a_conftest(pluginmanager: pytest.PytestPluginManager) -> bool:
+    return any(
+        str(getattr(plugin, "__file__", "") or "").endswith("conftest.py")
+        for plugin in pluginmanager.get_plugins()
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser
+) -> Generator[None, None, None]:
+    """``--device`` is added after every plugin and the initial conftests have added theirs:
+    a project whose conftest has its own ``--device`` (``--device=cpu|gpu``) keeps it, and
+    the SmartBall device is then chosen with ``--smartball-device``."""
+    result = yield
+    if not _device_clash:
+        _device_clash.append(add_device_option(parser))
+    return result
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    clash = _device_clash[0] if _device_clash else None
+    if clash is not None:
+        config.stash[DEVICE_CLASH] = clash
+        # Judged once tests are collected: in a run of only the project's own tests,
+        # --device=sim means whatever the project means by it.
+        config.stash[_ASKED_FOR_OURS] = _asks_for_our_device(config.invocation_params.args)
     examples = config.getoption("--fuzz-examples")
     if examples is not None:
         from hypothesis import settings
@@ -84,9 +124,7 @@ def pytest_smartball_backend(config: pytest.Config, adapter: str) -> BleBackend:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from .fixtures import SMARTBALL_FIXTURES
-
-    device = config.getoption("--device")
+    device = config.getoption(DEVICE_DEST)
     skip_sim = pytest.mark.skip(reason="needs the simulator (--device=sim)")
     skip_real = pytest.mark.skip(reason="needs real hardware (--device=real)")
     real_timeout = (
@@ -96,10 +134,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     )
     needs_device = False
     for item in items:
-        ours = any(item.get_closest_marker(m) for m in SMARTBALL_MARKERS) or bool(
-            SMARTBALL_FIXTURES.intersection(getattr(item, "fixturenames", ()))
-        )
-        if not ours:
+        if not _uses_the_plugin(item):
             continue  # not the plugin's business: untouched
         needs_device = True
         faults = item.get_closest_marker("faults")
@@ -120,6 +155,51 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if real_timeout and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(REAL_TEST_TIMEOUT_S))
     config.stash[NEEDS_DEVICE] = needs_device
+    if needs_device and config.stash.get(_ASKED_FOR_OURS, False):
+        if not hasattr(config, "workerinput"):
+            raise pytest.UsageError(config.stash[DEVICE_CLASH])
+        # An xdist worker: a usage error here crashes it (INTERNALERROR) and the controller,
+        # which collects nothing, cannot raise one; each test that needs the device fails
+        # at its set-up with the sentence instead (see pytest_runtest_setup).
+        for item in items:
+            if _uses_the_plugin(item):
+                item.stash[_DEVICE_NOT_CHOSEN] = config.stash[DEVICE_CLASH]
+
+
+#: On an xdist worker: why this test cannot run (--device=sim|real reached another's option).
+_DEVICE_NOT_CHOSEN = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    sentence = item.stash.get(_DEVICE_NOT_CHOSEN, None)
+    if sentence is not None:  # before any fixture starts a device
+        pytest.fail(sentence, pytrace=False)
+
+
+def _uses_the_plugin(item: pytest.Item) -> bool:
+    """The test uses the SmartBall fixtures or markers (else it is none of our business)."""
+    from .fixtures import SMARTBALL_FIXTURES
+
+    return any(item.get_closest_marker(m) for m in SMARTBALL_MARKERS) or bool(
+        SMARTBALL_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+    )
+
+
+def _asks_for_our_device(args: Sequence[str]) -> bool:
+    """``--device=sim`` or ``--device real`` on a command line where --device is another's
+    option and ``--smartball-device`` is not given: the user meant ours; running on the
+    default device instead would be a result that was not asked for."""
+    words = [str(a) for a in args]
+    if any(w.startswith("--smartball-device") for w in words):
+        return False
+    for index, word in enumerate(words):
+        value = word.partition("=")[2] if word.startswith("--device=") else None
+        if word == "--device" and index + 1 < len(words):
+            value = words[index + 1]
+        if value in ("sim", "real"):
+            return True
+    return False
 
 
 def _check_fault_marker(item: pytest.Item, marker: pytest.Mark) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +21,12 @@ from . import figures as fig
 from . import protocol as p
 from . import report as rep
 from .image import FirmwareImage
-from .options import SmartBallOptions
+from .options import NEEDS_DEVICE, SmartBallOptions
 from .ota import OtaEngine, OtaResult, OtaSettings
+from .ota.engine import engines_made
 from .release_report.attach import attach_timelines
 from .release_report.trace import ProgressTrace
-from .session import SmartBallSession, current_session, smartball_session
+from .session import SmartBallSession, current_session, options_given, smartball_session
 from .targets import Target
 
 TARGET = pytest.StashKey[Target]()
@@ -38,11 +40,15 @@ SOAKS = pytest.StashKey["list[dict[str, Any]]"]()
 TIMELINE_TITLE = "smartball timeline (client | device)"
 
 
+#: Every engine made during a test's call, however it was made: (result, image, engine).
+MADE = pytest.StashKey["list[tuple[OtaResult, rep.ImageRef, weakref.ref[OtaEngine]]]"]()
+
+
 @dataclass(slots=True)
 class Update:
     """An update of the test (an ``ota`` engine) or of its teardown (the baseline put back)."""
 
-    image: FirmwareImage
+    image: FirmwareImage | rep.ImageRef
     result: OtaResult
     before: p.MsgInfo | None
     purpose: str = "test"
@@ -59,7 +65,14 @@ class Update:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     item.stash[CALLED] = True
-    return (yield)
+    made = item.stash.setdefault(MADE, [])
+
+    def seen(engine: OtaEngine) -> None:
+        # Not the engine: a fuzz test makes thousands, each holding its image's bytes.
+        made.append((engine.result, rep.ImageRef.of(engine.image), weakref.ref(engine)))
+
+    with engines_made(seen):
+        return (yield)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -68,22 +81,30 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     records: list[dict[str, Any]] = []
     figures: list[dict[str, Any]] = []
+    summary: dict[str, Any] | None = None
     if call.when == "teardown":
-        records = _update_records(item)
+        records, summary = _update_records(item)
         figures = _figure_records(item)
         # Before the report is made: it copies item.user_properties (JUnit reads them there).
         item.user_properties.extend(rep.junit_properties(records))
+        if summary is not None:
+            item.user_properties.extend(rep.summary_properties(summary))
         if FIGURES in item.stash:
             item.user_properties.extend(fig.junit_properties(item.stash[FIGURES].figures))
         target = item.stash.get(TARGET, None)
         if target is not None and target.sim is not None:
-            smartball_session(item.config).sim_last = target.sim.firmware.info()
+            state = smartball_session(item.config)
+            state.sim_last = target.sim.firmware.info()
+            if any(r["purpose"] == "test" for r in records):
+                state.sim_updated, state.sim_updated_by = state.sim_last, item.nodeid
     report = yield
     if records:
         report.smartball_updates = records  # type: ignore[attr-defined]
         attach_timelines(item.config, report, records)  # pytest-html's report, if any
     if figures:
         report.smartball_figures = figures  # type: ignore[attr-defined]
+    if summary is not None:
+        report.smartball_update_summary = summary  # type: ignore[attr-defined]
     if call.when == "teardown" and item.stash.get(SOAKS, None):
         report.smartball_soak = item.stash[SOAKS]  # type: ignore[attr-defined]
     if report.when == "call" and report.failed:
@@ -93,11 +114,38 @@ def pytest_runtest_makereport(
     return report
 
 
-def _update_records(item: pytest.Item) -> list[dict[str, Any]]:
+def _updates_of(item: pytest.Item) -> tuple[list[Update], list[OtaResult]]:
+    """The test's updates in the order their engines were made: those of the ``ota``
+    fixture and, listed, those of engines the test built itself, unless there were more of
+    those than :data:`~.report.MAX_ITEMIZED_UPDATES` (then their results, to sum up);
+    the baseline put back comes last."""
+    fixture = item.stash.get(UPDATES, [])
+    by_result = {id(u.result): u for u in fixture if u.purpose == "test"}
+    own = [
+        (result, image, ref)
+        for result, image, ref in item.stash.get(MADE, [])
+        if id(result) not in by_result and result.events  # made and run
+    ]
+    itemize = len(own) <= rep.MAX_ITEMIZED_UPDATES
+    updates: list[Update] = []
+    for result, image, ref in item.stash.get(MADE, []):
+        if id(result) in by_result:
+            updates.append(by_result.pop(id(result)))
+        elif itemize and result.events:
+            engine = ref()
+            address = engine.address if engine is not None else None
+            updates.append(Update(image, result, None, engine=None, address=address))
+    updates += by_result.values()  # fixture engines made outside the call (set-up)
+    updates += [u for u in fixture if u.purpose != "test"]
+    return updates, [] if itemize else [result for result, _, _ in own]
+
+
+def _update_records(item: pytest.Item) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     target = item.stash.get(TARGET, None)
     records = []
     counts: dict[str, int] = {}
-    for update in item.stash.get(UPDATES, []):
+    updates, summed = _updates_of(item)
+    for update in updates:
         result = update.result
         if not result.events:  # made, never run
             continue
@@ -116,7 +164,7 @@ def _update_records(item: pytest.Item) -> list[dict[str, Any]]:
                 progress=update.progress.as_list() if update.progress else None,
             )
         )
-    return records
+    return records, rep.update_summary(summed) if summed else None
 
 
 def _figure_records(item: pytest.Item) -> list[dict[str, Any]]:
@@ -188,14 +236,21 @@ class Recorder:
         if workeroutput is not None:
             workeroutput["smartball"] = {"devices": [part] if part else []}
         if state.report is not None and opts.compare:
-            self.comparison = _compare(state.report, opts.compare, opts.compare_tolerance_percent)
+            self.comparison = _compare(
+                state.report,
+                opts.compare,
+                opts.compare_tolerance_percent,
+                opts.compare_min_measured_percent,
+            )
             state.report.comparison = self.comparison.as_dict()
-            if self.comparison.regressions and session.exitstatus == pytest.ExitCode.OK:
+            if self.comparison.failed and session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if state.report is not None and part:
+            state.report.add_device(part)
+        if state.report is not None and _uses_the_plugin(self.config, state):
+            _junit_suite_properties(self.config, state.report, int(session.exitstatus))
         if state.report is None or not (opts.report or opts.html):
             return
-        if part:
-            state.report.add_device(part)
         if opts.report:
             state.report.write(opts.report, int(session.exitstatus))
             self.written = opts.report
@@ -230,10 +285,17 @@ class Recorder:
             )
             for line in c.lines():
                 terminalreporter.write_line(line)
-            for sentence in c.sentences():
+            for sentence in c.failures():
                 terminalreporter.write_line(f"smartball compare: FAILED: {sentence}", red=True)
-            if not c.regressions:
-                terminalreporter.write_line("smartball compare: no figure worse than the tolerance")
+            if not c.failed:
+                measured = (
+                    f"{c.measured_percent:.0f} % of the figures measured"
+                    if c.not_measured
+                    else "every figure measured"
+                )
+                terminalreporter.write_line(
+                    f"smartball compare: no figure worse than the tolerance ({measured})"
+                )
         if self.html_written:
             terminalreporter.write_line(f"smartball release page: {self.html_written}")
         if self.html_problem:
@@ -250,13 +312,40 @@ class Recorder:
             )
 
 
-def _compare(report: rep.RunReport, path: str, tolerance: float) -> compare.Comparison:
+def _uses_the_plugin(config: pytest.Config, state: SmartBallSession) -> bool:
+    """Suite properties only for a run about SmartBalls (another project's XML stays
+    as it was)."""
+    report = state.report
+    return (
+        options_given(config)
+        or config.stash.get(NEEDS_DEVICE, False)
+        or bool(report and (report.updates or report.figures or report.devices))
+    )
+
+
+def _junit_suite_properties(config: pytest.Config, report: rep.RunReport, exitstatus: int) -> None:
+    """What identifies the run, as ``<testsuite>`` properties of the JUnit XML (written by
+    the process that writes the XML: the xdist controller, or the only one)."""
+    try:
+        from _pytest.junitxml import xml_key
+    except ImportError:  # pragma: no cover - another pytest
+        return
+    xml = config.stash.get(xml_key, None)
+    if xml is None:
+        return
+    for name, value in rep.suite_properties(report.to_dict(exitstatus)):
+        xml.add_global_property(name, value)
+
+
+def _compare(
+    report: rep.RunReport, path: str, tolerance: float, min_measured: float
+) -> compare.Comparison:
     current = fig.median_by_name(report.figures)
     try:
         previous = compare.load_figures(path)
     except compare.ReportUnusable:  # checked at the start; gone or changed since
         previous = {}
-    return compare.compare(current, previous, tolerance, path)
+    return compare.compare(current, previous, tolerance, path, min_measured)
 
 
 def _write_html(report: rep.RunReport, path: str, exitstatus: int) -> str | None:
@@ -285,12 +374,15 @@ def _device_part(state: SmartBallSession, opts: SmartBallOptions) -> dict[str, A
     if state.kind == "sim":
         if state.sim_first is None:
             return None
+        # Each test has a fresh simulated device: "after" is the one the last update left
+        # (what verified_on speaks of), not whichever test happened to run last.
         return {
             "address": state.address,
             "name": opts.name,
             "worker": state.worker,
             "firmware_before": rep.info_dict(state.sim_first),
-            "firmware_after": rep.info_dict(state.sim_last or state.sim_first),
+            "firmware_after": rep.info_dict(state.sim_updated or state.sim_last or state.sim_first),
+            "firmware_after_test": state.sim_updated_by,
         }
     device = state.mine
     if device is None or state.backend is None or not (opts.report or opts.html):

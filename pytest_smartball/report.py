@@ -13,6 +13,7 @@ import platform
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,48 @@ def info_from_dict(data: dict[str, Any]) -> p.MsgInfo:
     return p.MsgInfo(**data)
 
 
-def image_dict(image: FirmwareImage | None) -> dict[str, Any] | None:
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """What a record says of an image (not its bytes, which a test may make thousands of)."""
+
+    source: str
+    size: int
+    crc32: int
+
+    @classmethod
+    def of(cls, image: FirmwareImage) -> ImageRef:
+        return cls(image.source, image.size, image.crc32)
+
+
+#: Updates a test ran on engines it built itself, itemized up to this many; beyond it (a
+#: fuzz test's hundreds) they are summed up (:func:`update_summary`).
+MAX_ITEMIZED_UPDATES = 5
+
+
+def update_summary(results: list[OtaResult]) -> dict[str, Any]:
+    """Many updates of one test in a few figures: counts by outcome, the longest, totals."""
+    durations = [r.duration_s for r in results]
+    return {
+        "updates": len(results),
+        "succeeded": sum(1 for r in results if r.outcome.value == "succeeded"),
+        "unconfirmed": sum(1 for r in results if r.outcome.value == "unconfirmed"),
+        "failed": sum(1 for r in results if r.outcome.value == "failed"),
+        "duration_s_max": round(max(durations, default=0.0), 3),
+        "duration_s_total": round(sum(durations), 3),
+        "bytes_sent_total": sum(r.bytes_sent for r in results),
+        "bytes_resent_total": sum(r.bytes_resent for r in results),
+        "reconnects_total": sum(r.reconnects for r in results),
+        "resumes_total": sum(r.resumes for r in results),
+        "restarts_total": sum(r.restarts for r in results),
+    }
+
+
+def summary_properties(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """``ota.all.NAME`` properties of :func:`update_summary` (the test's own engines)."""
+    return [(f"ota.all.{name}", str(value)) for name, value in summary.items()]
+
+
+def image_dict(image: FirmwareImage | ImageRef | None) -> dict[str, Any] | None:
     if image is None:
         return None
     return {"path": image.source, "size": image.size, "crc32": f"{image.crc32:08x}"}
@@ -58,7 +100,7 @@ def update_record(
     *,
     test: str,
     index: int,
-    image: FirmwareImage,
+    image: FirmwareImage | ImageRef,
     device: str | None,
     before: p.MsgInfo | None = None,
     rssi: int | None = None,
@@ -156,6 +198,40 @@ def junit_properties(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return props
 
 
+def suite_properties(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """The run's identity for the JUnit ``<testsuite>`` properties, from the report's
+    summary (:meth:`RunReport.to_dict`): device kind and addresses, candidate and baseline
+    image, the simulator's seed, fault plan, firmware bugs and flash, BlueZ, the verdict."""
+    device = summary["device"]
+    firmware = summary["firmware"]
+    pairs: list[tuple[str, object]] = [
+        ("kind", device.get("kind")),
+        ("name", device.get("name")),
+        ("addresses", ",".join(device.get("addresses") or [])),
+        ("adapter", device.get("adapter")),
+    ]
+    for which in ("candidate", "baseline"):
+        image = firmware.get(which)
+        if image:
+            pairs += [(f"{which}.{key}", image[key]) for key in ("path", "size", "crc32")]
+    pairs.append(("verified_on", ",".join(firmware.get("verified_on") or [])))
+    if device.get("kind") == "sim":
+        pairs += [
+            ("sim_seed", device.get("sim_seed")),
+            ("sim_faults", device.get("sim_faults") or "none"),
+            ("sim_firmware_bugs", ",".join(device.get("sim_firmware_bugs") or []) or "none"),
+            ("sim_flash", device.get("sim_flash") or "nRF52840"),
+        ]
+    bluez = summary.get("bluez") or {}
+    if bluez.get("version"):
+        pairs.append(("bluez", bluez["version"]))
+    pairs += [
+        ("plugin_version", summary["host"].get("pytest-smartball")),
+        ("verdict", summary["verdict"]),
+    ]
+    return [(f"smartball.{name}", str(value)) for name, value in pairs if value is not None]
+
+
 def outcome_of(previous: str | None, report: Any) -> str | None:
     """A test's outcome so far, given its next setup/call/teardown report (what pytest's
     summary line counts: a failing teardown after a pass is an error)."""
@@ -199,6 +275,8 @@ class RunReport:
         self.figures: list[dict[str, Any]] = []
         self.soaks: list[dict[str, Any]] = []
         self.comparison: dict[str, Any] | None = None
+        #: Per test: the updates of engines it built itself, summed up (too many to list).
+        self.update_summaries: dict[str, dict[str, Any]] = {}
 
     # --- feeding ---------------------------------------------------------------------
 
@@ -207,6 +285,9 @@ class RunReport:
         if outcome is not None:
             self.outcomes[report.nodeid] = outcome
         self.updates += getattr(report, "smartball_updates", None) or []
+        summary = getattr(report, "smartball_update_summary", None)
+        if summary:
+            self.update_summaries[report.nodeid] = summary
         self.figures += getattr(report, "smartball_figures", None) or []
         self.soaks += getattr(report, "smartball_soak", None) or []
 
@@ -220,6 +301,12 @@ class RunReport:
                 continue
             if name in ("address", "firmware_before") and known.get(name):
                 continue
+            if (
+                name == "firmware_after"
+                and known.get("firmware_after_test")
+                and not part.get("firmware_after_test")
+            ):
+                continue  # a simulated device after an update beats one after no update
             known[name] = value
 
     # --- the file --------------------------------------------------------------------
@@ -233,6 +320,11 @@ class RunReport:
                 "updates": sum(
                     1 for u in self.updates if u["test"] == nodeid and u["purpose"] == "test"
                 ),
+                **(
+                    {"update_summary": self.update_summaries[nodeid]}
+                    if nodeid in self.update_summaries
+                    else {}
+                ),
             }
             for nodeid, outcome in sorted(self.outcomes.items())
         ]
@@ -242,7 +334,9 @@ class RunReport:
         )
         if exitstatus not in (None, 0, 5):  # 5: no tests collected, judged by the counts
             ok = False
-        if self.comparison and self.comparison["regressions"]:
+        if self.comparison and (
+            self.comparison["regressions"] or self.comparison.get("failed", False)
+        ):
             ok = False
         candidate = self.firmware
         verified_on = sorted(
@@ -255,6 +349,11 @@ class RunReport:
                 and u["firmware_after"]["active_image_crc32"] == f"{candidate.crc32:08x}"
             }
         )
+        devices = [self.devices[k] for k in sorted(self.devices)]
+        # The devices the run found, when no --ble-address named them (the simulator's).
+        device = dict(self.device)
+        if not device.get("addresses"):
+            device["addresses"] = [d["address"] for d in devices if d.get("address")]
         return {
             "smartball_report": FORMAT_VERSION,
             "verdict": "pass" if ok else "fail",
@@ -263,7 +362,7 @@ class RunReport:
             "command": " ".join(sys.argv),
             "exit_status": exitstatus,
             "host": {"platform": platform.platform(), **versions()},
-            "device": self.device,
+            "device": device,
             "bluez": self.bluez,
             "preflight": self.preflight,
             "firmware": {
@@ -271,7 +370,7 @@ class RunReport:
                 "verified_on": verified_on,
                 "baseline": image_dict(self.baseline),
             },
-            "devices": [self.devices[k] for k in sorted(self.devices)],
+            "devices": devices,
             "counts": {o: counts[o] for o in OUTCOMES},
             "updates_total": sum(1 for u in self.updates if u["purpose"] == "test"),
             "updates_failed": sum(

@@ -22,7 +22,7 @@ from . import protocol as p
 from . import report as rep
 from .image import FirmwareImage, ImageError, generated_image, load_image
 from .link import BleBackend
-from .options import NEEDS_DEVICE, SIMULATED_BLUEZ, SmartBallOptions, read_options
+from .options import DEVICE_CLASH, NEEDS_DEVICE, SIMULATED_BLUEZ, SmartBallOptions, read_options
 from .ota import OtaSettings
 
 _SESSION = pytest.StashKey["SmartBallSession"]()
@@ -72,6 +72,10 @@ class SmartBallSession:
     report: rep.RunReport | None = None  # on the process that writes it
     sim_first: p.MsgInfo | None = None  # sim: the first simulated device's INFO
     sim_last: p.MsgInfo | None = None  # sim: the last one's, after its test
+    #: sim: the device of the last test that ran an update, after it, and that test: each
+    #: test has a fresh simulated device, so "after the run" is after the last update.
+    sim_updated: p.MsgInfo | None = None
+    sim_updated_by: str | None = None
 
     @property
     def kind(self) -> str:
@@ -193,6 +197,8 @@ def _check_release_options(opts: SmartBallOptions) -> None:
             raise pytest.UsageError(f"--sim-flash: {problem}")
     if opts.compare_tolerance_percent < 0:
         raise pytest.UsageError("--smartball-compare-tolerance: a percentage of 0 or more")
+    if not 0 <= opts.compare_min_measured_percent <= 100:
+        raise pytest.UsageError("--smartball-compare-min-measured: a percentage from 0 to 100")
     if opts.soak is not None and opts.soak < 1:
         raise pytest.UsageError("--smartball-soak: the number of updates must be 1 or more")
     if opts.compare:
@@ -208,10 +214,18 @@ def _check_release_options(opts: SmartBallOptions) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     """``--device=real`` without xdist: check the bench now, if any test needs a device (a
     run of unrelated tests must not fail for want of Bluetooth)."""
-    state = current_session(session.config)
+    config = session.config
+    state = current_session(config)
+    needs_device = config.stash.get(NEEDS_DEVICE, False)
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if needs_device and not config.stash.get(_HEADER_SHOWN, False) and terminal is not None:
+        config.stash[_HEADER_SHOWN] = True
+        for line in header_lines(config):
+            if state is None or state.kind != "real" or not line.startswith("smartball: the bench"):
+                terminal.write_line(line)
     if state is None or state.kind != "real" or state.backend is not None:
         return
-    if session.config.stash.get(NEEDS_DEVICE, False):
+    if needs_device:
         _start_real(session.config, state.options, state)
         terminal = session.config.pluginmanager.get_plugin("terminalreporter")
         if terminal is not None:
@@ -362,7 +376,47 @@ def pytest_configure_node(node: Any) -> None:
         node.workerinput["smartball"] = state.to_input()
 
 
+#: The header lines were shown (before collection, or after it for a run that turned out
+#: to use the plugin).
+_HEADER_SHOWN = pytest.StashKey[bool]()
+
+#: How the plugin's options start on a command line (``--device`` only when it is ours).
+OPTION_PREFIXES = (
+    "--smartball-",
+    "--ble-",
+    "--sim-",
+    "--firmware",
+    "--baseline-firmware",
+    "--bluez",
+    "--fuzz-examples",
+)
+
+
+def options_given(config: pytest.Config) -> bool:
+    """A smartball option was spelled out (command line, ``addopts``, ``PYTEST_ADDOPTS``):
+    the run is about SmartBalls even before its tests are collected."""
+    import os
+    import shlex
+
+    words = [str(a) for a in config.invocation_params.args]
+    with contextlib.suppress(ValueError):
+        words += [str(a) for a in config.getini("addopts")]
+        words += shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))
+    prefixes = OPTION_PREFIXES if DEVICE_CLASH in config.stash else (*OPTION_PREFIXES, "--device")
+    return any(w.startswith(prefixes) for w in words)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The run's SmartBall lines, only in a run that uses the plugin: one that names its
+    options now, or (see :func:`pytest_collection_finish`) one whose collected tests use
+    its fixtures or markers. Every other project's header stays as it was."""
+    if not options_given(config):
+        return []
+    config.stash[_HEADER_SHOWN] = True
+    return header_lines(config)
+
+
+def header_lines(config: pytest.Config) -> list[str]:
     from importlib.metadata import version
 
     opts = read_options(config)
@@ -373,12 +427,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"smartball: device={opts.device} target={target} "
         f"firmware={firmware} bleak={version('bleak')}",
     ]
+    clash = config.stash.get(DEVICE_CLASH, None)
+    if clash is not None:
+        lines.append(f"smartball: {clash}")
     if opts.device == "sim":
         lines.append(
             f"smartball: simulated SmartBall, seed={opts.seed} "
             f"faults={opts.faults or 'none'}"
             + (f" link={opts.sim_link}" if opts.sim_link != "model" else "")
-            + " (virtual time)"
+            + " (virtual time in the tests that use its fixtures)"
         )
         if opts.firmware_bugs or opts.sim_flash:
             lines.append(

@@ -99,7 +99,7 @@ def test_plugin_runs_the_device_over_bumble(inner: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(
         [
-            "smartball: simulated SmartBall, *link=bumble (virtual time)",
+            "smartball: simulated SmartBall, *link=bumble (virtual time*",
             "*race is a BlueZ host's failure*",
         ]
     )

@@ -509,3 +509,81 @@ def test_ctrl_c_mid_update_is_exit_130(tmp_path: Path) -> None:
         "exit_code": 130,
         "error": interrupted_sentence(simulated=True),
     }
+
+
+# --- wording: each sentence says what is true -----------------------------------------------
+
+
+def test_no_reset_headline_events_and_connections_agree(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A device that verifies, commits the switch and never resets: it still runs its old
+    image, so the headline must not say it "may run" the new one; the last no-reset event
+    must not promise a look at the device that never comes; the planned connection after
+    the reset is not a "reconnect" the line seems to deny."""
+    path = image_file(tmp_path, 20_000)
+    code, out, err = run(capsys, "flash", "--sim", "--faults", "no-reset", "-v", str(path))
+    assert code == 6
+    headline = next(line for line in out.splitlines() if line.startswith("Update "))
+    assert "may run" not in headline
+    assert headline.startswith("Update UNCONFIRMED: ") and "not seen running" in headline
+    assert "it still runs crc32" in err
+    assert "(its old image)" in out  # what the simulated device holds
+    connections = next(line for line in out.splitlines() if "connections" in line)
+    assert connections.split()[1:5] == ["2", "(0", "after", "a"], connections
+    assert "reconnects" not in connections
+
+    code, data, _ = run_json(capsys, "flash", "--sim", "--faults", "no-reset", str(path))
+    events = data["events"]
+    no_resets = [i for i, e in enumerate(events) if e["kind"] == "no-reset"]
+    assert len(no_resets) == 2
+    for index in no_resets:
+        promised = "reconnecting to check its image" in events[index]["detail"]
+        followed = any(e["kind"] == "connected" for e in events[index + 1 :])
+        assert promised == followed, events[index]
+    assert events[no_resets[-1]]["detail"].endswith("(2 of 2); no more waits")
+
+
+@pytest.mark.parametrize(
+    ("argv", "sentence"),
+    [
+        (("--faults", "lose:+3"), "'+3' is not a positive whole number"),
+        (("--faults", "lose:1_000"), "'1_000' is not a positive whole number"),
+        (("--faults", "lose:-1"), "'-1' is not a positive whole number"),
+        (("--faults", "lose:bogus"), "unknown message type 'bogus'"),
+        (("--scan-timeout", "inf"), "'inf' is not a finite number of seconds"),
+        (("--scan-timeout", "nan"), "'nan' is not a finite number of seconds"),
+        (("--erase-time", "inf"), "'inf' is not a finite number of seconds"),
+        (("--sim-address", "notanaddress"), "'notanaddress' is not a Bluetooth address"),
+        (("--sim-address", "C0:FF:EE:00:00"), "'C0:FF:EE:00:00' is not a Bluetooth address"),
+    ],
+)
+def test_bad_values_are_named_for_what_they_are(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], sentence: str
+) -> None:
+    code, out, err = run(capsys, "status", "--sim", *argv)
+    assert code == 2 and out == ""
+    assert sentence in err.splitlines()[0], err
+    assert "unknown message type" not in err or "bogus" in err
+    assert "must be more than 0" not in err
+
+
+def test_a_sim_address_that_is_an_address_is_the_devices(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, data, _ = run_json(capsys, "status", "--sim", "--sim-address", "C0:FF:EE:00:00:42")
+    assert code == 0 and data["device"]["address"] == "C0:FF:EE:00:00:42"
+
+
+def test_the_cli_does_not_import_the_plugins_release_gate_or_recording() -> None:
+    """Layers: the CLI is a front of its own; the pytest plugin's gate (compare, figures)
+    and its recording are not loaded with it."""
+    code = (
+        "import sys, pytest_smartball.cli\n"
+        "print(sorted(m for m in sys.modules if m.startswith('pytest_smartball.')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    for module in ("compare", "figures", "recording", "session", "plugin", "fixtures"):
+        assert f"'pytest_smartball.{module}'" not in loaded, loaded

@@ -78,7 +78,7 @@ def test_help_lists_the_smartball_options(inner: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "SmartBall device under test:",
-            "*--device={sim,real}*",
+            "*--smartball-device={sim,real}*",
             "*--ble-name=BLE_NAME*",
             "*--ble-address=BLE_ADDRESS*",
             "*--ble-adapter=BLE_ADAPTER*",
@@ -90,8 +90,114 @@ def test_help_lists_the_smartball_options(inner: pytest.Pytester) -> None:
             "*--sim-faults=SIM_FAULTS*",
         ]
     )
+    result.stdout.fnmatch_lines(["*--device={sim,real}*"])
     # The help's '%%' reaches argparse escaped, and shows as one '%'.
     assert "50%%" not in result.stdout.str()
+
+
+# --- a good neighbour: another --device, other projects' headers ---------------------------
+
+#: A project of someone else's, with its own --device (free text, as --device=cpu|gpu often is).
+THEIR_CONFTEST = """
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", help="cpu or gpu")
+"""
+
+THEIR_TESTS = """
+def test_their_option_is_theirs(pytestconfig):
+    assert pytestconfig.getoption("--device") == "gpu"
+
+
+def test_the_smartball_fixtures_still_work(smartball, pytestconfig):
+    assert smartball.sim is not None
+    assert pytestconfig.getoption("smartball_device") == "sim"
+"""
+
+CLASH_SENTENCE = "--device belongs to another plugin or this project's conftest here"
+
+
+@pytest.mark.parametrize("order", ["entry-point-first", "conftest-loads-the-plugin"])
+def test_a_conftest_with_its_own_device_option_keeps_it(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, order: str
+) -> None:
+    conftest = THEIR_CONFTEST
+    extra: tuple[str, ...] = ()
+    if order == "conftest-loads-the-plugin":
+        # The conftest is registered first and loads the plugin itself (its options come
+        # after the conftest's).
+        monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+        conftest = 'pytest_plugins = ["pytest_smartball.plugin"]\n' + conftest
+        extra = ("-p", "asyncio", "-p", "looptime")
+    inner.makeconftest(conftest)
+    inner.makepyfile(test_theirs=THEIR_TESTS)
+    result = run(inner, *extra, "--device=gpu")
+    assert "option dest" not in result.stderr.str() and "Traceback" not in result.stderr.str()
+    result.assert_outcomes(passed=2)
+    result = run(inner, *extra, "--device=gpu", "--smartball-device=sim")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([f"smartball: {CLASH_SENTENCE}*--smartball-device=sim*"])
+    # --device=real meant ours, but reaches theirs: one sentence says how to ask for ours.
+    sentence = assert_clean_usage_error(run(inner, *extra, "--device=real"), CLASH_SENTENCE)
+    assert "--smartball-device=real" in sentence and sentence.count(". ") == 0
+    # In a run of only their own tests, --device=sim is theirs to mean what they like.
+    inner.makepyfile(
+        test_only_theirs="def test_sim(pytestconfig):\n"
+        "    assert pytestconfig.getoption('--device') == 'sim'\n"
+    )
+    run(inner, *extra, "test_only_theirs.py", "--device=sim").assert_outcomes(passed=1)
+
+
+def test_a_device_clash_under_xdist_names_the_fix_instead_of_crashing_the_workers(
+    inner: pytest.Pytester,
+) -> None:
+    """xdist's controller collects nothing: the workers find the tests that need the
+    device, and a usage error raised there crashed them (INTERNALERROR, a traceback)."""
+    inner.makeconftest(THEIR_CONFTEST)
+    inner.makepyfile(
+        test_theirs="def test_theirs(pytestconfig):\n"
+        "    assert pytestconfig.getoption('--device') == 'real'\n\n\n"
+        "def test_ours(smartball):\n    assert smartball\n"
+    )
+    result = run(inner, "-n", "2", "--device=real")
+    out = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in out and "Traceback" not in out, out
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, out
+    result.assert_outcomes(passed=1, errors=1)
+    assert CLASH_SENTENCE in out and "--smartball-device=real" in out
+
+
+def test_smartball_device_always_works(inner: pytest.Pytester) -> None:
+    inner.makepyfile(test_ours="def test_kind(smartball):\n    assert smartball.sim is None\n")
+    result = run(inner, "--smartball-device=real", "-p", "no:smartball-recorder", inprocess=True)
+    # --device=real spelled the long way reaches the plugin: it checks for a bench.
+    assert "--device=real" in result.stdout.str() + result.stderr.str()
+
+
+def test_no_header_lines_in_a_project_that_does_not_use_the_plugin(
+    inner: pytest.Pytester,
+) -> None:
+    inner.makepyfile(test_plain="def test_plain():\n    assert True\n")
+    result = run(inner, "--junitxml=out.xml")
+    result.assert_outcomes(passed=1)
+    assert not [line for line in result.stdout.lines if line.startswith("smartball:")]
+    assert "virtual time" not in result.stdout.str()
+    assert "smartball." not in (inner.path / "out.xml").read_text()  # their XML as it was
+
+
+def test_header_lines_once_tests_that_use_the_plugin_are_collected(
+    inner: pytest.Pytester,
+) -> None:
+    inner.makepyfile(test_ours="def test_sim(sim_device):\n    assert sim_device\n")
+    result = run(inner)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "collected 1 item",
+            "smartball: device=sim *",
+            "smartball: simulated SmartBall, seed=0 faults=none (virtual time in the tests "
+            "that use its fixtures)",
+        ]
+    )
 
 
 MAIN_TESTS = f"""
@@ -178,7 +284,8 @@ def test_sim_session_fixtures_markers_and_header(inner: pytest.Pytester) -> None
     result.stdout.fnmatch_lines(
         [
             f"smartball: device=sim target={ADDRESS} firmware=generated bleak={version('bleak')}",
-            "smartball: simulated SmartBall, seed=5 faults=none (virtual time)",
+            "smartball: simulated SmartBall, seed=5 faults=none (virtual time in the tests "
+            "that use its fixtures)",
         ]
     )
     result.stdout.fnmatch_lines(
@@ -252,7 +359,9 @@ def test_sim_faults_applies_to_every_test(inner: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "smartball: device=sim target=name 'Other' *",
-            "smartball: simulated SmartBall, seed=0 faults=drop-in-transfer (virtual time)",
+            "smartball: simulated SmartBall, seed=0 faults=drop-in-transfer "
+            "(virtual time in the tests "
+            "that use its fixtures)",
         ]
     )
     result.assert_outcomes(passed=3)
@@ -434,6 +543,87 @@ def check_recorded_run(inner: pytest.Pytester) -> dict:
 
 
 GENERATED_SIZE = 131_195
+
+#: Run in this order (no random order): the last test that updates flashes the candidate,
+#: and a test after it updates nothing.
+IDENTITY_TESTS = """
+import pytest
+
+from pytest_smartball.image import FirmwareImage
+from pytest_smartball.ota import OtaEngine
+
+pytestmark = pytest.mark.asyncio
+SMALL = FirmwareImage(bytes(range(256)) * 16, "small.bin")
+
+
+def own_engine(smartball, image):
+    return OtaEngine(image, smartball.backend, name=smartball.name, address=smartball.address)
+
+
+async def test_a_many_own_engines(smartball):
+    for _ in range(7):
+        assert (await own_engine(smartball, SMALL).run()).success
+
+
+async def test_b_one_own_engine(smartball):
+    assert (await own_engine(smartball, SMALL).run()).success
+
+
+async def test_c_the_candidate(ota):
+    assert (await ota().run()).success
+
+
+def test_z_no_update(sim_device):
+    assert sim_device.firmware.active.crc32 != 0
+"""
+
+
+def test_the_report_and_junit_say_what_the_run_was_and_what_the_device_runs(
+    inner: pytest.Pytester,
+) -> None:
+    """firmware_after is what the last update left, not the fresh device of whichever test
+    ran last; device.addresses names the device devices[] lists; the JUnit suite carries the
+    run's identity; every test that ran an update carries ota.* properties, also one that
+    built its own engines."""
+    import json
+    import xml.etree.ElementTree as ET
+
+    inner.makepyfile(test_identity=IDENTITY_TESTS)
+    result = run(inner, "--junitxml=out.xml", "--smartball-report=report.json")
+    result.assert_outcomes(passed=4)
+    report = json.loads((inner.path / "report.json").read_text())
+    crc = report["firmware"]["candidate"]["crc32"]
+    [device] = report["devices"]
+    assert report["firmware"]["verified_on"] == [device["address"]]
+    assert device["firmware_after"]["active_image_crc32"] == crc
+    assert device["firmware_after_test"].endswith("::test_c_the_candidate")
+    assert report["device"]["addresses"] == [device["address"]]
+
+    suite = ET.parse(inner.path / "out.xml").getroot().find("testsuite")
+    assert suite is not None
+    props = {
+        p.get("name"): p.get("value")
+        for p in suite.findall("properties/property")  # the suite's own, not a test's
+    }
+    assert props["smartball.kind"] == "sim"
+    assert props["smartball.candidate.crc32"] == crc
+    assert props["smartball.candidate.size"] == str(GENERATED_SIZE)
+    assert props["smartball.sim_seed"] == "0"
+    assert props["smartball.sim_faults"] == "none"
+    assert props["smartball.sim_firmware_bugs"] == "none"
+    assert props["smartball.addresses"] == device["address"]
+    assert props["smartball.verdict"] == "pass"
+
+    cases = junit_cases(inner.path / "out.xml")
+    many = cases["test_a_many_own_engines"]["properties"]
+    assert (many["ota.all.updates"], many["ota.all.succeeded"]) == ("7", "7")
+    one = cases["test_b_one_own_engine"]["properties"]
+    assert one["ota.success"] == "true" and one["ota.image_size"] == "4096"
+    assert cases["test_c_the_candidate"]["properties"]["ota.image_crc32"] == crc
+    assert not cases["test_z_no_update"]["properties"]
+    tests = {t["test"].rsplit("::", 1)[1]: t for t in report["tests"]}
+    assert tests["test_a_many_own_engines"]["update_summary"]["updates"] == 7
+    assert tests["test_b_one_own_engine"]["updates"] == 1
 
 
 def test_junit_properties_failure_logs_and_the_json_report(inner: pytest.Pytester) -> None:

@@ -81,7 +81,7 @@ def test_compare_fails_a_figure_worse_than_the_tolerance_and_names_it() -> None:
     assert rows["update_s"]["regressed"] is False
 
 
-def test_compare_tolerance_is_settable_and_new_or_missing_figures_never_fail() -> None:
+def test_compare_tolerance_is_settable_and_new_or_missing_figures_never_regress() -> None:
     before = _figures(erase_s=2.8, old_s=1.0)
     now = _figures(erase_s=3.4, new_s=1.0)
     assert compare.compare(now, before, 25.0).regressions == []
@@ -89,6 +89,29 @@ def test_compare_tolerance_is_settable_and_new_or_missing_figures_never_fail() -
     assert any("new_s" in line and "new" in line for line in lines)
     assert any("old_s" in line and "not measured" in line for line in lines)
     assert compare.worse_by(Figure("x", 1.0), Figure("x", 0.0)) == math.inf
+
+
+def test_compare_on_too_few_measured_figures_fails_naming_the_missing_ones() -> None:
+    before = _figures(erase_s=2.8, verify_s=0.04, update_s=13.0, transfer_bps=60_000)
+    nothing = compare.compare({}, before, 15.0, "release-1.4.json")
+    assert nothing.regressions == [] and nothing.failed
+    [sentence] = nothing.failures()
+    assert sentence.startswith("this run measured 0 of the 4 figures of release-1.4.json")
+    assert "not measured erase_s, transfer_bps, update_s, verify_s" in sentence
+    assert "--smartball-compare-min-measured" in sentence
+    data = nothing.as_dict()
+    assert data["failed"] and data["measured_percent"] == 0 and len(data["not_measured"]) == 4
+    some = compare.compare(_figures(erase_s=2.8, update_s=13.0), before, 15.0)
+    assert some.failed and some.measured_percent == 50
+    # The share is the user's to lower, explicitly; everything measured always passes.
+    assert not compare.compare(_figures(erase_s=2.8, update_s=13.0), before, 15.0, "p", 50).failed
+    assert not compare.compare(before, before, 15.0).failed
+
+
+def test_the_plugin_and_the_gate_agree_on_the_share_to_measure() -> None:
+    from pytest_smartball.options import DEFAULT_COMPARE_MIN_MEASURED_PERCENT
+
+    assert DEFAULT_COMPARE_MIN_MEASURED_PERCENT == compare.DEFAULT_MIN_MEASURED_PERCENT
 
 
 def test_a_previous_report_that_cannot_be_compared_is_named(tmp_path: Path) -> None:
@@ -186,7 +209,7 @@ def test_compare_against_the_previous_release_on_the_simulator(tmp_path: Path) -
 
     same = run_hil(tmp_path, TIMING_TEST, f"--smartball-compare={previous}")
     assert same.returncode == 0, same.stdout + same.stderr
-    assert "smartball compare: no figure worse than the tolerance" in same.stdout
+    assert "smartball compare: no figure worse than the tolerance (every figure" in same.stdout
 
     slower = tmp_path / "candidate.json"
     worse = run_hil(
@@ -216,6 +239,34 @@ def test_compare_against_the_previous_release_on_the_simulator(tmp_path: Path) -
         "--smartball-compare-tolerance=50",
     )
     assert tolerant.returncode == 0, tolerant.stdout
+
+
+def test_compare_with_a_run_that_measured_nothing_fails(tmp_path: Path) -> None:
+    """--sim-faults skips the raw-link timing test: no figure is measured, so nothing was
+    compared, and the gate must not say it passed."""
+    previous = tmp_path / "release.json"
+    figures = [
+        {"name": "erase_s", "value": 2.8, "unit": "s", "test": "t", "device": None},
+        {"name": "update_s", "value": 13.0, "unit": "s", "test": "t", "device": None},
+    ]
+    previous.write_text(json.dumps({"smartball_report": 1, "figures": figures}))
+    candidate = tmp_path / "candidate.json"
+    args = (TIMING_TEST, "--sim-faults=field-linux", f"--smartball-compare={previous}")
+    result = run_hil(tmp_path, *args, f"--smartball-report={candidate}")
+    out = result.stdout
+    assert result.returncode == 1, out + result.stderr
+    assert "1 skipped" in out
+    assert "no figure worse than the tolerance" not in out
+    assert "smartball compare: FAILED: this run measured 0 of the 2 figures" in out, out
+    assert "not measured erase_s, update_s" in out
+    data = report(candidate)
+    assert data["verdict"] == "fail" and data["comparison"]["not_measured"] == [
+        "erase_s",
+        "update_s",
+    ]
+    allowed = run_hil(tmp_path, *args, "--smartball-compare-min-measured=0")
+    assert allowed.returncode == 0, allowed.stdout
+    assert "no figure worse than the tolerance (0 % of the figures measured)" in allowed.stdout
 
 
 def test_compare_refuses_a_report_without_figures(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..image import ImageError, load_image
 from . import output as out
+from . import streams
 from .args import PROG, Context, parse_args
 from .commands import cmd_abort, cmd_flash, cmd_info, cmd_scan, cmd_status
 from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CliError, interrupted_sentence
@@ -31,7 +32,7 @@ COMMANDS = {"scan": cmd_scan, "info": cmd_info, "status": cmd_status, "abort": c
 
 
 def _fail(error: CliError, *, json: bool, command: str | None) -> int:
-    print(f"{PROG}: {error}", file=sys.stderr)
+    streams.say(f"{PROG}: {error}", stdout_too=not json)
     if error.usage:
         print(error.usage, file=sys.stderr)
     if json:
@@ -42,8 +43,15 @@ def _fail(error: CliError, *, json: bool, command: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``smartball-ota`` entry point; returns the exit code (see ``errors.EXIT_CODES``)."""
-    raw = sys.argv[1:] if argv is None else argv
+    """The ``smartball-ota`` entry point; returns the exit code (see ``errors.EXIT_CODES``).
+
+    stdout and stderr are best-effort (:mod:`.streams`): a closed pipe (``| head -1``) or
+    a missing stderr (``2>&-``) changes neither the update nor the exit code."""
+    with streams.best_effort():
+        return _main(sys.argv[1:] if argv is None else argv)
+
+
+def _main(raw: list[str]) -> int:
     wants_json = "--json" in raw
     try:
         args = parse_args(raw)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
@@ -76,11 +77,24 @@ def _number(text: str, *, minimum: float, inclusive: bool, what: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of {what}") from None
-    ok = value >= minimum if inclusive else value > minimum
-    if not ok or not math.isfinite(value):
+    if not math.isfinite(value):  # inf, nan: numbers to float(), not to a timeout
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of {what}")
+    if not (value >= minimum if inclusive else value > minimum):
         bound = f"{'at least' if inclusive else 'more than'} {minimum:g}"
         raise argparse.ArgumentTypeError(f"{text!r}: must be {bound} {what}")
     return value
+
+
+#: A Bluetooth device address as BlueZ and the simulator write it: six hex bytes.
+BD_ADDRESS = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
+
+
+def _bd_address(text: str) -> str:
+    if not BD_ADDRESS.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a Bluetooth address (six hex bytes, e.g. C0:FF:EE:00:00:01)"
+        )
+    return text
 
 
 def _seconds(text: str) -> float:
@@ -177,6 +191,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     sim.add_argument(
         "--sim-address",
+        type=_bd_address,
         default=s,
         metavar="ADDR",
         help="with --sim: the simulated device's address (default: the simulator's own)",

@@ -17,6 +17,7 @@ from ..ota import FailureKind, OtaEngine, OtaSettings, Outcome
 from ..report import info_dict
 from ..targets import Target
 from . import output as out
+from . import streams
 from .args import LIST_SCAN_TIMEOUT_S, PROG, Context
 from .errors import (
     EXIT_BAD_INPUT,
@@ -221,7 +222,7 @@ async def cmd_flash(ctx: Context, image: FirmwareImage) -> int:
                 print(f"  {event}")
         out.print_summary(ctx, engine, result, image, target)
     if result.outcome is Outcome.UNCONFIRMED:
-        print(f"{PROG}: update unconfirmed: {result.error}", file=sys.stderr)
+        streams.say(f"{PROG}: update unconfirmed: {result.error}", stdout_too=not ctx.json)
     elif not result.success:
-        print(f"{PROG}: update failed: {result.error}", file=sys.stderr)
+        streams.say(f"{PROG}: update failed: {result.error}", stdout_too=not ctx.json)
     return code

@@ -3,6 +3,7 @@ one line per notable event, the update's summary, JSON, and log records."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -16,6 +17,8 @@ from ..image import FirmwareImage
 from ..ota import EventKind, OtaEngine, OtaEvent, OtaResult, Outcome, State
 from ..targets import Target
 from .args import Context
+
+log = logging.getLogger("pytest_smartball.cli")
 
 #: Engine events shown as they happen (one line each), above the progress bars.
 NOTABLE_EVENTS = frozenset(
@@ -87,6 +90,27 @@ class ProgressDisplay:
         self._last_kind = ""
 
     def on_progress(self, phase: str, done: int, total: int) -> None:
+        """The engine's progress callback: best-effort, it never raises into the update."""
+        try:
+            self._show_progress(phase, done, total)
+        except Exception:  # a display that fails is switched off; the update goes on
+            self._switch_off("progress")
+
+    def on_event(self, event: OtaEvent) -> None:
+        """The engine's event callback: best-effort, it never raises into the update."""
+        try:
+            self._show_event(event)
+        except Exception:
+            self._switch_off("event")
+
+    def _switch_off(self, what: str) -> None:
+        self.bars = self.lines = False
+        self._bar = None
+        log.debug(
+            "the %s display failed and is off for the rest of the update", what, exc_info=True
+        )
+
+    def _show_progress(self, phase: str, done: int, total: int) -> None:
         if not self.bars:
             return
         if not sys.stderr.isatty():
@@ -128,7 +152,7 @@ class ProgressDisplay:
                 f"{phase}: {done}/{total} bytes ({100 * done // max(total, 1)}%)", file=sys.stderr
             )
 
-    def on_event(self, event: OtaEvent) -> None:
+    def _show_event(self, event: OtaEvent) -> None:
         if not self.lines or event.kind not in NOTABLE_EVENTS:
             return
         if event.kind is EventKind.LINK_LOST and event.detail == "closed by host":
@@ -141,7 +165,8 @@ class ProgressDisplay:
 
     def close(self) -> None:
         if self._bar is not None:
-            self._bar.close()
+            with contextlib.suppress(Exception):  # best-effort, like the bars themselves
+                self._bar.close()
             self._bar = None
         self._phase = ""
 
@@ -159,13 +184,18 @@ def print_summary(
     if result.success:
         print(f"Update succeeded: {who} runs {image.source}.")
     elif result.outcome is Outcome.UNCONFIRMED:
-        print(f"Update UNCONFIRMED: {who} may run {image.source}; it was not seen running it.")
+        # Not "may run": the sentence below says what it was last seen running.
+        print(
+            f"Update UNCONFIRMED: {who} was asked to switch to {image.source} "
+            "and was not seen running it."
+        )
     else:
         print(f"Update FAILED ({result.failure.value if result.failure else '?'}): {who}.")
     print(f"  image          {image.size} bytes, crc32 {image.crc32:08x}")
     print(f"  sent           {result.bytes_sent} bytes ({result.bytes_resent} re-sent)")
     print(
-        f"  connections    {result.connects} ({result.reconnects} reconnects), "
+        # The planned connection after the reset is not a reconnect: say which ones count.
+        f"  connections    {result.connects} ({result.reconnects} after a lost link), "
         f"{result.resumes} resumes, {result.restarts} restarts"
     )
     if result.rewinds:

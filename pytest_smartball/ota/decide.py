@@ -472,12 +472,15 @@ def _device_reset(r: Record, seen: DeviceReset) -> Decision:
 def _reset_not_seen(r: Record, seen: ResetNotSeen) -> Decision:
     waits = r.reset_waits + 1
     r = replace(r, reset_waits=waits)
+    last = waits >= r.limits.max_reset_waits
+    # The note says what comes next: another look at the device, or none (the end).
+    next_step = "no more waits" if last else "reconnecting to check its image"
     note = Note(
         EventKind.NO_RESET,
         f"the device did not reset within {seen.waited_s:g} s ({waits} of "
-        f"{r.limits.max_reset_waits}); reconnecting to check its image",
+        f"{r.limits.max_reset_waits}); {next_step}",
     )
-    if waits < r.limits.max_reset_waits:
+    if not last:
         return replace(r, state=State.SCANNING), (note,)
     how = f"did not reset within {waits} waits of {seen.waited_s:g} s"
     return _switch_stuck(r, how, (note,))

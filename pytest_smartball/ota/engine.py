@@ -11,8 +11,9 @@ assumed to have arrived. The states and their transitions: :mod:`.states`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import TypeVar
 
@@ -44,6 +45,22 @@ log = logging.getLogger("pytest_smartball.ota")
 
 ProgressCallback = Callable[[str, int, int], None]  # phase ("erase"/"transfer"), done, total
 _Reply = TypeVar("_Reply", p.MsgInfo, p.MsgOtaStatus)
+
+
+#: Called with every engine as it is made, while registered (:func:`engines_made`).
+_ENGINE_OBSERVERS: list[Callable[[OtaEngine], None]] = []
+
+
+@contextlib.contextmanager
+def engines_made(observer: Callable[[OtaEngine], None]) -> Iterator[None]:
+    """Call ``observer`` with every OtaEngine made inside the block, however it was made
+    (the pytest plugin records a test's updates with it, also those of engines a test
+    builds itself). The observer must not raise; it is not an engine's business."""
+    _ENGINE_OBSERVERS.append(observer)
+    try:
+        yield
+    finally:
+        _ENGINE_OBSERVERS.remove(observer)
 
 
 class OtaEngine:
@@ -81,6 +98,8 @@ class OtaEngine:
         self._t0 = 0.0
         self._state_since = 0.0
         self._high_water = 0  # highest offset ever sent (for re-sent accounting)
+        for observer in tuple(_ENGINE_OBSERVERS):
+            observer(self)
 
     @property
     def state(self) -> State:

@@ -77,7 +77,7 @@ _STASH = pytest.StashKey[EmulatedBluez]()
 
 
 def start(config: pytest.Config) -> EmulatedBluez:
-    if config.getoption("--device") != "real":
+    if config.getoption("smartball_device") != "real":
         raise pytest.UsageError(
             "--bluez=emulated replaces bluetoothd for the real-device path: use it with "
             "--device=real (--device=sim needs no BlueZ at all)"

@@ -332,7 +332,8 @@ def _parse_fault(part: str) -> Fault:
         return Fault(effect, trigger, percent=_percent(arg, where))
     if not arg:
         return Fault(effect, trigger)
-    if kind is ArgKind.COUNT_OR_TYPE and not _is_number(arg):
+    # "+3", "1_000", "-1": a count meant, not a message type (those are names).
+    if kind is ArgKind.COUNT_OR_TYPE and not _is_number(arg) and arg[0].isalpha():
         msg_type = _msg_type(arg, where)
         if msg_type in p.COMMAND_TYPES:
             raise FaultSpecError(f"{where}: {arg} is a host command, not a device message")
