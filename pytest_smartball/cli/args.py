@@ -217,7 +217,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--verbose",
         action="count",
         default=s,
-        help="-v: info logging and the update's full event log; -vv: debug logging",
+        help="-v: info logging and the update's full event log; -vv: debug logging; -vvv: "
+        "also the BLE stack's own (Bumble's, with --sim-link bumble)",
     )
 
 
