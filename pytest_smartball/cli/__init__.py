@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         return _fail(exc, json=ctx.json, command=args.command)
     except KeyboardInterrupt:
-        sentence = interrupted_sentence(ctx.simulated, switch_asked=ctx.switch_asked)
+        sentence = interrupted_sentence(ctx.device_in_process, switch_asked=ctx.switch_asked)
         error = CliError(EXIT_INTERRUPTED, sentence)
         return _fail(error, json=ctx.json, command=args.command)
     finally:
