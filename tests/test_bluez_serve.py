@@ -216,3 +216,94 @@ def test_a_rerun_after_the_host_died_resumes_where_the_device_stopped(
         offset = int(re.search(r"at offset (\d+)", resume["detail"]).group(1))  # type: ignore[union-attr]
         assert 0 < offset < IMAGE_SIZE and rerun["resumes"] == 1, resume
         assert rerun["bytes_sent"] == IMAGE_SIZE - offset + resent, rerun
+
+
+# --- the server itself: it never outlives what started it -----------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and _child_of(int(proc.name), pid):
+            found.append(int(proc.name))
+    return found
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":  # a zombie: ended, not yet reaped
+            return True
+        time.sleep(0.05)
+    return False
+
+
+PARENT = """
+import subprocess, sys, time
+server = subprocess.Popen(
+    [sys.executable, "-m", "smartball_sim.bluez", "serve", "--lifetime", "120"],
+    stdout=subprocess.PIPE, text=True,
+)
+print(server.pid, server.stdout.readline().strip(), flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_server_stops_when_the_process_that_started_it_is_killed() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True, env=_env()
+    )
+    try:
+        assert parent.stdout is not None
+        pid_text, announced = parent.stdout.readline().split(" ", 1)
+        server_pid = int(pid_text)
+        assert announced.startswith(ADDRESS_PREFIX), announced
+        daemons = _children(server_pid)
+        assert daemons, "the server runs no dbus-daemon"
+        parent.kill()  # SIGKILL: nothing of the parent's own runs any more
+        parent.wait(timeout=WAIT_S)
+        assert _gone(server_pid, WAIT_S), "the server outlived its parent"
+        assert all(_gone(pid, WAIT_S) for pid in daemons), "its dbus-daemon outlived it"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(timeout=WAIT_S)
+
+
+def test_the_server_stops_when_its_lifetime_runs_out(tmp_path: Path) -> None:
+    address_file = tmp_path / "bus.txt"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smartball_sim.bluez",
+            "serve",
+            "--lifetime",
+            "0.5",
+            "--address-file",
+            str(address_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(ADDRESS_PREFIX)
+    assert "its lifetime of 0.5 s ran out" in done.stderr
+    assert not address_file.exists()  # an address nobody serves any more is not left behind
+
+
+def test_a_bad_fault_spec_is_one_sentence_and_exit_2() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "smartball_sim.bluez", "serve", "--faults", "drop@nowhere"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("emulated BlueZ: bad --faults:"), done.stderr
+    assert "Traceback" not in done.stderr
