@@ -199,9 +199,11 @@ def test_a_rerun_after_the_host_died_resumes_where_the_device_stopped(
     status = next(e["detail"] for e in events if e["kind"] == "status")
     if phase == "after-finish":
         # The device had switched to the image before the host died: it holds no session to
-        # resume, says so in its STATUS, and the rerun sends the image once more (the engine
-        # does not skip an update whose image already runs).
+        # resume, says so in its STATUS, and the rerun says why it sends the image once more
+        # (the engine does not skip an update whose image already runs).
         assert "no/another image's session" in status, events
+        warning = next(e["detail"] for e in events if e["kind"] == "warning")
+        assert "already runs this image" in warning and "no session to resume" in warning
         assert rerun["bytes_sent"] == IMAGE_SIZE and rerun["resumes"] == 0, rerun
     elif phase == "mid-erase":
         # The device goes on erasing for this image's session (and may have finished by the
