@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
+from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
 
 log = logging.getLogger("pytest_smartball.bluez")
@@ -157,6 +158,50 @@ async def remove_device(address: str, adapter: str = "hci0", timeout: float = 5.
         )
     log.info("removed %s from BlueZ (its GATT cache is gone)", address)
     return True
+
+
+async def connected_devices(adapter: str = "hci0", timeout: float = 3.0) -> list[BLEDevice]:
+    """Devices BlueZ holds connected on ``adapter``, as BLEDevices bleak connects through
+    (it skips ``Connect`` for a device already connected). A connected device does not
+    advertise, so no scan sees it: one a killed host process had connected stays connected
+    in bluetoothd (bluez#89) until someone disconnects it. Empty when BlueZ cannot be asked
+    (nothing to add to a scan that found nothing)."""
+    try:
+        from dbus_fast import BusType, Message, MessageType
+        from dbus_fast.aio import MessageBus
+        from dbus_fast.errors import DBusError
+    except ImportError:  # pragma: no cover - non-Linux
+        return []
+    try:
+        async with asyncio.timeout(timeout):
+            bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+            try:
+                reply = await bus.call(
+                    Message(
+                        destination="org.bluez",
+                        path="/",
+                        interface="org.freedesktop.DBus.ObjectManager",
+                        member="GetManagedObjects",
+                    )
+                )
+            finally:
+                bus.disconnect()
+    except (TimeoutError, OSError, ValueError, EOFError, DBusError) as exc:
+        log.debug("cannot list BlueZ's connected devices: %s", exc)
+        return []
+    if reply.message_type == MessageType.ERROR:
+        return []
+    prefix = f"/org/bluez/{adapter}/"
+    found = []
+    for path, interfaces in reply.body[0].items():
+        variants = interfaces.get("org.bluez.Device1")
+        if not path.startswith(prefix) or variants is None:
+            continue
+        props = {key: variant.value for key, variant in variants.items()}
+        if props.get("Connected"):
+            name = props.get("Name") or props.get("Alias")
+            found.append(BLEDevice(props["Address"], name, {"path": path, "props": props}))
+    return found
 
 
 async def bluez_version(timeout: float = 3.0) -> tuple[int, int] | None:

@@ -6,8 +6,10 @@ is on looptime's virtual clock."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from bleak import BleakClient, BleakScanner
@@ -20,10 +22,13 @@ from bumble.host import Host
 from bumble.link import LocalLink
 from bumble.transport.common import AsyncPipeSink
 
+from hil_tests.fault_classes import Budgets, Link, time_bound
 from pytest_smartball import protocol as p
+from pytest_smartball.cli import main as cli_main
+from pytest_smartball.cli.output import install_logging
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.loops import run as run_loop
-from pytest_smartball.ota import OtaEngine, OtaEvent
+from pytest_smartball.ota import OtaEngine, OtaEvent, OtaResult
 from pytest_smartball.targets.bumble import make_bumble_target
 from smartball_sim import gatt_layout
 from smartball_sim.bumble.central import BumbleDetails, BumbleWorld, CentralController
@@ -31,6 +36,7 @@ from smartball_sim.bumble.faults import BlueZOnlyFault
 from smartball_sim.bumble.link import SmartBallLink
 from smartball_sim.bumble.peripheral import ADV_DATA_MAX, advertising_data, serve_smartball
 from smartball_sim.device import SimDevice
+from smartball_sim.faults import FaultPlan
 from smartball_sim.make_image import make_image
 from tests.hosts import NusHost
 
@@ -554,3 +560,78 @@ async def test_a_device_whose_flash_is_behind_is_not_flooded_at_one_instant() ->
     result = await OtaEngine(image, target.backend, address=target.device.address).run()
     assert result.success, result.error
     assert target.device.firmware.active.data == image.data
+
+
+# --- a link dropped as the connection is made (issue 21) ------------------------------------
+
+CONNECT_DROP_PLANS = [
+    "drop@connect:1",
+    "drop@offset:1000,drop@connect:2,drop@connect:3,drop@connect:4,drop@connect:5",
+]
+CONNECT_DROP_IMAGE = FirmwareImage(make_image(64_000, 21), "connect-drop.bin")
+
+
+def _bumble_update(plan: str) -> tuple[OtaResult, SimDevice]:
+    target = make_bumble_target(faults=plan, seed=3)
+    engine = OtaEngine(CONNECT_DROP_IMAGE, target.backend, address=target.device.address)
+    return run_loop(engine.run(), virtual=True), target.device
+
+
+@pytest.mark.parametrize("plan", CONNECT_DROP_PLANS)
+def test_a_drop_as_the_connection_is_made_ends_the_connect_at_once(plan: str) -> None:
+    """The drop reaches the connect in progress (it used to reach nobody: the set-up's first
+    ATT request waited out the 20 s connect timeout), so the update ends within the fuzz
+    oracle's bound for the plan, in virtual time."""
+    clean, _ = _bumble_update("")
+    assert clean.success, clean.error
+    result, device = _bumble_update(plan)
+    assert result.success, result.error
+    assert device.firmware.active.data == CONNECT_DROP_IMAGE.data
+    parsed = FaultPlan.parse(plan)
+    assert [r.fault for r in device.fault_log] == ["drop"] * len(parsed.faults)
+    budgets = Budgets.of(link=Link.BUMBLE)
+    bound = time_bound(parsed, CONNECT_DROP_IMAGE.size, budgets, clean.duration_s)
+    assert result.duration_s <= bound, (result.duration_s, bound)
+
+
+@pytest.mark.asyncio
+async def test_a_connect_whose_link_drops_as_it_is_made_raises_at_once() -> None:
+    world, _ = make_world("drop@connect:1")
+    found = await find(world)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    client = BleakClient(found, backend=world.client_backend, timeout=20)
+    with pytest.raises(BleakError, match="dropped as it was made"):
+        await client.connect()
+    assert loop.time() - t0 < 1.0  # not the 20 s connect timeout
+    assert client._backend.last_disconnect_reason == 0x08  # type: ignore[attr-defined]
+    host = Host_(world, await find(world))  # the next connect is a good one
+    await host.open()
+    assert host.client.is_connected
+    await host.client.disconnect()
+
+
+def test_no_bumble_log_line_reaches_the_cli_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "connect-drop.bin"
+    image.write_bytes(CONNECT_DROP_IMAGE.data)
+    argv = ["flash", str(image), "--sim", "--sim-link", "bumble", "--faults", CONNECT_DROP_PLANS[0]]
+    assert cli_main(argv) == 0
+    err = capsys.readouterr().err
+    assert not [line for line in err.splitlines() if "bumble." in line], err
+
+
+@pytest.mark.parametrize(("verbosity", "shown"), [(0, False), (2, False), (3, True)])
+def test_bumble_loggers_reach_stderr_only_with_vvv(
+    verbosity: int, shown: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uninstall = install_logging(verbosity)
+    try:
+        logging.getLogger("bumble.host").warning("connection 0x0001 not found")
+        logging.getLogger("pytest_smartball.test").warning("ours")
+    finally:
+        uninstall()
+    err = capsys.readouterr().err
+    assert ("connection 0x0001 not found" in err) is shown
+    assert "ours" in err

@@ -268,6 +268,16 @@ def test_a_lost_session_after_start_is_a_restart_and_before_it_is_not() -> None:
     assert r.restarts == 1 and EventKind.RESTART in kinds and r.state is State.STARTING
 
 
+def test_a_device_that_already_runs_the_image_and_holds_no_session_is_said_so() -> None:
+    """A rerun after the switch (the host died after FINISH): nothing to resume, and the
+    update says why it sends the whole image again, to a device that runs it already."""
+    r, raw = decide(decide(QUERY, o.InfoReply(NEW_INFO))[0], o.StatusReply(status(p.OtaState.IDLE)))
+    assert r.state is State.STARTING and r.restarts == 0 and r.resumes == 0
+    said = [n.detail for n in raw if n.kind is EventKind.WARNING]
+    assert said and "already runs this image" in said[0] and "no session to resume" in said[0]
+    assert EventKind.WARNING not in query(QUERY, OLD_INFO, status(p.OtaState.IDLE))[1]
+
+
 def test_success_only_when_the_device_runs_the_image_after_finish() -> None:
     # Before FINISH a device that already runs the image is updated anyway: nothing was asked.
     assert query(QUERY, NEW_INFO, status(p.OtaState.IDLE))[0].state is State.STARTING

@@ -21,6 +21,7 @@ from pytest_smartball.cli.errors import EXIT_CODES, EXIT_UNCONFIRMED, interrupte
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.ota import EventKind, OtaEngine, OtaEvent, OtaResult, Outcome
 from pytest_smartball.ota.record import Commit
+from smartball_sim.bluez import EmulatedBluez
 
 PLAN = "adv-pause:1000s@cmd:CMD_OTA_FINISH"
 
@@ -109,8 +110,9 @@ def test_ctrl_c_after_the_switch_was_asked_for_does_not_say_old_image(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Ctrl-C on a real device (the emulated BlueZ's path): before FINISH the device keeps
-    its old image; after it, it may run the new one."""
+    """Ctrl-C on a real device (the emulated BlueZ's path, run outside the command and reached
+    with --bus, so the device outlives it): before FINISH the device keeps its old image;
+    after it, it may run the new one."""
 
     async def interrupted(self: OtaEngine) -> OtaResult:
         if asked:
@@ -120,7 +122,9 @@ def test_ctrl_c_after_the_switch_was_asked_for_does_not_say_old_image(
         raise AssertionError("not interrupted")
 
     monkeypatch.setattr(OtaEngine, "run", interrupted)
-    code = main(["flash", str(image_file(tmp_path)), "--bluez=emulated", "--scan-timeout", "5"])
+    with EmulatedBluez(set_environment=False) as bluez:
+        argv = ["flash", str(image_file(tmp_path)), "--bluez=emulated", "--bus", bluez.bus.address]
+        code = main([*argv, "--scan-timeout", "5"])
     err = capsys.readouterr().err
     assert code == 130
     assert interrupted_sentence(simulated=False, switch_asked=asked) in err

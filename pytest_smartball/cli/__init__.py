@@ -83,7 +83,7 @@ def _main(raw: list[str]) -> int:
     except CliError as exc:
         return _fail(exc, json=ctx.json, command=args.command)
     except KeyboardInterrupt:
-        sentence = interrupted_sentence(ctx.simulated, switch_asked=ctx.switch_asked)
+        sentence = interrupted_sentence(ctx.device_in_process, switch_asked=ctx.switch_asked)
         error = CliError(EXIT_INTERRUPTED, sentence)
         return _fail(error, json=ctx.json, command=args.command)
     finally:

@@ -30,6 +30,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "address": None,
     "adapter": "hci0",
     "bluez": "system",
+    "bus": None,
     "sim": False,
     "faults": None,
     "seed": 0,
@@ -143,6 +144,15 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "and --sim-address apply)",
     )
     dev.add_argument(
+        "--bus",
+        default=s,
+        metavar="ADDRESS",
+        help="with --bluez=emulated: use the emulated BlueZ already serving on this D-Bus "
+        "address (what `python -m smartball_sim.bluez serve` prints) instead of starting one "
+        "inside this command; its simulated SmartBall outlives the command, so an "
+        "interrupted flash resumes when run again",
+    )
+    dev.add_argument(
         "--scan-timeout",
         type=_positive_seconds,
         default=s,
@@ -232,7 +242,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--verbose",
         action="count",
         default=s,
-        help="-v: info logging and the update's full event log; -vv: debug logging",
+        help="-v: info logging and the update's full event log; -vv: debug logging; -vvv: "
+        "also the BLE stack's own (Bumble's, with --sim-link bumble)",
     )
 
 
@@ -318,6 +329,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise CliError(
             EXIT_BAD_INPUT, f"--bluez={args.bluez} is the real-device path; leave out --sim"
         )
+    if args.bus is not None and args.bluez != "emulated":
+        raise CliError(EXIT_BAD_INPUT, "--bus works with --bluez=emulated only")
+    if args.bus is not None:
+        given = [
+            flag
+            for key, flag in SIM_ONLY.items()
+            if key != "sim_link" and getattr(args, key) != COMMON_DEFAULTS[key]
+        ]
+        if args.seed != COMMON_DEFAULTS["seed"]:
+            given.append("--seed")
+        if given:
+            raise CliError(
+                EXIT_BAD_INPUT,
+                f"{', '.join(given)}: the simulated SmartBall behind --bus is the server's; "
+                "give them to `python -m smartball_sim.bluez serve`",
+            )
     if args.bluez in SIMULATED_BLUEZ:
         for key in ("sim_firmware_bug", "sim_progressive_erase"):
             if getattr(args, key):
@@ -345,6 +372,9 @@ class Context:
         #: "emulated" or "vhci": simulated SmartBalls behind a BlueZ, on the real-device path
         self.served_by: str | None = args.bluez if args.bluez in SIMULATED_BLUEZ else None
         self.virtual: bool = args.sim and not args.realtime
+        #: The simulated device lives in this process (--sim, or an emulated BlueZ or virtual
+        #: radio started here) and ends with it; behind --bus it lives in a server of its own.
+        self.device_in_process: bool = args.sim or (self.served_by is not None and args.bus is None)
         #: An interrupted flash had asked the device to switch (for the Ctrl-C sentence).
         self.switch_asked = False
         self.link_settings = LinkSettings(

@@ -27,7 +27,9 @@ exit codes:
 
 
 def interrupted_sentence(simulated: bool, switch_asked: bool = False) -> str:
-    """What Ctrl-C leaves behind. ``switch_asked``: FINISH had been sent (or DONE said)."""
+    """What Ctrl-C leaves behind. ``simulated``: the device lived in this process (``--sim``,
+    or ``--bluez=emulated``/``vhci`` without ``--bus``) and is gone with it, so no rerun can
+    resume; ``switch_asked``: FINISH had been sent (or DONE said)."""
     if simulated:
         return (
             "interrupted: the simulated SmartBall lived in this process and is gone with it; "

@@ -243,10 +243,28 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
+#: Loggers of third-party BLE stacks the simulator runs on (Bumble, ``--sim-link bumble``):
+#: their warnings are the stack's own bookkeeping (a packet for a link that just ended),
+#: never something the user can act on; the update's own lines say what happened.
+STACK_LOGGERS = ("bumble",)
+#: ``-vvv`` lets them through (with everything else at debug level).
+STACK_LOG_VERBOSITY = 3
+
+
+def _not_a_stack_logger(record: logging.LogRecord) -> bool:
+    return not any(
+        record.name == name or record.name.startswith(name + ".") for name in STACK_LOGGERS
+    )
+
+
 def install_logging(verbosity: int) -> Callable[[], None]:
+    """Log records on stderr: warnings, ``-v`` info, ``-vv`` debug; the BLE stacks' own
+    loggers (:data:`STACK_LOGGERS`) only with ``-vvv``."""
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = _TqdmHandler(level)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if verbosity < STACK_LOG_VERBOSITY:
+        handler.addFilter(_not_a_stack_logger)
     root = logging.getLogger()
     old_level = root.level
     root.addHandler(handler)

@@ -79,6 +79,11 @@ def run(ctx: Context, coro: Coroutine[Any, Any, int]) -> int:
     a = ctx.args
     addresses = [a.address or a.sim_address] if (a.address or a.sim_address) else []
     try:
+        if ctx.served_by == "emulated" and a.bus:
+            from ..targets.emulated_bluez import attached_emulator
+
+            with attached_emulator(a.bus):
+                return loops.run(coro)
         if ctx.served_by == "emulated":
             from ..targets.emulated_bluez import EmulatorUnavailable, running_emulator
 

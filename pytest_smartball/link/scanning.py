@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -13,8 +15,11 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 
 from .. import protocol as p
+from ..bluez import connected_devices
 from .backend import BleBackend
 from .errors import STACK_ERRORS, DeviceNotFound
+
+log = logging.getLogger("pytest_smartball.link")
 
 #: Starting and stopping a scanner: bounded on top of the scan itself.
 SCANNER_START_STOP_S = 10.0
@@ -101,10 +106,23 @@ async def find_device(
     for sighting in seen.values():
         if wanted(sighting):
             return sighting
+    if backend.is_real and sys.platform.startswith("linux"):
+        # Not advertising because BlueZ still holds it connected (a host process killed
+        # mid-update leaves its link up): reach it through that connection.
+        for device in await connected_devices(backend.adapter):
+            held = Sighting(device.address, device.name, None, _has_nus(device), device)
+            if wanted(held) and held.nus:
+                log.info("%s: not advertising, but BlueZ holds it connected; using that", held)
+                return held
     raise DeviceNotFound(
         f"no SmartBall with {what} advertised within {timeout:g} s; check that it is "
         "powered, in range and not connected to another host"
     )
+
+
+def _has_nus(device: BLEDevice) -> bool:
+    uuids = device.details["props"].get("UUIDs", []) if isinstance(device.details, dict) else []
+    return p.NUS_SERVICE_UUID in (str(u).lower() for u in uuids)
 
 
 async def scan(backend: BleBackend, timeout: float) -> list[Sighting]:

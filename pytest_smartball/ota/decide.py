@@ -292,6 +292,16 @@ def _status(r: Record, seen: StatusReply) -> Decision:
     if r.session_opened:
         r = replace(r, restarts=r.restarts + 1)
         notes += (Note(EventKind.RESTART, "the device lost this image's session: start over"),)
+    elif r.info is not None and r.info.runs(r.image.size, r.image.crc32):
+        # A rerun after the switch (the host died after FINISH): nothing is left to resume.
+        # Say why this update sends the whole image, to a device that already runs it.
+        notes += (
+            Note(
+                EventKind.WARNING,
+                f"the device already runs this image (crc32 {r.image.crc32:08x}) and holds no "
+                "session to resume: it switched to it before; sending it again",
+            ),
+        )
     next_state = State.STARTING if state is p.OtaState.IDLE else State.ABORTING
     return replace(r, state=next_state), notes
 

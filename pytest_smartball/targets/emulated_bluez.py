@@ -19,6 +19,8 @@ they run at the start.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,7 +28,12 @@ from typing import Any
 
 import pytest
 
-from smartball_sim.bluez.launcher import DbusDaemonMissing, EmulatedBluez, emulated_smartball
+from smartball_sim.bluez.launcher import (
+    DbusDaemonMissing,
+    EmulatedBluez,
+    emulated_smartball,
+    fake_bluetoothctl,
+)
 from smartball_sim.device import DEFAULT_ADDRESS
 from smartball_sim.firmware import FlashTimings
 
@@ -71,6 +78,27 @@ def running_emulator(
         yield bluez
     finally:
         bluez.stop()
+
+
+@contextmanager
+def attached_emulator(bus_address: str) -> Iterator[None]:
+    """``--bluez=emulated --bus ADDRESS``: the real-device path against an emulated BlueZ that
+    runs in a process of its own (``python -m smartball_sim.bluez serve``), whose simulated
+    SmartBalls outlive this process. For the ``with`` block: ``DBUS_SYSTEM_BUS_ADDRESS`` is
+    ADDRESS and the emulated BlueZ's ``bluetoothctl --version`` comes first on ``PATH``."""
+    bin_dir = fake_bluetoothctl()
+    saved = {key: os.environ.get(key) for key in ("DBUS_SYSTEM_BUS_ADDRESS", "PATH")}
+    os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus_address
+    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{saved['PATH'] or ''}"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(bin_dir, ignore_errors=True)
 
 
 _STASH = pytest.StashKey[EmulatedBluez]()

@@ -101,6 +101,16 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
 
 
+def fake_bluetoothctl(version: str = DEFAULT_BLUEZ_VERSION) -> Path:
+    """A new temporary folder holding a ``bluetoothctl`` that prints ``version`` (put it
+    first on ``PATH``; the caller removes the folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="smartball-bluetoothctl-"))
+    fake = folder / "bluetoothctl"
+    fake.write_text(f"#!/bin/sh\n# emulated BlueZ (sim/bluez)\necho {version}\n", encoding="utf-8")
+    fake.chmod(0o755)
+    return folder
+
+
 class DbusDaemonMissing(RuntimeError):
     """No ``dbus-daemon`` on this machine; the message says how to install it."""
 
@@ -215,11 +225,7 @@ class EmulatedBluez(BackgroundLoop):
     def start(self) -> EmulatedBluez:
         try:
             address = self.bus.start()
-            self._bin = Path(tempfile.mkdtemp(prefix="smartball-bluetoothctl-"))
-            fake = self._bin / "bluetoothctl"
-            script = f"#!/bin/sh\n# emulated BlueZ (sim/bluez)\necho {self.bluez_version}\n"
-            fake.write_text(script, encoding="utf-8")
-            fake.chmod(0o755)
+            self._bin = fake_bluetoothctl(self.bluez_version)
             self.emulator = BluezEmulator(
                 address, self.devices, adapter=self.adapter, timing=self.timing
             )

@@ -314,15 +314,44 @@ class BumbleClient(SimulatedClient):
         central = await self.world.start()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+
+        def adopt_at_once(connection: Connection) -> None:
+            # Bumble's connect() returns the connection a loop turn after the stack made
+            # it; a link that dies in that turn (a drop as the connection is made) would
+            # reach nobody, and the set-up's first ATT request would wait for the whole
+            # connect timeout. Listening from the stack's own event on misses nothing.
+            if connection.peer_address == address and not adopted:
+                adopted.append(connection)
+                self._adopt(connection)
+
+        adopted: list[Connection] = []
+
+        central.on(Device.EVENT_CONNECTION, adopt_at_once)
         try:
             connection = await central.connect(
                 address, own_address_type=hci.OwnAddressType.RANDOM, timeout=timeout
             )
         except core.TimeoutError:
+            self._forget()
             raise TimeoutError(f"no connection to {self.address} within {timeout:g} s") from None
         except core.ConnectionError as exc:
+            self._forget()
             raise BleakError(f"connecting to {self.address} failed: {exc}") from None
-        self._adopt(connection)
+        except BaseException:
+            self._forget()
+            raise
+        finally:
+            central.remove_listener(Device.EVENT_CONNECTION, adopt_at_once)
+        if adopted != [connection]:  # not seen by the listener (never expected)
+            self._forget()
+            self._adopt(connection)
+        lost = self._lost
+        if lost is not None and lost.done():
+            # Reported to the connect in progress, as BlueZ fails its Connect() call.
+            raise BleakError(
+                f"connecting to {self.address} failed: the link dropped as it was made "
+                f"({reason_text(lost.result())})"
+            )
         try:
             async with asyncio.timeout_at(deadline):
                 await self._set_up(connection)
