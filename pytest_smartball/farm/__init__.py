@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ..options import DEVICE_DEST
 from .places import DEFAULT_PLACE_WAIT_S, Refuse, Take, Wait, next_step
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def add_options(parser: pytest.Parser) -> None:
 
 def requested(config: pytest.Config) -> bool:
     """labgrid's pytest plugin is active with an environment, on a --device=real run."""
-    if config.getoption("--device") != "real" or not config.pluginmanager.has_plugin("labgrid"):
+    if config.getoption(DEVICE_DEST) != "real" or not config.pluginmanager.has_plugin("labgrid"):
         return False
     return bool(getattr(config.option, "lg_env", None) or os.environ.get("LG_ENV"))
 
