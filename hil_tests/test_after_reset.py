@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -161,12 +162,14 @@ async def test_abort_in_complete_then_a_reset_runs_the_verified_image(
 
 @pytest.mark.faults("reboot@msg:MSG_OTA_DONE")
 async def test_a_reset_as_done_reaches_the_host_still_switches(
-    ota: Callable[..., OtaEngine], firmware_image: FirmwareImage
+    ota: Callable[..., OtaEngine], firmware_image: FirmwareImage, sim_device: Any
 ) -> None:
     """The device resets (a power cut, a watchdog) the moment MSG_OTA_DONE has left it,
     before its own reset: PENDING was persisted before DONE (9 step 1), so it boots the new
     image and the update is confirmed."""
     result = await ota().run()
+    fired = [str(r) for r in sim_device.fault_log if "msg:MSG_OTA_DONE" in str(r)]
+    assert fired, f"the reset at MSG_OTA_DONE never happened: {sim_device.fault_log}"
     assert result.success, result.error
     assert (result.restarts, result.bytes_resent) == (0, 0), (
         f"after DONE and a reset the device did not run the image it verified: the engine "

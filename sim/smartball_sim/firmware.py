@@ -144,6 +144,8 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         self.session: OtaSession | None = None
         #: Persisted (survives a reset) between MSG_OTA_DONE and the bootloader's switch.
         self._pending: _PendingRecord | None = None
+        #: A flash operation failed twice since the last reset (Bug.FLASH_ERROR_STICKY).
+        self._flash_failed_since_boot = False
         #: What MSG_INFO reports instead of the active image (Bug.INFO_STALE_AFTER_SWITCH).
         self._stale_info: StoredImage | None = None
         self.commands_seen: dict[int, int] = {}
@@ -255,6 +257,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         self.state = p.OtaState.RECEIVING if kept else p.OtaState.IDLE
         self.session = kept
         self._decoder = p.FrameDecoder()
+        self._flash_failed_since_boot = False
         self.boot_count += 1
         return self._bootloader()
 
@@ -472,6 +475,9 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
             elif self.state != p.OtaState.VERIFYING:
                 self._resume(s, msg)
             # VERIFYING: DONE or CRC_MISMATCH follows.
+            return
+        if Bug.FLASH_ERROR_STICKY in self.bugs and self._flash_failed_since_boot:
+            self._error(p.ErrorCode.FLASH_ERROR)  # the flag only a reset clears
             return
         self._new_session(msg)
 

@@ -46,6 +46,7 @@ class FirmwareBug(enum.StrEnum):
     BOOT_ERASES_STAGING = "boot-erases-staging"
     PENDING_PERSISTED_AT_RESET = "pending-persisted-at-reset"
     ABORT_IN_COMPLETE_CANCELS_SWITCH = "abort-in-complete-cancels-switch"
+    FLASH_ERROR_STICKY = "flash-error-sticky"
 
     @property
     def what(self) -> str:
