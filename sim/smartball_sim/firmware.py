@@ -42,7 +42,7 @@ from pytest_smartball import protocol as p
 
 from .firmware_activation import TX_COMPLETE_WAIT_S as TX_COMPLETE_WAIT_S
 from .firmware_activation import ActivationMixin
-from .firmware_bugs import SMALL_RX_BUFFER_CHUNKS
+from .firmware_bugs import SMALL_FRAME_BUFFER, SMALL_RX_BUFFER_CHUNKS
 from .firmware_bugs import FirmwareBug as Bug
 from .firmware_data import DataMixin
 from .firmware_erase import ErasingMixin
@@ -377,6 +377,8 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         frames = self._decoder.feed(data, arrival)
         if Bug.MERGED_FRAMES_LOST in self.bugs:
             frames = frames[:1]  # the rest of the write is dropped
+        if Bug.LONG_FRAME_DROPPED in self.bugs:  # it overflowed the frame buffer
+            frames = [f for f in frames if len(f.payload) + p.FRAME_OVERHEAD <= SMALL_FRAME_BUFFER]
         if not self._decoder.buffered:
             self._partial_since_us = None
         elif frames or not partial_before or self._partial_since_us is None:

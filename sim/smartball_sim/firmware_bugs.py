@@ -47,6 +47,8 @@ class FirmwareBug(enum.StrEnum):
     PENDING_PERSISTED_AT_RESET = "pending-persisted-at-reset"
     ABORT_IN_COMPLETE_CANCELS_SWITCH = "abort-in-complete-cancels-switch"
     FLASH_ERROR_STICKY = "flash-error-sticky"
+    LONG_FRAME_DROPPED = "long-frame-dropped"
+    PROGRESS_IN_IMAGE_BYTES = "progress-in-image-bytes"
 
     @property
     def what(self) -> str:
@@ -62,6 +64,8 @@ LATE_RESET_S = 3.0
 #: bitwise CRC-32 over byte reads; the 131 KB release image still verifies within its
 #: limit, a full 480 KB staging area does not.
 SLOW_VERIFY_BYTES_PER_S = 250_000
+#: The frame buffer of a LONG_FRAME_DROPPED firmware: sized for MTU 247's 244-byte writes.
+SMALL_FRAME_BUFFER = 256
 
 
 class UnknownFirmwareBug(ValueError):
