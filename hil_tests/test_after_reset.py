@@ -82,9 +82,9 @@ async def expect_state_after_reset(
 def skip_in_real_time_emulation(options: SmartBallOptions) -> None:
     if options.device == "real" and options.bluez in ("emulated", "vhci"):
         pytest.skip(
-            "a whole staging area through the simulator in real time (about 20 s behind an "
-            "emulated bluetoothd); the --device=sim stage measures the same model on virtual "
-            "time and a bench measures the board"
+            "a whole staging area (480 KB, 120 pages to erase) through the simulator in real "
+            "time; the --device=sim stage measures the same model on virtual time and a bench "
+            "measures the board"
         )
 
 
