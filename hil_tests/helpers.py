@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+from collections.abc import Callable
+
 from pytest_smartball import protocol as p
-from pytest_smartball.link import NusLink
+from pytest_smartball.contract import Timing
+from pytest_smartball.link import LinkSettings, NusLink, ResponseTimeout, find_device
+from pytest_smartball.targets import Target
 
 #: A session's erase may take 40 s on hardware; progress arrives every page.
 ERASE_SILENCE_S = 10.0
 #: A full receive buffer is written within a fraction of this (protocol: ACK within 0.5 s).
 ACK_WAIT_S = 5.0
 MAX_FULL_BUFFER_WAITS = 3
+#: A flash page: what an erase MSG_OTA_PROGRESS counts in (protocol section 5).
+PAGE_SIZE = 4096
 
 
 async def start_session(nus: NusLink, image: bytes, crc32: int | None = None) -> p.MsgOtaReady:
@@ -53,3 +61,159 @@ async def send_chunks(
         offset = status.next_expected_offset
         full_buffer_waits = 0
     return offset
+
+
+# --- a host that writes what the contract allows, not only what the engine writes -------------
+
+
+def frames_to_writes(stream: bytes, cuts: list[int], max_write: int) -> list[bytes]:
+    """``stream`` cut at ``cuts`` (byte positions), each piece then cut again to at most
+    ``max_write`` bytes: one write each. Several frames may share a write, and one frame
+    may take several."""
+    edges = sorted({0, len(stream), *(c for c in cuts if 0 < c < len(stream))})
+    writes: list[bytes] = []
+    for start, end in itertools.pairwise(edges):
+        writes.extend(stream[k : min(k + max_write, end)] for k in range(start, end, max_write))
+    return writes
+
+
+async def write_pieces(nus: NusLink, writes: list[bytes], gaps: list[float] | None = None) -> None:
+    """One ATT write per item (each at most ``nus.max_write`` bytes), ``gaps[k]`` seconds
+    before write k (all below the decoder's idle time: the device must reassemble)."""
+    for k, piece in enumerate(writes):
+        assert len(piece) <= nus.max_write, (len(piece), nus.max_write)
+        if gaps and k < len(gaps) and gaps[k] > 0:
+            await asyncio.sleep(gaps[k])
+        await nus.send_frame(piece)  # at most one write's worth: exactly one write
+
+
+def same_reply(got: p.DeviceMessage, want: p.DeviceMessage) -> bool:
+    """The contract's comparison: every field, but a MSG_ERROR by code and command only
+    (its text is for logs)."""
+    if isinstance(want, p.MsgError):
+        return isinstance(got, p.MsgError) and (got.code, got.command) == (want.code, want.command)
+    return got == want
+
+
+async def expect_replies(
+    nus: NusLink, wanted: list[p.DeviceMessage], within_s: float, what: str
+) -> None:
+    """The next messages are exactly ``wanted``, in order, each within ``within_s`` of the
+    previous one, and nothing follows for ``within_s``."""
+    got: list[p.DeviceMessage] = []
+    for want in wanted:
+        try:
+            msg = await nus.receive(within_s)
+        except ResponseTimeout:
+            raise AssertionError(
+                f"{what}: expected {wanted}, got only {got} (nothing more within {within_s:g} s)"
+            ) from None
+        got.append(msg)
+        assert same_reply(msg, want), f"{what}: expected {wanted}, got {got}"
+    extra = nus.drain()
+    if not extra:
+        try:
+            extra = [await nus.receive(within_s)]
+        except ResponseTimeout:
+            return
+    raise AssertionError(f"{what}: expected {wanted}, then nothing; got {got} then {extra}")
+
+
+async def back_after_reset(target: Target, limit_s: float) -> tuple[NusLink, float]:
+    """Once the device under test reset (its link is gone): the time it took to advertise
+    again, measured from now, and a new link. The scan waits ``limit_s`` plus a margin; the
+    caller compares the time with the contract's limit."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    sighting = await find_device(
+        target.backend, name=target.name, address=target.address, timeout=limit_s + 5.0
+    )
+    took = loop.time() - began
+    link = await NusLink.open(sighting.ble_device, target.backend, LinkSettings())
+    return link, took
+
+
+#: Radio delivery on top of a device obligation (as conformance.RADIO_MARGIN_S).
+RADIO_MARGIN_S = 0.25
+
+
+async def open_session(
+    nus: NusLink, image: bytes, crc32: int, chunk_size: int, timing: Timing
+) -> p.MsgOtaReady:
+    """CMD_OTA_START for a new session (from IDLE or ERROR); every erase MSG_OTA_PROGRESS
+    must come within its gap and say exactly the pages erased of ceil(size / 4096), then
+    MSG_OTA_READY with the max_chunk this chunk_size is granted."""
+    await nus.send(p.CmdOtaStart(len(image), crc32, chunk_size))
+    pages = -(-len(image) // PAGE_SIZE)
+    for page in range(1, pages + 1):
+        msg = await nus.receive(timing.progress_gap_max_s + RADIO_MARGIN_S)
+        want = p.MsgOtaProgress(p.OtaPhase.ERASE, page * PAGE_SIZE, pages * PAGE_SIZE)
+        assert msg == want, (
+            f"START of a {len(image)}-byte image ({pages} pages): expected {want}, got {msg}"
+        )
+    ready = await nus.receive(timing.ready_after_erase_max_s + RADIO_MARGIN_S)
+    assert isinstance(ready, p.MsgOtaReady), f"after the erase: {ready}, not MSG_OTA_READY"
+    granted = p.granted_max_chunk(chunk_size)
+    assert ready.max_chunk == granted and ready.window >= 1, (
+        f"START with chunk_size {chunk_size}: READY {ready}, expected max_chunk {granted}"
+    )
+    return ready
+
+
+def ack_interval(window: int) -> int:
+    """Chunks per MSG_OTA_ACK (docs/protocol.md 7.4)."""
+    return max(1, window // 2)
+
+
+async def send_in_ack_intervals(
+    nus: NusLink,
+    image: bytes,
+    crc32: int,
+    ready: p.MsgOtaReady,
+    chunk_sizes: list[int],
+    to_writes: Callable[[list[bytes]], list[bytes]],
+    hole: int | None = None,
+    end: int | None = None,
+) -> None:
+    """Send ``image[:end]`` (the session is for all of ``image``) an ACK interval at a
+    time: chunk k has ``chunk_sizes[k % len]`` bytes (whole words, at most max_chunk; the
+    image's last chunk takes what is left), a group's frames go out as ``to_writes`` cuts
+    them. After each whole interval, and after the image's last byte, exactly
+    MSG_OTA_ACK(the group's end) must come. With ``hole`` the first group is sent without
+    its chunk ``hole``: the device must drop what follows it with one MSG_OTA_STATUS at the
+    hole, and take the rest once the host rewinds there. Ends with STATUS and its ACK."""
+    size, interval = len(image), ack_interval(ready.window)
+    end = size if end is None else end
+    offset, k = 0, 0
+    while offset < end:
+        group: list[tuple[int, bytes]] = []
+        while len(group) < interval and offset < end:
+            step = chunk_sizes[k % len(chunk_sizes)]
+            assert step % p.WORD_SIZE == 0 and 0 < step <= ready.max_chunk, step
+            group.append((offset, image[offset : min(offset + step, end)]))
+            offset, k = offset + len(group[-1][1]), k + 1
+        frames = [p.encode(p.CmdOtaData(o, data)) for o, data in group]
+        if hole is not None and 0 < hole < len(group):
+            await write_pieces(nus, to_writes(frames[:hole] + frames[hole + 1 :]))
+            status = await nus.receive(ACK_WAIT_S)
+            want = p.MsgOtaStatus(p.OtaState.RECEIVING, group[hole][0], size, crc32)
+            assert status == want, (
+                f"chunk at {group[hole][0]} withheld, the {len(group) - hole - 1} behind it "
+                f"sent: expected one {want} (7.4 rule 3), got {status}"
+            )
+            frames = frames[hole:]
+        hole = None
+        await write_pieces(nus, to_writes(frames))
+        if len(group) < interval and offset < size:
+            break  # a partial interval: no ACK owed; the STATUS below brings one
+        ack = await nus.receive(ACK_WAIT_S)
+        assert ack == p.MsgOtaAck(offset), (
+            f"{len(group)} chunks up to {offset} (an ACK interval at window {ready.window}, "
+            f"or the image's end): expected MSG_OTA_ACK({offset}), got {ack}"
+        )
+    left = nus.drain()
+    assert not left, f"after the ACK of {offset} bytes the device also sent {left}"
+    status = await nus.request(p.CmdOtaStatus(), (p.MsgOtaStatus,))
+    assert status == p.MsgOtaStatus(p.OtaState.RECEIVING, end, size, crc32), status
+    ack = await nus.receive(ACK_WAIT_S)
+    assert ack == p.MsgOtaAck(end), f"STATUS in RECEIVING must bring an ACK (7.4): {ack}"

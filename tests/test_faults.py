@@ -98,6 +98,8 @@ def test_every_effect_is_covered() -> None:
         ("t:2s", Trigger(TriggerKind.T, 2.0)),
         ("t:250ms", Trigger(TriggerKind.T, 0.25)),
         ("connect:2", Trigger(TriggerKind.CONNECT, 2)),
+        ("msg:MSG_OTA_DONE", Trigger(TriggerKind.MSG, 1, MsgType.MSG_OTA_DONE)),
+        ("msg:msg_ota_ack#4", Trigger(TriggerKind.MSG, 4, MsgType.MSG_OTA_ACK)),
     ],
 )
 def test_parse_each_trigger(text: str, trigger: Trigger) -> None:
@@ -106,7 +108,7 @@ def test_parse_each_trigger(text: str, trigger: Trigger) -> None:
 
 
 def test_every_trigger_is_covered() -> None:
-    assert set(TRIGGERS) == {"erase", "offset", "cmd", "t", "connect"}
+    assert set(TRIGGERS) == {"erase", "offset", "cmd", "msg", "t", "connect"}
 
 
 def test_empty_specs_are_empty_plans() -> None:
@@ -206,6 +208,8 @@ def _trigger(kind: str) -> st.SearchStrategy[Trigger]:
             )
         case "cmd":
             return st.builds(lambda n, t: Trigger(TriggerKind.CMD, n, t), _count, _command_types)
+        case "msg":
+            return st.builds(lambda n, t: Trigger(TriggerKind.MSG, n, t), _count, _device_types)
         case "t":
             return _seconds.map(lambda v: Trigger(TriggerKind.T, v))
         case "connect":
@@ -290,6 +294,8 @@ def test_round_trip_of_one_fault(fault: Fault) -> None:
         ("drop@cmd:CMD_INFO#0", ["'0'", "positive whole number"]),
         ("drop@cmd:CMD_INFO#", ["''", "positive whole number"]),
         ("drop@cmd:#2", ["unknown message type ''"]),
+        ("reboot@msg:CMD_INFO", ["CMD_INFO is a host command, not a device message"]),
+        ("reboot@msg:MSG_OTA_DONE#0", ["'0'", "positive whole number"]),
         ("lose:MSG_BOGUS", ["unknown message type 'MSG_BOGUS'"]),
         ("lose:0", ["'0'", "positive whole number"]),
         ("write-drop:0", ["'0'", "positive whole number"]),
@@ -422,6 +428,37 @@ async def test_cmd_trigger_arms_on_the_nth_command() -> None:
     assert peer.types() == [p.MsgInfo] * 3
     assert device.firmware.commands_seen == {MsgType.CMD_INFO: 3}
     assert fired(device) == [("write-drop:2", "cmd:CMD_INFO#2")]
+
+
+@pytest.mark.asyncio
+async def test_msg_trigger_fires_once_the_nth_message_has_left() -> None:
+    """``reboot@msg:MSG_INFO#2``: the second MSG_INFO reaches the host, then the device
+    resets; the first does not fire it, nor do other message types."""
+    device = make_device("reboot@msg:MSG_INFO#2")
+    peer, link = await connect(device)
+    await send(device, link, p.CmdInfo(), p.CmdOtaStatus())
+    assert peer.types() == [p.MsgInfo, p.MsgOtaStatus] and link.alive
+    await send(device, link, p.CmdInfo())
+    assert peer.types() == [p.MsgInfo, p.MsgOtaStatus, p.MsgInfo]  # delivered, then reset
+    assert not link.alive and fired(device) == [("reboot", "msg:MSG_INFO#2")]
+    assert device.firmware.boot_count == 2
+
+
+@pytest.mark.asyncio
+async def test_a_reset_as_done_leaves_boots_the_verified_image() -> None:
+    """``reboot@msg:MSG_OTA_DONE`` resets the device before its own activation: the
+    switch was persisted before DONE, so the bootloader switches all the same."""
+    image = bytes(range(256)) * 20
+    device = make_device("reboot@msg:MSG_OTA_DONE")
+    peer, link = await connect(device)
+    await send(device, link, p.CmdOtaStart(len(image), p.crc32(image), 232))
+    await asyncio.sleep(1.0)
+    for offset in range(0, len(image), 232):
+        await device.write(link, p.encode(p.CmdOtaData(offset, image[offset : offset + 232])))
+    await send(device, link, p.CmdOtaFinish())
+    assert p.MsgOtaDone(p.crc32(image)) in peer.messages
+    assert fired(device) == [("reboot", "msg:MSG_OTA_DONE#1")]
+    assert device.firmware.active.data == image
 
 
 @pytest.mark.asyncio

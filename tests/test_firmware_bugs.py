@@ -145,6 +145,15 @@ NEEDS_MORE = {
     FirmwareBug.WINDOW_EXCEEDS_BUFFER,
     FirmwareBug.PARTIAL_FRAME_KEPT,
     FirmwareBug.LATE_RESET,
+    FirmwareBug.SPLIT_FRAME_LOST,
+    FirmwareBug.MERGED_FRAMES_LOST,
+    FirmwareBug.IDLE_FROM_FRAME_START,
+    FirmwareBug.SLOW_VERIFY,
+    FirmwareBug.BOOT_ERASES_STAGING,
+    FirmwareBug.PENDING_PERSISTED_AT_RESET,
+    FirmwareBug.ABORT_IN_COMPLETE_CANCELS_SWITCH,
+    FirmwareBug.FLASH_ERROR_STICKY,
+    FirmwareBug.LONG_FRAME_DROPPED,
 }
 
 

@@ -258,6 +258,7 @@ class SimDevice:
         if not frame:
             return
         self.link_layer.send(link, frame)
+        self.injector.on_message_sent(frame[1], link)
 
     def _when_sent(self, callback: Callable[[], None]) -> None:
         link = self.link

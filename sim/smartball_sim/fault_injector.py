@@ -63,6 +63,7 @@ class FaultInjector:
         self.pending: list[Fault] = []
         self.armed = _Counters()
         self._cmd_counts: dict[int, int] = {}
+        self._msg_counts: dict[int, int] = {}
         self._untriggered_due = False
         self._timers: list[asyncio.TimerHandle] = []
 
@@ -76,6 +77,7 @@ class FaultInjector:
         self.pending = list(plan.faults)
         self.armed = _Counters()
         self._cmd_counts = {}
+        self._msg_counts = {}
         self._untriggered_due = True
         self.fire_untriggered()
 
@@ -111,6 +113,29 @@ class FaultInjector:
                     t.kind is TriggerKind.CMD and t.msg_type == event.msg_type and n >= t.value
                 )
             )
+
+    def on_message_sent(self, msg_type: int, link: Link) -> None:
+        """A device message went to the radio on ``link`` (one a fault lost does not count):
+        the ``msg:TYPE#N`` faults it reaches fire once it has left the radio for the host
+        (or the link ended first), before anything else waiting for that, such as the
+        reset after MSG_OTA_DONE."""
+        n = self._msg_counts[msg_type] = self._msg_counts.get(msg_type, 0) + 1
+        due = [
+            f
+            for f in self.pending
+            if f.trigger.kind is TriggerKind.MSG and f.trigger.msg_type == msg_type
+            if n >= f.trigger.value
+        ]
+        if not due:
+            return
+        for fault in due:
+            self.pending.remove(fault)
+
+        def fire() -> None:
+            for fault in due:
+                self._fire(fault)
+
+        self.device.link_layer.when_sent(link, fire)
 
     def _maybe_flaky_drop(self) -> None:
         rate = self.armed.flaky_percent

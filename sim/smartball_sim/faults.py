@@ -59,6 +59,7 @@ class TriggerKind(enum.StrEnum):
     ERASE = "erase"
     OFFSET = "offset"
     CMD = "cmd"
+    MSG = "msg"
     T = "t"
     CONNECT = "connect"
 
@@ -125,6 +126,8 @@ TRIGGERS: dict[TriggerKind, str] = {
     TriggerKind.OFFSET: "the device has accepted N bytes of the image  (offset:200000)",
     TriggerKind.CMD: "the Nth command of a type arrives, before the device handles it "
     "(cmd:CMD_OTA_DATA#3)",
+    TriggerKind.MSG: "the Nth device message of a type has left the radio for the host "
+    "(msg:MSG_OTA_DONE#1)",
     TriggerKind.T: "N s after the next connection is made  (t:2s)",
     TriggerKind.CONNECT: "the Nth connection: connect-fail/-timeout, race and stale-cache "
     "shape the Nth attempt, other effects act once it is made  (connect:2)",
@@ -147,9 +150,9 @@ class Trigger:
                 return ""
             case TriggerKind.ERASE:
                 return f"erase:{_num(self.value)}%"
-            case TriggerKind.CMD:
+            case TriggerKind.CMD | TriggerKind.MSG:
                 assert self.msg_type is not None
-                return f"cmd:{p.MsgType(self.msg_type).name}#{int(self.value)}"
+                return f"{self.kind}:{p.MsgType(self.msg_type).name}#{int(self.value)}"
             case TriggerKind.T:
                 return f"t:{_num(self.value)}s"
             case _:
@@ -281,7 +284,8 @@ def _parse_trigger(text: str, where: str) -> Trigger:
     name, _, arg = text.partition(":")
     if name not in TRIGGERS or not arg:
         raise FaultSpecError(
-            f"{where}: bad trigger {text!r}; use erase:50%, offset:N, cmd:TYPE#N, t:2s or connect:N"
+            f"{where}: bad trigger {text!r}; use erase:50%, offset:N, cmd:TYPE#N, msg:TYPE#N, "
+            "t:2s or connect:N"
         )
     kind = TriggerKind(name)
     if kind is TriggerKind.ERASE:
@@ -290,11 +294,13 @@ def _parse_trigger(text: str, where: str) -> Trigger:
         if not 0 <= percent <= 100:
             raise FaultSpecError(f"{where}: erase trigger {arg!r} must be 0% to 100%")
         return Trigger(kind, percent)
-    if kind is TriggerKind.CMD:
+    if kind in (TriggerKind.CMD, TriggerKind.MSG):
         type_name, hash_sign, nth = arg.partition("#")
         msg_type = _msg_type(type_name, where)
-        if msg_type not in p.COMMAND_TYPES:
+        if kind is TriggerKind.CMD and msg_type not in p.COMMAND_TYPES:
             raise FaultSpecError(f"{where}: {type_name} is not a command the device receives")
+        if kind is TriggerKind.MSG and msg_type in p.COMMAND_TYPES:
+            raise FaultSpecError(f"{where}: {type_name} is a host command, not a device message")
         return Trigger(kind, _count(nth if hash_sign else "1", where), msg_type)
     if kind is TriggerKind.T:
         return Trigger(kind, _seconds(arg, where))

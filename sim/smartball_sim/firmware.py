@@ -43,7 +43,7 @@ from pytest_smartball import protocol as p
 
 from .firmware_activation import TX_COMPLETE_WAIT_S as TX_COMPLETE_WAIT_S
 from .firmware_activation import ActivationMixin
-from .firmware_bugs import SMALL_RX_BUFFER_CHUNKS
+from .firmware_bugs import SMALL_FRAME_BUFFER, SMALL_RX_BUFFER_CHUNKS
 from .firmware_bugs import FirmwareBug as Bug
 from .firmware_data import DataMixin
 from .firmware_erase import ErasingMixin
@@ -140,10 +140,14 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         # The reference never misuses the flash (a misuse raises); a buggy firmware may.
         self.flash = Flash(staging_capacity, strict=not self.bugs)
         self._decoder = p.FrameDecoder()
+        #: When the partial frame in the decoder began (Bug.IDLE_FROM_FRAME_START only).
+        self._partial_since_us: int | None = None
         self.state = p.OtaState.IDLE
         self.session: OtaSession | None = None
         #: Persisted (survives a reset) between MSG_OTA_DONE and the bootloader's switch.
         self._pending: _PendingRecord | None = None
+        #: A flash operation failed twice since the last reset (Bug.FLASH_ERROR_STICKY).
+        self._flash_failed_since_boot = False
         #: What MSG_INFO reports instead of the active image (Bug.INFO_STALE_AFTER_SWITCH).
         self._stale_info: StoredImage | None = None
         self.commands_seen: dict[int, int] = {}
@@ -184,8 +188,9 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
             return SMALL_RX_BUFFER_CHUNKS
         return self.timings.rx_buffer_chunks or s.window
 
-    @staticmethod
-    def ack_interval(s: OtaSession) -> int:
+    def ack_interval(self, s: OtaSession) -> int:
+        if Bug.ACK_EVERY_WINDOW in self.bugs:
+            return s.window  # stop-and-wait one window at a time
         return max(1, s.window // 2)
 
     @property
@@ -254,6 +259,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         self.state = p.OtaState.RECEIVING if kept else p.OtaState.IDLE
         self.session = kept
         self._decoder = p.FrameDecoder()
+        self._flash_failed_since_boot = False
         self.boot_count += 1
         return self._bootloader()
 
@@ -268,6 +274,11 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
 
     def _bootloader(self) -> float:
         record, self._pending = self._pending, None
+        if record is None and Bug.BOOT_ERASES_STAGING in self.bugs:
+            dirty = [n for n in range(self.flash.size // PAGE_SIZE) if not self.flash.is_erased(n)]
+            for page in dirty:
+                self.flash.erase_page(page)
+            return len(dirty) * self.timings.erase_page_s
         if record is None:
             return 0.0
         staged = self.flash.read(0, record.image_size)
@@ -358,9 +369,32 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         self._guarded(self._receive, data)()
 
     def _receive(self, data: bytes) -> None:
-        now = None if Bug.PARTIAL_FRAME_KEPT in self.bugs else self._loop_time()
-        self._inbox.extend(self._decoder.feed(data, now))
+        arrival = None if Bug.PARTIAL_FRAME_KEPT in self.bugs else self._loop_time()
+        if Bug.SPLIT_FRAME_LOST in self.bugs:
+            self._decoder.reset()  # every write taken as the start of a frame
+        arrival_us = None if arrival is None else to_us(arrival)
+        if Bug.IDLE_FROM_FRAME_START in self.bugs and arrival_us is not None:
+            self._discard_from_frame_start(arrival_us)
+        partial_before = self._decoder.buffered
+        frames = self._decoder.feed(data, arrival)
+        if Bug.MERGED_FRAMES_LOST in self.bugs:
+            frames = frames[:1]  # the rest of the write is dropped
+        if Bug.LONG_FRAME_DROPPED in self.bugs:  # it overflowed the frame buffer
+            frames = [f for f in frames if len(f.payload) + p.FRAME_OVERHEAD <= SMALL_FRAME_BUFFER]
+        if not self._decoder.buffered:
+            self._partial_since_us = None
+        elif frames or not partial_before or self._partial_since_us is None:
+            self._partial_since_us = arrival_us  # the partial frame left began in this write
+        self._inbox.extend(frames)
         self._handle_inbox()
+
+    def _discard_from_frame_start(self, arrival_us: int) -> None:
+        """Bug.IDLE_FROM_FRAME_START: the idle discard counts from the partial frame's
+        first byte, not from the previous byte."""
+        since_us = self._partial_since_us
+        idle_us = to_us(p.DECODER_IDLE_S)
+        if self._decoder.buffered and since_us is not None and arrival_us - since_us >= idle_us:
+            self._decoder.reset()
 
     def _loop_time(self) -> float | None:
         try:
@@ -412,6 +446,8 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         if self.state == p.OtaState.COMPLETE:
             # The switch is committed (persisted before DONE): nothing is cancelled, and
             # nothing may erase the staging bank under it.
+            if Bug.ABORT_IN_COMPLETE_CANCELS_SWITCH in self.bugs:
+                self._pending = None
             self._reply(self.status())
             return
         if Bug.ABORT_KEEPS_SESSION in self.bugs:
@@ -443,6 +479,9 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
             elif self.state != p.OtaState.VERIFYING:
                 self._resume(s, msg)
             # VERIFYING: DONE or CRC_MISMATCH follows.
+            return
+        if Bug.FLASH_ERROR_STICKY in self.bugs and self._flash_failed_since_boot:
+            self._error(p.ErrorCode.FLASH_ERROR)  # the flag only a reset clears
             return
         self._new_session(msg)
 

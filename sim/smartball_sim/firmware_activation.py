@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pytest_smartball import protocol as p
 
-from .firmware_bugs import LATE_RESET_S
+from .firmware_bugs import LATE_RESET_S, SLOW_VERIFY_BYTES_PER_S
 from .firmware_bugs import FirmwareBug as Bug
 from .firmware_parts import FirmwareParts
 from .firmware_types import FirmwareEvent, FirmwareEventKind, OtaSession, _PendingRecord, to_us
@@ -32,7 +32,10 @@ class ActivationMixin(FirmwareParts):
     def _start_verify(self, s: OtaSession) -> None:
         if s is not self.session:
             return
-        duration = to_us(self.timings.verify_s_per_byte * s.image_size)
+        per_byte = self.timings.verify_s_per_byte
+        if Bug.SLOW_VERIFY in self.bugs:
+            per_byte = max(per_byte, 1 / SLOW_VERIFY_BYTES_PER_S)
+        duration = to_us(per_byte * s.image_size)
         self._at(self._now_us() + duration, self._verify, s)
 
     def _verify(self, s: OtaSession) -> None:
@@ -47,7 +50,8 @@ class ActivationMixin(FirmwareParts):
             self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.VERIFY_FAILED))
             return
         # Persisted before DONE goes out: from here a reset, or a power loss, switches.
-        self._pending = _PendingRecord(s.image_size, s.image_crc32)
+        if Bug.PENDING_PERSISTED_AT_RESET not in self.bugs:
+            self._pending = _PendingRecord(s.image_size, s.image_crc32)
         self.state = p.OtaState.COMPLETE
         if Bug.DONE_WRONG_CRC in self.bugs:
             actual = int.from_bytes(actual.to_bytes(4, "little"), "big")
@@ -64,4 +68,6 @@ class ActivationMixin(FirmwareParts):
         if s is not self.session or self.state != p.OtaState.COMPLETE or s.activating:
             return
         s.activating = True
+        if Bug.PENDING_PERSISTED_AT_RESET in self.bugs:
+            self._pending = _PendingRecord(s.image_size, s.image_crc32)  # only now
         self._call_out(self._request_reset)

@@ -38,6 +38,17 @@ class FirmwareBug(enum.StrEnum):
     PARTIAL_FRAME_KEPT = "partial-frame-kept"
     LATE_RESET = "late-reset"
     SESSION_SURVIVES_RESET = "session-survives-reset"
+    ACK_EVERY_WINDOW = "ack-every-window"
+    SPLIT_FRAME_LOST = "split-frame-lost"
+    MERGED_FRAMES_LOST = "merged-frames-lost"
+    IDLE_FROM_FRAME_START = "idle-from-frame-start"
+    SLOW_VERIFY = "slow-verify"
+    BOOT_ERASES_STAGING = "boot-erases-staging"
+    PENDING_PERSISTED_AT_RESET = "pending-persisted-at-reset"
+    ABORT_IN_COMPLETE_CANCELS_SWITCH = "abort-in-complete-cancels-switch"
+    FLASH_ERROR_STICKY = "flash-error-sticky"
+    LONG_FRAME_DROPPED = "long-frame-dropped"
+    PROGRESS_IN_IMAGE_BYTES = "progress-in-image-bytes"
 
     @property
     def what(self) -> str:
@@ -49,6 +60,12 @@ class FirmwareBug(enum.StrEnum):
 SMALL_RX_BUFFER_CHUNKS = 2
 #: How long a LATE_RESET firmware waits after MSG_OTA_DONE before it resets.
 LATE_RESET_S = 3.0
+#: How fast a SLOW_VERIFY firmware reads the staging bank back (bytes per second): a
+#: bitwise CRC-32 over byte reads; the 131 KB release image still verifies within its
+#: limit, a full 480 KB staging area does not.
+SLOW_VERIFY_BYTES_PER_S = 250_000
+#: The frame buffer of a LONG_FRAME_DROPPED firmware: sized for MTU 247's 244-byte writes.
+SMALL_FRAME_BUFFER = 256
 
 
 class UnknownFirmwareBug(ValueError):

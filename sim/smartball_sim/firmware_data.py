@@ -170,6 +170,7 @@ class DataMixin(FirmwareParts):
     def _flash_failed(self, job: _FlashJob) -> None:
         what = f"page {job.page} erase" if job.is_erase else f"write at {job.offset}"
         log.info("flash: %s failed twice", what)
+        self._flash_failed_since_boot = True
         if job.session is not self.session:
             return  # an aborted session's last job: nobody waits for it
         self._end_session(p.OtaState.ERROR)

@@ -38,6 +38,9 @@ class ErasingMixin(FirmwareParts):
             return
         if Bug.NO_ERASE_PROGRESS not in self.bugs:
             progress = p.MsgOtaProgress(p.OtaPhase.ERASE, (page + 1) * PAGE_SIZE, s.total_erase)
+            if Bug.PROGRESS_IN_IMAGE_BYTES in self.bugs:
+                done = min((page + 1) * PAGE_SIZE, s.image_size)
+                progress = p.MsgOtaProgress(p.OtaPhase.ERASE, done, s.image_size)
             self._reply(progress)
         self._page_erased(s)
         if page + 1 < s.pages:
