@@ -238,6 +238,18 @@ def test_objcopys_hex_with_its_start_address_is_accepted(build: arm_build.Build)
     assert image.entry == load_image(build.elf).entry  # the same entry point as the ELF's
 
 
+@pytest.mark.parametrize("name", ["app.hex", "app.bin"])
+def test_objcopys_hex_saved_with_a_byte_order_mark_is_read_as_hex(
+    build: arm_build.Build, tmp_path: Path, name: str
+) -> None:
+    """A hex opened and saved in a Windows editor begins with a UTF-8 byte order mark: as
+    .hex it was refused for a non-text byte, under any other name flashed as raw bytes."""
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + build.hex.read_bytes())
+    image = load_image(path)
+    assert image.format is ImageFormat.INTEL_HEX and image.data == build.image
+
+
 # --- UF2 ----------------------------------------------------------------------------------
 
 
