@@ -494,6 +494,16 @@ def test_a_fifo_nobody_writes_to_is_given_up_on(tmp_path: Path) -> None:
     assert image_module.PIPE_SILENCE_S == 10.0 and image_module.PIPE_TOTAL_S == 60.0
 
 
+def test_a_dash_for_standard_input_gets_a_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cat fw.hex | smartball-ota flash -` is the Unix habit; the image's path is read."""
+    monkeypatch.chdir(tmp_path)  # no file named "-" here
+    assert (
+        image_error(Path("-")) == "-: no such file (to read the image from a pipe, give /dev/stdin)"
+    )
+
+
 def test_an_image_from_a_pipe_is_read(build: arm_build.Build) -> None:
     read_end, write_end = os.pipe()
     try:
