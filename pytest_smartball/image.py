@@ -117,7 +117,8 @@ def load_image(
     except FormatError as exc:
         raise ImageError(f"{path}: {exc}") from None
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
+        hint = " (to read the image from a pipe, give /dev/stdin)" if str(path) == "-" else ""
+        raise ImageError(f"{path}: no such file{hint}") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a directory, not a firmware image") from None
     except OSError as exc:

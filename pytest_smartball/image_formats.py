@@ -90,9 +90,14 @@ UF2_FAMILIES = {
 }
 
 
+#: What a Windows editor may put before a text file's first line (then it is still a hex).
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def is_intel_hex_start(head: bytes) -> bool:
-    """The first line is an Intel HEX record's text: ``:`` and hex digits to the line's end."""
-    line = head.split(b"\n", 1)[0].rstrip(b"\r")
+    """The first line is an Intel HEX record's text: ``:`` and hex digits to the line's end
+    (after a UTF-8 byte order mark, if any)."""
+    line = head.removeprefix(UTF8_BOM).split(b"\n", 1)[0].rstrip(b"\r")
     digits = line[1:]
     return (
         line[:1] == b":"
@@ -233,6 +238,7 @@ def check_entry(entry: int | None, address: int | None, size: int, what: str) ->
 def read_intel_hex(raw: bytes, capacity: int) -> Parsed:
     from intelhex import IntelHex, IntelHexError
 
+    raw = raw.removeprefix(UTF8_BOM)
     bad = next((i for i, b in enumerate(raw) if b > 0x7F), None)
     if bad is not None:
         line = raw.count(b"\n", 0, bad) + 1

@@ -238,6 +238,18 @@ def test_objcopys_hex_with_its_start_address_is_accepted(build: arm_build.Build)
     assert image.entry == load_image(build.elf).entry  # the same entry point as the ELF's
 
 
+@pytest.mark.parametrize("name", ["app.hex", "app.bin"])
+def test_objcopys_hex_saved_with_a_byte_order_mark_is_read_as_hex(
+    build: arm_build.Build, tmp_path: Path, name: str
+) -> None:
+    """A hex opened and saved in a Windows editor begins with a UTF-8 byte order mark: as
+    .hex it was refused for a non-text byte, under any other name flashed as raw bytes."""
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + build.hex.read_bytes())
+    image = load_image(path)
+    assert image.format is ImageFormat.INTEL_HEX and image.data == build.image
+
+
 # --- UF2 ----------------------------------------------------------------------------------
 
 
@@ -480,6 +492,16 @@ def test_a_fifo_nobody_writes_to_is_given_up_on(tmp_path: Path) -> None:
     message = image_error(fifo, pipe_silence_s=0)
     assert "nothing came through the pipe for 0 s (is anything writing to it?)" in message
     assert image_module.PIPE_SILENCE_S == 10.0 and image_module.PIPE_TOTAL_S == 60.0
+
+
+def test_a_dash_for_standard_input_gets_a_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cat fw.hex | smartball-ota flash -` is the Unix habit; the image's path is read."""
+    monkeypatch.chdir(tmp_path)  # no file named "-" here
+    assert (
+        image_error(Path("-")) == "-: no such file (to read the image from a pipe, give /dev/stdin)"
+    )
 
 
 def test_an_image_from_a_pipe_is_read(build: arm_build.Build) -> None:
