@@ -193,7 +193,9 @@ async def send_in_ack_intervals(
             group.append((offset, image[offset : min(offset + step, end)]))
             offset, k = offset + len(group[-1][1]), k + 1
         frames = [p.encode(p.CmdOtaData(o, data)) for o, data in group]
-        if hole is not None and 0 < hole < len(group):
+        # A hole needs a chunk behind it: the STATUS of 7.4 rule 3 answers a chunk that
+        # arrives past the expected offset; with the hole last, nothing ever does.
+        if hole is not None and 0 < hole < len(group) - 1:
             await write_pieces(nus, to_writes(frames[:hole] + frames[hole + 1 :]))
             status = await nus.receive(ACK_WAIT_S)
             want = p.MsgOtaStatus(p.OtaState.RECEIVING, group[hole][0], size, crc32)
