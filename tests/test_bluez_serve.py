@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -85,11 +86,13 @@ def _read_lines(stream: object, lines: queue.Queue[str | None]) -> None:
 
 @contextmanager
 def running_server(*options: str) -> Iterator[Server]:
-    """The standalone server with ``options``, stopped (and checked gone) afterwards."""
+    """The standalone server with ``options``, stopped (and checked gone) afterwards. Its
+    stderr goes to a file: a pipe nobody reads while it serves could fill and block it."""
+    errors = tempfile.TemporaryFile("w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "smartball_sim.bluez", "serve", "--lifetime", "300", *options],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=errors,
         text=True,
     )
     lines: queue.Queue[str | None] = queue.Queue()
@@ -105,7 +108,9 @@ def running_server(*options: str) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
-    assert process.returncode == 0, process.stderr.read() if process.stderr else ""
+    errors.seek(0)
+    assert process.returncode == 0, errors.read()
+    errors.close()
     assert not [pid for pid in leftover_daemons() if _child_of(pid, process.pid)]
 
 
@@ -135,19 +140,25 @@ class Running:
 
 
 def run_until(argv: list[str], seen: Callable[[str], bool]) -> tuple[Running, str]:
-    """Start the CLI and return once a line of its stderr satisfies ``seen``."""
+    """Start the CLI and return once a line of its stderr satisfies ``seen`` (the caller
+    ends it); if none does within WAIT_S, or it ends first, it is killed here."""
     process = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env()
     )
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_read_lines, args=(process.stderr, lines), daemon=True).start()
     deadline = time.monotonic() + WAIT_S
     got: list[str] = []
     while True:
-        line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            line = None
         if line is None:
             process.kill()
-            raise AssertionError("the CLI ended before the phase:\n" + "\n".join(got))
+            process.wait(timeout=WAIT_S)
+            why = "ended" if process.returncode != -signal.SIGKILL else f"ran {WAIT_S:g} s"
+            raise AssertionError(f"the CLI {why} before the phase:\n" + "\n".join(got))
         got.append(line)
         if seen(line):
             return Running(process, lines), "\n".join(got)
@@ -191,8 +202,13 @@ def test_a_rerun_after_the_host_died_resumes_where_the_device_stopped(
             _cli(server.bus, "flash", str(image), "-v", *FAST),
             lambda line: bool(PHASES[phase].search(line)),
         )
-        first.process.send_signal(how)
-        first.process.wait(timeout=WAIT_S)
+        try:
+            first.process.send_signal(how)
+            first.process.wait(timeout=WAIT_S)
+        finally:
+            if first.process.poll() is None:  # it ignored the signal: the test fails below
+                first.process.kill()
+                first.process.wait(timeout=WAIT_S)
         err = first.rest_of_stderr()
         rerun = flash_json(server.bus, image, *RERUN_ARGS.get(phase, []))
     late = f"the {how.name} did not land {phase}: the host was held for {HOLD_S:g} s"
