@@ -225,7 +225,7 @@ def _held(address: str, name: str | None, nus: bool = True) -> scanning.Sighting
     return scanning.Sighting(address, name, None, nus)
 
 
-def test_a_held_device_is_picked_only_by_its_address_or_name_and_with_nus() -> None:
+async def test_a_held_device_is_picked_only_by_its_address_or_name_and_with_nus() -> None:
     held = [
         _held("AA:AA:AA:AA:AA:01", "Headphones", nus=False),
         _held("AA:AA:AA:AA:AA:02", "SmartBall", nus=False),  # the name, not the service
@@ -238,7 +238,7 @@ def test_a_held_device_is_picked_only_by_its_address_or_name_and_with_nus() -> N
     assert scanning.pick_held([], lambda s: True, "name 'SmartBall'") is None
 
 
-def test_several_held_smartballs_of_the_name_are_not_guessed_between() -> None:
+async def test_several_held_smartballs_of_the_name_are_not_guessed_between() -> None:
     held = [_held("AA:AA:AA:AA:AA:03", "SmartBall"), _held("AA:AA:AA:AA:AA:04", "SmartBall")]
     with pytest.raises(DeviceNotFound, match=r"holds several connected .* give its address"):
         scanning.pick_held(held, lambda s: s.name == "SmartBall", "name 'SmartBall'")
