@@ -611,14 +611,20 @@ async def test_a_connect_whose_link_drops_as_it_is_made_raises_at_once() -> None
     await host.client.disconnect()
 
 
-def test_no_bumble_log_line_reaches_the_cli_stderr(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _cli_connect_drop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    """``smartball-ota flash --sim --sim-link bumble --faults drop@connect:1``: stdout, stderr."""
     image = tmp_path / "connect-drop.bin"
     image.write_bytes(CONNECT_DROP_IMAGE.data)
     argv = ["flash", str(image), "--sim", "--sim-link", "bumble", "--faults", CONNECT_DROP_PLANS[0]]
     assert cli_main(argv) == 0
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def test_no_bumble_log_line_reaches_the_cli_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, err = _cli_connect_drop(tmp_path, capsys)
     assert not [line for line in err.splitlines() if "bumble." in line], err
 
 
@@ -662,11 +668,7 @@ def test_the_connections_counted_agree_with_the_devices_log(
 def test_the_summary_says_what_each_connection_count_counts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    image = tmp_path / "connect-drop.bin"
-    image.write_bytes(CONNECT_DROP_IMAGE.data)
-    argv = ["flash", str(image), "--sim", "--sim-link", "bumble", "--faults", CONNECT_DROP_PLANS[0]]
-    assert cli_main(argv) == 0
-    out = capsys.readouterr().out
+    out, _ = _cli_connect_drop(tmp_path, capsys)
     assert "connections    2 (0 reconnects)" in out, out
     said = "failed connects 1 (connect attempts that failed or dropped as they were made; "
     assert said in out, out
