@@ -112,35 +112,42 @@ def system_bus_address() -> str:
     return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/var/run/dbus/system_bus_socket")
 
 
+async def _call_bluez(timeout: float, **message: Any) -> Any:
+    """One method call to ``org.bluez`` on the system D-Bus (``message``: dbus-fast
+    ``Message`` fields), from connecting to disconnecting within ``timeout``; the reply,
+    an error reply included. dbus-fast's and the OS's errors, and TimeoutError, propagate."""
+    from dbus_fast import BusType, Message
+    from dbus_fast.aio import MessageBus
+
+    async with asyncio.timeout(timeout):
+        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        try:
+            return await bus.call(Message(destination="org.bluez", **message))
+        finally:
+            bus.disconnect()
+
+
 async def remove_device(address: str, adapter: str = "hci0", timeout: float = 5.0) -> bool:
     """BlueZ's ``Adapter1.RemoveDevice``: forget the device and its cached GATT database
     (what ``bluetoothctl remove ADDRESS`` does). False when BlueZ did not know it. Raises
     :class:`BluezUnavailable` (one sentence) for anything else, an OS error included (no
     system D-Bus: ``FileNotFoundError``)."""
     try:
-        from dbus_fast import BusType, Message, MessageType
-        from dbus_fast.aio import MessageBus
+        from dbus_fast import MessageType
         from dbus_fast.errors import DBusError
     except ImportError as exc:  # pragma: no cover - non-Linux
         raise BluezUnavailable(f"clearing BlueZ's cache needs dbus-fast: {exc}") from None
 
     device_path = f"/org/bluez/{adapter}/dev_{address.upper().replace(':', '_')}"
     try:
-        async with asyncio.timeout(timeout):
-            bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-            try:
-                reply = await bus.call(
-                    Message(
-                        destination="org.bluez",
-                        path=f"/org/bluez/{adapter}",
-                        interface="org.bluez.Adapter1",
-                        member="RemoveDevice",
-                        signature="o",
-                        body=[device_path],
-                    )
-                )
-            finally:
-                bus.disconnect()
+        reply = await _call_bluez(
+            timeout,
+            path=f"/org/bluez/{adapter}",
+            interface="org.bluez.Adapter1",
+            member="RemoveDevice",
+            signature="o",
+            body=[device_path],
+        )
     except TimeoutError:
         raise BluezUnavailable(
             f"BlueZ did not answer RemoveDevice for {address} within {timeout:g} s"
@@ -167,25 +174,17 @@ async def connected_devices(adapter: str = "hci0", timeout: float = 3.0) -> list
     in bluetoothd (bluez#89) until someone disconnects it. Empty when BlueZ cannot be asked
     (nothing to add to a scan that found nothing)."""
     try:
-        from dbus_fast import BusType, Message, MessageType
-        from dbus_fast.aio import MessageBus
+        from dbus_fast import MessageType
         from dbus_fast.errors import DBusError
     except ImportError:  # pragma: no cover - non-Linux
         return []
     try:
-        async with asyncio.timeout(timeout):
-            bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-            try:
-                reply = await bus.call(
-                    Message(
-                        destination="org.bluez",
-                        path="/",
-                        interface="org.freedesktop.DBus.ObjectManager",
-                        member="GetManagedObjects",
-                    )
-                )
-            finally:
-                bus.disconnect()
+        reply = await _call_bluez(
+            timeout,
+            path="/",
+            interface="org.freedesktop.DBus.ObjectManager",
+            member="GetManagedObjects",
+        )
     except (TimeoutError, OSError, ValueError, EOFError, DBusError) as exc:
         log.debug("cannot list BlueZ's connected devices: %s", exc)
         return []

@@ -611,14 +611,20 @@ async def test_a_connect_whose_link_drops_as_it_is_made_raises_at_once() -> None
     await host.client.disconnect()
 
 
-def test_no_bumble_log_line_reaches_the_cli_stderr(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _cli_connect_drop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    """``smartball-ota flash --sim --sim-link bumble --faults drop@connect:1``: stdout, stderr."""
     image = tmp_path / "connect-drop.bin"
     image.write_bytes(CONNECT_DROP_IMAGE.data)
     argv = ["flash", str(image), "--sim", "--sim-link", "bumble", "--faults", CONNECT_DROP_PLANS[0]]
     assert cli_main(argv) == 0
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def test_no_bumble_log_line_reaches_the_cli_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, err = _cli_connect_drop(tmp_path, capsys)
     assert not [line for line in err.splitlines() if "bumble." in line], err
 
 
@@ -635,3 +641,34 @@ def test_bumble_loggers_reach_stderr_only_with_vvv(
     err = capsys.readouterr().err
     assert ("connection 0x0001 not found" in err) is shown
     assert "ours" in err
+
+
+@pytest.mark.parametrize("plan", CONNECT_DROP_PLANS)
+def test_the_connections_counted_agree_with_the_devices_log(
+    plan: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The device numbers every link it makes, one dropped as it was made included (docs/
+    faults.md); the host counts the connections the update used (``connects``) and, apart,
+    the connect attempts that failed and bleak-retry-connector made again. Together they are
+    the device's links (these plans make no link without NUS)."""
+    with caplog.at_level(logging.INFO, logger="sim.device"):  # the device's log
+        result, _ = _bumble_update(plan)
+    assert result.success, result.error
+    links = [r for r in caplog.records if re.search(r"connected \(link #\d+\)", r.message)]
+    assert result.failed_connect_attempts >= 1, result
+    assert result.connects + result.failed_connect_attempts == len(links), (
+        result.connects,
+        result.failed_connect_attempts,
+        [r.message for r in links],
+    )
+    failed = [e for e in result.events if e.kind == "connect-attempt-failed"]
+    assert len(failed) == result.failed_connect_attempts, result.events
+
+
+def test_the_summary_says_what_each_connection_count_counts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = _cli_connect_drop(tmp_path, capsys)
+    assert "connections    2 (0 reconnects)" in out, out
+    said = "failed connects 1 (connect attempts that failed or dropped as they were made; "
+    assert said in out, out

@@ -25,7 +25,9 @@ from pytest_smartball.link import (
     NusLink,
     ResponseTimeout,
     find_device,
+    scanning,
 )
+from pytest_smartball.link.errors import DeviceNotFound
 from pytest_smartball.targets import Target
 from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.bleak_backend import SimClient
@@ -214,3 +216,31 @@ async def test_a_fixed_settle_only_for_the_bluez_versions_preflight_warns_about(
     assert await make_sim_target().backend.needs_fixed_settle() is False
     warned = bool([w for w in bluez.version_warnings(version) if "ServicesResolved" in w])
     assert fixed == warned or version is None
+
+
+# --- a SmartBall BlueZ holds connected (a host killed mid-update) ---------------------------
+
+
+def _held(address: str, name: str | None, nus: bool = True) -> scanning.Sighting:
+    return scanning.Sighting(address, name, None, nus)
+
+
+async def test_a_held_device_is_picked_only_by_its_address_or_name_and_with_nus() -> None:
+    held = [
+        _held("AA:AA:AA:AA:AA:01", "Headphones", nus=False),
+        _held("AA:AA:AA:AA:AA:02", "SmartBall", nus=False),  # the name, not the service
+        _held("AA:AA:AA:AA:AA:03", "SmartBall"),
+    ]
+    by_name = scanning.pick_held(held, lambda s: s.name == "SmartBall", "name 'SmartBall'")
+    assert by_name is not None and by_name.address == "AA:AA:AA:AA:AA:03"
+    other = scanning.pick_held(held, lambda s: s.name == "Other", "name 'Other'")
+    assert other is None  # a real "not found" stays one
+    assert scanning.pick_held([], lambda s: True, "name 'SmartBall'") is None
+
+
+async def test_several_held_smartballs_of_the_name_are_not_guessed_between() -> None:
+    held = [_held("AA:AA:AA:AA:AA:03", "SmartBall"), _held("AA:AA:AA:AA:AA:04", "SmartBall")]
+    with pytest.raises(DeviceNotFound, match=r"holds several connected .* give its address"):
+        scanning.pick_held(held, lambda s: s.name == "SmartBall", "name 'SmartBall'")
+    one = scanning.pick_held(held, lambda s: s.address == "AA:AA:AA:AA:AA:04", "address")
+    assert one is not None and one.address == "AA:AA:AA:AA:AA:04"

@@ -198,6 +198,11 @@ def print_summary(
         f"  connections    {result.connects} ({result.reconnects} after a lost link), "
         f"{result.resumes} resumes, {result.restarts} restarts"
     )
+    if result.failed_connect_attempts:
+        print(
+            f"  failed connects {result.failed_connect_attempts} (connect attempts that "
+            "failed or dropped as they were made; not counted above)"
+        )
     if result.rewinds:
         print(f"  rewinds        {result.rewinds} (the device's STATUS moved the sending back)")
     clock = " (simulated time)" if ctx.virtual else ""

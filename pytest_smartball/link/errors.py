@@ -38,6 +38,9 @@ class LinkEvent(enum.StrEnum):
     CONNECTED = "connected"
     LINK_LOST = "link-lost"
     SERVICES_MISSING = "services-missing"
+    #: One connect attempt failed (refused, timed out, or dropped as it was made); the
+    #: connect goes on with bleak-retry-connector's next attempt, or fails.
+    CONNECT_ATTEMPT_FAILED = "connect-attempt-failed"
 
 
 def _link_errors() -> tuple[type[BaseException], ...]:

@@ -22,6 +22,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
@@ -184,9 +185,23 @@ class NusLink:
                 return _find_nus(client)
 
     async def _establish(self) -> BleakClient:
+        link = self
+
+        class CountedClient(BleakClientWithServiceCache):
+            """Says each connect attempt that fails (bleak-retry-connector makes the next one
+            itself): a link the device made and lost at once is one of its links too."""
+
+            async def connect(self, *args: Any, **kwargs: Any) -> None:
+                try:
+                    await super().connect(*args, **kwargs)
+                except BaseException as exc:
+                    why = str(exc) or type(exc).__name__
+                    link._on_event(LinkEvent.CONNECT_ATTEMPT_FAILED, why)
+                    raise
+
         try:
             return await establish_connection(
-                BleakClientWithServiceCache,
+                CountedClient,
                 self.device,
                 self.device.name or self.device.address,
                 disconnected_callback=self._on_disconnected,

@@ -109,15 +109,38 @@ async def find_device(
     if backend.is_real and sys.platform.startswith("linux"):
         # Not advertising because BlueZ still holds it connected (a host process killed
         # mid-update leaves its link up): reach it through that connection.
-        for device in await connected_devices(backend.adapter):
-            held = Sighting(device.address, device.name, None, _has_nus(device), device)
-            if wanted(held) and held.nus:
-                log.info("%s: not advertising, but BlueZ holds it connected; using that", held)
-                return held
+        held = [
+            Sighting(device.address, device.name, None, _has_nus(device), device)
+            for device in await connected_devices(backend.adapter)
+        ]
+        found = pick_held(held, wanted, what)
+        if found is not None:
+            log.warning(
+                "%s: not advertising, but BlueZ holds it connected (a host killed mid-update "
+                "leaves its link up); using that connection",
+                found,
+            )
+            return found
     raise DeviceNotFound(
         f"no SmartBall with {what} advertised within {timeout:g} s; check that it is "
         "powered, in range and not connected to another host"
     )
+
+
+def pick_held(
+    held: list[Sighting], wanted: Callable[[Sighting], bool], what: str
+) -> Sighting | None:
+    """The SmartBall asked for among the devices BlueZ holds connected, or None. Only a
+    device with that address (or name) and the Nordic UART Service; when several connected
+    devices share the name, none is guessed (one may be another program's update)."""
+    matches = [s for s in held if s.nus and wanted(s)]
+    if len(matches) > 1:
+        listed = ", ".join(str(s) for s in matches)
+        raise DeviceNotFound(
+            f"no SmartBall with {what} advertised, and BlueZ holds several connected "
+            f"({listed}); give its address to pick one"
+        )
+    return matches[0] if matches else None
 
 
 def _has_nus(device: BLEDevice) -> bool:

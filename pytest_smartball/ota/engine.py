@@ -457,6 +457,8 @@ class OtaEngine:
         event = EventKind(kind.value)
         if event is EventKind.LINK_LOST and self.state is State.REBOOTING:
             event = EventKind.DEVICE_RESET  # the drop DONE announced, not a failure
+        if event is EventKind.CONNECT_ATTEMPT_FAILED:
+            self.result.failed_connect_attempts += 1
         self._event(event, detail)
 
     def _require_link(self) -> NusLink:

@@ -90,6 +90,10 @@ class OtaResult:
     #: Connections made again after a link failure (the planned one after the device
     #: resets into the new image is not counted).
     reconnects: int = 0
+    #: Connect attempts that failed inside a connect (refused, timed out, or the link
+    #: dropped as it was made), whether bleak-retry-connector then tried again or gave up;
+    #: not in ``connects``. A link the device made and lost is one of the device's links.
+    failed_connect_attempts: int = 0
     resumes: int = 0
     restarts: int = 0
     #: Times the device's STATUS moved the send position back (a refusal or a lost write).

@@ -160,6 +160,7 @@ class EventKind(enum.StrEnum):
     CONNECTED = "connected"
     LINK_LOST = "link-lost"
     SERVICES_MISSING = "services-missing"
+    CONNECT_ATTEMPT_FAILED = "connect-attempt-failed"
     # the engine's
     LINK_FAILURE = "link-failure"
     STATUS = "status"

@@ -115,6 +115,11 @@ class DbusDaemonMissing(RuntimeError):
     """No ``dbus-daemon`` on this machine; the message says how to install it."""
 
 
+#: The real-time device's reset-to-advertising and connect times (short: see below).
+EMULATED_BOOT_S = 0.3
+EMULATED_CONNECT_S = 0.02
+
+
 def emulated_smartball(
     name: str = p.DEFAULT_NAME,
     address: str = DEFAULT_ADDRESS,
@@ -127,7 +132,7 @@ def emulated_smartball(
     ``--device=sim``, with short timings (5 ms per erased page, 0.3 s boot, 20 ms connect)
     so a real-time HIL suite stays short."""
     options.setdefault("flash", FlashTimings(erase_page_s=0.005))
-    options.setdefault("radio", RadioTimings(boot_s=0.3, connect_s=0.02))
+    options.setdefault("radio", RadioTimings(boot_s=EMULATED_BOOT_S, connect_s=EMULATED_CONNECT_S))
     return SimDevice(name, address, faults=faults, seed=seed, **options)
 
 

@@ -36,11 +36,17 @@ from pathlib import Path
 from types import FrameType
 
 from pytest_smartball import protocol as p
-from smartball_sim.device import DEFAULT_ADDRESS
+from smartball_sim.device import DEFAULT_ADDRESS, RadioTimings
 from smartball_sim.faults import FaultPlan, FaultSpecError
 from smartball_sim.firmware import FlashTimings
 
-from .launcher import DbusDaemonMissing, EmulatedBluez, emulated_smartball
+from .launcher import (
+    EMULATED_BOOT_S,
+    EMULATED_CONNECT_S,
+    DbusDaemonMissing,
+    EmulatedBluez,
+    emulated_smartball,
+)
 
 log = logging.getLogger("smartball_sim.bluez.serve")
 
@@ -71,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="S",
         help="the whole staging erase takes S seconds (default: 5 ms per page)",
+    )
+    parser.add_argument(
+        "--boot-time",
+        type=float,
+        default=None,
+        metavar="S",
+        help="a reset keeps the device silent (not advertising) for S seconds (default: "
+        f"{EMULATED_BOOT_S:g})",
     )
     parser.add_argument(
         "--address-file",
@@ -120,6 +134,8 @@ def serve(argv: list[str]) -> int:
     options: dict[str, object] = {}
     if args.erase_time:
         options["flash"] = FlashTimings(erase_total_s=args.erase_time)
+    if args.boot_time is not None:
+        options["radio"] = RadioTimings(boot_s=args.boot_time, connect_s=EMULATED_CONNECT_S)
     try:
         faults = FaultPlan.parse(args.faults) if args.faults else None
     except FaultSpecError as exc:
