@@ -58,6 +58,7 @@ from .firmware_types import (
     to_us,
 )
 from .flash import PAGE_SIZE, Flash
+from .gate_probe import BugSwitches
 from .make_image import image_version
 
 log = logging.getLogger("sim.firmware")
@@ -127,7 +128,8 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         self.timings = timings or FlashTimings()
         #: Advertised in MSG_INFO; a START with the flag then erases page by page.
         self.progressive_erase = progressive_erase
-        self.bugs = frozenset(bugs)
+        #: Asking whether a bug is on records that its deviation ran (gate_probe).
+        self.bugs = BugSwitches(bugs)
         #: A progressive session's window covers at least this many bytes (None: the normal
         #: window); see :meth:`session_window`.
         self.progressive_window_bytes = progressive_window_bytes
@@ -259,7 +261,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         """None: a reset ends the session. Bug.SESSION_SURVIVES_RESET persists it, its
         offset counting the chunks of the receive buffer, which the reset loses."""
         s = self.session
-        if Bug.SESSION_SURVIVES_RESET not in self.bugs or self.state != p.OtaState.RECEIVING:
+        if self.state != p.OtaState.RECEIVING or Bug.SESSION_SURVIVES_RESET not in self.bugs:
             return None
         assert s is not None
         return replace(s, unwritten_chunks=0, accepted_since_ack=0, rejected=None)
@@ -277,7 +279,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
             record.image_size,
             record.image_crc32,
         )
-        if Bug.INFO_STALE_AFTER_SWITCH in self.bugs and self._stale_info is None:
+        if self._stale_info is None and Bug.INFO_STALE_AFTER_SWITCH in self.bugs:
             self._stale_info = self.active  # the settings record keeps the factory image
         self.active = StoredImage(staged, image_version(staged))
         return self.timings.activation_s(record.image_size)
@@ -290,7 +292,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
             return
         if Bug.SESSION_LOST_ON_DROP in self.bugs:
             self._end_session(p.OtaState.IDLE)
-        elif Bug.OFFSET_AHEAD_AFTER_DROP in self.bugs and self.state == p.OtaState.RECEIVING:
+        elif self.state == p.OtaState.RECEIVING and Bug.OFFSET_AHEAD_AFTER_DROP in self.bugs:
             s.next_offset = min(s.image_size, s.next_offset + s.max_chunk)
 
     # --- the one guard: nothing from before a reset acts -------------------------------
@@ -367,7 +369,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
             return None
 
     def _stalled(self) -> bool:
-        if Bug.ERASE_BLOCKS_COMMANDS in self.bugs and self.state == p.OtaState.ERASING:
+        if self.state == p.OtaState.ERASING and Bug.ERASE_BLOCKS_COMMANDS in self.bugs:
             return True  # until the erase's last page is done
         return self._stalled_until_us > 0 and self._now_us() < self._stalled_until_us
 
@@ -479,7 +481,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         self._erase_next_page(s, 0)
 
     def _pages_to_erase(self, image_size: int) -> int:
-        if Bug.LAST_PAGE_NOT_ERASED in self.bugs:
+        if image_size % PAGE_SIZE and Bug.LAST_PAGE_NOT_ERASED in self.bugs:
             return max(1, image_size // PAGE_SIZE)  # rounds the partial last page away
         return math.ceil(image_size / PAGE_SIZE)
 
