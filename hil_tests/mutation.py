@@ -39,6 +39,7 @@ import hashlib
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -387,17 +388,45 @@ def run_mutant(
     return run
 
 
+def enclosing_function(mutant: Mutant, root: Path = ROOT) -> str:
+    """The innermost function a mutant is in and its line there, ``Class.method+7`` (the
+    line within the function tells two identical lines of one function apart, and moves
+    only when the function itself is edited), or the line number at module level."""
+    tree = ast.parse((root / mutant.module).read_text(encoding="utf-8"))
+    best, best_size = f"+{mutant.line}", 10**9
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        nonlocal best, best_size
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+            elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                end = child.end_lineno or child.lineno
+                size = end - child.lineno
+                if child.lineno <= mutant.line <= end and size < best_size:
+                    best = f"{prefix}{child.name}+{mutant.line - child.lineno}"
+                    best_size = size
+                visit(child, f"{prefix}{child.name}.")
+
+    visit(tree, "")
+    return best
+
+
 def equivalence_key(mutant: Mutant, diff: str) -> str:
-    return json.dumps([mutant.module, mutant.operator, *changed_lines(diff)])
+    """Where (module, function) and what (operator, changed lines) a mutant changes: not
+    its line or occurrence number, which move when the module is edited elsewhere."""
+    where = [mutant.module, enclosing_function(mutant), mutant.operator]
+    return json.dumps([*where, *changed_lines(diff)])
 
 
 def load_equivalents(path: Path = EQUIVALENTS) -> dict[str, str]:
     """A mutant's key (module, operator, what it changes) -> the argument that it is
     equivalent to the reference. The file is keyed by mutant id for the reader; an entry
-    holds ``module``, ``operator``, ``changes`` (changed_lines) and ``argument``."""
+    holds ``module``, ``function``, ``operator``, ``changes`` (changed_lines) and
+    ``argument``."""
     data: dict[str, dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
     return {
-        json.dumps([e["module"], e["operator"], *e["changes"]]): e["argument"]
+        json.dumps([e["module"], e["function"], e["operator"], *e["changes"]]): e["argument"]
         for e in data.values()
     }
 
@@ -469,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
             pool.map(lambda m: run_mutant(m, out, args.timeout, extra, equivalents), chosen)
         )
     elapsed = time.monotonic() - started
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = children.ru_utime + children.ru_stime  # wall time depends on what else runs
     counts, judged, rate = rates(runs)
     for run in runs:
         if run.verdict in ("survived", "equivalent", "hung", "crashed"):
@@ -483,8 +514,9 @@ def main(argv: list[str] | None = None) -> int:
         f"\nmutation: {counts['caught']} of {judged} mutants caught ({rate:.0%}, 95 % interval "
         f"±{spread:.0%}); {counts['survived']} survived, {counts['crashed']} only crashed the "
         f"simulator, {counts['hung']} hung; {counts['equivalent']} equivalent (argued in "
-        f"{EQUIVALENTS.name}); {elapsed:.0f} s wall"
+        f"{EQUIVALENTS.name}); {elapsed:.0f} s wall, {cpu:.0f} s CPU"
     )
+    print(f"mutation: floor: a kill rate of {args.floor:.0%}")
     (out / "mutation.json").write_text(
         json.dumps(
             {
@@ -495,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                 "counts": dict(counts),
                 "kill_rate": round(rate, 4),
                 "seconds": round(elapsed, 1),
+                "cpu_seconds": round(cpu, 1),
                 "mutants": [asdict(r) for r in runs],
             },
             indent=1,
