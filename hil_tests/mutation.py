@@ -41,9 +41,11 @@ import math
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -337,13 +339,11 @@ def run_suite(tree: Path, tmp: Path, timeout_s: float, extra: list[str]) -> tupl
         "PYTHONPATH": os.pathsep.join([str(tree), str(tree / "sim")]),
         "HYPOTHESIS_PROFILE": "kill",
     }
-    try:
-        done = subprocess.run(
-            command, cwd=tree, capture_output=True, text=True, env=env, timeout=timeout_s
-        )
-    except subprocess.TimeoutExpired:
+    done = _run(command, tree, env, timeout_s)
+    if done is None:
         return "hung", f"the run outlasted {timeout_s:.0f} s"
-    tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
+    returncode, output = done
+    tail = output.strip().splitlines()[-5:]
     if not observations.exists():
         return "crashed", "no test ran: " + " / ".join(tail)
     seen: dict[str, dict[str, Any]] = json.loads(observations.read_text(encoding="utf-8"))
@@ -354,9 +354,61 @@ def run_suite(tree: Path, tmp: Path, timeout_s: float, extra: list[str]) -> tupl
     for verdict in ("caught", "crashed", "hung", "error"):
         if verdict in by_verdict:
             return ("crashed" if verdict == "error" else verdict), by_verdict[verdict][0][:300]
-    if done.returncode not in (0, 5):
-        return "crashed", f"pytest exited {done.returncode}: " + " / ".join(tail)
+    if returncode not in (0, 5):
+        return "crashed", f"pytest exited {returncode}: " + " / ".join(tail)
     return "survived", ""
+
+
+#: The pytest runs under way: a SIGTERM or Ctrl-C to the harness ends them with it.
+_RUNNING: set[subprocess.Popen[str]] = set()
+_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+
+
+def _run(
+    command: list[str], cwd: Path, env: dict[str, str], timeout_s: float
+) -> tuple[int, str] | None:
+    """(exit status, output) of a command in a process group of its own, or None when it
+    outlasted ``timeout_s`` (then the whole group was killed)."""
+    with _LOCK:
+        if _STOPPING.is_set():
+            raise SystemExit(1)
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own group: pytest's children end with it
+        )
+        _RUNNING.add(process)
+    try:
+        output, _ = process.communicate(timeout=timeout_s)
+        return process.returncode, output
+    except subprocess.TimeoutExpired:
+        _kill(process)
+        process.communicate()
+        return None
+    finally:
+        with _LOCK:
+            _RUNNING.discard(process)
+
+
+def _kill(process: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # it ended by itself meanwhile
+
+
+def _end_runs(signum: int, frame: object) -> None:
+    """SIGTERM or SIGINT: no new run starts, the running ones end, the harness exits."""
+    _STOPPING.set()
+    with _LOCK:
+        for process in list(_RUNNING):
+            _kill(process)
+    raise SystemExit(128 + signum)
 
 
 def where_it_imports(tree: Path) -> str:
@@ -371,6 +423,8 @@ def where_it_imports(tree: Path) -> str:
 def run_mutant(
     mutant: Mutant, out: Path, timeout_s: float, extra: list[str], equivalents: dict[str, str]
 ) -> MutantRun:
+    if _STOPPING.is_set():
+        raise SystemExit(1)  # the harness is ending: no new copies
     started = time.monotonic()
     original, mutated = mutated_source(mutant)
     workdir = out / mutant.id.replace(":", "-").replace("#", "-")
@@ -452,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="copies and results go here")
     parser.add_argument("--list", action="store_true", help="print the population and stop")
     args, extra = parser.parse_known_args(argv)
+    signal.signal(signal.SIGTERM, _end_runs)
+    signal.signal(signal.SIGINT, _end_runs)
     generated = generate()
     kept, excluded = population(generated)
     rules = ", ".join(f"{n} {rule}" for rule, n in sorted(excluded.items()))
