@@ -532,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         chosen = draw(kept, args.sample, args.seed)
         how = f"a uniform sample of {len(chosen)}, seed {args.seed}"
     print(f"mutation: running {how}, {args.jobs} at a time, {args.timeout:.0f} s each at most")
-    out = args.out or Path(tempfile.mkdtemp(prefix="mutation-"))
+    # Absolute: each run works in its own copy of the tree, and writes its results here.
+    out = (args.out or Path(tempfile.mkdtemp(prefix="mutation-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
