@@ -21,9 +21,10 @@ object: for every test, its outcome and verdict:
 * ``passed`` / ``skipped``.
 
 And whether the test also runs on real hardware: no ``sim_only`` or ``faults`` marker, no
-``sim_device`` fixture, and no fault plan armed on a simulated device while it ran (a
-simulator-only fault: such a test skips or does something else on a board). A bug that
-only such tests catch is caught on a bench too. And ``fired``: whether a catalogued bug's
+``sim_device`` fixture, no fault plan armed on a simulated device while it ran (a
+simulator-only fault) and no setting changed on a running simulated board (progressive
+erase switched on): such a test skips or does something else on a board. A bug that only
+such tests catch is caught on a bench too. And ``fired``: whether a catalogued bug's
 deviation ran during the test (``smartball_sim.gate_probe``), so that a test the bug
 reached without failing it is told from one it never reached.
 """
@@ -171,8 +172,9 @@ class Observer:
             seen = gate_probe.take()
             entry["fired"] = bool(seen.fired)
             entry["sim_faults"] = seen.faults
-            if seen.faults and entry.get("hardware") != "no":
-                entry["hardware"] = "no"  # a simulator-only fault: not so on a board
+            entry["sim_reconfigured"] = seen.reconfigured
+            if (seen.faults or seen.reconfigured) and entry.get("hardware") != "no":
+                entry["hardware"] = "no"  # a simulator-only set-up: not so on a board
             self._write()  # as the run goes: a run cut short still tells what it saw
         return report
 

@@ -115,6 +115,11 @@ def test_fails_after_arming_a_simulator_only_fault():
     assert False, "caught"
 
 
+def test_fails_after_switching_progressive_erase_on_the_board():
+    SimDevice().firmware.progressive_erase = True  # as the start_progressive cells do
+    assert False, "caught"
+
+
 def test_fails_on_its_own():
     SimDevice()
     assert False, "caught"
@@ -152,6 +157,12 @@ def test_a_test_that_arms_a_simulator_only_fault_is_not_on_hardware(
         "no",
         ["no-reset"],
     )
+    switched = seen["test_fails_after_switching_progressive_erase_on_the_board"]
+    assert (switched["verdict"], switched["hardware"], switched["sim_reconfigured"]) == (
+        "caught",
+        "no",
+        ["progressive_erase=True"],
+    )
     plain = seen["test_fails_on_its_own"]
     assert (plain["verdict"], plain["hardware"], plain["sim_faults"]) == ("caught", "yes", [])
 
@@ -163,12 +174,13 @@ def test_catching_and_fired_without_catching_are_counted_apart(pytester: pytest.
     run = kill_table.BugRun("last-page-not-erased", tests=seen)
     assert run.killers == [
         "test_fails_after_arming_a_simulator_only_fault",
+        "test_fails_after_switching_progressive_erase_on_the_board",
         "test_fails_on_its_own",
     ]
     assert run.fired_not_caught == ["test_the_bug_runs_and_the_test_passes"]
     row = kill_table.table_lines({run.bug: run.as_record()})[2]
-    # caught by 2, 1 of them on hardware, 1 fired without catching, none crashed
-    assert row.startswith("| `last-page-not-erased` | 2 | 1 | 1 | 0 |"), row
+    # caught by 3, 1 of them on hardware, 1 fired without catching, none crashed
+    assert row.startswith("| `last-page-not-erased` | 3 | 1 | 1 | 0 |"), row
 
 
 def test_the_first_catch_can_end_a_run(pytester: pytest.Pytester) -> None:

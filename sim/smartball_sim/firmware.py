@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 
 from pytest_smartball import protocol as p
 
+from . import gate_probe
 from .firmware_activation import TX_COMPLETE_WAIT_S as TX_COMPLETE_WAIT_S
 from .firmware_activation import ActivationMixin
 from .firmware_bugs import SMALL_RX_BUFFER_CHUNKS
@@ -126,8 +127,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         self.staging_capacity = staging_capacity
         self.window = window
         self.timings = timings or FlashTimings()
-        #: Advertised in MSG_INFO; a START with the flag then erases page by page.
-        self.progressive_erase = progressive_erase
+        self._progressive_erase = progressive_erase
         #: Asking whether a bug is on records that its deviation ran (gate_probe).
         self.bugs = BugSwitches(bugs)
         #: A progressive session's window covers at least this many bytes (None: the normal
@@ -178,6 +178,18 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         if not progressive or self.progressive_window_bytes is None:
             return self.window
         return max(self.window, math.ceil(self.progressive_window_bytes / max_chunk))
+
+    @property
+    def progressive_erase(self) -> bool:
+        """Advertised in MSG_INFO; a START with the flag then erases page by page."""
+        return self._progressive_erase
+
+    @progressive_erase.setter
+    def progressive_erase(self, on: bool) -> None:
+        # A test that switches it on a running simulated board does what no real board
+        # allows: the kill table counts that test as simulator-only (gate_probe).
+        gate_probe.sim_reconfigured(f"progressive_erase={on}")
+        self._progressive_erase = on
 
     def rx_buffer_chunks(self, s: OtaSession) -> int:
         if Bug.WINDOW_EXCEEDS_BUFFER in self.bugs:

@@ -1,6 +1,7 @@
 """What a kill-table run (``hil_tests/kill_observer.py``) asks the simulator after each
 test: which catalogued firmware bugs had their deviation run, and which simulator-only
-faults were armed (a test that arms one cannot run the same way on a board).
+faults were armed or settings changed on a running simulated board (a test that does
+either cannot run the same way on a board: it skips there, or does something else).
 
 Process-wide on purpose: the fuzz tests build simulated devices of their own, and a test
 may use several; the observer takes (and clears) the record after every test. Nothing
@@ -21,6 +22,8 @@ class GateRecord:
     fired: set[str] = field(default_factory=set)
     #: Fault plans armed on a simulated device, in their text form.
     faults: list[str] = field(default_factory=list)
+    #: Settings changed on a running simulated device (no board can be so changed).
+    reconfigured: list[str] = field(default_factory=list)
 
 
 _RECORD = GateRecord()
@@ -32,6 +35,10 @@ def bug_fired(bug: FirmwareBug) -> None:
 
 def fault_armed(plan: str) -> None:
     _RECORD.faults.append(plan)
+
+
+def sim_reconfigured(setting: str) -> None:
+    _RECORD.reconfigured.append(setting)
 
 
 def take() -> GateRecord:
