@@ -5,8 +5,13 @@ Loaded with ``-p hil_tests.kill_observer --kill-observations PATH``; writes one 
 object: for every test, its outcome and verdict:
 
 * ``caught``: the test's call failed, and not because of the two things below;
-* ``crashed``: an exception was raised inside the simulator (``smartball_sim``), or the
-  event loop logged one from it: the simulated device broke, it did not misbehave;
+* ``crashed``: an exception went through the simulator's code (a frame of a
+  ``smartball_sim`` module anywhere in its traceback, also when the innermost frame is
+  code the simulator called, such as the client's codec), or the event loop logged one
+  that did: the simulated device broke, it did not misbehave. Frames are told by their
+  module's import name, not by a file path, so the rule holds however the package is
+  installed. The simulated stack's own errors (``BleakError``: a lost link, a refused
+  connect) are its deliberate answers, not crashes;
 * ``hung``: the test ran longer than ``--kill-test-timeout`` seconds (30 by default: the
   suite's slowest test takes a few, so only a loop without a bound gets there).
   pytest-timeout then ends the whole process (its thread method: an exception raised
@@ -15,8 +20,13 @@ object: for every test, its outcome and verdict:
 * ``error``: the set-up or tear-down failed (the harness, not the test's verdict);
 * ``passed`` / ``skipped``.
 
-And whether the test also runs on real hardware (no ``sim_only`` or ``faults`` marker, no
-``sim_device`` fixture): a bug that only such tests catch is caught on a bench too.
+And whether the test also runs on real hardware: no ``sim_only`` or ``faults`` marker, no
+``sim_device`` fixture, no fault plan armed on a simulated device while it ran (a
+simulator-only fault) and no setting changed on a running simulated board (progressive
+erase switched on): such a test skips or does something else on a board. A bug that only
+such tests catch is caught on a bench too. And ``fired``: whether a catalogued bug's
+deviation ran during the test (``smartball_sim.gate_probe``), so that a test the bug
+reached without failing it is told from one it never reached.
 """
 
 from __future__ import annotations
@@ -25,12 +35,16 @@ import json
 import logging
 from collections.abc import Generator
 from pathlib import Path
-from types import TracebackType
+from types import FrameType
 from typing import Any
 
 import pytest
+from bleak.exc import BleakError
 
-SIMULATOR = str(Path(__file__).resolve().parent.parent / "sim" / "smartball_sim")
+from smartball_sim import gate_probe
+
+#: The simulator's import name: its frames are those of this package's modules.
+SIMULATOR = "smartball_sim"
 #: Fixtures and markers that tie a test to the simulator.
 SIM_ONLY_FIXTURES = frozenset({"sim_device"})
 SIM_ONLY_MARKERS = ("sim_only", "faults")
@@ -41,24 +55,41 @@ LAB_FIXTURES = frozenset({"power_cycle"})
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--kill-observations", default=None, metavar="PATH")
     parser.addoption("--kill-test-timeout", type=float, default=30.0, metavar="SECONDS")
+    parser.addoption(
+        "--kill-first-catch",
+        action="store_true",
+        help="stop the run at the first test that caught (mutation runs: one catch kills)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     path = config.getoption("--kill-observations")
     if path:
-        observer = Observer(Path(path), config.getoption("--kill-test-timeout"))
+        observer = Observer(
+            Path(path),
+            config.getoption("--kill-test-timeout"),
+            stop_at_catch=config.getoption("--kill-first-catch"),
+        )
         config.pluginmanager.register(observer, "kill-observer")
 
 
-def raised_in_simulator(tb: TracebackType | None) -> bool:
-    """Whether the innermost frame of a traceback is simulator code."""
-    last = None
+def is_simulator_frame(frame: FrameType) -> bool:
+    module = str(frame.f_globals.get("__name__", ""))
+    return module == SIMULATOR or module.startswith(SIMULATOR + ".")
+
+
+def raised_in_simulator(exc: BaseException) -> bool:
+    """Whether an exception went through simulator code: any frame of its traceback is a
+    simulator module's (the innermost may be code the simulator called). A BleakError is
+    the simulated stack answering as a real one would, not a crash."""
+    if isinstance(exc, BleakError):
+        return False
+    tb = exc.__traceback__
     while tb is not None:
-        last = tb
+        if is_simulator_frame(tb.tb_frame):
+            return True
         tb = tb.tb_next
-    return last is not None and str(Path(last.tb_frame.f_code.co_filename).resolve()).startswith(
-        SIMULATOR
-    )
+    return False
 
 
 def exceptions_of(exc: BaseException) -> list[BaseException]:
@@ -79,14 +110,15 @@ class _LoopErrors(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
-            if any(raised_in_simulator(e.__traceback__) for e in exceptions_of(exc)):
+            if any(raised_in_simulator(e) for e in exceptions_of(exc)):
                 self.simulator_crashes.append(f"{type(exc).__name__}: {exc}")
 
 
 class Observer:
-    def __init__(self, path: Path, test_timeout_s: float) -> None:
+    def __init__(self, path: Path, test_timeout_s: float, *, stop_at_catch: bool = False) -> None:
         self.path = path
         self.test_timeout_s = test_timeout_s
+        self.stop_at_catch = stop_at_catch
         self.tests: dict[str, dict[str, Any]] = {}
         self.loop_errors = _LoopErrors()
         logging.getLogger("asyncio").addHandler(self.loop_errors)
@@ -109,6 +141,7 @@ class Observer:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         self.tests[item.nodeid]["outcome"] = "running"  # what a hang leaves behind
+        gate_probe.take()  # what earlier tests left is theirs
         self._write()
 
     @pytest.hookimpl(wrapper=True)
@@ -128,12 +161,20 @@ class Observer:
         if report.when == "call":
             entry["outcome"] = report.outcome
             entry["verdict"], entry["why"] = self._verdict(item, call, report)
+            if entry["verdict"] == "caught" and self.stop_at_catch:
+                item.session.shouldstop = f"{item.nodeid} caught it (--kill-first-catch)"
         elif report.failed and entry.get("verdict") in (None, "not run", "passed"):
             entry["outcome"], entry["verdict"] = "error", "error"
             entry["why"] = f"{report.when} failed: {_first_line(report)}"
         elif report.skipped and report.when == "setup":
             entry["outcome"] = entry["verdict"] = "skipped"
         if report.when == "teardown":
+            seen = gate_probe.take()
+            entry["fired"] = bool(seen.fired)
+            entry["sim_faults"] = seen.faults
+            entry["sim_reconfigured"] = seen.reconfigured
+            if (seen.faults or seen.reconfigured) and entry.get("hardware") != "no":
+                entry["hardware"] = "no"  # a simulator-only set-up: not so on a board
             self._write()  # as the run goes: a run cut short still tells what it saw
         return report
 
@@ -153,7 +194,7 @@ class Observer:
             if excinfo.typename == "Failed" and text.startswith("Timeout"):
                 return "hung", text.splitlines()[0]
             for exc in exceptions_of(excinfo.value):
-                if raised_in_simulator(exc.__traceback__):
+                if raised_in_simulator(exc):
                     return "crashed", f"the simulator raised {type(exc).__name__}: {exc}"
         return "caught", _first_line(report)
 

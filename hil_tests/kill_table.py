@@ -38,6 +38,8 @@ FUZZ_EXAMPLES = 2
 #: pytest processes per bug at most: one, plus one more after each hung test.
 MAX_PROCESSES = 10
 DOC = ROOT / "docs" / "firmware-bugs.md"
+#: The run whose figures the doc shows (written with them by --write-doc).
+RECORDED = ROOT / "docs" / "kill-table.json"
 BEGIN, END = "<!-- BEGIN kill-table -->", "<!-- END kill-table -->"
 
 
@@ -56,13 +58,38 @@ class BugRun:
     def killers(self) -> list[str]:
         return self.with_verdict("caught")
 
+    def killers_on_hardware(self, control: BugRun | None = None) -> list[str]:
+        """The catching tests that run on a board as they ran here: neither this run nor
+        the control run marked them simulator-only (a marker, a fixture, or a simulator
+        fault armed while they ran)."""
+        sim_only = (
+            {t for t, v in control.tests.items() if v["hardware"] != "yes"} if control else set()
+        )
+        return [t for t in self.killers if self.tests[t]["hardware"] == "yes" and t not in sim_only]
+
     @property
-    def killers_on_hardware(self) -> list[str]:
-        return [t for t in self.killers if self.tests[t]["hardware"] == "yes"]
+    def fired_not_caught(self) -> list[str]:
+        """Tests in which the bug's deviation ran and which passed all the same."""
+        return sorted(
+            t for t, v in self.tests.items() if v.get("fired") and v["verdict"] == "passed"
+        )
 
     @property
     def killed(self) -> bool:
         return bool(self.killers)
+
+    def as_record(self, control: BugRun | None = None) -> dict[str, Any]:
+        """What the table shows of this run, as JSON (kill-table.json, docs/kill-table.json)."""
+        return {
+            "killed": self.killed,
+            "caught_by": self.killers,
+            "caught_on_hardware_too": self.killers_on_hardware(control),
+            "fired_not_caught": self.fired_not_caught,
+            "crashed": self.with_verdict("crashed"),
+            "hung": self.with_verdict("hung"),
+            "error": self.with_verdict("error"),
+            "seconds": round(self.seconds, 1),
+        }
 
 
 def run_one(bug: str, out: Path, fuzz_examples: int, extra: list[str]) -> BugRun:
@@ -133,33 +160,55 @@ def one_per_module(nodeids: list[str]) -> list[str]:
     return list(seen.values())
 
 
-def table_lines(runs: list[BugRun], *, examples: int = 3) -> list[str]:
-    """The kill table as Markdown: one row per bug."""
-    lines = [
-        "| firmware bug | caught by (tests) | of them on hardware too | for example |",
-        "|---|---|---|---|",
-    ]
-    for run in runs:
-        killers = run.killers
+HEADER = [
+    "| firmware bug | caught by (tests) | of them on hardware too "
+    "| fired, not caught | crashed or hung | for example |",
+    "|---|---|---|---|---|---|",
+]
+
+
+def table_lines(bugs: dict[str, dict[str, Any]], *, examples: int = 3) -> list[str]:
+    """The kill table as Markdown, one row per bug of a run's record (``as_record``): how
+    many tests caught it, how many of them run on a board as they ran here, in how many
+    more its deviation ran and the test passed, and how many only crashed or hung."""
+    lines = list(HEADER)
+    for bug, row in bugs.items():
+        killers: list[str] = row["caught_by"]
+        hardware: list[str] = row["caught_on_hardware_too"]
+        fired = len(row["fired_not_caught"])
+        broken = len(row["crashed"]) + len(row["hung"])
         if not killers:
-            crashed = run.with_verdict("crashed") + run.with_verdict("hung")
-            why = f"{len(crashed)} crashed or hung" if crashed else "nothing failed"
-            lines.append(f"| `{run.bug}` | **SURVIVED** ({why}) | 0 | |")
+            why = "the simulator crashed or hung" if broken else "nothing failed"
+            lines.append(f"| `{bug}` | **SURVIVED** ({why}) | 0 | {fired} | {broken} | |")
             continue
-        hardware = run.killers_on_hardware
         shown = one_per_module(hardware or killers)[:examples]
         sample = ", ".join(f"`{short(t)}`" for t in shown)
         more = f" (+{len(killers) - len(shown)})" if len(killers) > len(shown) else ""
-        lines.append(f"| `{run.bug}` | {len(killers)} | {len(hardware)} | {sample}{more} |")
+        lines.append(
+            f"| `{bug}` | {len(killers)} | {len(hardware)} | {fired} | {broken} | {sample}{more} |"
+        )
     return lines
 
 
-def write_doc(lines: list[str], summary: str) -> None:
+def doc_block(record: dict[str, Any]) -> list[str]:
+    """What docs/firmware-bugs.md shows of a recorded run: its table and summary line."""
+    return [*table_lines(record["bugs"]), "", record["summary"]]
+
+
+def doc_table(text: str) -> list[str]:
+    """The lines between the kill-table markers of a document."""
+    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n").splitlines()
+
+
+def write_doc(record: dict[str, Any]) -> None:
+    """The run's table into the doc, and the run itself beside it (RECORDED): a test
+    (tests/test_kill_table.py) checks that the doc's figures are this run's."""
     text = DOC.read_text(encoding="utf-8")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    block = "\n".join([BEGIN, *lines, "", summary, END])
+    block = "\n".join([BEGIN, *doc_block(record), END])
     DOC.write_text(head + block + tail, encoding="utf-8")
+    RECORDED.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(f"  {t}: {control.tests[t]['why']}" for t in failed_control))
         print(control.output_tail)
         return 1
-    lines = table_lines(runs)
-    print("\n".join(lines))
+    record_bugs = {r.bug: r.as_record(control) for r in runs}
+    print("\n".join(table_lines(record_bugs)))
     survivors = [r.bug for r in runs if not r.killed]
     crashes = [
         f"{r.bug}: {short(t)}: {r.tests[t]['why']}" for r in runs for t in r.with_verdict("crashed")
@@ -203,33 +252,20 @@ def main(argv: list[str] | None = None) -> int:
         f"per run; {elapsed:.0f} s wall, {cpu:.0f} s CPU, {args.jobs} runs at once"
     )
     print(summary)
+    print("kill table: floor: every bug of the catalogue caught by at least one test")
     for line in crashes:
         print(f"kill table: not counted (the simulator crashed): {line}")
-    (out / "kill-table.json").write_text(
-        json.dumps(
-            {
-                "bugs": {
-                    r.bug: {
-                        "killed": r.killed,
-                        "caught_by": r.killers,
-                        "caught_on_hardware_too": r.killers_on_hardware,
-                        "crashed": r.with_verdict("crashed"),
-                        "hung": r.with_verdict("hung"),
-                        "seconds": round(r.seconds, 1),
-                    }
-                    for r in runs
-                },
-                "tests": len(control.tests),
-                "seconds": round(elapsed, 1),
-                "cpu_seconds": round(cpu, 1),
-            },
-            indent=1,
-        ),
-        encoding="utf-8",
-    )
+    record = {
+        "bugs": record_bugs,
+        "tests": len(control.tests),
+        "seconds": round(elapsed, 1),
+        "cpu_seconds": round(cpu, 1),
+        "summary": summary,
+    }
+    (out / "kill-table.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     print(f"kill table: details in {out / 'kill-table.json'}")
     if args.write_doc:
-        write_doc(lines, summary)
+        write_doc(record)
     if survivors:
         print(
             f"kill table: FAILED: {len(survivors)} firmware bug(s) survived the suite: "

@@ -165,20 +165,20 @@ def test_the_switch_changes_what_the_device_sends(bug: FirmwareBug) -> None:
 # --- what the kill table counts ---------------------------------------------------------------
 
 
-def _raise_in(path: str) -> BaseException:
-    code = compile("raise RuntimeError('boom')", path, "exec")
+def _raise_in(module: str) -> BaseException:
+    code = compile("raise RuntimeError('boom')", "<kill table>", "exec")
     try:
-        exec(code, {})
+        exec(code, {"__name__": module})
     except RuntimeError as exc:
         return exc
     raise AssertionError("unreachable")
 
 
 def test_an_exception_from_the_simulator_is_a_crash_not_a_catch() -> None:
-    inside = _raise_in(str(Path(kill_observer.SIMULATOR) / "firmware.py"))
-    outside = _raise_in(str(Path(__file__)))
-    assert kill_observer.raised_in_simulator(inside.__traceback__)
-    assert not kill_observer.raised_in_simulator(outside.__traceback__)
+    inside = _raise_in("smartball_sim.firmware")
+    outside = _raise_in(__name__)
+    assert kill_observer.raised_in_simulator(inside)
+    assert not kill_observer.raised_in_simulator(outside)
     group = BaseExceptionGroup("several", [ValueError("x"), inside])
     assert [type(e) for e in kill_observer.exceptions_of(group)] == [ValueError, RuntimeError]
 
@@ -193,11 +193,13 @@ def test_a_bug_that_only_crashes_or_hangs_survives() -> None:
             "sim-only-one", tests={"t.py::c": {**hw, "verdict": "caught", "hardware": "no"}}
         ),
     ]
-    lines = kill_table.table_lines(runs)
-    assert "| `caught-one` | 1 | 1 | `t::a` |" in lines
-    assert "| `crashing-one` | **SURVIVED** (1 crashed or hung) | 0 | |" in lines
-    assert "| `hanging-one` | **SURVIVED** (1 crashed or hung) | 0 | |" in lines
-    assert "| `sim-only-one` | 1 | 0 | `t::c` |" in lines
+    lines = kill_table.table_lines({r.bug: r.as_record() for r in runs})
+    assert "| `caught-one` | 1 | 1 | 0 | 0 | `t::a` |" in lines
+    assert (
+        "| `crashing-one` | **SURVIVED** (the simulator crashed or hung) | 0 | 0 | 1 | |" in lines
+    )
+    assert "| `hanging-one` | **SURVIVED** (the simulator crashed or hung) | 0 | 0 | 1 | |" in lines
+    assert "| `sim-only-one` | 1 | 0 | 0 | 0 | `t::c` |" in lines
     assert [r.killed for r in runs] == [True, False, False, True]
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from pytest_smartball import protocol as p
 
+from . import gate_probe
 from .airlog import Packet, Sender
 from .fault_injector import FaultInjector, FaultRecord
 from .faults import FaultPlan
@@ -169,6 +170,8 @@ class SimDevice:
         self.link_layer.check_faults(plan)
         self.fault_plan = plan
         self.injector.load(plan)
+        if plan:  # a fault plan is the simulator's alone: no board takes one
+            gate_probe.fault_armed(str(plan))
 
     def attach(self, link_layer: LinkLayer) -> None:
         """Carry this device's link over another link layer (before any connection)."""

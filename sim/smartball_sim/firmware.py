@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 from pytest_smartball import contract
 from pytest_smartball import protocol as p
 
+from . import gate_probe
 from .firmware_activation import TX_COMPLETE_WAIT_S as TX_COMPLETE_WAIT_S
 from .firmware_activation import ActivationMixin
 from .firmware_bugs import SMALL_FRAME_BUFFER, SMALL_RX_BUFFER_CHUNKS
@@ -59,6 +60,7 @@ from .firmware_types import (
     to_us,
 )
 from .flash import PAGE_SIZE, Flash
+from .gate_probe import BugSwitches
 from .make_image import image_version
 
 log = logging.getLogger("sim.firmware")
@@ -127,9 +129,9 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         self.staging_capacity = staging_capacity
         self.window = window
         self.timings = timings or FlashTimings()
-        #: Advertised in MSG_INFO; a START with the flag then erases page by page.
-        self.progressive_erase = progressive_erase
-        self.bugs = frozenset(bugs)
+        self._progressive_erase = progressive_erase
+        #: Asking whether a bug is on records that its deviation ran (gate_probe).
+        self.bugs = BugSwitches(bugs)
         #: A progressive session's window covers at least this many bytes (None: the normal
         #: window); see :meth:`session_window`.
         self.progressive_window_bytes = progressive_window_bytes
@@ -182,6 +184,18 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         if not progressive or self.progressive_window_bytes is None:
             return self.window
         return max(self.window, math.ceil(self.progressive_window_bytes / max_chunk))
+
+    @property
+    def progressive_erase(self) -> bool:
+        """Advertised in MSG_INFO; a START with the flag then erases page by page."""
+        return self._progressive_erase
+
+    @progressive_erase.setter
+    def progressive_erase(self, on: bool) -> None:
+        # A test that switches it on a running simulated board does what no real board
+        # allows: the kill table counts that test as simulator-only (gate_probe).
+        gate_probe.sim_reconfigured(f"progressive_erase={on}")
+        self._progressive_erase = on
 
     def rx_buffer_chunks(self, s: OtaSession) -> int:
         if Bug.WINDOW_EXCEEDS_BUFFER in self.bugs:
@@ -267,7 +281,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         """None: a reset ends the session. Bug.SESSION_SURVIVES_RESET persists it, its
         offset counting the chunks of the receive buffer, which the reset loses."""
         s = self.session
-        if Bug.SESSION_SURVIVES_RESET not in self.bugs or self.state != p.OtaState.RECEIVING:
+        if self.state != p.OtaState.RECEIVING or Bug.SESSION_SURVIVES_RESET not in self.bugs:
             return None
         assert s is not None
         return replace(s, unwritten_chunks=0, accepted_since_ack=0, rejected=None)
@@ -290,7 +304,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
             record.image_size,
             record.image_crc32,
         )
-        if Bug.INFO_STALE_AFTER_SWITCH in self.bugs and self._stale_info is None:
+        if self._stale_info is None and Bug.INFO_STALE_AFTER_SWITCH in self.bugs:
             self._stale_info = self.active  # the settings record keeps the factory image
         self.active = StoredImage(staged, image_version(staged))
         return self.timings.activation_s(record.image_size)
@@ -303,7 +317,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
             return
         if Bug.SESSION_LOST_ON_DROP in self.bugs:
             self._end_session(p.OtaState.IDLE)
-        elif Bug.OFFSET_AHEAD_AFTER_DROP in self.bugs and self.state == p.OtaState.RECEIVING:
+        elif self.state == p.OtaState.RECEIVING and Bug.OFFSET_AHEAD_AFTER_DROP in self.bugs:
             s.next_offset = min(s.image_size, s.next_offset + s.max_chunk)
 
     # --- the one guard: nothing from before a reset acts -------------------------------
@@ -403,7 +417,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
             return None
 
     def _stalled(self) -> bool:
-        if Bug.ERASE_BLOCKS_COMMANDS in self.bugs and self.state == p.OtaState.ERASING:
+        if self.state == p.OtaState.ERASING and Bug.ERASE_BLOCKS_COMMANDS in self.bugs:
             return True  # until the erase's last page is done
         return self._stalled_until_us > 0 and self._now_us() < self._stalled_until_us
 
@@ -520,7 +534,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         self._erase_next_page(s, 0)
 
     def _pages_to_erase(self, image_size: int) -> int:
-        if Bug.LAST_PAGE_NOT_ERASED in self.bugs:
+        if image_size % PAGE_SIZE and Bug.LAST_PAGE_NOT_ERASED in self.bugs:
             return max(1, image_size // PAGE_SIZE)  # rounds the partial last page away
         return math.ceil(image_size / PAGE_SIZE)
 

@@ -95,8 +95,8 @@ class DataMixin(FirmwareParts):
             self._reply(self.status())
 
     def _ack(self, s: OtaSession, written_offset: int) -> None:
-        lost_to_finish = Bug.FINAL_ACK_LOST_TO_FINISH in self.bugs and (
-            self.state == p.OtaState.VERIFYING
+        lost_to_finish = (
+            self.state == p.OtaState.VERIFYING and Bug.FINAL_ACK_LOST_TO_FINISH in self.bugs
         )
         if s is self.session and not lost_to_finish:
             self._reply(p.MsgOtaAck(written_offset))

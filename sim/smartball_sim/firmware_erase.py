@@ -33,9 +33,12 @@ class ErasingMixin(FirmwareParts):
             self._queue_job(job)
 
     def _page_erased_in_erasing(self, s: OtaSession, page: int) -> None:
-        early_ready = Bug.READY_BEFORE_ERASE_DONE in self.bugs
-        if self.state != p.OtaState.ERASING and not (early_ready and s is self.session):
-            return
+        # A bug's switch is asked only where its deviation applies (the kill table counts
+        # the tests in which a bug's deviation ran: smartball_sim.gate_probe).
+        if self.state != p.OtaState.ERASING and (
+            s is not self.session or Bug.READY_BEFORE_ERASE_DONE not in self.bugs
+        ):
+            return  # erased after READY: only a firmware that sent READY early erases on
         if Bug.NO_ERASE_PROGRESS not in self.bugs:
             progress = p.MsgOtaProgress(p.OtaPhase.ERASE, (page + 1) * PAGE_SIZE, s.total_erase)
             if Bug.PROGRESS_IN_IMAGE_BYTES in self.bugs:
@@ -45,7 +48,9 @@ class ErasingMixin(FirmwareParts):
         self._page_erased(s)
         if page + 1 < s.pages:
             self._erase_next_page(s, page + 1)
-        if self.state == p.OtaState.ERASING and (page + 1 == s.pages or early_ready):
+        if self.state == p.OtaState.ERASING and (
+            page + 1 == s.pages or Bug.READY_BEFORE_ERASE_DONE in self.bugs
+        ):
             self.state = p.OtaState.RECEIVING
             self._send_ready(s)
 
