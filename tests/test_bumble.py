@@ -669,6 +669,6 @@ def test_the_summary_says_what_each_connection_count_counts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, _ = _cli_connect_drop(tmp_path, capsys)
-    assert "connections    2 (0 reconnects)" in out, out
+    assert "connections    2 (0 after a lost link)" in out, out
     said = "failed connects 1 (connect attempts that failed or dropped as they were made; "
     assert said in out, out
