@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shlex
 from dataclasses import dataclass
 
 import pytest
@@ -216,6 +219,17 @@ def add_device_option(parser: pytest.Parser) -> str | None:
             "--smartball-device=real"
         )
     return None
+
+
+def command_words(config: pytest.Config) -> list[str]:
+    """Every word of the run's options as the user gave them: the command line, the ini
+    file's ``addopts`` and ``PYTEST_ADDOPTS`` (pytest merges them, but keeps only the
+    command line apart as it was typed)."""
+    words = [str(a) for a in config.invocation_params.args]
+    with contextlib.suppress(ValueError):
+        words += [str(a) for a in config.getini("addopts")]
+        words += shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))
+    return words
 
 
 def read_options(config: pytest.Config) -> SmartBallOptions:

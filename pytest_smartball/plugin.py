@@ -20,7 +20,14 @@ from collections.abc import Generator, Sequence
 import pytest
 
 from .link import BleBackend
-from .options import DEVICE_CLASH, DEVICE_DEST, NEEDS_DEVICE, add_device_option, add_options
+from .options import (
+    DEVICE_CLASH,
+    DEVICE_DEST,
+    NEEDS_DEVICE,
+    add_device_option,
+    add_options,
+    command_words,
+)
 
 # In import order: each module imports only those before it.
 pytest_plugins = [
@@ -85,7 +92,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[DEVICE_CLASH] = clash
         # Judged once tests are collected: in a run of only the project's own tests,
         # --device=sim means whatever the project means by it.
-        config.stash[_ASKED_FOR_OURS] = _asks_for_our_device(config.invocation_params.args)
+        config.stash[_ASKED_FOR_OURS] = _asks_for_our_device(command_words(config))
     examples = config.getoption("--fuzz-examples")
     if examples is not None:
         from hypothesis import settings
@@ -181,7 +188,7 @@ def _uses_the_plugin(item: pytest.Item) -> bool:
 
 
 def _asks_for_our_device(args: Sequence[str]) -> bool:
-    """``--device=sim`` or ``--device real`` on a command line where --device is another's
+    """``--device=sim`` or ``--device real`` among the run's options where --device is another's
     option and ``--smartball-device`` is not given: the user meant ours; running on the
     default device instead would be a result that was not asked for."""
     words = [str(a) for a in args]

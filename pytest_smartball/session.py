@@ -22,7 +22,14 @@ from . import protocol as p
 from . import report as rep
 from .image import FirmwareImage, ImageError, generated_image, load_image
 from .link import BleBackend
-from .options import DEVICE_CLASH, NEEDS_DEVICE, SIMULATED_BLUEZ, SmartBallOptions, read_options
+from .options import (
+    DEVICE_CLASH,
+    NEEDS_DEVICE,
+    SIMULATED_BLUEZ,
+    SmartBallOptions,
+    command_words,
+    read_options,
+)
 from .ota import OtaSettings
 
 _SESSION = pytest.StashKey["SmartBallSession"]()
@@ -395,13 +402,7 @@ OPTION_PREFIXES = (
 def options_given(config: pytest.Config) -> bool:
     """A smartball option was spelled out (command line, ``addopts``, ``PYTEST_ADDOPTS``):
     the run is about SmartBalls even before its tests are collected."""
-    import os
-    import shlex
-
-    words = [str(a) for a in config.invocation_params.args]
-    with contextlib.suppress(ValueError):
-        words += [str(a) for a in config.getini("addopts")]
-        words += shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))
+    words = command_words(config)
     prefixes = OPTION_PREFIXES if DEVICE_CLASH in config.stash else (*OPTION_PREFIXES, "--device")
     return any(w.startswith(prefixes) for w in words)
 

@@ -166,6 +166,21 @@ def test_a_device_clash_under_xdist_names_the_fix_instead_of_crashing_the_worker
     assert CLASH_SENTENCE in out and "--smartball-device=real" in out
 
 
+@pytest.mark.parametrize("where", ["PYTEST_ADDOPTS", "addopts"])
+def test_a_device_clash_is_found_in_addopts_too(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """--device=real from PYTEST_ADDOPTS or the ini's addopts is no less meant than one
+    typed: running the SmartBall tests on the simulator instead would pass unasked."""
+    inner.makeconftest(THEIR_CONFTEST)
+    inner.makepyfile(test_ours="def test_ours(smartball):\n    assert smartball\n")
+    if where == "PYTEST_ADDOPTS":
+        monkeypatch.setenv("PYTEST_ADDOPTS", "--device=real")
+    else:
+        inner.makefile(".ini", pytest=INNER_INI + "addopts = --device real\n")
+    assert_clean_usage_error(run(inner), CLASH_SENTENCE, "--smartball-device=real")
+
+
 def test_smartball_device_always_works(inner: pytest.Pytester) -> None:
     inner.makepyfile(test_ours="def test_kind(smartball):\n    assert smartball.sim is None\n")
     result = run(inner, "--smartball-device=real", "-p", "no:smartball-recorder", inprocess=True)
