@@ -202,6 +202,13 @@ def add_options(parser: pytest.Parser) -> None:
         "baseline, candidate, ...) and reports min/median/max of each figure and every "
         "failure with its timeline",
     )
+    OPTION_NAMES.clear()
+    OPTION_NAMES.update(name for g in (group, release) for o in g.options for name in o.names())
+
+
+#: The long names of the options :func:`add_options` added (``--device`` is not among
+#: them: it is ours only where no one else has it, see :data:`DEVICE_CLASH`).
+OPTION_NAMES: set[str] = set()
 
 
 def add_device_option(parser: pytest.Parser) -> str | None:

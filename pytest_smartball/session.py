@@ -25,6 +25,7 @@ from .link import BleBackend
 from .options import (
     DEVICE_CLASH,
     NEEDS_DEVICE,
+    OPTION_NAMES,
     SIMULATED_BLUEZ,
     SmartBallOptions,
     command_words,
@@ -387,24 +388,12 @@ def pytest_configure_node(node: Any) -> None:
 #: to use the plugin).
 _HEADER_SHOWN = pytest.StashKey[bool]()
 
-#: How the plugin's options start on a command line (``--device`` only when it is ours).
-OPTION_PREFIXES = (
-    "--smartball-",
-    "--ble-",
-    "--sim-",
-    "--firmware",
-    "--baseline-firmware",
-    "--bluez",
-    "--fuzz-examples",
-)
-
 
 def options_given(config: pytest.Config) -> bool:
     """A smartball option was spelled out (command line, ``addopts``, ``PYTEST_ADDOPTS``):
     the run is about SmartBalls even before its tests are collected."""
-    words = command_words(config)
-    prefixes = OPTION_PREFIXES if DEVICE_CLASH in config.stash else (*OPTION_PREFIXES, "--device")
-    return any(w.startswith(prefixes) for w in words)
+    ours = OPTION_NAMES if DEVICE_CLASH in config.stash else {*OPTION_NAMES, "--device"}
+    return any(word.partition("=")[0] in ours for word in command_words(config))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

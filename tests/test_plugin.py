@@ -199,6 +199,25 @@ def test_no_header_lines_in_a_project_that_does_not_use_the_plugin(
     assert "smartball." not in (inner.path / "out.xml").read_text()  # their XML as it was
 
 
+def test_no_header_lines_for_a_projects_own_options_that_look_like_ours(
+    inner: pytest.Pytester,
+) -> None:
+    """An embedded project's own --firmware or --sim-speed is not a SmartBall option."""
+    inner.makeconftest(
+        "def pytest_addoption(parser):\n"
+        "    parser.addoption('--firmware-dir')\n"
+        "    parser.addoption('--sim-speed')\n"
+    )
+    inner.makepyfile(test_plain="def test_plain():\n    assert True\n")
+    result = run(inner, "--firmware-dir=out", "--sim-speed=2", "--junitxml=out.xml")
+    result.assert_outcomes(passed=1)
+    assert not [line for line in result.stdout.lines if line.startswith("smartball:")]
+    assert "smartball." not in (inner.path / "out.xml").read_text()
+    # One of ours, spelled out, is a run about SmartBalls.
+    result = run(inner, "--sim-seed=3")
+    result.stdout.fnmatch_lines(["smartball: simulated SmartBall, seed=3 *"])
+
+
 def test_header_lines_once_tests_that_use_the_plugin_are_collected(
     inner: pytest.Pytester,
 ) -> None:
