@@ -24,7 +24,13 @@ from .image import FirmwareImage
 from .options import NEEDS_DEVICE, SmartBallOptions
 from .ota import OtaEngine, OtaResult, OtaSettings
 from .ota.engine import engines_made
-from .session import SmartBallSession, current_session, options_given, smartball_session
+from .session import (
+    SmartBallSession,
+    current_session,
+    options_given,
+    show_header_once,
+    smartball_session,
+)
 from .targets import Target
 
 TARGET = pytest.StashKey[Target]()
@@ -249,6 +255,8 @@ class Recorder:
         state = current_session(self.config)
         if state is None or state.report is None:
             return
+        if _uses_the_plugin(self.config, state):
+            show_header_once(self.config)
         updates = [u for u in state.report.updates if u["purpose"] == "test"]
         if updates and (state.kind == "real" or self.written):
             terminalreporter.write_sep("-", "smartball updates")

@@ -225,12 +225,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     state = current_session(config)
     needs_device = config.stash.get(NEEDS_DEVICE, False)
-    terminal = config.pluginmanager.get_plugin("terminalreporter")
-    if needs_device and not config.stash.get(_HEADER_SHOWN, False) and terminal is not None:
-        config.stash[_HEADER_SHOWN] = True
-        for line in header_lines(config):
-            if state is None or state.kind != "real" or not line.startswith("smartball: the bench"):
-                terminal.write_line(line)
+    if needs_device:
+        show_header_once(config)
     if state is None or state.kind != "real" or state.backend is not None:
         return
     if needs_device:
@@ -404,6 +400,20 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return []
     config.stash[_HEADER_SHOWN] = True
     return header_lines(config)
+
+
+def show_header_once(config: pytest.Config) -> None:
+    """The header lines, late, for a run found to use the plugin after the header was
+    written: once its tests are collected, or (xdist's controller collects nothing) from
+    its workers' results at the summary."""
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if config.stash.get(_HEADER_SHOWN, False) or terminal is None:
+        return
+    config.stash[_HEADER_SHOWN] = True
+    state = current_session(config)
+    for line in header_lines(config):
+        if state is None or state.kind != "real" or not line.startswith("smartball: the bench"):
+            terminal.write_line(line)
 
 
 def header_lines(config: pytest.Config) -> list[str]:

@@ -199,6 +199,17 @@ def test_no_header_lines_in_a_project_that_does_not_use_the_plugin(
     assert "smartball." not in (inner.path / "out.xml").read_text()  # their XML as it was
 
 
+def test_header_lines_under_xdist_once_the_workers_used_the_plugin(
+    inner: pytest.Pytester,
+) -> None:
+    """xdist's controller collects nothing, so it learns only from the workers' results
+    that the run used the plugin: the lines come with the summary instead."""
+    inner.makepyfile(test_ours="def test_sim(sim_device):\n    assert sim_device\n")
+    result = run(inner, "-n", "2")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["smartball: device=sim *", "smartball: simulated SmartBall, *"])
+
+
 def test_no_header_lines_for_a_projects_own_options_that_look_like_ours(
     inner: pytest.Pytester,
 ) -> None:
