@@ -62,6 +62,9 @@ class SmartBallOptions:
     compare_min_measured_percent: float = DEFAULT_COMPARE_MIN_MEASURED_PERCENT
     soak: int | None = None
     sim_link: str = "model"
+    #: How the user chooses the device in this run: ``--device``, or ``--smartball-device``
+    #: where --device is another's (what our sentences tell them to type).
+    device_flag: str = "--device"
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -259,4 +262,10 @@ def read_options(config: pytest.Config) -> SmartBallOptions:
         compare_min_measured_percent=config.getoption("--smartball-compare-min-measured"),
         soak=config.getoption("--smartball-soak"),
         sim_link=config.getoption("--sim-link"),
+        device_flag=device_flag(config),
     )
+
+
+def device_flag(config: pytest.Config) -> str:
+    """``--device``, or ``--smartball-device`` where --device is another's option."""
+    return "--smartball-device" if DEVICE_CLASH in config.stash else "--device"

@@ -27,6 +27,7 @@ from .options import (
     add_device_option,
     add_options,
     command_words,
+    device_flag,
 )
 
 # In import order: each module imports only those before it.
@@ -126,8 +127,9 @@ def pytest_smartball_backend(config: pytest.Config, adapter: str) -> BleBackend:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     device = config.getoption(DEVICE_DEST)
-    skip_sim = pytest.mark.skip(reason="needs the simulator (--device=sim)")
-    skip_real = pytest.mark.skip(reason="needs real hardware (--device=real)")
+    flag = device_flag(config)
+    skip_sim = pytest.mark.skip(reason=f"needs the simulator ({flag}=sim)")
+    skip_real = pytest.mark.skip(reason=f"needs real hardware ({flag}=real)")
     real_timeout = (
         device == "real"
         and config.pluginmanager.has_plugin("timeout")

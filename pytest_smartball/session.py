@@ -288,7 +288,7 @@ def _start_real(config: pytest.Config, opts: SmartBallOptions, state: SmartBallS
         }
     if not outcome.ok:
         assert outcome.error is not None
-        hint = " (--device=sim needs no hardware)" if outcome.no_radio else ""
+        hint = f" ({opts.device_flag}=sim needs no hardware)" if outcome.no_radio else ""
         _preflight_failed(opts, state, outcome.error + hint)
     for seen in outcome.found:
         info = outcome.infos[seen.address.upper()]
@@ -343,7 +343,7 @@ def _preflight_failed(opts: SmartBallOptions, state: SmartBallSession, sentence:
         state.report.bluez = state.bluez
         with contextlib.suppress(OSError):
             state.report.write(opts.report, int(pytest.ExitCode.USAGE_ERROR))
-    raise pytest.UsageError(f"--device=real: {sentence}")
+    raise pytest.UsageError(f"{opts.device_flag}=real: {sentence}")
 
 
 def _progress_writer(config: pytest.Config) -> Callable[[str], None]:

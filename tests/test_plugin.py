@@ -188,6 +188,27 @@ def test_smartball_device_always_works(inner: pytest.Pytester) -> None:
     assert "--device=real" in result.stdout.str() + result.stderr.str()
 
 
+def test_where_device_is_theirs_our_sentences_name_smartball_device(
+    inner: pytest.Pytester,
+) -> None:
+    """A sentence that tells the user to type --device=sim, in a project where --device is
+    someone else's option, sends them the wrong way."""
+    inner.makeconftest(THEIR_CONFTEST)
+    inner.makepyfile(
+        test_ours="import pytest\n\n\n"
+        "def test_kind(smartball):\n    assert smartball\n\n\n"
+        "@pytest.mark.real_only\ndef test_bench(smartball):\n    assert smartball\n"
+    )
+    skipped = run(inner, "-rs", "--smartball-device=sim", inprocess=True)
+    skipped.assert_outcomes(passed=1, skipped=1)
+    skipped.stdout.fnmatch_lines(["*needs real hardware (--smartball-device=real)*"])
+    sentence = assert_clean_usage_error(
+        run(inner, "--smartball-device=real", "-p", "no:smartball-recorder", inprocess=True)
+    )
+    assert sentence.startswith("ERROR: --smartball-device=real: "), sentence
+    assert "--device=" not in sentence.replace("--smartball-device=", ""), sentence
+
+
 def test_no_header_lines_in_a_project_that_does_not_use_the_plugin(
     inner: pytest.Pytester,
 ) -> None:
