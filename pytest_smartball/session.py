@@ -409,6 +409,8 @@ def show_header_once(config: pytest.Config) -> None:
     terminal = config.pluginmanager.get_plugin("terminalreporter")
     if config.stash.get(_HEADER_SHOWN, False) or terminal is None:
         return
+    if not getattr(terminal, "showheader", True) or getattr(terminal, "no_header", False):
+        return  # -q or --no-header: the user asked for no header, ours included
     config.stash[_HEADER_SHOWN] = True
     state = current_session(config)
     for line in header_lines(config):

@@ -231,6 +231,16 @@ def test_header_lines_under_xdist_once_the_workers_used_the_plugin(
     result.stdout.fnmatch_lines(["smartball: device=sim *", "smartball: simulated SmartBall, *"])
 
 
+@pytest.mark.parametrize("quiet", ["-q", "--no-header"])
+def test_no_late_header_lines_where_the_header_is_not_shown(
+    inner: pytest.Pytester, quiet: str
+) -> None:
+    inner.makepyfile(test_ours="def test_sim(sim_device):\n    assert sim_device\n")
+    result = run(inner, quiet)
+    result.assert_outcomes(passed=1)
+    assert not [line for line in result.stdout.lines if line.startswith("smartball:")]
+
+
 def test_no_header_lines_for_a_projects_own_options_that_look_like_ours(
     inner: pytest.Pytester,
 ) -> None:
