@@ -171,6 +171,9 @@ def test_with_stdout_closed_the_update_finishes_and_says_how(image: Path) -> Non
     proc = with_closed(1, flash(image))
     assert proc.returncode == 0
     assert_quiet(proc.stderr)
+    # The outcome goes where it can: the summary's stdout is gone, stderr is not.
+    assert "smartball-ota: update succeeded: " in proc.stderr
+    assert "runs " + str(image) in proc.stderr
     proc = with_closed(1, flash(image, *HOPELESS))
     assert proc.returncode == 4
     assert OLD_IMAGE in proc.stderr
