@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shlex
 from dataclasses import dataclass
 
 import pytest
@@ -61,6 +64,9 @@ class SmartBallOptions:
     sim_link: str = "model"
     #: --smartball-html: where the release page goes (None: no page).
     html: str | None = None
+    #: How the user chooses the device in this run: ``--device``, or ``--smartball-device``
+    #: where --device is another's (what our sentences tell them to type).
+    device_flag: str = "--device"
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -209,6 +215,13 @@ def add_options(parser: pytest.Parser) -> None:
         "baseline, candidate, ...) and reports min/median/max of each figure and every "
         "failure with its timeline",
     )
+    OPTION_NAMES.clear()
+    OPTION_NAMES.update(name for g in (group, release) for o in g.options for name in o.names())
+
+
+#: The long names of the options :func:`add_options` added (``--device`` is not among
+#: them: it is ours only where no one else has it, see :data:`DEVICE_CLASH`).
+OPTION_NAMES: set[str] = set()
 
 
 def add_device_option(parser: pytest.Parser) -> str | None:
@@ -226,6 +239,17 @@ def add_device_option(parser: pytest.Parser) -> str | None:
             "--smartball-device=real"
         )
     return None
+
+
+def command_words(config: pytest.Config) -> list[str]:
+    """Every word of the run's options as the user gave them: the command line, the ini
+    file's ``addopts`` and ``PYTEST_ADDOPTS`` (pytest merges them, but keeps only the
+    command line apart as it was typed)."""
+    words = [str(a) for a in config.invocation_params.args]
+    with contextlib.suppress(ValueError):
+        words += [str(a) for a in config.getini("addopts")]
+        words += shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))
+    return words
 
 
 def read_options(config: pytest.Config) -> SmartBallOptions:
@@ -249,4 +273,10 @@ def read_options(config: pytest.Config) -> SmartBallOptions:
         soak=config.getoption("--smartball-soak"),
         sim_link=config.getoption("--sim-link"),
         html=config.getoption("--smartball-html"),
+        device_flag=device_flag(config),
     )
+
+
+def device_flag(config: pytest.Config) -> str:
+    """``--device``, or ``--smartball-device`` where --device is another's option."""
+    return "--smartball-device" if DEVICE_CLASH in config.stash else "--device"

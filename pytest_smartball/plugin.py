@@ -21,7 +21,15 @@ import pytest
 
 from .farm import add_options as add_farm_options
 from .link import BleBackend
-from .options import DEVICE_CLASH, DEVICE_DEST, NEEDS_DEVICE, add_device_option, add_options
+from .options import (
+    DEVICE_CLASH,
+    DEVICE_DEST,
+    NEEDS_DEVICE,
+    add_device_option,
+    add_options,
+    command_words,
+    device_flag,
+)
 
 # In import order: each module imports only those before it.
 pytest_plugins = [
@@ -87,7 +95,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[DEVICE_CLASH] = clash
         # Judged once tests are collected: in a run of only the project's own tests,
         # --device=sim means whatever the project means by it.
-        config.stash[_ASKED_FOR_OURS] = _asks_for_our_device(config.invocation_params.args)
+        config.stash[_ASKED_FOR_OURS] = _asks_for_our_device(command_words(config))
     examples = config.getoption("--fuzz-examples")
     if examples is not None:
         from hypothesis import settings
@@ -125,8 +133,9 @@ def pytest_smartball_backend(config: pytest.Config, adapter: str) -> BleBackend:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     device = config.getoption(DEVICE_DEST)
-    skip_sim = pytest.mark.skip(reason="needs the simulator (--device=sim)")
-    skip_real = pytest.mark.skip(reason="needs real hardware (--device=real)")
+    flag = device_flag(config)
+    skip_sim = pytest.mark.skip(reason=f"needs the simulator ({flag}=sim)")
+    skip_real = pytest.mark.skip(reason=f"needs real hardware ({flag}=real)")
     real_timeout = (
         device == "real"
         and config.pluginmanager.has_plugin("timeout")
@@ -187,7 +196,7 @@ def _uses_the_plugin(item: pytest.Item) -> bool:
 
 
 def _asks_for_our_device(args: Sequence[str]) -> bool:
-    """``--device=sim`` or ``--device real`` on a command line where --device is another's
+    """``--device=sim`` or ``--device real`` among the run's options where --device is another's
     option and ``--smartball-device`` is not given: the user meant ours; running on the
     default device instead would be a result that was not asked for."""
     words = [str(a) for a in args]

@@ -26,7 +26,13 @@ from .ota import OtaEngine, OtaResult, OtaSettings
 from .ota.engine import engines_made
 from .release_report.attach import attach_timelines
 from .release_report.trace import ProgressTrace
-from .session import SmartBallSession, current_session, options_given, smartball_session
+from .session import (
+    SmartBallSession,
+    current_session,
+    options_given,
+    show_header_once,
+    smartball_session,
+)
 from .targets import Target
 
 TARGET = pytest.StashKey[Target]()
@@ -264,6 +270,8 @@ class Recorder:
         state = current_session(self.config)
         if state is None or state.report is None:
             return
+        if _uses_the_plugin(self.config, state):
+            show_header_once(self.config)
         updates = [u for u in state.report.updates if u["purpose"] == "test"]
         if updates and (state.kind == "real" or self.written):
             terminalreporter.write_sep("-", "smartball updates")
@@ -323,14 +331,20 @@ def _uses_the_plugin(config: pytest.Config, state: SmartBallSession) -> bool:
     )
 
 
-def _junit_suite_properties(config: pytest.Config, report: rep.RunReport, exitstatus: int) -> None:
-    """What identifies the run, as ``<testsuite>`` properties of the JUnit XML (written by
-    the process that writes the XML: the xdist controller, or the only one)."""
+def _junit_xml(config: pytest.Config) -> Any:
+    """pytest's JUnit XML writer of this run (``--junitxml``), or None: none asked for, or a
+    pytest without it where we look (``_pytest.junitxml`` is not a public API)."""
     try:
         from _pytest.junitxml import xml_key
     except ImportError:  # pragma: no cover - another pytest
-        return
-    xml = config.stash.get(xml_key, None)
+        return None
+    return config.stash.get(xml_key, None)
+
+
+def _junit_suite_properties(config: pytest.Config, report: rep.RunReport, exitstatus: int) -> None:
+    """What identifies the run, as ``<testsuite>`` properties of the JUnit XML (written by
+    the process that writes the XML: the xdist controller, or the only one)."""
+    xml = _junit_xml(config)
     if xml is None:
         return
     for name, value in rep.suite_properties(report.to_dict(exitstatus)):
@@ -429,15 +443,13 @@ def _junit_system_out(config: pytest.Config, report: pytest.TestReport) -> None:
     sections = [(title, text) for title, text in report.sections if title == TIMELINE_TITLE]
     if not sections:
         return
-    try:
-        import xml.etree.ElementTree as ET
+    import xml.etree.ElementTree as ET
 
-        from _pytest.junitxml import bin_xml_escape, xml_key
-    except ImportError:  # pragma: no cover - another pytest
-        return
-    xml = config.stash.get(xml_key, None)
+    xml = _junit_xml(config)
     if xml is None:
         return
+    from _pytest.junitxml import bin_xml_escape
+
     node = ET.Element("system-out")
     node.text = bin_xml_escape(
         "\n".join(f"{f' {title} ':-^80}\n{text}\n" for title, text in sections)

@@ -22,7 +22,15 @@ from . import protocol as p
 from . import report as rep
 from .image import FirmwareImage, ImageError, generated_image, load_image
 from .link import BleBackend
-from .options import DEVICE_CLASH, NEEDS_DEVICE, SIMULATED_BLUEZ, SmartBallOptions, read_options
+from .options import (
+    DEVICE_CLASH,
+    NEEDS_DEVICE,
+    OPTION_NAMES,
+    SIMULATED_BLUEZ,
+    SmartBallOptions,
+    command_words,
+    read_options,
+)
 from .ota import OtaSettings
 
 _SESSION = pytest.StashKey["SmartBallSession"]()
@@ -217,12 +225,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     state = current_session(config)
     needs_device = config.stash.get(NEEDS_DEVICE, False)
-    terminal = config.pluginmanager.get_plugin("terminalreporter")
-    if needs_device and not config.stash.get(_HEADER_SHOWN, False) and terminal is not None:
-        config.stash[_HEADER_SHOWN] = True
-        for line in header_lines(config):
-            if state is None or state.kind != "real" or not line.startswith("smartball: the bench"):
-                terminal.write_line(line)
+    if needs_device:
+        show_header_once(config)
     if state is None or state.kind != "real" or state.backend is not None:
         return
     if needs_device:
@@ -284,7 +288,7 @@ def _start_real(config: pytest.Config, opts: SmartBallOptions, state: SmartBallS
         }
     if not outcome.ok:
         assert outcome.error is not None
-        hint = " (--device=sim needs no hardware)" if outcome.no_radio else ""
+        hint = f" ({opts.device_flag}=sim needs no hardware)" if outcome.no_radio else ""
         _preflight_failed(opts, state, outcome.error + hint)
     for seen in outcome.found:
         info = outcome.infos[seen.address.upper()]
@@ -339,7 +343,7 @@ def _preflight_failed(opts: SmartBallOptions, state: SmartBallSession, sentence:
         state.report.bluez = state.bluez
         with contextlib.suppress(OSError):
             state.report.write(opts.report, int(pytest.ExitCode.USAGE_ERROR))
-    raise pytest.UsageError(f"--device=real: {sentence}")
+    raise pytest.UsageError(f"{opts.device_flag}=real: {sentence}")
 
 
 def _progress_writer(config: pytest.Config) -> Callable[[str], None]:
@@ -380,30 +384,12 @@ def pytest_configure_node(node: Any) -> None:
 #: to use the plugin).
 _HEADER_SHOWN = pytest.StashKey[bool]()
 
-#: How the plugin's options start on a command line (``--device`` only when it is ours).
-OPTION_PREFIXES = (
-    "--smartball-",
-    "--ble-",
-    "--sim-",
-    "--firmware",
-    "--baseline-firmware",
-    "--bluez",
-    "--fuzz-examples",
-)
-
 
 def options_given(config: pytest.Config) -> bool:
     """A smartball option was spelled out (command line, ``addopts``, ``PYTEST_ADDOPTS``):
     the run is about SmartBalls even before its tests are collected."""
-    import os
-    import shlex
-
-    words = [str(a) for a in config.invocation_params.args]
-    with contextlib.suppress(ValueError):
-        words += [str(a) for a in config.getini("addopts")]
-        words += shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))
-    prefixes = OPTION_PREFIXES if DEVICE_CLASH in config.stash else (*OPTION_PREFIXES, "--device")
-    return any(w.startswith(prefixes) for w in words)
+    ours = OPTION_NAMES if DEVICE_CLASH in config.stash else {*OPTION_NAMES, "--device"}
+    return any(word.partition("=")[0] in ours for word in command_words(config))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -414,6 +400,22 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return []
     config.stash[_HEADER_SHOWN] = True
     return header_lines(config)
+
+
+def show_header_once(config: pytest.Config) -> None:
+    """The header lines, late, for a run found to use the plugin after the header was
+    written: once its tests are collected, or (xdist's controller collects nothing) from
+    its workers' results at the summary."""
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if config.stash.get(_HEADER_SHOWN, False) or terminal is None:
+        return
+    if not getattr(terminal, "showheader", True) or getattr(terminal, "no_header", False):
+        return  # -q or --no-header: the user asked for no header, ours included
+    config.stash[_HEADER_SHOWN] = True
+    state = current_session(config)
+    for line in header_lines(config):
+        if state is None or state.kind != "real" or not line.startswith("smartball: the bench"):
+            terminal.write_line(line)
 
 
 def header_lines(config: pytest.Config) -> list[str]:

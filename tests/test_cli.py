@@ -542,6 +542,9 @@ def test_no_reset_headline_events_and_connections_agree(
         followed = any(e["kind"] == "connected" for e in events[index + 1 :])
         assert promised == followed, events[index]
     assert events[no_resets[-1]]["detail"].endswith("(2 of 2); no more waits")
+    # The device never reset: the link the host closed after each wait is not its reset.
+    assert [e for e in events if e["kind"] == "device-reset"] == []
+    assert "device-reset" not in err
 
 
 @pytest.mark.parametrize(

@@ -171,6 +171,9 @@ def test_with_stdout_closed_the_update_finishes_and_says_how(image: Path) -> Non
     proc = with_closed(1, flash(image))
     assert proc.returncode == 0
     assert_quiet(proc.stderr)
+    # The outcome goes where it can: the summary's stdout is gone, stderr is not.
+    assert "smartball-ota: update succeeded: " in proc.stderr
+    assert "runs " + str(image) in proc.stderr
     proc = with_closed(1, flash(image, *HOPELESS))
     assert proc.returncode == 4
     assert OLD_IMAGE in proc.stderr
@@ -228,3 +231,34 @@ def test_a_broken_stdout_in_process_keeps_the_exit_code(
     assert code == 4
     assert OLD_IMAGE in err
     assert_quiet(err)
+
+
+# --- Ctrl-C ------------------------------------------------------------------------------
+
+
+class _InterruptingImport:
+    """A meta-path finder that stands for a Ctrl-C arriving while the CLI is imported."""
+
+    def find_spec(self, name: str, *_: object) -> None:
+        if name == "pytest_smartball.cli":
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_the_cli_is_still_starting_is_one_sentence_and_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The console script's own entry point (as installed), interrupted in its imports
+    (about a second on a busy machine): no KeyboardInterrupt traceback."""
+    from importlib.metadata import entry_points
+
+    [script] = entry_points(group="console_scripts", name="smartball-ota")
+    for name in [m for m in sys.modules if m.split(".")[:2] == ["pytest_smartball", "cli"]]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_InterruptingImport(), *sys.meta_path])
+    try:
+        code = script.load()()
+    except KeyboardInterrupt:
+        pytest.fail("a Ctrl-C while the CLI was being imported ended in a traceback")
+    assert code == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted while starting" in err, err

@@ -166,11 +166,47 @@ def test_a_device_clash_under_xdist_names_the_fix_instead_of_crashing_the_worker
     assert CLASH_SENTENCE in out and "--smartball-device=real" in out
 
 
+@pytest.mark.parametrize("where", ["PYTEST_ADDOPTS", "addopts"])
+def test_a_device_clash_is_found_in_addopts_too(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """--device=real from PYTEST_ADDOPTS or the ini's addopts is no less meant than one
+    typed: running the SmartBall tests on the simulator instead would pass unasked."""
+    inner.makeconftest(THEIR_CONFTEST)
+    inner.makepyfile(test_ours="def test_ours(smartball):\n    assert smartball\n")
+    if where == "PYTEST_ADDOPTS":
+        monkeypatch.setenv("PYTEST_ADDOPTS", "--device=real")
+    else:
+        inner.makefile(".ini", pytest=INNER_INI + "addopts = --device real\n")
+    assert_clean_usage_error(run(inner), CLASH_SENTENCE, "--smartball-device=real")
+
+
 def test_smartball_device_always_works(inner: pytest.Pytester) -> None:
     inner.makepyfile(test_ours="def test_kind(smartball):\n    assert smartball.sim is None\n")
     result = run(inner, "--smartball-device=real", "-p", "no:smartball-recorder", inprocess=True)
     # --device=real spelled the long way reaches the plugin: it checks for a bench.
     assert "--device=real" in result.stdout.str() + result.stderr.str()
+
+
+def test_where_device_is_theirs_our_sentences_name_smartball_device(
+    inner: pytest.Pytester,
+) -> None:
+    """A sentence that tells the user to type --device=sim, in a project where --device is
+    someone else's option, sends them the wrong way."""
+    inner.makeconftest(THEIR_CONFTEST)
+    inner.makepyfile(
+        test_ours="import pytest\n\n\n"
+        "def test_kind(smartball):\n    assert smartball\n\n\n"
+        "@pytest.mark.real_only\ndef test_bench(smartball):\n    assert smartball\n"
+    )
+    skipped = run(inner, "-rs", "--smartball-device=sim", inprocess=True)
+    skipped.assert_outcomes(passed=1, skipped=1)
+    skipped.stdout.fnmatch_lines(["*needs real hardware (--smartball-device=real)*"])
+    sentence = assert_clean_usage_error(
+        run(inner, "--smartball-device=real", "-p", "no:smartball-recorder", inprocess=True)
+    )
+    assert sentence.startswith("ERROR: --smartball-device=real: "), sentence
+    assert "--device=" not in sentence.replace("--smartball-device=", ""), sentence
 
 
 def test_no_header_lines_in_a_project_that_does_not_use_the_plugin(
@@ -182,6 +218,46 @@ def test_no_header_lines_in_a_project_that_does_not_use_the_plugin(
     assert not [line for line in result.stdout.lines if line.startswith("smartball:")]
     assert "virtual time" not in result.stdout.str()
     assert "smartball." not in (inner.path / "out.xml").read_text()  # their XML as it was
+
+
+def test_header_lines_under_xdist_once_the_workers_used_the_plugin(
+    inner: pytest.Pytester,
+) -> None:
+    """xdist's controller collects nothing, so it learns only from the workers' results
+    that the run used the plugin: the lines come with the summary instead."""
+    inner.makepyfile(test_ours="def test_sim(sim_device):\n    assert sim_device\n")
+    result = run(inner, "-n", "2")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["smartball: device=sim *", "smartball: simulated SmartBall, *"])
+
+
+@pytest.mark.parametrize("quiet", ["-q", "--no-header"])
+def test_no_late_header_lines_where_the_header_is_not_shown(
+    inner: pytest.Pytester, quiet: str
+) -> None:
+    inner.makepyfile(test_ours="def test_sim(sim_device):\n    assert sim_device\n")
+    result = run(inner, quiet)
+    result.assert_outcomes(passed=1)
+    assert not [line for line in result.stdout.lines if line.startswith("smartball:")]
+
+
+def test_no_header_lines_for_a_projects_own_options_that_look_like_ours(
+    inner: pytest.Pytester,
+) -> None:
+    """An embedded project's own --firmware or --sim-speed is not a SmartBall option."""
+    inner.makeconftest(
+        "def pytest_addoption(parser):\n"
+        "    parser.addoption('--firmware-dir')\n"
+        "    parser.addoption('--sim-speed')\n"
+    )
+    inner.makepyfile(test_plain="def test_plain():\n    assert True\n")
+    result = run(inner, "--firmware-dir=out", "--sim-speed=2", "--junitxml=out.xml")
+    result.assert_outcomes(passed=1)
+    assert not [line for line in result.stdout.lines if line.startswith("smartball:")]
+    assert "smartball." not in (inner.path / "out.xml").read_text()
+    # One of ours, spelled out, is a run about SmartBalls.
+    result = run(inner, "--sim-seed=3")
+    result.stdout.fnmatch_lines(["smartball: simulated SmartBall, seed=3 *"])
 
 
 def test_header_lines_once_tests_that_use_the_plugin_are_collected(

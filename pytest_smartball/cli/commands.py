@@ -221,6 +221,9 @@ async def cmd_flash(ctx: Context, image: FirmwareImage) -> int:
             for event in result.events:
                 print(f"  {event}")
         out.print_summary(ctx, engine, result, image, target)
+        if result.success and streams.stdout_gone():  # failures say so on stderr anyway
+            who = out.device_words(engine)
+            streams.say(f"{PROG}: update succeeded: {who} runs {image.source}")
     if result.outcome is Outcome.UNCONFIRMED:
         streams.say(f"{PROG}: update unconfirmed: {result.error}", stdout_too=not ctx.json)
     elif not result.success:

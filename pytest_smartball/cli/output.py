@@ -177,10 +177,15 @@ def _phases_text(result: OtaResult) -> str:
     return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases if seconds >= 0.05)
 
 
+def device_words(engine: OtaEngine) -> str:
+    """The device as the outcome sentences name it: ``SmartBall (C0:FF:EE:00:00:01)``."""
+    return f"{engine.name or 'device'} ({engine.address or 'not found'})"
+
+
 def print_summary(
     ctx: Context, engine: OtaEngine, result: OtaResult, image: FirmwareImage, target: Target
 ) -> None:
-    who = f"{engine.name or 'device'} ({engine.address or 'not found'})"
+    who = device_words(engine)
     if result.success:
         print(f"Update succeeded: {who} runs {image.source}.")
     elif result.outcome is Outcome.UNCONFIRMED:

@@ -139,3 +139,11 @@ def say(sentence: str, *, stdout_too: bool = True) -> None:
     sys.stderr.flush()
     if _dead(sys.stderr) and stdout_too:
         print(sentence, file=sys.stdout)
+
+
+def stdout_gone() -> bool:
+    """stdout took nothing more (closed with ``>&-``, or its reader is gone), as far as a
+    flush can tell: then an outcome said only there is said on stderr too."""
+    with contextlib.suppress(*STREAM_ERRORS):
+        sys.stdout.flush()
+    return _dead(sys.stdout)

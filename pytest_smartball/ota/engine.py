@@ -455,8 +455,11 @@ class OtaEngine:
 
     def _link_event(self, kind: LinkEvent, detail: str) -> None:
         event = EventKind(kind.value)
-        if event is EventKind.LINK_LOST and self.state is State.REBOOTING:
-            event = EventKind.DEVICE_RESET  # the drop DONE announced, not a failure
+        # The drop DONE announced is the device's reset, not a failure; but a link this
+        # engine closes itself (_close_link lets go of it first: no reset was seen) is not.
+        ours = self._link is None
+        if event is EventKind.LINK_LOST and self.state is State.REBOOTING and not ours:
+            event = EventKind.DEVICE_RESET
         if event is EventKind.CONNECT_ATTEMPT_FAILED:
             self.result.failed_connect_attempts += 1
         self._event(event, detail)
