@@ -144,9 +144,9 @@ class _Model:
     #: When each accepted chunk was sent (the ACK latency counts from it).
     chunk_times: list[float] = field(default_factory=list)
     #: Offset a STATUS in RECEIVING obliges an ACK for, and since when.
-    status_ack: tuple[int, float] | None = None
+    status_acks: list[tuple[int, float]] = field(default_factory=list)
     #: A STATUS's ACK that fell together with another: it may still come on its own.
-    merged_ack: int | None = None
+    merged_acks: set[int] = field(default_factory=set)
     #: After a resynchronisation the device's count since its last ACK is unknown.
     interval_unknown: bool = False
     rejected: int = 0
@@ -208,6 +208,9 @@ class ContractMonitor:
         self._finish_sent = False
         #: The image of the last START the host sent.
         self._last_start: tuple[int, int] | None = None
+        #: The host went beyond its ACK credit: what the device took stays unknowable
+        #: until a READY restarts the credit (a host that keeps to it is never refused).
+        self._credit_blind = False
         #: A fault took frames of this connection: no resynchronisation until the next.
         self._fault_blind = False
         #: A reset happened on this link: what still arrives on it is the old life's.
@@ -225,6 +228,7 @@ class ContractMonitor:
         self._connected = True
         self._old_life = False
         self._fault_blind = False
+        self._credit_blind = False
         self._rx_last = self._tx_last = None
         self._log(t, "*", "connected")
 
@@ -354,8 +358,7 @@ class ContractMonitor:
         if self._finish_sent and self._last_start is not None:
             # A FINISH may have been handled and the image activated unseen.
             self._may_run.add(self._last_start)
-        self._inflight = []
-        m.status_ack = None
+        m.status_acks.clear()
         m.ready_owed = None
         m.chunk_ends.clear()
         m.chunk_times.clear()
@@ -414,9 +417,9 @@ class ContractMonitor:
                 )
                 m.chunk_ends.clear()
                 m.chunk_times.clear()
-        if m.status_ack is not None and now > m.status_ack[1] + tm.ack_latency_max_s + margin:
+        if m.status_acks and now > m.status_acks[0][1] + tm.ack_latency_max_s + margin:
             self._violate(now, "ack.late", "no MSG_OTA_ACK after a CMD_OTA_STATUS in RECEIVING", "")
-            m.status_ack = None
+            m.status_acks.clear()
         if m.state is p.OtaState.ERASING and m.last_progress_t is not None and not self._slow_erase:
             if m.session is not None and m.pages_reported < _pages(m.session.size):
                 if now > m.last_progress_t + tm.progress_gap_max_s + margin:
@@ -534,8 +537,10 @@ class ContractMonitor:
         if state is not p.OtaState.RECEIVING or m.session is None:
             return _Reply(("MSG_ERROR:BAD_STATE",))
         tokens = self._data_reply(msg)
-        if not tokens and cmd.beyond_credit and m.rejected % (m.window or 1) == 0:
-            return _Reply(("MSG_OTA_STATUS",), optional=True)  # its buffer may be full
+        if cmd.beyond_credit and tokens in ((), ("MSG_OTA_STATUS",)):
+            # Its buffer may be full, and whether a refusal is answered then depends on
+            # what the device wrote meanwhile: either way is the contract's.
+            return _Reply(("MSG_OTA_STATUS",), optional=True)
         return _Reply(tokens)
 
     def _start_reply(self, msg: p.CmdOtaStart) -> tuple[str, ...]:
@@ -589,7 +594,7 @@ class ContractMonitor:
             return
         if isinstance(msg, p.CmdOtaStatus):
             if m.state is p.OtaState.RECEIVING:
-                m.status_ack = (m.next_offset, cmd.t)
+                m.status_acks.append((m.next_offset, cmd.t))
             return
         if isinstance(msg, p.CmdOtaAbort):
             if m.state is not p.OtaState.COMPLETE:
@@ -605,6 +610,15 @@ class ContractMonitor:
                 m.verify_start_t = cmd.t
             return
         assert isinstance(msg, p.CmdOtaData)
+        if cmd.beyond_credit and m.state is p.OtaState.RECEIVING:
+            # Beyond its credit the host may find the buffer full or not, as the flash
+            # drains it: what the device took is unknowable until a STATUS says.
+            if not self._credit_blind:
+                self._log(cmd.t, "*", "host beyond its ACK credit: unsure until its next READY")
+            self._credit_blind = True
+            self._become_unsure()
+            self._changed_since_unsure = True
+            return
         if isinstance(replied, p.MsgOtaStatus) and m.state is p.OtaState.RECEIVING:
             m.rejected += 1  # refused (a full buffer, or not the expected offset)
             return
@@ -630,7 +644,6 @@ class ContractMonitor:
                 m.rejected = 0
                 m.chunk_ends.clear()
                 m.chunk_times.clear()
-                m.status_ack = None
             return
         # A new session. Progressive only if asked for; whether the device advertises the
         # capability the monitor knows only from INFO, so the READY decides below.
@@ -694,6 +707,9 @@ class ContractMonitor:
             return
         changes_state = self._changes_state(msg)
         for _ in range(len(self._pending) + 1):
+            if self._unsure:  # a command just handled made the state unknowable
+                self._on_message_unsure(t, msg)
+                return
             if self._explains_async(t, msg):
                 if changes_state and any(
                     not isinstance(c.msg, p.CmdInfo | p.CmdOtaStatus) for c in self._pending
@@ -719,7 +735,7 @@ class ContractMonitor:
                 )
                 self._apply(head, msg)
                 return
-            if not reply.tokens or (reply.optional and token not in reply.tokens):
+            if not reply.tokens or (reply.optional and not self._may_answer(head, msg, reply)):
                 self._pending.popleft()
                 self._apply(head)
                 continue
@@ -781,11 +797,22 @@ class ContractMonitor:
         if isinstance(msg, p.MsgOtaStatus):
             self._resync(t, msg, None)
 
+    @staticmethod
+    def _may_answer(head: _Pending, msg: p.DeviceMessage, reply: _Reply) -> bool:
+        """Whether ``msg`` is ``head``'s reply; a refused chunk's STATUS shows the offset
+        the device still expects, so one showing more answers something later."""
+        if contract.message_token(msg) not in reply.tokens:
+            return False
+        if isinstance(head.msg, p.CmdOtaData) and isinstance(msg, p.MsgOtaStatus):
+            return msg.next_expected_offset <= head.msg.offset
+        return True
+
     def _refused_in_credit(self, head: _Pending, reply: _Reply, msg: p.DeviceMessage) -> bool:
         """A STATUS showing that an in-order chunk the device had to accept was dropped."""
         return (
             not self._unsure
             and not reply.tokens
+            and not head.beyond_credit
             and isinstance(head.msg, p.CmdOtaData)
             and isinstance(msg, p.MsgOtaStatus)
             and self._m.state is p.OtaState.RECEIVING
@@ -848,7 +875,7 @@ class ContractMonitor:
 
     def _resync(self, t: float, msg: p.MsgOtaStatus, head: _Pending | None) -> None:
         """A STATUS shows the device's state again after the model lost it."""
-        if self._fault_blind:
+        if self._fault_blind or self._credit_blind:
             return
         kept, kept_state = self._kept, self._kept_state
         judged = head is not None and isinstance(head.msg, p.CmdOtaStatus)
@@ -884,9 +911,9 @@ class ContractMonitor:
             p.OtaState.COMPLETE,
         ):
             m.session = session or _Session(msg.image_size, msg.image_crc32, 0, False)
-            m.next_offset = m.acked = (
-                msg.next_expected_offset if state is p.OtaState.RECEIVING else 0
-            )
+            m.next_offset = msg.next_expected_offset if state is p.OtaState.RECEIVING else 0
+            # Chunks still in the buffer may be ACKed yet: from the last ACK seen on.
+            m.acked = min(self._kept_acked if same else 0, m.next_offset)
             m.interval_unknown = True
             if head is not None and isinstance(head.msg, p.CmdOtaData):
                 m.rejected = 1  # the STATUS answered a rejected chunk: the rate limit runs
@@ -895,7 +922,7 @@ class ContractMonitor:
                 and head is not None
                 and isinstance(head.msg, p.CmdOtaStatus)
             ):
-                m.status_ack = (m.next_offset, head.t)
+                m.status_acks.append((m.next_offset, head.t))
             if state is p.OtaState.ERASING:
                 m.last_progress_t = None  # pages done so far: unknown
                 m.pages_reported = -1
@@ -1081,6 +1108,7 @@ class ContractMonitor:
                 f"READY for chunk_size {chunk_size} must grant max_chunk {want} and a window >= 1",
                 repr(msg),
             )
+        self._credit_blind = False
         m.max_chunk = msg.max_chunk
         m.window = self._window = msg.window
         m.interval_unknown = False
@@ -1098,23 +1126,19 @@ class ContractMonitor:
         if m.state not in (p.OtaState.RECEIVING, p.OtaState.VERIFYING) or m.session is None:
             return False
         offset = msg.next_expected_offset
-        if m.status_ack is not None and offset == m.status_ack[0] and not m.chunk_ends:
-            m.status_ack = None
-            m.acked = offset
-            self._inflight = [e for e in self._inflight if e > offset]
-            return True
-        if not m.chunk_ends and (
-            m.merged_ack == offset or (m.interval_unknown and offset == m.acked)
-        ):
-            m.merged_ack = None
+        owed = [x for x, _ in m.status_acks]
+        if offset in m.merged_acks and offset <= m.acked and offset not in owed:
+            m.merged_acks.discard(offset)  # a STATUS's ACK sent apart from its twin
             return True
         if not m.chunk_ends:
-            if m.status_ack is not None and offset <= m.status_ack[0]:
+            if offset in owed or (m.interval_unknown and m.acked <= offset <= m.next_offset):
                 if offset < m.acked:
                     self._violate(
                         t, "ack.offset", f"ACK {offset} goes back from {m.acked}", repr(msg)
                     )
-                m.status_ack = None if offset == m.status_ack[0] else m.status_ack
+                m.status_acks = [(x, since) for x, since in m.status_acks if x > offset]
+                m.acked = max(m.acked, offset)
+                self._inflight = [e for e in self._inflight if e > offset]
                 return True
             return False  # not owed now: a pending command may make it owed
         if offset < m.acked:
@@ -1130,7 +1154,7 @@ class ContractMonitor:
         k = m.chunk_ends.index(offset) + 1
         interval = self._interval()
         at_end = offset == m.session.size
-        status_owed = m.status_ack is not None and offset >= m.status_ack[0]
+        status_owed = any(x <= offset for x in owed)
         known = not m.interval_unknown and m.window is not None
         if k != interval and not at_end and not status_owed and known:
             self._violate(
@@ -1140,9 +1164,9 @@ class ContractMonitor:
                 f"chunks (window {m.window})",
                 repr(msg),
             )
-        if status_owed:
-            m.status_ack = None
-            m.merged_ack = offset
+        if offset in owed or ((k == interval or at_end) and status_owed):
+            m.merged_acks.add(offset)  # two ACKs fell together: the twin may still come
+        m.status_acks = [(x, since) for x, since in m.status_acks if x > offset]
         m.interval_unknown = False
         m.acked = offset
         self._inflight = [e for e in self._inflight if e > offset]
