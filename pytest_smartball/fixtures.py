@@ -27,6 +27,7 @@ from . import protocol as p
 from .figures import FigureRecorder
 from .image import FirmwareImage, generated_image, load_image
 from .link import LinkSettings, NusLink, find_device
+from .monitoring import WATCH, ContractWatch
 from .options import SmartBallOptions
 from .ota import OtaEngine, OtaSettings
 from .recording import CALLED, ENGINES, FIGURES, LINK_EVENTS, SOAKS, TARGET, UPDATES, Update
@@ -147,6 +148,24 @@ def _return_to_baseline(
 
 
 @pytest.fixture
+def smartball_monitor(request: pytest.FixtureRequest) -> Iterator[ContractWatch]:
+    """The contract monitor on every NUS link this test opens (docs/protocol.md, section
+    15): the test fails with the first frame that breaks protocol v1, also when its own
+    assertions passed. ``hil_tests/conftest.py`` uses it for every release-gate test."""
+    watch = ContractWatch()
+    request.node.stash[WATCH] = watch
+    watch.start()
+    yield watch
+    watch.stop()
+
+
+def _note_reset(request: pytest.FixtureRequest, target: Target) -> None:
+    watch = request.node.stash.get(WATCH, None)
+    if watch is not None:
+        watch.note_reset(target.backend, target.address)
+
+
+@pytest.fixture
 def sim_device(smartball: Target) -> Any:
     """The simulated SmartBall (smartball_sim.device.SimDevice); skips the test on real
     hardware."""
@@ -215,6 +234,7 @@ def power_cycle(request: pytest.FixtureRequest, smartball: Target) -> Callable[[
 
         async def reset_simulated() -> None:
             sim.reboot()
+            _note_reset(request, smartball)
 
         return reset_simulated
     config = request.config
@@ -227,6 +247,7 @@ def power_cycle(request: pytest.FixtureRequest, smartball: Target) -> Callable[[
         if not done:
             who = smartball.address or smartball.name
             pytest.fail(f"pytest_smartball_power_cycle did not power-cycle {who}", pytrace=False)
+        _note_reset(request, smartball)
 
     return cut_power
 

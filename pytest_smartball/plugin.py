@@ -36,6 +36,7 @@ pytest_plugins = [
     "pytest_smartball.session",
     "pytest_smartball.recording",
     "pytest_smartball.fixtures",
+    "pytest_smartball.monitoring",
 ]
 
 #: pytest-timeout for each test on real hardware unless --timeout is given: a real update

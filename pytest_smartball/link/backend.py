@@ -7,9 +7,9 @@ raises comes out as the link's errors or as warnings, so nothing above knows a s
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from bleak import BleakClient
 
@@ -18,6 +18,16 @@ from .errors import STACK_ERRORS, ForgetFailed
 
 #: BlueZ before this reports ServicesResolved before the GATT objects exist (see bluez.py).
 SERVICES_RACE_FIXED_IN = (5, 55)
+
+
+class InjectedFault(Protocol):
+    """One entry of a simulated device's fault log."""
+
+    @property
+    def time(self) -> float: ...
+
+    @property
+    def fault(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +47,10 @@ class BleBackend:
     warnings: Callable[[], Awaitable[list[str]]] | None = None
     #: Re-read a connected client's services from the stack (True when it could).
     reread: Callable[[BleakClient], Awaitable[bool]] | None = None
+    #: The faults a simulated stack injected on purpose into the device at an address, in
+    #: order, as it logs them (each has ``time`` and ``fault``); None on a real radio. The
+    #: contract monitor reads it so that a message lost on purpose is not a device's bug.
+    link_faults: Callable[[str], Sequence[InjectedFault]] | None = None
 
     @property
     def is_real(self) -> bool:

@@ -22,7 +22,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
@@ -65,6 +65,37 @@ class LinkSettings:
     write_timeout_s: float = 5.0
 
 
+class LinkObserver(Protocol):
+    """Sees every byte of one link both ways, with the loop's clock (the contract monitor,
+    :mod:`pytest_smartball.monitoring`): what the host wrote, what the device notified,
+    and when the link came and went."""
+
+    def connected(self, t: float) -> None: ...
+
+    def disconnected(self, t: float, by_host: bool) -> None: ...
+
+    def host_bytes(self, t: float, data: bytes) -> None: ...
+
+    def device_bytes(self, t: float, data: bytes) -> None: ...
+
+
+#: Called for every new link; each returns an observer for it, or None. Empty unless a
+#: test asked for the contract monitor (:func:`watch_links`).
+_WATCHERS: list[Callable[[NusLink], LinkObserver | None]] = []
+
+
+def watch_links(factory: Callable[[NusLink], LinkObserver | None]) -> Callable[[], None]:
+    """Give every link opened from now on the observer ``factory`` returns for it;
+    returns the function that stops it (links already open keep their observer)."""
+    _WATCHERS.append(factory)
+
+    def stop() -> None:
+        if factory in _WATCHERS:
+            _WATCHERS.remove(factory)
+
+    return stop
+
+
 _LOST = object()
 #: Message types this codec knows; others are a newer device's (P13).
 _KNOWN_TYPES = frozenset(int(t) for t in p.MsgType)
@@ -93,6 +124,9 @@ class NusLink:
         self.lost = asyncio.Event()
         self.lost_reason = "not connected"
         self.max_write = 20
+        self._observers = [o for o in (w(self) for w in _WATCHERS) if o is not None]
+        #: The loop whose clock the observers get (set once they saw the link come up).
+        self._watched_loop: asyncio.AbstractEventLoop | None = None
 
     # --- connecting --------------------------------------------------------------------
 
@@ -129,6 +163,10 @@ class NusLink:
         assert rx is not None and tx is not None  # the loop ends only with both, or raises
         self._client, self._rx = client, rx
         self.max_write = await self._write_size(client, rx)
+        if self._observers:
+            self._watched_loop = asyncio.get_running_loop()
+            for observer in self._observers:
+                observer.connected(self._watched_loop.time())
         try:
             # bleak's BlueZ backend awaits this D-Bus call without a timeout of its own
             async with asyncio.timeout(self.settings.write_timeout_s):
@@ -257,12 +295,18 @@ class NusLink:
         self.lost_reason = reason
         self.lost.set()
         self._decoder.reset()
+        if self._watched_loop is not None:
+            now = self._watched_loop.time()
+            for observer in self._observers:
+                observer.disconnected(now, reason == "closed by host")
         self._queue.put_nowait(_LOST)
         self._on_event(LinkEvent.LINK_LOST, reason)
 
     def _on_notify(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
         # P14: a partial frame with no byte for 1 s is discarded (the loop's clock).
         now = asyncio.get_running_loop().time()
+        for observer in self._observers:
+            observer.device_bytes(now, bytes(data))
         for frame in self._decoder.feed(bytes(data), now=now):
             if frame.type not in _KNOWN_TYPES:
                 # P13: a message type this host does not know (a newer device's) is ignored.
@@ -291,9 +335,10 @@ class NusLink:
         try:
             async with asyncio.timeout(self.settings.write_timeout_s):
                 for start in range(0, len(frame), step):
-                    await self._client.write_gatt_char(
-                        self._rx, frame[start : start + step], response=False
-                    )
+                    piece = frame[start : start + step]
+                    await self._client.write_gatt_char(self._rx, piece, response=False)
+                    for observer in self._observers:
+                        observer.host_bytes(asyncio.get_running_loop().time(), piece)
         except LINK_ERRORS as exc:
             self._mark_lost(f"write failed: {type(exc).__name__}: {exc}")
             raise LinkLost(f"{self._who}: write failed: {exc}") from exc

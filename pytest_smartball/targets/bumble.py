@@ -123,7 +123,11 @@ def make_bumble_target(
         )
     world = BumbleWorld([device], exchange_mtu=exchange_mtu)
     backend = BleBackend(
-        world.scanner_backend, world.client_backend, forget=world.forget, warnings=world.warnings
+        world.scanner_backend,
+        world.client_backend,
+        forget=world.forget,
+        warnings=world.warnings,
+        link_faults=lambda address: device.fault_log,
     )
     return BumbleTarget(backend, device.name, device.address, device, world)
 

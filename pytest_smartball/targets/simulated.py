@@ -9,6 +9,7 @@ from typing import Any
 
 from smartball_sim.bleak_backend import SimWorld
 from smartball_sim.device import DEFAULT_ADDRESS, SimDevice
+from smartball_sim.fault_injector import FaultRecord
 from smartball_sim.faults import FaultPlan, FaultSpecError
 from smartball_sim.firmware import FlashTimings
 from smartball_sim.firmware_bugs import parse_bugs
@@ -19,8 +20,16 @@ from . import Target
 
 
 def backend_for(world: SimWorld) -> BleBackend:
+    def link_faults(address: str) -> list[FaultRecord]:
+        device = world.find(address)
+        return device.fault_log if device is not None else []
+
     return BleBackend(
-        world.scanner_backend, world.client_backend, forget=world.forget, warnings=world.warnings
+        world.scanner_backend,
+        world.client_backend,
+        forget=world.forget,
+        warnings=world.warnings,
+        link_faults=link_faults,
     )
 
 

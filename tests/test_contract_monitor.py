@@ -1,0 +1,358 @@
+"""The contract monitor (pytest_smartball/monitor.py), pure: hand-made traces of a device,
+one that keeps each rule and one that breaks it; the rule must fire on the second only."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_smartball import protocol as p
+from pytest_smartball.monitor import RULES, ContractMonitor
+
+IMAGE = bytes(range(256)) * 40 + b"tail!"  # 10245 bytes: 3 pages, a short last chunk
+CRC = p.crc32(IMAGE)
+CHUNK = 232
+WINDOW = 4
+INFO = p.MsgInfo(1, 1, 0, 0, 65536, 0x1234, 491520)
+STATUS_IDLE = p.MsgOtaStatus(0, 0, 0, 0)
+
+
+class Trace:
+    """Feeds a monitor: ``host`` writes a command, ``dev`` notifies a message, at ``t``."""
+
+    def __init__(self) -> None:
+        self.m = ContractMonitor("test device")
+        self.t = 0.0
+        self.m.observe_connect(0.0)
+
+    def at(self, dt: float) -> Trace:
+        self.t += dt
+        return self
+
+    def host(self, cmd: p.Command) -> Trace:
+        self.m.observe_host_bytes(self.t, p.encode(cmd))
+        return self
+
+    def raw(self, data: bytes, device: bool = False) -> Trace:
+        if device:
+            self.m.observe_device_bytes(self.t, data)
+        else:
+            self.m.observe_host_bytes(self.t, data)
+        return self
+
+    def dev(self, msg: p.DeviceMessage) -> Trace:
+        self.t += 0.01
+        self.m.observe_device_bytes(self.t, p.encode(msg))
+        return self
+
+    def rules(self) -> list[str]:
+        return [v.rule for v in self.m.finish(self.t)]
+
+
+def erase(tr: Trace, progress: list[p.MsgOtaProgress] | None = None) -> Trace:
+    tr.host(p.CmdInfo()).dev(INFO)
+    tr.host(p.CmdOtaStart(len(IMAGE), CRC, CHUNK))
+    pages = (len(IMAGE) + 4095) // 4096
+    for msg in progress or [
+        p.MsgOtaProgress(1, 4096 * (i + 1), pages * 4096) for i in range(pages)
+    ]:
+        tr.at(0.085).dev(msg)
+    return tr.dev(p.MsgOtaReady(CHUNK, WINDOW))
+
+
+def send(tr: Trace, start: int, end: int) -> Trace:
+    offset = start
+    while offset < end:
+        size = min(CHUNK, len(IMAGE) - offset)
+        tr.host(p.CmdOtaData(offset, IMAGE[offset : offset + size]))
+        offset += size
+    return tr
+
+
+def good_update(tr: Trace) -> Trace:
+    erase(tr)
+    offset = 0
+    interval = WINDOW // 2
+    n = 0
+    while offset < len(IMAGE):
+        size = min(CHUNK, len(IMAGE) - offset)
+        tr.host(p.CmdOtaData(offset, IMAGE[offset : offset + size]))
+        offset += size
+        n += 1
+        if n % interval == 0 or offset == len(IMAGE):
+            tr.dev(p.MsgOtaAck(offset))
+    tr.host(p.CmdOtaFinish()).dev(p.MsgOtaDone(CRC))
+    tr.m.observe_disconnect(tr.at(0.1).t)
+    tr.at(1.0).m.observe_connect(tr.t)
+    return tr.host(p.CmdInfo()).dev(p.MsgInfo(1, 1, 0, 0, len(IMAGE), CRC, 491520))
+
+
+def test_a_whole_correct_update_breaks_no_rule() -> None:
+    assert good_update(Trace()).rules() == []
+
+
+def test_every_rule_is_documented_in_the_protocol() -> None:
+    from pathlib import Path
+
+    from pytest_smartball.monitor import rules_documented
+
+    text = (Path(__file__).parents[1] / "docs" / "protocol.md").read_text("utf-8")
+    assert rules_documented(text) == []
+
+
+# Each case: a function that builds a trace breaking exactly one rule.
+
+
+def _progress_done_past_total(tr: Trace) -> None:
+    erase(
+        tr,
+        [
+            p.MsgOtaProgress(1, 4096, 12288),
+            p.MsgOtaProgress(1, 8192, 12288),
+            p.MsgOtaProgress(1, 12288, 12288),
+            p.MsgOtaProgress(1, 16384, 12288),
+        ],
+    )
+
+
+def _progress_wrong_total(tr: Trace) -> None:
+    erase(tr, [p.MsgOtaProgress(1, 4096 * (i + 1), 16384) for i in range(3)])
+
+
+def _ready_early(tr: Trace) -> None:
+    erase(tr, [p.MsgOtaProgress(1, 4096, 12288)])
+
+
+def _progress_gap(tr: Trace) -> None:
+    tr.host(p.CmdOtaStart(len(IMAGE), CRC, CHUNK))
+    tr.at(2.0).dev(p.MsgOtaProgress(1, 4096, 12288))
+
+
+def _ready_fields(tr: Trace) -> None:
+    tr.host(p.CmdOtaStart(len(IMAGE), CRC, 100))
+    for i in range(3):
+        tr.dev(p.MsgOtaProgress(1, 4096 * (i + 1), 12288))
+    tr.dev(p.MsgOtaReady(100, WINDOW))  # 100 is not whole words: must be 100 -> 100? no: 100
+
+
+def _ready_wrong_max_chunk(tr: Trace) -> None:
+    tr.host(p.CmdOtaStart(len(IMAGE), CRC, 600))
+    for i in range(3):
+        tr.dev(p.MsgOtaProgress(1, 4096 * (i + 1), 12288))
+    tr.dev(p.MsgOtaReady(512, WINDOW))  # min(600, 500) = 500
+
+
+def _ack_every_window(tr: Trace) -> None:
+    erase(tr)
+    send(tr, 0, 4 * CHUNK)
+    tr.dev(p.MsgOtaAck(4 * CHUNK))  # the interval is window // 2 = 2 chunks
+
+
+def _ack_missing(tr: Trace) -> None:
+    erase(tr)
+    send(tr, 0, 2 * CHUNK)
+    tr.at(1.0).host(p.CmdInfo()).dev(INFO)
+
+
+def _ack_past_received(tr: Trace) -> None:
+    erase(tr)
+    send(tr, 0, 2 * CHUNK)
+    tr.dev(p.MsgOtaAck(2 * CHUNK + 8))
+
+
+def _status_wrong_offset(tr: Trace) -> None:
+    erase(tr)
+    send(tr, 0, 2 * CHUNK)
+    tr.dev(p.MsgOtaAck(2 * CHUNK))
+    tr.host(p.CmdOtaStatus()).dev(p.MsgOtaStatus(2, CHUNK, len(IMAGE), CRC))
+
+
+def _status_in_verifying(tr: Trace) -> None:
+    erase(tr)
+    offset = 0
+    while offset < len(IMAGE):
+        end = min(offset + 2 * CHUNK, len(IMAGE))
+        send(tr, offset, end)
+        tr.dev(p.MsgOtaAck(end))
+        offset = end
+    tr.host(p.CmdOtaFinish()).host(p.CmdOtaStatus())
+    tr.dev(p.MsgOtaStatus(3, 0, len(IMAGE), CRC))  # VERIFYING reports image_size
+
+
+def _reply_wrong(tr: Trace) -> None:
+    tr.host(p.CmdOtaFinish()).dev(p.MsgOtaStatus(0, 0, 0, 0))
+
+
+def _reply_missing(tr: Trace) -> None:
+    tr.host(p.CmdOtaStatus()).at(2.0).host(p.CmdInfo()).dev(INFO)
+
+
+def _unknown_command_ignored(tr: Trace) -> None:
+    tr.raw(p.encode_frame(0x42, b"")).at(1.0).host(p.CmdInfo()).dev(INFO)
+
+
+def _error_names_other_command(tr: Trace) -> None:
+    tr.host(p.CmdOtaFinish()).dev(p.MsgError(p.ErrorCode.BAD_STATE, 0x10))
+
+
+def _rejected_storm(tr: Trace) -> None:
+    erase(tr)
+    for offset in (4 * CHUNK, 5 * CHUNK):
+        tr.host(p.CmdOtaData(offset, IMAGE[offset : offset + CHUNK]))
+    tr.dev(p.MsgOtaStatus(2, 0, len(IMAGE), CRC)).dev(p.MsgOtaStatus(2, 0, len(IMAGE), CRC))
+
+
+def _buffer_too_small(tr: Trace) -> None:
+    erase(tr)
+    send(tr, 0, 3 * CHUNK)
+    tr.dev(p.MsgOtaAck(2 * CHUNK)).dev(p.MsgOtaStatus(2, 2 * CHUNK, len(IMAGE), CRC))
+
+
+def _done_wrong_crc(tr: Trace) -> None:
+    _status_in_verifying_prefix(tr)
+    tr.dev(p.MsgOtaDone(CRC ^ 0xFFFFFFFF))
+
+
+def _status_in_verifying_prefix(tr: Trace) -> None:
+    erase(tr)
+    offset = 0
+    while offset < len(IMAGE):
+        end = min(offset + 2 * CHUNK, len(IMAGE))
+        send(tr, offset, end)
+        tr.dev(p.MsgOtaAck(end))
+        offset = end
+    tr.host(p.CmdOtaFinish())
+
+
+def _no_disconnect_after_done(tr: Trace) -> None:
+    _status_in_verifying_prefix(tr)
+    tr.dev(p.MsgOtaDone(CRC)).at(3.0).host(p.CmdOtaStatus()).dev(
+        p.MsgOtaStatus(4, len(IMAGE), len(IMAGE), CRC)
+    )
+
+
+def _info_stale_after_switch(tr: Trace) -> None:
+    _status_in_verifying_prefix(tr)
+    tr.dev(p.MsgOtaDone(CRC))
+    tr.m.observe_disconnect(tr.at(0.1).t)
+    tr.at(1.0).m.observe_connect(tr.t)
+    tr.host(p.CmdInfo()).dev(INFO)
+
+
+def _session_lost_on_drop(tr: Trace) -> None:
+    erase(tr)
+    send(tr, 0, 2 * CHUNK)
+    tr.dev(p.MsgOtaAck(2 * CHUNK))
+    tr.m.observe_disconnect(tr.at(0.1).t)
+    tr.at(1.0).m.observe_connect(tr.t)
+    tr.host(p.CmdOtaStatus()).dev(STATUS_IDLE)
+
+
+def _offset_ahead_after_drop(tr: Trace) -> None:
+    erase(tr)
+    send(tr, 0, 2 * CHUNK)
+    tr.dev(p.MsgOtaAck(2 * CHUNK))
+    tr.m.observe_disconnect(tr.at(0.1).t)
+    tr.at(1.0).m.observe_connect(tr.t)
+    tr.host(p.CmdOtaStatus()).dev(p.MsgOtaStatus(2, 3 * CHUNK, len(IMAGE), CRC))
+
+
+def _session_survives_reset(tr: Trace) -> None:
+    erase(tr)
+    send(tr, 0, 2 * CHUNK)
+    tr.dev(p.MsgOtaAck(2 * CHUNK))
+    tr.m.observe_reset(tr.at(0.1).t)
+    tr.m.observe_disconnect(tr.t)
+    tr.at(1.0).m.observe_connect(tr.t)
+    tr.host(p.CmdOtaStatus()).dev(p.MsgOtaStatus(2, 2 * CHUNK, len(IMAGE), CRC))
+
+
+def _bad_crc_from_device(tr: Trace) -> None:
+    frame = bytearray(p.encode(INFO))
+    frame[-1] ^= 1
+    tr.host(p.CmdInfo()).raw(bytes(frame), device=True)
+
+
+def _unknown_device_type(tr: Trace) -> None:
+    tr.raw(p.encode_frame(0xC3, b"\x00"), device=True)
+
+
+def _verify_lies(tr: Trace) -> None:
+    erase(tr)
+    offset = 0
+    while offset < len(IMAGE):
+        end = min(offset + 2 * CHUNK, len(IMAGE))
+        send(tr, offset, end)
+        tr.dev(p.MsgOtaAck(end))
+        offset = end
+    tr.host(p.CmdOtaFinish()).dev(p.MsgError(p.ErrorCode.CRC_MISMATCH, 0x14))
+
+
+CASES = {
+    "frame.fields": _progress_done_past_total,
+    "progress.fields": _progress_wrong_total,
+    "ready.early": _ready_early,
+    "progress.gap": _progress_gap,
+    "ready.fields": _ready_wrong_max_chunk,
+    "ack.interval": _ack_every_window,
+    "ack.late": _ack_missing,
+    "ack.offset": _ack_past_received,
+    "status.fields": _status_wrong_offset,
+    "reply.wrong": _reply_wrong,
+    "reply.missing": _reply_missing,
+    "error.command": _error_names_other_command,
+    "ratelimit.rejected": _rejected_storm,
+    "buffer.overflow": _buffer_too_small,
+    "done.crc": _done_wrong_crc,
+    "done.disconnect": _no_disconnect_after_done,
+    "activation.info": _info_stale_after_switch,
+    "session.kept": _session_lost_on_drop,
+    "session.reset": _session_survives_reset,
+    "frame.crc": _bad_crc_from_device,
+    "frame.type": _unknown_device_type,
+    "verify.outcome": _verify_lies,
+}
+
+
+@pytest.mark.parametrize("rule", sorted(CASES))
+def test_a_device_that_breaks_the_rule_is_caught(rule: str) -> None:
+    tr = Trace()
+    CASES[rule](tr)
+    found = tr.rules()
+    assert found, f"{rule}: nothing fired"
+    assert found[0] == rule, f"{rule}: the first violation was {found}"
+    assert rule in RULES
+
+
+def test_status_in_verifying_reports_image_size() -> None:
+    tr = Trace()
+    _status_in_verifying(tr)
+    assert tr.rules()[:1] == ["status.fields"]
+
+
+def test_offset_ahead_after_a_drop_is_caught() -> None:
+    tr = Trace()
+    _offset_ahead_after_drop(tr)
+    assert tr.rules()[:1] == ["session.kept"]
+
+
+def test_unknown_command_ignored_is_a_missing_reply() -> None:
+    tr = Trace()
+    _unknown_command_ignored(tr)
+    assert tr.rules()[:1] == ["reply.missing"]
+
+
+def test_a_lost_notification_the_fault_plan_reports_is_no_violation() -> None:
+    tr = Trace()
+    erase(tr)
+    send(tr, 0, 2 * CHUNK)
+    tr.m.observe_fault(tr.t, "lose")  # the ACK was lost on purpose
+    tr.at(1.0).host(p.CmdOtaStatus()).dev(p.MsgOtaStatus(2, 2 * CHUNK, len(IMAGE), CRC))
+    assert tr.rules() == []
+
+
+def test_a_violation_names_rule_frame_time_and_trace() -> None:
+    tr = Trace()
+    _ack_every_window(tr)
+    text = str(tr.m.finish(tr.t)[0])
+    assert "[ack.interval]" in text and "MsgOtaAck(next_expected_offset=928)" in text
+    assert "CmdOtaData(offset=696, len=232)" in text  # the trace before it
