@@ -127,13 +127,6 @@ def _progress_gap(tr: Trace) -> None:
     tr.at(2.0).dev(p.MsgOtaProgress(1, 4096, 12288))
 
 
-def _ready_fields(tr: Trace) -> None:
-    tr.host(p.CmdOtaStart(len(IMAGE), CRC, 100))
-    for i in range(3):
-        tr.dev(p.MsgOtaProgress(1, 4096 * (i + 1), 12288))
-    tr.dev(p.MsgOtaReady(100, WINDOW))  # 100 is not whole words: must be 100 -> 100? no: 100
-
-
 def _ready_wrong_max_chunk(tr: Trace) -> None:
     tr.host(p.CmdOtaStart(len(IMAGE), CRC, 600))
     for i in range(3):
