@@ -127,13 +127,6 @@ def _progress_gap(tr: Trace) -> None:
     tr.at(2.0).dev(p.MsgOtaProgress(1, 4096, 12288))
 
 
-def _ready_fields(tr: Trace) -> None:
-    tr.host(p.CmdOtaStart(len(IMAGE), CRC, 100))
-    for i in range(3):
-        tr.dev(p.MsgOtaProgress(1, 4096 * (i + 1), 12288))
-    tr.dev(p.MsgOtaReady(100, WINDOW))  # 100 is not whole words: must be 100 -> 100? no: 100
-
-
 def _ready_wrong_max_chunk(tr: Trace) -> None:
     tr.host(p.CmdOtaStart(len(IMAGE), CRC, 600))
     for i in range(3):
@@ -287,6 +280,76 @@ def _verify_lies(tr: Trace) -> None:
     tr.host(p.CmdOtaFinish()).dev(p.MsgError(p.ErrorCode.CRC_MISMATCH, 0x14))
 
 
+def _oversized_frame(tr: Trace) -> None:
+    # A header announcing 513 payload bytes: more than any frame may carry.
+    tr.host(p.CmdInfo()).raw(bytes((p.SOF, p.MsgType.MSG_INFO, 0x01, 0x02)), device=True)
+
+
+def _bytes_outside_a_frame(tr: Trace) -> None:
+    tr.host(p.CmdInfo()).raw(b"\x00\x17" + p.encode(INFO), device=True)
+
+
+def _frame_abandoned_halfway(tr: Trace) -> None:
+    # INFO answered, then half a STATUS nobody asked for, and the rest never comes.
+    tr.host(p.CmdInfo()).dev(INFO).raw(p.encode(STATUS_IDLE)[:5], device=True)
+    tr.at(1.2).host(p.CmdOtaStatus()).dev(STATUS_IDLE)
+
+
+def _status_nobody_asked_for(tr: Trace) -> None:
+    tr.host(p.CmdOtaStatus()).dev(STATUS_IDLE).dev(STATUS_IDLE)
+
+
+def _info_wrong_protocol(tr: Trace) -> None:
+    tr.host(p.CmdInfo()).dev(p.MsgInfo(2, 1, 0, 0, 65536, 0x1234, 491520))
+
+
+def _info_capacity_changes(tr: Trace) -> None:
+    tr.host(p.CmdInfo()).dev(INFO)
+    tr.host(p.CmdInfo()).dev(p.MsgInfo(1, 1, 0, 0, 65536, 0x1234, 491520 - 4096))
+
+
+def _erase_then_ready(tr: Trace, ready_after_s: float) -> None:
+    tr.host(p.CmdInfo()).dev(INFO)
+    tr.host(p.CmdOtaStart(len(IMAGE), CRC, CHUNK))
+    for i in range(3):
+        tr.at(0.085).dev(p.MsgOtaProgress(1, 4096 * (i + 1), 12288))
+    tr.at(ready_after_s).dev(p.MsgOtaReady(CHUNK, WINDOW))
+
+
+def _ready_late(tr: Trace) -> None:
+    _erase_then_ready(tr, 0.8)  # ready_after_erase_max_s is 0.5 s (+0.25 s radio)
+
+
+def _data_in_erasing(tr: Trace, refusals: int) -> None:
+    # A first session tells the monitor the window (4); the second START erases again,
+    # and DATA sent during that erase is refused for the 1st, 5th, 9th... chunk only.
+    erase(tr)
+    tr.host(p.CmdOtaAbort()).dev(STATUS_IDLE)
+    tr.host(p.CmdOtaStart(len(IMAGE), CRC, CHUNK))
+    tr.at(0.085).dev(p.MsgOtaProgress(1, 4096, 12288))
+    send(tr, 0, 2 * CHUNK)
+    for _ in range(refusals):
+        tr.dev(p.MsgError(p.ErrorCode.BAD_STATE, p.MsgType.CMD_OTA_DATA))
+    # A slow page: past reply_max_s, so a refusal owed for the 2nd chunk would be missed.
+    tr.at(0.8).dev(p.MsgOtaProgress(1, 8192, 12288))
+    tr.at(0.085).dev(p.MsgOtaProgress(1, 12288, 12288))
+    tr.dev(p.MsgOtaReady(CHUNK, WINDOW))
+
+
+def _bad_state_for_every_chunk_while_erasing(tr: Trace) -> None:
+    _data_in_erasing(tr, refusals=2)
+
+
+def _verify(tr: Trace, done_after_s: float) -> None:
+    _status_in_verifying_prefix(tr)
+    tr.at(done_after_s).dev(p.MsgOtaDone(CRC))
+    tr.m.observe_disconnect(tr.at(0.1).t)
+
+
+def _verify_late(tr: Trace) -> None:
+    _verify(tr, 1.5)  # verify_max_s is 1 s + 1 s/MB (+0.25 s radio): 1.26 s here
+
+
 CASES = {
     "frame.fields": _progress_done_past_total,
     "progress.fields": _progress_wrong_total,
@@ -310,6 +373,28 @@ CASES = {
     "frame.crc": _bad_crc_from_device,
     "frame.type": _unknown_device_type,
     "verify.outcome": _verify_lies,
+    "frame.length": _oversized_frame,
+    "frame.garbage": _bytes_outside_a_frame,
+    "reply.unexpected": _status_nobody_asked_for,
+    "info.fields": _info_wrong_protocol,
+    "ready.late": _ready_late,
+    "ratelimit.erasing": _bad_state_for_every_chunk_while_erasing,
+    "verify.late": _verify_late,
+}
+
+#: More traces that break one rule in another way, the rule they break first.
+MORE_CASES = {
+    "frame abandoned halfway": ("frame.garbage", _frame_abandoned_halfway),
+    "staging capacity changes": ("info.fields", _info_capacity_changes),
+}
+
+#: The same devices keeping the rule: nothing may fire.
+KEPT = {
+    "ready.late": lambda tr: _erase_then_ready(tr, 0.7),
+    "ratelimit.erasing": lambda tr: _data_in_erasing(tr, refusals=1),
+    "verify.late": lambda tr: _verify(tr, 1.2),
+    "reply.unexpected": lambda tr: tr.host(p.CmdOtaStatus()).dev(STATUS_IDLE),
+    "info.fields": lambda tr: tr.host(p.CmdInfo()).dev(INFO).host(p.CmdInfo()).dev(INFO),
 }
 
 
@@ -321,6 +406,26 @@ def test_a_device_that_breaks_the_rule_is_caught(rule: str) -> None:
     assert found, f"{rule}: nothing fired"
     assert found[0] == rule, f"{rule}: the first violation was {found}"
     assert rule in RULES
+
+
+def test_every_rule_has_a_trace_that_breaks_it() -> None:
+    """A rule added to RULES without a case here fails: each rule is shown firing."""
+    assert sorted(CASES) == sorted(RULES)
+
+
+@pytest.mark.parametrize("case", sorted(MORE_CASES))
+def test_another_way_to_break_a_rule_is_caught(case: str) -> None:
+    rule, build = MORE_CASES[case]
+    tr = Trace()
+    build(tr)
+    assert tr.rules()[:1] == [rule]
+
+
+@pytest.mark.parametrize("rule", sorted(KEPT))
+def test_the_same_device_keeping_the_rule_breaks_none(rule: str) -> None:
+    tr = Trace()
+    KEPT[rule](tr)
+    assert tr.rules() == []
 
 
 def test_status_in_verifying_reports_image_size() -> None:
