@@ -72,6 +72,41 @@ def assert_replies(got: list[p.DeviceMessage], want: list[p.DeviceMessage], what
     )
 
 
+async def check_rate_limit(
+    nus: NusLink,
+    refused: list[p.CmdOtaData],
+    window: int,
+    answer: p.DeviceMessage,
+    info: p.MsgInfo,
+    rule: str,
+) -> int | None:
+    """Send ``window + 2`` refused DATA in four fenced rounds (the 1st; the 2nd to the
+    window-th; the (window+1)th; the (window+2)th): only the 1st and the (window+1)th may be
+    answered, each with exactly ``answer``. Returns None, or how many DATA were sent when
+    MSG_OTA_READY came among the replies (an erase ended under the rounds)."""
+    assert len(refused) == window + 2, (len(refused), window)
+    w = window
+    rounds: list[tuple[list[p.CmdOtaData], list[p.DeviceMessage]]] = [
+        (refused[:1], [answer]),
+        (refused[1:w], []),
+        (refused[w : w + 1], [answer]),
+        (refused[w + 1 :], []),
+    ]
+    sent = 0
+    for cmds, want in rounds:
+        got = await replies_to_round(nus, list(cmds), info, rule)
+        sent += len(cmds)
+        if any(isinstance(m, p.MsgOtaReady) for m in got):
+            return sent
+        assert_replies(
+            got,
+            want,
+            f"refused DATA {sent - len(cmds) + 1} to {sent} at window {w} ({rule}: answered "
+            f"are the 1st and the {w + 1}th only)",
+        )
+    return None
+
+
 async def send_interval(
     nus: NusLink, offset: int, size: int, ready: p.MsgOtaReady, what: str
 ) -> int:
@@ -164,19 +199,8 @@ async def test_rejected_chunks_get_a_status_for_the_first_and_the_window_plus_fi
     behind = [k % (offset // chunk) * chunk for k in range(ready.window + 2)]
     stale = [p.CmdOtaData(o, IMAGE[o : o + chunk]) for o in behind]
     status = p.MsgOtaStatus(p.OtaState.RECEIVING, offset, len(IMAGE), CRC)
-    w = ready.window
-    rounds = [(stale[:1], [status]), (stale[1:w], []), (stale[w : w + 1], [status])]
-    rounds.append((stale[w + 1 :], []))
-    sent = 0
-    for cmds, want in rounds:
-        got = await replies_to_round(nus, list(cmds), info, "rejected chunks")
-        sent += len(cmds)
-        assert_replies(
-            got,
-            want,
-            f"rejected chunks {sent - len(cmds) + 1} to {sent} at window {w} (7.4 rule 3: "
-            f"a STATUS for the 1st and the {w + 1}th only)",
-        )
+    ready_at = await check_rate_limit(nus, stale, ready.window, status, info, "7.4 rule 3")
+    assert ready_at is None, f"MSG_OTA_READY among the replies to {ready_at} rejected chunks"
     await expect_status(nus, p.OtaState.RECEIVING, offset, "STATUS after the rejected chunks")
     await nus.request(p.CmdOtaAbort(), (p.MsgOtaStatus,))
 
@@ -202,23 +226,12 @@ async def test_data_during_the_erase_gets_bad_state_for_the_first_and_the_window
     assert isinstance(first, p.MsgOtaProgress), f"START of a new session answered {first}"
     w = learnt.window
     data = [p.CmdOtaData(0, image[:chunk])] * (w + 2)
-    rounds = [(data[:1], [refused_data()]), (data[1:w], []), (data[w : w + 1], [refused_data()])]
-    rounds.append((data[w + 1 :], []))
-    sent = 0
-    for cmds, want in rounds:
-        got = await replies_to_round(nus, list(cmds), info, "DATA during the erase")
-        sent += len(cmds)
-        if any(isinstance(m, p.MsgOtaReady) for m in got):
-            await nus.request(p.CmdOtaAbort(), (p.MsgOtaStatus,))
-            pytest.skip(
-                f"the erase of {len(image)} bytes ended after {sent} DATA: this device erases "
-                f"too fast for {w + 2} DATA to meet it in ERASING"
-            )
-        assert_replies(
-            got,
-            want,
-            f"DATA {sent - len(cmds) + 1} to {sent} in ERASING at window {w} (7.4 rule 1: "
-            f"BAD_STATE for the 1st and the {w + 1}th only)",
+    ready_at = await check_rate_limit(nus, data, w, refused_data(), info, "7.4 rule 1")
+    if ready_at is not None:
+        await nus.request(p.CmdOtaAbort(), (p.MsgOtaStatus,))
+        pytest.skip(
+            f"the erase of {len(image)} bytes ended after {ready_at} DATA: this device erases "
+            f"too fast for {w + 2} DATA to meet it in ERASING"
         )
     status = await nus.request(p.CmdOtaStatus(), (p.MsgOtaStatus,))
     assert status == p.MsgOtaStatus(p.OtaState.ERASING, 0, len(image), crc), status
