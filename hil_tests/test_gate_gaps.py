@@ -233,8 +233,8 @@ async def test_data_during_the_erase_gets_bad_state_for_the_first_and_the_window
             f"the erase of {len(image)} bytes ended after {ready_at} DATA: this device erases "
             f"too fast for {w + 2} DATA to meet it in ERASING"
         )
-    status = await nus.request(p.CmdOtaStatus(), (p.MsgOtaStatus,))
-    assert status == p.MsgOtaStatus(p.OtaState.ERASING, 0, len(image), crc), status
+    # No READY came before the last fence: every DATA met the erase. (A STATUS here would
+    # race the READY of a quick erase, and its request would drop that READY as stale.)
     pages = -(-len(image) // h.PAGE_SIZE)
     ready = await nus.wait_for(
         (p.MsgOtaReady, p.MsgError),
