@@ -28,8 +28,10 @@ from hypothesis import strategies as st
 
 from pytest_smartball import contract
 from pytest_smartball import protocol as p
+from pytest_smartball.fixtures import skip_a_raw_link_under_a_global_plan
 from pytest_smartball.link import LinkSettings, NusLink, find_device
 from pytest_smartball.loops import virtual_event_loop
+from pytest_smartball.options import SmartBallOptions
 from pytest_smartball.targets import Target
 
 from . import helpers as h
@@ -156,11 +158,14 @@ MERGED = Stream(("status", "info", "finish", "unknown"))
 SPLIT = Stream(("long-info", "status"), cuts=(308,))
 
 
-def test_frames_in_any_pieces_and_merged_are_each_answered(smartball: Target) -> None:
+def test_frames_in_any_pieces_and_merged_are_each_answered(
+    smartball: Target, smartball_options: SmartBallOptions
+) -> None:
     """Commands a device in IDLE answers without a state change, written as one byte
     stream cut anywhere (several frames in one write, one frame over several, garbage
     between frames, gaps below the idle limit): the replies are exactly those of the
     commands, in order, and nothing else (docs/protocol.md 1, 4)."""
+    skip_a_raw_link_under_a_global_plan(smartball_options)
     host = RawHost(smartball)
     try:
         host.run(host.nus.request(p.CmdOtaAbort(), (p.MsgOtaStatus,)))
@@ -358,13 +363,16 @@ SMALLEST = Transfer(size=203, chunk_size=4, words=(1,), packing="cut", cuts=(7, 
 MIXED = Transfer(size=5_002, chunk_size=333, words=(83, 1, 40), packing="cut", cuts=(2, 77))
 
 
-def test_every_chunk_size_and_packing_with_holes(smartball: Target) -> None:
+def test_every_chunk_size_and_packing_with_holes(
+    smartball: Target, smartball_options: SmartBallOptions
+) -> None:
     """Sessions with chunk sizes from one word to the 500 bytes READY grants (the image's
     last chunk not whole words), their frames one per write, packed into full writes or cut
     anywhere, a hole in the first window; each ACK interval ends in exactly its ACK, the
     hole in exactly one STATUS at the hole (7.4), the erase's PROGRESS count whole pages
     (7.3), FINISH with a wrong CRC is refused and the next START, without a reset or an
     ABORT, opens a new session (7.2: START in ERROR)."""
+    skip_a_raw_link_under_a_global_plan(smartball_options)
     host = RawHost(smartball)
     try:
         host.run(host.nus.request(p.CmdOtaAbort(), (p.MsgOtaStatus,)))

@@ -285,6 +285,18 @@ def _virtual_time(target: Target) -> Iterator[None]:
         yield
 
 
+def skip_a_raw_link_under_a_global_plan(options: SmartBallOptions) -> None:
+    """A test on a raw NUS link (the ``nus`` fixture, or a host of its own) skips under
+    ``--sim-faults``: a raw link has no recovery by design, so a plan for every test would
+    only break it."""
+    if options.faults:
+        pytest.skip(
+            f"a raw NUS link test: --sim-faults {options.faults!r} applies to "
+            "updates through the OTA engine (a raw link has no recovery); give this test "
+            "its own plan with @pytest.mark.faults"
+        )
+
+
 @pytest_asyncio.fixture
 async def nus(
     request: pytest.FixtureRequest,
@@ -294,12 +306,7 @@ async def nus(
 ) -> AsyncIterator[NusLink]:
     """A connected NUS link to the device under test. Skipped under ``--sim-faults``: a
     raw link has no recovery by design, so a plan for every test would only break it."""
-    if smartball_options.faults:
-        pytest.skip(
-            f"a raw NUS link test: --sim-faults {smartball_options.faults!r} applies to "
-            "updates through the OTA engine (a raw link has no recovery); give this test "
-            "its own plan with @pytest.mark.faults"
-        )
+    skip_a_raw_link_under_a_global_plan(smartball_options)
     events = request.node.stash.setdefault(LINK_EVENTS, [])
     loop = asyncio.get_running_loop()
 
