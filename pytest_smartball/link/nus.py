@@ -336,9 +336,12 @@ class NusLink:
             async with asyncio.timeout(self.settings.write_timeout_s):
                 for start in range(0, len(frame), step):
                     piece = frame[start : start + step]
-                    await self._client.write_gatt_char(self._rx, piece, response=False)
+                    # Told before the write is awaited: over BlueZ the device's reply can
+                    # reach us before the write call returns (seen in the VM stage), and a
+                    # monitor told afterwards sees an answer to a command not yet sent.
                     for observer in self._observers:
                         observer.host_bytes(asyncio.get_running_loop().time(), piece)
+                    await self._client.write_gatt_char(self._rx, piece, response=False)
         except LINK_ERRORS as exc:
             self._mark_lost(f"write failed: {type(exc).__name__}: {exc}")
             raise LinkLost(f"{self._who}: write failed: {exc}") from exc
