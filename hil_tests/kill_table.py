@@ -92,6 +92,32 @@ class BugRun:
         }
 
 
+def observed_suite_command(
+    tests: list[str], observations: Path, fuzz_examples: int, basetemp: Path, extra: list[str]
+) -> list[str]:
+    """The pytest command of one observed run of the HIL suite on the simulator (the kill
+    table's and the mutation harness's): no cache, a fixed order, the kill observer writing
+    ``observations``."""
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        *tests,
+        "--device=sim",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        "-p",
+        "hil_tests.kill_observer",
+        f"--kill-observations={observations}",
+        f"--fuzz-examples={fuzz_examples}",
+        f"--basetemp={basetemp}",
+        *extra,
+    ]
+
+
 def run_one(bug: str, out: Path, fuzz_examples: int, extra: list[str]) -> BugRun:
     """The suite against one bug. A test that hangs ends its pytest process (see
     kill_observer.py); it is recorded as hung and the tests not yet run get a new process."""
@@ -101,25 +127,13 @@ def run_one(bug: str, out: Path, fuzz_examples: int, extra: list[str]) -> BugRun
     remaining: list[str] = []
     for attempt in range(MAX_PROCESSES):
         observations = out / f"{name}.{attempt}.json"
-        command = [
-            sys.executable,
-            "-m",
-            "pytest",
-            *(remaining or ["hil_tests"]),
-            "--device=sim",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:randomly",
-            "-p",
-            "hil_tests.kill_observer",
-            f"--kill-observations={observations}",
-            f"--fuzz-examples={fuzz_examples}",
-            f"--basetemp={out / ('tmp-' + name)}",
-            *([] if bug == CONTROL else [f"--sim-firmware-bug={bug}"]),
-            *extra,
-        ]
+        command = observed_suite_command(
+            remaining or ["hil_tests"],
+            observations,
+            fuzz_examples,
+            out / ("tmp-" + name),
+            [*([] if bug == CONTROL else [f"--sim-firmware-bug={bug}"]), *extra],
+        )
         done = subprocess.run(
             command,
             cwd=ROOT,

@@ -54,6 +54,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hil_tests.kill_table import observed_suite_command
+
 ROOT = Path(__file__).resolve().parent.parent
 #: The reference firmware model: what a SmartBall's firmware decides, and its flash.
 MODULES = (
@@ -315,25 +317,9 @@ def run_suite(tree: Path, tmp: Path, timeout_s: float, extra: list[str]) -> tupl
     """hil_tests in ``tree`` (its own packages first on the path), stopped at the first
     catch. Returns (verdict, why) by the kill table's rules."""
     observations = tmp / "observations.json"
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "hil_tests",
-        "--device=sim",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "no:randomly",
-        "-p",
-        "hil_tests.kill_observer",
-        f"--kill-observations={observations}",
-        "--kill-first-catch",
-        f"--fuzz-examples={FUZZ_EXAMPLES}",
-        f"--basetemp={tmp / 'pytest'}",
-        *extra,
-    ]
+    command = observed_suite_command(
+        ["hil_tests"], observations, FUZZ_EXAMPLES, tmp / "pytest", ["--kill-first-catch", *extra]
+    )
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")},
         "PYTHONPATH": os.pathsep.join([str(tree), str(tree / "sim")]),
