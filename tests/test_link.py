@@ -21,12 +21,14 @@ from pytest_smartball.link import (
     BleBackend,
     ForgetFailed,
     LinkEvent,
+    LinkLost,
     LinkSettings,
     NusLink,
     ResponseTimeout,
     find_device,
     scanning,
 )
+from pytest_smartball.link import nus as nus_module
 from pytest_smartball.link.errors import DeviceNotFound
 from pytest_smartball.targets import Target
 from pytest_smartball.targets.simulated import make_sim_target
@@ -155,6 +157,47 @@ async def test_a_partial_frame_is_dropped_after_a_second_of_silence() -> None:
     await asyncio.sleep(1.5)
     target.sim._notify(p.encode(p.MsgOtaAck(232)))
     assert await link.receive(1.0) == p.MsgOtaAck(232)
+    await link.close()
+
+
+class _DeviceBytes:
+    """An observer that keeps what the device notified."""
+
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+
+    def connected(self, t: float) -> None: ...
+
+    def disconnected(self, t: float, by_host: bool) -> None: ...
+
+    def host_bytes(self, t: float, data: bytes) -> None: ...
+
+    def device_bytes(self, t: float, data: bytes) -> None:
+        self.seen.append(data)
+
+
+async def test_a_lost_link_keeps_nothing_it_is_handed_after_the_loss() -> None:
+    """Over the real bluetoothd the bleak client of a lost link was still handed the next
+    link's notifications (the VM stage: a contract monitor saw each reply twice). A link is
+    never revived, so what reaches it after its loss is neither observed nor queued."""
+    target = make_sim_target()
+    assert target.sim is not None
+    observer = _DeviceBytes()
+    stop = nus_module.watch_links(lambda _link: observer)
+    try:
+        link, _, _ = await open_link(target)
+    finally:
+        stop()
+    target.sim._notify(p.encode(p.MsgOtaAck(232)))
+    assert await link.receive(1.0) == p.MsgOtaAck(232)
+    tx = link._client.services.get_characteristic(p.NUS_TX_UUID)
+    assert tx is not None
+    target.sim.disconnect("the test drops the link")
+    await asyncio.wait_for(link.lost.wait(), 5.0)
+    link._on_notify(tx, bytearray(p.encode(p.MsgOtaAck(464))))
+    assert observer.seen == [p.encode(p.MsgOtaAck(232))]
+    with pytest.raises(LinkLost):
+        await link.receive(1.0)
     await link.close()
 
 

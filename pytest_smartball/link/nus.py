@@ -127,6 +127,8 @@ class NusLink:
         self._observers = [o for o in (w(self) for w in _WATCHERS) if o is not None]
         #: The loop whose clock the observers get (set once they saw the link come up).
         self._watched_loop: asyncio.AbstractEventLoop | None = None
+        #: The release of a client the device dropped (see _on_disconnected).
+        self._release: asyncio.Task[None] | None = None
 
     # --- connecting --------------------------------------------------------------------
 
@@ -261,6 +263,8 @@ class NusLink:
         client, self._client = self._client, None
         if client is not None:
             await _quiet_disconnect(client)
+        if self._release is not None:
+            await self._release
         self._mark_lost("closed by host")
 
     async def __aenter__(self) -> NusLink:
@@ -288,6 +292,13 @@ class NusLink:
         # Before _connect adopts a client, a drop shows up as missing services instead.
         if client is self._client:
             self._mark_lost("device disconnected")
+            self._client = None
+            # Released at once, not when the owner closes the link: bleak's BlueZ client
+            # keeps its D-Bus connection after the device dropped, bluetoothd re-enables that
+            # connection's notifications when the device comes back, and bleak then hands
+            # each of them to the next link twice (seen in the VM stage: every reply on the
+            # link opened after a reset arrived twice while the old link was still open).
+            self._release = asyncio.get_running_loop().create_task(_quiet_disconnect(client))
 
     def _mark_lost(self, reason: str) -> None:
         if self.lost.is_set():
@@ -303,6 +314,11 @@ class NusLink:
         self._on_event(LinkEvent.LINK_LOST, reason)
 
     def _on_notify(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
+        if self.lost.is_set():
+            # A link is never revived, so nothing it hears after its loss is its own (its
+            # bleak client may still be handed the next connection's notifications until
+            # it is released, see _on_disconnected).
+            return
         # P14: a partial frame with no byte for 1 s is discarded (the loop's clock).
         now = asyncio.get_running_loop().time()
         for observer in self._observers:
