@@ -190,10 +190,14 @@ async def test_a_lost_link_keeps_nothing_it_is_handed_after_the_loss() -> None:
         stop()
     target.sim._notify(p.encode(p.MsgOtaAck(232)))
     assert await link.receive(1.0) == p.MsgOtaAck(232)
-    tx = link._client.services.get_characteristic(p.NUS_TX_UUID)
+    client = link._client
+    assert client is not None
+    tx = client.services.get_characteristic(p.NUS_TX_UUID)
     assert tx is not None
     target.sim.disconnect("the test drops the link")
     await asyncio.wait_for(link.lost.wait(), 5.0)
+    await asyncio.sleep(0)  # the release of the dropped client (NusLink._on_disconnected)
+    assert link._client is None and not client.is_connected
     link._on_notify(tx, bytearray(p.encode(p.MsgOtaAck(464))))
     assert observer.seen == [p.encode(p.MsgOtaAck(232))]
     with pytest.raises(LinkLost):
