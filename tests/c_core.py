@@ -1,0 +1,425 @@
+"""The C reference core (``firmware/``) loaded through ctypes, and the virtual-time harness
+that replays ``vectors/device.json`` against it (docs/firmware.md, "The vector replay").
+
+The harness plays the platform behind the core's HAL: a mock staging flash with the
+vector's timings (a page erase completes 85 ms after it starts, a write 41 us per word, a
+failed operation leaves the flash as it was and reports failure), a clock, the radio
+(every notification leaves at once, then ``sb_tx_complete``) and the bootloader (after a
+reset with a pending record whose CRC checks out, the staged image becomes the active one,
+its version read from its descriptor). The verify's time is charged per byte the core
+reads back while it verifies, so a verify of ``image_size`` bytes takes the vector's
+``verify_s_per_byte * image_size`` in the core's steps.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_smartball import protocol as p
+from smartball_sim.make_image import image_version
+
+FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
+#: A prebuilt core to load instead of building one (CI's sanitizer and coverage builds).
+LIB_ENV = "SMARTBALL_C_CORE_LIB"
+PAGE = 4096
+
+_ERASE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)
+_WRITE = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32
+)
+_READ = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32)
+_NOW = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p)
+_NOTIFY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint16)
+_PERSIST = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
+_RESET = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_HANDLED = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint8, ctypes.c_uint8)
+
+
+class Hal(ctypes.Structure):
+    _fields_ = [
+        ("ctx", ctypes.c_void_p),
+        ("flash_erase_page", _ERASE),
+        ("flash_write", _WRITE),
+        ("flash_read", _READ),
+        ("now_us", _NOW),
+        ("notify", _NOTIFY),
+        ("persist_pending", _PERSIST),
+        ("reset", _RESET),
+        ("handled", _HANDLED),
+    ]
+
+
+class Config(ctypes.Structure):
+    _fields_ = [
+        ("window", ctypes.c_uint16),
+        ("rx_buffer_chunks", ctypes.c_uint16),
+        ("staging_capacity", ctypes.c_uint32),
+        ("progressive_erase", ctypes.c_uint8),
+        ("fw_version", ctypes.c_uint8 * 3),
+        ("active_image_size", ctypes.c_uint32),
+        ("active_image_crc32", ctypes.c_uint32),
+    ]
+
+
+class MissingCompiler(RuntimeError):
+    """No C compiler: the sentence says what to install."""
+
+
+def build_library(build_dir: Path, target: str = "host") -> Path:
+    """``make -C firmware <target>`` into ``build_dir``; the shared library's path."""
+    if shutil.which(os.environ.get("CC", "gcc")) is None or shutil.which("make") is None:
+        raise MissingCompiler(
+            "the C core needs a C compiler and make: install them (Debian: "
+            "apt-get install gcc make) or set SMARTBALL_C_CORE_LIB to a built core"
+        )
+    subprocess.run(
+        ["make", "-s", "-C", str(FIRMWARE_DIR), target, f"BUILD={build_dir}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return build_dir / target / "libsmartball_core.so"
+
+
+def load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    lib.sb_core_size.restype = ctypes.c_size_t
+    lib.sb_init.argtypes = [ctypes.c_void_p, ctypes.POINTER(Hal), ctypes.POINTER(Config)]
+    lib.sb_rx.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+    lib.sb_flash_done.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.sb_tx_complete.argtypes = [ctypes.c_void_p]
+    lib.sb_link_lost.argtypes = [ctypes.c_void_p]
+    lib.sb_poll.argtypes = [ctypes.c_void_p]
+    lib.sb_next_deadline_us.argtypes = [ctypes.c_void_p]
+    lib.sb_next_deadline_us.restype = ctypes.c_uint64
+    lib.sb_state.argtypes = [ctypes.c_void_p]
+    lib.sb_state.restype = ctypes.c_uint8
+    lib.sb_flash_busy.argtypes = [ctypes.c_void_p]
+    lib.sb_flash_busy.restype = ctypes.c_uint8
+    lib.sb_encode.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_uint8,
+        ctypes.POINTER(ctypes.c_uint32),
+        ctypes.c_char_p,
+        ctypes.c_uint16,
+    ]
+    lib.sb_encode.restype = ctypes.c_uint16
+    lib.sb_parse_command.argtypes = [
+        ctypes.c_uint8,
+        ctypes.c_char_p,
+        ctypes.c_uint16,
+        ctypes.POINTER(ctypes.c_uint32),
+    ]
+    lib.sb_frame.argtypes = [ctypes.c_char_p, ctypes.c_uint8, ctypes.c_char_p, ctypes.c_uint16]
+    lib.sb_frame.restype = ctypes.c_uint16
+    return lib
+
+
+class DecoderStruct(ctypes.Structure):
+    _fields_ = [
+        ("buf", ctypes.c_uint8 * 518),
+        ("len", ctypes.c_uint16),
+        ("has_last", ctypes.c_uint8),
+        ("last_us", ctypes.c_uint64),
+        ("frames", ctypes.c_uint32),
+        ("dropped_bytes", ctypes.c_uint32),
+        ("bad_crc", ctypes.c_uint32),
+        ("bad_length", ctypes.c_uint32),
+    ]
+
+
+_ON_FRAME = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.c_uint8, ctypes.POINTER(ctypes.c_uint8), ctypes.c_uint16
+)
+
+
+def decode(lib: ctypes.CDLL, vector: dict[str, Any]) -> dict[str, Any]:
+    """A decoder.json vector fed to the C decoder: its frames, stats and buffered bytes."""
+    dec = DecoderStruct()
+    frames: list[dict[str, str]] = []
+
+    def on_frame(_arg: int, type_: int, payload: Any, n: int) -> None:
+        frames.append({"type": _type_name(type_), "payload": bytes(payload[:n]).hex(" ")})
+
+    callback = _ON_FRAME(on_frame)
+    lib.sb_decoder_feed.argtypes = [
+        ctypes.POINTER(DecoderStruct),
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_uint64,
+        _ON_FRAME,
+        ctypes.c_void_p,
+    ]
+    lib.sb_decoder_reset.argtypes = [ctypes.POINTER(DecoderStruct)]
+    drop_at = vector.get("link_drop_at_s")
+    for piece in vector["input"]:
+        if drop_at is not None and piece["at_s"] >= drop_at:
+            lib.sb_decoder_reset(ctypes.byref(dec))
+            drop_at = None
+        data = bytes.fromhex(piece["hex"])
+        now_us = round(piece["at_s"] * 1_000_000)
+        lib.sb_decoder_feed(ctypes.byref(dec), data, len(data), 1, now_us, callback, None)
+    if drop_at is not None:
+        lib.sb_decoder_reset(ctypes.byref(dec))
+    return {
+        "frames": frames,
+        "stats": {
+            "frames": dec.frames,
+            "dropped_bytes": dec.dropped_bytes,
+            "bad_crc": dec.bad_crc,
+            "bad_length": dec.bad_length,
+        },
+        "buffered": dec.len,
+    }
+
+
+def _type_name(type_: int) -> str:
+    try:
+        return p.MsgType(type_).name
+    except ValueError:
+        return f"0x{type_:02X}"
+
+
+STATES = ["IDLE", "ERASING", "RECEIVING", "VERIFYING", "COMPLETE", "ERROR"]
+
+
+@dataclass
+class StepResult:
+    handled: list[dict[str, str]] = field(default_factory=list)
+    out: list[dict[str, Any]] = field(default_factory=list)
+    state: str = ""
+
+
+class Replay:
+    """One device.json vector's device: the C core on a virtual clock (nanoseconds)."""
+
+    def __init__(self, lib: ctypes.CDLL, device: dict[str, Any]) -> None:
+        self.lib = lib
+        self.device = device
+        flash = device["flash"]
+        self.erase_ns = round(flash["erase_page_s"] * 1e9)
+        self.write_word_ns = round(flash["write_word_s"] * 1e9)
+        self.verify_ns_per_byte = flash["verify_s_per_byte"] * 1e9
+        capacity = device["staging_capacity"]
+        self.flash = bytearray(b"\xff" * (-(-capacity // PAGE) * PAGE))
+        self.writes = bytearray(len(self.flash) // 4)
+        image = device["active_image"]
+        # The runner's active image (smartball_sim.contract_vectors.runner.DeviceConfig).
+        self.active = bytes(range(256)) * 12
+        assert len(self.active) == image["size"] and f"{p.crc32(self.active):08x}" == image["crc32"]
+        self.version = tuple(image["version"])
+        self.now_ns = 0
+        self.fail_next = 0
+        self.op_done_at: int | None = None
+        self.op_ok = True
+        self.pending: tuple[int, int] | None = None
+        self.tx_pending = False
+        self.reset_requested = False
+        self.in_poll = False
+        self.more_work = False
+        self.out: list[dict[str, Any]] = []
+        self.handled: list[dict[str, str]] = []
+        self._decoder = p.FrameDecoder()
+        self.hal = Hal(
+            None,
+            _ERASE(self._erase),
+            _WRITE(self._write),
+            _READ(self._read),
+            _NOW(lambda _ctx: self.now_ns // 1000),
+            _NOTIFY(self._notify),
+            _PERSIST(self._persist),
+            _RESET(self._reset),
+            _HANDLED(self._handled),
+        )
+        self.core = ctypes.create_string_buffer(lib.sb_core_size())
+        self._boot()
+
+    # --- the platform ------------------------------------------------------------------
+
+    def _boot(self) -> None:
+        cfg = Config(
+            self.device["window"],
+            self.device["flash"]["rx_buffer_chunks"],
+            self.device["staging_capacity"],
+            int(self.device["progressive_erase"]),
+            (ctypes.c_uint8 * 3)(*self.version),
+            len(self.active),
+            p.crc32(self.active),
+        )
+        self.op_done_at = None
+        self.tx_pending = self.reset_requested = self.more_work = False
+        if self.lib.sb_init(self.core, ctypes.byref(self.hal), ctypes.byref(cfg)) != 0:
+            raise ValueError(f"the C core refused the configuration {self.device}")
+
+    def power_cycle(self) -> None:
+        """A reset: the bootloader switches to a pending image whose CRC checks out."""
+        if self.pending is not None:
+            size, crc = self.pending
+            staged = bytes(self.flash[:size])
+            if p.crc32(staged) == crc:
+                self.active = staged
+                self.version = image_version(staged)
+            self.pending = None
+        self._boot()
+
+    def _fails(self) -> bool:
+        if self.fail_next:
+            self.fail_next -= 1
+            return True
+        return False
+
+    def _erase(self, _ctx: Any, page: int) -> int:
+        assert self.op_done_at is None, "the core started a second flash operation"
+        self.op_ok = not self._fails()
+        if self.op_ok:
+            self.flash[page * PAGE : (page + 1) * PAGE] = b"\xff" * PAGE
+            self.writes[page * PAGE // 4 : (page + 1) * PAGE // 4] = bytes(PAGE // 4)
+        self.op_done_at = self.now_ns + self.erase_ns
+        return 0
+
+    def _write(self, _ctx: Any, offset: int, words: int, n_words: int) -> int:
+        assert self.op_done_at is None, "the core started a second flash operation"
+        assert offset % 4 == 0, f"write at {offset}: not word aligned"
+        data = ctypes.string_at(words, n_words * 4)
+        for w in range(offset // 4, offset // 4 + n_words):
+            assert self.writes[w] < 2, f"word at {w * 4} written a third time since its erase"
+        self.op_ok = not self._fails()
+        if self.op_ok:
+            for i in range(n_words * 4):
+                self.flash[offset + i] &= data[i]
+            for w in range(offset // 4, offset // 4 + n_words):
+                self.writes[w] += 1
+        self.op_done_at = self.now_ns + n_words * self.write_word_ns
+        return 0
+
+    def _read(self, _ctx: Any, offset: int, out: int, size: int) -> None:
+        ctypes.memmove(out, bytes(self.flash[offset : offset + size]), size)
+        if self.in_poll:  # the verify reading the staged image back
+            self.now_ns += round(size * self.verify_ns_per_byte)
+
+    def _notify(self, _ctx: Any, frame: int, size: int) -> None:
+        for f in self._decoder.feed(ctypes.string_at(frame, size)):
+            msg = p.parse_message(f)
+            entry: dict[str, Any] = {"t": self.now_ns / 1e9, "type": msg.TYPE.name}
+            if isinstance(msg, p.MsgError):
+                entry["code"] = msg.code_name
+                entry["command"] = _type_name(msg.command)
+            else:
+                entry["hex"] = p.encode(msg).hex(" ")
+            self.out.append(entry)
+        self.tx_pending = True
+
+    def _persist(self, _ctx: Any, size: int, crc: int) -> int:
+        self.pending = (size, crc)
+        return 0
+
+    def _reset(self, _ctx: Any) -> None:
+        self.out.append({"t": self.now_ns / 1e9, "event": "reset"})
+        self.reset_requested = True
+
+    def _handled(self, _ctx: Any, type_: int, state: int) -> None:
+        self.handled.append({"command": _type_name(type_), "state": STATES[state]})
+
+    # --- time ----------------------------------------------------------------------------
+
+    def _settle(self) -> None:
+        """What the platform does at once: the radio's TX complete, the reset."""
+        if self.reset_requested:
+            self.reset_requested = False
+            if self.device["resets_when_asked"]:
+                self.power_cycle()
+        if self.tx_pending:
+            self.tx_pending = False
+            self.lib.sb_tx_complete(self.core)
+            self.more_work = True
+
+    def run_until(self, target_ns: int) -> None:
+        for _ in range(10_000_000):
+            self._settle()
+            deadline = self.lib.sb_next_deadline_us(self.core) * 1000 or None
+            due = [t for t in (self.op_done_at, deadline) if t is not None]
+            nxt = min(due) if due else None
+            if self.more_work and self.now_ns < target_ns and (nxt is None or self.now_ns < nxt):
+                self.in_poll = True
+                try:
+                    self.more_work = bool(self.lib.sb_poll(self.core))
+                finally:
+                    self.in_poll = False
+                continue
+            if nxt is not None and nxt <= target_ns:
+                self.now_ns = max(self.now_ns, nxt)
+                if nxt == self.op_done_at:
+                    self.op_done_at = None
+                    self.lib.sb_flash_done(self.core, int(self.op_ok))
+                self.more_work = True
+                continue
+            self.now_ns = max(self.now_ns, target_ns)
+            return
+        raise AssertionError("the replay did not settle: the core keeps asking for work")
+
+    def apply(self, step: dict[str, Any]) -> None:
+        self.now_ns = max(self.now_ns, round(step["at_s"] * 1e9))
+        if step.get("flash_fail_next"):
+            self.fail_next = step["flash_fail_next"]
+        if step.get("link_lost"):
+            self.lib.sb_link_lost(self.core)
+        if step.get("reset"):
+            self.power_cycle()
+        if "in" in step:
+            data = bytes.fromhex(step["in"])
+            self.lib.sb_rx(self.core, data, len(data))
+        self.more_work = True
+
+    def state(self) -> str:
+        return STATES[self.lib.sb_state(self.core)]
+
+
+def replay(lib: ctypes.CDLL, vector: dict[str, Any]) -> list[StepResult]:
+    """Each step: apply its input at at_s, run until the next step's at_s (the last: until_s);
+    what was sent meanwhile is the step's ``out``, the state then its ``state``."""
+    run = Replay(lib, vector["device"])
+    steps = vector["steps"]
+    results = []
+    for i, step in enumerate(steps):
+        end_s = steps[i + 1]["at_s"] if i + 1 < len(steps) else vector["until_s"]
+        out_before, handled_before = len(run.out), len(run.handled)
+        run.apply(step)
+        run.run_until(round(end_s * 1e9))
+        results.append(StepResult(run.handled[handled_before:], run.out[out_before:], run.state()))
+    return results
+
+
+def comparable(out: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """What §12 compares: MSG_ERROR by code and command, the rest byte for byte, events."""
+    result: list[tuple[Any, ...]] = []
+    for e in out:
+        if "event" in e:
+            result.append(("event", e["event"]))
+        elif e["type"] == "MSG_ERROR":
+            result.append((e["type"], e["code"], e["command"]))
+        else:
+            result.append((e["type"], e["hex"]))
+    return result
+
+
+def vector_failure(lib: ctypes.CDLL, vector: dict[str, Any]) -> str | None:
+    """None if the C core reproduces the vector, else the first difference in a sentence."""
+    results = replay(lib, vector)
+    for i, (want, got) in enumerate(zip(vector["steps"], results, strict=True)):
+        if comparable(want["out"]) != comparable(got.out):
+            return (
+                f"{vector['name']} step {i} (at {want['at_s']} s): sent "
+                f"{comparable(got.out)}, the vector wants {comparable(want['out'])}"
+            )
+        if want["handled"] != got.handled:
+            return f"{vector['name']} step {i}: handled {got.handled}, wants {want['handled']}"
+        if want["state"] != got.state:
+            return f"{vector['name']} step {i}: state {got.state}, the vector wants {want['state']}"
+    return None
