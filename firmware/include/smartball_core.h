@@ -118,7 +118,8 @@ typedef struct sb_core {
     uint16_t op_generation;
     uint32_t op_page, op_offset;
     /* What waits for the bytes accepted so far to be written (ACK, READY, verify). */
-    sb_action_t actions[SB_MAX_WINDOW + 4];
+    sb_action_t actions[2u * SB_MAX_WINDOW + 1u]; /* at most one ACK and one READY per
+                                                   * buffered chunk, and the verify */
     uint8_t action_count;
     /* Verify and activation. */
     uint32_t verify_pos, verify_crc;

@@ -25,6 +25,13 @@ enum { A_ACK = 1, A_READY = 2, A_VERIFY = 3 };
 #define N_SLOTS (SB_MAX_WINDOW + 1u)
 #define N_ACTIONS (sizeof(((sb_core_t *)0)->actions) / sizeof(sb_action_t))
 
+/* The sizes the instance's counters can hold. */
+typedef char sb_inbox_fits_u16[(SB_INBOX_BYTES <= 65535u) ? 1 : -1];
+typedef char sb_window_fits_u8[(SB_MAX_WINDOW >= 1u && SB_MAX_WINDOW <= 254u) ? 1 : -1];
+typedef char sb_chunk_whole_words[(SB_MAX_CHUNK % 4u == 0u && SB_MAX_CHUNK >= 4u &&
+                                   SB_MAX_CHUNK <= 500u) ? 1 : -1];
+typedef char sb_verify_step_ok[(SB_VERIFY_STEP >= 1u) ? 1 : -1];
+
 /* ---- little-endian helpers, checksums, frames ---------------------------------------- */
 
 static uint32_t get32(const uint8_t *p)
