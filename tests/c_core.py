@@ -217,6 +217,11 @@ class Replay:
         self.version = tuple(image["version"])
         self.now_ns = 0
         self.fail_next = 0
+        #: Operations that fail silently (reported done, flash untouched: the NVMC reports
+        #: nothing, only the core's read-back finds out), and that refuse to start.
+        self.silent_fail_next = 0
+        self.refuse_next = 0
+        self.persist_ok = True
         self.op_done_at: int | None = None
         self.op_ok = True
         self.pending: tuple[int, int] | None = None
@@ -270,15 +275,29 @@ class Replay:
         self._boot()
 
     def _fails(self) -> bool:
+        """Whether this operation fails (and leaves the flash as it was); ``op_ok`` is what
+        the platform reports about it."""
+        self.op_ok = True
         if self.fail_next:
             self.fail_next -= 1
+            self.op_ok = False
+            return True
+        if self.silent_fail_next:
+            self.silent_fail_next -= 1
+            return True
+        return False
+
+    def _refuses(self) -> bool:
+        if self.refuse_next:
+            self.refuse_next -= 1
             return True
         return False
 
     def _erase(self, _ctx: Any, page: int) -> int:
         assert self.op_done_at is None, "the core started a second flash operation"
-        self.op_ok = not self._fails()
-        if self.op_ok:
+        if self._refuses():
+            return -1
+        if not self._fails():
             self.flash[page * PAGE : (page + 1) * PAGE] = b"\xff" * PAGE
             self.writes[page * PAGE // 4 : (page + 1) * PAGE // 4] = bytes(PAGE // 4)
         self.op_done_at = self.now_ns + self.erase_ns
@@ -290,8 +309,9 @@ class Replay:
         data = ctypes.string_at(words, n_words * 4)
         for w in range(offset // 4, offset // 4 + n_words):
             assert self.writes[w] < 2, f"word at {w * 4} written a third time since its erase"
-        self.op_ok = not self._fails()
-        if self.op_ok:
+        if self._refuses():
+            return -1
+        if not self._fails():
             for i in range(n_words * 4):
                 self.flash[offset + i] &= data[i]
             for w in range(offset // 4, offset // 4 + n_words):
@@ -317,6 +337,8 @@ class Replay:
         self.tx_pending = True
 
     def _persist(self, _ctx: Any, size: int, crc: int) -> int:
+        if not self.persist_ok:
+            return -1
         self.pending = (size, crc)
         return 0
 
