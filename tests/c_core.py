@@ -14,111 +14,31 @@ reads back while it verifies, so a verify of ``image_size`` bytes takes the vect
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
-import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pytest_smartball import protocol as p
+from smartball_sim.c_core import (
+    ERASE,
+    EV_HANDLED,
+    EVENT,
+    LIB_ENV,
+    NOTIFY,
+    NOW,
+    PAGE,
+    PERSIST,
+    READ,
+    RESET,
+    WRITE,
+    Config,
+    Hal,
+    MissingCompiler,
+    build_library,
+    load,
+)
 from smartball_sim.make_image import image_version
 
-FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
-#: A prebuilt core to load instead of building one (CI's sanitizer and coverage builds).
-LIB_ENV = "SMARTBALL_C_CORE_LIB"
-PAGE = 4096
-
-_ERASE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)
-_WRITE = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32
-)
-_READ = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32)
-_NOW = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p)
-_NOTIFY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint16)
-_PERSIST = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
-_RESET = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-_HANDLED = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint8, ctypes.c_uint8)
-
-
-class Hal(ctypes.Structure):
-    _fields_ = [
-        ("ctx", ctypes.c_void_p),
-        ("flash_erase_page", _ERASE),
-        ("flash_write", _WRITE),
-        ("flash_read", _READ),
-        ("now_us", _NOW),
-        ("notify", _NOTIFY),
-        ("persist_pending", _PERSIST),
-        ("reset", _RESET),
-        ("handled", _HANDLED),
-    ]
-
-
-class Config(ctypes.Structure):
-    _fields_ = [
-        ("window", ctypes.c_uint16),
-        ("rx_buffer_chunks", ctypes.c_uint16),
-        ("staging_capacity", ctypes.c_uint32),
-        ("progressive_erase", ctypes.c_uint8),
-        ("fw_version", ctypes.c_uint8 * 3),
-        ("active_image_size", ctypes.c_uint32),
-        ("active_image_crc32", ctypes.c_uint32),
-    ]
-
-
-class MissingCompiler(RuntimeError):
-    """No C compiler: the sentence says what to install."""
-
-
-def build_library(build_dir: Path, target: str = "host") -> Path:
-    """``make -C firmware <target>`` into ``build_dir``; the shared library's path."""
-    if shutil.which(os.environ.get("CC", "gcc")) is None or shutil.which("make") is None:
-        raise MissingCompiler(
-            "the C core needs a C compiler and make: install them (Debian: "
-            "apt-get install gcc make) or set SMARTBALL_C_CORE_LIB to a built core"
-        )
-    subprocess.run(
-        ["make", "-s", "-C", str(FIRMWARE_DIR), target, f"BUILD={build_dir}"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return build_dir / target / "libsmartball_core.so"
-
-
-def load(path: Path) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(path))
-    lib.sb_core_size.restype = ctypes.c_size_t
-    lib.sb_init.argtypes = [ctypes.c_void_p, ctypes.POINTER(Hal), ctypes.POINTER(Config)]
-    lib.sb_rx.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
-    lib.sb_flash_done.argtypes = [ctypes.c_void_p, ctypes.c_int]
-    lib.sb_tx_complete.argtypes = [ctypes.c_void_p]
-    lib.sb_link_lost.argtypes = [ctypes.c_void_p]
-    lib.sb_poll.argtypes = [ctypes.c_void_p]
-    lib.sb_next_deadline_us.argtypes = [ctypes.c_void_p]
-    lib.sb_next_deadline_us.restype = ctypes.c_uint64
-    lib.sb_state.argtypes = [ctypes.c_void_p]
-    lib.sb_state.restype = ctypes.c_uint8
-    lib.sb_flash_busy.argtypes = [ctypes.c_void_p]
-    lib.sb_flash_busy.restype = ctypes.c_uint8
-    lib.sb_encode.argtypes = [
-        ctypes.c_char_p,
-        ctypes.c_uint8,
-        ctypes.POINTER(ctypes.c_uint32),
-        ctypes.c_char_p,
-        ctypes.c_uint16,
-    ]
-    lib.sb_encode.restype = ctypes.c_uint16
-    lib.sb_parse_command.argtypes = [
-        ctypes.c_uint8,
-        ctypes.c_char_p,
-        ctypes.c_uint16,
-        ctypes.POINTER(ctypes.c_uint32),
-    ]
-    lib.sb_frame.argtypes = [ctypes.c_char_p, ctypes.c_uint8, ctypes.c_char_p, ctypes.c_uint16]
-    lib.sb_frame.restype = ctypes.c_uint16
-    return lib
+__all__ = ["LIB_ENV", "PAGE", "MissingCompiler", "Replay", "build_library", "decode", "load"]
 
 
 class DecoderStruct(ctypes.Structure):
@@ -234,14 +154,14 @@ class Replay:
         self._decoder = p.FrameDecoder()
         self.hal = Hal(
             None,
-            _ERASE(self._erase),
-            _WRITE(self._write),
-            _READ(self._read),
-            _NOW(lambda _ctx: self.now_ns // 1000),
-            _NOTIFY(self._notify),
-            _PERSIST(self._persist),
-            _RESET(self._reset),
-            _HANDLED(self._handled),
+            ERASE(self._erase),
+            WRITE(self._write),
+            READ(self._read),
+            NOW(lambda _ctx: self.now_ns // 1000),
+            NOTIFY(self._notify),
+            PERSIST(self._persist),
+            RESET(self._reset),
+            EVENT(self._event),
         )
         self.core = ctypes.create_string_buffer(lib.sb_core_size())
         self._boot()
@@ -346,8 +266,9 @@ class Replay:
         self.out.append({"t": self.now_ns / 1e9, "event": "reset"})
         self.reset_requested = True
 
-    def _handled(self, _ctx: Any, type_: int, state: int) -> None:
-        self.handled.append({"command": _type_name(type_), "state": STATES[state]})
+    def _event(self, _ctx: Any, kind: int, type_: int, a: int, _b: int) -> None:
+        if kind == EV_HANDLED:
+            self.handled.append({"command": _type_name(type_), "state": STATES[a]})
 
     # --- time ----------------------------------------------------------------------------
 

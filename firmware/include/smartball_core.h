@@ -44,6 +44,8 @@ extern "C" {
 enum sb_state { SB_IDLE = 0, SB_ERASING = 1, SB_RECEIVING = 2, SB_VERIFYING = 3,
                 SB_COMPLETE = 4, SB_ERROR = 5 };
 
+enum sb_event { SB_EV_COMMAND = 1, SB_EV_HANDLED = 2, SB_EV_ERASED = 3, SB_EV_ACCEPTED = 4 };
+
 enum sb_error { SB_E_BAD_FRAME = 1, SB_E_BAD_STATE = 2, SB_E_BAD_OFFSET = 3,
                 SB_E_TOO_LARGE = 4, SB_E_CRC_MISMATCH = 5, SB_E_FLASH_ERROR = 6,
                 SB_E_UNKNOWN_COMMAND = 7, SB_E_BAD_PARAM = 8 };
@@ -69,8 +71,12 @@ typedef struct sb_hal {
     int (*persist_pending)(void *ctx, uint32_t image_size, uint32_t image_crc32);
     /* End the link (HCI 0x13) and reset into the bootloader. Need not return. */
     void (*reset)(void *ctx);
-    /* Optional (NULL: none): a command was handled, `state` is the state now. */
-    void (*handled)(void *ctx, uint8_t type, uint8_t state);
+    /* Optional (NULL: none): what the core did, for a log or a simulator's fault
+     * triggers: SB_EV_COMMAND (a frame is about to be handled: its type), SB_EV_HANDLED
+     * (handled: type, a = the state now), SB_EV_ERASED (a staging page erased, both modes:
+     * a = bytes erased so far, b = the session's erase total), SB_EV_ACCEPTED (a chunk
+     * accepted: a = next_expected_offset, b = image_size). */
+    void (*event)(void *ctx, uint8_t kind, uint8_t type, uint32_t a, uint32_t b);
 } sb_hal_t;
 
 typedef struct sb_config {
@@ -143,8 +149,8 @@ int sb_poll(sb_core_t *core);
 /* When sb_poll must run next although nothing happened (0: no timer). */
 uint64_t sb_next_deadline_us(const sb_core_t *core);
 uint8_t sb_state(const sb_core_t *core);
-/* The flash operation under way: 0 none, 1 page erase, 2 write (for a simulator). */
-uint8_t sb_flash_busy(const sb_core_t *core);
+/* What MSG_OTA_STATUS would say: state, next_expected_offset, image_size, image_crc32. */
+void sb_status(const sb_core_t *core, uint32_t out[4]);
 
 /* The codec, exported for tests and for a firmware's own use. */
 uint16_t sb_crc16(const uint8_t *data, size_t len);

@@ -268,9 +268,9 @@ static uint8_t in_session(const sb_core_t *c)
 
 static void send_status(sb_core_t *c)
 {
-    uint8_t s = in_session(c);
-    send4(c, M_STATUS, c->state, s ? c->next_offset : 0u, s ? c->image_size : 0u,
-          s ? c->image_crc32 : 0u);
+    uint32_t f[4];
+    sb_status(c, f);
+    send4(c, M_STATUS, f[0], f[1], f[2], f[3]);
 }
 
 static void send_ready(sb_core_t *c)
@@ -296,6 +296,7 @@ static void send_info(sb_core_t *c)
 /* ---- the session --------------------------------------------------------------------- */
 
 static void pump(sb_core_t *c);
+static void event(sb_core_t *c, uint8_t kind, uint8_t type, uint32_t a, uint32_t b);
 
 static void end_session(sb_core_t *c, uint8_t state)
 {
@@ -458,6 +459,7 @@ static void on_data(sb_core_t *c, const uint8_t *payload, uint16_t len)
         after_written(c, A_ACK);
     }
     pump(c);
+    event(c, SB_EV_ACCEPTED, T_DATA, end, c->image_size);
 }
 
 static void handle(sb_core_t *c, uint8_t type, const uint8_t *p, uint16_t n)
@@ -502,11 +504,17 @@ static void handle(sb_core_t *c, uint8_t type, const uint8_t *p, uint16_t n)
     }
 }
 
+static void event(sb_core_t *c, uint8_t kind, uint8_t type, uint32_t a, uint32_t b)
+{
+    if (c->hal->event)
+        c->hal->event(c->hal->ctx, kind, type, a, b);
+}
+
 static void handle_frame(sb_core_t *c, uint8_t type, const uint8_t *p, uint16_t n)
 {
+    event(c, SB_EV_COMMAND, type, 0, 0);
     handle(c, type, p, n);
-    if (c->hal->handled)
-        c->hal->handled(c->hal->ctx, type, c->state);
+    event(c, SB_EV_HANDLED, type, c->state, 0);
 }
 
 /* ---- frames in, the stall's inbox ---------------------------------------------------- */
@@ -639,9 +647,12 @@ static void flash_done(sb_core_t *c, int ok)
     } else if (current && kind == OP_ERASE) {
         c->op_retried = 0;
         c->pages_erased++;
-        if (c->state == SB_ERASING) {
+        if (c->state == SB_ERASING)
             send4(c, M_PROGRESS, 1 /* erase */, (c->op_page + 1u) * SB_PAGE_SIZE,
                   (uint32_t)c->pages * SB_PAGE_SIZE, 0);
+        event(c, SB_EV_ERASED, c->op_command, (uint32_t)c->pages_erased * SB_PAGE_SIZE,
+              (uint32_t)c->pages * SB_PAGE_SIZE);
+        if (c->state == SB_ERASING) {
             if (c->op_page + 1u == c->pages) {
                 c->state = SB_RECEIVING;
                 send_ready(c);
@@ -706,9 +717,13 @@ uint8_t sb_state(const sb_core_t *core)
     return core->state;
 }
 
-uint8_t sb_flash_busy(const sb_core_t *core)
+void sb_status(const sb_core_t *core, uint32_t out[4])
 {
-    return core->op_kind;
+    uint8_t s = in_session(core);
+    out[0] = core->state;
+    out[1] = s ? core->next_offset : 0u;
+    out[2] = s ? core->image_size : 0u;
+    out[3] = s ? core->image_crc32 : 0u;
 }
 
 static void verify_step(sb_core_t *c)
