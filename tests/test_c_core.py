@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_smartball import protocol as p
+from pytest_smartball.image import FirmwareImage
+from pytest_smartball.ota import OtaEngine
+from pytest_smartball.targets.simulated import make_sim_target
+from smartball_sim.c_firmware import CFirmware
 
 from . import c_core
 from .c_core import PAGE
@@ -309,3 +314,30 @@ def test_a_status_ack_that_falls_with_an_interval_ack_is_sent_once(lib: ctypes.C
         ("MSG_OTA_STATUS", "02 10 00 00"),
         ("MSG_OTA_ACK", "10 00 00 00"),
     ]
+
+
+# --- the C core inside the simulated SmartBall (--sim-firmware=c) ---------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.sim_only
+@pytest.mark.parametrize(
+    "faults",
+    ["", "slow-erase:3s,drop@erase:50%,drop@offset:20000,reboot@cmd:CMD_OTA_DATA#40,flash-fail"],
+)
+async def test_the_simulated_smartball_runs_the_c_core(
+    lib: ctypes.CDLL, faults: str, looptime: float
+) -> None:
+    """The OTA engine updates a simulated SmartBall whose firmware is the C core, also
+    through link drops during the erase and the transfer and a reset mid-transfer; the
+    simulator's flash holds the new image afterwards and INFO reports it."""
+    target = make_sim_target(faults=faults, firmware_core="c", firmware_library=lib._name, seed=3)
+    device = target.sim
+    assert device is not None and isinstance(device.firmware, CFirmware)
+    image = FirmwareImage(random.Random(5).randbytes(50_000), "c-core.bin")
+    result = await OtaEngine(image, target.backend, address=target.address).run()
+    assert result.success, result.error
+    assert device.firmware.active.data == image.data
+    assert device.firmware.info().active_image_crc32 == p.crc32(image.data)
+    if faults:
+        assert len(device.fault_log) >= 3, device.fault_log  # the faults did fire

@@ -6,9 +6,11 @@ simulated SmartBall's ``--sim-firmware=c`` (``smartball_sim.c_firmware``)."""
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 #: The core's sources, in a source checkout (the simulator is installed from one).
@@ -30,7 +32,7 @@ EVENT = ctypes.CFUNCTYPE(
     None, ctypes.c_void_p, ctypes.c_uint8, ctypes.c_uint8, ctypes.c_uint32, ctypes.c_uint32
 )
 #: The core's event kinds (smartball_core.h, enum sb_event).
-EV_COMMAND, EV_HANDLED, EVERASED, EV_ACCEPTED = 1, 2, 3, 4
+EV_COMMAND, EV_HANDLED, EV_ERASED, EV_ACCEPTED = 1, 2, 3, 4
 
 
 class Hal(ctypes.Structure):
@@ -110,3 +112,45 @@ def load(path: Path) -> ctypes.CDLL:
     lib.sb_frame.argtypes = [ctypes.c_char_p, ctypes.c_uint8, ctypes.c_char_p, ctypes.c_uint16]
     lib.sb_frame.restype = ctypes.c_uint16
     return lib
+
+
+def default_library() -> Path:
+    """The core built from this checkout's sources, once per version of them: in the user's
+    cache (``$XDG_CACHE_HOME/smartball/c-core/<hash of the sources>``), built in a
+    directory of its own and renamed into place, so two runs never see half a build."""
+    sources = sorted(FIRMWARE_DIR.glob("src/*.c")) + sorted(FIRMWARE_DIR.glob("include/*.h"))
+    sources.append(FIRMWARE_DIR / "Makefile")
+    missing = [s for s in sources if not s.is_file()]
+    if missing or len(sources) < 3:
+        raise MissingCompiler(
+            f"the C core's sources are not at {FIRMWARE_DIR} (a source checkout has them); "
+            f"pass a built core with --sim-firmware-lib or {LIB_ENV}"
+        )
+    digest = hashlib.sha256(b"".join(s.read_bytes() for s in sources)).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    home = cache / "smartball" / "c-core" / digest
+    library = home / "host" / "libsmartball_core.so"
+    if library.is_file():
+        return library
+    home.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f"{digest}.", dir=home.parent))
+    try:
+        build_library(building)
+        try:
+            building.rename(home)
+        except OSError:
+            if not library.is_file():  # not another run's build that won the race
+                raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return library
+
+
+def library_for(path: str | Path | None) -> Path:
+    """The core to load: ``path``, else SMARTBALL_C_CORE_LIB, else this checkout's build."""
+    chosen = path or os.environ.get(LIB_ENV)
+    if chosen:
+        if not Path(chosen).is_file():
+            raise MissingCompiler(f"{chosen}: no such file (a built libsmartball_core.so)")
+        return Path(chosen)
+    return default_library()
