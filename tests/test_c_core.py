@@ -353,7 +353,7 @@ def _diff_frames() -> st.SearchStrategy[bytes]:
     """One write: a few commands, DATA in runs of consecutive chunks (what a host streams),
     a START of one of two images (a resume when its session is under way)."""
     small, big = p.crc32(_DIFF_IMAGE), p.crc32(_DIFF_BIG)
-    commands = [
+    commands: list[p.Message] = [
         p.CmdInfo(),
         p.CmdOtaStatus(),
         p.CmdOtaAbort(),
@@ -379,7 +379,8 @@ def _diff_frames() -> st.SearchStrategy[bytes]:
         st.integers(1, 6),
         st.sampled_from([8, 4, 12, 3]),
     )
-    parts = st.one_of(st.sampled_from(commands).map(lambda m: [m]), runs)
+    singles: st.SearchStrategy[list[p.Message]] = st.sampled_from(commands).map(lambda m: [m])
+    parts = st.one_of(singles, runs)
     return st.lists(parts, min_size=1, max_size=3).map(
         lambda groups: b"".join(p.encode(m) for group in groups for m in group)
     )
