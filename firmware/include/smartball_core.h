@@ -50,9 +50,14 @@ enum sb_error { SB_E_BAD_FRAME = 1, SB_E_BAD_STATE = 2, SB_E_BAD_OFFSET = 3,
                 SB_E_TOO_LARGE = 4, SB_E_CRC_MISMATCH = 5, SB_E_FLASH_ERROR = 6,
                 SB_E_UNKNOWN_COMMAND = 7, SB_E_BAD_PARAM = 8 };
 
+/* flash_erase_page's answer when the erase is accepted but starts later (the platform
+ * yields to the radio first): the core goes on handling commands until sb_flash_started. */
+#define SB_FLASH_DEFERRED 1
+
 /*
  * The platform. Flash offsets are relative to the staging bank's start. Operations start
- * and return at once (0: started; nonzero: could not start, taken as a failed operation);
+ * and return at once (0: started; SB_FLASH_DEFERRED: an erase that starts later; negative:
+ * could not start, taken as a failed operation);
  * the platform calls sb_flash_done once the operation is over (sd_flash_* raises an event,
  * Zephyr's flash API returns, a bare-metal NVMC HAL may call it before returning). One
  * operation at a time. The source of flash_write stays valid until sb_flash_done.
@@ -120,7 +125,7 @@ typedef struct sb_core {
     uint16_t chunk_len[SB_MAX_WINDOW + 1];
     uint8_t chunk_head, chunk_count;
     /* The flash operation under way. */
-    uint8_t op_kind, op_retried, op_command, op_slot;
+    uint8_t op_kind, op_retried, op_command, op_slot, op_deferred;
     uint16_t op_generation;
     uint32_t op_page, op_offset;
     /* What waits for the bytes accepted so far to be written (ACK, READY, verify). */
@@ -140,6 +145,9 @@ void sb_rx(sb_core_t *core, const uint8_t *data, size_t len);
 /* The flash operation started last is over; ok: what the platform reported (the core
  * also reads the result back). */
 void sb_flash_done(sb_core_t *core, int ok);
+/* A deferred page erase (SB_FLASH_DEFERRED) has started: from now until sb_flash_done the
+ * core holds the commands that arrive, to handle them after the page's PROGRESS (§7.7). */
+void sb_flash_started(sb_core_t *core);
 /* Every notification sent so far has left the radio (BLE_GATTS_EVT_HVN_TX_COMPLETE). */
 void sb_tx_complete(sb_core_t *core);
 /* The connection dropped: the session stays, a partial frame goes. */

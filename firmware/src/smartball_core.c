@@ -522,7 +522,7 @@ static void handle_frame(sb_core_t *c, uint8_t type, const uint8_t *p, uint16_t 
 static void on_frame(void *arg, uint8_t type, const uint8_t *p, uint16_t n)
 {
     sb_core_t *c = (sb_core_t *)arg;
-    if (c->op_kind != OP_ERASE && c->inbox_used == 0) {
+    if ((c->op_kind != OP_ERASE || c->op_deferred) && c->inbox_used == 0) {
         handle_frame(c, type, p, n);
         return;
     }
@@ -553,8 +553,13 @@ static void handle_inbox(sb_core_t *c)
 static void start_op(sb_core_t *c)
 {
     int failed;
+    c->op_deferred = 0;
     if (c->op_kind == OP_ERASE) {
         failed = c->hal->flash_erase_page(c->hal->ctx, c->op_page);
+        if (failed == SB_FLASH_DEFERRED) {
+            c->op_deferred = 1;
+            failed = 0;
+        }
     } else {
         uint8_t s = c->op_slot;
         failed = c->hal->flash_write(c->hal->ctx, c->chunk_offset[s], c->chunk[s],
@@ -695,6 +700,11 @@ void sb_rx(sb_core_t *core, const uint8_t *data, size_t len)
 void sb_flash_done(sb_core_t *core, int ok)
 {
     flash_done(core, ok);
+}
+
+void sb_flash_started(sb_core_t *core)
+{
+    core->op_deferred = 0;
 }
 
 void sb_tx_complete(sb_core_t *core)

@@ -31,6 +31,8 @@ RESET = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 EVENT = ctypes.CFUNCTYPE(
     None, ctypes.c_void_p, ctypes.c_uint8, ctypes.c_uint8, ctypes.c_uint32, ctypes.c_uint32
 )
+#: flash_erase_page's answer for an erase that starts later (smartball_core.h).
+FLASH_DEFERRED = 1
 #: The core's event kinds (smartball_core.h, enum sb_event).
 EV_COMMAND, EV_HANDLED, EV_ERASED, EV_ACCEPTED = 1, 2, 3, 4
 
@@ -87,6 +89,7 @@ def load(path: Path) -> ctypes.CDLL:
     lib.sb_init.argtypes = [ctypes.c_void_p, ctypes.POINTER(Hal), ctypes.POINTER(Config)]
     lib.sb_rx.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
     lib.sb_flash_done.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.sb_flash_started.argtypes = [ctypes.c_void_p]
     lib.sb_tx_complete.argtypes = [ctypes.c_void_p]
     lib.sb_link_lost.argtypes = [ctypes.c_void_p]
     lib.sb_poll.argtypes = [ctypes.c_void_p]

@@ -4,7 +4,8 @@ timings and virtual time; the core sees only its HAL.
 
 The HAL, played on the event loop: a page erase or a write completes on the flash
 (:class:`~smartball_sim.flash.Flash`, failures included) after the model's time for it
-(a page erase takes its whole share of the erase, ``FlashTimings.page_erase_time``); reads
+(a page erase stalls for 85 ms; in field mode the rest of its share of the erase comes
+first, as idle time in which commands are handled, as in the model); reads
 are the flash's; the clock is the loop's; the verify's steps (``sb_poll``) are charged
 ``verify_s_per_byte`` per byte read, about a millisecond of them per loop turn.
 
@@ -37,6 +38,7 @@ from .c_core import (
     EV_ERASED,
     EV_HANDLED,
     EVENT,
+    FLASH_DEFERRED,
     NOTIFY,
     NOW,
     PERSIST,
@@ -345,14 +347,27 @@ class CFirmware:
         return -(-self._status().image_size // PAGE_SIZE)
 
     def _erase(self, _ctx: Any, page: int) -> int:
-        duration = to_us(self.timings.page_erase_time(self._pages()))
+        """A page erase stalls for ``page_stall_s``; in field mode (``erase_total_s``) the
+        rest of the page's share is idle time before it, the firmware yielding to the radio,
+        during which the core goes on handling commands (SB_FLASH_DEFERRED)."""
+        pages = self._pages()
+        stall = to_us(self.timings.page_stall_s(pages))
+        idle = to_us(self.timings.page_erase_time(pages)) - stall
 
         def done() -> None:
             self._op_at_us = None
             ok = self.flash.erase_page(page)
             self._call(lambda: self._lib.sb_flash_done(self._core, int(ok)))
 
-        self._op_at_us = self._now_us() + duration
+        def started() -> None:
+            self._call(lambda: self._lib.sb_flash_started(self._core))
+            self._op_at_us = self._now_us() + stall
+            self._at(self._op_at_us, done)
+
+        if idle > 0:
+            self._at(self._now_us() + idle, started)
+            return FLASH_DEFERRED
+        self._op_at_us = self._now_us() + stall
         self._at(self._op_at_us, done)
         return 0
 
