@@ -90,6 +90,8 @@ def smartball(
     options: dict[str, Any] = {}
     if state.baseline_image is not None:
         options["active_image"] = state.baseline_image.data
+    if opts.sim_firmware != "python":  # --sim-firmware=c: the C core inside the simulator
+        options.update(firmware_core=opts.sim_firmware, firmware_library=opts.sim_firmware_lib)
     try:
         target = make_target(
             opts.name,

@@ -57,6 +57,10 @@ class SmartBallOptions:
     firmware_bugs: tuple[str, ...] = ()
     #: The simulated flash's timings, "erase_page_s=0.12,..." (None: the nRF52840's).
     sim_flash: str | None = None
+    #: --sim-firmware: "python" (the firmware model) or "c" (the C reference core), and
+    #: --sim-firmware-lib: a built core to load (docs/firmware.md).
+    sim_firmware: str = "python"
+    sim_firmware_lib: str | None = None
     compare: str | None = None
     compare_tolerance_percent: float = DEFAULT_COMPARE_TOLERANCE_PERCENT
     compare_min_measured_percent: float = DEFAULT_COMPARE_MIN_MEASURED_PERCENT
@@ -174,6 +178,21 @@ def add_options(parser: pytest.Parser) -> None:
         help="the simulated flash's timings, e.g. 'erase_page_s=0.12,write_word_s=50e-6' "
         "(default: the nRF52840's, 85 ms per page erase, 41 us per word)",
     )
+    group.addoption(
+        "--sim-firmware",
+        default="python",
+        choices=("python", "c"),
+        help="what runs inside the simulated SmartBall: the Python firmware model (default) "
+        "or the C reference core of firmware/ (docs/firmware.md; built with the system C "
+        "compiler on first use)",
+    )
+    group.addoption(
+        "--sim-firmware-lib",
+        default=None,
+        metavar="PATH",
+        help="with --sim-firmware=c: a built core to load (a firmware team's own build of "
+        "firmware/include/smartball_core.h's HAL) instead of building firmware/",
+    )
     release = parser.getgroup("smartball-release", "SmartBall release gate")
     release.addoption(
         "--smartball-compare",
@@ -267,6 +286,8 @@ def read_options(config: pytest.Config) -> SmartBallOptions:
         bluez=config.getoption("--bluez"),
         firmware_bugs=tuple(dict.fromkeys(config.getoption("--sim-firmware-bug") or ())),
         sim_flash=config.getoption("--sim-flash"),
+        sim_firmware=config.getoption("--sim-firmware"),
+        sim_firmware_lib=config.getoption("--sim-firmware-lib"),
         compare=config.getoption("--smartball-compare"),
         compare_tolerance_percent=config.getoption("--smartball-compare-tolerance"),
         compare_min_measured_percent=config.getoption("--smartball-compare-min-measured"),

@@ -25,14 +25,23 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from pytest_smartball import protocol as p
 
 from . import gate_probe
 from .airlog import Packet, Sender
+from .c_core import library_for
+from .c_firmware import CFirmware
 from .fault_injector import FaultInjector, FaultRecord
 from .faults import FaultPlan
-from .firmware import FirmwareEvent, FlashTimings, SmartBallFirmware, to_us
+from .firmware import (
+    DEFAULT_STAGING_CAPACITY,
+    FirmwareEvent,
+    FlashTimings,
+    SmartBallFirmware,
+    to_us,
+)
 from .firmware_bugs import FirmwareBug
 from .links import (
     ConnectRefusal,
@@ -112,7 +121,12 @@ class SimDevice:
         seed: int = 0,
         clock: Callable[[], float] | None = None,
         firmware_bugs: frozenset[FirmwareBug] = frozenset(),
+        firmware_core: str = "python",
+        firmware_library: str | None = None,
     ) -> None:
+        """``firmware_core``: "python", the firmware model, or "c", the C reference core
+        (``firmware/``) through ctypes: ``firmware_library`` (or SMARTBALL_C_CORE_LIB) names a
+        built one, else this checkout's sources are built once (docs/firmware.md)."""
         self.name = name
         self.address = address
         self.radio = radio or RadioTimings()
@@ -121,20 +135,44 @@ class SimDevice:
         if active_image is None:
             active_image = self.rng.randbytes(64 * 1024)
         kwargs = {"staging_capacity": staging_capacity} if staging_capacity else {}
-        self.firmware = SmartBallFirmware(
-            active_image=active_image,
-            version=version,
-            window=window,
-            timings=flash,
-            progressive_erase=progressive_erase,
-            progressive_window_bytes=progressive_window_bytes,
-            send=self._notify,
-            request_reset=self._reset_into_new_image,
-            observe=self._on_firmware_event,
-            when_sent=self._when_sent,
-            bugs=firmware_bugs,
-            **kwargs,
-        )
+        if firmware_core not in ("python", "c"):
+            raise ValueError(f"firmware_core {firmware_core!r}: 'python' or 'c'")
+        if firmware_core == "c":
+            if firmware_bugs or progressive_window_bytes is not None:
+                raise ValueError(
+                    "the C core has no firmware-bug switches and grants one window: "
+                    "firmware bugs and progressive_window_bytes need the Python model"
+                )
+            # The C core offers the part of SmartBallFirmware's interface the device, the
+            # fault injector and the HIL suite use (smartball_sim.c_firmware): typed as the
+            # model so that their code needs no second path.
+            self.firmware = cast(
+                SmartBallFirmware,
+                CFirmware(
+                    library=library_for(firmware_library),
+                    active_image=active_image,
+                    version=version,
+                    window=window,
+                    timings=flash,
+                    progressive_erase=progressive_erase,
+                    send=self._notify,
+                    request_reset=self._reset_into_new_image,
+                    observe=self._on_firmware_event,
+                    when_sent=self._when_sent,
+                    staging_capacity=staging_capacity or DEFAULT_STAGING_CAPACITY,
+                ),
+            )
+        else:
+            self.firmware = self._model_firmware(
+                active_image,
+                version,
+                window,
+                flash,
+                progressive_erase,
+                progressive_window_bytes,
+                firmware_bugs,
+                kwargs,
+            )
         self.flash_timings = self.firmware.timings  # as configured, before any slow-erase
         self._clock = clock
         #: What carries the link; the model radio unless another one is attached.
@@ -149,6 +187,32 @@ class SimDevice:
         self.injector = FaultInjector(self)
         self.fault_plan = FaultPlan()
         self.set_faults(faults)
+
+    def _model_firmware(
+        self,
+        active_image: bytes,
+        version: tuple[int, int, int],
+        window: int,
+        flash: FlashTimings | None,
+        progressive_erase: bool,
+        progressive_window_bytes: int | None,
+        firmware_bugs: frozenset[FirmwareBug],
+        kwargs: dict[str, int],
+    ) -> SmartBallFirmware:
+        return SmartBallFirmware(
+            active_image=active_image,
+            version=version,
+            window=window,
+            timings=flash,
+            progressive_erase=progressive_erase,
+            progressive_window_bytes=progressive_window_bytes,
+            send=self._notify,
+            request_reset=self._reset_into_new_image,
+            observe=self._on_firmware_event,
+            when_sent=self._when_sent,
+            bugs=firmware_bugs,
+            **kwargs,
+        )
 
     def __repr__(self) -> str:
         return f"SimDevice({self.name!r}, {self.address})"
