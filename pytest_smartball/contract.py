@@ -77,10 +77,7 @@ def _cell(data: dict[str, Any]) -> Cell:
     )
 
 
-@functools.cache
-def command_state_table() -> CommandStateTable:
-    data = _read("command_state.json")
-    assert data["states"] == [s.name for s in STATES], "the table's states are the protocol's"
+def _table(data: dict[str, Any]) -> CommandStateTable:
     rows = tuple(
         Row(
             r["id"],
@@ -91,6 +88,21 @@ def command_state_table() -> CommandStateTable:
         for r in data["rows"]
     )
     return CommandStateTable(data["about"], rows, dict(data["notes"]))
+
+
+@functools.cache
+def command_state_table() -> CommandStateTable:
+    """The table of a device without SIGNED_IMAGES (a v1 device; section 7.2)."""
+    data = _read("command_state.json")
+    assert data["states"] == [s.name for s in STATES], "the table's states are the protocol's"
+    return _table(data)
+
+
+@functools.cache
+def signed_command_state_table() -> CommandStateTable:
+    """The rows that differ on a device with SIGNED_IMAGES (section 16.10): the two new
+    commands and the manifest checks of START and FINISH; every other row is the v1 one."""
+    return _table(_read("command_state.json")["signed_only"])
 
 
 def message_token(msg: p.Message) -> str:
@@ -143,9 +155,9 @@ def render_cell(cell: Cell, note_numbers: dict[str, int], state: p.OtaState) -> 
     return text
 
 
-def render_command_state_table() -> str:
+def render_command_state_table(table: CommandStateTable | None = None) -> str:
     """The table as docs/protocol.md shows it (Markdown), notes numbered below it."""
-    table = command_state_table()
+    table = table or command_state_table()
     order: list[str] = []
     for row in table.rows:
         for state in STATES:
@@ -176,6 +188,8 @@ class Obligation:
     end: str
     per_megabyte_s: float = 0.0
     after_activation_s: float | None = None
+    #: Signed updates: a reset that swaps the banks takes at most this much more per page.
+    after_swap_per_page_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +231,12 @@ class Timing:
             return o.after_activation_s
         return o.seconds
 
+    def reset_to_advertising_after_swap_max_s(self, pages: int) -> float:
+        """A signed-only device's reset that swaps ``pages`` 4 KiB pages (the larger of the
+        new and the previous image; docs/protocol.md section 16.4)."""
+        o = self["reset_to_advertising_max_s"]
+        return o.seconds + (o.after_swap_per_page_s or 0.0) * pages
+
     @property
     def decoder_idle_s(self) -> float:
         return self["decoder_idle_s"].seconds
@@ -234,6 +254,7 @@ def timing() -> Timing:
                 o["to"],
                 o.get("per_megabyte_s", 0.0),
                 o.get("after_activation_s"),
+                o.get("after_swap_per_page_s"),
             )
             for o in data["obligations"]
         )
@@ -247,7 +268,10 @@ def render_timing_table() -> str:
         if o.per_megabyte_s:
             limit += f" + {o.per_megabyte_s:g} s per MB"
         if o.after_activation_s is not None:
-            limit += f" ({o.after_activation_s:g} s after an activation)"
+            limit += f" ({o.after_activation_s:g} s after an activation"
+            if o.after_swap_per_page_s is not None:
+                limit += f"; + {o.after_swap_per_page_s:g} s per 4 KiB page after a swap"
+            limit += ")"
         lines.append(f"| `{o.name}` | {limit} | {o.start} | {o.end} |")
     return "\n".join(lines) + "\n"
 
@@ -310,7 +334,7 @@ def flash_layout() -> FlashLayout:
 
 # --- vectors --------------------------------------------------------------------------------
 
-VECTOR_FILES = ("codec.json", "decoder.json", "device.json")
+VECTOR_FILES = ("codec.json", "decoder.json", "device.json", "manifest.json")
 
 
 def vectors(name: str) -> dict[str, Any]:

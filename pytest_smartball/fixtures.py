@@ -90,7 +90,15 @@ def smartball(
     options: dict[str, Any] = {}
     if state.baseline_image is not None:
         options["active_image"] = state.baseline_image.data
+    trust = _sim_trust(request.node, opts.sim_trust)
     if opts.sim_firmware != "python":  # --sim-firmware=c: the C core inside the simulator
+        if trust != "none":
+            pytest.fail(
+                "--sim-firmware=c: the C core does not implement signed updates yet "
+                "(docs/firmware.md), so it cannot be the signed-only ball --sim-trust=test "
+                "asks for: add --sim-trust=none",
+                pytrace=False,
+            )
         options.update(firmware_core=opts.sim_firmware, firmware_library=opts.sim_firmware_lib)
     try:
         target = make_target(
@@ -100,6 +108,7 @@ def smartball(
             seed=seed,
             firmware_bugs=opts.firmware_bugs,
             flash_spec=opts.sim_flash,
+            sim_trust=trust,
             **options,
         )
     except refused as exc:  # the test's plan needs BlueZ; the Bumble link refuses it
@@ -110,6 +119,13 @@ def smartball(
         state.sim_first = target.sim.firmware.info()
         state.address = state.address or target.address  # what the report names
     yield target
+
+
+def _sim_trust(item: pytest.Item, default: str) -> str:
+    """``@pytest.mark.sim_trust("none")``: this test's simulated ball is a v1 ball (or
+    ``"test"``: signed-only) whatever ``--sim-trust`` says."""
+    marker = item.get_closest_marker("sim_trust")
+    return str(marker.args[0]) if marker and marker.args else default
 
 
 def _return_to_baseline(

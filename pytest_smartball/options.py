@@ -35,6 +35,11 @@ DEVICE_CHOICES = ("sim", "real")
 DEVICE_CLASH = pytest.StashKey[str]()
 _DEVICE_HELP = "run against the in-process simulator (default) or real hardware"
 
+#: --sim-trust's choices and default (the same as smartball_sim's targets: the simulator
+#: is not imported to list them).
+SIM_TRUST_CHOICES = ("test", "none")
+SIM_TRUST_DEFAULT = "test"
+
 #: Set once tests are collected: one of them uses the SmartBall fixtures or markers (only
 #: then does ``--device=real`` check the bench).
 NEEDS_DEVICE = pytest.StashKey[bool]()
@@ -61,6 +66,8 @@ class SmartBallOptions:
     #: --sim-firmware-lib: a built core to load (docs/firmware.md).
     sim_firmware: str = "python"
     sim_firmware_lib: str | None = None
+    #: What every simulated ball trusts: "test" (the test key: signed-only) or "none" (v1).
+    sim_trust: str = SIM_TRUST_DEFAULT
     compare: str | None = None
     compare_tolerance_percent: float = DEFAULT_COMPARE_TOLERANCE_PERCENT
     compare_min_measured_percent: float = DEFAULT_COMPARE_MIN_MEASURED_PERCENT
@@ -193,6 +200,14 @@ def add_options(parser: pytest.Parser) -> None:
         help="with --sim-firmware=c: a built core to load (a firmware team's own build of "
         "firmware/include/smartball_core.h's HAL) instead of building firmware/",
     )
+    group.addoption(
+        "--sim-trust",
+        default=SIM_TRUST_DEFAULT,
+        choices=SIM_TRUST_CHOICES,
+        help="what every simulated SmartBall trusts: 'test', the repository's test key (a "
+        "signed-only ball, docs/protocol.md section 16), or 'none' (a v1 ball that runs any "
+        f"image; default: {SIM_TRUST_DEFAULT})",
+    )
     release = parser.getgroup("smartball-release", "SmartBall release gate")
     release.addoption(
         "--smartball-compare",
@@ -288,6 +303,7 @@ def read_options(config: pytest.Config) -> SmartBallOptions:
         sim_flash=config.getoption("--sim-flash"),
         sim_firmware=config.getoption("--sim-firmware"),
         sim_firmware_lib=config.getoption("--sim-firmware-lib"),
+        sim_trust=config.getoption("--sim-trust"),
         compare=config.getoption("--smartball-compare"),
         compare_tolerance_percent=config.getoption("--smartball-compare-tolerance"),
         compare_min_measured_percent=config.getoption("--smartball-compare-min-measured"),

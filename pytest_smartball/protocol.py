@@ -96,6 +96,9 @@ class MsgType(enum.IntEnum):
     CMD_OTA_STATUS = 0x12
     CMD_OTA_ABORT = 0x13
     CMD_OTA_FINISH = 0x14
+    #: Signed updates (docs/protocol.md section 16), on a device advertising SIGNED_IMAGES.
+    CMD_OTA_MANIFEST = 0x15
+    CMD_OTA_CONFIRM = 0x16
     MSG_INFO = 0x81
     MSG_OTA_READY = 0x90
     MSG_OTA_PROGRESS = 0x91
@@ -126,6 +129,10 @@ class Capability(enum.IntFlag):
     NONE = 0
     #: The device erases each staging page just before writing it (see docs/protocol.md).
     PROGRESSIVE_ERASE = 0x1
+    #: The device runs only images signed by a key it trusts (docs/protocol.md section 16):
+    #: CMD_OTA_MANIFEST before START, SHA-256 of the staged flash at FINISH, a new image
+    #: boots in test state and reverts at the next reset unless CMD_OTA_CONFIRM confirms it.
+    SIGNED_IMAGES = 0x2
 
 
 class StartFlag(enum.IntFlag):
@@ -145,6 +152,25 @@ class ErrorCode(enum.IntEnum):
     FLASH_ERROR = 6
     UNKNOWN_COMMAND = 7
     BAD_PARAM = 8
+    # Signed updates (section 16): a manifest or an image the device will not run.
+    BAD_MANIFEST = 9
+    UNTRUSTED_KEY = 10
+    BAD_SIGNATURE = 11
+    DOWNGRADE = 12
+    UNSIGNED = 13
+    DIGEST_MISMATCH = 14
+
+
+class ImageState(enum.IntEnum):
+    """``MsgInfo.image_state`` on a device with SIGNED_IMAGES: may the running image stay?"""
+
+    #: Confirmed: it runs after every reset.
+    CONFIRMED = 0
+    #: Booted for the first time after an update; the next reset reverts to the previous
+    #: image unless CMD_OTA_CONFIRM comes first.
+    TEST = 1
+    #: Confirmed, and running because the last boot reverted an unconfirmed image.
+    REVERTED = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,10 +240,34 @@ class CmdOtaFinish:
 
 
 @dataclass(frozen=True, slots=True)
+class CmdOtaManifest:
+    """The signed manifest of the image the next session will carry (section 16): the
+    manifest's 56 bytes and the Ed25519 signature over them (``pytest_smartball.manifest``
+    reads and builds both)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.CMD_OTA_MANIFEST
+    LAYOUT: ClassVar[str] = "56s64s"
+    manifest: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
+
+    def __repr__(self) -> str:
+        head, sig = self.manifest[:8].hex(), self.signature[:4].hex()
+        return f"CmdOtaManifest(manifest={head}…, signature={sig}…)"
+
+
+@dataclass(frozen=True, slots=True)
+class CmdOtaConfirm:
+    """Keep the running image (section 16): a test image becomes confirmed."""
+
+    TYPE: ClassVar[MsgType] = MsgType.CMD_OTA_CONFIRM
+    LAYOUT: ClassVar[str] = ""
+
+
+@dataclass(frozen=True, slots=True)
 class MsgInfo:
     TYPE: ClassVar[MsgType] = MsgType.MSG_INFO
-    LAYOUT: ClassVar[str] = "BBBBIIII"
-    OPTIONAL: ClassVar[int] = 1
+    LAYOUT: ClassVar[str] = "BBBBIIIIIBI"
+    OPTIONAL: ClassVar[int] = 4
     protocol_version: int
     fw_major: int
     fw_minor: int
@@ -227,6 +277,17 @@ class MsgInfo:
     staging_capacity: int
     #: Capability bits; sent only when not 0.
     capabilities: int = 0
+    #: SIGNED_IMAGES: the lowest security counter an image may carry (raised at confirm).
+    security_counter: int = 0
+    #: SIGNED_IMAGES: an ImageState.
+    image_state: int = 0
+    #: SIGNED_IMAGES: the key id (pytest_smartball.manifest.key_id) of the key it trusts.
+    trusted_key_id: int = 0
+
+    @property
+    def signed_only(self) -> bool:
+        """Whether this device runs only signed images (it advertises SIGNED_IMAGES)."""
+        return bool(self.capabilities & Capability.SIGNED_IMAGES)
 
     @property
     def firmware_version(self) -> str:
@@ -309,7 +370,16 @@ class MsgError:
             return f"UNKNOWN({self.code})"
 
 
-Command = CmdInfo | CmdOtaStart | CmdOtaData | CmdOtaStatus | CmdOtaAbort | CmdOtaFinish
+Command = (
+    CmdInfo
+    | CmdOtaStart
+    | CmdOtaData
+    | CmdOtaStatus
+    | CmdOtaAbort
+    | CmdOtaFinish
+    | CmdOtaManifest
+    | CmdOtaConfirm
+)
 DeviceMessage = (
     MsgInfo | MsgOtaReady | MsgOtaProgress | MsgOtaStatus | MsgOtaAck | MsgOtaDone | MsgError
 )
@@ -324,6 +394,8 @@ _CLASSES: dict[int, type[Any]] = {
         CmdOtaStatus,
         CmdOtaAbort,
         CmdOtaFinish,
+        CmdOtaManifest,
+        CmdOtaConfirm,
         MsgInfo,
         MsgOtaReady,
         MsgOtaProgress,
@@ -345,7 +417,12 @@ COMMAND_TYPES = frozenset(t for t in _CLASSES if t < 0x80)
 #: every state, so an error that arrives while waiting for their reply belongs to an
 #: earlier command.
 REFUSABLE_COMMANDS = frozenset(
-    {MsgType.CMD_OTA_START, MsgType.CMD_OTA_DATA, MsgType.CMD_OTA_FINISH}
+    {
+        MsgType.CMD_OTA_START,
+        MsgType.CMD_OTA_DATA,
+        MsgType.CMD_OTA_FINISH,
+        MsgType.CMD_OTA_MANIFEST,
+    }
 )
 
 

@@ -23,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
 from pytest_smartball import protocol as p
+from pytest_smartball.signing import TrustedKey
 
 from . import gate_probe
 from .airlog import Packet, Sender
@@ -123,10 +124,14 @@ class SimDevice:
         firmware_bugs: frozenset[FirmwareBug] = frozenset(),
         firmware_core: str = "python",
         firmware_library: str | None = None,
+        trusted_keys: Sequence[TrustedKey] = (),
+        security_counter: int = 0,
     ) -> None:
         """``firmware_core``: "python", the firmware model, or "c", the C reference core
         (``firmware/``) through ctypes: ``firmware_library`` (or SMARTBALL_C_CORE_LIB) names a
-        built one, else this checkout's sources are built once (docs/firmware.md)."""
+        built one, else this checkout's sources are built once (docs/firmware.md).
+        ``trusted_keys`` and ``security_counter``: the ball's provisioning for signed
+        updates (none: a v1 ball, as every SmartBall before docs/protocol.md section 16)."""
         self.name = name
         self.address = address
         self.radio = radio or RadioTimings()
@@ -142,6 +147,11 @@ class SimDevice:
                 raise ValueError(
                     "the C core has no firmware-bug switches and grants one window: "
                     "firmware bugs and progressive_window_bytes need the Python model"
+                )
+            if trusted_keys:
+                raise ValueError(
+                    "the C core does not implement signed updates yet (docs/firmware.md): "
+                    "run it as a v1 ball, --sim-trust=none"
                 )
             # The C core offers the part of SmartBallFirmware's interface the device, the
             # fault injector and the HIL suite use (smartball_sim.c_firmware): typed as the
@@ -172,6 +182,8 @@ class SimDevice:
                 progressive_window_bytes,
                 firmware_bugs,
                 kwargs,
+                trusted_keys,
+                security_counter,
             )
         self.flash_timings = self.firmware.timings  # as configured, before any slow-erase
         self._clock = clock
@@ -198,6 +210,8 @@ class SimDevice:
         progressive_window_bytes: int | None,
         firmware_bugs: frozenset[FirmwareBug],
         kwargs: dict[str, int],
+        trusted_keys: Sequence[TrustedKey],
+        security_counter: int,
     ) -> SmartBallFirmware:
         return SmartBallFirmware(
             active_image=active_image,
@@ -211,6 +225,8 @@ class SimDevice:
             observe=self._on_firmware_event,
             when_sent=self._when_sent,
             bugs=firmware_bugs,
+            trusted_keys=trusted_keys,
+            security_counter=security_counter,
             **kwargs,
         )
 

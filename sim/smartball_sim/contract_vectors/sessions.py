@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from pytest_smartball import contract
+from pytest_smartball import contract, signing
 from pytest_smartball import protocol as p
+from pytest_smartball.manifest import Manifest
 
 from .runner import DeviceConfig, Session, Step, run_session
 
@@ -140,6 +141,223 @@ def _cell(
         config,
         t + 1.0,
     )
+
+
+# --- signed updates (docs/protocol.md section 16) -------------------------------------------
+
+#: A signed-only device trusting the test key, its security counter 3.
+SIGNED = DeviceConfig(signed=True, security_counter=3)
+
+
+def signed_head(image: bytes = IMAGE, counter: int = 5, **fields: Any) -> bytes:
+    """The manifest of ``image`` (fields overridden as given) signed with the test key."""
+    kid = signing.test_trusted_key().key_id
+    manifest = Manifest.describe(image, (2, 0, 1), counter, kid)
+    if fields:
+        from dataclasses import replace
+
+        manifest = replace(manifest, **fields)
+    body = manifest.encode()
+    return body + signing.test_key().sign(body)
+
+
+def manifest_cmd(head: bytes) -> bytes:
+    return p.encode_frame(p.MsgType.CMD_OTA_MANIFEST, head)
+
+
+def signed_error_sessions() -> list[Session]:
+    """One session ending in each error code of signed updates."""
+    good = signed_head()
+    forged = bytearray(good)
+    forged[8] ^= 0x01  # the counter changed after signing
+    other_body = Manifest.describe(IMAGE, (2, 0, 1), 5, 0x12345678).encode()
+    wrong_digest = signed_head(image_sha256=bytes(32))
+    return [
+        Session(
+            "error:BAD_MANIFEST",
+            "CMD_OTA_MANIFEST whose magic is not SBM1, on a signed-only device.",
+            [Step(0.0, manifest_cmd(b"XBM1" + good[4:]))],
+            SIGNED,
+        ),
+        Session(
+            "error:UNTRUSTED_KEY",
+            "CMD_OTA_MANIFEST naming a key id the device does not trust.",
+            [Step(0.0, manifest_cmd(other_body + bytes(64)))],  # refused by its key id
+            SIGNED,
+        ),
+        Session(
+            "error:BAD_SIGNATURE",
+            "CMD_OTA_MANIFEST of the trusted key with its counter changed after signing.",
+            [Step(0.0, manifest_cmd(bytes(forged)))],
+            SIGNED,
+        ),
+        Session(
+            "error:DOWNGRADE",
+            "CMD_OTA_MANIFEST signed by the trusted key, counter 2 below the device's 3.",
+            [Step(0.0, manifest_cmd(signed_head(counter=2)))],
+            SIGNED,
+        ),
+        Session(
+            "error:UNSIGNED",
+            "CMD_OTA_START on a signed-only device without a manifest: refused, nothing "
+            "erased (no PROGRESS follows).",
+            [Step(0.0, start())],
+            SIGNED,
+        ),
+        Session(
+            "error:DIGEST_MISMATCH",
+            "A session whose signed manifest names another SHA-256 (size and CRC-32 right): "
+            "FINISH ends in DIGEST_MISMATCH after the CRC-32 check, state ERROR.",
+            [
+                Step(0.0, manifest_cmd(wrong_digest)),
+                Step(0.01, start()),
+                Step(0.2, b"".join(list(chunks())[:4])),
+                Step(0.25, b"".join(list(chunks())[4:])),
+                Step(0.3, p.encode(p.CmdOtaFinish())),
+            ],
+            SIGNED,
+        ),
+    ]
+
+
+def signed_story_sessions() -> list[Session]:
+    finish = p.encode(p.CmdOtaFinish())
+    confirm = p.encode(p.CmdOtaConfirm())
+    info = p.encode(p.CmdInfo())
+    all_chunks = list(chunks())
+    transfer = [
+        Step(0.0, manifest_cmd(signed_head())),
+        Step(0.01, start()),
+        Step(0.2, b"".join(all_chunks[:4])),
+        Step(0.25, b"".join(all_chunks[4:])),
+        Step(0.3, finish),
+    ]
+    return [
+        Session(
+            "story:signed_update_confirmed",
+            "A signed-only device (counter 3): MANIFEST accepted (STATUS), START, the "
+            "transfer, FINISH (CRC-32 and SHA-256 of the staged flash), DONE and the reset: "
+            "the bootloader verifies again and swaps; INFO shows the new image in TEST "
+            "(image_state 1), CONFIRM answers INFO with CONFIRMED and the counter raised to "
+            "5; after a reset it stays so.",
+            [
+                *transfer,
+                Step(5.0, info),
+                Step(5.1, confirm),
+                Step(5.2, b"", reset=True),
+                Step(10.0, info),
+            ],
+            SIGNED,
+        ),
+        Session(
+            "story:signed_update_reverted",
+            "The same update, and a reset before any CONFIRM: the bootloader swaps back; INFO "
+            "shows the previous image, image_state 2 (REVERTED), counter still 3.",
+            [*transfer, Step(5.0, info), Step(5.1, b"", reset=True), Step(10.0, info)],
+            SIGNED,
+        ),
+        Session(
+            "story:manifest_then_abort",
+            "An accepted manifest is discarded by ABORT: the START after it is UNSIGNED.",
+            [
+                Step(0.0, manifest_cmd(signed_head())),
+                Step(0.01, p.encode(p.CmdOtaAbort())),
+                Step(0.02, start()),
+            ],
+            SIGNED,
+        ),
+    ]
+
+
+#: The cells of the signed-only rows (command_state.json "signed_only"): a signed-only
+#: device that does not reset when it asks to (COMPLETE lasts).
+SIGNED_CELLS = DeviceConfig(signed=True, security_counter=3, resets=False)
+OTHER = bytes(80)
+
+
+def _signed_steps_to(
+    state: p.OtaState, digest_wrong: bool = False
+) -> tuple[list[Step], float, bytes]:
+    """As _steps_to, on a signed-only device: each session's MANIFEST first (with another
+    SHA-256 for ``digest_wrong``; with START's wrong CRC for ERROR)."""
+    if state == p.OtaState.IDLE:
+        return [], 0.0, IMAGE
+    if state == p.OtaState.ERASING:
+        return (
+            [
+                Step(0.0, manifest_cmd(signed_head(ERASING_IMAGE))),
+                Step(0.001, start(ERASING_IMAGE)),
+            ],
+            0.05,
+            ERASING_IMAGE,
+        )
+    steps, t, image = _steps_to(state)
+    fields: dict[str, Any] = {}
+    if state == p.OtaState.ERROR:
+        fields["image_crc32"] = 0xDEADBEEF
+    if digest_wrong:
+        fields["image_sha256"] = bytes(32)
+    first = [Step(0.0, manifest_cmd(signed_head(image, **fields)))]
+    moved = [Step(0.001 if s.at_s == 0.0 else s.at_s, s.data) for s in steps]
+    return first + moved, t, image
+
+
+def _signed_cell_command(row_id: str) -> bytes:
+    good = signed_head(OTHER)
+    match row_id:
+        case "manifest_valid":
+            return manifest_cmd(good)
+        case "manifest_bad_manifest":
+            return manifest_cmd(b"XBM1" + good[4:])
+        case "manifest_bad_param":
+            return manifest_cmd(signed_head(OTHER, image_size=0))
+        case "manifest_too_large":
+            return manifest_cmd(signed_head(OTHER, image_size=5 * 4096 + 1))
+        case "manifest_untrusted_key":
+            body = Manifest.describe(OTHER, (2, 0, 1), 5, 0x12345678).encode()
+            return manifest_cmd(body + bytes(64))
+        case "manifest_bad_signature":
+            forged = bytearray(good)
+            forged[8] ^= 0x01
+            return manifest_cmd(bytes(forged))
+        case "manifest_downgrade":
+            return manifest_cmd(signed_head(OTHER, counter=2))
+        case "manifest_short":
+            return p.encode_frame(p.MsgType.CMD_OTA_MANIFEST, good[:100])
+        case "confirm":
+            return p.encode(p.CmdOtaConfirm())
+        case "start_unsigned" | "start_signed":
+            return start(OTHER)
+        case "finish_digest_mismatch":
+            return p.encode(p.CmdOtaFinish())
+    raise AssertionError(row_id)
+
+
+def _signed_cell_session(row_id: str, state: p.OtaState) -> Session:
+    digest_wrong = row_id == "finish_digest_mismatch" and state == p.OtaState.RECEIVING
+    steps, t, _ = _signed_steps_to(state, digest_wrong)
+    if digest_wrong:  # FINISH right behind the last chunk, as the v1 row "finish"
+        all_chunks = list(chunks())
+        steps = [*steps[:2], Step(0.2, b"".join(all_chunks[:-1]))]
+        t = 0.3
+        steps.append(Step(t, all_chunks[-1]))
+    if row_id == "start_signed" and state in (p.OtaState.IDLE, p.OtaState.ERROR):
+        steps.append(Step(t, manifest_cmd(signed_head(OTHER))))
+        t += 0.01
+    steps.append(Step(t, _signed_cell_command(row_id)))
+    return Session(
+        f"cell:signed:{row_id}:{state.name}",
+        f"signed-only rows (section 16.10), row {row_id!r} in {state.name}: set-up inputs, "
+        "then the row's command as the last input",
+        steps,
+        SIGNED_CELLS,
+        t + 1.0,
+    )
+
+
+def signed_table_sessions() -> list[Session]:
+    table = contract.signed_command_state_table()
+    return [_signed_cell_session(row.id, state) for row in table.rows for state in contract.STATES]
 
 
 def table_sessions() -> list[Session]:
@@ -333,5 +551,12 @@ def story_sessions() -> list[Session]:
 
 
 def device_vectors() -> list[dict[str, Any]]:
-    sessions = [*story_sessions(), *error_sessions(), *table_sessions()]
+    sessions = [
+        *story_sessions(),
+        *error_sessions(),
+        *table_sessions(),
+        *signed_story_sessions(),
+        *signed_error_sessions(),
+        *signed_table_sessions(),
+    ]
     return [run_session(s) for s in sessions]
