@@ -56,11 +56,17 @@ def _report(name: str, passed: int, total: int, capsys: pytest.CaptureFixture[st
         print(f"\nC core: {name}: {passed} of {total} vectors pass")
 
 
+#: The commands of signed updates (docs/protocol.md section 16): not in the C core yet.
+SIGNED_UPDATE_TYPES = frozenset({p.MsgType.CMD_OTA_MANIFEST, p.MsgType.CMD_OTA_CONFIRM})
+
+
 def _codec_failure(lib: ctypes.CDLL, v: dict[str, Any]) -> str | None:
     """A device encodes device messages and decodes commands; the other directions are the
     host's (answered ``None``: not the device's, counted apart)."""
     frame = bytes.fromhex(v["hex"])
     type_ = p.MsgType[v["type"]]
+    if type_ in SIGNED_UPDATE_TYPES or v["name"] == "msg_info_signed_only":
+        return None  # section 16, which the C core does not implement yet (docs/firmware.md)
     payload = frame[4:-2]
     is_command = type_ < 0x80
     fields = v.get("fields", v.get("decodes_to"))
@@ -106,7 +112,7 @@ def test_codec_vectors(lib: ctypes.CDLL, capsys: pytest.CaptureFixture[str]) -> 
         print(
             f"\nC core: codec.json: {len(device_side) - len(failures)} of {len(device_side)} "
             f"device-side vectors pass ({len(vectors) - len(device_side)} are the host's: "
-            "device messages decoded, too short)"
+            "device messages decoded, too short; or of signed updates, not in the C core)"
         )
     assert not failures, "\n".join(failures)
     assert len(device_side) >= 20  # a filter that skipped everything would pass
@@ -125,9 +131,16 @@ def test_decoder_vectors(lib: ctypes.CDLL, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_device_vectors(lib: ctypes.CDLL, capsys: pytest.CaptureFixture[str]) -> None:
-    vectors = _vectors("device.json")
+    """Every vector of a v1 device; a signed-only device's (section 16) are not the C
+    core's yet (docs/firmware.md), and are counted apart."""
+    every = _vectors("device.json")
+    vectors = [v for v in every if "signed_only" not in v["device"]]
     failures = [f for f in (c_core.vector_failure(lib, v) for v in vectors) if f]
     _report("device.json", len(vectors) - len(failures), len(vectors), capsys)
+    with capsys.disabled():
+        print(
+            f"C core: device.json: {len(every) - len(vectors)} vectors of a signed-only device left out"
+        )
     assert not failures, "\n".join(failures)
 
 

@@ -106,6 +106,10 @@ class CFirmware:
         self._observe = observe
         self._when_sent = when_sent or (lambda callback: callback())
         self.boot_count = 1
+        #: The flip-staged fault's queue (the model corrupts the staged flash behind a kept
+        #: CRC-32 for the SHA-256 of signed updates to find); the C core has no signed
+        #: updates yet, so nothing consumes it.
+        self.staged_flip: list[int] = []
         self.commands_seen: dict[int, int] = {}
         self._pending: tuple[int, int] | None = None
         self._epoch = 0
