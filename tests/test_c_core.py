@@ -430,3 +430,68 @@ def test_the_model_and_the_c_core_answer_alike(
         reject()  # a message coinciding with the next input: the order would be a tie
     failure = c_core.vector_failure(lib, vector, repeated_acks_once=True)
     assert failure is None, failure
+
+
+# --- the CLI's --sim-firmware --------------------------------------------------------------
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    from pytest_smartball.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out + err
+
+
+@pytest.mark.sim_only
+def test_the_cli_flashes_the_c_core_through_the_field_faults(
+    lib: ctypes.CDLL,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """``smartball-ota flash build/demo.bin --sim --sim-firmware=c --faults field-linux``
+    succeeds, and it is the C core the simulated SmartBall ran (the core named by
+    SMARTBALL_C_CORE_LIB here, the build of firmware/ otherwise)."""
+    from smartball_sim import device as sim_device
+    from smartball_sim.make_image import make_image
+
+    built: list[CFirmware] = []
+
+    class Spy(CFirmware):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(sim_device, "CFirmware", Spy)
+    monkeypatch.setenv(c_core.LIB_ENV, lib._name)
+    image = make_image(seed=1)
+    path = tmp_path / "demo.bin"
+    path.write_bytes(image)
+    argv = ("flash", str(path), "--sim", "--sim-firmware=c", "--faults", "field-linux")
+    code, text = _cli(capsys, *argv)
+    assert code == 0, text
+    assert "Update succeeded" in text and len(built) == 1
+    assert built[0].active.data == image
+
+
+@pytest.mark.sim_only
+def test_the_cli_says_what_sim_firmware_cannot_do(
+    lib: ctypes.CDLL, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """One sentence and exit code 2 for: a core that is not there, a firmware bug (the C core
+    has no bug switches), --sim-firmware-lib without --sim-firmware=c, --sim-firmware without
+    --sim; nothing is flashed."""
+    path = tmp_path / "fw.bin"
+    path.write_bytes(random.Random(7).randbytes(20_000))
+    cases = {
+        "no such file": ("--sim", "--sim-firmware=c", f"--sim-firmware-lib={tmp_path}/no.so"),
+        "firmware-bug": ("--sim", "--sim-firmware=c", "--sim-firmware-bug=ack-every-window"),
+        "--sim-firmware=c only": ("--sim", f"--sim-firmware-lib={lib._name}"),
+        "with --sim": ("--sim-firmware=c",),
+    }
+    for expected, options in cases.items():
+        code, text = _cli(capsys, "flash", str(path), *options)
+        lines = [line for line in text.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and expected in lines[0], (options, text)
