@@ -435,6 +435,16 @@ def test_the_model_and_the_c_core_answer_alike(
 # --- the CLI's --sim-firmware --------------------------------------------------------------
 
 
+class _SpyCore(CFirmware):
+    """A C core that counts its instances (the proof that a front end ran the C core)."""
+
+    built = 0
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        type(self).built += 1
+
+
 def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     from pytest_smartball.cli import main
 
@@ -457,12 +467,12 @@ def test_the_cli_flashes_the_c_core_through_the_field_faults(
     from smartball_sim import device as sim_device
     from smartball_sim.make_image import make_image
 
-    built: list[CFirmware] = []
+    cores: list[CFirmware] = []
 
-    class Spy(CFirmware):
+    class Spy(_SpyCore):
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
-            built.append(self)
+            cores.append(self)
 
     monkeypatch.setattr(sim_device, "CFirmware", Spy)
     monkeypatch.setenv(c_core.LIB_ENV, lib._name)
@@ -472,8 +482,8 @@ def test_the_cli_flashes_the_c_core_through_the_field_faults(
     argv = ("flash", str(path), "--sim", "--sim-firmware=c", "--faults", "field-linux")
     code, text = _cli(capsys, *argv)
     assert code == 0, text
-    assert "Update succeeded" in text and len(built) == 1
-    assert built[0].active.data == image
+    assert "Update succeeded" in text and len(cores) == 1
+    assert cores[0].active.data == image
 
 
 @pytest.mark.sim_only
@@ -495,3 +505,33 @@ def test_the_cli_says_what_sim_firmware_cannot_do(
         code, text = _cli(capsys, "flash", str(path), *options)
         lines = [line for line in text.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1 and expected in lines[0], (options, text)
+
+
+# --- the bench's --sim-firmware ------------------------------------------------------------
+
+
+@pytest.mark.sim_only
+def test_the_bench_runs_the_c_core(
+    lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``python -m bench --sim-firmware=c`` measures updates of the C core: every update of
+    its rows (the timed ones, stop-and-wait, the flaky profile) ran on the C core and
+    succeeded, and the JSON says which firmware it measured."""
+    from bench.__main__ import main as bench
+    from smartball_sim import device as sim_device
+
+    monkeypatch.setattr(_SpyCore, "built", 0)
+    monkeypatch.setattr(sim_device, "CFirmware", _SpyCore)
+    out = tmp_path / "bench.json"
+    argv = ["--profiles", "default", "--sizes", "20000", "--wall-repeats", "1"]
+    argv += ["--json", str(out), "--sim-firmware=c", f"--sim-firmware-lib={lib._name}"]
+    assert bench(argv) == 0
+    figures = json.loads(out.read_text())
+    assert figures["firmware"] == "c"
+    rows = figures["rows"]
+    assert [(r["size"], r["progressive"]) for r in rows] == [(20000, False), (20000, True)]
+    assert all(r["flaky_success"] and 0 < r["efficiency"] <= 1 for r in rows)
+    assert _SpyCore.built == 2 * 3  # per row: the timed update, stop-and-wait, flaky
+    with pytest.raises(SystemExit) as refused:
+        bench(["--sim-firmware-lib", lib._name, "--json", str(out)])
+    assert refused.value.code == 2

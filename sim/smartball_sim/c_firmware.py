@@ -145,6 +145,10 @@ class CFirmware:
         self._progressive_erase = on
         _Head.from_buffer(self._core).cfg.progressive_erase = int(on)
 
+    def session_window(self, progressive: bool, max_chunk: int) -> int:
+        """The window READY grants: the C core grants its one window in either mode."""
+        return self.window
+
     @property
     def capabilities(self) -> p.Capability:
         return p.Capability.PROGRESSIVE_ERASE if self.progressive_erase else p.Capability.NONE
