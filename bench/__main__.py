@@ -54,6 +54,24 @@ FIELD_ERASE_S = 15.0
 DATASHEET, FIELD = "datasheet", "field-15s"
 
 
+@dataclass(frozen=True)
+class Firmware:
+    """What runs inside the simulated SmartBall (``--sim-firmware``): the Python model, or
+    the C reference core of ``firmware/`` (``lib``: a built one), which grants one window in
+    both modes (no two-page progressive window)."""
+
+    core: str = "python"
+    lib: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        if self.core == "python":
+            return {}
+        return {"firmware_core": self.core, "firmware_library": self.lib}
+
+
+MODEL = Firmware()
+
+
 @dataclass
 class Row:
     profile: str
@@ -113,7 +131,14 @@ class Row:
 
 
 def make_target(
-    profile: str, *, flash: str, progressive: bool, window: int, faults: str, seed: int
+    profile: str,
+    *,
+    flash: str,
+    progressive: bool,
+    window: int,
+    faults: str,
+    seed: int,
+    firmware: Firmware = MODEL,
 ) -> Target:
     options: dict[str, Any] = dict(
         faults=faults,
@@ -121,8 +146,11 @@ def make_target(
         window=window,
         progressive_erase=progressive,
         # stop-and-wait (window 1) keeps its single chunk in the progressive mode too
-        progressive_window_bytes=PROGRESSIVE_WINDOW_BYTES if window > 1 else None,
+        progressive_window_bytes=PROGRESSIVE_WINDOW_BYTES
+        if window > 1 and firmware == MODEL
+        else None,
         erase_time_s=FIELD_ERASE_S if flash == FIELD else None,
+        **firmware.options(),
     )
     if profile == BUMBLE:
         from pytest_smartball.targets.bumble import make_bumble_target
@@ -140,9 +168,16 @@ def run_update(
     window: int = WINDOW,
     faults: str = "",
     seed: int = 0,
+    firmware: Firmware = MODEL,
 ) -> tuple[OtaResult, SimDevice, list[Packet]]:
     target = make_target(
-        profile, flash=flash, progressive=progressive, window=window, faults=faults, seed=seed
+        profile,
+        flash=flash,
+        progressive=progressive,
+        window=window,
+        faults=faults,
+        seed=seed,
+        firmware=firmware,
     )
     device = target.sim
     assert device is not None
@@ -152,19 +187,30 @@ def run_update(
     return run_loop(virtual=True, coro=engine.run()), device, air
 
 
-def measure(profile: str, size: int, flash: str, progressive: bool, wall_repeats: int) -> Row:
+def measure(
+    profile: str,
+    size: int,
+    flash: str,
+    progressive: bool,
+    wall_repeats: int,
+    firmware: Firmware = MODEL,
+) -> Row:
     image = FirmwareImage(make_image(size, 1), f"bench-{size}.bin")
+
+    def update(**how: Any) -> tuple[OtaResult, SimDevice, list[Packet]]:
+        return run_update(
+            image, profile, flash=flash, progressive=progressive, firmware=firmware, **how
+        )
+
     walls = []
     for _ in range(wall_repeats):
         t0 = time.perf_counter()
-        result, device, air = run_update(image, profile, flash=flash, progressive=progressive)
+        result, device, air = update()
         walls.append(time.perf_counter() - t0)
     assert result.success, result.error
-    saw, _, _ = run_update(image, profile, flash=flash, progressive=progressive, window=1)
+    saw, _, _ = update(window=1)
     assert saw.success, saw.error
-    flaky, flaky_device, _ = run_update(
-        image, profile, flash=flash, progressive=progressive, faults="flaky", seed=7
-    )
+    flaky, flaky_device, _ = update(faults="flaky", seed=7)
     drops = sum(1 for r in flaky_device.fault_log if r.detail.startswith("flaky"))
     # the bound from the very timings the measured device ran with
     radio = device.radio
@@ -306,7 +352,24 @@ def main(argv: list[str] | None = None) -> int:
         default=3,
         help="simulated updates timed per row; the median is shown",
     )
+    parser.add_argument(
+        "--sim-firmware",
+        choices=("python", "c"),
+        default="python",
+        help="what runs inside the simulated SmartBall: the Python firmware model (default) "
+        "or the C reference core of firmware/ (docs/firmware.md), which grants one window in "
+        "both modes",
+    )
+    parser.add_argument(
+        "--sim-firmware-lib",
+        default=None,
+        metavar="PATH",
+        help="with --sim-firmware=c: a built core to load instead of building firmware/",
+    )
     args = parser.parse_args(argv)
+    if args.sim_firmware_lib and args.sim_firmware != "c":
+        parser.error("--sim-firmware-lib works with --sim-firmware=c only")
+    firmware = Firmware(args.sim_firmware, args.sim_firmware_lib)
 
     rows: list[Row] = []
     for profile in args.profiles:
@@ -315,11 +378,12 @@ def main(argv: list[str] | None = None) -> int:
             if size == FIELD_IMAGE_SIZE and profile != BUMBLE and not args.no_field_erase:
                 flashes.append(FIELD)
             for flash in flashes:
-                normal = measure(profile, size, flash, False, args.wall_repeats)
-                prog = measure(profile, size, flash, True, args.wall_repeats)
+                normal = measure(profile, size, flash, False, args.wall_repeats, firmware)
+                prog = measure(profile, size, flash, True, args.wall_repeats, firmware)
                 prog.speedup_progressive = normal.duration_s / prog.duration_s
                 prog.bound_speedup_progressive = normal.bound_total_s / prog.bound_total_s
                 rows += [normal, prog]
+    print(f"Firmware in the simulated SmartBall: {firmware.core} ({firmware.lib or 'built'}).")
     print("Simulated times are on the virtual clock; 'wall' is real time per update.")
     print(
         "eff = bound / update (eff-ls: bound without the two connections); prog = normal "
@@ -338,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                 + " ".join(argv if argv is not None else sys.argv[1:]),
                 "python": platform.python_version(),
                 "machine": platform.machine(),
+                "firmware": firmware.core,
                 "rows": [r.as_dict() for r in rows],
                 "targets": [
                     {"target": what, "met": met, "figures": figures}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import event, example, given, note, settings
@@ -42,6 +43,7 @@ from hil_tests.fault_classes import (
 from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.loops import run as run_loop
+from pytest_smartball.options import SmartBallOptions
 from pytest_smartball.ota import OtaEngine, OtaResult, Outcome
 from pytest_smartball.targets import Target
 from pytest_smartball.targets.simulated import make_sim_target
@@ -98,10 +100,11 @@ def replay_command(case: Case, sim_link: str) -> str:
     link = f" --sim-link {sim_link}" if sim_link != "model" else ""
     mode = " --sim-progressive-erase" if case.progressive else ""
     bugs = "".join(f" --sim-firmware-bug {bug}" for bug in FIRMWARE_BUGS)
+    core = "".join(f" --{key.replace('_', '-')}={value}" for key, value in FIRMWARE_CORE.items())
     return (
         f"python -m smartball_sim.make_image /tmp/fuzz.bin {size} --seed {image_seed} && "
         f"smartball-ota flash /tmp/fuzz.bin --sim{link} --seed {case.seed} "
-        f"--faults '{case.plan}'{bugs}{mode} -v"
+        f"--faults '{case.plan}'{bugs}{core}{mode} -v"
     )
 
 
@@ -115,6 +118,30 @@ def _the_runs_firmware_bugs(sim_firmware_bugs: tuple[str, ...]) -> None:
     FIRMWARE_BUGS[:] = sim_firmware_bugs
 
 
+#: The run's --sim-firmware and --sim-firmware-lib when they ask for the C core (set by the
+#: fixture below): the update fuzzer then runs against the C core, as the rest of the suite.
+FIRMWARE_CORE: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _the_runs_firmware_core(smartball_options: SmartBallOptions) -> None:
+    FIRMWARE_CORE.clear()
+    if smartball_options.sim_firmware != "python":
+        FIRMWARE_CORE["sim_firmware"] = smartball_options.sim_firmware
+        if smartball_options.sim_firmware_lib:
+            FIRMWARE_CORE["sim_firmware_lib"] = smartball_options.sim_firmware_lib
+
+
+def core_options() -> dict[str, Any]:
+    """The device options of the run's firmware (none: the Python model)."""
+    if not FIRMWARE_CORE:
+        return {}
+    return {
+        "firmware_core": FIRMWARE_CORE["sim_firmware"],
+        "firmware_library": FIRMWARE_CORE.get("sim_firmware_lib"),
+    }
+
+
 def make_target(sim_link: str, plan: FaultPlan, seed: int, progressive: bool) -> Target:
     """A fresh simulated SmartBall on the link ``--sim-link`` asks for (with the run's
     firmware bugs, if any)."""
@@ -123,10 +150,14 @@ def make_target(sim_link: str, plan: FaultPlan, seed: int, progressive: bool) ->
         from pytest_smartball.targets.bumble import make_bumble_target
 
         return make_bumble_target(
-            faults=plan, seed=seed, progressive_erase=progressive, firmware_bugs=bugs
+            faults=plan,
+            seed=seed,
+            progressive_erase=progressive,
+            firmware_bugs=bugs,
+            **core_options(),
         )
     return make_sim_target(
-        faults=plan, seed=seed, progressive_erase=progressive, firmware_bugs=bugs
+        faults=plan, seed=seed, progressive_erase=progressive, firmware_bugs=bugs, **core_options()
     )
 
 
@@ -200,7 +231,10 @@ def check_safe(case: Case, run: Run) -> None:
         assert fw.pending_image.data == image.data, "a partial image is marked complete"
     if fw.state == p.OtaState.COMPLETE:
         assert fw.staged_bytes() == image.data
-    assert fw.data_rejected_behind == 0, "the client sent DATA the device had not asked for"
+    # The model counts the DATA it refused as behind its offset (the C core keeps no such
+    # count): a check of the client, made in the runs against the model.
+    behind = getattr(fw, "data_rejected_behind", 0)
+    assert behind == 0, "the client sent DATA the device had not asked for"
     rewinds = sum(1 for e in result.events if e.kind in ("rewind", "ack-timeout", "desync"))
     per_window = WINDOW * CHUNK
     assert result.bytes_resent <= (
@@ -393,3 +427,16 @@ def test_without_faults_every_generated_update_succeeds(pytestconfig: pytest.Con
             run = run_update(case, sim_link, report=lambda text: None)
             assert run.result.success, (size, progressive, run.result.error)
             assert run.device.firmware.active.data == case.image.data
+
+
+def test_the_fuzzers_devices_run_the_runs_firmware(smartball_options: SmartBallOptions) -> None:
+    """The devices these properties build run what ``--sim-firmware`` asks for (the C core
+    or the model), and a failing example's replay line asks the CLI for the same."""
+    from smartball_sim.c_firmware import CFirmware
+
+    device = make_target("model", FaultPlan(), 0, False).sim
+    assert device is not None
+    on_c = smartball_options.sim_firmware == "c"
+    assert isinstance(device.firmware, CFirmware) is on_c
+    replay = replay_command(_case(5000, 1, ""), "model")
+    assert ("--sim-firmware=c" in replay) is on_c, replay

@@ -443,3 +443,131 @@ def test_the_model_and_the_c_core_answer_alike(
         reject()  # a message coinciding with the next input: the order would be a tie
     failure = c_core.vector_failure(lib, vector, repeated_acks_once=True)
     assert failure is None, failure
+
+
+# --- the CLI's --sim-firmware --------------------------------------------------------------
+
+
+class _SpyCore(CFirmware):
+    """A C core that counts its instances (the proof that a front end ran the C core)."""
+
+    built = 0
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        type(self).built += 1
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    from pytest_smartball.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out + err
+
+
+@pytest.mark.sim_only
+def test_the_cli_flashes_the_c_core_through_the_field_faults(
+    lib: ctypes.CDLL,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """``smartball-ota flash build/demo.bin --sim --sim-firmware=c --faults field-linux``
+    succeeds, and it is the C core the simulated SmartBall ran (the core named by
+    SMARTBALL_C_CORE_LIB here, the build of firmware/ otherwise)."""
+    from smartball_sim import device as sim_device
+    from smartball_sim.make_image import make_image
+
+    cores: list[CFirmware] = []
+
+    class Spy(_SpyCore):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            cores.append(self)
+
+    monkeypatch.setattr(sim_device, "CFirmware", Spy)
+    monkeypatch.setenv(c_core.LIB_ENV, lib._name)
+    image = make_image(seed=1)
+    path = tmp_path / "demo.bin"
+    path.write_bytes(image)
+    argv = ("flash", str(path), "--sim", "--sim-firmware=c", "--faults", "field-linux")
+    code, text = _cli(capsys, *argv)
+    assert code == 0, text
+    assert "Update succeeded" in text and len(cores) == 1
+    assert cores[0].active.data == image
+
+
+@pytest.mark.sim_only
+def test_the_cli_says_what_sim_firmware_cannot_do(
+    lib: ctypes.CDLL, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """One sentence and exit code 2 for: a core that is not there, a firmware bug (the C core
+    has no bug switches), --sim-firmware-lib without --sim-firmware=c, --sim-firmware without
+    --sim; nothing is flashed."""
+    path = tmp_path / "fw.bin"
+    path.write_bytes(random.Random(7).randbytes(20_000))
+    cases = {
+        "no such file": ("--sim", "--sim-firmware=c", f"--sim-firmware-lib={tmp_path}/no.so"),
+        "firmware-bug": ("--sim", "--sim-firmware=c", "--sim-firmware-bug=ack-every-window"),
+        "--sim-firmware=c only": ("--sim", f"--sim-firmware-lib={lib._name}"),
+        "with --sim": ("--sim-firmware=c",),
+    }
+    for expected, options in cases.items():
+        code, text = _cli(capsys, "flash", str(path), *options)
+        lines = [line for line in text.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and expected in lines[0], (options, text)
+
+
+# --- the bench's --sim-firmware ------------------------------------------------------------
+
+
+@pytest.mark.sim_only
+def test_the_bench_runs_the_c_core(
+    lib: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``python -m bench --sim-firmware=c`` measures updates of the C core: every update of
+    its rows (the timed ones, stop-and-wait, the flaky profile) ran on the C core and
+    succeeded, and the JSON says which firmware it measured."""
+    from bench.__main__ import main as bench
+    from smartball_sim import device as sim_device
+
+    monkeypatch.setattr(_SpyCore, "built", 0)
+    monkeypatch.setattr(sim_device, "CFirmware", _SpyCore)
+    out = tmp_path / "bench.json"
+    argv = ["--profiles", "default", "--sizes", "20000", "--wall-repeats", "1"]
+    argv += ["--json", str(out), "--sim-firmware=c", f"--sim-firmware-lib={lib._name}"]
+    assert bench(argv) == 0
+    figures = json.loads(out.read_text())
+    assert figures["firmware"] == "c"
+    rows = figures["rows"]
+    assert [(r["size"], r["progressive"]) for r in rows] == [(20000, False), (20000, True)]
+    assert all(r["flaky_success"] and 0 < r["efficiency"] <= 1 for r in rows)
+    assert _SpyCore.built == 2 * 3  # per row: the timed update, stop-and-wait, flaky
+    with pytest.raises(SystemExit) as refused:
+        bench(["--sim-firmware-lib", lib._name, "--json", str(out)])
+    assert refused.value.code == 2
+
+
+@pytest.mark.asyncio
+@pytest.mark.sim_only
+@pytest.mark.parametrize("size", [1, 20_000])
+async def test_a_progressive_erase_under_the_field_erase_takes_the_models_time(
+    lib: ctypes.CDLL, size: int, looptime: float
+) -> None:
+    """The field's slow erase (``slow-erase``) spreads the erase before READY over its
+    pages; a progressive session's page erase is the 85 ms stall alone, as in the model.
+    (The update fuzzer against the C core found the glue giving a progressive page its
+    share of 15 s: the ACK of a 1-byte image came 15 s late.)"""
+    image = FirmwareImage(random.Random(size).randbytes(size), "progressive.bin")
+    durations = {}
+    for core in ("python", "c"):
+        options: dict[str, Any] = {"firmware_core": "c", "firmware_library": lib._name}
+        target = make_sim_target(
+            faults="slow-erase:15s", progressive_erase=True, **(options if core == "c" else {})
+        )
+        result = await OtaEngine(image, target.backend, address=target.address).run()
+        assert result.success, (core, result.error)
+        durations[core] = result.duration_s
+    assert durations["c"] == pytest.approx(durations["python"], abs=0.1), durations

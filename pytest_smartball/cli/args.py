@@ -42,6 +42,8 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "sim_firmware_bug": [],
     "sim_progressive_erase": False,
     "sim_link": "model",
+    "sim_firmware": "python",
+    "sim_firmware_lib": None,
     "scan_timeout": None,
     "settle": LinkSettings().settle_s,
 }
@@ -53,6 +55,8 @@ SIM_ONLY = {
     "sim_firmware_bug": "--sim-firmware-bug",
     "sim_progressive_erase": "--sim-progressive-erase",
     "sim_link": "--sim-link",
+    "sim_firmware": "--sim-firmware",
+    "sim_firmware_lib": "--sim-firmware-lib",
 }
 
 
@@ -230,6 +234,21 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="with --sim: what carries the BLE link: our radio model (default) or Google's "
         "Bumble stack (real HCI/L2CAP/ATT; pip install 'pytest-smartball[bumble]')",
     )
+    sim.add_argument(
+        "--sim-firmware",
+        choices=("python", "c"),
+        default=s,
+        help="with --sim: what runs inside the simulated SmartBall: the Python firmware model "
+        "(default) or the C reference core of firmware/ (docs/firmware.md; built with the "
+        "system C compiler on first use)",
+    )
+    sim.add_argument(
+        "--sim-firmware-lib",
+        default=s,
+        metavar="PATH",
+        help="with --sim-firmware=c: a built core to load (a firmware team's own build of "
+        "firmware/include/smartball_core.h's HAL) instead of building firmware/",
+    )
     out = parser.add_argument_group("output")
     out.add_argument(
         "--json",
@@ -349,6 +368,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         for key in ("sim_firmware_bug", "sim_progressive_erase"):
             if getattr(args, key):
                 raise CliError(EXIT_BAD_INPUT, f"{SIM_ONLY[key]} works with --sim only")
+        if args.sim_firmware != "python" or args.sim_firmware_lib:
+            raise CliError(EXIT_BAD_INPUT, "--sim-firmware works with --sim only")
     if not args.sim and args.bluez not in SIMULATED_BLUEZ:
         given = [
             flag for key, flag in SIM_ONLY.items() if getattr(args, key) != COMMON_DEFAULTS[key]
@@ -359,6 +380,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 f"{', '.join(given)} only work{'s' if len(given) == 1 else ''} with --sim "
                 "(the simulated SmartBall)",
             )
+    if args.sim_firmware_lib and args.sim_firmware != "c":
+        raise CliError(EXIT_BAD_INPUT, "--sim-firmware-lib works with --sim-firmware=c only")
     return args
 
 

@@ -36,7 +36,7 @@ async def open_target(ctx: Context) -> Target:
     or check BlueZ for the real radio (also what an emulated BlueZ serves)."""
     a = ctx.args
     if ctx.simulated:
-        from ..targets.simulated import make_sim_target
+        from ..targets.simulated import SimFirmwareUnavailable, make_sim_target
 
         make: Callable[..., Target] = make_sim_target
         refused: tuple[type[Exception], ...] = ()
@@ -46,6 +46,9 @@ async def open_target(ctx: Context) -> Target:
             make, refused = make_bumble_target, (BumbleUnavailable, BlueZOnlyFault)
         loop = asyncio.get_running_loop()
         t0 = loop.time()  # 0 on the virtual clock; fault-log times count from here
+        options: dict[str, Any] = {}
+        if a.sim_firmware != "python":  # --sim-firmware=c: the C core inside the simulator
+            options.update(firmware_core=a.sim_firmware, firmware_library=a.sim_firmware_lib)
         try:
             target = make(
                 a.name,
@@ -56,9 +59,14 @@ async def open_target(ctx: Context) -> Target:
                 firmware_bugs=a.sim_firmware_bug,
                 progressive_erase=a.sim_progressive_erase,
                 clock=lambda: loop.time() - t0,
+                **options,
             )
         except refused as exc:
             raise CliError(EXIT_BAD_INPUT, str(exc)) from None
+        except (SimFirmwareUnavailable, ValueError) as exc:  # no C compiler; bugs need the model
+            if a.sim_firmware == "python":
+                raise
+            raise CliError(EXIT_BAD_INPUT, f"--sim-firmware={a.sim_firmware}: {exc}") from None
         target.address = a.address or target.address  # --address looks for another one
         return target
     try:

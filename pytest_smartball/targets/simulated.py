@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from smartball_sim.bleak_backend import SimWorld
+from smartball_sim.c_core import MissingCompiler
 from smartball_sim.device import DEFAULT_ADDRESS, SimDevice
 from smartball_sim.fault_injector import FaultRecord
 from smartball_sim.faults import FaultPlan, FaultSpecError
@@ -18,6 +19,9 @@ from .. import protocol as p
 from .. import signing
 from ..link import BleBackend
 from . import Target
+
+#: --sim-firmware=c without a C compiler or a built core (one sentence says what to do).
+SimFirmwareUnavailable = MissingCompiler
 
 
 def backend_for(world: SimWorld) -> BleBackend:

@@ -149,6 +149,10 @@ class CFirmware:
         self._progressive_erase = on
         _Head.from_buffer(self._core).cfg.progressive_erase = int(on)
 
+    def session_window(self, progressive: bool, max_chunk: int) -> int:
+        """The window READY grants: the C core grants its one window in either mode."""
+        return self.window
+
     @property
     def capabilities(self) -> p.Capability:
         return p.Capability.PROGRESSIVE_ERASE if self.progressive_erase else p.Capability.NONE
@@ -353,10 +357,14 @@ class CFirmware:
     def _erase(self, _ctx: Any, page: int) -> int:
         """A page erase stalls for ``page_stall_s``; in field mode (``erase_total_s``) the
         rest of the page's share is idle time before it, the firmware yielding to the radio,
-        during which the core goes on handling commands (SB_FLASH_DEFERRED)."""
+        during which the core goes on handling commands (SB_FLASH_DEFERRED). That share is
+        the erase before READY's: a progressive session's page erase (in RECEIVING) is its
+        stall alone, as in the model (else it holds an owed ACK for seconds)."""
         pages = self._pages()
         stall = to_us(self.timings.page_stall_s(pages))
         idle = to_us(self.timings.page_erase_time(pages)) - stall
+        if self._status().state is not p.OtaState.ERASING:
+            idle = 0
 
         def done() -> None:
             self._op_at_us = None
