@@ -590,3 +590,19 @@ def test_the_cli_does_not_import_the_plugins_release_gate_or_recording() -> None
     ).stdout
     for module in ("compare", "figures", "recording", "session", "plugin", "fixtures"):
         assert f"'pytest_smartball.{module}'" not in loaded, loaded
+
+
+def test_a_tampered_signed_image_is_exit_2_before_any_radio_activity(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """No --sim and no BlueZ here: a signed file whose image is not its manifest's is
+    refused before anything is probed (2, not 3), in one sentence."""
+    from pytest_smartball import signing
+
+    raw = bytearray(signing.sign(bytes(4096), signing.test_key(), (1, 0, 0), 1).encode())
+    raw[-10] ^= 0x01
+    path = tmp_path / "fw.sbi"
+    path.write_bytes(raw)
+    code, out, err = run(capsys, "flash", str(path))
+    assert code == 2 and out == ""
+    assert "changed after it was signed" in one_error_line(err)
