@@ -1,0 +1,254 @@
+"""The OTA engine's decisions for signed updates (docs/protocol.md section 16), pure: what
+INFO and the signed image lead to before START, the manifest before a new session, and the
+trial, health check, confirm and revert after the reset. No link, no device, no clock."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from pytest_smartball import protocol as p
+from pytest_smartball.manifest import Manifest
+from pytest_smartball.ota import observations as o
+from pytest_smartball.ota.decide import decide, signed_refusal
+from pytest_smartball.ota.record import Commit, ImageId, Limits, Record
+from pytest_smartball.ota.states import EventKind, FailureKind, Outcome, State
+
+KID = 0x5EC0DE01
+OTHER_KID = 0x0BADC0DE
+SIZE, CRC = 20_000, 0x1234ABCD
+OLD_CRC = 0x0BAD0BAD
+UNSIGNED = ImageId(SIZE, CRC, "fw.bin")
+SIGNED = ImageId(SIZE, CRC, "fw.sbi", Manifest(1, 2, 0, 5, SIZE, CRC, KID, bytes(32)))
+SIGNED_CAP = p.Capability.SIGNED_IMAGES
+LIMITS = Limits()
+#: A signed-only device that trusts KID, counter 3, running its old image (confirmed).
+OLD = p.MsgInfo(1, 1, 0, 0, 12_000, OLD_CRC, 480 * 1024, SIGNED_CAP, 3, 0, KID)
+#: The same device after the swap: the new image on trial.
+TRIAL = replace(
+    OLD, fw_minor=2, active_image_size=SIZE, active_image_crc32=CRC, image_state=p.ImageState.TEST
+)
+CONFIRMED = replace(TRIAL, image_state=p.ImageState.CONFIRMED, security_counter=5)
+REVERTED = replace(OLD, image_state=p.ImageState.REVERTED)
+V1 = p.MsgInfo(1, 1, 0, 0, 12_000, OLD_CRC, 480 * 1024)
+IDLE = p.MsgOtaStatus(p.OtaState.IDLE, 0, 0, 0)
+
+
+def querying(image: ImageId = SIGNED, limits: Limits = LIMITS, **fields: object) -> Record:
+    r = replace(Record(image, limits), state=State.QUERYING, seen=True, fresh_link=True)
+    return replace(r, **fields)  # type: ignore[arg-type]
+
+
+def step(r: Record, *seen: o.Observation) -> tuple[Record, list[EventKind]]:
+    kinds: list[EventKind] = []
+    for observation in seen:
+        r, notes = decide(r, observation)
+        kinds += [n.kind for n in notes]
+    return r, kinds
+
+
+# --- before START: the refusals (no erase, nothing sent) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("image", "info", "kind", "words"),
+    [
+        (UNSIGNED, OLD, FailureKind.UNSIGNED, "the device runs only signed images"),
+        (
+            replace(SIGNED, manifest=replace(SIGNED.manifest, key_id=OTHER_KID)),  # type: ignore[type-var]
+            OLD,
+            FailureKind.UNTRUSTED_KEY,
+            "signed with key dec0ad0b, but the device trusts key 01dec05e",
+        ),
+        (SIGNED, replace(OLD, security_counter=6), FailureKind.DOWNGRADE, "below the device's 6"),
+        (
+            SIGNED,
+            replace(OLD, image_state=p.ImageState.TEST),
+            FailureKind.TRIAL_PENDING,
+            "the device runs an image on trial",
+        ),
+    ],
+    ids=["unsigned", "another-key", "downgrade", "trial-pending"],
+)
+def test_what_a_signed_only_device_would_refuse_is_refused_at_its_first_info(
+    image: ImageId, info: p.MsgInfo, kind: FailureKind, words: str
+) -> None:
+    assert signed_refusal(image, info) is not None
+    r, _ = step(querying(image), o.InfoReply(info))
+    assert r.state is State.FAILED and r.outcome is Outcome.FAILED
+    assert r.failure is kind and words in r.error
+    assert r.commit is Commit.NONE and not r.session_opened
+    assert r.error.count(". ") <= 2  # a sentence, not an essay: what, why, what the device holds
+
+
+def test_the_refusals_come_in_the_protocols_order() -> None:
+    worst = replace(OLD, security_counter=9, image_state=p.ImageState.TEST, trusted_key_id=7)
+    assert signed_refusal(UNSIGNED, worst)[0] is FailureKind.UNSIGNED  # type: ignore[index]
+    assert signed_refusal(SIGNED, worst)[0] is FailureKind.UNTRUSTED_KEY  # type: ignore[index]
+    same_key = replace(worst, trusted_key_id=KID)
+    assert signed_refusal(SIGNED, same_key)[0] is FailureKind.DOWNGRADE  # type: ignore[index]
+
+
+def test_an_equal_counter_is_no_downgrade() -> None:
+    assert signed_refusal(SIGNED, replace(OLD, security_counter=5)) is None
+
+
+def test_a_signed_image_opens_its_session_with_the_manifest() -> None:
+    r, kinds = step(querying(), o.InfoReply(OLD), o.StatusReply(IDLE))
+    assert r.state is State.SENDING_MANIFEST
+    r, kinds = step(r, o.ManifestAccepted(IDLE))
+    assert r.state is State.STARTING and EventKind.MANIFEST in kinds
+
+
+def test_after_an_abort_the_new_session_is_opened_with_the_manifest_again() -> None:
+    other = p.MsgOtaStatus(p.OtaState.RECEIVING, 100, 30_000, 0xDEADBEEF)
+    r, _ = step(querying(), o.InfoReply(OLD), o.StatusReply(other))
+    assert r.state is State.ABORTING
+    r, _ = step(r, o.AbortReply(IDLE))
+    assert r.state is State.SENDING_MANIFEST
+
+
+def test_a_resume_of_the_same_session_needs_no_manifest() -> None:
+    ours = p.MsgOtaStatus(p.OtaState.RECEIVING, 4096, SIZE, CRC)
+    r, _ = step(querying(), o.InfoReply(OLD), o.StatusReply(ours))
+    assert r.state is State.STARTING and r.resume_offset == 4096
+
+
+def test_a_v1_device_gets_a_signed_image_unsigned_with_a_warning() -> None:
+    r, kinds = step(querying(), o.InfoReply(V1))
+    assert EventKind.WARNING in kinds
+    r, _ = step(r, o.StatusReply(IDLE))
+    assert r.state is State.STARTING  # no MANIFEST: a v1 device does not know it
+
+
+def test_an_unsigned_image_to_a_v1_device_is_as_before() -> None:
+    r, kinds = step(querying(UNSIGNED), o.InfoReply(V1), o.StatusReply(IDLE))
+    assert r.state is State.STARTING and EventKind.WARNING not in kinds
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        (p.ErrorCode.UNTRUSTED_KEY, FailureKind.UNTRUSTED_KEY),
+        (p.ErrorCode.DOWNGRADE, FailureKind.DOWNGRADE),
+        (p.ErrorCode.BAD_SIGNATURE, FailureKind.REFUSED),
+        (p.ErrorCode.BAD_MANIFEST, FailureKind.REFUSED),
+    ],
+)
+def test_a_manifest_the_device_refuses_ends_the_update_with_its_reason(
+    code: p.ErrorCode, kind: FailureKind
+) -> None:
+    r = replace(querying(capabilities=SIGNED_CAP), state=State.SENDING_MANIFEST)
+    error = p.MsgError(code, p.MsgType.CMD_OTA_MANIFEST, "no")
+    r, _ = step(r, o.DeviceError(error, p.MsgType.CMD_OTA_MANIFEST))
+    assert r.outcome is Outcome.FAILED and r.failure is kind
+    assert "refused CMD_OTA_MANIFEST" in r.error and "keeps its old image" in r.error
+
+
+def test_start_refused_unsigned_after_the_manifest_was_lost_sends_it_again() -> None:
+    r = replace(querying(capabilities=SIGNED_CAP), state=State.WAITING_READY, session_opened=True)
+    error = p.MsgError(p.ErrorCode.UNSIGNED, p.MsgType.CMD_OTA_START, "no manifest")
+    r, _ = step(r, o.DeviceError(error, p.MsgType.CMD_OTA_START))
+    assert r.state is State.QUERYING  # re-sync: INFO, STATUS, then MANIFEST again
+    r, _ = step(r, o.InfoReply(OLD), o.StatusReply(IDLE))
+    assert r.state is State.SENDING_MANIFEST
+
+
+def test_a_digest_mismatch_at_finish_is_a_refusal_and_the_device_keeps_its_image() -> None:
+    r = replace(querying(capabilities=SIGNED_CAP), state=State.FINISHING)
+    error = p.MsgError(p.ErrorCode.DIGEST_MISMATCH, p.MsgType.CMD_OTA_FINISH, "sha")
+    r, _ = step(r, o.DeviceError(error, p.MsgType.CMD_OTA_FINISH))
+    assert r.failure is FailureKind.REFUSED and "SHA-256 of the staged flash" in r.error
+
+
+# --- after the reset: trial, health check, confirm, revert -----------------------------------
+
+
+def after_reset(limits: Limits = LIMITS) -> Record:
+    """DONE was said and the device reset; the engine reconnected and asks INFO."""
+    return querying(limits=limits, commit=Commit.VERIFIED, capabilities=SIGNED_CAP,
+                    first_info=OLD, fits_checked=True)  # fmt: skip
+
+
+def test_the_new_image_on_trial_is_confirmed_and_that_is_success() -> None:
+    r, _ = step(after_reset(), o.InfoReply(TRIAL))
+    assert r.state is State.CONFIRMING
+    r, kinds = step(r, o.ConfirmReply(CONFIRMED))
+    assert r.outcome is Outcome.SUCCEEDED and EventKind.CONFIRMED in kinds
+    assert EventKind.WARNING not in kinds
+
+
+def test_a_confirm_that_did_not_raise_the_counter_is_said() -> None:
+    r, _ = step(after_reset(), o.InfoReply(TRIAL))
+    r, kinds = step(r, o.ConfirmReply(replace(CONFIRMED, security_counter=3)))
+    assert r.outcome is Outcome.SUCCEEDED and EventKind.WARNING in kinds
+
+
+def test_a_confirm_answered_still_on_trial_is_unconfirmed() -> None:
+    r, _ = step(after_reset(), o.InfoReply(TRIAL))
+    r, _ = step(r, o.ConfirmReply(TRIAL))
+    assert r.outcome is Outcome.UNCONFIRMED and "not confirmed" in r.error
+
+
+def test_no_confirm_leaves_the_new_image_on_trial_and_says_so() -> None:
+    r, kinds = step(after_reset(Limits(confirm=False)), o.InfoReply(TRIAL))
+    assert r.outcome is Outcome.SUCCEEDED and r.info is TRIAL
+    assert EventKind.VERIFIED in kinds
+
+
+def test_the_health_check_comes_before_the_confirm_on_a_fresh_link() -> None:
+    r, _ = step(after_reset(Limits(health_check=True)), o.InfoReply(TRIAL))
+    assert r.state is State.HEALTH_CHECKING
+    r, kinds = step(r, o.HealthChecked(True))
+    assert r.state is State.SCANNING and r.healthy and EventKind.HEALTH_CHECK in kinds
+    r, _ = step(r, o.Found(), o.Connected(), o.InfoReply(TRIAL))
+    assert r.state is State.CONFIRMING  # not a second health check
+
+
+def test_a_failed_health_check_leaves_the_image_unconfirmed_and_says_what_happens() -> None:
+    r, _ = step(after_reset(Limits(health_check=True)), o.InfoReply(TRIAL))
+    r, _ = step(r, o.HealthChecked(False, "`probe` exited with 1"))
+    assert r.outcome is Outcome.FAILED and r.failure is FailureKind.UNHEALTHY
+    assert "`probe` exited with 1" in r.error
+    assert "runs it on trial and returns to its old image (crc32 0bad0bad)" in r.error
+
+
+def test_a_device_back_on_its_old_image_after_the_reset_is_reverted() -> None:
+    r, _ = step(after_reset(), o.InfoReply(REVERTED), o.StatusReply(IDLE))
+    assert r.outcome is Outcome.REVERTED and r.state is State.REVERTED
+    assert "reset before it was confirmed" in r.error
+    assert "runs its old image (firmware 1.0.0, crc32 0bad0bad) again" in r.error
+
+
+def test_a_bootloader_that_refused_the_new_image_is_reverted_in_its_own_words() -> None:
+    r, _ = step(after_reset(), o.InfoReply(OLD), o.StatusReply(IDLE))
+    assert r.outcome is Outcome.REVERTED
+    assert "refused the new image (crc32 1234abcd) at boot" in r.error
+
+
+def test_a_switch_still_pending_is_waited_for_not_called_a_revert() -> None:
+    complete = p.MsgOtaStatus(p.OtaState.COMPLETE, SIZE, SIZE, CRC)
+    r, _ = step(after_reset(), o.InfoReply(OLD), o.StatusReply(complete))
+    assert r.state is State.REBOOTING and r.outcome is None
+
+
+def test_a_v1_device_after_the_reset_needs_no_confirm() -> None:
+    new_v1 = replace(V1, active_image_size=SIZE, active_image_crc32=CRC)
+    r = replace(after_reset(), capabilities=0)
+    r, _ = step(r, o.InfoReply(new_v1))
+    assert r.outcome is Outcome.SUCCEEDED
+
+
+def test_a_rerun_finds_this_image_on_trial_and_confirms_it() -> None:
+    r, kinds = step(querying(), o.InfoReply(TRIAL))
+    assert r.state is State.CONFIRMING and r.commit is Commit.VERIFIED
+    assert EventKind.WARNING in kinds
+
+
+def test_a_lost_link_while_confirming_ends_unconfirmed_saying_the_trial() -> None:
+    r, _ = step(after_reset(Limits(max_attempts_without_progress=1)), o.InfoReply(TRIAL))
+    r, _ = step(r, o.LinkFailed("dropped"), o.LinkClosed(), o.BackedOff(), o.NotFound("gone"))
+    r, _ = step(r, o.LinkClosed())
+    assert r.outcome is Outcome.UNCONFIRMED
+    assert "on trial (not confirmed)" in r.error
