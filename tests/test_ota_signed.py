@@ -4,12 +4,19 @@ trial, health check, confirm and revert after the reset. No link, no device, no 
 
 from __future__ import annotations
 
+import asyncio
+import random
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from pytest_smartball import protocol as p
+from pytest_smartball import signing
+from pytest_smartball.image import FirmwareImage
+from pytest_smartball.image_formats import ImageFormat
 from pytest_smartball.manifest import Manifest
+from pytest_smartball.ota import HealthCheckFailed, OtaEngine, OtaResult, OtaSettings
 from pytest_smartball.ota import observations as o
 from pytest_smartball.ota.decide import decide, signed_refusal
 from pytest_smartball.ota.record import Commit, ImageId, Limits, Record
@@ -252,3 +259,124 @@ def test_a_lost_link_while_confirming_ends_unconfirmed_saying_the_trial() -> Non
     r, _ = step(r, o.LinkClosed())
     assert r.outcome is Outcome.UNCONFIRMED
     assert "on trial (not confirmed)" in r.error
+
+
+# --- the engine against the simulated ball (its firmware model understands MANIFEST) ----------
+
+
+def _sim(**device_options: object) -> tuple[Any, Any]:
+    from pytest_smartball.targets.simulated import make_sim_target
+
+    options = {"trusted_keys": [signing.test_trusted_key()], **device_options}
+    target = make_sim_target(**options)  # type: ignore[arg-type]
+    assert target.sim is not None
+    return target, target.sim
+
+
+def _image(seed: int, counter: int = 5, *, key: Any = None) -> FirmwareImage:
+    data = random.Random(seed).randbytes(20_000 + seed)
+    signed = signing.sign(data, key or signing.test_key(), (1, 2, seed % 256), counter)
+    return FirmwareImage(data, f"fw-{seed}.sbi", ImageFormat.SIGNED, signed=signed)
+
+
+async def _flash(target: Any, image: FirmwareImage, **settings: Any) -> OtaResult:
+    return await OtaEngine(image, target.backend, settings=OtaSettings(**settings)).run()
+
+
+@pytest.mark.asyncio
+@pytest.mark.sim_only
+async def test_a_signed_update_ends_confirmed_with_the_counter_raised() -> None:
+    target, sim = _sim(security_counter=2)
+    image = _image(1)
+    result = await _flash(target, image)
+    assert result.outcome is Outcome.SUCCEEDED, result.error
+    assert sim.firmware.active.data == image.data
+    assert result.info_after is not None and result.image_state == "confirmed"
+    assert result.info_after.security_counter == 5 and sim.firmware.security_counter == 5
+
+
+@pytest.mark.asyncio
+@pytest.mark.sim_only
+async def test_a_downgrade_is_refused_before_anything_is_erased() -> None:
+    target, sim = _sim(security_counter=6)
+    old = sim.firmware.active.crc32
+    erases = sim.firmware.flash.erases
+    result = await _flash(target, _image(2, counter=5))
+    assert result.outcome is Outcome.FAILED and result.failure is FailureKind.DOWNGRADE
+    assert "below the device's 6" in result.error and result.bytes_sent == 0
+    assert sim.firmware.active.crc32 == old and sim.firmware.flash.erases == erases
+
+
+@pytest.mark.asyncio
+@pytest.mark.sim_only
+async def test_an_unsigned_image_is_refused_before_anything_is_erased() -> None:
+    target, sim = _sim()
+    erases = sim.firmware.flash.erases
+    image = FirmwareImage(random.Random(3).randbytes(20_000), "fw.bin")
+    result = await _flash(target, image)
+    assert result.failure is FailureKind.UNSIGNED and sim.firmware.flash.erases == erases
+
+
+@pytest.mark.asyncio
+@pytest.mark.sim_only
+async def test_a_trial_image_is_left_for_the_user_to_decide_and_a_rerun_confirms_it() -> None:
+    target, sim = _sim()
+    first = _image(4)
+    result = await _flash(target, first, confirm=False)
+    assert result.outcome is Outcome.SUCCEEDED and result.image_state == "test"
+    erases = sim.firmware.flash.erases
+    refused = await _flash(target, _image(5, counter=6))
+    assert refused.failure is FailureKind.TRIAL_PENDING and "on trial" in refused.error
+    assert sim.firmware.flash.erases == erases  # the staging bank (the revert's) untouched
+    again = await _flash(target, first)  # the same image again: only the confirm is left
+    assert again.outcome is Outcome.SUCCEEDED and again.image_state == "confirmed"
+    assert again.bytes_sent == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.sim_only
+async def test_a_reset_during_the_health_check_is_reverted_and_said_so() -> None:
+    """The health check (the link released) sees the ball reset, as a crashing image does:
+    the bootloader swaps back, and the engine says REVERTED."""
+    target, sim = _sim()
+    old = sim.firmware.active.crc32
+
+    async def crashes(info: p.MsgInfo) -> bool:
+        assert info.image_state == p.ImageState.TEST
+        sim.reboot()
+        return True
+
+    result = await _flash(target, _image(6), health_check=crashes)
+    assert result.outcome is Outcome.REVERTED, result.error
+    assert "reset before it was confirmed" in result.error
+    assert sim.firmware.active.crc32 == old and result.image_state == "reverted"
+
+
+@pytest.mark.asyncio
+@pytest.mark.sim_only
+async def test_a_health_check_that_says_no_leaves_the_image_on_trial() -> None:
+    target, sim = _sim()
+
+    async def unhealthy(info: p.MsgInfo) -> bool:
+        raise HealthCheckFailed("the accelerometer does not answer")
+
+    image = _image(7)
+    result = await _flash(target, image, health_check=unhealthy)
+    assert result.failure is FailureKind.UNHEALTHY
+    assert "the accelerometer does not answer" in result.error
+    assert sim.firmware.active.data == image.data and result.image_state == "test"
+    sim.reboot()  # what the sentence promises: the next reset returns to the old image
+    assert sim.firmware.active.data != image.data
+
+
+@pytest.mark.asyncio
+@pytest.mark.sim_only
+async def test_a_health_check_that_hangs_is_bounded() -> None:
+    target, _ = _sim()
+
+    async def hangs(info: p.MsgInfo) -> bool:
+        await asyncio.sleep(3600)
+        return True
+
+    result = await _flash(target, _image(8), health_check=hangs, health_check_timeout_s=5)
+    assert result.failure is FailureKind.UNHEALTHY and "within 5 s" in result.error
