@@ -444,3 +444,221 @@ async def test_every_step_of_a_swap_keeps_both_images_recoverable(cut_after: int
     run_swap(record, staging, SwapWear())  # the next boot
     assert bytes(record.active_bank[: len(new)]) == new
     assert staging.read(0, len(old)) == old
+
+
+# --- provisioning through the targets --------------------------------------------------------
+
+
+async def test_make_sim_target_stays_v1_unless_asked() -> None:
+    from pytest_smartball.targets.simulated import make_sim_target
+
+    plain = make_sim_target()
+    assert plain.sim is not None and not plain.sim.firmware.info().signed_only
+    signed_ball = make_sim_target(sim_trust="test", security_counter=7)
+    assert signed_ball.sim is not None
+    info = signed_ball.sim.firmware.info()
+    assert (info.signed_only, info.security_counter, info.trusted_key_id) == (
+        True,
+        7,
+        TRUSTED.key_id,
+    )
+    with pytest.raises(ValueError, match="--sim-trust 'maybe'"):
+        make_sim_target(sim_trust="maybe")
+
+
+# --- the fault windows of a signed update (docs/faults.md) -------------------------------------
+
+
+class Device:
+    """A simulated SmartBall (firmware, fault injection, resets) driven without a link: the
+    tests look at what it holds, not at what it sends."""
+
+    def __init__(self, faults: str) -> None:
+        from smartball_sim.device import SimDevice
+
+        self.sim = SimDevice(
+            active_image=OLD_IMAGE,
+            staging_capacity=CAPACITY,
+            flash=TIMINGS,
+            trusted_keys=[TRUSTED],
+            security_counter=3,
+            faults=faults,
+        )
+        self.fw = self.sim.firmware
+
+    def send(self, msg: p.Message) -> None:
+        self.fw.receive(p.encode(msg))
+
+    async def update(self, update: SignedImage) -> None:
+        self.sim.injector.fire_untriggered()
+        self.send(manifest_cmd(update.head))
+        self.send(start_for(update.image))
+        await asyncio.sleep(1)
+        for offset in range(0, len(update.image), CHUNK):
+            self.send(CmdOtaData(offset, update.image[offset : offset + CHUNK]))
+        self.send(CmdOtaFinish())
+        await asyncio.sleep(30)  # verify, DONE, the reset and the boot (with its swap)
+
+
+async def test_a_power_cut_between_the_verify_and_pending_keeps_the_old_image() -> None:
+    device = Device("reboot@at:verified")
+    await device.update(signed(counter=5))
+    assert device.fw.active.data == OLD_IMAGE
+    assert device.fw.pending_image is None
+    assert (device.fw.image_state, device.fw.security_counter) == (ImageState.CONFIRMED, 3)
+    assert [(r.fault, r.trigger) for r in device.sim.fault_log] == [("reboot", "at:verified")]
+
+
+async def test_a_power_cut_in_the_swap_still_brings_the_new_image_up_in_test() -> None:
+    device = Device("swap-cut:4")
+    await device.update(signed(counter=5))
+    assert device.fw.active.data == NEW_IMAGE
+    assert device.fw.image_state == ImageState.TEST
+    assert device.fw.swap_resumes == 1
+
+
+async def test_a_power_cut_after_the_swap_before_the_confirm_reverts() -> None:
+    device = Device("reboot@cmd:CMD_OTA_CONFIRM")
+    await device.update(signed(counter=5))
+    assert device.fw.image_state == ImageState.TEST
+    device.send(CmdOtaConfirm())
+    await asyncio.sleep(30)
+    assert device.fw.active.data == OLD_IMAGE
+    assert (device.fw.image_state, device.fw.security_counter) == (ImageState.REVERTED, 3)
+
+
+async def test_a_power_cut_after_the_confirm_keeps_the_confirmed_image() -> None:
+    device = Device("reboot@at:confirmed")
+    await device.update(signed(counter=5))
+    device.send(CmdOtaConfirm())
+    await asyncio.sleep(30)
+    assert [(r.fault, r.trigger) for r in device.sim.fault_log] == [("reboot", "at:confirmed")]
+    assert device.fw.active.data == NEW_IMAGE
+    assert (device.fw.image_state, device.fw.security_counter) == (ImageState.CONFIRMED, 5)
+
+
+async def test_flip_staged_during_the_transfer_is_a_digest_mismatch() -> None:
+    device = Device("flip-staged:5000")
+    await device.update(signed(counter=5))
+    assert device.fw.state == OtaState.ERROR
+    assert device.fw.active.data == OLD_IMAGE
+
+
+async def test_flip_staged_after_done_is_refused_by_the_bootloader() -> None:
+    device = Device("no-reset")  # DONE, and the device waits in COMPLETE
+    await device.update(signed(counter=5))
+    assert device.fw.state == OtaState.COMPLETE
+    device.sim.set_faults("flip-staged:100")
+    device.sim.reboot()
+    await asyncio.sleep(30)
+    assert device.fw.active.data == OLD_IMAGE
+    assert device.fw.image_state == ImageState.CONFIRMED
+
+
+# --- the security bugs of the catalogue: each changes what the device does ------------------
+
+
+def _bugged(*names: str, **kwargs: Any) -> Ball:
+    from smartball_sim.firmware_bugs import parse_bugs
+
+    return Ball(bugs=parse_bugs(names), **kwargs)
+
+
+@pytest.mark.parametrize("bug", [None, "no-signature-check"])
+async def test_bug_no_signature_check(bug: str | None) -> None:
+    ball = _bugged(*filter(None, [bug]))
+    changed = _with_field(GOOD.head, 8, "<I", 99)  # the counter raised, signature kept
+    reply = ball.ask(manifest_cmd(changed))
+    if bug:
+        assert isinstance(reply, MsgOtaStatus)
+    else:
+        assert isinstance(reply, MsgError) and reply.code == ErrorCode.BAD_SIGNATURE
+    # another key's manifest is still refused: the key id is looked up
+    assert ball.refused(manifest_cmd(signed(key=OTHER_KEY).head)) == ErrorCode.UNTRUSTED_KEY
+
+
+@pytest.mark.parametrize("bug", [None, "hash-of-stream", "hash-not-compared"])
+async def test_bugs_hash_of_stream_and_hash_not_compared(bug: str | None) -> None:
+    ball = _bugged(*filter(None, [bug]))
+    ball.fw.staged_flip.append(5_000)
+    replies = await ball.update()
+    if bug is None:
+        assert isinstance(replies[-1], MsgError) and replies[-1].code == ErrorCode.DIGEST_MISMATCH
+        return
+    assert replies == [MsgOtaDone(p.crc32(NEW_IMAGE))]  # DONE for an image not the signed one
+    ball.reset()
+    tampered = crc_preserving_flip(NEW_IMAGE, 5_000)
+    # the bootloader's own check still refuses it unless it shares the skipped compare
+    expected = tampered if bug == "hash-not-compared" else OLD_IMAGE
+    assert ball.fw.active.data == expected
+
+
+@pytest.mark.parametrize("bug", [None, "counter-not-enforced"])
+async def test_bug_counter_not_enforced(bug: str | None) -> None:
+    ball = _bugged(*filter(None, [bug]), counter=3)
+    reply = ball.ask(manifest_cmd(signed(counter=2).head))
+    if bug:
+        assert isinstance(reply, MsgOtaStatus)
+        await ball.transfer(NEW_IMAGE)
+        ball.reset()
+        assert ball.fw.active.data == NEW_IMAGE  # the downgrade runs
+    else:
+        assert isinstance(reply, MsgError) and reply.code == ErrorCode.DOWNGRADE
+
+
+@pytest.mark.parametrize("bug", [None, "counter-not-persisted", "confirm-not-persisted"])
+async def test_bugs_counter_and_confirm_not_persisted(bug: str | None) -> None:
+    ball = _bugged(*filter(None, [bug]), counter=3)
+    await ball.update(signed(counter=5))
+    ball.reset()
+    confirmed = ball.confirm()
+    assert (confirmed.image_state, confirmed.security_counter) == (ImageState.CONFIRMED, 5)
+    ball.reset()
+    info = ball.info()
+    if bug == "counter-not-persisted":
+        assert (info.image_state, info.security_counter) == (ImageState.CONFIRMED, 3)
+    elif bug == "confirm-not-persisted":
+        assert info.image_state == ImageState.REVERTED
+        assert ball.fw.active.data == OLD_IMAGE
+    else:
+        assert (info.image_state, info.security_counter) == (ImageState.CONFIRMED, 5)
+        assert ball.fw.active.data == NEW_IMAGE
+
+
+@pytest.mark.parametrize("bug", [None, "no-revert"])
+async def test_bug_no_revert(bug: str | None) -> None:
+    ball = _bugged(*filter(None, [bug]), counter=3)
+    await ball.update(signed(counter=5))
+    ball.reset()
+    ball.reset()  # no confirm
+    info = ball.info()
+    if bug:
+        assert ball.fw.active.data == NEW_IMAGE
+        assert info.image_state == ImageState.CONFIRMED
+    else:
+        assert ball.fw.active.data == OLD_IMAGE
+        assert info.image_state == ImageState.REVERTED
+
+
+@pytest.mark.parametrize("bug", [None, "bootloader-trusts-pending"])
+async def test_bug_bootloader_trusts_pending(bug: str | None) -> None:
+    ball = _bugged(*filter(None, [bug]))
+    await ball.update()
+    ball.fw.corrupt_staged(100)  # after DONE
+    ball.reset()
+    expected = crc_preserving_flip(NEW_IMAGE, 100) if bug else OLD_IMAGE
+    assert ball.fw.active.data == expected
+
+
+@pytest.mark.parametrize("bug", [None, "erase-before-manifest-check"])
+async def test_bug_erase_before_manifest_check(bug: str | None) -> None:
+    ball = _bugged(*filter(None, [bug]))
+    assert ball.refused(start_for(NEW_IMAGE)) == ErrorCode.UNSIGNED
+    assert (ball.fw.flash.erases > 0) == bool(bug)
+    # in TEST state it wipes the image a revert needs
+    ball = _bugged(*filter(None, [bug]))
+    await ball.update()
+    ball.reset()
+    assert ball.refused(start_for(OLD_IMAGE)) == ErrorCode.BAD_STATE
+    intact = ball.fw.flash.read(0, len(OLD_IMAGE)) == OLD_IMAGE
+    assert intact != bool(bug)
