@@ -211,3 +211,38 @@ def test_confirm_on_a_confirmed_ball_changes_nothing(capsys: pytest.CaptureFixtu
 def test_sim_trust_is_for_the_simulator_only(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "info", "--sim-trust", "none")
     assert code == EXIT_BAD_INPUT and "--sim-trust only works with --sim" in err
+
+
+@pytest.mark.parametrize(
+    ("faults", "code", "outcome", "words"),
+    [
+        ("flip-staged:5000", 5, "failed", "DIGEST_MISMATCH (the SHA-256 of the staged flash"),
+        (
+            "flip-staged:100@msg:MSG_OTA_DONE",
+            EXIT_REVERTED,
+            "reverted",
+            "the device refused the new image (crc32 ",
+        ),
+        ("reboot@at:verified", EXIT_OK, "succeeded", ""),
+        ("reboot@at:confirmed", EXIT_OK, "succeeded", ""),
+        ("swap-cut:4", EXIT_OK, "succeeded", ""),
+    ],
+)
+def test_the_windows_of_a_signed_update_end_as_they_are(
+    capsys: pytest.CaptureFixture[str],
+    signed: Path,
+    faults: str,
+    code: int,
+    outcome: str,
+    words: str,
+) -> None:
+    """A staged byte changed behind an unchanged CRC-32 (refused at FINISH; after DONE, by
+    the bootloader: reverted), a power cut between the verify and PENDING (the update runs
+    again), just after the confirm (it stands), in the swap (it resumes)."""
+    got, data = run_json(capsys, "flash", "--sim", "--faults", faults, str(signed))
+    assert (got, data["outcome"]) == (code, outcome), data["error"]
+    assert words in data["error"]
+    holds_new = data["sim_active_image"]["size"] == len(IMAGE)
+    assert holds_new == (outcome == "succeeded")
+    if outcome == "succeeded":
+        assert data["image_state"] == "confirmed"

@@ -15,7 +15,6 @@ from tqdm import tqdm
 from .. import loops
 from ..bluez import BluezUnavailable, bluez_version, probe_adapter, version_warnings
 from ..link import BleBackend
-from ..signing import TrustedKey, test_trusted_key
 from ..targets import Target
 from .args import PROG, Context
 from .errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND, CliError
@@ -30,12 +29,6 @@ def check_fault_spec(ctx: Context) -> None:
     problem = fault_spec_problem(ctx.args.faults)
     if problem:
         raise CliError(EXIT_BAD_INPUT, f"bad --faults: {problem}")
-
-
-def sim_trusted_keys(trust: str) -> list[TrustedKey]:
-    """``--sim-trust``: what the simulated ball trusts. ``test``: the repository's test key
-    (a signed-only ball, as release firmware is); ``none``: nothing (a v1 ball)."""
-    return [test_trusted_key()] if trust == "test" else []
 
 
 async def open_target(ctx: Context) -> Target:
@@ -62,7 +55,7 @@ async def open_target(ctx: Context) -> Target:
                 erase_time_s=a.erase_time,
                 firmware_bugs=a.sim_firmware_bug,
                 progressive_erase=a.sim_progressive_erase,
-                trusted_keys=sim_trusted_keys(a.sim_trust),
+                sim_trust=a.sim_trust,
                 clock=lambda: loop.time() - t0,
             )
         except refused as exc:
