@@ -246,3 +246,51 @@ def test_the_windows_of_a_signed_update_end_as_they_are(
     assert holds_new == (outcome == "succeeded")
     if outcome == "succeeded":
         assert data["image_state"] == "confirmed"
+
+
+# --- the README's quick start ----------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _quick_start() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Quick start")
+    block = readme[
+        readme.index("```sh\n", start) + 6 : readme.index("```", readme.index("```sh\n", start) + 6)
+    ]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_the_quick_start_is_two_commands_and_the_first_flashes_a_signed_image(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first command, run here step by step (the venv and pip steps left out: this is
+    that environment), signs build/demo.bin with the test key and flashes the .sbi onto the
+    default (signed-only) simulated ball under field-linux, which ends confirmed."""
+    import shlex
+
+    from smartball_sim import make_image
+
+    first, second = _quick_start()
+    assert second == ".ci/run"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pytest_smartball").symlink_to(ROOT / "pytest_smartball")
+    steps = first.split(" && ")
+    assert steps[0].startswith("python3 -m venv") and "pip install " in steps[1]
+    ran = []
+    for step in steps[2:]:
+        argv = shlex.split(step)
+        if argv[:3] == [".venv/bin/python", "-m", "smartball_sim.make_image"]:
+            assert make_image.main(argv[3:]) == 0
+        else:
+            assert argv[0] == ".venv/bin/smartball-ota"
+            ran.append(argv[1])
+            code = main([*argv[1:], "--json"])
+            out = capsys.readouterr().out
+            assert code == EXIT_OK, out
+    assert ran == ["sign", "flash"]
+    data = json.loads(out.strip().splitlines()[-1])
+    assert data["image_format"] == "signed image" and "--sim" in first and "field-linux" in first
+    assert data["image_state"] == "confirmed" and data["resumes"] >= 1
+    assert data["info_after"]["trusted_key_id"] == TEST_KID
