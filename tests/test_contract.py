@@ -24,8 +24,9 @@ from typing import Any
 import looptime
 import pytest
 
-from pytest_smartball import contract
+from pytest_smartball import contract, signing
 from pytest_smartball import protocol as p
+from pytest_smartball.manifest import Manifest
 from smartball_sim import contract_vectors
 from smartball_sim.device import SimDevice
 from smartball_sim.firmware import FirmwareEvent, FirmwareEventKind, FlashTimings, SmartBallFirmware
@@ -63,6 +64,8 @@ def _message(type_name: str, fields: dict[str, Any]) -> p.Message:
     values = dict(fields)
     if cls is p.CmdOtaData:
         values["data"] = bytes.fromhex(values["data"])
+    if cls is p.CmdOtaManifest:
+        values = {k: bytes.fromhex(v) for k, v in values.items()}
     return cls(**values)
 
 
@@ -184,6 +187,7 @@ class Replay:
             send=sent,
             request_reset=reset,
             observe=observe,
+            **_trust(config),
         )
         steps = self.vector["steps"]
 
@@ -210,6 +214,40 @@ class Replay:
                 )
         finally:
             loop.close()
+
+
+def _trust(config: dict[str, Any]) -> dict[str, Any]:
+    """A signed-only device's provisioning (docs/protocol.md section 16): the test key."""
+    signed = config.get("signed_only")
+    if signed is None:
+        return {}
+    key = signing.test_trusted_key()
+    assert signed["trusted_key_ids"] == [f"{key.key_id:08x}"]
+    return {"trusted_keys": [key], "security_counter": signed["security_counter"]}
+
+
+def test_the_signed_stories_show_test_confirmed_and_reverted() -> None:
+    """The INFO of the signed stories: TEST after the update, CONFIRMED with the raised
+    counter after CONFIRM and after a reset; REVERTED with the old counter without."""
+
+    def infos(name: str) -> list[tuple[int, int, int]]:
+        (vector,) = [v for v in DEVICE_VECTORS if v["name"] == name]
+        found = []
+        for step in vector["steps"]:
+            for entry in step["out"]:
+                if entry.get("type") == "MSG_INFO":
+                    info = p.decode(bytes.fromhex(entry["hex"]))
+                    assert isinstance(info, p.MsgInfo) and info.signed_only
+                    found.append((info.active_image_size, info.image_state, info.security_counter))
+        return found
+
+    test, confirmed, reverted = p.ImageState.TEST, p.ImageState.CONFIRMED, p.ImageState.REVERTED
+    assert infos("story:signed_update_confirmed") == [
+        (40, test, 3),
+        (40, confirmed, 5),
+        (40, confirmed, 5),
+    ]
+    assert infos("story:signed_update_reverted") == [(40, test, 3), (3072, reverted, 3)]
 
 
 def _active_image(config: dict[str, Any]) -> bytes:
@@ -319,7 +357,20 @@ def test_the_table_covers_every_state_and_command() -> None:
             for note in cell.notes:
                 assert note in TABLE.notes, note
     commands = {row.command for row in TABLE.rows}
-    assert {t.name for t in p.MsgType if t in p.COMMAND_TYPES} <= commands
+    # The table is a v1 device's; the two commands of signed updates are a v1 device's
+    # unknown types (its "unknown type" row), and section 16.10 has their rows.
+    signed = {p.MsgType.CMD_OTA_MANIFEST.name, p.MsgType.CMD_OTA_CONFIRM.name}
+    assert {t.name for t in p.MsgType if t in p.COMMAND_TYPES} - signed <= commands
+
+
+def test_section_16_has_the_rows_of_a_signed_only_device() -> None:
+    section = DOC.split("### 16.10", 1)[1].split("### 16.11", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `CMD_")]
+    commands = {line.split("`")[1] for line in rows}
+    assert commands == {"CMD_OTA_MANIFEST", "CMD_OTA_START", "CMD_OTA_FINISH", "CMD_OTA_CONFIRM"}
+    for code in ("BAD_MANIFEST", "UNTRUSTED_KEY", "BAD_SIGNATURE", "DOWNGRADE", "UNSIGNED"):
+        assert f"ERROR({code})" in section, code
+    assert "ERROR(DIGEST_MISMATCH)" in section
 
 
 @pytest.mark.parametrize(
@@ -618,3 +669,61 @@ def test_setuptools_packages_the_contract_data() -> None:
     assert len(files) == 4 + len(contract.VECTOR_FILES)
     for name in files:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
+
+
+# --- manifest vectors (signed updates, docs/protocol.md section 16.1) --------------------------
+
+MANIFEST_DOC = contract.vectors("manifest.json")
+
+
+@pytest.mark.parametrize("vector", MANIFEST_DOC["vectors"], ids=lambda v: v["name"])
+def test_manifest_vector(vector: dict[str, Any]) -> None:
+    """The device's answer is the model's, and the host's signing.verify agrees with each
+    answer that is the crypto's (the format, the key, the signature)."""
+    head = bytes.fromhex(vector["head"])
+    device = MANIFEST_DOC["device"]
+    replies: list[p.Message] = []
+
+    async def ask() -> None:
+        fw = SmartBallFirmware(
+            active_image=bytes(range(256)) * 12,
+            staging_capacity=device["staging_capacity"],
+            send=lambda frame: replies.extend(
+                p.parse_message(f) for f in p.FrameDecoder().feed(frame)
+            ),
+            trusted_keys=[signing.test_trusted_key()],
+            security_counter=device["security_counter"],
+        )
+        fw.receive(p.encode_frame(p.MsgType.CMD_OTA_MANIFEST, head))
+
+    asyncio.run(ask())
+    (reply,) = replies
+    answer = reply.code_name if isinstance(reply, p.MsgError) else "accepted"
+    assert answer == vector["device_answers"]
+    try:
+        signing.verify(head, [signing.test_trusted_key()])
+        verdict = "accepted"
+    except signing.SignatureRefused as exc:
+        verdict = exc.reason
+    if answer in ("BAD_FRAME", "BAD_MANIFEST", "UNTRUSTED_KEY", "BAD_SIGNATURE", "accepted"):
+        assert verdict == answer
+
+
+def test_manifest_vectors_name_the_test_key_and_cover_every_refusal() -> None:
+    key = signing.test_trusted_key()
+    assert MANIFEST_DOC["key"]["key_id"] == f"{key.key_id:08x}"
+    assert bytes.fromhex(MANIFEST_DOC["key"]["public_key"]) == signing.raw_public(key.public)
+    answers = {v["device_answers"] for v in MANIFEST_DOC["vectors"]}
+    assert answers == {
+        "accepted",
+        "BAD_FRAME",
+        "BAD_MANIFEST",
+        "BAD_PARAM",
+        "TOO_LARGE",
+        "UNTRUSTED_KEY",
+        "BAD_SIGNATURE",
+        "DOWNGRADE",
+    }
+    (accepted,) = [v for v in MANIFEST_DOC["vectors"] if v["name"] == "accepted"]
+    manifest = Manifest.decode(bytes.fromhex(accepted["head"]))
+    assert manifest.describes(bytes.fromhex(MANIFEST_DOC["image"]["hex"]))
