@@ -380,3 +380,31 @@ async def test_a_health_check_that_hangs_is_bounded() -> None:
 
     result = await _flash(target, _image(8), health_check=hangs, health_check_timeout_s=5)
     assert result.failure is FailureKind.UNHEALTHY and "within 5 s" in result.error
+
+
+def test_the_wait_after_a_swap_is_the_devices_obligation_for_the_larger_image() -> None:
+    from pytest_smartball import contract
+    from pytest_smartball.ota.timeouts import DEFAULT, swap_reappear_s, with_margin
+
+    t = contract.timing()
+    assert swap_reappear_s(480 * 1024, 64 * 1024) == with_margin(
+        t.reset_to_advertising_after_swap_max_s(120)
+    )
+    assert swap_reappear_s(100, 8193) == swap_reappear_s(8193, 100)  # 3 pages either way
+    assert swap_reappear_s(320_000, 0) > DEFAULT.reappear_s  # a copy's bound is too short
+
+
+@pytest.mark.asyncio
+@pytest.mark.sim_only
+async def test_a_slow_swap_within_its_obligation_is_waited_for_not_recovered_from() -> None:
+    """A ball whose swap of a 320 KB image takes ~38 s (0.49 s a page, within the 0.5 s its
+    obligation allows): more than the 34 s a copy may take, so the engine must wait the
+    swap's own bound rather than count the device lost."""
+    target, _ = _sim(flash_spec="erase_page_s=0.12")
+    data = random.Random(9).randbytes(320_000)
+    signed = signing.sign(data, signing.test_key(), (1, 3, 0), 5)
+    image = FirmwareImage(data, "big.sbi", ImageFormat.SIGNED, signed=signed)
+    result = await _flash(target, image)
+    assert result.outcome is Outcome.SUCCEEDED, result.error
+    kinds = [event.kind for event in result.events]
+    assert EventKind.LINK_FAILURE not in kinds and result.reconnects == 0

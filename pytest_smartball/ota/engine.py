@@ -39,6 +39,7 @@ from .decide import decide
 from .record import Commit, ImageId, Record
 from .result import HealthCheckFailed, OtaEvent, OtaResult, OtaSettings
 from .states import EventKind, Outcome, State
+from .timeouts import swap_reappear_s
 from .window import CreditWindow, host_chunk
 
 log = logging.getLogger("pytest_smartball.ota")
@@ -208,7 +209,7 @@ class OtaEngine:
             if self._ble_device is not None:
                 self._see(o.Found())
                 return
-        timeout = s.link.scan_timeout_s if first else s.reappear_timeout_s
+        timeout = s.link.scan_timeout_s if first else self._reappear_timeout_s()
         try:
             sighting = await find_device(
                 self.backend,
@@ -223,6 +224,15 @@ class OtaEngine:
         self.address = sighting.address
         self.result.rssi_dbm = sighting.rssi
         self._see(o.Found())
+
+    def _reappear_timeout_s(self) -> float:
+        """The wait for a vanished device; on a signed-only device after the switch, at
+        least its obligation for swapping the banks (which grows with the images' size)."""
+        r, wait = self.record, self.settings.reappear_timeout_s
+        if r.signed_only and r.commit is not Commit.NONE:
+            old = r.first_info.active_image_size if r.first_info else 0
+            wait = max(wait, swap_reappear_s(r.image.size, old))
+        return wait
 
     async def _preflight(self) -> bool:
         """Before the first scan: the stack's warnings, the settle it needs, and the
