@@ -408,3 +408,36 @@ async def test_a_slow_swap_within_its_obligation_is_waited_for_not_recovered_fro
     assert result.outcome is Outcome.SUCCEEDED, result.error
     kinds = [event.kind for event in result.events]
     assert EventKind.LINK_FAILURE not in kinds and result.reconnects == 0
+
+
+@pytest.mark.parametrize(
+    ("faults", "outcome"),
+    [
+        (None, Outcome.SUCCEEDED),
+        ("reboot@cmd:CMD_OTA_CONFIRM#1", Outcome.REVERTED),
+        ("drop@t:1s", Outcome.SUCCEEDED),
+    ],
+)
+def test_the_signed_engine_breaks_no_rule_of_the_contract_monitor(
+    faults: str | None, outcome: Outcome
+) -> None:
+    """Every frame of a signed update (MANIFEST, the session, the trial's INFO, the health
+    check's reconnect, CONFIRM; a revert; a drop) through the contract monitor: the
+    engine's conversation is one the contract allows."""
+    from pytest_smartball import loops
+    from pytest_smartball.monitoring import ContractWatch
+
+    async def healthy(info: p.MsgInfo) -> bool:
+        return True
+
+    target, _ = _sim(faults=faults, seed=2)
+    watch = ContractWatch()
+    watch.start()
+    try:
+        engine = OtaEngine(_image(10), target.backend, settings=OtaSettings(health_check=healthy))
+        result = loops.run(engine.run(), virtual=True)
+    finally:
+        watch.stop()
+    assert result.outcome is outcome, result.error
+    assert watch.devices, "the monitor watched no link"
+    assert watch.violations() == [], "\n".join(map(str, watch.violations()))

@@ -56,7 +56,8 @@ def interrupted_sentence(simulated: bool, switch_asked: bool = False) -> str:
     if switch_asked:
         return (
             "interrupted after the device was asked to switch to the new image: it may run "
-            "it now, or after its next reset; check with `smartball-ota info`"
+            "it now, or after its next reset; check with `smartball-ota info` (a signed-only "
+            "device runs it on trial until `smartball-ota confirm` keeps it)"
         )
     return (
         "interrupted: the device keeps its old image; run `smartball-ota flash IMAGE` again "

@@ -112,8 +112,6 @@ class Record:
     last_error: str = ""
     #: The health check passed on the new image (it is not run again after a reconnect).
     healthy: bool = False
-    #: CMD_OTA_CONFIRM was sent: a confirmed new image after it is this update's doing.
-    confirm_sent: bool = False
     info: p.MsgInfo | None = None
     first_info: p.MsgInfo | None = None
     connects: int = 0
