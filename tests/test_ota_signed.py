@@ -441,3 +441,13 @@ def test_the_signed_engine_breaks_no_rule_of_the_contract_monitor(
     assert result.outcome is outcome, result.error
     assert watch.devices, "the monitor watched no link"
     assert watch.violations() == [], "\n".join(map(str, watch.violations()))
+
+
+@pytest.mark.parametrize("limits", [Limits(health_check=True), Limits(confirm=False)])
+def test_a_health_check_or_no_confirm_for_a_v1_device_is_said_to_do_nothing(
+    limits: Limits,
+) -> None:
+    _, kinds = step(querying(UNSIGNED, limits), o.InfoReply(V1))
+    assert kinds == [EventKind.WARNING]
+    _, kinds = step(querying(UNSIGNED), o.InfoReply(V1))
+    assert kinds == []

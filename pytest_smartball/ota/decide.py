@@ -250,6 +250,14 @@ def _info(r: Record, seen: InfoReply) -> Decision:
                     "manifest",
                 ),
             )
+        if not info.signed_only and (r.limits.health_check or not r.limits.confirm):
+            notes += (
+                Note(
+                    EventKind.WARNING,
+                    "the device does not advertise SIGNED_IMAGES: a new image runs for good "
+                    "at once, with no trial, so there is no health check and no confirm",
+                ),
+            )
     runs_ours = info.runs(r.image.size, r.image.crc32)
     if r.commit is Commit.NONE and info.signed_only:
         if info.image_state == p.ImageState.TEST and runs_ours:
