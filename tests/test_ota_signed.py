@@ -451,3 +451,13 @@ def test_a_health_check_or_no_confirm_for_a_v1_device_is_said_to_do_nothing(
     assert kinds == [EventKind.WARNING]
     _, kinds = step(querying(UNSIGNED), o.InfoReply(V1))
     assert kinds == []
+
+
+def test_the_release_page_knows_every_engine_state_and_outcome() -> None:
+    """The new states and the fourth outcome get a label and a colour on the release page
+    (a phase it does not know would be an unlabelled grey band)."""
+    from pytest_smartball.release_report import model, render
+
+    working = {s.value for s in State if not s.terminal}
+    assert working <= set(model.PHASE_LABELS) and working <= set(render.PHASE_COLOURS)
+    assert {s.value for s in State if s.terminal} == set(model.TERMINAL_STATES)
