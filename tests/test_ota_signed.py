@@ -461,3 +461,12 @@ def test_the_release_page_knows_every_engine_state_and_outcome() -> None:
     working = {s.value for s in State if not s.terminal}
     assert working <= set(model.PHASE_LABELS) and working <= set(render.PHASE_COLOURS)
     assert {s.value for s in State if s.terminal} == set(model.TERMINAL_STATES)
+
+
+def test_a_stale_error_while_the_manifest_is_checked_is_skipped() -> None:
+    """A refusal of an earlier command (pipelined DATA before a re-sync) is no answer to
+    the manifest: the engine keeps waiting for it (its loop, bounded by the reply timeout)."""
+    r = replace(querying(capabilities=SIGNED_CAP), state=State.SENDING_MANIFEST)
+    stale = p.MsgError(p.ErrorCode.BAD_OFFSET, p.MsgType.CMD_OTA_DATA, "late")
+    r, kinds = step(r, o.DeviceError(stale, p.MsgType.CMD_OTA_MANIFEST))
+    assert r.state is State.SENDING_MANIFEST and kinds == [EventKind.IGNORED]

@@ -316,15 +316,22 @@ class OtaEngine:
         device checks it (key, signature, counter) before anything is erased."""
         signed = self.image.signed
         assert signed is not None
-        cmd = p.CmdOtaManifest(signed.manifest_bytes, signed.signature)
-        reply = await self._require_link().request(
-            cmd, (p.MsgOtaStatus,), self.settings.reply_timeout_s
-        )
-        if isinstance(reply, p.MsgError):
-            self._see(o.DeviceError(reply, p.MsgType.CMD_OTA_MANIFEST))
-        else:
-            assert isinstance(reply, p.MsgOtaStatus)
-            self._see(o.ManifestAccepted(reply))
+        link = self._require_link()
+        link.drain()  # answers to earlier commands
+        await link.send(p.CmdOtaManifest(signed.manifest_bytes, signed.signature))
+        loop = asyncio.get_running_loop()
+        timeout = self.settings.reply_timeout_s
+        deadline = loop.time() + timeout
+        what = "MSG_OTA_STATUS reply to CMD_OTA_MANIFEST"
+        while self.state is State.SENDING_MANIFEST:  # a stale MSG_ERROR is skipped
+            reply = await link.wait_for(
+                (p.MsgOtaStatus, p.MsgError), max(0.0, deadline - loop.time()), what
+            )
+            if isinstance(reply, p.MsgError):
+                self._see(o.DeviceError(reply, p.MsgType.CMD_OTA_MANIFEST))
+            else:
+                assert isinstance(reply, p.MsgOtaStatus)
+                self._see(o.ManifestAccepted(reply))
 
     async def _health_check(self) -> None:
         """The user's health check of the new image on trial, with the link released (the
