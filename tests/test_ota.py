@@ -19,6 +19,7 @@ from bleak.exc import BleakError
 from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import NusLink
+from pytest_smartball.options import SmartBallOptions
 from pytest_smartball.ota import (
     EventKind,
     FailureKind,
@@ -34,6 +35,15 @@ from smartball_sim.device import SimDevice
 from tests.naive_client import naive_flash
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.sim_only]
+
+
+@pytest.fixture(scope="session")
+def smartball_options(smartball_options: SmartBallOptions) -> SmartBallOptions:
+    """These tests are about the transfer, its faults and its outcomes: they flash unsigned
+    images onto a v1 ball (``--sim-trust none``); a signed-only ball's update is
+    tests/test_ota_signed.py's."""
+    return replace(smartball_options, sim_trust="none")
+
 
 FIELD_IMAGE = FirmwareImage(random.Random(323194).randbytes(323_194), "field-323194.bin")
 CHUNK = 232  # MTU 247: 244-byte writes minus 10 bytes of DATA framing, down to whole words
