@@ -19,7 +19,6 @@ from bleak.exc import BleakError
 from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import NusLink
-from pytest_smartball.options import SmartBallOptions
 from pytest_smartball.ota import (
     EventKind,
     FailureKind,
@@ -34,15 +33,9 @@ from smartball_sim.airlog import Packet, Sender
 from smartball_sim.device import SimDevice
 from tests.naive_client import naive_flash
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.sim_only]
-
-
-@pytest.fixture(scope="session")
-def smartball_options(smartball_options: SmartBallOptions) -> SmartBallOptions:
-    """These tests are about the transfer, its faults and its outcomes: they flash unsigned
-    images onto a v1 ball (``--sim-trust none``); a signed-only ball's update is
-    tests/test_ota_signed.py's."""
-    return replace(smartball_options, sim_trust="none")
+#: These tests are about the transfer, its faults and its outcomes: they flash unsigned
+#: images onto a v1 ball; a signed-only ball's update is tests/test_ota_signed.py's.
+pytestmark = [pytest.mark.asyncio, pytest.mark.sim_only, pytest.mark.sim_trust("none")]
 
 
 FIELD_IMAGE = FirmwareImage(random.Random(323194).randbytes(323_194), "field-323194.bin")
