@@ -28,9 +28,11 @@ from .image_formats import (
     read_dfu_zip,
     read_elf,
     read_intel_hex,
+    read_signed,
     read_uf2,
     sniff,
 )
+from .manifest import SIGNED_HEAD_SIZE, Manifest, SignedImage, key_id_text
 
 _LAYOUT = contract.flash_layout()
 #: The nRF52840's flash: 1 MiB from address 0. No image is this large: see STAGING_CAPACITY.
@@ -53,7 +55,10 @@ PIPE_TOTAL_S = 60.0
 #: Enough to recognise every format (a UF2 block is 512 bytes).
 _HEAD = 512
 _TEXT_BYTES = bytes(range(0x20, 0x7F)) + b"\t\n\r\f\v"
-_HOW = "an image is the .bin, .hex, .elf, .uf2 or DFU .zip the firmware's build writes"
+_HOW = (
+    "an image is the .bin, .hex, .elf, .uf2 or DFU .zip the firmware's build writes, or the "
+    ".sbi that `smartball-ota sign` makes of it"
+)
 
 
 class ImageError(ValueError):
@@ -70,6 +75,13 @@ class FirmwareImage:
     #: file names (a hex's start address record, an ELF's e_entry), when it names one.
     address: int | None = None
     entry: int | None = None
+    #: A signed image (``.sbi``): its manifest and signature, which the engine sends as
+    #: CMD_OTA_MANIFEST before the session; ``data`` is the image they sign.
+    signed: SignedImage | None = None
+
+    @property
+    def manifest(self) -> Manifest | None:
+        return self.signed.manifest if self.signed else None
 
     @property
     def size(self) -> int:
@@ -87,6 +99,12 @@ class FirmwareImage:
             text += f", linked at 0x{self.address:08X}"
         if self.entry:
             text += f", entry 0x{self.entry:08X}"
+        if self.manifest is not None:
+            m = self.manifest
+            text += (
+                f", firmware {m.version}, security counter {m.security_counter}, "
+                f"key {key_id_text(m.key_id)}"
+            )
         return text
 
     def __repr__(self) -> str:
@@ -149,7 +167,13 @@ def _load(path: Path, max_size: int, silence_s: float) -> FirmwareImage:
             stream.seek(0)
             parsed = read_elf(stream, max_size)  # lazily: headers and segments only
         else:
-            limit = max_size if found is None else MAX_CONTAINER_BYTES
+            limit = (
+                max_size
+                if found is None
+                else max_size + SIGNED_HEAD_SIZE
+                if found is ImageFormat.SIGNED
+                else MAX_CONTAINER_BYTES
+            )
             size = os.fstat(fd).st_size if regular else 0
             if size > limit:  # known before reading (0 for files like /proc's: read on)
                 raise FormatError(_too_large(found, max_size, f"is {size} bytes"))
@@ -183,6 +207,11 @@ def _too_large(found: ImageFormat | None, max_size: int, size: str) -> str:
             "largest image an update can carry; the rest of the chip's 1 MiB flash holds the "
             "bootloader, the SoftDevice and the running application): build a smaller image"
         )
+    if found is ImageFormat.SIGNED:
+        return (
+            f"the signed image file {size}: the image in it is larger than a SmartBall's "
+            f"{max_size}-byte staging area holds; build a smaller image"
+        )
     if found is ImageFormat.ELF:  # only from a pipe: a file's ELF is read in part
         return (
             f"an ELF from a pipe is read whole, and this one {size} (debug sections?): give "
@@ -203,6 +232,8 @@ def _parse(found: ImageFormat | None, raw: bytes, max_size: int) -> Parsed:
         return read_dfu_zip(raw, max_size)
     if found is ImageFormat.ELF:
         return read_elf(io.BytesIO(raw), max_size)
+    if found is ImageFormat.SIGNED:
+        return read_signed(raw, max_size)
     if raw and not raw.translate(None, _TEXT_BYTES):
         first = raw.split(b"\n", 1)[0][:40].decode("ascii").strip()
         if raw.startswith(b":"):
@@ -227,7 +258,9 @@ def _checked(path: Path, parsed: Parsed, max_size: int) -> FirmwareImage:
         )
     if size > max_size:
         raise FormatError(_too_large(None, max_size, f"is {size} bytes"))
-    return FirmwareImage(parsed.data, str(path), parsed.format, parsed.address, parsed.entry)
+    return FirmwareImage(
+        parsed.data, str(path), parsed.format, parsed.address, parsed.entry, parsed.signed
+    )
 
 
 class _Reader:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from . import contract
+from .manifest import ManifestError, SignedImage, is_signed_image
 from .protocol import crc16_ccitt_false
 
 
@@ -52,6 +53,9 @@ class ImageFormat(enum.Enum):
     ELF = "ELF"
     UF2 = "UF2"
     DFU_ZIP = "Nordic DFU package"
+    #: A signed image file (``.sbi``, what ``smartball-ota sign`` writes): manifest,
+    #: signature, image (docs/protocol.md section 16).
+    SIGNED = "signed image"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,8 @@ class Parsed:
     #: Where the image's first byte goes (address-bearing formats), and its entry point.
     address: int | None = None
     entry: int | None = None
+    #: A signed image: its manifest and signature (``data`` is the image they sign).
+    signed: SignedImage | None = None
 
 
 ELF_MAGIC = b"\x7fELF"
@@ -110,6 +116,8 @@ def sniff(head: bytes) -> ImageFormat | None:
     """The format the file's first bytes show (None: no magic, raw unless it is text)."""
     if head.startswith(ELF_MAGIC):
         return ImageFormat.ELF
+    if is_signed_image(head):
+        return ImageFormat.SIGNED
     if len(head) >= 8 and struct.unpack_from("<II", head) == (UF2_MAGIC_START0, UF2_MAGIC_START1):
         return ImageFormat.UF2
     if head[:4] in ZIP_MAGICS:
@@ -564,3 +572,14 @@ def _json_member(archive: zipfile.ZipFile, name: str) -> Any:
         raise FormatError(
             f"its manifest.json is not valid JSON ({exc}): rebuild the package"
         ) from None
+
+
+def read_signed(raw: bytes, capacity: int) -> Parsed:
+    """A signed image file: its image must be exactly the one its manifest names (size,
+    CRC-32 and SHA-256), or the file was changed after it was signed. The signature is the
+    device's to check (it alone knows which keys it trusts)."""
+    try:
+        signed = SignedImage.decode(raw)
+    except ManifestError as exc:
+        raise FormatError(f"a signed image that cannot be flashed: {exc}") from None
+    return Parsed(signed.image, ImageFormat.SIGNED, signed=signed)

@@ -424,8 +424,8 @@ def _update_line(u: dict[str, Any]) -> str:
     test = u["test"].rsplit("::", 1)[-1]
     if u["success"]:
         status = "ok"
-    elif u["outcome"] == "unconfirmed":
-        status = "UNCONFIRMED"
+    elif u["outcome"] in ("unconfirmed", "reverted"):
+        status = u["outcome"].upper()
     else:
         status = f"FAILED ({u['failure']})"
     rssi = f"  rssi {u['rssi_dbm']} dBm" if u["rssi_dbm"] is not None else ""

@@ -615,7 +615,17 @@ def _cli_connect_drop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tup
     """``smartball-ota flash --sim --sim-link bumble --faults drop@connect:1``: stdout, stderr."""
     image = tmp_path / "connect-drop.bin"
     image.write_bytes(CONNECT_DROP_IMAGE.data)
-    argv = ["flash", str(image), "--sim", "--sim-link", "bumble", "--faults", CONNECT_DROP_PLANS[0]]
+    argv = [
+        "flash",
+        str(image),
+        "--sim",
+        "--sim-trust",
+        "none",
+        "--sim-link",
+        "bumble",
+        "--faults",
+        CONNECT_DROP_PLANS[0],
+    ]
     assert cli_main(argv) == 0
     captured = capsys.readouterr()
     return captured.out, captured.err

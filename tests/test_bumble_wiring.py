@@ -31,7 +31,19 @@ def test_cli_flashes_the_field_image_over_bumble_under_field_linux(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     image, crc = _image(tmp_path, FIELD_IMAGE_SIZE)
-    code = main(["flash", str(image), "--sim", "--sim-link", "bumble", "--faults", "field-linux"])
+    code = main(
+        [
+            "flash",
+            str(image),
+            "--sim",
+            "--sim-trust",
+            "none",
+            "--sim-link",
+            "bumble",
+            "--faults",
+            "field-linux",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert f"Update succeeded: SmartBall (C0:FF:EE:00:00:01) runs {image}." in out
@@ -44,7 +56,9 @@ def test_cli_json_names_the_mtu(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     import json
 
     image, crc = _image(tmp_path)
-    code = main(["flash", str(image), "--sim", "--sim-link", "bumble", "--json"])
+    code = main(
+        ["flash", str(image), "--sim", "--sim-trust", "none", "--sim-link", "bumble", "--json"]
+    )
     payload = json.loads(capsys.readouterr().out)
     assert code == 0 and payload["ok"]
     assert payload["att_mtu"] == 247
@@ -55,7 +69,19 @@ def test_cli_refuses_a_bluez_only_fault_on_bumble(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     image, _ = _image(tmp_path)
-    code = main(["flash", str(image), "--sim", "--sim-link", "bumble", "--faults", "race:1s"])
+    code = main(
+        [
+            "flash",
+            str(image),
+            "--sim",
+            "--sim-trust",
+            "none",
+            "--sim-link",
+            "bumble",
+            "--faults",
+            "race:1s",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("smartball-ota: fault 'race:1s': race is a BlueZ host's failure")
@@ -66,10 +92,10 @@ def test_cli_without_bumble_says_what_to_install(
 ) -> None:
     monkeypatch.setitem(sys.modules, "bumble", None)  # import bumble -> ImportError
     image, _ = _image(tmp_path)
-    code = main(["info", "--sim", "--sim-link", "bumble"])
+    code = main(["info", "--sim", "--sim-trust", "none", "--sim-link", "bumble"])
     assert code == 2
     assert capsys.readouterr().err.strip() == f"smartball-ota: {INSTALL_HINT}"
-    assert main(["flash", str(image), "--sim", "--sim-link", "bumble"]) == 2
+    assert main(["flash", str(image), "--sim", "--sim-trust", "none", "--sim-link", "bumble"]) == 2
 
 
 def test_cli_sim_link_needs_sim(capsys: pytest.CaptureFixture[str]) -> None:

@@ -268,7 +268,9 @@ def test_real_radio_without_bluez_is_exit_3(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_missing_image_is_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, out, err = run(capsys, "flash", "--sim", str(tmp_path / "nope.bin"))
+    code, out, err = run(
+        capsys, "flash", "--sim", "--sim-trust", "none", str(tmp_path / "nope.bin")
+    )
     assert code == 2
     assert "no such file" in one_error_line(err)
     assert out == ""
@@ -286,7 +288,7 @@ def test_missing_image_fails_before_any_radio_activity(
 def test_empty_image_is_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "empty.bin"
     path.write_bytes(b"")
-    code, _, err = run(capsys, "flash", "--sim", str(path))
+    code, _, err = run(capsys, "flash", "--sim", "--sim-trust", "none", str(path))
     assert code == 2
     assert "empty" in one_error_line(err)
 
@@ -294,7 +296,7 @@ def test_empty_image_is_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Pat
 def test_malformed_hex_is_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "bad.hex"
     path.write_text(":10000000ZZ\n:00000001FF\n")
-    code, _, err = run(capsys, "flash", "--sim", str(path))
+    code, _, err = run(capsys, "flash", "--sim", "--sim-trust", "none", str(path))
     assert code == 2
     assert "not a valid Intel HEX" in one_error_line(err)
 
@@ -303,7 +305,7 @@ def test_image_larger_than_staging_is_exit_2(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     path = image_file(tmp_path, STAGING + 1)
-    code, data, err = run_json(capsys, "flash", "--sim", str(path))
+    code, data, err = run_json(capsys, "flash", "--sim", "--sim-trust", "none", str(path))
     assert code == 2
     assert data["ok"] is False and data["exit_code"] == 2
     assert f"staging area holds {STAGING} bytes" in one_error_line(err)
@@ -315,7 +317,9 @@ def test_image_larger_than_staging_is_exit_2(
 
 def test_flash_human_output(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = image_file(tmp_path, 40_000)
-    code, out, err = run(capsys, "flash", "--sim", str(path), "--stabilise", "0.5")
+    code, out, err = run(
+        capsys, "flash", "--sim", "--sim-trust", "none", str(path), "--stabilise", "0.5"
+    )
     assert code == 0
     assert "Update succeeded" in out
     assert "40000 bytes" in out and f"{zlib.crc32(path.read_bytes()):08x}" in out
@@ -330,7 +334,7 @@ def test_flash_verbose_prints_the_event_log(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     path = image_file(tmp_path, 20_000)
-    code, out, _ = run(capsys, "flash", "--sim", "-v", str(path))
+    code, out, _ = run(capsys, "flash", "--sim", "--sim-trust", "none", "-v", str(path))
     assert code == 0
     assert "Event log:" in out
     assert "transferring -> finishing" in out
@@ -338,7 +342,7 @@ def test_flash_verbose_prints_the_event_log(
 
 def test_flash_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = image_file(tmp_path, 30_000)
-    code, data, err = run_json(capsys, "flash", "--sim", str(path))
+    code, data, err = run_json(capsys, "flash", "--sim", "--sim-trust", "none", str(path))
     assert code == 0
     assert data["success"] is True and data["exit_code"] == 0
     assert data["simulated"] is True and data["virtual_time"] is True
@@ -353,14 +357,18 @@ def test_flash_field_linux_resumes(capsys: pytest.CaptureFixture[str], tmp_path:
     # field-linux drops the link at offset 247354: the image must reach past it to resume.
     path = image_file(tmp_path, 300_000, seed=11)
     crc = zlib.crc32(path.read_bytes())
-    code, out, err = run(capsys, "flash", "--sim", "--faults", "field-linux", str(path))
+    code, out, err = run(
+        capsys, "flash", "--sim", "--sim-trust", "none", "--faults", "field-linux", str(path)
+    )
     assert code == 0
     assert "resume: at offset" in err
     assert "link-lost" in err and "recover" in err
     assert "Update succeeded" in out
     assert "slow-erase:30s" in out and "adv-pause:20s" in out  # the device's fault log
 
-    code, data, _ = run_json(capsys, "flash", "--sim", "--faults", "field-linux", str(path))
+    code, data, _ = run_json(
+        capsys, "flash", "--sim", "--sim-trust", "none", "--faults", "field-linux", str(path)
+    )
     assert code == 0
     assert data["success"] is True
     assert data["reconnects"] >= 1 and data["resumes"] >= 1
@@ -374,7 +382,7 @@ def test_flash_valid_intel_hex(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     ih.frombytes(payload, offset=0x27000)
     path = tmp_path / "app.hex"
     ih.write_hex_file(str(path))
-    code, data, _ = run_json(capsys, "flash", "--sim", str(path))
+    code, data, _ = run_json(capsys, "flash", "--sim", "--sim-trust", "none", str(path))
     assert code == 0
     assert data["image_size"] == len(payload)
     assert data["info_after"]["active_image_crc32"] == f"{zlib.crc32(payload):08x}"
@@ -384,7 +392,9 @@ def test_erase_time_sets_the_simulated_erase(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     path = image_file(tmp_path, 20_000)
-    code, data, _ = run_json(capsys, "flash", "--sim", "--erase-time", "20", str(path))
+    code, data, _ = run_json(
+        capsys, "flash", "--sim", "--sim-trust", "none", "--erase-time", "20", str(path)
+    )
     assert code == 0
     assert data["phase_s"]["waiting-ready"] >= 20
 
@@ -395,7 +405,16 @@ def test_sim_progressive_erase_removes_the_erase_wait(
     """A device that offers progressive erase is asked for it: READY comes at once, so the
     20 s erase is never waited for (the replay line of a progressive fuzz case uses this)."""
     path = image_file(tmp_path, 20_000)
-    argv = ("flash", "--sim", "--erase-time", "20", "--sim-progressive-erase", str(path))
+    argv = (
+        "flash",
+        "--sim",
+        "--sim-trust",
+        "none",
+        "--erase-time",
+        "20",
+        "--sim-progressive-erase",
+        str(path),
+    )
     code, data, _ = run_json(capsys, *argv)
     assert code == 0 and data["success"] is True
     assert data["phase_s"].get("waiting-ready", 0) < 1
@@ -407,7 +426,7 @@ def test_clear_cache_forgets_the_simulated_gatt_cache(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     path = image_file(tmp_path, 20_000)
-    args = ("flash", "--sim", "--faults", "stale-cache", str(path))
+    args = ("flash", "--sim", "--sim-trust", "none", "--faults", "stale-cache", str(path))
     code, _, err = run(capsys, *args, "--clear-cache")
     assert code == 0
     assert "cache-cleared" in err and "services-missing" not in err
@@ -423,7 +442,17 @@ def test_failure_after_retries_is_exit_4_and_keeps_the_old_image(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     path = image_file(tmp_path, 40_000)
-    argv = ("flash", "--sim", "--faults", "connect-timeout:50", "--max-attempts", "2", str(path))
+    argv = (
+        "flash",
+        "--sim",
+        "--sim-trust",
+        "none",
+        "--faults",
+        "connect-timeout:50",
+        "--max-attempts",
+        "2",
+        str(path),
+    )
     code, data, err = run_json(capsys, *argv)
     assert code == 4
     assert data["success"] is False and data["failure"] == "link"
@@ -446,7 +475,7 @@ def test_keyboard_interrupt_is_exit_130(
 
     monkeypatch.setattr(OtaEngine, "run", interrupted)
     path = image_file(tmp_path, 20_000)
-    code, _, err = run(capsys, "flash", "--sim", str(path))
+    code, _, err = run(capsys, "flash", "--sim", "--sim-trust", "none", str(path))
     assert code == 130
     assert interrupted_sentence(simulated=True) in err
     assert "simulated SmartBall" in err and "gone" in err
@@ -467,7 +496,16 @@ def test_installed_script_smoke(tmp_path: Path) -> None:
     assert json.loads(proc.stdout)["state"] == "idle"
 
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest_smartball.cli", "flash", "--sim", "missing.bin"],
+        [
+            sys.executable,
+            "-m",
+            "pytest_smartball.cli",
+            "flash",
+            "--sim",
+            "--sim-trust",
+            "none",
+            "missing.bin",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -482,7 +520,18 @@ def test_ctrl_c_mid_update_is_exit_130(tmp_path: Path) -> None:
     path = image_file(tmp_path, 20_000)
     # Real time and a long erase, so the update is surely still running when Ctrl-C arrives.
     # -v logs to stderr even with --json: its first line says the update has begun.
-    argv = ["flash", "--sim", "--realtime", "--erase-time", "30", "--json", "-v", str(path)]
+    argv = [
+        "flash",
+        "--sim",
+        "--sim-trust",
+        "none",
+        "--realtime",
+        "--erase-time",
+        "30",
+        "--json",
+        "-v",
+        str(path),
+    ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest_smartball.cli", *argv],
         stdout=subprocess.PIPE,
@@ -522,7 +571,9 @@ def test_no_reset_headline_events_and_connections_agree(
     must not promise a look at the device that never comes; the planned connection after
     the reset is not a "reconnect" the line seems to deny."""
     path = image_file(tmp_path, 20_000)
-    code, out, err = run(capsys, "flash", "--sim", "--faults", "no-reset", "-v", str(path))
+    code, out, err = run(
+        capsys, "flash", "--sim", "--sim-trust", "none", "--faults", "no-reset", "-v", str(path)
+    )
     assert code == 6
     headline = next(line for line in out.splitlines() if line.startswith("Update "))
     assert "may run" not in headline
@@ -533,7 +584,9 @@ def test_no_reset_headline_events_and_connections_agree(
     assert connections.split()[1:5] == ["2", "(0", "after", "a"], connections
     assert "reconnects" not in connections
 
-    code, data, _ = run_json(capsys, "flash", "--sim", "--faults", "no-reset", str(path))
+    code, data, _ = run_json(
+        capsys, "flash", "--sim", "--sim-trust", "none", "--faults", "no-reset", str(path)
+    )
     events = data["events"]
     no_resets = [i for i, e in enumerate(events) if e["kind"] == "no-reset"]
     assert len(no_resets) == 2
@@ -590,3 +643,19 @@ def test_the_cli_does_not_import_the_plugins_release_gate_or_recording() -> None
     ).stdout
     for module in ("compare", "figures", "recording", "session", "plugin", "fixtures"):
         assert f"'pytest_smartball.{module}'" not in loaded, loaded
+
+
+def test_a_tampered_signed_image_is_exit_2_before_any_radio_activity(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """No --sim and no BlueZ here: a signed file whose image is not its manifest's is
+    refused before anything is probed (2, not 3), in one sentence."""
+    from pytest_smartball import signing
+
+    raw = bytearray(signing.sign(bytes(4096), signing.test_key(), (1, 0, 0), 1).encode())
+    raw[-10] ^= 0x01
+    path = tmp_path / "fw.sbi"
+    path.write_bytes(raw)
+    code, out, err = run(capsys, "flash", str(path))
+    assert code == 2 and out == ""
+    assert "changed after it was signed" in one_error_line(err)

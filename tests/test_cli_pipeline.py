@@ -36,7 +36,7 @@ def image(tmp_path: Path) -> Path:
 
 
 def flash(image: Path, *extra: str) -> list[str]:
-    return [*CLI, "flash", "--sim", *extra, str(image)]
+    return [*CLI, "flash", "--sim", "--sim-trust", "none", *extra, str(image)]
 
 
 def assert_quiet(stderr: str) -> None:
@@ -226,7 +226,7 @@ def test_a_broken_stdout_in_process_keeps_the_exit_code(
             return False
 
     monkeypatch.setattr(sys, "stdout", GonePipe())
-    code = main(["flash", "--sim", *HOPELESS, str(image)])
+    code = main(["flash", "--sim", "--sim-trust", "none", *HOPELESS, str(image)])
     err = capsys.readouterr().err
     assert code == 4
     assert OLD_IMAGE in err

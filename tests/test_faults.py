@@ -664,7 +664,19 @@ def _flash_cli(tmp_path, spec: str, *extra: str) -> tuple[int, dict]:
     image.write_bytes(make_image())
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        code = main(["flash", str(image), "--sim", "--faults", spec, "--json", *extra])
+        code = main(
+            [
+                "flash",
+                str(image),
+                "--sim",
+                "--sim-trust",
+                "none",
+                "--faults",
+                spec,
+                "--json",
+                *extra,
+            ]
+        )
     return code, json.loads(out.getvalue())
 
 

@@ -422,7 +422,7 @@ def test_the_field_linux_walkthrough_shows_a_runs_figures(
     start = DOC.index("What `field-linux` does to the field-sized image")
     text = DOC[start : DOC.index("\n## ", start)]
     out, err = _run_cli(
-        ["flash", "build/demo.bin", "--sim", "--faults", "field-linux"],
+        ["flash", "build/demo.bin", "--sim", "--sim-trust", "none", "--faults", "field-linux"],
         tmp_path,
         monkeypatch,
         capsys,
@@ -452,7 +452,10 @@ def test_the_flaky_figures_in_the_effects_table_are_a_runs(
     spec, size, drops, resumes, resent = m.groups()
     assert int(size.replace(",", "")) == len(make_image())
     out, _ = _run_cli(
-        ["flash", "build/demo.bin", "--sim", "--faults", spec], tmp_path, monkeypatch, capsys
+        ["flash", "build/demo.bin", "--sim", "--sim-trust", "none", "--faults", spec],
+        tmp_path,
+        monkeypatch,
+        capsys,
     )
     assert out.count(f"drop  [applied] ({spec})") == int(drops)
     assert re.search(rf", {resumes} resumes,", out), out

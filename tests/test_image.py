@@ -409,3 +409,61 @@ def test_a_hex_text_too_long_for_any_image_is_refused_unread(tmp_path: Path) -> 
         f.truncate(64 * 1024 * 1024)
     message = image_error(path)
     assert "the Intel HEX file is 67108864 bytes, more than any image" in message
+
+
+# --- signed images (.sbi) ---------------------------------------------------------------------
+
+
+def _signed(data: bytes = DATA, counter: int = 4) -> bytes:
+    from pytest_smartball import signing
+
+    return signing.sign(data, signing.test_key(), (1, 2, 3), counter).encode()
+
+
+def test_a_signed_image_is_read_as_its_image_and_its_signed_head(tmp_path: Path) -> None:
+    from pytest_smartball.manifest import SIGNED_HEAD_SIZE, SignedImage
+
+    raw = _signed()
+    path = tmp_path / "fw.sbi"
+    path.write_bytes(raw)
+    image = load_image(path)
+    assert image.format is ImageFormat.SIGNED
+    assert image.data == DATA  # what is flashed: the image, not the file
+    assert image.signed == SignedImage.decode(raw)
+    assert image.signed is not None and image.signed.head == raw[:SIGNED_HEAD_SIZE]
+    assert image.manifest is not None and image.manifest.security_counter == 4
+    assert "firmware 1.2.3, security counter 4, key " in image.described
+
+
+def test_a_signed_image_is_recognised_by_its_magic_whatever_its_name(tmp_path: Path) -> None:
+    path = tmp_path / "firmware.bin"
+    path.write_bytes(_signed())
+    assert load_image(path).format is ImageFormat.SIGNED
+
+
+@pytest.mark.parametrize(
+    ("change", "sentence"),
+    [
+        (lambda raw: raw[:-1] + bytes([raw[-1] ^ 1]), "the file was changed after it was signed"),
+        (lambda raw: raw[:200] + bytes([raw[200] ^ 0x80]) + raw[201:], "after it was signed"),
+        (lambda raw: raw[:-3], "the manifest names a 5000-byte image, the file holds 4997"),
+        (lambda raw: raw + b"\x00", "the manifest names a 5000-byte image, the file holds 5001"),
+        (lambda raw: raw[:100], "a signed image is at least 120 bytes"),
+        (lambda raw: raw[:4] + b"\x07" + raw[5:], "manifest format 7"),
+    ],
+    ids=["last-byte", "a-byte", "truncated", "extra-byte", "head-only", "format"],
+)
+def test_a_signed_image_that_is_not_what_its_manifest_names_is_refused(
+    tmp_path: Path, change: object, sentence: str
+) -> None:
+    path = tmp_path / "fw.sbi"
+    path.write_bytes(change(_signed()))  # type: ignore[operator]
+    message = image_error(path)
+    assert sentence in message
+    assert message.startswith(f"{path}: a signed image that cannot be flashed")
+
+
+def test_a_signed_image_whose_image_is_too_large_is_refused_for_that(tmp_path: Path) -> None:
+    path = tmp_path / "big.sbi"
+    path.write_bytes(_signed(bytes(STAGING_CAPACITY + 4)))
+    assert "larger than a SmartBall's" in image_error(path)

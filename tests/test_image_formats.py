@@ -566,7 +566,7 @@ def no_connect(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def cli_refusal(capsys: pytest.CaptureFixture[str], path: Path, *extra: str) -> str:
-    code = main(["flash", "--sim", str(path), *extra])
+    code = main(["flash", "--sim", "--sim-trust", "none", str(path), *extra])
     out, err = capsys.readouterr()
     assert code == 2, (out, err)
     lines = [line for line in err.splitlines() if line.strip()]
@@ -637,7 +637,7 @@ def test_cli_flashes_real_tool_output_and_says_which_format(
         expected = build.image + bytes(-len(build.image) % 256)
     else:
         path, expected = arm_build.dfu_zip(tmp_path / "app.zip", application=build.hex), build.image
-    code = main(["flash", "--sim", str(path), "--json"])
+    code = main(["flash", "--sim", "--sim-trust", "none", str(path), "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
     data = json.loads(out)
@@ -645,6 +645,6 @@ def test_cli_flashes_real_tool_output_and_says_which_format(
     assert data["image_format"] == load_image(path).format.value
     assert data["sim_active_image"]["size"] == len(expected)
     assert data["info_after"]["active_image_size"] == len(expected)
-    code = main(["flash", "--sim", str(path)])
+    code = main(["flash", "--sim", "--sim-trust", "none", str(path)])
     _, err = capsys.readouterr()  # the first line, "Flashing PATH (FORMAT ...): ...", on stderr
     assert code == 0 and f"Flashing {path} ({load_image(path).described}): " in err

@@ -33,7 +33,10 @@ from smartball_sim.airlog import Packet, Sender
 from smartball_sim.device import SimDevice
 from tests.naive_client import naive_flash
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.sim_only]
+#: These tests are about the transfer, its faults and its outcomes: they flash unsigned
+#: images onto a v1 ball; a signed-only ball's update is tests/test_ota_signed.py's.
+pytestmark = [pytest.mark.asyncio, pytest.mark.sim_only, pytest.mark.sim_trust("none")]
+
 
 FIELD_IMAGE = FirmwareImage(random.Random(323194).randbytes(323_194), "field-323194.bin")
 CHUNK = 232  # MTU 247: 244-byte writes minus 10 bytes of DATA framing, down to whole words

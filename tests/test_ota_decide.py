@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_smartball import protocol as p
+from pytest_smartball.manifest import Manifest
 from pytest_smartball.ota import decide as d
 from pytest_smartball.ota import observations as o
 from pytest_smartball.ota import states
@@ -37,6 +38,20 @@ LIMITS = Limits()
 OLD_INFO = p.MsgInfo(1, 1, 0, 0, 12_000, 0x0BAD0BAD, 480 * 1024)
 NEW_INFO = p.MsgInfo(1, 1, 1, 0, IMAGE.size, IMAGE.crc32, 480 * 1024)
 PROGRESSIVE_INFO = replace(OLD_INFO, capabilities=p.Capability.PROGRESSIVE_ERASE)
+#: A signed-only device (section 16) that trusts the test key, counter 3, before and after.
+TEST_KID = 0x5EC0DE01
+SIGNED_OLD_INFO = replace(
+    OLD_INFO, capabilities=p.Capability.SIGNED_IMAGES, security_counter=3, trusted_key_id=TEST_KID
+)
+SIGNED_NEW_INFO = replace(
+    NEW_INFO, capabilities=p.Capability.SIGNED_IMAGES, security_counter=5, trusted_key_id=TEST_KID
+)
+#: The same image, signed (counter 5) by the key the device trusts.
+SIGNED_IMAGE = replace(
+    IMAGE,
+    source="test.sbi",
+    manifest=Manifest(1, 1, 0, 5, IMAGE.size, IMAGE.crc32, TEST_KID, bytes(32)),
+)
 
 
 def status(
@@ -111,6 +126,15 @@ EXAMPLES: list[o.Observation] = [
     *(o.StatusReply(status(s, 4000, ours=False)) for s in p.OtaState),
     o.StatusReply(p.MsgOtaStatus(9, 0, 0, 0)),  # a state this host does not know
     *(o.AbortReply(status(s)) for s in p.OtaState),
+    o.ManifestAccepted(status(p.OtaState.IDLE)),
+    o.HealthChecked(True),
+    o.HealthChecked(False, "exited with 1"),
+    o.ConfirmReply(SIGNED_NEW_INFO),
+    o.ConfirmReply(replace(SIGNED_NEW_INFO, image_state=p.ImageState.TEST)),
+    o.ConfirmReply(SIGNED_OLD_INFO),
+    o.InfoReply(SIGNED_OLD_INFO),
+    o.InfoReply(replace(SIGNED_NEW_INFO, image_state=p.ImageState.TEST)),
+    o.InfoReply(replace(SIGNED_OLD_INFO, image_state=p.ImageState.REVERTED)),
     o.StartSent(0),
     o.EraseProgress(4096, 20_480),
     o.Ready(p.MsgOtaReady(232, 16)),
@@ -127,7 +151,12 @@ EXAMPLES: list[o.Observation] = [
     *(
         o.DeviceError(error(code, command), awaiting)
         for code in (*p.ErrorCode, 99)
-        for awaiting in (p.MsgType.CMD_OTA_START, p.MsgType.CMD_OTA_DATA, p.MsgType.CMD_OTA_FINISH)
+        for awaiting in (
+            p.MsgType.CMD_OTA_MANIFEST,
+            p.MsgType.CMD_OTA_START,
+            p.MsgType.CMD_OTA_DATA,
+            p.MsgType.CMD_OTA_FINISH,
+        )
         for command in (0, awaiting, p.MsgType.CMD_INFO)
     ),
     o.DeviceReset(),
@@ -151,6 +180,18 @@ RECORDS = [
         {"seen": True, "other_commit": OTHER_CRC, "reset_waits": 1},
         {"seen": True, "commit": Commit.VERIFIED, "failed_activations": 1},
         {"seen": True, "link_closed": True, "info_answered": True},
+        {"seen": True, "commit": Commit.VERIFIED, "capabilities": p.Capability.SIGNED_IMAGES},
+        {"seen": True, "info": SIGNED_OLD_INFO, "first_info": SIGNED_OLD_INFO},
+        {"image": SIGNED_IMAGE},
+        {"image": SIGNED_IMAGE, "seen": True, "capabilities": p.Capability.SIGNED_IMAGES},
+        {
+            "image": SIGNED_IMAGE,
+            "seen": True,
+            "commit": Commit.VERIFIED,
+            "capabilities": p.Capability.SIGNED_IMAGES,
+            "info": SIGNED_OLD_INFO,
+            "first_info": SIGNED_OLD_INFO,
+        },
     )
 ]
 
@@ -164,10 +205,14 @@ def test_every_observation_in_every_state_is_refused_or_follows_the_table(
             new, _ = decide(r, seen)
         except IllegalObservation:
             # Not this state's, or out of order (RECOVERING: LinkClosed, then BackedOff;
-            # QUERYING: INFO, then STATUS).
+            # QUERYING: INFO, then STATUS; a manifest only for a signed image; the health
+            # check and the confirm only after the device took the new image).
             assert not isinstance(seen, d._ACCEPTS[r.state]) or r.state in (
                 State.RECOVERING,
                 State.QUERYING,
+                State.SENDING_MANIFEST,
+                State.HEALTH_CHECKING,
+                State.CONFIRMING,
             )
             continue
         assert isinstance(seen, d._ACCEPTS[r.state])
@@ -191,7 +236,14 @@ def _check_honest(r: Record) -> None:
         assert r.info.runs(IMAGE.size, IMAGE.crc32)
     elif r.outcome is Outcome.UNCONFIRMED:
         assert r.commit is not Commit.NONE and r.failure is None
-        assert "old image" not in r.error.replace("still run its old one", "")
+        # Never that it runs its old image (it may run the new one); a signed-only device's
+        # trial ending at its next reset is a fact of the protocol, not a guess.
+        said = r.error.replace("still run its old one", "")
+        assert "old image" not in said.replace("returns to its old image at its next reset", "")
+    elif r.outcome is Outcome.REVERTED:
+        # Only after the device verified the new image, reset, and said what it runs.
+        assert r.commit is Commit.VERIFIED and r.info is not None and r.failure is None
+        assert r.signed_only and "runs its old image" in r.error
     elif r.outcome is Outcome.FAILED:
         assert r.failure is not None and r.error
         if "keeps its old image" in r.error:
@@ -450,7 +502,12 @@ def test_an_error_code_is_a_resync_or_a_refusal_of_the_command_it_names(
         if code in (p.ErrorCode.BAD_STATE, p.ErrorCode.BAD_OFFSET, p.ErrorCode.BAD_FRAME):
             assert new.state is State.QUERYING and kinds[0].kind is EventKind.DEVICE_ERROR
         else:
-            assert new.outcome is Outcome.FAILED and new.failure is FailureKind.REFUSED
+            own_kind = {
+                p.ErrorCode.UNTRUSTED_KEY: FailureKind.UNTRUSTED_KEY,
+                p.ErrorCode.DOWNGRADE: FailureKind.DOWNGRADE,
+                p.ErrorCode.UNSIGNED: FailureKind.UNSIGNED,
+            }.get(code, FailureKind.REFUSED)  # type: ignore[call-overload]
+            assert new.outcome is Outcome.FAILED and new.failure is own_kind
             assert f"device refused {awaiting.name}" in new.error
             assert "keeps its old image" in new.error
             if code == 200:

@@ -35,7 +35,9 @@ def image_file(tmp_path: Path) -> Path:
 def test_the_cli_exits_6_with_a_sentence_that_does_not_say_old_image(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    code = main(["flash", str(image_file(tmp_path)), "--sim", "--faults", PLAN])
+    code = main(
+        ["flash", str(image_file(tmp_path)), "--sim", "--sim-trust", "none", "--faults", PLAN]
+    )
     out, err = capsys.readouterr()
     assert code == EXIT_UNCONFIRMED == 6
     assert "Update UNCONFIRMED" in out
@@ -47,7 +49,18 @@ def test_the_cli_exits_6_with_a_sentence_that_does_not_say_old_image(
 
 
 def test_the_cli_json_has_the_outcome(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code = main(["flash", str(image_file(tmp_path)), "--sim", "--faults", PLAN, "--json"])
+    code = main(
+        [
+            "flash",
+            str(image_file(tmp_path)),
+            "--sim",
+            "--sim-trust",
+            "none",
+            "--faults",
+            PLAN,
+            "--json",
+        ]
+    )
     data = json.loads(capsys.readouterr().out)
     assert code == 6 and data["exit_code"] == 6
     assert (data["ok"], data["outcome"], data["failure"]) == (False, "unconfirmed", None)

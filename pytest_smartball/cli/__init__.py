@@ -22,13 +22,22 @@ from ..image import ImageError, load_image
 from . import output as out
 from . import streams
 from .args import PROG, Context, parse_args
-from .commands import cmd_abort, cmd_flash, cmd_info, cmd_scan, cmd_status
+from .commands import cmd_abort, cmd_confirm, cmd_flash, cmd_info, cmd_scan, cmd_status
 from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, CliError, interrupted_sentence
+from .keys import cmd_keygen, cmd_sign
 from .targets import check_fault_spec, run
 
 __all__ = ["main"]
 
-COMMANDS = {"scan": cmd_scan, "info": cmd_info, "status": cmd_status, "abort": cmd_abort}
+COMMANDS = {
+    "scan": cmd_scan,
+    "info": cmd_info,
+    "status": cmd_status,
+    "abort": cmd_abort,
+    "confirm": cmd_confirm,
+}
+#: Commands that never touch Bluetooth: no loop, no device.
+OFFLINE = {"keygen": cmd_keygen, "sign": cmd_sign}
 
 
 def _fail(error: CliError, *, json: bool, command: str | None) -> int:
@@ -63,6 +72,8 @@ def _main(raw: list[str]) -> int:
     ctx = Context(args)
     uninstall_logging = out.install_logging(args.verbose)
     try:
+        if args.command in OFFLINE:
+            return OFFLINE[args.command](ctx)
         check_fault_spec(ctx)
         coro: Coroutine[Any, Any, int]
         if args.command == "flash":
@@ -72,13 +83,7 @@ def _main(raw: list[str]) -> int:
                 raise CliError(EXIT_BAD_INPUT, str(exc)) from None
             coro = cmd_flash(ctx, image)
         else:
-            commands = {
-                "scan": cmd_scan,
-                "info": cmd_info,
-                "status": cmd_status,
-                "abort": cmd_abort,
-            }
-            coro = commands[args.command](ctx)
+            coro = COMMANDS[args.command](ctx)
         return run(ctx, coro)
     except CliError as exc:
         return _fail(exc, json=ctx.json, command=args.command)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from .. import protocol as p
 from ..image import FirmwareImage
 from ..link import LINK_ERRORS, DeviceNotFound, LinkError, NusLink, find_device, scan
-from ..ota import FailureKind, OtaEngine, OtaSettings, Outcome
+from ..ota import FailureKind, OtaEngine, OtaResult, OtaSettings, Outcome
 from ..report import info_dict
 from ..targets import Target
 from . import output as out
@@ -21,13 +21,20 @@ from . import streams
 from .args import LIST_SCAN_TIMEOUT_S, PROG, Context
 from .errors import (
     EXIT_BAD_INPUT,
+    EXIT_DOWNGRADE,
     EXIT_FAILED,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_REFUSED,
+    EXIT_REVERTED,
+    EXIT_TRIAL_PENDING,
     EXIT_UNCONFIRMED,
+    EXIT_UNHEALTHY,
+    EXIT_UNSIGNED,
+    EXIT_UNTRUSTED_KEY,
     CliError,
 )
+from .health import shell_health_check
 from .targets import open_target
 
 EXIT_FOR_FAILURE: dict[FailureKind, int] = {
@@ -36,7 +43,23 @@ EXIT_FOR_FAILURE: dict[FailureKind, int] = {
     FailureKind.LINK: EXIT_FAILED,
     FailureKind.REFUSED: EXIT_REFUSED,
     FailureKind.NO_RESET: EXIT_FAILED,
+    FailureKind.UNSIGNED: EXIT_UNSIGNED,
+    FailureKind.UNTRUSTED_KEY: EXIT_UNTRUSTED_KEY,
+    FailureKind.DOWNGRADE: EXIT_DOWNGRADE,
+    FailureKind.TRIAL_PENDING: EXIT_TRIAL_PENDING,
+    FailureKind.UNHEALTHY: EXIT_UNHEALTHY,
 }
+
+
+def exit_code_for(result: OtaResult) -> int:
+    """The exit code an update's result ends ``flash`` with."""
+    if result.outcome is Outcome.SUCCEEDED:
+        return EXIT_OK
+    if result.outcome is Outcome.UNCONFIRMED:
+        return EXIT_UNCONFIRMED
+    if result.outcome is Outcome.REVERTED:
+        return EXIT_REVERTED
+    return EXIT_FOR_FAILURE[result.failure] if result.failure else EXIT_FAILED
 
 
 async def cmd_scan(ctx: Context) -> int:
@@ -126,8 +149,22 @@ def _emit_reply(ctx: Context, command: str, device: BLEDevice, fields: dict[str,
 async def cmd_info(ctx: Context) -> int:
     device, info = await _request(ctx, p.CmdInfo(), p.MsgInfo)
     if ctx.json:
-        return _emit_reply(ctx, "info", device, info_dict(info) or {})
+        return _emit_reply(ctx, "info", device, {**(info_dict(info) or {}), **out.trust_dict(info)})
     out.header(ctx, device.name, device.address)
+    out.print_info(info)
+    return EXIT_OK
+
+
+async def cmd_confirm(ctx: Context) -> int:
+    """CMD_OTA_CONFIRM: a signed-only device keeps the image it runs on trial (any other
+    state: nothing changes; a v1 device does not know the command)."""
+    device, info = await _request(ctx, p.CmdOtaConfirm(), p.MsgInfo)
+    if ctx.json:
+        fields = {**(info_dict(info) or {}), **out.trust_dict(info)}
+        return _emit_reply(ctx, "confirm", device, fields)
+    out.header(ctx, device.name, device.address)
+    if info.signed_only and info.image_state == p.ImageState.CONFIRMED:
+        print("  the running image is confirmed: it runs after every reset")
     out.print_info(info)
     return EXIT_OK
 
@@ -160,6 +197,15 @@ async def cmd_flash(ctx: Context, image: FirmwareImage) -> int:
         stabilise_s=a.stabilise,
         reappear_timeout_s=a.reappear_timeout,
         max_attempts_without_progress=a.max_attempts,
+        confirm=not a.no_confirm,
+        health_check=(
+            shell_health_check(
+                a.health_check, a.health_check_timeout, name=target.name, address=target.address
+            )
+            if a.health_check
+            else None
+        ),
+        health_check_timeout_s=a.health_check_timeout,
     )
     display = out.ProgressDisplay(bars=not ctx.json, lines=not ctx.json, virtual=ctx.virtual)
     engine = OtaEngine(
@@ -188,12 +234,7 @@ async def cmd_flash(ctx: Context, image: FirmwareImage) -> int:
         raise CliError(code, f"Bluetooth error: {type(exc).__name__}: {exc}") from None
     finally:
         display.close()
-    if result.outcome is Outcome.SUCCEEDED:
-        code = EXIT_OK
-    elif result.outcome is Outcome.UNCONFIRMED:
-        code = EXIT_UNCONFIRMED
-    else:
-        code = EXIT_FOR_FAILURE[result.failure] if result.failure else EXIT_FAILED
+    code = exit_code_for(result)
     if ctx.json:
         payload: dict[str, Any] = {"command": "flash", "ok": result.success, "exit_code": code}
         payload.update(result.to_dict())
@@ -202,7 +243,10 @@ async def cmd_flash(ctx: Context, image: FirmwareImage) -> int:
         payload["phase_s"] = {k: round(v, 3) for k, v in result.phase_s.items()}
         for event in payload["events"]:
             event["time"] = round(event["time"], 3)
-        payload["info_after"] = info_dict(result.info_after)
+        after = info_dict(result.info_after)
+        if after is not None and result.info_after is not None:
+            after.update(out.trust_dict(result.info_after))
+        payload["info_after"] = after
         payload["image_source"] = image.source
         payload["image_format"] = image.format.value
         payload["device"] = out.device_dict(engine.name, engine.address)
@@ -226,6 +270,8 @@ async def cmd_flash(ctx: Context, image: FirmwareImage) -> int:
             streams.say(f"{PROG}: update succeeded: {who} runs {image.source}")
     if result.outcome is Outcome.UNCONFIRMED:
         streams.say(f"{PROG}: update unconfirmed: {result.error}", stdout_too=not ctx.json)
+    elif result.outcome is Outcome.REVERTED:
+        streams.say(f"{PROG}: update reverted: {result.error}", stdout_too=not ctx.json)
     elif not result.success:
         streams.say(f"{PROG}: update failed: {result.error}", stdout_too=not ctx.json)
     return code

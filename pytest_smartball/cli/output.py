@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from .. import protocol as p
 from ..image import FirmwareImage
+from ..manifest import key_id_text
 from ..ota import EventKind, OtaEngine, OtaEvent, OtaResult, Outcome, State
 from ..targets import Target
 from .args import Context
@@ -34,6 +35,10 @@ NOTABLE_EVENTS = frozenset(
         EventKind.WARNING,
         EventKind.DEVICE_RESET,
         EventKind.NO_RESET,
+        EventKind.MANIFEST,
+        EventKind.HEALTH_CHECK,
+        EventKind.CONFIRMED,
+        EventKind.REVERTED,
     }
 )
 
@@ -57,6 +62,38 @@ def print_info(info: p.MsgInfo) -> None:
         f"  active image      {info.active_image_size} bytes, crc32 {info.active_image_crc32:08x}"
     )
     print(f"  staging capacity  {info.staging_capacity} bytes")
+    if not info.signed_only:
+        print("  signed only       no: runs any image it is sent (protocol v1)")
+        return
+    trust = trust_dict(info)
+    print("  signed only       yes: runs only images signed by the key it trusts")
+    print(f"  trusted key id    {trust['trusted_key_id']}")
+    print(f"  security counter  {info.security_counter} (it runs no image signed below it)")
+    print(f"  image state       {trust['image_state']}{_STATE_WORDS.get(info.image_state, '')}")
+
+
+_STATE_WORDS: dict[int, str] = {
+    p.ImageState.CONFIRMED: " (runs after every reset)",
+    p.ImageState.TEST: " (on trial: the next reset returns to the previous image unless "
+    "`smartball-ota confirm` keeps it)",
+    p.ImageState.REVERTED: " (the last update was not confirmed: its previous image runs again)",
+}
+
+
+def trust_dict(info: p.MsgInfo) -> dict[str, Any]:
+    """What a device says of its trust (section 16); a v1 device only that it has none."""
+    if not info.signed_only:
+        return {"signed_only": False}
+    try:
+        state = p.ImageState(info.image_state).name.lower()
+    except ValueError:
+        state = f"unknown ({info.image_state})"
+    return {
+        "signed_only": True,
+        "trusted_key_id": key_id_text(info.trusted_key_id),
+        "security_counter": info.security_counter,
+        "image_state": state,
+    }
 
 
 def print_status(msg: p.MsgOtaStatus) -> None:
@@ -186,8 +223,17 @@ def print_summary(
     ctx: Context, engine: OtaEngine, result: OtaResult, image: FirmwareImage, target: Target
 ) -> None:
     who = device_words(engine)
-    if result.success:
-        print(f"Update succeeded: {who} runs {image.source}.")
+    state = result.image_state
+    if result.success and state == "test":
+        print(
+            f"Update succeeded: {who} runs {image.source} on trial (not confirmed: its next "
+            "reset returns it to its old image unless `smartball-ota confirm` keeps it)."
+        )
+    elif result.success:
+        confirmed = " (confirmed)" if state == "confirmed" else ""
+        print(f"Update succeeded: {who} runs {image.source}{confirmed}.")
+    elif result.outcome is Outcome.REVERTED:
+        print(f"Update REVERTED: {who} runs its old image again, not {image.source}.")
     elif result.outcome is Outcome.UNCONFIRMED:
         # Not "may run": the sentence below says what it was last seen running.
         print(
@@ -219,9 +265,16 @@ def print_summary(
         print(f"  throughput     {result.throughput_bps / 1000:.1f} kB/s")
     info = result.info_after
     if info is not None:
+        trust = ""
+        if info.signed_only:
+            t = trust_dict(info)
+            trust = (
+                f", image state {t['image_state']}, security counter {info.security_counter}, "
+                f"trusts key {t['trusted_key_id']}"
+            )
         print(
             f"  device now     firmware {info.firmware_version}, active image "
-            f"{info.active_image_size} bytes, crc32 {info.active_image_crc32:08x}"
+            f"{info.active_image_size} bytes, crc32 {info.active_image_crc32:08x}{trust}"
         )
     mtu = getattr(target, "negotiated_mtu", None)  # a BumbleTarget's (--sim-link bumble)
     if mtu is not None:

@@ -58,6 +58,7 @@ async def open_target(ctx: Context) -> Target:
                 erase_time_s=a.erase_time,
                 firmware_bugs=a.sim_firmware_bug,
                 progressive_erase=a.sim_progressive_erase,
+                sim_trust=a.sim_trust,
                 clock=lambda: loop.time() - t0,
                 **options,
             )

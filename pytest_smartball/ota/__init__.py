@@ -10,12 +10,14 @@ transfer's credit), :mod:`.timeouts` (waits derived from the device's timing obl
 from __future__ import annotations
 
 from .engine import OtaEngine, ProgressCallback
-from .result import OtaEvent, OtaResult, OtaSettings
+from .result import HealthCheck, HealthCheckFailed, OtaEvent, OtaResult, OtaSettings
 from .states import EventKind, FailureKind, Outcome, State
 
 __all__ = [
     "EventKind",
     "FailureKind",
+    "HealthCheck",
+    "HealthCheckFailed",
     "OtaEngine",
     "OtaEvent",
     "OtaResult",

@@ -16,12 +16,14 @@ from dataclasses import replace
 from typing import Any
 
 from .. import protocol as p
+from ..manifest import key_id_text
 from .observations import (
     AbortReply,
     Acked,
     AckTimeout,
     AllAcked,
     BackedOff,
+    ConfirmReply,
     Connected,
     Desync,
     DeviceError,
@@ -30,9 +32,11 @@ from .observations import (
     EraseProgress,
     FinishSent,
     Found,
+    HealthChecked,
     InfoReply,
     LinkClosed,
     LinkFailed,
+    ManifestAccepted,
     NotFound,
     Observation,
     Ready,
@@ -52,7 +56,17 @@ from .states import (
     check_transition,
 )
 
-__all__ = ["Commit", "Decision", "ImageId", "Limits", "Note", "Record", "Said", "decide"]
+__all__ = [
+    "Commit",
+    "Decision",
+    "ImageId",
+    "Limits",
+    "Note",
+    "Record",
+    "Said",
+    "decide",
+    "signed_refusal",
+]
 
 S = State
 
@@ -138,11 +152,17 @@ def _give_up(r: Record, limit: str) -> Decision:
 def _unconfirmed(r: Record) -> str:
     crc = f"crc32 {r.image.crc32:08x}"
     if r.commit is Commit.VERIFIED:
-        return (
+        text = (
             f"The device verified the new image ({crc}) and was told to reset into it, but "
             "it could not be reached afterwards to confirm that it runs it; check with "
             "`smartball-ota info`"
         )
+        if r.signed_only and r.limits.confirm:
+            text += (
+                ". If it runs it, it runs it on trial (not confirmed): it returns to its old "
+                "image at its next reset unless `smartball-ota confirm` keeps it"
+            )
+        return text
     return (
         "Every byte was acknowledged and CMD_OTA_FINISH was sent, but no answer came: the "
         f"device may have verified the new image ({crc}) and reset into it, or still run "
@@ -160,6 +180,7 @@ def _end(
     state = {
         Outcome.SUCCEEDED: State.SUCCEEDED,
         Outcome.UNCONFIRMED: State.UNCONFIRMED,
+        Outcome.REVERTED: State.REVERTED,
         Outcome.FAILED: State.FAILED,
     }[outcome]
     return replace(r, state=state, outcome=outcome, failure=failure, error=error), notes
@@ -215,18 +236,170 @@ def _info(r: Record, seen: InfoReply) -> Decision:
         capabilities=info.capabilities,
         info_answered=True,
     )
+    notes: tuple[Note, ...] = ()
     if not r.fits_checked:
         if seen.too_large is not None:
             return _end(r, Outcome.FAILED, FailureKind.BAD_INPUT, seen.too_large)
         r = replace(r, fits_checked=True)
-    if r.commit is not Commit.NONE and info.runs(r.image.size, r.image.crc32):
+        if r.image.manifest is not None and not info.signed_only:
+            notes += (
+                Note(
+                    EventKind.WARNING,
+                    "the device does not advertise SIGNED_IMAGES: it checks no signature and "
+                    "runs any image it is sent (protocol v1); the image goes without its "
+                    "manifest",
+                ),
+            )
+        if not info.signed_only and (r.limits.health_check or not r.limits.confirm):
+            notes += (
+                Note(
+                    EventKind.WARNING,
+                    "the device does not advertise SIGNED_IMAGES: a new image runs for good "
+                    "at once, with no trial, so there is no health check and no confirm",
+                ),
+            )
+    runs_ours = info.runs(r.image.size, r.image.crc32)
+    if r.commit is Commit.NONE and info.signed_only:
+        if info.image_state == p.ImageState.TEST and runs_ours:
+            # An earlier update of this image got it running and was not confirmed (it was
+            # interrupted, or --no-confirm): what is left of this one is the confirm.
+            r = replace(r, commit=Commit.VERIFIED)
+            notes += (
+                Note(
+                    EventKind.WARNING,
+                    "the device already runs this image on trial (an earlier update's, not "
+                    "confirmed): nothing to send, it is checked and confirmed now",
+                ),
+            )
+        else:
+            refusal = signed_refusal(r.image, info)
+            if refusal is not None:
+                kind, why = refusal
+                return _end(r, Outcome.FAILED, kind, why, notes)
+    if r.commit is not Commit.NONE and runs_ours:
+        if info.signed_only:
+            return _runs_new_signed(r, info, notes)
         note = Note(
             EventKind.VERIFIED,
             f"device runs the new image (crc32 {info.active_image_crc32:08x}, "
             f"firmware {info.firmware_version})",
         )
-        return _end(r, Outcome.SUCCEEDED, None, "", (note,))
-    return r, ()  # on to STATUS
+        return _end(r, Outcome.SUCCEEDED, None, "", (*notes, note))
+    return r, notes  # on to STATUS
+
+
+def signed_refusal(image: ImageId, info: p.MsgInfo) -> tuple[FailureKind, str] | None:
+    """Why this image must not be sent to this signed-only device, found before anything is
+    erased (docs/protocol.md section 16; the device would refuse it too, but only after the
+    host spent a connection on it): unsigned, another key, a lower security counter, or
+    an image on trial the user has not decided about. None: send it."""
+    m = image.manifest
+    device_key = key_id_text(info.trusted_key_id)
+    if m is None:
+        return FailureKind.UNSIGNED, (
+            f"{image.source} is not signed and the device runs only signed images (it trusts "
+            f"key {device_key}): sign it with `smartball-ota sign` and flash the .sbi. The "
+            "device keeps its old image"
+        )
+    if m.key_id != info.trusted_key_id:
+        return FailureKind.UNTRUSTED_KEY, (
+            f"{image.source} is signed with key {key_id_text(m.key_id)}, but the device trusts "
+            f"key {device_key}: sign it with the device's key. The device keeps its old image"
+        )
+    if m.security_counter < info.security_counter:
+        return FailureKind.DOWNGRADE, (
+            f"{image.source} carries security counter {m.security_counter}, below the "
+            f"device's {info.security_counter}: the device runs no image below its counter (a "
+            "downgrade); flash an image signed with a counter of at least "
+            f"{info.security_counter}. The device keeps its old image"
+        )
+    if info.image_state == p.ImageState.TEST:
+        return FailureKind.TRIAL_PENDING, (
+            f"the device runs an image on trial (firmware {info.firmware_version}, crc32 "
+            f"{info.active_image_crc32:08x}, not confirmed), and a new update would take the "
+            "staging bank its revert needs: keep it with `smartball-ota confirm`, or reset the "
+            "device to return to its previous image, then flash again. Nothing was sent"
+        )
+    return None
+
+
+def _runs_new_signed(r: Record, info: p.MsgInfo, notes: tuple[Note, ...]) -> Decision:
+    """A signed-only device runs the new image: on trial, it is checked and confirmed;
+    already confirmed, the update is done. In any other state (REVERTED: the old image
+    came back, whose CRC this one shares) STATUS decides (a switch may still be pending)."""
+    state = info.image_state
+    running = f"crc32 {info.active_image_crc32:08x}, firmware {info.firmware_version}"
+    if state == p.ImageState.TEST:
+        if not r.limits.confirm:
+            note = Note(
+                EventKind.VERIFIED,
+                f"device runs the new image on trial ({running}), not confirmed (--no-confirm): "
+                "it returns to its old image at its next reset unless confirmed",
+            )
+            return _end(r, Outcome.SUCCEEDED, None, "", (*notes, note))
+        if r.limits.health_check and not r.healthy:
+            note = Note(
+                EventKind.VERIFIED, f"device runs the new image on trial ({running}); health check"
+            )
+            return replace(r, state=State.HEALTH_CHECKING), (*notes, note)
+        note = Note(
+            EventKind.VERIFIED, f"device runs the new image on trial ({running}); confirming"
+        )
+        return replace(r, state=State.CONFIRMING), (*notes, note)
+    if state == p.ImageState.CONFIRMED:
+        return _confirmed(r, info, notes)
+    return r, notes
+
+
+def _confirmed(r: Record, info: p.MsgInfo, notes: tuple[Note, ...]) -> Decision:
+    note = Note(
+        EventKind.CONFIRMED,
+        f"device runs the new image, confirmed (crc32 {info.active_image_crc32:08x}, firmware "
+        f"{info.firmware_version}, security counter {info.security_counter})",
+    )
+    notes = (*notes, note)
+    m = r.image.manifest
+    if m is not None and info.security_counter < m.security_counter:
+        notes += (
+            Note(
+                EventKind.WARNING,
+                f"the device reports security counter {info.security_counter} after the "
+                f"confirm, below the image's {m.security_counter}: it did not raise it (a "
+                "firmware fault), so it would still run older images",
+            ),
+        )
+    return _end(r, Outcome.SUCCEEDED, None, "", notes)
+
+
+def _reverted(r: Record, notes: tuple[Note, ...]) -> Decision:
+    """DONE was said, the device reset, and it runs its old image: REVERTED, in a true
+    sentence for each way it can happen (section 16)."""
+    info = r.info
+    assert info is not None
+    new = f"crc32 {r.image.crc32:08x}"
+    old = f"firmware {info.firmware_version}, crc32 {info.active_image_crc32:08x}"
+    if info.image_state == p.ImageState.REVERTED:
+        why = (
+            f"the device ran the new image ({new}) on trial and reset before it was confirmed, "
+            f"so its bootloader swapped back: it runs its old image ({old}) again. Find why the "
+            "new image did not stay up (a crash, a watchdog, a power cut) before flashing it "
+            "again"
+        )
+    else:
+        why = (
+            f"the device refused the new image ({new}) at boot (its bootloader verifies the "
+            "signature, the SHA-256 and the security counter again) and runs its old image "
+            f"({old}) again"
+        )
+    note = Note(EventKind.REVERTED, why)
+    return _end(r, Outcome.REVERTED, None, why, (*notes, note))
+
+
+def _opening(r: Record) -> State:
+    """How a new session opens: with the signed manifest on a signed-only device."""
+    if r.signed_only and r.image.manifest is not None:
+        return State.SENDING_MANIFEST
+    return State.STARTING
 
 
 def _ours(r: Record, status: p.MsgOtaStatus) -> bool:
@@ -254,6 +427,10 @@ def _status(r: Record, seen: StatusReply) -> Decision:
     )
     if state is p.OtaState.COMPLETE:
         return _complete(r, status, ours, notes)
+    if r.commit is Commit.VERIFIED and r.signed_only:
+        # No switch pending and not the new image on trial or confirmed (INFO would have
+        # ended the query): the device went back to its old image.
+        return _reverted(r, notes)
     if r.commit is Commit.VERIFIED and not ours:
         # DONE was said and the device reset, but it still runs its old image: its
         # bootloader did not take the new one. Send it again, a bounded number of times.
@@ -302,7 +479,7 @@ def _status(r: Record, seen: StatusReply) -> Decision:
                 "session to resume: it switched to it before; sending it again",
             ),
         )
-    next_state = State.STARTING if state is p.OtaState.IDLE else State.ABORTING
+    next_state = _opening(r) if state is p.OtaState.IDLE else State.ABORTING
     return replace(r, state=next_state), notes
 
 
@@ -350,8 +527,67 @@ def _aborted(r: Record, seen: AbortReply) -> Decision:
     if status.state == p.OtaState.COMPLETE:  # P11: nothing is cancelled under a committed switch
         return _complete(r, status, _ours(r, status), (note,))
     if status.state in (p.OtaState.IDLE, p.OtaState.ERROR):
-        return replace(r, state=State.STARTING), (note,)
+        return replace(r, state=_opening(r)), (note,)
     return _resync(r, (note,))
+
+
+def _manifest_accepted(r: Record, seen: ManifestAccepted) -> Decision:
+    m = r.image.manifest
+    if m is None:
+        raise IllegalObservation("a manifest accepted for an image that has none")
+    note = Note(
+        EventKind.MANIFEST,
+        f"device accepted the signed manifest (firmware {m.version}, security counter "
+        f"{m.security_counter}, key {key_id_text(m.key_id)})",
+    )
+    return replace(r, state=State.STARTING), (note,)
+
+
+def _after_switch(r: Record, seen: Observation) -> None:
+    """The health check and the confirm come only after the device took the new image."""
+    if r.commit is not Commit.VERIFIED:
+        raise IllegalObservation(f"{type(seen).__name__} before the device took the new image")
+
+
+def _health_checked(r: Record, seen: HealthChecked) -> Decision:
+    _after_switch(r, seen)
+    if seen.healthy:
+        note = Note(EventKind.HEALTH_CHECK, f"passed{': ' + seen.why if seen.why else ''}")
+        return replace(r, state=State.SCANNING, healthy=True, info_answered=False), (note,)
+    old = r.first_info.active_image_crc32 if r.first_info else None
+    back = f" (crc32 {old:08x})" if old is not None else ""
+    why = (
+        f"the health check failed ({seen.why or 'no reason given'}): the new image (crc32 "
+        f"{r.image.crc32:08x}) was not confirmed. The device runs it on trial and returns to "
+        f"its old image{back} at its next reset: power-cycle it, or keep the new image anyway "
+        "with `smartball-ota confirm`"
+    )
+    note = Note(EventKind.HEALTH_CHECK, f"failed: {seen.why or 'no reason given'}")
+    return _end(r, Outcome.FAILED, FailureKind.UNHEALTHY, why, (note,))
+
+
+def _confirm_reply(r: Record, seen: ConfirmReply) -> Decision:
+    _after_switch(r, seen)
+    info = seen.info
+    r = replace(r, info=info, capabilities=info.capabilities)
+    if info.runs(r.image.size, r.image.crc32):
+        if info.image_state == p.ImageState.CONFIRMED:
+            return _confirmed(r, info, ())
+        why = (
+            f"the device answered CMD_OTA_CONFIRM still running the new image (crc32 "
+            f"{r.image.crc32:08x}) in image state {_image_state_name(info.image_state)}, not "
+            "confirmed: it returns to its old image at its next reset; check with "
+            "`smartball-ota info` and confirm with `smartball-ota confirm`"
+        )
+        return _end(r, Outcome.UNCONFIRMED, None, why)
+    return _reverted(r, ())
+
+
+def _image_state_name(state: int) -> str:
+    try:
+        return p.ImageState(state).name
+    except ValueError:
+        return f"unknown ({state})"
 
 
 def _start_sent(r: Record, seen: StartSent) -> Decision:
@@ -452,6 +688,18 @@ _REFUSAL_HINTS: Mapping[int, str] = {
     p.ErrorCode.FLASH_ERROR: "the device's flash failed (it retried once)",
     p.ErrorCode.UNKNOWN_COMMAND: "the device does not know the command",
     p.ErrorCode.BAD_PARAM: "the device rejected a parameter",
+    p.ErrorCode.BAD_MANIFEST: "the device cannot read the manifest (its magic or format)",
+    p.ErrorCode.UNTRUSTED_KEY: "the image is signed with a key the device does not trust",
+    p.ErrorCode.BAD_SIGNATURE: "the signature is not the trusted key's over this manifest",
+    p.ErrorCode.DOWNGRADE: "the image's security counter is below the device's",
+    p.ErrorCode.UNSIGNED: "the device runs only signed images and holds no manifest for it",
+    p.ErrorCode.DIGEST_MISMATCH: "the SHA-256 of the staged flash is not the manifest's",
+}
+#: Refusals that are a failure of their own (their own exit code), not a plain REFUSED.
+_FAILURE_FOR_CODE: Mapping[int, FailureKind] = {
+    p.ErrorCode.UNTRUSTED_KEY: FailureKind.UNTRUSTED_KEY,
+    p.ErrorCode.DOWNGRADE: FailureKind.DOWNGRADE,
+    p.ErrorCode.UNSIGNED: FailureKind.UNSIGNED,
 }
 
 
@@ -464,7 +712,10 @@ def _device_error(r: Record, seen: DeviceError) -> Decision:
         # An answer to an earlier command (pipelined DATA before a re-sync, say).
         return r, (Note(EventKind.IGNORED, f"stale {detail}"),)
     r = replace(r, commit=Commit.NONE)  # a command refused: no switch is coming from it
-    if err.code in _RESYNC_CODES:
+    lost_manifest = err.code == p.ErrorCode.UNSIGNED and r.image.manifest is not None
+    if err.code in _RESYNC_CODES or (lost_manifest and r.signed_only):
+        # UNSIGNED for a signed image: the device no longer holds the manifest it accepted
+        # (a reset between MANIFEST and START); the re-sync sends it again.
         return _resync(r, (Note(EventKind.DEVICE_ERROR, f"{detail}; re-syncing"),))
     hint = _REFUSAL_HINTS.get(err.code, "an error code this host does not know")
     why = (
@@ -472,7 +723,8 @@ def _device_error(r: Record, seen: DeviceError) -> Decision:
         f"{err.text or '(no text)'}. The device keeps its old image"
     )
     note = Note(EventKind.DEVICE_ERROR, detail)
-    return _end(r, Outcome.FAILED, FailureKind.REFUSED, why, (note,))
+    kind = _FAILURE_FOR_CODE.get(err.code, FailureKind.REFUSED)
+    return _end(r, Outcome.FAILED, kind, why, (note,))
 
 
 def _device_reset(r: Record, seen: DeviceReset) -> Decision:
@@ -510,6 +762,9 @@ _HANDLERS: Mapping[type, Callable[[Record, Any], Decision]] = {
     InfoReply: _info,
     StatusReply: _status,
     AbortReply: _aborted,
+    ManifestAccepted: _manifest_accepted,
+    HealthChecked: _health_checked,
+    ConfirmReply: _confirm_reply,
     StartSent: _start_sent,
     EraseProgress: _erase_progress,
     Ready: _ready,
@@ -534,6 +789,9 @@ _ACCEPTS: Mapping[State, tuple[type, ...]] = {
     S.CONNECTING: (Connected, LinkFailed),
     S.QUERYING: (InfoReply, StatusReply, LinkFailed),
     S.ABORTING: (AbortReply, LinkFailed),
+    S.SENDING_MANIFEST: (ManifestAccepted, DeviceError, LinkFailed),
+    S.HEALTH_CHECKING: (HealthChecked,),
+    S.CONFIRMING: (ConfirmReply, LinkFailed),
     S.STARTING: (StartSent, LinkFailed),
     S.WAITING_READY: (EraseProgress, Ready, DeviceError, LinkFailed),
     S.STABILISING: (Stabilised, LinkFailed),

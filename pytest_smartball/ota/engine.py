@@ -37,8 +37,9 @@ from ..link import (
 from . import observations as o
 from .decide import decide
 from .record import Commit, ImageId, Record
-from .result import OtaEvent, OtaResult, OtaSettings
+from .result import HealthCheckFailed, OtaEvent, OtaResult, OtaSettings
 from .states import EventKind, Outcome, State
+from .timeouts import swap_reappear_s
 from .window import CreditWindow, host_chunk
 
 log = logging.getLogger("pytest_smartball.ota")
@@ -91,7 +92,8 @@ class OtaEngine:
         self._on_event = on_event
         crc32 = image.crc32  # computed over the whole image on every access: once here
         self.result = OtaResult(image_size=image.size, image_crc32=crc32)
-        self.record = Record(ImageId(image.size, crc32, image.source), self.settings.limits())
+        image_id = ImageId(image.size, crc32, image.source, image.manifest)
+        self.record = Record(image_id, self.settings.limits())
         self._link_settings: LinkSettings = self.settings.link
         self._link: NusLink | None = None
         self._ready: p.MsgOtaReady | None = None
@@ -135,12 +137,15 @@ class OtaEngine:
             State.CONNECTING: self._connect,
             State.QUERYING: self._query,
             State.ABORTING: self._abort,
+            State.SENDING_MANIFEST: self._send_manifest,
             State.STARTING: self._start,
             State.WAITING_READY: self._wait_ready,
             State.STABILISING: self._stabilise,
             State.TRANSFERRING: self._transfer,
             State.FINISHING: self._finish,
             State.REBOOTING: self._await_reset,
+            State.HEALTH_CHECKING: self._health_check,
+            State.CONFIRMING: self._confirm,
             State.RECOVERING: self._recover,
         }
         try:
@@ -204,7 +209,7 @@ class OtaEngine:
             if self._ble_device is not None:
                 self._see(o.Found())
                 return
-        timeout = s.link.scan_timeout_s if first else s.reappear_timeout_s
+        timeout = s.link.scan_timeout_s if first else self._reappear_timeout_s()
         try:
             sighting = await find_device(
                 self.backend,
@@ -219,6 +224,15 @@ class OtaEngine:
         self.address = sighting.address
         self.result.rssi_dbm = sighting.rssi
         self._see(o.Found())
+
+    def _reappear_timeout_s(self) -> float:
+        """The wait for a vanished device; on a signed-only device after the switch, at
+        least its obligation for swapping the banks (which grows with the images' size)."""
+        r, wait = self.record, self.settings.reappear_timeout_s
+        if r.signed_only and r.commit is not Commit.NONE:
+            old = r.first_info.active_image_size if r.first_info else 0
+            wait = max(wait, swap_reappear_s(r.image.size, old))
+        return wait
 
     async def _preflight(self) -> bool:
         """Before the first scan: the stack's warnings, the settle it needs, and the
@@ -282,8 +296,8 @@ class OtaEngine:
         except ImageError as exc:
             too_large = str(exc)
         self._see(o.InfoReply(info, too_large))
-        if self.record.state is State.SUCCEEDED:
-            self.result.info_after = info
+        if self.record.commit is not Commit.NONE:
+            self.result.info_after = info  # what the device runs after (or for) the switch
         if self.state is not State.QUERYING:
             return
         if both:
@@ -296,6 +310,56 @@ class OtaEngine:
 
     async def _abort(self) -> None:
         self._see(o.AbortReply(await self._request(p.CmdOtaAbort(), p.MsgOtaStatus)))
+
+    async def _send_manifest(self) -> None:
+        """A signed-only device: the signed manifest opens the session (section 16). The
+        device checks it (key, signature, counter) before anything is erased."""
+        signed = self.image.signed
+        assert signed is not None
+        link = self._require_link()
+        link.drain()  # answers to earlier commands
+        await link.send(p.CmdOtaManifest(signed.manifest_bytes, signed.signature))
+        loop = asyncio.get_running_loop()
+        timeout = self.settings.reply_timeout_s
+        deadline = loop.time() + timeout
+        what = "MSG_OTA_STATUS reply to CMD_OTA_MANIFEST"
+        while self.state is State.SENDING_MANIFEST:  # a stale MSG_ERROR is skipped
+            reply = await link.wait_for(
+                (p.MsgOtaStatus, p.MsgError), max(0.0, deadline - loop.time()), what
+            )
+            if isinstance(reply, p.MsgError):
+                self._see(o.DeviceError(reply, p.MsgType.CMD_OTA_MANIFEST))
+            else:
+                assert isinstance(reply, p.MsgOtaStatus)
+                self._see(o.ManifestAccepted(reply))
+
+    async def _health_check(self) -> None:
+        """The user's health check of the new image on trial, with the link released (the
+        device advertises again, so the check may connect to it), bounded by its timeout.
+        Any exception from it is a failed check, not the engine's."""
+        check = self.settings.health_check
+        info = self.record.info
+        assert check is not None and info is not None
+        await self._close_link()
+        timeout = self.settings.health_check_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                healthy = bool(await check(info))
+            why = "" if healthy else "the check said the device is not healthy"
+        except TimeoutError:
+            healthy, why = False, f"it did not finish within {timeout:g} s"
+        except HealthCheckFailed as exc:
+            healthy, why = False, str(exc) or "no reason given"
+        except Exception as exc:  # the user's code: whatever it raises is its "no"
+            healthy, why = False, f"it raised {type(exc).__name__}: {exc}"
+        self._see(o.HealthChecked(healthy, why))
+
+    async def _confirm(self) -> None:
+        """CMD_OTA_CONFIRM: the device keeps the new image (and raises its security
+        counter) before it answers with INFO."""
+        info = await self._request(p.CmdOtaConfirm(), p.MsgInfo)
+        self.result.info_after = info
+        self._see(o.ConfirmReply(info))
 
     async def _start(self) -> None:
         """START: a new session (erase first, unless progressive), or the same one again,

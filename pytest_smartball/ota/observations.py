@@ -51,6 +51,29 @@ class AbortReply:
 
 
 @dataclass(frozen=True, slots=True)
+class ManifestAccepted:
+    """The device answered CMD_OTA_MANIFEST with MSG_OTA_STATUS: it holds the manifest."""
+
+    status: p.MsgOtaStatus
+
+
+@dataclass(frozen=True, slots=True)
+class HealthChecked:
+    """The health check's verdict on the new image running on trial."""
+
+    healthy: bool
+    #: Why it failed (one phrase), or what it said.
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmReply:
+    """The device's MSG_INFO answer to CMD_OTA_CONFIRM."""
+
+    info: p.MsgInfo
+
+
+@dataclass(frozen=True, slots=True)
 class StartSent:
     flags: int
 
@@ -155,6 +178,9 @@ Observation = (
     | InfoReply
     | StatusReply
     | AbortReply
+    | ManifestAccepted
+    | HealthChecked
+    | ConfirmReply
     | StartSent
     | EraseProgress
     | Ready

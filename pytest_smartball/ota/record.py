@@ -7,6 +7,7 @@ import enum
 from dataclasses import dataclass
 
 from .. import protocol as p
+from ..manifest import Manifest
 from .states import EventKind, FailureKind, Outcome, State
 
 
@@ -27,6 +28,8 @@ class ImageId:
     size: int
     crc32: int
     source: str = "image"
+    #: A signed image's manifest (what CMD_OTA_MANIFEST carries, with its signature).
+    manifest: Manifest | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,10 @@ class Limits:
     stabilise: bool = False
     #: Ask for progressive erase when the device offers it (P18).
     progressive_erase: bool = True
+    #: Signed-only devices: confirm the new image once it runs (False: leave it on trial).
+    confirm: bool = True
+    #: Signed-only devices: a health check runs before the confirm.
+    health_check: bool = False
     backoff_base_s: float = 0.5
     backoff_max_s: float = 8.0
 
@@ -103,6 +110,8 @@ class Record:
     #: QUERYING: INFO answered, STATUS is next (the engine asks them in this order).
     info_answered: bool = False
     last_error: str = ""
+    #: The health check passed on the new image (it is not run again after a reconnect).
+    healthy: bool = False
     info: p.MsgInfo | None = None
     first_info: p.MsgInfo | None = None
     connects: int = 0
@@ -123,6 +132,11 @@ class Record:
         lim = self.limits
         doubling: float = 2.0 ** max(0, self.attempts - 1)
         return min(lim.backoff_max_s, lim.backoff_base_s * doubling)
+
+    @property
+    def signed_only(self) -> bool:
+        """The device runs only signed images (it advertised SIGNED_IMAGES)."""
+        return bool(self.capabilities & p.Capability.SIGNED_IMAGES)
 
     @property
     def start_flags(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -10,6 +11,16 @@ from ..link import LinkSettings
 from .record import Limits
 from .states import EventKind, FailureKind, Outcome, State
 from .timeouts import DEFAULT as DEFAULT_TIMEOUTS
+
+#: A health check of the new image running on trial (signed-only devices): called with the
+#: device's INFO (it runs the new image, image state TEST) while the engine holds no link
+#: to it, so the check may connect to the device itself. True: healthy, confirm it; False
+#: or an exception (:class:`HealthCheckFailed` says why): leave it unconfirmed.
+HealthCheck = Callable[[p.MsgInfo], Awaitable[bool]]
+
+
+class HealthCheckFailed(Exception):
+    """A health check's "no", with the reason (one phrase) the update's sentence quotes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +61,13 @@ class OtaSettings:
     chunk_size: int = p.MAX_DATA_CHUNK
     #: Ask for progressive erase (P18) when the device advertises it.
     progressive_erase: bool = True
+    #: Signed-only devices: confirm the new image once it runs on trial (False: leave it on
+    #: trial; the device returns to its old image at its next reset).
+    confirm: bool = True
+    #: Signed-only devices: checked before the confirm (see :data:`HealthCheck`).
+    health_check: HealthCheck | None = None
+    #: A health check still running after this long fails.
+    health_check_timeout_s: float = 60.0
 
     def limits(self) -> Limits:
         return Limits(
@@ -58,6 +76,8 @@ class OtaSettings:
             max_reset_waits=self.max_reset_waits,
             stabilise=self.stabilise_s > 0,
             progressive_erase=self.progressive_erase,
+            confirm=self.confirm,
+            health_check=self.health_check is not None,
             backoff_base_s=self.backoff_base_s,
             backoff_max_s=self.backoff_max_s,
         )
@@ -100,6 +120,8 @@ class OtaResult:
     rewinds: int = 0
     duration_s: float = 0.0
     phase_s: dict[str, float] = field(default_factory=dict)
+    #: The device's INFO when the update ended after the switch: what it runs now (and on a
+    #: signed-only device its image state, security counter and trusted key).
     info_after: p.MsgInfo | None = None
     #: Signal strength of the device's advertisement when this update last found it.
     rssi_dbm: int | None = None
@@ -114,6 +136,19 @@ class OtaResult:
         return self.outcome is Outcome.UNCONFIRMED
 
     @property
+    def image_state(self) -> str | None:
+        """What a signed-only device said of its running image when the update ended
+        (``confirmed``, ``test``: on trial, ``reverted``), None for a v1 device or when
+        it was not seen after the switch."""
+        info = self.info_after
+        if info is None or not info.signed_only:
+            return None
+        try:
+            return p.ImageState(info.image_state).name.lower()
+        except ValueError:
+            return f"unknown ({info.image_state})"
+
+    @property
     def throughput_bps(self) -> float:
         transfer = self.phase_s.get(State.TRANSFERRING.value, 0.0)
         return self.image_size / transfer if transfer > 0 else 0.0
@@ -123,6 +158,7 @@ class OtaResult:
         out["outcome"] = self.outcome.value
         out["failure"] = self.failure.value if self.failure else None
         out["throughput_bps"] = round(self.throughput_bps, 1)
+        out["image_state"] = self.image_state
         for event in out["events"]:
             event["kind"] = str(event["kind"])
         return out

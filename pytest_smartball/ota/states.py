@@ -3,18 +3,22 @@
 The engine's decisions (:mod:`.decide`) change state only along :data:`TRANSITIONS`,
 checked by :func:`check_transition`; this table shows them exactly (a test reads it back)::
 
-    SCANNING      -> CONNECTING | RECOVERING | FAILED
-    CONNECTING    -> QUERYING | RECOVERING
-    QUERYING      -> ABORTING | STARTING | WAITING_READY | FINISHING | REBOOTING
-                   | SUCCEEDED | RECOVERING | FAILED | UNCONFIRMED
-    ABORTING      -> STARTING | QUERYING | REBOOTING | RECOVERING
-    STARTING      -> WAITING_READY | RECOVERING
-    WAITING_READY -> STABILISING | TRANSFERRING | QUERYING | RECOVERING | FAILED
-    STABILISING   -> TRANSFERRING | RECOVERING
-    TRANSFERRING  -> FINISHING | QUERYING | RECOVERING | FAILED
-    FINISHING     -> REBOOTING | QUERYING | RECOVERING | FAILED
-    REBOOTING     -> SCANNING | UNCONFIRMED | FAILED
-    RECOVERING    -> SCANNING | FAILED | UNCONFIRMED
+    SCANNING         -> CONNECTING | RECOVERING | FAILED
+    CONNECTING       -> QUERYING | RECOVERING
+    QUERYING         -> ABORTING | SENDING_MANIFEST | STARTING | WAITING_READY | FINISHING
+                      | REBOOTING | HEALTH_CHECKING | CONFIRMING | SUCCEEDED | REVERTED
+                      | RECOVERING | FAILED | UNCONFIRMED
+    ABORTING         -> SENDING_MANIFEST | STARTING | QUERYING | REBOOTING | RECOVERING
+    SENDING_MANIFEST -> STARTING | QUERYING | RECOVERING | FAILED
+    STARTING         -> WAITING_READY | RECOVERING
+    WAITING_READY    -> STABILISING | TRANSFERRING | QUERYING | RECOVERING | FAILED
+    STABILISING      -> TRANSFERRING | RECOVERING
+    TRANSFERRING     -> FINISHING | QUERYING | RECOVERING | FAILED
+    FINISHING        -> REBOOTING | QUERYING | RECOVERING | FAILED
+    REBOOTING        -> SCANNING | UNCONFIRMED | FAILED
+    HEALTH_CHECKING  -> SCANNING | FAILED
+    CONFIRMING       -> SUCCEEDED | REVERTED | RECOVERING | UNCONFIRMED | FAILED
+    RECOVERING       -> SCANNING | FAILED | UNCONFIRMED
 
 The way through, without trouble::
 
@@ -28,10 +32,21 @@ it promised); no session or another's → (ABORTING) → STARTING; another image
 committed (COMPLETE) → REBOOTING (wait for that reset first). Any link failure goes to
 RECOVERING, which gives up when a budget is spent.
 
-Three honest outcomes (:class:`Outcome`): SUCCEEDED (the device was seen running the new
+On a device with SIGNED_IMAGES (docs/protocol.md section 16) a new session is opened by
+SENDING_MANIFEST (the image's signed manifest) before STARTING, and after the reset the new
+image runs on trial: the optional health check (HEALTH_CHECKING, with the link released),
+then CONFIRMING (CMD_OTA_CONFIRM) make it the device's for good; a device that runs its old
+image again after the reset ends in REVERTED::
+
+    ... QUERYING -> SENDING_MANIFEST -> STARTING -> ... -> REBOOTING -> SCANNING -> CONNECTING
+    -> QUERYING -> (HEALTH_CHECKING -> SCANNING -> CONNECTING -> QUERYING) -> CONFIRMING
+    -> SUCCEEDED
+
+Four honest outcomes (:class:`Outcome`): SUCCEEDED (the device was seen running the new
 image), FAILED (the device keeps its old image, or holds a session this update can resume),
-and UNCONFIRMED (the whole image was delivered and the switch asked for, maybe done, but
-the device could not be seen running it).
+UNCONFIRMED (the whole image was delivered and the switch asked for, maybe done, but
+the device could not be seen running it), and REVERTED (the device took the new image and
+reset, and runs its old one again).
 """
 
 from __future__ import annotations
@@ -47,20 +62,24 @@ class State(enum.Enum):
     CONNECTING = "connecting"
     QUERYING = "querying"
     ABORTING = "aborting"
+    SENDING_MANIFEST = "sending-manifest"
     STARTING = "starting"
     WAITING_READY = "waiting-ready"
     STABILISING = "stabilising"
     TRANSFERRING = "transferring"
     FINISHING = "finishing"
     REBOOTING = "rebooting"
+    HEALTH_CHECKING = "health-checking"
+    CONFIRMING = "confirming"
     RECOVERING = "recovering"
     SUCCEEDED = "succeeded"
     UNCONFIRMED = "unconfirmed"
+    REVERTED = "reverted"
     FAILED = "failed"
 
     @property
     def terminal(self) -> bool:
-        return self in (State.SUCCEEDED, State.UNCONFIRMED, State.FAILED)
+        return self in (State.SUCCEEDED, State.UNCONFIRMED, State.REVERTED, State.FAILED)
 
 
 S = State
@@ -70,26 +89,34 @@ TRANSITIONS: Final[Mapping[State, frozenset[State]]] = {
     S.QUERYING: frozenset(
         {
             S.ABORTING,
+            S.SENDING_MANIFEST,
             S.STARTING,
             S.WAITING_READY,
             S.FINISHING,
             S.REBOOTING,
+            S.HEALTH_CHECKING,
+            S.CONFIRMING,
             S.SUCCEEDED,
+            S.REVERTED,
             S.RECOVERING,
             S.FAILED,
             S.UNCONFIRMED,
         }
     ),
-    S.ABORTING: frozenset({S.STARTING, S.QUERYING, S.REBOOTING, S.RECOVERING}),
+    S.ABORTING: frozenset({S.SENDING_MANIFEST, S.STARTING, S.QUERYING, S.REBOOTING, S.RECOVERING}),
+    S.SENDING_MANIFEST: frozenset({S.STARTING, S.QUERYING, S.RECOVERING, S.FAILED}),
     S.STARTING: frozenset({S.WAITING_READY, S.RECOVERING}),
     S.WAITING_READY: frozenset({S.STABILISING, S.TRANSFERRING, S.QUERYING, S.RECOVERING, S.FAILED}),
     S.STABILISING: frozenset({S.TRANSFERRING, S.RECOVERING}),
     S.TRANSFERRING: frozenset({S.FINISHING, S.QUERYING, S.RECOVERING, S.FAILED}),
     S.FINISHING: frozenset({S.REBOOTING, S.QUERYING, S.RECOVERING, S.FAILED}),
     S.REBOOTING: frozenset({S.SCANNING, S.UNCONFIRMED, S.FAILED}),
+    S.HEALTH_CHECKING: frozenset({S.SCANNING, S.FAILED}),
+    S.CONFIRMING: frozenset({S.SUCCEEDED, S.REVERTED, S.RECOVERING, S.UNCONFIRMED, S.FAILED}),
     S.RECOVERING: frozenset({S.SCANNING, S.FAILED, S.UNCONFIRMED}),
     S.SUCCEEDED: frozenset(),
     S.UNCONFIRMED: frozenset(),
+    S.REVERTED: frozenset(),
     S.FAILED: frozenset(),
 }
 
@@ -136,7 +163,12 @@ class Outcome(enum.Enum):
     #: The whole image was delivered and the switch asked for (the device may have verified
     #: it and reset into it), but the device was not seen running it.
     UNCONFIRMED = "unconfirmed"
-    #: The update did not get the device to the new image: it runs its old image.
+    #: The device took the new image (verified it, reset into it) and runs its old image
+    #: again: its bootloader refused the new one at boot, or the new one ran on trial and
+    #: the device reset before it was confirmed (signed-only devices, section 16).
+    REVERTED = "reverted"
+    #: The update did not get the device to the new image for good: it runs its old image
+    #: (or, after a failed health check, the new one on trial until its next reset).
     FAILED = "failed"
 
 
@@ -146,6 +178,12 @@ class FailureKind(enum.Enum):
     LINK = "link"  # the update could not finish: a budget of attempts was spent
     REFUSED = "refused"  # the device rejected the image (too large, CRC mismatch, ...)
     NO_RESET = "no-reset"  # the device had to reset (another image's switch) and did not
+    # Signed-only devices (section 16), each found before anything is erased:
+    UNSIGNED = "unsigned"  # an unsigned image for a device that runs only signed ones
+    UNTRUSTED_KEY = "untrusted-key"  # signed with a key the device does not trust
+    DOWNGRADE = "downgrade"  # a security counter below the device's
+    TRIAL_PENDING = "trial-pending"  # the device runs another image on trial: decide first
+    UNHEALTHY = "unhealthy"  # the health check failed: the new image was not confirmed
 
 
 class EventKind(enum.StrEnum):
@@ -178,3 +216,7 @@ class EventKind(enum.StrEnum):
     NO_RESET = "no-reset"
     RECOVER = "recover"
     VERIFIED = "verified"
+    MANIFEST = "manifest"
+    HEALTH_CHECK = "health-check"
+    CONFIRMED = "confirmed"
+    REVERTED = "reverted"

@@ -69,3 +69,15 @@ class Timeouts:
 
 
 DEFAULT = Timeouts.from_contract()
+
+#: The flash page a swap moves at a time (docs/protocol.md section 16.4).
+SWAP_PAGE = 4096
+
+
+def swap_reappear_s(new_size: int, old_size: int, timing: contract.Timing | None = None) -> float:
+    """How long a signed-only device may take to advertise again after a reset that swaps
+    its banks (an activation, or the revert of an unconfirmed image): its obligation for
+    the pages of the larger of the two images, with the margin."""
+    t = timing or contract.timing()
+    pages = -(-max(new_size, old_size) // SWAP_PAGE)
+    return with_margin(t.reset_to_advertising_after_swap_max_s(pages))

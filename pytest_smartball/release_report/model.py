@@ -13,7 +13,7 @@ from typing import Any
 
 #: The engine's terminal states: the ``link-lost`` after one is the engine closing its link
 #: at the end, not a drop.
-TERMINAL_STATES = ("succeeded", "failed", "unconfirmed")
+TERMINAL_STATES = ("succeeded", "failed", "unconfirmed", "reverted")
 
 #: Event kinds that get a marker, and the marker's kind. ``link-lost`` is a drop until the
 #: update ended (also when the host dropped it: a test's deliberate drop is one);
@@ -57,12 +57,15 @@ PHASE_LABELS = {
     "connecting": "connect",
     "querying": "query",
     "aborting": "abort",
+    "sending-manifest": "manifest",
     "starting": "start",
     "waiting-ready": "erase",
     "stabilising": "stabilise",
     "transferring": "transfer",
     "finishing": "verify",
     "rebooting": "reset",
+    "health-checking": "health check",
+    "confirming": "confirm",
     "recovering": "recover",
 }
 

@@ -35,12 +35,15 @@ PHASE_COLOURS = {
     "connecting": "#90caf9",
     "querying": "#b39ddb",
     "aborting": "#f48fb1",
+    "sending-manifest": "#e1bee7",
     "starting": "#ce93d8",
     "waiting-ready": "#ffcc80",
     "stabilising": "#fff59d",
     "transferring": "#a5d6a7",
     "finishing": "#80cbc4",
     "rebooting": "#bcaaa4",
+    "health-checking": "#c5e1a5",
+    "confirming": "#81c784",
     "recovering": "#ef9a9a",
 }
 MARKER_COLOURS = {
