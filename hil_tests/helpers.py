@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from pytest_smartball import protocol as p
 from pytest_smartball.contract import Timing
 from pytest_smartball.link import LinkSettings, NusLink, ResponseTimeout, find_device
+from pytest_smartball.manifest import MANIFEST_SIZE
 from pytest_smartball.targets import Target
 
 if TYPE_CHECKING:
@@ -42,13 +43,18 @@ NO_SIGNING_KEY = (
 
 
 async def present_manifest(
-    nus: NusLink, image: bytes, crc32: int | None = None, info: p.MsgInfo | None = None
+    nus: NusLink,
+    image: bytes,
+    crc32: int | None = None,
+    info: p.MsgInfo | None = None,
+    signed_head: bytes | None = None,
 ) -> p.MsgInfo:
     """What every new session of the release gate sends before CMD_OTA_START: on a device
     that advertises SIGNED_IMAGES, CMD_OTA_MANIFEST for ``image`` announced with ``crc32``
     (signed with the suite's key at the device's security counter), which the device must
     accept with MSG_OTA_STATUS; on a v1 device nothing. Returns the device's MSG_INFO
-    (``info`` when the caller has it already)."""
+    (``info`` when the caller has it already). ``signed_head``: the image's own manifest
+    and signature (a signed image file's), sent instead of the suite's."""
     if info is None:
         got = await nus.request(p.CmdInfo(), (p.MsgInfo,))
         assert isinstance(got, p.MsgInfo), got
@@ -59,14 +65,19 @@ async def present_manifest(
         f"a new session on a device whose image is in TEST state ({info}): the test must "
         "confirm it (CMD_OTA_CONFIRM) or reset it first, the device refuses MANIFEST then"
     )
-    signer = SuiteKey.signer
-    assert signer is not None, NO_SIGNING_KEY
-    command = signer.manifest_command(image, counter=info.security_counter, crc32=crc32)
+    if signed_head is not None:
+        command = p.CmdOtaManifest(signed_head[:MANIFEST_SIZE], signed_head[MANIFEST_SIZE:])
+        signed_by = "its own key"
+    else:
+        signer = SuiteKey.signer
+        assert signer is not None, NO_SIGNING_KEY
+        command = signer.manifest_command(image, counter=info.security_counter, crc32=crc32)
+        signed_by = f"{signer.source} (key id {signer.key_id:#010x})"
     reply = await nus.request(command, (p.MsgOtaStatus,))
     assert isinstance(reply, p.MsgOtaStatus), (
         f"the device refused the manifest of a {len(image)}-byte session signed by "
-        f"{signer.source} (key id {signer.key_id:#010x}, the device trusts "
-        f"{info.trusted_key_id:#010x}) at its counter {info.security_counter}: {reply}"
+        f"{signed_by} (the device trusts key {info.trusted_key_id:#010x}, its counter is "
+        f"{info.security_counter}): {reply}"
     )
     return info
 

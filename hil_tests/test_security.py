@@ -285,7 +285,8 @@ async def test_a_tampered_image_is_refused(
     await untouched(nus, info, smartball, reset)
 
 
-def _changed(manifest: Manifest, field: str) -> Manifest:
+def changed_manifest(manifest: Manifest, field: str) -> Manifest:
+    """``manifest`` with ``field`` changed (after it was signed)."""
     match field:
         case "version":
             return replace(manifest, fw_patch=manifest.fw_patch ^ 1)
@@ -342,7 +343,7 @@ async def test_a_changed_manifest_field_is_refused(
     elif field == "signature":
         signature[17] ^= 0x01
     else:
-        body[:] = _changed(signed.manifest, field).encode()
+        body[:] = changed_manifest(signed.manifest, field).encode()
     code = MANIFEST_CHANGES[field]
     await expect_manifest_refused(
         nus,
