@@ -1245,6 +1245,8 @@ _COMMAND_CLASSES = (
     p.CmdOtaStatus,
     p.CmdOtaAbort,
     p.CmdOtaFinish,
+    p.CmdOtaManifest,
+    p.CmdOtaConfirm,
 )
 #: Messages that follow work under way rather than answer a command.
 _ASYNC = (p.MsgOtaProgress, p.MsgOtaReady, p.MsgOtaAck, p.MsgOtaDone)

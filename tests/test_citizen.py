@@ -30,7 +30,14 @@ PACKAGES = {
 #: The modules that may import the simulator: they start simulated targets.
 SIM_IMPORTERS = "pytest_smartball.targets."
 #: What of the client the simulator may import: the pure codec and the contract's data.
-CLIENT_FOR_SIM = ("pytest_smartball.protocol", "pytest_smartball.contract")
+#: What the simulator (the device) may use of the client's package: the contract (the codec,
+#: its data, the manifest's codec) and the platform's crypto (signing, docs/protocol.md 16).
+CLIENT_FOR_SIM = (
+    "pytest_smartball.protocol",
+    "pytest_smartball.contract",
+    "pytest_smartball.manifest",
+    "pytest_smartball.signing",
+)
 
 UNRELATED_TESTS = """
 import asyncio

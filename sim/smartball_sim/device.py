@@ -23,10 +23,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pytest_smartball import protocol as p
+from pytest_smartball.signing import TrustedKey
 
 from . import gate_probe
 from .airlog import Packet, Sender
@@ -112,7 +113,11 @@ class SimDevice:
         seed: int = 0,
         clock: Callable[[], float] | None = None,
         firmware_bugs: frozenset[FirmwareBug] = frozenset(),
+        trusted_keys: Sequence[TrustedKey] = (),
+        security_counter: int = 0,
     ) -> None:
+        """``trusted_keys`` and ``security_counter``: the ball's provisioning for signed
+        updates (none: a v1 ball, as every SmartBall before docs/protocol.md section 16)."""
         self.name = name
         self.address = address
         self.radio = radio or RadioTimings()
@@ -120,7 +125,7 @@ class SimDevice:
         self.rng = random.Random(seed)
         if active_image is None:
             active_image = self.rng.randbytes(64 * 1024)
-        kwargs = {"staging_capacity": staging_capacity} if staging_capacity else {}
+        capacity = {"staging_capacity": staging_capacity} if staging_capacity else {}
         self.firmware = SmartBallFirmware(
             active_image=active_image,
             version=version,
@@ -133,7 +138,9 @@ class SimDevice:
             observe=self._on_firmware_event,
             when_sent=self._when_sent,
             bugs=firmware_bugs,
-            **kwargs,
+            trusted_keys=trusted_keys,
+            security_counter=security_counter,
+            **capacity,
         )
         self.flash_timings = self.firmware.timings  # as configured, before any slow-erase
         self._clock = clock

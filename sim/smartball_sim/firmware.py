@@ -34,12 +34,13 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
 from pytest_smartball import contract
 from pytest_smartball import protocol as p
+from pytest_smartball.signing import TrustedKey
 
 from . import gate_probe
 from .firmware_activation import TX_COMPLETE_WAIT_S as TX_COMPLETE_WAIT_S
@@ -48,6 +49,8 @@ from .firmware_bugs import SMALL_FRAME_BUFFER, SMALL_RX_BUFFER_CHUNKS
 from .firmware_bugs import FirmwareBug as Bug
 from .firmware_data import DataMixin
 from .firmware_erase import ErasingMixin
+from .firmware_signed import MAX_BOOTS_PER_RESET, SignedMixin, SignedState
+from .firmware_swap import SwapWear
 from .firmware_types import (
     _US,
     FirmwareEvent,
@@ -99,10 +102,18 @@ _TEXTS = {
     p.ErrorCode.FLASH_ERROR: "flash failed twice; old image kept",
     p.ErrorCode.UNKNOWN_COMMAND: "unknown command 0x{type:02X}",
     p.ErrorCode.BAD_PARAM: "{what}",
+    p.ErrorCode.BAD_MANIFEST: "{what}",
+    p.ErrorCode.UNTRUSTED_KEY: "{what}",
+    p.ErrorCode.BAD_SIGNATURE: "{what}",
+    p.ErrorCode.DOWNGRADE: "{what}",
+    p.ErrorCode.UNSIGNED: "no accepted manifest for this image",
+    p.ErrorCode.DIGEST_MISMATCH: "staged image SHA-256 mismatch; old image kept",
 }
+#: The commands only a device with SIGNED_IMAGES knows (a v1 device: UNKNOWN_COMMAND).
+_SIGNED_COMMANDS = frozenset({p.MsgType.CMD_OTA_MANIFEST, p.MsgType.CMD_OTA_CONFIRM})
 
 
-class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
+class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
     def __init__(
         self,
         *,
@@ -118,11 +129,15 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         observe: Callable[[FirmwareEvent], None] = lambda event: None,
         when_sent: Callable[[Callable[[], None]], None] | None = None,
         bugs: frozenset[Bug] = frozenset(),
+        trusted_keys: Sequence[TrustedKey] = (),
+        security_counter: int = 0,
     ) -> None:
         """``request_reset`` ends the link and resets the device (the activation after
         DONE). ``when_sent(callback)`` calls back once every notification sent so far has
         left the radio or the link is gone; without it (no radio) that is at once.
-        ``bugs``: deviations from the contract this firmware has (none: the reference)."""
+        ``bugs``: deviations from the contract this firmware has (none: the reference).
+        ``trusted_keys``, ``security_counter``: the ball's provisioning for signed updates
+        (docs/protocol.md section 16); without keys it is a v1 device (no SIGNED_IMAGES)."""
         if window < 1:
             raise ValueError(f"window must be at least 1 (got {window})")
         self.active = StoredImage(bytes(active_image), version)
@@ -172,6 +187,16 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         self._scheduled = 0
         #: Type byte of the frame being handled: what a MSG_ERROR sent now answers.
         self._answering = 0
+        # Signed updates (firmware_signed.py): the provisioning, what survives a reset, RAM.
+        self.trusted_keys = tuple(trusted_keys)
+        self.signed = SignedState(security_counter=security_counter)
+        self.image_state = self.signed.image_state
+        self.security_counter = security_counter
+        self.accepted = None
+        self.swap_wear = SwapWear()
+        self.swap_cut_after_steps = None
+        self.swap_resumes = 0
+        self.staged_flip = []
 
     # --- what the device exposes -----------------------------------------------------
 
@@ -209,7 +234,8 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
 
     @property
     def capabilities(self) -> p.Capability:
-        return p.Capability.PROGRESSIVE_ERASE if self.progressive_erase else p.Capability.NONE
+        caps = p.Capability.PROGRESSIVE_ERASE if self.progressive_erase else p.Capability.NONE
+        return caps | p.Capability.SIGNED_IMAGES if self.signed_only else caps
 
     @property
     def decoder_stats(self) -> p.DecoderStats:
@@ -239,6 +265,9 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
             active_image_crc32=image.crc32,
             staging_capacity=self.staging_capacity,
             capabilities=self.capabilities,
+            security_counter=self.security_counter if self.signed_only else 0,
+            image_state=self.image_state if self.signed_only else 0,
+            trusted_key_id=self.trusted_keys[0].key_id if self.signed_only else 0,
         )
 
     def status(self) -> p.MsgOtaStatus:
@@ -274,8 +303,18 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         self.session = kept
         self._decoder = p.FrameDecoder()
         self._flash_failed_since_boot = False
+        self.accepted = None  # RAM: an accepted manifest does not survive a reset
         self.boot_count += 1
-        return self._bootloader()
+        if not self.signed_only:
+            return self._bootloader()
+        seconds = 0.0
+        for _ in range(MAX_BOOTS_PER_RESET):
+            spent, power_failed = self._signed_bootloader()
+            seconds += spent
+            if not power_failed:
+                break
+            self.boot_count += 1  # the power is back: the bootloader starts again
+        return seconds
 
     def _session_kept_across_reset(self) -> OtaSession | None:
         """None: a reset ends the session. Bug.SESSION_SURVIVES_RESET persists it, its
@@ -432,7 +471,9 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         # A fault triggered by this command acts first; a reset means it was never seen.
         self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.COMMAND, frame.type))
         self.commands_seen[frame.type] = self.commands_seen.get(frame.type, 0) + 1
-        if frame.type not in p.COMMAND_TYPES:
+        if frame.type not in p.COMMAND_TYPES or (
+            frame.type in _SIGNED_COMMANDS and not self.signed_only
+        ):
             if Bug.UNKNOWN_COMMAND_IGNORED not in self.bugs:
                 self._error(p.ErrorCode.UNKNOWN_COMMAND, type=frame.type)
         else:
@@ -468,6 +509,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
             self._reply(p.MsgOtaStatus(p.OtaState.IDLE, 0, 0, 0))
             return
         self._end_session(p.OtaState.IDLE)
+        self.accepted = None  # ABORT discards an accepted manifest too
         self._reply(self.status())
 
     def _on_start(self, msg: p.CmdOtaStart) -> None:
@@ -497,6 +539,8 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
         if Bug.FLASH_ERROR_STICKY in self.bugs and self._flash_failed_since_boot:
             self._error(p.ErrorCode.FLASH_ERROR)  # the flag only a reset clears
             return
+        if self.signed_only and self._start_refused_unsigned(msg):
+            return  # nothing erased
         self._new_session(msg)
 
     def _resume(self, s: OtaSession, msg: p.CmdOtaStart) -> None:
@@ -525,6 +569,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin):
             pages=self._pages_to_erase(msg.image_size),
         )
         self._end_session(p.OtaState.IDLE)
+        self._give_manifest_to(s)
         self.session = s
         if progressive:
             self.state = p.OtaState.RECEIVING  # pages are erased as DATA reaches them
@@ -566,4 +611,6 @@ SmartBallFirmware._HANDLERS = {
     p.CmdOtaStart: SmartBallFirmware._on_start,
     p.CmdOtaData: SmartBallFirmware._on_data,
     p.CmdOtaFinish: SmartBallFirmware._on_finish,
+    p.CmdOtaManifest: SmartBallFirmware._on_manifest,
+    p.CmdOtaConfirm: SmartBallFirmware._on_confirm,
 }

@@ -32,7 +32,11 @@ class ActivationMixin(FirmwareParts):
     def _start_verify(self, s: OtaSession) -> None:
         if s is not self.session:
             return
+        if s.manifest is not None:
+            self._staged_complete(s)
         per_byte = self.timings.verify_s_per_byte
+        if s.manifest is not None:
+            per_byte += self.timings.hash_s_per_byte  # and the SHA-256 of the same flash
         if Bug.SLOW_VERIFY in self.bugs:
             per_byte = max(per_byte, 1 / SLOW_VERIFY_BYTES_PER_S)
         duration = to_us(per_byte * s.image_size)
@@ -49,9 +53,13 @@ class ActivationMixin(FirmwareParts):
             self._error(p.ErrorCode.CRC_MISMATCH, command=p.MsgType.CMD_OTA_FINISH)
             self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.VERIFY_FAILED))
             return
+        if self._digest_refused(s):
+            return
+        if s.manifest is not None:  # the window between the verify and PENDING persisted
+            self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.SIGNED_VERIFIED))
         # Persisted before DONE goes out: from here a reset, or a power loss, switches.
         if Bug.PENDING_PERSISTED_AT_RESET not in self.bugs:
-            self._pending = _PendingRecord(s.image_size, s.image_crc32)
+            self._pending = _PendingRecord(s.image_size, s.image_crc32, s.head)
         self.state = p.OtaState.COMPLETE
         if Bug.DONE_WRONG_CRC in self.bugs:
             actual = int.from_bytes(actual.to_bytes(4, "little"), "big")
@@ -69,5 +77,5 @@ class ActivationMixin(FirmwareParts):
             return
         s.activating = True
         if Bug.PENDING_PERSISTED_AT_RESET in self.bugs:
-            self._pending = _PendingRecord(s.image_size, s.image_crc32)  # only now
+            self._pending = _PendingRecord(s.image_size, s.image_crc32, s.head)  # only now
         self._call_out(self._request_reset)

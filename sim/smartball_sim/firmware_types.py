@@ -4,11 +4,14 @@ update session and the flash jobs it queues, and whole-microsecond time (:func:`
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pytest_smartball import protocol as p
+from pytest_smartball.manifest import Manifest
 
 from .flash import PAGE_SIZE
 
@@ -39,6 +42,9 @@ class FlashTimings:
     rx_buffer_chunks: int | None = None
     #: CRC-32 over flash read back (about 20 MB/s on a 64 MHz M4).
     verify_s_per_byte: float = 1 / 20_000_000
+    #: SHA-256 over flash read back (signed updates; the CryptoCell-310 does about
+    #: 10 MB/s, its own figure; software on the M4 about 1 MB/s).
+    hash_s_per_byte: float = 1 / 10_000_000
 
     def page_erase_time(self, pages: int) -> float:
         """One page's share of the erase: its stall plus, in field mode, the idle time."""
@@ -71,6 +77,12 @@ class FirmwareEventKind(enum.StrEnum):
     VERIFIED = "verified"
     VERIFY_FAILED = "verify_failed"
     FLASH_ERROR = "flash_error"
+    #: Signed updates: every byte of the image is in flash (before FINISH's verify).
+    STAGED = "staged"
+    #: ... the staged image passed its CRC-32 and SHA-256, PENDING not yet persisted.
+    SIGNED_VERIFIED = "signed_verified"
+    #: ... CMD_OTA_CONFIRM persisted the confirm and the counter; INFO not yet sent.
+    CONFIRMED = "confirmed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +131,12 @@ class OtaSession:
     #: Pages this session has erased or queued for erasing (progressive mode).
     erase_queued: set[int] = field(default_factory=set)
     activating: bool = False
+    #: Signed updates: the manifest this session's image must match at FINISH, with its
+    #: signature (persisted with PENDING for the bootloader's second check).
+    manifest: Manifest | None = None
+    head: bytes | None = field(default=None, repr=False)
+    #: The SHA-256 of the DATA as it arrived (Bug.HASH_OF_STREAM only).
+    stream_hash: Any = field(default_factory=hashlib.sha256, repr=False)
 
     @property
     def total_erase(self) -> int:
@@ -151,3 +169,5 @@ class _PendingRecord:
 
     image_size: int
     image_crc32: int
+    #: Signed updates: the manifest and its signature (the bootloader verifies again).
+    head: bytes | None = None

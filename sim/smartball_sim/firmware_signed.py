@@ -1,0 +1,291 @@
+"""SmartBallFirmware's signed updates (docs/protocol.md section 16), on a ball provisioned
+with trusted keys: CMD_OTA_MANIFEST and its checks (before anything is erased), START's
+need of the accepted manifest, the SHA-256 of the staged flash at FINISH, the bootloader's
+second verify and its swap, the TEST state, CMD_OTA_CONFIRM and the revert at a reset.
+
+What survives a reset lives in :class:`SignedState` (the bootloader's settings page): the
+image state, the security counter, the swap trailer and what the previous image is. The
+accepted manifest is RAM: a reset or an ABORT discards it. Signatures are checked with
+:func:`pytest_smartball.signing.verify`, the platform's crypto for this model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+from pytest_smartball import protocol as p
+from pytest_smartball.manifest import SIGNED_HEAD_SIZE, Manifest, ManifestError
+from pytest_smartball.signing import SignatureRefused, TrustedKey, verify
+
+from .firmware_parts import FirmwareParts
+from .firmware_swap import (
+    SwapRecord,
+    SwapWear,
+    active_bank_of,
+    crc_preserving_flip,
+    run_swap,
+    step_s,
+    swap_pages,
+)
+from .firmware_types import FirmwareEvent, FirmwareEventKind, OtaSession, StoredImage
+from .flash import PAGE_SIZE
+
+log = logging.getLogger("sim.firmware")
+
+#: A bound on boots in one power-up: a swap cut by a power failure resumes at the next.
+MAX_BOOTS_PER_RESET = 8
+
+
+@dataclass(slots=True)
+class SignedState:
+    """What a signed-only ball persists (survives a reset and a power cut)."""
+
+    security_counter: int = 0
+    image_state: p.ImageState = p.ImageState.CONFIRMED
+    #: The swap under way (its trailer), if a power cut interrupted one.
+    swap: SwapRecord | None = None
+    #: The manifest of the image running in TEST (its counter is raised at confirm).
+    test_manifest: Manifest | None = None
+    #: The image the staging bank holds after a swap (size, version): the revert's.
+    previous: tuple[int, tuple[int, int, int]] | None = None
+
+
+@dataclass(slots=True)
+class AcceptedManifest:
+    """A manifest that passed every check of CMD_OTA_MANIFEST (RAM)."""
+
+    manifest: Manifest
+    head: bytes = field(repr=False)
+
+
+class SignedMixin(FirmwareParts):
+    """Signed updates: SmartBallFirmware's part for them (active with trusted keys only)."""
+
+    trusted_keys: tuple[TrustedKey, ...]
+    active: StoredImage
+    staging_capacity: int
+    signed: SignedState
+    #: RAM copies of the persisted image state and counter (a bug may fail to persist).
+    image_state: p.ImageState
+    security_counter: int
+    accepted: AcceptedManifest | None
+    swap_wear: SwapWear
+    #: The next swap loses power after this many steps (the ``swap-cut`` fault).
+    swap_cut_after_steps: int | None
+    swap_resumes: int
+    #: The staging bank's byte to flip once the transfer is complete (``flip-staged``).
+    staged_flip: list[int]
+
+    @property
+    def signed_only(self) -> bool:
+        return bool(self.trusted_keys)
+
+    # --- CMD_OTA_MANIFEST ----------------------------------------------------------------
+
+    def _on_manifest(self, msg: p.CmdOtaManifest) -> None:
+        if self.state not in (p.OtaState.IDLE, p.OtaState.ERROR):
+            self._error(p.ErrorCode.BAD_STATE)
+            return
+        if self.image_state == p.ImageState.TEST:
+            self._error(p.ErrorCode.BAD_STATE)  # confirm or reset (revert) first
+            return
+        self.accepted = None  # a refused manifest leaves none accepted
+        head = msg.manifest + msg.signature
+        try:
+            manifest = Manifest.decode(head)
+        except ManifestError as exc:
+            self._error(p.ErrorCode.BAD_MANIFEST, what=str(exc))
+            return
+        if manifest.image_size == 0:
+            self._error(p.ErrorCode.BAD_PARAM, what="manifest image_size 0")
+            return
+        if manifest.image_size > self.staging_capacity:
+            self._error(p.ErrorCode.TOO_LARGE)
+            return
+        refusal = self._signature_refusal(head, manifest)
+        if refusal is not None:
+            self._error(p.ErrorCode[refusal.reason], what=str(refusal))
+            return
+        if manifest.security_counter < self.security_counter:
+            self._error(
+                p.ErrorCode.DOWNGRADE,
+                what=f"counter {manifest.security_counter} < {self.security_counter}",
+            )
+            return
+        self.accepted = AcceptedManifest(manifest, head)
+        log.info("manifest accepted: %s, counter %d", manifest.version, manifest.security_counter)
+        self._reply(self.status())
+
+    def _signature_refusal(self, head: bytes, manifest: Manifest) -> SignatureRefused | None:
+        """Why the platform's crypto refuses ``head`` (key, then signature), or None."""
+        if not any(k.key_id == manifest.key_id for k in self.trusted_keys):
+            return SignatureRefused("UNTRUSTED_KEY", f"key {manifest.key_id:#010x} not trusted")
+        try:
+            verify(head, list(self.trusted_keys))
+        except SignatureRefused as exc:
+            return exc
+        return None
+
+    # --- START's manifest check ----------------------------------------------------------
+
+    def _start_refused_unsigned(self, msg: p.CmdOtaStart) -> bool:
+        """For a START that opens a new session on a signed-only ball: refuse it (and say
+        so) unless it is the accepted manifest's image; nothing is erased before. On
+        success the manifest moves to ``pending_manifest`` for the session."""
+        if self.image_state == p.ImageState.TEST:
+            self._error(p.ErrorCode.BAD_STATE)  # the staging bank holds the revert's image
+            return True
+        accepted = self.accepted
+        if accepted is None or (accepted.manifest.image_size, accepted.manifest.image_crc32) != (
+            msg.image_size,
+            msg.image_crc32,
+        ):
+            self._error(p.ErrorCode.UNSIGNED)
+            return True
+        return False
+
+    def _give_manifest_to(self, s: OtaSession) -> None:
+        if self.signed_only and self.accepted is not None:
+            s.manifest, s.head = self.accepted.manifest, self.accepted.head
+            self.accepted = None
+
+    # --- FINISH: the digest of the staged flash ------------------------------------------
+
+    def _staged_complete(self, s: OtaSession) -> None:
+        """Every byte is in flash: a ``flip-staged`` fault acts now, before the verify."""
+        self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.STAGED, total=s.image_size))
+        while self.staged_flip:
+            self.corrupt_staged(self.staged_flip.pop(0), s.image_size)
+
+    def corrupt_staged(self, offset: int, size: int | None = None) -> None:
+        """Flip a byte of the staged image, keeping its CRC-32 (a fault: a flash cell or a
+        probe, not the firmware). ``size``: the staged image's (default: the pending's)."""
+        if size is None:
+            size = self._pending.image_size if self._pending else 0
+        if size < 8:
+            return
+        data = crc_preserving_flip(self.flash.read(0, size), offset)
+        self.flash.overwrite(0, data)
+
+    def _digest_refused(self, s: OtaSession) -> bool:
+        """After the CRC check: the SHA-256 of the staged flash against the manifest's."""
+        if s.manifest is None:
+            return False
+        digest = hashlib.sha256(self.flash.read(0, s.image_size)).digest()
+        if digest == s.manifest.image_sha256:
+            return False
+        self._end_session(p.OtaState.ERROR)
+        self._error(p.ErrorCode.DIGEST_MISMATCH, command=p.MsgType.CMD_OTA_FINISH)
+        self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.VERIFY_FAILED))
+        return True
+
+    # --- CMD_OTA_CONFIRM -----------------------------------------------------------------
+
+    def _on_confirm(self, msg: p.CmdOtaConfirm) -> None:
+        if self.image_state == p.ImageState.TEST:
+            manifest = self.signed.test_manifest
+            counter = max(self.security_counter, manifest.security_counter if manifest else 0)
+            self.image_state = p.ImageState.CONFIRMED
+            self.security_counter = counter
+            self.signed.image_state = p.ImageState.CONFIRMED
+            self.signed.test_manifest = None
+            self.signed.security_counter = counter
+            log.info("confirmed; security counter %d", counter)
+            self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.CONFIRMED))
+        self._reply(self.info())
+
+    # --- the bootloader ------------------------------------------------------------------
+
+    def _signed_bootloader(self) -> tuple[float, bool]:
+        """The bootloader's signed part; (time it took, whether the power failed in it)."""
+        st = self.signed
+        seconds = 0.0
+        record, self._pending = self._pending, None
+        if st.swap is None and record is not None and record.head is not None:
+            seconds, ok = self._verify_pending(record.head, record.image_size)
+            if ok:
+                manifest = Manifest.decode(record.head)
+                st.swap = self._new_swap(
+                    manifest.image_size,
+                    (manifest.fw_major, manifest.fw_minor, manifest.fw_patch),
+                    manifest,
+                )
+        elif st.swap is None and st.image_state == p.ImageState.TEST:
+            if st.previous is not None:
+                log.warning("boot: the image in TEST was not confirmed; reverting")
+                size, version = st.previous
+                st.swap = self._new_swap(size, version, None)
+        elif st.swap is None and st.image_state == p.ImageState.REVERTED:
+            st.image_state = p.ImageState.CONFIRMED  # reported until the next reset
+        if st.swap is not None:
+            swap_seconds, cut = self._run_swap(st.swap)
+            seconds += swap_seconds
+            if cut:
+                return seconds, True
+        self.image_state = st.image_state
+        self.security_counter = st.security_counter
+        return seconds, False
+
+    def _verify_pending(self, head: bytes, size: int) -> tuple[float, bool]:
+        """The bootloader's own check of PENDING: signature, SHA-256 of the staging bank,
+        counter. Returns (its time, whether the image may run)."""
+        seconds = size * (self.timings.verify_s_per_byte + self.timings.hash_s_per_byte)
+        try:
+            manifest = verify(head[:SIGNED_HEAD_SIZE], list(self.trusted_keys))
+        except SignatureRefused as exc:
+            log.warning("boot: PENDING refused (%s); the old image stays active", exc)
+            return seconds, False
+        digest = hashlib.sha256(self.flash.read(0, size)).digest()
+        if manifest.image_size != size or digest != manifest.image_sha256:
+            log.warning("boot: the staging bank fails its SHA-256; the old image stays active")
+            return seconds, False
+        if manifest.security_counter < self.signed.security_counter:
+            log.warning("boot: PENDING's counter is below the device's; old image stays")
+            return seconds, False
+        return seconds, True
+
+    def _new_swap(
+        self, size: int, version: tuple[int, int, int], manifest: Manifest | None
+    ) -> SwapRecord:
+        pages = min(swap_pages(size, len(self.active.data)), self.flash.size // PAGE_SIZE)
+        return SwapRecord(
+            pages=pages,
+            incoming_size=size,
+            incoming_version=version,
+            incoming_manifest=manifest,
+            outgoing_size=len(self.active.data),
+            outgoing_version=self.active.version,
+            active_bank=active_bank_of(self.active.data, pages),
+        )
+
+    def _run_swap(self, record: SwapRecord) -> tuple[float, bool]:
+        if record.steps_done:
+            self.swap_resumes += 1
+            log.warning("boot: resuming the swap at page %d step %d", record.page, record.step)
+        budget, self.swap_cut_after_steps = self.swap_cut_after_steps, None
+        ran = run_swap(record, self.flash, self.swap_wear, budget)
+        seconds = ran * step_s(self.timings)
+        if not record.finished:
+            log.warning("boot: the power failed during the swap (after %d steps)", ran)
+            return seconds, True
+        st = self.signed
+        st.swap = None
+        self.active = StoredImage(
+            bytes(record.active_bank[: record.incoming_size]), record.incoming_version
+        )
+        st.previous = (record.outgoing_size, record.outgoing_version)
+        if record.reverting:
+            st.image_state = p.ImageState.REVERTED
+            st.test_manifest = None
+        else:
+            st.image_state = p.ImageState.TEST
+            st.test_manifest = record.incoming_manifest
+        log.info(
+            "boot: swapped %d pages; running %s in %s",
+            record.pages,
+            ".".join(map(str, record.incoming_version)),
+            st.image_state.name,
+        )
+        return seconds, False
