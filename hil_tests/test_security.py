@@ -32,8 +32,8 @@ from pytest_smartball.suite_signer import SuiteSigner
 from pytest_smartball.targets import Target
 
 from . import conformance as c
+from . import helpers as h
 from .conformance import TIMING
-from .test_power_cycle import back_after_reset
 
 pytestmark = pytest.mark.asyncio
 
@@ -52,6 +52,15 @@ IMAGE = random.Random(23).randbytes(3 * 4096 - 100)
 OTHER_IMAGE = random.Random(24).randbytes(5000)
 #: How long a refusal may take: a reply, never an erase (which is 85 ms a page).
 REFUSAL_S = TIMING.reply_max_s + c.RADIO_MARGIN_S
+
+
+async def back_after_reset(smartball: Target) -> NusLink:
+    """A link to the device once it is back from a reset. On a signed-only device every
+    reset may swap the banks (into a new image, or back in a revert): the activation's
+    limit applies."""
+    await asyncio.sleep(0)  # (the reset's link loss is delivered first)
+    link, _ = await h.back_after_reset(smartball, TIMING.reset_to_advertising_max_s(True))
+    return link
 
 
 # --- the device and the keys ------------------------------------------------------------
