@@ -103,6 +103,7 @@ def smartball(
             seed=seed,
             firmware_bugs=opts.firmware_bugs,
             flash_spec=opts.sim_flash,
+            sim_trust=opts.sim_trust,
             **options,
         )
     except refused as exc:  # the test's plan needs BlueZ; the Bumble link refuses it

@@ -35,6 +35,11 @@ DEVICE_CHOICES = ("sim", "real")
 DEVICE_CLASH = pytest.StashKey[str]()
 _DEVICE_HELP = "run against the in-process simulator (default) or real hardware"
 
+#: --sim-trust's choices and default (the same as smartball_sim's targets: the simulator
+#: is not imported to list them).
+SIM_TRUST_CHOICES = ("test", "none")
+SIM_TRUST_DEFAULT = "none"
+
 #: Set once tests are collected: one of them uses the SmartBall fixtures or markers (only
 #: then does ``--device=real`` check the bench).
 NEEDS_DEVICE = pytest.StashKey[bool]()
@@ -57,6 +62,8 @@ class SmartBallOptions:
     firmware_bugs: tuple[str, ...] = ()
     #: The simulated flash's timings, "erase_page_s=0.12,..." (None: the nRF52840's).
     sim_flash: str | None = None
+    #: What every simulated ball trusts: "test" (the test key: signed-only) or "none" (v1).
+    sim_trust: str = "none"
     compare: str | None = None
     compare_tolerance_percent: float = DEFAULT_COMPARE_TOLERANCE_PERCENT
     compare_min_measured_percent: float = DEFAULT_COMPARE_MIN_MEASURED_PERCENT
@@ -186,6 +193,14 @@ def add_options(parser: pytest.Parser) -> None:
         help="the simulated flash's timings, e.g. 'erase_page_s=0.12,write_word_s=50e-6' "
         "(default: the nRF52840's, 85 ms per page erase, 41 us per word)",
     )
+    group.addoption(
+        "--sim-trust",
+        default=SIM_TRUST_DEFAULT,
+        choices=SIM_TRUST_CHOICES,
+        help="what every simulated SmartBall trusts: 'test', the repository's test key (a "
+        "signed-only ball, docs/protocol.md section 16), or 'none' (a v1 ball that runs any "
+        f"image; default: {SIM_TRUST_DEFAULT})",
+    )
     release = parser.getgroup("smartball-release", "SmartBall release gate")
     release.addoption(
         "--smartball-compare",
@@ -279,6 +294,7 @@ def read_options(config: pytest.Config) -> SmartBallOptions:
         bluez=config.getoption("--bluez"),
         firmware_bugs=tuple(dict.fromkeys(config.getoption("--sim-firmware-bug") or ())),
         sim_flash=config.getoption("--sim-flash"),
+        sim_trust=config.getoption("--sim-trust"),
         compare=config.getoption("--smartball-compare"),
         compare_tolerance_percent=config.getoption("--smartball-compare-tolerance"),
         compare_min_measured_percent=config.getoption("--smartball-compare-min-measured"),

@@ -444,3 +444,23 @@ async def test_every_step_of_a_swap_keeps_both_images_recoverable(cut_after: int
     run_swap(record, staging, SwapWear())  # the next boot
     assert bytes(record.active_bank[: len(new)]) == new
     assert staging.read(0, len(old)) == old
+
+
+# --- provisioning through the targets --------------------------------------------------------
+
+
+async def test_make_sim_target_stays_v1_unless_asked() -> None:
+    from pytest_smartball.targets.simulated import make_sim_target
+
+    plain = make_sim_target()
+    assert plain.sim is not None and not plain.sim.firmware.info().signed_only
+    signed_ball = make_sim_target(sim_trust="test", security_counter=7)
+    assert signed_ball.sim is not None
+    info = signed_ball.sim.firmware.info()
+    assert (info.signed_only, info.security_counter, info.trusted_key_id) == (
+        True,
+        7,
+        TRUSTED.key_id,
+    )
+    with pytest.raises(ValueError, match="--sim-trust 'maybe'"):
+        make_sim_target(sim_trust="maybe")

@@ -79,6 +79,7 @@ def make_bumble_target(
     exchange_mtu: int | None = 517,
     firmware_bugs: Iterable[str] = (),
     flash_spec: str | None = None,
+    sim_trust: str = "none",
     **device_options: Any,
 ) -> BumbleTarget:
     """A simulated SmartBall served by a Bumble peripheral, and the backend of a Bumble
@@ -97,7 +98,9 @@ def make_bumble_target(
     refuse_bluez_only(plan)
     from smartball_sim.firmware_bugs import parse_bugs
 
-    from .simulated import parse_flash_timings
+    from .simulated import parse_flash_timings, trust_options
+
+    device_options.update(trust_options(sim_trust))
 
     flash = parse_flash_timings(flash_spec) if flash_spec else FlashTimings()
     if erase_time_s:

@@ -15,6 +15,7 @@ from smartball_sim.firmware import FlashTimings
 from smartball_sim.firmware_bugs import parse_bugs
 
 from .. import protocol as p
+from .. import signing
 from ..link import BleBackend
 from . import Target
 
@@ -33,6 +34,20 @@ def backend_for(world: SimWorld) -> BleBackend:
     )
 
 
+#: What a simulated ball can be provisioned to trust (``--sim-trust``): the repository's
+#: test key (a signed-only ball, docs/protocol.md section 16), or nothing (a v1 ball).
+SIM_TRUST_CHOICES = ("test", "none")
+
+
+def trust_options(sim_trust: str) -> dict[str, Any]:
+    """The SimDevice options that provision ``sim_trust`` (one of SIM_TRUST_CHOICES)."""
+    if sim_trust not in SIM_TRUST_CHOICES:
+        raise ValueError(f"--sim-trust {sim_trust!r}: one of {', '.join(SIM_TRUST_CHOICES)}")
+    if sim_trust == "none":
+        return {}
+    return {"trusted_keys": [signing.test_trusted_key()]}
+
+
 def make_sim_target(
     name: str = p.DEFAULT_NAME,
     address: str | None = None,
@@ -42,12 +57,16 @@ def make_sim_target(
     erase_time_s: float | None = None,
     firmware_bugs: Iterable[str] = (),
     flash_spec: str | None = None,
+    sim_trust: str = "none",
     **device_options: Any,
 ) -> Target:
     """A simulated SmartBall alone in its world, and the backend that reaches it.
     ``erase_time_s``: the whole staging erase takes that long (the field's 15-40 s).
     ``firmware_bugs``: names from the catalogue of firmware bugs the device has (none: the
-    reference firmware). ``flash_spec``: its flash timings, ``"erase_page_s=0.1,..."``."""
+    reference firmware). ``flash_spec``: its flash timings, ``"erase_page_s=0.1,..."``.
+    ``sim_trust``: ``"test"`` provisions the test key (a signed-only ball; its initial
+    counter is ``security_counter=``, default 0), ``"none"`` (the default) a v1 ball."""
+    device_options.update(trust_options(sim_trust))
     if flash_spec:
         device_options["flash"] = parse_flash_timings(flash_spec)
     if erase_time_s:
