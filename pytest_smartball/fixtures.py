@@ -277,7 +277,7 @@ def device_signed_only(config: pytest.Config) -> bool:
     if state.options.device == "real":
         device = state.mine
         return device is not None and device.current.signed_only
-    return getattr(state.options, "sim_trust", "none") != "none"
+    return state.options.sim_trust != "none"
 
 
 def device_security_counter(config: pytest.Config) -> int:
