@@ -606,3 +606,49 @@ async def test_confirm_raises_the_security_counter_for_good(
         f"after a reset the counter is {after.security_counter}: the raise was not persisted"
     )
     assert after == confirmed, f"after a reset: {after}, not {confirmed}"
+
+
+# --- the simulator's view: the flash changes behind the firmware's back -------------------
+
+
+@pytest.mark.sim_only
+async def test_a_staging_flip_after_the_transfer_is_caught(
+    nus: NusLink, info: p.MsgInfo, signer: SuiteSigner, smartball: Target, power_cycle: PowerCycle
+) -> None:
+    """The genuine image arrives intact, then a byte of the staged flash flips (its CRC-32
+    kept): FINISH must hash the flash, not the bytes as they arrived (DIGEST_MISMATCH)."""
+    signed_only(info)
+    assert smartball.sim is not None
+    signed = signer.sign(IMAGE, counter=info.security_counter)
+    await expect_accepted(nus, manifest_of(signed.head), "the genuine manifest")
+    smartball.sim.firmware.staged_flip.append(len(IMAGE) // 3)
+    reply = await transfer(nus, IMAGE)
+    assert isinstance(reply, p.MsgError) and reply.code == err.DIGEST_MISMATCH, (
+        f"the staged flash differs from the image that arrived: FINISH must answer "
+        f"DIGEST_MISMATCH (the SHA-256 of the flash), the device answered {reply}"
+    )
+    await untouched(nus, info, smartball, power_cycle)
+
+
+@pytest.mark.sim_only
+async def test_the_bootloader_verifies_the_pending_image_again(
+    nus: NusLink, info: p.MsgInfo, signer: SuiteSigner, smartball: Target, power_cycle: PowerCycle
+) -> None:
+    """A verified image is PENDING (the device held in COMPLETE), then its staged flash
+    changes before the reset: the bootloader must verify it again and keep the old image."""
+    signed_only(info)
+    sim = smartball.sim
+    assert sim is not None
+    sim.set_faults("no-reset")
+    signed = signer.sign(IMAGE, counter=info.security_counter)
+    await expect_accepted(nus, manifest_of(signed.head), "the genuine manifest")
+    reply = await transfer(nus, IMAGE)
+    assert reply == p.MsgOtaDone(p.crc32(IMAGE)), f"FINISH of the genuine image: {reply}"
+    sim.firmware.corrupt_staged(len(IMAGE) // 2)
+    await power_cycle()
+    async with await back_after_reset(smartball) as link:
+        after = await running(link)
+    assert after == info, (
+        f"the staging bank changed after FINISH and the bootloader ran it: before {info}, "
+        f"after the reset {after} (it must check the signature and SHA-256 again)"
+    )
