@@ -37,7 +37,14 @@ from pytest_smartball import contract
 from pytest_smartball import protocol as p
 from pytest_smartball.ota import OtaSettings
 from smartball_sim.bumble.faults import BLUEZ_ONLY_EFFECTS
-from smartball_sim.faults import Effect, Fault, FaultPlan, Trigger, TriggerKind
+from smartball_sim.faults import (
+    SIGNED_UPDATE_EFFECTS,
+    Effect,
+    Fault,
+    FaultPlan,
+    Trigger,
+    TriggerKind,
+)
 from smartball_sim.firmware import PAGE_SIZE
 from smartball_sim.strategies import faults as any_faults
 
@@ -470,7 +477,10 @@ def recoverable_plans(
     without progress at worst. They shrink towards fewer, simpler faults."""
     allowed = budgets.attempts_without_progress if attempts is None else attempts
     effects = sorted(
-        set(Effect) - {Effect.NO_RESET} - (BLUEZ_ONLY_EFFECTS if link is Link.BUMBLE else set())
+        set(Effect)
+        - {Effect.NO_RESET}
+        - SIGNED_UPDATE_EFFECTS
+        - (BLUEZ_ONLY_EFFECTS if link is Link.BUMBLE else set())
     )
     candidates = any_faults(image_size, effects=effects).filter(
         lambda f: _within(f, image_size, budgets)

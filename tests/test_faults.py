@@ -15,6 +15,7 @@ from pytest_smartball import protocol as p
 from pytest_smartball.protocol import MsgType
 from smartball_sim.device import ConnectRefusal, ConnectRefused, RadioTimings, SimDevice, SimLink
 from smartball_sim.faults import (
+    AT_POINTS,
     EFFECTS,
     PROFILES,
     TRIGGERS,
@@ -58,6 +59,10 @@ pytestmark = pytest.mark.looptime
         ("no-reset", Fault(Effect.NO_RESET)),
         ("flash-fail", Fault(Effect.FLASH_FAIL, count=1)),
         ("flash-fail:2", Fault(Effect.FLASH_FAIL, count=2)),
+        ("flip-staged:0", Fault(Effect.FLIP_STAGED, count=0)),
+        ("flip-staged:5000", Fault(Effect.FLIP_STAGED, count=5000)),
+        ("swap-cut", Fault(Effect.SWAP_CUT, count=1)),
+        ("swap-cut:4", Fault(Effect.SWAP_CUT, count=4)),
     ],
 )
 def test_parse_each_effect(spec: str, fault: Fault) -> None:
@@ -80,6 +85,8 @@ def test_every_effect_is_covered() -> None:
         "flaky",
         "no-reset",
         "flash-fail",
+        "flip-staged",
+        "swap-cut",
     }
     assert set(EFFECTS) == covered  # a new effect needs a case in test_parse_each_effect
 
@@ -100,6 +107,8 @@ def test_every_effect_is_covered() -> None:
         ("connect:2", Trigger(TriggerKind.CONNECT, 2)),
         ("msg:MSG_OTA_DONE", Trigger(TriggerKind.MSG, 1, MsgType.MSG_OTA_DONE)),
         ("msg:msg_ota_ack#4", Trigger(TriggerKind.MSG, 4, MsgType.MSG_OTA_ACK)),
+        ("at:verified", Trigger(TriggerKind.AT, 0)),
+        ("at:confirmed", Trigger(TriggerKind.AT, 1)),
     ],
 )
 def test_parse_each_trigger(text: str, trigger: Trigger) -> None:
@@ -108,7 +117,7 @@ def test_parse_each_trigger(text: str, trigger: Trigger) -> None:
 
 
 def test_every_trigger_is_covered() -> None:
-    assert set(TRIGGERS) == {"erase", "offset", "cmd", "msg", "t", "connect"}
+    assert set(TRIGGERS) == {"erase", "offset", "cmd", "msg", "t", "connect", "at"}
 
 
 def test_empty_specs_are_empty_plans() -> None:
@@ -214,6 +223,8 @@ def _trigger(kind: str) -> st.SearchStrategy[Trigger]:
             return _seconds.map(lambda v: Trigger(TriggerKind.T, v))
         case "connect":
             return _count.map(lambda v: Trigger(TriggerKind.CONNECT, v))
+        case "at":
+            return st.sampled_from(range(len(AT_POINTS))).map(lambda v: Trigger(TriggerKind.AT, v))
     raise AssertionError(kind)
 
 
@@ -233,6 +244,8 @@ def faults(draw: st.DrawFn) -> Fault:
         if draw(st.booleans()):
             return Fault(effect, trigger, msg_type=draw(_device_types))
         return Fault(effect, trigger, count=draw(_count))
+    if kind == "offset":
+        return Fault(effect, trigger, count=draw(st.integers(0, 2**20)))
     if kind == "percent":
         percent = draw(st.decimals(min_value="0.001", max_value=100, places=3))
         return Fault(effect, trigger, percent=float(percent))

@@ -186,6 +186,7 @@ _ARGUMENT_WORDS = {
     "count": "count",
     "count_or_type": "count",
     "percent": "percent",
+    "offset": "byte offset",
 }
 
 

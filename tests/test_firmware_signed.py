@@ -464,3 +464,92 @@ async def test_make_sim_target_stays_v1_unless_asked() -> None:
     )
     with pytest.raises(ValueError, match="--sim-trust 'maybe'"):
         make_sim_target(sim_trust="maybe")
+
+
+# --- the fault windows of a signed update (docs/faults.md) -------------------------------------
+
+
+class Device:
+    """A simulated SmartBall (firmware, fault injection, resets) driven without a link: the
+    tests look at what it holds, not at what it sends."""
+
+    def __init__(self, faults: str) -> None:
+        from smartball_sim.device import SimDevice
+
+        self.sim = SimDevice(
+            active_image=OLD_IMAGE,
+            staging_capacity=CAPACITY,
+            flash=TIMINGS,
+            trusted_keys=[TRUSTED],
+            security_counter=3,
+            faults=faults,
+        )
+        self.fw = self.sim.firmware
+
+    def send(self, msg: p.Message) -> None:
+        self.fw.receive(p.encode(msg))
+
+    async def update(self, update: SignedImage) -> None:
+        self.sim.injector.fire_untriggered()
+        self.send(manifest_cmd(update.head))
+        self.send(start_for(update.image))
+        await asyncio.sleep(1)
+        for offset in range(0, len(update.image), CHUNK):
+            self.send(CmdOtaData(offset, update.image[offset : offset + CHUNK]))
+        self.send(CmdOtaFinish())
+        await asyncio.sleep(30)  # verify, DONE, the reset and the boot (with its swap)
+
+
+async def test_a_power_cut_between_the_verify_and_pending_keeps_the_old_image() -> None:
+    device = Device("reboot@at:verified")
+    await device.update(signed(counter=5))
+    assert device.fw.active.data == OLD_IMAGE
+    assert device.fw.pending_image is None
+    assert (device.fw.image_state, device.fw.security_counter) == (ImageState.CONFIRMED, 3)
+    assert [(r.fault, r.trigger) for r in device.sim.fault_log] == [("reboot", "at:verified")]
+
+
+async def test_a_power_cut_in_the_swap_still_brings_the_new_image_up_in_test() -> None:
+    device = Device("swap-cut:4")
+    await device.update(signed(counter=5))
+    assert device.fw.active.data == NEW_IMAGE
+    assert device.fw.image_state == ImageState.TEST
+    assert device.fw.swap_resumes == 1
+
+
+async def test_a_power_cut_after_the_swap_before_the_confirm_reverts() -> None:
+    device = Device("reboot@cmd:CMD_OTA_CONFIRM")
+    await device.update(signed(counter=5))
+    assert device.fw.image_state == ImageState.TEST
+    device.send(CmdOtaConfirm())
+    await asyncio.sleep(30)
+    assert device.fw.active.data == OLD_IMAGE
+    assert (device.fw.image_state, device.fw.security_counter) == (ImageState.REVERTED, 3)
+
+
+async def test_a_power_cut_after_the_confirm_keeps_the_confirmed_image() -> None:
+    device = Device("reboot@at:confirmed")
+    await device.update(signed(counter=5))
+    device.send(CmdOtaConfirm())
+    await asyncio.sleep(30)
+    assert [(r.fault, r.trigger) for r in device.sim.fault_log] == [("reboot", "at:confirmed")]
+    assert device.fw.active.data == NEW_IMAGE
+    assert (device.fw.image_state, device.fw.security_counter) == (ImageState.CONFIRMED, 5)
+
+
+async def test_flip_staged_during_the_transfer_is_a_digest_mismatch() -> None:
+    device = Device("flip-staged:5000")
+    await device.update(signed(counter=5))
+    assert device.fw.state == OtaState.ERROR
+    assert device.fw.active.data == OLD_IMAGE
+
+
+async def test_flip_staged_after_done_is_refused_by_the_bootloader() -> None:
+    device = Device("no-reset")  # DONE, and the device waits in COMPLETE
+    await device.update(signed(counter=5))
+    assert device.fw.state == OtaState.COMPLETE
+    device.sim.set_faults("flip-staged:100")
+    device.sim.reboot()
+    await asyncio.sleep(30)
+    assert device.fw.active.data == OLD_IMAGE
+    assert device.fw.image_state == ImageState.CONFIRMED

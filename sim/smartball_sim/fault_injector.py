@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, assert_never
 
 from pytest_smartball import protocol as p
 
-from .faults import Effect, Fault, FaultPlan, Trigger, TriggerKind
+from .faults import AT_POINTS, Effect, Fault, FaultPlan, Trigger, TriggerKind
 from .firmware import FirmwareEvent, FirmwareEventKind, to_us
 
 if TYPE_CHECKING:
@@ -50,6 +50,11 @@ class _Counters:
 
 
 #: Effects that shape a connect attempt: a connect trigger fires them before the attempt.
+#: The firmware events an ``at:`` trigger fires on, by the point's name.
+_AT_EVENTS = {
+    FirmwareEventKind.SIGNED_VERIFIED: "verified",
+    FirmwareEventKind.CONFIRMED: "confirmed",
+}
 _CONNECT_SHAPING = frozenset(
     {Effect.CONNECT_FAIL, Effect.CONNECT_TIMEOUT, Effect.RACE, Effect.STALE_CACHE}
 )
@@ -74,6 +79,8 @@ class FaultInjector:
         self._timers = []
         self.device.firmware.timings = self.device.flash_timings
         self.device.firmware.flash.fail_next = 0
+        self.device.firmware.staged_flip.clear()
+        self.device.firmware.swap_cut_after_steps = None
         self.pending = list(plan.faults)
         self.armed = _Counters()
         self._cmd_counts = {}
@@ -106,6 +113,9 @@ class FaultInjector:
         elif event.kind is FirmwareEventKind.DATA_ACCEPTED:
             self._fire_matching(lambda t: t.kind is TriggerKind.OFFSET and event.offset >= t.value)
             self._maybe_flaky_drop()
+        elif event.kind in _AT_EVENTS:
+            point = AT_POINTS.index(_AT_EVENTS[event.kind])
+            self._fire_matching(lambda t: t.kind is TriggerKind.AT and t.value == point)
         elif event.kind is FirmwareEventKind.COMMAND and event.msg_type is not None:
             n = self._cmd_counts[event.msg_type] = self._cmd_counts.get(event.msg_type, 0) + 1
             self._fire_matching(
@@ -217,6 +227,14 @@ class FaultInjector:
                 fw.timings = replace(fw.timings, erase_total_s=fault.seconds)
             case Effect.FLASH_FAIL:
                 d.firmware.flash.fail_next += fault.count
+            case Effect.FLIP_STAGED:
+                fw = d.firmware
+                if fw.pending_image is not None:
+                    fw.corrupt_staged(fault.count)  # after DONE: only the bootloader can tell
+                else:
+                    fw.staged_flip.append(fault.count)  # once the transfer is in flash
+            case Effect.SWAP_CUT:
+                d.firmware.swap_cut_after_steps = fault.count
             case _:
                 assert_never(fault.effect)
 

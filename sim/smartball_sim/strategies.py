@@ -21,7 +21,16 @@ from hypothesis import strategies as st
 
 from pytest_smartball import protocol as p
 
-from .faults import EFFECTS, ArgKind, Effect, Fault, FaultPlan, Trigger, TriggerKind
+from .faults import (
+    EFFECTS,
+    SIGNED_UPDATE_EFFECTS,
+    ArgKind,
+    Effect,
+    Fault,
+    FaultPlan,
+    Trigger,
+    TriggerKind,
+)
 from .firmware import DEFAULT_STAGING_CAPACITY, PAGE_SIZE
 from .make_image import make_image
 
@@ -30,6 +39,7 @@ TYPICAL_CHUNKS = (232, 8)
 #: Effects no host can finish an update under (a device that never resets after DONE);
 #: left out of generated plans until the engine gives up on them (DECISIONS.md, E2).
 UNFINISHABLE_EFFECTS = frozenset({Effect.NO_RESET})
+
 
 _COMMAND_TYPES = [t for t in p.MsgType if t in p.COMMAND_TYPES]
 _DEVICE_TYPES = [t for t in p.MsgType if t not in p.COMMAND_TYPES]
@@ -128,7 +138,11 @@ def faults(
     return st.builds(
         build,
         st.sampled_from(
-            sorted(set(EFFECTS) - UNFINISHABLE_EFFECTS if effects is None else effects)
+            sorted(
+                set(EFFECTS) - UNFINISHABLE_EFFECTS - SIGNED_UPDATE_EFFECTS
+                if effects is None
+                else effects
+            )
         ),
         triggers(image_size) if trigger_strategy is None else trigger_strategy,
         st.sampled_from([0.5, 1.5, 5, 20, 40]),
