@@ -652,3 +652,98 @@ async def test_the_bootloader_verifies_the_pending_image_again(
         f"the staging bank changed after FINISH and the bootloader ran it: before {info}, "
         f"after the reset {after} (it must check the signature and SHA-256 again)"
     )
+
+
+# --- power cuts in the windows of a signed update (the simulator's fault plans) -----------
+
+
+async def lose_link(link: NusLink, what: str) -> None:
+    try:
+        async with asyncio.timeout(TIMING.done_to_disconnect_max_s + 5):
+            await link.lost.wait()
+    except TimeoutError:
+        raise AssertionError(f"the power cut {what} did not come") from None
+
+
+@pytest.mark.faults("reboot@at:verified")
+async def test_a_power_cut_between_the_verify_and_pending_keeps_the_old_image(
+    nus: NusLink, info: p.MsgInfo, signer: SuiteSigner, smartball: Target
+) -> None:
+    signed_only(info)
+    signed = signer.sign(IMAGE, counter=info.security_counter)
+    await expect_accepted(nus, manifest_of(signed.head), "the genuine manifest")
+    ready = await c.start(nus, IMAGE, manifest=False)
+    await c.stream(nus, IMAGE, ready, len(IMAGE))
+    await nus.send(p.CmdOtaFinish())
+    await lose_link(nus, "after FINISH's verify")
+    async with await back_after_reset(smartball) as link:
+        after = await running(link)
+    assert after == info, (
+        f"PENDING was never persisted: the old image must run, unchanged; before {info}, "
+        f"after {after}"
+    )
+
+
+@pytest.mark.faults("swap-cut:4")
+async def test_a_power_cut_during_the_swap_resumes_it(
+    nus: NusLink,
+    info: p.MsgInfo,
+    signer: SuiteSigner,
+    smartball: Target,
+    firmware_image: FirmwareImage,
+) -> None:
+    """The power fails 4 steps into the bootloader's swap: the next boot resumes it, and
+    the new image comes up on trial (never a ball without a bootable image)."""
+    signed_only(info)
+    image = release_image(firmware_image, info)
+    command = signer.manifest_command(image, counter=info.security_counter)
+    async with await update(nus, smartball, image, command) as link:
+        trial = await running(link)
+    assert trial.runs(len(image), p.crc32(image)), f"after the interrupted swap: {trial}"
+    assert trial.image_state == p.ImageState.TEST, trial
+
+
+@pytest.mark.faults("reboot@cmd:CMD_OTA_CONFIRM")
+async def test_a_power_cut_before_the_confirm_reverts(
+    nus: NusLink,
+    info: p.MsgInfo,
+    signer: SuiteSigner,
+    smartball: Target,
+    firmware_image: FirmwareImage,
+) -> None:
+    signed_only(info)
+    image = release_image(firmware_image, info)
+    command = signer.manifest_command(image, counter=info.security_counter + 1)
+    link = await update(nus, smartball, image, command)
+    await link.send(p.CmdOtaConfirm())
+    await lose_link(link, "as CONFIRM arrives")
+    await link.close()
+    async with await back_after_reset(smartball) as link:
+        back = await running(link)
+    assert back.runs(info.active_image_size, info.active_image_crc32), back
+    assert back.image_state == p.ImageState.REVERTED, back
+    assert back.security_counter == info.security_counter, back
+
+
+@pytest.mark.faults("reboot@at:confirmed")
+async def test_a_power_cut_just_after_the_confirm_keeps_it(
+    nus: NusLink,
+    info: p.MsgInfo,
+    signer: SuiteSigner,
+    smartball: Target,
+    firmware_image: FirmwareImage,
+) -> None:
+    """CONFIRM persisted the confirm and the raised counter, then the power failed before
+    its INFO left: after the reset the new image runs, confirmed, at the raised counter."""
+    signed_only(info)
+    image = release_image(firmware_image, info)
+    command = signer.manifest_command(image, counter=info.security_counter + 1)
+    link = await update(nus, smartball, image, command)
+    await link.send(p.CmdOtaConfirm())
+    await lose_link(link, "just after the confirm")
+    await link.close()
+    async with await back_after_reset(smartball) as link:
+        after = await running(link)
+    assert after.runs(len(image), p.crc32(image)), after
+    assert after.image_state == p.ImageState.CONFIRMED, after
+    assert after.security_counter == info.security_counter + 1, after
