@@ -176,6 +176,8 @@ class Obligation:
     end: str
     per_megabyte_s: float = 0.0
     after_activation_s: float | None = None
+    #: Signed updates: a reset that swaps the banks takes at most this much more per page.
+    after_swap_per_page_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +219,12 @@ class Timing:
             return o.after_activation_s
         return o.seconds
 
+    def reset_to_advertising_after_swap_max_s(self, pages: int) -> float:
+        """A signed-only device's reset that swaps ``pages`` 4 KiB pages (the larger of the
+        new and the previous image; docs/protocol.md section 16.4)."""
+        o = self["reset_to_advertising_max_s"]
+        return o.seconds + (o.after_swap_per_page_s or 0.0) * pages
+
     @property
     def decoder_idle_s(self) -> float:
         return self["decoder_idle_s"].seconds
@@ -234,6 +242,7 @@ def timing() -> Timing:
                 o["to"],
                 o.get("per_megabyte_s", 0.0),
                 o.get("after_activation_s"),
+                o.get("after_swap_per_page_s"),
             )
             for o in data["obligations"]
         )
@@ -247,7 +256,10 @@ def render_timing_table() -> str:
         if o.per_megabyte_s:
             limit += f" + {o.per_megabyte_s:g} s per MB"
         if o.after_activation_s is not None:
-            limit += f" ({o.after_activation_s:g} s after an activation)"
+            limit += f" ({o.after_activation_s:g} s after an activation"
+            if o.after_swap_per_page_s is not None:
+                limit += f"; + {o.after_swap_per_page_s:g} s per 4 KiB page after a swap"
+            limit += ")"
         lines.append(f"| `{o.name}` | {limit} | {o.start} | {o.end} |")
     return "\n".join(lines) + "\n"
 

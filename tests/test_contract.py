@@ -24,7 +24,7 @@ from typing import Any
 import looptime
 import pytest
 
-from pytest_smartball import contract
+from pytest_smartball import contract, signing
 from pytest_smartball import protocol as p
 from smartball_sim import contract_vectors
 from smartball_sim.device import SimDevice
@@ -63,6 +63,8 @@ def _message(type_name: str, fields: dict[str, Any]) -> p.Message:
     values = dict(fields)
     if cls is p.CmdOtaData:
         values["data"] = bytes.fromhex(values["data"])
+    if cls is p.CmdOtaManifest:
+        values = {k: bytes.fromhex(v) for k, v in values.items()}
     return cls(**values)
 
 
@@ -184,6 +186,7 @@ class Replay:
             send=sent,
             request_reset=reset,
             observe=observe,
+            **_trust(config),
         )
         steps = self.vector["steps"]
 
@@ -210,6 +213,40 @@ class Replay:
                 )
         finally:
             loop.close()
+
+
+def _trust(config: dict[str, Any]) -> dict[str, Any]:
+    """A signed-only device's provisioning (docs/protocol.md section 16): the test key."""
+    signed = config.get("signed_only")
+    if signed is None:
+        return {}
+    key = signing.test_trusted_key()
+    assert signed["trusted_key_ids"] == [f"{key.key_id:08x}"]
+    return {"trusted_keys": [key], "security_counter": signed["security_counter"]}
+
+
+def test_the_signed_stories_show_test_confirmed_and_reverted() -> None:
+    """The INFO of the signed stories: TEST after the update, CONFIRMED with the raised
+    counter after CONFIRM and after a reset; REVERTED with the old counter without."""
+
+    def infos(name: str) -> list[tuple[int, int, int]]:
+        (vector,) = [v for v in DEVICE_VECTORS if v["name"] == name]
+        found = []
+        for step in vector["steps"]:
+            for entry in step["out"]:
+                if entry.get("type") == "MSG_INFO":
+                    info = p.decode(bytes.fromhex(entry["hex"]))
+                    assert isinstance(info, p.MsgInfo) and info.signed_only
+                    found.append((info.active_image_size, info.image_state, info.security_counter))
+        return found
+
+    test, confirmed, reverted = p.ImageState.TEST, p.ImageState.CONFIRMED, p.ImageState.REVERTED
+    assert infos("story:signed_update_confirmed") == [
+        (40, test, 3),
+        (40, confirmed, 5),
+        (40, confirmed, 5),
+    ]
+    assert infos("story:signed_update_reverted") == [(40, test, 3), (3072, reverted, 3)]
 
 
 def _active_image(config: dict[str, Any]) -> bytes:
@@ -319,7 +356,20 @@ def test_the_table_covers_every_state_and_command() -> None:
             for note in cell.notes:
                 assert note in TABLE.notes, note
     commands = {row.command for row in TABLE.rows}
-    assert {t.name for t in p.MsgType if t in p.COMMAND_TYPES} <= commands
+    # The table is a v1 device's; the two commands of signed updates are a v1 device's
+    # unknown types (its "unknown type" row), and section 16.10 has their rows.
+    signed = {p.MsgType.CMD_OTA_MANIFEST.name, p.MsgType.CMD_OTA_CONFIRM.name}
+    assert {t.name for t in p.MsgType if t in p.COMMAND_TYPES} - signed <= commands
+
+
+def test_section_16_has_the_rows_of_a_signed_only_device() -> None:
+    section = DOC.split("### 16.10", 1)[1].split("### 16.11", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `CMD_")]
+    commands = {line.split("`")[1] for line in rows}
+    assert commands == {"CMD_OTA_MANIFEST", "CMD_OTA_START", "CMD_OTA_FINISH", "CMD_OTA_CONFIRM"}
+    for code in ("BAD_MANIFEST", "UNTRUSTED_KEY", "BAD_SIGNATURE", "DOWNGRADE", "UNSIGNED"):
+        assert f"ERROR({code})" in section, code
+    assert "ERROR(DIGEST_MISMATCH)" in section
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,10 @@ from pytest_smartball.protocol import (
     SOF,
     CmdInfo,
     CmdOtaAbort,
+    CmdOtaConfirm,
     CmdOtaData,
     CmdOtaFinish,
+    CmdOtaManifest,
     CmdOtaStart,
     CmdOtaStatus,
     Frame,
@@ -61,8 +63,13 @@ SAMPLES: list[protocol.Message] = [
     CmdOtaStatus(),
     CmdOtaAbort(),
     CmdOtaFinish(),
+    CmdOtaManifest(manifest=bytes(range(56)), signature=bytes(range(64, 128))),
+    CmdOtaManifest(manifest=bytes([SOF]) * 56, signature=b"\xff" * 64),
+    CmdOtaConfirm(),
     MsgInfo(1, 1, 4, 2, 301568, 0x1C291CA3, 491520),
     MsgInfo(U8, U8, U8, U8, U32, U32, U32),
+    MsgInfo(1, 2, 0, 1, 10000, 0x1C291CA3, 491520, 2, 5, 1, 0xA1B2C3D4),
+    MsgInfo(U8, U8, U8, U8, U32, U32, U32, U32, U32, U8, U32),
     MsgOtaReady(max_chunk=234, window=16),
     MsgOtaReady(max_chunk=U16, window=U16),
     MsgOtaProgress(phase=1, done=4096, total=323584),
@@ -234,7 +241,7 @@ def test_decode_wants_exactly_one_frame() -> None:
 # --- parse_message errors --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("msg_type", [0x00, 0x02, 0x15, 0x80, 0x95, 0xFF])
+@pytest.mark.parametrize("msg_type", [0x00, 0x02, 0x17, 0x80, 0x95, 0xFF])
 def test_parse_unknown_type(msg_type: int) -> None:
     with pytest.raises(ProtocolError, match="unknown message type"):
         parse_message(Frame(msg_type, b""))
@@ -266,7 +273,10 @@ def test_parse_too_short_fixed_message(msg_type: MsgType, size: int) -> None:
         (CmdInfo(), 1),
         (CmdOtaStatus(), 4),
         (CmdOtaStart(10, 0x8EC580C0, 4, flags=1), 3),
-        (MsgInfo(1, 1, 4, 2, 301568, 0x1C291CA3, 491520, capabilities=1), 8),
+        (MsgInfo(1, 1, 4, 2, 301568, 0x1C291CA3, 491520, capabilities=1), 1),
+        (MsgInfo(1, 1, 4, 2, 301568, 0x1C291CA3, 491520, 3, 7, 1, 0xA1B2C3D4), 8),
+        (CmdOtaManifest(bytes(range(56)), bytes(range(64))), 4),
+        (CmdOtaConfirm(), 2),
         (MsgOtaStatus(2, 46800, 323194, 0xDEADBEEF), 2),
         (MsgOtaDone(0xDEADBEEF), 1),
     ],

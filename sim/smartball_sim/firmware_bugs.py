@@ -49,6 +49,16 @@ class FirmwareBug(enum.StrEnum):
     FLASH_ERROR_STICKY = "flash-error-sticky"
     LONG_FRAME_DROPPED = "long-frame-dropped"
     PROGRESS_IN_IMAGE_BYTES = "progress-in-image-bytes"
+    # Signed updates (docs/protocol.md section 16)
+    NO_SIGNATURE_CHECK = "no-signature-check"
+    HASH_OF_STREAM = "hash-of-stream"
+    HASH_NOT_COMPARED = "hash-not-compared"
+    COUNTER_NOT_ENFORCED = "counter-not-enforced"
+    COUNTER_NOT_PERSISTED = "counter-not-persisted"
+    CONFIRM_NOT_PERSISTED = "confirm-not-persisted"
+    NO_REVERT = "no-revert"
+    BOOTLOADER_TRUSTS_PENDING = "bootloader-trusts-pending"
+    ERASE_BEFORE_MANIFEST_CHECK = "erase-before-manifest-check"
 
     @property
     def what(self) -> str:

@@ -54,6 +54,8 @@ class DataMixin(FirmwareParts):
         s.next_offset = end
         s.rejected = None
         s.unwritten_chunks += 1
+        if s.manifest is not None and Bug.HASH_OF_STREAM in self.bugs:
+            s.stream_hash.update(msg.data)  # hashed as it arrives, never read back
         if s.progressive:
             last_page = (end - 1) // PAGE_SIZE
             for page in range(msg.offset // PAGE_SIZE, last_page + 1):

@@ -19,6 +19,7 @@ from pytest_smartball import protocol as p
 from pytest_smartball.manifest import SIGNED_HEAD_SIZE, Manifest, ManifestError
 from pytest_smartball.signing import SignatureRefused, TrustedKey, verify
 
+from .firmware_bugs import FirmwareBug as Bug
 from .firmware_parts import FirmwareParts
 from .firmware_swap import (
     SwapRecord,
@@ -108,7 +109,10 @@ class SignedMixin(FirmwareParts):
         if refusal is not None:
             self._error(p.ErrorCode[refusal.reason], what=str(refusal))
             return
-        if manifest.security_counter < self.security_counter:
+        if (
+            manifest.security_counter < self.security_counter
+            and Bug.COUNTER_NOT_ENFORCED not in self.bugs
+        ):
             self._error(
                 p.ErrorCode.DOWNGRADE,
                 what=f"counter {manifest.security_counter} < {self.security_counter}",
@@ -122,6 +126,8 @@ class SignedMixin(FirmwareParts):
         """Why the platform's crypto refuses ``head`` (key, then signature), or None."""
         if not any(k.key_id == manifest.key_id for k in self.trusted_keys):
             return SignatureRefused("UNTRUSTED_KEY", f"key {manifest.key_id:#010x} not trusted")
+        if Bug.NO_SIGNATURE_CHECK in self.bugs:
+            return None  # the key id is looked up, the signature never checked
         try:
             verify(head, list(self.trusted_keys))
         except SignatureRefused as exc:
@@ -134,17 +140,23 @@ class SignedMixin(FirmwareParts):
         """For a START that opens a new session on a signed-only ball: refuse it (and say
         so) unless it is the accepted manifest's image; nothing is erased before. On
         success the manifest moves to ``pending_manifest`` for the session."""
-        if self.image_state == p.ImageState.TEST:
-            self._error(p.ErrorCode.BAD_STATE)  # the staging bank holds the revert's image
-            return True
         accepted = self.accepted
-        if accepted is None or (accepted.manifest.image_size, accepted.manifest.image_crc32) != (
-            msg.image_size,
-            msg.image_crc32,
-        ):
-            self._error(p.ErrorCode.UNSIGNED)
-            return True
-        return False
+        refusal = None
+        if self.image_state == p.ImageState.TEST:
+            refusal = p.ErrorCode.BAD_STATE  # the staging bank holds the revert's image
+        elif accepted is None or (
+            accepted.manifest.image_size,
+            accepted.manifest.image_crc32,
+        ) != (msg.image_size, msg.image_crc32):
+            refusal = p.ErrorCode.UNSIGNED
+        if refusal is None:
+            return False
+        if Bug.ERASE_BEFORE_MANIFEST_CHECK in self.bugs:
+            pages = min(-(-msg.image_size // PAGE_SIZE), self.flash.size // PAGE_SIZE)
+            for page in range(pages):
+                self.flash.erase_page(page)  # the staging bank (the revert's image) is gone
+        self._error(refusal)
+        return True
 
     def _give_manifest_to(self, s: OtaSession) -> None:
         if self.signed_only and self.accepted is not None:
@@ -173,8 +185,11 @@ class SignedMixin(FirmwareParts):
         """After the CRC check: the SHA-256 of the staged flash against the manifest's."""
         if s.manifest is None:
             return False
-        digest = hashlib.sha256(self.flash.read(0, s.image_size)).digest()
-        if digest == s.manifest.image_sha256:
+        if Bug.HASH_OF_STREAM in self.bugs:
+            digest = s.stream_hash.digest()  # the bytes as they arrived, not the flash
+        else:
+            digest = hashlib.sha256(self.flash.read(0, s.image_size)).digest()
+        if digest == s.manifest.image_sha256 or Bug.HASH_NOT_COMPARED in self.bugs:
             return False
         self._end_session(p.OtaState.ERROR)
         self._error(p.ErrorCode.DIGEST_MISMATCH, command=p.MsgType.CMD_OTA_FINISH)
@@ -189,9 +204,11 @@ class SignedMixin(FirmwareParts):
             counter = max(self.security_counter, manifest.security_counter if manifest else 0)
             self.image_state = p.ImageState.CONFIRMED
             self.security_counter = counter
-            self.signed.image_state = p.ImageState.CONFIRMED
-            self.signed.test_manifest = None
-            self.signed.security_counter = counter
+            if Bug.CONFIRM_NOT_PERSISTED not in self.bugs:
+                self.signed.image_state = p.ImageState.CONFIRMED
+                self.signed.test_manifest = None
+            if Bug.COUNTER_NOT_PERSISTED not in self.bugs:
+                self.signed.security_counter = counter  # else raised in RAM only
             log.info("confirmed; security counter %d", counter)
             self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.CONFIRMED))
         self._reply(self.info())
@@ -213,7 +230,10 @@ class SignedMixin(FirmwareParts):
                     manifest,
                 )
         elif st.swap is None and st.image_state == p.ImageState.TEST:
-            if st.previous is not None:
+            if Bug.NO_REVERT in self.bugs:
+                st.image_state = p.ImageState.CONFIRMED  # TEST taken for confirmed
+                st.test_manifest = None
+            elif st.previous is not None:
                 log.warning("boot: the image in TEST was not confirmed; reverting")
                 size, version = st.previous
                 st.swap = self._new_swap(size, version, None)
@@ -232,16 +252,23 @@ class SignedMixin(FirmwareParts):
         """The bootloader's own check of PENDING: signature, SHA-256 of the staging bank,
         counter. Returns (its time, whether the image may run)."""
         seconds = size * (self.timings.verify_s_per_byte + self.timings.hash_s_per_byte)
+        if Bug.BOOTLOADER_TRUSTS_PENDING in self.bugs:
+            return seconds, True  # PENDING is believed
         try:
             manifest = verify(head[:SIGNED_HEAD_SIZE], list(self.trusted_keys))
         except SignatureRefused as exc:
             log.warning("boot: PENDING refused (%s); the old image stays active", exc)
             return seconds, False
         digest = hashlib.sha256(self.flash.read(0, size)).digest()
-        if manifest.image_size != size or digest != manifest.image_sha256:
+        if (
+            manifest.image_size != size or digest != manifest.image_sha256
+        ) and Bug.HASH_NOT_COMPARED not in self.bugs:
             log.warning("boot: the staging bank fails its SHA-256; the old image stays active")
             return seconds, False
-        if manifest.security_counter < self.signed.security_counter:
+        if (
+            manifest.security_counter < self.signed.security_counter
+            and Bug.COUNTER_NOT_ENFORCED not in self.bugs
+        ):
             log.warning("boot: PENDING's counter is below the device's; old image stays")
             return seconds, False
         return seconds, True

@@ -11,10 +11,27 @@ from pytest_smartball import protocol as p
 # --- the codec -----------------------------------------------------------------------------
 
 
+def _signed_manifest() -> p.CmdOtaManifest:
+    from pytest_smartball import signing
+
+    image = bytes((i * 7 + 3) & 0xFF for i in range(40))
+    signed = signing.sign(image, signing.test_key(), (2, 0, 1), 5)
+    return p.CmdOtaManifest(signed.manifest_bytes, signed.signature)
+
+
+#: MSG_INFO's trust fields (signed updates): listed only when a device sends them, so the
+#: v1 vectors read as they always did.
+_INFO_TRUST_FIELDS = ("security_counter", "image_state", "trusted_key_id")
+
+
 def _fields(msg: p.Message) -> dict[str, Any]:
     out = asdict(msg)
     if isinstance(msg, p.CmdOtaData):
         out["data"] = msg.data.hex(" ")
+    if isinstance(msg, p.CmdOtaManifest):
+        out = {"manifest": msg.manifest.hex(" "), "signature": msg.signature.hex(" ")}
+    if isinstance(msg, p.MsgInfo) and not any(out[k] for k in _INFO_TRUST_FIELDS):
+        out = {k: v for k, v in out.items() if k not in _INFO_TRUST_FIELDS}
     return {k: v for k, v in out.items()}
 
 
@@ -42,6 +59,26 @@ def codec_vectors() -> list[dict[str, Any]]:
         ("msg_done", p.MsgOtaDone(0xDEADBEEF)),
         ("msg_error", p.MsgError(2, 0x11, "bad state")),
         ("msg_error_no_text", p.MsgError(8, 0x10, "")),
+        # signed updates (docs/protocol.md section 16): the manifest of the 40-byte image
+        # of device.json's sessions, signed with the repository's test key
+        ("manifest", _signed_manifest()),
+        ("confirm", p.CmdOtaConfirm()),
+        (
+            "msg_info_signed_only",
+            p.MsgInfo(
+                1,
+                2,
+                0,
+                1,
+                40,
+                0xE730B7EA,
+                491520,
+                capabilities=2,
+                security_counter=5,
+                image_state=1,
+                trusted_key_id=0xCC1CA58D,
+            ),
+        ),
     ]
     out: list[dict[str, Any]] = [
         {"name": name, "type": msg.TYPE.name, "fields": _fields(msg), "hex": p.encode(msg).hex(" ")}

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_smartball import protocol as p
+from pytest_smartball import signing
 
 from ..firmware import (
     FirmwareEvent,
@@ -34,9 +35,22 @@ class DeviceConfig:
     #: Whether the harness resets the device when it asks to (after DONE); without, the
     #: state COMPLETE can be observed. The request shows as an event either way.
     resets: bool = True
+    #: A signed-only device (docs/protocol.md section 16): it trusts the test key and
+    #: starts with this security counter.
+    signed: bool = False
+    security_counter: int = 0
 
     def describe(self) -> dict[str, Any]:
+        trust: dict[str, Any] = {}
+        if self.signed:  # (absent for a v1 device: its vectors are unchanged)
+            trust = {
+                "signed_only": {
+                    "trusted_key_ids": [f"{signing.test_trusted_key().key_id:08x}"],
+                    "security_counter": self.security_counter,
+                }
+            }
         return {
+            **trust,
             "resets_when_asked": self.resets,
             "window": self.window,
             "staging_capacity": self.staging_capacity,
@@ -100,6 +114,8 @@ class _ModelRun:
             send=self._sent,
             request_reset=self._reset_requested,
             observe=self._observed,
+            trusted_keys=[signing.test_trusted_key()] if config.signed else [],
+            security_counter=config.security_counter,
         )
 
     def _observed(self, event: FirmwareEvent) -> None:

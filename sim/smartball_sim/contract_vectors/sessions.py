@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from pytest_smartball import contract
+from pytest_smartball import contract, signing
 from pytest_smartball import protocol as p
+from pytest_smartball.manifest import Manifest
 
 from .runner import DeviceConfig, Session, Step, run_session
 
@@ -140,6 +141,132 @@ def _cell(
         config,
         t + 1.0,
     )
+
+
+# --- signed updates (docs/protocol.md section 16) -------------------------------------------
+
+#: A signed-only device trusting the test key, its security counter 3.
+SIGNED = DeviceConfig(signed=True, security_counter=3)
+
+
+def signed_head(image: bytes = IMAGE, counter: int = 5, **fields: Any) -> bytes:
+    """The manifest of ``image`` (fields overridden as given) signed with the test key."""
+    kid = signing.test_trusted_key().key_id
+    manifest = Manifest.describe(image, (2, 0, 1), counter, kid)
+    if fields:
+        from dataclasses import replace
+
+        manifest = replace(manifest, **fields)
+    body = manifest.encode()
+    return body + signing.test_key().sign(body)
+
+
+def manifest_cmd(head: bytes) -> bytes:
+    return p.encode_frame(p.MsgType.CMD_OTA_MANIFEST, head)
+
+
+def signed_error_sessions() -> list[Session]:
+    """One session ending in each error code of signed updates."""
+    good = signed_head()
+    forged = bytearray(good)
+    forged[8] ^= 0x01  # the counter changed after signing
+    other_body = Manifest.describe(IMAGE, (2, 0, 1), 5, 0x12345678).encode()
+    wrong_digest = signed_head(image_sha256=bytes(32))
+    return [
+        Session(
+            "error:BAD_MANIFEST",
+            "CMD_OTA_MANIFEST whose magic is not SBM1, on a signed-only device.",
+            [Step(0.0, manifest_cmd(b"XBM1" + good[4:]))],
+            SIGNED,
+        ),
+        Session(
+            "error:UNTRUSTED_KEY",
+            "CMD_OTA_MANIFEST naming a key id the device does not trust.",
+            [Step(0.0, manifest_cmd(other_body + bytes(64)))],  # refused by its key id
+            SIGNED,
+        ),
+        Session(
+            "error:BAD_SIGNATURE",
+            "CMD_OTA_MANIFEST of the trusted key with its counter changed after signing.",
+            [Step(0.0, manifest_cmd(bytes(forged)))],
+            SIGNED,
+        ),
+        Session(
+            "error:DOWNGRADE",
+            "CMD_OTA_MANIFEST signed by the trusted key, counter 2 below the device's 3.",
+            [Step(0.0, manifest_cmd(signed_head(counter=2)))],
+            SIGNED,
+        ),
+        Session(
+            "error:UNSIGNED",
+            "CMD_OTA_START on a signed-only device without a manifest: refused, nothing "
+            "erased (no PROGRESS follows).",
+            [Step(0.0, start())],
+            SIGNED,
+        ),
+        Session(
+            "error:DIGEST_MISMATCH",
+            "A session whose signed manifest names another SHA-256 (size and CRC-32 right): "
+            "FINISH ends in DIGEST_MISMATCH after the CRC-32 check, state ERROR.",
+            [
+                Step(0.0, manifest_cmd(wrong_digest)),
+                Step(0.01, start()),
+                Step(0.2, b"".join(list(chunks())[:4])),
+                Step(0.25, b"".join(list(chunks())[4:])),
+                Step(0.3, p.encode(p.CmdOtaFinish())),
+            ],
+            SIGNED,
+        ),
+    ]
+
+
+def signed_story_sessions() -> list[Session]:
+    finish = p.encode(p.CmdOtaFinish())
+    confirm = p.encode(p.CmdOtaConfirm())
+    info = p.encode(p.CmdInfo())
+    all_chunks = list(chunks())
+    transfer = [
+        Step(0.0, manifest_cmd(signed_head())),
+        Step(0.01, start()),
+        Step(0.2, b"".join(all_chunks[:4])),
+        Step(0.25, b"".join(all_chunks[4:])),
+        Step(0.3, finish),
+    ]
+    return [
+        Session(
+            "story:signed_update_confirmed",
+            "A signed-only device (counter 3): MANIFEST accepted (STATUS), START, the "
+            "transfer, FINISH (CRC-32 and SHA-256 of the staged flash), DONE and the reset: "
+            "the bootloader verifies again and swaps; INFO shows the new image in TEST "
+            "(image_state 1), CONFIRM answers INFO with CONFIRMED and the counter raised to "
+            "5; after a reset it stays so.",
+            [
+                *transfer,
+                Step(5.0, info),
+                Step(5.1, confirm),
+                Step(5.2, b"", reset=True),
+                Step(10.0, info),
+            ],
+            SIGNED,
+        ),
+        Session(
+            "story:signed_update_reverted",
+            "The same update, and a reset before any CONFIRM: the bootloader swaps back; INFO "
+            "shows the previous image, image_state 2 (REVERTED), counter still 3.",
+            [*transfer, Step(5.0, info), Step(5.1, b"", reset=True), Step(10.0, info)],
+            SIGNED,
+        ),
+        Session(
+            "story:manifest_then_abort",
+            "An accepted manifest is discarded by ABORT: the START after it is UNSIGNED.",
+            [
+                Step(0.0, manifest_cmd(signed_head())),
+                Step(0.01, p.encode(p.CmdOtaAbort())),
+                Step(0.02, start()),
+            ],
+            SIGNED,
+        ),
+    ]
 
 
 def table_sessions() -> list[Session]:
@@ -333,5 +460,11 @@ def story_sessions() -> list[Session]:
 
 
 def device_vectors() -> list[dict[str, Any]]:
-    sessions = [*story_sessions(), *error_sessions(), *table_sessions()]
+    sessions = [
+        *story_sessions(),
+        *error_sessions(),
+        *table_sessions(),
+        *signed_story_sessions(),
+        *signed_error_sessions(),
+    ]
     return [run_session(s) for s in sessions]
