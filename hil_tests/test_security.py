@@ -75,7 +75,10 @@ async def info(nus: NusLink, smartball: Target, request: pytest.FixtureRequest) 
     got = await nus.request(p.CmdInfo(), (p.MsgInfo,))
     assert isinstance(got, p.MsgInfo), got
     if smartball.sim is not None and not got.signed_only and not device_signed_only(request.config):
-        pytest.skip("the run's simulated ball is a v1 device on purpose (--sim-trust=none)")
+        pytest.skip(
+            "the run's simulated ball is provisioned as a v1 device (--sim-trust=none): "
+            "there is no signed-update firmware to judge"
+        )
     return got
 
 
