@@ -322,7 +322,7 @@ def flash_layout() -> FlashLayout:
 
 # --- vectors --------------------------------------------------------------------------------
 
-VECTOR_FILES = ("codec.json", "decoder.json", "device.json")
+VECTOR_FILES = ("codec.json", "decoder.json", "device.json", "manifest.json")
 
 
 def vectors(name: str) -> dict[str, Any]:

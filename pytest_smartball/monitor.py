@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from . import contract
 from . import protocol as p
+from .manifest import Manifest, ManifestError
 
 PAGE_SIZE = 4096
 #: Radio delivery on top of the device's obligations: a few connection events each way
@@ -219,6 +220,15 @@ class ContractMonitor:
         self._window: int | None = None
         #: Capabilities from MSG_INFO (None: no INFO seen yet).
         self._capabilities: int | None = None
+        #: Whether the device advertises SIGNED_IMAGES (None: no INFO seen yet), and the
+        #: image its last INFO showed in TEST state: a reset may revert from it (16.6).
+        self._signed: bool | None = None
+        self._in_test: tuple[int, int] | None = None
+        self._before_test: tuple[int, int] | None = None
+        #: The image the last activation replaced.
+        self._replaced: tuple[int, int] | None = None
+        #: The image the next INFO may still show: the bootloader refused PENDING (16.4).
+        self._may_refuse: tuple[int, int] | None = None
         self._now = 0.0
 
     # --- what the test tells the monitor --------------------------------------------------
@@ -367,7 +377,18 @@ class ContractMonitor:
 
     def _reset(self, t: float, activation: bool) -> None:
         m = self._m
+        if self._signed and self._in_test is not None and self._before_test is not None:
+            # An image in TEST reverts at a reset unless it was confirmed (section 16.6):
+            # the device must run the previous image again.
+            self.active = self._before_test
+            self._in_test = self._before_test = None
+        self._may_refuse = None
+        if activation and self._activation is not None and self._signed and self.active:
+            # The bootloader verifies PENDING again and may refuse it (section 16.4): the
+            # next INFO may show the old image (only the next).
+            self._may_refuse = self.active
         if activation and self._activation is not None:
+            self._replaced = self.active
             self.active = self._activation
         self._activation = None
         self._reset_pending_info = True
@@ -514,8 +535,16 @@ class ContractMonitor:
         m = self._m
         state = m.state
         if cmd.error is not None:
+            if cmd.type in _SIGNED_COMMANDS and self._signed is not True:
+                # a device without SIGNED_IMAGES does not know the type (section 6)
+                unknown = f"MSG_ERROR:{p.ErrorCode.UNKNOWN_COMMAND.name}"
+                if self._signed is False:
+                    return _Reply((unknown,))
+                return _Reply((f"MSG_ERROR:{cmd.error.name}", unknown))
             return _Reply((f"MSG_ERROR:{cmd.error.name}",))
         msg = cmd.msg
+        if isinstance(msg, p.CmdOtaManifest | p.CmdOtaConfirm):
+            return self._signed_reply(msg, state)
         if self._unsure or state is None:
             return _loose_reply(msg)
         if isinstance(msg, p.CmdInfo):
@@ -523,7 +552,12 @@ class ContractMonitor:
         if isinstance(msg, p.CmdOtaStatus | p.CmdOtaAbort):
             return _Reply(("MSG_OTA_STATUS",))
         if isinstance(msg, p.CmdOtaStart):
-            return _Reply(self._start_reply(msg))
+            tokens = self._start_reply(msg)
+            if not tokens and state in (p.OtaState.IDLE, p.OtaState.ERROR) and self._signed:
+                # A signed-only device refuses a new session without an accepted manifest
+                # for its image, or while its image is in TEST (section 16.2).
+                return _Reply(_START_SIGNED_REFUSALS, optional=True)
+            return _Reply(tokens)
         if isinstance(msg, p.CmdOtaFinish):
             if state is p.OtaState.RECEIVING and m.session and m.next_offset == m.session.size:
                 return _Reply(())
@@ -542,6 +576,33 @@ class ContractMonitor:
             # what the device wrote meanwhile: either way is the contract's.
             return _Reply(("MSG_OTA_STATUS",), optional=True)
         return _Reply(tokens)
+
+    def _signed_reply(self, msg: p.Command, state: p.OtaState | None) -> _Reply:
+        """MANIFEST and CONFIRM (section 16): UNKNOWN_COMMAND on a v1 device; on a signed-
+        only one CONFIRM is answered with INFO in every state, MANIFEST with STATUS or the
+        refusal of its first failing check (the ones the monitor can judge without the
+        device's keys are judged), BAD_STATE with a session."""
+        unknown = f"MSG_ERROR:{p.ErrorCode.UNKNOWN_COMMAND.name}"
+        if self._signed is False:
+            return _Reply((unknown,))
+        maybe_v1 = (unknown,) if self._signed is None else ()
+        if isinstance(msg, p.CmdOtaConfirm):
+            return _Reply(("MSG_INFO", *maybe_v1))
+        assert isinstance(msg, p.CmdOtaManifest)
+        if self._unsure or state is None:
+            return _Reply(("MSG_OTA_STATUS", *_MANIFEST_REFUSALS, *maybe_v1))
+        if state not in (p.OtaState.IDLE, p.OtaState.ERROR):
+            return _Reply(("MSG_ERROR:BAD_STATE", *maybe_v1))
+        try:
+            manifest = Manifest.decode(msg.manifest)
+        except ManifestError:
+            return _Reply(("MSG_ERROR:BAD_MANIFEST", *maybe_v1))
+        if manifest.image_size == 0:
+            return _Reply(("MSG_ERROR:BAD_PARAM", *maybe_v1))
+        if self._capacity is not None and manifest.image_size > self._capacity:
+            return _Reply(("MSG_ERROR:TOO_LARGE", *maybe_v1))
+        # the key, the signature, the counter and the image state are the device's to judge
+        return _Reply(("MSG_OTA_STATUS", *_MANIFEST_REFUSALS, *maybe_v1))
 
     def _start_reply(self, msg: p.CmdOtaStart) -> tuple[str, ...]:
         m = self._m
@@ -601,7 +662,11 @@ class ContractMonitor:
                 self._m = _Model(window=m.window)
                 self._sent_end = 0
             return
+        if isinstance(msg, p.CmdOtaManifest | p.CmdOtaConfirm):
+            return  # nothing in the OTA state changes (section 16.1, 16.5)
         if isinstance(msg, p.CmdOtaStart):
+            if isinstance(replied, p.MsgError):
+                return  # refused (section 16.2: UNSIGNED, or BAD_STATE in TEST)
             self._apply_start(cmd.t, msg)
             return
         if isinstance(msg, p.CmdOtaFinish):
@@ -975,13 +1040,24 @@ class ContractMonitor:
         if msg.protocol_version != p.PROTOCOL_VERSION:
             self._violate(t, "info.fields", f"protocol_version {msg.protocol_version}", repr(msg))
         self._capabilities = msg.capabilities
+        self._signed = msg.signed_only
+        if self._signed and msg.image_state == p.ImageState.TEST:
+            running_now = (msg.active_image_size, msg.active_image_crc32)
+            if self._in_test != running_now:
+                self._before_test = self._replaced
+            self._in_test = running_now
+        else:
+            self._in_test = self._before_test = None
         if self._capacity is not None and msg.staging_capacity != self._capacity:
             self._violate(
                 t, "info.fields", f"staging_capacity changed from {self._capacity}", repr(msg)
             )
         self._capacity = msg.staging_capacity
         running = (msg.active_image_size, msg.active_image_crc32)
-        if self.active is not None and running != self.active and running not in self._may_run:
+        refused, self._may_refuse = self._may_refuse, None
+        if refused is not None and running == refused:
+            self._log(t, "*", "the bootloader refused the new image: the old one runs")
+        elif self.active is not None and running != self.active and running not in self._may_run:
             self._violate(
                 t,
                 "activation.info",
@@ -1057,6 +1133,9 @@ class ContractMonitor:
         if isinstance(msg, p.MsgError):
             if msg.code == p.ErrorCode.CRC_MISMATCH and state is p.OtaState.VERIFYING:
                 self._on_verify_failed(t, msg)
+                return True
+            if msg.code == p.ErrorCode.DIGEST_MISMATCH and state is p.OtaState.VERIFYING:
+                self._on_digest_mismatch(t, msg)
                 return True
             if msg.code == p.ErrorCode.FLASH_ERROR and state in (
                 p.OtaState.ERASING,
@@ -1196,6 +1275,18 @@ class ContractMonitor:
         m.done_t = t
         self._activation = (s.size, s.crc)
 
+    def _on_digest_mismatch(self, t: float, msg: p.MsgError) -> None:
+        """Section 16.3: the staged flash's SHA-256 is not the manifest's (its CRC-32 may
+        well be START's: a tampering behind the CRC), state ERROR."""
+        m = self._m
+        if msg.command != p.MsgType.CMD_OTA_FINISH:
+            self._violate(t, "error.command", "DIGEST_MISMATCH must name CMD_OTA_FINISH", repr(msg))
+        if self._signed is False:
+            self._violate(t, "frame.fields", "DIGEST_MISMATCH from a v1 device", repr(msg))
+        self._check_final_ack(t, msg)
+        self._m = _Model(state=p.OtaState.ERROR, window=m.window)
+        self._sent_end = 0
+
     def _on_verify_failed(self, t: float, msg: p.MsgError) -> None:
         m = self._m
         s = m.session
@@ -1250,7 +1341,23 @@ _COMMAND_CLASSES = (
 )
 #: Messages that follow work under way rather than answer a command.
 _ASYNC = (p.MsgOtaProgress, p.MsgOtaReady, p.MsgOtaAck, p.MsgOtaDone)
-_ASYNC_ERRORS = frozenset({p.ErrorCode.CRC_MISMATCH, p.ErrorCode.FLASH_ERROR})
+_ASYNC_ERRORS = frozenset(
+    {p.ErrorCode.CRC_MISMATCH, p.ErrorCode.FLASH_ERROR, p.ErrorCode.DIGEST_MISMATCH}
+)
+#: Signed updates (section 16): the two commands a v1 device does not know; what a signed-
+#: only device may refuse a well-formed MANIFEST with (the device holds the keys, the
+#: counter and the image state); what it may refuse a new session's START with.
+_SIGNED_COMMANDS = frozenset({p.MsgType.CMD_OTA_MANIFEST, p.MsgType.CMD_OTA_CONFIRM})
+_MANIFEST_REFUSALS = tuple(
+    f"MSG_ERROR:{code.name}"
+    for code in (
+        p.ErrorCode.UNTRUSTED_KEY,
+        p.ErrorCode.BAD_SIGNATURE,
+        p.ErrorCode.DOWNGRADE,
+        p.ErrorCode.BAD_STATE,
+    )
+)
+_START_SIGNED_REFUSALS = ("MSG_ERROR:UNSIGNED", "MSG_ERROR:BAD_STATE")
 
 
 def _pages(size: int) -> int:
@@ -1292,6 +1399,8 @@ def _loose_match(head: _Pending, msg: p.DeviceMessage) -> bool:
         return isinstance(msg, p.MsgError)
     if isinstance(head.msg, p.CmdInfo):
         return isinstance(msg, p.MsgInfo)
+    if isinstance(head.msg, p.CmdOtaConfirm):
+        return isinstance(msg, p.MsgInfo | p.MsgError)
     if isinstance(head.msg, p.CmdOtaStatus | p.CmdOtaAbort):
         return isinstance(msg, p.MsgOtaStatus)
     if isinstance(head.msg, p.CmdOtaStart):

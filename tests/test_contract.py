@@ -26,6 +26,7 @@ import pytest
 
 from pytest_smartball import contract, signing
 from pytest_smartball import protocol as p
+from pytest_smartball.manifest import Manifest
 from smartball_sim import contract_vectors
 from smartball_sim.device import SimDevice
 from smartball_sim.firmware import FirmwareEvent, FirmwareEventKind, FlashTimings, SmartBallFirmware
@@ -668,3 +669,61 @@ def test_setuptools_packages_the_contract_data() -> None:
     assert len(files) == 4 + len(contract.VECTOR_FILES)
     for name in files:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
+
+
+# --- manifest vectors (signed updates, docs/protocol.md section 16.1) --------------------------
+
+MANIFEST_DOC = contract.vectors("manifest.json")
+
+
+@pytest.mark.parametrize("vector", MANIFEST_DOC["vectors"], ids=lambda v: v["name"])
+def test_manifest_vector(vector: dict[str, Any]) -> None:
+    """The device's answer is the model's, and the host's signing.verify agrees with each
+    answer that is the crypto's (the format, the key, the signature)."""
+    head = bytes.fromhex(vector["head"])
+    device = MANIFEST_DOC["device"]
+    replies: list[p.Message] = []
+
+    async def ask() -> None:
+        fw = SmartBallFirmware(
+            active_image=bytes(range(256)) * 12,
+            staging_capacity=device["staging_capacity"],
+            send=lambda frame: replies.extend(
+                p.parse_message(f) for f in p.FrameDecoder().feed(frame)
+            ),
+            trusted_keys=[signing.test_trusted_key()],
+            security_counter=device["security_counter"],
+        )
+        fw.receive(p.encode_frame(p.MsgType.CMD_OTA_MANIFEST, head))
+
+    asyncio.run(ask())
+    (reply,) = replies
+    answer = reply.code_name if isinstance(reply, p.MsgError) else "accepted"
+    assert answer == vector["device_answers"]
+    try:
+        signing.verify(head, [signing.test_trusted_key()])
+        verdict = "accepted"
+    except signing.SignatureRefused as exc:
+        verdict = exc.reason
+    if answer in ("BAD_FRAME", "BAD_MANIFEST", "UNTRUSTED_KEY", "BAD_SIGNATURE", "accepted"):
+        assert verdict == answer
+
+
+def test_manifest_vectors_name_the_test_key_and_cover_every_refusal() -> None:
+    key = signing.test_trusted_key()
+    assert MANIFEST_DOC["key"]["key_id"] == f"{key.key_id:08x}"
+    assert bytes.fromhex(MANIFEST_DOC["key"]["public_key"]) == signing.raw_public(key.public)
+    answers = {v["device_answers"] for v in MANIFEST_DOC["vectors"]}
+    assert answers == {
+        "accepted",
+        "BAD_FRAME",
+        "BAD_MANIFEST",
+        "BAD_PARAM",
+        "TOO_LARGE",
+        "UNTRUSTED_KEY",
+        "BAD_SIGNATURE",
+        "DOWNGRADE",
+    }
+    (accepted,) = [v for v in MANIFEST_DOC["vectors"] if v["name"] == "accepted"]
+    manifest = Manifest.decode(bytes.fromhex(accepted["head"]))
+    assert manifest.describes(bytes.fromhex(MANIFEST_DOC["image"]["hex"]))

@@ -34,6 +34,9 @@ from pytest_smartball.protocol import (
     MsgOtaStatus,
     OtaState,
 )
+from smartball_sim.firmware import (
+    DEFAULT_STAGING_CAPACITY as DEFAULT_CAPACITY,
+)
 from smartball_sim.firmware import PAGE_SIZE, FlashTimings, SmartBallFirmware
 from smartball_sim.firmware_swap import (
     STEPS_PER_PAGE,
@@ -84,11 +87,11 @@ class Ball:
         self.replies: list[p.Message] = []
         self.reset_requests = 0
         kwargs.setdefault("staging_capacity", CAPACITY)
+        kwargs.setdefault("timings", TIMINGS)
         self.fw = SmartBallFirmware(
             active_image=OLD_IMAGE,
             version=(1, 0, 0),
             window=4,
-            timings=TIMINGS,
             send=self._on_send,
             request_reset=self._on_reset_request,
             trusted_keys=[TRUSTED] if trusted else [],
@@ -662,3 +665,32 @@ async def test_bug_erase_before_manifest_check(bug: str | None) -> None:
     assert ball.refused(start_for(OLD_IMAGE)) == ErrorCode.BAD_STATE
     intact = ball.fw.flash.read(0, len(OLD_IMAGE)) == OLD_IMAGE
     assert intact != bool(bug)
+
+
+# --- the swap's timing obligation (timing.json: after_swap_per_page_s) -------------------------
+
+
+@pytest.mark.parametrize("size", [40, 64 * 1024, DEFAULT_CAPACITY])
+async def test_a_swap_meets_the_reset_to_advertising_obligation(size: int) -> None:
+    from pytest_smartball import contract
+    from smartball_sim.device import RadioTimings
+
+    new = make_image(size, 11, version=(3, 0, 0))
+    ball = Ball(timings=FlashTimings(), staging_capacity=DEFAULT_CAPACITY)
+    s = ball.fw
+    # the staged image, written as a session would have (the transfer is not the point)
+    s.flash.write_words(0, new + b"\xff" * (-len(new) % 4))
+    s._pending = _pending_for(signed(new))
+    boot = RadioTimings().boot_s + ball.reset()
+    pages = math.ceil(max(size, len(OLD_IMAGE)) / PAGE_SIZE)
+    assert ball.fw.active.data == new
+    assert boot <= contract.timing().reset_to_advertising_after_swap_max_s(pages)
+    revert = RadioTimings().boot_s + ball.reset()
+    assert ball.fw.active.data == OLD_IMAGE
+    assert revert <= contract.timing().reset_to_advertising_after_swap_max_s(pages)
+
+
+def _pending_for(update: SignedImage) -> Any:
+    from smartball_sim.firmware_types import _PendingRecord
+
+    return _PendingRecord(len(update.image), p.crc32(update.image), update.head)

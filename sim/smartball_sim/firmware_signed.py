@@ -234,7 +234,7 @@ class SignedMixin(FirmwareParts):
                 st.image_state = p.ImageState.CONFIRMED  # TEST taken for confirmed
                 st.test_manifest = None
             elif st.previous is not None:
-                log.warning("boot: the image in TEST was not confirmed; reverting")
+                log.info("boot: the image in TEST was not confirmed; reverting")
                 size, version = st.previous
                 st.swap = self._new_swap(size, version, None)
         elif st.swap is None and st.image_state == p.ImageState.REVERTED:

@@ -2,7 +2,7 @@
 ``python -m smartball_sim.contract_vectors --check`` (fails if the packaged vectors differ
 from what the model produces now) or ``--write`` (regenerates them).
 
-Three files under ``pytest_smartball/contract/vectors/``, for any implementation's tests
+Four files under ``pytest_smartball/contract/vectors/``, for any implementation's tests
 (the firmware team's C tests read them: hex in, frames / replies / states out):
 
 ``codec.json``
@@ -11,6 +11,9 @@ Three files under ``pytest_smartball/contract/vectors/``, for any implementation
 ``decoder.json``
     Byte streams, in timed pieces, and what a conforming decoder makes of them: the frames,
     its counters, the bytes left buffered.
+``manifest.json``
+    Signed heads made with the test key and what a signed-only device answers to each
+    (docs/protocol.md section 16).
 ``device.json``
     Sessions with the device: timed inputs (hex, link drops, resets, flash failures) and,
     for each, the messages the device sends until the next input and its state then.
@@ -38,6 +41,7 @@ from typing import Any
 from pytest_smartball import contract
 
 from .codec import codec_vectors, decoder_vectors
+from .manifests import manifest_header, manifest_vectors
 from .runner import DeviceConfig, Session, Step, run_session
 from .sessions import device_vectors, error_sessions, story_sessions, table_sessions
 
@@ -64,6 +68,7 @@ GENERATORS: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "codec.json": codec_vectors,
     "decoder.json": decoder_vectors,
     "device.json": device_vectors,
+    "manifest.json": manifest_vectors,
 }
 
 _ABOUT = {
@@ -78,15 +83,22 @@ _ABOUT = {
     "until the next step (out), then its state. MSG_ERROR compares code and command only; "
     "other messages byte for byte; times t are informative (the model's, with these flash "
     "timings), the order is not. event 'reset' is the device resetting itself after DONE.",
+    "manifest.json": "Signed heads (manifest 56 bytes + Ed25519 signature 64, what "
+    "CMD_OTA_MANIFEST carries; docs/protocol.md section 16.1) made with the repository's "
+    "test key, and what a signed-only device trusting that key with security counter 3 "
+    "answers to each as CMD_OTA_MANIFEST in IDLE: accepted (MSG_OTA_STATUS) or the code of "
+    "the MSG_ERROR of the first check that refuses it.",
 }
 
 
 def render(name: str) -> str:
-    document = {
+    document: dict[str, Any] = {
         "about": _ABOUT[name],
         "generated_by": "python -m smartball_sim.contract_vectors --write",
-        "vectors": GENERATORS[name](),
     }
+    if name == "manifest.json":
+        document.update(manifest_header())
+    document["vectors"] = GENERATORS[name]()
     return json.dumps(document, indent=1, ensure_ascii=False) + "\n"
 
 
