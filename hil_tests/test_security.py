@@ -23,6 +23,7 @@ from dataclasses import replace
 import pytest
 import pytest_asyncio
 
+from pytest_smartball import contract
 from pytest_smartball import protocol as p
 from pytest_smartball.fixtures import device_signed_only
 from pytest_smartball.image import FirmwareImage
@@ -50,16 +51,19 @@ RUNS_ANY_IMAGE = (
 IMAGE = random.Random(23).randbytes(3 * 4096 - 100)
 #: Another image, for "another image's signature".
 OTHER_IMAGE = random.Random(24).randbytes(5000)
+#: The pages of a full staging bank: the longest swap.
+FULL_BANK_PAGES = -(-contract.flash_layout().staging_capacity // 4096)
 #: How long a refusal may take: a reply, never an erase (which is 85 ms a page).
 REFUSAL_S = TIMING.reply_max_s + c.RADIO_MARGIN_S
 
 
 async def back_after_reset(smartball: Target) -> NusLink:
     """A link to the device once it is back from a reset. On a signed-only device every
-    reset may swap the banks (into a new image, or back in a revert): the activation's
-    limit applies."""
+    reset may swap the banks (into a new image, or back in a revert): the swap's limit
+    for a full staging bank applies (the scan waits; it measures nothing)."""
     await asyncio.sleep(0)  # (the reset's link loss is delivered first)
-    link, _ = await h.back_after_reset(smartball, TIMING.reset_to_advertising_max_s(True))
+    limit = TIMING.reset_to_advertising_after_swap_max_s(FULL_BANK_PAGES)
+    link, _ = await h.back_after_reset(smartball, limit)
     return link
 
 
@@ -470,6 +474,8 @@ async def raised(
     the INFO the confirm answered."""
     new = signer.manifest_command(image, counter=info.security_counter + 1)
     link = await update(nus, smartball, image, new)
+    trial = await running(link)  # a host confirms what it saw running
+    assert trial.runs(len(image), p.crc32(image)), f"after the update: {trial}"
     return link, await confirm(link)
 
 
@@ -718,6 +724,8 @@ async def test_a_power_cut_before_the_confirm_reverts(
     image = release_image(firmware_image, info)
     command = signer.manifest_command(image, counter=info.security_counter + 1)
     link = await update(nus, smartball, image, command)
+    trial = await running(link)  # a host confirms what it saw running
+    assert trial.image_state == p.ImageState.TEST, trial
     await link.send(p.CmdOtaConfirm())
     await lose_link(link, "as CONFIRM arrives")
     await link.close()
@@ -742,6 +750,8 @@ async def test_a_power_cut_just_after_the_confirm_keeps_it(
     image = release_image(firmware_image, info)
     command = signer.manifest_command(image, counter=info.security_counter + 1)
     link = await update(nus, smartball, image, command)
+    trial = await running(link)  # a host confirms what it saw running
+    assert trial.image_state == p.ImageState.TEST, trial
     await link.send(p.CmdOtaConfirm())
     await lose_link(link, "just after the confirm")
     await link.close()
