@@ -77,10 +77,7 @@ def _cell(data: dict[str, Any]) -> Cell:
     )
 
 
-@functools.cache
-def command_state_table() -> CommandStateTable:
-    data = _read("command_state.json")
-    assert data["states"] == [s.name for s in STATES], "the table's states are the protocol's"
+def _table(data: dict[str, Any]) -> CommandStateTable:
     rows = tuple(
         Row(
             r["id"],
@@ -91,6 +88,21 @@ def command_state_table() -> CommandStateTable:
         for r in data["rows"]
     )
     return CommandStateTable(data["about"], rows, dict(data["notes"]))
+
+
+@functools.cache
+def command_state_table() -> CommandStateTable:
+    """The table of a device without SIGNED_IMAGES (a v1 device; section 7.2)."""
+    data = _read("command_state.json")
+    assert data["states"] == [s.name for s in STATES], "the table's states are the protocol's"
+    return _table(data)
+
+
+@functools.cache
+def signed_command_state_table() -> CommandStateTable:
+    """The rows that differ on a device with SIGNED_IMAGES (section 16.10): the two new
+    commands and the manifest checks of START and FINISH; every other row is the v1 one."""
+    return _table(_read("command_state.json")["signed_only"])
 
 
 def message_token(msg: p.Message) -> str:
@@ -143,9 +155,9 @@ def render_cell(cell: Cell, note_numbers: dict[str, int], state: p.OtaState) -> 
     return text
 
 
-def render_command_state_table() -> str:
+def render_command_state_table(table: CommandStateTable | None = None) -> str:
     """The table as docs/protocol.md shows it (Markdown), notes numbered below it."""
-    table = command_state_table()
+    table = table or command_state_table()
     order: list[str] = []
     for row in table.rows:
         for state in STATES:

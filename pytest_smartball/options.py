@@ -38,7 +38,7 @@ _DEVICE_HELP = "run against the in-process simulator (default) or real hardware"
 #: --sim-trust's choices and default (the same as smartball_sim's targets: the simulator
 #: is not imported to list them).
 SIM_TRUST_CHOICES = ("test", "none")
-SIM_TRUST_DEFAULT = "none"
+SIM_TRUST_DEFAULT = "test"
 
 #: Set once tests are collected: one of them uses the SmartBall fixtures or markers (only
 #: then does ``--device=real`` check the bench).
@@ -63,7 +63,7 @@ class SmartBallOptions:
     #: The simulated flash's timings, "erase_page_s=0.12,..." (None: the nRF52840's).
     sim_flash: str | None = None
     #: What every simulated ball trusts: "test" (the test key: signed-only) or "none" (v1).
-    sim_trust: str = "none"
+    sim_trust: str = SIM_TRUST_DEFAULT
     compare: str | None = None
     compare_tolerance_percent: float = DEFAULT_COMPARE_TOLERANCE_PERCENT
     compare_min_measured_percent: float = DEFAULT_COMPARE_MIN_MEASURED_PERCENT

@@ -311,7 +311,10 @@ def test_errors_name_the_command_they_answer() -> None:
 
 # --- the command x state table ----------------------------------------------------------------
 
-CELLS = [(row, state) for row in TABLE.rows for state in contract.STATES]
+SIGNED_TABLE = contract.signed_command_state_table()
+CELLS = [("", row, state) for row in TABLE.rows for state in contract.STATES] + [
+    ("signed:", row, state) for row in SIGNED_TABLE.rows for state in contract.STATES
+]
 
 
 #: What goes on in a state unless the command ends it (the table does not list it): the
@@ -323,11 +326,15 @@ BACKGROUND = {
 
 
 @pytest.mark.parametrize(
-    ("row", "state"), CELLS, ids=[f"{row.id}-{state.name}" for row, state in CELLS]
+    ("table", "row", "state"),
+    CELLS,
+    ids=[f"{table}{row.id}-{state.name}" for table, row, state in CELLS],
 )
-def test_table_cell_holds_for_the_model(row: contract.Row, state: p.OtaState) -> None:
+def test_table_cell_holds_for_the_model(table: str, row: contract.Row, state: p.OtaState) -> None:
+    """Each cell of the v1 table and of the signed-only rows (``signed:``, section 16.10)."""
     cell = row.cells[state]
-    (vector,) = [v for v in DEVICE_VECTORS if v["name"] == f"cell:{row.id}:{state.name}"]
+    name = f"cell:{table}{row.id}:{state.name}"
+    (vector,) = [v for v in DEVICE_VECTORS if v["name"] == name]
     *setup, last = vector["steps"]
     # the set-up reached the state the cell is about
     assert (setup[-1]["state"] if setup else "IDLE") == state.name, vector["name"]
@@ -400,6 +407,17 @@ def _between(marker: str) -> str:
 
 def test_the_document_shows_the_command_state_table_of_the_data() -> None:
     assert _between("command-state") == contract.render_command_state_table()
+    signed = contract.render_command_state_table(SIGNED_TABLE)
+    assert _between("command-state-signed") == signed
+
+
+def test_the_signed_rows_cover_both_new_commands_and_every_note() -> None:
+    for row in SIGNED_TABLE.rows:
+        assert set(row.cells) == set(p.OtaState), row.id
+        for cell in row.cells.values():
+            assert all(note in SIGNED_TABLE.notes for note in cell.notes), row.id
+    commands = {row.command for row in SIGNED_TABLE.rows}
+    assert {"CMD_OTA_MANIFEST", "CMD_OTA_CONFIRM"} <= commands
 
 
 def test_the_document_shows_the_timing_obligations_of_the_data() -> None:

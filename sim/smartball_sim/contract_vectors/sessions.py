@@ -269,6 +269,97 @@ def signed_story_sessions() -> list[Session]:
     ]
 
 
+#: The cells of the signed-only rows (command_state.json "signed_only"): a signed-only
+#: device that does not reset when it asks to (COMPLETE lasts).
+SIGNED_CELLS = DeviceConfig(signed=True, security_counter=3, resets=False)
+OTHER = bytes(80)
+
+
+def _signed_steps_to(
+    state: p.OtaState, digest_wrong: bool = False
+) -> tuple[list[Step], float, bytes]:
+    """As _steps_to, on a signed-only device: each session's MANIFEST first (with another
+    SHA-256 for ``digest_wrong``; with START's wrong CRC for ERROR)."""
+    if state == p.OtaState.IDLE:
+        return [], 0.0, IMAGE
+    if state == p.OtaState.ERASING:
+        return (
+            [
+                Step(0.0, manifest_cmd(signed_head(ERASING_IMAGE))),
+                Step(0.001, start(ERASING_IMAGE)),
+            ],
+            0.05,
+            ERASING_IMAGE,
+        )
+    steps, t, image = _steps_to(state)
+    fields: dict[str, Any] = {}
+    if state == p.OtaState.ERROR:
+        fields["image_crc32"] = 0xDEADBEEF
+    if digest_wrong:
+        fields["image_sha256"] = bytes(32)
+    first = [Step(0.0, manifest_cmd(signed_head(image, **fields)))]
+    moved = [Step(0.001 if s.at_s == 0.0 else s.at_s, s.data) for s in steps]
+    return first + moved, t, image
+
+
+def _signed_cell_command(row_id: str) -> bytes:
+    good = signed_head(OTHER)
+    match row_id:
+        case "manifest_valid":
+            return manifest_cmd(good)
+        case "manifest_bad_manifest":
+            return manifest_cmd(b"XBM1" + good[4:])
+        case "manifest_bad_param":
+            return manifest_cmd(signed_head(OTHER, image_size=0))
+        case "manifest_too_large":
+            return manifest_cmd(signed_head(OTHER, image_size=5 * 4096 + 1))
+        case "manifest_untrusted_key":
+            body = Manifest.describe(OTHER, (2, 0, 1), 5, 0x12345678).encode()
+            return manifest_cmd(body + bytes(64))
+        case "manifest_bad_signature":
+            forged = bytearray(good)
+            forged[8] ^= 0x01
+            return manifest_cmd(bytes(forged))
+        case "manifest_downgrade":
+            return manifest_cmd(signed_head(OTHER, counter=2))
+        case "manifest_short":
+            return p.encode_frame(p.MsgType.CMD_OTA_MANIFEST, good[:100])
+        case "confirm":
+            return p.encode(p.CmdOtaConfirm())
+        case "start_unsigned" | "start_signed":
+            return start(OTHER)
+        case "finish_digest_mismatch":
+            return p.encode(p.CmdOtaFinish())
+    raise AssertionError(row_id)
+
+
+def _signed_cell_session(row_id: str, state: p.OtaState) -> Session:
+    digest_wrong = row_id == "finish_digest_mismatch" and state == p.OtaState.RECEIVING
+    steps, t, _ = _signed_steps_to(state, digest_wrong)
+    if digest_wrong:  # FINISH right behind the last chunk, as the v1 row "finish"
+        all_chunks = list(chunks())
+        steps = [*steps[:2], Step(0.2, b"".join(all_chunks[:-1]))]
+        t = 0.3
+        steps.append(Step(t, all_chunks[-1]))
+    if row_id == "start_signed" and state in (p.OtaState.IDLE, p.OtaState.ERROR):
+        steps.append(Step(t, manifest_cmd(signed_head(OTHER))))
+        t += 0.01
+    steps.append(Step(t, _signed_cell_command(row_id)))
+    return Session(
+        f"cell:signed:{row_id}:{state.name}",
+        f"signed-only rows (section 16.10), row {row_id!r} in {state.name}: set-up inputs, "
+        "then the row's command as the last input",
+        steps,
+        SIGNED_CELLS,
+        t + 1.0,
+    )
+
+
+def signed_table_sessions() -> list[Session]:
+    table = contract.signed_command_state_table()
+    return [_signed_cell_session(row.id, state) for row in table.rows for state in contract.STATES]
+
+
 def table_sessions() -> list[Session]:
     table = contract.command_state_table()
     return [_cell_session(row.id, state) for row in table.rows for state in contract.STATES]
@@ -466,5 +557,6 @@ def device_vectors() -> list[dict[str, Any]]:
         *table_sessions(),
         *signed_story_sessions(),
         *signed_error_sessions(),
+        *signed_table_sessions(),
     ]
     return [run_session(s) for s in sessions]
