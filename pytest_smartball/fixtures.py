@@ -103,7 +103,7 @@ def smartball(
             seed=seed,
             firmware_bugs=opts.firmware_bugs,
             flash_spec=opts.sim_flash,
-            sim_trust=opts.sim_trust,
+            sim_trust=_sim_trust(request.node, opts.sim_trust),
             **options,
         )
     except refused as exc:  # the test's plan needs BlueZ; the Bumble link refuses it
@@ -114,6 +114,13 @@ def smartball(
         state.sim_first = target.sim.firmware.info()
         state.address = state.address or target.address  # what the report names
     yield target
+
+
+def _sim_trust(item: pytest.Item, default: str) -> str:
+    """``@pytest.mark.sim_trust("none")``: this test's simulated ball is a v1 ball (or
+    ``"test"``: signed-only) whatever ``--sim-trust`` says."""
+    marker = item.get_closest_marker("sim_trust")
+    return str(marker.args[0]) if marker and marker.args else default
 
 
 def _return_to_baseline(

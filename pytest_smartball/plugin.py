@@ -106,6 +106,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sim_only: runs only with --device=sim")
     config.addinivalue_line("markers", "real_only: runs only with --device=real")
     config.addinivalue_line(
+        "markers",
+        "sim_trust(trust): what this test's simulated device trusts, 'test' or 'none' "
+        "(a v1 ball), instead of --sim-trust (sim only)",
+    )
+    config.addinivalue_line(
         "markers", "faults(spec): fault plan for this test's simulated device (sim only)"
     )
     from .recording import Recorder

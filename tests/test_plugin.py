@@ -484,7 +484,8 @@ def test_firmware_option_is_flashed(inner: pytest.Pytester) -> None:
     (inner.path / "app.bin").write_bytes(data)
     crc = zlib.crc32(data)
     inner.makepyfile(test_fw=FIRMWARE_TESTS.format(size=len(data), crc=crc))
-    result = run(inner, "--firmware=app.bin")
+    # an unsigned file: a v1 ball (the plugin's simulated ball is signed-only by default)
+    result = run(inner, "--firmware=app.bin", "--sim-trust=none")
     result.stdout.fnmatch_lines(["smartball: device=sim * firmware=app.bin *"])
     result.assert_outcomes(passed=2)
 
@@ -665,7 +666,8 @@ def test_the_report_and_junit_say_what_the_run_was_and_what_the_device_runs(
     import xml.etree.ElementTree as ET
 
     inner.makepyfile(test_identity=IDENTITY_TESTS)
-    result = run(inner, "--junitxml=out.xml", "--smartball-report=report.json")
+    # own engines with an unsigned image: a v1 ball (the default is signed-only)
+    result = run(inner, "--junitxml=out.xml", "--smartball-report=report.json", "--sim-trust=none")
     result.assert_outcomes(passed=4)
     report = json.loads((inner.path / "report.json").read_text())
     crc = report["firmware"]["candidate"]["crc32"]

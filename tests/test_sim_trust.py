@@ -51,3 +51,16 @@ def test_a_trust_that_is_not_a_choice_is_a_usage_error(pytester: pytest.Pytester
     result = pytester.runpytest_subprocess(*BASE_ARGS, "--sim-trust=maybe", timeout=60)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--sim-trust" in result.stderr.str()
+
+
+def test_the_sim_trust_marker_overrides_the_option(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".ini", pytest=INNER_INI)
+    pytester.makepyfile(
+        test_trust="import pytest\n\n\n@pytest.mark.sim_trust('none')\n"
+        + SIGNED_ONLY_TEST.lstrip("\n")
+    )
+    result = pytester.runpytest_subprocess(
+        *BASE_ARGS, "--device=sim", "--sim-trust=test", timeout=60
+    )
+    result.assert_outcomes(passed=1)
+    assert (pytester.path / "trust.txt").read_text().split() == ["False", "0"]
