@@ -281,3 +281,19 @@ async def test_a_power_cut_with_a_nearly_full_staging_area(
     await expect_state_after_reset(
         smartball, PLAIN_RESET_S, before, f"a power cut with {end} bytes staged"
     )
+
+
+@pytest.mark.sim_only
+@pytest.mark.sim_trust("none")
+async def test_a_power_cut_with_a_nearly_full_staging_area_on_a_v1_ball(
+    nus: NusLink,
+    smartball: Target,
+    power_cycle: PowerCycle,
+    smartball_options: SmartBallOptions,
+) -> None:
+    """The same on a v1 ball (no SIGNED_IMAGES: its bootloader copies, it does not swap),
+    which the simulator's default signed-only ball no longer is: a boot that erases the
+    staging bank first is slow only there."""
+    await test_a_power_cut_with_a_nearly_full_staging_area(
+        nus, smartball, power_cycle, smartball_options
+    )
