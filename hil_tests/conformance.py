@@ -21,6 +21,8 @@ from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import LinkLost, NusLink, ResponseTimeout
 
+from .helpers import present_manifest
+
 TIMING = contract.timing()
 #: Radio delivery on top of the device's own obligation: a few connection events (at most
 #: 50 ms each on Linux) each way.
@@ -104,9 +106,14 @@ async def settle(nus: NusLink) -> None:
     nus.drain()
 
 
-async def start(nus: NusLink, image: bytes, crc32: int | None = None) -> p.MsgOtaReady:
-    """START a session and wait for READY through the whole erase."""
+async def start(
+    nus: NusLink, image: bytes, crc32: int | None = None, *, manifest: bool = True
+) -> p.MsgOtaReady:
+    """START a session and wait for READY through the whole erase (on a signed-only
+    device the suite's manifest goes first, unless the caller sent its own)."""
     crc = p.crc32(image) if crc32 is None else crc32
+    if manifest:
+        await present_manifest(nus, image, crc)
     await nus.send(p.CmdOtaStart(len(image), crc, CHUNK))
     pages = math.ceil(len(image) / PAGE_SIZE)
     budget = (pages + 1) * TIMING.progress_gap_max_s + TIMING.ready_after_erase_max_s

@@ -5,11 +5,25 @@ engine recovered from the deviation."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from pytest_smartball.monitoring import ContractWatch
+from pytest_smartball.suite_signer import SuiteSigner
+
+from .helpers import SuiteKey
 
 
 @pytest.fixture(autouse=True)
 def _contract_monitor(smartball_monitor: ContractWatch) -> ContractWatch:
     return smartball_monitor
+
+
+@pytest.fixture(autouse=True)
+def _suite_key(smartball_signer: SuiteSigner | None) -> Iterator[SuiteSigner | None]:
+    """Every session a release-gate test opens on a signed-only device is signed with the
+    run's key (helpers.present_manifest reads it)."""
+    SuiteKey.signer = smartball_signer
+    yield smartball_signer
+    SuiteKey.signer = None

@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pytest_smartball import protocol as p
 from pytest_smartball.contract import Timing
 from pytest_smartball.link import LinkSettings, NusLink, ResponseTimeout, find_device
+from pytest_smartball.manifest import MANIFEST_SIZE
 from pytest_smartball.targets import Target
+
+if TYPE_CHECKING:
+    from pytest_smartball.suite_signer import SuiteSigner
 
 #: A session's erase may take 40 s on hardware; progress arrives every page.
 ERASE_SILENCE_S = 10.0
@@ -20,9 +25,67 @@ MAX_FULL_BUFFER_WAITS = 3
 PAGE_SIZE = 4096
 
 
+class SuiteKey:
+    """The key this test signs its sessions' manifests with (``smartball_signer``: the
+    ``--signing-key``, on the simulator by default the repository's test key). Set for
+    each test by hil_tests/conftest.py, so that every helper that opens a session, however
+    deep, signs with the run's key."""
+
+    signer: SuiteSigner | None = None
+
+
+#: What a signed-only device without a key for the suite means (on hardware).
+NO_SIGNING_KEY = (
+    "the device runs only signed images (it advertises SIGNED_IMAGES) and the suite has "
+    "no key to sign this session's manifest with: give it the key the device trusts "
+    "with --signing-key PATH"
+)
+
+
+async def present_manifest(
+    nus: NusLink,
+    image: bytes,
+    crc32: int | None = None,
+    info: p.MsgInfo | None = None,
+    signed_head: bytes | None = None,
+) -> p.MsgInfo:
+    """What every new session of the release gate sends before CMD_OTA_START: on a device
+    that advertises SIGNED_IMAGES, CMD_OTA_MANIFEST for ``image`` announced with ``crc32``
+    (signed with the suite's key at the device's security counter), which the device must
+    accept with MSG_OTA_STATUS; on a v1 device nothing. Returns the device's MSG_INFO
+    (``info`` when the caller has it already). ``signed_head``: the image's own manifest
+    and signature (a signed image file's), sent instead of the suite's."""
+    if info is None:
+        got = await nus.request(p.CmdInfo(), (p.MsgInfo,))
+        assert isinstance(got, p.MsgInfo), got
+        info = got
+    if not info.signed_only:
+        return info
+    assert info.image_state != p.ImageState.TEST, (
+        f"a new session on a device whose image is in TEST state ({info}): the test must "
+        "confirm it (CMD_OTA_CONFIRM) or reset it first, the device refuses MANIFEST then"
+    )
+    if signed_head is not None:
+        command = p.CmdOtaManifest(signed_head[:MANIFEST_SIZE], signed_head[MANIFEST_SIZE:])
+        signed_by = "its own key"
+    else:
+        signer = SuiteKey.signer
+        assert signer is not None, NO_SIGNING_KEY
+        command = signer.manifest_command(image, counter=info.security_counter, crc32=crc32)
+        signed_by = f"{signer.source} (key id {signer.key_id:#010x})"
+    reply = await nus.request(command, (p.MsgOtaStatus,))
+    assert isinstance(reply, p.MsgOtaStatus), (
+        f"the device refused the manifest of a {len(image)}-byte session signed by "
+        f"{signed_by} (the device trusts key {info.trusted_key_id:#010x}, its counter is "
+        f"{info.security_counter}): {reply}"
+    )
+    return info
+
+
 async def start_session(nus: NusLink, image: bytes, crc32: int | None = None) -> p.MsgOtaReady:
     """ABORT anything under way, START a session for ``image``, wait for READY."""
     await nus.request(p.CmdOtaAbort(), (p.MsgOtaStatus,))
+    await present_manifest(nus, image, crc32)
     chunk = nus.max_data_chunk
     await nus.send(p.CmdOtaStart(len(image), p.crc32(image) if crc32 is None else crc32, chunk))
     while True:
@@ -143,6 +206,7 @@ async def open_session(
     """CMD_OTA_START for a new session (from IDLE or ERROR); every erase MSG_OTA_PROGRESS
     must come within its gap and say exactly the pages erased of ceil(size / 4096), then
     MSG_OTA_READY with the max_chunk this chunk_size is granted."""
+    await present_manifest(nus, image, crc32)
     await nus.send(p.CmdOtaStart(len(image), crc32, chunk_size))
     pages = -(-len(image) // PAGE_SIZE)
     for page in range(1, pages + 1):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -145,15 +146,15 @@ async def test_abort_in_complete_then_a_reset_runs_the_verified_image(
     assert await nus.request(p.CmdInfo(), (p.MsgInfo,)) == before
     await power_cycle()
     assert isinstance(before, p.MsgInfo)
-    switched = p.MsgInfo(
-        before.protocol_version,
-        0,
-        0,
-        0,
-        len(SMALL),
-        crc,
-        before.staging_capacity,
-        before.capabilities,
+    switched = replace(
+        before,
+        fw_major=0,
+        fw_minor=0,
+        fw_patch=0,
+        active_image_size=len(SMALL),
+        active_image_crc32=crc,
+        # On a signed-only device the new image boots on trial (docs/protocol.md 16).
+        image_state=p.ImageState.TEST if before.signed_only else 0,
     )
     await expect_state_after_reset(
         smartball, ACTIVATION_RESET_S, switched, "ABORT in COMPLETE, then a power cut"
@@ -279,4 +280,20 @@ async def test_a_power_cut_with_a_nearly_full_staging_area(
     await power_cycle()
     await expect_state_after_reset(
         smartball, PLAIN_RESET_S, before, f"a power cut with {end} bytes staged"
+    )
+
+
+@pytest.mark.sim_only
+@pytest.mark.sim_trust("none")
+async def test_a_power_cut_with_a_nearly_full_staging_area_on_a_v1_ball(
+    nus: NusLink,
+    smartball: Target,
+    power_cycle: PowerCycle,
+    smartball_options: SmartBallOptions,
+) -> None:
+    """The same on a v1 ball (no SIGNED_IMAGES: its bootloader copies, it does not swap),
+    which the simulator's default signed-only ball no longer is: a boot that erases the
+    staging bank first is slow only there."""
+    await test_a_power_cut_with_a_nearly_full_staging_area(
+        nus, smartball, power_cycle, smartball_options
     )

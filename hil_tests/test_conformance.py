@@ -32,6 +32,7 @@ from pytest_smartball.targets import Target
 
 from . import conformance as c
 from .conformance import CHUNK, NEAR_END, OTHER, SMALL, TIMING, Session
+from .helpers import present_manifest
 
 pytestmark = pytest.mark.asyncio
 
@@ -96,6 +97,7 @@ class Cell:
         if self.state == S.ERASING:
             image = c.erase_image(self.info.staging_capacity)
             self.session = Session(image, p.crc32(image))
+            await present_manifest(nus, image, self.session.crc32, self.info)
             await nus.send(p.CmdOtaStart(len(image), self.session.crc32, CHUNK))
             first = await nus.wait_for(
                 (p.MsgOtaProgress, p.MsgOtaReady, p.MsgError),
@@ -149,6 +151,20 @@ class Cell:
         self.session = Session(session.image, session.crc32, offset)
 
     # --- the command -----------------------------------------------------------------
+
+    async def present_manifest_for_the_start(self) -> None:
+        """A row's START that opens a new session (from IDLE or ERROR, with valid
+        parameters) is, on a signed-only device, preceded by the manifest of the image it
+        names, as every host must (docs/protocol.md 16); the table's cell then applies as
+        it is. BAD_PARAM and TOO_LARGE come before the manifest check: no manifest."""
+        if self.state not in (S.IDLE, S.ERROR):
+            return
+        s, row = self.session, self.row.id
+        if row in ("start_other", "start_progressive"):
+            await present_manifest(self.nus, OTHER, p.crc32(OTHER), self.info)
+        elif row == "start_same":
+            image = s.image if s else SMALL
+            await present_manifest(self.nus, image, s.crc32 if s else p.crc32(image), self.info)
 
     def frame(self) -> bytes:
         """The row's command, as bytes, for the session the set-up left."""
@@ -296,6 +312,7 @@ async def test_command_in_state(
     await cell.reach_state()
     table_cell, expected, finals = cell.expected()
     frame = cell.frame()
+    await cell.present_manifest_for_the_start()
     ignore_progress = state == S.ERASING
     if state == S.VERIFYING:
         await cell.send_in_verifying(frame)

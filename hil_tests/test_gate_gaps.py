@@ -221,6 +221,7 @@ async def test_data_during_the_erase_gets_bad_state_for_the_first_and_the_window
     await nus.request(p.CmdOtaAbort(), (p.MsgOtaStatus,))
     image = c.erase_image(info.staging_capacity)
     crc = p.crc32(image)
+    await h.present_manifest(nus, image, crc, info)
     await nus.send(p.CmdOtaStart(len(image), crc, chunk))
     first = await nus.receive(TIMING.progress_gap_max_s + RADIO_MARGIN_S)
     assert isinstance(first, p.MsgOtaProgress), f"START of a new session answered {first}"

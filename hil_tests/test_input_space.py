@@ -194,7 +194,10 @@ def reply_in_idle(frame: p.Frame, info: p.MsgInfo) -> p.DeviceMessage | None:
     """What a device in IDLE answers to a decoded frame; None for a START that opens a
     session (its erase's messages follow)."""
     err = p.ErrorCode
-    if frame.type not in p.COMMAND_TYPES:
+    signed_commands = (p.MsgType.CMD_OTA_MANIFEST, p.MsgType.CMD_OTA_CONFIRM)
+    if frame.type not in p.COMMAND_TYPES or (
+        frame.type in signed_commands and not info.signed_only
+    ):
         return p.MsgError(err.UNKNOWN_COMMAND, frame.type)
     try:
         msg = p.parse_message(frame)
@@ -209,8 +212,12 @@ def reply_in_idle(frame: p.Frame, info: p.MsgInfo) -> p.DeviceMessage | None:
             return p.MsgError(err.BAD_PARAM, frame.type)
         case p.CmdOtaStart() if msg.image_size > info.staging_capacity:
             return p.MsgError(err.TOO_LARGE, frame.type)
+        case p.CmdOtaStart() if info.signed_only:  # no manifest was accepted
+            return p.MsgError(err.UNSIGNED, frame.type)
         case p.CmdOtaStart():
             return None
+        case p.CmdOtaConfirm():
+            return info
     return p.MsgError(err.BAD_STATE, frame.type)
 
 

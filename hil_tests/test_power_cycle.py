@@ -18,6 +18,7 @@ from pytest_smartball.targets import Target
 
 from . import conformance as c
 from .conformance import SMALL, TIMING
+from .helpers import present_manifest
 from .test_sessions import DROP_AT, reconnect
 
 pytestmark = pytest.mark.asyncio
@@ -54,6 +55,7 @@ async def test_a_power_cut_during_the_erase_keeps_the_old_image(
     assert isinstance(before, p.MsgInfo)
     await nus.request(p.CmdOtaAbort(), (p.MsgOtaStatus,))
     image = c.erase_image(before.staging_capacity)
+    await present_manifest(nus, image, info=before)
     await nus.send(p.CmdOtaStart(len(image), p.crc32(image), c.CHUNK))
     await nus.wait_for((p.MsgOtaProgress,), TIMING.progress_gap_max_s + 1, "MSG_OTA_PROGRESS")
     await power_cycle()

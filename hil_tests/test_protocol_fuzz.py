@@ -34,6 +34,8 @@ from pytest_smartball.strategies import command_frames
 from smartball_sim.firmware import PAGE_SIZE, FlashTimings, SmartBallFirmware
 from smartball_sim.make_image import make_image
 
+from .helpers import SuiteKey
+
 IMAGES = {"A": make_image(3_000, 1), "B": make_image(9_000, 2), "C": make_image(1, 3)}
 BASELINE = make_image(5_000, 99)
 WINDOW = 4
@@ -389,14 +391,23 @@ def test_command_sequences_through_the_link_keep_the_device_safe(smartball: obje
             info = self.d.request(p.CmdInfo(), (p.MsgInfo,))
             assert isinstance(info, p.MsgInfo)
             self.allowed = {info.active_image_crc32, p.crc32(image)}
+            # On a signed-only device a session needs the manifest first (the suite's key).
+            signer = SuiteKey.signer
+            self.manifest = (
+                signer.manifest_command(image, counter=info.security_counter)
+                if info.signed_only and signer is not None
+                else None
+            )
 
         @initialize()
         def clean_state(self) -> None:
             self.d.request(p.CmdOtaAbort(), (p.MsgOtaStatus,))
 
-        @rule(wrong_crc=st.booleans())
-        def start(self, wrong_crc: bool) -> None:
+        @rule(wrong_crc=st.booleans(), signed=st.booleans())
+        def start(self, wrong_crc: bool, signed: bool) -> None:
             crc = p.crc32(image) ^ (1 if wrong_crc else 0)
+            if signed and self.manifest is not None:
+                self.d.send(self.manifest)
             self.d.send(p.CmdOtaStart(len(image), crc, CHUNK))
 
         # Never more than three contiguous chunks: the device can never receive the whole

@@ -16,6 +16,7 @@ from pytest_smartball.targets import Target
 
 from . import conformance as c
 from .conformance import CHUNK, SMALL, TIMING
+from .helpers import present_manifest
 
 pytestmark = pytest.mark.asyncio
 
@@ -70,6 +71,7 @@ async def test_a_link_drop_during_the_erase_lets_the_erase_go_on(
     info = await nus.request(p.CmdInfo(), (p.MsgInfo,))
     assert isinstance(info, p.MsgInfo)
     image = c.erase_image(info.staging_capacity)
+    await present_manifest(nus, image, info=info)
     await nus.send(p.CmdOtaStart(len(image), p.crc32(image), CHUNK))
     await nus.wait_for((p.MsgOtaProgress,), 5.0, "the erase's first MSG_OTA_PROGRESS")
     await nus.close()

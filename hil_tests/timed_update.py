@@ -24,6 +24,8 @@ from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import LinkLost, LinkSettings, NusLink, ResponseTimeout, find_device
 from pytest_smartball.targets import Target
 
+from .helpers import present_manifest
+
 TIMING = contract.timing()
 #: How often the host asks INFO or STATUS while the device erases or receives.
 PROBE_EVERY_S = 0.3
@@ -84,6 +86,10 @@ class TimedUpdate:
         reply = await self.nus.request(p.CmdOtaAbort(), (p.MsgOtaStatus,))
         self._reply_took(self.now() - asked)
         assert isinstance(reply, p.MsgOtaStatus), f"ABORT was answered with {reply}"
+        signed = getattr(self.image, "signed", None)  # a signed image file's own manifest
+        await present_manifest(
+            self.nus, self.image.data, self.image.crc32, signed_head=signed and signed.head
+        )
         t_start = self.now()
         self._next_probe_at = t_start + PROBE_EVERY_S
         await self.nus.send(p.CmdOtaStart(self.image.size, self.image.crc32, p.MAX_DATA_CHUNK))

@@ -17,7 +17,8 @@ import warnings
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
@@ -25,8 +26,9 @@ import pytest_asyncio
 from . import loops
 from . import protocol as p
 from .figures import FigureRecorder
-from .image import FirmwareImage, generated_image, load_image
+from .image import FirmwareImage, ImageError, generated_image, load_image
 from .link import LinkSettings, NusLink, find_device
+from .manifest import is_signed_image
 from .monitoring import WATCH, ContractWatch
 from .options import SmartBallOptions
 from .ota import OtaEngine, OtaSettings
@@ -34,6 +36,9 @@ from .recording import CALLED, ENGINES, FIGURES, LINK_EVENTS, SOAKS, TARGET, UPD
 from .release_report.trace import ProgressTrace
 from .session import SmartBallSession, smartball_session
 from .targets import Target
+
+if TYPE_CHECKING:
+    from .suite_signer import SuiteSigner
 
 #: Fixtures whose tests are the plugin's business (they get virtual time on the simulator).
 SMARTBALL_FIXTURES = frozenset({"smartball", "nus", "ota", "sim_device", "firmware_image"})
@@ -271,13 +276,68 @@ def power_cycle(request: pytest.FixtureRequest, smartball: Target) -> Callable[[
 
 
 @pytest.fixture(scope="session")
-def firmware_image(smartball_options: SmartBallOptions) -> FirmwareImage:
-    """The image OTA tests flash: --firmware, or a generated one on the simulator."""
+def smartball_signer(smartball_options: SmartBallOptions) -> SuiteSigner | None:
+    """The key the suite signs its test images with: ``--signing-key``, on the simulator
+    by default the repository's test key; None on hardware without ``--signing-key`` (a
+    signed-only board then stops the run at its start)."""
+    from .suite_signer import SuiteSigner  # the crypto library, only when a test asks
+
+    if smartball_options.signing_key is None and smartball_options.device == "real":
+        return None
+    return SuiteSigner.load(smartball_options.signing_key)
+
+
+def device_signed_only(config: pytest.Config) -> bool:
+    """Whether the devices of this run run only signed images: on hardware what their
+    MSG_INFO said at the start, on the simulator what ``--sim-trust`` provisions."""
+    state = smartball_session(config)
+    if state.options.device == "real":
+        device = state.mine
+        return device is not None and device.current.signed_only
+    return state.options.sim_trust != "none"
+
+
+def device_security_counter(config: pytest.Config) -> int:
+    """The security counter of the run's device as far as the plugin knows (0 on the
+    simulator, which provisions its balls at 0)."""
+    device = smartball_session(config).mine
+    return device.current.security_counter if device is not None else 0
+
+
+@pytest.fixture(scope="session")
+def firmware_image(
+    request: pytest.FixtureRequest,
+    smartball_options: SmartBallOptions,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> FirmwareImage:
+    """The image OTA tests flash: --firmware, or a generated one on the simulator. On a
+    device that runs only signed images, its signed form: --firmware as it is when it is
+    a signed image already, else signed here with the suite's key (``--signing-key``) and
+    the device's security counter."""
     if smartball_options.firmware:
-        return load_image(smartball_options.firmware)
-    if smartball_options.device == "real":
+        image = load_image(smartball_options.firmware)
+        with open(smartball_options.firmware, "rb") as given:
+            already_signed = is_signed_image(given.read(4))
+    elif smartball_options.device == "real":
         pytest.skip("OTA tests on real hardware need --firmware PATH")
-    return generated_image(smartball_options.seed)
+    else:
+        image, already_signed = generated_image(smartball_options.seed), False
+    if already_signed or not device_signed_only(request.config):
+        return image
+    signer: SuiteSigner | None = request.getfixturevalue("smartball_signer")
+    if signer is None:
+        pytest.fail(
+            "the device runs only signed images and the suite has no key to sign "
+            f"{image.source} with: give it the key the device trusts with --signing-key PATH",
+            pytrace=False,
+        )
+    signed = signer.sign(image.data, counter=device_security_counter(request.config))
+    path = tmp_path_factory.mktemp("signed") / (Path(image.source).stem + ".sbi")
+    path.write_bytes(signed.encode())
+    try:
+        return load_image(str(path))
+    except ImageError as exc:
+        pytest.fail(f"the signed form of {image.source}: {exc}", pytrace=False)
 
 
 @pytest.fixture

@@ -78,6 +78,10 @@ class SmartBallOptions:
     #: How the user chooses the device in this run: ``--device``, or ``--smartball-device``
     #: where --device is another's (what our sentences tell them to type).
     device_flag: str = "--device"
+    #: --signing-key: the private key the suite signs its test images with (None: on the
+    #: simulator the repository's test key; on hardware none, which a signed-only board
+    #: refuses at the start).
+    signing_key: str | None = None
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -119,6 +123,14 @@ def add_options(parser: pytest.Parser) -> None:
         default=None,
         help="image (.bin, Intel .hex, ELF, UF2 or DFU .zip) the OTA tests flash; the simulator "
         "generates one when omitted",
+    )
+    group.addoption(
+        "--signing-key",
+        default=None,
+        metavar="PATH",
+        help="the Ed25519 private key (PEM) the suite signs its test images with, for a "
+        "device that runs only signed images; default with --device=sim: the repository's "
+        "test key; with --device=real required when the device is signed-only",
     )
     group.addoption(
         "--baseline-firmware",
@@ -313,6 +325,7 @@ def read_options(config: pytest.Config) -> SmartBallOptions:
         sim_link=config.getoption("--sim-link"),
         html=config.getoption("--smartball-html"),
         device_flag=device_flag(config),
+        signing_key=config.getoption("--signing-key"),
     )
 
 

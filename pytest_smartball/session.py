@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -209,6 +210,13 @@ def _check_release_options(opts: SmartBallOptions) -> None:
         raise pytest.UsageError("--smartball-compare-min-measured: a percentage from 0 to 100")
     if opts.soak is not None and opts.soak < 1:
         raise pytest.UsageError("--smartball-soak: the number of updates must be 1 or more")
+    if opts.signing_key:
+        from .signing import KeyFileError, load_private  # only when a key is given
+
+        try:
+            load_private(Path(opts.signing_key))
+        except KeyFileError as exc:
+            raise pytest.UsageError(f"--signing-key: {exc}") from None
     if opts.compare:
         from .compare import ReportUnusable, load_figures
 
@@ -235,6 +243,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if terminal is not None:
             for line in bench_lines(state):
                 terminal.write_line(line)
+
+
+#: A signed-only board and no key to sign the suite's test images with.
+UNSIGNED_BENCH = (
+    "{} runs only signed images (it advertises SIGNED_IMAGES) and the suite has no key to "
+    "sign its test images with: give it the key the board trusts with --signing-key PATH"
+)
 
 
 def _start_real(config: pytest.Config, opts: SmartBallOptions, state: SmartBallSession) -> None:
@@ -294,6 +309,9 @@ def _start_real(config: pytest.Config, opts: SmartBallOptions, state: SmartBallS
         info = outcome.infos[seen.address.upper()]
         state.devices.append(BenchDevice(seen.address, seen.name, seen.rssi, info, info))
     state.address = state.devices[0].address if state.devices else None
+    signed_only = [d.address for d in state.devices if d.baseline.signed_only]
+    if signed_only and not opts.signing_key:
+        _preflight_failed(opts, state, UNSIGNED_BENCH.format(", ".join(signed_only)))
     state.baseline_image = outcome.baseline
     if state.baseline_image is None:
         state.warnings.append(
