@@ -138,9 +138,8 @@ def test_device_vectors(lib: ctypes.CDLL, capsys: pytest.CaptureFixture[str]) ->
     failures = [f for f in (c_core.vector_failure(lib, v) for v in vectors) if f]
     _report("device.json", len(vectors) - len(failures), len(vectors), capsys)
     with capsys.disabled():
-        print(
-            f"C core: device.json: {len(every) - len(vectors)} vectors of a signed-only device left out"
-        )
+        left_out = len(every) - len(vectors)
+        print(f"C core: device.json: {left_out} vectors of a signed-only device left out")
     assert not failures, "\n".join(failures)
 
 
