@@ -237,6 +237,9 @@ def smartball_soak(request: pytest.FixtureRequest, smartball: Target) -> SoakPla
     opts, baseline = state.options, state.baseline_image
     if baseline is None and smartball.sim is not None:
         baseline = FirmwareImage(smartball.sim.firmware.active.data, "the simulated device's image")
+    if opts.soak and baseline is not None and baseline.manifest is None:
+        # A signed-only device takes the baseline back only signed, at its counter.
+        baseline = _signed_form(request, baseline, request.getfixturevalue("tmp_path_factory"))
     return SoakPlan(opts.soak, opts.faults, baseline, request.node)
 
 
@@ -322,7 +325,17 @@ def firmware_image(
         pytest.skip("OTA tests on real hardware need --firmware PATH")
     else:
         image, already_signed = generated_image(smartball_options.seed), False
-    if already_signed or not device_signed_only(request.config):
+    if already_signed:
+        return image
+    return _signed_form(request, image, tmp_path_factory)
+
+
+def _signed_form(
+    request: pytest.FixtureRequest, image: FirmwareImage, tmp_path_factory: pytest.TempPathFactory
+) -> FirmwareImage:
+    """``image`` as a signed-only device takes it (signed with the suite's key at the
+    device's security counter); ``image`` itself for any other device."""
+    if not device_signed_only(request.config):
         return image
     signer: SuiteSigner | None = request.getfixturevalue("smartball_signer")
     if signer is None:
