@@ -189,14 +189,18 @@ def commands(attack: Attack) -> list[p.Command]:
 
 @st.composite
 def cases(draw: st.DrawFn) -> tuple[str, int, bytes, str, int, str, int, float, int, bool]:
-    kind = draw(st.sampled_from(ATTACKS))
+    # Half the examples are a genuine update, not an attack: every attack is refused before
+    # an activation, so only a genuine one reaches the power cuts inside the swap, before
+    # and after the confirm, and the revert.
+    kind = "genuine" if draw(st.booleans()) else draw(st.sampled_from(ATTACKS))
     counter = draw(st.integers(1 if kind == "downgrade" else 0, 3))
     size = draw(st.integers(1, 3)) * 4096 - draw(st.integers(0, 1000)) // 4 * 4
     image = random.Random(draw(st.integers(0, 2**16))).randbytes(size)
     field = draw(st.sampled_from(FIELDS))
     where = draw(st.integers(0, 2**20))
     cut = draw(st.sampled_from(WHERE))
-    at = draw(st.integers(0, 80))
+    # During the swap: after one of its steps (three per page, at most 3 pages here).
+    at = draw(st.integers(0, 9 if cut == "during-swap" else 80))
     delay = draw(st.sampled_from([0.0, 0.01, 0.05, 0.2]))
     resets = draw(st.integers(0, 2))
     confirm = draw(st.booleans())
@@ -235,6 +239,8 @@ def test_no_tampered_or_foreign_image_ever_runs(
             f"{fw.security_counter}"
         )
         event(f"runs {'the factory image' if fw.active.data == BASELINE else 'a new image'}")
+        if fw.swap_wear.scratch_erases:
+            event(f"a swap ran (cut: {cut}, confirm: {confirm})")
         info = ball.send(p.CmdInfo())
         assert any(isinstance(m, p.MsgInfo) and m.signed_only for m in info), info
     finally:

@@ -163,6 +163,13 @@ def _load(path: Path, max_size: int, silence_s: float) -> FirmwareImage:
             )
         if found is None and path.suffix.lower() in (".hex", ".ihex") and head:
             found = ImageFormat.INTEL_HEX  # named hex, no other magic: read as a (bad) hex
+        if found is not ImageFormat.SIGNED and path.suffix.lower() == ".sbi":
+            # Named as what `smartball-ota sign` writes, without its magic: a damaged signed
+            # image, whose head would otherwise be flashed as part of a raw image.
+            raise FormatError(
+                "is named .sbi but does not start with a signed image's magic (SBM1): it is "
+                "damaged or not a signed image; sign the image again with `smartball-ota sign`"
+            )
         if found is ImageFormat.ELF and regular:
             stream.seek(0)
             parsed = read_elf(stream, max_size)  # lazily: headers and segments only

@@ -422,6 +422,9 @@ REFUSABLE_COMMANDS = frozenset(
         MsgType.CMD_OTA_DATA,
         MsgType.CMD_OTA_FINISH,
         MsgType.CMD_OTA_MANIFEST,
+        # Answered with MSG_INFO in every state by a signed-only device, and refused with
+        # UNKNOWN_COMMAND by a v1 device, which does not know it.
+        MsgType.CMD_OTA_CONFIRM,
     }
 )
 

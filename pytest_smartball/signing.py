@@ -160,7 +160,7 @@ def verify(head: bytes, trusted: list[TrustedKey]) -> Manifest:
                 candidate.public.verify(head[MANIFEST_SIZE:SIGNED_HEAD_SIZE], head[:MANIFEST_SIZE])
             except InvalidSignature:
                 raise SignatureRefused(
-                    "BAD_SIGNATURE", "the signature is not the key's over this manifest"
+                    "BAD_SIGNATURE", "not the trusted key's signature of this manifest"
                 ) from None
             return manifest
     raise SignatureRefused("UNTRUSTED_KEY", f"key {manifest.key_id:#010x} is not trusted")

@@ -17,6 +17,7 @@ from pytest_smartball.cli import main
 from pytest_smartball.cli.errors import (
     EXIT_BAD_INPUT,
     EXIT_OK,
+    EXIT_REFUSED,
     EXIT_REVERTED,
     EXIT_UNHEALTHY,
     EXIT_UNSIGNED,
@@ -206,6 +207,16 @@ def test_info_shows_the_balls_trust(capsys: pytest.CaptureFixture[str]) -> None:
 def test_confirm_on_a_confirmed_ball_changes_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     code, data = run_json(capsys, "confirm", "--sim")
     assert code == EXIT_OK and data["image_state"] == "confirmed"
+
+
+def test_confirm_on_a_v1_ball_says_there_is_nothing_to_confirm(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A v1 device answers CMD_OTA_CONFIRM with UNKNOWN_COMMAND at once: that is the
+    sentence, not a reply that never came (a link failure's exit code)."""
+    code, _, err = run(capsys, "confirm", "--sim", "--sim-trust", "none")
+    assert code == EXIT_REFUSED, err
+    assert "v1 device without signed updates" in err and "within" not in err
 
 
 def test_sim_trust_is_for_the_simulator_only(capsys: pytest.CaptureFixture[str]) -> None:

@@ -463,6 +463,15 @@ def test_a_signed_image_that_is_not_what_its_manifest_names_is_refused(
     assert message.startswith(f"{path}: a signed image that cannot be flashed")
 
 
+def test_a_sbi_file_with_a_damaged_magic_is_refused_not_flashed_raw(tmp_path: Path) -> None:
+    """Without its magic a damaged signed image sniffs as raw bytes: its head would be
+    flashed as part of the image (a v1 device) or called unsigned (a signed-only one)."""
+    path = tmp_path / "fw.sbi"
+    raw = _signed()
+    path.write_bytes(bytes([raw[0] ^ 1]) + raw[1:])
+    assert "is named .sbi but does not start with a signed image's magic" in image_error(path)
+
+
 def test_a_signed_image_whose_image_is_too_large_is_refused_for_that(tmp_path: Path) -> None:
     path = tmp_path / "big.sbi"
     path.write_bytes(_signed(bytes(STAGING_CAPACITY + 4)))

@@ -110,7 +110,10 @@ async def _find(ctx: Context, target: Target) -> BLEDevice:
     return sighting.ble_device
 
 
-async def _request(ctx: Context, cmd: p.Command, expect: type) -> tuple[BLEDevice, Any]:
+async def _request(
+    ctx: Context, cmd: p.Command, expect: type, unknown: str = ""
+) -> tuple[BLEDevice, Any]:
+    """``cmd``'s reply; ``unknown``: the sentence for a device that does not know it."""
     target = await open_target(ctx)
     device = await _find(ctx, target)
     try:
@@ -123,6 +126,8 @@ async def _request(ctx: Context, cmd: p.Command, expect: type) -> tuple[BLEDevic
     except LINK_ERRORS as exc:
         raise CliError(EXIT_FAILED, f"Bluetooth error: {type(exc).__name__}: {exc}") from None
     if isinstance(reply, p.MsgError):
+        if unknown and reply.code == p.ErrorCode.UNKNOWN_COMMAND:
+            raise CliError(EXIT_REFUSED, unknown)
         raise CliError(
             EXIT_REFUSED,
             f"the device answered {cmd.TYPE.name} with {reply.code_name}: "
@@ -158,7 +163,13 @@ async def cmd_info(ctx: Context) -> int:
 async def cmd_confirm(ctx: Context) -> int:
     """CMD_OTA_CONFIRM: a signed-only device keeps the image it runs on trial (any other
     state: nothing changes; a v1 device does not know the command)."""
-    device, info = await _request(ctx, p.CmdOtaConfirm(), p.MsgInfo)
+    device, info = await _request(
+        ctx,
+        p.CmdOtaConfirm(),
+        p.MsgInfo,
+        unknown="the device does not know CMD_OTA_CONFIRM: it is a v1 device without signed "
+        "updates, which keeps every image it activates, so there is nothing to confirm",
+    )
     if ctx.json:
         fields = {**(info_dict(info) or {}), **out.trust_dict(info)}
         return _emit_reply(ctx, "confirm", device, fields)
