@@ -599,3 +599,23 @@ def test_without_progress_every_run_ends_within_its_budgets(choices: list[int]) 
         changes += new != r
         assert changes <= bound, f"still {r.state.name} after {changes} changes"
         r = new
+
+
+def test_a_device_on_trial_whose_done_was_lost_is_confirmed_after_the_switch() -> None:
+    """A reset as MSG_OTA_DONE left the device (reboot@msg:MSG_OTA_DONE; over Bumble DONE
+    never reached the host): FINISH was sent, no answer, and after the reconnect INFO shows
+    the new image on trial. It took the image, so the confirm that follows is after the
+    switch (it was an IllegalObservation before), and the update succeeds confirmed."""
+    r = record(
+        State.QUERYING,
+        seen=True,
+        session_opened=True,
+        commit=Commit.FINISH_SENT,
+        image=SIGNED_IMAGE,
+    )
+    trial = replace(SIGNED_NEW_INFO, image_state=p.ImageState.TEST, security_counter=3)
+    r, _ = decide(r, o.InfoReply(trial))
+    assert r.state is State.CONFIRMING and r.commit is Commit.VERIFIED
+    r, _ = decide(r, o.ConfirmReply(SIGNED_NEW_INFO))
+    assert r.outcome is Outcome.SUCCEEDED, r.error
+    _check_honest(r)
