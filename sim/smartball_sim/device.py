@@ -173,17 +173,21 @@ class SimDevice:
                 ),
             )
         else:
-            self.firmware = self._model_firmware(
-                active_image,
-                version,
-                window,
-                flash,
-                progressive_erase,
-                progressive_window_bytes,
-                firmware_bugs,
-                kwargs,
-                trusted_keys,
-                security_counter,
+            self.firmware = SmartBallFirmware(
+                active_image=active_image,
+                version=version,
+                window=window,
+                timings=flash,
+                progressive_erase=progressive_erase,
+                progressive_window_bytes=progressive_window_bytes,
+                send=self._notify,
+                request_reset=self._reset_into_new_image,
+                observe=self._on_firmware_event,
+                when_sent=self._when_sent,
+                bugs=firmware_bugs,
+                trusted_keys=trusted_keys,
+                security_counter=security_counter,
+                **kwargs,
             )
         self.flash_timings = self.firmware.timings  # as configured, before any slow-erase
         self._clock = clock
@@ -199,36 +203,6 @@ class SimDevice:
         self.injector = FaultInjector(self)
         self.fault_plan = FaultPlan()
         self.set_faults(faults)
-
-    def _model_firmware(
-        self,
-        active_image: bytes,
-        version: tuple[int, int, int],
-        window: int,
-        flash: FlashTimings | None,
-        progressive_erase: bool,
-        progressive_window_bytes: int | None,
-        firmware_bugs: frozenset[FirmwareBug],
-        kwargs: dict[str, int],
-        trusted_keys: Sequence[TrustedKey],
-        security_counter: int,
-    ) -> SmartBallFirmware:
-        return SmartBallFirmware(
-            active_image=active_image,
-            version=version,
-            window=window,
-            timings=flash,
-            progressive_erase=progressive_erase,
-            progressive_window_bytes=progressive_window_bytes,
-            send=self._notify,
-            request_reset=self._reset_into_new_image,
-            observe=self._on_firmware_event,
-            when_sent=self._when_sent,
-            bugs=firmware_bugs,
-            trusted_keys=trusted_keys,
-            security_counter=security_counter,
-            **kwargs,
-        )
 
     def __repr__(self) -> str:
         return f"SimDevice({self.name!r}, {self.address})"
