@@ -39,8 +39,8 @@ from .decide import decide
 from .record import Commit, ImageId, Record
 from .result import HealthCheckFailed, OtaEvent, OtaResult, OtaSettings
 from .states import EventKind, Outcome, State
-from .timeouts import swap_reappear_s
-from .window import CreditWindow, host_chunk
+from .timeouts import SilenceWatch, swap_reappear_s
+from .window import CreditWindow, Transfer, TransferWaits, Wake, host_chunk
 
 log = logging.getLogger("pytest_smartball.ota")
 
@@ -275,12 +275,10 @@ class OtaEngine:
         self._see(o.Connected())
 
     async def _query(self) -> None:
-        """INFO, then STATUS. Before a switch is asked for, STATUS always follows INFO (only
-        an image too large for the device ends the update at INFO), so both go out at once
-        and share a connection event and a round trip; after FINISH, INFO alone may end the
-        update (the new image runs), so STATUS waits for its answer."""
+        """INFO, then STATUS: sent together or STATUS after INFO's answer, as the record
+        says (:attr:`~.record.Record.status_with_info`)."""
         link = self._require_link()
-        both = self.record.commit is Commit.NONE
+        both = self.record.status_with_info
         if both:
             link.drain()  # answers to earlier commands
             await link.send(p.CmdInfo())
@@ -372,23 +370,19 @@ class OtaEngine:
         self._see(o.StartSent(flags))
 
     async def _wait_ready(self) -> None:
-        """Erase progress until READY. The silence timeout restarts only when the erase
-        gets further (a device that repeats itself, or sends what nobody waits for, is
-        still silent about the erase)."""
+        """Erase progress until READY, within the silence :class:`~.timeouts.SilenceWatch`
+        allows."""
         link = self._require_link()
         loop = asyncio.get_running_loop()
-        timeout = self.settings.erase_silence_timeout_s
-        deadline = loop.time() + timeout
-        erased = -1
+        watch = SilenceWatch(self.settings.erase_silence_timeout_s, loop.time())
         while self.state is State.WAITING_READY:
             try:
-                msg = await link.receive(max(0.0, deadline - loop.time()))
+                msg = await link.receive(max(0.0, watch.deadline - loop.time()))
             except ResponseTimeout:
                 what = "MSG_OTA_READY or erase progress after CMD_OTA_START"
-                raise link.no_reply(what, timeout) from None
+                raise link.no_reply(what, watch.timeout_s) from None
             if isinstance(msg, p.MsgOtaProgress) and msg.phase == p.OtaPhase.ERASE:
-                if msg.done > erased:
-                    erased, deadline = msg.done, loop.time() + timeout
+                watch.progress(msg.done, loop.time())
                 self._on_progress("erase", msg.done, msg.total)
                 self._see(o.EraseProgress(msg.done, msg.total))
             elif isinstance(msg, p.MsgOtaReady):
@@ -402,6 +396,7 @@ class OtaEngine:
         self._see(o.Stabilised())
 
     async def _transfer(self) -> None:
+        """DATA as the credit allows, waiting as :class:`~.window.Transfer` says."""
         link = self._require_link()
         assert self._ready is not None
         s = self.settings
@@ -414,59 +409,46 @@ class OtaEngine:
             self._ready.window,
             start=self.record.resume_offset,
         )
+        waits = TransferWaits(s.ack_timeout_s, s.refusal_probe_s, s.reply_timeout_s)
+        transfer = Transfer(window, waits, loop.time())
         self._on_progress("transfer", window.acked, size)
-        # Shorter once the device refused DATA: one that refused may refuse again without a
-        # word (its STATUS replies to refused DATA are rate-limited, P12).
-        ack_wait = s.ack_timeout_s
-        ack_deadline = loop.time() + ack_wait
-        status_deadline: float | None = None  # a STATUS asked for, not yet answered
         while not window.complete:
-            while (span := window.next_span(loop.time())) is not None:
+            while (span := transfer.next_span(loop.time())) is not None:
                 start, end = span
                 await link.send_frame(p.encode_data_frame(start, data[start:end]))
-                window.sent_span(end)
+                transfer.sent_span(end, loop.time())
                 self._count_sent(start, end)
-                ack_deadline = loop.time() + ack_wait
-            deadline = status_deadline if status_deadline is not None else ack_deadline
-            paused = loop.time() < window.paused_until < deadline
+            now = loop.time()
+            until, why = transfer.wake(now)
             try:
-                until = window.paused_until if paused else deadline
-                msg = await link.receive(max(0.0, until - loop.time()))
+                msg = await link.receive(max(0.0, until - now))
             except ResponseTimeout:
-                if paused:
-                    # The pause after a repeated refusal is over: send again. Ended here,
-                    # not by comparing clocks (a virtual clock rounds to microseconds).
-                    window.paused_until = 0.0
+                if transfer.woke(why) is Wake.PAUSE_OVER:
                     continue
-                if status_deadline is not None:
+                if why is Wake.STATUS_OVERDUE:
                     what = "MSG_OTA_STATUS reply to CMD_OTA_STATUS"
-                    raise link.no_reply(what, s.reply_timeout_s) from None
-                self._see(o.AckTimeout(window.in_flight, ack_wait))
+                    raise link.no_reply(what, waits.reply_s) from None
+                self._see(o.AckTimeout(window.in_flight, transfer.ack_wait_s))
                 if self.state is not State.TRANSFERRING:
                     return
                 await link.send(p.CmdOtaStatus())  # P6: answered with STATUS, then an ACK
-                status_deadline = loop.time() + s.reply_timeout_s
+                transfer.status_asked(loop.time())
                 continue
             if isinstance(msg, p.MsgOtaAck):
-                if window.on_ack(msg.next_expected_offset):
-                    ack_deadline = loop.time() + ack_wait
+                if transfer.on_ack(msg.next_expected_offset, loop.time()):
                     self._see(o.Acked(msg.next_expected_offset))
                     self._on_progress("transfer", window.acked, size)
             elif isinstance(msg, p.MsgOtaStatus):
-                asked, status_deadline = status_deadline is not None, None
                 if msg.state != p.OtaState.RECEIVING:
                     self._see(o.Desync(msg))
                     return
-                offset, acked = msg.next_expected_offset, window.acked
-                back = window.on_status(offset, asked=asked, now=loop.time())
-                self._see(o.Rewound(offset, back, refused=not asked))
+                offset = msg.next_expected_offset
+                seen = transfer.on_status(offset, loop.time())
+                self._see(o.Rewound(offset, seen.back, refused=seen.refused))
                 if self.state is not State.TRANSFERRING:
                     return
-                if not asked:
-                    ack_wait = min(ack_wait, s.refusal_probe_s)
-                    ack_deadline = min(ack_deadline, loop.time() + ack_wait)
-                if window.acked > acked:  # a device before P6: its STATUS taken as an ACK
-                    self._see(o.Acked(window.acked))
+                if seen.credited is not None:
+                    self._see(o.Acked(seen.credited))
             elif isinstance(msg, p.MsgError):
                 self._see(o.DeviceError(msg, p.MsgType.CMD_OTA_DATA))
                 if self.state is not State.TRANSFERRING:

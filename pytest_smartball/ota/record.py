@@ -139,6 +139,15 @@ class Record:
         return bool(self.capabilities & p.Capability.SIGNED_IMAGES)
 
     @property
+    def status_with_info(self) -> bool:
+        """QUERYING: CMD_OTA_STATUS goes out with CMD_INFO, sharing a connection event and
+        a round trip, rather than after INFO's answer. Before a switch is asked for, STATUS
+        always follows INFO (only an image too large for the device ends the update at
+        INFO); after it, INFO alone may end the update (the new image runs), so STATUS
+        waits for INFO's answer."""
+        return self.commit is Commit.NONE
+
+    @property
     def start_flags(self) -> int:
         """CMD_OTA_START's flags: only what the device advertised (P2, P3)."""
         if self.limits.progressive_erase and self.capabilities & p.Capability.PROGRESSIVE_ERASE:

@@ -81,3 +81,18 @@ def swap_reappear_s(new_size: int, old_size: int, timing: contract.Timing | None
     t = timing or contract.timing()
     pages = -(-max(new_size, old_size) // SWAP_PAGE)
     return with_margin(t.reset_to_advertising_after_swap_max_s(pages))
+
+
+class SilenceWatch:
+    """A wait for signs of progress, such as the erase's MSG_OTA_PROGRESS before READY: the
+    silence allowed restarts only when the work gets further than ever, so a device that
+    repeats itself (or sends what nobody waits for) is still silent about the work."""
+
+    def __init__(self, timeout_s: float, now: float) -> None:
+        self.timeout_s = timeout_s
+        self.deadline = now + timeout_s
+        self._furthest = -1
+
+    def progress(self, done: int, now: float) -> None:
+        if done > self._furthest:
+            self._furthest, self.deadline = done, now + self.timeout_s

@@ -29,11 +29,21 @@ which it has written what it holds); an ACK that moves forward ends the pause.
 Devices that predate P6 send no ACK after a STATUS: when a second STATUS the host asked for
 says the same offset with no ACK in between, the host takes that offset as acknowledged
 (safe: a device without room refuses the chunk and the host rewinds).
+
+The waits of a transfer (:class:`Transfer`, around the credit): the host waits for an ACK
+``ack_s`` after its last DATA or the last ACK that moved forward; when none came it asks
+STATUS (P6), and the answer is owed within ``reply_s``. A STATUS arriving while one is owed
+is that answer; any other is a refusal, after which the ACK wait shrinks to
+``refusal_probe_s`` for the rest of the transfer (a device that refused may refuse the rest
+of a burst without a word: its STATUS replies to refused DATA are rate-limited, P12). A pause
+after a repeated refusal that ends before the wait does wakes the host to send again.
 """
 
 from __future__ import annotations
 
+import enum
 from collections import deque
+from dataclasses import dataclass
 
 from .. import protocol as p
 
@@ -141,3 +151,98 @@ class CreditWindow:
         else:
             self._asked_status_offset = offset
         return back
+
+
+class Wake(enum.Enum):
+    """What the time a transfer waits until means when it comes with nothing received."""
+
+    #: The pause after a repeated refusal is over: send again.
+    PAUSE_OVER = "pause over"
+    #: No ACK moved forward within the ACK wait: ask STATUS (P6).
+    ACK_OVERDUE = "ACK overdue"
+    #: The STATUS asked for was not answered within the reply wait: the link failed.
+    STATUS_OVERDUE = "STATUS overdue"
+
+
+@dataclass(frozen=True, slots=True)
+class TransferWaits:
+    """The transfer's waits, in seconds (from ``OtaSettings``)."""
+
+    ack_s: float
+    refusal_probe_s: float
+    reply_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSeen:
+    """What a MSG_OTA_STATUS in RECEIVING did to the transfer."""
+
+    #: How far the send position moved back.
+    back: int
+    #: Not asked for: the device refused DATA.
+    refused: bool
+    #: A device before P6 answered the same offset twice: the offset now acknowledged
+    #: (tell it as an ACK), else None.
+    credited: int | None
+
+
+class Transfer:
+    """One transfer's credit and waits, given the time ``now`` with every call: what to send
+    (:meth:`next_span`), until when to wait and what that time means (:meth:`wake`)."""
+
+    def __init__(self, window: CreditWindow, waits: TransferWaits, now: float) -> None:
+        self.window = window
+        self.waits = waits
+        #: The wait for an ACK now (shorter once the device refused DATA).
+        self.ack_wait_s = waits.ack_s
+        self.ack_deadline = now + self.ack_wait_s
+        #: When the answer to the STATUS asked for is owed; None: none is owed.
+        self.status_deadline: float | None = None
+
+    def next_span(self, now: float) -> tuple[int, int] | None:
+        return self.window.next_span(now)
+
+    def sent_span(self, end: int, now: float) -> None:
+        self.window.sent_span(end)
+        self.ack_deadline = now + self.ack_wait_s
+
+    def status_asked(self, now: float) -> None:
+        """CMD_OTA_STATUS went out: its answer is owed (and is not a refusal)."""
+        self.status_deadline = now + self.waits.reply_s
+
+    def on_ack(self, offset: int, now: float) -> bool:
+        """MSG_OTA_ACK(offset); True when it moved the acknowledged offset forward (only
+        such an ACK renews the ACK wait)."""
+        if not self.window.on_ack(offset):
+            return False
+        self.ack_deadline = now + self.ack_wait_s
+        return True
+
+    def on_status(self, offset: int, now: float) -> StatusSeen:
+        """MSG_OTA_STATUS in RECEIVING: the device expects ``offset`` next."""
+        asked, self.status_deadline = self.status_deadline is not None, None
+        acked = self.window.acked
+        back = self.window.on_status(offset, asked=asked, now=now)
+        if not asked:
+            self.ack_wait_s = min(self.ack_wait_s, self.waits.refusal_probe_s)
+            self.ack_deadline = min(self.ack_deadline, now + self.ack_wait_s)
+        credited = self.window.acked if self.window.acked > acked else None
+        return StatusSeen(back, refused=not asked, credited=credited)
+
+    def wake(self, now: float) -> tuple[float, Wake]:
+        """Until when to wait for the device at time ``now``, and what that time means."""
+        if self.status_deadline is not None:
+            deadline, why = self.status_deadline, Wake.STATUS_OVERDUE
+        else:
+            deadline, why = self.ack_deadline, Wake.ACK_OVERDUE
+        if now < self.window.paused_until < deadline:
+            return self.window.paused_until, Wake.PAUSE_OVER
+        return deadline, why
+
+    def woke(self, why: Wake) -> Wake:
+        """The wait :meth:`wake` gave ended with nothing received; returns ``why``. A pause
+        is ended here, not by comparing clocks (a virtual clock rounds to microseconds, so
+        ``now`` may still read just before ``paused_until``)."""
+        if why is Wake.PAUSE_OVER:
+            self.window.paused_until = 0.0
+        return why
