@@ -8,6 +8,8 @@ not own, imports the simulator only when asked for, and its packages depend one 
   command asks for a simulated device.
 * ``smartball_sim`` imports nothing of the client but the codec, and no module of either
   package imports itself back through a circle.
+* The OTA engine's core (``pytest_smartball.ota`` but its engine and settings) is sans-I/O:
+  importing it loads neither bleak nor the link nor asyncio.
 """
 
 from __future__ import annotations
@@ -157,6 +159,47 @@ def modules(package: str) -> list[str]:
             parts = parts[:-1]
         names.append(".".join((package, *parts)))
     return names
+
+
+#: The modules of ``pytest_smartball.ota`` that work over the link; every other one (and the
+#: package itself) is the sans-I/O core.
+OTA_OVER_THE_LINK = ("pytest_smartball.ota.engine", "pytest_smartball.ota.result")
+#: What the core must not load: the radio's library, the link, an event loop.
+IO_LOADED = (
+    "[m for m in sys.modules if m.split('.')[0] in ('bleak', 'asyncio')"
+    " or m.split('.')[:2] == ['pytest_smartball', 'link']]"
+)
+
+
+def ota_core() -> list[str]:
+    ota = [
+        m for m in modules("pytest_smartball") if m.split(".")[:2] == ["pytest_smartball", "ota"]
+    ]
+    return [m for m in ota if m not in OTA_OVER_THE_LINK]
+
+
+@pytest.mark.parametrize("module", ota_core())
+def test_the_ota_core_imports_without_bleak_the_link_or_asyncio(module: str) -> None:
+    """In a fresh interpreter, so it is what an import really loads."""
+    loaded = json.loads(run_python(f"import sys, json, {module}; print(json.dumps({IO_LOADED}))"))
+    roots = sorted({".".join(m.split(".")[: 2 if m.startswith("pytest_") else 1]) for m in loaded})
+    assert loaded == [], f"importing {module} loaded {roots}: keep the core free of I/O"
+
+
+def test_the_ota_engine_loads_bleak_and_the_public_names_still_reach_it() -> None:
+    """The control of the test above (the recording sees an import of the link), and the
+    package's names over the link are still there, loaded when first used."""
+    code = (
+        "import sys, json\n"
+        "import pytest_smartball.ota as ota\n"
+        f"before = {IO_LOADED}\n"
+        "from pytest_smartball.ota import OtaEngine, OtaSettings\n"
+        f"print(json.dumps([before, {IO_LOADED}, OtaEngine.__module__, ota.OtaResult.__name__]))"
+    )
+    before, after, engine_module, result = json.loads(run_python(code))
+    assert before == []
+    assert {"bleak", "pytest_smartball.link"} <= set(after)
+    assert (engine_module, result) == ("pytest_smartball.ota.engine", "OtaResult")
 
 
 #: Modules that need an optional extra to import: checked where the extra is installed.
