@@ -31,6 +31,7 @@ from pytest_smartball.ota.states import (
     State,
     check_transition,
 )
+from pytest_smartball.ota.timeouts import SilenceWatch
 
 IMAGE = ImageId(20_000, 0x1234ABCD, "test.bin")
 OTHER_CRC = 0xDEADBEEF
@@ -360,6 +361,21 @@ def test_start_asks_for_progressive_erase_only_when_offered_and_allowed() -> Non
     assert unknown_bits.start_flags == 0
 
 
+@pytest.mark.parametrize(
+    ("commit", "together"),
+    [(Commit.NONE, True), (Commit.FINISH_SENT, False), (Commit.VERIFIED, False)],
+)
+def test_info_and_status_go_together_only_before_a_switch_is_asked_for(
+    commit: Commit, together: bool
+) -> None:
+    """One round trip for both while STATUS is sure to be wanted; after FINISH, INFO alone
+    may end the update (the device runs the new image), so STATUS waits for its answer."""
+    r = replace(QUERY, commit=commit)
+    assert r.status_with_info is together
+    after_info, _ = decide(r, o.InfoReply(NEW_INFO))
+    assert (after_info.state is State.QUERYING) is together  # STATUS still wanted, or not
+
+
 # --- P11: a committed switch -----------------------------------------------------------------
 
 
@@ -530,6 +546,40 @@ def test_a_refused_finish_is_not_a_committed_switch() -> None:
 def test_done_with_another_crc_is_a_refusal() -> None:
     r = run(record(State.FINISHING, seen=True, commit=Commit.FINISH_SENT), o.Done(OTHER_CRC))
     assert r.failure is FailureKind.REFUSED and f"{OTHER_CRC:08x}" in r.error
+
+
+# --- the erase's silence (timeouts.SilenceWatch) --------------------------------------------
+
+
+def test_the_erase_silence_restarts_only_when_the_erase_gets_further() -> None:
+    """MSG_OTA_PROGRESS is a sign of life only when it says more than before: a device that
+    repeats itself (or goes back) is still silent about the erase."""
+    watch = SilenceWatch(5.0, now=0.0)
+    assert watch.deadline == 5.0
+    for now, done, deadline in [
+        (1.0, 0, 6.0),  # the first progress, even of nothing erased yet
+        (2.0, 0, 6.0),  # the same again
+        (3.0, 4096, 8.0),
+        (4.0, 2048, 8.0),  # less than before
+        (7.5, 4096, 8.0),
+        (7.9, 8192, 12.9),
+    ]:
+        watch.progress(done, now)
+        assert watch.deadline == deadline, (now, done)
+
+
+@given(st.lists(st.tuples(st.floats(0, 3), st.integers(0, 8)), max_size=30))
+def test_the_erase_silence_ends_a_timeout_after_the_furthest_progress(
+    steps: list[tuple[float, int]],
+) -> None:
+    watch, now = SilenceWatch(5.0, now=0.0), 0.0
+    furthest, since = -1, 0.0
+    for dt, done in steps:
+        now += dt
+        watch.progress(done, now)
+        if done > furthest:
+            furthest, since = done, now
+        assert watch.deadline == since + 5.0
 
 
 # --- whole sequences (hypothesis) --------------------------------------------------------------

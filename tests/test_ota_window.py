@@ -1,16 +1,27 @@
 """The transfer's credit on its own (P6, P8, E3): what may be sent, given what the device said.
 
 A model device checks the rule from the other side: it never holds more than ``window``
-chunks beyond its last ACK, whatever order ACKs, STATUS replies and refusals come in.
+chunks beyond its last ACK, whatever order ACKs, STATUS replies and refusals come in. Then
+the transfer's waits (:class:`Transfer`): until when the engine waits and what that time
+means, given the time, with no link and no event loop.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_smartball.ota.window import CreditWindow, host_chunk
+from pytest_smartball.ota.window import (
+    CreditWindow,
+    StatusSeen,
+    Transfer,
+    TransferWaits,
+    Wake,
+    host_chunk,
+)
 
 SIZE, CHUNK, WINDOW = 20_000, 232, 16
 
@@ -201,3 +212,163 @@ def test_a_device_never_holds_more_than_a_window_beyond_its_last_ack(
         assert w.chunks_held <= w.window <= window
         assert -(-(received - acked) // chunk) <= window
         assert acked <= received <= w.sent
+
+
+# --- the transfer's waits (Transfer) --------------------------------------------------------
+
+WAITS = TransferWaits(ack_s=4.5, refusal_probe_s=0.5, reply_s=3.0)
+
+
+def transfer(now: float = 0.0, waits: TransferWaits = WAITS) -> Transfer:
+    t = Transfer(CreditWindow(SIZE, CHUNK, WINDOW, start=0), waits, now)
+    send_all(t, now)
+    return t
+
+
+def send_all(t: Transfer, now: float) -> int:
+    sent = 0
+    while (span := t.next_span(now)) is not None:
+        t.sent_span(span[1], now)
+        sent += 1
+    return sent
+
+
+def test_the_ack_wait_runs_from_the_last_data_or_the_last_ack_that_moved_forward() -> None:
+    t = transfer(now=1.0)
+    assert t.wake(1.0) == (5.5, Wake.ACK_OVERDUE)
+    assert not t.on_ack(0, now=2.0)  # a stale ACK renews nothing
+    assert t.wake(2.0) == (5.5, Wake.ACK_OVERDUE)
+    assert t.on_ack(8 * CHUNK, now=3.0)
+    assert t.wake(3.0) == (7.5, Wake.ACK_OVERDUE)
+    assert send_all(t, now=3.5) == 8
+    assert t.wake(3.5) == (8.0, Wake.ACK_OVERDUE)
+
+
+def test_the_status_asked_for_is_owed_within_the_reply_wait_and_is_no_refusal() -> None:
+    """P6: no ACK in time, the engine asks STATUS; its answer is owed (a silence then is a
+    failed link, not another ACK wait) and it is the answer, not a refusal."""
+    t = transfer(now=0.0)
+    until, why = t.wake(0.0)
+    assert (until, t.woke(why)) == (4.5, Wake.ACK_OVERDUE)
+    t.status_asked(now=4.6)
+    assert t.wake(4.6) == (7.6, Wake.STATUS_OVERDUE)
+    seen = t.on_status(10 * CHUNK, now=5.0)
+    assert seen == StatusSeen(back=6 * CHUNK, refused=False, credited=None)
+    assert t.ack_wait_s == WAITS.ack_s  # an answer does not shorten the ACK wait
+    assert t.wake(5.0)[1] is Wake.ACK_OVERDUE  # nothing owed any more
+    # The same answer with nothing asked is a refusal.
+    assert t.on_status(10 * CHUNK, now=5.1).refused
+
+
+@pytest.mark.parametrize(
+    ("refused_at", "probe", "deadline"),
+    [
+        (1.0, 0.5, 1.5),  # the shorter wait, from the refusal
+        (4.3, 0.5, 4.5),  # never later than the wait already running
+        (1.0, 9.0, 4.5),  # a probe longer than the ACK wait changes nothing
+    ],
+)
+def test_after_a_refusal_the_ack_wait_is_the_refusal_probe(
+    refused_at: float, probe: float, deadline: float
+) -> None:
+    """A device that refused may refuse the rest of a burst without a word (P12): ask
+    STATUS after the ACK latency obligation itself, for the rest of the transfer."""
+    t = transfer(now=0.0, waits=replace(WAITS, refusal_probe_s=probe))
+    assert t.on_status(2 * CHUNK, now=refused_at).refused
+    assert t.wake(refused_at) == (pytest.approx(deadline), Wake.ACK_OVERDUE)
+    shorter = min(probe, WAITS.ack_s)
+    assert t.ack_wait_s == shorter
+    send_all(t, now=6.0)
+    assert t.wake(6.0) == (pytest.approx(6.0 + shorter), Wake.ACK_OVERDUE)
+    t.on_ack(4 * CHUNK, now=7.0)
+    assert t.wake(7.0) == (pytest.approx(7.0 + shorter), Wake.ACK_OVERDUE)
+
+
+def test_the_pause_after_a_repeated_refusal_wakes_the_sender_when_it_is_over() -> None:
+    t = transfer(now=0.0)
+    t.on_status(2 * CHUNK, now=1.0)
+    send_all(t, now=1.0)
+    t.on_status(2 * CHUNK, now=1.0)  # again at the same offset: the flash is behind
+    assert t.next_span(1.0) is None
+    until, why = t.wake(1.0)
+    assert (until, why) == (pytest.approx(1.02), Wake.PAUSE_OVER)
+    assert t.woke(why) is Wake.PAUSE_OVER
+    # Ended by the wake, not the clock: a virtual clock may read a microsecond early.
+    assert t.next_span(1.0199) is not None
+
+
+def test_a_pause_that_outlasts_the_wait_gives_way_to_the_wait() -> None:
+    t = transfer(now=0.0, waits=replace(WAITS, refusal_probe_s=0.01))
+    t.on_status(2 * CHUNK, now=1.0)
+    send_all(t, now=1.0)
+    t.on_status(2 * CHUNK, now=1.0)  # paused until 1.02; the ACK wait ends at 1.01
+    assert t.wake(1.0) == (pytest.approx(1.01), Wake.ACK_OVERDUE)
+    t.status_asked(now=1.0)
+    assert t.wake(1.0) == (pytest.approx(1.02), Wake.PAUSE_OVER)  # the owed reply is later
+
+
+def test_a_device_before_p6_has_its_repeated_status_told_as_an_ack() -> None:
+    """Two answers with the same offset and no ACK between: the engine reports the offset
+    as acknowledged (decide counts it as progress); a P6 device's ACK comes first."""
+    t = transfer(now=0.0)
+    t.status_asked(now=4.5)
+    assert t.on_status(WINDOW * CHUNK, now=4.6).credited is None
+    t.status_asked(now=9.1)
+    assert t.on_status(WINDOW * CHUNK, now=9.2).credited == WINDOW * CHUNK
+    p6 = transfer(now=0.0)
+    p6.status_asked(now=4.5)
+    p6.on_status(WINDOW * CHUNK, now=4.6)
+    assert p6.on_ack(WINDOW * CHUNK, now=4.7)
+    p6.status_asked(now=9.1)
+    assert p6.on_status(WINDOW * CHUNK, now=9.2).credited is None
+    # Refusals are never taken as credit.
+    refusals = transfer(now=0.0)
+    assert refusals.on_status(WINDOW * CHUNK, now=1.0).credited is None
+    assert refusals.on_status(WINDOW * CHUNK, now=2.0).credited is None
+
+
+@settings(max_examples=300)
+@given(
+    probe=st.sampled_from([0.01, 0.5, 9.0]),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["send", "ack", "status", "ask", "wake"]),
+            st.floats(0.0, 2.0),
+        ),
+        max_size=80,
+    ),
+)
+def test_the_waits_of_any_transfer(probe: float, steps: list[tuple[str, float]]) -> None:
+    """Whatever happens: a STATUS is owed exactly from the ask to the next STATUS, and while
+    it is owed the wake is its deadline (or an earlier end of a pause); the ACK wait never
+    grows and is the probe's from the first refusal on; the wake is never later than the
+    deadline in force."""
+    waits = replace(WAITS, refusal_probe_s=probe)
+    t = Transfer(CreditWindow(SIZE, CHUNK, WINDOW, start=0), waits, now=0.0)
+    now, owed, refused, acked, asked_at = 0.0, False, False, 0, 0.0
+    for step, dt in steps:
+        now += dt
+        if step == "send":
+            send_all(t, now)
+        elif step == "ack" and t.window.sent > acked:
+            acked = t.window.sent
+            t.on_ack(acked, now)
+        elif step == "status":  # the answer when one is owed, else a refusal
+            seen = t.on_status(t.window.acked, now)
+            assert seen.refused is not owed
+            refused, owed = refused or seen.refused, False
+        elif step == "ask":
+            t.status_asked(now)
+            owed, asked_at = True, now
+        elif step == "wake":
+            until, why = t.wake(now)
+            if why is Wake.PAUSE_OVER:
+                assert now < until == t.window.paused_until
+                t.woke(why)
+                assert t.window.paused_until == 0.0  # the sender may go on
+        until, why = t.wake(now)
+        deadline = t.status_deadline if owed else t.ack_deadline
+        assert t.status_deadline == (asked_at + waits.reply_s if owed else None)
+        assert until <= deadline  # type: ignore[operator]
+        assert why in (Wake.PAUSE_OVER, Wake.STATUS_OVERDUE if owed else Wake.ACK_OVERDUE)
+        assert t.ack_wait_s == (min(probe, WAITS.ack_s) if refused else WAITS.ack_s)
