@@ -1,7 +1,11 @@
-"""The OTA engine: the I/O of each state, with every decision left to :mod:`.decide`.
+"""The OTA engine: the I/O of each state, with every rule left to the sans-I/O core.
 
 Each state is one coroutine that talks to the link and reports what it saw to
-:meth:`OtaEngine._see`, which asks :func:`~.decide.decide` what next. Link failures
+:meth:`OtaEngine._see`, which asks :func:`~.decide.decide` what next. What to send and until
+when to wait, given the time, are the core's too: the record (INFO and STATUS together or
+apart, START's flags), :class:`~.window.Transfer` (DATA, the ACK and STATUS waits, the pause
+after a repeated refusal) and :class:`~.timeouts.SilenceWatch` (the erase); this module only
+pumps bytes and timeouts. Link failures
 (:class:`LinkLost`, :class:`ResponseTimeout`, :class:`ConnectFailed`) are caught in one
 place, the runner, and reported as :class:`~.observations.LinkFailed`; the device's own
 answers (STATUS, ACK) are the only truth about what it holds, so nothing already sent is
