@@ -376,6 +376,15 @@ def test_info_and_status_go_together_only_before_a_switch_is_asked_for(
     assert (after_info.state is State.QUERYING) is together  # STATUS still wanted, or not
 
 
+def test_finish_is_sent_unless_the_device_is_verifying_already() -> None:
+    all_there = run(record(State.TRANSFERRING, seen=True), o.AllAcked())
+    assert all_there.state is State.FINISHING and all_there.finish_owed
+    verifying, _ = query(QUERY, OLD_INFO, status(p.OtaState.VERIFYING, IMAGE.size))
+    assert verifying.state is State.FINISHING and not verifying.finish_owed
+    every_byte, _ = query(QUERY, OLD_INFO, status(p.OtaState.RECEIVING, IMAGE.size))
+    assert every_byte.state is State.FINISHING and every_byte.finish_owed
+
+
 # --- P11: a committed switch -----------------------------------------------------------------
 
 

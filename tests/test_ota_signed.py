@@ -394,6 +394,33 @@ def test_the_wait_after_a_swap_is_the_devices_obligation_for_the_larger_image() 
     assert swap_reappear_s(320_000, 0) > DEFAULT.reappear_s  # a copy's bound is too short
 
 
+@pytest.mark.parametrize(
+    ("signed", "commit", "old_size", "longer"),
+    [
+        (False, Commit.VERIFIED, 320_000, False),  # a v1 device copies, it does not swap
+        (True, Commit.NONE, 320_000, False),  # no switch asked for: no swap at the reset
+        (True, Commit.FINISH_SENT, 320_000, True),  # the swap of the larger image
+        (True, Commit.VERIFIED, 320_000, True),
+        (True, Commit.VERIFIED, 12_000, False),  # two small images swap within the wait
+    ],
+)
+def test_a_vanished_device_is_waited_for_its_swap_only_after_a_switch_on_a_signed_device(
+    signed: bool, commit: Commit, old_size: int, longer: bool
+) -> None:
+    from pytest_smartball.ota.timeouts import DEFAULT, reappear_s, swap_reappear_s
+
+    info = replace(OLD, active_image_size=old_size)
+    r = replace(
+        Record(SIGNED, LIMITS),
+        commit=commit,
+        first_info=info,
+        capabilities=SIGNED_CAP if signed else 0,
+    )
+    wait = reappear_s(DEFAULT.reappear_s, r)
+    assert wait == (swap_reappear_s(SIZE, old_size) if longer else DEFAULT.reappear_s)
+    assert wait >= DEFAULT.reappear_s
+
+
 @pytest.mark.asyncio
 @pytest.mark.sim_only
 async def test_a_slow_swap_within_its_obligation_is_waited_for_not_recovered_from() -> None:

@@ -43,7 +43,7 @@ from .decide import decide
 from .record import Commit, ImageId, Record
 from .result import HealthCheckFailed, OtaEvent, OtaResult, OtaSettings
 from .states import EventKind, Outcome, State
-from .timeouts import SilenceWatch, swap_reappear_s
+from .timeouts import SilenceWatch, reappear_s
 from .window import CreditWindow, Transfer, TransferWaits, Wake, host_chunk
 
 log = logging.getLogger("pytest_smartball.ota")
@@ -213,7 +213,7 @@ class OtaEngine:
             if self._ble_device is not None:
                 self._see(o.Found())
                 return
-        timeout = s.link.scan_timeout_s if first else self._reappear_timeout_s()
+        timeout = s.link.scan_timeout_s if first else reappear_s(s.reappear_timeout_s, self.record)
         try:
             sighting = await find_device(
                 self.backend,
@@ -228,15 +228,6 @@ class OtaEngine:
         self.address = sighting.address
         self.result.rssi_dbm = sighting.rssi
         self._see(o.Found())
-
-    def _reappear_timeout_s(self) -> float:
-        """The wait for a vanished device; on a signed-only device after the switch, at
-        least its obligation for swapping the banks (which grows with the images' size)."""
-        r, wait = self.record, self.settings.reappear_timeout_s
-        if r.signed_only and r.commit is not Commit.NONE:
-            old = r.first_info.active_image_size if r.first_info else 0
-            wait = max(wait, swap_reappear_s(r.image.size, old))
-        return wait
 
     async def _preflight(self) -> bool:
         """Before the first scan: the stack's warnings, the settle it needs, and the
@@ -462,7 +453,7 @@ class OtaEngine:
 
     async def _finish(self) -> None:
         link = self._require_link()
-        if self.record.commit is Commit.NONE:  # not when the device is verifying already
+        if self.record.finish_owed:
             await link.send(p.CmdOtaFinish())
             self._see(o.FinishSent())
         loop = asyncio.get_running_loop()

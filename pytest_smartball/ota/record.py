@@ -148,6 +148,12 @@ class Record:
         return self.commit is Commit.NONE
 
     @property
+    def finish_owed(self) -> bool:
+        """FINISHING: CMD_OTA_FINISH goes out, unless the device is verifying already (its
+        STATUS said VERIFYING for this image): then only its DONE is waited for."""
+        return self.commit is Commit.NONE
+
+    @property
     def start_flags(self) -> int:
         """CMD_OTA_START's flags: only what the device advertised (P2, P3)."""
         if self.limits.progressive_erase and self.capabilities & p.Capability.PROGRESSIVE_ERASE:

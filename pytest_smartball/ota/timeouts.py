@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 from .. import contract
+from .record import Commit, Record
 
 #: Seconds added to each obligation: the link's supervision timeout (see the module's text).
 LINK_MARGIN_S = 4.0
@@ -81,6 +82,16 @@ def swap_reappear_s(new_size: int, old_size: int, timing: contract.Timing | None
     t = timing or contract.timing()
     pages = -(-max(new_size, old_size) // SWAP_PAGE)
     return with_margin(t.reset_to_advertising_after_swap_max_s(pages))
+
+
+def reappear_s(base_s: float, r: Record) -> float:
+    """The wait for a device that vanished (``base_s``: ``OtaSettings.reappear_timeout_s``);
+    on a signed-only device after the switch, at least its obligation for swapping the banks
+    (which grows with the images' size)."""
+    if r.signed_only and r.commit is not Commit.NONE:
+        old = r.first_info.active_image_size if r.first_info else 0
+        return max(base_s, swap_reappear_s(r.image.size, old))
+    return base_s
 
 
 class SilenceWatch:
