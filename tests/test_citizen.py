@@ -5,7 +5,8 @@ not own, imports the simulator only when asked for, and its packages depend one 
   (``-p no:smartball``), and under ``--device=sim`` or ``--device=real``: the plugin acts
   only on tests that use its fixtures or markers.
 * ``smartball_sim`` is loaded only by ``pytest_smartball.targets``, and only when a test or a
-  command asks for a simulated device.
+  command asks for a simulated device; a target module loads at import no other target's
+  stack and nothing its own target loads only when it starts.
 * ``smartball_sim`` imports nothing of the client but the codec, and no module of either
   package imports itself back through a circle.
 """
@@ -163,14 +164,69 @@ def modules(package: str) -> list[str]:
 NEEDS_EXTRA = {"pytest_smartball.farm.lab": "labgrid"}
 
 
-@pytest.mark.parametrize("module", modules("pytest_smartball"))
-def test_client_modules_load_the_simulator_only_to_start_a_target(module: str) -> None:
+def loaded_on_import(module: str, *prefixes: str) -> list[str]:
+    """The modules named by ``prefixes`` or below them that importing ``module`` loads, in
+    a fresh interpreter."""
     if module in NEEDS_EXTRA:
         pytest.importorskip(NEEDS_EXTRA[module])
-    loaded = json.loads(run_python(f"import sys, json, {module}; print(json.dumps({SIM_LOADED}))"))
-    if module.startswith(SIM_IMPORTERS):
-        return  # allowed; what they load is checked by the module-level rule below
+    loaded = json.loads(
+        run_python(f"import sys, json, {module}; print(json.dumps(list(sys.modules)))")
+    )
+    return sorted(m for m in loaded if any(m == x or m.startswith(x + ".") for x in prefixes))
+
+
+@pytest.mark.parametrize(
+    "module", [m for m in modules("pytest_smartball") if not m.startswith(SIM_IMPORTERS)]
+)
+def test_client_modules_load_the_simulator_only_to_start_a_target(module: str) -> None:
+    loaded = loaded_on_import(module, "smartball_sim")
     assert loaded == [], f"importing {module} loaded the simulator: {loaded}"
+
+
+#: What importing each target module must not load yet: another target's stack, and what
+#: its own target loads only when it starts (a new target module must say what it defers).
+TARGETS_DEFER = {
+    "pytest_smartball.targets.bumble": (
+        "bumble",  # Google's stack: an optional extra, loaded when a Bumble target opens
+        "smartball_sim.bumble.central",
+        "smartball_sim.device",
+        "smartball_sim.bluez",
+        "smartball_sim.vhci",
+    ),
+    "pytest_smartball.targets.emulated_bluez": (
+        "bumble",
+        "smartball_sim.bumble",
+        "smartball_sim.vhci",
+        "smartball_sim.bleak_backend",
+    ),
+    "pytest_smartball.targets.labgrid_loopback": (
+        "bumble",
+        "smartball_sim.bumble",
+        "smartball_sim.vhci",
+        "smartball_sim.bleak_backend",
+    ),
+    "pytest_smartball.targets.simulated": (
+        "bumble",
+        "smartball_sim.bumble",
+        "smartball_sim.bluez",
+        "smartball_sim.vhci",
+    ),
+    # the virtual radio is started (pytest_configure, the CLI), not imported
+    "pytest_smartball.targets.vhci_bluez": ("bumble", "smartball_sim"),
+}
+
+
+def test_every_target_module_says_what_it_defers() -> None:
+    targets = [m for m in modules("pytest_smartball") if m.startswith(SIM_IMPORTERS)]
+    assert sorted(TARGETS_DEFER) == targets
+
+
+@pytest.mark.parametrize(("module", "deferred"), sorted(TARGETS_DEFER.items()))
+def test_a_target_module_loads_only_what_its_target_needs_before_it_starts(
+    module: str, deferred: tuple[str, ...]
+) -> None:
+    loaded = loaded_on_import(module, *deferred)
+    assert loaded == [], f"importing {module} loaded {loaded} before its target started"
 
 
 def test_only_the_target_modules_import_the_simulator_anywhere() -> None:

@@ -19,7 +19,7 @@ from pytest_smartball import protocol as p
 @pytest.mark.asyncio
 async def test_raw_link(nus):
     info = await nus.request(p.CmdInfo(), (p.MsgInfo,), 5.0)
-    assert info.fw_major >= 0
+    assert info.protocol_version == p.PROTOCOL_VERSION
 
 
 @pytest.mark.asyncio
