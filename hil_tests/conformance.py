@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 
 from pytest_smartball import contract
 from pytest_smartball import protocol as p
-from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import LinkLost, NusLink, ResponseTimeout
 
 from .helpers import present_manifest
@@ -54,10 +53,6 @@ class Session:
     @property
     def size(self) -> int:
         return len(self.image)
-
-    @property
-    def crc_ok(self) -> bool:
-        return self.crc32 == p.crc32(self.image)
 
 
 #: A flash page: MSG_OTA_PROGRESS counts an erase in bytes, whole pages (protocol section 5).
@@ -192,7 +187,3 @@ def with_crc_mismatch(cell: contract.Cell) -> contract.Cell:
     swap = {"MSG_OTA_DONE": "MSG_ERROR:CRC_MISMATCH"}
     then_state = p.OtaState.ERROR if cell.then_state == p.OtaState.COMPLETE else cell.then_state
     return replace(cell, then=tuple(swap.get(t, t) for t in cell.then), then_state=then_state)
-
-
-def release_image_session(image: FirmwareImage) -> Session:
-    return Session(image.data, image.crc32)
