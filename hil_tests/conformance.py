@@ -34,6 +34,9 @@ CHUNK = 232
 SMALL = random.Random(16).randbytes(9_000)
 #: Where a RECEIVING set-up stops short of the end: the image's last, shorter chunk is left.
 NEAR_END = (len(SMALL) - 1) // CHUNK * CHUNK
+#: Where a host drops the link (or the power is cut) mid-transfer: well inside SMALL, at a
+#: chunk boundary.
+DROP_AT = 20 * CHUNK
 #: Another image, for "another image than the session's".
 OTHER = random.Random(17).randbytes(5_000)
 #: Pages of the image whose erase the ERASING set-up catches under way (about 3.4 s at the

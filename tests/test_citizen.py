@@ -238,6 +238,31 @@ def test_only_the_target_modules_import_the_simulator_anywhere() -> None:
             assert imported.split(".")[0] != "smartball_sim", f"{module} imports {imported}"
 
 
+#: The folders of test modules; their other modules (helpers, conftest.py) may be imported.
+TEST_DIRS = (ROOT / "tests", ROOT / "hil_tests")
+TEST_MODULES = frozenset(path.stem for d in TEST_DIRS for path in d.glob("test_*.py"))
+
+
+def test_no_test_module_imports_another() -> None:
+    """Test modules are collected, not imported: one that imports another runs that one's
+    module-level set-up a second time and binds the two together. What several share lives
+    in a helper module (tests/plugin_sessions.py, hil_tests/helpers.py, ...) or a conftest."""
+    found = []
+    for path in sorted(path for d in TEST_DIRS for path in d.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                ours = node.level > 0 or (node.module or "").startswith(("tests", "hil_tests"))
+                base = node.module or ""
+                names = [base, *(f"{base}.{alias.name}" for alias in node.names)] if ours else []
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith(("tests.", "hil_tests."))]
+            else:
+                continue
+            if any(name.rpartition(".")[2] in TEST_MODULES for name in names):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert found == [], "test modules importing test modules:\n" + "\n".join(found)
+
+
 def test_the_simulator_imports_only_the_codec_of_the_client() -> None:
     for module in modules("smartball_sim"):
         for imported in imports_of(module, top_level_only=False):

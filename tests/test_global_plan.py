@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_plugin import BASE_ARGS, INNER_INI
+from tests.plugin_sessions import BASE_ARGS, INNER_INI
 
 pytest_plugins = ["pytester"]
 
