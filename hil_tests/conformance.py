@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 
 from pytest_smartball import contract
 from pytest_smartball import protocol as p
-from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import LinkLost, NusLink, ResponseTimeout
 
 from .helpers import present_manifest
@@ -35,6 +34,9 @@ CHUNK = 232
 SMALL = random.Random(16).randbytes(9_000)
 #: Where a RECEIVING set-up stops short of the end: the image's last, shorter chunk is left.
 NEAR_END = (len(SMALL) - 1) // CHUNK * CHUNK
+#: Where a host drops the link (or the power is cut) mid-transfer: well inside SMALL, at a
+#: chunk boundary.
+DROP_AT = 20 * CHUNK
 #: Another image, for "another image than the session's".
 OTHER = random.Random(17).randbytes(5_000)
 #: Pages of the image whose erase the ERASING set-up catches under way (about 3.4 s at the
@@ -54,10 +56,6 @@ class Session:
     @property
     def size(self) -> int:
         return len(self.image)
-
-    @property
-    def crc_ok(self) -> bool:
-        return self.crc32 == p.crc32(self.image)
 
 
 #: A flash page: MSG_OTA_PROGRESS counts an erase in bytes, whole pages (protocol section 5).
@@ -192,7 +190,3 @@ def with_crc_mismatch(cell: contract.Cell) -> contract.Cell:
     swap = {"MSG_OTA_DONE": "MSG_ERROR:CRC_MISMATCH"}
     then_state = p.OtaState.ERROR if cell.then_state == p.OtaState.COMPLETE else cell.then_state
     return replace(cell, then=tuple(swap.get(t, t) for t in cell.then), then_state=then_state)
-
-
-def release_image_session(image: FirmwareImage) -> Session:
-    return Session(image.data, image.crc32)

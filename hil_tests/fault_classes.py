@@ -185,11 +185,6 @@ class Wall(enum.Enum):
     FLASH = "every flash operation fails"
 
 
-#: Walls that act on connecting: they stop the confirmation after the reset, so such an
-#: update can end unconfirmed (the device may run the new image).
-CONNECT_WALLS = frozenset({Wall.REFUSED, Wall.HANGS, Wall.NO_NUS, Wall.GONE})
-
-
 @dataclass(frozen=True, slots=True)
 class Classification:
     kind: Kind

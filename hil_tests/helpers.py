@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from pytest_smartball import protocol as p
 from pytest_smartball.contract import Timing
 from pytest_smartball.link import LinkSettings, NusLink, ResponseTimeout, find_device
-from pytest_smartball.manifest import MANIFEST_SIZE
+from pytest_smartball.manifest import MANIFEST_SIZE, Manifest
 from pytest_smartball.targets import Target
 
 if TYPE_CHECKING:
@@ -196,6 +197,14 @@ async def back_after_reset(target: Target, limit_s: float) -> tuple[NusLink, flo
     return link, took
 
 
+async def reconnect(target: Target) -> NusLink:
+    """A new link to the device under test, once it advertises again (10 s at most)."""
+    sighting = await find_device(
+        target.backend, name=target.name, address=target.address, timeout=10.0
+    )
+    return await NusLink.open(sighting.ble_device, target.backend, LinkSettings())
+
+
 #: Radio delivery on top of a device obligation (as conformance.RADIO_MARGIN_S).
 RADIO_MARGIN_S = 0.25
 
@@ -283,3 +292,64 @@ async def send_in_ack_intervals(
     assert status == p.MsgOtaStatus(p.OtaState.RECEIVING, end, size, crc32), status
     ack = await nus.receive(ACK_WAIT_S)
     assert ack == p.MsgOtaAck(end), f"STATUS in RECEIVING must bring an ACK (7.4): {ack}"
+
+
+# --- tampering: a CRC-32 forgery (the CRC is not a signature), a changed manifest ------------
+
+
+def forge_crc(data: bytes, at: int, crc32: int) -> bytes:
+    """``data`` with its 4 bytes at ``at`` replaced so that its CRC-32 is ``crc32``: the
+    CRC is affine over GF(2), so any 32 consecutive bits can make it anything. This is
+    what an attacker does to get a changed image past the CRC check; only the SHA-256
+    catches it."""
+    base = bytearray(data)
+    base[at : at + 4] = bytes(4)
+    zero = p.crc32(bytes(base))
+    basis: list[tuple[int, int]] = []  # (vector, which bits make it), highest bit first
+    for bit in range(32):
+        flipped = bytearray(base)
+        flipped[at + bit // 8] ^= 1 << (bit % 8)
+        vector, made_of = p.crc32(bytes(flipped)) ^ zero, 1 << bit
+        for b_vector, b_made in basis:
+            if vector ^ b_vector < vector:
+                vector, made_of = vector ^ b_vector, made_of ^ b_made
+        if vector:
+            basis.append((vector, made_of))
+            basis.sort(reverse=True)
+    want, bits = crc32 ^ zero, 0
+    for b_vector, b_made in basis:
+        if want ^ b_vector < want:
+            want, bits = want ^ b_vector, bits ^ b_made
+    assert want == 0, "32 consecutive bits always reach every CRC-32"
+    base[at : at + 4] = bits.to_bytes(4, "little")
+    forged = bytes(base)
+    assert p.crc32(forged) == crc32
+    return forged
+
+
+def flipped_with_the_same_crc(image: bytes, where: int) -> bytes:
+    changed = bytearray(image)
+    changed[where] ^= 0x01
+    fix_at = where + 1 if where + 5 <= len(image) else where - 4
+    return forge_crc(bytes(changed), fix_at, p.crc32(image))
+
+
+def changed_manifest(manifest: Manifest, field: str) -> Manifest:
+    """``manifest`` with ``field`` changed (after it was signed)."""
+    match field:
+        case "version":
+            return replace(manifest, fw_patch=manifest.fw_patch ^ 1)
+        case "counter":
+            return replace(manifest, security_counter=manifest.security_counter + 1)
+        case "size":
+            return replace(manifest, image_size=manifest.image_size + 4)
+        case "crc32":
+            return replace(manifest, image_crc32=manifest.image_crc32 ^ 1)
+        case "key-id":
+            return replace(manifest, key_id=manifest.key_id ^ 1)
+        case "sha256":
+            return replace(
+                manifest,
+                image_sha256=bytes([manifest.image_sha256[0] ^ 1]) + manifest.image_sha256[1:],
+            )
+    raise AssertionError(field)

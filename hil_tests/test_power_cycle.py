@@ -17,9 +17,8 @@ from pytest_smartball.ota import OtaEngine
 from pytest_smartball.targets import Target
 
 from . import conformance as c
-from .conformance import SMALL, TIMING
-from .helpers import present_manifest
-from .test_sessions import DROP_AT, reconnect
+from .conformance import DROP_AT, SMALL, TIMING
+from .helpers import present_manifest, reconnect
 
 pytestmark = pytest.mark.asyncio
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 
 import pytest
 import pytest_asyncio
@@ -181,46 +180,6 @@ def reset(request: pytest.FixtureRequest) -> PowerCycle | None:
         return None
 
 
-# --- CRC-32 forgery: the CRC is not a signature ------------------------------------------
-
-
-def forge_crc(data: bytes, at: int, crc32: int) -> bytes:
-    """``data`` with its 4 bytes at ``at`` replaced so that its CRC-32 is ``crc32``: the
-    CRC is affine over GF(2), so any 32 consecutive bits can make it anything. This is
-    what an attacker does to get a changed image past the CRC check; only the SHA-256
-    catches it."""
-    base = bytearray(data)
-    base[at : at + 4] = bytes(4)
-    zero = p.crc32(bytes(base))
-    basis: list[tuple[int, int]] = []  # (vector, which bits make it), highest bit first
-    for bit in range(32):
-        flipped = bytearray(base)
-        flipped[at + bit // 8] ^= 1 << (bit % 8)
-        vector, made_of = p.crc32(bytes(flipped)) ^ zero, 1 << bit
-        for b_vector, b_made in basis:
-            if vector ^ b_vector < vector:
-                vector, made_of = vector ^ b_vector, made_of ^ b_made
-        if vector:
-            basis.append((vector, made_of))
-            basis.sort(reverse=True)
-    want, bits = crc32 ^ zero, 0
-    for b_vector, b_made in basis:
-        if want ^ b_vector < want:
-            want, bits = want ^ b_vector, bits ^ b_made
-    assert want == 0, "32 consecutive bits always reach every CRC-32"
-    base[at : at + 4] = bits.to_bytes(4, "little")
-    forged = bytes(base)
-    assert p.crc32(forged) == crc32
-    return forged
-
-
-def flipped_with_the_same_crc(image: bytes, where: int) -> bytes:
-    changed = bytearray(image)
-    changed[where] ^= 0x01
-    fix_at = where + 1 if where + 5 <= len(image) else where - 4
-    return forge_crc(bytes(changed), fix_at, p.crc32(image))
-
-
 # --- 1. only images signed by a trusted key run --------------------------------------------
 
 
@@ -286,7 +245,7 @@ async def test_a_tampered_image_is_refused(
     await expect_accepted(nus, manifest_of(signed.head), "the genuine manifest")
     if tampering.startswith("flip-"):
         where = {"flip-start": 0, "flip-middle": len(IMAGE) // 2, "flip-end": len(IMAGE) - 1}
-        sent = flipped_with_the_same_crc(IMAGE, where[tampering])
+        sent = h.flipped_with_the_same_crc(IMAGE, where[tampering])
         reply = await transfer(nus, sent)
         assert isinstance(reply, p.MsgError) and reply.code == err.DIGEST_MISMATCH, (
             f"an image with a byte flipped at {where[tampering]} (its CRC-32 forged to the "
@@ -299,27 +258,6 @@ async def test_a_tampered_image_is_refused(
         start = p.CmdOtaStart(len(sent), p.crc32(sent), c.CHUNK)
         await expect_refused(nus, start, err.UNSIGNED, f"START of the {tampering} image")
     await untouched(nus, info, smartball, reset)
-
-
-def changed_manifest(manifest: Manifest, field: str) -> Manifest:
-    """``manifest`` with ``field`` changed (after it was signed)."""
-    match field:
-        case "version":
-            return replace(manifest, fw_patch=manifest.fw_patch ^ 1)
-        case "counter":
-            return replace(manifest, security_counter=manifest.security_counter + 1)
-        case "size":
-            return replace(manifest, image_size=manifest.image_size + 4)
-        case "crc32":
-            return replace(manifest, image_crc32=manifest.image_crc32 ^ 1)
-        case "key-id":
-            return replace(manifest, key_id=manifest.key_id ^ 1)
-        case "sha256":
-            return replace(
-                manifest,
-                image_sha256=bytes([manifest.image_sha256[0] ^ 1]) + manifest.image_sha256[1:],
-            )
-    raise AssertionError(field)
 
 
 #: Each field of the manifest (and the signature) changed after signing: the code each
@@ -359,7 +297,7 @@ async def test_a_changed_manifest_field_is_refused(
     elif field == "signature":
         signature[17] ^= 0x01
     else:
-        body[:] = changed_manifest(signed.manifest, field).encode()
+        body[:] = h.changed_manifest(signed.manifest, field).encode()
     code = MANIFEST_CHANGES[field]
     await expect_manifest_refused(
         nus,

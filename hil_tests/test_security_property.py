@@ -29,7 +29,7 @@ from pytest_smartball.suite_signer import SuiteSigner
 from smartball_sim.firmware import FlashTimings, SmartBallFirmware
 from smartball_sim.firmware_bugs import parse_bugs
 
-from .test_security import changed_manifest, flipped_with_the_same_crc
+from .helpers import changed_manifest, flipped_with_the_same_crc
 
 pytestmark = [pytest.mark.sim_only, pytest.mark.timeout(1800)]
 

@@ -10,25 +10,15 @@ import pytest
 
 from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
-from pytest_smartball.link import LinkSettings, NusLink, find_device
+from pytest_smartball.link import NusLink
 from pytest_smartball.ota import OtaEngine
 from pytest_smartball.targets import Target
 
 from . import conformance as c
-from .conformance import CHUNK, SMALL, TIMING
-from .helpers import present_manifest
+from .conformance import CHUNK, DROP_AT, SMALL, TIMING
+from .helpers import present_manifest, reconnect
 
 pytestmark = pytest.mark.asyncio
-
-#: Where the host drops the link: well inside the image, at a chunk boundary.
-DROP_AT = 20 * CHUNK
-
-
-async def reconnect(target: Target) -> NusLink:
-    sighting = await find_device(
-        target.backend, name=target.name, address=target.address, timeout=10.0
-    )
-    return await NusLink.open(sighting.ble_device, target.backend, LinkSettings())
 
 
 async def test_a_link_drop_keeps_the_session_and_its_offset(

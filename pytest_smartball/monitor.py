@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from . import contract
@@ -154,7 +153,6 @@ class _Model:
     erasing_data: int = 0
     pages_reported: int = 0
     last_progress_t: float | None = None
-    erase_start_t: float | None = None
     #: A READY is owed (a resume START, a progressive START), since when.
     ready_owed: float | None = None
     #: The bytes accepted, for the CRC the verify must find (sections 7.4, 7.5).
@@ -200,7 +198,6 @@ class ContractMonitor:
         self._capacity: int | None = None
         #: The image the device must run after its next reset (DONE was sent).
         self._activation: tuple[int, int] | None = None
-        self._reset_pending_info = False
         self._no_reset = False
         self._slow_erase = False
         #: Damaged device frames the injected faults account for.
@@ -218,8 +215,6 @@ class ContractMonitor:
         self._old_life = False
         #: The window of the last READY.
         self._window: int | None = None
-        #: Capabilities from MSG_INFO (None: no INFO seen yet).
-        self._capabilities: int | None = None
         #: Whether the device advertises SIGNED_IMAGES (None: no INFO seen yet), and the
         #: image its last INFO showed in TEST state: a reset may revert from it (16.6).
         self._signed: bool | None = None
@@ -391,7 +386,6 @@ class ContractMonitor:
             self._replaced = self.active
             self.active = self._activation
         self._activation = None
-        self._reset_pending_info = True
         self._pending.clear()
         self._m = _Model(window=m.window)
         self._sent_end = 0
@@ -720,7 +714,7 @@ class ContractMonitor:
         self._m = m = _Model(window=window)
         m.session = _Session(msg.image_size, msg.image_crc32, msg.chunk_size, progressive)
         m.state = p.OtaState.ERASING
-        m.erase_start_t = m.last_progress_t = t
+        m.last_progress_t = t
         self._sent_end = 0
         if progressive is not False:
             m.ready_owed = t
@@ -918,9 +912,9 @@ class ContractMonitor:
         if self._unsure:
             self._resync(t, msg, head)
             return
-        self._check_status(t, msg, rejected_chunk=isinstance(head.msg, p.CmdOtaData))
+        self._check_status(t, msg)
 
-    def _check_status(self, t: float, msg: p.MsgOtaStatus, rejected_chunk: bool) -> None:
+    def _check_status(self, t: float, msg: p.MsgOtaStatus) -> None:
         m = self._m
         s = m.session
         state = m.state
@@ -1039,7 +1033,6 @@ class ContractMonitor:
     def _check_info(self, t: float, msg: p.MsgInfo) -> None:
         if msg.protocol_version != p.PROTOCOL_VERSION:
             self._violate(t, "info.fields", f"protocol_version {msg.protocol_version}", repr(msg))
-        self._capabilities = msg.capabilities
         self._signed = msg.signed_only
         if self._signed and msg.image_state == p.ImageState.TEST:
             running_now = (msg.active_image_size, msg.active_image_crc32)
@@ -1067,7 +1060,6 @@ class ContractMonitor:
             )
         self.active = running
         self._may_run.discard(running)
-        self._reset_pending_info = False
 
     # --- work under way -------------------------------------------------------------------------
 
@@ -1430,7 +1422,3 @@ def _field_problem(msg: p.Message) -> str | None:
 def rules_documented(text: str) -> list[str]:
     """The rule ids ``text`` (docs/protocol.md) does not list: a test keeps them in step."""
     return [rule for rule in RULES if f"`{rule}`" not in text]
-
-
-def first_violation(violations: Iterable[Violation]) -> Violation | None:
-    return next(iter(violations), None)

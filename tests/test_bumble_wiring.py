@@ -13,9 +13,7 @@ from pytest_smartball.cli import main
 from pytest_smartball.targets.bumble import INSTALL_HINT
 from smartball_sim.make_image import FIELD_IMAGE_SIZE, make_image
 
-from .test_plugin import assert_clean_usage_error, inner, run
-
-__all__ = ["inner"]  # the fixture, used by the pytester tests below
+from .plugin_sessions import assert_clean_usage_error, run
 
 pytest_plugins = ["pytester"]
 

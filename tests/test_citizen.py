@@ -5,7 +5,8 @@ not own, imports the simulator only when asked for, and its packages depend one 
   (``-p no:smartball``), and under ``--device=sim`` or ``--device=real``: the plugin acts
   only on tests that use its fixtures or markers.
 * ``smartball_sim`` is loaded only by ``pytest_smartball.targets``, and only when a test or a
-  command asks for a simulated device.
+  command asks for a simulated device; a target module loads at import no other target's
+  stack and nothing its own target loads only when it starts.
 * ``smartball_sim`` imports nothing of the client but the codec, and no module of either
   package imports itself back through a circle.
 * The OTA engine's core (``pytest_smartball.ota`` but its engine and settings) is sans-I/O:
@@ -206,14 +207,69 @@ def test_the_ota_engine_loads_bleak_and_the_public_names_still_reach_it() -> Non
 NEEDS_EXTRA = {"pytest_smartball.farm.lab": "labgrid"}
 
 
-@pytest.mark.parametrize("module", modules("pytest_smartball"))
-def test_client_modules_load_the_simulator_only_to_start_a_target(module: str) -> None:
+def loaded_on_import(module: str, *prefixes: str) -> list[str]:
+    """The modules named by ``prefixes`` or below them that importing ``module`` loads, in
+    a fresh interpreter."""
     if module in NEEDS_EXTRA:
         pytest.importorskip(NEEDS_EXTRA[module])
-    loaded = json.loads(run_python(f"import sys, json, {module}; print(json.dumps({SIM_LOADED}))"))
-    if module.startswith(SIM_IMPORTERS):
-        return  # allowed; what they load is checked by the module-level rule below
+    loaded = json.loads(
+        run_python(f"import sys, json, {module}; print(json.dumps(list(sys.modules)))")
+    )
+    return sorted(m for m in loaded if any(m == x or m.startswith(x + ".") for x in prefixes))
+
+
+@pytest.mark.parametrize(
+    "module", [m for m in modules("pytest_smartball") if not m.startswith(SIM_IMPORTERS)]
+)
+def test_client_modules_load_the_simulator_only_to_start_a_target(module: str) -> None:
+    loaded = loaded_on_import(module, "smartball_sim")
     assert loaded == [], f"importing {module} loaded the simulator: {loaded}"
+
+
+#: What importing each target module must not load yet: another target's stack, and what
+#: its own target loads only when it starts (a new target module must say what it defers).
+TARGETS_DEFER = {
+    "pytest_smartball.targets.bumble": (
+        "bumble",  # Google's stack: an optional extra, loaded when a Bumble target opens
+        "smartball_sim.bumble.central",
+        "smartball_sim.device",
+        "smartball_sim.bluez",
+        "smartball_sim.vhci",
+    ),
+    "pytest_smartball.targets.emulated_bluez": (
+        "bumble",
+        "smartball_sim.bumble",
+        "smartball_sim.vhci",
+        "smartball_sim.bleak_backend",
+    ),
+    "pytest_smartball.targets.labgrid_loopback": (
+        "bumble",
+        "smartball_sim.bumble",
+        "smartball_sim.vhci",
+        "smartball_sim.bleak_backend",
+    ),
+    "pytest_smartball.targets.simulated": (
+        "bumble",
+        "smartball_sim.bumble",
+        "smartball_sim.bluez",
+        "smartball_sim.vhci",
+    ),
+    # the virtual radio is started (pytest_configure, the CLI), not imported
+    "pytest_smartball.targets.vhci_bluez": ("bumble", "smartball_sim"),
+}
+
+
+def test_every_target_module_says_what_it_defers() -> None:
+    targets = [m for m in modules("pytest_smartball") if m.startswith(SIM_IMPORTERS)]
+    assert sorted(TARGETS_DEFER) == targets
+
+
+@pytest.mark.parametrize(("module", "deferred"), sorted(TARGETS_DEFER.items()))
+def test_a_target_module_loads_only_what_its_target_needs_before_it_starts(
+    module: str, deferred: tuple[str, ...]
+) -> None:
+    loaded = loaded_on_import(module, *deferred)
+    assert loaded == [], f"importing {module} loaded {loaded} before its target started"
 
 
 def test_only_the_target_modules_import_the_simulator_anywhere() -> None:
@@ -223,6 +279,31 @@ def test_only_the_target_modules_import_the_simulator_anywhere() -> None:
             continue
         for imported in imports_of(module, top_level_only=False):
             assert imported.split(".")[0] != "smartball_sim", f"{module} imports {imported}"
+
+
+#: The folders of test modules; their other modules (helpers, conftest.py) may be imported.
+TEST_DIRS = (ROOT / "tests", ROOT / "hil_tests")
+TEST_MODULES = frozenset(path.stem for d in TEST_DIRS for path in d.glob("test_*.py"))
+
+
+def test_no_test_module_imports_another() -> None:
+    """Test modules are collected, not imported: one that imports another runs that one's
+    module-level set-up a second time and binds the two together. What several share lives
+    in a helper module (tests/plugin_sessions.py, hil_tests/helpers.py, ...) or a conftest."""
+    found = []
+    for path in sorted(path for d in TEST_DIRS for path in d.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                ours = node.level > 0 or (node.module or "").startswith(("tests", "hil_tests"))
+                base = node.module or ""
+                names = [base, *(f"{base}.{alias.name}" for alias in node.names)] if ours else []
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith(("tests.", "hil_tests."))]
+            else:
+                continue
+            if any(name.rpartition(".")[2] in TEST_MODULES for name in names):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert found == [], "test modules importing test modules:\n" + "\n".join(found)
 
 
 def test_the_simulator_imports_only_the_codec_of_the_client() -> None:

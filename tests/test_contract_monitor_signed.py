@@ -13,7 +13,7 @@ from pytest_smartball import contract, signing
 from pytest_smartball import protocol as p
 from pytest_smartball.manifest import MANIFEST_SIZE
 
-from .test_contract_monitor import CHUNK, CRC, IMAGE, STATUS_IDLE, WINDOW, Trace
+from .monitor_trace import CHUNK, CRC, IMAGE, STATUS_IDLE, WINDOW, Trace
 
 OLD = (65536, 0x1234)
 KEY_ID = signing.test_trusted_key().key_id

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_plugin import BASE_ARGS, INNER_INI
+from tests.plugin_sessions import BASE_ARGS, INNER_INI
 
 pytest_plugins = ["pytester"]
 
@@ -19,7 +19,7 @@ from pytest_smartball import protocol as p
 @pytest.mark.asyncio
 async def test_raw_link(nus):
     info = await nus.request(p.CmdInfo(), (p.MsgInfo,), 5.0)
-    assert info.fw_major >= 0
+    assert info.protocol_version == p.PROTOCOL_VERSION
 
 
 @pytest.mark.asyncio

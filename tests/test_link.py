@@ -264,7 +264,7 @@ async def test_a_fixed_settle_only_for_the_bluez_versions_preflight_warns_about(
     assert await BleBackend().needs_fixed_settle() is fixed
     assert await make_sim_target().backend.needs_fixed_settle() is False
     warned = bool([w for w in bluez.version_warnings(version) if "ServicesResolved" in w])
-    assert fixed == warned or version is None
+    assert fixed == warned
 
 
 # --- a SmartBall BlueZ holds connected (a host killed mid-update) ---------------------------

@@ -17,56 +17,25 @@ from importlib.metadata import version
 
 import pytest
 
+from .plugin_sessions import (
+    EMULATED_CONFTEST,
+    INNER_INI,
+    REAL,
+    A,
+    B,
+    assert_clean_usage_error,
+    run,
+)
+
 pytest_plugins = ["pytester"]
-
-INNER_INI = """\
-[pytest]
-asyncio_mode = strict
-asyncio_default_fixture_loop_scope = function
-asyncio_default_test_loop_scope = function
-timeout = 15
-"""
-
-#: ``-p no:hypothesispytest``: hypothesis's plugin alone costs ~1 s per inner session and
-#: no inner test uses it.
-BASE_ARGS = ("-p", "no:randomly", "-p", "no:cacheprovider", "-p", "no:hypothesispytest")
 
 NAME = "Bouncy"
 ADDRESS = "12:34:56:78:9A:BC"
 
 
-@pytest.fixture
-def inner(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makefile(".ini", pytest=INNER_INI)
-    assert not list(pytester.path.glob("conftest.py"))
-    return pytester
-
-
-def run(
-    pytester: pytest.Pytester, *args: str, timeout: float = 60, inprocess: bool = False
-) -> pytest.RunResult:
-    if inprocess:
-        return pytester.runpytest_inprocess(*BASE_ARGS, *args)
-    return pytester.runpytest_subprocess(*BASE_ARGS, *args, timeout=timeout)
-
-
 def read_values(pytester: pytest.Pytester, name: str) -> dict[str, str]:
     text = (pytester.path / name).read_text()
     return dict(line.split("=", 1) for line in text.split())
-
-
-def assert_clean_usage_error(result: pytest.RunResult, *needles: str) -> str:
-    """One ``ERROR: ...`` line naming the problem, exit code 4, nothing collected or run."""
-    out = result.stdout.str() + "\n" + result.stderr.str()
-    assert result.ret == pytest.ExitCode.USAGE_ERROR, out
-    assert "Traceback" not in out, out
-    errors = [line for line in out.splitlines() if line.startswith("ERROR:")]
-    assert len(errors) == 1, out
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    ran = [line for line in out.splitlines() if not line.startswith("smartball report:")]
-    assert not re.search(r"\d+ (passed|failed|error)", "\n".join(ran)), out
-    return errors[0]
 
 
 # --- loading, --help, the report header ------------------------------------------------
@@ -744,66 +713,6 @@ def test_xdist_workers_record_and_the_controller_writes_one_report(
 
 # --- --device=real against simulated boards (the backend hook, BlueZ stubbed) -----------------
 
-A, B = "C0:FF:EE:00:00:0A", "C0:FF:EE:00:00:0B"
-
-EMULATED_CONFTEST = f"""
-\"\"\"An emulated bench: --device=real reaches simulated SmartBalls through the
-pytest_smartball_backend hook, in real time; BlueZ's two answers are stubbed.\"\"\"
-import pytest
-
-from pytest_smartball import bluez
-from pytest_smartball.link import LinkSettings
-from pytest_smartball.ota import OtaSettings
-from pytest_smartball.targets.simulated import backend_for
-from smartball_sim.bleak_backend import SimWorld
-from smartball_sim.device import RadioTimings, SimDevice
-from smartball_sim.make_image import make_image
-
-BASELINE = make_image(6000, 1)
-RADIO = RadioTimings(connect_s=0.05, boot_s=0.2)
-WORLD = SimWorld(
-    [
-        SimDevice("SmartBall", {A!r}, active_image=BASELINE, radio=RADIO, seed=1),
-        SimDevice("SmartBall", {B!r}, active_image=BASELINE, radio=RADIO, seed=2),
-        SimDevice("Headphones", "11:22:33:44:55:66", radio=RADIO, seed=3),
-    ]
-)
-
-
-async def probe_adapter(adapter, timeout=3.0):
-    return bluez.AdapterInfo(adapter, f"/org/bluez/{{adapter}}", "00:1A:7D:DA:71:13", True)
-
-
-async def bluez_version(timeout=3.0):
-    return (5, 53)
-
-
-bluez.probe_adapter = probe_adapter
-bluez.bluez_version = bluez_version
-
-
-def pytest_smartball_backend(config, adapter):
-    return backend_for(WORLD)
-
-
-FAST = OtaSettings(link=LinkSettings(settle_s=0.05), stabilise_s=0.05, backoff_base_s=0.05)
-
-
-@pytest.fixture
-def link_settings():
-    return FAST.link
-
-
-@pytest.fixture
-def ota_settings():
-    return FAST
-
-
-@pytest.fixture(scope="session")
-def smartball_reset_settings():
-    return FAST
-"""
-
 BENCH_TESTS = """
 import os
 
@@ -854,9 +763,6 @@ def bench(inner: pytest.Pytester) -> pytest.Pytester:
     (inner.path / "baseline.bin").write_bytes(make_image(6000, 1))
     (inner.path / "candidate.bin").write_bytes(make_image(9000, 2))
     return inner
-
-
-REAL = ("--device=real", "--firmware=candidate.bin", "--ble-scan-timeout=1")
 
 
 def test_real_path_preflight_reset_between_tests_and_report(bench: pytest.Pytester) -> None:

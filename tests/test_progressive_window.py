@@ -20,7 +20,7 @@ from pytest_smartball.protocol import CmdOtaData, MsgOtaAck, MsgOtaReady, MsgOta
 from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.firmware import SmartBallFirmware
 from smartball_sim.make_image import make_image
-from tests.test_firmware import NEW_IMAGE, SLOW_FLASH, Harness, start_for
+from tests.firmware_harness import NEW_IMAGE, SLOW_FLASH, Harness, start_for
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
 

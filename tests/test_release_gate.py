@@ -375,7 +375,7 @@ def test_reset_mid_update_tests_use_the_labs_power_cycle_hook_or_skip(
     from pytest_smartball.fixtures import NO_POWER_CYCLE
     from smartball_sim.make_image import make_image
 
-    from .test_plugin import EMULATED_CONFTEST, INNER_INI, REAL, A, run
+    from .plugin_sessions import EMULATED_CONFTEST, INNER_INI, REAL, A, run
 
     pytester.makefile(".ini", pytest=INNER_INI)
     pytester.makeconftest(EMULATED_CONFTEST + (POWER_CYCLE_HOOK if lab_has_the_hook else ""))

@@ -12,7 +12,7 @@ import pytest
 from pytest_smartball import signing
 from pytest_smartball.manifest import key_id_text
 
-from .test_plugin import BASE_ARGS, INNER_INI, assert_clean_usage_error
+from .plugin_sessions import BASE_ARGS, assert_clean_usage_error
 
 pytest_plugins = ["pytester"]
 
@@ -20,12 +20,6 @@ SHOW_KEY = """
 def test_show_key(smartball_signer):
     print("KEY", smartball_signer.key_id.to_bytes(4, "little").hex(), smartball_signer.source)
 """
-
-
-@pytest.fixture
-def inner(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makefile(".ini", pytest=INNER_INI)
-    return pytester
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:

@@ -91,11 +91,6 @@ def step_s(timings: FlashTimings) -> float:
     return timings.erase_page_s + timings.write_time(PAGE_SIZE)
 
 
-def swap_s(timings: FlashTimings, pages: int) -> float:
-    """A whole swap of ``pages`` pages."""
-    return pages * STEPS_PER_PAGE * step_s(timings)
-
-
 def run_swap(record: SwapRecord, staging: Flash, wear: SwapWear, budget: int | None = None) -> int:
     """Run the swap's steps from where its trailer says, at most ``budget`` of them (None:
     to the end; a budget is where the power fails). Returns the number of steps run."""

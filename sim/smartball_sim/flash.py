@@ -25,7 +25,6 @@ from __future__ import annotations
 from pytest_smartball.protocol import WORD_SIZE
 
 PAGE_SIZE = 4096
-ERASED = 0xFF
 MAX_WRITES_PER_WORD = 2
 
 

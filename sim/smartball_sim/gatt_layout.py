@@ -63,11 +63,6 @@ class GattService:
     uuid: str
     characteristics: tuple[GattCharacteristic, ...]
 
-    @property
-    def end_handle(self) -> int:
-        last = self.characteristics[-1]
-        return max([last.value_handle, *(d.handle for d in last.descriptors)])
-
 
 NUS_RX = GattCharacteristic(0x000B, p.NUS_RX_UUID, ("write-without-response", "write"))
 NUS_TX_CCCD = GattDescriptor(0x000F, CCCD_UUID)

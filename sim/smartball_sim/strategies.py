@@ -157,12 +157,3 @@ def fault_plans(
 ) -> st.SearchStrategy[FaultPlan]:
     """Plans of up to ``max_faults`` faults; they shrink towards fewer, simpler faults."""
     return st.lists(faults(image_size), max_size=max_faults).map(lambda fs: FaultPlan(tuple(fs)))
-
-
-def offers_progressive_erase(seed: int) -> bool:
-    """The erase mode of a fuzzed device, by its seed: odd seeds offer progressive erase
-    (P18: the engine asks for it, READY comes at once, pages are erased as DATA reaches
-    them), even seeds do not, so every kind of plan meets both modes and the seed a
-    failing example prints says which one it ran. The window stays the normal one (no
-    ``progressive_window_bytes``): the properties' re-send bound counts in that window."""
-    return seed % 2 == 1
