@@ -10,6 +10,7 @@ builds); otherwise the test builds one with ``make -C firmware host``.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import os
 import random
@@ -17,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import event as label
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_smartball import protocol as p
+from pytest_smartball import signing
 from pytest_smartball.image import FirmwareImage
+from pytest_smartball.manifest import Manifest
 from pytest_smartball.ota import OtaEngine
 from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.c_core import FIRMWARE_DIR
@@ -360,11 +364,36 @@ _DIFF_IMAGE = bytes(range(7, 47))  # 40 bytes: one page, ten words
 _DIFF_BIG = bytes(i * 7 & 0xFF for i in range(9000))  # three pages: DATA between them
 
 
+def _diff_manifests() -> list[p.Message]:
+    """Section 16's commands: MANIFEST of either image (signed by the test key, counter 3,
+    the device's), a downgrade, a forged signature, one whose SHA-256 is not the image's
+    (its size and CRC are: only the digest of the staged flash tells), and CONFIRM. A v1
+    device answers them UNKNOWN_COMMAND."""
+    key = signing.test_key()
+
+    def head(manifest: Manifest) -> p.Message:
+        raw = manifest.encode()
+        return p.CmdOtaManifest(manifest=raw, signature=key.sign(raw))
+
+    small, big = (signing.sign(i, key, (2, 0, 0), 3).manifest for i in (_DIFF_IMAGE, _DIFF_BIG))
+    forged = signing.sign(_DIFF_IMAGE, key, (2, 0, 0), 3)
+    return [
+        head(small),
+        head(big),
+        head(dataclasses.replace(small, security_counter=2)),
+        head(dataclasses.replace(small, image_sha256=bytes(32))),
+        p.CmdOtaManifest(manifest=forged.manifest_bytes, signature=bytes(64)),
+        p.CmdOtaConfirm(),
+    ]
+
+
 def _diff_frames() -> st.SearchStrategy[bytes]:
     """One write: a few commands, DATA in runs of consecutive chunks (what a host streams),
-    a START of one of two images (a resume when its session is under way)."""
+    a START of one of two images (a resume when its session is under way), a MANIFEST or
+    CONFIRM."""
     small, big = p.crc32(_DIFF_IMAGE), p.crc32(_DIFF_BIG)
     commands: list[p.Message] = [
+        *_DIFF_MANIFESTS,
         p.CmdInfo(),
         p.CmdOtaStatus(),
         p.CmdOtaAbort(),
@@ -391,15 +420,28 @@ def _diff_frames() -> st.SearchStrategy[bytes]:
         st.sampled_from([8, 4, 12, 3]),
     )
     singles: st.SearchStrategy[list[p.Message]] = st.sampled_from(commands).map(lambda m: [m])
-    parts = st.one_of(singles, runs)
+    # A whole update of the small image in one write, with a manifest (its own, or one
+    # whose digest is not the image's): what reaches a signed-only device's verify, swap,
+    # TEST, CONFIRM and revert often enough to compare them.
+    whole = [
+        p.CmdOtaStart(image_size=40, image_crc32=small, chunk_size=8),
+        *run("small", 0, 5, 8),
+        p.CmdOtaFinish(),
+    ]
+    wholes = st.sampled_from([_DIFF_MANIFESTS[0], _DIFF_MANIFESTS[3]]).map(lambda m: [m, *whole])
+    parts = st.one_of(singles, runs, wholes)
     return st.lists(parts, min_size=1, max_size=3).map(
         lambda groups: b"".join(p.encode(m) for group in groups for m in group)
     )
 
 
+_DIFF_MANIFESTS = _diff_manifests()
+
+
 @settings(max_examples=300)
 @given(
     progressive=st.booleans(),
+    signed=st.booleans(),
     steps=st.lists(
         st.tuples(
             st.sampled_from([0.03, 0.1, 0.2, 0.3, 1.5]),
@@ -411,10 +453,15 @@ def _diff_frames() -> st.SearchStrategy[bytes]:
     ),
 )
 def test_the_model_and_the_c_core_answer_alike(
-    lib: ctypes.CDLL, progressive: bool, steps: list[tuple[float, bytes, str | None]]
+    lib: ctypes.CDLL,
+    progressive: bool,
+    signed: bool,
+    steps: list[tuple[float, bytes, str | None]],
 ) -> None:
     """The same timed sessions through the Python model (the runner behind device.json)
-    and the C core: the same messages (errors by code and command; an ACK repeated back to
+    and the C core, a v1 device's and a signed-only device's (counter 3, the test key:
+    manifests, UNSIGNED, the digest, the bootloader's swap, TEST, CONFIRM and the revert
+    at a reset): the same messages (errors by code and command; an ACK repeated back to
     back counts once, the one difference the contract leaves open), the same commands
     handled and the same state after every step."""
     from hypothesis import reject
@@ -434,13 +481,19 @@ def test_the_model_and_the_c_core_answer_alike(
                 flash_fail_next=1 if event == "fail" else 0,
             )
         )
-    config = DeviceConfig(progressive_erase=progressive, resets=True)
+    config = DeviceConfig(
+        progressive_erase=progressive, resets=True, signed=signed, security_counter=3
+    )
     try:
         vector = run_session(Session("diff", "differential", session_steps, config))
     except AssertionError:
         reject()  # a message coinciding with the next input: the order would be a tie
     failure = c_core.vector_failure(lib, vector, repeated_acks_once=True)
     assert failure is None, failure
+    sent = {(o.get("type"), o.get("code")) for step in vector["steps"] for o in step["out"]}
+    for reached in (("MSG_OTA_DONE", None), ("MSG_ERROR", "DIGEST_MISMATCH")):
+        if reached in sent:
+            label(f"{'signed' if signed else 'v1'}: {reached[1] or reached[0]}")
 
 
 # --- the CLI's --sim-firmware --------------------------------------------------------------

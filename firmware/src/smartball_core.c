@@ -368,9 +368,9 @@ static void after_written(sb_core_t *c, uint8_t kind)
         run_action(c, &a);
         return;
     }
-    for (i = 0; i < c->action_count; i++)
+    for (i = 0; kind == A_ACK && i < c->action_count; i++)
         if (c->actions[i].kind == kind && c->actions[i].offset == a.offset)
-            return; /* two that fall together: one is sent */
+            return; /* two ACKs that fall together: one is sent (each resume's READY is) */
     if (c->action_count < N_ACTIONS)
         c->actions[c->action_count++] = a;
 }
