@@ -57,7 +57,18 @@ from smartball_sim.firmware_types import FlashTimings, StoredImage, _PendingReco
 from smartball_sim.flash import Flash
 from smartball_sim.make_image import image_version
 
-__all__ = ["LIB_ENV", "PAGE", "MissingCompiler", "Replay", "build_library", "decode", "load"]
+__all__ = [
+    "LIB_ENV",
+    "MAX_KEYS",
+    "PAGE",
+    "Config",
+    "Hal",
+    "MissingCompiler",
+    "Replay",
+    "build_library",
+    "decode",
+    "load",
+]
 
 
 class DecoderStruct(ctypes.Structure):
@@ -198,6 +209,7 @@ class Replay:
         self.silent_fail_next = 0
         self.refuse_next = 0
         self.persist_ok = True
+        self.confirm_ok = True
         self.op_done_at: int | None = None
         #: What the operation under way does to the flash, carried out when it completes
         #: (so a flash_fail_next given meanwhile applies to it, as in the model).
@@ -255,6 +267,8 @@ class Replay:
             return 0
 
         def confirmed(_ctx: Any, counter: int) -> int:
+            if not self.confirm_ok:
+                return -1
             boot.signed.image_state = p.ImageState.CONFIRMED
             boot.signed.test_manifest = None
             boot.signed.security_counter = counter

@@ -283,6 +283,86 @@ def test_a_failed_persist_keeps_the_old_image(lib: ctypes.CDLL) -> None:
     assert run.state() == "ERROR" and run.pending is None
 
 
+def test_manifest_vectors(lib: ctypes.CDLL, capsys: pytest.CaptureFixture[str]) -> None:
+    """manifest.json: each signed head as CMD_OTA_MANIFEST to a signed-only C core in IDLE
+    (the file's device: the test key, counter 3): accepted (MSG_OTA_STATUS) or the error of
+    the first check that refuses it, section 16.1's order."""
+    data = json.loads((VECTORS / "manifest.json").read_text())
+    device = data["device"]
+    trust = {k: device[k] for k in ("trusted_key_ids", "security_counter")}
+    failures = []
+    for v in data["vectors"]:
+        run = _session(lib, staging_capacity=device["staging_capacity"], signed_only=trust)
+        frame = p.encode_frame(p.MsgType.CMD_OTA_MANIFEST, bytes.fromhex(v["head"]))
+        before = len(run.out)
+        run.apply({"at_s": 0.0, "in": frame.hex(" ")})
+        run.run_until(round(0.1 * 1e9))
+        got = _types(run.out[before:])
+        want = ["MSG_OTA_STATUS"] if v["device_answers"] == "accepted" else [v["device_answers"]]
+        if got != want:
+            failures.append(f"{v['name']}: the C core answers {got}, the vector wants {want}")
+    _report("manifest.json", len(data["vectors"]) - len(failures), len(data["vectors"]), capsys)
+    assert not failures, "\n".join(failures)
+
+
+def _signed_update(lib: ctypes.CDLL, counter: int = 5) -> c_core.Replay:
+    """A signed-only core (counter 3) that took _IMAGE signed with ``counter``: in TEST."""
+    run = _session(
+        lib, signed_only={"trusted_key_ids": ["cc1ca58d"], "security_counter": 3}, window=16
+    )
+    signed = signing.sign(_IMAGE, signing.test_key(), (2, 0, 0), counter)
+    head = p.CmdOtaManifest(manifest=signed.manifest_bytes, signature=signed.signature)
+    assert _types(_send(run, 0.0, head)) == ["MSG_OTA_STATUS"]
+    _send(run, 1.0, _START)
+    _send(run, 2.0, *_chunks())
+    assert _types(_send(run, 3.0, p.CmdOtaFinish()))[-2:] == ["MSG_OTA_DONE", "reset"]
+    return run
+
+
+def _info(run: c_core.Replay, at_s: float, msg: p.Message) -> p.MsgInfo:
+    (out,) = _send(run, at_s, msg)
+    info = p.decode(bytes.fromhex(out["hex"]))
+    assert isinstance(info, p.MsgInfo)
+    return info
+
+
+def test_a_confirm_that_cannot_be_persisted_leaves_the_image_on_trial(lib: ctypes.CDLL) -> None:
+    """Not in the contract (docs/firmware.md): the CONFIRMED record could not be written,
+    so the MSG_INFO says TEST with the old counter (the host may confirm again), and a
+    reset still reverts; a CONFIRM that is persisted raises the counter to the image's."""
+    run = _signed_update(lib)
+    info = _info(run, 4.0, p.CmdInfo())
+    assert (info.image_state, info.security_counter, info.fw_major) == (p.ImageState.TEST, 3, 2)
+    run.confirm_ok = False
+    info = _info(run, 5.0, p.CmdOtaConfirm())
+    assert (info.image_state, info.security_counter) == (p.ImageState.TEST, 3)
+    run.confirm_ok = True
+    info = _info(run, 6.0, p.CmdOtaConfirm())
+    assert (info.image_state, info.security_counter) == (p.ImageState.CONFIRMED, 5)
+    run.power_cycle()
+    info = _info(run, 7.0, p.CmdInfo())
+    assert (info.image_state, info.security_counter, info.fw_major) == (
+        p.ImageState.CONFIRMED,
+        5,
+        2,
+    )
+
+
+def test_the_core_refuses_half_a_signed_hal(lib: ctypes.CDLL) -> None:
+    """The HAL's six signed hooks come all or none (a core that could check signatures but
+    not persist what it checked would be neither a v1 nor a signed-only device), and the
+    trusted keys fit the configuration."""
+    run = _signed_update(lib)
+    whole = c_core.Hal.from_buffer_copy(run.hal)
+    run.hal.persist_confirmed = type(run.hal.persist_confirmed)()
+    cfg = c_core.Config(4, 4, 20480, 0, (ctypes.c_uint8 * 3)(1, 0, 0), 40, 0)
+    assert lib.sb_init(run.core, ctypes.byref(run.hal), ctypes.byref(cfg)) == -1
+    cfg.trusted_keys = c_core.MAX_KEYS + 1
+    assert lib.sb_init(run.core, ctypes.byref(whole), ctypes.byref(cfg)) == -1
+    cfg.trusted_keys = 1
+    assert lib.sb_init(run.core, ctypes.byref(whole), ctypes.byref(cfg)) == 0
+
+
 def test_abort_during_a_write_then_a_new_session(lib: ctypes.CDLL) -> None:
     """ABORT right behind a chunk: the write under way completes for nobody (no ACK), its
     buffer slot stays intact, and the next session runs to DONE."""
