@@ -4,7 +4,8 @@ one signed by a trusted key with a security counter at least the device's, the c
 never goes down, and the device always has a bootable image.
 
 Each example provisions a fresh firmware model (the run's ``--sim-firmware-bug``s
-included, so the kill table measures it too) with the test key and a counter, plays one
+included, so the kill table measures it too; or the C reference core with
+``--sim-firmware=c``, under the simulator's bootloader) with the test key and a counter, plays one
 attack over the protocol as a host in radio range would (any manifest, any image, any
 START), cuts the power at a drawn moment (any command, any instant of the erase or the
 transfer, any step of the bootloader's swap, before or after a confirm), and resets it a
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass
+from typing import Any, cast
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,7 +27,10 @@ from hypothesis import strategies as st
 from pytest_smartball import protocol as p
 from pytest_smartball import signing
 from pytest_smartball.loops import virtual_event_loop
+from pytest_smartball.options import SmartBallOptions
 from pytest_smartball.suite_signer import SuiteSigner
+from smartball_sim.c_core import library_for
+from smartball_sim.c_firmware import CFirmware
 from smartball_sim.firmware import FlashTimings, SmartBallFirmware
 from smartball_sim.firmware_bugs import parse_bugs
 
@@ -73,6 +78,18 @@ def _the_runs_firmware_bugs(sim_firmware_bugs: tuple[str, ...]) -> None:
     FIRMWARE_BUGS[:] = sim_firmware_bugs
 
 
+#: The run's C core library when it asks for ``--sim-firmware=c`` (set by the fixture
+#: below; empty: the Python model).
+C_CORE: list[str | None] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _the_runs_firmware_core(smartball_options: SmartBallOptions) -> None:
+    C_CORE[:] = (
+        [smartball_options.sim_firmware_lib] if smartball_options.sim_firmware == "c" else []
+    )
+
+
 @dataclass(slots=True)
 class Ball:
     """The firmware model on its own virtual-time loop, with power cuts on demand."""
@@ -96,17 +113,20 @@ class Ball:
         def reset() -> None:  # the activation after DONE
             ball.fw.power_cycle()
 
-        fw = SmartBallFirmware(
-            active_image=BASELINE,
-            window=WINDOW,
-            staging_capacity=64 * 1024,
-            timings=FlashTimings(erase_page_s=ERASE_PAGE_S),
-            send=on_send,
-            request_reset=reset,
-            bugs=parse_bugs(FIRMWARE_BUGS),
-            trusted_keys=[signing.test_trusted_key()],
-            security_counter=counter,
-        )
+        common: dict[str, Any] = {
+            "active_image": BASELINE,
+            "window": WINDOW,
+            "staging_capacity": 64 * 1024,
+            "timings": FlashTimings(erase_page_s=ERASE_PAGE_S),
+            "send": on_send,
+            "request_reset": reset,
+            "trusted_keys": [signing.test_trusted_key()],
+            "security_counter": counter,
+        }
+        if C_CORE:  # the C core offers the model's interface (smartball_sim.c_firmware)
+            fw = cast(SmartBallFirmware, CFirmware(library=library_for(C_CORE[0]), **common))
+        else:
+            fw = SmartBallFirmware(bugs=parse_bugs(FIRMWARE_BUGS), **common)
         ball = cls(fw, virtual_event_loop(), inbox, decoder)
         return ball
 

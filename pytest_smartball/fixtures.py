@@ -97,13 +97,6 @@ def smartball(
         options["active_image"] = state.baseline_image.data
     trust = _sim_trust(request.node, opts.sim_trust)
     if opts.sim_firmware != "python":  # --sim-firmware=c: the C core inside the simulator
-        if trust != "none":
-            pytest.fail(
-                "--sim-firmware=c: the C core does not implement signed updates yet "
-                "(docs/firmware.md), so it cannot be the signed-only ball --sim-trust=test "
-                "asks for: add --sim-trust=none",
-                pytrace=False,
-            )
         options.update(firmware_core=opts.sim_firmware, firmware_library=opts.sim_firmware_lib)
     try:
         target = make_target(

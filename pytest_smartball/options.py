@@ -214,12 +214,11 @@ def add_options(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--sim-trust",
-        default=None,
+        default=SIM_TRUST_DEFAULT,
         choices=SIM_TRUST_CHOICES,
         help="what every simulated SmartBall trusts: 'test', the repository's test key (a "
         "signed-only ball, docs/protocol.md section 16), or 'none' (a v1 ball that runs any "
-        f"image; default: {SIM_TRUST_DEFAULT}, and none with --sim-firmware=c, whose C core "
-        "has no signed updates yet)",
+        f"image; default: {SIM_TRUST_DEFAULT}), with either --sim-firmware",
     )
     release = parser.getgroup("smartball-release", "SmartBall release gate")
     release.addoption(
@@ -316,8 +315,7 @@ def read_options(config: pytest.Config) -> SmartBallOptions:
         sim_flash=config.getoption("--sim-flash"),
         sim_firmware=config.getoption("--sim-firmware"),
         sim_firmware_lib=config.getoption("--sim-firmware-lib"),
-        sim_trust=config.getoption("--sim-trust")
-        or ("none" if config.getoption("--sim-firmware") == "c" else SIM_TRUST_DEFAULT),
+        sim_trust=config.getoption("--sim-trust"),
         compare=config.getoption("--smartball-compare"),
         compare_tolerance_percent=config.getoption("--smartball-compare-tolerance"),
         compare_min_measured_percent=config.getoption("--smartball-compare-min-measured"),

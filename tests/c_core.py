@@ -6,30 +6,44 @@ vector's timings (a page erase completes 85 ms after it starts, a write 41 us pe
 failed operation leaves the flash as it was and reports failure), a clock, the radio
 (every notification leaves at once, then ``sb_tx_complete``) and the bootloader (after a
 reset with a pending record whose CRC checks out, the staged image becomes the active one,
-its version read from its descriptor). The verify's time is charged per byte the core
-reads back while it verifies, so a verify of ``image_size`` bytes takes the vector's
-``verify_s_per_byte * image_size`` in the core's steps.
+its version read from its descriptor; on a signed-only device, the simulator's bootloader
+of section 16.4, :class:`~smartball_sim.firmware_signed.SignedBootloader`, on a copy of
+the flash). The HAL's crypto is ``hashlib`` and ``cryptography``. The verify's time is
+charged per byte the core reads back while it verifies, so a verify of ``image_size``
+bytes takes the vector's ``verify_s_per_byte * image_size`` in the core's steps.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+
 from pytest_smartball import protocol as p
+from pytest_smartball import signing
 from smartball_sim.c_core import (
+    ED25519_VERIFY,
     ERASE,
     EV_HANDLED,
     EVENT,
+    HEAD_SIZE,
     LIB_ENV,
+    MAX_KEYS,
     NOTIFY,
     NOW,
     PAGE,
     PERSIST,
+    PERSIST_CONFIRMED,
+    PERSIST_SIGNED,
     READ,
     RESET,
+    SHA_FINAL,
+    SHA_INIT,
+    SHA_UPDATE,
     WRITE,
     Config,
     Hal,
@@ -37,9 +51,24 @@ from smartball_sim.c_core import (
     build_library,
     load,
 )
+from smartball_sim.firmware_signed import SignedBootloader, SignedState
+from smartball_sim.firmware_swap import SwapWear
+from smartball_sim.firmware_types import FlashTimings, StoredImage, _PendingRecord
+from smartball_sim.flash import Flash
 from smartball_sim.make_image import image_version
 
-__all__ = ["LIB_ENV", "PAGE", "MissingCompiler", "Replay", "build_library", "decode", "load"]
+__all__ = [
+    "LIB_ENV",
+    "MAX_KEYS",
+    "PAGE",
+    "Config",
+    "Hal",
+    "MissingCompiler",
+    "Replay",
+    "build_library",
+    "decode",
+    "load",
+]
 
 
 class DecoderStruct(ctypes.Structure):
@@ -111,6 +140,43 @@ def _type_name(type_: int) -> str:
 STATES = ["IDLE", "ERASING", "RECEIVING", "VERIFYING", "COMPLETE", "ERROR"]
 
 
+class Bootloader(SignedBootloader):
+    """A signed-only device's bootloader and persisted records, the simulator's own (the
+    second verify, the swap, TEST and the revert), over a copy of the replay's flash."""
+
+    def __init__(self, capacity: int, active: StoredImage, counter: int) -> None:
+        self.trusted_keys = (signing.test_trusted_key(),)
+        self.active = active
+        self.timings = FlashTimings()
+        self.flash = Flash(capacity)
+        self.bugs = frozenset()
+        self.boot_count = 1
+        self._pending = None
+        self.signed = SignedState(security_counter=counter)
+        self.image_state = self.signed.image_state
+        self.security_counter = counter
+        self.swap_wear = SwapWear()
+        self.swap_cut_after_steps = None
+        self.swap_resumes = 0
+        self.staged_flip = []
+
+    def boot(self, flash: bytearray, pending: _PendingRecord | None) -> None:
+        self._pending = pending
+        self.flash.overwrite(0, bytes(flash))
+        self.signed_boot()
+        flash[:] = self.flash.read(0, len(flash))
+
+    def verify(self, key_id: int, msg: bytes, sig: bytes) -> int:
+        for key in self.trusted_keys:
+            if key.key_id == key_id:
+                try:
+                    key.public.verify(sig, msg)
+                except InvalidSignature:
+                    return 1
+                return 0
+        return 1
+
+
 @dataclass
 class StepResult:
     handled: list[dict[str, str]] = field(default_factory=list)
@@ -143,12 +209,25 @@ class Replay:
         self.silent_fail_next = 0
         self.refuse_next = 0
         self.persist_ok = True
+        self.confirm_ok = True
         self.op_done_at: int | None = None
         #: What the operation under way does to the flash, carried out when it completes
         #: (so a flash_fail_next given meanwhile applies to it, as in the model).
         self.op_effect: Callable[[], None] = lambda: None
         self.op_ok = True
-        self.pending: tuple[int, int] | None = None
+        self.pending: _PendingRecord | None = None
+        signed = device.get("signed_only")
+        #: A signed-only device's bootloader and records (None: a v1 device).
+        self.boot: Bootloader | None = None
+        self.sha: Any = None
+        if signed is not None:
+            key_ids = [int(k, 16) for k in signed["trusted_key_ids"]]
+            assert key_ids == [signing.test_trusted_key().key_id], key_ids
+            self.boot = Bootloader(
+                len(self.flash),
+                StoredImage(self.active, self.version),
+                signed["security_counter"],
+            )
         self.tx_pending = False
         self.reset_requested = False
         self.in_poll = False
@@ -166,13 +245,50 @@ class Replay:
             PERSIST(self._persist),
             RESET(self._reset),
             EVENT(self._event),
+            *self._signed_hooks(),
         )
         self.core = ctypes.create_string_buffer(lib.sb_core_size())
         self._boot()
 
     # --- the platform ------------------------------------------------------------------
 
+    def _signed_hooks(self) -> tuple[Any, ...]:
+        if self.boot is None:
+            return ()
+        boot = self.boot
+
+        def final(_ctx: Any, out: int) -> None:
+            ctypes.memmove(out, self.sha.digest(), 32)
+
+        def persist(_ctx: Any, size: int, crc: int, head: int) -> int:
+            if not self.persist_ok:
+                return -1
+            self.pending = _PendingRecord(size, crc, ctypes.string_at(head, HEAD_SIZE))
+            return 0
+
+        def confirmed(_ctx: Any, counter: int) -> int:
+            if not self.confirm_ok:
+                return -1
+            boot.signed.image_state = p.ImageState.CONFIRMED
+            boot.signed.test_manifest = None
+            boot.signed.security_counter = counter
+            return 0
+
+        return (
+            SHA_INIT(lambda _ctx: setattr(self, "sha", hashlib.sha256())),
+            SHA_UPDATE(lambda _ctx, data, n: self.sha.update(ctypes.string_at(data, n))),
+            SHA_FINAL(final),
+            ED25519_VERIFY(
+                lambda _ctx, key, msg, n, sig: boot.verify(
+                    key, ctypes.string_at(msg, n), ctypes.string_at(sig, 64)
+                )
+            ),
+            PERSIST_SIGNED(persist),
+            PERSIST_CONFIRMED(confirmed),
+        )
+
     def _boot(self) -> None:
+        st = self.boot.signed if self.boot else SignedState()
         cfg = Config(
             self.device["window"],
             self.device["flash"]["rx_buffer_chunks"],
@@ -181,6 +297,13 @@ class Replay:
             (ctypes.c_uint8 * 3)(*self.version),
             len(self.active),
             p.crc32(self.active),
+            st.security_counter,
+            int(st.image_state),
+            1 if self.boot else 0,
+            (ctypes.c_uint32 * MAX_KEYS)(*(k.key_id for k in self.boot.trusted_keys))
+            if self.boot
+            else (ctypes.c_uint32 * MAX_KEYS)(),
+            st.test_manifest.security_counter if st.test_manifest else 0,
         )
         self.op_done_at = None
         self.tx_pending = self.reset_requested = self.more_work = False
@@ -189,8 +312,12 @@ class Replay:
 
     def power_cycle(self) -> None:
         """A reset: the bootloader switches to a pending image whose CRC checks out."""
-        if self.pending is not None:
-            size, crc = self.pending
+        if self.boot is not None:
+            self.boot.boot(self.flash, self.pending)
+            self.active, self.version = self.boot.active.data, self.boot.active.version
+            self.pending = None
+        elif self.pending is not None:
+            size, crc = self.pending.image_size, self.pending.image_crc32
             staged = bytes(self.flash[:size])
             if p.crc32(staged) == crc:
                 self.active = staged
@@ -269,7 +396,7 @@ class Replay:
     def _persist(self, _ctx: Any, size: int, crc: int) -> int:
         if not self.persist_ok:
             return -1
-        self.pending = (size, crc)
+        self.pending = _PendingRecord(size, crc)
         return 0
 
     def _reset(self, _ctx: Any) -> None:

@@ -10,6 +10,7 @@ builds); otherwise the test builds one with ``make -C firmware host``.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import os
 import random
@@ -17,13 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import event as label
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_smartball import protocol as p
+from pytest_smartball import signing
 from pytest_smartball.image import FirmwareImage
+from pytest_smartball.manifest import Manifest
 from pytest_smartball.ota import OtaEngine
 from pytest_smartball.targets.simulated import make_sim_target
+from smartball_sim.c_core import FIRMWARE_DIR
 from smartball_sim.c_firmware import CFirmware
 
 from . import c_core
@@ -56,17 +61,11 @@ def _report(name: str, passed: int, total: int, capsys: pytest.CaptureFixture[st
         print(f"\nC core: {name}: {passed} of {total} vectors pass")
 
 
-#: The commands of signed updates (docs/protocol.md section 16): not in the C core yet.
-SIGNED_UPDATE_TYPES = frozenset({p.MsgType.CMD_OTA_MANIFEST, p.MsgType.CMD_OTA_CONFIRM})
-
-
 def _codec_failure(lib: ctypes.CDLL, v: dict[str, Any]) -> str | None:
     """A device encodes device messages and decodes commands; the other directions are the
     host's (answered ``None``: not the device's, counted apart)."""
     frame = bytes.fromhex(v["hex"])
     type_ = p.MsgType[v["type"]]
-    if type_ in SIGNED_UPDATE_TYPES or v["name"] == "msg_info_signed_only":
-        return None  # section 16, which the C core does not implement yet (docs/firmware.md)
     payload = frame[4:-2]
     is_command = type_ < 0x80
     fields = v.get("fields", v.get("decodes_to"))
@@ -84,6 +83,10 @@ def _codec_failure(lib: ctypes.CDLL, v: dict[str, Any]) -> str | None:
             assert fields is not None
             want = [fields["image_size"], fields["image_crc32"], fields["chunk_size"]]
             want.append(fields["flags"])
+        elif type_ == p.MsgType.CMD_OTA_MANIFEST:
+            assert fields is not None
+            m = bytes.fromhex(fields["manifest"])
+            want = [int.from_bytes(m[i : i + 4], "little") for i in (8, 12, 16, 20)]
         elif type_ == p.MsgType.CMD_OTA_DATA:
             assert fields is not None
             data = bytes.fromhex(fields["data"])
@@ -97,7 +100,7 @@ def _codec_failure(lib: ctypes.CDLL, v: dict[str, Any]) -> str | None:
     values = [v for k, v in fields.items() if k != "text"]
     text = fields.get("text", "").encode()
     out = ctypes.create_string_buffer(64)
-    n = lib.sb_encode(out, type_, (ctypes.c_uint32 * 8)(*values), text, len(text))
+    n = lib.sb_encode(out, type_, (ctypes.c_uint32 * 11)(*values), text, len(text))
     if out.raw[:n] != frame:
         return f"{v['name']}: encoded {out.raw[:n].hex(' ')}, the vector wants {v['hex']}"
     return ""
@@ -112,7 +115,7 @@ def test_codec_vectors(lib: ctypes.CDLL, capsys: pytest.CaptureFixture[str]) -> 
         print(
             f"\nC core: codec.json: {len(device_side) - len(failures)} of {len(device_side)} "
             f"device-side vectors pass ({len(vectors) - len(device_side)} are the host's: "
-            "device messages decoded, too short; or of signed updates, not in the C core)"
+            "device messages decoded, too short)"
         )
     assert not failures, "\n".join(failures)
     assert len(device_side) >= 20  # a filter that skipped everything would pass
@@ -131,15 +134,15 @@ def test_decoder_vectors(lib: ctypes.CDLL, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_device_vectors(lib: ctypes.CDLL, capsys: pytest.CaptureFixture[str]) -> None:
-    """Every vector of a v1 device; a signed-only device's (section 16) are not the C
-    core's yet (docs/firmware.md), and are counted apart."""
-    every = _vectors("device.json")
-    vectors = [v for v in every if "signed_only" not in v["device"]]
+    """Every vector, a v1 device's and a signed-only device's (section 16: the C core with
+    the HAL's crypto hooks), none left out."""
+    vectors = _vectors("device.json")
     failures = [f for f in (c_core.vector_failure(lib, v) for v in vectors) if f]
     _report("device.json", len(vectors) - len(failures), len(vectors), capsys)
+    signed = sum("signed_only" in v["device"] for v in vectors)
     with capsys.disabled():
-        left_out = len(every) - len(vectors)
-        print(f"C core: device.json: {left_out} vectors of a signed-only device left out")
+        print(f"C core: device.json: {signed} of them of a signed-only device")
+    assert signed >= 80  # a filter that left section 16 out would pass
     assert not failures, "\n".join(failures)
 
 
@@ -280,6 +283,86 @@ def test_a_failed_persist_keeps_the_old_image(lib: ctypes.CDLL) -> None:
     assert run.state() == "ERROR" and run.pending is None
 
 
+def test_manifest_vectors(lib: ctypes.CDLL, capsys: pytest.CaptureFixture[str]) -> None:
+    """manifest.json: each signed head as CMD_OTA_MANIFEST to a signed-only C core in IDLE
+    (the file's device: the test key, counter 3): accepted (MSG_OTA_STATUS) or the error of
+    the first check that refuses it, section 16.1's order."""
+    data = json.loads((VECTORS / "manifest.json").read_text())
+    device = data["device"]
+    trust = {k: device[k] for k in ("trusted_key_ids", "security_counter")}
+    failures = []
+    for v in data["vectors"]:
+        run = _session(lib, staging_capacity=device["staging_capacity"], signed_only=trust)
+        frame = p.encode_frame(p.MsgType.CMD_OTA_MANIFEST, bytes.fromhex(v["head"]))
+        before = len(run.out)
+        run.apply({"at_s": 0.0, "in": frame.hex(" ")})
+        run.run_until(round(0.1 * 1e9))
+        got = _types(run.out[before:])
+        want = ["MSG_OTA_STATUS"] if v["device_answers"] == "accepted" else [v["device_answers"]]
+        if got != want:
+            failures.append(f"{v['name']}: the C core answers {got}, the vector wants {want}")
+    _report("manifest.json", len(data["vectors"]) - len(failures), len(data["vectors"]), capsys)
+    assert not failures, "\n".join(failures)
+
+
+def _signed_update(lib: ctypes.CDLL, counter: int = 5) -> c_core.Replay:
+    """A signed-only core (counter 3) that took _IMAGE signed with ``counter``: in TEST."""
+    run = _session(
+        lib, signed_only={"trusted_key_ids": ["cc1ca58d"], "security_counter": 3}, window=16
+    )
+    signed = signing.sign(_IMAGE, signing.test_key(), (2, 0, 0), counter)
+    head = p.CmdOtaManifest(manifest=signed.manifest_bytes, signature=signed.signature)
+    assert _types(_send(run, 0.0, head)) == ["MSG_OTA_STATUS"]
+    _send(run, 1.0, _START)
+    _send(run, 2.0, *_chunks())
+    assert _types(_send(run, 3.0, p.CmdOtaFinish()))[-2:] == ["MSG_OTA_DONE", "reset"]
+    return run
+
+
+def _info(run: c_core.Replay, at_s: float, msg: p.Message) -> p.MsgInfo:
+    (out,) = _send(run, at_s, msg)
+    info = p.decode(bytes.fromhex(out["hex"]))
+    assert isinstance(info, p.MsgInfo)
+    return info
+
+
+def test_a_confirm_that_cannot_be_persisted_leaves_the_image_on_trial(lib: ctypes.CDLL) -> None:
+    """Not in the contract (docs/firmware.md): the CONFIRMED record could not be written,
+    so the MSG_INFO says TEST with the old counter (the host may confirm again), and a
+    reset still reverts; a CONFIRM that is persisted raises the counter to the image's."""
+    run = _signed_update(lib)
+    info = _info(run, 4.0, p.CmdInfo())
+    assert (info.image_state, info.security_counter, info.fw_major) == (p.ImageState.TEST, 3, 2)
+    run.confirm_ok = False
+    info = _info(run, 5.0, p.CmdOtaConfirm())
+    assert (info.image_state, info.security_counter) == (p.ImageState.TEST, 3)
+    run.confirm_ok = True
+    info = _info(run, 6.0, p.CmdOtaConfirm())
+    assert (info.image_state, info.security_counter) == (p.ImageState.CONFIRMED, 5)
+    run.power_cycle()
+    info = _info(run, 7.0, p.CmdInfo())
+    assert (info.image_state, info.security_counter, info.fw_major) == (
+        p.ImageState.CONFIRMED,
+        5,
+        2,
+    )
+
+
+def test_the_core_refuses_half_a_signed_hal(lib: ctypes.CDLL) -> None:
+    """The HAL's six signed hooks come all or none (a core that could check signatures but
+    not persist what it checked would be neither a v1 nor a signed-only device), and the
+    trusted keys fit the configuration."""
+    run = _signed_update(lib)
+    whole = c_core.Hal.from_buffer_copy(run.hal)
+    run.hal.persist_confirmed = type(run.hal.persist_confirmed)()
+    cfg = c_core.Config(4, 4, 20480, 0, (ctypes.c_uint8 * 3)(1, 0, 0), 40, 0)
+    assert lib.sb_init(run.core, ctypes.byref(run.hal), ctypes.byref(cfg)) == -1
+    cfg.trusted_keys = c_core.MAX_KEYS + 1
+    assert lib.sb_init(run.core, ctypes.byref(whole), ctypes.byref(cfg)) == -1
+    cfg.trusted_keys = 1
+    assert lib.sb_init(run.core, ctypes.byref(whole), ctypes.byref(cfg)) == 0
+
+
 def test_abort_during_a_write_then_a_new_session(lib: ctypes.CDLL) -> None:
     """ABORT right behind a chunk: the write under way completes for nobody (no ACK), its
     buffer slot stays intact, and the next session runs to DONE."""
@@ -361,11 +444,36 @@ _DIFF_IMAGE = bytes(range(7, 47))  # 40 bytes: one page, ten words
 _DIFF_BIG = bytes(i * 7 & 0xFF for i in range(9000))  # three pages: DATA between them
 
 
+def _diff_manifests() -> list[p.Message]:
+    """Section 16's commands: MANIFEST of either image (signed by the test key, counter 3,
+    the device's), a downgrade, a forged signature, one whose SHA-256 is not the image's
+    (its size and CRC are: only the digest of the staged flash tells), and CONFIRM. A v1
+    device answers them UNKNOWN_COMMAND."""
+    key = signing.test_key()
+
+    def head(manifest: Manifest) -> p.Message:
+        raw = manifest.encode()
+        return p.CmdOtaManifest(manifest=raw, signature=key.sign(raw))
+
+    small, big = (signing.sign(i, key, (2, 0, 0), 3).manifest for i in (_DIFF_IMAGE, _DIFF_BIG))
+    forged = signing.sign(_DIFF_IMAGE, key, (2, 0, 0), 3)
+    return [
+        head(small),
+        head(big),
+        head(dataclasses.replace(small, security_counter=2)),
+        head(dataclasses.replace(small, image_sha256=bytes(32))),
+        p.CmdOtaManifest(manifest=forged.manifest_bytes, signature=bytes(64)),
+        p.CmdOtaConfirm(),
+    ]
+
+
 def _diff_frames() -> st.SearchStrategy[bytes]:
     """One write: a few commands, DATA in runs of consecutive chunks (what a host streams),
-    a START of one of two images (a resume when its session is under way)."""
+    a START of one of two images (a resume when its session is under way), a MANIFEST or
+    CONFIRM."""
     small, big = p.crc32(_DIFF_IMAGE), p.crc32(_DIFF_BIG)
     commands: list[p.Message] = [
+        *_DIFF_MANIFESTS,
         p.CmdInfo(),
         p.CmdOtaStatus(),
         p.CmdOtaAbort(),
@@ -392,15 +500,28 @@ def _diff_frames() -> st.SearchStrategy[bytes]:
         st.sampled_from([8, 4, 12, 3]),
     )
     singles: st.SearchStrategy[list[p.Message]] = st.sampled_from(commands).map(lambda m: [m])
-    parts = st.one_of(singles, runs)
+    # A whole update of the small image in one write, with a manifest (its own, or one
+    # whose digest is not the image's): what reaches a signed-only device's verify, swap,
+    # TEST, CONFIRM and revert often enough to compare them.
+    whole = [
+        p.CmdOtaStart(image_size=40, image_crc32=small, chunk_size=8),
+        *run("small", 0, 5, 8),
+        p.CmdOtaFinish(),
+    ]
+    wholes = st.sampled_from([_DIFF_MANIFESTS[0], _DIFF_MANIFESTS[3]]).map(lambda m: [m, *whole])
+    parts = st.one_of(singles, runs, wholes)
     return st.lists(parts, min_size=1, max_size=3).map(
         lambda groups: b"".join(p.encode(m) for group in groups for m in group)
     )
 
 
+_DIFF_MANIFESTS = _diff_manifests()
+
+
 @settings(max_examples=300)
 @given(
     progressive=st.booleans(),
+    signed=st.booleans(),
     steps=st.lists(
         st.tuples(
             st.sampled_from([0.03, 0.1, 0.2, 0.3, 1.5]),
@@ -412,10 +533,15 @@ def _diff_frames() -> st.SearchStrategy[bytes]:
     ),
 )
 def test_the_model_and_the_c_core_answer_alike(
-    lib: ctypes.CDLL, progressive: bool, steps: list[tuple[float, bytes, str | None]]
+    lib: ctypes.CDLL,
+    progressive: bool,
+    signed: bool,
+    steps: list[tuple[float, bytes, str | None]],
 ) -> None:
     """The same timed sessions through the Python model (the runner behind device.json)
-    and the C core: the same messages (errors by code and command; an ACK repeated back to
+    and the C core, a v1 device's and a signed-only device's (counter 3, the test key:
+    manifests, UNSIGNED, the digest, the bootloader's swap, TEST, CONFIRM and the revert
+    at a reset): the same messages (errors by code and command; an ACK repeated back to
     back counts once, the one difference the contract leaves open), the same commands
     handled and the same state after every step."""
     from hypothesis import reject
@@ -435,13 +561,19 @@ def test_the_model_and_the_c_core_answer_alike(
                 flash_fail_next=1 if event == "fail" else 0,
             )
         )
-    config = DeviceConfig(progressive_erase=progressive, resets=True)
+    config = DeviceConfig(
+        progressive_erase=progressive, resets=True, signed=signed, security_counter=3
+    )
     try:
         vector = run_session(Session("diff", "differential", session_steps, config))
     except AssertionError:
         reject()  # a message coinciding with the next input: the order would be a tie
     failure = c_core.vector_failure(lib, vector, repeated_acks_once=True)
     assert failure is None, failure
+    sent = {(o.get("type"), o.get("code")) for step in vector["steps"] for o in step["out"]}
+    for reached in (("MSG_OTA_DONE", None), ("MSG_ERROR", "DIGEST_MISMATCH")):
+        if reached in sent:
+            label(f"{'signed' if signed else 'v1'}: {reached[1] or reached[0]}")
 
 
 # --- the CLI's --sim-firmware --------------------------------------------------------------
@@ -473,9 +605,11 @@ def test_the_cli_flashes_the_c_core_through_the_field_faults(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    """``smartball-ota flash build/demo.bin --sim --sim-firmware=c --faults field-linux``
-    succeeds, and it is the C core the simulated SmartBall ran (the core named by
-    SMARTBALL_C_CORE_LIB here, the build of firmware/ otherwise)."""
+    """``smartball-ota flash build/demo.sbi --sim --sim-firmware=c --faults field-linux``
+    succeeds on the signed-only ball (the default ``--sim-trust=test``): the image runs,
+    confirmed, with its counter; and the raw ``demo.bin`` on a v1 ball
+    (``--sim-trust=none``). It is the C core the simulated SmartBall ran each time (the
+    core named by SMARTBALL_C_CORE_LIB here, the build of firmware/ otherwise)."""
     from smartball_sim import device as sim_device
     from smartball_sim.make_image import make_image
 
@@ -491,11 +625,21 @@ def test_the_cli_flashes_the_c_core_through_the_field_faults(
     image = make_image(seed=1)
     path = tmp_path / "demo.bin"
     path.write_bytes(image)
-    argv = ("flash", str(path), "--sim", "--sim-firmware=c", "--faults", "field-linux")
-    code, text = _cli(capsys, *argv)
+    key = FIRMWARE_DIR.parent / "pytest_smartball/contract/keys/TEST-ONLY-signing-key.pem"
+    sbi = tmp_path / "demo.sbi"
+    argv = ("--version", "1.1.0", "--counter", "4", "-o", str(sbi))
+    assert _cli(capsys, "sign", str(path), "--key", str(key), *argv)[0] == 0
+    field = ("--sim", "--sim-firmware=c", "--faults", "field-linux")
+    code, text = _cli(capsys, "flash", str(sbi), *field)
     assert code == 0, text
     assert "Update succeeded" in text and len(cores) == 1
-    assert cores[0].active.data == image
+    signed = cores[0]
+    assert signed.signed_only and signed.active.data == image and signed.swap_resumes == 0
+    assert (signed.image_state, signed.security_counter) == (p.ImageState.CONFIRMED, 4)
+    assert signed.signed.security_counter == 4  # persisted, not only the core's RAM copy
+    code, text = _cli(capsys, "flash", str(path), *field, "--sim-trust=none")
+    assert code == 0, text
+    assert len(cores) == 2 and not cores[1].signed_only and cores[1].active.data == image
 
 
 @pytest.mark.sim_only

@@ -27,15 +27,19 @@ def test_trust(sim_device):
 """
 
 
+@pytest.mark.parametrize("firmware", ["python", "c"])
 @pytest.mark.parametrize("trust", ["test", "none", None])
 def test_the_plugins_simulated_ball_trusts_what_sim_trust_says(
-    pytester: pytest.Pytester, trust: str | None
+    pytester: pytest.Pytester, trust: str | None, firmware: str
 ) -> None:
+    """The same for the Python model and the C core (``--sim-firmware=c``, a signed-only
+    ball by default too: the decision is trust_options', whatever the firmware)."""
     from pytest_smartball import signing
 
     pytester.makefile(".ini", pytest=INNER_INI)
     pytester.makepyfile(test_trust=SIGNED_ONLY_TEST)
     args = [f"--sim-trust={trust}"] if trust else []
+    args.append(f"--sim-firmware={firmware}")
     result = pytester.runpytest_subprocess(*BASE_ARGS, "--device=sim", *args, timeout=60)
     result.assert_outcomes(passed=1)
     signed_only, key = (pytester.path / "trust.txt").read_text().split()

@@ -40,15 +40,26 @@ extern "C" {
 #define SB_MAX_PAYLOAD 512u
 #define SB_MAX_FRAME (SB_MAX_PAYLOAD + 6u)
 #define SB_MAX_ERROR_TEXT 48u
+#ifndef SB_MAX_KEYS
+#define SB_MAX_KEYS 4u /* trusted keys a signed-only device holds (section 16) */
+#endif
+#define SB_MANIFEST_SIZE 56u
+#define SB_HEAD_SIZE 120u /* the manifest and its Ed25519 signature: CMD_OTA_MANIFEST */
 
 enum sb_state { SB_IDLE = 0, SB_ERASING = 1, SB_RECEIVING = 2, SB_VERIFYING = 3,
                 SB_COMPLETE = 4, SB_ERROR = 5 };
 
-enum sb_event { SB_EV_COMMAND = 1, SB_EV_HANDLED = 2, SB_EV_ERASED = 3, SB_EV_ACCEPTED = 4 };
+enum sb_event { SB_EV_COMMAND = 1, SB_EV_HANDLED = 2, SB_EV_ERASED = 3, SB_EV_ACCEPTED = 4,
+                SB_EV_STAGED = 5, SB_EV_VERIFIED = 6, SB_EV_CONFIRMED = 7 };
 
 enum sb_error { SB_E_BAD_FRAME = 1, SB_E_BAD_STATE = 2, SB_E_BAD_OFFSET = 3,
                 SB_E_TOO_LARGE = 4, SB_E_CRC_MISMATCH = 5, SB_E_FLASH_ERROR = 6,
-                SB_E_UNKNOWN_COMMAND = 7, SB_E_BAD_PARAM = 8 };
+                SB_E_UNKNOWN_COMMAND = 7, SB_E_BAD_PARAM = 8, SB_E_BAD_MANIFEST = 9,
+                SB_E_UNTRUSTED_KEY = 10, SB_E_BAD_SIGNATURE = 11, SB_E_DOWNGRADE = 12,
+                SB_E_UNSIGNED = 13, SB_E_DIGEST_MISMATCH = 14 };
+
+/* The running image's state on a signed-only device (section 16.7). */
+enum sb_image_state { SB_IMAGE_CONFIRMED = 0, SB_IMAGE_TEST = 1, SB_IMAGE_REVERTED = 2 };
 
 /* flash_erase_page's answer when the erase is accepted but starts later (the platform
  * yields to the radio first): the core goes on handling commands until sb_flash_started. */
@@ -80,8 +91,30 @@ typedef struct sb_hal {
      * triggers: SB_EV_COMMAND (a frame is about to be handled: its type), SB_EV_HANDLED
      * (handled: type, a = the state now), SB_EV_ERASED (a staging page erased, both modes:
      * a = bytes erased so far, b = the session's erase total), SB_EV_ACCEPTED (a chunk
-     * accepted: a = next_expected_offset, b = image_size). */
+     * accepted: a = next_expected_offset, b = image_size); signed updates:
+     * SB_EV_STAGED (the verify starts: every byte is in flash; a = image_size),
+     * SB_EV_VERIFIED (CRC-32 and SHA-256 passed, PENDING not yet persisted),
+     * SB_EV_CONFIRMED (CONFIRM persisted, MSG_INFO not yet sent). */
     void (*event)(void *ctx, uint8_t kind, uint8_t type, uint32_t a, uint32_t b);
+    /*
+     * Signed updates (section 16), the platform's crypto and records: all NULL = a v1
+     * device (no SIGNED_IMAGES), so a HAL written before them keeps working; either all or
+     * none (sb_init refuses a half). The core has no crypto of its own.
+     */
+    /* One SHA-256 at a time, over the staged flash the core reads back (in steps). */
+    void (*sha256_init)(void *ctx);
+    void (*sha256_update)(void *ctx, const uint8_t *data, uint32_t len);
+    void (*sha256_final)(void *ctx, uint8_t digest[32]);
+    /* 0 if sig is trusted key key_id's Ed25519 signature (RFC 8032) over msg; the
+     * platform holds the public keys (the core only checks the id is trusted first). */
+    int (*ed25519_verify)(void *ctx, uint32_t key_id, const uint8_t *msg, uint32_t len,
+                          const uint8_t sig[64]);
+    /* Persist {image_size, image_crc32, PENDING, head} power-safely instead of
+     * persist_pending: the bootloader verifies head again before it swaps; 0 on success. */
+    int (*persist_signed_pending)(void *ctx, uint32_t image_size, uint32_t image_crc32,
+                                  const uint8_t head[SB_HEAD_SIZE]);
+    /* Persist {image state CONFIRMED, security_counter} in ONE record write; 0 on success. */
+    int (*persist_confirmed)(void *ctx, uint32_t security_counter);
 } sb_hal_t;
 
 typedef struct sb_config {
@@ -92,6 +125,13 @@ typedef struct sb_config {
     uint8_t fw_version[3];      /* the running image's version */
     uint32_t active_image_size;
     uint32_t active_image_crc32;
+    /* Signed updates (used with the HAL's crypto hooks): the provisioning and what the
+     * platform persisted, read at boot. */
+    uint32_t security_counter;            /* the device's */
+    uint8_t image_state;                  /* enum sb_image_state of the running image */
+    uint8_t trusted_keys;                 /* how many of trusted_key_id, 0..SB_MAX_KEYS */
+    uint32_t trusted_key_id[SB_MAX_KEYS]; /* [0] is the one MSG_INFO names */
+    uint32_t test_image_counter;          /* in TEST: the image's manifest's counter */
 } sb_config_t;
 
 typedef struct sb_decoder {
@@ -136,9 +176,13 @@ typedef struct sb_core {
     uint32_t verify_pos, verify_crc;
     uint8_t verifying, tx_complete, resetting;
     uint64_t done_at_us;
+    /* Signed updates: the accepted manifest (no session) or the session's (RAM). */
+    uint8_t manifest; /* 0 none, 1 accepted, 2 the session's */
+    uint8_t head[SB_HEAD_SIZE];
 } sb_core_t;
 
-/* Boot: IDLE, no session. cfg->window must be 1..SB_MAX_WINDOW. Returns 0, or -1. */
+/* Boot: IDLE, no session. cfg->window must be 1..SB_MAX_WINDOW, trusted_keys at most
+ * SB_MAX_KEYS, the HAL's signed hooks all set or all NULL. Returns 0, or -1. */
 int sb_init(sb_core_t *core, const sb_hal_t *hal, const sb_config_t *cfg);
 /* Bytes written to NUS RX (any split). */
 void sb_rx(sb_core_t *core, const uint8_t *data, size_t len);
@@ -173,14 +217,16 @@ void sb_decoder_feed(sb_decoder_t *dec, const uint8_t *data, size_t len, int has
                      void *arg);
 void sb_decoder_reset(sb_decoder_t *dec);
 /* A device message's frame into out (56 bytes at most); f per type: MSG_INFO protocol,
- * major, minor, patch, size, crc, capacity, capabilities; READY max_chunk, window; PROGRESS
+ * major, minor, patch, size, crc, capacity, capabilities (with SIGNED_IMAGES, 0x2, three
+ * more: security_counter, image_state, trusted_key_id); READY max_chunk, window; PROGRESS
  * phase, done, total; STATUS state, next, size, crc; ACK and DONE the value; ERROR code,
  * command (+ text). Returns the length, 0 for another type. */
 uint16_t sb_encode(uint8_t *out, uint8_t type, const uint32_t *f, const uint8_t *text,
                    uint16_t text_len);
 size_t sb_core_size(void);
 /* A command's fields: returns 0 and fills fields (START: size, crc, chunk, flags; DATA:
- * offset, data length), SB_E_BAD_FRAME, or SB_E_UNKNOWN_COMMAND. */
+ * offset, data length; MANIFEST: security_counter, image_size, image_crc32, key_id),
+ * SB_E_BAD_FRAME, or SB_E_UNKNOWN_COMMAND. */
 int sb_parse_command(uint8_t type, const uint8_t *payload, uint16_t len, uint32_t fields[4]);
 
 #ifdef __cplusplus

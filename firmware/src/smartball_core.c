@@ -15,10 +15,12 @@
 #include <string.h>
 
 enum { T_INFO = 0x01, T_START = 0x10, T_DATA = 0x11, T_STATUS = 0x12, T_ABORT = 0x13,
-       T_FINISH = 0x14, M_INFO = 0x81, M_READY = 0x90, M_PROGRESS = 0x91, M_STATUS = 0x92,
+       T_FINISH = 0x14, T_MANIFEST = 0x15, T_CONFIRM = 0x16, M_INFO = 0x81, M_READY = 0x90, M_PROGRESS = 0x91, M_STATUS = 0x92,
        M_ACK = 0x93, M_DONE = 0x94, M_ERROR = 0xEE };
 enum { OP_NONE = 0, OP_ERASE = 1, OP_WRITE = 2 };
 enum { A_ACK = 1, A_READY = 2, A_VERIFY = 3 };
+enum { MF_NONE = 0, MF_ACCEPTED = 1, MF_SESSION = 2 };
+#define CAP_SIGNED_IMAGES 2u
 #define SOF 0xA5u
 #define IDLE_US 1000000u
 #define TX_WAIT_US 1000000u
@@ -31,6 +33,7 @@ typedef char sb_window_fits_u8[(SB_MAX_WINDOW >= 1u && SB_MAX_WINDOW <= 254u) ? 
 typedef char sb_chunk_whole_words[(SB_MAX_CHUNK % 4u == 0u && SB_MAX_CHUNK >= 4u &&
                                    SB_MAX_CHUNK <= 500u) ? 1 : -1];
 typedef char sb_verify_step_ok[(SB_VERIFY_STEP >= 1u) ? 1 : -1];
+typedef char sb_keys_fit_u8[(SB_MAX_KEYS >= 1u && SB_MAX_KEYS <= 255u) ? 1 : -1];
 
 /* ---- little-endian helpers, checksums, frames ---------------------------------------- */
 
@@ -169,7 +172,8 @@ int sb_parse_command(uint8_t type, const uint8_t *payload, uint16_t len, uint32_
     switch (type) {
     case T_START: need = 10; break;
     case T_DATA: need = 4; break;
-    case T_INFO: case T_STATUS: case T_ABORT: case T_FINISH: need = 0; break;
+    case T_MANIFEST: need = SB_HEAD_SIZE; break;
+    case T_INFO: case T_STATUS: case T_ABORT: case T_FINISH: case T_CONFIRM: need = 0; break;
     default: return SB_E_UNKNOWN_COMMAND;
     }
     if (len < need)
@@ -183,6 +187,11 @@ int sb_parse_command(uint8_t type, const uint8_t *payload, uint16_t len, uint32_
     } else if (type == T_DATA) {
         fields[0] = get32(payload);
         fields[1] = (uint32_t)len - 4u;
+    } else if (type == T_MANIFEST) {
+        fields[0] = get32(payload + 8);
+        fields[1] = get32(payload + 12);
+        fields[2] = get32(payload + 16);
+        fields[3] = get32(payload + 20);
     }
     return 0;
 }
@@ -202,6 +211,12 @@ uint16_t sb_encode(uint8_t *out, uint8_t type, const uint32_t *f, const uint8_t 
         p[3] = (uint8_t)f[3];
         put32(put32(put32(put32(p + 4, f[4]), f[5]), f[6]), f[7]);
         n = f[7] ? 20 : 16; /* capabilities is optional: left out while it is 0 (section 6) */
+        if (f[7] & CAP_SIGNED_IMAGES) { /* the trust fields (section 16.7) */
+            put32(p + 20, f[8]);
+            p[24] = (uint8_t)f[9];
+            put32(p + 25, f[10]);
+            n = 29;
+        }
         break;
     case M_READY:
         p[0] = (uint8_t)f[0];
@@ -278,10 +293,16 @@ static void send_ready(sb_core_t *c)
     send4(c, M_READY, c->max_chunk, c->window, 0, 0);
 }
 
+/* A device with the HAL's crypto hooks is signed-only (section 16); sb_init saw all or none. */
+static uint8_t is_signed(const sb_core_t *c)
+{
+    return c->hal->ed25519_verify != NULL;
+}
+
 static void send_info(sb_core_t *c)
 {
-    uint8_t frame[26];
-    uint32_t f[8];
+    uint8_t frame[6 + 29];
+    uint32_t f[11];
     f[0] = 1; /* protocol version */
     f[1] = c->cfg.fw_version[0];
     f[2] = c->cfg.fw_version[1];
@@ -289,7 +310,10 @@ static void send_info(sb_core_t *c)
     f[4] = c->cfg.active_image_size;
     f[5] = c->cfg.active_image_crc32;
     f[6] = c->cfg.staging_capacity;
-    f[7] = c->cfg.progressive_erase ? 1u : 0u;
+    f[7] = (c->cfg.progressive_erase ? 1u : 0u) | (is_signed(c) ? CAP_SIGNED_IMAGES : 0u);
+    f[8] = c->cfg.security_counter;
+    f[9] = c->cfg.image_state;
+    f[10] = c->cfg.trusted_key_id[0];
     c->hal->notify(c->hal->ctx, frame, sb_encode(frame, M_INFO, f, NULL, 0));
 }
 
@@ -309,6 +333,8 @@ static void end_session(sb_core_t *c, uint8_t state)
     c->chunk_count = 0;
     c->action_count = 0;
     c->verifying = 0;
+    if (c->manifest == MF_SESSION)
+        c->manifest = MF_NONE;
     if (c->op_kind == OP_NONE)
         c->op_retried = 0; /* a failed operation waiting for its retry is dropped */
 }
@@ -324,6 +350,10 @@ static void run_action(sb_core_t *c, const sb_action_t *a)
         c->verifying = 1; /* sb_poll reads the staged image back, step by step */
         c->verify_pos = 0;
         c->verify_crc = 0;
+        if (c->manifest == MF_SESSION) {
+            c->hal->sha256_init(c->hal->ctx); /* the same read feeds both */
+            event(c, SB_EV_STAGED, T_FINISH, c->image_size, 0);
+        }
     }
 }
 
@@ -338,9 +368,9 @@ static void after_written(sb_core_t *c, uint8_t kind)
         run_action(c, &a);
         return;
     }
-    for (i = 0; i < c->action_count; i++)
+    for (i = 0; kind == A_ACK && i < c->action_count; i++)
         if (c->actions[i].kind == kind && c->actions[i].offset == a.offset)
-            return; /* two that fall together: one is sent */
+            return; /* two ACKs that fall together: one is sent (each resume's READY is) */
     if (c->action_count < N_ACTIONS)
         c->actions[c->action_count++] = a;
 }
@@ -387,7 +417,19 @@ static void on_start(sb_core_t *c, const uint32_t *f)
         }
         return;
     }
+    if (is_signed(c)) { /* section 16.2: before anything is erased */
+        if (c->cfg.image_state == SB_IMAGE_TEST) {
+            refuse(c, SB_E_BAD_STATE); /* the staging bank holds the revert's image */
+            return;
+        }
+        if (c->manifest != MF_ACCEPTED || get32(c->head + 12) != f[0] ||
+            get32(c->head + 16) != f[1]) {
+            refuse(c, SB_E_UNSIGNED);
+            return;
+        }
+    }
     end_session(c, SB_IDLE);
+    c->manifest = c->manifest == MF_ACCEPTED ? MF_SESSION : MF_NONE;
     c->image_size = f[0];
     c->image_crc32 = f[1];
     c->max_chunk = granted_chunk(f[2]);
@@ -462,11 +504,63 @@ static void on_data(sb_core_t *c, const uint8_t *payload, uint16_t len)
     event(c, SB_EV_ACCEPTED, T_DATA, end, c->image_size);
 }
 
+/* CMD_OTA_MANIFEST's checks in section 16.1's order; nothing in flash changes. */
+static void on_manifest(sb_core_t *c, const uint8_t *m, const uint32_t *f)
+{
+    uint8_t code = 0, i;
+    if (in_session(c) || c->cfg.image_state == SB_IMAGE_TEST) {
+        refuse(c, SB_E_BAD_STATE);
+        return;
+    }
+    c->manifest = MF_NONE; /* a refused manifest leaves none accepted */
+    for (i = 0; i < c->cfg.trusted_keys && c->cfg.trusted_key_id[i] != f[3]; i++)
+        ;
+    if (memcmp(m, "SBM1", 4) != 0 || m[4] != 1)
+        code = SB_E_BAD_MANIFEST;
+    else if (f[1] == 0)
+        code = SB_E_BAD_PARAM;
+    else if (f[1] > c->cfg.staging_capacity)
+        code = SB_E_TOO_LARGE;
+    else if (i == c->cfg.trusted_keys)
+        code = SB_E_UNTRUSTED_KEY;
+    else if (c->hal->ed25519_verify(c->hal->ctx, f[3], m, SB_MANIFEST_SIZE,
+                                    m + SB_MANIFEST_SIZE) != 0)
+        code = SB_E_BAD_SIGNATURE;
+    else if (f[0] < c->cfg.security_counter)
+        code = SB_E_DOWNGRADE;
+    if (code) {
+        refuse(c, code);
+        return;
+    }
+    memcpy(c->head, m, SB_HEAD_SIZE);
+    c->manifest = MF_ACCEPTED;
+    send_status(c);
+}
+
+/* CMD_OTA_CONFIRM (section 16.5): an image in TEST becomes CONFIRMED and the counter is
+ * raised, in one persisted record, before the MSG_INFO that shows them. */
+static void on_confirm(sb_core_t *c)
+{
+    if (c->cfg.image_state == SB_IMAGE_TEST) {
+        uint32_t counter = c->cfg.test_image_counter > c->cfg.security_counter
+                               ? c->cfg.test_image_counter
+                               : c->cfg.security_counter;
+        if (c->hal->persist_confirmed(c->hal->ctx, counter) == 0) {
+            c->cfg.image_state = SB_IMAGE_CONFIRMED;
+            c->cfg.security_counter = counter;
+            event(c, SB_EV_CONFIRMED, T_CONFIRM, counter, 0);
+        } /* else still TEST, which the MSG_INFO shows: the host may confirm again */
+    }
+    send_info(c);
+}
+
 static void handle(sb_core_t *c, uint8_t type, const uint8_t *p, uint16_t n)
 {
     uint32_t f[4];
     int bad = sb_parse_command(type, p, n, f);
     c->answering = type;
+    if ((type == T_MANIFEST || type == T_CONFIRM) && !is_signed(c))
+        bad = SB_E_UNKNOWN_COMMAND; /* a v1 device (section 16) */
     if (bad) {
         refuse(c, (uint8_t)bad);
         return;
@@ -483,9 +577,17 @@ static void handle(sb_core_t *c, uint8_t type, const uint8_t *p, uint16_t n)
         }
         break;
     case T_ABORT:
-        if (c->state != SB_COMPLETE)
+        if (c->state != SB_COMPLETE) {
             end_session(c, SB_IDLE);
+            c->manifest = MF_NONE; /* ABORT discards an accepted manifest too */
+        }
         send_status(c);
+        break;
+    case T_MANIFEST:
+        on_manifest(c, p, f);
+        break;
+    case T_CONFIRM:
+        on_confirm(c);
         break;
     case T_START:
         on_start(c, f);
@@ -682,7 +784,10 @@ static void flash_done(sb_core_t *c, int ok)
 
 int sb_init(sb_core_t *core, const sb_hal_t *hal, const sb_config_t *cfg)
 {
-    if (cfg->window < 1 || cfg->window > SB_MAX_WINDOW || cfg->rx_buffer_chunks > cfg->window)
+    int hooks = !!hal->sha256_init + !!hal->sha256_update + !!hal->sha256_final +
+                !!hal->ed25519_verify + !!hal->persist_signed_pending + !!hal->persist_confirmed;
+    if (cfg->window < 1 || cfg->window > SB_MAX_WINDOW || cfg->rx_buffer_chunks > cfg->window ||
+        cfg->trusted_keys > SB_MAX_KEYS || (hooks != 0 && hooks != 6))
         return -1;
     memset(core, 0, sizeof *core);
     core->hal = hal;
@@ -744,6 +849,8 @@ static void verify_step(sb_core_t *c)
         n = SB_VERIFY_STEP;
     c->hal->flash_read(c->hal->ctx, c->verify_pos, buf, n);
     c->verify_crc = sb_crc32_update(c->verify_crc, buf, n);
+    if (c->manifest == MF_SESSION)
+        c->hal->sha256_update(c->hal->ctx, buf, n);
     c->verify_pos += n;
     if (c->verify_pos < c->image_size)
         return;
@@ -751,7 +858,22 @@ static void verify_step(sb_core_t *c)
     if (c->verify_crc != c->image_crc32) {
         end_session(c, SB_ERROR);
         send_error(c, SB_E_CRC_MISMATCH, T_FINISH);
-    } else if (c->hal->persist_pending(c->hal->ctx, c->image_size, c->image_crc32) != 0) {
+        return;
+    }
+    if (c->manifest == MF_SESSION) { /* section 16.3: the staged flash's SHA-256 */
+        uint8_t digest[32];
+        c->hal->sha256_final(c->hal->ctx, digest);
+        if (memcmp(digest, c->head + 24, sizeof digest) != 0) {
+            end_session(c, SB_ERROR);
+            send_error(c, SB_E_DIGEST_MISMATCH, T_FINISH);
+            return;
+        }
+        event(c, SB_EV_VERIFIED, T_FINISH, c->image_size, 0);
+    }
+    if ((c->manifest == MF_SESSION
+             ? c->hal->persist_signed_pending(c->hal->ctx, c->image_size, c->image_crc32,
+                                              c->head)
+             : c->hal->persist_pending(c->hal->ctx, c->image_size, c->image_crc32)) != 0) {
         end_session(c, SB_ERROR); /* not in the contract: see docs/firmware.md */
         send_error(c, SB_E_FLASH_ERROR, T_FINISH);
     } else { /* persisted before DONE: from here any reset switches */

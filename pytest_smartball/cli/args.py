@@ -262,8 +262,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         default=s,
         help="with --sim: what the simulated SmartBall is provisioned to trust: 'test' "
         "(default: the repository's test key, a signed-only ball, as release firmware is) "
-        "or 'none' (a v1 ball that runs any image it is sent; the default with "
-        "--sim-firmware=c, whose C core has no signed updates yet)",
+        "or 'none' (a v1 ball that runs any image it is sent), with either --sim-firmware",
     )
     _add_output(parser)
 
@@ -435,14 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse and validate; raises CliError(EXIT_BAD_INPUT) for every bad argument."""
     args = build_parser().parse_args(argv)
-    trust_given = hasattr(args, "sim_trust")
     for key, value in COMMON_DEFAULTS.items():
         if not hasattr(args, key):
             setattr(args, key, value)
-    if args.sim_firmware == "c" and not trust_given:
-        # The C core has no signed updates yet (docs/firmware.md): unless asked otherwise,
-        # the ball it runs is a v1 ball; --sim-trust=test with it is refused in a sentence.
-        args.sim_trust = "none"
     if args.sim and args.bluez in SIMULATED_BLUEZ:
         raise CliError(
             EXIT_BAD_INPUT, f"--bluez={args.bluez} is the real-device path; leave out --sim"

@@ -44,7 +44,10 @@ SIM_TRUST_CHOICES = ("test", "none")
 
 
 def trust_options(sim_trust: str) -> dict[str, Any]:
-    """The SimDevice options that provision ``sim_trust`` (one of SIM_TRUST_CHOICES)."""
+    """The SimDevice options that provision ``sim_trust`` (one of SIM_TRUST_CHOICES). The
+    one place where a ball's trust is decided, and it does not depend on the firmware
+    kind: the Python model and the C core (``firmware_core="c"``) both implement section
+    16, so ``--sim-firmware=c`` takes the CLI's and the plugin's default (``test``) too."""
     if sim_trust not in SIM_TRUST_CHOICES:
         raise ValueError(f"--sim-trust {sim_trust!r}: one of {', '.join(SIM_TRUST_CHOICES)}")
     if sim_trust == "none":

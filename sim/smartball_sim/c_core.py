@@ -31,10 +31,29 @@ RESET = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 EVENT = ctypes.CFUNCTYPE(
     None, ctypes.c_void_p, ctypes.c_uint8, ctypes.c_uint8, ctypes.c_uint32, ctypes.c_uint32
 )
+SHA_INIT = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+SHA_UPDATE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32)
+SHA_FINAL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+ED25519_VERIFY = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.c_uint32,
+    ctypes.c_void_p,
+    ctypes.c_uint32,
+    ctypes.c_void_p,
+)
+PERSIST_SIGNED = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p
+)
+PERSIST_CONFIRMED = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)
 #: flash_erase_page's answer for an erase that starts later (smartball_core.h).
 FLASH_DEFERRED = 1
 #: The core's event kinds (smartball_core.h, enum sb_event).
 EV_COMMAND, EV_HANDLED, EV_ERASED, EV_ACCEPTED = 1, 2, 3, 4
+EV_STAGED, EV_VERIFIED, EV_CONFIRMED = 5, 6, 7
+#: Trusted key ids a configuration holds (SB_MAX_KEYS); the signed head's size.
+MAX_KEYS = 4
+HEAD_SIZE = 120
 
 
 class Hal(ctypes.Structure):
@@ -48,6 +67,12 @@ class Hal(ctypes.Structure):
         ("persist_pending", PERSIST),
         ("reset", RESET),
         ("event", EVENT),
+        ("sha256_init", SHA_INIT),
+        ("sha256_update", SHA_UPDATE),
+        ("sha256_final", SHA_FINAL),
+        ("ed25519_verify", ED25519_VERIFY),
+        ("persist_signed_pending", PERSIST_SIGNED),
+        ("persist_confirmed", PERSIST_CONFIRMED),
     ]
 
 
@@ -60,6 +85,11 @@ class Config(ctypes.Structure):
         ("fw_version", ctypes.c_uint8 * 3),
         ("active_image_size", ctypes.c_uint32),
         ("active_image_crc32", ctypes.c_uint32),
+        ("security_counter", ctypes.c_uint32),
+        ("image_state", ctypes.c_uint8),
+        ("trusted_keys", ctypes.c_uint8),
+        ("trusted_key_id", ctypes.c_uint32 * MAX_KEYS),
+        ("test_image_counter", ctypes.c_uint32),
     ]
 
 

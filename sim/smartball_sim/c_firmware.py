@@ -15,41 +15,74 @@ carried out once the call has returned, in order; if one of them resets the devi
 fault fired by a command, say), the rest belongs to a life that ended and is dropped,
 as the Python model's reset guard drops it. Calls that arrive meanwhile (bytes written,
 the link lost) wait for the core to be free.
+
+**Signed updates** (``trusted_keys``): the HAL's crypto hooks are the platform's crypto,
+here ``hashlib``'s SHA-256 and ``cryptography``'s Ed25519; the records it persists
+(PENDING with its manifest, CONFIRMED with the counter) live in
+:class:`~smartball_sim.firmware_signed.SignedState`, and a reset runs the Python model's
+bootloader (:class:`~smartball_sim.firmware_signed.SignedBootloader`: the second verify,
+the resumable swap, TEST and the revert) on the simulator's flash, so the swap and
+flip-staged faults act on the C core as on the model. Without keys the hooks are NULL: a
+v1 ball.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import hashlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+
 from pytest_smartball import protocol as p
+from pytest_smartball.signing import TrustedKey
 
 from . import gate_probe
 from .c_core import (
+    ED25519_VERIFY,
     ERASE,
     EV_ACCEPTED,
     EV_COMMAND,
+    EV_CONFIRMED,
     EV_ERASED,
     EV_HANDLED,
+    EV_STAGED,
+    EV_VERIFIED,
     EVENT,
     FLASH_DEFERRED,
+    HEAD_SIZE,
+    MAX_KEYS,
     NOTIFY,
     NOW,
     PERSIST,
+    PERSIST_CONFIRMED,
+    PERSIST_SIGNED,
     READ,
     RESET,
+    SHA_FINAL,
+    SHA_INIT,
+    SHA_UPDATE,
     WRITE,
     Config,
     Hal,
     load,
 )
-from .firmware_types import FirmwareEvent, FirmwareEventKind, FlashTimings, StoredImage, to_us
+from .firmware_signed import SignedBootloader, SignedState
+from .firmware_swap import SwapWear
+from .firmware_types import (
+    FirmwareEvent,
+    FirmwareEventKind,
+    FlashTimings,
+    StoredImage,
+    _PendingRecord,
+    to_us,
+)
 from .flash import PAGE_SIZE, Flash
 from .make_image import image_version
 
@@ -76,7 +109,7 @@ class _Head(ctypes.Structure):
     _fields_ = [("hal", ctypes.c_void_p), ("cfg", Config)]
 
 
-class CFirmware:
+class CFirmware(SignedBootloader):
     """The C core behind the interface :class:`~smartball_sim.device.SimDevice` uses."""
 
     def __init__(
@@ -93,7 +126,11 @@ class CFirmware:
         request_reset: Callable[[], None] = lambda: None,
         observe: Callable[[FirmwareEvent], None] = lambda event: None,
         when_sent: Callable[[Callable[[], None]], None] | None = None,
+        trusted_keys: Sequence[TrustedKey] = (),
+        security_counter: int = 0,
     ) -> None:
+        if len(trusted_keys) > MAX_KEYS:
+            raise ValueError(f"the C core holds at most {MAX_KEYS} trusted keys")
         self._lib = load(library)
         self.active = StoredImage(bytes(active_image), version)
         self.staging_capacity = staging_capacity
@@ -106,12 +143,18 @@ class CFirmware:
         self._observe = observe
         self._when_sent = when_sent or (lambda callback: callback())
         self.boot_count = 1
-        #: The flip-staged fault's queue (the model corrupts the staged flash behind a kept
-        #: CRC-32 for the SHA-256 of signed updates to find); the C core has no signed
-        #: updates yet, so nothing consumes it.
+        # Signed updates: the provisioning and the platform's records (SignedBootloader).
+        self.trusted_keys = tuple(trusted_keys)
+        self.bugs: frozenset[Any] = frozenset()  # the bootloader's bug switches: none
+        self.signed = SignedState(security_counter=security_counter)
+        self.swap_wear = SwapWear()
+        self.swap_cut_after_steps: int | None = None
+        self.swap_resumes = 0
+        #: flip-staged: consumed when the core starts the verify (SB_EV_STAGED).
         self.staged_flip: list[int] = []
+        self._sha: Any = None  # the SHA-256 under way (the HAL's one context)
         self.commands_seen: dict[int, int] = {}
-        self._pending: tuple[int, int] | None = None
+        self._pending: _PendingRecord | None = None
         self._epoch = 0
         self._busy = False
         self._effects: list[Callable[[], None]] = []
@@ -133,6 +176,7 @@ class CFirmware:
             PERSIST(self._persist),
             RESET(self._reset),
             EVENT(self._event),
+            *self._signed_hooks(),
         )
         self._core = ctypes.create_string_buffer(self._lib.sb_core_size())
         self._boot()
@@ -155,7 +199,25 @@ class CFirmware:
 
     @property
     def capabilities(self) -> p.Capability:
-        return p.Capability.PROGRESSIVE_ERASE if self.progressive_erase else p.Capability.NONE
+        caps = p.Capability.PROGRESSIVE_ERASE if self.progressive_erase else p.Capability.NONE
+        return caps | p.Capability.SIGNED_IMAGES if self.signed_only else caps
+
+    @property
+    def image_state(self) -> p.ImageState:
+        """The running image's state as the core holds it (RAM)."""
+        return p.ImageState(_Head.from_buffer(self._core).cfg.image_state)
+
+    @image_state.setter
+    def image_state(self, state: p.ImageState) -> None:
+        pass  # the bootloader's RAM copy: the core reads it from its configuration at boot
+
+    @property
+    def security_counter(self) -> int:
+        return int(_Head.from_buffer(self._core).cfg.security_counter)
+
+    @security_counter.setter
+    def security_counter(self, counter: int) -> None:
+        pass  # as image_state
 
     def info(self) -> p.MsgInfo:
         major, minor, patch = self.active.version
@@ -168,6 +230,9 @@ class CFirmware:
             active_image_crc32=self.active.crc32,
             staging_capacity=self.staging_capacity,
             capabilities=self.capabilities,
+            security_counter=self.security_counter if self.signed_only else 0,
+            image_state=self.image_state if self.signed_only else 0,
+            trusted_key_id=self.trusted_keys[0].key_id if self.signed_only else 0,
         )
 
     def _status(self) -> CSession:
@@ -192,7 +257,7 @@ class CFirmware:
     def pending_image(self) -> StoredImage | None:
         if self._pending is None:
             return None
-        data = self.flash.read(0, self._pending[0])
+        data = self.flash.read(0, self._pending.image_size)
         return StoredImage(data, image_version(data))
 
     def staged_bytes(self) -> bytes:
@@ -219,9 +284,12 @@ class CFirmware:
         self._op_at_us = None
         self._polling = False
         self.boot_count += 1
+        self._sha = None
         seconds = 0.0
-        if self._pending is not None:
-            size, crc = self._pending
+        if self.signed_only:
+            seconds = self.signed_boot()
+        elif self._pending is not None:
+            size, crc = self._pending.image_size, self._pending.image_crc32
             self._pending = None
             staged = self.flash.read(0, size)
             if p.crc32(staged) == crc:
@@ -236,6 +304,7 @@ class CFirmware:
     # --- the core's life ----------------------------------------------------------------
 
     def _boot(self) -> None:
+        st = self.signed
         cfg = Config(
             self.window,
             self.timings.rx_buffer_chunks or 0,
@@ -244,6 +313,11 @@ class CFirmware:
             (ctypes.c_uint8 * 3)(*self.active.version),
             len(self.active.data),
             self.active.crc32,
+            st.security_counter,
+            int(st.image_state),
+            len(self.trusted_keys),
+            (ctypes.c_uint32 * MAX_KEYS)(*(k.key_id for k in self.trusted_keys)),
+            st.test_manifest.security_counter if st.test_manifest else 0,
         )
         self._done_sent = False
         if self._lib.sb_init(self._core, ctypes.byref(self._hal), ctypes.byref(cfg)) != 0:
@@ -327,7 +401,10 @@ class CFirmware:
         """Verify steps worth about a millisecond, then the radio's turn. ``_polling``
         stays set while a batch runs or is scheduled: one batch at a time."""
         self._verify_read = 0
-        per_byte_us = self.timings.verify_s_per_byte * 1_000_000
+        per_byte = self.timings.verify_s_per_byte
+        if self._sha is not None:
+            per_byte += self.timings.hash_s_per_byte  # and the SHA-256 of the same read
+        per_byte_us = per_byte * 1_000_000
         more = True
 
         def steps() -> None:
@@ -409,7 +486,60 @@ class CFirmware:
 
     def _persist(self, _ctx: Any, size: int, crc: int) -> int:
         def persist() -> None:
-            self._pending = (size, crc)
+            self._pending = _PendingRecord(size, crc)
+
+        self._effects.append(persist)
+        return 0
+
+    # --- the HAL's signed part: the platform's crypto and records --------------------------
+
+    def _signed_hooks(self) -> tuple[Any, ...]:
+        """The six hooks of a signed-only ball; none (NULL) for a v1 ball."""
+        if not self.signed_only:
+            return ()
+        return (
+            SHA_INIT(self._sha_init),
+            SHA_UPDATE(self._sha_update),
+            SHA_FINAL(self._sha_final),
+            ED25519_VERIFY(self._ed25519_verify),
+            PERSIST_SIGNED(self._persist_signed),
+            PERSIST_CONFIRMED(self._persist_confirmed),
+        )
+
+    def _sha_init(self, _ctx: Any) -> None:
+        self._sha = hashlib.sha256()
+
+    def _sha_update(self, _ctx: Any, data: int, size: int) -> None:
+        self._sha.update(ctypes.string_at(data, size))
+
+    def _sha_final(self, _ctx: Any, out: int) -> None:
+        ctypes.memmove(out, self._sha.digest(), 32)
+        self._sha = None
+
+    def _ed25519_verify(self, _ctx: Any, key_id: int, msg: int, size: int, sig: int) -> int:
+        for key in self.trusted_keys:
+            if key.key_id == key_id:
+                try:
+                    key.public.verify(ctypes.string_at(sig, 64), ctypes.string_at(msg, size))
+                except InvalidSignature:
+                    return 1
+                return 0
+        return 1
+
+    def _persist_signed(self, _ctx: Any, size: int, crc: int, head: int) -> int:
+        record = _PendingRecord(size, crc, ctypes.string_at(head, HEAD_SIZE))
+
+        def persist() -> None:
+            self._pending = record
+
+        self._effects.append(persist)
+        return 0
+
+    def _persist_confirmed(self, _ctx: Any, counter: int) -> int:
+        def persist() -> None:  # one record: the image state and the counter together
+            self.signed.image_state = p.ImageState.CONFIRMED
+            self.signed.test_manifest = None
+            self.signed.security_counter = counter
 
         self._effects.append(persist)
         return 0
@@ -434,3 +564,16 @@ class CFirmware:
         elif kind == EV_ACCEPTED:
             event = FirmwareEvent(FirmwareEventKind.DATA_ACCEPTED, offset=a, total=b)
             self._effects.append(lambda: self._observe(event))
+        elif kind == EV_STAGED:
+            self._effects.append(lambda: self._staged(a))
+        elif kind in (EV_VERIFIED, EV_CONFIRMED):
+            what = FirmwareEventKind.SIGNED_VERIFIED if kind == EV_VERIFIED else None
+            event = FirmwareEvent(what or FirmwareEventKind.CONFIRMED)
+            self._effects.append(lambda: self._observe(event))
+
+    def _staged(self, size: int) -> None:
+        """Every byte is in flash and the verify starts: a ``flip-staged`` fault acts now,
+        before the core reads the image back (as in the model)."""
+        self._observe(FirmwareEvent(FirmwareEventKind.STAGED, total=size))
+        while self.staged_flip:
+            self.corrupt_staged(self.staged_flip.pop(0), size)

@@ -148,11 +148,6 @@ class SimDevice:
                     "the C core has no firmware-bug switches and grants one window: "
                     "firmware bugs and progressive_window_bytes need the Python model"
                 )
-            if trusted_keys:
-                raise ValueError(
-                    "the C core does not implement signed updates yet (docs/firmware.md): "
-                    "run it as a v1 ball, --sim-trust=none"
-                )
             # The C core offers the part of SmartBallFirmware's interface the device, the
             # fault injector and the HIL suite use (smartball_sim.c_firmware): typed as the
             # model so that their code needs no second path.
@@ -170,6 +165,8 @@ class SimDevice:
                     observe=self._on_firmware_event,
                     when_sent=self._when_sent,
                     staging_capacity=staging_capacity or DEFAULT_STAGING_CAPACITY,
+                    trusted_keys=trusted_keys,
+                    security_counter=security_counter,
                 ),
             )
         else:

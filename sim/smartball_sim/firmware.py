@@ -49,7 +49,7 @@ from .firmware_bugs import SMALL_FRAME_BUFFER, SMALL_RX_BUFFER_CHUNKS
 from .firmware_bugs import FirmwareBug as Bug
 from .firmware_data import DataMixin
 from .firmware_erase import ErasingMixin
-from .firmware_signed import MAX_BOOTS_PER_RESET, SignedMixin, SignedState
+from .firmware_signed import SignedMixin, SignedState
 from .firmware_swap import SwapWear
 from .firmware_types import (
     _US,
@@ -307,14 +307,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
         self.boot_count += 1
         if not self.signed_only:
             return self._bootloader()
-        seconds = 0.0
-        for _ in range(MAX_BOOTS_PER_RESET):
-            spent, power_failed = self._signed_bootloader()
-            seconds += spent
-            if not power_failed:
-                break
-            self.boot_count += 1  # the power is back: the bootloader starts again
-        return seconds
+        return self.signed_boot()
 
     def _session_kept_across_reset(self) -> OtaSession | None:
         """None: a reset ends the session. Bug.SESSION_SURVIVES_RESET persists it, its

@@ -30,8 +30,15 @@ from .firmware_swap import (
     step_s,
     swap_pages,
 )
-from .firmware_types import FirmwareEvent, FirmwareEventKind, OtaSession, StoredImage
-from .flash import PAGE_SIZE
+from .firmware_types import (
+    FirmwareEvent,
+    FirmwareEventKind,
+    FlashTimings,
+    OtaSession,
+    StoredImage,
+    _PendingRecord,
+)
+from .flash import PAGE_SIZE, Flash
 
 log = logging.getLogger("sim.firmware")
 
@@ -61,17 +68,22 @@ class AcceptedManifest:
     head: bytes = field(repr=False)
 
 
-class SignedMixin(FirmwareParts):
-    """Signed updates: SmartBallFirmware's part for them (active with trusted keys only)."""
+class SignedBootloader:
+    """The signed ball's bootloader (section 16.4-16.6) and the faults on its flash: the
+    second verify of PENDING, the resumable swap, TEST and the revert. Shared by the Python
+    model (:class:`SignedMixin`) and the C core's simulated platform
+    (:class:`~smartball_sim.c_firmware.CFirmware`): the bootloader is not the core's job."""
 
     trusted_keys: tuple[TrustedKey, ...]
     active: StoredImage
-    staging_capacity: int
+    timings: FlashTimings
+    flash: Flash
+    bugs: frozenset[Bug]
+    boot_count: int
+    _pending: _PendingRecord | None
     signed: SignedState
-    #: RAM copies of the persisted image state and counter (a bug may fail to persist).
     image_state: p.ImageState
     security_counter: int
-    accepted: AcceptedManifest | None
     swap_wear: SwapWear
     #: The next swap loses power after this many steps (the ``swap-cut`` fault).
     swap_cut_after_steps: int | None
@@ -83,93 +95,17 @@ class SignedMixin(FirmwareParts):
     def signed_only(self) -> bool:
         return bool(self.trusted_keys)
 
-    # --- CMD_OTA_MANIFEST ----------------------------------------------------------------
-
-    def _on_manifest(self, msg: p.CmdOtaManifest) -> None:
-        if self.state not in (p.OtaState.IDLE, p.OtaState.ERROR):
-            self._error(p.ErrorCode.BAD_STATE)
-            return
-        if self.image_state == p.ImageState.TEST:
-            self._error(p.ErrorCode.BAD_STATE)  # confirm or reset (revert) first
-            return
-        self.accepted = None  # a refused manifest leaves none accepted
-        head = msg.manifest + msg.signature
-        try:
-            manifest = Manifest.decode(head)
-        except ManifestError as exc:
-            self._error(p.ErrorCode.BAD_MANIFEST, what=str(exc))
-            return
-        if manifest.image_size == 0:
-            self._error(p.ErrorCode.BAD_PARAM, what="manifest image_size 0")
-            return
-        if manifest.image_size > self.staging_capacity:
-            self._error(p.ErrorCode.TOO_LARGE)
-            return
-        refusal = self._signature_refusal(head, manifest)
-        if refusal is not None:
-            self._error(p.ErrorCode[refusal.reason], what=str(refusal))
-            return
-        if (
-            manifest.security_counter < self.security_counter
-            and Bug.COUNTER_NOT_ENFORCED not in self.bugs
-        ):
-            self._error(
-                p.ErrorCode.DOWNGRADE,
-                what=f"counter {manifest.security_counter} < {self.security_counter}",
-            )
-            return
-        self.accepted = AcceptedManifest(manifest, head)
-        log.info("manifest accepted: %s, counter %d", manifest.version, manifest.security_counter)
-        self._reply(self.status())
-
-    def _signature_refusal(self, head: bytes, manifest: Manifest) -> SignatureRefused | None:
-        """Why the platform's crypto refuses ``head`` (key, then signature), or None."""
-        if not any(k.key_id == manifest.key_id for k in self.trusted_keys):
-            return SignatureRefused("UNTRUSTED_KEY", f"key {manifest.key_id:#010x} not trusted")
-        if Bug.NO_SIGNATURE_CHECK in self.bugs:
-            return None  # the key id is looked up, the signature never checked
-        try:
-            verify(head, list(self.trusted_keys))
-        except SignatureRefused as exc:
-            return exc
-        return None
-
-    # --- START's manifest check ----------------------------------------------------------
-
-    def _start_refused_unsigned(self, msg: p.CmdOtaStart) -> bool:
-        """For a START that opens a new session on a signed-only ball: refuse it (and say
-        so) unless it is the accepted manifest's image; nothing is erased before. On
-        success the manifest moves to ``pending_manifest`` for the session."""
-        accepted = self.accepted
-        refusal = None
-        if self.image_state == p.ImageState.TEST:
-            refusal = p.ErrorCode.BAD_STATE  # the staging bank holds the revert's image
-        elif accepted is None or (
-            accepted.manifest.image_size,
-            accepted.manifest.image_crc32,
-        ) != (msg.image_size, msg.image_crc32):
-            refusal = p.ErrorCode.UNSIGNED
-        if refusal is None:
-            return False
-        if Bug.ERASE_BEFORE_MANIFEST_CHECK in self.bugs:
-            pages = min(-(-msg.image_size // PAGE_SIZE), self.flash.size // PAGE_SIZE)
-            for page in range(pages):
-                self.flash.erase_page(page)  # the staging bank (the revert's image) is gone
-        self._error(refusal)
-        return True
-
-    def _give_manifest_to(self, s: OtaSession) -> None:
-        if self.signed_only and self.accepted is not None:
-            s.manifest, s.head = self.accepted.manifest, self.accepted.head
-            self.accepted = None
-
-    # --- FINISH: the digest of the staged flash ------------------------------------------
-
-    def _staged_complete(self, s: OtaSession) -> None:
-        """Every byte is in flash: a ``flip-staged`` fault acts now, before the verify."""
-        self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.STAGED, total=s.image_size))
-        while self.staged_flip:
-            self.corrupt_staged(self.staged_flip.pop(0), s.image_size)
+    def signed_boot(self) -> float:
+        """Boot a signed-only ball: the bootloader, again after each power cut inside a
+        swap (at most MAX_BOOTS_PER_RESET). Returns the time it took."""
+        seconds = 0.0
+        for _ in range(MAX_BOOTS_PER_RESET):
+            spent, power_failed = self._signed_bootloader()
+            seconds += spent
+            if not power_failed:
+                break
+            self.boot_count += 1  # the power is back: the bootloader starts again
+        return seconds
 
     def corrupt_staged(self, offset: int, size: int | None = None) -> None:
         """Flip a byte of the staged image, keeping its CRC-32 (a fault: a flash cell or a
@@ -180,38 +116,6 @@ class SignedMixin(FirmwareParts):
             return
         data = crc_preserving_flip(self.flash.read(0, size), offset)
         self.flash.overwrite(0, data)
-
-    def _digest_refused(self, s: OtaSession) -> bool:
-        """After the CRC check: the SHA-256 of the staged flash against the manifest's."""
-        if s.manifest is None:
-            return False
-        if Bug.HASH_OF_STREAM in self.bugs:
-            digest = s.stream_hash.digest()  # the bytes as they arrived, not the flash
-        else:
-            digest = hashlib.sha256(self.flash.read(0, s.image_size)).digest()
-        if digest == s.manifest.image_sha256 or Bug.HASH_NOT_COMPARED in self.bugs:
-            return False
-        self._end_session(p.OtaState.ERROR)
-        self._error(p.ErrorCode.DIGEST_MISMATCH, command=p.MsgType.CMD_OTA_FINISH)
-        self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.VERIFY_FAILED))
-        return True
-
-    # --- CMD_OTA_CONFIRM -----------------------------------------------------------------
-
-    def _on_confirm(self, msg: p.CmdOtaConfirm) -> None:
-        if self.image_state == p.ImageState.TEST:
-            manifest = self.signed.test_manifest
-            counter = max(self.security_counter, manifest.security_counter if manifest else 0)
-            self.image_state = p.ImageState.CONFIRMED
-            self.security_counter = counter
-            if Bug.CONFIRM_NOT_PERSISTED not in self.bugs:
-                self.signed.image_state = p.ImageState.CONFIRMED
-                self.signed.test_manifest = None
-            if Bug.COUNTER_NOT_PERSISTED not in self.bugs:
-                self.signed.security_counter = counter  # else raised in RAM only
-            log.info("confirmed; security counter %d", counter)
-            self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.CONFIRMED))
-        self._reply(self.info())
 
     # --- the bootloader ------------------------------------------------------------------
 
@@ -316,3 +220,134 @@ class SignedMixin(FirmwareParts):
             st.image_state.name,
         )
         return seconds, False
+
+
+class SignedMixin(SignedBootloader, FirmwareParts):
+    """Signed updates: SmartBallFirmware's part for them (active with trusted keys only)."""
+
+    staging_capacity: int
+
+    #: RAM copies of the persisted image state and counter (a bug may fail to persist).
+    image_state: p.ImageState
+    security_counter: int
+    accepted: AcceptedManifest | None
+
+    # --- CMD_OTA_MANIFEST ----------------------------------------------------------------
+
+    def _on_manifest(self, msg: p.CmdOtaManifest) -> None:
+        if self.state not in (p.OtaState.IDLE, p.OtaState.ERROR):
+            self._error(p.ErrorCode.BAD_STATE)
+            return
+        if self.image_state == p.ImageState.TEST:
+            self._error(p.ErrorCode.BAD_STATE)  # confirm or reset (revert) first
+            return
+        self.accepted = None  # a refused manifest leaves none accepted
+        head = msg.manifest + msg.signature
+        try:
+            manifest = Manifest.decode(head)
+        except ManifestError as exc:
+            self._error(p.ErrorCode.BAD_MANIFEST, what=str(exc))
+            return
+        if manifest.image_size == 0:
+            self._error(p.ErrorCode.BAD_PARAM, what="manifest image_size 0")
+            return
+        if manifest.image_size > self.staging_capacity:
+            self._error(p.ErrorCode.TOO_LARGE)
+            return
+        refusal = self._signature_refusal(head, manifest)
+        if refusal is not None:
+            self._error(p.ErrorCode[refusal.reason], what=str(refusal))
+            return
+        if (
+            manifest.security_counter < self.security_counter
+            and Bug.COUNTER_NOT_ENFORCED not in self.bugs
+        ):
+            self._error(
+                p.ErrorCode.DOWNGRADE,
+                what=f"counter {manifest.security_counter} < {self.security_counter}",
+            )
+            return
+        self.accepted = AcceptedManifest(manifest, head)
+        log.info("manifest accepted: %s, counter %d", manifest.version, manifest.security_counter)
+        self._reply(self.status())
+
+    def _signature_refusal(self, head: bytes, manifest: Manifest) -> SignatureRefused | None:
+        """Why the platform's crypto refuses ``head`` (key, then signature), or None."""
+        if not any(k.key_id == manifest.key_id for k in self.trusted_keys):
+            return SignatureRefused("UNTRUSTED_KEY", f"key {manifest.key_id:#010x} not trusted")
+        if Bug.NO_SIGNATURE_CHECK in self.bugs:
+            return None  # the key id is looked up, the signature never checked
+        try:
+            verify(head, list(self.trusted_keys))
+        except SignatureRefused as exc:
+            return exc
+        return None
+
+    # --- START's manifest check ----------------------------------------------------------
+
+    def _start_refused_unsigned(self, msg: p.CmdOtaStart) -> bool:
+        """For a START that opens a new session on a signed-only ball: refuse it (and say
+        so) unless it is the accepted manifest's image; nothing is erased before. On
+        success the manifest moves to ``pending_manifest`` for the session."""
+        accepted = self.accepted
+        refusal = None
+        if self.image_state == p.ImageState.TEST:
+            refusal = p.ErrorCode.BAD_STATE  # the staging bank holds the revert's image
+        elif accepted is None or (
+            accepted.manifest.image_size,
+            accepted.manifest.image_crc32,
+        ) != (msg.image_size, msg.image_crc32):
+            refusal = p.ErrorCode.UNSIGNED
+        if refusal is None:
+            return False
+        if Bug.ERASE_BEFORE_MANIFEST_CHECK in self.bugs:
+            pages = min(-(-msg.image_size // PAGE_SIZE), self.flash.size // PAGE_SIZE)
+            for page in range(pages):
+                self.flash.erase_page(page)  # the staging bank (the revert's image) is gone
+        self._error(refusal)
+        return True
+
+    def _give_manifest_to(self, s: OtaSession) -> None:
+        if self.signed_only and self.accepted is not None:
+            s.manifest, s.head = self.accepted.manifest, self.accepted.head
+            self.accepted = None
+
+    # --- FINISH: the digest of the staged flash ------------------------------------------
+
+    def _staged_complete(self, s: OtaSession) -> None:
+        """Every byte is in flash: a ``flip-staged`` fault acts now, before the verify."""
+        self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.STAGED, total=s.image_size))
+        while self.staged_flip:
+            self.corrupt_staged(self.staged_flip.pop(0), s.image_size)
+
+    def _digest_refused(self, s: OtaSession) -> bool:
+        """After the CRC check: the SHA-256 of the staged flash against the manifest's."""
+        if s.manifest is None:
+            return False
+        if Bug.HASH_OF_STREAM in self.bugs:
+            digest = s.stream_hash.digest()  # the bytes as they arrived, not the flash
+        else:
+            digest = hashlib.sha256(self.flash.read(0, s.image_size)).digest()
+        if digest == s.manifest.image_sha256 or Bug.HASH_NOT_COMPARED in self.bugs:
+            return False
+        self._end_session(p.OtaState.ERROR)
+        self._error(p.ErrorCode.DIGEST_MISMATCH, command=p.MsgType.CMD_OTA_FINISH)
+        self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.VERIFY_FAILED))
+        return True
+
+    # --- CMD_OTA_CONFIRM -----------------------------------------------------------------
+
+    def _on_confirm(self, msg: p.CmdOtaConfirm) -> None:
+        if self.image_state == p.ImageState.TEST:
+            manifest = self.signed.test_manifest
+            counter = max(self.security_counter, manifest.security_counter if manifest else 0)
+            self.image_state = p.ImageState.CONFIRMED
+            self.security_counter = counter
+            if Bug.CONFIRM_NOT_PERSISTED not in self.bugs:
+                self.signed.image_state = p.ImageState.CONFIRMED
+                self.signed.test_manifest = None
+            if Bug.COUNTER_NOT_PERSISTED not in self.bugs:
+                self.signed.security_counter = counter  # else raised in RAM only
+            log.info("confirmed; security counter %d", counter)
+            self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.CONFIRMED))
+        self._reply(self.info())
