@@ -699,6 +699,7 @@ class ContractMonitor:
         if m.state in (p.OtaState.ERASING, p.OtaState.RECEIVING, p.OtaState.VERIFYING):
             assert m.session is not None
             m.session.chunk_size = msg.chunk_size
+            m.erasing_data = 0  # "the first DATA since the START": a resume's too (7.4)
             if m.state is p.OtaState.RECEIVING:
                 m.rejected = 0
                 m.chunk_ends.clear()

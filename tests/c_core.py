@@ -195,7 +195,9 @@ class Replay:
         self.write_word_ns = round(flash["write_word_s"] * 1e9)
         self.verify_ns_per_byte = flash["verify_s_per_byte"] * 1e9
         capacity = device["staging_capacity"]
-        self.flash = bytearray(b"\xff" * (-(-capacity // PAGE) * PAGE))
+        # A bank that starts non-blank (section 12, staging_fill) holds an old image.
+        fill = flash.get("staging_fill", 0xFF)
+        self.flash = bytearray(bytes([fill]) * (-(-capacity // PAGE) * PAGE))
         self.writes = bytearray(len(self.flash) // 4)
         image = device["active_image"]
         # The runner's active image (smartball_sim.contract_vectors.runner.DeviceConfig).
@@ -395,6 +397,7 @@ class Replay:
 
     def _persist(self, _ctx: Any, size: int, crc: int) -> int:
         if not self.persist_ok:
+            self.persist_ok = True
             return -1
         self.pending = _PendingRecord(size, crc)
         return 0
@@ -449,6 +452,8 @@ class Replay:
         self.now_ns = max(self.now_ns, round(step["at_s"] * 1e9))
         if step.get("flash_fail_next"):
             self.fail_next = step["flash_fail_next"]
+        if step.get("persist_fails"):
+            self.persist_ok = False  # the next persist only
         if step.get("link_lost"):
             self.lib.sb_link_lost(self.core)
         if step.get("reset"):

@@ -272,8 +272,8 @@ def test_a_flash_operation_that_cannot_start_is_a_failed_one(lib: ctypes.CDLL) -
 
 
 def test_a_failed_persist_keeps_the_old_image(lib: ctypes.CDLL) -> None:
-    """Not in the contract (docs/firmware.md): the record of PENDING could not be written,
-    so DONE would be a lie; FLASH_ERROR naming FINISH, state ERROR, no switch."""
+    """Section 7.8 (and vector session:failed_persist): the record of PENDING could not be
+    written, so DONE would be a lie; FLASH_ERROR naming FINISH, state ERROR, no switch."""
     run = _session(lib, window=16)
     _send(run, 0.0, _START)
     _send(run, 1.0, *_chunks())
@@ -401,7 +401,7 @@ def test_the_core_refuses_a_window_it_has_no_room_for(lib: ctypes.CDLL) -> None:
 def test_a_status_ack_that_falls_with_an_interval_ack_is_sent_once(lib: ctypes.CDLL) -> None:
     """Section 7.4: "when two fall together, one is sent". A STATUS right behind the chunk
     that completes an ACK interval owes an ACK of the same offset: the C core sends one.
-    (The Python model sends two; no vector decides: a contract finding, docs/firmware.md.)"""
+    (The Python model sends two; section 7.4 allows either, no vector decides.)"""
     run = _session(lib)
     _send(run, 0.0, _START)
     out = _send(run, 1.0, *_chunks()[:2], p.CmdOtaStatus())

@@ -303,6 +303,23 @@ def _bad_state_for_every_chunk_while_erasing(tr: Trace) -> None:
     _data_in_erasing(tr, refusals=2)
 
 
+def _data_in_erasing_across_a_resume(tr: Trace, answered: bool) -> None:
+    """A refused DATA, a resume START, another DATA, all during one erase: the count
+    restarts at the resume (section 7.4 rule 1, issue 24), so the second is answered too."""
+    erase(tr)
+    tr.host(p.CmdOtaAbort()).dev(STATUS_IDLE)
+    tr.host(p.CmdOtaStart(len(IMAGE), CRC, CHUNK))
+    tr.at(0.085).dev(p.MsgOtaProgress(1, 4096, 12288))
+    send(tr, 0, CHUNK).dev(p.MsgError(p.ErrorCode.BAD_STATE, p.MsgType.CMD_OTA_DATA))
+    tr.host(p.CmdOtaStart(len(IMAGE), CRC, CHUNK))
+    send(tr, 0, CHUNK)
+    if answered:
+        tr.dev(p.MsgError(p.ErrorCode.BAD_STATE, p.MsgType.CMD_OTA_DATA))
+    tr.at(0.8).dev(p.MsgOtaProgress(1, 8192, 12288))  # a slow page: past reply_max_s
+    tr.at(0.085).dev(p.MsgOtaProgress(1, 12288, 12288))
+    tr.dev(p.MsgOtaReady(CHUNK, WINDOW))
+
+
 def _verify(tr: Trace, done_after_s: float) -> None:
     _status_in_verifying_prefix(tr)
     tr.at(done_after_s).dev(p.MsgOtaDone(CRC))
@@ -349,12 +366,19 @@ CASES = {
 MORE_CASES = {
     "frame abandoned halfway": ("frame.garbage", _frame_abandoned_halfway),
     "staging capacity changes": ("info.fields", _info_capacity_changes),
+    "no reply to the first DATA after a resume START in ERASING": (
+        "reply.missing",
+        lambda tr: _data_in_erasing_across_a_resume(tr, answered=False),
+    ),
 }
 
 #: The same devices keeping the rule: nothing may fire.
 KEPT = {
     "ready.late": lambda tr: _erase_then_ready(tr, 0.7),
     "ratelimit.erasing": lambda tr: _data_in_erasing(tr, refusals=1),
+    "ratelimit.erasing, the count restarted by a resume START": lambda tr: (
+        _data_in_erasing_across_a_resume(tr, answered=True)
+    ),
     "verify.late": lambda tr: _verify(tr, 1.2),
     "reply.unexpected": lambda tr: tr.host(p.CmdOtaStatus()).dev(STATUS_IDLE),
     "info.fields": lambda tr: tr.host(p.CmdInfo()).dev(INFO).host(p.CmdInfo()).dev(INFO),

@@ -409,11 +409,9 @@ static void on_start(sb_core_t *c, const uint32_t *f)
             refuse(c, SB_E_BAD_STATE); /* another image's session: ABORT first */
         } else if (c->state != SB_VERIFYING) { /* resume (section 7.6) */
             c->max_chunk = granted_chunk(f[2]);
-            c->accepted_since_ack = 0;
-            if (c->state == SB_RECEIVING) {
-                c->rejected = 0;
+            c->accepted_since_ack = c->rejected = 0; /* ERASING too: "since the START" */
+            if (c->state == SB_RECEIVING)
                 after_written(c, A_READY);
-            }
         }
         return;
     }
@@ -874,7 +872,7 @@ static void verify_step(sb_core_t *c)
              ? c->hal->persist_signed_pending(c->hal->ctx, c->image_size, c->image_crc32,
                                               c->head)
              : c->hal->persist_pending(c->hal->ctx, c->image_size, c->image_crc32)) != 0) {
-        end_session(c, SB_ERROR); /* not in the contract: see docs/firmware.md */
+        end_session(c, SB_ERROR); /* section 7.8: a failed persist */
         send_error(c, SB_E_FLASH_ERROR, T_FINISH);
     } else { /* persisted before DONE: from here any reset switches */
         c->state = SB_COMPLETE;

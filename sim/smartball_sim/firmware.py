@@ -163,6 +163,8 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
         self.session: OtaSession | None = None
         #: Persisted (survives a reset) between MSG_OTA_DONE and the bootloader's switch.
         self._pending: _PendingRecord | None = None
+        #: The next persist of that record fails (a test's input, docs/protocol.md 7.8).
+        self.persist_fail_next = False
         #: A flash operation failed twice since the last reset (Bug.FLASH_ERROR_STICKY).
         self._flash_failed_since_boot = False
         #: What MSG_INFO reports instead of the active image (Bug.INFO_STALE_AFTER_SWITCH).
@@ -543,9 +545,11 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
         s.max_chunk = p.granted_max_chunk(msg.chunk_size)
         s.window = self.session_window(s.progressive, s.max_chunk)
         s.accepted_since_ack = 0
+        # A resumed host cannot know where the count stood: its first DATA refused after
+        # this START is answered, in ERASING as in RECEIVING (section 7.4 rule 1).
+        s.rejected = None
         if self.state == p.OtaState.ERASING:
             return  # READY follows when the erase ends, with this max_chunk
-        s.rejected = None
         # READY again once every accepted byte is written: the host's credit starts at
         # next_expected_offset, so the receive buffer must be empty by then.
         self._after_written(s, self._send_ready, s)

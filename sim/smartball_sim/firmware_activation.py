@@ -57,6 +57,12 @@ class ActivationMixin(FirmwareParts):
             return
         if s.manifest is not None:  # the window between the verify and PENDING persisted
             self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.SIGNED_VERIFIED))
+        if self.persist_fail_next:  # the record could not be written: DONE would be a lie
+            self.persist_fail_next = False
+            self._end_session(p.OtaState.ERROR)
+            self._error(p.ErrorCode.FLASH_ERROR, command=p.MsgType.CMD_OTA_FINISH)
+            self._call_out(self._observe, FirmwareEvent(FirmwareEventKind.FLASH_ERROR))
+            return
         # Persisted before DONE goes out: from here a reset, or a power loss, switches.
         if Bug.PENDING_PERSISTED_AT_RESET not in self.bugs:
             self._pending = _PendingRecord(s.image_size, s.image_crc32, s.head)

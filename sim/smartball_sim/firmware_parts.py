@@ -32,6 +32,7 @@ class FirmwareParts:
     _request_reset: Callable[[], None]
     _when_sent: Callable[[Callable[[], None]], None]
     _pending: _PendingRecord | None
+    persist_fail_next: bool
     _flash_failed_since_boot: bool
     _jobs: deque[_FlashJob]
     _running_job: _FlashJob | None

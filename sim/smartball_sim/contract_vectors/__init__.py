@@ -78,8 +78,10 @@ _ABOUT = {
     "what it yields: frames (type, payload), its counters, the bytes left buffered. A "
     "receiver discards a partial frame when no byte arrived for 1.0 s.",
     "device.json": "Sessions with the device (config: window, staging capacity, flash "
-    "timings, the image it runs). Each step is an input at at_s (hex written to NUS RX, a "
-    "link drop, a reset, or flash operations made to fail) and everything the device sends "
+    "timings, staging_fill: what the staging bank starts as when not erased, the image it "
+    "runs). Each step is an input at at_s (hex written to NUS RX, a link drop, a reset, "
+    "flash operations or the next persist of PENDING made to fail; docs/protocol.md "
+    "section 12 says how to replay them) and everything the device sends "
     "until the next step (out), then its state. MSG_ERROR compares code and command only; "
     "other messages byte for byte; times t are informative (the model's, with these flash "
     "timings), the order is not. event 'reset' is the device resetting itself after DONE.",

@@ -30,8 +30,12 @@ class DeviceConfig:
     version: tuple[int, int, int] = (1, 4, 2)
     erase_page_s: float = 0.085
     write_word_s: float = 41e-6
-    verify_s_per_byte: float = 1e-7
+    #: The model's own rate (20 MB/s), so that section 10's figure is the vectors' too.
+    verify_s_per_byte: float = FlashTimings().verify_s_per_byte
     rx_buffer_chunks: int | None = None
+    #: Every byte of the staging bank before the first input (0xFF: erased). Another value
+    #: is a bank that still holds an old image: a device that skips an erase fails then.
+    staging_fill: int = 0xFF
     #: Whether the harness resets the device when it asks to (after DONE); without, the
     #: state COMPLETE can be observed. The request shows as an event either way.
     resets: bool = True
@@ -65,6 +69,8 @@ class DeviceConfig:
                 "write_word_s": self.write_word_s,
                 "verify_s_per_byte": self.verify_s_per_byte,
                 "rx_buffer_chunks": self.rx_buffer_chunks or self.window,
+                # (absent for an erased bank: the vectors made before it are unchanged)
+                **({"staging_fill": self.staging_fill} if self.staging_fill != 0xFF else {}),
             },
         }
 
@@ -76,6 +82,8 @@ class Step:
     link_lost: bool = False
     reset: bool = False
     flash_fail_next: int = 0
+    #: The device's next persist of the activation record (PENDING) fails.
+    persist_fails: bool = False
 
 
 @dataclass
@@ -117,6 +125,8 @@ class _ModelRun:
             trusted_keys=[signing.test_trusted_key()] if config.signed else [],
             security_counter=config.security_counter,
         )
+        if config.staging_fill != 0xFF:
+            self.fw.flash.overwrite(0, bytes([config.staging_fill]) * self.fw.flash.size)
 
     def _observed(self, event: FirmwareEvent) -> None:
         if event.kind is FirmwareEventKind.HANDLED and event.msg_type is not None:
@@ -151,6 +161,8 @@ class _ModelRun:
         async def act() -> None:
             if step.flash_fail_next:
                 self.fw.flash.fail_next = step.flash_fail_next
+            if step.persist_fails:
+                self.fw.persist_fail_next = True
             if step.link_lost:
                 self.fw.link_lost()
             if step.reset:
@@ -192,6 +204,8 @@ def run_session(session: Session) -> dict[str, Any]:
                 entry["reset"] = True
             if step.flash_fail_next:
                 entry["flash_fail_next"] = step.flash_fail_next
+            if step.persist_fails:
+                entry["persist_fails"] = True
             entry["handled"] = run.handled[handled_before:]
             entry["out"] = [e for _, e in emitted]
             entry["state"] = run.fw.state.name

@@ -36,6 +36,16 @@ def chunks(image: bytes = IMAGE, size: int = CHUNK, first: int = 0) -> Iterator[
         yield data(offset, image[offset : offset + size])
 
 
+#: The session image of the table's VERIFYING cells: 4000 bytes in 500-byte chunks (window
+#: 4). FINISH rides behind the last four chunks, whose writes take 20 ms (125 words each at
+#: 41 us); the row's command comes 5 ms after FINISH, in VERIFYING while that window is
+#: still being written, so before the read-back begins (section 7.5). However a device
+#: splits its CRC (16 bytes a step, 1 KB, the whole bank at once) the command lands before
+#: it: a command that arrived during the CRC itself would be answered before or after DONE
+#: depending on that split, so no vector sends one there.
+VERIFY_IMAGE = bytes((i * 13 + 5) & 0xFF for i in range(4000))
+VERIFY_CHUNK = 500
+
 #: The session image of the table's ERASING cells: two pages, so the erase is still under
 #: way when a command that arrived during the first page is handled.
 ERASING_IMAGE = bytes(8192)
@@ -48,6 +58,17 @@ def _steps_to(state: p.OtaState) -> tuple[list[Step], float, bytes]:
         return [], 0.0, IMAGE
     if state == p.OtaState.ERASING:
         return [Step(0.0, start(ERASING_IMAGE))], 0.05, ERASING_IMAGE
+    if state == p.OtaState.VERIFYING:
+        parts = list(chunks(VERIFY_IMAGE, VERIFY_CHUNK))
+        return (
+            [
+                Step(0.0, start(VERIFY_IMAGE, VERIFY_CHUNK)),
+                Step(0.1, b"".join(parts[:4])),
+                Step(0.15, b"".join(parts[4:]) + p.encode(p.CmdOtaFinish())),
+            ],
+            0.155,
+            VERIFY_IMAGE,
+        )
     crc = 0xDEADBEEF if state == p.OtaState.ERROR else None
     steps = [Step(0.0, start(crc=crc))]
     if state == p.OtaState.RECEIVING:
@@ -56,8 +77,6 @@ def _steps_to(state: p.OtaState) -> tuple[list[Step], float, bytes]:
     steps.append(Step(0.2, b"".join(list(chunks())[:4])))
     steps.append(Step(0.25, b"".join(list(chunks())[4:])))
     steps.append(Step(0.3, p.encode(p.CmdOtaFinish())))
-    if state == p.OtaState.VERIFYING:
-        return steps, 0.300001, IMAGE  # the verify of 40 bytes takes 4 us
     return steps, 0.4, IMAGE  # COMPLETE (DONE sent), or ERROR (CRC mismatch)
 
 
@@ -441,9 +460,10 @@ def story_sessions() -> list[Session]:
         Session(
             "session:final_ack_before_done",
             "FINISH right behind the last chunk, before the flash has written it: the last "
-            "byte's ACK still goes first, then DONE, then the reset (window 8).",
+            "byte's ACK still goes first, then DONE, then the reset (window 8). The staging "
+            "bank starts holding 0x00 bytes: the erase is what makes it writable.",
             [Step(0.0, start()), Step(0.2, b"".join(all_chunks) + finish)],
-            DeviceConfig(window=8),
+            DeviceConfig(window=8, staging_fill=0x00),
         ),
         Session(
             "session:resume_after_link_drop",
@@ -538,14 +558,139 @@ def story_sessions() -> list[Session]:
             "A device that advertises PROGRESSIVE_ERASE (MSG_INFO's capabilities) and a START "
             "asking for it (flags 1): READY at once. The first chunk needs page 0 erased: the "
             "erase stalls the CPU 85 ms, the chunks behind it wait; the 18th chunk reaches "
-            "page 1, erased before it is written. Window 16, 232-byte chunks, 5120 bytes.",
+            "page 1, erased before it is written. Window 16, 232-byte chunks, 5120 bytes. The "
+            "staging bank starts holding 0x00 bytes (an old image): a device that wrote "
+            "without erasing would read back the wrong bytes.",
             [
                 Step(0.0, p.encode(p.CmdInfo()) + start(TWO_PAGES, 232, flags=1)),
                 Step(0.01, b"".join(list(chunks(TWO_PAGES, 232))[:16])),
                 Step(0.3, b"".join(list(chunks(TWO_PAGES, 232))[16:])),
                 Step(0.6, finish),
             ],
-            DeviceConfig(progressive_erase=True, window=16),
+            DeviceConfig(progressive_erase=True, window=16, staging_fill=0x00),
+        ),
+    ]
+
+
+#: Three pages: an erase during which a resume START can arrive between two held DATA.
+THREE_PAGES = bytes(3 * 4096)
+
+
+def rule_sessions() -> list[Session]:
+    """One session per rule that a device could break while passing every other vector
+    (issue 24's list): each fails a firmware that breaks its rule (tests/test_vector_mutants.py
+    shows it on the model)."""
+    finish = p.encode(p.CmdOtaFinish())
+    status = p.encode(p.CmdOtaStatus())
+    c = list(chunks())
+    return [
+        Session(
+            "session:status_acks_the_buffer_and_restarts_the_count",
+            "A chunk and CMD_OTA_STATUS in one write: STATUS, then the ACK of that chunk once "
+            "it is written (section 7.4: a STATUS in RECEIVING brings one, chunks still "
+            "buffered or not). The ACK count restarts there: the next chunk brings no ACK, "
+            "the one after it completes the interval.",
+            [
+                Step(0.0, start()),
+                Step(0.2, c[0] + status),
+                Step(0.3, c[1]),
+                Step(0.4, c[2]),
+            ],
+        ),
+        Session(
+            "session:resume_waits_for_the_buffer_and_restarts_the_counts",
+            "Three chunks, a chunk at a wrong offset (STATUS) and a resume START in one "
+            "write: the ACK of the first two chunks, then READY once the third is written "
+            "(section 7.6). The resume restarts both counts: the next wrong chunk gets a "
+            "STATUS again, and the next accepted chunk brings no ACK; the last one does.",
+            [
+                Step(0.0, start()),
+                Step(0.2, b"".join(c[:3]) + data(32, IMAGE[32:]) + start()),
+                Step(0.3, data(32, IMAGE[32:]) + c[3]),
+                Step(0.4, c[4]),
+            ],
+        ),
+        Session(
+            "session:accepting_a_chunk_restarts_the_rejection_count",
+            "A chunk at a wrong offset (STATUS), the expected chunk (accepted), another at a "
+            "wrong offset: STATUS again, the first rejected since the last accepted one.",
+            [Step(0.0, start()), Step(0.2, data(8, IMAGE[8:16]) + c[0] + data(16, IMAGE[16:24]))],
+        ),
+        Session(
+            "session:erasing_rate_limit_restarts_at_a_resume",
+            "DATA while three pages erase: the first is answered BAD_STATE after page 0; a "
+            "resume START and another DATA held during page 1: after its PROGRESS, that DATA "
+            "is answered too, the first since the (resume) START (section 7.4 rule 1).",
+            [
+                Step(0.0, start(THREE_PAGES)),
+                Step(0.01, data(0, IMAGE[:8])),
+                Step(0.1, start(THREE_PAGES) + data(0, IMAGE[:8])),
+            ],
+        ),
+        Session(
+            "session:data_checks_in_order",
+            "DATA frames each breaking two of section 7.4's checks, answered by the earlier "
+            "check (max_chunk 16): a 0-byte chunk (BAD_PARAM, rule 2); a too long chunk at "
+            "a wrong offset (BAD_PARAM: 2 before 3); a chunk at a wrong offset past the end "
+            "(STATUS: 3 before 4); after two accepted chunks, a 10-byte chunk at the "
+            "expected offset past the end (BAD_OFFSET: 4 before 5).",
+            [
+                Step(0.0, start(chunk=16)),
+                Step(
+                    0.2,
+                    data(0, b"")
+                    + data(16, IMAGE[:20])
+                    + data(40, IMAGE[:8])
+                    + b"".join(chunks(size=16))[: 2 * len(data(0, IMAGE[:16]))]
+                    + data(32, IMAGE[32:] + bytes(2)),
+                ),
+            ],
+        ),
+        Session(
+            "session:data_checks_in_order_with_a_full_buffer",
+            "A receive buffer of one chunk, filled: a 6-byte chunk at the expected offset "
+            "(not whole words: BAD_PARAM, rule 5 before 6) and a too long one (BAD_PARAM, "
+            "rule 2 before 6), not the STATUS of a full buffer.",
+            [Step(0.0, start()), Step(0.2, c[0] + data(8, IMAGE[8:14]) + data(8, IMAGE[8:20]))],
+            DeviceConfig(rx_buffer_chunks=1),
+        ),
+        Session(
+            "session:failed_flash_operations_are_retried",
+            "The first page erase fails, and the first chunk's write: each is retried once "
+            "(section 7.8) and succeeds; the session ends in DONE.",
+            [
+                Step(0.0, b"", flash_fail_next=1),
+                Step(0.001, start()),
+                Step(0.3, b"".join(c[:2]), flash_fail_next=1),
+                Step(0.4, b"".join(c[2:]) + finish),
+            ],
+        ),
+        Session(
+            "session:failed_persist",
+            "The verify succeeds but the activation record (PENDING) cannot be persisted: "
+            "FLASH_ERROR naming FINISH, state ERROR, no DONE, no reset; the old image stays "
+            "active (section 7.8).",
+            [
+                Step(0.0, start()),
+                Step(0.2, b"".join(c[:4])),
+                Step(0.25, c[4]),
+                Step(0.3, finish, persist_fails=True),
+                Step(0.4, status + p.encode(p.CmdInfo())),
+            ],
+        ),
+        Session(
+            "session:idle_gap_measured_on_arrival",
+            "A page erase of 0.5 s (a slow flash); a DATA header arrives 10 ms into it, held "
+            "with the CPU. CMD_INFO arrives at 1.2 s: 1.19 s after the header's arrival, so "
+            "the partial frame is discarded (section 4 rule 7) and INFO is answered. Timed "
+            "from when the header was processed (0.5 s), the gap would be 0.7 s and INFO "
+            "swallowed.",
+            [
+                Step(0.0, start()),
+                Step(0.01, bytes.fromhex("a5 11 08 00 00")),
+                Step(1.2, p.encode(p.CmdInfo())),
+            ],
+            DeviceConfig(erase_page_s=0.5),
         ),
     ]
 
@@ -553,6 +698,7 @@ def story_sessions() -> list[Session]:
 def device_vectors() -> list[dict[str, Any]]:
     sessions = [
         *story_sessions(),
+        *rule_sessions(),
         *error_sessions(),
         *table_sessions(),
         *signed_story_sessions(),
