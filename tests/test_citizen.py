@@ -234,25 +234,28 @@ TARGETS_DEFER = {
         "smartball_sim.bumble.central",
         "smartball_sim.device",
         "smartball_sim.bluez",
-        "smartball_sim.vhci",
+        "smartball_sim.machines.vhci",
     ),
     "pytest_smartball.targets.emulated_bluez": (
         "bumble",
         "smartball_sim.bumble",
-        "smartball_sim.vhci",
-        "smartball_sim.bleak_backend",
+        "smartball_sim.machines.vhci",
+        "smartball_sim.fronts.in_process",
     ),
     "pytest_smartball.targets.labgrid_loopback": (
         "bumble",
         "smartball_sim.bumble",
-        "smartball_sim.vhci",
-        "smartball_sim.bleak_backend",
+        "smartball_sim.machines.vhci",
+        "smartball_sim.fronts.in_process",
     ),
     "pytest_smartball.targets.simulated": (
         "bumble",
         "smartball_sim.bumble",
-        "smartball_sim.bluez",
-        "smartball_sim.vhci",
+        # BlueZ's words (smartball_sim.bluez.errors) are the in-process front's too; the
+        # emulated bluetoothd is not
+        "smartball_sim.bluez.emulator",
+        "smartball_sim.bluez.launcher",
+        "smartball_sim.machines.vhci",
     ),
     # the virtual radio is started (pytest_configure, the CLI), not imported
     "pytest_smartball.targets.vhci_bluez": ("bumble", "smartball_sim"),

@@ -1,4 +1,4 @@
-"""The VM runner's host side (smartball_sim.vm) without a VM: a stand-in ``vng`` plays the
+"""The VM runner's host side (smartball_sim.machines.vm) without a VM: a stand-in ``vng`` plays the
 guest (it makes the boot marker and runs COMMAND on this machine) or fails the way a
 KVM that cannot boot the kernel fails. The real VM runs in .ci/run's VM stage."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from smartball_sim import vm
+from smartball_sim.machines import vm
 
 #: The stand-in for virtme-ng's ``vng``. FAKE_VNG_KVM: "fail" (exit 255 at once, like
 #: QEMU on a PVM host), "hang" (never boots), "boot". With --disable-kvm it always boots.
@@ -122,7 +122,7 @@ def test_vng_command_shares_the_output_folder_and_runs_the_guest_module(tmp_path
     assert tcg[tcg.index("--overlay-rwdir") + 1] == str(tmp_path)
     assert tcg[tcg.index("--name") + 1].startswith(vm.VM_NAME_PREFIX)
     guest = tcg[tcg.index("--exec") + 1]
-    assert "smartball_sim.vm_guest" in guest and "--marker booted-1" in guest
+    assert "smartball_sim.machines.vm_guest" in guest and "--marker booted-1" in guest
     assert guest.endswith("-- pytest -k 'a b'")
 
 
@@ -214,7 +214,7 @@ def test_a_run_over_its_timeout_is_killed_with_124(
 def start_runner(tmp_path: Path, fake_vng: Path, out: Path, *command: str) -> subprocess.Popen[str]:
     """A runner in a process of its own (signals go to it, not to pytest)."""
     code = (
-        "import sys; from pathlib import Path; from smartball_sim import vm\n"
+        "import sys; from pathlib import Path; from smartball_sim.machines import vm\n"
         "vm.kvm_openable = lambda path='/dev/kvm': False\n"
         f"cfg = vm.VmConfig(command={command!r}, out=Path({str(out)!r}), "
         f"kernel=Path('/boot/k'), cwd=Path({str(tmp_path)!r}), vng={str(fake_vng)!r}, "
@@ -265,6 +265,6 @@ def test_check_lists_vms_whose_runner_is_gone(tmp_path: Path) -> None:
 
     fake(100, ["/usr/bin/qemu-system-x86_64", "-name", "smartball-vm-999"])  # runner gone
     fake(101, ["/usr/bin/qemu-system-x86_64", "-name", "smartball-vm-102"])  # runner alive
-    fake(102, ["python", "-m", "smartball_sim.vm"])
+    fake(102, ["python", "-m", "smartball_sim.machines.vm"])
     fake(103, ["/usr/bin/qemu-system-x86_64", "-name", "somebody-else"])
     assert vm.orphans(proc) == [(100, "smartball-vm-999")]

@@ -12,8 +12,8 @@ from typing import Any
 
 from dbus_fast import Message, Variant
 
-from smartball_sim import gatt_layout as gatt
 from smartball_sim.device import SimLink, SimLinkError
+from smartball_sim.radio import gatt_layout as gatt
 
 from .gatt_database import GattDatabase
 from .objects import (

@@ -11,7 +11,7 @@ from typing import Any
 
 from dbus_fast import Message, Variant
 
-from smartball_sim.bluez_errors import CONNECT_FAILED_TEXT
+from smartball_sim.bluez.errors import CONNECT_FAILED_TEXT
 from smartball_sim.device import ConnectRefusal, ConnectRefused, SimLink
 
 from .characteristics import CharacteristicInterface

@@ -12,12 +12,12 @@ real bluetoothd 5.66 says on D-Bus:
 compares them phase by phase.
 
 Each device is a :class:`smartball_sim.device.SimDevice`, the same radio, firmware and fault
-injection as the in-process bleak backend (``smartball_sim/bleak_backend.py``). The emulator is the
-link's :class:`~smartball_sim.device.LinkPeer`: notifications become ``PropertiesChanged{Value}`` on
-the TX characteristic (or datagrams on an ``AcquireNotify`` socket), a lost link becomes
-``ServicesResolved=false`` then ``Connected=false``. As in BlueZ, the GATT objects stay
-exported across disconnects (without their ``MTU`` property, silently) until
-``RemoveDevice``; the GAP service has no object (bluetoothd claims it). Fault
+injection as the in-process bleak backend (``smartball_sim/fronts/in_process.py``). The emulator is
+the link's :class:`~smartball_sim.device.LinkPeer`: notifications become
+``PropertiesChanged{Value}`` on the TX characteristic (or datagrams on an ``AcquireNotify``
+socket), a lost link becomes ``ServicesResolved=false`` then ``Connected=false``. As in BlueZ,
+the GATT objects stay exported across disconnects (without their ``MTU`` property, silently)
+until ``RemoveDevice``; the GAP service has no object (bluetoothd claims it). Fault
 decisions are the device's own (``connect_outcome``, ``nus_hidden_on_connect``,
 ``forget_cache``); this module only expresses them the BlueZ way:
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dbus_fast import Variant
 
-from smartball_sim import gatt_layout as gatt
 from smartball_sim.device import SimLink
+from smartball_sim.radio import gatt_layout as gatt
 
 from .objects import CHARACTERISTIC, DESCRIPTOR, SERVICE, ObjectTree
 from .records import EmulatedDevice, ExportedGatt

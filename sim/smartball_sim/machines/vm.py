@@ -1,10 +1,10 @@
-"""``python -m smartball_sim.vm -- COMMAND``: run COMMAND inside a QEMU VM that boots Debian's
-kernel with the Linux Bluetooth stack (``hci_vhci``) and a real ``bluetoothd``.
+"""``python -m smartball_sim.machines.vm -- COMMAND``: run COMMAND inside a QEMU VM that boots
+Debian's kernel with the Linux Bluetooth stack (``hci_vhci``) and a real ``bluetoothd``.
 
 For a machine without Bluetooth and without ``/dev/vhci`` (a CI container): the VM gives
 COMMAND a real kernel Bluetooth subsystem and a real BlueZ, so ``pytest --device=real
 --bluez=vhci hil_tests`` exercises bleak's BlueZ backend against the real daemon, with a
-simulated SmartBall behind a virtual controller (:mod:`smartball_sim.vhci`).
+simulated SmartBall behind a virtual controller (:mod:`smartball_sim.machines.vhci`).
 
 What it does, in order:
 
@@ -19,7 +19,7 @@ What it does, in order:
    first program within :data:`KVM_BOOT_TIMEOUT_S` (some ``/dev/kvm`` cannot boot a stock
    kernel: a PVM host's fails at once or hangs without a word). Each try is bounded; a
    guest that does not boot under TCG within :data:`TCG_BOOT_TIMEOUT_S` is an error;
-4. inside (:mod:`smartball_sim.vm_guest`): loads ``bluetooth`` and ``hci_vhci``, starts the
+4. inside (:mod:`smartball_sim.machines.vm_guest`): loads ``bluetooth`` and ``hci_vhci``, starts the
    system ``dbus-daemon``, ``btmon`` (HCI trace) and ``bluetoothd``, prints the kernel and
    BlueZ versions, runs COMMAND in the current directory, and stops them again;
 5. returns COMMAND's exit code, and leaves in the output folder whatever COMMAND wrote
@@ -34,7 +34,7 @@ the VM could not be set up or booted (the sentence says why); 130 when interrupt
 
 Clean-up: QEMU and ``vng`` run in a process group of their own, killed (TERM, then KILL)
 whenever the runner ends: COMMAND done, a failure, a timeout, Ctrl-C, SIGTERM or SIGHUP.
-Only a SIGKILL of the runner itself can leave a VM behind; ``python -m smartball_sim.vm
+Only a SIGKILL of the runner itself can leave a VM behind; ``python -m smartball_sim.machines.vm
 check`` lists such orphans (exit code 1) and CI runs it. Two runs at once do not meet:
 each has its own VM, its own kernel, D-Bus and bluetoothd, its own output folder (by
 default a new one under ``build/vm/``) and its own temporary files.
@@ -154,11 +154,11 @@ def attempts_for(accel: str, kvm_openable: bool, config: VmConfig) -> list[Attem
 
 
 def vng_command(config: VmConfig, attempt: Attempt, index: int) -> list[str]:
-    """The ``vng`` invocation for one try: the guest runs :mod:`smartball_sim.vm_guest`."""
+    """The ``vng`` invocation for one try: the guest runs :mod:`smartball_sim.machines.vm_guest`."""
     guest = [
         config.python,
         "-m",
-        "smartball_sim.vm_guest",
+        "smartball_sim.machines.vm_guest",
         "--out",
         str(config.out),
         "--marker",
@@ -518,10 +518,10 @@ def orphans(proc: Path = Path("/proc")) -> list[tuple[int, str]]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m smartball_sim.vm",
+        prog="python -m smartball_sim.machines.vm",
         description="Run COMMAND in a QEMU VM with Debian's kernel, hci_vhci and a real "
         "bluetoothd; bring its logs, HCI trace and results back.",
-        epilog="'python -m smartball_sim.vm check' lists VMs whose runner died (exit 1).",
+        epilog="'python -m smartball_sim.machines.vm check' lists VMs whose runner died (exit 1).",
     )
     parser.add_argument(
         "--out",
@@ -555,7 +555,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if args.command and args.command[0] == "--":
         args.command = args.command[1:]
     if not args.command:
-        parser.error("no command: python -m smartball_sim.vm [options] -- COMMAND [ARGS...]")
+        parser.error(
+            "no command: python -m smartball_sim.machines.vm [options] -- COMMAND [ARGS...]"
+        )
     return args
 
 
