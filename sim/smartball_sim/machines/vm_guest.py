@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from smartball_sim.machines.vm import BLUETOOTHD_PATHS, STATE_DIR
+from .vm_plan import BLUETOOTHD_PATHS, STATE_DIR
 
 #: bluetoothd's configuration in the VM: BlueZ's defaults, written out so that a host's
 #: own /etc/bluetooth/main.conf (the VM sees the host's /etc) cannot change the run.
