@@ -5,7 +5,7 @@ before READY; progressive: each page erased just before its first write, P18): t
 update's duration and its transfer phase, the lower bound of ``smartball_sim.timing`` for
 that mode and the ratio (efficiency), the speed-up of the progressive mode over the normal
 one, the longest silence on the link (``max_silence_s``: the longest time between two packets
-in either direction, measured from the link layer's air log, ``smartball_sim.airlog``), a
+in either direction, measured from the link layer's air log, ``smartball_sim.radio.airlog``), a
 stop-and-wait baseline (one chunk per round trip, as a naive client does), bytes re-sent under
 the ``flaky`` fault profile, and the wall-clock cost of one simulated update. Prints a table,
 checks the targets of issue 15 as ratios from this run, and writes JSON.
@@ -33,11 +33,11 @@ from pytest_smartball.loops import run as run_loop
 from pytest_smartball.ota import OtaEngine, OtaResult
 from pytest_smartball.targets import Target
 from pytest_smartball.targets.simulated import make_sim_target
-from smartball_sim.airlog import Packet, longest_silence
 from smartball_sim.device import RadioTimings, SimDevice
 from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY
 from smartball_sim.make_image import FIELD_IMAGE_SIZE, make_image
-from smartball_sim.radio import PROFILES
+from smartball_sim.radio.airlog import Packet, longest_silence
+from smartball_sim.radio.profiles import PROFILES
 from smartball_sim.timing import lower_bound
 
 #: The rows run over Google's Bumble stack instead of a radio profile of our model.

@@ -46,7 +46,7 @@ from smartball_sim.faults import (
     TriggerKind,
 )
 from smartball_sim.firmware import PAGE_SIZE
-from smartball_sim.strategies import faults as any_faults
+from smartball_sim.fuzz_inputs import faults as any_faults
 
 #: A count no update can use up ("every connect", "every write"): far more than the engine's
 #: whole recovery cap could consume, so a fault with it never runs out within the bound.

@@ -50,8 +50,8 @@ from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.device import SimDevice
 from smartball_sim.faults import FaultPlan
 from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY
+from smartball_sim.fuzz_inputs import fault_plans, image_specs
 from smartball_sim.make_image import make_image
-from smartball_sim.strategies import fault_plans, image_specs
 
 # The work is bounded by example counts and virtual time, not by the wall clock; the
 # timeout only catches a hang, generously, so a busy machine cannot fail the run.

@@ -177,8 +177,8 @@ def add_options(parser: pytest.Parser) -> None:
         help="with --device=real: the system's BlueZ (default); 'emulated': a private "
         "dbus-daemon and an emulated bluetoothd serving simulated SmartBalls "
         "(smartball_sim.bluez); or 'vhci': the system's real BlueZ with simulated SmartBalls "
-        "behind a virtual controller on /dev/vhci (smartball_sim.vhci); both are started and "
-        "stopped by this run",
+        "behind a virtual controller on /dev/vhci (smartball_sim.machines.vhci); both are "
+        "started and stopped by this run",
     )
     bugs = [entry.name for entry in contract.firmware_bugs()]
     group.addoption(

@@ -2,7 +2,7 @@
 garbage, for fuzzing a decoder or a device (simulated or real) with what a host might write.
 
 Fault plans and images for fuzzing whole updates against the simulator are in
-``smartball_sim.strategies``.
+``smartball_sim.fuzz_inputs``.
 """
 
 from __future__ import annotations

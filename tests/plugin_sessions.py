@@ -57,7 +57,7 @@ from pytest_smartball import bluez
 from pytest_smartball.link import LinkSettings
 from pytest_smartball.ota import OtaSettings
 from pytest_smartball.targets.simulated import backend_for
-from smartball_sim.bleak_backend import SimWorld
+from smartball_sim.fronts.in_process import SimWorld
 from smartball_sim.device import RadioTimings, SimDevice
 from smartball_sim.make_image import make_image
 

@@ -9,8 +9,8 @@ from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.ota import OtaEngine
 from pytest_smartball.targets.simulated import make_sim_target
-from smartball_sim.airlog import Packet, Sender, Silence, longest_silence
 from smartball_sim.make_image import make_image
+from smartball_sim.radio.airlog import Packet, Sender, Silence, longest_silence
 
 H, D = Sender.HOST, Sender.DEVICE
 

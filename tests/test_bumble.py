@@ -30,14 +30,14 @@ from pytest_smartball.image import FirmwareImage
 from pytest_smartball.loops import run as run_loop
 from pytest_smartball.ota import OtaEngine, OtaEvent, OtaResult
 from pytest_smartball.targets.bumble import make_bumble_target
-from smartball_sim import gatt_layout
 from smartball_sim.bumble.central import BumbleDetails, BumbleWorld, CentralController
 from smartball_sim.bumble.faults import BlueZOnlyFault
-from smartball_sim.bumble.link import SmartBallLink
+from smartball_sim.bumble.local_link import SmartBallLink
 from smartball_sim.bumble.peripheral import ADV_DATA_MAX, advertising_data, serve_smartball
 from smartball_sim.device import SimDevice
 from smartball_sim.faults import FaultPlan
 from smartball_sim.make_image import make_image
+from smartball_sim.radio import gatt_layout
 from tests.hosts import NusHost
 
 ADDRESS = "C0:FF:EE:00:00:01"

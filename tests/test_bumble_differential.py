@@ -28,8 +28,8 @@ from pytest_smartball.targets.bumble import make_bumble_target
 from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.bumble.faults import BLUEZ_ONLY_EFFECTS
 from smartball_sim.faults import EFFECTS, Effect, FaultPlan
+from smartball_sim.fuzz_inputs import UNFINISHABLE_EFFECTS, faults, image_specs, triggers
 from smartball_sim.make_image import make_image
-from smartball_sim.strategies import UNFINISHABLE_EFFECTS, faults, image_specs, triggers
 
 #: Effects whose outcome does not depend on timing or on the link's random draws.
 COMPARABLE_EFFECTS = sorted(

@@ -234,25 +234,28 @@ TARGETS_DEFER = {
         "smartball_sim.bumble.central",
         "smartball_sim.device",
         "smartball_sim.bluez",
-        "smartball_sim.vhci",
+        "smartball_sim.machines.vhci",
     ),
     "pytest_smartball.targets.emulated_bluez": (
         "bumble",
         "smartball_sim.bumble",
-        "smartball_sim.vhci",
-        "smartball_sim.bleak_backend",
+        "smartball_sim.machines.vhci",
+        "smartball_sim.fronts.in_process",
     ),
     "pytest_smartball.targets.labgrid_loopback": (
         "bumble",
         "smartball_sim.bumble",
-        "smartball_sim.vhci",
-        "smartball_sim.bleak_backend",
+        "smartball_sim.machines.vhci",
+        "smartball_sim.fronts.in_process",
     ),
     "pytest_smartball.targets.simulated": (
         "bumble",
         "smartball_sim.bumble",
-        "smartball_sim.bluez",
-        "smartball_sim.vhci",
+        # BlueZ's words (smartball_sim.bluez.errors) are the in-process front's too; the
+        # emulated bluetoothd is not
+        "smartball_sim.bluez.emulator",
+        "smartball_sim.bluez.launcher",
+        "smartball_sim.machines.vhci",
     ),
     # the virtual radio is started (pytest_configure, the CLI), not imported
     "pytest_smartball.targets.vhci_bluez": ("bumble", "smartball_sim"),
@@ -383,3 +386,104 @@ def imports_of(module: str, *, top_level_only: bool) -> set[str]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
+
+
+def import_cycles(package_dir: Path) -> list[list[str]]:
+    """The import circles among the modules under ``package_dir`` (a package), found by
+    reading them: imports at a module's top level and in ``if TYPE_CHECKING:`` blocks both
+    count (a type-only circle still ties the modules together); imports inside functions do
+    not. Each circle is listed once, as dotted module names (from the top package that holds
+    ``package_dir``, so absolute imports resolve too), its first module repeated at the end."""
+    root = package_dir.parent
+    while (root / "__init__.py").exists():
+        root = root.parent
+    names: dict[str, Path] = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def imported(module: str, path: Path) -> set[str]:
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        found: set[str] = set()
+
+        def walk(nodes: list[ast.stmt]) -> None:
+            for node in nodes:
+                if isinstance(node, ast.Import):
+                    found.update(alias.name for alias in node.names)
+                elif isinstance(node, ast.ImportFrom):
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, node.module] if node.module else anchor)
+                    target = base if node.level else node.module or ""
+                    for alias in node.names:
+                        sub = f"{target}.{alias.name}"
+                        found.add(sub if sub in names else target)
+                elif isinstance(node, (ast.If, ast.Try, ast.With)):
+                    for field in ("body", "orelse", "finalbody", "handlers"):
+                        for child in getattr(node, field, []) or []:
+                            walk([child] if isinstance(child, ast.stmt) else child.body)
+
+        walk(ast.parse(path.read_text(encoding="utf-8")).body)
+        return {m for m in found if m in names and m != module}
+
+    graph = {module: imported(module, path) for module, path in names.items()}
+    cycles: list[list[str]] = []
+    seen: set[tuple[str, ...]] = set()
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycle = path[path.index(module) :]
+            first = cycle.index(min(cycle))  # one rotation per circle
+            key = tuple(cycle[first:] + cycle[:first])
+            if key not in seen:
+                seen.add(key)
+                cycles.append([*key, key[0]])
+            return
+        if module in done:
+            return
+        for nxt in sorted(graph[module]):
+            visit(nxt, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    return cycles
+
+
+#: The simulator's folders whose modules form no circle, type-only imports counted.
+SIM_FOLDERS_WITHOUT_CIRCLES = ("bluez", "bumble", "fronts", "machines", "radio")
+
+
+@pytest.mark.parametrize("folder", SIM_FOLDERS_WITHOUT_CIRCLES)
+def test_no_import_circle_in_the_simulator_folder_counting_type_only_imports(folder: str) -> None:
+    cycles = import_cycles(PACKAGES["smartball_sim"] / folder)
+    shown = "\n".join(" -> ".join(cycle) for cycle in cycles)
+    assert cycles == [], f"import circles in smartball_sim/{folder}/ (use a Protocol):\n{shown}"
+
+
+def test_import_cycles_sees_a_circle_closed_by_a_type_only_import(tmp_path: Path) -> None:
+    """The control of the test above: a circle that exists only for the type checker, one
+    through ``from . import`` and one of absolute imports are found, in a subpackage too; an
+    import inside a function is not one."""
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .b import B\n")
+    (pkg / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import A\nB = 1\n"
+    )
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "c.py").write_text("from . import d\n")
+    (pkg / "sub" / "d.py").write_text("from ..sub import c\n")
+    (pkg / "e.py").write_text("def late():\n    from . import a\n")
+    (pkg / "sub" / "f.py").write_text("import pkg.sub.g\n")
+    (pkg / "sub" / "g.py").write_text("from pkg.sub.f import F\n")
+    assert import_cycles(pkg / "sub") == [
+        ["pkg.sub.c", "pkg.sub.d", "pkg.sub.c"],
+        ["pkg.sub.f", "pkg.sub.g", "pkg.sub.f"],
+    ]
+    assert import_cycles(pkg) == [
+        ["pkg.a", "pkg.b", "pkg.a"],
+        ["pkg.sub.c", "pkg.sub.d", "pkg.sub.c"],
+        ["pkg.sub.f", "pkg.sub.g", "pkg.sub.f"],
+    ]

@@ -69,7 +69,7 @@ def test_the_simulated_stacks_own_errors_are_not_crashes() -> None:
     does on a real stack. The simulator answered; it did not crash."""
     from bleak.exc import BleakError
 
-    from smartball_sim.bleak_backend import SimClient
+    from smartball_sim.fronts.in_process import SimClient
 
     client = SimClient.__new__(SimClient)
     client._link = None

@@ -32,7 +32,7 @@ from pytest_smartball.link import nus as nus_module
 from pytest_smartball.link.errors import DeviceNotFound
 from pytest_smartball.targets import Target
 from pytest_smartball.targets.simulated import make_sim_target
-from smartball_sim.bleak_backend import SimClient
+from smartball_sim.fronts.in_process import SimClient
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.sim_only]
 

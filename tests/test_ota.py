@@ -29,8 +29,8 @@ from pytest_smartball.ota import (
     State,
 )
 from pytest_smartball.targets.simulated import make_sim_target
-from smartball_sim.airlog import Packet, Sender
 from smartball_sim.device import SimDevice
+from smartball_sim.radio.airlog import Packet, Sender
 from tests.naive_client import naive_flash
 
 #: These tests are about the transfer, its faults and its outcomes: they flash unsigned
@@ -373,7 +373,7 @@ async def test_a_radio_faster_than_the_flash_overflows_a_small_buffer_and_still_
     host rewinds, counts it, and halves its own window instead of re-sending a whole one."""
     from smartball_sim.device import RadioTimings
     from smartball_sim.firmware import FlashTimings
-    from smartball_sim.radio import RadioProfile
+    from smartball_sim.radio.profiles import RadioProfile
 
     fast_radio = RadioTimings(link=RadioProfile(connection_interval_s=0.0075, packets_per_event=6))
     small_buffer = FlashTimings(rx_buffer_chunks=2)
@@ -399,7 +399,7 @@ async def test_a_device_that_refuses_on_a_link_without_airtime_is_paced(
     against 141 s without the pause and 646 s without the short wait."""
     from smartball_sim.device import RadioTimings
     from smartball_sim.firmware import FlashTimings
-    from smartball_sim.radio import RadioProfile
+    from smartball_sim.radio.profiles import RadioProfile
 
     no_airtime = RadioTimings(
         link=RadioProfile(connection_interval_s=0.000001, packets_per_event=100)

@@ -23,8 +23,8 @@ from pytest_smartball.image import FirmwareImage, ImageError
 from pytest_smartball.link import ConnectFailed
 from pytest_smartball.preflight import Seen, Wanted, check, match, plan_devices
 from pytest_smartball.targets.simulated import backend_for
-from smartball_sim.bleak_backend import SimWorld
 from smartball_sim.device import SimDevice
+from smartball_sim.fronts.in_process import SimWorld
 
 # Virtual time: simulated seconds cost no wall time, and timings are exact.
 pytestmark = pytest.mark.looptime

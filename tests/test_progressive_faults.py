@@ -57,7 +57,7 @@ async def test_model_link(plan: str, progressive: bool) -> None:
 @pytest.mark.parametrize("progressive", [False, True], ids=["normal", "progressive"])
 @pytest.mark.parametrize(("plan", "clear_cache"), [("race:0.01s", False), ("stale-cache", True)])
 async def test_emulated_bluez(plan: str, clear_cache: bool, progressive: bool) -> None:
-    from smartball_sim.bluez import EmulatedBluez, emulated_smartball
+    from smartball_sim.bluez.launcher import EmulatedBluez, emulated_smartball
 
     address = "C0:FF:EE:00:00:01"
     device = emulated_smartball(

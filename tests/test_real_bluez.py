@@ -2,8 +2,8 @@
 compared with the real one.
 
 Needs ``/dev/vhci`` and a running bluetoothd, so it runs in .ci/run's VM stage
-(``python -m smartball_sim.vm -- pytest ... tests/test_real_bluez.py``) and on a developer's
-machine as root; elsewhere it skips. Each test gets its own virtual controller (a new
+(``python -m smartball_sim.machines.vm -- pytest ... tests/test_real_bluez.py``) and on a
+developer's machine as root; elsewhere it skips. Each test gets its own virtual controller (a new
 ``hciN``) with its own simulated SmartBall, at an address no other test uses, so neither
 a GATT cache nor a fault plan leaks between tests.
 
@@ -104,7 +104,7 @@ class Stack:
 @contextlib.contextmanager
 def real_stack(faults: str | None = None) -> Iterator[Stack]:
     from smartball_sim.bluez.launcher import emulated_smartball
-    from smartball_sim.vhci import VirtualRadio
+    from smartball_sim.machines.vhci import VirtualRadio
 
     address = next(_next_address)
     with VirtualRadio([emulated_smartball(address=address, faults=faults)]) as radio:
@@ -113,7 +113,7 @@ def real_stack(faults: str | None = None) -> Iterator[Stack]:
 
 @contextlib.contextmanager
 def emulated_stack(faults: str | None = None, timing: Any = None) -> Iterator[Stack]:
-    from smartball_sim.bluez import EmulatedBluez, emulated_smartball
+    from smartball_sim.bluez.launcher import EmulatedBluez, emulated_smartball
 
     address = next(_next_address)
     devices = [emulated_smartball(address=address, faults=faults)]
@@ -570,7 +570,7 @@ async def connect_to_a_silent_device(stack: Stack) -> tuple[str, str, float]:
 
 @pytest.fixture(scope="module")
 def silent_connects() -> dict[str, tuple[str, str, float] | str]:
-    from smartball_sim.bluez import Timing
+    from smartball_sim.bluez.records import Timing
 
     results: dict[str, tuple[str, str, float] | str] = {}
     with real_stack() as real:
@@ -587,7 +587,7 @@ def silent_connects() -> dict[str, tuple[str, str, float] | str]:
 def test_a_connect_to_a_silent_device_fails_the_same_way(
     silent_connects: dict[str, tuple[str, str, float] | str],
 ) -> None:
-    from smartball_sim.bluez import Timing
+    from smartball_sim.bluez.records import Timing
 
     real, emulated = silent_connects["real"], silent_connects["emulated"]
     assert isinstance(real, tuple)

@@ -1,6 +1,6 @@
 """The simulator's bleak backends, driven through bleak's own front-end and retry connector.
 
-What they imitate of bleak's BlueZ backend is listed in sim/smartball_sim/bleak_backend.py; the
+What they imitate of bleak's BlueZ backend is listed in sim/smartball_sim/fronts/in_process.py; the
 field's failure (a write after a drop raising "Service Discovery has not been performed
 yet") is reproduced here on purpose. All waiting is on looptime's virtual clock.
 """
@@ -18,8 +18,8 @@ from bleak.exc import BleakError
 from bleak_retry_connector import establish_connection
 
 from pytest_smartball import protocol as p
-from smartball_sim.bleak_backend import SimDetails, SimWorld
 from smartball_sim.device import RadioTimings, SimDevice
+from smartball_sim.fronts.in_process import SimDetails, SimWorld
 from tests.hosts import NusHost
 
 # Virtual time: a 40 s erase costs milliseconds, and timings are exact.

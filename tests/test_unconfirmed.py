@@ -21,7 +21,7 @@ from pytest_smartball.cli.errors import EXIT_CODES, EXIT_UNCONFIRMED, interrupte
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.ota import EventKind, OtaEngine, OtaEvent, OtaResult, Outcome
 from pytest_smartball.ota.record import Commit
-from smartball_sim.bluez import EmulatedBluez
+from smartball_sim.bluez.launcher import EmulatedBluez
 
 PLAN = "adv-pause:1000s@cmd:CMD_OTA_FINISH"
 

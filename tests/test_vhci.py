@@ -1,6 +1,6 @@
-"""The virtual radio for a real BlueZ (smartball_sim.vhci) without a kernel: its one-sentence
-refusals, the HCI index it reads from the kernel's answer, and what its controller reports
-to the kernel. The radio against the real kernel and bluetoothd runs in .ci/run's VM stage
+"""The virtual radio for a real BlueZ (smartball_sim.machines.vhci) without a kernel: its
+one-sentence refusals, the HCI index it reads from the kernel's answer, and what its controller
+reports to the kernel. The radio against the real kernel and bluetoothd runs in .ci/run's VM stage
 (tests/test_real_bluez.py)."""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from bumble import hci
 
 from pytest_smartball.cli import main
 from pytest_smartball.cli.errors import EXIT_NOT_FOUND
-from smartball_sim import vhci
 from smartball_sim.bluez.launcher import emulated_smartball
-from smartball_sim.bumble.link import SmartBallLink
+from smartball_sim.bumble.local_link import SmartBallLink
 from smartball_sim.bumble.peripheral import serve_smartball
+from smartball_sim.machines import vhci
 
 pytest_plugins = ["pytester"]
 NO_VHCI = not os.path.exists(vhci.VHCI_PATH)
@@ -33,7 +33,7 @@ NO_VHCI = not os.path.exists(vhci.VHCI_PATH)
 def test_a_missing_dev_vhci_is_one_sentence_naming_the_module_and_the_vm(tmp_path: Path) -> None:
     problem = vhci.vhci_problem(str(tmp_path / "vhci"))
     assert problem is not None
-    assert "modprobe hci_vhci" in problem and "python -m smartball_sim.vm" in problem
+    assert "modprobe hci_vhci" in problem and "python -m smartball_sim.machines.vm" in problem
     assert problem.count(". ") == 0  # one sentence
 
 

@@ -1,4 +1,4 @@
-"""The VM runner's host side (smartball_sim.vm) without a VM: a stand-in ``vng`` plays the
+"""The VM runner's host side (smartball_sim.machines.vm) without a VM: a stand-in ``vng`` plays the
 guest (it makes the boot marker and runs COMMAND on this machine) or fails the way a
 KVM that cannot boot the kernel fails. The real VM runs in .ci/run's VM stage."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from smartball_sim import vm
+from smartball_sim.machines import vm, vm_plan
 
 #: The stand-in for virtme-ng's ``vng``. FAKE_VNG_KVM: "fail" (exit 255 at once, like
 #: QEMU on a PVM host), "hang" (never boots), "boot". With --disable-kvm it always boots.
@@ -58,7 +58,7 @@ def fake_vng(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def config(tmp_path: Path, vng: Path, *command: str, **kw: object) -> vm.VmConfig:
+def config(tmp_path: Path, vng: Path, *command: str, **kw: object) -> vm_plan.VmConfig:
     options: dict[str, object] = {
         "command": command,
         "out": tmp_path / "out",
@@ -70,7 +70,7 @@ def config(tmp_path: Path, vng: Path, *command: str, **kw: object) -> vm.VmConfi
         "tcg_boot_timeout_s": 10.0,
     }
     options.update(kw)
-    return vm.VmConfig(**options)  # type: ignore[arg-type]
+    return vm_plan.VmConfig(**options)  # type: ignore[arg-type]
 
 
 def tries(tmp_path: Path) -> list[str]:
@@ -91,7 +91,9 @@ def alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
 
 
-def run(cfg: vm.VmConfig, monkeypatch: pytest.MonkeyPatch, *, kvm: bool) -> tuple[int, list[str]]:
+def run(
+    cfg: vm_plan.VmConfig, monkeypatch: pytest.MonkeyPatch, *, kvm: bool
+) -> tuple[int, list[str]]:
     said: list[str] = []
     monkeypatch.setattr(vm, "kvm_openable", lambda path="/dev/kvm": kvm)
     code = vm.VmRun(cfg, say=said.append).run()
@@ -103,51 +105,51 @@ def run(cfg: vm.VmConfig, monkeypatch: pytest.MonkeyPatch, *, kvm: bool) -> tupl
 
 def test_auto_tries_kvm_then_tcg_each_bounded(tmp_path: Path) -> None:
     cfg = config(tmp_path, Path("vng"), "true")
-    plan = vm.attempts_for("auto", True, cfg)
+    plan = vm_plan.attempts_for("auto", True, cfg)
     assert [(a.accel, a.boot_timeout_s) for a in plan] == [
-        (vm.Accel.KVM, 3.0),
-        (vm.Accel.TCG, 10.0),
+        (vm_plan.Accel.KVM, 3.0),
+        (vm_plan.Accel.TCG, 10.0),
     ]
-    assert [a.accel for a in vm.attempts_for("auto", False, cfg)] == [vm.Accel.TCG]
-    assert [a.accel for a in vm.attempts_for("tcg", True, cfg)] == [vm.Accel.TCG]
-    assert [a.accel for a in vm.attempts_for("kvm", False, cfg)] == [vm.Accel.KVM]
+    assert [a.accel for a in vm_plan.attempts_for("auto", False, cfg)] == [vm_plan.Accel.TCG]
+    assert [a.accel for a in vm_plan.attempts_for("tcg", True, cfg)] == [vm_plan.Accel.TCG]
+    assert [a.accel for a in vm_plan.attempts_for("kvm", False, cfg)] == [vm_plan.Accel.KVM]
 
 
 def test_vng_command_shares_the_output_folder_and_runs_the_guest_module(tmp_path: Path) -> None:
     cfg = config(tmp_path, Path("/venv/bin/vng"), "pytest", "-k", "a b")
-    tcg = vm.vng_command(cfg, vm.Attempt(vm.Accel.TCG, 10), 1)
-    kvm = vm.vng_command(cfg, vm.Attempt(vm.Accel.KVM, 3), 0)
+    tcg = vm_plan.vng_command(cfg, vm_plan.Attempt(vm_plan.Accel.TCG, 10), 1)
+    kvm = vm_plan.vng_command(cfg, vm_plan.Attempt(vm_plan.Accel.KVM, 3), 0)
     assert "--disable-kvm" in tcg and "--disable-kvm" not in kvm
     assert tcg[tcg.index("--rwdir") + 1] == str(cfg.out)
     assert tcg[tcg.index("--overlay-rwdir") + 1] == str(tmp_path)
-    assert tcg[tcg.index("--name") + 1].startswith(vm.VM_NAME_PREFIX)
+    assert tcg[tcg.index("--name") + 1].startswith(vm_plan.VM_NAME_PREFIX)
     guest = tcg[tcg.index("--exec") + 1]
-    assert "smartball_sim.vm_guest" in guest and "--marker booted-1" in guest
+    assert "smartball_sim.machines.vm_guest" in guest and "--marker booted-1" in guest
     assert guest.endswith("-- pytest -k 'a b'")
 
 
 def test_missing_tools_name_the_debian_packages() -> None:
-    assert vm.missing_tools(lambda tool: None) == [
+    assert vm_plan.missing_tools(lambda tool: None) == [
         "bluez",
         "busybox-static",
         "dbus",
         "kmod",
         "qemu-system-x86",
     ]
-    assert vm.missing_tools(lambda tool: f"/usr/bin/{tool}") in ([], ["bluez"])
+    assert vm_plan.missing_tools(lambda tool: f"/usr/bin/{tool}") in ([], ["bluez"])
 
 
 def test_newest_kernel_compares_versions_not_strings(tmp_path: Path) -> None:
     for release in ("6.1.0-9-amd64", "6.1.0-57-amd64", "5.10.0-30-amd64"):
         (tmp_path / f"vmlinuz-{release}").write_bytes(b"")
-    assert vm.newest_kernel(tmp_path) == tmp_path / "vmlinuz-6.1.0-57-amd64"
-    assert vm.newest_kernel(tmp_path / "none") is None
+    assert vm_plan.newest_kernel(tmp_path) == tmp_path / "vmlinuz-6.1.0-57-amd64"
+    assert vm_plan.newest_kernel(tmp_path / "none") is None
 
 
 def test_a_path_vng_cannot_share_is_refused_in_one_sentence(tmp_path: Path) -> None:
     cfg = config(tmp_path, Path("vng"), "true", out=tmp_path / "a=b")
-    with pytest.raises(vm.VmError, match="cannot share"):
-        vm.check_paths(cfg)
+    with pytest.raises(vm_plan.VmError, match="cannot share"):
+        vm_plan.check_paths(cfg)
 
 
 def test_without_a_command_the_usage_says_so(capsys: pytest.CaptureFixture[str]) -> None:
@@ -214,9 +216,9 @@ def test_a_run_over_its_timeout_is_killed_with_124(
 def start_runner(tmp_path: Path, fake_vng: Path, out: Path, *command: str) -> subprocess.Popen[str]:
     """A runner in a process of its own (signals go to it, not to pytest)."""
     code = (
-        "import sys; from pathlib import Path; from smartball_sim import vm\n"
+        "import sys; from pathlib import Path; from smartball_sim.machines import vm, vm_plan\n"
         "vm.kvm_openable = lambda path='/dev/kvm': False\n"
-        f"cfg = vm.VmConfig(command={command!r}, out=Path({str(out)!r}), "
+        f"cfg = vm_plan.VmConfig(command={command!r}, out=Path({str(out)!r}), "
         f"kernel=Path('/boot/k'), cwd=Path({str(tmp_path)!r}), vng={str(fake_vng)!r}, "
         "python=sys.executable)\n"
         "sys.exit(vm.VmRun(cfg).run())\n"
@@ -265,6 +267,6 @@ def test_check_lists_vms_whose_runner_is_gone(tmp_path: Path) -> None:
 
     fake(100, ["/usr/bin/qemu-system-x86_64", "-name", "smartball-vm-999"])  # runner gone
     fake(101, ["/usr/bin/qemu-system-x86_64", "-name", "smartball-vm-102"])  # runner alive
-    fake(102, ["python", "-m", "smartball_sim.vm"])
+    fake(102, ["python", "-m", "smartball_sim.machines.vm"])
     fake(103, ["/usr/bin/qemu-system-x86_64", "-name", "somebody-else"])
     assert vm.orphans(proc) == [(100, "smartball-vm-999")]

@@ -1,11 +1,11 @@
 """``--bluez=vhci``: the real-device path against this machine's real BlueZ, with simulated
-SmartBalls behind a virtual controller (``smartball_sim.vhci``).
+SmartBalls behind a virtual controller (``smartball_sim.machines.vhci``).
 
 The pytest plugin calls :func:`start` from ``pytest_configure`` (before preflight and any
 bleak use); the CLI runs its command inside :func:`running_virtual_radio`. Both need a Linux
 kernel with ``hci_vhci`` (``/dev/vhci``, root or a udev rule) and a running ``bluetoothd``: a
-developer's machine, or the VM of ``python -m smartball_sim.vm`` (what CI uses). Without them
-the run stops with one sentence saying what is missing.
+developer's machine, or the VM of ``python -m smartball_sim.machines.vm`` (what CI uses).
+Without them the run stops with one sentence saying what is missing.
 
 Nothing above the controller is ours: the kernel's HCI and L2CAP, bluetoothd's GATT
 client and D-Bus objects, bleak's BlueZ backend, bleak-retry-connector, preflight's BlueZ
@@ -31,7 +31,7 @@ from ..options import read_options
 from . import real_time_firmware_image
 
 if TYPE_CHECKING:  # the simulator is imported only when the radio is started
-    from smartball_sim.vhci import VirtualRadio
+    from smartball_sim.machines.vhci import VirtualRadio
 
 INSTALL_HINT = "--bluez=vhci needs Google's Bumble BLE stack: pip install bumble"
 
@@ -60,7 +60,7 @@ def start_radio(
     from smartball_sim.device import DEFAULT_ADDRESS
     from smartball_sim.faults import FaultSpecError
     from smartball_sim.firmware import FlashTimings
-    from smartball_sim.vhci import VhciUnavailable, VirtualRadio
+    from smartball_sim.machines.vhci import VhciUnavailable, VirtualRadio
 
     options: dict[str, Any] = {}
     if erase_time_s:

@@ -4,8 +4,8 @@ The device decides what a SmartBall does: its firmware, when it advertises, when
 which faults fire. What carries its one link is a seam, a :class:`LinkLayer`:
 
 * :class:`ModelLinkLayer` (the default): an in-process model of the radio with connection
-  events and airtime (``smartball_sim.radio``). The bleak backend in
-  ``smartball_sim.bleak_backend`` and the BlueZ emulator talk to it through
+  events and airtime (``smartball_sim.radio.profiles``). The bleak backend in
+  ``smartball_sim.fronts.in_process`` and the BlueZ emulator talk to it through
   ``connect``/``write``/``disconnect`` and receive notifications and link loss through the
   ``LinkPeer`` callbacks they register.
 * the Bumble peripheral (``smartball_sim.bumble``): a real BLE host stack serving the same
@@ -14,7 +14,7 @@ which faults fire. What carries its one link is a seam, a :class:`LinkLayer`:
 The radio side never imports the client.
 
 This module holds :class:`SimDevice`; the link seam (:class:`Link`, :class:`LinkLayer`, what a
-link refuses) lives in ``links.py``, the model radio in ``model_link.py``, and fault injection
+link refuses) lives in ``radio/seam.py``, the model radio in ``model_link.py``, and fault injection
 in ``fault_injector.py``. Every name stays importable from here.
 """
 
@@ -31,7 +31,6 @@ from pytest_smartball import protocol as p
 from pytest_smartball.signing import TrustedKey
 
 from . import gate_probe
-from .airlog import Packet, Sender
 from .c_core import library_for
 from .c_firmware import CFirmware
 from .fault_injector import FaultInjector, FaultRecord
@@ -44,7 +43,10 @@ from .firmware import (
     to_us,
 )
 from .firmware_bugs import FirmwareBug
-from .links import (
+from .model_link import ModelLinkLayer, SimLink
+from .radio.airlog import Packet, Sender
+from .radio.profiles import RadioProfile
+from .radio.seam import (
     ConnectRefusal,
     ConnectRefused,
     Link,
@@ -55,8 +57,6 @@ from .links import (
     SimLinkError,
     WriteTooLong,
 )
-from .model_link import ModelLinkLayer, SimLink
-from .radio import RadioProfile
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -195,7 +195,8 @@ class SimDevice:
         self._adv_paused_until_us = 0
         self._connections = 0
         self.fault_log: list[FaultRecord] = []
-        #: Every packet on this device's links, once a list is given (``smartball_sim.airlog``).
+        #: Every packet on this device's links, once a list is given
+        #: (``smartball_sim.radio.airlog``).
         self.air_log: list[Packet] | None = None
         self.injector = FaultInjector(self)
         self.fault_plan = FaultPlan()

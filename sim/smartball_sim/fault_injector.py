@@ -16,7 +16,7 @@ from .firmware import FirmwareEvent, FirmwareEventKind, to_us
 
 if TYPE_CHECKING:
     from .device import SimDevice
-    from .links import Link
+    from .radio.seam import Link
 
 #: The device's logger: a fault is logged as what happened to the device.
 log = logging.getLogger("sim.device")

@@ -1,6 +1,6 @@
 """The model radio: the in-process link layer of a SimDevice (the default), with connection
-events and airtime (``smartball_sim.radio``), and its link, :class:`SimLink`. The bleak
-backend in ``smartball_sim.bleak_backend`` and the BlueZ emulator talk to it through
+events and airtime (``smartball_sim.radio.profiles``), and its link, :class:`SimLink`. The bleak
+backend in ``smartball_sim.fronts.in_process`` and the BlueZ emulator talk to it through
 ``connect``/``write``/``disconnect`` and receive notifications and link loss through the
 ``LinkPeer`` callbacks they register."""
 
@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .airlog import Sender
-from .links import (
+from .radio.airlog import Sender
+from .radio.seam import (
     ConnectRefusal,
     ConnectRefused,
     Link,
@@ -60,7 +60,7 @@ class SimLink:
 
 class ModelLinkLayer:
     """The in-process radio model: advertising is polled by the scanner, a connect takes
-    ``connect_s``, and bytes move only at connection events (``smartball_sim.radio``)."""
+    ``connect_s``, and bytes move only at connection events (``smartball_sim.radio.profiles``)."""
 
     connect_fail_detail = "br-connection-canceled"
 

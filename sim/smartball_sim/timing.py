@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pytest_smartball import protocol as p
 
 from .firmware import PAGE_SIZE, FlashTimings
-from .radio import RadioProfile
+from .radio.profiles import RadioProfile
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ import logging
 from dbus_fast import Message, Variant
 
 from .characteristics import CharacteristicInterface
+from .gatt_database import GattDatabase
 from .objects import (
     ADAPTER,
     DEVICE,
@@ -16,38 +17,54 @@ from .objects import (
     ERR_FAILED,
     ERR_IN_PROGRESS,
     DBusFailure,
+    ObjectTree,
     current_caller,
 )
-from .records import EmulatedDevice
+from .records import EmulatedDevice, Timing
 
 log = logging.getLogger("sim.bluez")
 
 
-class AdapterInterface(CharacteristicInterface):
-    """The methods of ``Adapter1``."""
+class AdapterInterface:
+    """``Adapter1``: discovery and ``RemoveDevice``."""
 
-    #: The bus names of the clients that asked for discovery.
-    _discovery_clients: set[str]
-    _scan_task: asyncio.Task[None] | None
+    def __init__(
+        self,
+        tree: ObjectTree,
+        gatt: GattDatabase,
+        characteristics: CharacteristicInterface,
+        devices: dict[str, EmulatedDevice],
+        timing: Timing,
+        adapter_path: str,
+    ) -> None:
+        self.tree = tree
+        self.gatt = gatt
+        self.characteristics = characteristics
+        self.devices = devices
+        self.timing = timing
+        self.adapter_path = adapter_path
+        #: The bus names of the clients that asked for discovery.
+        self._discovery_clients: set[str] = set()
+        self._scan_task: asyncio.Task[None] | None = None
 
-    def _m_Adapter1_SetDiscoveryFilter(self, msg: Message) -> Message:
+    def m_SetDiscoveryFilter(self, msg: Message) -> Message:
         return Message.new_method_return(msg)
 
-    def _m_Adapter1_GetDiscoveryFilters(self, msg: Message) -> Message:
+    def m_GetDiscoveryFilters(self, msg: Message) -> Message:
         filters = ["UUIDs", "RSSI", "Pathloss", "Transport", "DuplicateData", "Discoverable"]
         return Message.new_method_return(msg, "as", [filters])
 
-    def _m_Adapter1_StartDiscovery(self, msg: Message) -> Message:
+    def m_StartDiscovery(self, msg: Message) -> Message:
         caller = current_caller.get()
         if caller in self._discovery_clients:
             raise DBusFailure(ERR_IN_PROGRESS, "Operation already in progress")
         self._discovery_clients.add(caller)
         if self._scan_task is None:
-            self._set(self.adapter_path, ADAPTER, Discovering=Variant("b", True))
+            self.tree.set(self.adapter_path, ADAPTER, Discovering=Variant("b", True))
             self._scan_task = asyncio.get_running_loop().create_task(self._scan_loop())
         return Message.new_method_return(msg)
 
-    def _m_Adapter1_StopDiscovery(self, msg: Message) -> Message:
+    def m_StopDiscovery(self, msg: Message) -> Message:
         caller = current_caller.get()
         if caller not in self._discovery_clients:
             raise DBusFailure(ERR_FAILED, "No discovery started")
@@ -56,16 +73,27 @@ class AdapterInterface(CharacteristicInterface):
             self._discovery_stopped()
         return Message.new_method_return(msg)
 
+    def client_left(self, name: str) -> None:
+        """A bus client went away: its discovery ends."""
+        if name in self._discovery_clients:
+            self._discovery_clients.discard(name)
+            if not self._discovery_clients:
+                self._discovery_stopped()
+
+    def stop(self) -> None:
+        if self._scan_task is not None:
+            self._scan_task.cancel()
+
     def _discovery_stopped(self) -> None:
         if self._scan_task is not None:
             self._scan_task.cancel()
             self._scan_task = None
-        self._set(self.adapter_path, ADAPTER, Discovering=Variant("b", False))
+        self.tree.set(self.adapter_path, ADAPTER, Discovering=Variant("b", False))
         # src/adapter.c discovery_cleanup: RSSI and TxPower of devices are invalidated.
         for dev in self.devices.values():
             dev.last_rssi = None
-            if dev.exported and not self._prop(dev.path, DEVICE, "Connected"):
-                self._invalidate(dev.path, DEVICE, "RSSI", "TxPower")
+            if dev.exported and not self.tree.prop(dev.path, DEVICE, "Connected"):
+                self.tree.invalidate(dev.path, DEVICE, "RSSI", "TxPower")
 
     async def _scan_loop(self) -> None:
         """While discovering: each advertising device appears (InterfacesAdded) and then
@@ -79,7 +107,7 @@ class AdapterInterface(CharacteristicInterface):
                 if not dev.exported:
                     self._export_device(dev, ad)
                 elif rssi != dev.last_rssi:
-                    self._set(dev.path, DEVICE, RSSI=Variant("n", rssi))
+                    self.tree.set(dev.path, DEVICE, RSSI=Variant("n", rssi))
                 dev.last_rssi = rssi
             await asyncio.sleep(self.timing.rssi_interval_s)
 
@@ -105,9 +133,9 @@ class AdapterInterface(CharacteristicInterface):
             "ServicesResolved": Variant("b", False),
         }
         dev.exported = True
-        self._add_object(dev.path, {DEVICE: props})
+        self.tree.add_object(dev.path, {DEVICE: props})
 
-    def _m_Adapter1_RemoveDevice(self, msg: Message) -> Message:
+    def m_RemoveDevice(self, msg: Message) -> Message:
         (path,) = msg.body
         dev = self.devices.get(path)
         if dev is None or not dev.exported:
@@ -119,10 +147,10 @@ class AdapterInterface(CharacteristicInterface):
         if dev.link is not None:
             dev.sim.disconnect("host removed the device from its cache")
         dev.sim.injector.forget_cache()
-        self._drop_gatt(dev)
-        self._close_socks(dev)
+        self.gatt.drop(dev)
+        self.characteristics.close_socks(dev)
         dev.exported = False
         dev.last_rssi = None
-        self._remove_object(dev.path)
+        self.tree.remove_object(dev.path)
         log.info("RemoveDevice %s", path)
         return Message.new_method_return(msg)

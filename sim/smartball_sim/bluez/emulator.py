@@ -12,12 +12,12 @@ real bluetoothd 5.66 says on D-Bus:
 compares them phase by phase.
 
 Each device is a :class:`smartball_sim.device.SimDevice`, the same radio, firmware and fault
-injection as the in-process bleak backend (``smartball_sim/bleak_backend.py``). The emulator is the
-link's :class:`~smartball_sim.device.LinkPeer`: notifications become ``PropertiesChanged{Value}`` on
-the TX characteristic (or datagrams on an ``AcquireNotify`` socket), a lost link becomes
-``ServicesResolved=false`` then ``Connected=false``. As in BlueZ, the GATT objects stay
-exported across disconnects (without their ``MTU`` property, silently) until
-``RemoveDevice``; the GAP service has no object (bluetoothd claims it). Fault
+injection as the in-process bleak backend (``smartball_sim/fronts/in_process.py``). The emulator is
+the link's :class:`~smartball_sim.device.LinkPeer`: notifications become
+``PropertiesChanged{Value}`` on the TX characteristic (or datagrams on an ``AcquireNotify``
+socket), a lost link becomes ``ServicesResolved=false`` then ``Connected=false``. As in BlueZ,
+the GATT objects stay exported across disconnects (without their ``MTU`` property, silently)
+until ``RemoveDevice``; the GAP service has no object (bluetoothd claims it). Fault
 decisions are the device's own (``connect_outcome``, ``nus_hidden_on_connect``,
 ``forget_cache``); this module only expresses them the BlueZ way:
 
@@ -36,11 +36,13 @@ All of it runs on one asyncio loop and one bus connection (:meth:`BluezEmulator.
 :mod:`smartball_sim.bluez.launcher` runs it on a thread of its own next to a private
 ``dbus-daemon``.
 
-The class is built from one module per concern: :mod:`.objects` (the object tree,
-``ObjectManager``, ``Properties``, the dispatch), :mod:`.adapter` (``Adapter1``, discovery),
-:mod:`.devices` (``Device1``, connect and disconnect), :mod:`.gatt_database` (the exported
-GATT objects), :mod:`.characteristics` (``GattCharacteristic1``/``GattDescriptor1``, the
-acquired fds, notifications); :mod:`.records` holds the per-device state and ``Timing``.
+The emulator holds collaborators, one per concern, each in a module of its own: the object
+tree (:mod:`.objects`: ``ObjectManager``, ``Properties``, the dispatch of a call to the object
+that answers its interface) and one object per D-Bus interface: ``Adapter1`` (:mod:`.adapter`,
+discovery), ``Device1`` (:mod:`.devices`, connect and disconnect), ``GattCharacteristic1`` and
+``GattDescriptor1`` (:mod:`.characteristics`, the acquired fds, notifications), beside the
+exported GATT objects (:mod:`.gatt_database`); :mod:`.records` holds the per-device state and
+``Timing``. Each is given what it uses; none knows the emulator.
 """
 
 from __future__ import annotations
@@ -54,8 +56,10 @@ from dbus_fast import BusType, Message, Variant
 from smartball_sim.device import SimDevice
 
 from .adapter import AdapterInterface
+from .characteristics import CharacteristicInterface, DescriptorInterface
 from .devices import DeviceInterface
-from .objects import ADAPTER, BLUEZ, CHARACTERISTIC, BluezBus
+from .gatt_database import GattDatabase
+from .objects import ADAPTER, BLUEZ, CHARACTERISTIC, DESCRIPTOR, DEVICE, BluezBus, ObjectTree
 from .records import EmulatedDevice, Timing, device_path
 
 __all__ = ["BluezEmulator", "Timing"]
@@ -63,8 +67,9 @@ __all__ = ["BluezEmulator", "Timing"]
 log = logging.getLogger("sim.bluez")
 
 
-class BluezEmulator(AdapterInterface, DeviceInterface):
-    """``org.bluez`` with one adapter and the given simulated devices, on ``bus_address``."""
+class BluezEmulator:
+    """``org.bluez`` with one adapter and the given simulated devices, on ``bus_address``:
+    the object tree and one object per D-Bus interface, which it builds and wires."""
 
     def __init__(
         self,
@@ -75,20 +80,34 @@ class BluezEmulator(AdapterInterface, DeviceInterface):
         adapter_address: str = "00:1A:7D:DA:71:13",
         timing: Timing | None = None,
     ) -> None:
-        # The state of every layer; each declares (and documents) what it uses.
         self.bus_address = bus_address
         self.adapter = adapter
         self.adapter_path = f"/org/bluez/{adapter}"
         self.adapter_address = adapter_address
         self.timing = timing or Timing()
-        self.bus = None
-        self.objects = {}
-        self.devices = {}
-        self._discovery_clients = set()
-        self._tasks = set()
-        self._scan_task = None
-        self._fd_replies = []
-        self.calls = []
+        self.devices: dict[str, EmulatedDevice] = {}
+        self.tree = ObjectTree()
+        #: The tree's objects and the calls it handled (tests and debugging read them).
+        self.objects = self.tree.objects
+        self.calls = self.tree.calls
+        self.gatt = GattDatabase(self.tree)
+        self.characteristic1 = CharacteristicInterface(self.tree, self.devices)
+        self.descriptor1 = DescriptorInterface(self.devices)
+        self.device1 = DeviceInterface(
+            self.tree, self.gatt, self.characteristic1, self.devices, self.timing
+        )
+        self.adapter1 = AdapterInterface(
+            self.tree, self.gatt, self.characteristic1, self.devices, self.timing, self.adapter_path
+        )
+        self.tree.interfaces.update(
+            {
+                ADAPTER: self.adapter1,
+                DEVICE: self.device1,
+                CHARACTERISTIC: self.characteristic1,
+                DESCRIPTOR: self.descriptor1,
+            }
+        )
+        self.tree.on_client_left = self._client_left
         for device in devices:
             self.add_device(device)
 
@@ -96,15 +115,15 @@ class BluezEmulator(AdapterInterface, DeviceInterface):
 
     def add_device(self, device: SimDevice) -> None:
         path = device_path(self.adapter_path, device.address)
-        self.devices[path] = EmulatedDevice(self, device, path)
+        self.devices[path] = EmulatedDevice(device, path)
 
     async def start(self) -> None:
         """Connect to the bus, own ``org.bluez`` and export the adapter."""
-        self.bus = await BluezBus(
+        bus = self.tree.bus = await BluezBus(
             bus_address=self.bus_address, bus_type=BusType.SYSTEM, negotiate_unix_fd=True
         ).connect()
-        self.bus.add_message_handler(self._on_message)
-        await self.bus.call(
+        bus.add_message_handler(self.tree.on_message)
+        await bus.call(
             Message(
                 destination="org.freedesktop.DBus",
                 path="/org/freedesktop/DBus",
@@ -139,7 +158,7 @@ class BluezEmulator(AdapterInterface, DeviceInterface):
             "org.bluez.GattManager1": {},
             "org.bluez.LEAdvertisingManager1": {},
         }
-        await self.bus.request_name(BLUEZ)
+        await bus.request_name(BLUEZ)
         log.info("emulated BlueZ on %s: %s", self.bus_address, self.adapter_path)
 
     async def stop(self) -> None:
@@ -152,30 +171,22 @@ class BluezEmulator(AdapterInterface, DeviceInterface):
                 dev.connect_task.cancel()
             if dev.link is not None:
                 dev.sim.host_disconnect(dev.link)
-                self._link_lost(dev, "emulator stopped", remote=False)
-            self._close_socks(dev)
-        for task in list(self._tasks):
+                self.device1.link_lost(dev, "emulator stopped", remote=False)
+            self.characteristic1.close_socks(dev)
+        for task in list(self.tree.tasks):
             task.cancel()
-        if self._scan_task is not None:
-            self._scan_task.cancel()
+        self.adapter1.stop()
         for path in sorted(self.objects, key=len, reverse=True):
             if path.startswith(self.adapter_path + "/"):
-                self._remove_object(path)
-        if self.bus is not None:
-            self.bus.disconnect()
+                self.tree.remove_object(path)
+        bus, self.tree.bus = self.tree.bus, None
+        if bus is not None:
+            bus.disconnect()
             with contextlib.suppress(Exception):
-                await self.bus.wait_for_disconnect()
-            self.bus = None
+                await bus.wait_for_disconnect()
 
     def _client_left(self, name: str) -> None:
         """A bus client went away: its discovery and notify sessions end (BlueZ keeps the
         device connected, see bluez#89, which is why bleak disconnects explicitly)."""
-        if name in self._discovery_clients:
-            self._discovery_clients.discard(name)
-            if not self._discovery_clients:
-                self._discovery_stopped()
-        for dev in self.devices.values():
-            if name in dev.notify_clients:
-                dev.notify_clients.discard(name)
-                if not dev.notify_clients and dev.gatt.tx is not None:
-                    self._set(dev.gatt.tx, CHARACTERISTIC, Notifying=Variant("b", False))
+        self.adapter1.client_left(name)
+        self.characteristic1.client_left(name)

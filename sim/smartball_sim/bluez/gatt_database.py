@@ -6,17 +6,20 @@ from __future__ import annotations
 
 from dbus_fast import Variant
 
-from smartball_sim import gatt_layout as gatt
 from smartball_sim.device import SimLink
+from smartball_sim.radio import gatt_layout as gatt
 
 from .objects import CHARACTERISTIC, DESCRIPTOR, SERVICE, ObjectTree
 from .records import EmulatedDevice, ExportedGatt
 
 
-class GattDatabase(ObjectTree):
-    """Exports and removes the GATT objects of a device."""
+class GattDatabase:
+    """Exports and removes the GATT objects of a device, in the object tree."""
 
-    def _export_gatt(
+    def __init__(self, tree: ObjectTree) -> None:
+        self.tree = tree
+
+    def export(
         self,
         dev: EmulatedDevice,
         link: SimLink,
@@ -33,7 +36,7 @@ class GattDatabase(ObjectTree):
 
         def service(handle: int, uuid: str) -> str:
             path = f"{dev.path}/service{handle:04x}"
-            self._add_object(
+            self.tree.add_object(
                 path,
                 {
                     SERVICE: {
@@ -58,7 +61,7 @@ class GattDatabase(ObjectTree):
                 "Handle": Variant("q", handle + 1),
                 **extra,
             }
-            self._add_object(path, {CHARACTERISTIC: props})
+            self.tree.add_object(path, {CHARACTERISTIC: props})
             dev.gatt.paths.append(path)
             return path
 
@@ -69,7 +72,7 @@ class GattDatabase(ObjectTree):
                 "Characteristic": Variant("o", chr_path),
                 "Handle": Variant("q", handle),
             }
-            self._add_object(path, {DESCRIPTOR: props})
+            self.tree.add_object(path, {DESCRIPTOR: props})
             dev.gatt.paths.append(path)
             return path
 
@@ -103,7 +106,7 @@ class GattDatabase(ObjectTree):
         dev.gatt.tx = paths[gatt.NUS_TX.declaration_handle]
         dev.gatt.cccd = paths[gatt.NUS_TX_CCCD.handle]
 
-    def _drop_gatt(self, dev: EmulatedDevice) -> None:
+    def drop(self, dev: EmulatedDevice) -> None:
         """InterfacesRemoved for every GATT object, in bluetoothd's order: service by
         service, each characteristic after its descriptors, the service last."""
         paths = dev.gatt.paths
@@ -111,26 +114,26 @@ class GattDatabase(ObjectTree):
             chars = [p for p in paths if p.startswith(f"{svc}/char") and "/desc" not in p]
             for char in chars:
                 for desc in [p for p in paths if p.startswith(f"{char}/desc")]:
-                    self._remove_object(desc)
-                self._remove_object(char)
-            self._remove_object(svc)
+                    self.tree.remove_object(desc)
+                self.tree.remove_object(char)
+            self.tree.remove_object(svc)
         dev.gatt = ExportedGatt()
         dev.notify_clients.clear()
 
-    def _characteristics(self, dev: EmulatedDevice) -> list[str]:
+    def characteristics(self, dev: EmulatedDevice) -> list[str]:
         return [p for p in dev.gatt.paths if "/char" in p and "/desc" not in p]
 
-    def _mtu_known(self, dev: EmulatedDevice, link: SimLink) -> None:
+    def mtu_known(self, dev: EmulatedDevice, link: SimLink) -> None:
         """A connected characteristic has the link's ATT MTU as its ``MTU`` property.
         Silently, as real bluetoothd 5.66 does: no PropertiesChanged when it comes back
         on a reconnect (bleak keeps the value it read when the object appeared)."""
-        for path in self._characteristics(dev):
-            props = self.objects.get(path, {}).get(CHARACTERISTIC)
+        for path in self.characteristics(dev):
+            props = self.tree.objects.get(path, {}).get(CHARACTERISTIC)
             if props is not None:
                 props["MTU"] = Variant("q", link.mtu)
 
-    def _mtu_unknown(self, dev: EmulatedDevice) -> None:
+    def mtu_unknown(self, dev: EmulatedDevice) -> None:
         """Without a link the characteristics have no ``MTU`` in GetManagedObjects, and
         no signal says so (real bluetoothd 5.66)."""
-        for path in self._characteristics(dev):
-            self.objects.get(path, {}).get(CHARACTERISTIC, {}).pop("MTU", None)
+        for path in self.characteristics(dev):
+            self.tree.objects.get(path, {}).get(CHARACTERISTIC, {}).pop("MTU", None)

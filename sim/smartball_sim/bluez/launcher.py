@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from pytest_smartball import protocol as p
-from smartball_sim.background_loop import BackgroundLoop
 from smartball_sim.device import DEFAULT_ADDRESS, RadioTimings, SimDevice
 from smartball_sim.firmware import FlashTimings
+from smartball_sim.fronts.background_loop import BackgroundLoop
 
 from .emulator import BluezEmulator, Timing
 

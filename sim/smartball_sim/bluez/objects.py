@@ -2,20 +2,19 @@
 every interface lives in (``ObjectTree``): the objects and their properties, the signals
 that announce changes (``InterfacesAdded``/``InterfacesRemoved`` from ``/``,
 ``PropertiesChanged``), ``ObjectManager``, ``Properties`` and ``Introspectable``, and the
-dispatch of a method call to the handler named ``_m_<Interface>_<Member>`` (the interface
-modules beside this one define them)."""
+dispatch of a method call to the object that answers its interface (one per D-Bus interface,
+in the modules beside this one), at its method ``m_<Member>``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
-
-from .records import EmulatedDevice, Timing
 
 log = logging.getLogger("sim.bluez")
 
@@ -69,43 +68,43 @@ class BluezBus(MessageBus):
 
 
 class ObjectTree:
-    """The objects ``org.bluez`` exports and the dispatch of calls on them. The state is
-    set by :class:`~smartball_sim.bluez.emulator.BluezEmulator`'s ``__init__``."""
+    """The objects ``org.bluez`` exports and the dispatch of calls on them."""
 
-    bus_address: str
-    adapter_path: str
-    timing: Timing
-    bus: MessageBus | None
-    #: path -> interface -> property -> Variant
-    objects: dict[str, dict[str, dict[str, Variant]]]
-    devices: dict[str, EmulatedDevice]
-    _tasks: set[asyncio.Task[Any]]
-    #: Every method call handled, as (interface, member, path), for tests and debugging.
-    calls: list[tuple[str, str, str]]
+    def __init__(self) -> None:
+        self.bus: MessageBus | None = None
+        #: path -> interface -> property -> Variant
+        self.objects: dict[str, dict[str, dict[str, Variant]]] = {}
+        #: D-Bus interface name -> the object whose ``m_<Member>`` methods answer it.
+        self.interfaces: dict[str, object] = {}
+        #: Told the unique bus name of a client that left the bus.
+        self.on_client_left: Callable[[str], None] = lambda name: None
+        #: Every method call handled, as (interface, member, path), for tests and debugging.
+        self.calls: list[tuple[str, str, str]] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
 
     # --- the object store and its signals ----------------------------------------------
 
-    def _send(self, msg: Message) -> None:
+    def send(self, msg: Message) -> None:
         if self.bus is not None and self.bus.connected:
             self.bus.send(msg)
 
-    def _add_object(self, path: str, interfaces: dict[str, dict[str, Variant]]) -> None:
+    def add_object(self, path: str, interfaces: dict[str, dict[str, Variant]]) -> None:
         self.objects[path] = interfaces
         body = {**{i: {} for i in STANDARD}, **interfaces}
-        self._send(
+        self.send(
             Message.new_signal("/", OBJECT_MANAGER, "InterfacesAdded", "oa{sa{sv}}", [path, body])
         )
 
-    def _remove_object(self, path: str) -> None:
+    def remove_object(self, path: str) -> None:
         interfaces = self.objects.pop(path, None)
         if interfaces is None:
             return
         names = [*STANDARD, *interfaces]
-        self._send(
+        self.send(
             Message.new_signal("/", OBJECT_MANAGER, "InterfacesRemoved", "oas", [path, names])
         )
 
-    def _set(self, path: str, interface: str, **changes: Variant) -> None:
+    def set(self, path: str, interface: str, **changes: Variant) -> None:
         """Set properties and send PropertiesChanged with those that changed."""
         props = self.objects.get(path, {}).get(interface)
         if props is None:
@@ -117,36 +116,36 @@ class ObjectTree:
                 props[name] = value
                 changed[name] = value
         if changed:
-            self._send(
+            self.send(
                 Message.new_signal(
                     path, PROPERTIES, "PropertiesChanged", "sa{sv}as", [interface, changed, []]
                 )
             )
 
-    def _invalidate(self, path: str, interface: str, *names: str) -> None:
+    def invalidate(self, path: str, interface: str, *names: str) -> None:
         props = self.objects.get(path, {}).get(interface)
         if props is None:
             return
         gone = [n for n in names if props.pop(n, None) is not None]
         if gone:
-            self._send(
+            self.send(
                 Message.new_signal(
                     path, PROPERTIES, "PropertiesChanged", "sa{sv}as", [interface, {}, gone]
                 )
             )
 
-    def _prop(self, path: str, interface: str, name: str) -> Any:
+    def prop(self, path: str, interface: str, name: str) -> Any:
         value = self.objects.get(path, {}).get(interface, {}).get(name)
         return value.value if value is not None else None
 
     # --- dispatch ------------------------------------------------------------------------
 
-    def _on_message(self, msg: Message) -> Message | bool | None:
+    def on_message(self, msg: Message) -> Message | bool | None:
         if msg.message_type == MessageType.SIGNAL:
             if msg.member == "NameOwnerChanged" and msg.sender == "org.freedesktop.DBus":
                 name, _old, new = msg.body
                 if name.startswith(":") and not new:
-                    self._client_left(name)
+                    self.on_client_left(name)
             return None
         if msg.message_type != MessageType.METHOD_CALL:
             return None
@@ -179,34 +178,34 @@ class ObjectTree:
                 f'Method "{member}" with signature "{msg.signature}" on interface '
                 f'"{interface}" doesn\'t exist',
             )
-        handler = getattr(self, f"_m_{interface.rsplit('.', 1)[1]}_{member}", None)
+        handler = getattr(self.interfaces.get(interface or ""), f"m_{member}", None)
         if handler is None:
             raise DBusFailure(ERR_NOT_SUPPORTED, f"{interface}.{member} is not emulated")
         result = handler(msg)
         if asyncio.iscoroutine(result):
-            self._spawn(self._reply_later(msg, result))
+            self.spawn(self.reply_later(msg, result))
             return True
         return result
 
-    async def _reply_later(self, msg: Message, coro: Any) -> None:
+    async def reply_later(self, msg: Message, coro: Any) -> None:
         try:
             reply = await coro
         except DBusFailure as exc:
             reply = Message.new_error(msg, exc.name, exc.text)
         except asyncio.CancelledError:
             if msg.member == "Connect":  # cancelled by Disconnect or RemoveDevice
-                self._send(Message.new_error(msg, ERR_FAILED, "br-connection-canceled"))
+                self.send(Message.new_error(msg, ERR_FAILED, "br-connection-canceled"))
             return
         except Exception as exc:  # a bug in the emulator: answer, and log it
             log.exception("emulated %s.%s failed", msg.interface, msg.member)
             reply = Message.new_error(msg, ERR_FAILED, f"emulator error: {exc}")
         if reply is not None:
-            self._send(reply)
+            self.send(reply)
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
         return task
 
     def _managed_objects(self) -> dict[str, dict[str, dict[str, Variant]]]:
@@ -239,10 +238,7 @@ class ObjectTree:
         if msg.member == "Set":
             interface, name, value = msg.body
             if interface == DEVICE and name in ("Trusted", "Blocked", "Alias"):
-                self._set(path, interface, **{name: value})
+                self.set(path, interface, **{name: value})
                 return Message.new_method_return(msg)
             raise DBusFailure(ERR_NOT_SUPPORTED, f"Property '{name}' is read-only here")
         raise DBusFailure(ERR_UNKNOWN_METHOD, f"Properties.{msg.member} doesn't exist")
-
-    def _client_left(self, name: str) -> None:
-        """A bus client went away (NameOwnerChanged): the emulator ends its sessions."""

@@ -1,17 +1,14 @@
 """What the emulator keeps per simulated device (``EmulatedDevice``: its path, link, GATT
-objects and notify sessions) and its own latencies (``Timing``)."""
+objects and notify sessions) and its own latencies (``Timing``). Plain data: it names none of
+the objects that act on it, so every module of the emulator can import it."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from smartball_sim.device import SimDevice, SimLink
-
-if TYPE_CHECKING:
-    from .emulator import BluezEmulator
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +47,6 @@ class ExportedGatt:
 class EmulatedDevice:
     """One simulated device as bluetoothd knows it: its object, link and GATT objects."""
 
-    emu: BluezEmulator
     sim: SimDevice
     path: str
     exported: bool = False

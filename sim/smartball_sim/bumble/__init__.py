@@ -5,5 +5,5 @@ extra of pytest-smartball).
   peripheral on a Bumble radio bus (see its docstring for the API and the fault mapping);
 * :mod:`.central`: a Bumble central behind bleak's backend interface (``BumbleWorld``),
   so the unchanged OTA engine and NusLink reach the device through real ATT;
-* :mod:`.link`: the radio bus (``SmartBallLink``) and how a link dies on it.
+* :mod:`.local_link`: the radio bus (``SmartBallLink``) and how a link dies on it.
 """

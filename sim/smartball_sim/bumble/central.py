@@ -44,9 +44,9 @@ from bumble.gatt_client import CharacteristicProxy
 from bumble.host import Host
 from bumble.transport.common import AsyncPipeSink
 
-from ..bleak_front import DeviceRegistry, SimulatedClient, SimulatedScanner
 from ..device import SimDevice
-from .link import SmartBallLink
+from ..fronts.bleak_base import DeviceRegistry, SimulatedClient, SimulatedScanner
+from .local_link import SmartBallLink
 from .peripheral import QuietController, SmartBallPeripheral, serve_smartball
 
 log = logging.getLogger("sim.bumble.central")

@@ -12,7 +12,7 @@ API (stable; other code builds on it)::
 loop that will drive it (Bumble's controller binds to the running loop). It gives the
 device a Bumble controller of its own on ``link`` (a :class:`SmartBallController`, which
 shapes connect attempts by the fault plan), a Bumble host and ``Device`` with the GATT
-database of ``smartball_sim.gatt_layout`` (it checks the handles), and attaches itself as
+database of ``smartball_sim.radio.gatt_layout`` (it checks the handles), and attaches itself as
 the device's link layer (``SimDevice.attach``): from then on the device advertises,
 connects, notifies and drops its links over Bumble. Any Bumble controller on the same link
 can be the central: the in-process one of ``smartball_sim.bumble.central``, or one that
@@ -60,12 +60,12 @@ from bumble.link import LocalLink
 from bumble.profiles.gatt_service import GenericAttributeProfileService
 from bumble.transport.common import AsyncPipeSink
 
-from .. import gatt_layout as gatt
-from ..airlog import Sender
 from ..device import Link, LinkEnd, SimDevice
 from ..faults import FaultPlan
+from ..radio import gatt_layout as gatt
+from ..radio.airlog import Sender
 from .faults import refuse_bluez_only
-from .link import SmartBallLink, sever
+from .local_link import SmartBallLink, sever
 
 __all__ = [
     "QuietController",
@@ -447,5 +447,5 @@ def check_layout(device: Device) -> None:
         if not isinstance(found, UUID) or found != UUID(uuid):
             raise RuntimeError(
                 f"Bumble put {found or 'nothing'} at handle 0x{handle:04X}, where "
-                f"smartball_sim.gatt_layout has {uuid}"
+                f"smartball_sim.radio.gatt_layout has {uuid}"
             )

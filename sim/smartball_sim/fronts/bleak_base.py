@@ -1,5 +1,5 @@
 """What every bleak backend onto simulated SmartBalls shares, whatever carries the bytes
-(the in-process radio model in :mod:`.bleak_backend`, Bumble's ATT in :mod:`.bumble.central`):
+(the in-process radio model in :mod:`.in_process`, Bumble's ATT in :mod:`..bumble.central`):
 the world's device registry, and the parts of bleak's scanner and client interfaces that do not
 depend on the link.
 """
@@ -12,7 +12,7 @@ from bleak.backends.client import BaseBleakClient
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import BaseBleakScanner
 
-from .device import SimDevice
+from ..device import SimDevice
 
 
 class DeviceRegistry:

@@ -1,6 +1,7 @@
 """An asyncio loop of its own in a daemon thread, for simulated devices that must keep running
 while the caller's code blocks (a pytest session, the CLI, bleak's own loop in another thread):
-the emulated bluetoothd (:mod:`.bluez.launcher`) and the virtual controller (:mod:`.vhci`)."""
+the emulated bluetoothd (:mod:`..bluez.launcher`) and the virtual controller
+(:mod:`..machines.vhci`)."""
 
 from __future__ import annotations
 

@@ -27,12 +27,12 @@ from bleak.backends.scanner import AdvertisementData
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
 from bleak.exc import BleakDeviceNotFoundError, BleakError
 
-from . import gatt_layout as gatt
-from .bleak_front import DeviceRegistry, SimulatedClient, SimulatedScanner
-from .bluez_errors import CONNECT_FAILED_TEXT
-from .device import ConnectRefused, SimDevice, SimLink, SimLinkError
+from ..bluez.errors import CONNECT_FAILED_TEXT
+from ..device import ConnectRefused, SimDevice, SimLink, SimLinkError
+from ..radio import gatt_layout as gatt
+from .bleak_base import DeviceRegistry, SimulatedClient, SimulatedScanner
 
-log = logging.getLogger("sim.bleak_backend")
+log = logging.getLogger("sim.in_process")
 
 # BlueZ's view of the layout: characteristics by their declaration handle (gatt_layout).
 _RX_HANDLE = gatt.NUS_RX.declaration_handle

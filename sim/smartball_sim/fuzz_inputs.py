@@ -4,7 +4,7 @@ plans in the simulator's fault language, and the images to flash.
 For your own flows::
 
     from hypothesis import given
-    from smartball_sim.strategies import fault_plans, image_specs
+    from smartball_sim.fuzz_inputs import fault_plans, image_specs
 
     @given(plan=fault_plans(), image=image_specs(max_size=64 * 1024))
     def test_my_flow(plan, image): ...

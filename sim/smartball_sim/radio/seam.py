@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from .faults import FaultPlan
+    from ..faults import FaultPlan
 
 
 class ConnectRefusal(enum.Enum):

@@ -7,7 +7,7 @@ error BlueZ gives for it, from this one table.
 
 from __future__ import annotations
 
-from .device import ConnectRefusal
+from ..device import ConnectRefusal
 
 #: ``org.bluez.Error.Failed`` texts that ``Device1.Connect`` answers with.
 CONNECT_FAILED_TEXT: dict[ConnectRefusal, str] = {

@@ -1,10 +1,10 @@
-"""``python -m smartball_sim.vm -- COMMAND``: run COMMAND inside a QEMU VM that boots Debian's
-kernel with the Linux Bluetooth stack (``hci_vhci``) and a real ``bluetoothd``.
+"""``python -m smartball_sim.machines.vm -- COMMAND``: run COMMAND inside a QEMU VM that boots
+Debian's kernel with the Linux Bluetooth stack (``hci_vhci``) and a real ``bluetoothd``.
 
 For a machine without Bluetooth and without ``/dev/vhci`` (a CI container): the VM gives
 COMMAND a real kernel Bluetooth subsystem and a real BlueZ, so ``pytest --device=real
 --bluez=vhci hil_tests`` exercises bleak's BlueZ backend against the real daemon, with a
-simulated SmartBall behind a virtual controller (:mod:`smartball_sim.vhci`).
+simulated SmartBall behind a virtual controller (:mod:`smartball_sim.machines.vhci`).
 
 What it does, in order:
 
@@ -19,7 +19,7 @@ What it does, in order:
    first program within :data:`KVM_BOOT_TIMEOUT_S` (some ``/dev/kvm`` cannot boot a stock
    kernel: a PVM host's fails at once or hangs without a word). Each try is bounded; a
    guest that does not boot under TCG within :data:`TCG_BOOT_TIMEOUT_S` is an error;
-4. inside (:mod:`smartball_sim.vm_guest`): loads ``bluetooth`` and ``hci_vhci``, starts the
+4. inside (:mod:`smartball_sim.machines.vm_guest`): loads ``bluetooth`` and ``hci_vhci``, starts the
    system ``dbus-daemon``, ``btmon`` (HCI trace) and ``bluetoothd``, prints the kernel and
    BlueZ versions, runs COMMAND in the current directory, and stops them again;
 5. returns COMMAND's exit code, and leaves in the output folder whatever COMMAND wrote
@@ -34,7 +34,7 @@ the VM could not be set up or booted (the sentence says why); 130 when interrupt
 
 Clean-up: QEMU and ``vng`` run in a process group of their own, killed (TERM, then KILL)
 whenever the runner ends: COMMAND done, a failure, a timeout, Ctrl-C, SIGTERM or SIGHUP.
-Only a SIGKILL of the runner itself can leave a VM behind; ``python -m smartball_sim.vm
+Only a SIGKILL of the runner itself can leave a VM behind; ``python -m smartball_sim.machines.vm
 check`` lists such orphans (exit code 1) and CI runs it. Two runs at once do not meet:
 each has its own VM, its own kernel, D-Bus and bluetoothd, its own output folder (by
 default a new one under ``build/vm/``) and its own temporary files.
@@ -53,197 +53,44 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import enum
 import itertools
 import json
 import os
-import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO
 
-#: A kernel under KVM reaches its first program in 1-5 s; a PVM host's /dev/kvm fails at
-#: once (qemu: "failed to set MSR") or hangs after "Probing EDD" without a word.
-KVM_BOOT_TIMEOUT_S = 20.0
-#: Software emulation (TCG) boots Debian's kernel in 15-20 s on a 2-core machine.
-TCG_BOOT_TIMEOUT_S = 180.0
-#: The whole run (boot + COMMAND) unless --timeout says otherwise.
-DEFAULT_TIMEOUT_S = 1800.0
+from .vm_plan import (
+    DEFAULT_TIMEOUT_S,
+    QEMU,
+    STATE_DIR,
+    VM_NAME_PREFIX,
+    Attempt,
+    VmConfig,
+    VmError,
+    attempts_for,
+    booted_marker,
+    check_paths,
+    default_out_dir,
+    find_vng,
+    missing_tools,
+    newest_kernel,
+    vng_command,
+)
+
 #: How long QEMU gets to exit after SIGTERM before SIGKILL.
 KILL_GRACE_S = 5.0
 
 EXIT_TIMEOUT = 124
 EXIT_VM_FAILED = 125
 EXIT_INTERRUPTED = 130
-
-#: ``-name`` of every QEMU this runner starts (with the runner's pid): ``check`` finds
-#: the orphans by it.
-VM_NAME_PREFIX = "smartball-vm-"
-#: The folder inside ``--out`` where the guest leaves its markers.
-STATE_DIR = ".vm"
-
-QEMU = "qemu-system-x86_64"
-#: Debian packages that provide each tool (the sentence for a missing one names them).
-TOOLS = {
-    QEMU: "qemu-system-x86",
-    "busybox": "busybox-static",
-    "dbus-daemon": "dbus",
-    "btmon": "bluez",
-    "modprobe": "kmod",
-}
-BLUETOOTHD_PATHS = ("/usr/libexec/bluetooth/bluetoothd", "/usr/lib/bluetooth/bluetoothd")
-
-
-class Accel(enum.Enum):
-    KVM = "kvm"
-    TCG = "tcg"
-
-
-class VmError(Exception):
-    """The VM could not be set up or booted; the message is one sentence."""
-
-
-@dataclass(frozen=True, slots=True)
-class VmConfig:
-    command: tuple[str, ...]
-    out: Path
-    kernel: Path
-    cwd: Path
-    vng: str
-    python: str
-    accel: str = "auto"  # auto, kvm or tcg
-    cpus: int = 2
-    memory: str = "2G"
-    timeout_s: float = DEFAULT_TIMEOUT_S
-    kvm_boot_timeout_s: float = KVM_BOOT_TIMEOUT_S
-    tcg_boot_timeout_s: float = TCG_BOOT_TIMEOUT_S
-    bluetoothd_debug: bool = False
-    name: str = field(default_factory=lambda: f"{VM_NAME_PREFIX}{os.getpid()}")
-
-
-@dataclass(slots=True)
-class Attempt:
-    accel: Accel
-    boot_timeout_s: float
-    booted_after_s: float | None = None
-    failure: str | None = None
-
-
-# --- pure decisions -------------------------------------------------------------------------
-
-
-def attempts_for(accel: str, kvm_openable: bool, config: VmConfig) -> list[Attempt]:
-    """Which accelerators to try, in order, each with its boot bound."""
-    kvm = Attempt(Accel.KVM, config.kvm_boot_timeout_s)
-    tcg = Attempt(Accel.TCG, config.tcg_boot_timeout_s)
-    if accel == "tcg":
-        return [tcg]
-    if accel == "kvm":
-        # Asked for explicitly: one try, bounded like a software boot (no fallback).
-        return [Attempt(Accel.KVM, config.tcg_boot_timeout_s)]
-    return [kvm, tcg] if kvm_openable else [tcg]
-
-
-def vng_command(config: VmConfig, attempt: Attempt, index: int) -> list[str]:
-    """The ``vng`` invocation for one try: the guest runs :mod:`smartball_sim.vm_guest`."""
-    guest = [
-        config.python,
-        "-m",
-        "smartball_sim.vm_guest",
-        "--out",
-        str(config.out),
-        "--marker",
-        booted_marker(config.out, index).name,
-        "--accel",
-        attempt.accel.value,
-    ]
-    if config.bluetoothd_debug:
-        guest.append("--bluetoothd-debug")
-    guest += ["--", *config.command]
-    cmd = [
-        config.vng,
-        "--run",
-        str(config.kernel),
-        "--name",
-        config.name,
-        "--cpus",
-        str(config.cpus),
-        "--memory",
-        config.memory,
-        "--user",
-        "root",
-        # The current directory (usually the repository) is writable in the guest and
-        # unchanged on the host: __pycache__, .hypothesis and the like vanish with the VM.
-        "--overlay-rwdir",
-        str(config.cwd),
-        "--rwdir",
-        str(config.out),
-        "--cwd",
-        str(config.cwd),
-    ]
-    if attempt.accel is Accel.TCG:
-        cmd.append("--disable-kvm")
-    cmd += ["--exec", shlex.join(guest)]
-    return cmd
-
-
-def booted_marker(out: Path, index: int) -> Path:
-    """The file the guest creates first thing (one per try, so a late try cannot fool
-    the next one)."""
-    return out / STATE_DIR / f"booted-{index}"
-
-
-def default_out_dir(base: Path, now: float | None = None) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-    return base / f"{stamp}-{os.getpid()}"
-
-
-def newest_kernel(boot: Path = Path("/boot")) -> Path | None:
-    """The newest ``vmlinuz-*`` under /boot (Debian's linux-image-amd64 puts it there)."""
-
-    def version_key(path: Path) -> list[int | str]:
-        release = path.name.removeprefix("vmlinuz-")
-        return [int(p) if p.isdigit() else p for p in re.split(r"[.-]", release)]
-
-    found = [p for p in boot.glob("vmlinuz-*") if p.is_file()]
-    return max(found, key=version_key) if found else None
-
-
-def missing_tools(which: Callable[[str], str | None] = shutil.which) -> list[str]:
-    """The Debian packages to install for the tools this machine lacks."""
-    packages = [pkg for tool, pkg in TOOLS.items() if which(tool) is None]
-    if not any(Path(p).exists() for p in BLUETOOTHD_PATHS) and "bluez" not in packages:
-        packages.append("bluez")
-    return sorted(set(packages))
-
-
-def find_vng(python: str) -> str | None:
-    """``vng`` next to this interpreter (the venv's bin), else on PATH. virtme-ng's ``vng``
-    calls ``virtme-run``, so that must be on PATH too (:func:`run` puts the venv first)."""
-    beside = Path(python).parent / "vng"
-    if beside.exists():
-        return str(beside)
-    return shutil.which("vng")
-
-
-def check_paths(config: VmConfig) -> None:
-    """vng's --rwdir/--overlay-rwdir take ``guest=host``: a path with '=' or ',' or
-    blanks would be misread."""
-    for what, path in (("--out", config.out), ("the current directory", config.cwd)):
-        if re.search(r"[=,\s]", str(path)):
-            raise VmError(
-                f"{what} {path} contains '=', ',' or a blank, which virtme-ng cannot share "
-                "with the VM; use a plain path"
-            )
 
 
 def kvm_openable(path: str = "/dev/kvm") -> bool:
@@ -518,10 +365,10 @@ def orphans(proc: Path = Path("/proc")) -> list[tuple[int, str]]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m smartball_sim.vm",
+        prog="python -m smartball_sim.machines.vm",
         description="Run COMMAND in a QEMU VM with Debian's kernel, hci_vhci and a real "
         "bluetoothd; bring its logs, HCI trace and results back.",
-        epilog="'python -m smartball_sim.vm check' lists VMs whose runner died (exit 1).",
+        epilog="'python -m smartball_sim.machines.vm check' lists VMs whose runner died (exit 1).",
     )
     parser.add_argument(
         "--out",
@@ -555,7 +402,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if args.command and args.command[0] == "--":
         args.command = args.command[1:]
     if not args.command:
-        parser.error("no command: python -m smartball_sim.vm [options] -- COMMAND [ARGS...]")
+        parser.error(
+            "no command: python -m smartball_sim.machines.vm [options] -- COMMAND [ARGS...]"
+        )
     return args
 
 

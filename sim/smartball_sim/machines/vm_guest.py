@@ -1,4 +1,5 @@
-"""Inside the VM of :mod:`smartball_sim.vm`: the Linux Bluetooth stack up, COMMAND run, down.
+"""Inside the VM of :mod:`smartball_sim.machines.vm`: the Linux Bluetooth stack up, COMMAND run,
+down.
 
 Run by the VM's init as root, in the host's directory, with the host's filesystem as a
 read-only root (tmpfs overlays on ``/etc``, ``/var``, ``/tmp``; ``--out`` shared with the
@@ -34,7 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from smartball_sim.vm import BLUETOOTHD_PATHS, STATE_DIR
+from .vm_plan import BLUETOOTHD_PATHS, STATE_DIR
 
 #: bluetoothd's configuration in the VM: BlueZ's defaults, written out so that a host's
 #: own /etc/bluetooth/main.conf (the VM sees the host's /etc) cannot change the run.
@@ -204,7 +205,7 @@ def save_dmesg(out: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m smartball_sim.vm_guest")
+    parser = argparse.ArgumentParser(prog="python -m smartball_sim.machines.vm_guest")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--marker", required=True)
     parser.add_argument("--accel", required=True)

@@ -2,7 +2,7 @@
 ``/dev/vhci``.
 
 On a Linux host whose kernel has ``hci_vhci`` and whose ``bluetoothd`` runs (a developer's
-machine as root, or the VM of :mod:`smartball_sim.vm`), :class:`VirtualRadio` opens
+machine as root, or the VM of :mod:`smartball_sim.machines.vm`), :class:`VirtualRadio` opens
 ``/dev/vhci``: the kernel gets a new controller (``hciN``), bluetoothd an adapter
 ``/org/bluez/hciN``, and behind that controller, on a Bumble radio bus, every
 :class:`~smartball_sim.device.SimDevice` of the run is served by the Bumble SmartBall
@@ -48,8 +48,8 @@ from typing import Any
 from bumble import hci, ll
 from bumble.transport.common import Transport
 
-from .background_loop import BackgroundLoop
-from .device import SimDevice
+from ..device import SimDevice
+from ..fronts.background_loop import BackgroundLoop
 
 log = logging.getLogger("sim.vhci")
 
@@ -73,7 +73,7 @@ def vhci_problem(path: str = VHCI_PATH) -> str | None:
         return (
             f"--bluez=vhci needs {path}, which this machine lacks: load the kernel module "
             "(sudo modprobe hci_vhci), or run the suite in the VM that has it: "
-            "python -m smartball_sim.vm -- pytest --device=real --bluez=vhci hil_tests"
+            "python -m smartball_sim.machines.vm -- pytest --device=real --bluez=vhci hil_tests"
         )
     if not os.access(path, os.R_OK | os.W_OK):
         return (
@@ -99,7 +99,7 @@ def controller_address(pid: int | None = None, number: int | None = None) -> str
 def _host_controller_class() -> type[Any]:
     """HostController, built on the Bumble central's controller (imported lazily: bumble
     is needed only when a virtual radio is made)."""
-    from .bumble.central import CentralController
+    from ..bumble.central import CentralController
 
     class HostController(CentralController):
         """The controller the Linux kernel drives through ``/dev/vhci``."""
@@ -238,7 +238,7 @@ class VirtualRadio(BackgroundLoop):
         return self
 
     async def _on_loop_start(self) -> None:
-        from .bumble.link import SmartBallLink
+        from ..bumble.local_link import SmartBallLink
 
         controller_class = _host_controller_class()  # imports before /dev/vhci is open
         transport, index_future = await open_vhci(self.vhci)
@@ -296,10 +296,10 @@ CONNECT_FAIL_REFUSED = (
 def _bluez_facing_peripheral_class() -> type[Any]:
     from bumble import att
 
-    from . import gatt_layout
-    from .bumble.peripheral import SmartBallPeripheral
-    from .device import FaultRecord
-    from .faults import FaultPlan, FaultSpecError
+    from ..bumble.peripheral import SmartBallPeripheral
+    from ..device import FaultRecord
+    from ..faults import FaultPlan, FaultSpecError
+    from ..radio import gatt_layout
 
     class BluezFacingPeripheral(SmartBallPeripheral):
         """The Bumble SmartBall, provoking for real what ``race`` and ``stale-cache``
