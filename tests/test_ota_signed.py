@@ -322,7 +322,7 @@ async def test_an_unsigned_image_is_refused_before_anything_is_erased() -> None:
 async def test_a_trial_image_is_left_for_the_user_to_decide_and_a_rerun_confirms_it() -> None:
     target, sim = _sim()
     first = _image(4)
-    result = await _flash(target, first, confirm=False)
+    result = await _flash(target, first, limits=Limits(confirm=False))
     assert result.outcome is Outcome.SUCCEEDED and result.image_state == "test"
     erases = sim.firmware.flash.erases
     refused = await _flash(target, _image(5, counter=6))

@@ -41,7 +41,7 @@ from pytest_smartball.link import (
     NusLink,
     find_device,
 )
-from pytest_smartball.ota import EventKind, OtaEngine, OtaSettings
+from pytest_smartball.ota import EventKind, Limits, OtaEngine, OtaSettings
 from tests.naive_client import naive_flash
 
 BLUEZ = "org.bluez"
@@ -208,7 +208,7 @@ async def test_the_engine_finishes_when_the_database_changes_during_the_update()
     bluetoothd reads the services again on every connection, and the update resumes. The
     engine forgets nothing: on bluetoothd 5.66 the cache is not what is stale."""
     with real_stack(faults="drop@offset:8000,stale-cache@connect:2") as stack:
-        settings = OtaSettings(max_attempts_without_progress=1)
+        settings = OtaSettings(limits=Limits(max_attempts_without_progress=1))
         result = await OtaEngine(
             IMAGE, stack.backend, address=stack.address, settings=settings
         ).run()

@@ -34,7 +34,7 @@ class ImageId:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The budgets and choices an update runs with (from ``OtaSettings``)."""
+    """The budgets and choices an update runs with (``OtaSettings.limits``)."""
 
     #: Recoveries and re-syncs in a row without the device getting further.
     max_attempts_without_progress: int = 5
@@ -49,13 +49,15 @@ class Limits:
     max_ack_timeouts: int = 3
     #: Rewinds without an ACK moving forward before the link counts as failed.
     max_rewinds_without_ack: int = 32
-    #: Pause after READY (STABILISING) or straight on to the transfer.
+    #: Pause after READY (STABILISING) or straight on to the transfer (an update's
+    #: ``OtaSettings.stabilise_s`` sets it).
     stabilise: bool = False
     #: Ask for progressive erase when the device offers it (P18).
     progressive_erase: bool = True
     #: Signed-only devices: confirm the new image once it runs (False: leave it on trial).
     confirm: bool = True
-    #: Signed-only devices: a health check runs before the confirm.
+    #: Signed-only devices: a health check runs before the confirm (an update's
+    #: ``OtaSettings.health_check`` sets it).
     health_check: bool = False
     backoff_base_s: float = 0.5
     backoff_max_s: float = 8.0
