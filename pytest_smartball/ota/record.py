@@ -144,9 +144,12 @@ class Record:
     def status_with_info(self) -> bool:
         """QUERYING: CMD_OTA_STATUS goes out with CMD_INFO, sharing a connection event and
         a round trip, rather than after INFO's answer. Before a switch is asked for, STATUS
-        always follows INFO (only an image too large for the device ends the update at
-        INFO); after it, INFO alone may end the update (the new image runs), so STATUS
-        waits for INFO's answer."""
+        is nearly always needed, so it goes along; INFO alone still ends the query when the
+        image is too large for the device, when a signed-only device refuses it before
+        anything is sent (:func:`~.decide.signed_refusal`: unsigned, another key, a lower
+        security counter, an image on trial), or when the device already runs this very
+        image on trial (left to confirm); STATUS's answer is then not waited for. After a switch is asked for, INFO alone may end the update (the
+        new image runs), so STATUS waits for INFO's answer."""
         return self.commit is Commit.NONE
 
     @property
