@@ -18,8 +18,9 @@ from pytest_smartball.image_formats import ImageFormat
 from pytest_smartball.manifest import Manifest
 from pytest_smartball.ota import HealthCheckFailed, OtaEngine, OtaResult, OtaSettings
 from pytest_smartball.ota import observations as o
-from pytest_smartball.ota.decide import decide, signed_refusal
+from pytest_smartball.ota.decide import decide
 from pytest_smartball.ota.record import Commit, ImageId, Limits, Record
+from pytest_smartball.ota.signed import signed_refusal
 from pytest_smartball.ota.states import EventKind, FailureKind, Outcome, State
 
 KID = 0x5EC0DE01

@@ -146,10 +146,11 @@ class Record:
         a round trip, rather than after INFO's answer. Before a switch is asked for, STATUS
         is nearly always needed, so it goes along; INFO alone still ends the query when the
         image is too large for the device, when a signed-only device refuses it before
-        anything is sent (:func:`~.decide.signed_refusal`: unsigned, another key, a lower
+        anything is sent (:func:`~.signed.signed_refusal`: unsigned, another key, a lower
         security counter, an image on trial), or when the device already runs this very
-        image on trial (left to confirm); STATUS's answer is then not waited for. After a switch is asked for, INFO alone may end the update (the
-        new image runs), so STATUS waits for INFO's answer."""
+        image on trial (left to confirm); STATUS's answer is then not waited for. After a
+        switch is asked for, INFO alone may end the update (the new image runs), so STATUS
+        waits for INFO's answer."""
         return self.commit is Commit.NONE
 
     @property
