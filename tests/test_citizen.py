@@ -388,3 +388,19 @@ def imports_of(module: str, *, top_level_only: bool) -> set[str]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
+
+
+#: Concept names once defined several times over (issue 22): one class each now, where it
+#: belongs; a different concept of the simulator or a suite carries a different name.
+ONE_DEFINITION = ("LinkClosed", "Outcome", "Session", "Timing")
+
+
+def test_a_concept_is_defined_once_across_the_client_the_simulator_and_the_suites() -> None:
+    defined: dict[str, list[str]] = {name: [] for name in ONE_DEFINITION}
+    for folder in ("pytest_smartball", "sim", "hil_tests", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.parse(path.read_text(encoding="utf-8")).body:
+                if isinstance(node, ast.ClassDef) and node.name in defined:
+                    defined[node.name].append(str(path.relative_to(ROOT)))
+    twice = {name: where for name, where in defined.items() if len(where) != 1}
+    assert not twice, f"defined other than once (rename the other concept): {twice}"

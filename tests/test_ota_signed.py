@@ -256,8 +256,8 @@ def test_a_rerun_finds_this_image_on_trial_and_confirms_it() -> None:
 
 def test_a_lost_link_while_confirming_ends_unconfirmed_saying_the_trial() -> None:
     r, _ = step(after_reset(Limits(max_attempts_without_progress=1)), o.InfoReply(TRIAL))
-    r, _ = step(r, o.LinkFailed("dropped"), o.LinkClosed(), o.BackedOff(), o.NotFound("gone"))
-    r, _ = step(r, o.LinkClosed())
+    r, _ = step(r, o.LinkFailed("dropped"), o.FailedLinkClosed(), o.BackedOff(), o.NotFound("gone"))
+    r, _ = step(r, o.FailedLinkClosed())
     assert r.outcome is Outcome.UNCONFIRMED
     assert "on trial (not confirmed)" in r.error
 

@@ -49,7 +49,7 @@ BY_ADDRESS = Wanted("SmartBall", (A,))
 SEEN_A = Seen(A, "SmartBall", -58, nus=True)
 
 
-def full(**overrides: Any) -> preflight.Outcome:
+def full(**overrides: Any) -> preflight.Findings:
     """Every answer a good bench gives, with some replaced."""
     answers: dict[str, Any] = {
         "adapter": HCI0,

@@ -40,11 +40,11 @@ from .observations import (
     DeviceReset,
     Done,
     EraseProgress,
+    FailedLinkClosed,
     FinishSent,
     Found,
     HealthChecked,
     InfoReply,
-    LinkClosed,
     LinkFailed,
     ManifestAccepted,
     NotFound,
@@ -107,10 +107,10 @@ def decide(record: Record, seen: Observation) -> Decision:
     return new, notes
 
 
-def _link_closed(r: Record, seen: LinkClosed) -> Decision:
+def _link_closed(r: Record, seen: FailedLinkClosed) -> Decision:
     """RECOVERING, the old link closed: give up when a budget is spent, else back off."""
     if r.link_closed:
-        raise IllegalObservation("LinkClosed twice in one recovery")
+        raise IllegalObservation("FailedLinkClosed twice in one recovery")
     r = replace(r, link_closed=True)
     lim = r.limits
     if r.attempts > lim.max_attempts_without_progress:
@@ -482,7 +482,7 @@ def _reset_not_seen(r: Record, seen: ResetNotSeen) -> Decision:
 
 def _backed_off(r: Record, seen: BackedOff) -> Decision:
     if not r.link_closed:
-        raise IllegalObservation("BackedOff before LinkClosed")
+        raise IllegalObservation("BackedOff before FailedLinkClosed")
     return replace(r, state=State.SCANNING, link_closed=False), ()
 
 
@@ -511,7 +511,7 @@ _HANDLERS: Mapping[type, Callable[[Record, Any], Decision]] = {
     DeviceError: _device_error,
     DeviceReset: _device_reset,
     ResetNotSeen: _reset_not_seen,
-    LinkClosed: _link_closed,
+    FailedLinkClosed: _link_closed,
     BackedOff: _backed_off,
 }
 
@@ -530,5 +530,5 @@ _ACCEPTS: Mapping[State, tuple[type, ...]] = {
     S.TRANSFERRING: (Acked, AckTimeout, Rewound, Desync, AllAcked, DeviceError, LinkFailed),
     S.FINISHING: (FinishSent, Done, DeviceError, LinkFailed),
     S.REBOOTING: (DeviceReset, ResetNotSeen),
-    S.RECOVERING: (LinkClosed, BackedOff),
+    S.RECOVERING: (FailedLinkClosed, BackedOff),
 }

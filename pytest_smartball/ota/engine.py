@@ -488,7 +488,7 @@ class OtaEngine:
 
     async def _recover(self) -> None:
         await self._close_link()
-        self._see(o.LinkClosed())
+        self._see(o.FailedLinkClosed())
         if self.state is State.RECOVERING:
             await asyncio.sleep(self.record.backoff_s)
             self._see(o.BackedOff())

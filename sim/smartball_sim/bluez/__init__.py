@@ -2,14 +2,14 @@
 real ``--device=real`` path (stock bleak, its BlueZ backend, dbus-fast, a real
 ``dbus-daemon``) runs in CI. See ``docs/faults.md`` ("Emulated BlueZ")."""
 
-from .emulator import BluezEmulator, Timing
+from .emulator import BluezEmulator, EmulatorTiming
 from .launcher import DbusDaemonMissing, EmulatedBluez, PrivateBus, emulated_smartball
 
 __all__ = [
     "BluezEmulator",
     "DbusDaemonMissing",
     "EmulatedBluez",
+    "EmulatorTiming",
     "PrivateBus",
-    "Timing",
     "emulated_smartball",
 ]

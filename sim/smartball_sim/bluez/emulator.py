@@ -25,9 +25,9 @@ decisions are the device's own (``connect_outcome``, ``nus_hidden_on_connect``,
 * ``connect-timeout``: ``Connect`` never answers (the client's timeout fires; its
   ``Disconnect`` cancels the attempt);
 * a ``Connect`` to a device that does not advertise: ``org.bluez.Error.Failed:
-  le-connection-abort-by-local`` after :attr:`Timing.le_connect_timeout_s` (40 s);
+  le-connection-abort-by-local`` after :attr:`EmulatorTiming.le_connect_timeout_s` (40 s);
 * ``race`` (BlueZ before 5.55): ``ServicesResolved=true`` goes out with only the GATT
-  service exported, and the NUS objects follow :attr:`Timing.race_gap_s` later; the racing
+  service exported, and the NUS objects follow :attr:`EmulatorTiming.race_gap_s` later; the racing
   connection's objects go when it ends;
 * ``stale-cache``: the device's cached database (the GATT service, no NUS) is what a
   connect resolves to; it stays exported across disconnects until ``RemoveDevice``.
@@ -40,7 +40,7 @@ The class is built from one module per concern: :mod:`.objects` (the object tree
 ``ObjectManager``, ``Properties``, the dispatch), :mod:`.adapter` (``Adapter1``, discovery),
 :mod:`.devices` (``Device1``, connect and disconnect), :mod:`.gatt_database` (the exported
 GATT objects), :mod:`.characteristics` (``GattCharacteristic1``/``GattDescriptor1``, the
-acquired fds, notifications); :mod:`.records` holds the per-device state and ``Timing``.
+acquired fds, notifications); :mod:`.records` holds the per-device state and ``EmulatorTiming``.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ from smartball_sim.device import SimDevice
 from .adapter import AdapterInterface
 from .devices import DeviceInterface
 from .objects import ADAPTER, BLUEZ, CHARACTERISTIC, BluezBus
-from .records import EmulatedDevice, Timing, device_path
+from .records import EmulatedDevice, EmulatorTiming, device_path
 
-__all__ = ["BluezEmulator", "Timing"]
+__all__ = ["BluezEmulator", "EmulatorTiming"]
 
 log = logging.getLogger("sim.bluez")
 
@@ -73,14 +73,14 @@ class BluezEmulator(AdapterInterface, DeviceInterface):
         *,
         adapter: str = "hci0",
         adapter_address: str = "00:1A:7D:DA:71:13",
-        timing: Timing | None = None,
+        timing: EmulatorTiming | None = None,
     ) -> None:
         # The state of every layer; each declares (and documents) what it uses.
         self.bus_address = bus_address
         self.adapter = adapter
         self.adapter_path = f"/org/bluez/{adapter}"
         self.adapter_address = adapter_address
-        self.timing = timing or Timing()
+        self.timing = timing or EmulatorTiming()
         self.bus = None
         self.objects = {}
         self.devices = {}

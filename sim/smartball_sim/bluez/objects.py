@@ -15,7 +15,7 @@ from typing import Any
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from .records import EmulatedDevice, Timing
+from .records import EmulatedDevice, EmulatorTiming
 
 log = logging.getLogger("sim.bluez")
 
@@ -74,7 +74,7 @@ class ObjectTree:
 
     bus_address: str
     adapter_path: str
-    timing: Timing
+    timing: EmulatorTiming
     bus: MessageBus | None
     #: path -> interface -> property -> Variant
     objects: dict[str, dict[str, dict[str, Variant]]]

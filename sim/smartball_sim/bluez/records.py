@@ -1,5 +1,5 @@
 """What the emulator keeps per simulated device (``EmulatedDevice``: its path, link, GATT
-objects and notify sessions) and its own latencies (``Timing``)."""
+objects and notify sessions) and its own latencies (``EmulatorTiming``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True, slots=True)
-class Timing:
+class EmulatorTiming:
     """The emulator's own latencies (the device's come from its RadioTimings)."""
 
     #: From ``Connected=true`` to the GATT objects and ``ServicesResolved=true``.
