@@ -115,7 +115,7 @@ class Budgets:
     @classmethod
     def of(cls, settings: OtaSettings | None = None, link: Link = Link.MODEL) -> Budgets:
         s = settings or OtaSettings()
-        limits = s.limits()
+        limits = s.limits
         ls = s.link
         timing = contract.timing()
         refusals = (
@@ -140,7 +140,7 @@ class Budgets:
             verify_timeout_s=s.verify_timeout_s,
             reset_timeout_s=s.reset_timeout_s,
             max_reset_waits=limits.max_reset_waits,
-            backoff_max_s=s.backoff_max_s,
+            backoff_max_s=limits.backoff_max_s,
             boot_max_s=timing.reset_to_advertising_max_s(activation=False),
             activation_boot_max_s=timing.reset_to_advertising_max_s(activation=True),
         )

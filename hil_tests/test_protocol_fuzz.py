@@ -49,7 +49,10 @@ def default_examples() -> int:
 
 
 @dataclass
-class Session:
+class ModelSession:
+    """The fuzz model's own record of the device's session, by image name (mutable, as the
+    model moves its offset); hil_tests/conformance.py's ``Session`` is a set-up's."""
+
     name: str
     crc: int
     next_offset: int = 0
@@ -128,7 +131,7 @@ class DeviceProtocolModel(RuleBasedStateMachine):
         super().__init__()
         self.d = FirmwareDriver()
         self.state = p.OtaState.IDLE
-        self.session: Session | None = None
+        self.session: ModelSession | None = None
         self.erase_done_at = 0.0
         self.active = BASELINE
         self.verified: set[bytes] = {BASELINE}
@@ -170,7 +173,7 @@ class DeviceProtocolModel(RuleBasedStateMachine):
         was = self.state
         cell = self.expect("start_same" if same else "start_other", replies)
         if cell.state == p.OtaState.ERASING and was != p.OtaState.ERASING:
-            self.session = Session(name, crc)  # a new session: erase from the start
+            self.session = ModelSession(name, crc)  # a new session: erase from the start
             self.data_while_erasing = 0
             pages = -(-len(data) // PAGE_SIZE)
             self.erase_done_at = sent_at + pages * ERASE_PAGE_S

@@ -48,43 +48,36 @@ class AdapterInfo:
 async def probe_adapter(adapter: str = "hci0", timeout: float = 3.0) -> AdapterInfo:
     """Check that BlueZ answers on the system bus and the adapter exists and is powered."""
     try:
-        from dbus_fast import BusType, Message, MessageType
-        from dbus_fast.aio import MessageBus
+        from dbus_fast import MessageType
     except ImportError as exc:  # pragma: no cover - non-Linux
         raise BluezUnavailable(f"the real-device path needs BlueZ and dbus-fast: {exc}") from None
     try:
-        async with asyncio.timeout(timeout):
-            bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-    except TimeoutError:
+        reply = await call_bluez(
+            timeout,
+            path="/",
+            interface="org.freedesktop.DBus.ObjectManager",
+            member="GetManagedObjects",
+        )
+    except SystemBusFailed as failed:
+        cause = failed.cause
+        if failed.stage == "connect" and cause is None:
+            raise BluezUnavailable(
+                f"the system D-Bus did not answer within {timeout:g} s; restart dbus and bluetoothd"
+            ) from None
+        if failed.stage == "connect":
+            raise BluezUnavailable(
+                f"cannot reach the system D-Bus at {system_bus_address()} "
+                f"({type(cause).__name__}: {cause}); this machine has no BlueZ running: install "
+                "bluez and start bluetoothd"
+            ) from None
+        if cause is None:
+            raise BluezUnavailable(
+                f"BlueZ did not answer on the system D-Bus within {timeout:g} s; restart bluetoothd"
+            ) from None
         raise BluezUnavailable(
-            f"the system D-Bus did not answer within {timeout:g} s; restart dbus and bluetoothd"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise BluezUnavailable(
-            f"cannot reach the system D-Bus at {system_bus_address()} ({type(exc).__name__}: "
-            f"{exc}); this machine has no BlueZ running: install bluez and start bluetoothd"
-        ) from None
-    try:
-        async with asyncio.timeout(timeout):
-            reply = await bus.call(
-                Message(
-                    destination="org.bluez",
-                    path="/",
-                    interface="org.freedesktop.DBus.ObjectManager",
-                    member="GetManagedObjects",
-                )
-            )
-    except TimeoutError:
-        raise BluezUnavailable(
-            f"BlueZ did not answer on the system D-Bus within {timeout:g} s; restart bluetoothd"
-        ) from None
-    except (OSError, EOFError) as exc:
-        raise BluezUnavailable(
-            f"the system D-Bus connection failed ({type(exc).__name__}: {exc}); restart dbus "
+            f"the system D-Bus connection failed ({type(cause).__name__}: {cause}); restart dbus "
             "and bluetoothd"
         ) from None
-    finally:
-        bus.disconnect()
     if reply.message_type == MessageType.ERROR:
         raise BluezUnavailable(
             f"BlueZ is not running ({reply.error_name}); start bluetoothd "
@@ -112,19 +105,39 @@ def system_bus_address() -> str:
     return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/var/run/dbus/system_bus_socket")
 
 
-async def _call_bluez(timeout: float, **message: Any) -> Any:
+class SystemBusFailed(Exception):
+    """A call on the system D-Bus that got no reply: ``stage`` says whether reaching the bus
+    (``connect``) or the call itself (``call``) failed; ``cause`` is what was raised, None
+    when the time ran out."""
+
+    def __init__(self, stage: str, cause: BaseException | None) -> None:
+        super().__init__(f"{stage}: {cause or 'timed out'}")
+        self.stage = stage
+        self.cause = cause
+
+
+async def call_bluez(timeout: float, **message: Any) -> Any:
     """One method call to ``org.bluez`` on the system D-Bus (``message``: dbus-fast
-    ``Message`` fields), from connecting to disconnecting within ``timeout``; the reply,
-    an error reply included. dbus-fast's and the OS's errors, and TimeoutError, propagate."""
+    ``Message`` fields), from connecting to disconnecting within ``timeout``: the one way
+    this package talks to BlueZ. Returns the reply, an error reply included; raises
+    :class:`SystemBusFailed` for anything else (``ImportError`` without dbus-fast)."""
     from dbus_fast import BusType, Message
     from dbus_fast.aio import MessageBus
+    from dbus_fast.errors import DBusError
 
-    async with asyncio.timeout(timeout):
-        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-        try:
-            return await bus.call(Message(destination="org.bluez", **message))
-        finally:
-            bus.disconnect()
+    stage = "connect"
+    try:
+        async with asyncio.timeout(timeout):
+            bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+            stage = "call"
+            try:
+                return await bus.call(Message(destination="org.bluez", **message))
+            finally:
+                bus.disconnect()
+    except TimeoutError:
+        raise SystemBusFailed(stage, None) from None
+    except (OSError, ValueError, EOFError, DBusError) as exc:
+        raise SystemBusFailed(stage, exc) from None
 
 
 async def remove_device(address: str, adapter: str = "hci0", timeout: float = 5.0) -> bool:
@@ -134,13 +147,12 @@ async def remove_device(address: str, adapter: str = "hci0", timeout: float = 5.
     system D-Bus: ``FileNotFoundError``)."""
     try:
         from dbus_fast import MessageType
-        from dbus_fast.errors import DBusError
     except ImportError as exc:  # pragma: no cover - non-Linux
         raise BluezUnavailable(f"clearing BlueZ's cache needs dbus-fast: {exc}") from None
 
     device_path = f"/org/bluez/{adapter}/dev_{address.upper().replace(':', '_')}"
     try:
-        reply = await _call_bluez(
+        reply = await call_bluez(
             timeout,
             path=f"/org/bluez/{adapter}",
             interface="org.bluez.Adapter1",
@@ -148,14 +160,15 @@ async def remove_device(address: str, adapter: str = "hci0", timeout: float = 5.
             signature="o",
             body=[device_path],
         )
-    except TimeoutError:
-        raise BluezUnavailable(
-            f"BlueZ did not answer RemoveDevice for {address} within {timeout:g} s"
-        ) from None
-    except (OSError, ValueError, EOFError, DBusError) as exc:
+    except SystemBusFailed as failed:
+        cause = failed.cause
+        if cause is None:
+            raise BluezUnavailable(
+                f"BlueZ did not answer RemoveDevice for {address} within {timeout:g} s"
+            ) from None
         raise BluezUnavailable(
             f"cannot reach BlueZ on the system D-Bus at {system_bus_address()} "
-            f"({type(exc).__name__}: {exc})"
+            f"({type(cause).__name__}: {cause})"
         ) from None
     if reply.message_type == MessageType.ERROR:
         if reply.error_name == "org.bluez.Error.DoesNotExist":
@@ -175,17 +188,16 @@ async def connected_devices(adapter: str = "hci0", timeout: float = 3.0) -> list
     (nothing to add to a scan that found nothing)."""
     try:
         from dbus_fast import MessageType
-        from dbus_fast.errors import DBusError
     except ImportError:  # pragma: no cover - non-Linux
         return []
     try:
-        reply = await _call_bluez(
+        reply = await call_bluez(
             timeout,
             path="/",
             interface="org.freedesktop.DBus.ObjectManager",
             member="GetManagedObjects",
         )
-    except (TimeoutError, OSError, ValueError, EOFError, DBusError) as exc:
+    except SystemBusFailed as exc:
         log.debug("cannot list BlueZ's connected devices: %s", exc)
         return []
     if reply.message_type == MessageType.ERROR:

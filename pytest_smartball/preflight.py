@@ -58,7 +58,7 @@ class Wanted:
 
 
 @dataclass(slots=True)
-class Outcome:
+class Findings:
     """What preflight found: an error (one sentence) or the bench's facts."""
 
     error: str | None = None
@@ -203,12 +203,12 @@ def check(
     wanted: Wanted,
     scan_timeout: float = DEFAULT_SCAN_TIMEOUT_S,
     baseline: FirmwareImage | ImageError | None = None,
-) -> Outcome:
+) -> Findings:
     """Decide from the answers gathered so far (:data:`UNASKED` for the others): the
     adapter probe, BlueZ's version, what the scan saw, the ``--firmware`` image (or why it
     cannot be loaded) and each found device's INFO by address. Checks run in that order
     and the first failure ends them; ``infos`` may hold only the devices asked so far."""
-    out = Outcome()
+    out = Findings()
     if adapter is UNASKED:
         return out
     if isinstance(adapter, BluezUnavailable):
@@ -332,13 +332,13 @@ async def run(
     info_timeout: float = INFO_TIMEOUT_S,
     boundary: Boundary | None = None,
     on_step: Callable[[str], None] = lambda line: None,
-) -> Outcome:
+) -> Findings:
     """Gather the answers step by step, deciding after each with :func:`check`."""
     io = boundary or SystemBluez()
     answers: dict[str, object] = {}
     shown = 0
 
-    def decide() -> Outcome:
+    def decide() -> Findings:
         nonlocal shown
         out = check(**answers, wanted=wanted, scan_timeout=scan_timeout)  # type: ignore[arg-type]
         for line in out.passed[shown:]:

@@ -74,7 +74,7 @@ class SmartBallSession:
     address: str | None = None
     devices: list[BenchDevice] = field(default_factory=list)  # real: every device of the run
     warnings: list[str] = field(default_factory=list)
-    preflight: preflight.Outcome | None = None
+    preflight: preflight.Findings | None = None
     bluez: dict[str, Any] | None = None
     baseline_image: FirmwareImage | None = None
     reset_settings: OtaSettings | None = None  # real: smartball_reset_settings, once used

@@ -55,7 +55,7 @@ import pytest
 
 from pytest_smartball import bluez
 from pytest_smartball.link import LinkSettings
-from pytest_smartball.ota import OtaSettings
+from pytest_smartball.ota import Limits, OtaSettings
 from pytest_smartball.targets.simulated import backend_for
 from smartball_sim.fronts.in_process import SimWorld
 from smartball_sim.device import RadioTimings, SimDevice
@@ -88,7 +88,9 @@ def pytest_smartball_backend(config, adapter):
     return backend_for(WORLD)
 
 
-FAST = OtaSettings(link=LinkSettings(settle_s=0.05), stabilise_s=0.05, backoff_base_s=0.05)
+FAST = OtaSettings(
+    link=LinkSettings(settle_s=0.05), stabilise_s=0.05, limits=Limits(backoff_base_s=0.05)
+)
 
 
 @pytest.fixture

@@ -547,7 +547,7 @@ def _the_model_and_the_c_core_answer_alike(
     handled and the same state after every step."""
     from hypothesis import reject
 
-    from smartball_sim.contract_vectors.runner import DeviceConfig, Session, Step, run_session
+    from smartball_sim.contract_vectors.runner import DeviceConfig, Step, VectorSession, run_session
 
     at = 0.0
     session_steps = []
@@ -566,7 +566,7 @@ def _the_model_and_the_c_core_answer_alike(
         progressive_erase=progressive, resets=True, signed=signed, security_counter=3
     )
     try:
-        vector = run_session(Session("diff", "differential", session_steps, config))
+        vector = run_session(VectorSession("diff", "differential", session_steps, config))
     except AssertionError:
         reject()  # a message coinciding with the next input: the order would be a tie
     failure = c_core.vector_failure(lib, vector, repeated_acks_once=True)

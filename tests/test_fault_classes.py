@@ -31,7 +31,7 @@ from hil_tests.fault_classes import (
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import LinkSettings
 from pytest_smartball.loops import run as run_loop
-from pytest_smartball.ota import OtaEngine, OtaSettings, Outcome
+from pytest_smartball.ota import Limits, OtaEngine, OtaSettings, Outcome
 from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.faults import Effect, FaultPlan
 from smartball_sim.make_image import make_image
@@ -65,8 +65,7 @@ def test_the_documented_budgets_are_the_engines() -> None:
 def test_the_budgets_follow_the_engines_settings() -> None:
     """Not copies: other settings give other budgets, so the oracle tracks the engine."""
     s = OtaSettings(
-        max_attempts_without_progress=7,
-        max_recoveries=12,
+        limits=Limits(max_attempts_without_progress=7, max_recoveries=12),
         reappear_timeout_s=50.0,
         link=LinkSettings(connect_attempts=4, services_attempts=2),
     )
@@ -75,7 +74,7 @@ def test_the_budgets_follow_the_engines_settings() -> None:
     assert (b.timeouts_per_connect, b.connects_without_nus) == (4, 2)
     assert b.refusals_per_connect == bleak_retry_connector.MAX_TRANSIENT_ERRORS
     assert Budgets.of(s, Link.BUMBLE).refusals_per_connect == 4
-    assert DEFAULT.attempts_without_progress == OtaSettings().limits().max_attempts_without_progress
+    assert DEFAULT.attempts_without_progress == OtaSettings().limits.max_attempts_without_progress
 
 
 def test_every_effect_has_a_row_in_the_cost_table() -> None:
@@ -147,7 +146,7 @@ def test_at_the_edge_of_the_attempts_budget_the_engine_does_what_the_class_says(
 ) -> None:
     """Recoverable under ``--max-attempts N`` means the engine finishes with N; one fault
     more and the same engine gives up, naming that limit."""
-    settings_ = OtaSettings(max_attempts_without_progress=attempts)
+    settings_ = OtaSettings(limits=Limits(max_attempts_without_progress=attempts))
     image = FirmwareImage(make_image(5000, 1), "edge.bin")
     kind = classify(FaultPlan.parse(spec), image.size, Budgets.of(settings_)).kind
     target = make_sim_target(faults=spec, seed=0)

@@ -22,6 +22,7 @@ from pytest_smartball.link import NusLink
 from pytest_smartball.ota import (
     EventKind,
     FailureKind,
+    Limits,
     OtaEngine,
     OtaResult,
     OtaSettings,
@@ -206,7 +207,7 @@ async def test_a_flaky_link_that_progresses_each_time_finishes(
     sim_device.set_faults(drops)
     result = await ota().run()
     assert_flashed(sim_device, firmware_image, result)
-    assert result.resumes == 12 > OtaSettings().max_attempts_without_progress
+    assert result.resumes == 12 > OtaSettings().limits.max_attempts_without_progress
     assert result.bytes_resent <= result.resumes * WINDOW * CHUNK
 
 
@@ -427,7 +428,7 @@ async def test_retries_exhausted_is_a_clean_failure_with_the_old_image_active(
     assert "it resumes where the device stopped" in result.error
     assert result.reconnects == 0  # it never got back in
     assert event_kinds(result).count(EventKind.RECOVER) == (
-        OtaSettings().max_attempts_without_progress
+        OtaSettings().limits.max_attempts_without_progress
     )
 
 
@@ -567,7 +568,7 @@ async def test_a_device_that_never_resets_after_done_is_given_up_on_in_bounded_t
     assert "did not reset within 2 waits of 5 s" in result.error
     assert "It switches at its next reset: power-cycle it" in result.error
     assert "keeps its old image" not in result.error
-    assert event_kinds(result).count(EventKind.NO_RESET) == OtaSettings().max_reset_waits
+    assert event_kinds(result).count(EventKind.NO_RESET) == OtaSettings().limits.max_reset_waits
     assert result.duration_s < 30
     # What the sentence says is what the device holds: the old image runs, the new one waits.
     assert sim_device.firmware.state == p.OtaState.COMPLETE
@@ -680,7 +681,7 @@ async def test_progressive_erase_can_be_declined(firmware_image: FirmwareImage) 
     target = make_sim_target(progressive_erase=True)
     assert target.sim is not None
     starts = received_starts(target.sim)
-    settings = OtaSettings(progressive_erase=False)
+    settings = OtaSettings(limits=Limits(progressive_erase=False))
     result = await OtaEngine(firmware_image, target.backend, settings=settings).run()
     assert_flashed(target.sim, firmware_image, result)
     assert [s.flags for s in starts] == [0]

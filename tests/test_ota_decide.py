@@ -162,7 +162,7 @@ EXAMPLES: list[o.Observation] = [
     ),
     o.DeviceReset(),
     o.ResetNotSeen(5.0),
-    o.LinkClosed(),
+    o.FailedLinkClosed(),
     o.BackedOff(),
 ]
 
@@ -205,7 +205,7 @@ def test_every_observation_in_every_state_is_refused_or_follows_the_table(
         try:
             new, _ = decide(r, seen)
         except IllegalObservation:
-            # Not this state's, or out of order (RECOVERING: LinkClosed, then BackedOff;
+            # Not this state's, or out of order (RECOVERING: FailedLinkClosed, then BackedOff;
             # QUERYING: INFO, then STATUS; a manifest only for a signed image; the health
             # check and the confirm only after the device took the new image).
             assert not isinstance(seen, d._ACCEPTS[r.state]) or r.state in (
@@ -455,7 +455,7 @@ def test_a_bootloader_that_refuses_the_image_is_given_up_on() -> None:
 def give_up(r: Record) -> Record:
     """Fail every query until the engine gives up."""
     while not r.state.terminal:
-        r = run(r, o.LinkFailed("no MSG_INFO reply to CMD_INFO within 4.5 s"), o.LinkClosed())
+        r = run(r, o.LinkFailed("no MSG_INFO reply to CMD_INFO within 4.5 s"), o.FailedLinkClosed())
         if not r.state.terminal:
             r = run(r, o.BackedOff(), o.Found(), o.Connected())
     return r
@@ -502,7 +502,7 @@ def test_resyncs_without_progress_end_in_a_recovery_and_then_a_give_up() -> None
         r = replace(r, state=State.TRANSFERRING)
     r = run(r, o.Desync(status(p.OtaState.IDLE)))
     assert r.state is State.RECOVERING
-    assert run(r, o.LinkClosed()).outcome is Outcome.FAILED
+    assert run(r, o.FailedLinkClosed()).outcome is Outcome.FAILED
 
 
 # --- device errors (P13, P16) -----------------------------------------------------------------
@@ -612,7 +612,7 @@ def pick(r: Record, choice: int, *, progress: bool = True) -> o.Observation:
     """The observation ``choice`` selects among those the record's state can make."""
     kinds = [k for k in d._ACCEPTS[r.state] if progress or not issubclass(k, _PROGRESS)]
     if r.state is State.RECOVERING:  # the link is closed first, then the backoff
-        kinds = [o.BackedOff if r.link_closed else o.LinkClosed]
+        kinds = [o.BackedOff if r.link_closed else o.FailedLinkClosed]
     if r.state is State.QUERYING:  # INFO first, then STATUS
         kinds = [o.StatusReply if r.info_answered else o.InfoReply, o.LinkFailed]
     options = _BY_KIND[kinds[choice % len(kinds)]]

@@ -18,8 +18,9 @@ from pytest_smartball.image_formats import ImageFormat
 from pytest_smartball.manifest import Manifest
 from pytest_smartball.ota import HealthCheckFailed, OtaEngine, OtaResult, OtaSettings
 from pytest_smartball.ota import observations as o
-from pytest_smartball.ota.decide import decide, signed_refusal
+from pytest_smartball.ota.decide import decide
 from pytest_smartball.ota.record import Commit, ImageId, Limits, Record
+from pytest_smartball.ota.signed import signed_refusal
 from pytest_smartball.ota.states import EventKind, FailureKind, Outcome, State
 
 KID = 0x5EC0DE01
@@ -255,8 +256,8 @@ def test_a_rerun_finds_this_image_on_trial_and_confirms_it() -> None:
 
 def test_a_lost_link_while_confirming_ends_unconfirmed_saying_the_trial() -> None:
     r, _ = step(after_reset(Limits(max_attempts_without_progress=1)), o.InfoReply(TRIAL))
-    r, _ = step(r, o.LinkFailed("dropped"), o.LinkClosed(), o.BackedOff(), o.NotFound("gone"))
-    r, _ = step(r, o.LinkClosed())
+    r, _ = step(r, o.LinkFailed("dropped"), o.FailedLinkClosed(), o.BackedOff(), o.NotFound("gone"))
+    r, _ = step(r, o.FailedLinkClosed())
     assert r.outcome is Outcome.UNCONFIRMED
     assert "on trial (not confirmed)" in r.error
 
@@ -322,7 +323,7 @@ async def test_an_unsigned_image_is_refused_before_anything_is_erased() -> None:
 async def test_a_trial_image_is_left_for_the_user_to_decide_and_a_rerun_confirms_it() -> None:
     target, sim = _sim()
     first = _image(4)
-    result = await _flash(target, first, confirm=False)
+    result = await _flash(target, first, limits=Limits(confirm=False))
     assert result.outcome is Outcome.SUCCEEDED and result.image_state == "test"
     erases = sim.firmware.flash.erases
     refused = await _flash(target, _image(5, counter=6))

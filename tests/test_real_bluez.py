@@ -41,7 +41,7 @@ from pytest_smartball.link import (
     NusLink,
     find_device,
 )
-from pytest_smartball.ota import EventKind, OtaEngine, OtaSettings
+from pytest_smartball.ota import EventKind, Limits, OtaEngine, OtaSettings
 from tests.naive_client import naive_flash
 
 BLUEZ = "org.bluez"
@@ -208,7 +208,7 @@ async def test_the_engine_finishes_when_the_database_changes_during_the_update()
     bluetoothd reads the services again on every connection, and the update resumes. The
     engine forgets nothing: on bluetoothd 5.66 the cache is not what is stale."""
     with real_stack(faults="drop@offset:8000,stale-cache@connect:2") as stack:
-        settings = OtaSettings(max_attempts_without_progress=1)
+        settings = OtaSettings(limits=Limits(max_attempts_without_progress=1))
         result = await OtaEngine(
             IMAGE, stack.backend, address=stack.address, settings=settings
         ).run()
@@ -570,13 +570,13 @@ async def connect_to_a_silent_device(stack: Stack) -> tuple[str, str, float]:
 
 @pytest.fixture(scope="module")
 def silent_connects() -> dict[str, tuple[str, str, float] | str]:
-    from smartball_sim.bluez.records import Timing
+    from smartball_sim.bluez.records import EmulatorTiming
 
     results: dict[str, tuple[str, str, float] | str] = {}
     with real_stack() as real:
         results["real"] = asyncio.run(connect_to_a_silent_device(real))
     # The emulator's 40 s is checked against the real time below; here it waits 2 s.
-    with emulated_stack(timing=Timing(le_connect_timeout_s=2.0)) as emulated:
+    with emulated_stack(timing=EmulatorTiming(le_connect_timeout_s=2.0)) as emulated:
         try:
             results["emulated"] = asyncio.run(connect_to_a_silent_device(emulated))
         except TimeoutError:
@@ -587,11 +587,11 @@ def silent_connects() -> dict[str, tuple[str, str, float] | str]:
 def test_a_connect_to_a_silent_device_fails_the_same_way(
     silent_connects: dict[str, tuple[str, str, float] | str],
 ) -> None:
-    from smartball_sim.bluez.records import Timing
+    from smartball_sim.bluez.records import EmulatorTiming
 
     real, emulated = silent_connects["real"], silent_connects["emulated"]
     assert isinstance(real, tuple)
     assert isinstance(emulated, tuple), f"real bluetoothd {real}, emulator {emulated}"
     assert emulated[:2] == real[:2], f"real bluetoothd {real}, emulator {emulated}"
     # The emulator's own timeout is the kernel's (L2CAP_CONN_TIMEOUT) as measured here.
-    assert abs(Timing().le_connect_timeout_s - real[2]) < 0.25 * real[2], real
+    assert abs(EmulatorTiming().le_connect_timeout_s - real[2]) < 0.25 * real[2], real

@@ -377,10 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     ota.add_argument(
         "--max-attempts",
         type=_positive_int,
-        default=defaults.max_attempts_without_progress,
+        default=defaults.limits.max_attempts_without_progress,
         metavar="N",
         help="reconnect attempts in a row without the device getting further before giving "
-        f"up (default: {defaults.max_attempts_without_progress})",
+        f"up (default: {defaults.limits.max_attempts_without_progress})",
     )
     ota.add_argument(
         "--reappear-timeout",

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from .. import protocol as p
 from ..image import FirmwareImage
 from ..link import LINK_ERRORS, DeviceNotFound, LinkError, NusLink, find_device, scan
-from ..ota import FailureKind, OtaEngine, OtaResult, OtaSettings, Outcome
+from ..ota import FailureKind, Limits, OtaEngine, OtaResult, OtaSettings, Outcome
 from ..report import info_dict
 from ..targets import Target
 from . import output as out
@@ -207,8 +207,7 @@ async def cmd_flash(ctx: Context, image: FirmwareImage) -> int:
         link=ctx.link_settings,
         stabilise_s=a.stabilise,
         reappear_timeout_s=a.reappear_timeout,
-        max_attempts_without_progress=a.max_attempts,
-        confirm=not a.no_confirm,
+        limits=Limits(max_attempts_without_progress=a.max_attempts, confirm=not a.no_confirm),
         health_check=(
             shell_health_check(
                 a.health_check, a.health_check_timeout, name=target.name, address=target.address

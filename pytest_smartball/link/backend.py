@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bleak import BleakClient
@@ -51,6 +51,17 @@ class BleBackend:
     #: order, as it logs them (each has ``time`` and ``fault``); None on a real radio. The
     #: contract monitor reads it so that a message lost on purpose is not a device's bug.
     link_faults: Callable[[str], Sequence[InjectedFault]] | None = None
+    #: The platform's own stack is BlueZ (a real radio on Linux): chosen once, when the
+    #: backend is made, as bleak chooses its backend once; every BlueZ specific asks it.
+    on_bluez: bool = field(init=False, compare=False)
+    #: What bleak's platform backend is given when no backend class is supplied.
+    _platform_kwargs: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        linux = sys.platform.startswith("linux")
+        object.__setattr__(self, "on_bluez", self.is_real and linux)
+        platform = {"bluez": {"adapter": self.adapter}} if linux else {}
+        object.__setattr__(self, "_platform_kwargs", platform)
 
     @property
     def is_real(self) -> bool:
@@ -58,17 +69,17 @@ class BleBackend:
 
     @property
     def can_reread_services(self) -> bool:
-        return self.reread is not None or (self.is_real and sys.platform.startswith("linux"))
+        return self.reread is not None or self.on_bluez
 
     def scanner_kwargs(self) -> dict[str, Any]:
         if self.scanner is not None:
             return {"backend": self.scanner}
-        return {"bluez": {"adapter": self.adapter}} if sys.platform.startswith("linux") else {}
+        return dict(self._platform_kwargs)
 
     def client_kwargs(self) -> dict[str, Any]:
         if self.client is not None:
             return {"backend": self.client}
-        return {"bluez": {"adapter": self.adapter}} if sys.platform.startswith("linux") else {}
+        return dict(self._platform_kwargs)
 
     async def forget_device(self, address: str) -> bool:
         """Forget ``address`` in the stack (BlueZ: ``Adapter1.RemoveDevice``); False when the
@@ -77,7 +88,7 @@ class BleBackend:
         try:
             if self.forget is not None:
                 return await self.forget(address)
-            if sys.platform.startswith("linux"):
+            if self.on_bluez:
                 from ..bluez import remove_device
 
                 return await remove_device(address, self.adapter)
@@ -94,7 +105,7 @@ class BleBackend:
         """Known problems of the stack, one sentence each; never raises."""
         if self.warnings is not None:
             return await self.warnings()
-        if self.is_real and sys.platform.startswith("linux"):
+        if self.on_bluez:
             from ..bluez import bluez_version, version_warnings
 
             return version_warnings(await bluez_version())
@@ -105,7 +116,7 @@ class BleBackend:
         once per connection); False when this stack's client cannot."""
         if self.reread is not None:
             return await self.reread(client)
-        if self.is_real and sys.platform.startswith("linux"):
+        if self.on_bluez:
             from ..bluez import reread_services
 
             return await reread_services(client)
@@ -116,7 +127,7 @@ class BleBackend:
         characteristic write size can read 20 on an event loop that met the device
         disconnected; see :func:`pytest_smartball.bluez.acquire_mtu`); None when the
         characteristic's write size is already right or the stack cannot say."""
-        if self.is_real and sys.platform.startswith("linux"):
+        if self.on_bluez:
             from ..bluez import acquire_mtu
 
             return await acquire_mtu(client)
@@ -125,7 +136,7 @@ class BleBackend:
     async def needs_fixed_settle(self) -> bool:
         """Whether the stack is known to report services resolved before they are (BlueZ
         before 5.55, which preflight warns about): then the whole settle delay is waited."""
-        if self.is_real and sys.platform.startswith("linux"):
+        if self.on_bluez:
             from ..bluez import bluez_version
 
             version = await bluez_version()

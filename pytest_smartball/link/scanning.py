@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -106,7 +105,7 @@ async def find_device(
     for sighting in seen.values():
         if wanted(sighting):
             return sighting
-    if backend.is_real and sys.platform.startswith("linux"):
+    if backend.on_bluez:
         # Not advertising because BlueZ still holds it connected (a host process killed
         # mid-update leaves its link up): reach it through that connection.
         held = [

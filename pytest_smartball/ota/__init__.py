@@ -4,12 +4,13 @@ The package's rooms: the core, pure and without I/O (no bleak, no link, no async
 :mod:`.states` (the states, their allowed transitions, the outcomes and event kinds),
 :mod:`.decide` (every decision, a pure function over the small record of :mod:`.record`),
 :mod:`.observations` (what the engine can see), :mod:`.window` (the transfer's credit and
-waits), :mod:`.timeouts` (waits derived from the device's timing obligations); and over the
-link: :mod:`.result` (settings, which hold the link's, events, result) and :mod:`.engine`
-(the I/O: it pumps bytes and timeouts and asks the core what next).
+waits), :mod:`.timeouts` (waits derived from the device's timing obligations),
+:mod:`.settings` (how an update runs: the link's settings and the limits, held once) and
+:mod:`.result` (events, result); and over the link: :mod:`.engine` (the I/O: it pumps
+bytes and timeouts and asks the core what next).
 
-The names of those two are loaded when first used, so that importing the core (this
-package's ``__init__`` runs first) does not load bleak; ``from pytest_smartball.ota import
+The engine's names are loaded when first used, so that importing the core (this package's
+``__init__`` runs first) does not load bleak; ``from pytest_smartball.ota import
 OtaEngine`` works as before.
 """
 
@@ -18,21 +19,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from .record import Limits
+from .result import OtaEvent, OtaResult
+from .settings import HealthCheck, HealthCheckFailed, OtaSettings
 from .states import EventKind, FailureKind, Outcome, State
 
 if TYPE_CHECKING:
     from .engine import OtaEngine, ProgressCallback
-    from .result import HealthCheck, HealthCheckFailed, OtaEvent, OtaResult, OtaSettings
 
 #: The names that live over the link, and their module.
 _OVER_THE_LINK = {
     "OtaEngine": ".engine",
     "ProgressCallback": ".engine",
-    "HealthCheck": ".result",
-    "HealthCheckFailed": ".result",
-    "OtaEvent": ".result",
-    "OtaResult": ".result",
-    "OtaSettings": ".result",
 }
 
 
@@ -50,6 +48,7 @@ __all__ = [
     "FailureKind",
     "HealthCheck",
     "HealthCheckFailed",
+    "Limits",
     "OtaEngine",
     "OtaEvent",
     "OtaResult",

@@ -16,7 +16,17 @@ from dataclasses import replace
 from typing import Any
 
 from .. import protocol as p
-from ..manifest import key_id_text
+from .moves import (
+    end,
+    give_up,
+    is_ours,
+    link_failed,
+    opening,
+    progressed,
+    resync,
+    running_crc,
+    switch_stuck,
+)
 from .observations import (
     AbortReply,
     Acked,
@@ -30,11 +40,11 @@ from .observations import (
     DeviceReset,
     Done,
     EraseProgress,
+    FailedLinkClosed,
     FinishSent,
     Found,
     HealthChecked,
     InfoReply,
-    LinkClosed,
     LinkFailed,
     ManifestAccepted,
     NotFound,
@@ -47,6 +57,14 @@ from .observations import (
     StatusReply,
 )
 from .record import Commit, Decision, ImageId, Limits, Note, Record, Said
+from .signed import (
+    confirm_reply,
+    health_checked,
+    manifest_accepted,
+    reverted,
+    runs_new_signed,
+    signed_refusal,
+)
 from .states import (
     EventKind,
     FailureKind,
@@ -65,7 +83,6 @@ __all__ = [
     "Record",
     "Said",
     "decide",
-    "signed_refusal",
 ]
 
 S = State
@@ -90,36 +107,20 @@ def decide(record: Record, seen: Observation) -> Decision:
     return new, notes
 
 
-def _link_failed(r: Record, seen: LinkFailed) -> Decision:
-    """Any link failure (or a re-sync too many): RECOVERING, one more attempt."""
-    r = replace(
-        r,
-        state=State.RECOVERING,
-        attempts=r.attempts + 1,
-        recoveries=r.recoveries + 1,
-        last_error=seen.why,
-        reconnecting=True,
-        fresh_link=False,
-        link_closed=False,
-        info_answered=False,
-    )
-    return r, (Note(EventKind.LINK_FAILURE, seen.why),)
-
-
-def _link_closed(r: Record, seen: LinkClosed) -> Decision:
+def _link_closed(r: Record, seen: FailedLinkClosed) -> Decision:
     """RECOVERING, the old link closed: give up when a budget is spent, else back off."""
     if r.link_closed:
-        raise IllegalObservation("LinkClosed twice in one recovery")
+        raise IllegalObservation("FailedLinkClosed twice in one recovery")
     r = replace(r, link_closed=True)
     lim = r.limits
     if r.attempts > lim.max_attempts_without_progress:
-        return _give_up(
+        return give_up(
             r,
             f"gave up after {r.attempts - 1} attempts in a row without progress (the limit "
             f"is {lim.max_attempts_without_progress}, --max-attempts)",
         )
     if r.recoveries > lim.max_recoveries:
-        return _give_up(
+        return give_up(
             r,
             f"gave up after {lim.max_recoveries} recoveries in this update, the cap whatever "
             "the progress",
@@ -132,85 +133,14 @@ def _link_closed(r: Record, seen: LinkClosed) -> Decision:
     return r, (note,)
 
 
-def _give_up(r: Record, limit: str) -> Decision:
-    size = r.image.size
-    if r.said is not None:
-        said = f"the device last reported offset {r.said.offset} of {size} ({r.said.message})"
-    else:
-        said = f"the device reported nothing of this image's {size} bytes"
-    last = f"; last error: {r.last_error}" if r.last_error else ""
-    where = f"{limit}; {said}{last}"
-    if r.commit is Commit.NONE:
-        holds = "The device keeps its old image; move it closer and run the update again"
-        if r.session_opened and r.said is not None and r.said.offset > 0:
-            # The session is in RAM: a reset the host could not tell from a drop loses it.
-            holds += ": unless it was reset meanwhile, it resumes where the device stopped"
-        return _end(r, Outcome.FAILED, FailureKind.LINK, f"{where}. {holds}")
-    return _end(r, Outcome.UNCONFIRMED, None, f"{where}. {_unconfirmed(r)}")
-
-
-def _unconfirmed(r: Record) -> str:
-    crc = f"crc32 {r.image.crc32:08x}"
-    if r.commit is Commit.VERIFIED:
-        text = (
-            f"The device verified the new image ({crc}) and was told to reset into it, but "
-            "it could not be reached afterwards to confirm that it runs it; check with "
-            "`smartball-ota info`"
-        )
-        if r.signed_only and r.limits.confirm:
-            text += (
-                ". If it runs it, it runs it on trial (not confirmed): it returns to its old "
-                "image at its next reset unless `smartball-ota confirm` keeps it"
-            )
-        return text
-    return (
-        "Every byte was acknowledged and CMD_OTA_FINISH was sent, but no answer came: the "
-        f"device may have verified the new image ({crc}) and reset into it, or still run "
-        "its old one; check with `smartball-ota info`"
-    )
-
-
-def _end(
-    r: Record,
-    outcome: Outcome,
-    failure: FailureKind | None,
-    error: str,
-    notes: tuple[Note, ...] = (),
-) -> Decision:
-    state = {
-        Outcome.SUCCEEDED: State.SUCCEEDED,
-        Outcome.UNCONFIRMED: State.UNCONFIRMED,
-        Outcome.REVERTED: State.REVERTED,
-        Outcome.FAILED: State.FAILED,
-    }[outcome]
-    return replace(r, state=state, outcome=outcome, failure=failure, error=error), notes
-
-
-def _progressed(r: Record, rank: int, amount: int) -> Record:
-    """Only getting further than ever before renews the budget of fruitless attempts, so a
-    device that fails at the same point every time is given up on."""
-    if (rank, amount) > r.progress_mark:
-        return replace(r, progress_mark=(rank, amount), attempts=0)
-    return r
-
-
-def _resync(r: Record, notes: tuple[Note, ...]) -> Decision:
-    """Ask the device where it is (INFO, STATUS) on the same link. A re-sync is an attempt:
-    a device that keeps refusing without getting further is eventually given up on (by
-    way of RECOVERING, which also tries a fresh connection)."""
-    if r.attempts >= r.limits.max_attempts_without_progress:
-        return _link_failed(r, LinkFailed(f"re-synced {r.attempts} times without progress"))
-    return replace(r, state=State.QUERYING, attempts=r.attempts + 1), notes
-
-
 def _found(r: Record, seen: Found) -> Decision:
     return replace(r, state=State.CONNECTING, seen=True), ()
 
 
 def _not_found(r: Record, seen: NotFound) -> Decision:
     if not r.seen:
-        return _end(r, Outcome.FAILED, FailureKind.NOT_FOUND, seen.why)
-    return _link_failed(r, LinkFailed(seen.why))
+        return end(r, Outcome.FAILED, FailureKind.NOT_FOUND, seen.why)
+    return link_failed(r, LinkFailed(seen.why))
 
 
 def _connected(r: Record, seen: Connected) -> Decision:
@@ -239,7 +169,7 @@ def _info(r: Record, seen: InfoReply) -> Decision:
     notes: tuple[Note, ...] = ()
     if not r.fits_checked:
         if seen.too_large is not None:
-            return _end(r, Outcome.FAILED, FailureKind.BAD_INPUT, seen.too_large)
+            return end(r, Outcome.FAILED, FailureKind.BAD_INPUT, seen.too_large)
         r = replace(r, fits_checked=True)
         if r.image.manifest is not None and not info.signed_only:
             notes += (
@@ -275,138 +205,17 @@ def _info(r: Record, seen: InfoReply) -> Decision:
             refusal = signed_refusal(r.image, info)
             if refusal is not None:
                 kind, why = refusal
-                return _end(r, Outcome.FAILED, kind, why, notes)
+                return end(r, Outcome.FAILED, kind, why, notes)
     if r.commit is not Commit.NONE and runs_ours:
         if info.signed_only:
-            return _runs_new_signed(r, info, notes)
+            return runs_new_signed(r, info, notes)
         note = Note(
             EventKind.VERIFIED,
             f"device runs the new image (crc32 {info.active_image_crc32:08x}, "
             f"firmware {info.firmware_version})",
         )
-        return _end(r, Outcome.SUCCEEDED, None, "", (*notes, note))
+        return end(r, Outcome.SUCCEEDED, None, "", (*notes, note))
     return r, notes  # on to STATUS
-
-
-def signed_refusal(image: ImageId, info: p.MsgInfo) -> tuple[FailureKind, str] | None:
-    """Why this image must not be sent to this signed-only device, found before anything is
-    erased (docs/protocol.md section 16; the device would refuse it too, but only after the
-    host spent a connection on it): unsigned, another key, a lower security counter, or
-    an image on trial the user has not decided about. None: send it."""
-    m = image.manifest
-    device_key = key_id_text(info.trusted_key_id)
-    if m is None:
-        return FailureKind.UNSIGNED, (
-            f"{image.source} is not signed and the device runs only signed images (it trusts "
-            f"key {device_key}): sign it with `smartball-ota sign` and flash the .sbi. The "
-            "device keeps its old image"
-        )
-    if m.key_id != info.trusted_key_id:
-        return FailureKind.UNTRUSTED_KEY, (
-            f"{image.source} is signed with key {key_id_text(m.key_id)}, but the device trusts "
-            f"key {device_key}: sign it with the device's key. The device keeps its old image"
-        )
-    if m.security_counter < info.security_counter:
-        return FailureKind.DOWNGRADE, (
-            f"{image.source} carries security counter {m.security_counter}, below the "
-            f"device's {info.security_counter}: the device runs no image below its counter (a "
-            "downgrade); flash an image signed with a counter of at least "
-            f"{info.security_counter}. The device keeps its old image"
-        )
-    if info.image_state == p.ImageState.TEST:
-        return FailureKind.TRIAL_PENDING, (
-            f"the device runs an image on trial (firmware {info.firmware_version}, crc32 "
-            f"{info.active_image_crc32:08x}, not confirmed), and a new update would take the "
-            "staging bank its revert needs: keep it with `smartball-ota confirm`, or reset the "
-            "device to return to its previous image, then flash again. Nothing was sent"
-        )
-    return None
-
-
-def _runs_new_signed(r: Record, info: p.MsgInfo, notes: tuple[Note, ...]) -> Decision:
-    """A signed-only device runs the new image: on trial, it is checked and confirmed;
-    already confirmed, the update is done. In any other state (REVERTED: the old image
-    came back, whose CRC this one shares) STATUS decides (a switch may still be pending)."""
-    state = info.image_state
-    running = f"crc32 {info.active_image_crc32:08x}, firmware {info.firmware_version}"
-    if state == p.ImageState.TEST:
-        # It runs the new image, so it took it, also when its DONE never reached the host
-        # (a reset as DONE left it): the confirm that follows is after the switch.
-        r = replace(r, commit=Commit.VERIFIED)
-        if not r.limits.confirm:
-            note = Note(
-                EventKind.VERIFIED,
-                f"device runs the new image on trial ({running}), not confirmed (--no-confirm): "
-                "it returns to its old image at its next reset unless confirmed",
-            )
-            return _end(r, Outcome.SUCCEEDED, None, "", (*notes, note))
-        if r.limits.health_check and not r.healthy:
-            note = Note(
-                EventKind.VERIFIED, f"device runs the new image on trial ({running}); health check"
-            )
-            return replace(r, state=State.HEALTH_CHECKING), (*notes, note)
-        note = Note(
-            EventKind.VERIFIED, f"device runs the new image on trial ({running}); confirming"
-        )
-        return replace(r, state=State.CONFIRMING), (*notes, note)
-    if state == p.ImageState.CONFIRMED:
-        return _confirmed(r, info, notes)
-    return r, notes
-
-
-def _confirmed(r: Record, info: p.MsgInfo, notes: tuple[Note, ...]) -> Decision:
-    note = Note(
-        EventKind.CONFIRMED,
-        f"device runs the new image, confirmed (crc32 {info.active_image_crc32:08x}, firmware "
-        f"{info.firmware_version}, security counter {info.security_counter})",
-    )
-    notes = (*notes, note)
-    m = r.image.manifest
-    if m is not None and info.security_counter < m.security_counter:
-        notes += (
-            Note(
-                EventKind.WARNING,
-                f"the device reports security counter {info.security_counter} after the "
-                f"confirm, below the image's {m.security_counter}: it did not raise it (a "
-                "firmware fault), so it would still run older images",
-            ),
-        )
-    return _end(r, Outcome.SUCCEEDED, None, "", notes)
-
-
-def _reverted(r: Record, notes: tuple[Note, ...]) -> Decision:
-    """DONE was said, the device reset, and it runs its old image: REVERTED, in a true
-    sentence for each way it can happen (section 16)."""
-    info = r.info
-    assert info is not None
-    new = f"crc32 {r.image.crc32:08x}"
-    old = f"firmware {info.firmware_version}, crc32 {info.active_image_crc32:08x}"
-    if info.image_state == p.ImageState.REVERTED:
-        why = (
-            f"the device ran the new image ({new}) on trial and reset before it was confirmed, "
-            f"so its bootloader swapped back: it runs its old image ({old}) again. Find why the "
-            "new image did not stay up (a crash, a watchdog, a power cut) before flashing it "
-            "again"
-        )
-    else:
-        why = (
-            f"the device refused the new image ({new}) at boot (its bootloader verifies the "
-            "signature, the SHA-256 and the security counter again) and runs its old image "
-            f"({old}) again"
-        )
-    note = Note(EventKind.REVERTED, why)
-    return _end(r, Outcome.REVERTED, None, why, (*notes, note))
-
-
-def _opening(r: Record) -> State:
-    """How a new session opens: with the signed manifest on a signed-only device."""
-    if r.signed_only and r.image.manifest is not None:
-        return State.SENDING_MANIFEST
-    return State.STARTING
-
-
-def _ours(r: Record, status: p.MsgOtaStatus) -> bool:
-    return (status.image_size, status.image_crc32) == (r.image.size, r.image.crc32)
 
 
 def _status(r: Record, seen: StatusReply) -> Decision:
@@ -414,7 +223,7 @@ def _status(r: Record, seen: StatusReply) -> Decision:
         raise IllegalObservation("a STATUS reply before INFO")
     r = replace(r, info_answered=False)
     status = seen.status
-    ours = _ours(r, status)
+    ours = is_ours(r, status)
     fresh = r.fresh_link
     try:
         state: p.OtaState | None = p.OtaState(status.state)
@@ -433,7 +242,7 @@ def _status(r: Record, seen: StatusReply) -> Decision:
     if r.commit is Commit.VERIFIED and r.signed_only:
         # No switch pending and not the new image on trial or confirmed (INFO would have
         # ended the query): the device went back to its old image.
-        return _reverted(r, notes)
+        return reverted(r, notes)
     if r.commit is Commit.VERIFIED and not ours:
         # DONE was said and the device reset, but it still runs its old image: its
         # bootloader did not take the new one. Send it again, a bounded number of times.
@@ -442,15 +251,15 @@ def _status(r: Record, seen: StatusReply) -> Decision:
         if failed >= r.limits.max_failed_activations:
             why = (
                 f"the device verified the new image and reset {failed} times, but still runs "
-                f"its old image (crc32 {_running_crc(r)}): its bootloader does not take this "
+                f"its old image (crc32 {running_crc(r)}): its bootloader does not take this "
                 "image. The device keeps its old image"
             )
-            return _end(r, Outcome.FAILED, FailureKind.REFUSED, why, notes)
+            return end(r, Outcome.FAILED, FailureKind.REFUSED, why, notes)
     if ours and state is p.OtaState.ERASING:
         return replace(r, state=State.WAITING_READY, commit=Commit.NONE, resume_offset=0), notes
     if ours and state is p.OtaState.RECEIVING:
         offset = status.next_expected_offset
-        r = _progressed(r, 2, offset)
+        r = progressed(r, 2, offset)
         # Every byte there (FINISH lost, or the link dropped at the last chunk): FINISH
         # needs no READY, and a START would be one more command to get wrong.
         complete = offset >= r.image.size
@@ -482,12 +291,8 @@ def _status(r: Record, seen: StatusReply) -> Decision:
                 "session to resume: it switched to it before; sending it again",
             ),
         )
-    next_state = _opening(r) if state is p.OtaState.IDLE else State.ABORTING
+    next_state = opening(r) if state is p.OtaState.IDLE else State.ABORTING
     return replace(r, state=next_state), notes
-
-
-def _running_crc(r: Record) -> str:
-    return f"{r.info.active_image_crc32:08x}" if r.info else "unknown"
 
 
 def _complete(r: Record, status: p.MsgOtaStatus, ours: bool, notes: tuple[Note, ...]) -> Decision:
@@ -495,7 +300,7 @@ def _complete(r: Record, status: p.MsgOtaStatus, ours: bool, notes: tuple[Note, 
     be refused: wait for that reset, ours or not. Still COMPLETE after a reset was seen
     counts as a wait that did not work (a device that never leaves COMPLETE is given up on)."""
     if ours:
-        r = _progressed(r, 3, 0)
+        r = progressed(r, 3, 0)
         r = replace(r, commit=Commit.VERIFIED, other_commit=None)
     else:
         r = replace(r, commit=Commit.NONE, other_commit=status.image_crc32)
@@ -503,94 +308,18 @@ def _complete(r: Record, status: p.MsgOtaStatus, ours: bool, notes: tuple[Note, 
         waits = r.reset_waits + 1
         r = replace(r, reset_waits=waits, reset_seen=False)
         if waits >= r.limits.max_reset_waits:
-            return _switch_stuck(r, f"reset {waits} times and still reports it pending", notes)
+            return switch_stuck(r, f"reset {waits} times and still reports it pending", notes)
     return replace(r, state=State.REBOOTING), notes
-
-
-def _switch_stuck(r: Record, how: str, notes: tuple[Note, ...]) -> Decision:
-    """Give up waiting for a committed switch: the device said it resets and did not."""
-    running = f"it still runs crc32 {_running_crc(r)}"
-    if r.other_commit is not None:
-        why = (
-            f"the device committed a switch to another image (crc32 {r.other_commit:08x}) and "
-            f"{how}; {running}. Power-cycle it (it then runs that image) and run the update again"
-        )
-        return _end(r, Outcome.FAILED, FailureKind.NO_RESET, why, notes)
-    why = (
-        f"the device verified the new image (crc32 {r.image.crc32:08x}) and committed the "
-        f"switch, but {how}; {running}. It switches at its next reset: power-cycle it, then "
-        "check with `smartball-ota info`"
-    )
-    return _end(r, Outcome.UNCONFIRMED, None, why, notes)
 
 
 def _aborted(r: Record, seen: AbortReply) -> Decision:
     status = seen.status
     note = Note(EventKind.ABORTED, f"device state {status.state_name}")
     if status.state == p.OtaState.COMPLETE:  # P11: nothing is cancelled under a committed switch
-        return _complete(r, status, _ours(r, status), (note,))
+        return _complete(r, status, is_ours(r, status), (note,))
     if status.state in (p.OtaState.IDLE, p.OtaState.ERROR):
-        return replace(r, state=_opening(r)), (note,)
-    return _resync(r, (note,))
-
-
-def _manifest_accepted(r: Record, seen: ManifestAccepted) -> Decision:
-    m = r.image.manifest
-    if m is None:
-        raise IllegalObservation("a manifest accepted for an image that has none")
-    note = Note(
-        EventKind.MANIFEST,
-        f"device accepted the signed manifest (firmware {m.version}, security counter "
-        f"{m.security_counter}, key {key_id_text(m.key_id)})",
-    )
-    return replace(r, state=State.STARTING), (note,)
-
-
-def _after_switch(r: Record, seen: Observation) -> None:
-    """The health check and the confirm come only after the device took the new image."""
-    if r.commit is not Commit.VERIFIED:
-        raise IllegalObservation(f"{type(seen).__name__} before the device took the new image")
-
-
-def _health_checked(r: Record, seen: HealthChecked) -> Decision:
-    _after_switch(r, seen)
-    if seen.healthy:
-        note = Note(EventKind.HEALTH_CHECK, f"passed{': ' + seen.why if seen.why else ''}")
-        return replace(r, state=State.SCANNING, healthy=True, info_answered=False), (note,)
-    old = r.first_info.active_image_crc32 if r.first_info else None
-    back = f" (crc32 {old:08x})" if old is not None else ""
-    why = (
-        f"the health check failed ({seen.why or 'no reason given'}): the new image (crc32 "
-        f"{r.image.crc32:08x}) was not confirmed. The device runs it on trial and returns to "
-        f"its old image{back} at its next reset: power-cycle it, or keep the new image anyway "
-        "with `smartball-ota confirm`"
-    )
-    note = Note(EventKind.HEALTH_CHECK, f"failed: {seen.why or 'no reason given'}")
-    return _end(r, Outcome.FAILED, FailureKind.UNHEALTHY, why, (note,))
-
-
-def _confirm_reply(r: Record, seen: ConfirmReply) -> Decision:
-    _after_switch(r, seen)
-    info = seen.info
-    r = replace(r, info=info, capabilities=info.capabilities)
-    if info.runs(r.image.size, r.image.crc32):
-        if info.image_state == p.ImageState.CONFIRMED:
-            return _confirmed(r, info, ())
-        why = (
-            f"the device answered CMD_OTA_CONFIRM still running the new image (crc32 "
-            f"{r.image.crc32:08x}) in image state {_image_state_name(info.image_state)}, not "
-            "confirmed: it returns to its old image at its next reset; check with "
-            "`smartball-ota info` and confirm with `smartball-ota confirm`"
-        )
-        return _end(r, Outcome.UNCONFIRMED, None, why)
-    return _reverted(r, ())
-
-
-def _image_state_name(state: int) -> str:
-    try:
-        return p.ImageState(state).name
-    except ValueError:
-        return f"unknown ({state})"
+        return replace(r, state=opening(r)), (note,)
+    return resync(r, (note,))
 
 
 def _start_sent(r: Record, seen: StartSent) -> Decision:
@@ -599,7 +328,7 @@ def _start_sent(r: Record, seen: StartSent) -> Decision:
 
 
 def _erase_progress(r: Record, seen: EraseProgress) -> Decision:
-    return _progressed(r, 1, seen.done), ()
+    return progressed(r, 1, seen.done), ()
 
 
 def _ready(r: Record, seen: Ready) -> Decision:
@@ -614,7 +343,7 @@ def _stabilised(r: Record, seen: Stabilised) -> Decision:
 
 
 def _acked(r: Record, seen: Acked) -> Decision:
-    r = _progressed(r, 2, seen.offset)
+    r = progressed(r, 2, seen.offset)
     said = Said(seen.offset, "MSG_OTA_ACK")
     r = replace(r, said=said, resume_offset=seen.offset, ack_timeouts=0, rewinds_since_ack=0)
     return r, ()
@@ -629,7 +358,7 @@ def _ack_timeout(r: Record, seen: AckTimeout) -> Decision:
             f"no MSG_OTA_ACK moved forward in {waits} waits of {seen.waited_s:g} s with "
             f"{seen.in_flight} bytes in flight"
         )
-        return _link_failed(r, LinkFailed(why))
+        return link_failed(r, LinkFailed(why))
     note = Note(
         EventKind.ACK_TIMEOUT,
         f"no ACK for {seen.waited_s:g} s with {seen.in_flight} bytes in flight; asking STATUS",
@@ -650,14 +379,14 @@ def _rewound(r: Record, seen: Rewound) -> Decision:
             f"the device moved the transfer back {rewinds} times without an ACK that moves "
             f"forward (it expects offset {seen.offset})"
         )
-        failed, notes = _link_failed(r, LinkFailed(why))
+        failed, notes = link_failed(r, LinkFailed(why))
         return failed, (note, *notes)
     return r, (note,)
 
 
 def _desync(r: Record, seen: Desync) -> Decision:
     note = Note(EventKind.DESYNC, f"device is {seen.status.state_name} mid-transfer")
-    return _resync(r, (note,))
+    return resync(r, (note,))
 
 
 def _all_acked(r: Record, seen: AllAcked) -> Decision:
@@ -675,8 +404,8 @@ def _done(r: Record, seen: Done) -> Decision:
             f"{r.image.crc32:08x}: it verified other bytes than were sent, and may reset into "
             "them; check what it runs with `smartball-ota info`"
         )
-        return _end(r, Outcome.FAILED, FailureKind.REFUSED, why)
-    r = _progressed(r, 3, 0)
+        return end(r, Outcome.FAILED, FailureKind.REFUSED, why)
+    r = progressed(r, 3, 0)
     note = Note(
         EventKind.DONE, f"device verified crc32 {seen.crc32:08x}; it resets into the new image"
     )
@@ -719,7 +448,7 @@ def _device_error(r: Record, seen: DeviceError) -> Decision:
     if err.code in _RESYNC_CODES or (lost_manifest and r.signed_only):
         # UNSIGNED for a signed image: the device no longer holds the manifest it accepted
         # (a reset between MANIFEST and START); the re-sync sends it again.
-        return _resync(r, (Note(EventKind.DEVICE_ERROR, f"{detail}; re-syncing"),))
+        return resync(r, (Note(EventKind.DEVICE_ERROR, f"{detail}; re-syncing"),))
     hint = _REFUSAL_HINTS.get(err.code, "an error code this host does not know")
     why = (
         f"device refused {p.MsgType(seen.awaiting).name}: {err.code_name} ({hint}): "
@@ -727,7 +456,7 @@ def _device_error(r: Record, seen: DeviceError) -> Decision:
     )
     note = Note(EventKind.DEVICE_ERROR, detail)
     kind = _FAILURE_FOR_CODE.get(err.code, FailureKind.REFUSED)
-    return _end(r, Outcome.FAILED, kind, why, (note,))
+    return end(r, Outcome.FAILED, kind, why, (note,))
 
 
 def _device_reset(r: Record, seen: DeviceReset) -> Decision:
@@ -748,12 +477,12 @@ def _reset_not_seen(r: Record, seen: ResetNotSeen) -> Decision:
     if not last:
         return replace(r, state=State.SCANNING), (note,)
     how = f"did not reset within {waits} waits of {seen.waited_s:g} s"
-    return _switch_stuck(r, how, (note,))
+    return switch_stuck(r, how, (note,))
 
 
 def _backed_off(r: Record, seen: BackedOff) -> Decision:
     if not r.link_closed:
-        raise IllegalObservation("BackedOff before LinkClosed")
+        raise IllegalObservation("BackedOff before FailedLinkClosed")
     return replace(r, state=State.SCANNING, link_closed=False), ()
 
 
@@ -761,13 +490,13 @@ _HANDLERS: Mapping[type, Callable[[Record, Any], Decision]] = {
     Found: _found,
     NotFound: _not_found,
     Connected: _connected,
-    LinkFailed: _link_failed,
+    LinkFailed: link_failed,
     InfoReply: _info,
     StatusReply: _status,
     AbortReply: _aborted,
-    ManifestAccepted: _manifest_accepted,
-    HealthChecked: _health_checked,
-    ConfirmReply: _confirm_reply,
+    ManifestAccepted: manifest_accepted,
+    HealthChecked: health_checked,
+    ConfirmReply: confirm_reply,
     StartSent: _start_sent,
     EraseProgress: _erase_progress,
     Ready: _ready,
@@ -782,7 +511,7 @@ _HANDLERS: Mapping[type, Callable[[Record, Any], Decision]] = {
     DeviceError: _device_error,
     DeviceReset: _device_reset,
     ResetNotSeen: _reset_not_seen,
-    LinkClosed: _link_closed,
+    FailedLinkClosed: _link_closed,
     BackedOff: _backed_off,
 }
 
@@ -801,5 +530,5 @@ _ACCEPTS: Mapping[State, tuple[type, ...]] = {
     S.TRANSFERRING: (Acked, AckTimeout, Rewound, Desync, AllAcked, DeviceError, LinkFailed),
     S.FINISHING: (FinishSent, Done, DeviceError, LinkFailed),
     S.REBOOTING: (DeviceReset, ResetNotSeen),
-    S.RECOVERING: (LinkClosed, BackedOff),
+    S.RECOVERING: (FailedLinkClosed, BackedOff),
 }

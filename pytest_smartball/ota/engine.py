@@ -41,7 +41,8 @@ from ..link import (
 from . import observations as o
 from .decide import decide
 from .record import Commit, ImageId, Record
-from .result import HealthCheckFailed, OtaEvent, OtaResult, OtaSettings
+from .result import OtaEvent, OtaResult
+from .settings import HealthCheckFailed, OtaSettings
 from .states import EventKind, Outcome, State
 from .timeouts import SilenceWatch, reappear_s
 from .window import CreditWindow, Transfer, TransferWaits, Wake, host_chunk
@@ -97,7 +98,7 @@ class OtaEngine:
         crc32 = image.crc32  # computed over the whole image on every access: once here
         self.result = OtaResult(image_size=image.size, image_crc32=crc32)
         image_id = ImageId(image.size, crc32, image.source, image.manifest)
-        self.record = Record(image_id, self.settings.limits())
+        self.record = Record(image_id, self.settings.record_limits())
         self._link_settings: LinkSettings = self.settings.link
         self._link: NusLink | None = None
         self._ready: p.MsgOtaReady | None = None
@@ -487,7 +488,7 @@ class OtaEngine:
 
     async def _recover(self) -> None:
         await self._close_link()
-        self._see(o.LinkClosed())
+        self._see(o.FailedLinkClosed())
         if self.state is State.RECOVERING:
             await asyncio.sleep(self.record.backoff_s)
             self._see(o.BackedOff())

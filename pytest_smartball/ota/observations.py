@@ -161,7 +161,7 @@ class ResetNotSeen:
 
 
 @dataclass(frozen=True, slots=True)
-class LinkClosed:
+class FailedLinkClosed:
     """RECOVERING: the failed link is closed; what next?"""
 
 
@@ -195,6 +195,6 @@ Observation = (
     | DeviceError
     | DeviceReset
     | ResetNotSeen
-    | LinkClosed
+    | FailedLinkClosed
     | BackedOff
 )

@@ -34,7 +34,7 @@ class ImageId:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The budgets and choices an update runs with (from ``OtaSettings``)."""
+    """The budgets and choices an update runs with (``OtaSettings.limits``)."""
 
     #: Recoveries and re-syncs in a row without the device getting further.
     max_attempts_without_progress: int = 5
@@ -49,13 +49,15 @@ class Limits:
     max_ack_timeouts: int = 3
     #: Rewinds without an ACK moving forward before the link counts as failed.
     max_rewinds_without_ack: int = 32
-    #: Pause after READY (STABILISING) or straight on to the transfer.
+    #: Pause after READY (STABILISING) or straight on to the transfer (an update's
+    #: ``OtaSettings.stabilise_s`` sets it).
     stabilise: bool = False
     #: Ask for progressive erase when the device offers it (P18).
     progressive_erase: bool = True
     #: Signed-only devices: confirm the new image once it runs (False: leave it on trial).
     confirm: bool = True
-    #: Signed-only devices: a health check runs before the confirm.
+    #: Signed-only devices: a health check runs before the confirm (an update's
+    #: ``OtaSettings.health_check`` sets it).
     health_check: bool = False
     backoff_base_s: float = 0.5
     backoff_max_s: float = 8.0
@@ -142,8 +144,12 @@ class Record:
     def status_with_info(self) -> bool:
         """QUERYING: CMD_OTA_STATUS goes out with CMD_INFO, sharing a connection event and
         a round trip, rather than after INFO's answer. Before a switch is asked for, STATUS
-        always follows INFO (only an image too large for the device ends the update at
-        INFO); after it, INFO alone may end the update (the new image runs), so STATUS
+        is nearly always needed, so it goes along; INFO alone still ends the query when the
+        image is too large for the device, when a signed-only device refuses it before
+        anything is sent (:func:`~.signed.signed_refusal`: unsigned, another key, a lower
+        security counter, an image on trial), or when the device already runs this very
+        image on trial (left to confirm); STATUS's answer is then not waited for. After a
+        switch is asked for, INFO alone may end the update (the new image runs), so STATUS
         waits for INFO's answer."""
         return self.commit is Commit.NONE
 

@@ -1,86 +1,12 @@
-"""What an update leaves behind: its settings, its event log and its result."""
+"""What an update leaves behind: its event log and its result."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import protocol as p
-from ..link import LinkSettings
-from .record import Limits
 from .states import EventKind, FailureKind, Outcome, State
-from .timeouts import DEFAULT as DEFAULT_TIMEOUTS
-
-#: A health check of the new image running on trial (signed-only devices): called with the
-#: device's INFO (it runs the new image, image state TEST) while the engine holds no link
-#: to it, so the check may connect to the device itself. True: healthy, confirm it; False
-#: or an exception (:class:`HealthCheckFailed` says why): leave it unconfirmed.
-HealthCheck = Callable[[p.MsgInfo], Awaitable[bool]]
-
-
-class HealthCheckFailed(Exception):
-    """A health check's "no", with the reason (one phrase) the update's sentence quotes."""
-
-
-@dataclass(frozen=True, slots=True)
-class OtaSettings:
-    """How an update runs. The timeouts' defaults follow the device's timing obligations
-    with a stated margin (:mod:`.timeouts`)."""
-
-    link: LinkSettings = field(default_factory=LinkSettings)
-    #: A pause after READY before the first DATA. READY means "send at full rate now"
-    #: (P17), so none by default; kept for firmware that breaks that promise.
-    stabilise_s: float = 0.0
-    #: Longest silence while waiting for READY; MSG_OTA_PROGRESS counts as a sign of life.
-    erase_silence_timeout_s: float = DEFAULT_TIMEOUTS.erase_silence_s
-    #: Longest wait for an ACK with chunks in flight before asking for STATUS.
-    ack_timeout_s: float = DEFAULT_TIMEOUTS.ack_s
-    #: The same wait after the device refused DATA (see ``Timeouts.refusal_probe_s``).
-    refusal_probe_s: float = DEFAULT_TIMEOUTS.refusal_probe_s
-    #: Reply to a command such as INFO, STATUS or ABORT.
-    reply_timeout_s: float = DEFAULT_TIMEOUTS.reply_s
-    #: From FINISH to DONE (the device reads the whole image back for its CRC).
-    verify_timeout_s: float = DEFAULT_TIMEOUTS.verify_s
-    #: From DONE to the link dropping for the reset.
-    reset_timeout_s: float = DEFAULT_TIMEOUTS.reset_s
-    #: How long a vanished device (reset, advertising pause) is waited for.
-    reappear_timeout_s: float = DEFAULT_TIMEOUTS.reappear_s
-    #: Recoveries and re-syncs in a row without the device getting further.
-    max_attempts_without_progress: int = 5
-    #: A hard cap on recoveries whatever the progress, so nothing can loop forever.
-    max_recoveries: int = 100
-    #: Waits for a promised reset (after DONE) that did not come, before giving up.
-    max_reset_waits: int = 2
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 8.0
-    #: Forget the device in the Bluetooth stack first (BlueZ: Adapter1.RemoveDevice, what
-    #: ``bluetoothctl remove`` does), so no stale GATT cache is used.
-    clear_cache: bool = False
-    #: Proposed in CMD_OTA_START; the link's write size caps it further.
-    chunk_size: int = p.MAX_DATA_CHUNK
-    #: Ask for progressive erase (P18) when the device advertises it.
-    progressive_erase: bool = True
-    #: Signed-only devices: confirm the new image once it runs on trial (False: leave it on
-    #: trial; the device returns to its old image at its next reset).
-    confirm: bool = True
-    #: Signed-only devices: checked before the confirm (see :data:`HealthCheck`).
-    health_check: HealthCheck | None = None
-    #: A health check still running after this long fails.
-    health_check_timeout_s: float = 60.0
-
-    def limits(self) -> Limits:
-        return Limits(
-            max_attempts_without_progress=self.max_attempts_without_progress,
-            max_recoveries=self.max_recoveries,
-            max_reset_waits=self.max_reset_waits,
-            stabilise=self.stabilise_s > 0,
-            progressive_erase=self.progressive_erase,
-            confirm=self.confirm,
-            health_check=self.health_check is not None,
-            backoff_base_s=self.backoff_base_s,
-            backoff_max_s=self.backoff_max_s,
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,7 @@ from smartball_sim.firmware import FlashTimings
 from ..image import FirmwareImage, load_image
 from ..link import LinkSettings
 from ..options import read_options
-from ..ota import OtaSettings
+from ..ota import Limits, OtaSettings
 from . import real_time_firmware_image
 
 
@@ -151,8 +151,7 @@ FAST_LINK = LinkSettings(settle_s=0.05, services_retry_backoff_s=0.05, scan_time
 FAST_OTA = OtaSettings(
     link=FAST_LINK,
     stabilise_s=0.05,
-    backoff_base_s=0.05,
-    backoff_max_s=0.5,
+    limits=Limits(backoff_base_s=0.05, backoff_max_s=0.5),
     reappear_timeout_s=10.0,
 )
 

@@ -20,7 +20,7 @@ from .objects import (
     ObjectTree,
     current_caller,
 )
-from .records import EmulatedDevice, Timing
+from .records import EmulatedDevice, EmulatorTiming
 
 log = logging.getLogger("sim.bluez")
 
@@ -34,7 +34,7 @@ class AdapterInterface:
         gatt: GattDatabase,
         characteristics: CharacteristicInterface,
         devices: dict[str, EmulatedDevice],
-        timing: Timing,
+        timing: EmulatorTiming,
         adapter_path: str,
     ) -> None:
         self.tree = tree

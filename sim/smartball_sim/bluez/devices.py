@@ -28,7 +28,7 @@ from .objects import (
     DBusFailure,
     ObjectTree,
 )
-from .records import EmulatedDevice, Timing
+from .records import EmulatedDevice, EmulatorTiming
 
 log = logging.getLogger("sim.bluez")
 
@@ -64,7 +64,7 @@ class DeviceInterface:
         gatt: GattDatabase,
         characteristics: CharacteristicInterface,
         devices: dict[str, EmulatedDevice],
-        timing: Timing,
+        timing: EmulatorTiming,
     ) -> None:
         self.tree = tree
         self.gatt = gatt

@@ -25,9 +25,9 @@ decisions are the device's own (``connect_outcome``, ``nus_hidden_on_connect``,
 * ``connect-timeout``: ``Connect`` never answers (the client's timeout fires; its
   ``Disconnect`` cancels the attempt);
 * a ``Connect`` to a device that does not advertise: ``org.bluez.Error.Failed:
-  le-connection-abort-by-local`` after :attr:`Timing.le_connect_timeout_s` (40 s);
+  le-connection-abort-by-local`` after :attr:`EmulatorTiming.le_connect_timeout_s` (40 s);
 * ``race`` (BlueZ before 5.55): ``ServicesResolved=true`` goes out with only the GATT
-  service exported, and the NUS objects follow :attr:`Timing.race_gap_s` later; the racing
+  service exported, and the NUS objects follow :attr:`EmulatorTiming.race_gap_s` later; the racing
   connection's objects go when it ends;
 * ``stale-cache``: the device's cached database (the GATT service, no NUS) is what a
   connect resolves to; it stays exported across disconnects until ``RemoveDevice``.
@@ -42,7 +42,7 @@ that answers its interface) and one object per D-Bus interface: ``Adapter1`` (:m
 discovery), ``Device1`` (:mod:`.devices`, connect and disconnect), ``GattCharacteristic1`` and
 ``GattDescriptor1`` (:mod:`.characteristics`, the acquired fds, notifications), beside the
 exported GATT objects (:mod:`.gatt_database`); :mod:`.records` holds the per-device state and
-``Timing``. Each is given what it uses; none knows the emulator.
+``EmulatorTiming``. Each is given what it uses; none knows the emulator.
 """
 
 from __future__ import annotations
@@ -60,9 +60,9 @@ from .characteristics import CharacteristicInterface, DescriptorInterface
 from .devices import DeviceInterface
 from .gatt_database import GattDatabase
 from .objects import ADAPTER, BLUEZ, CHARACTERISTIC, DESCRIPTOR, DEVICE, BluezBus, ObjectTree
-from .records import EmulatedDevice, Timing, device_path
+from .records import EmulatedDevice, EmulatorTiming, device_path
 
-__all__ = ["BluezEmulator", "Timing"]
+__all__ = ["BluezEmulator", "EmulatorTiming"]
 
 log = logging.getLogger("sim.bluez")
 
@@ -78,13 +78,13 @@ class BluezEmulator:
         *,
         adapter: str = "hci0",
         adapter_address: str = "00:1A:7D:DA:71:13",
-        timing: Timing | None = None,
+        timing: EmulatorTiming | None = None,
     ) -> None:
         self.bus_address = bus_address
         self.adapter = adapter
         self.adapter_path = f"/org/bluez/{adapter}"
         self.adapter_address = adapter_address
-        self.timing = timing or Timing()
+        self.timing = timing or EmulatorTiming()
         self.devices: dict[str, EmulatedDevice] = {}
         self.tree = ObjectTree()
         #: The tree's objects and the calls it handled (tests and debugging read them).

@@ -42,7 +42,7 @@ from smartball_sim.device import DEFAULT_ADDRESS, RadioTimings, SimDevice
 from smartball_sim.firmware import FlashTimings
 from smartball_sim.fronts.background_loop import BackgroundLoop
 
-from .emulator import BluezEmulator, Timing
+from .emulator import BluezEmulator, EmulatorTiming
 
 #: The version the fake bluetoothctl reports (no known GATT bugs, see pytest_smartball.bluez).
 DEFAULT_BLUEZ_VERSION = "5.72"
@@ -211,7 +211,7 @@ class EmulatedBluez(BackgroundLoop):
         *,
         adapter: str = "hci0",
         bluez_version: str = DEFAULT_BLUEZ_VERSION,
-        timing: Timing | None = None,
+        timing: EmulatorTiming | None = None,
         set_environment: bool = True,
     ) -> None:
         super().__init__()

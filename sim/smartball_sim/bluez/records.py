@@ -1,6 +1,6 @@
 """What the emulator keeps per simulated device (``EmulatedDevice``: its path, link, GATT
-objects and notify sessions) and its own latencies (``Timing``). Plain data: it names none of
-the objects that act on it, so every module of the emulator can import it."""
+objects and notify sessions) and its own latencies (``EmulatorTiming``). Plain data: it
+names none of the objects that act on it, so every module of the emulator can import it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from smartball_sim.device import SimDevice, SimLink
 
 
 @dataclass(frozen=True, slots=True)
-class Timing:
+class EmulatorTiming:
     """The emulator's own latencies (the device's come from its RadioTimings)."""
 
     #: From ``Connected=true`` to the GATT objects and ``ServicesResolved=true``.

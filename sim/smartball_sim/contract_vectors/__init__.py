@@ -42,15 +42,15 @@ from pytest_smartball import contract
 
 from .codec import codec_vectors, decoder_vectors
 from .manifests import manifest_header, manifest_vectors
-from .runner import DeviceConfig, Session, Step, run_session
+from .runner import DeviceConfig, Step, VectorSession, run_session
 from .sessions import device_vectors, error_sessions, story_sessions, table_sessions
 
 __all__ = [
     "GENERATORS",
     "VECTOR_DIR",
     "DeviceConfig",
-    "Session",
     "Step",
+    "VectorSession",
     "codec_vectors",
     "decoder_vectors",
     "device_vectors",

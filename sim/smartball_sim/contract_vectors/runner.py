@@ -87,7 +87,10 @@ class Step:
 
 
 @dataclass
-class Session:
+class VectorSession:
+    """One vector's scripted exchange (named apart from the host's picture of an OTA
+    session): its steps, run against the firmware model set up by ``config``."""
+
     name: str
     about: str
     steps: list[Step]
@@ -176,7 +179,7 @@ class _ModelRun:
         self.loop.close()
 
 
-def run_session(session: Session) -> dict[str, Any]:
+def run_session(session: VectorSession) -> dict[str, Any]:
     run = _ModelRun(session.config)
     steps_out = []
     try:

@@ -10,7 +10,7 @@ from pytest_smartball import contract, signing
 from pytest_smartball import protocol as p
 from pytest_smartball.manifest import Manifest
 
-from .runner import DeviceConfig, Session, Step, run_session
+from .runner import DeviceConfig, Step, VectorSession, run_session
 
 # The sessions: a small image (40 bytes, 8-byte chunks, window 4: ACK every 2 chunks) keeps
 # the vectors short; one page erases in 85 ms.
@@ -123,7 +123,7 @@ def _cell_command(row_id: str, image: bytes) -> bytes:
     raise AssertionError(row_id)
 
 
-def _cell_session(row_id: str, state: p.OtaState) -> Session:
+def _cell_session(row_id: str, state: p.OtaState) -> VectorSession:
     """The set-up that brings the model to ``state``, then the row's command as the last
     input. The device does not reset when it asks to, so COMPLETE lasts."""
     config = DeviceConfig(progressive_erase=row_id == "start_progressive", resets=False)
@@ -151,8 +151,8 @@ def _cell_session(row_id: str, state: p.OtaState) -> Session:
 
 def _cell(
     row_id: str, state: p.OtaState, steps: list[Step], config: DeviceConfig, t: float
-) -> Session:
-    return Session(
+) -> VectorSession:
+    return VectorSession(
         f"cell:{row_id}:{state.name}",
         f"command x state table, row {row_id!r} in {state.name}: set-up inputs, then the "
         "row's command as the last input",
@@ -184,7 +184,7 @@ def manifest_cmd(head: bytes) -> bytes:
     return p.encode_frame(p.MsgType.CMD_OTA_MANIFEST, head)
 
 
-def signed_error_sessions() -> list[Session]:
+def signed_error_sessions() -> list[VectorSession]:
     """One session ending in each error code of signed updates."""
     good = signed_head()
     forged = bytearray(good)
@@ -192,38 +192,38 @@ def signed_error_sessions() -> list[Session]:
     other_body = Manifest.describe(IMAGE, (2, 0, 1), 5, 0x12345678).encode()
     wrong_digest = signed_head(image_sha256=bytes(32))
     return [
-        Session(
+        VectorSession(
             "error:BAD_MANIFEST",
             "CMD_OTA_MANIFEST whose magic is not SBM1, on a signed-only device.",
             [Step(0.0, manifest_cmd(b"XBM1" + good[4:]))],
             SIGNED,
         ),
-        Session(
+        VectorSession(
             "error:UNTRUSTED_KEY",
             "CMD_OTA_MANIFEST naming a key id the device does not trust.",
             [Step(0.0, manifest_cmd(other_body + bytes(64)))],  # refused by its key id
             SIGNED,
         ),
-        Session(
+        VectorSession(
             "error:BAD_SIGNATURE",
             "CMD_OTA_MANIFEST of the trusted key with its counter changed after signing.",
             [Step(0.0, manifest_cmd(bytes(forged)))],
             SIGNED,
         ),
-        Session(
+        VectorSession(
             "error:DOWNGRADE",
             "CMD_OTA_MANIFEST signed by the trusted key, counter 2 below the device's 3.",
             [Step(0.0, manifest_cmd(signed_head(counter=2)))],
             SIGNED,
         ),
-        Session(
+        VectorSession(
             "error:UNSIGNED",
             "CMD_OTA_START on a signed-only device without a manifest: refused, nothing "
             "erased (no PROGRESS follows).",
             [Step(0.0, start())],
             SIGNED,
         ),
-        Session(
+        VectorSession(
             "error:DIGEST_MISMATCH",
             "A session whose signed manifest names another SHA-256 (size and CRC-32 right): "
             "FINISH ends in DIGEST_MISMATCH after the CRC-32 check, state ERROR.",
@@ -239,7 +239,7 @@ def signed_error_sessions() -> list[Session]:
     ]
 
 
-def signed_story_sessions() -> list[Session]:
+def signed_story_sessions() -> list[VectorSession]:
     finish = p.encode(p.CmdOtaFinish())
     confirm = p.encode(p.CmdOtaConfirm())
     info = p.encode(p.CmdInfo())
@@ -252,7 +252,7 @@ def signed_story_sessions() -> list[Session]:
         Step(0.3, finish),
     ]
     return [
-        Session(
+        VectorSession(
             "story:signed_update_confirmed",
             "A signed-only device (counter 3): MANIFEST accepted (STATUS), START, the "
             "transfer, FINISH (CRC-32 and SHA-256 of the staged flash), DONE and the reset: "
@@ -268,14 +268,14 @@ def signed_story_sessions() -> list[Session]:
             ],
             SIGNED,
         ),
-        Session(
+        VectorSession(
             "story:signed_update_reverted",
             "The same update, and a reset before any CONFIRM: the bootloader swaps back; INFO "
             "shows the previous image, image_state 2 (REVERTED), counter still 3.",
             [*transfer, Step(5.0, info), Step(5.1, b"", reset=True), Step(10.0, info)],
             SIGNED,
         ),
-        Session(
+        VectorSession(
             "story:manifest_then_abort",
             "An accepted manifest is discarded by ABORT: the START after it is UNSIGNED.",
             [
@@ -352,7 +352,7 @@ def _signed_cell_command(row_id: str) -> bytes:
     raise AssertionError(row_id)
 
 
-def _signed_cell_session(row_id: str, state: p.OtaState) -> Session:
+def _signed_cell_session(row_id: str, state: p.OtaState) -> VectorSession:
     digest_wrong = row_id == "finish_digest_mismatch" and state == p.OtaState.RECEIVING
     steps, t, _ = _signed_steps_to(state, digest_wrong)
     if digest_wrong:  # FINISH right behind the last chunk, as the v1 row "finish"
@@ -364,7 +364,7 @@ def _signed_cell_session(row_id: str, state: p.OtaState) -> Session:
         steps.append(Step(t, manifest_cmd(signed_head(OTHER))))
         t += 0.01
     steps.append(Step(t, _signed_cell_command(row_id)))
-    return Session(
+    return VectorSession(
         f"cell:signed:{row_id}:{state.name}",
         f"signed-only rows (section 16.10), row {row_id!r} in {state.name}: set-up inputs, "
         "then the row's command as the last input",
@@ -374,30 +374,30 @@ def _signed_cell_session(row_id: str, state: p.OtaState) -> Session:
     )
 
 
-def signed_table_sessions() -> list[Session]:
+def signed_table_sessions() -> list[VectorSession]:
     table = contract.signed_command_state_table()
     return [_signed_cell_session(row.id, state) for row in table.rows for state in contract.STATES]
 
 
-def table_sessions() -> list[Session]:
+def table_sessions() -> list[VectorSession]:
     table = contract.command_state_table()
     return [_cell_session(row.id, state) for row in table.rows for state in contract.STATES]
 
 
-def error_sessions() -> list[Session]:
+def error_sessions() -> list[VectorSession]:
     """One session ending in each error code."""
     finish = p.encode(p.CmdOtaFinish())
     erase_done = 0.2
     return [
-        Session(
+        VectorSession(
             "error:BAD_FRAME",
             "CMD_OTA_START with a 9-byte payload (10 required).",
             [Step(0.0, p.encode_frame(p.MsgType.CMD_OTA_START, bytes(9)))],
         ),
-        Session(
+        VectorSession(
             "error:BAD_STATE", "CMD_OTA_DATA with no session.", [Step(0.0, data(0, IMAGE[:8]))]
         ),
-        Session(
+        VectorSession(
             "error:BAD_OFFSET",
             "A chunk at next_expected_offset that runs past image_size.",
             [
@@ -406,12 +406,12 @@ def error_sessions() -> list[Session]:
                 Step(0.3, data(32, IMAGE[32:] + bytes(4))),
             ],
         ),
-        Session(
+        VectorSession(
             "error:TOO_LARGE",
             "CMD_OTA_START with image_size one byte above staging_capacity.",
             [Step(0.0, start(bytes(5 * 4096 + 1)))],
         ),
-        Session(
+        VectorSession(
             "error:CRC_MISMATCH",
             "A session announced with a wrong CRC: FINISH ends in CRC_MISMATCH, state ERROR.",
             [
@@ -421,18 +421,18 @@ def error_sessions() -> list[Session]:
                 Step(0.3, finish),
             ],
         ),
-        Session(
+        VectorSession(
             "error:FLASH_ERROR",
             "The staging page's erase fails, and so does its retry: FLASH_ERROR naming the "
             "START, state ERROR, session cleared.",
             [Step(0.0, b"", flash_fail_next=2), Step(0.001, start())],
         ),
-        Session(
+        VectorSession(
             "error:UNKNOWN_COMMAND",
             "A frame of type 0x81 (a device message) sent to the device.",
             [Step(0.0, p.encode(p.MsgInfo(1, 1, 0, 0, 0, 0, 0)))],
         ),
-        Session(
+        VectorSession(
             "error:BAD_PARAM",
             "CMD_OTA_START with chunk_size 3.",
             [Step(0.0, start(chunk=3))],
@@ -440,12 +440,12 @@ def error_sessions() -> list[Session]:
     ]
 
 
-def story_sessions() -> list[Session]:
+def story_sessions() -> list[VectorSession]:
     finish = p.encode(p.CmdOtaFinish())
     smartball = b"SmartBall!"
     all_chunks = list(chunks())
     return [
-        Session(
+        VectorSession(
             "session:short",
             "docs/protocol.md's short session: the 10-byte image b'SmartBall!' in 4-byte chunks, "
             "window 4; then the device resets into it and CMD_INFO shows it.",
@@ -457,7 +457,7 @@ def story_sessions() -> list[Session]:
                 Step(3.0, p.encode(p.CmdInfo())),
             ],
         ),
-        Session(
+        VectorSession(
             "session:final_ack_before_done",
             "FINISH right behind the last chunk, before the flash has written it: the last "
             "byte's ACK still goes first, then DONE, then the reset (window 8). The staging "
@@ -465,7 +465,7 @@ def story_sessions() -> list[Session]:
             [Step(0.0, start()), Step(0.2, b"".join(all_chunks) + finish)],
             DeviceConfig(window=8, staging_fill=0x00),
         ),
-        Session(
+        VectorSession(
             "session:resume_after_link_drop",
             "The link drops mid-transfer with half a frame received; the host reconnects, "
             "asks STATUS and sends START again with a smaller chunk_size (a smaller MTU): "
@@ -480,7 +480,7 @@ def story_sessions() -> list[Session]:
                 Step(0.8, finish),
             ],
         ),
-        Session(
+        VectorSession(
             "session:reset_loses_the_session",
             "A reset mid-transfer: nothing of the session is left (STATUS IDLE), the old "
             "image is active, a new START erases again.",
@@ -492,7 +492,7 @@ def story_sessions() -> list[Session]:
                 Step(0.4, start()),
             ],
         ),
-        Session(
+        VectorSession(
             "session:status_grants_a_lost_ack",
             "Two chunks complete an ACK interval; the host lost that ACK and asks STATUS: "
             "STATUS, then an ACK of everything written.",
@@ -502,7 +502,7 @@ def story_sessions() -> list[Session]:
                 Step(0.3, p.encode(p.CmdOtaStatus())),
             ],
         ),
-        Session(
+        VectorSession(
             "session:data_during_erase_rate_limited",
             "Six DATA frames while the device erases two pages (window 4): held until the "
             "first page is done, then the first and the fifth are answered with BAD_STATE.",
@@ -511,7 +511,7 @@ def story_sessions() -> list[Session]:
                 Step(0.01, b"".join(data(0, IMAGE[:8]) for _ in range(6))),
             ],
         ),
-        Session(
+        VectorSession(
             "session:wrong_offsets_rate_limited",
             "Nine chunks past a lost one (window 4): STATUS for the first and the fifth and "
             "the ninth; the chunk the device expects is then accepted.",
@@ -521,19 +521,19 @@ def story_sessions() -> list[Session]:
                 Step(0.3, data(0, EIGHTY[:8])),
             ],
         ),
-        Session(
+        VectorSession(
             "session:command_during_a_page_erase",
             "A page erase stalls the CPU: CMD_INFO sent 10 ms into the erase of a 2-page image "
             "is answered after the first page's PROGRESS, 85 ms after START.",
             [Step(0.0, start(bytes(5000))), Step(0.01, p.encode(p.CmdInfo()))],
         ),
-        Session(
+        VectorSession(
             "session:abort_cannot_stop_a_page_erase",
             "ABORT 10 ms into the erase: answered when the page is done (85 ms); no further "
             "page is erased and no READY follows.",
             [Step(0.0, start(bytes(9000))), Step(0.01, p.encode(p.CmdOtaAbort()))],
         ),
-        Session(
+        VectorSession(
             "session:abort_in_complete",
             "ABORT between DONE and the reset (here the harness does not reset): STATUS "
             "COMPLETE, nothing cancelled.",
@@ -546,14 +546,14 @@ def story_sessions() -> list[Session]:
             ],
             DeviceConfig(resets=False),
         ),
-        Session(
+        VectorSession(
             "session:stalled_partial_frame",
             "The header of a DATA frame announcing 8 bytes, then silence for 1.5 s: the device "
             "discards it, so the CMD_INFO after it is answered (kept, the partial frame would "
             "swallow it).",
             [Step(0.0, bytes.fromhex("a5 11 08 00 00")), Step(1.5, p.encode(p.CmdInfo()))],
         ),
-        Session(
+        VectorSession(
             "session:progressive_erase",
             "A device that advertises PROGRESSIVE_ERASE (MSG_INFO's capabilities) and a START "
             "asking for it (flags 1): READY at once. The first chunk needs page 0 erased: the "
@@ -576,7 +576,7 @@ def story_sessions() -> list[Session]:
 THREE_PAGES = bytes(3 * 4096)
 
 
-def rule_sessions() -> list[Session]:
+def rule_sessions() -> list[VectorSession]:
     """One session per rule that a device could break while passing every other vector
     (issue 24's list): each fails a firmware that breaks its rule (tests/test_vector_mutants.py
     shows it on the model)."""
@@ -584,7 +584,7 @@ def rule_sessions() -> list[Session]:
     status = p.encode(p.CmdOtaStatus())
     c = list(chunks())
     return [
-        Session(
+        VectorSession(
             "session:status_acks_the_buffer_and_restarts_the_count",
             "A chunk and CMD_OTA_STATUS in one write: STATUS, then the ACK of that chunk once "
             "it is written (section 7.4: a STATUS in RECEIVING brings one, chunks still "
@@ -597,7 +597,7 @@ def rule_sessions() -> list[Session]:
                 Step(0.4, c[2]),
             ],
         ),
-        Session(
+        VectorSession(
             "session:resume_waits_for_the_buffer_and_restarts_the_counts",
             "Three chunks, a chunk at a wrong offset (STATUS) and a resume START in one "
             "write: the ACK of the first two chunks, then READY once the third is written "
@@ -610,13 +610,13 @@ def rule_sessions() -> list[Session]:
                 Step(0.4, c[4]),
             ],
         ),
-        Session(
+        VectorSession(
             "session:accepting_a_chunk_restarts_the_rejection_count",
             "A chunk at a wrong offset (STATUS), the expected chunk (accepted), another at a "
             "wrong offset: STATUS again, the first rejected since the last accepted one.",
             [Step(0.0, start()), Step(0.2, data(8, IMAGE[8:16]) + c[0] + data(16, IMAGE[16:24]))],
         ),
-        Session(
+        VectorSession(
             "session:erasing_rate_limit_restarts_at_a_resume",
             "DATA while three pages erase: the first is answered BAD_STATE after page 0; a "
             "resume START and another DATA held during page 1: after its PROGRESS, that DATA "
@@ -627,7 +627,7 @@ def rule_sessions() -> list[Session]:
                 Step(0.1, start(THREE_PAGES) + data(0, IMAGE[:8])),
             ],
         ),
-        Session(
+        VectorSession(
             "session:data_checks_in_order",
             "DATA frames each breaking two of section 7.4's checks, answered by the earlier "
             "check (max_chunk 16): a 0-byte chunk (BAD_PARAM, rule 2); a too long chunk at "
@@ -646,7 +646,7 @@ def rule_sessions() -> list[Session]:
                 ),
             ],
         ),
-        Session(
+        VectorSession(
             "session:data_checks_in_order_with_a_full_buffer",
             "A receive buffer of one chunk, filled: a 6-byte chunk at the expected offset "
             "(not whole words: BAD_PARAM, rule 5 before 6) and a too long one (BAD_PARAM, "
@@ -654,7 +654,7 @@ def rule_sessions() -> list[Session]:
             [Step(0.0, start()), Step(0.2, c[0] + data(8, IMAGE[8:14]) + data(8, IMAGE[8:20]))],
             DeviceConfig(rx_buffer_chunks=1),
         ),
-        Session(
+        VectorSession(
             "session:failed_flash_operations_are_retried",
             "The first page erase fails, and the first chunk's write: each is retried once "
             "(section 7.8) and succeeds; the session ends in DONE.",
@@ -665,7 +665,7 @@ def rule_sessions() -> list[Session]:
                 Step(0.4, b"".join(c[2:]) + finish),
             ],
         ),
-        Session(
+        VectorSession(
             "session:failed_persist",
             "The verify succeeds but the activation record (PENDING) cannot be persisted: "
             "FLASH_ERROR naming FINISH, state ERROR, no DONE, no reset; the old image stays "
@@ -678,7 +678,7 @@ def rule_sessions() -> list[Session]:
                 Step(0.4, status + p.encode(p.CmdInfo())),
             ],
         ),
-        Session(
+        VectorSession(
             "session:idle_gap_measured_on_arrival",
             "A page erase of 0.5 s (a slow flash); a DATA header arrives 10 ms into it, held "
             "with the CPU. CMD_INFO arrives at 1.2 s: 1.19 s after the header's arrival, so "
