@@ -27,7 +27,7 @@ from pytest_smartball.bluez import probe_adapter, remove_device
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import BleBackend, ConnectFailed, NusLink, find_device
 from pytest_smartball.ota import OtaEngine, OtaSettings
-from pytest_smartball.targets.emulated_bluez import FAST_LINK, FAST_OTA
+from pytest_smartball.targets import FAST_LINK, FAST_OTA
 from smartball_sim.bluez import EmulatedBluez, emulated_smartball
 from smartball_sim.bluez.launcher import leftover_daemons
 from tests.naive_client import naive_flash

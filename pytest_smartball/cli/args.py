@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 from .. import contract
 from .. import protocol as p
 from ..link import LinkSettings
-from ..options import BLUEZ_CHOICES, SIMULATED_BLUEZ
+from ..options import BLUEZ_CHOICES, SIM_TRUST_CHOICES, SIM_TRUST_DEFAULT, SIMULATED_BLUEZ
 from ..ota import OtaSettings
 from .errors import EXIT_BAD_INPUT, EXIT_CODES, CliError
 
@@ -44,7 +44,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "sim_link": "model",
     "sim_firmware": "python",
     "sim_firmware_lib": None,
-    "sim_trust": "test",
+    "sim_trust": SIM_TRUST_DEFAULT,
     "scan_timeout": None,
     "settle": LinkSettings().settle_s,
 }
@@ -92,8 +92,6 @@ def _number(text: str, *, minimum: float, inclusive: bool, what: str) -> float:
     return value
 
 
-#: ``--sim-trust``: the test key (a signed-only ball) or nothing (a v1 ball).
-SIM_TRUST_CHOICES = ("test", "none")
 #: Commands that never touch Bluetooth (no device options).
 OFFLINE_COMMANDS = ("keygen", "sign")
 

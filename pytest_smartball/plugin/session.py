@@ -18,21 +18,21 @@ from typing import Any
 
 import pytest
 
-from . import loops, preflight
-from . import protocol as p
+from .. import loops, preflight
+from .. import protocol as p
+from ..device_info import info_dict, info_from_dict
+from ..image import FirmwareImage, ImageError, generated_image, load_image
+from ..link import BleBackend
+from ..options import SIMULATED_BLUEZ, SmartBallOptions
+from ..ota import OtaSettings
 from . import report as rep
-from .image import FirmwareImage, ImageError, generated_image, load_image
-from .link import BleBackend
-from .options import (
+from .command_line import (
     DEVICE_CLASH,
     NEEDS_DEVICE,
     OPTION_NAMES,
-    SIMULATED_BLUEZ,
-    SmartBallOptions,
     command_words,
     read_options,
 )
-from .ota import OtaSettings
 
 _SESSION = pytest.StashKey["SmartBallSession"]()
 
@@ -57,7 +57,7 @@ class BenchDevice:
 
     @classmethod
     def from_input(cls, data: dict[str, Any]) -> BenchDevice:
-        info = rep.info_from_dict(data["baseline"])
+        info = info_from_dict(data["baseline"])
         return cls(data["address"], data["name"], data["rssi"], info, info)
 
 
@@ -162,7 +162,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             raise pytest.UsageError(
                 "--sim-faults applies to the simulator only; real hardware cannot inject faults"
             )
-        from .targets.simulated import fault_spec_problem  # the simulator is asked for
+        from ..targets.simulated import fault_spec_problem  # the simulator is asked for
 
         problem = fault_spec_problem(opts.faults)
         if problem:
@@ -174,7 +174,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             _start_real(config, opts, state)
         return  # else after collection, and only if a collected test needs a device
     if opts.device == "sim" and opts.sim_link == "bumble":
-        from .targets.bumble import BlueZOnlyFault, BumbleUnavailable, check_bumble_faults
+        from ..targets.bumble import BlueZOnlyFault, BumbleUnavailable, check_bumble_faults
 
         try:
             check_bumble_faults(opts.faults)
@@ -199,7 +199,7 @@ def _check_release_options(opts: SmartBallOptions) -> None:
         if given and opts.device != "sim":
             raise pytest.UsageError(f"{flag} applies to the simulator only (--device=sim)")
     if opts.sim_flash and opts.device == "sim":
-        from .targets.simulated import flash_spec_problem  # the simulator is asked for
+        from ..targets.simulated import flash_spec_problem  # the simulator is asked for
 
         problem = flash_spec_problem(opts.sim_flash)
         if problem:
@@ -211,14 +211,14 @@ def _check_release_options(opts: SmartBallOptions) -> None:
     if opts.soak is not None and opts.soak < 1:
         raise pytest.UsageError("--smartball-soak: the number of updates must be 1 or more")
     if opts.signing_key:
-        from .signing import KeyFileError, load_private  # only when a key is given
+        from ..signing import KeyFileError, load_private  # only when a key is given
 
         try:
             load_private(Path(opts.signing_key))
         except KeyFileError as exc:
             raise pytest.UsageError(f"--signing-key: {exc}") from None
     if opts.compare:
-        from .compare import ReportUnusable, load_figures
+        from ..compare import ReportUnusable, load_figures
 
         try:
             load_figures(opts.compare)
@@ -344,7 +344,7 @@ def _fill_real_report(state: SmartBallSession) -> None:
                 "name": device.name,
                 "rssi_dbm": device.rssi,
                 "worker": f"gw{index}" if state.controller else None,
-                "firmware_before": rep.info_dict(device.baseline),
+                "firmware_before": info_dict(device.baseline),
             }
         )
 
