@@ -16,6 +16,7 @@ from .. import protocol as p
 from ..link import LinkSettings
 from ..options import BLUEZ_CHOICES, SIM_TRUST_CHOICES, SIM_TRUST_DEFAULT, SIMULATED_BLUEZ
 from ..ota import OtaSettings
+from ..targets import TargetKind, kind_of
 from .errors import EXIT_BAD_INPUT, EXIT_CODES, CliError
 
 PROG = "smartball-ota"
@@ -490,9 +491,11 @@ class Context:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.json: bool = args.json
-        self.simulated: bool = args.sim
+        #: Which kind of target the command talks to (pytest_smartball.targets.KINDS).
+        self.kind: TargetKind = kind_of("sim" if args.sim else "real", args.sim_link, args.bluez)
+        self.simulated: bool = self.kind.in_process
         #: "emulated" or "vhci": simulated SmartBalls behind a BlueZ, on the real-device path
-        self.served_by: str | None = args.bluez if args.bluez in SIMULATED_BLUEZ else None
+        self.served_by: str | None = self.kind.name if self.kind.serves_real_path else None
         self.virtual: bool = args.sim and not args.realtime
         #: The simulated device lives in this process (--sim, or an emulated BlueZ or virtual
         #: radio started here) and ends with it; behind --bus it lives in a server of its own.

@@ -24,6 +24,7 @@ from collections.abc import Generator, Sequence
 import pytest
 
 from ..link import BleBackend
+from ..targets import NoSuchTarget, kind_of
 from . import served
 from .command_line import (
     DEVICE_CLASH,
@@ -122,8 +123,16 @@ def pytest_configure(config: pytest.Config) -> None:
     from .recording import Recorder
 
     config.pluginmanager.register(Recorder(config), "smartball-recorder")
+    try:
+        kind = kind_of(
+            config.getoption(DEVICE_DEST),
+            config.getoption("--sim-link"),
+            config.getoption("--bluez"),
+        )
+    except NoSuchTarget as exc:
+        raise pytest.UsageError(str(exc)) from None
     # Before the session starts: preflight and every bleak bus then use what they serve.
-    served.start(config, config.getoption("--bluez"))
+    served.start(config, kind)
     from . import farm
 
     if farm.requested(config):  # labgrid's plugin is active: the balls come from its places

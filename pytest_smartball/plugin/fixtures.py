@@ -29,10 +29,18 @@ from ..figures import FigureRecorder
 from ..image import FirmwareImage, ImageError, generated_image, load_image
 from ..link import LinkSettings, NusLink, find_device
 from ..manifest import is_signed_image
-from ..options import SIMULATED_BLUEZ, SmartBallOptions
+from ..options import SmartBallOptions
 from ..ota import OtaEngine, OtaSettings
 from ..release_report.trace import ProgressTrace
-from ..targets import FAST_LINK, FAST_OTA, Target, real_time_firmware_image
+from ..targets import (
+    FAST_LINK,
+    FAST_OTA,
+    Target,
+    TargetKind,
+    kind_of,
+    open_in_process,
+    real_time_firmware_image,
+)
 from .monitoring import WATCH, ContractWatch
 from .recording import CALLED, ENGINES, FIGURES, LINK_EVENTS, SOAKS, TARGET, UPDATES, Update
 from .session import SmartBallSession, smartball_session
@@ -49,10 +57,14 @@ def smartball_options(pytestconfig: pytest.Config) -> SmartBallOptions:
     return smartball_session(pytestconfig).options
 
 
+def _kind(opts: SmartBallOptions) -> TargetKind:
+    return kind_of(opts.device, opts.sim_link, opts.bluez)
+
+
 @pytest.fixture(scope="session")
 def smartball_reset_settings(smartball_options: SmartBallOptions) -> OtaSettings:
     """Settings for returning a real device to its baseline between tests."""
-    return FAST_OTA if smartball_options.bluez == "emulated" else OtaSettings()
+    return FAST_OTA if _kind(smartball_options).fast_settings else OtaSettings()
 
 
 @pytest.fixture
@@ -68,7 +80,8 @@ def smartball(
     """
     opts = smartball_options
     state = smartball_session(request.config)
-    if opts.device == "real":
+    kind = state.kind
+    if not kind.in_process:
         assert state.backend is not None, "--device=real without a session start"
         target = Target(state.backend, opts.name, state.address)
         request.node.stash[TARGET] = target
@@ -77,13 +90,9 @@ def smartball(
         if request.node.stash.get(CALLED, False):
             _return_to_baseline(request.node, state, target, smartball_reset_settings)
         return
-    from ..targets.simulated import make_sim_target  # the simulator, only when a test needs it
-
-    make_target: Callable[..., Target] = make_sim_target
     refused: tuple[type[Exception], ...] = ()
-    if opts.sim_link == "bumble":
+    if not kind.bluez_faults:
         from ..targets.bumble import BlueZOnlyFault
-        from ..targets.bumble import make_bumble_target as make_target
 
         refused = (BlueZOnlyFault,)
 
@@ -99,9 +108,10 @@ def smartball(
     if opts.sim_firmware != "python":  # --sim-firmware=c: the C core inside the simulator
         options.update(firmware_core=opts.sim_firmware, firmware_library=opts.sim_firmware_lib)
     try:
-        target = make_target(
-            opts.name,
-            state.address,
+        target = open_in_process(  # the simulator, only when a test needs it
+            kind,
+            name=opts.name,
+            address=state.address,
             faults=spec,
             seed=seed,
             firmware_bugs=opts.firmware_bugs,
@@ -311,7 +321,7 @@ def firmware_image(
     a signed image already, else signed here with the suite's key (``--signing-key``) and
     the device's security counter. Behind ``--bluez=emulated|vhci`` (balls that run in real
     time): --firmware, or a small generated image, as it is."""
-    if smartball_options.bluez in SIMULATED_BLUEZ:
+    if _kind(smartball_options).real_time_image:
         return real_time_firmware_image(smartball_options.firmware, smartball_options.seed)
     if smartball_options.firmware:
         image = load_image(smartball_options.firmware)
@@ -351,14 +361,14 @@ def _signed_form(
 
 @pytest.fixture
 def link_settings(smartball_options: SmartBallOptions) -> LinkSettings:
-    if smartball_options.bluez == "emulated":  # balls that erase a page in 5 ms
+    if _kind(smartball_options).fast_settings:  # balls that erase a page in 5 ms
         return FAST_LINK
     return LinkSettings(scan_timeout_s=smartball_options.scan_timeout)
 
 
 @pytest.fixture
 def ota_settings(smartball_options: SmartBallOptions, link_settings: LinkSettings) -> OtaSettings:
-    if smartball_options.bluez == "emulated":
+    if _kind(smartball_options).fast_settings:
         return FAST_OTA
     return OtaSettings(link=link_settings)
 

@@ -275,11 +275,13 @@ class Recorder:
         if _uses_the_plugin(self.config, state):
             show_header_once(self.config)
         updates = [u for u in state.report.updates if u["purpose"] == "test"]
-        if updates and (state.kind == "real" or self.written):
+        if updates and (state.options.device == "real" or self.written):
             terminalreporter.write_sep("-", "smartball updates")
             for u in sorted(updates, key=lambda u: (u["test"], u["update"])):
                 terminalreporter.write_line(_update_line(u))
-        if state.report.figures and (self.written or self.comparison or state.kind == "real"):
+        if state.report.figures and (
+            self.written or self.comparison or state.options.device == "real"
+        ):
             terminalreporter.write_sep("-", "smartball figures")
             for line in _figure_lines(state.report.figures):
                 terminalreporter.write_line(line)
@@ -387,7 +389,7 @@ def _figure_lines(records: list[dict[str, Any]]) -> list[str]:
 
 def _device_part(state: SmartBallSession, opts: SmartBallOptions) -> dict[str, Any] | None:
     """This process's device for the report: before and after the run."""
-    if state.kind == "sim":
+    if state.options.device == "sim":
         if state.sim_first is None:
             return None
         # Each test has a fresh simulated device: "after" is the one the last update left

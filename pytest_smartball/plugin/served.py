@@ -18,6 +18,7 @@ import pytest
 
 from ..image import load_image
 from ..options import SmartBallOptions
+from ..targets import TargetKind
 from .command_line import read_options
 
 if TYPE_CHECKING:  # the simulator is imported only when asked for
@@ -28,12 +29,11 @@ _EMULATED = pytest.StashKey["EmulatedBluez"]()
 _VHCI = pytest.StashKey["VirtualRadio"]()
 
 
-def start(config: pytest.Config, bluez: str) -> None:
-    """Start what ``--bluez`` serves (nothing for the system's BlueZ)."""
-    if bluez == "emulated":
-        _start_emulated(config)
-    elif bluez == "vhci":
-        _start_vhci(config)
+def start(config: pytest.Config, kind: TargetKind) -> None:
+    """Start the simulated SmartBalls a kind that serves the real path serves (for the
+    others: nothing)."""
+    if kind.serves_real_path:
+        {"emulated": _start_emulated, "vhci": _start_vhci}[kind.name](config)
 
 
 def _baseline(opts: SmartBallOptions) -> bytes | None:
@@ -42,11 +42,6 @@ def _baseline(opts: SmartBallOptions) -> bytes | None:
 
 def _start_emulated(config: pytest.Config) -> None:
     opts = read_options(config)
-    if opts.device != "real":
-        raise pytest.UsageError(
-            "--bluez=emulated replaces bluetoothd for the real-device path: use it with "
-            "--device=real (--device=sim needs no BlueZ at all)"
-        )
     from ..targets.emulated_bluez import EmulatorUnavailable, start_emulator
 
     try:
@@ -67,11 +62,6 @@ def _start_emulated(config: pytest.Config) -> None:
 def _start_vhci(config: pytest.Config) -> None:
     """Start the radio for this session and point --ble-adapter at it."""
     opts = read_options(config)
-    if opts.device != "real":
-        raise pytest.UsageError(
-            "--bluez=vhci serves simulated SmartBalls to the real-device path: use it with "
-            "--device=real (--device=sim needs no BlueZ at all)"
-        )
     from ..targets.vhci_bluez import VhciSetupError, start_radio
 
     try:

@@ -23,8 +23,9 @@ from .. import protocol as p
 from ..device_info import info_dict, info_from_dict
 from ..image import FirmwareImage, ImageError, generated_image, load_image
 from ..link import BleBackend
-from ..options import SIMULATED_BLUEZ, SmartBallOptions
+from ..options import SmartBallOptions
 from ..ota import OtaSettings
+from ..targets import TargetKind, kind_of
 from . import report as rep
 from .command_line import (
     DEVICE_CLASH,
@@ -87,8 +88,10 @@ class SmartBallSession:
     sim_updated_by: str | None = None
 
     @property
-    def kind(self) -> str:
-        return self.options.device
+    def kind(self) -> TargetKind:
+        """The run's kind of target (pytest_smartball.targets.KINDS)."""
+        opts = self.options
+        return kind_of(opts.device, opts.sim_link, opts.bluez)
 
     @property
     def mine(self) -> BenchDevice | None:
@@ -158,7 +161,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if state.worker is None:
         state.report = rep.RunReport(device=_device_summary(opts), firmware=None)
     if opts.faults:
-        if opts.device == "real" and opts.bluez not in SIMULATED_BLUEZ:
+        if state.kind.faults is None:
             raise pytest.UsageError(
                 "--sim-faults applies to the simulator only; real hardware cannot inject faults"
             )
@@ -173,7 +176,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             # The xdist controller sees no tests; it checks the bench for its workers.
             _start_real(config, opts, state)
         return  # else after collection, and only if a collected test needs a device
-    if opts.device == "sim" and opts.sim_link == "bumble":
+    if state.kind.in_process and not state.kind.bluez_faults:
         from ..targets.bumble import BlueZOnlyFault, BumbleUnavailable, check_bumble_faults
 
         try:
@@ -235,7 +238,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     needs_device = config.stash.get(NEEDS_DEVICE, False)
     if needs_device:
         show_header_once(config)
-    if state is None or state.kind != "real" or state.backend is not None:
+    if state is None or state.options.device != "real" or state.backend is not None:
         return
     if needs_device:
         _start_real(session.config, state.options, state)
@@ -394,7 +397,7 @@ def _device_summary(opts: SmartBallOptions) -> dict[str, Any]:
 def pytest_configure_node(node: Any) -> None:
     """pytest-xdist, on the controller: hand each worker what preflight found."""
     state = current_session(node.config)
-    if state is not None and state.kind == "real":
+    if state is not None and state.options.device == "real":
         node.workerinput["smartball"] = state.to_input()
 
 
@@ -432,7 +435,11 @@ def show_header_once(config: pytest.Config) -> None:
     config.stash[_HEADER_SHOWN] = True
     state = current_session(config)
     for line in header_lines(config):
-        if state is None or state.kind != "real" or not line.startswith("smartball: the bench"):
+        if (
+            state is None
+            or state.options.device != "real"
+            or not line.startswith("smartball: the bench")
+        ):
             terminal.write_line(line)
 
 
