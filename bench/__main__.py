@@ -31,8 +31,7 @@ from typing import Any
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.loops import run as run_loop
 from pytest_smartball.ota import OtaEngine, OtaResult
-from pytest_smartball.targets import Target
-from pytest_smartball.targets.simulated import make_sim_target
+from pytest_smartball.targets import Target, kind_of, open_in_process
 from smartball_sim.device import RadioTimings, SimDevice
 from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY
 from smartball_sim.make_image import FIELD_IMAGE_SIZE, make_image
@@ -152,11 +151,10 @@ def make_target(
         erase_time_s=FIELD_ERASE_S if flash == FIELD else None,
         **firmware.options(),
     )
-    if profile == BUMBLE:
-        from pytest_smartball.targets.bumble import make_bumble_target
-
-        return make_bumble_target(**options)
-    return make_sim_target(radio=RadioTimings(link=PROFILES[profile]), **options)
+    if profile == BUMBLE:  # Bumble's own link: no radio profile of ours
+        return open_in_process(kind_of("sim", BUMBLE), **options)
+    kind = kind_of("sim", "model")
+    return open_in_process(kind, radio=RadioTimings(link=PROFILES[profile]), **options)
 
 
 def run_update(

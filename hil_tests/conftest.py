@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pytest_smartball.monitoring import ContractWatch
+from pytest_smartball.plugin.monitoring import ContractWatch
 from pytest_smartball.suite_signer import SuiteSigner
 
 from .helpers import SuiteKey

@@ -45,8 +45,7 @@ from pytest_smartball.image import FirmwareImage
 from pytest_smartball.loops import run as run_loop
 from pytest_smartball.options import SmartBallOptions
 from pytest_smartball.ota import OtaEngine, OtaResult, Outcome
-from pytest_smartball.targets import Target
-from pytest_smartball.targets.simulated import make_sim_target
+from pytest_smartball.targets import Target, kind_of, open_in_process
 from smartball_sim.device import SimDevice
 from smartball_sim.faults import FaultPlan
 from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY
@@ -145,25 +144,19 @@ def core_options() -> dict[str, Any]:
 def make_target(sim_link: str, plan: FaultPlan, seed: int, progressive: bool) -> Target:
     """A fresh simulated SmartBall on the link ``--sim-link`` asks for (with the run's
     firmware bugs, if any)."""
-    bugs = tuple(FIRMWARE_BUGS)
-    if sim_link == "bumble":
-        from pytest_smartball.targets.bumble import make_bumble_target
-
-        return make_bumble_target(
-            faults=plan,
-            seed=seed,
-            progressive_erase=progressive,
-            firmware_bugs=bugs,
-            **core_options(),
-        )
-    return make_sim_target(
-        faults=plan, seed=seed, progressive_erase=progressive, firmware_bugs=bugs, **core_options()
+    return open_in_process(
+        kind_of("sim", sim_link),
+        faults=plan,
+        seed=seed,
+        progressive_erase=progressive,
+        firmware_bugs=tuple(FIRMWARE_BUGS),
+        **core_options(),
     )
 
 
 def for_link(plan: FaultPlan, sim_link: str) -> FaultPlan:
     """The generated plan without the faults the link cannot show (BlueZ's, on Bumble)."""
-    if sim_link != "bumble":
+    if kind_of("sim", sim_link).bluez_faults:
         return plan
     from smartball_sim.bumble.faults import BLUEZ_ONLY_EFFECTS
 

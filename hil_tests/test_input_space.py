@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 
 from pytest_smartball import contract
 from pytest_smartball import protocol as p
-from pytest_smartball.fixtures import skip_a_raw_link_under_a_global_plan
 from pytest_smartball.link import LinkSettings, NusLink, find_device
 from pytest_smartball.loops import virtual_event_loop
 from pytest_smartball.options import SmartBallOptions
+from pytest_smartball.plugin.fixtures import skip_a_raw_link_under_a_global_plan
 from pytest_smartball.targets import Target
 
 from . import helpers as h

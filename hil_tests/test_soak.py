@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 
 from pytest_smartball import soak
-from pytest_smartball.fixtures import SoakPlan
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.ota import OtaEngine, OtaSettings
+from pytest_smartball.plugin.fixtures import SoakPlan
 from pytest_smartball.targets import Target
 
 pytestmark = pytest.mark.asyncio

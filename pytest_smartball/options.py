@@ -1,17 +1,12 @@
-"""The plugin's command-line options and the values a run reads from them."""
+"""What a run of the suite is asked for (:class:`SmartBallOptions`) and the choices the
+plugin's and the CLI's options share. Library code: no pytest here (the plugin adds and reads
+the options in :mod:`pytest_smartball.plugin.command_line`; ``smartball-ota`` in
+:mod:`pytest_smartball.cli.args`)."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import os
-import shlex
 from dataclasses import dataclass
 
-import pytest
-
-from . import contract
-from . import protocol as p
 from .link import LinkSettings
 
 DEFAULT_SCAN_TIMEOUT_S = LinkSettings().scan_timeout_s
@@ -25,24 +20,13 @@ DEFAULT_COMPARE_MIN_MEASURED_PERCENT = 100.0
 #: Which BlueZ a --device=real run talks to; all but "system" serve simulated SmartBalls.
 BLUEZ_CHOICES = ("system", "emulated", "vhci")
 SIMULATED_BLUEZ = ("emulated", "vhci")
-
-#: Where both spellings of the device option store their value. ``--smartball-device``
-#: always exists; ``--device`` is added only when no other plugin or conftest has it.
-DEVICE_DEST = "smartball_device"
+#: ``--device``: the in-process simulator or real hardware (a real BlueZ or one of the above).
 DEVICE_CHOICES = ("sim", "real")
-#: Set when ``--device`` belongs to another plugin or conftest of the run: the sentence
-#: that says so (the device is then chosen with ``--smartball-device``).
-DEVICE_CLASH = pytest.StashKey[str]()
-_DEVICE_HELP = "run against the in-process simulator (default) or real hardware"
 
-#: --sim-trust's choices and default (the same as smartball_sim's targets: the simulator
-#: is not imported to list them).
+#: What a simulated ball can be provisioned to trust (``--sim-trust``): the repository's
+#: test key (a signed-only ball, docs/protocol.md section 16), or nothing (a v1 ball).
 SIM_TRUST_CHOICES = ("test", "none")
 SIM_TRUST_DEFAULT = "test"
-
-#: Set once tests are collected: one of them uses the SmartBall fixtures or markers (only
-#: then does ``--device=real`` check the bench).
-NEEDS_DEVICE = pytest.StashKey[bool]()
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,247 +70,3 @@ class SmartBallOptions:
     @property
     def addresses(self) -> tuple[str, ...]:
         return tuple(a.strip() for a in (self.address or "").split(",") if a.strip())
-
-
-def add_options(parser: pytest.Parser) -> None:
-    group = parser.getgroup("smartball", "SmartBall device under test")
-    group.addoption(
-        "--smartball-device",
-        dest=DEVICE_DEST,
-        choices=DEVICE_CHOICES,
-        default="sim",
-        help=_DEVICE_HELP + "; the same as --device, and works where another plugin or "
-        "conftest owns --device",
-    )
-    group.addoption(
-        "--ble-name",
-        default=p.DEFAULT_NAME,
-        help=f"advertised name of the device (default: {p.DEFAULT_NAME})",
-    )
-    group.addoption(
-        "--ble-address",
-        default=None,
-        help="Bluetooth address of the device (preferred over the name); several, "
-        "comma-separated, give each pytest-xdist worker (-n N) its own device",
-    )
-    group.addoption("--ble-adapter", default="hci0", help="BlueZ adapter (default: hci0)")
-    group.addoption(
-        "--ble-scan-timeout",
-        type=float,
-        default=DEFAULT_SCAN_TIMEOUT_S,
-        metavar="SECONDS",
-        help="how long a scan looks for the device, in preflight and in the fixtures "
-        "(default %(default)s)",
-    )
-    group.addoption(
-        "--firmware",
-        default=None,
-        help="image (.bin, Intel .hex, ELF, UF2 or DFU .zip) the OTA tests flash; the simulator "
-        "generates one when omitted",
-    )
-    group.addoption(
-        "--signing-key",
-        default=None,
-        metavar="PATH",
-        help="the Ed25519 private key (PEM) the suite signs its test images with, for a "
-        "device that runs only signed images; default with --device=sim: the repository's "
-        "test key; with --device=real required when the device is signed-only",
-    )
-    group.addoption(
-        "--baseline-firmware",
-        default=None,
-        metavar="PATH",
-        help="the image the devices run before the run; a test that flashed another one "
-        "is followed by flashing this one back (--device=real; without it a warning)",
-    )
-    group.addoption(
-        "--smartball-report",
-        default=None,
-        metavar="PATH",
-        help="write a JSON summary of the run (devices, firmware before and after, every "
-        "update's figures, outcomes) for the release checklist",
-    )
-    group.addoption(
-        "--sim-seed", type=int, default=0, help="seed for the simulator's randomness (default 0)"
-    )
-    group.addoption(
-        "--fuzz-examples",
-        type=int,
-        default=None,
-        metavar="N",
-        help="hypothesis examples per property (the fuzz suites scale from it; default: "
-        "the hypothesis profile's, 100 in CI)",
-    )
-    group.addoption(
-        "--sim-link",
-        choices=("model", "bumble"),
-        default="model",
-        help="what carries the simulator's BLE link: our radio model (default) or Google's "
-        "Bumble stack (real HCI/L2CAP/ATT; pip install 'pytest-smartball[bumble]')",
-    )
-    group.addoption(
-        "--sim-faults",
-        default=None,
-        help="fault plan applied to every simulated device, e.g. "
-        "'drop@erase:50%%,reboot@offset:200000' or a profile name",
-    )
-    group.addoption(
-        "--bluez",
-        choices=BLUEZ_CHOICES,
-        default="system",
-        help="with --device=real: the system's BlueZ (default); 'emulated': a private "
-        "dbus-daemon and an emulated bluetoothd serving simulated SmartBalls "
-        "(smartball_sim.bluez); or 'vhci': the system's real BlueZ with simulated SmartBalls "
-        "behind a virtual controller on /dev/vhci (smartball_sim.machines.vhci); both are "
-        "started and stopped by this run",
-    )
-    bugs = [entry.name for entry in contract.firmware_bugs()]
-    group.addoption(
-        "--sim-firmware-bug",
-        action="append",
-        default=[],
-        choices=bugs,
-        metavar="NAME",
-        help="give every simulated SmartBall this firmware bug (repeatable), to measure "
-        "what the suite catches; docs/firmware-bugs.md says what each does: " + ", ".join(bugs),
-    )
-    group.addoption(
-        "--sim-flash",
-        default=None,
-        metavar="KEY=S,...",
-        help="the simulated flash's timings, e.g. 'erase_page_s=0.12,write_word_s=50e-6' "
-        "(default: the nRF52840's, 85 ms per page erase, 41 us per word)",
-    )
-    group.addoption(
-        "--sim-firmware",
-        default="python",
-        choices=("python", "c"),
-        help="what runs inside the simulated SmartBall: the Python firmware model (default) "
-        "or the C reference core of firmware/ (docs/firmware.md; built with the system C "
-        "compiler on first use)",
-    )
-    group.addoption(
-        "--sim-firmware-lib",
-        default=None,
-        metavar="PATH",
-        help="with --sim-firmware=c: a built core to load (a firmware team's own build of "
-        "firmware/include/smartball_core.h's HAL) instead of building firmware/",
-    )
-    group.addoption(
-        "--sim-trust",
-        default=SIM_TRUST_DEFAULT,
-        choices=SIM_TRUST_CHOICES,
-        help="what every simulated SmartBall trusts: 'test', the repository's test key (a "
-        "signed-only ball, docs/protocol.md section 16), or 'none' (a v1 ball that runs any "
-        f"image; default: {SIM_TRUST_DEFAULT}), with either --sim-firmware",
-    )
-    release = parser.getgroup("smartball-release", "SmartBall release gate")
-    release.addoption(
-        "--smartball-compare",
-        default=None,
-        metavar="PREVIOUS_REPORT.json",
-        help="put this run's figures beside those of a previous --smartball-report (the "
-        "last release's) as ratios; a figure worse than the tolerance fails the run",
-    )
-    release.addoption(
-        "--smartball-compare-tolerance",
-        type=float,
-        default=DEFAULT_COMPARE_TOLERANCE_PERCENT,
-        metavar="PERCENT",
-        help="how much worse than the previous release a figure may be (default %(default)s %%)",
-    )
-    release.addoption(
-        "--smartball-html",
-        default=None,
-        metavar="PATH",
-        help="write the release page: one self-contained HTML file (no network) with each "
-        "update as a timeline per board, the timing figures against their limits and, with "
-        "--smartball-compare, beside the last release's",
-    )
-    release.addoption(
-        "--smartball-compare-min-measured",
-        type=float,
-        default=DEFAULT_COMPARE_MIN_MEASURED_PERCENT,
-        metavar="PERCENT",
-        help="the share of the previous release's figures this run must measure again; "
-        "fewer fails the comparison, naming the figures not measured (default %(default)s %%: "
-        "a figure not measured is a regression not looked for)",
-    )
-    release.addoption(
-        "--smartball-soak",
-        type=int,
-        default=None,
-        metavar="N",
-        help="hil_tests/test_soak.py runs N back-to-back updates per device (candidate, "
-        "baseline, candidate, ...) and reports min/median/max of each figure and every "
-        "failure with its timeline",
-    )
-    OPTION_NAMES.clear()
-    OPTION_NAMES.update(name for g in (group, release) for o in g.options for name in o.names())
-
-
-#: The long names of the options :func:`add_options` added (``--device`` is not among
-#: them: it is ours only where no one else has it, see :data:`DEVICE_CLASH`).
-OPTION_NAMES: set[str] = set()
-
-
-def add_device_option(parser: pytest.Parser) -> str | None:
-    """Add the short spelling ``--device`` (the design's) unless another plugin or conftest
-    of the run already has it; then return the sentence that says so. Called once the
-    plugins and the initial conftests have added their options, so that ours never makes
-    theirs fail at start-up (``option dest 'device' already used``)."""
-    group = parser.getgroup("smartball")
-    try:
-        group.addoption("--device", dest=DEVICE_DEST, choices=DEVICE_CHOICES, help=_DEVICE_HELP)
-    except (ValueError, argparse.ArgumentError):
-        return (
-            "--device belongs to another plugin or this project's conftest here, so it does "
-            "not choose the SmartBall device: use --smartball-device=sim or "
-            "--smartball-device=real"
-        )
-    return None
-
-
-def command_words(config: pytest.Config) -> list[str]:
-    """Every word of the run's options as the user gave them: the command line, the ini
-    file's ``addopts`` and ``PYTEST_ADDOPTS`` (pytest merges them, but keeps only the
-    command line apart as it was typed)."""
-    words = [str(a) for a in config.invocation_params.args]
-    with contextlib.suppress(ValueError):
-        words += [str(a) for a in config.getini("addopts")]
-        words += shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))
-    return words
-
-
-def read_options(config: pytest.Config) -> SmartBallOptions:
-    return SmartBallOptions(
-        device=config.getoption(DEVICE_DEST),
-        name=config.getoption("--ble-name"),
-        address=config.getoption("--ble-address"),
-        adapter=config.getoption("--ble-adapter"),
-        firmware=config.getoption("--firmware"),
-        seed=config.getoption("--sim-seed"),
-        faults=config.getoption("--sim-faults"),
-        baseline=config.getoption("--baseline-firmware"),
-        report=config.getoption("--smartball-report"),
-        scan_timeout=config.getoption("--ble-scan-timeout"),
-        bluez=config.getoption("--bluez"),
-        firmware_bugs=tuple(dict.fromkeys(config.getoption("--sim-firmware-bug") or ())),
-        sim_flash=config.getoption("--sim-flash"),
-        sim_firmware=config.getoption("--sim-firmware"),
-        sim_firmware_lib=config.getoption("--sim-firmware-lib"),
-        sim_trust=config.getoption("--sim-trust"),
-        compare=config.getoption("--smartball-compare"),
-        compare_tolerance_percent=config.getoption("--smartball-compare-tolerance"),
-        compare_min_measured_percent=config.getoption("--smartball-compare-min-measured"),
-        soak=config.getoption("--smartball-soak"),
-        sim_link=config.getoption("--sim-link"),
-        html=config.getoption("--smartball-html"),
-        device_flag=device_flag(config),
-        signing_key=config.getoption("--signing-key"),
-    )
-
-
-def device_flag(config: pytest.Config) -> str:
-    """``--device``, or ``--smartball-device`` where --device is another's option."""
-    return "--smartball-device" if DEVICE_CLASH in config.stash else "--device"

@@ -27,7 +27,7 @@ from pytest_smartball.bluez import probe_adapter, remove_device
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import BleBackend, ConnectFailed, NusLink, find_device
 from pytest_smartball.ota import Limits, OtaEngine, OtaSettings
-from pytest_smartball.targets.emulated_bluez import FAST_LINK, FAST_OTA
+from pytest_smartball.targets import FAST_LINK, FAST_OTA
 from smartball_sim.bluez.launcher import EmulatedBluez, emulated_smartball, leftover_daemons
 from tests.naive_client import naive_flash
 
@@ -295,7 +295,10 @@ async def test_stale_cache_is_kept_across_reconnects_until_remove_device(
         BACKEND,
         address=ADDRESS,
         settings=OtaSettings(
-            link=FAST_LINK, stabilise_s=0.05, limits=Limits(backoff_base_s=0.05), clear_cache=True
+            link=FAST_LINK,
+            stabilise_s=0.05,
+            limits=Limits(backoff_base_s=0.05),
+            clear_cache=True,
         ),
     ).run()
     assert result.success, result.error

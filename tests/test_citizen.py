@@ -209,7 +209,7 @@ def test_the_ota_engine_loads_bleak_and_the_public_names_still_reach_it() -> Non
 
 
 #: Modules that need an optional extra to import: checked where the extra is installed.
-NEEDS_EXTRA = {"pytest_smartball.farm.lab": "labgrid"}
+NEEDS_EXTRA = {"pytest_smartball.plugin.farm.lab": "labgrid"}
 
 
 def loaded_on_import(module: str, *prefixes: str) -> list[str]:
@@ -283,10 +283,77 @@ def test_a_target_module_loads_only_what_its_target_needs_before_it_starts(
 def test_only_the_target_modules_import_the_simulator_anywhere() -> None:
     """Function-level imports too: a lazy import elsewhere would still couple the client to it."""
     for module in modules("pytest_smartball"):
-        if module.startswith(SIM_IMPORTERS):
-            continue
-        for imported in imports_of(module, top_level_only=False):
+        if module.startswith(SIM_IMPORTERS) or module == SIM_IMPORTERS.rstrip("."):
+            continue  # the targets (the package's names its type hints use of the simulator)
+        for imported in imports_of(module, top_level_only=False, type_only=True):
             assert imported.split(".")[0] != "smartball_sim", f"{module} imports {imported}"
+
+
+#: The pytest plugin's folder: every pytest concern of the package, and only there.
+PLUGIN = "pytest_smartball.plugin"
+#: What only the plugin may import: pytest, its internals and other pytest plugins. (Not
+#: looptime: the CLI's virtual clock is a library, although its package imports pytest when
+#: installed, for a fixture of its own; ``--help`` and the real radio never load it.)
+PYTEST_WORLD = ("pytest", "_pytest", "pytest_asyncio", "pytest_html", "xdist")
+
+
+def _is_pytest(imported: str) -> bool:
+    return imported.split(".")[0] in PYTEST_WORLD or (
+        imported.split(".")[0].startswith("pytest_") and not imported.startswith("pytest_smartball")
+    )
+
+
+def _is_plugin(imported: str) -> bool:
+    return imported == PLUGIN or imported.startswith(PLUGIN + ".")
+
+
+def test_library_code_imports_neither_pytest_nor_the_plugin() -> None:
+    """The package's library (codec, image, link, engine, targets, CLI, BlueZ helpers) stands
+    apart from pytest: only ``pytest_smartball.plugin`` imports it, and nothing outside that
+    folder imports the plugin back (``targets`` included). Lazy and type-only imports count:
+    either would tie the library to pytest all the same."""
+    found = []
+    for module in modules("pytest_smartball"):
+        if _is_plugin(module):
+            continue
+        for imported in imports_of(module, top_level_only=False, type_only=True):
+            if _is_pytest(imported) or _is_plugin(imported):
+                found.append(f"{module} imports {imported}")
+    assert found == [], "library code tied to pytest:\n" + "\n".join(found)
+
+
+def test_no_pytest_is_reachable_from_smartball_ota() -> None:
+    """From the console script's module, through every import any command may make (lazy
+    and type-only ones too), no module of the package imports pytest or the plugin."""
+    entry = "pytest_smartball.cli_entry"
+    seen, todo, found = {entry}, [entry], []
+    while todo:
+        module = todo.pop()
+        for imported in imports_of(module, top_level_only=False, type_only=True):
+            if _is_pytest(imported) or _is_plugin(imported):
+                found.append(f"{module} imports {imported}")
+            elif imported in ALL_MODULES and imported.startswith("pytest_smartball"):
+                if imported not in seen:
+                    seen.add(imported)
+                    todo.append(imported)
+    assert "pytest_smartball.cli.commands" in seen  # the walk went through the commands
+    assert found == [], "smartball-ota reaches pytest:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["flash", "--help"], ["keygen", "--help"]])
+def test_smartball_ota_loads_no_pytest(argv: list[str]) -> None:
+    """In a fresh interpreter: the console script's module, the CLI and its parsing load
+    neither pytest nor its internals (a user's ``smartball-ota`` is not a test run)."""
+    code = (
+        "import contextlib, json, sys\n"
+        "import pytest_smartball.cli_entry\n"
+        "from pytest_smartball.cli import main\n"
+        f"with contextlib.suppress(SystemExit): main({argv!r})\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        f"{PYTEST_WORLD!r} or m.startswith('{PLUGIN}'))))\n"
+    )
+    loaded = json.loads(run_python(code).strip().splitlines()[-1])
+    assert loaded == [], f"smartball-ota {' '.join(argv)} loaded {loaded}"
 
 
 #: The folders of test modules; their other modules (helpers, conftest.py) may be imported.
@@ -349,10 +416,10 @@ def graph_nodes() -> list[str]:
 ALL_MODULES = frozenset(graph_nodes())
 
 
-def imports_of(module: str, *, top_level_only: bool) -> set[str]:
+def imports_of(module: str, *, top_level_only: bool, type_only: bool = False) -> set[str]:
     """The modules ``module`` imports at run time (resolved, relative ones too; not those in
-    ``if TYPE_CHECKING:`` blocks); ``top_level_only`` also skips imports inside functions,
-    which cannot form a circle at import time."""
+    ``if TYPE_CHECKING:`` blocks unless ``type_only``); ``top_level_only`` also skips imports
+    inside functions, which cannot form a circle at import time."""
     package, *rest = module.split(".")
     root = PACKAGES[package]
     path = root.joinpath(*rest)
@@ -377,7 +444,7 @@ def imports_of(module: str, *, top_level_only: bool) -> set[str]:
                 for alias in node.names:  # `from . import protocol` imports the module
                     submodule = f"{target}.{alias.name}"
                     found.add(submodule if submodule in ALL_MODULES else target)
-            elif isinstance(node, ast.If) and _is_type_checking(node.test):
+            elif isinstance(node, ast.If) and _is_type_checking(node.test) and not type_only:
                 continue  # for the type checker only: nothing is imported at run time
             elif not top_level_only or isinstance(node, (ast.If, ast.Try, ast.With)):
                 for field in ("body", "orelse", "finalbody", "handlers"):

@@ -18,8 +18,8 @@ from pytest_smartball import protocol as p
 from pytest_smartball.image import FirmwareImage, generated_image
 from pytest_smartball.link import LinkSettings, NusLink, find_device
 from pytest_smartball.monitor import Violation
-from pytest_smartball.monitoring import ContractWatch
 from pytest_smartball.ota import OtaEngine, OtaResult
+from pytest_smartball.plugin.monitoring import ContractWatch
 from pytest_smartball.targets import Target
 from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.firmware import SmartBallFirmware

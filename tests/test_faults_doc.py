@@ -228,7 +228,7 @@ def test_every_effect_trigger_and_profile_is_mentioned(name: str) -> None:
 
 
 def test_the_timeline_section_title_matches_the_plugin() -> None:
-    from pytest_smartball.recording import TIMELINE_TITLE
+    from pytest_smartball.plugin.recording import TIMELINE_TITLE
 
     assert f"`{TIMELINE_TITLE}`" in DOC
 

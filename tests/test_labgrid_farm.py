@@ -95,7 +95,7 @@ def test_a_place_without_a_power_driver_skips_the_power_cut_saying_so(
     env = lab.makefile(
         ".yaml",
         env=(
-            "imports:\n  - pytest_smartball.farm.lab\ntargets:\n  smartball-2:\n"
+            "imports:\n  - pytest_smartball.plugin.farm.lab\ntargets:\n  smartball-2:\n"
             "    resources:\n      RemotePlace:\n        name: smartball-2\n"
             "    drivers:\n      SmartBallDriver: {}\n"
         ),

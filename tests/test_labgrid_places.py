@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_smartball.farm.places import POLL_S, Refuse, Take, Wait, next_step
+from pytest_smartball.plugin.farm.places import POLL_S, Refuse, Take, Wait, next_step
 
 ME = "ci-host/ci"
 

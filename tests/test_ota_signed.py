@@ -453,7 +453,7 @@ def test_the_signed_engine_breaks_no_rule_of_the_contract_monitor(
     check's reconnect, CONFIRM; a revert; a drop) through the contract monitor: the
     engine's conversation is one the contract allows."""
     from pytest_smartball import loops
-    from pytest_smartball.monitoring import ContractWatch
+    from pytest_smartball.plugin.monitoring import ContractWatch
 
     async def healthy(info: p.MsgInfo) -> bool:
         return True

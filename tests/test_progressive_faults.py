@@ -16,7 +16,7 @@ import pytest
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import BleBackend
 from pytest_smartball.ota import EventKind, OtaEngine
-from pytest_smartball.targets.emulated_bluez import FAST_OTA
+from pytest_smartball.targets import FAST_OTA
 from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.make_image import make_image
 

@@ -372,7 +372,7 @@ async def test_a_power_cut_ends_the_session(smartball, nus, power_cycle):
 def test_reset_mid_update_tests_use_the_labs_power_cycle_hook_or_skip(
     pytester: pytest.Pytester, lab_has_the_hook: bool
 ) -> None:
-    from pytest_smartball.fixtures import NO_POWER_CYCLE
+    from pytest_smartball.plugin.fixtures import NO_POWER_CYCLE
     from smartball_sim.make_image import make_image
 
     from .plugin_sessions import EMULATED_CONFTEST, INNER_INI, REAL, A, run

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from pytest_smartball import report as rep
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.ota import EventKind, OtaEvent, OtaResult
+from pytest_smartball.plugin import report as rep
 from pytest_smartball.release_report import command, model, render, render_report
 from pytest_smartball.release_report.trace import ProgressTrace
 

@@ -1,4 +1,4 @@
-"""The run's record (pytest_smartball.report): figures per update, JUnit properties, the JSON
+"""The run's record (pytest_smartball.plugin.report): figures per update, JUnit properties, the JSON
 summary and how test outcomes are counted."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import json
 from types import SimpleNamespace
 
 from pytest_smartball import protocol as p
-from pytest_smartball import report as rep
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.ota import EventKind, FailureKind, OtaEvent, OtaResult
+from pytest_smartball.plugin import report as rep
 
 IMAGE = FirmwareImage(b"\x01" * 1000, "build/smartball.bin")
 BEFORE = p.MsgInfo(1, 1, 4, 2, 500, 0xABCD, 491520)

@@ -61,7 +61,7 @@ def test_a_run_that_does_not_sign_never_loads_the_crypto_library() -> None:
     """The plugin lives in other people's environments: loading it (and its fixtures)
     costs them no crypto import; only a test that asks for smartball_signer does."""
     code = (
-        "import sys, pytest_smartball.plugin, pytest_smartball.fixtures; "
+        "import sys, pytest_smartball.plugin, pytest_smartball.plugin.fixtures; "
         "print('cryptography' in sys.modules)"
     )
     out = subprocess.run(

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_smartball import report as rep
 from pytest_smartball.cli import main
 from pytest_smartball.cli.errors import EXIT_CODES, EXIT_UNCONFIRMED, interrupted_sentence
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.ota import EventKind, OtaEngine, OtaEvent, OtaResult, Outcome
 from pytest_smartball.ota.record import Commit
+from pytest_smartball.plugin import report as rep
 from smartball_sim.bluez.launcher import EmulatedBluez
 
 PLAN = "adv-pause:1000s@cmd:CMD_OTA_FINISH"

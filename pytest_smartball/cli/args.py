@@ -14,8 +14,9 @@ from typing import Any, NoReturn
 from .. import contract
 from .. import protocol as p
 from ..link import LinkSettings
-from ..options import BLUEZ_CHOICES, SIMULATED_BLUEZ
+from ..options import BLUEZ_CHOICES, SIM_TRUST_CHOICES, SIM_TRUST_DEFAULT, SIMULATED_BLUEZ
 from ..ota import OtaSettings
+from ..targets import TargetKind, kind_of
 from .errors import EXIT_BAD_INPUT, EXIT_CODES, CliError
 
 PROG = "smartball-ota"
@@ -44,7 +45,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "sim_link": "model",
     "sim_firmware": "python",
     "sim_firmware_lib": None,
-    "sim_trust": "test",
+    "sim_trust": SIM_TRUST_DEFAULT,
     "scan_timeout": None,
     "settle": LinkSettings().settle_s,
 }
@@ -92,8 +93,6 @@ def _number(text: str, *, minimum: float, inclusive: bool, what: str) -> float:
     return value
 
 
-#: ``--sim-trust``: the test key (a signed-only ball) or nothing (a v1 ball).
-SIM_TRUST_CHOICES = ("test", "none")
 #: Commands that never touch Bluetooth (no device options).
 OFFLINE_COMMANDS = ("keygen", "sign")
 
@@ -492,9 +491,11 @@ class Context:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.json: bool = args.json
-        self.simulated: bool = args.sim
+        #: Which kind of target the command talks to (pytest_smartball.targets.KINDS).
+        self.kind: TargetKind = kind_of("sim" if args.sim else "real", args.sim_link, args.bluez)
+        self.simulated: bool = self.kind.in_process
         #: "emulated" or "vhci": simulated SmartBalls behind a BlueZ, on the real-device path
-        self.served_by: str | None = args.bluez if args.bluez in SIMULATED_BLUEZ else None
+        self.served_by: str | None = self.kind.name if self.kind.serves_real_path else None
         self.virtual: bool = args.sim and not args.realtime
         #: The simulated device lives in this process (--sim, or an emulated BlueZ or virtual
         #: radio started here) and ends with it; behind --bus it lives in a server of its own.

@@ -11,10 +11,10 @@ from bleak.backends.device import BLEDevice
 from tqdm import tqdm
 
 from .. import protocol as p
+from ..device_info import info_dict
 from ..image import FirmwareImage
 from ..link import LINK_ERRORS, DeviceNotFound, LinkError, NusLink, find_device, scan
 from ..ota import FailureKind, Limits, OtaEngine, OtaResult, OtaSettings, Outcome
-from ..report import info_dict
 from ..targets import Target
 from . import output as out
 from . import streams

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 from tqdm import tqdm
@@ -15,7 +15,7 @@ from tqdm import tqdm
 from .. import loops
 from ..bluez import BluezUnavailable, bluez_version, probe_adapter, version_warnings
 from ..link import BleBackend
-from ..targets import Target
+from ..targets import Target, open_in_process
 from .args import PROG, Context
 from .errors import EXIT_BAD_INPUT, EXIT_NOT_FOUND, CliError
 
@@ -35,24 +35,24 @@ async def open_target(ctx: Context) -> Target:
     """Build the simulated device (inside the running loop: faults may schedule timers),
     or check BlueZ for the real radio (also what an emulated BlueZ serves)."""
     a = ctx.args
-    if ctx.simulated:
-        from ..targets.simulated import SimFirmwareUnavailable, make_sim_target
+    if ctx.kind.in_process:
+        from ..targets.simulated import SimFirmwareUnavailable
 
-        make: Callable[..., Target] = make_sim_target
         refused: tuple[type[Exception], ...] = ()
-        if a.sim_link == "bumble":
-            from ..targets.bumble import BlueZOnlyFault, BumbleUnavailable, make_bumble_target
+        if not ctx.kind.bluez_faults:
+            from ..targets.bumble import BlueZOnlyFault, BumbleUnavailable
 
-            make, refused = make_bumble_target, (BumbleUnavailable, BlueZOnlyFault)
+            refused = (BumbleUnavailable, BlueZOnlyFault)
         loop = asyncio.get_running_loop()
         t0 = loop.time()  # 0 on the virtual clock; fault-log times count from here
         options: dict[str, Any] = {}
         if a.sim_firmware != "python":  # --sim-firmware=c: the C core inside the simulator
             options.update(firmware_core=a.sim_firmware, firmware_library=a.sim_firmware_lib)
         try:
-            target = make(
-                a.name,
-                a.sim_address,
+            target = open_in_process(
+                ctx.kind,
+                name=a.name,
+                address=a.sim_address,
                 faults=a.faults,
                 seed=a.seed,
                 erase_time_s=a.erase_time,

@@ -47,7 +47,7 @@ log = logging.getLogger("pytest_smartball.link")
 
 class LinkObserver(Protocol):
     """Sees every byte of one link both ways, with the loop's clock (the contract monitor,
-    :mod:`pytest_smartball.monitoring`): what the host wrote, what the device notified,
+    :mod:`pytest_smartball.plugin.monitoring`): what the host wrote, what the device notified,
     and when the link came and went."""
 
     def connected(self, t: float) -> None: ...

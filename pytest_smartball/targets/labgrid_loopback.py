@@ -360,7 +360,7 @@ class LoopbackFarm:
     def environment_config(self) -> str:
         """The test run's labgrid environment: a target per place, its drivers bound."""
         # imports: so that labgrid-client and labgrid's own fixtures know the SmartBall classes.
-        lines = ["imports:", "  - pytest_smartball.farm.lab", "targets:"]
+        lines = ["imports:", "  - pytest_smartball.plugin.farm.lab", "targets:"]
         for place in self.places:
             lines += [
                 f"  {place}:",

@@ -18,6 +18,7 @@ from smartball_sim.fronts.in_process import SimWorld
 from .. import protocol as p
 from .. import signing
 from ..link import BleBackend
+from ..options import SIM_TRUST_CHOICES
 from . import Target
 
 #: --sim-firmware=c without a C compiler or a built core (one sentence says what to do).
@@ -36,11 +37,6 @@ def backend_for(world: SimWorld) -> BleBackend:
         warnings=world.warnings,
         link_faults=link_faults,
     )
-
-
-#: What a simulated ball can be provisioned to trust (``--sim-trust``): the repository's
-#: test key (a signed-only ball, docs/protocol.md section 16), or nothing (a v1 ball).
-SIM_TRUST_CHOICES = ("test", "none")
 
 
 def trust_options(sim_trust: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """``--bluez=vhci``: the real-device path against this machine's real BlueZ, with simulated
 SmartBalls behind a virtual controller (``smartball_sim.machines.vhci``).
 
-The pytest plugin calls :func:`start` from ``pytest_configure`` (before preflight and any
-bleak use); the CLI runs its command inside :func:`running_virtual_radio`. Both need a Linux
+The pytest plugin calls :func:`start_radio` from ``pytest_configure``
+(:mod:`pytest_smartball.plugin.served`, before preflight and any bleak use); the CLI runs
+its command inside :func:`running_virtual_radio`. Both need a Linux
 kernel with ``hci_vhci`` (``/dev/vhci``, root or a udev rule) and a running ``bluetoothd``: a
 developer's machine, or the VM of ``python -m smartball_sim.machines.vm`` (what CI uses).
 Without them the run stops with one sentence saying what is missing.
@@ -19,23 +20,14 @@ from a test.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
-
-import pytest
-
-from ..image import FirmwareImage, load_image
-from ..options import read_options
-from . import real_time_firmware_image
 
 if TYPE_CHECKING:  # the simulator is imported only when the radio is started
     from smartball_sim.machines.vhci import VirtualRadio
 
 INSTALL_HINT = "--bluez=vhci needs Google's Bumble BLE stack: pip install bumble"
-
-_STASH = pytest.StashKey["VirtualRadio"]()
 
 
 class VhciSetupError(Exception):
@@ -77,32 +69,6 @@ def start_radio(
         raise VhciSetupError(str(exc)) from None
 
 
-def start(config: pytest.Config) -> VirtualRadio:
-    """pytest: start the radio for this session and point --ble-adapter at it."""
-    opts = read_options(config)
-    if opts.device != "real":
-        raise pytest.UsageError(
-            "--bluez=vhci serves simulated SmartBalls to the real-device path: use it with "
-            "--device=real (--device=sim needs no BlueZ at all)"
-        )
-    try:
-        radio = start_radio(
-            opts.name,
-            opts.addresses,
-            faults=opts.faults,
-            seed=opts.seed,
-            active_image=load_image(opts.baseline).data if opts.baseline else None,
-        )
-    except VhciSetupError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    config.option.ble_adapter = radio.adapter
-    config.stash[_STASH] = radio
-    config.add_cleanup(radio.stop)
-    # Registered after the plugin's fixtures module: firmware_image below overrides it.
-    config.pluginmanager.register(sys.modules[__name__], "smartball-vhci-bluez")
-    return radio
-
-
 @contextmanager
 def running_virtual_radio(
     name: str,
@@ -119,25 +85,3 @@ def running_virtual_radio(
         yield radio
     finally:
         radio.stop()
-
-
-def vhci(config: pytest.Config) -> VirtualRadio | None:
-    """The running virtual radio of this session, if any."""
-    return config.stash.get(_STASH, None)
-
-
-# --- fixtures (active only once start() registered this module) -------------------------
-
-
-@pytest.fixture(scope="session")
-def vhci_radio(pytestconfig: pytest.Config) -> VirtualRadio:
-    """The session's virtual radio (its devices: ``vhci_radio.devices``; run code on their
-    loop with ``vhci_radio.call``)."""
-    radio = vhci(pytestconfig)
-    assert radio is not None
-    return radio
-
-
-@pytest.fixture(scope="session")
-def firmware_image(pytestconfig: pytest.Config) -> FirmwareImage:
-    return real_time_firmware_image(pytestconfig)

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..options import DEVICE_DEST
+from ..command_line import DEVICE_DEST
 from .places import DEFAULT_PLACE_WAIT_S, Refuse, Take, Wait, next_step
 
 if TYPE_CHECKING:
-    from ..targets import Target
+    from ...targets import Target
     from .lab import Ball, Coordinator
 
 #: Acquires lost to another run between our look and our acquire before the run gives up

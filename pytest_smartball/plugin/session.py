@@ -18,21 +18,22 @@ from typing import Any
 
 import pytest
 
-from . import loops, preflight
-from . import protocol as p
+from .. import loops, preflight
+from .. import protocol as p
+from ..device_info import info_dict, info_from_dict
+from ..image import FirmwareImage, ImageError, generated_image, load_image
+from ..link import BleBackend
+from ..options import SmartBallOptions
+from ..ota import OtaSettings
+from ..targets import TargetKind, kind_of
 from . import report as rep
-from .image import FirmwareImage, ImageError, generated_image, load_image
-from .link import BleBackend
-from .options import (
+from .command_line import (
     DEVICE_CLASH,
     NEEDS_DEVICE,
     OPTION_NAMES,
-    SIMULATED_BLUEZ,
-    SmartBallOptions,
     command_words,
     read_options,
 )
-from .ota import OtaSettings
 
 _SESSION = pytest.StashKey["SmartBallSession"]()
 
@@ -57,7 +58,7 @@ class BenchDevice:
 
     @classmethod
     def from_input(cls, data: dict[str, Any]) -> BenchDevice:
-        info = rep.info_from_dict(data["baseline"])
+        info = info_from_dict(data["baseline"])
         return cls(data["address"], data["name"], data["rssi"], info, info)
 
 
@@ -87,8 +88,10 @@ class SmartBallSession:
     sim_updated_by: str | None = None
 
     @property
-    def kind(self) -> str:
-        return self.options.device
+    def kind(self) -> TargetKind:
+        """The run's kind of target (pytest_smartball.targets.KINDS)."""
+        opts = self.options
+        return kind_of(opts.device, opts.sim_link, opts.bluez)
 
     @property
     def mine(self) -> BenchDevice | None:
@@ -158,11 +161,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if state.worker is None:
         state.report = rep.RunReport(device=_device_summary(opts), firmware=None)
     if opts.faults:
-        if opts.device == "real" and opts.bluez not in SIMULATED_BLUEZ:
+        if state.kind.faults is None:
             raise pytest.UsageError(
                 "--sim-faults applies to the simulator only; real hardware cannot inject faults"
             )
-        from .targets.simulated import fault_spec_problem  # the simulator is asked for
+        from ..targets.simulated import fault_spec_problem  # the simulator is asked for
 
         problem = fault_spec_problem(opts.faults)
         if problem:
@@ -173,8 +176,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             # The xdist controller sees no tests; it checks the bench for its workers.
             _start_real(config, opts, state)
         return  # else after collection, and only if a collected test needs a device
-    if opts.device == "sim" and opts.sim_link == "bumble":
-        from .targets.bumble import BlueZOnlyFault, BumbleUnavailable, check_bumble_faults
+    if state.kind.in_process and not state.kind.bluez_faults:
+        from ..targets.bumble import BlueZOnlyFault, BumbleUnavailable, check_bumble_faults
 
         try:
             check_bumble_faults(opts.faults)
@@ -199,7 +202,7 @@ def _check_release_options(opts: SmartBallOptions) -> None:
         if given and opts.device != "sim":
             raise pytest.UsageError(f"{flag} applies to the simulator only (--device=sim)")
     if opts.sim_flash and opts.device == "sim":
-        from .targets.simulated import flash_spec_problem  # the simulator is asked for
+        from ..targets.simulated import flash_spec_problem  # the simulator is asked for
 
         problem = flash_spec_problem(opts.sim_flash)
         if problem:
@@ -211,14 +214,14 @@ def _check_release_options(opts: SmartBallOptions) -> None:
     if opts.soak is not None and opts.soak < 1:
         raise pytest.UsageError("--smartball-soak: the number of updates must be 1 or more")
     if opts.signing_key:
-        from .signing import KeyFileError, load_private  # only when a key is given
+        from ..signing import KeyFileError, load_private  # only when a key is given
 
         try:
             load_private(Path(opts.signing_key))
         except KeyFileError as exc:
             raise pytest.UsageError(f"--signing-key: {exc}") from None
     if opts.compare:
-        from .compare import ReportUnusable, load_figures
+        from ..compare import ReportUnusable, load_figures
 
         try:
             load_figures(opts.compare)
@@ -235,7 +238,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     needs_device = config.stash.get(NEEDS_DEVICE, False)
     if needs_device:
         show_header_once(config)
-    if state is None or state.kind != "real" or state.backend is not None:
+    if state is None or state.options.device != "real" or state.backend is not None:
         return
     if needs_device:
         _start_real(session.config, state.options, state)
@@ -344,7 +347,7 @@ def _fill_real_report(state: SmartBallSession) -> None:
                 "name": device.name,
                 "rssi_dbm": device.rssi,
                 "worker": f"gw{index}" if state.controller else None,
-                "firmware_before": rep.info_dict(device.baseline),
+                "firmware_before": info_dict(device.baseline),
             }
         )
 
@@ -394,7 +397,7 @@ def _device_summary(opts: SmartBallOptions) -> dict[str, Any]:
 def pytest_configure_node(node: Any) -> None:
     """pytest-xdist, on the controller: hand each worker what preflight found."""
     state = current_session(node.config)
-    if state is not None and state.kind == "real":
+    if state is not None and state.options.device == "real":
         node.workerinput["smartball"] = state.to_input()
 
 
@@ -432,7 +435,11 @@ def show_header_once(config: pytest.Config) -> None:
     config.stash[_HEADER_SHOWN] = True
     state = current_session(config)
     for line in header_lines(config):
-        if state is None or state.kind != "real" or not line.startswith("smartball: the bench"):
+        if (
+            state is None
+            or state.options.device != "real"
+            or not line.startswith("smartball: the bench")
+        ):
             terminal.write_line(line)
 
 

@@ -18,9 +18,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from . import protocol as p
-from .image import FirmwareImage
-from .ota import OtaResult
+from .. import protocol as p
+from ..device_info import info_dict
+from ..image import FirmwareImage
+from ..ota import OtaResult
 
 #: Bumped when a field changes meaning or goes away (new fields may appear any time).
 FORMAT_VERSION = 1
@@ -28,24 +29,6 @@ FORMAT_VERSION = 1
 #: The order outcomes are listed in, and the ones that make a run fail.
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
 BAD_OUTCOMES = ("failed", "error")
-
-
-def info_dict(info: p.MsgInfo | None) -> dict[str, Any] | None:
-    """A device's CMD_INFO answer, readable."""
-    if info is None:
-        return None
-    return {
-        "firmware": info.firmware_version,
-        "active_image_crc32": f"{info.active_image_crc32:08x}",
-        "active_image_size": info.active_image_size,
-        "staging_capacity": info.staging_capacity,
-        "protocol_version": info.protocol_version,
-    }
-
-
-def info_from_dict(data: dict[str, Any]) -> p.MsgInfo:
-    """Inverse of ``asdict(MsgInfo)`` (how INFOs travel to xdist workers)."""
-    return p.MsgInfo(**data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from .link import BleBackend
-    from .targets import Target
+    from ..link import BleBackend
+    from ..targets import Target
 
 
 @pytest.hookspec(firstresult=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .render import timeline_svg
+from ..release_report.render import timeline_svg
 
 
 def attach_timelines(

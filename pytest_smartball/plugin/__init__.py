@@ -6,7 +6,11 @@ needs. This module only registers: the options (:mod:`.options`), the hook specs
 
 * :mod:`.fixtures`: ``smartball``, ``nus``, ``ota``, ``firmware_image``, ``sim_device``;
 * :mod:`.session`: the run's devices, preflight on real hardware, pytest-xdist, the header;
-* :mod:`.recording`: every update's figures, the JSON report, the timeline of a failure.
+* :mod:`.recording`: every update's figures, the JSON report, the timeline of a failure;
+* :mod:`.served`: ``--bluez=emulated|vhci``, simulated SmartBalls served to the real path.
+
+Every pytest concern of the package lives in this folder; the library beside it (codec,
+image, link, engine, targets, BlueZ helpers) imports no pytest.
 
 The plugin acts only on tests that use its fixtures or markers: on the simulator those run
 on looptime's virtual clock; every other test runs exactly as it would without the plugin.
@@ -19,9 +23,10 @@ from collections.abc import Generator, Sequence
 
 import pytest
 
-from .farm import add_options as add_farm_options
-from .link import BleBackend
-from .options import (
+from ..link import BleBackend
+from ..targets import NoSuchTarget, kind_of
+from . import served
+from .command_line import (
     DEVICE_CLASH,
     DEVICE_DEST,
     NEEDS_DEVICE,
@@ -30,13 +35,15 @@ from .options import (
     command_words,
     device_flag,
 )
+from .farm import add_options as add_farm_options
 
 # In import order: each module imports only those before it.
 pytest_plugins = [
-    "pytest_smartball.session",
-    "pytest_smartball.recording",
-    "pytest_smartball.fixtures",
-    "pytest_smartball.monitoring",
+    "pytest_smartball.plugin.session",
+    "pytest_smartball.plugin.recording",
+    "pytest_smartball.plugin.fixtures",
+    "pytest_smartball.plugin.monitoring",
+    "pytest_smartball.plugin.served",
 ]
 
 #: pytest-timeout for each test on real hardware unless --timeout is given: a real update
@@ -116,16 +123,16 @@ def pytest_configure(config: pytest.Config) -> None:
     from .recording import Recorder
 
     config.pluginmanager.register(Recorder(config), "smartball-recorder")
-    bluez = config.getoption("--bluez")
+    try:
+        kind = kind_of(
+            config.getoption(DEVICE_DEST),
+            config.getoption("--sim-link"),
+            config.getoption("--bluez"),
+        )
+    except NoSuchTarget as exc:
+        raise pytest.UsageError(str(exc)) from None
     # Before the session starts: preflight and every bleak bus then use what they serve.
-    if bluez == "emulated":
-        from .targets.emulated_bluez import start
-
-        start(config)
-    elif bluez == "vhci":
-        from .targets.vhci_bluez import start as start_vhci
-
-        start_vhci(config)
+    served.start(config, kind)
     from . import farm
 
     if farm.requested(config):  # labgrid's plugin is active: the balls come from its places
@@ -218,7 +225,7 @@ def _asks_for_our_device(args: Sequence[str]) -> bool:
 
 
 def _check_fault_marker(item: pytest.Item, marker: pytest.Mark) -> None:
-    from .targets.simulated import fault_spec_problem  # a fault plan asks for the simulator
+    from ..targets.simulated import fault_spec_problem  # a fault plan asks for the simulator
 
     problem = fault_spec_problem(marker.args[0] if marker.args else "")
     if problem:

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from .link import BleBackend, NusLink
-from .link.backend import InjectedFault
-from .link.nus import LinkObserver, watch_links
-from .monitor import DEFAULT_MARGIN_S, ContractMonitor, Violation
+from ..link import BleBackend, NusLink
+from ..link.backend import InjectedFault
+from ..link.nus import LinkObserver, watch_links
+from ..monitor import DEFAULT_MARGIN_S, ContractMonitor, Violation
 
 #: The extra margin on the obligations where time is real (emulated and real BlueZ, a
 #: bench): a loaded machine delays the host's view of the radio by more than a

@@ -23,22 +23,30 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
-from . import loops
-from . import protocol as p
-from .figures import FigureRecorder
-from .image import FirmwareImage, ImageError, generated_image, load_image
-from .link import LinkSettings, NusLink, find_device
-from .manifest import is_signed_image
+from .. import loops
+from .. import protocol as p
+from ..figures import FigureRecorder
+from ..image import FirmwareImage, ImageError, generated_image, load_image
+from ..link import LinkSettings, NusLink, find_device
+from ..manifest import is_signed_image
+from ..options import SmartBallOptions
+from ..ota import OtaEngine, OtaSettings
+from ..release_report.trace import ProgressTrace
+from ..targets import (
+    FAST_LINK,
+    FAST_OTA,
+    Target,
+    TargetKind,
+    kind_of,
+    open_in_process,
+    real_time_firmware_image,
+)
 from .monitoring import WATCH, ContractWatch
-from .options import SmartBallOptions
-from .ota import OtaEngine, OtaSettings
 from .recording import CALLED, ENGINES, FIGURES, LINK_EVENTS, SOAKS, TARGET, UPDATES, Update
-from .release_report.trace import ProgressTrace
 from .session import SmartBallSession, smartball_session
-from .targets import Target
 
 if TYPE_CHECKING:
-    from .suite_signer import SuiteSigner
+    from ..suite_signer import SuiteSigner
 
 #: Fixtures whose tests are the plugin's business (they get virtual time on the simulator).
 SMARTBALL_FIXTURES = frozenset({"smartball", "nus", "ota", "sim_device", "firmware_image"})
@@ -49,10 +57,14 @@ def smartball_options(pytestconfig: pytest.Config) -> SmartBallOptions:
     return smartball_session(pytestconfig).options
 
 
+def _kind(opts: SmartBallOptions) -> TargetKind:
+    return kind_of(opts.device, opts.sim_link, opts.bluez)
+
+
 @pytest.fixture(scope="session")
-def smartball_reset_settings() -> OtaSettings:
+def smartball_reset_settings(smartball_options: SmartBallOptions) -> OtaSettings:
     """Settings for returning a real device to its baseline between tests."""
-    return OtaSettings()
+    return FAST_OTA if _kind(smartball_options).fast_settings else OtaSettings()
 
 
 @pytest.fixture
@@ -68,7 +80,8 @@ def smartball(
     """
     opts = smartball_options
     state = smartball_session(request.config)
-    if opts.device == "real":
+    kind = state.kind
+    if not kind.in_process:
         assert state.backend is not None, "--device=real without a session start"
         target = Target(state.backend, opts.name, state.address)
         request.node.stash[TARGET] = target
@@ -77,13 +90,9 @@ def smartball(
         if request.node.stash.get(CALLED, False):
             _return_to_baseline(request.node, state, target, smartball_reset_settings)
         return
-    from .targets.simulated import make_sim_target  # the simulator, only when a test needs it
-
-    make_target: Callable[..., Target] = make_sim_target
     refused: tuple[type[Exception], ...] = ()
-    if opts.sim_link == "bumble":
-        from .targets.bumble import BlueZOnlyFault
-        from .targets.bumble import make_bumble_target as make_target
+    if not kind.bluez_faults:
+        from ..targets.bumble import BlueZOnlyFault
 
         refused = (BlueZOnlyFault,)
 
@@ -99,9 +108,10 @@ def smartball(
     if opts.sim_firmware != "python":  # --sim-firmware=c: the C core inside the simulator
         options.update(firmware_core=opts.sim_firmware, firmware_library=opts.sim_firmware_lib)
     try:
-        target = make_target(
-            opts.name,
-            state.address,
+        target = open_in_process(  # the simulator, only when a test needs it
+            kind,
+            name=opts.name,
+            address=state.address,
             faults=spec,
             seed=seed,
             firmware_bugs=opts.firmware_bugs,
@@ -129,7 +139,7 @@ def _sim_trust(item: pytest.Item, default: str) -> str:
 def _return_to_baseline(
     item: pytest.Item, state: SmartBallSession, target: Target, settings: OtaSettings
 ) -> None:
-    from .known_state import ResetFailed, return_to_baseline
+    from ..known_state import ResetFailed, return_to_baseline
 
     device = state.mine
     if device is None:
@@ -276,7 +286,7 @@ def smartball_signer(smartball_options: SmartBallOptions) -> SuiteSigner | None:
     """The key the suite signs its test images with: ``--signing-key``, on the simulator
     by default the repository's test key; None on hardware without ``--signing-key`` (a
     signed-only board then stops the run at its start)."""
-    from .suite_signer import SuiteSigner  # the crypto library, only when a test asks
+    from ..suite_signer import SuiteSigner  # the crypto library, only when a test asks
 
     if smartball_options.signing_key is None and smartball_options.device == "real":
         return None
@@ -309,7 +319,10 @@ def firmware_image(
     """The image OTA tests flash: --firmware, or a generated one on the simulator. On a
     device that runs only signed images, its signed form: --firmware as it is when it is
     a signed image already, else signed here with the suite's key (``--signing-key``) and
-    the device's security counter."""
+    the device's security counter. Behind ``--bluez=emulated|vhci`` (balls that run in real
+    time): --firmware, or a small generated image, as it is."""
+    if _kind(smartball_options).real_time_image:
+        return real_time_firmware_image(smartball_options.firmware, smartball_options.seed)
     if smartball_options.firmware:
         image = load_image(smartball_options.firmware)
         with open(smartball_options.firmware, "rb") as given:
@@ -348,11 +361,15 @@ def _signed_form(
 
 @pytest.fixture
 def link_settings(smartball_options: SmartBallOptions) -> LinkSettings:
+    if _kind(smartball_options).fast_settings:  # balls that erase a page in 5 ms
+        return FAST_LINK
     return LinkSettings(scan_timeout_s=smartball_options.scan_timeout)
 
 
 @pytest.fixture
-def ota_settings(link_settings: LinkSettings) -> OtaSettings:
+def ota_settings(smartball_options: SmartBallOptions, link_settings: LinkSettings) -> OtaSettings:
+    if _kind(smartball_options).fast_settings:
+        return FAST_OTA
     return OtaSettings(link=link_settings)
 
 

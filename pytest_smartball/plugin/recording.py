@@ -1,6 +1,6 @@
 """What each test leaves behind: every update's figures and the figures a test measured
 (``smartball_figures``; JUnit XML properties and the ``--smartball-report`` JSON summary,
-:mod:`pytest_smartball.report`), a soak's summary, and, when a test fails, the timeline of
+:mod:`pytest_smartball.plugin.report`), a soak's summary, and, when a test fails, the timeline of
 the client's events and the simulated device's fault log (in the terminal and the JUnit
 XML's ``<system-out>``). At the end of the run, ``--smartball-compare`` puts the figures
 beside the previous release's (:mod:`pytest_smartball.compare`)."""
@@ -16,16 +16,19 @@ from typing import Any
 
 import pytest
 
-from . import compare, loops, preflight, soak
-from . import figures as fig
-from . import protocol as p
+from .. import compare, loops, preflight, soak
+from .. import figures as fig
+from .. import protocol as p
+from ..device_info import info_dict
+from ..image import FirmwareImage
+from ..options import SmartBallOptions
+from ..ota import OtaEngine, OtaResult, OtaSettings
+from ..ota.engine import engines_made
+from ..release_report.trace import ProgressTrace
+from ..targets import Target
 from . import report as rep
-from .image import FirmwareImage
-from .options import NEEDS_DEVICE, SmartBallOptions
-from .ota import OtaEngine, OtaResult, OtaSettings
-from .ota.engine import engines_made
-from .release_report.attach import attach_timelines
-from .release_report.trace import ProgressTrace
+from .attach import attach_timelines
+from .command_line import NEEDS_DEVICE
 from .session import (
     SmartBallSession,
     current_session,
@@ -33,7 +36,6 @@ from .session import (
     show_header_once,
     smartball_session,
 )
-from .targets import Target
 
 TARGET = pytest.StashKey[Target]()
 ENGINES = pytest.StashKey["list[OtaEngine]"]()
@@ -273,11 +275,13 @@ class Recorder:
         if _uses_the_plugin(self.config, state):
             show_header_once(self.config)
         updates = [u for u in state.report.updates if u["purpose"] == "test"]
-        if updates and (state.kind == "real" or self.written):
+        if updates and (state.options.device == "real" or self.written):
             terminalreporter.write_sep("-", "smartball updates")
             for u in sorted(updates, key=lambda u: (u["test"], u["update"])):
                 terminalreporter.write_line(_update_line(u))
-        if state.report.figures and (self.written or self.comparison or state.kind == "real"):
+        if state.report.figures and (
+            self.written or self.comparison or state.options.device == "real"
+        ):
             terminalreporter.write_sep("-", "smartball figures")
             for line in _figure_lines(state.report.figures):
                 terminalreporter.write_line(line)
@@ -364,7 +368,7 @@ def _compare(
 
 def _write_html(report: rep.RunReport, path: str, exitstatus: int) -> str | None:
     """Write the release page; None, or the sentence saying why it could not be written."""
-    from .release_report.command import write_page
+    from ..release_report.command import write_page
 
     try:
         write_page(path, report.to_dict(exitstatus))
@@ -385,7 +389,7 @@ def _figure_lines(records: list[dict[str, Any]]) -> list[str]:
 
 def _device_part(state: SmartBallSession, opts: SmartBallOptions) -> dict[str, Any] | None:
     """This process's device for the report: before and after the run."""
-    if state.kind == "sim":
+    if state.options.device == "sim":
         if state.sim_first is None:
             return None
         # Each test has a fresh simulated device: "after" is the one the last update left
@@ -394,15 +398,15 @@ def _device_part(state: SmartBallSession, opts: SmartBallOptions) -> dict[str, A
             "address": state.address,
             "name": opts.name,
             "worker": state.worker,
-            "firmware_before": rep.info_dict(state.sim_first),
-            "firmware_after": rep.info_dict(state.sim_updated or state.sim_last or state.sim_first),
+            "firmware_before": info_dict(state.sim_first),
+            "firmware_after": info_dict(state.sim_updated or state.sim_last or state.sim_first),
             "firmware_after_test": state.sim_updated_by,
         }
     device = state.mine
     if device is None or state.backend is None or not (opts.report or opts.html):
         return None
     part: dict[str, Any] = {"address": device.address, "worker": state.worker}
-    from .known_state import find_idle_and_info
+    from ..known_state import find_idle_and_info
 
     settings = state.reset_settings or OtaSettings()
     try:
@@ -414,7 +418,7 @@ def _device_part(state: SmartBallSession, opts: SmartBallOptions) -> dict[str, A
                 preflight.INFO_TIMEOUT_S + opts.scan_timeout,
             )
         )
-        part["firmware_after"] = rep.info_dict(info)
+        part["firmware_after"] = info_dict(info)
     except Exception as exc:  # the report must still be written
         part["firmware_after_error"] = f"{type(exc).__name__}: {exc}"
     return part
