@@ -35,7 +35,7 @@ from pytest_smartball.targets import Target
 from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.airlog import Packet, longest_silence
 from smartball_sim.device import RadioTimings, SimDevice
-from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY
+from smartball_sim.firmware.model import DEFAULT_STAGING_CAPACITY
 from smartball_sim.make_image import FIELD_IMAGE_SIZE, make_image
 from smartball_sim.radio import PROFILES
 from smartball_sim.timing import lower_bound

@@ -35,7 +35,7 @@ from smartball_sim.bluez.launcher import (
     fake_bluetoothctl,
 )
 from smartball_sim.device import DEFAULT_ADDRESS
-from smartball_sim.firmware import FlashTimings
+from smartball_sim.firmware.model import FlashTimings
 
 from ..image import FirmwareImage, load_image
 from ..link import LinkSettings

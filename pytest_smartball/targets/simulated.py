@@ -8,12 +8,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from smartball_sim.bleak_backend import SimWorld
-from smartball_sim.c_core import MissingCompiler
 from smartball_sim.device import DEFAULT_ADDRESS, SimDevice
 from smartball_sim.fault_injector import FaultRecord
 from smartball_sim.faults import FaultPlan, FaultSpecError
-from smartball_sim.firmware import FlashTimings
-from smartball_sim.firmware_bugs import parse_bugs
+from smartball_sim.firmware.bugs import parse_bugs
+from smartball_sim.firmware.c_core import MissingCompiler
+from smartball_sim.firmware.model import FlashTimings
 
 from .. import protocol as p
 from .. import signing

@@ -32,18 +32,18 @@ from pytest_smartball.signing import TrustedKey
 
 from . import gate_probe
 from .airlog import Packet, Sender
-from .c_core import library_for
-from .c_firmware import CFirmware
 from .fault_injector import FaultInjector, FaultRecord
 from .faults import FaultPlan
-from .firmware import (
+from .firmware.bugs import FirmwareBug
+from .firmware.c_core import library_for
+from .firmware.c_firmware import CFirmware
+from .firmware.model import (
     DEFAULT_STAGING_CAPACITY,
     FirmwareEvent,
     FlashTimings,
     SmartBallFirmware,
     to_us,
 )
-from .firmware_bugs import FirmwareBug
 from .links import (
     ConnectRefusal,
     ConnectRefused,
@@ -149,7 +149,7 @@ class SimDevice:
                     "firmware bugs and progressive_window_bytes need the Python model"
                 )
             # The C core offers the part of SmartBallFirmware's interface the device, the
-            # fault injector and the HIL suite use (smartball_sim.c_firmware): typed as the
+            # fault injector and the HIL suite use (smartball_sim.firmware.c_firmware): typed as the
             # model so that their code needs no second path.
             self.firmware = cast(
                 SmartBallFirmware,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, assert_never
 from pytest_smartball import protocol as p
 
 from .faults import AT_POINTS, Effect, Fault, FaultPlan, Trigger, TriggerKind
-from .firmware import FirmwareEvent, FirmwareEventKind, to_us
+from .firmware.model import FirmwareEvent, FirmwareEventKind, to_us
 
 if TYPE_CHECKING:
     from .device import SimDevice
