@@ -267,6 +267,11 @@ class SimDevice:
         log.info("%s: connected (link #%d)", self.name, link.number)
         self.injector.on_connected(link)
 
+    @property
+    def connections(self) -> int:
+        """How many links this device has had (the number of the latest)."""
+        return self._connections
+
     def next_connection_number(self) -> int:
         self._connections += 1
         return self._connections
