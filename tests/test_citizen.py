@@ -134,6 +134,24 @@ def test_importing_the_plugin_loads_no_simulator() -> None:
     assert out.strip() == "[]"
 
 
+def test_the_firmware_bug_names_reach_help_without_the_simulator() -> None:
+    """The catalogue lives beside the simulator (smartball_sim/firmware/bugs.json); the
+    plugin's and the CLI's --help list its names from the file, not by importing it."""
+    out = run_python(
+        "import contextlib, io, sys\n"
+        "from pytest_smartball import contract\n"
+        "from pytest_smartball.cli.args import build_parser\n"
+        "help = io.StringIO()\n"
+        "with contextlib.redirect_stdout(help), contextlib.suppress(SystemExit):\n"
+        "    build_parser().parse_args(['flash', '--help'])\n"
+        "text = ''.join(help.getvalue().split())  # argparse wraps at hyphens\n"
+        "names = [b.name for b in contract.firmware_bugs()]\n"
+        f"print(len(names), all(n in text for n in names), {SIM_LOADED})\n"
+    )
+    count, listed, loaded = out.strip().splitlines()[-1].split(" ", 2)
+    assert int(count) >= 12 and listed == "True" and loaded == "[]", out
+
+
 def test_a_cli_command_without_sim_loads_no_simulator(tmp_path: Path) -> None:
     # info on the real radio fails here for want of BlueZ (exit 3): the simulator stays out.
     code = (
