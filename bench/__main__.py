@@ -33,7 +33,7 @@ from pytest_smartball.loops import run as run_loop
 from pytest_smartball.ota import OtaEngine, OtaResult
 from pytest_smartball.targets import Target, kind_of, open_in_process
 from smartball_sim.device import RadioTimings, SimDevice
-from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY
+from smartball_sim.firmware.model import DEFAULT_STAGING_CAPACITY
 from smartball_sim.make_image import FIELD_IMAGE_SIZE, make_image
 from smartball_sim.radio.airlog import Packet, longest_silence
 from smartball_sim.radio.profiles import PROFILES

@@ -45,7 +45,7 @@ from smartball_sim.faults import (
     Trigger,
     TriggerKind,
 )
-from smartball_sim.firmware import PAGE_SIZE
+from smartball_sim.firmware.model import PAGE_SIZE
 from smartball_sim.fuzz_inputs import faults as any_faults
 
 #: A count no update can use up ("every connect", "every write"): far more than the engine's

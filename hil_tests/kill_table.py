@@ -1,5 +1,5 @@
 """How strong is the HIL suite as a release gate? Run it against every firmware bug of the
-catalogue (``pytest_smartball/contract/firmware_bugs.json``) and print the kill table: bug
+catalogue (``sim/smartball_sim/firmware/bugs.json``) and print the kill table: bug
 -> the tests that caught it. Mutation testing of the gate itself.
 
     python -m hil_tests.kill_table [--jobs 2] [--bug NAME ...] [--out DIR] [--write-doc]

@@ -59,13 +59,15 @@ from hil_tests.kill_table import observed_suite_command
 ROOT = Path(__file__).resolve().parent.parent
 #: The reference firmware model: what a SmartBall's firmware decides, and its flash.
 MODULES = (
-    "sim/smartball_sim/firmware.py",
-    "sim/smartball_sim/firmware_activation.py",
-    "sim/smartball_sim/firmware_data.py",
-    "sim/smartball_sim/firmware_erase.py",
-    "sim/smartball_sim/firmware_parts.py",
-    "sim/smartball_sim/firmware_types.py",
-    "sim/smartball_sim/flash.py",
+    "sim/smartball_sim/firmware/model.py",
+    "sim/smartball_sim/firmware/activation.py",
+    "sim/smartball_sim/firmware/data.py",
+    "sim/smartball_sim/firmware/erase.py",
+    "sim/smartball_sim/firmware/parts.py",
+    "sim/smartball_sim/firmware/types.py",
+    "sim/smartball_sim/firmware/flash.py",
+    "sim/smartball_sim/firmware/signed.py",
+    "sim/smartball_sim/firmware/swap.py",
 )
 EQUIVALENTS = Path(__file__).with_name("mutation_equivalents.json")
 #: What a copy of the tree leaves out: environments, caches, build output, VCS.

@@ -48,7 +48,7 @@ from pytest_smartball.ota import OtaEngine, OtaResult, Outcome
 from pytest_smartball.targets import Target, kind_of, open_in_process
 from smartball_sim.device import SimDevice
 from smartball_sim.faults import FaultPlan
-from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY
+from smartball_sim.firmware.model import DEFAULT_STAGING_CAPACITY
 from smartball_sim.fuzz_inputs import fault_plans, image_specs
 from smartball_sim.make_image import make_image
 
@@ -425,7 +425,7 @@ def test_without_faults_every_generated_update_succeeds(pytestconfig: pytest.Con
 def test_the_fuzzers_devices_run_the_runs_firmware(smartball_options: SmartBallOptions) -> None:
     """The devices these properties build run what ``--sim-firmware`` asks for (the C core
     or the model), and a failing example's replay line asks the CLI for the same."""
-    from smartball_sim.c_firmware import CFirmware
+    from smartball_sim.firmware.c_firmware import CFirmware
 
     device = make_target("model", FaultPlan(), 0, False).sim
     assert device is not None

@@ -31,7 +31,7 @@ from pytest_smartball import protocol as p
 from pytest_smartball.link import BleBackend, LinkSettings, NusLink, find_device
 from pytest_smartball.loops import virtual_event_loop
 from pytest_smartball.strategies import command_frames
-from smartball_sim.firmware import PAGE_SIZE, FlashTimings, SmartBallFirmware
+from smartball_sim.firmware.model import PAGE_SIZE, FlashTimings, SmartBallFirmware
 from smartball_sim.make_image import make_image
 
 from .helpers import SuiteKey

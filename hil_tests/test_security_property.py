@@ -29,10 +29,10 @@ from pytest_smartball import signing
 from pytest_smartball.loops import virtual_event_loop
 from pytest_smartball.options import SmartBallOptions
 from pytest_smartball.suite_signer import SuiteSigner
-from smartball_sim.c_core import library_for
-from smartball_sim.c_firmware import CFirmware
-from smartball_sim.firmware import FlashTimings, SmartBallFirmware
-from smartball_sim.firmware_bugs import parse_bugs
+from smartball_sim.firmware.bugs import parse_bugs
+from smartball_sim.firmware.c_core import library_for
+from smartball_sim.firmware.c_firmware import CFirmware
+from smartball_sim.firmware.model import FlashTimings, SmartBallFirmware
 
 from .helpers import changed_manifest, flipped_with_the_same_crc
 
@@ -123,7 +123,7 @@ class Ball:
             "trusted_keys": [signing.test_trusted_key()],
             "security_counter": counter,
         }
-        if C_CORE:  # the C core offers the model's interface (smartball_sim.c_firmware)
+        if C_CORE:  # the C core offers the model's interface (smartball_sim.firmware.c_firmware)
             fw = cast(SmartBallFirmware, CFirmware(library=library_for(C_CORE[0]), **common))
         else:
             fw = SmartBallFirmware(bugs=parse_bugs(FIRMWARE_BUGS), **common)

@@ -6,9 +6,10 @@ suite on a real bench all read the same files. ``docs/protocol.md`` renders the 
 the timings from here (``render_command_state_table``, ``render_timing_table``) and a test
 checks that the document says the same. The vectors are generated from the reference
 model (``python -m smartball_sim.contract_vectors --write``) and read by tests, and by the
-firmware team's C tests: hex in, frames / replies / states out. Beside the contract, the
-catalogue of firmware bugs that break it, which the simulated firmware can be told to have
-(``firmware_bugs``): the HIL suite's strength as a release gate is measured against it.
+firmware team's C tests: hex in, frames / replies / states out. The catalogue of firmware
+bugs that break the contract lives beside the simulator that consults it
+(``smartball_sim/firmware/bugs.json``); ``firmware_bugs`` reads it from there without
+importing the simulator, so that ``--help`` can list the names.
 And the device's flash layout (``flash_layout``): where the application lives and the
 staging area's capacity, read by the client's image intake and by the simulator.
 """
@@ -16,9 +17,11 @@ staging area's capacity, read by the client's image intake and by the simulator.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from . import protocol as p
@@ -292,9 +295,22 @@ class FirmwareBugEntry:
 
 @functools.cache
 def firmware_bugs() -> tuple[FirmwareBugEntry, ...]:
-    """The catalogue (``firmware_bugs.json``): the switches of ``--sim-firmware-bug``."""
-    data = _read("firmware_bugs.json")
+    """The catalogue (``smartball_sim/firmware/bugs.json``): the switches of
+    ``--sim-firmware-bug``. Found by the simulator package's location, not imported: the
+    CLI's and the plugin's ``--help`` list these names and must not load the simulator."""
+    data = json.loads(_simulator_catalogue().read_text("utf-8"))
     return tuple(FirmwareBugEntry(b["name"], b["what"], b["breaks"]) for b in data["bugs"])
+
+
+def _simulator_catalogue() -> Path:
+    # find_spec of a top-level name locates the package without running its code.
+    spec = importlib.util.find_spec("smartball_sim")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the firmware-bug catalogue lives in the smartball_sim package, which is not "
+            "installed: install pytest-smartball (it ships both packages)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "firmware" / "bugs.json"
 
 
 def render_firmware_bugs() -> str:

@@ -7,7 +7,7 @@ failed operation leaves the flash as it was and reports failure), a clock, the r
 (every notification leaves at once, then ``sb_tx_complete``) and the bootloader (after a
 reset with a pending record whose CRC checks out, the staged image becomes the active one,
 its version read from its descriptor; on a signed-only device, the simulator's bootloader
-of section 16.4, :class:`~smartball_sim.firmware_signed.SignedBootloader`, on a copy of
+of section 16.4, :class:`~smartball_sim.firmware.signed.SignedBootloader`, on a copy of
 the flash). The HAL's crypto is ``hashlib`` and ``cryptography``. The verify's time is
 charged per byte the core reads back while it verifies, so a verify of ``image_size``
 bytes takes the vector's ``verify_s_per_byte * image_size`` in the core's steps.
@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidSignature
 
 from pytest_smartball import protocol as p
 from pytest_smartball import signing
-from smartball_sim.c_core import (
+from smartball_sim.firmware.c_core import (
     ED25519_VERIFY,
     ERASE,
     EV_HANDLED,
@@ -51,10 +51,10 @@ from smartball_sim.c_core import (
     build_library,
     load,
 )
-from smartball_sim.firmware_signed import SignedBootloader, SignedState
-from smartball_sim.firmware_swap import SwapWear
-from smartball_sim.firmware_types import FlashTimings, StoredImage, _PendingRecord
-from smartball_sim.flash import Flash
+from smartball_sim.firmware.flash import Flash
+from smartball_sim.firmware.signed import SignedBootloader, SignedState
+from smartball_sim.firmware.swap import SwapWear
+from smartball_sim.firmware.types import FlashTimings, StoredImage, _PendingRecord
 from smartball_sim.make_image import image_version
 
 __all__ = [

@@ -22,7 +22,7 @@ from pytest_smartball.protocol import (
     MsgOtaStatus,
     OtaState,
 )
-from smartball_sim.firmware import PAGE_SIZE, FirmwareEvent, FlashTimings, SmartBallFirmware
+from smartball_sim.firmware.model import PAGE_SIZE, FirmwareEvent, FlashTimings, SmartBallFirmware
 from smartball_sim.make_image import make_image
 
 OLD_IMAGE = bytes(range(256)) * 12  # 3072 bytes, the image the device runs

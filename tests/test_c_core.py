@@ -29,8 +29,8 @@ from pytest_smartball.image import FirmwareImage
 from pytest_smartball.manifest import Manifest
 from pytest_smartball.ota import OtaEngine
 from pytest_smartball.targets.simulated import make_sim_target
-from smartball_sim.c_core import FIRMWARE_DIR
-from smartball_sim.c_firmware import CFirmware
+from smartball_sim.firmware.c_core import FIRMWARE_DIR
+from smartball_sim.firmware.c_firmware import CFirmware
 
 from . import c_core
 from .c_core import PAGE

@@ -8,7 +8,8 @@ not own, imports the simulator only when asked for, and its packages depend one 
   command asks for a simulated device; a target module loads at import no other target's
   stack and nothing its own target loads only when it starts.
 * ``smartball_sim`` imports nothing of the client but the codec, and no module of either
-  package imports itself back through a circle.
+  package imports itself back through a circle; nor, counting the imports made only for the
+  type checker (``if TYPE_CHECKING:``), does any module of the client or the simulator.
 * The OTA engine's core (``pytest_smartball.ota`` but its engine, settings and results
   included) is sans-I/O: importing it loads neither bleak nor the link nor asyncio.
 """
@@ -131,6 +132,24 @@ SIM_LOADED = "[m for m in sys.modules if m.split('.')[0] == 'smartball_sim']"
 def test_importing_the_plugin_loads_no_simulator() -> None:
     out = run_python(f"import sys, pytest_smartball.plugin; print({SIM_LOADED})")
     assert out.strip() == "[]"
+
+
+def test_the_firmware_bug_names_reach_help_without_the_simulator() -> None:
+    """The catalogue lives beside the simulator (smartball_sim/firmware/bugs.json); the
+    plugin's and the CLI's --help list its names from the file, not by importing it."""
+    out = run_python(
+        "import contextlib, io, sys\n"
+        "from pytest_smartball import contract\n"
+        "from pytest_smartball.cli.args import build_parser\n"
+        "help = io.StringIO()\n"
+        "with contextlib.redirect_stdout(help), contextlib.suppress(SystemExit):\n"
+        "    build_parser().parse_args(['flash', '--help'])\n"
+        "text = ''.join(help.getvalue().split())  # argparse wraps at hyphens\n"
+        "names = [b.name for b in contract.firmware_bugs()]\n"
+        f"print(len(names), all(n in text for n in names), {SIM_LOADED})\n"
+    )
+    count, listed, loaded = out.strip().splitlines()[-1].split(" ", 2)
+    assert int(count) >= 12 and listed == "True" and loaded == "[]", out
 
 
 def test_a_cli_command_without_sim_loads_no_simulator(tmp_path: Path) -> None:
@@ -413,6 +432,81 @@ def graph_nodes() -> list[str]:
     return modules("pytest_smartball") + modules("smartball_sim")
 
 
+#: The packages searched for circles that count type-only imports.
+CIRCLE_PACKAGES = ("pytest_smartball", "smartball_sim")
+
+
+def test_no_import_circle_counting_type_only_imports() -> None:
+    """Issue 22: a circle closed only by ``if TYPE_CHECKING:`` imports is still a circle (a
+    module that needs another's types to be read). Every top-level import counts, type-only
+    ones too; what a function imports when it runs does not."""
+    nodes = [m for package in CIRCLE_PACKAGES for m in modules(package)]
+    graph = import_graph(nodes, type_only=True)
+    circles = import_circles(graph)
+    assert circles == [], "import circles (type-only imports counted):\n" + "\n".join(
+        " <-> ".join(circle) for circle in circles
+    )
+
+
+def test_the_circle_finder_finds_a_type_only_circle() -> None:
+    """The finder itself: a circle through an ``if TYPE_CHECKING:`` import is found, and
+    one only a function-level import closes is not."""
+    assert import_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_circles({"a": {"a"}}) == [["a"]]
+    assert import_circles({"a": {"b"}, "b": set()}) == []
+    device = imports_of("smartball_sim.device", top_level_only=True, type_only=True)
+    assert "smartball_sim.fault_injector" in device  # a run-time import, counted
+    parts = imports_of("smartball_sim.firmware.parts", top_level_only=True, type_only=True)
+    assert "smartball_sim.firmware.types" in parts
+
+
+def import_graph(nodes: list[str], *, type_only: bool) -> dict[str, set[str]]:
+    """Module -> the modules among ``nodes`` it imports at its top level."""
+    known = set(nodes)
+    return {
+        module: {
+            m for m in imports_of(module, top_level_only=True, type_only=type_only) if m in known
+        }
+        for module in nodes
+    }
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every set of modules that import one another round a circle (the strongly connected
+    components of more than one module, or a module importing itself), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(module: str) -> None:  # Tarjan's algorithm
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in sorted(graph.get(module, ())):
+            if imported not in index:
+                connect(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1 or module in graph.get(module, ()):
+                found.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            connect(module)
+    return sorted(found)
+
+
 ALL_MODULES = frozenset(graph_nodes())
 
 
@@ -458,107 +552,6 @@ def imports_of(module: str, *, top_level_only: bool, type_only: bool = False) ->
 
 def _is_type_checking(test: ast.expr) -> bool:
     return isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
-
-
-def import_cycles(package_dir: Path) -> list[list[str]]:
-    """The import circles among the modules under ``package_dir`` (a package), found by
-    reading them: imports at a module's top level and in ``if TYPE_CHECKING:`` blocks both
-    count (a type-only circle still ties the modules together); imports inside functions do
-    not. Each circle is listed once, as dotted module names (from the top package that holds
-    ``package_dir``, so absolute imports resolve too), its first module repeated at the end."""
-    root = package_dir.parent
-    while (root / "__init__.py").exists():
-        root = root.parent
-    names: dict[str, Path] = {}
-    for path in sorted(package_dir.rglob("*.py")):
-        parts = path.relative_to(root).with_suffix("").parts
-        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-
-    def imported(module: str, path: Path) -> set[str]:
-        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-        found: set[str] = set()
-
-        def walk(nodes: list[ast.stmt]) -> None:
-            for node in nodes:
-                if isinstance(node, ast.Import):
-                    found.update(alias.name for alias in node.names)
-                elif isinstance(node, ast.ImportFrom):
-                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join([*anchor, node.module] if node.module else anchor)
-                    target = base if node.level else node.module or ""
-                    for alias in node.names:
-                        sub = f"{target}.{alias.name}"
-                        found.add(sub if sub in names else target)
-                elif isinstance(node, (ast.If, ast.Try, ast.With)):
-                    for field in ("body", "orelse", "finalbody", "handlers"):
-                        for child in getattr(node, field, []) or []:
-                            walk([child] if isinstance(child, ast.stmt) else child.body)
-
-        walk(ast.parse(path.read_text(encoding="utf-8")).body)
-        return {m for m in found if m in names and m != module}
-
-    graph = {module: imported(module, path) for module, path in names.items()}
-    cycles: list[list[str]] = []
-    seen: set[tuple[str, ...]] = set()
-    done: set[str] = set()
-
-    def visit(module: str, path: list[str]) -> None:
-        if module in path:
-            cycle = path[path.index(module) :]
-            first = cycle.index(min(cycle))  # one rotation per circle
-            key = tuple(cycle[first:] + cycle[:first])
-            if key not in seen:
-                seen.add(key)
-                cycles.append([*key, key[0]])
-            return
-        if module in done:
-            return
-        for nxt in sorted(graph[module]):
-            visit(nxt, [*path, module])
-        done.add(module)
-
-    for module in sorted(graph):
-        visit(module, [])
-    return cycles
-
-
-#: The simulator's folders whose modules form no circle, type-only imports counted.
-SIM_FOLDERS_WITHOUT_CIRCLES = ("bluez", "bumble", "fronts", "machines", "radio")
-
-
-@pytest.mark.parametrize("folder", SIM_FOLDERS_WITHOUT_CIRCLES)
-def test_no_import_circle_in_the_simulator_folder_counting_type_only_imports(folder: str) -> None:
-    cycles = import_cycles(PACKAGES["smartball_sim"] / folder)
-    shown = "\n".join(" -> ".join(cycle) for cycle in cycles)
-    assert cycles == [], f"import circles in smartball_sim/{folder}/ (use a Protocol):\n{shown}"
-
-
-def test_import_cycles_sees_a_circle_closed_by_a_type_only_import(tmp_path: Path) -> None:
-    """The control of the test above: a circle that exists only for the type checker, one
-    through ``from . import`` and one of absolute imports are found, in a subpackage too; an
-    import inside a function is not one."""
-    pkg = tmp_path / "pkg"
-    (pkg / "sub").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "a.py").write_text("from .b import B\n")
-    (pkg / "b.py").write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import A\nB = 1\n"
-    )
-    (pkg / "sub" / "__init__.py").write_text("")
-    (pkg / "sub" / "c.py").write_text("from . import d\n")
-    (pkg / "sub" / "d.py").write_text("from ..sub import c\n")
-    (pkg / "e.py").write_text("def late():\n    from . import a\n")
-    (pkg / "sub" / "f.py").write_text("import pkg.sub.g\n")
-    (pkg / "sub" / "g.py").write_text("from pkg.sub.f import F\n")
-    assert import_cycles(pkg / "sub") == [
-        ["pkg.sub.c", "pkg.sub.d", "pkg.sub.c"],
-        ["pkg.sub.f", "pkg.sub.g", "pkg.sub.f"],
-    ]
-    assert import_cycles(pkg) == [
-        ["pkg.a", "pkg.b", "pkg.a"],
-        ["pkg.sub.c", "pkg.sub.d", "pkg.sub.c"],
-        ["pkg.sub.f", "pkg.sub.g", "pkg.sub.f"],
-    ]
 
 
 #: Concept names once defined several times over (issue 22): one class each now, where it

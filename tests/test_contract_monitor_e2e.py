@@ -22,7 +22,7 @@ from pytest_smartball.ota import OtaEngine, OtaResult
 from pytest_smartball.plugin.monitoring import ContractWatch
 from pytest_smartball.targets import Target
 from pytest_smartball.targets.simulated import make_sim_target
-from smartball_sim.firmware import SmartBallFirmware
+from smartball_sim.firmware.model import SmartBallFirmware
 
 IMAGE = generated_image(0, 20_000)
 #: Whole pages: an erase loop that counts ``size // 4096 + 1`` pages erases one too many.

@@ -35,7 +35,7 @@ from pytest_smartball.protocol import (
     MsgOtaStatus,
     OtaState,
 )
-from smartball_sim.firmware import (
+from smartball_sim.firmware.model import (
     PAGE_SIZE,
     FirmwareEvent,
     FirmwareEventKind,

@@ -15,8 +15,8 @@ import pytest
 from hil_tests import kill_observer, kill_table
 from pytest_smartball import contract
 from pytest_smartball import protocol as p
-from smartball_sim.firmware import FlashTimings, SmartBallFirmware
-from smartball_sim.firmware_bugs import FirmwareBug, UnknownFirmwareBug, parse_bugs
+from smartball_sim.firmware.bugs import FirmwareBug, UnknownFirmwareBug, parse_bugs
+from smartball_sim.firmware.model import FlashTimings, SmartBallFirmware
 
 DOC = (Path(__file__).parent.parent / "docs" / "firmware-bugs.md").read_text(encoding="utf-8")
 
@@ -24,7 +24,7 @@ DOC = (Path(__file__).parent.parent / "docs" / "firmware-bugs.md").read_text(enc
 def test_the_simulator_has_a_switch_for_every_bug_of_the_catalogue() -> None:
     assert [b.value for b in FirmwareBug] == [e.name for e in contract.firmware_bugs()]
     assert len(FirmwareBug) >= 12
-    assert re.search(r"firmware\.py", DOC), "docs/firmware-bugs.md says where the switches are"
+    assert re.search(r"firmware/model\.py", DOC), "docs/firmware-bugs.md says where switches are"
     source = _firmware_source()
     for bug in FirmwareBug:
         assert bug.what, bug
@@ -34,10 +34,12 @@ def test_the_simulator_has_a_switch_for_every_bug_of_the_catalogue() -> None:
 
 
 def _firmware_source() -> str:
-    """The firmware model: firmware.py and its parts (firmware_*.py), not the catalogue."""
-    package = Path(__file__).parent.parent / "sim" / "smartball_sim"
-    parts = sorted(package.glob("firmware*.py"))
-    return "".join(path.read_text() for path in parts if path.name != "firmware_bugs.py")
+    """The firmware model: model.py and its parts in sim/smartball_sim/firmware/, not the
+    catalogue, the flash or the C core's glue."""
+    folder = Path(__file__).parent.parent / "sim" / "smartball_sim" / "firmware"
+    not_the_model = {"__init__.py", "bugs.py", "flash.py", "c_core.py", "c_firmware.py"}
+    parts = sorted(folder.glob("*.py"))
+    return "".join(path.read_text() for path in parts if path.name not in not_the_model)
 
 
 def test_every_entry_says_what_breaks_and_why() -> None:
@@ -198,7 +200,7 @@ def _raise_in(module: str) -> BaseException:
 
 
 def test_an_exception_from_the_simulator_is_a_crash_not_a_catch() -> None:
-    inside = _raise_in("smartball_sim.firmware")
+    inside = _raise_in("smartball_sim.firmware.model")
     outside = _raise_in(__name__)
     assert kill_observer.raised_in_simulator(inside)
     assert not kill_observer.raised_in_simulator(outside)

@@ -34,11 +34,12 @@ from pytest_smartball.protocol import (
     MsgOtaStatus,
     OtaState,
 )
-from smartball_sim.firmware import (
+from smartball_sim.firmware.flash import Flash
+from smartball_sim.firmware.model import (
     DEFAULT_STAGING_CAPACITY as DEFAULT_CAPACITY,
 )
-from smartball_sim.firmware import PAGE_SIZE, FlashTimings, SmartBallFirmware
-from smartball_sim.firmware_swap import (
+from smartball_sim.firmware.model import PAGE_SIZE, FlashTimings, SmartBallFirmware
+from smartball_sim.firmware.swap import (
     STEPS_PER_PAGE,
     SwapRecord,
     SwapWear,
@@ -46,7 +47,6 @@ from smartball_sim.firmware_swap import (
     crc_preserving_flip,
     run_swap,
 )
-from smartball_sim.flash import Flash
 from smartball_sim.make_image import make_image
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
@@ -562,7 +562,7 @@ async def test_flip_staged_after_done_is_refused_by_the_bootloader() -> None:
 
 
 def _bugged(*names: str, **kwargs: Any) -> Ball:
-    from smartball_sim.firmware_bugs import parse_bugs
+    from smartball_sim.firmware.bugs import parse_bugs
 
     return Ball(bugs=parse_bugs(names), **kwargs)
 
@@ -691,6 +691,6 @@ async def test_a_swap_meets_the_reset_to_advertising_obligation(size: int) -> No
 
 
 def _pending_for(update: SignedImage) -> Any:
-    from smartball_sim.firmware_types import _PendingRecord
+    from smartball_sim.firmware.types import _PendingRecord
 
     return _PendingRecord(len(update.image), p.crc32(update.image), update.head)

@@ -285,7 +285,7 @@ def test_the_default_limit_is_the_staging_area_not_the_chip(tmp_path: Path) -> N
 
 
 def test_the_simulator_has_the_same_staging_area() -> None:
-    from smartball_sim.firmware import DEFAULT_STAGING_CAPACITY
+    from smartball_sim.firmware.model import DEFAULT_STAGING_CAPACITY
 
     assert DEFAULT_STAGING_CAPACITY == STAGING_CAPACITY
 

@@ -18,8 +18,8 @@ from hil_tests import kill_observer, kill_table
 from pytest_smartball import contract
 from pytest_smartball import protocol as p
 from smartball_sim import gate_probe
-from smartball_sim.firmware import SmartBallFirmware
-from smartball_sim.firmware_bugs import FirmwareBug
+from smartball_sim.firmware.bugs import FirmwareBug
+from smartball_sim.firmware.model import SmartBallFirmware
 
 pytest_plugins = ["pytester"]
 
@@ -106,8 +106,8 @@ def test_simulator_frames_are_told_by_module_name_wherever_the_file_lives(
 
 OBSERVED_TESTS = """
 from smartball_sim.device import SimDevice
-from smartball_sim.firmware import SmartBallFirmware
-from smartball_sim.firmware_bugs import FirmwareBug
+from smartball_sim.firmware.model import SmartBallFirmware
+from smartball_sim.firmware.bugs import FirmwareBug
 
 
 def test_fails_after_arming_a_simulator_only_fault():

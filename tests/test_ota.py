@@ -373,7 +373,7 @@ async def test_a_radio_faster_than_the_flash_overflows_a_small_buffer_and_still_
     """E3: a device whose buffer is smaller than the window it announced refuses DATA; the
     host rewinds, counts it, and halves its own window instead of re-sending a whole one."""
     from smartball_sim.device import RadioTimings
-    from smartball_sim.firmware import FlashTimings
+    from smartball_sim.firmware.model import FlashTimings
     from smartball_sim.radio.profiles import RadioProfile
 
     fast_radio = RadioTimings(link=RadioProfile(connection_interval_s=0.0075, packets_per_event=6))
@@ -399,7 +399,7 @@ async def test_a_device_that_refuses_on_a_link_without_airtime_is_paced(
     and the short ACK wait after a refusal keep it going: 74 s of (virtual) transfer,
     against 141 s without the pause and 646 s without the short wait."""
     from smartball_sim.device import RadioTimings
-    from smartball_sim.firmware import FlashTimings
+    from smartball_sim.firmware.model import FlashTimings
     from smartball_sim.radio.profiles import RadioProfile
 
     no_airtime = RadioTimings(

@@ -9,7 +9,7 @@ from pytest_smartball.image import FirmwareImage
 from pytest_smartball.ota import OtaEngine
 from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.device import RadioTimings
-from smartball_sim.firmware import FlashTimings
+from smartball_sim.firmware.model import FlashTimings
 from smartball_sim.make_image import FIELD_IMAGE_SIZE, make_image
 from smartball_sim.radio.profiles import PROFILES
 from smartball_sim.timing import lower_bound

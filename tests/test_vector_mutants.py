@@ -2,7 +2,7 @@
 has a mutant here (the reference firmware model, or the C reference core, with that one
 rule broken), and ``device.json`` must catch every mutant.
 
-On the model, a mutant is a monkeypatch of :class:`~smartball_sim.firmware.SmartBallFirmware`
+On the model, a mutant is a monkeypatch of :class:`~smartball_sim.firmware.model.SmartBallFirmware`
 and the vectors are generated again under it (``smartball_sim.contract_vectors``): a vector
 whose output, handled frames or states differ from the packaged one catches it. On the C
 core, a mutant is a one-line source patch compiled into a temporary directory, and the
@@ -28,10 +28,10 @@ import pytest
 
 from pytest_smartball import protocol as p
 from smartball_sim import contract_vectors
-from smartball_sim.c_core import FIRMWARE_DIR
-from smartball_sim.firmware import SmartBallFirmware
-from smartball_sim.firmware_types import OtaSession, _FlashJob
-from smartball_sim.flash import PAGE_SIZE
+from smartball_sim.firmware.c_core import FIRMWARE_DIR
+from smartball_sim.firmware.flash import PAGE_SIZE
+from smartball_sim.firmware.model import SmartBallFirmware
+from smartball_sim.firmware.types import OtaSession, _FlashJob
 
 from . import c_core
 

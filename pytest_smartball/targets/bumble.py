@@ -92,11 +92,11 @@ def make_bumble_target(
     from smartball_sim.bumble.central import BumbleWorld
     from smartball_sim.bumble.faults import plan_for_bumble, refuse_bluez_only
     from smartball_sim.device import DEFAULT_ADDRESS, FaultRecord, SimDevice
-    from smartball_sim.firmware import FlashTimings
+    from smartball_sim.firmware.model import FlashTimings
 
     plan, left_out = plan_for_bumble(faults)
     refuse_bluez_only(plan)
-    from smartball_sim.firmware_bugs import parse_bugs
+    from smartball_sim.firmware.bugs import parse_bugs
 
     from .simulated import parse_flash_timings, trust_options
 

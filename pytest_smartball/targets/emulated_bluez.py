@@ -32,7 +32,7 @@ from smartball_sim.bluez.launcher import (
     fake_bluetoothctl,
 )
 from smartball_sim.device import DEFAULT_ADDRESS
-from smartball_sim.firmware import FlashTimings
+from smartball_sim.firmware.model import FlashTimings
 
 
 class EmulatorUnavailable(RuntimeError):

@@ -7,12 +7,12 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-from smartball_sim.c_core import MissingCompiler
 from smartball_sim.device import DEFAULT_ADDRESS, SimDevice
 from smartball_sim.fault_injector import FaultRecord
 from smartball_sim.faults import FaultPlan, FaultSpecError
-from smartball_sim.firmware import FlashTimings
-from smartball_sim.firmware_bugs import parse_bugs
+from smartball_sim.firmware.bugs import parse_bugs
+from smartball_sim.firmware.c_core import MissingCompiler
+from smartball_sim.firmware.model import FlashTimings
 from smartball_sim.fronts.in_process import SimWorld
 
 from .. import protocol as p

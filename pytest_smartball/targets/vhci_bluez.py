@@ -51,7 +51,7 @@ def start_radio(
     from smartball_sim.bluez.launcher import emulated_smartball
     from smartball_sim.device import DEFAULT_ADDRESS
     from smartball_sim.faults import FaultSpecError
-    from smartball_sim.firmware import FlashTimings
+    from smartball_sim.firmware.model import FlashTimings
     from smartball_sim.machines.vhci import VhciUnavailable, VirtualRadio
 
     options: dict[str, Any] = {}

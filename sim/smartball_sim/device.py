@@ -4,7 +4,7 @@ The device decides what a SmartBall does: its firmware, when it advertises, when
 which faults fire. What carries its one link is a seam, a :class:`LinkLayer`:
 
 * :class:`ModelLinkLayer` (the default): an in-process model of the radio with connection
-  events and airtime (``smartball_sim.radio.profiles``). The bleak backend in
+  events and airtime (``smartball_sim.radio``). The bleak backend in
   ``smartball_sim.fronts.in_process`` and the BlueZ emulator talk to it through
   ``connect``/``write``/``disconnect`` and receive notifications and link loss through the
   ``LinkPeer`` callbacks they register.
@@ -14,7 +14,7 @@ which faults fire. What carries its one link is a seam, a :class:`LinkLayer`:
 The radio side never imports the client.
 
 This module holds :class:`SimDevice`; the link seam (:class:`Link`, :class:`LinkLayer`, what a
-link refuses) lives in ``radio/seam.py``, the model radio in ``model_link.py``, and fault injection
+link refuses) lives in ``links.py``, the model radio in ``model_link.py``, and fault injection
 in ``fault_injector.py``. Every name stays importable from here.
 """
 
@@ -31,18 +31,18 @@ from pytest_smartball import protocol as p
 from pytest_smartball.signing import TrustedKey
 
 from . import gate_probe
-from .c_core import library_for
-from .c_firmware import CFirmware
 from .fault_injector import FaultInjector, FaultRecord
 from .faults import FaultPlan
-from .firmware import (
+from .firmware.bugs import FirmwareBug
+from .firmware.c_core import library_for
+from .firmware.c_firmware import CFirmware
+from .firmware.model import (
     DEFAULT_STAGING_CAPACITY,
     FirmwareEvent,
     FlashTimings,
     SmartBallFirmware,
     to_us,
 )
-from .firmware_bugs import FirmwareBug
 from .model_link import ModelLinkLayer, SimLink
 from .radio.airlog import Packet, Sender
 from .radio.profiles import RadioProfile
@@ -149,7 +149,7 @@ class SimDevice:
                     "firmware bugs and progressive_window_bytes need the Python model"
                 )
             # The C core offers the part of SmartBallFirmware's interface the device, the
-            # fault injector and the HIL suite use (smartball_sim.c_firmware): typed as the
+            # fault injector and the HIL suite use (smartball_sim.firmware.c_firmware): typed as the
             # model so that their code needs no second path.
             self.firmware = cast(
                 SmartBallFirmware,
@@ -195,8 +195,7 @@ class SimDevice:
         self._adv_paused_until_us = 0
         self._connections = 0
         self.fault_log: list[FaultRecord] = []
-        #: Every packet on this device's links, once a list is given
-        #: (``smartball_sim.radio.airlog``).
+        #: Every packet on this device's links, once a list is given (``radio.airlog``).
         self.air_log: list[Packet] | None = None
         self.injector = FaultInjector(self)
         self.fault_plan = FaultPlan()
@@ -267,6 +266,11 @@ class SimDevice:
         self.link = link
         log.info("%s: connected (link #%d)", self.name, link.number)
         self.injector.on_connected(link)
+
+    @property
+    def connections(self) -> int:
+        """How many links this device has had (the number of the latest)."""
+        return self._connections
 
     def next_connection_number(self) -> int:
         self._connections += 1

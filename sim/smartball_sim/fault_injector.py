@@ -1,22 +1,24 @@
 """Fault injection: a FaultPlan applied to one SimDevice (triggers watched, each fault
-fired once and logged as a :class:`FaultRecord`)."""
+fired once and logged as a :class:`FaultRecord`).
+
+The injector sees the device only through :class:`FaultedDevice` and its firmware through
+:class:`FaultedFirmware`, narrow protocols of what a fault acts on: the device module
+imports this one, never the reverse (no import circle, type-only imports counted)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, assert_never
+from typing import Protocol, assert_never
 
 from pytest_smartball import protocol as p
 
 from .faults import AT_POINTS, Effect, Fault, FaultPlan, Trigger, TriggerKind
-from .firmware import FirmwareEvent, FirmwareEventKind, to_us
-
-if TYPE_CHECKING:
-    from .device import SimDevice
-    from .radio.seam import Link
+from .firmware.types import FirmwareEvent, FirmwareEventKind, FlashTimings, StoredImage, to_us
+from .radio.seam import Link, LinkLayer
 
 #: The device's logger: a fault is logged as what happened to the device.
 log = logging.getLogger("sim.device")
@@ -60,10 +62,51 @@ _CONNECT_SHAPING = frozenset(
 )
 
 
+class FailingFlash(Protocol):
+    #: The next this many flash operations fail (a ``flash-fail`` fault adds to it).
+    fail_next: int
+
+
+class FaultedFirmware(Protocol):
+    """What faults change in a firmware (the Python model or the C core): its flash
+    timings, its flash's failures, the staged image's bits and the bootloader's swap."""
+
+    timings: FlashTimings
+    staged_flip: list[int]
+    swap_cut_after_steps: int | None
+
+    @property
+    def flash(self) -> FailingFlash: ...
+    @property
+    def pending_image(self) -> StoredImage | None: ...
+    def corrupt_staged(self, offset: int) -> None: ...
+
+
+class FaultedDevice(Protocol):
+    """What the injector reads and does on its device (smartball_sim.device.SimDevice)."""
+
+    name: str
+    rng: random.Random
+    link: Link | None
+    link_layer: LinkLayer
+    fault_log: list[FaultRecord]
+    #: The timings the device was configured with, before any slow-erase fault.
+    flash_timings: FlashTimings
+
+    @property
+    def firmware(self) -> FaultedFirmware: ...
+    @property
+    def connections(self) -> int: ...
+    def now(self) -> float: ...
+    def disconnect(self, reason: str) -> None: ...
+    def reboot(self) -> None: ...
+    def pause_advertising(self, seconds: float) -> None: ...
+
+
 class FaultInjector:
     """Applies a FaultPlan to one device: watches triggers, fires each fault once, logs it."""
 
-    def __init__(self, device: SimDevice) -> None:
+    def __init__(self, device: FaultedDevice) -> None:
         self.device = device
         self.pending: list[Fault] = []
         self.armed = _Counters()
@@ -156,7 +199,7 @@ class FaultInjector:
     def on_connected(self, link: Link) -> None:
         # Connect-triggered faults that act on a link (drop, reboot, ...) fire now that
         # there is one; those that shape the connect itself fired in connect_outcome().
-        number = self.device._connections
+        number = self.device.connections
         self._fire_matching(lambda t: t.kind is TriggerKind.CONNECT and number >= t.value)
         loop = asyncio.get_running_loop()
         for fault in [f for f in self.pending if f.trigger.kind is TriggerKind.T]:
@@ -244,7 +287,7 @@ class FaultInjector:
     def connect_outcome(self) -> str:
         """'ok', 'fail' or 'timeout' for a connect attempt, consuming the armed faults."""
         self.fire_untriggered()
-        attempt_for = self.device._connections + 1
+        attempt_for = self.device.connections + 1
         self._fire_matching(
             lambda t: t.kind is TriggerKind.CONNECT and attempt_for >= t.value,
             effects=_CONNECT_SHAPING,

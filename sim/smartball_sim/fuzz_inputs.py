@@ -31,7 +31,7 @@ from .faults import (
     Trigger,
     TriggerKind,
 )
-from .firmware import DEFAULT_STAGING_CAPACITY, PAGE_SIZE
+from .firmware.model import DEFAULT_STAGING_CAPACITY, PAGE_SIZE
 from .make_image import make_image
 
 #: Chunk sizes a MTU-247 link and a MTU-23 link give (see docs/protocol.md).

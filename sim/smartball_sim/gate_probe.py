@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .firmware_bugs import FirmwareBug
+from .firmware.bugs import FirmwareBug
 
 
 @dataclass(slots=True)

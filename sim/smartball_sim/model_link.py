@@ -1,8 +1,9 @@
 """The model radio: the in-process link layer of a SimDevice (the default), with connection
-events and airtime (``smartball_sim.radio.profiles``), and its link, :class:`SimLink`. The bleak
+events and airtime (``smartball_sim.radio``), and its link, :class:`SimLink`. The bleak
 backend in ``smartball_sim.fronts.in_process`` and the BlueZ emulator talk to it through
 ``connect``/``write``/``disconnect`` and receive notifications and link loss through the
-``LinkPeer`` callbacks they register."""
+``LinkPeer`` callbacks they register. It sees its device through :class:`RadioDevice`, a
+narrow protocol: the device module imports this one, never the reverse."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from .fault_injector import FaultInjector
+from .faults import FaultPlan
 from .radio.airlog import Sender
+from .radio.profiles import RadioProfile
 from .radio.seam import (
     ConnectRefusal,
     ConnectRefused,
@@ -23,16 +27,42 @@ from .radio.seam import (
     WriteTooLong,
 )
 
-if TYPE_CHECKING:
-    from .device import SimDevice
-    from .faults import FaultPlan
+
+class RadioTiming(Protocol):
+    """The advertising and connect times of a device's radio (device.RadioTimings)."""
+
+    @property
+    def adv_interval_s(self) -> float: ...
+    @property
+    def connect_s(self) -> float: ...
+    @property
+    def link(self) -> RadioProfile: ...
+
+
+class RadioDevice(Protocol):
+    """What the model radio needs of the device it carries (smartball_sim.device.SimDevice)."""
+
+    name: str
+    mtu: int
+    injector: FaultInjector
+
+    @property
+    def radio(self) -> RadioTiming: ...
+    @property
+    def advertising(self) -> bool: ...
+    def next_connection_number(self) -> int: ...
+    def link_established(self, link: Link) -> None: ...
+    def on_air(self, link: Link, sender: Sender, size: int) -> None: ...
+    def receive_write(self, data: bytes) -> None: ...
+    def host_disconnect(self, link: Link) -> None: ...
+    async def write(self, link: SimLink, data: bytes) -> None: ...
 
 
 @dataclass(eq=False, slots=True)
 class SimLink:
     """A link of the model radio (:class:`ModelLinkLayer`)."""
 
-    device: SimDevice
+    device: RadioDevice
     peer: LinkPeer
     mtu: int
     number: int
@@ -60,11 +90,11 @@ class SimLink:
 
 class ModelLinkLayer:
     """The in-process radio model: advertising is polled by the scanner, a connect takes
-    ``connect_s``, and bytes move only at connection events (``smartball_sim.radio.profiles``)."""
+    ``connect_s``, and bytes move only at connection events (``smartball_sim.radio``)."""
 
     connect_fail_detail = "br-connection-canceled"
 
-    def __init__(self, device: SimDevice) -> None:
+    def __init__(self, device: RadioDevice) -> None:
         self.device = device
 
     def __repr__(self) -> str:

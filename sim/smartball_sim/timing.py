@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from pytest_smartball import protocol as p
 
-from .firmware import PAGE_SIZE, FlashTimings
+from .firmware.model import PAGE_SIZE, FlashTimings
 from .radio.profiles import RadioProfile
 
 

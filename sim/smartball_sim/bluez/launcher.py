@@ -39,7 +39,7 @@ from typing import Any
 
 from pytest_smartball import protocol as p
 from smartball_sim.device import DEFAULT_ADDRESS, RadioTimings, SimDevice
-from smartball_sim.firmware import FlashTimings
+from smartball_sim.firmware.model import FlashTimings
 from smartball_sim.fronts.background_loop import BackgroundLoop
 
 from .emulator import BluezEmulator, EmulatorTiming

@@ -38,7 +38,7 @@ from types import FrameType
 from pytest_smartball import protocol as p
 from smartball_sim.device import DEFAULT_ADDRESS, RadioTimings
 from smartball_sim.faults import FaultPlan, FaultSpecError
-from smartball_sim.firmware import FlashTimings
+from smartball_sim.firmware.model import FlashTimings
 
 from .launcher import (
     EMULATED_BOOT_S,

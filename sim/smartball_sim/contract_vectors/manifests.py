@@ -13,7 +13,7 @@ from pytest_smartball import protocol as p
 from pytest_smartball import signing
 from pytest_smartball.manifest import MANIFEST_SIZE, Manifest
 
-from ..firmware import SmartBallFirmware
+from ..firmware.model import SmartBallFirmware
 
 #: The device of every vector: the test key, security counter 3, 20 KiB of staging.
 COUNTER = 3

@@ -11,7 +11,7 @@ from typing import Any
 from pytest_smartball import protocol as p
 from pytest_smartball import signing
 
-from ..firmware import (
+from ..firmware.model import (
     FirmwareEvent,
     FirmwareEventKind,
     FlashTimings,

@@ -19,9 +19,10 @@ from pytest_smartball import protocol as p
 from pytest_smartball.manifest import SIGNED_HEAD_SIZE, Manifest, ManifestError
 from pytest_smartball.signing import SignatureRefused, TrustedKey, verify
 
-from .firmware_bugs import FirmwareBug as Bug
-from .firmware_parts import FirmwareParts
-from .firmware_swap import (
+from .bugs import FirmwareBug as Bug
+from .flash import PAGE_SIZE, Flash
+from .parts import FirmwareParts
+from .swap import (
     SwapRecord,
     SwapWear,
     active_bank_of,
@@ -30,7 +31,7 @@ from .firmware_swap import (
     step_s,
     swap_pages,
 )
-from .firmware_types import (
+from .types import (
     FirmwareEvent,
     FirmwareEventKind,
     FlashTimings,
@@ -38,7 +39,6 @@ from .firmware_types import (
     StoredImage,
     _PendingRecord,
 )
-from .flash import PAGE_SIZE, Flash
 
 log = logging.getLogger("sim.firmware")
 
@@ -72,7 +72,8 @@ class SignedBootloader:
     """The signed ball's bootloader (section 16.4-16.6) and the faults on its flash: the
     second verify of PENDING, the resumable swap, TEST and the revert. Shared by the Python
     model (:class:`SignedMixin`) and the C core's simulated platform
-    (:class:`~smartball_sim.c_firmware.CFirmware`): the bootloader is not the core's job."""
+    (:class:`~smartball_sim.firmware.c_firmware.CFirmware`): the bootloader is not the
+    core's job."""
 
     trusted_keys: tuple[TrustedKey, ...]
     active: StoredImage

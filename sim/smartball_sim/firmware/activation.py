@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pytest_smartball import protocol as p
 
-from .firmware_bugs import LATE_RESET_S, SLOW_VERIFY_BYTES_PER_S
-from .firmware_bugs import FirmwareBug as Bug
-from .firmware_parts import FirmwareParts
-from .firmware_types import FirmwareEvent, FirmwareEventKind, OtaSession, _PendingRecord, to_us
+from .bugs import LATE_RESET_S, SLOW_VERIFY_BYTES_PER_S
+from .bugs import FirmwareBug as Bug
+from .parts import FirmwareParts
+from .types import FirmwareEvent, FirmwareEventKind, OtaSession, _PendingRecord, to_us
 
 #: After MSG_OTA_DONE the device waits for the notification to leave the radio, at most
 #: this long (docs/protocol.md, activation), then ends the link and resets.

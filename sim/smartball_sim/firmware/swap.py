@@ -19,7 +19,7 @@ nRF52840), and the scratch page is erased once per page swapped: that page wears
 (10,000 cycles: about 80 swaps of a full 480 KB bank, each update and each revert one).
 
 The banks here are bytes in the model; the staging bank is the firmware's
-:class:`~smartball_sim.flash.Flash` (its erases count), the active bank and the scratch
+:class:`~smartball_sim.firmware.flash.Flash` (its erases count), the active bank and the scratch
 page count their erases in :class:`SwapWear`.
 """
 
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 from pytest_smartball.manifest import Manifest
 
-from .firmware_types import FlashTimings
 from .flash import PAGE_SIZE, Flash
+from .types import FlashTimings
 
 log = logging.getLogger("sim.firmware")
 

@@ -1,9 +1,9 @@
 """The firmware bugs the simulated SmartBall can be told to have: one switch each.
 
 The catalogue (names, what a real firmware would do wrong, the rule it breaks) is contract
-data, ``pytest_smartball/contract/firmware_bugs.json``, so that ``--help`` can list it
+data, ``sim/smartball_sim/firmware/bugs.json``, so that ``--help`` can list it
 without loading the simulator. This enum is how the firmware model consults it: each bug
-is a small, named deviation in :mod:`smartball_sim.firmware` (search for its member), and
+is a small, named deviation in :mod:`smartball_sim.firmware.model` (search for its member), and
 the model without bugs is the reference. The HIL suite, run against each bug, must fail
 (``hil_tests/kill_table.py``).
 """

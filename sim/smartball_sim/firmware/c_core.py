@@ -1,7 +1,7 @@
 """The C reference core (``firmware/``, docs/firmware.md) through ctypes: its HAL and
 configuration structures, loading a built library, and building one from a source checkout
 (``make -C firmware host``). Used by the vector replay (``tests/c_core.py``) and by the
-simulated SmartBall's ``--sim-firmware=c`` (``smartball_sim.c_firmware``)."""
+simulated SmartBall's ``--sim-firmware=c`` (``smartball_sim.firmware.c_firmware``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 #: The core's sources, in a source checkout (the simulator is installed from one).
-FIRMWARE_DIR = Path(__file__).resolve().parent.parent.parent / "firmware"
+FIRMWARE_DIR = Path(__file__).resolve().parents[3] / "firmware"
 #: A prebuilt core to load instead of building one (CI's sanitizer and coverage builds).
 LIB_ENV = "SMARTBALL_C_CORE_LIB"
 PAGE = 4096

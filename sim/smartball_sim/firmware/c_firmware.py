@@ -3,7 +3,7 @@ model (``--sim-firmware=c``): the simulator keeps the radio, the faults, the fla
 timings and virtual time; the core sees only its HAL.
 
 The HAL, played on the event loop: a page erase or a write completes on the flash
-(:class:`~smartball_sim.flash.Flash`, failures included) after the model's time for it
+(:class:`~smartball_sim.firmware.flash.Flash`, failures included) after the model's time for it
 (a page erase stalls for 85 ms; in field mode the rest of its share of the erase comes
 first, as idle time in which commands are handled, as in the model); reads
 are the flash's; the clock is the loop's; the verify's steps (``sb_poll``) are charged
@@ -19,8 +19,8 @@ the link lost) wait for the core to be free.
 **Signed updates** (``trusted_keys``): the HAL's crypto hooks are the platform's crypto,
 here ``hashlib``'s SHA-256 and ``cryptography``'s Ed25519; the records it persists
 (PENDING with its manifest, CONFIRMED with the counter) live in
-:class:`~smartball_sim.firmware_signed.SignedState`, and a reset runs the Python model's
-bootloader (:class:`~smartball_sim.firmware_signed.SignedBootloader`: the second verify,
+:class:`~smartball_sim.firmware.signed.SignedState`, and a reset runs the Python model's
+bootloader (:class:`~smartball_sim.firmware.signed.SignedBootloader`: the second verify,
 the resumable swap, TEST and the revert) on the simulator's flash, so the swap and
 flip-staged faults act on the C core as on the model. Without keys the hooks are NULL: a
 v1 ball.
@@ -43,7 +43,8 @@ from cryptography.exceptions import InvalidSignature
 from pytest_smartball import protocol as p
 from pytest_smartball.signing import TrustedKey
 
-from . import gate_probe
+from .. import gate_probe
+from ..make_image import image_version
 from .c_core import (
     ED25519_VERIFY,
     ERASE,
@@ -73,9 +74,10 @@ from .c_core import (
     Hal,
     load,
 )
-from .firmware_signed import SignedBootloader, SignedState
-from .firmware_swap import SwapWear
-from .firmware_types import (
+from .flash import PAGE_SIZE, Flash
+from .signed import SignedBootloader, SignedState
+from .swap import SwapWear
+from .types import (
     FirmwareEvent,
     FirmwareEventKind,
     FlashTimings,
@@ -83,8 +85,6 @@ from .firmware_types import (
     _PendingRecord,
     to_us,
 )
-from .flash import PAGE_SIZE, Flash
-from .make_image import image_version
 
 log = logging.getLogger("smartball_sim.c_firmware")
 

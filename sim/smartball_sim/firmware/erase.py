@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pytest_smartball import protocol as p
 
-from .firmware_bugs import FirmwareBug as Bug
-from .firmware_parts import FirmwareParts
-from .firmware_types import FirmwareEvent, FirmwareEventKind, OtaSession, _FlashJob, to_us
+from .bugs import FirmwareBug as Bug
 from .flash import PAGE_SIZE
+from .parts import FirmwareParts
+from .types import FirmwareEvent, FirmwareEventKind, OtaSession, _FlashJob, to_us
 
 
 class ErasingMixin(FirmwareParts):

@@ -6,7 +6,7 @@
   (nRF52840 Product Specification v1.7, NVMC: n_WRITE = 2). The contract writes each word
   once; the second write is what a retry after a failed read-back may use.
 * A page erase (t_ERASEPAGE, 85 ms) and a word write (t_WRITE, 41 us) stall the CPU that
-  runs from the same flash: the firmware model (``firmware.py``) holds what arrives
+  runs from the same flash: the firmware model (``model.py``) holds what arrives
   meanwhile. The times live in ``FlashTimings`` there; this module holds the contents.
 * An operation can be made to fail (``fail_next``), as a worn page or a brown-out would:
   a failed erase leaves the page as it was, a failed write leaves the words unwritten.
@@ -14,7 +14,7 @@
 
 Misuse (a write that is not word-aligned, a third write of a word) raises
 :class:`FlashMisuse`: that is a bug in the firmware model, never a device behaviour. A
-firmware told to have a bug from the catalogue (``smartball_sim.firmware_bugs``) may write a
+firmware told to have a bug from the catalogue (``smartball_sim.firmware.bugs``) may write a
 word a third time, as a real one with that bug would: with ``strict=False`` the write
 then clears bits like any other (the NVMC does not refuse it; the datasheet no longer
 promises the bits) instead of raising.

@@ -14,18 +14,18 @@ Everything it does later is a *step* scheduled on the event loop, so a virtual c
   scheduled for ``t`` may see ``loop.time()`` a hair below ``t`` in floating point. All
   comparisons use integers from :func:`to_us`.
 * **The flash is a queue of jobs** (page erases and chunk writes, one at a time, as the
-  NVMC does them) on :class:`~smartball_sim.flash.Flash`: chunks are written as whole
+  NVMC does them) on :class:`~smartball_sim.firmware.flash.Flash`: chunks are written as whole
   words, a page erase stalls the CPU (what arrives meanwhile is handled when the page is
   done, after its PROGRESS), an ABORT cannot stop a page erase halfway, and an ACK, the
   resume READY and the verify wait until the bytes they speak for are in flash.
 
-The model can be told to have bugs (``bugs``, :class:`~smartball_sim.firmware_bugs.FirmwareBug`):
+The model can be told to have bugs (``bugs``, :class:`~smartball_sim.firmware.bugs.FirmwareBug`):
 each is a named deviation of a line or two where the reference behaviour is decided, so
 the HIL suite's strength can be measured against them. Without bugs this is the reference.
 
 This module holds the class, its reception, commands and reset guard; its data types live in
-``firmware_types.py``, its erasing, DATA/flash and FINISH/verify/activation parts in the
-mixins of ``firmware_erase.py``, ``firmware_data.py``, ``firmware_activation.py``.
+``types.py``, its erasing, DATA/flash and FINISH/verify/activation parts in the mixins of
+``erase.py``, ``data.py``, ``activation.py`` (all in this folder).
 """
 
 from __future__ import annotations
@@ -42,16 +42,19 @@ from pytest_smartball import contract
 from pytest_smartball import protocol as p
 from pytest_smartball.signing import TrustedKey
 
-from . import gate_probe
-from .firmware_activation import TX_COMPLETE_WAIT_S as TX_COMPLETE_WAIT_S
-from .firmware_activation import ActivationMixin
-from .firmware_bugs import SMALL_FRAME_BUFFER, SMALL_RX_BUFFER_CHUNKS
-from .firmware_bugs import FirmwareBug as Bug
-from .firmware_data import DataMixin
-from .firmware_erase import ErasingMixin
-from .firmware_signed import SignedMixin, SignedState
-from .firmware_swap import SwapWear
-from .firmware_types import (
+from .. import gate_probe
+from ..gate_probe import BugSwitches
+from ..make_image import image_version
+from .activation import TX_COMPLETE_WAIT_S as TX_COMPLETE_WAIT_S
+from .activation import ActivationMixin
+from .bugs import SMALL_FRAME_BUFFER, SMALL_RX_BUFFER_CHUNKS
+from .bugs import FirmwareBug as Bug
+from .data import DataMixin
+from .erase import ErasingMixin
+from .flash import PAGE_SIZE, Flash
+from .signed import SignedMixin, SignedState
+from .swap import SwapWear
+from .types import (
     _US,
     FirmwareEvent,
     FirmwareEventKind,
@@ -62,9 +65,6 @@ from .firmware_types import (
     _PendingRecord,
     to_us,
 )
-from .flash import PAGE_SIZE, Flash
-from .gate_probe import BugSwitches
-from .make_image import image_version
 
 log = logging.getLogger("sim.firmware")
 
@@ -189,7 +189,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
         self._scheduled = 0
         #: Type byte of the frame being handled: what a MSG_ERROR sent now answers.
         self._answering = 0
-        # Signed updates (firmware_signed.py): the provisioning, what survives a reset, RAM.
+        # Signed updates (signed.py): the provisioning, what survives a reset, RAM.
         self.trusted_keys = tuple(trusted_keys)
         self.signed = SignedState(security_counter=security_counter)
         self.image_state = self.signed.image_state

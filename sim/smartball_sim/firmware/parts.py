@@ -1,8 +1,8 @@
-"""What the parts of :class:`~smartball_sim.firmware.SmartBallFirmware` share: its state, and
-the steps one part calls in another, declared once for the type checker. The parts are
-``firmware.py`` (receiving, commands, the reset guard), ``firmware_erase.py`` (erasing),
-``firmware_data.py`` (DATA and the flash) and ``firmware_activation.py`` (FINISH, verify,
-activation). Nothing here runs: the declarations exist only for the type checker."""
+"""What the parts of :class:`~smartball_sim.firmware.model.SmartBallFirmware` share: its
+state, and the steps one part calls in another, declared once for the type checker. The
+parts are ``model.py`` (receiving, commands, the reset guard), ``erase.py`` (erasing),
+``data.py`` (DATA and the flash) and ``activation.py`` (FINISH, verify, activation).
+Nothing here runs: the declarations exist only for the type checker."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_smartball import protocol as p
 
-from .firmware_bugs import FirmwareBug as Bug
-from .firmware_types import FirmwareEvent, FlashTimings, OtaSession, _FlashJob, _PendingRecord
+from .bugs import FirmwareBug as Bug
 from .flash import Flash
+from .types import FirmwareEvent, FlashTimings, OtaSession, _FlashJob, _PendingRecord
 
 
 class FirmwareParts:
@@ -40,7 +40,7 @@ class FirmwareParts:
     _stalled_until_us: int
 
     if TYPE_CHECKING:
-        # firmware.py
+        # model.py
         def status(self) -> p.MsgOtaStatus: ...
         def info(self) -> p.MsgInfo: ...
         def rx_buffer_chunks(self, s: OtaSession) -> int: ...
@@ -54,14 +54,14 @@ class FirmwareParts:
         def _reply(self, msg: p.DeviceMessage) -> None: ...
         def _error(self, code: p.ErrorCode, command: int | None = None, **details: Any) -> None: ...
 
-        # firmware_erase.py
+        # erase.py
         def _page_erased(self, s: OtaSession) -> None: ...
 
-        # firmware_activation.py, firmware_signed.py
+        # activation.py, signed.py
         def _staged_complete(self, s: OtaSession) -> None: ...
         def _digest_refused(self, s: OtaSession) -> bool: ...
 
-        # firmware_data.py
+        # data.py
         def _queue_job(self, job: _FlashJob) -> None: ...
         def _after_written(
             self, s: OtaSession, action: Callable[..., None], *args: Any
