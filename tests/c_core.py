@@ -486,11 +486,11 @@ def comparable(
     out: list[dict[str, Any]], repeated_acks_once: bool = False, last_ack: list[str] | None = None
 ) -> list[tuple[Any, ...]]:
     """What §12 compares: MSG_ERROR by code and command, the rest byte for byte, events.
-    ``repeated_acks_once``: an ACK of the offset the last ACK sent (``last_ack``, carried
-    from step to step, updated here) already gave is left out: §7.4 lets two ACKs owed for
-    the same offset go once or twice and a host takes the repeat as granting nothing new
-    (the model sends both, the C core one; a resume's READY may come between them;
-    docs/firmware.md)."""
+    ``repeated_acks_once``: within one step's output, an ACK of the offset the step's last
+    ACK already gave is left out: §7.4 lets two ACKs owed for the same offset go once or
+    twice and a host takes the repeat as granting nothing new (the model sends both, the C
+    core one; a resume's READY may come between them; docs/firmware.md). Across steps
+    nothing is left out, so a STATUS's own ACK is still compared."""
     result: list[tuple[Any, ...]] = []
     last = last_ack if last_ack is not None else []
     for e in out:
@@ -513,11 +513,9 @@ def vector_failure(
 ) -> str | None:
     """None if the C core reproduces the vector, else the first difference in a sentence."""
     results = replay(lib, vector)
-    wanted_acks: list[str] = []
-    sent_acks: list[str] = []
     for i, (want, got) in enumerate(zip(vector["steps"], results, strict=True)):
-        wanted = comparable(want["out"], repeated_acks_once, wanted_acks)
-        sent = comparable(got.out, repeated_acks_once, sent_acks)
+        wanted = comparable(want["out"], repeated_acks_once)
+        sent = comparable(got.out, repeated_acks_once)
         if wanted != sent:
             return f"{vector['name']} step {i} (at {want['at_s']} s): sent {sent}, wants {wanted}"
         if want["handled"] != got.handled:

@@ -393,6 +393,20 @@ def test_a_flood_beyond_the_credit_during_a_progressive_erase(lib: ctypes.CDLL) 
     assert 0 < status.next_expected_offset <= 16 * 232
 
 
+def test_a_flood_of_resume_starts_never_crowds_out_the_ack_or_the_verify(
+    lib: ctypes.CDLL,
+) -> None:
+    """Each resume START in RECEIVING owes a READY once the buffer is written; 40 of them
+    behind one chunk, then the rest and FINISH, in one write: the READYs waiting are capped,
+    so the last chunk's ACK and the verify still run and DONE comes."""
+    run = _session(lib, window=16)
+    _send(run, 0.0, _START)
+    chunks = _chunks()
+    out = _send(run, 1.0, chunks[0], *[_START] * 40, *chunks[1:], p.CmdOtaFinish())
+    assert "MSG_OTA_DONE" in _types(out), _types(out)
+    assert run.active == _IMAGE
+
+
 def test_the_core_refuses_a_window_it_has_no_room_for(lib: ctypes.CDLL) -> None:
     for window in (0, 10_000):
         with pytest.raises(ValueError, match="refused the configuration"):
@@ -595,7 +609,7 @@ def test_the_model_and_the_c_core_answer_alike(
             f"Python model and the C core ({_IDENTICAL['v1']} of a v1 device, "
             f"{_IDENTICAL['signed']} of a signed-only one)"
         )
-    assert sum(_IDENTICAL.values()) > 0
+    assert sum(_IDENTICAL.values()) >= 290  # of 300 examples: hardly any rejected as ties
 
 
 # --- the CLI's --sim-firmware --------------------------------------------------------------

@@ -69,8 +69,10 @@ enum sb_image_state { SB_IMAGE_CONFIRMED = 0, SB_IMAGE_TEST = 1, SB_IMAGE_REVERT
  * The platform. Flash offsets are relative to the staging bank's start. Operations start
  * and return at once (0: started; SB_FLASH_DEFERRED: an erase that starts later; negative:
  * could not start, taken as a failed operation);
- * the platform calls sb_flash_done once the operation is over (sd_flash_* raises an event,
- * Zephyr's flash API returns, a bare-metal NVMC HAL may call it before returning). One
+ * the platform calls sb_flash_done once the operation is over, from its event handler or
+ * main loop, never from inside flash_erase_page/flash_write (the core would recurse):
+ * sd_flash_* raises an event, Zephyr's flash API returns, a bare-metal NVMC HAL notes the
+ * end and reports it from its poll (hal/nrf52840_nvmc.c). One
  * operation at a time. The source of flash_write stays valid until sb_flash_done.
  */
 typedef struct sb_hal {

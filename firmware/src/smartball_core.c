@@ -368,9 +368,17 @@ static void after_written(sb_core_t *c, uint8_t kind)
         run_action(c, &a);
         return;
     }
-    for (i = 0; kind == A_ACK && i < c->action_count; i++)
-        if (c->actions[i].kind == kind && c->actions[i].offset == a.offset)
+    unsigned readies = 0;
+    for (i = 0; i < c->action_count; i++) {
+        if (kind == A_ACK && c->actions[i].kind == kind && c->actions[i].offset == a.offset)
             return; /* two ACKs that fall together: one is sent (each resume's READY is) */
+        readies += c->actions[i].kind == A_READY;
+    }
+    /* READYs get at most SB_MAX_WINDOW slots, so a flood of resume STARTs can never crowd
+     * out an ACK (one per buffered chunk) or the verify: the READYs past that are the same
+     * READY again, and one of them is already waiting. */
+    if (kind == A_READY && readies >= SB_MAX_WINDOW)
+        return;
     if (c->action_count < N_ACTIONS)
         c->actions[c->action_count++] = a;
 }

@@ -14,7 +14,7 @@ which faults fire. What carries its one link is a seam, a :class:`LinkLayer`:
 The radio side never imports the client.
 
 This module holds :class:`SimDevice`; the link seam (:class:`Link`, :class:`LinkLayer`, what a
-link refuses) lives in ``links.py``, the model radio in ``model_link.py``, and fault injection
+link refuses) lives in ``radio/seam.py``, the model radio in ``model_link.py``, and fault injection
 in ``fault_injector.py``. Every name stays importable from here.
 """
 
