@@ -26,11 +26,15 @@ from hypothesis import strategies as st
 from pytest_smartball import protocol as p
 from pytest_smartball import signing
 from pytest_smartball.image import FirmwareImage
+from pytest_smartball.link.nus import watch_links
+from pytest_smartball.loops import run as run_loop
 from pytest_smartball.manifest import Manifest
 from pytest_smartball.ota import OtaEngine
 from pytest_smartball.targets.simulated import make_sim_target
+from smartball_sim.faults import FaultPlan
 from smartball_sim.firmware.c_core import FIRMWARE_DIR
 from smartball_sim.firmware.c_firmware import CFirmware
+from smartball_sim.fuzz_inputs import fault_plans, image_specs
 
 from . import c_core
 from .c_core import PAGE
@@ -610,6 +614,76 @@ def test_the_model_and_the_c_core_answer_alike(
             f"{_IDENTICAL['signed']} of a signed-only one)"
         )
     assert sum(_IDENTICAL.values()) >= 290  # of 300 examples: hardly any rejected as ties
+
+
+def _update_as_seen(case: tuple[bytes, FaultPlan, int, bool], **device: Any) -> tuple[Any, ...]:
+    """One whole update through the simulator (virtual time) with ``case``'s image, fault
+    plan, seed and erase mode: its outcome, the device's image after it, the engine's
+    events without their times (and without the device's error texts, which the C core
+    leaves out, as section 5 allows) and the faults that fired."""
+    data, plan, seed, progressive = case
+    target = make_sim_target(faults=plan, seed=seed, progressive_erase=progressive, **device)
+    assert target.sim is not None
+    frames: list[tuple[Any, ...]] = []
+    stop = watch_links(lambda _link: _FramesSeen(frames))
+    try:
+        engine = OtaEngine(FirmwareImage(data, "plan.bin"), target.backend, address=target.address)
+        result = run_loop(virtual=True, coro=engine.run())
+    finally:
+        stop()
+    events = [
+        (e.kind, e.detail.split(":")[0] if e.kind in ("device-error", "end") else e.detail)
+        for e in result.events
+    ]
+    faults = [str(record).split(maxsplit=1)[1] for record in target.sim.fault_log]
+    return result.outcome, result.failure, target.sim.firmware.active.data, events, faults, frames
+
+
+class _FramesSeen:
+    """A link observer keeping what the device sent, frame by frame (an MSG_ERROR by its
+    code and command: the C core sends no error text)."""
+
+    def __init__(self, frames: list[tuple[Any, ...]]) -> None:
+        self.frames = frames
+        self.decoder = p.FrameDecoder()
+
+    def connected(self, t: float) -> None:
+        self.frames.append(("connected",))
+
+    def disconnected(self, t: float, by_host: bool) -> None:
+        self.frames.append(("disconnected", by_host))
+
+    def host_bytes(self, t: float, data: bytes) -> None:
+        pass
+
+    def device_bytes(self, t: float, data: bytes) -> None:
+        for frame in self.decoder.feed(data):
+            message = p.parse_message(frame)
+            if isinstance(message, p.MsgError):
+                self.frames.append(("MSG_ERROR", message.code, message.command))
+            else:
+                self.frames.append((type(message).__name__, p.encode(message)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    data=image_specs(max_size=20_000).map(lambda spec: spec.data),
+    plan=fault_plans(max_faults=4, image_size=20_000),
+    seed=st.integers(0, 3),
+    progressive=st.booleans(),
+)
+def test_the_model_and_the_c_core_take_seeded_fault_plans_alike(
+    lib: ctypes.CDLL, data: bytes, plan: FaultPlan, seed: int, progressive: bool
+) -> None:
+    """The differential through the whole simulator: the same seeded fault plans (radio,
+    link, flash and reset faults, either erase mode) on the Python model and on the C core
+    give the same outcome, the same image in the device, the same frames from the device
+    (errors by code and command), the same engine events step by step and the same faults
+    fired."""
+    case = (data, plan, seed, progressive)
+    model = _update_as_seen(case)
+    core = _update_as_seen(case, firmware_core="c", firmware_library=lib._name)
+    assert core == model
 
 
 # --- the CLI's --sim-firmware --------------------------------------------------------------
