@@ -264,6 +264,7 @@ class Replay:
 
         def persist(_ctx: Any, size: int, crc: int, head: int) -> int:
             if not self.persist_ok:
+                self.persist_ok = True  # one failed persist, as the v1 record's
                 return -1
             self.pending = _PendingRecord(size, crc, ctypes.string_at(head, HEAD_SIZE))
             return 0
