@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from pytest_smartball import protocol as p
 from pytest_smartball.contract import Timing
 from pytest_smartball.link import LinkSettings, NusLink, ResponseTimeout, find_device
-from pytest_smartball.manifest import MANIFEST_SIZE, Manifest
+from pytest_smartball.manifest import MANIFEST_SIZE, Manifest, crc_preserving_flip
 from pytest_smartball.targets import Target
 
 if TYPE_CHECKING:
@@ -199,10 +199,7 @@ async def back_after_reset(target: Target, limit_s: float) -> tuple[NusLink, flo
 
 async def reconnect(target: Target) -> NusLink:
     """A new link to the device under test, once it advertises again (10 s at most)."""
-    sighting = await find_device(
-        target.backend, name=target.name, address=target.address, timeout=10.0
-    )
-    return await NusLink.open(sighting.ble_device, target.backend, LinkSettings())
+    return (await back_after_reset(target, 5.0))[0]
 
 
 #: Radio delivery on top of a device obligation (as conformance.RADIO_MARGIN_S).
@@ -297,41 +294,10 @@ async def send_in_ack_intervals(
 # --- tampering: a CRC-32 forgery (the CRC is not a signature), a changed manifest ------------
 
 
-def forge_crc(data: bytes, at: int, crc32: int) -> bytes:
-    """``data`` with its 4 bytes at ``at`` replaced so that its CRC-32 is ``crc32``: the
-    CRC is affine over GF(2), so any 32 consecutive bits can make it anything. This is
-    what an attacker does to get a changed image past the CRC check; only the SHA-256
-    catches it."""
-    base = bytearray(data)
-    base[at : at + 4] = bytes(4)
-    zero = p.crc32(bytes(base))
-    basis: list[tuple[int, int]] = []  # (vector, which bits make it), highest bit first
-    for bit in range(32):
-        flipped = bytearray(base)
-        flipped[at + bit // 8] ^= 1 << (bit % 8)
-        vector, made_of = p.crc32(bytes(flipped)) ^ zero, 1 << bit
-        for b_vector, b_made in basis:
-            if vector ^ b_vector < vector:
-                vector, made_of = vector ^ b_vector, made_of ^ b_made
-        if vector:
-            basis.append((vector, made_of))
-            basis.sort(reverse=True)
-    want, bits = crc32 ^ zero, 0
-    for b_vector, b_made in basis:
-        if want ^ b_vector < want:
-            want, bits = want ^ b_vector, bits ^ b_made
-    assert want == 0, "32 consecutive bits always reach every CRC-32"
-    base[at : at + 4] = bits.to_bytes(4, "little")
-    forged = bytes(base)
-    assert p.crc32(forged) == crc32
-    return forged
-
-
 def flipped_with_the_same_crc(image: bytes, where: int) -> bytes:
-    changed = bytearray(image)
-    changed[where] ^= 0x01
-    fix_at = where + 1 if where + 5 <= len(image) else where - 4
-    return forge_crc(bytes(changed), fix_at, p.crc32(image))
+    """``image`` with the byte at ``where`` changed and its CRC-32 kept: what an attacker
+    does to get a changed image past the CRC check; only the SHA-256 catches it."""
+    return crc_preserving_flip(image, where)
 
 
 def changed_manifest(manifest: Manifest, field: str) -> Manifest:

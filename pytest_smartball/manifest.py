@@ -166,3 +166,43 @@ class SignedImage:
 def is_signed_image(data: bytes) -> bool:
     """Whether ``data`` starts like a signed image file (its magic)."""
     return data[:4] == MAGIC
+
+
+def crc_preserving_flip(data: bytes, offset: int) -> bytes:
+    """``data`` with the byte at ``offset`` flipped and four neighbouring bytes changed so
+    that its CRC-32 is the same: a tampering only a cryptographic hash notices (CRC-32 is
+    affine over GF(2), so 32 free bits can cancel any change)."""
+    size = len(data)
+    if size < 8:
+        raise ValueError(f"a {size}-byte image is too short to keep its CRC-32 through a flip")
+    offset = min(max(offset, 0), size - 1)
+    fix = offset + 1 if offset + 5 <= size else offset - 4  # four bytes that are not the flip
+    zero = zlib.crc32(bytes(size))
+
+    def effect(position: int, value: int) -> int:
+        change = bytearray(size)
+        change[position] = value
+        return zlib.crc32(bytes(change)) ^ zero
+
+    target = effect(offset, 0xFF)
+    # Gaussian elimination over the 32 bits of the four fixing bytes.
+    basis: list[tuple[int, int]] = []  # (crc effect, bit mask of fixing bits)
+    for bit in range(32):
+        vector, combo = effect(fix + bit // 8, 1 << (bit % 8)), 1 << bit
+        for pivot_vector, pivot_combo in basis:
+            if vector ^ pivot_vector < vector:
+                vector, combo = vector ^ pivot_vector, combo ^ pivot_combo
+        if vector:
+            basis.append((vector, combo))
+            basis.sort(reverse=True)
+    residue, chosen = target, 0
+    for pivot_vector, pivot_combo in basis:
+        if residue ^ pivot_vector < residue:
+            residue, chosen = residue ^ pivot_vector, chosen ^ pivot_combo
+    if residue:
+        raise AssertionError("CRC-32 cannot be kept: the fixing bits do not span it")
+    tampered = bytearray(data)
+    tampered[offset] ^= 0xFF
+    for i in range(4):
+        tampered[fix + i] ^= (chosen >> (8 * i)) & 0xFF
+    return bytes(tampered)

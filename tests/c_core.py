@@ -484,7 +484,7 @@ def replay(lib: ctypes.CDLL, vector: dict[str, Any]) -> list[StepResult]:
 
 
 def comparable(
-    out: list[dict[str, Any]], repeated_acks_once: bool = False, last_ack: list[str] | None = None
+    out: list[dict[str, Any]], repeated_acks_once: bool = False
 ) -> list[tuple[Any, ...]]:
     """What §12 compares: MSG_ERROR by code and command, the rest byte for byte, events.
     ``repeated_acks_once``: within one step's output, an ACK of the offset the step's last
@@ -493,7 +493,7 @@ def comparable(
     core one; a resume's READY may come between them; docs/firmware.md). Across steps
     nothing is left out, so a STATUS's own ACK is still compared."""
     result: list[tuple[Any, ...]] = []
-    last = last_ack if last_ack is not None else []
+    last_ack: str | None = None
     for e in out:
         if "event" in e:
             item: tuple[Any, ...] = ("event", e["event"])
@@ -502,9 +502,9 @@ def comparable(
         else:
             item = (e["type"], e["hex"])
         if repeated_acks_once and item[0] == "MSG_OTA_ACK":
-            if last and last[0] == item[1]:
+            if item[1] == last_ack:
                 continue
-            last[:] = [item[1]]
+            last_ack = item[1]
         result.append(item)
     return result
 

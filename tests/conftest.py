@@ -11,5 +11,4 @@ from .plugin_sessions import INNER_INI
 @pytest.fixture
 def inner(pytester: pytest.Pytester) -> pytest.Pytester:
     pytester.makefile(".ini", pytest=INNER_INI)
-    assert not list(pytester.path.glob("conftest.py"))
     return pytester

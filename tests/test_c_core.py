@@ -614,6 +614,7 @@ def test_the_model_and_the_c_core_answer_alike(
             f"{_IDENTICAL['signed']} of a signed-only one)"
         )
     assert sum(_IDENTICAL.values()) >= 290  # of 300 examples: hardly any rejected as ties
+    assert _IDENTICAL["v1"] and _IDENTICAL["signed"]  # both kinds of device were compared
 
 
 def _update_as_seen(case: tuple[bytes, FaultPlan, int, bool], **device: Any) -> tuple[Any, ...]:

@@ -16,7 +16,7 @@ import pytest
 
 from pytest_smartball import protocol as p
 from pytest_smartball import signing
-from pytest_smartball.manifest import MANIFEST_SIZE, SignedImage
+from pytest_smartball.manifest import MANIFEST_SIZE, SignedImage, crc_preserving_flip
 from pytest_smartball.protocol import (
     CmdInfo,
     CmdOtaAbort,
@@ -44,7 +44,6 @@ from smartball_sim.firmware.swap import (
     SwapRecord,
     SwapWear,
     active_bank_of,
-    crc_preserving_flip,
     run_swap,
 )
 from smartball_sim.make_image import make_image

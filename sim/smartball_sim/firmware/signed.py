@@ -16,7 +16,12 @@ import logging
 from dataclasses import dataclass, field
 
 from pytest_smartball import protocol as p
-from pytest_smartball.manifest import SIGNED_HEAD_SIZE, Manifest, ManifestError
+from pytest_smartball.manifest import (
+    SIGNED_HEAD_SIZE,
+    Manifest,
+    ManifestError,
+    crc_preserving_flip,
+)
 from pytest_smartball.signing import SignatureRefused, TrustedKey, verify
 
 from .bugs import FirmwareBug as Bug
@@ -26,7 +31,6 @@ from .swap import (
     SwapRecord,
     SwapWear,
     active_bank_of,
-    crc_preserving_flip,
     run_swap,
     step_s,
     swap_pages,
