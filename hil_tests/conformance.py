@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from pytest_smartball import contract
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.link import LinkLost, NusLink, ResponseTimeout
 
 from .helpers import present_manifest

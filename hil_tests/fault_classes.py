@@ -34,7 +34,7 @@ import bleak_retry_connector
 from hypothesis import strategies as st
 
 from pytest_smartball import contract
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.ota import OtaSettings
 from smartball_sim.bumble.faults import BLUEZ_ONLY_EFFECTS
 from smartball_sim.faults import (

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from pytest_smartball import protocol as p
 from pytest_smartball.contract import Timing
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract.manifest import MANIFEST_SIZE, Manifest, crc_preserving_flip
 from pytest_smartball.link import LinkSettings, NusLink, ResponseTimeout, find_device
-from pytest_smartball.manifest import MANIFEST_SIZE, Manifest, crc_preserving_flip
 from pytest_smartball.targets import Target
 
 if TYPE_CHECKING:

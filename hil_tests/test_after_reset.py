@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from pytest_smartball import contract
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import NusLink
 from pytest_smartball.options import SmartBallOptions

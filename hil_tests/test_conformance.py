@@ -25,7 +25,7 @@ from dataclasses import replace
 import pytest
 
 from pytest_smartball import contract
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import LinkSettings, NusLink, find_device
 from pytest_smartball.targets import Target

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.link import NusLink
 
 from . import conformance as c

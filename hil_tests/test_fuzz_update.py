@@ -40,7 +40,7 @@ from hil_tests.fault_classes import (
     recoverable_plans,
     time_bound,
 )
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.loops import run as run_loop
 from pytest_smartball.options import SmartBallOptions

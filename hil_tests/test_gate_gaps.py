@@ -24,7 +24,7 @@ import random
 import pytest
 
 from pytest_smartball import contract
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.link import NusLink
 
 from . import conformance as c

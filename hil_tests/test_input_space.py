@@ -27,7 +27,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pytest_smartball import contract
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.link import LinkSettings, NusLink, find_device
 from pytest_smartball.loops import virtual_event_loop
 from pytest_smartball.options import SmartBallOptions

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import NusLink
 from pytest_smartball.ota import OtaEngine

@@ -27,7 +27,7 @@ from hypothesis.stateful import (
 )
 
 from pytest_smartball import contract
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.link import BleBackend, LinkSettings, NusLink, find_device
 from pytest_smartball.loops import virtual_event_loop
 from pytest_smartball.strategies import command_frames

@@ -23,10 +23,10 @@ import pytest
 import pytest_asyncio
 
 from pytest_smartball import contract
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract.manifest import MANIFEST_SIZE, Manifest
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import NusLink
-from pytest_smartball.manifest import MANIFEST_SIZE, Manifest
 from pytest_smartball.plugin.fixtures import device_signed_only
 from pytest_smartball.suite_signer import SuiteSigner
 from pytest_smartball.targets import Target

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, event, given, note, seed, settings
 from hypothesis import strategies as st
 
-from pytest_smartball import protocol as p
-from pytest_smartball import signing
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract import signing
 from pytest_smartball.loops import virtual_event_loop
 from pytest_smartball.options import SmartBallOptions
 from pytest_smartball.suite_signer import SuiteSigner

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 
 from pytest_smartball import contract
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.figures import BYTES_PER_SECOND, FigureRecorder
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import LinkLost, LinkSettings, NusLink, ResponseTimeout, find_device

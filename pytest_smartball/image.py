@@ -18,8 +18,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract.manifest import SIGNED_HEAD_SIZE, Manifest, SignedImage, key_id_text
+
 from . import contract
-from . import protocol as p
 from .image_formats import (
     FormatError,
     ImageFormat,
@@ -32,7 +34,6 @@ from .image_formats import (
     read_uf2,
     sniff,
 )
-from .manifest import SIGNED_HEAD_SIZE, Manifest, SignedImage, key_id_text
 
 _LAYOUT = contract.flash_layout()
 #: The nRF52840's flash: 1 MiB from address 0. No image is this large: see STAGING_CAPACITY.

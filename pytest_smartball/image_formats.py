@@ -36,9 +36,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from pytest_smartball.contract.codec import crc16_ccitt_false
+from pytest_smartball.contract.manifest import ManifestError, SignedImage, is_signed_image
+
 from . import contract
-from .manifest import ManifestError, SignedImage, is_signed_image
-from .protocol import crc16_ccitt_false
 
 
 class FormatError(ValueError):

@@ -30,9 +30,10 @@ import collections
 import math
 from dataclasses import dataclass, field
 
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract.manifest import Manifest, ManifestError
+
 from . import contract
-from . import protocol as p
-from .manifest import Manifest, ManifestError
 
 PAGE_SIZE = 4096
 #: Radio delivery on top of the device's obligations: a few connection events each way

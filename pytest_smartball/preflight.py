@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pytest_smartball.contract import codec as p
+
 from . import bluez
-from . import protocol as p
 from .bluez import AdapterInfo, BluezUnavailable
 from .image import FirmwareImage, ImageError, load_image
 from .known_state import idle_and_info

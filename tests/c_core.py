@@ -23,8 +23,8 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 
-from pytest_smartball import protocol as p
-from pytest_smartball import signing
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract import signing
 from smartball_sim.firmware.c_core import (
     ED25519_VERIFY,
     ERASE,

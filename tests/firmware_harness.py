@@ -9,8 +9,8 @@ import asyncio
 import math
 from typing import Any
 
-from pytest_smartball import protocol as p
-from pytest_smartball.protocol import (
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract.codec import (
     CmdInfo,
     CmdOtaData,
     CmdOtaFinish,

@@ -11,7 +11,7 @@ from bleak import BleakClient
 from bleak.backends.client import BaseBleakClient
 from bleak.backends.device import BLEDevice
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 
 
 class NusHost:

@@ -3,7 +3,7 @@ for tests/test_contract_monitor.py and tests/test_contract_monitor_signed.py."""
 
 from __future__ import annotations
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.monitor import ContractMonitor
 
 IMAGE = bytes(range(256)) * 40 + b"tail!"  # 10245 bytes: 3 pages, a short last chunk

@@ -12,7 +12,7 @@ import asyncio
 
 from bleak import BleakClient, BleakScanner
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.link import BleBackend
 
 #: The field script's chunk at MTU 247, in whole words as protocol v1 requires (was 234).

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
 INNER = """
 import os
 import pytest
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 
 pytestmark = pytest.mark.asyncio
 

@@ -22,8 +22,8 @@ from bleak.exc import BleakError
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from pytest_smartball import protocol as p
 from pytest_smartball.bluez import probe_adapter, remove_device
+from pytest_smartball.contract import codec as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import BleBackend, ConnectFailed, NusLink, find_device
 from pytest_smartball.ota import Limits, OtaEngine, OtaSettings

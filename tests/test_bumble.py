@@ -23,9 +23,9 @@ from bumble.link import LocalLink
 from bumble.transport.common import AsyncPipeSink
 
 from hil_tests.fault_classes import Budgets, Link, time_bound
-from pytest_smartball import protocol as p
 from pytest_smartball.cli import main as cli_main
 from pytest_smartball.cli.output import install_logging
+from pytest_smartball.contract import codec as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.loops import run as run_loop
 from pytest_smartball.ota import OtaEngine, OtaEvent, OtaResult

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, example, given, note, settings
 from hypothesis import strategies as st
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import LinkSettings
 from pytest_smartball.loops import run as run_loop

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_smartball import protocol as p
 from pytest_smartball.cli import main
+from pytest_smartball.contract import codec as p
 from pytest_smartball.targets.bumble import INSTALL_HINT
 from smartball_sim.make_image import FIELD_IMAGE_SIZE, make_image
 

@@ -23,12 +23,12 @@ from hypothesis import event as label
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_smartball import protocol as p
-from pytest_smartball import signing
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract import signing
+from pytest_smartball.contract.manifest import Manifest
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link.nus import watch_links
 from pytest_smartball.loops import run as run_loop
-from pytest_smartball.manifest import Manifest
 from pytest_smartball.ota import OtaEngine
 from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.faults import FaultPlan
@@ -39,7 +39,7 @@ from smartball_sim.fuzz_inputs import fault_plans, image_specs
 from . import c_core
 from .c_core import PAGE
 
-VECTORS = Path(p.__file__).resolve().parent / "contract" / "vectors"
+VECTORS = Path(p.__file__).resolve().parent / "vectors"
 
 
 @pytest.fixture(scope="module")

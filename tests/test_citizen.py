@@ -33,15 +33,10 @@ PACKAGES = {
 }
 #: The modules that may import the simulator: they start simulated targets.
 SIM_IMPORTERS = "pytest_smartball.targets."
-#: What of the client the simulator may import: the pure codec and the contract's data.
-#: What the simulator (the device) may use of the client's package: the contract (the codec,
-#: its data, the manifest's codec) and the platform's crypto (signing, docs/protocol.md 16).
-CLIENT_FOR_SIM = (
-    "pytest_smartball.protocol",
-    "pytest_smartball.contract",
-    "pytest_smartball.manifest",
-    "pytest_smartball.signing",
-)
+#: The ground floor both sides stand on: the contract package (the codec, the contract's data and
+#: vectors, the manifest's codec, and the platform's crypto for docs/protocol.md section 16).
+#: The simulator may import nothing else of the client's package, and it imports nothing else.
+CONTRACT = "pytest_smartball.contract"
 
 UNRELATED_TESTS = """
 import asyncio
@@ -400,11 +395,28 @@ def test_no_test_module_imports_another() -> None:
     assert found == [], "test modules importing test modules:\n" + "\n".join(found)
 
 
-def test_the_simulator_imports_only_the_codec_of_the_client() -> None:
+def _is_contract(module: str) -> bool:
+    return module == CONTRACT or module.startswith(CONTRACT + ".")
+
+
+def test_the_simulator_imports_only_the_contract_of_the_client() -> None:
     for module in modules("smartball_sim"):
-        for imported in imports_of(module, top_level_only=False):
+        for imported in imports_of(module, top_level_only=False, type_only=True):
             if imported.split(".")[0] == "pytest_smartball" and imported != "pytest_smartball":
-                assert imported.startswith(CLIENT_FOR_SIM), f"{module} imports {imported}"
+                assert _is_contract(imported), f"{module} imports {imported}"
+
+
+def test_the_contract_is_the_ground_floor() -> None:
+    """The contract imports nothing of the client or the simulator but itself, and the client
+    package's __init__ imports nothing, so the simulator's one arrow into the client's package
+    lands on the ground floor and nowhere above it."""
+    assert imports_of("pytest_smartball", top_level_only=False, type_only=True) <= {"__future__"}
+    contract = [m for m in modules("pytest_smartball") if _is_contract(m)]
+    assert {"pytest_smartball.contract.codec", "pytest_smartball.contract.signing"} <= set(contract)
+    for module in contract:
+        for imported in imports_of(module, top_level_only=False, type_only=True):
+            if imported.split(".")[0] in PACKAGES and imported != "pytest_smartball":
+                assert _is_contract(imported), f"{module} imports {imported}"
 
 
 def test_no_import_circles() -> None:
@@ -517,7 +529,6 @@ def imports_of(module: str, *, top_level_only: bool, type_only: bool = False) ->
     package, *rest = module.split(".")
     root = PACKAGES[package]
     path = root.joinpath(*rest)
-    # (pytest_smartball/contract/ is the data of the module contract.py, not a package)
     is_package = (path / "__init__.py").exists()
     source = (path / "__init__.py") if is_package else path.with_suffix(".py")
     tree = ast.parse(source.read_text(encoding="utf-8"))

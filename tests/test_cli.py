@@ -650,7 +650,7 @@ def test_a_tampered_signed_image_is_exit_2_before_any_radio_activity(
 ) -> None:
     """No --sim and no BlueZ here: a signed file whose image is not its manifest's is
     refused before anything is probed (2, not 3), in one sentence."""
-    from pytest_smartball import signing
+    from pytest_smartball.contract import signing
 
     raw = bytearray(signing.sign(bytes(4096), signing.test_key(), (1, 0, 0), 1).encode())
     raw[-10] ^= 0x01

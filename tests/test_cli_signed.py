@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from pytest_smartball import signing
 from pytest_smartball.cli import main
 from pytest_smartball.cli.errors import (
     EXIT_BAD_INPUT,
@@ -23,7 +22,8 @@ from pytest_smartball.cli.errors import (
     EXIT_UNSIGNED,
     EXIT_UNTRUSTED_KEY,
 )
-from pytest_smartball.manifest import key_id_text
+from pytest_smartball.contract import signing
+from pytest_smartball.contract.manifest import key_id_text
 
 IMAGE = random.Random(5).randbytes(20_000)
 TEST_KID = key_id_text(signing.test_trusted_key().key_id)

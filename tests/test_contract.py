@@ -24,9 +24,10 @@ from typing import Any
 import looptime
 import pytest
 
-from pytest_smartball import contract, signing
-from pytest_smartball import protocol as p
-from pytest_smartball.manifest import Manifest
+from pytest_smartball import contract
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract import signing
+from pytest_smartball.contract.manifest import Manifest
 from smartball_sim import contract_vectors
 from smartball_sim.device import SimDevice
 from smartball_sim.firmware.model import (
@@ -696,9 +697,9 @@ def test_setuptools_packages_the_contract_data() -> None:
     import tomllib
 
     config = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text("utf-8"))
-    patterns = config["tool"]["setuptools"]["package-data"]["pytest_smartball"]
+    patterns = config["tool"]["setuptools"]["package-data"]["pytest_smartball.contract"]
     root = Path(contract.__file__).parent
-    files = [f.relative_to(root).as_posix() for f in (root / "contract").rglob("*.json")]
+    files = [f.relative_to(root).as_posix() for f in root.rglob("*.json")]
     # table, timing, flash layout
     assert len(files) == 3 + len(contract.VECTOR_FILES)
     for name in files:

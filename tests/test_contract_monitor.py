@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.monitor import RULES
 
 from .monitor_trace import CHUNK, CRC, IMAGE, INFO, STATUS_IDLE, WINDOW, Trace

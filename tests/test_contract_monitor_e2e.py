@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pytest_smartball import loops
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.image import FirmwareImage, generated_image
 from pytest_smartball.link import LinkSettings, NusLink, find_device
 from pytest_smartball.monitor import Violation

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from pytest_smartball import contract, signing
-from pytest_smartball import protocol as p
-from pytest_smartball.manifest import MANIFEST_SIZE
+from pytest_smartball import contract
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract import signing
+from pytest_smartball.contract.manifest import MANIFEST_SIZE
 
 from .monitor_trace import CHUNK, CRC, IMAGE, STATUS_IDLE, WINDOW, Trace
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_smartball import protocol as p
-from pytest_smartball.protocol import MsgType
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract.codec import MsgType
 from smartball_sim.device import ConnectRefusal, ConnectRefused, RadioTimings, SimDevice, SimLink
 from smartball_sim.faults import (
     AT_POINTS,

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from pytest_smartball import protocol as p
-from pytest_smartball.protocol import (
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract.codec import (
     CmdInfo,
     CmdOtaAbort,
     CmdOtaData,

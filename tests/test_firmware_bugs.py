@@ -14,7 +14,7 @@ import pytest
 
 from hil_tests import kill_observer, kill_table
 from pytest_smartball import contract
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from smartball_sim.firmware.bugs import FirmwareBug, UnknownFirmwareBug, parse_bugs
 from smartball_sim.firmware.model import FlashTimings, SmartBallFirmware
 

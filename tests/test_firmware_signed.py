@@ -14,10 +14,9 @@ from typing import Any
 
 import pytest
 
-from pytest_smartball import protocol as p
-from pytest_smartball import signing
-from pytest_smartball.manifest import MANIFEST_SIZE, SignedImage, crc_preserving_flip
-from pytest_smartball.protocol import (
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract import signing
+from pytest_smartball.contract.codec import (
     CmdInfo,
     CmdOtaAbort,
     CmdOtaConfirm,
@@ -34,6 +33,7 @@ from pytest_smartball.protocol import (
     MsgOtaStatus,
     OtaState,
 )
+from pytest_smartball.contract.manifest import MANIFEST_SIZE, SignedImage, crc_preserving_flip
 from smartball_sim.firmware.flash import Flash
 from smartball_sim.firmware.model import (
     DEFAULT_STAGING_CAPACITY as DEFAULT_CAPACITY,

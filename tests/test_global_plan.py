@@ -13,7 +13,7 @@ pytest_plugins = ["pytester"]
 
 TESTS = """
 import pytest
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 
 
 @pytest.mark.asyncio

@@ -415,13 +415,13 @@ def test_a_hex_text_too_long_for_any_image_is_refused_unread(tmp_path: Path) -> 
 
 
 def _signed(data: bytes = DATA, counter: int = 4) -> bytes:
-    from pytest_smartball import signing
+    from pytest_smartball.contract import signing
 
     return signing.sign(data, signing.test_key(), (1, 2, 3), counter).encode()
 
 
 def test_a_signed_image_is_read_as_its_image_and_its_signed_head(tmp_path: Path) -> None:
-    from pytest_smartball.manifest import SIGNED_HEAD_SIZE, SignedImage
+    from pytest_smartball.contract.manifest import SIGNED_HEAD_SIZE, SignedImage
 
     raw = _signed()
     path = tmp_path / "fw.sbi"

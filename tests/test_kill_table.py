@@ -16,7 +16,7 @@ import pytest
 
 from hil_tests import kill_observer, kill_table
 from pytest_smartball import contract
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from smartball_sim import gate_probe
 from smartball_sim.firmware.bugs import FirmwareBug
 from smartball_sim.firmware.model import SmartBallFirmware
@@ -43,7 +43,7 @@ def test_a_crash_whose_innermost_frame_is_the_clients_codec_is_a_simulator_crash
     while innermost is not None and innermost.tb_next is not None:
         innermost = innermost.tb_next
     assert innermost is not None
-    assert innermost.tb_frame.f_globals["__name__"] == "pytest_smartball.protocol"
+    assert innermost.tb_frame.f_globals["__name__"] == "pytest_smartball.contract.codec"
     assert kill_observer.raised_in_simulator(exc)
     # The same codec error raised by the client's own call is the client's.
     assert not kill_observer.raised_in_simulator(_raised(lambda: p.encode(p.MsgOtaAck(-1))))

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.known_state import CHECK_TIMEOUT_S, ResetFailed, return_to_baseline
 from pytest_smartball.link import LinkSettings

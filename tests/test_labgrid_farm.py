@@ -27,7 +27,7 @@ OTHER_USER = "alice"
 POWER_CUT_TEST = """
 import pytest
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 
 
 @pytest.mark.asyncio

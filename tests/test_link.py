@@ -16,7 +16,7 @@ import pytest
 from bleak import BleakClient
 
 from pytest_smartball import bluez
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.link import (
     BleBackend,
     ForgetFailed,

@@ -16,7 +16,7 @@ from dataclasses import replace
 import pytest
 from bleak.exc import BleakError
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import NusLink
 from pytest_smartball.ota import (

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_smartball import protocol as p
-from pytest_smartball.manifest import Manifest
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract.manifest import Manifest
 from pytest_smartball.ota import decide as d
 from pytest_smartball.ota import observations as o
 from pytest_smartball.ota import states

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from pytest_smartball import protocol as p
-from pytest_smartball import signing
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract import signing
+from pytest_smartball.contract.manifest import Manifest
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.image_formats import ImageFormat
-from pytest_smartball.manifest import Manifest
 from pytest_smartball.ota import HealthCheckFailed, OtaEngine, OtaResult, OtaSettings
 from pytest_smartball.ota import observations as o
 from pytest_smartball.ota.decide import decide

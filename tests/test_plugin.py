@@ -251,7 +251,7 @@ import time
 
 import pytest
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 
 
 def test_loaded_from_the_entry_point(request):
@@ -718,7 +718,7 @@ import os
 
 import pytest
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from smartball_sim.make_image import make_image
 
 BASELINE_CRC = p.crc32(make_image(6000, 1))

@@ -17,8 +17,8 @@ import pytest
 from dbus_fast import MessageType, Variant
 
 from pytest_smartball import bluez, preflight
-from pytest_smartball import protocol as p
 from pytest_smartball.bluez import AdapterInfo, BluezUnavailable
+from pytest_smartball.contract import codec as p
 from pytest_smartball.image import FirmwareImage, ImageError
 from pytest_smartball.link import ConnectFailed
 from pytest_smartball.preflight import Seen, Wanted, check, match, plan_devices

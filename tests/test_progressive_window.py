@@ -14,9 +14,9 @@ import asyncio
 
 import pytest
 
+from pytest_smartball.contract.codec import CmdOtaData, MsgOtaAck, MsgOtaReady, MsgOtaStatus
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.ota import EventKind, OtaEngine
-from pytest_smartball.protocol import CmdOtaData, MsgOtaAck, MsgOtaReady, MsgOtaStatus
 from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.firmware.model import SmartBallFirmware
 from smartball_sim.make_image import make_image

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_smartball import protocol
-from pytest_smartball.protocol import (
+from pytest_smartball.contract import codec as protocol
+from pytest_smartball.contract.codec import (
     MAX_DATA_CHUNK,
     MAX_PAYLOAD,
     SOF,
@@ -103,7 +103,7 @@ def test_doc_frame_examples_match_the_codec() -> None:
     blocks = frame_blocks()
     assert len(blocks) >= 13
     namespace: dict[str, object] = {}
-    exec("from pytest_smartball.protocol import *", namespace)
+    exec("from pytest_smartball.contract.codec import *", namespace)
     seen = set()
     for left, right in blocks:
         msg = eval(left, namespace)  # the document is part of this repository

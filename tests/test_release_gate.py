@@ -351,7 +351,7 @@ POWER_CUT_TEST = """
 import pytest
 
 import conftest
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 
 
 @pytest.mark.asyncio

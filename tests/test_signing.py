@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from intelhex import IntelHex
 
-from pytest_smartball import signing
 from pytest_smartball.cli import main
 from pytest_smartball.cli.errors import EXIT_BAD_INPUT, EXIT_BAD_KEY, EXIT_OK
+from pytest_smartball.contract import signing
+from pytest_smartball.contract.manifest import SIGNED_HEAD_SIZE, SignedImage, key_id_text
 from pytest_smartball.image import load_image
 from pytest_smartball.image_formats import ImageFormat
-from pytest_smartball.manifest import SIGNED_HEAD_SIZE, SignedImage, key_id_text
 
-TEST_KEY = Path(signing.__file__).parent / "contract" / "keys" / signing.TEST_KEY_NAME
+TEST_KEY = Path(signing.__file__).parent / "keys" / signing.TEST_KEY_NAME
 IMAGE = random.Random(23).randbytes(12_345)
 
 

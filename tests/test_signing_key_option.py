@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_smartball import signing
-from pytest_smartball.manifest import key_id_text
+from pytest_smartball.contract import signing
+from pytest_smartball.contract.manifest import key_id_text
 
 from .plugin_sessions import BASE_ARGS, assert_clean_usage_error
 

@@ -17,7 +17,7 @@ from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
 from bleak_retry_connector import establish_connection
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from smartball_sim.device import RadioTimings, SimDevice
 from smartball_sim.fronts.in_process import SimDetails, SimWorld
 from tests.hosts import NusHost

@@ -34,7 +34,7 @@ def test_the_plugins_simulated_ball_trusts_what_sim_trust_says(
 ) -> None:
     """The same for the Python model and the C core (``--sim-firmware=c``, a signed-only
     ball by default too: the decision is trust_options', whatever the firmware)."""
-    from pytest_smartball import signing
+    from pytest_smartball.contract import signing
 
     pytester.makefile(".ini", pytest=INNER_INI)
     pytester.makepyfile(test_trust=SIGNED_ONLY_TEST)

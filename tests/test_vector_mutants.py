@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from smartball_sim import contract_vectors
 from smartball_sim.firmware.c_core import FIRMWARE_DIR
 from smartball_sim.firmware.flash import PAGE_SIZE
@@ -35,7 +35,7 @@ from smartball_sim.firmware.types import OtaSession, _FlashJob
 
 from . import c_core
 
-VECTORS = Path(p.__file__).resolve().parent / "contract" / "vectors"
+VECTORS = Path(p.__file__).resolve().parent / "vectors"
 PACKAGED: list[dict[str, Any]] = json.loads((VECTORS / "device.json").read_text())["vectors"]
 V1 = [v for v in PACKAGED if "signed_only" not in v["device"]]
 

@@ -11,8 +11,9 @@ import re
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
+from pytest_smartball.contract import codec as p
+
 from .. import contract
-from .. import protocol as p
 from ..link import LinkSettings
 from ..options import BLUEZ_CHOICES, SIM_TRUST_CHOICES, SIM_TRUST_DEFAULT, SIMULATED_BLUEZ
 from ..ota import OtaSettings

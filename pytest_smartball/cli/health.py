@@ -12,7 +12,8 @@ import subprocess
 import sys
 from typing import Any
 
-from .. import protocol as p
+from pytest_smartball.contract import codec as p
+
 from ..ota import HealthCheck, HealthCheckFailed
 
 

@@ -8,10 +8,11 @@ import os
 import sys
 from pathlib import Path
 
-from .. import signing
+from pytest_smartball.contract import signing
+from pytest_smartball.contract.manifest import SIGNED_HEAD_SIZE, key_id_text
+from pytest_smartball.contract.signing import KeyFileError
+
 from ..image import ImageError, load_image
-from ..manifest import SIGNED_HEAD_SIZE, key_id_text
-from ..signing import KeyFileError
 from . import output as out
 from .args import PROG, Context
 from .errors import EXIT_BAD_INPUT, EXIT_BAD_KEY, EXIT_OK, CliError

@@ -12,9 +12,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .. import protocol as p
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract.manifest import key_id_text
+
 from ..image import FirmwareImage
-from ..manifest import key_id_text
 from ..ota import EventKind, OtaEngine, OtaEvent, OtaResult, Outcome, State
 from ..targets import Target
 from .args import Context

@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from .. import protocol as p
+from pytest_smartball.contract import codec as p
+
 from .moves import (
     end,
     give_up,

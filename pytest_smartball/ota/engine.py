@@ -23,7 +23,8 @@ from typing import TypeVar
 
 from bleak.backends.device import BLEDevice
 
-from .. import protocol as p
+from pytest_smartball.contract import codec as p
+
 from ..image import FirmwareImage, ImageError
 from ..link import (
     STACK_ERRORS,

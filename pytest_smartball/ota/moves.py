@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .. import protocol as p
+from pytest_smartball.contract import codec as p
+
 from .observations import LinkFailed
 from .record import Commit, Decision, Note, Record
 from .states import EventKind, FailureKind, Outcome, State

@@ -6,8 +6,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .. import protocol as p
-from ..manifest import Manifest
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract.manifest import Manifest
+
 from .states import EventKind, FailureKind, Outcome, State
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .. import protocol as p
+from pytest_smartball.contract import codec as p
+
 from .states import EventKind, FailureKind, Outcome, State
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
-from .. import protocol as p
+from pytest_smartball.contract import codec as p
+
 from ..link.settings import LinkSettings
 from .record import Limits
 from .timeouts import DEFAULT as DEFAULT_TIMEOUTS

@@ -10,8 +10,9 @@ import shlex
 
 import pytest
 
+from pytest_smartball.contract import codec as p
+
 from .. import contract
-from .. import protocol as p
 from ..options import (
     BLUEZ_CHOICES,
     DEFAULT_COMPARE_MIN_MEASURED_PERCENT,

@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract.manifest import is_signed_image
+
 from .. import loops
-from .. import protocol as p
 from ..figures import FigureRecorder
 from ..image import FirmwareImage, ImageError, generated_image, load_image
 from ..link import LinkSettings, NusLink, find_device
-from ..manifest import is_signed_image
 from ..options import SmartBallOptions
 from ..ota import OtaEngine, OtaSettings
 from ..release_report.trace import ProgressTrace

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from pytest_smartball.contract import codec as p
 from smartball_sim.bluez.launcher import (
     RUN_ID_VARIABLE,
     DbusDaemonMissing,
@@ -60,7 +61,6 @@ from smartball_sim.bluez.launcher import (
 )
 from smartball_sim.device import SimDevice
 
-from .. import protocol as p
 from ..image import ImageError, load_image
 
 log = logging.getLogger("pytest_smartball.targets.labgrid_loopback")

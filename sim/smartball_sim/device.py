@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from pytest_smartball import protocol as p
-from pytest_smartball.signing import TrustedKey
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract.signing import TrustedKey
 
 from . import gate_probe
 from .fault_injector import FaultInjector, FaultRecord

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol, assert_never
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 
 from .faults import AT_POINTS, Effect, Fault, FaultPlan, Trigger, TriggerKind
 from .firmware.types import FirmwareEvent, FirmwareEventKind, FlashTimings, StoredImage, to_us

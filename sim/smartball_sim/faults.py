@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 
 
 class FaultSpecError(ValueError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 
 from .faults import (
     EFFECTS,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 
 from .firmware.model import PAGE_SIZE, FlashTimings
 from .radio.profiles import RadioProfile

@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from smartball_sim.device import DEFAULT_ADDRESS, RadioTimings, SimDevice
 from smartball_sim.firmware.model import FlashTimings
 from smartball_sim.fronts.background_loop import BackgroundLoop

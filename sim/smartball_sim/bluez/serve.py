@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 from smartball_sim.device import DEFAULT_ADDRESS, RadioTimings
 from smartball_sim.faults import FaultPlan, FaultSpecError
 from smartball_sim.firmware.model import FlashTimings

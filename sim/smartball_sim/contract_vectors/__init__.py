@@ -62,7 +62,7 @@ __all__ = [
     "table_sessions",
 ]
 
-VECTOR_DIR = Path(contract.__file__).parent / "contract" / "vectors"
+VECTOR_DIR = Path(contract.__file__).parent / "vectors"
 
 GENERATORS: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "codec.json": codec_vectors,

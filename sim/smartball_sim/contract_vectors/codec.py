@@ -1,18 +1,18 @@
 """The codec's and the decoder's vectors (``codec.json``, ``decoder.json``): frames built by
-``pytest_smartball.protocol`` and byte streams fed to its ``FrameDecoder``."""
+``pytest_smartball.contract.codec`` and byte streams fed to its ``FrameDecoder``."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Any
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 
 # --- the codec -----------------------------------------------------------------------------
 
 
 def _signed_manifest() -> p.CmdOtaManifest:
-    from pytest_smartball import signing
+    from pytest_smartball.contract import signing
 
     image = bytes((i * 7 + 3) & 0xFF for i in range(40))
     signed = signing.sign(image, signing.test_key(), (2, 0, 1), 5)

@@ -9,9 +9,9 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
-from pytest_smartball import protocol as p
-from pytest_smartball import signing
-from pytest_smartball.manifest import MANIFEST_SIZE, Manifest
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract import signing
+from pytest_smartball.contract.manifest import MANIFEST_SIZE, Manifest
 
 from ..firmware.model import SmartBallFirmware
 

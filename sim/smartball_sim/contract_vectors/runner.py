@@ -8,8 +8,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_smartball import protocol as p
-from pytest_smartball import signing
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract import signing
 
 from ..firmware.model import (
     FirmwareEvent,

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from pytest_smartball import contract, signing
-from pytest_smartball import protocol as p
-from pytest_smartball.manifest import Manifest
+from pytest_smartball import contract
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract import signing
+from pytest_smartball.contract.manifest import Manifest
 
 from .runner import DeviceConfig, Step, VectorSession, run_session
 

@@ -3,7 +3,7 @@ power-safe pending record and DONE, and the reset into the new image once DONE h
 
 from __future__ import annotations
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 
 from .bugs import LATE_RESET_S, SLOW_VERIFY_BYTES_PER_S
 from .bugs import FirmwareBug as Bug

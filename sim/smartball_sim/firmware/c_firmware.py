@@ -40,8 +40,8 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 
-from pytest_smartball import protocol as p
-from pytest_smartball.signing import TrustedKey
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract.signing import TrustedKey
 
 from .. import gate_probe
 from ..make_image import image_version

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 
 from .bugs import FirmwareBug as Bug
 from .flash import PAGE_SIZE, pad_to_words

@@ -3,7 +3,7 @@ and READY), and the page-erased report both erase modes share."""
 
 from __future__ import annotations
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 
 from .bugs import FirmwareBug as Bug
 from .flash import PAGE_SIZE

@@ -22,7 +22,7 @@ promises the bits) instead of raising.
 
 from __future__ import annotations
 
-from pytest_smartball.protocol import WORD_SIZE
+from pytest_smartball.contract.codec import WORD_SIZE
 
 PAGE_SIZE = 4096
 MAX_WRITES_PER_WORD = 2

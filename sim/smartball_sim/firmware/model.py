@@ -39,8 +39,8 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from pytest_smartball import contract
-from pytest_smartball import protocol as p
-from pytest_smartball.signing import TrustedKey
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract.signing import TrustedKey
 
 from .. import gate_probe
 from ..gate_probe import BugSwitches

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 
 from .bugs import FirmwareBug as Bug
 from .flash import Flash

@@ -6,7 +6,7 @@ second verify and its swap, the TEST state, CMD_OTA_CONFIRM and the revert at a 
 What survives a reset lives in :class:`SignedState` (the bootloader's settings page): the
 image state, the security counter, the swap trailer and what the previous image is. The
 accepted manifest is RAM: a reset or an ABORT discards it. Signatures are checked with
-:func:`pytest_smartball.signing.verify`, the platform's crypto for this model.
+:func:`pytest_smartball.contract.signing.verify`, the platform's crypto for this model.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 
-from pytest_smartball import protocol as p
-from pytest_smartball.manifest import (
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract.manifest import (
     SIGNED_HEAD_SIZE,
     Manifest,
     ManifestError,
     crc_preserving_flip,
 )
-from pytest_smartball.signing import SignatureRefused, TrustedKey, verify
+from pytest_smartball.contract.signing import SignatureRefused, TrustedKey, verify
 
 from .bugs import FirmwareBug as Bug
 from .flash import PAGE_SIZE, Flash

@@ -29,7 +29,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-from pytest_smartball.manifest import Manifest
+from pytest_smartball.contract.manifest import Manifest
 
 from .flash import PAGE_SIZE, Flash
 from .types import FlashTimings

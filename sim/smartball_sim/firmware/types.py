@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_smartball import protocol as p
-from pytest_smartball.manifest import Manifest
+from pytest_smartball.contract import codec as p
+from pytest_smartball.contract.manifest import Manifest
 
 from .flash import PAGE_SIZE
 

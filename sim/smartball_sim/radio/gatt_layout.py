@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pytest_smartball import protocol as p
+from pytest_smartball.contract import codec as p
 
 GAP_SERVICE_UUID = "00001800-0000-1000-8000-00805f9b34fb"
 GATT_SERVICE_UUID = "00001801-0000-1000-8000-00805f9b34fb"

@@ -242,7 +242,7 @@ class CmdOtaFinish:
 @dataclass(frozen=True, slots=True)
 class CmdOtaManifest:
     """The signed manifest of the image the next session will carry (section 16): the
-    manifest's 56 bytes and the Ed25519 signature over them (``pytest_smartball.manifest``
+    manifest's 56 bytes and the Ed25519 signature over them (``pytest_smartball.contract.manifest``
     reads and builds both)."""
 
     TYPE: ClassVar[MsgType] = MsgType.CMD_OTA_MANIFEST
@@ -281,7 +281,7 @@ class MsgInfo:
     security_counter: int = 0
     #: SIGNED_IMAGES: an ImageState.
     image_state: int = 0
-    #: SIGNED_IMAGES: the key id (pytest_smartball.manifest.key_id) of the key it trusts.
+    #: SIGNED_IMAGES: the key id (pytest_smartball.contract.manifest.key_id) of the key it trusts.
     trusted_key_id: int = 0
 
     @property

@@ -1,5 +1,5 @@
 """The signed image of protocol v1's signed updates (docs/protocol.md section 16): a pure
-codec, no crypto library (``pytest_smartball.signing`` signs and verifies).
+codec, no crypto library (``pytest_smartball.contract.signing`` signs and verifies).
 
 A manifest is 56 bytes, little-endian::
 

@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from pytest_smartball.manifest import (
+from pytest_smartball.contract.manifest import (
     MANIFEST_SIZE,
     SIGNED_HEAD_SIZE,
     Manifest,
@@ -115,7 +115,7 @@ def load_public(path: Path) -> TrustedKey:
 
 
 def _test_key_file(name: str) -> bytes:
-    return resources.files("pytest_smartball").joinpath("contract", "keys", name).read_bytes()
+    return resources.files("pytest_smartball.contract").joinpath("keys", name).read_bytes()
 
 
 def test_key() -> Ed25519PrivateKey:

@@ -24,13 +24,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import protocol as p
+from . import codec as p
 
 STATES: tuple[p.OtaState, ...] = tuple(p.OtaState)
 
 
 def _read(name: str) -> Any:
-    return json.loads(resources.files(__package__).joinpath("contract", name).read_text("utf-8"))
+    return json.loads(resources.files(__name__).joinpath(name).read_text("utf-8"))
 
 
 # --- the command x state table ------------------------------------------------------------
@@ -362,4 +362,4 @@ def vectors(name: str) -> dict[str, Any]:
 
 def vector_text(name: str) -> str:
     """A vector file's text exactly as packaged (what the generator's --check compares)."""
-    return resources.files(__package__).joinpath("contract", "vectors", name).read_text("utf-8")
+    return resources.files(__name__).joinpath("vectors", name).read_text("utf-8")
