@@ -65,8 +65,9 @@ PAGE_SIZE = 4096
 CATCHABLE_PAGE_S = 0.040
 
 
-def erase_image(staging_capacity: int) -> bytes:
-    pages = max(1, min(ERASE_PAGES, staging_capacity // PAGE_SIZE))
+def erase_image(staging_capacity: int, pages: int = ERASE_PAGES) -> bytes:
+    """An image whose erase takes ``pages`` pages (at most the staging area's)."""
+    pages = max(1, min(pages, staging_capacity // PAGE_SIZE))
     return random.Random(18).randbytes(pages * PAGE_SIZE - 100)
 
 
