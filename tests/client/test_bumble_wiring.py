@@ -13,7 +13,7 @@ from pytest_smartball.contract import codec as p
 from pytest_smartball.targets.bumble import INSTALL_HINT
 from smartball_sim.make_image import FIELD_IMAGE_SIZE, make_image
 
-from .plugin_sessions import assert_clean_usage_error, run
+from ..plugin_sessions import assert_clean_usage_error, run
 
 pytest_plugins = ["pytester"]
 

@@ -261,7 +261,7 @@ def test_the_windows_of_a_signed_update_end_as_they_are(
 
 # --- the README's quick start ----------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _quick_start() -> list[str]:

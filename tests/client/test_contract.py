@@ -39,7 +39,7 @@ from smartball_sim.firmware.model import (
 from smartball_sim.make_image import make_image
 from tests.hosts import SimPeer
 
-DOC = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
+DOC = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
 TABLE = contract.command_state_table()
 TIMING = contract.timing()
 
@@ -696,7 +696,7 @@ def test_setuptools_packages_the_contract_data() -> None:
     import fnmatch
     import tomllib
 
-    config = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text("utf-8"))
+    config = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text("utf-8"))
     patterns = config["tool"]["setuptools"]["package-data"]["pytest_smartball.contract"]
     root = Path(contract.__file__).parent
     files = [f.relative_to(root).as_posix() for f in root.rglob("*.json")]

@@ -8,7 +8,7 @@ import pytest
 from pytest_smartball.contract import codec as p
 from pytest_smartball.monitor import RULES
 
-from .monitor_trace import CHUNK, CRC, IMAGE, INFO, STATUS_IDLE, WINDOW, Trace
+from ..monitor_trace import CHUNK, CRC, IMAGE, INFO, STATUS_IDLE, WINDOW, Trace
 
 
 def erase(tr: Trace, progress: list[p.MsgOtaProgress] | None = None) -> Trace:
@@ -58,7 +58,7 @@ def test_every_rule_is_documented_in_the_protocol() -> None:
 
     from pytest_smartball.monitor import rules_documented
 
-    text = (Path(__file__).parents[1] / "docs" / "protocol.md").read_text("utf-8")
+    text = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text("utf-8")
     assert rules_documented(text) == []
 
 

@@ -14,7 +14,7 @@ from pytest_smartball.contract import codec as p
 from pytest_smartball.contract import signing
 from pytest_smartball.contract.manifest import MANIFEST_SIZE
 
-from .monitor_trace import CHUNK, CRC, IMAGE, STATUS_IDLE, WINDOW, Trace
+from ..monitor_trace import CHUNK, CRC, IMAGE, STATUS_IDLE, WINDOW, Trace
 
 OLD = (65536, 0x1234)
 KEY_ID = signing.test_trusted_key().key_id

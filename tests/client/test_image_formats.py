@@ -32,7 +32,7 @@ from pytest_smartball.image import (
 )
 from pytest_smartball.image_formats import ImageFormat
 
-from . import arm_build
+from .. import arm_build
 
 APP = contract.flash_layout().application_start
 UF2_FAMILY = 0xADA52840
@@ -58,7 +58,7 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> arm_build.Build:
 #: Committed fixtures, for machines without the toolchain: tests/arm_build.py's program,
 #: built once by arm-none-eabi-gcc 12.2 (``-Os -s -Wl,-z,max-page-size=0x100``, 1.2 KB) and
 #: its ``objcopy -O binary``.
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 
 
 def test_the_committed_arm_elf_gives_the_committed_bin() -> None:

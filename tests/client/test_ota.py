@@ -35,7 +35,7 @@ from smartball_sim.radio.airlog import Packet, Sender
 from tests.naive_client import naive_flash
 
 #: These tests are about the transfer, its faults and its outcomes: they flash unsigned
-#: images onto a v1 ball; a signed-only ball's update is tests/test_ota_signed.py's.
+#: images onto a v1 ball; a signed-only ball's update is tests/client/test_ota_signed.py's.
 pytestmark = [pytest.mark.asyncio, pytest.mark.sim_only, pytest.mark.sim_trust("none")]
 
 

@@ -17,7 +17,7 @@ from importlib.metadata import version
 
 import pytest
 
-from .plugin_sessions import (
+from ..plugin_sessions import (
     EMULATED_CONFTEST,
     INNER_INI,
     REAL,

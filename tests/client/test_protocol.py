@@ -45,7 +45,7 @@ from pytest_smartball.contract.codec import (
     parse_message,
 )
 
-DOC = Path(__file__).parent.parent / "docs/protocol.md"
+DOC = Path(__file__).parents[2] / "docs/protocol.md"
 FRAME_BLOCK = re.compile(r"^[ \t]*```frame[ \t]*\n(.*?)\n[ \t]*```[ \t]*$", re.M | re.S)
 
 U8, U16, U32 = 0xFF, 0xFFFF, 0xFFFF_FFFF

@@ -21,7 +21,7 @@ from pytest_smartball.plugin import report as rep
 from pytest_smartball.release_report import command, model, render, render_report
 from pytest_smartball.release_report.trace import ProgressTrace
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IMAGE = FirmwareImage(b"\x02" * 10_000, "build/candidate.bin")
 
 

@@ -1,5 +1,5 @@
 """The plugin's ``--signing-key`` and ``smartball_signer``: the key the release gate signs
-its test images with (docs/security.md). Inner pytest runs, as tests/test_plugin.py does."""
+its test images with (docs/security.md). Inner pytest runs, as tests/client/test_plugin.py does."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from pytest_smartball.contract import signing
 from pytest_smartball.contract.manifest import key_id_text
 
-from .plugin_sessions import BASE_ARGS, assert_clean_usage_error
+from ..plugin_sessions import BASE_ARGS, assert_clean_usage_error
 
 pytest_plugins = ["pytester"]
 

@@ -1,7 +1,7 @@
 """A pytest plugin for the kill-table runner (kill_table.py): which tests a firmware bug
 made fail honestly, and which ones only crashed.
 
-Loaded with ``-p hil_tests.kill_observer --kill-observations PATH``; writes one JSON
+Loaded with ``-p tests.gate.kill_observer --kill-observations PATH``; writes one JSON
 object: for every test, its outcome and verdict:
 
 * ``caught``: the test's call failed, and not because of the two things below;

@@ -2,7 +2,7 @@
 catalogue (``sim/smartball_sim/firmware/bugs.json``) and print the kill table: bug
 -> the tests that caught it. Mutation testing of the gate itself.
 
-    python -m hil_tests.kill_table [--jobs 2] [--bug NAME ...] [--out DIR] [--write-doc]
+    python -m tests.gate.kill_table [--jobs 2] [--bug NAME ...] [--out DIR] [--write-doc]
 
 Each bug gets its own run of ``pytest hil_tests --device=sim --sim-firmware-bug NAME``
 (kill_observer.py classifies every test), and a control run without a bug comes first:
@@ -29,7 +29,7 @@ from typing import Any
 
 from pytest_smartball import contract
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONTROL = "(none)"
 #: Examples per hypothesis property in the kill runs (the fuzz suites scale from it):
 #: every run repeats the whole suite, so the fuzzers get a fiftieth of the CI run's
@@ -110,7 +110,7 @@ def observed_suite_command(
         "-p",
         "no:randomly",
         "-p",
-        "hil_tests.kill_observer",
+        "tests.gate.kill_observer",
         f"--kill-observations={observations}",
         f"--fuzz-examples={fuzz_examples}",
         f"--basetemp={basetemp}",
@@ -216,7 +216,7 @@ def doc_table(text: str) -> list[str]:
 
 def write_doc(record: dict[str, Any]) -> None:
     """The run's table into the doc, and the run itself beside it (RECORDED): a test
-    (tests/test_kill_table.py) checks that the doc's figures are this run's."""
+    (tests/system/test_kill_table.py) checks that the doc's figures are this run's."""
     text = DOC.read_text(encoding="utf-8")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
@@ -226,7 +226,7 @@ def write_doc(record: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hil_tests.kill_table", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tests.gate.kill_table", description=__doc__)
     names = [b.name for b in contract.firmware_bugs()]
     parser.add_argument("--bug", action="append", choices=names, help="only these bugs")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (default 2)")

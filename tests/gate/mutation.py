@@ -1,7 +1,7 @@
 """How strong is hil_tests, measured without a hand-picked list of bugs: mutation analysis
 of the reference firmware model (issue 20).
 
-    python -m hil_tests.mutation [--sample N --seed S | --all] [--jobs 2] [--out DIR]
+    python -m tests.gate.mutation [--sample N --seed S | --all] [--jobs 2] [--out DIR]
                                  [--floor RATE] [--timeout SECONDS]
 
 The mutants are cosmic-ray's (every operator it has, over every module of
@@ -54,9 +54,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hil_tests.kill_table import observed_suite_command
+from tests.gate.kill_table import observed_suite_command
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: The reference firmware model: what a SmartBall's firmware decides, and its flash.
 MODULES = (
     "sim/smartball_sim/firmware/model.py",
@@ -480,7 +480,7 @@ def rates(runs: list[MutantRun]) -> tuple[Counter[str], int, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hil_tests.mutation", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tests.gate.mutation", description=__doc__)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--sample", type=int, default=40, help="mutants drawn (default 40)")
     group.add_argument("--all", action="store_true", help="every mutant (nightly)")
@@ -510,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         by_id = {m.id: m for m in generated}
         unknown = sorted(set(args.mutant) - set(by_id))
         if unknown:
-            print(f"mutation: no mutant {', '.join(unknown)} (python -m hil_tests.mutation --list)")
+            listing = "python -m tests.gate.mutation --list"
+            print(f"mutation: no mutant {', '.join(unknown)} ({listing})")
             return 2
         chosen = [by_id[i] for i in args.mutant]
         how = f"the {len(chosen)} mutant(s) asked for"

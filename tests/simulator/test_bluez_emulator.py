@@ -324,6 +324,6 @@ async def test_drop_while_writing_gives_bleak_errors_not_hangs(bluez: EmulatedBl
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         objects = await managed_objects()
-    # As real bluetoothd does (tests/test_real_bluez.py): the GATT objects stay, without MTU.
+    # As real bluetoothd does (tests/system/test_real_bluez.py): the GATT objects stay, without MTU.
     rx = objects[f"{DEV_PATH}/service000a/char000b"]["org.bluez.GattCharacteristic1"]
     assert "MTU" not in rx

@@ -36,8 +36,8 @@ from smartball_sim.firmware.c_core import FIRMWARE_DIR
 from smartball_sim.firmware.c_firmware import CFirmware
 from smartball_sim.fuzz_inputs import fault_plans, image_specs
 
-from . import c_core
-from .c_core import PAGE
+from .. import c_core
+from ..c_core import PAGE
 
 VECTORS = Path(p.__file__).resolve().parent / "vectors"
 

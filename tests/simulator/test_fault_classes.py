@@ -36,7 +36,7 @@ from pytest_smartball.targets.simulated import make_sim_target
 from smartball_sim.faults import Effect, FaultPlan
 from smartball_sim.make_image import make_image
 
-DOC = (Path(__file__).resolve().parent.parent / "docs" / "faults.md").read_text(encoding="utf-8")
+DOC = (Path(__file__).resolve().parents[2] / "docs" / "faults.md").read_text(encoding="utf-8")
 FIELD_SIZE = 323194
 DEFAULT = Budgets.of()
 

@@ -31,7 +31,7 @@ from smartball_sim.make_image import make_image
 
 pytest_plugins = ["pytester"]
 
-DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "faults.md"
+DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "faults.md"
 DOC = DOC_PATH.read_text(encoding="utf-8")
 
 

@@ -1,6 +1,6 @@
 """The catalogue of firmware bugs (issue 16): the data, the switches the simulator has, the
 document, and the kill table's bookkeeping. Whether the suite catches each bug is what
-``python -m hil_tests.kill_table`` measures (a CI stage); here: that every switch changes
+``python -m tests.gate.kill_table`` measures (a CI stage); here: that every switch changes
 what the device does, and that what counts as caught is decided honestly."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from hil_tests import kill_observer, kill_table
 from pytest_smartball import contract
 from pytest_smartball.contract import codec as p
 from smartball_sim.firmware.bugs import FirmwareBug, UnknownFirmwareBug, parse_bugs
 from smartball_sim.firmware.model import FlashTimings, SmartBallFirmware
+from tests.gate import kill_observer, kill_table
 
-DOC = (Path(__file__).parent.parent / "docs" / "firmware-bugs.md").read_text(encoding="utf-8")
+DOC = (Path(__file__).parents[2] / "docs" / "firmware-bugs.md").read_text(encoding="utf-8")
 
 
 def test_the_simulator_has_a_switch_for_every_bug_of_the_catalogue() -> None:
@@ -36,7 +36,7 @@ def test_the_simulator_has_a_switch_for_every_bug_of_the_catalogue() -> None:
 def _firmware_source() -> str:
     """The firmware model: model.py and its parts in sim/smartball_sim/firmware/, not the
     catalogue, the flash or the C core's glue."""
-    folder = Path(__file__).parent.parent / "sim" / "smartball_sim" / "firmware"
+    folder = Path(__file__).parents[2] / "sim" / "smartball_sim" / "firmware"
     not_the_model = {"__init__.py", "bugs.py", "flash.py", "c_core.py", "c_firmware.py"}
     parts = sorted(folder.glob("*.py"))
     return "".join(path.read_text() for path in parts if path.name not in not_the_model)
@@ -55,7 +55,7 @@ def test_the_document_shows_the_catalogue_of_the_data() -> None:
 
 
 def test_the_documents_kill_table_has_every_bug_killed() -> None:
-    """The table in docs/firmware-bugs.md is a real run's (python -m hil_tests.kill_table
+    """The table in docs/firmware-bugs.md is a real run's (python -m tests.gate.kill_table
     --write-doc); it must cover the whole catalogue, and CI re-measures it every run."""
     block = DOC.split(kill_table.BEGIN, 1)[1].split(kill_table.END, 1)[0]
     rows = {
@@ -131,7 +131,8 @@ def test_the_session_script_exercises_the_reference() -> None:
 
 
 #: The bugs of a signed update: they act on a signed-only ball only (the script here runs
-#: on a v1 ball); tests/test_firmware_signed.py shows each one changing what the device does.
+#: on a v1 ball); tests/simulator/test_firmware_signed.py shows each one changing what the
+#: device does.
 SIGNED_UPDATE_BUGS = {
     FirmwareBug.NO_SIGNATURE_CHECK,
     FirmwareBug.HASH_OF_STREAM,
@@ -232,4 +233,4 @@ def test_the_runner_refuses_an_unknown_bug(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit):
         kill_table.main(["--bug", "no-such-bug"])
     assert "invalid choice" in capsys.readouterr().err
-    assert sys.modules["hil_tests.kill_table"] is kill_table
+    assert sys.modules["tests.gate.kill_table"] is kill_table

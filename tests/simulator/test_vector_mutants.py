@@ -33,7 +33,7 @@ from smartball_sim.firmware.flash import PAGE_SIZE
 from smartball_sim.firmware.model import SmartBallFirmware
 from smartball_sim.firmware.types import OtaSession, _FlashJob
 
-from . import c_core
+from .. import c_core
 
 VECTORS = Path(p.__file__).resolve().parent / "vectors"
 PACKAGED: list[dict[str, Any]] = json.loads((VECTORS / "device.json").read_text())["vectors"]

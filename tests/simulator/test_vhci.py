@@ -1,7 +1,7 @@
 """The virtual radio for a real BlueZ (smartball_sim.machines.vhci) without a kernel: its
 one-sentence refusals, the HCI index it reads from the kernel's answer, and what its controller
 reports to the kernel. The radio against the real kernel and bluetoothd runs in .ci/run's VM stage
-(tests/test_real_bluez.py)."""
+(tests/system/test_real_bluez.py)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {
     "pytest_smartball": ROOT / "pytest_smartball",
     "smartball_sim": ROOT / "sim" / "smartball_sim",
@@ -372,7 +372,7 @@ def test_smartball_ota_loads_no_pytest(argv: list[str]) -> None:
 
 #: The folders of test modules; their other modules (helpers, conftest.py) may be imported.
 TEST_DIRS = (ROOT / "tests", ROOT / "hil_tests")
-TEST_MODULES = frozenset(path.stem for d in TEST_DIRS for path in d.glob("test_*.py"))
+TEST_MODULES = frozenset(path.stem for d in TEST_DIRS for path in d.rglob("test_*.py"))
 
 
 def test_no_test_module_imports_another() -> None:
@@ -380,7 +380,7 @@ def test_no_test_module_imports_another() -> None:
     module-level set-up a second time and binds the two together. What several share lives
     in a helper module (tests/plugin_sessions.py, hil_tests/helpers.py, ...) or a conftest."""
     found = []
-    for path in sorted(path for d in TEST_DIRS for path in d.glob("test_*.py")):
+    for path in sorted(path for d in TEST_DIRS for path in d.rglob("test_*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom):
                 ours = node.level > 0 or (node.module or "").startswith(("tests", "hil_tests"))
@@ -393,6 +393,20 @@ def test_no_test_module_imports_another() -> None:
             if any(name.rpartition(".")[2] in TEST_MODULES for name in names):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
     assert found == [], "test modules importing test modules:\n" + "\n".join(found)
+
+
+#: Where the test modules of tests/ live (tests/conftest.py states what goes where).
+TEST_FOLDERS = ("client", "simulator", "system")
+
+
+def test_every_test_module_of_tests_lives_in_a_folder_of_the_layout() -> None:
+    tests = ROOT / "tests"
+    astray = [
+        str(path.relative_to(ROOT))
+        for path in sorted(tests.rglob("test_*.py"))
+        if path.relative_to(tests).parts[0] not in TEST_FOLDERS
+    ]
+    assert astray == [], f"test modules outside tests/{{{','.join(TEST_FOLDERS)}}}/: {astray}"
 
 
 def _is_contract(module: str) -> bool:

@@ -1,4 +1,4 @@
-"""The kill table's rules (hil_tests/kill_table.py, hil_tests/kill_observer.py, issue 20):
+"""The kill table's rules (tests/gate/kill_table.py, tests/gate/kill_observer.py, issue 20):
 what counts as a crash rather than a catch, whatever the install; which catches count as
 "on hardware too"; catching tests told from tests the bug reached without failing; and the
 figures of docs/firmware-bugs.md checked against the run they came from."""
@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from hil_tests import kill_observer, kill_table
 from pytest_smartball import contract
 from pytest_smartball.contract import codec as p
 from smartball_sim import gate_probe
 from smartball_sim.firmware.bugs import FirmwareBug
 from smartball_sim.firmware.model import SmartBallFirmware
+from tests.gate import kill_observer, kill_table
 
 pytest_plugins = ["pytester"]
 
@@ -141,7 +141,7 @@ def _observe(pytester: pytest.Pytester, *args: str) -> dict[str, dict[str, Any]]
     pytester.makepyfile(test_observed=OBSERVED_TESTS)
     path = pytester.path / "observations.json"
     pytester.runpytest_inprocess(
-        "-p", "hil_tests.kill_observer", f"--kill-observations={path}", "-p", "no:randomly", *args
+        "-p", "tests.gate.kill_observer", f"--kill-observations={path}", "-p", "no:randomly", *args
     )
     seen: dict[str, dict[str, Any]] = json.loads(path.read_text())
     return {name.partition("::")[2]: v for name, v in seen.items()}
@@ -213,13 +213,13 @@ def test_the_probe_records_nothing_without_bugs_or_faults() -> None:
 
 
 def test_the_docs_kill_table_is_the_recorded_runs() -> None:
-    """docs/firmware-bugs.md's table and summary are what `python -m hil_tests.kill_table
+    """docs/firmware-bugs.md's table and summary are what `python -m tests.gate.kill_table
     --write-doc` rendered from docs/kill-table.json, the run it recorded beside them."""
     record = json.loads(kill_table.RECORDED.read_text(encoding="utf-8"))
     doc = kill_table.doc_table(kill_table.DOC.read_text(encoding="utf-8"))
     assert doc == kill_table.doc_block(record), (
         "docs/firmware-bugs.md's kill table is not the recorded run's: run "
-        "`python -m hil_tests.kill_table --write-doc`"
+        "`python -m tests.gate.kill_table --write-doc`"
     )
     catalogue = {bug.name for bug in contract.firmware_bugs()}
     assert set(record["bugs"]) <= catalogue, "the recorded run has bugs the catalogue lost"

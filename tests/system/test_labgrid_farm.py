@@ -17,7 +17,7 @@ pytest.importorskip("labgrid")
 
 from pytest_smartball.targets.labgrid_loopback import LoopbackFarm
 
-from .plugin_sessions import INNER_INI, assert_clean_usage_error, run
+from ..plugin_sessions import INNER_INI, assert_clean_usage_error, run
 
 pytest_plugins = ["pytester"]
 

@@ -1,4 +1,4 @@
-"""The mutation analysis of the firmware model (hil_tests/mutation.py, issue 20): its pure
+"""The mutation analysis of the firmware model (tests/gate/mutation.py, issue 20): its pure
 parts. The runs themselves are .ci/run's mutation stage (a sample) and .ci/nightly's (all)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from hil_tests import mutation
-from hil_tests.mutation import Mutant, excluded_by_rule, invisible_spans
+from tests.gate import mutation
+from tests.gate.mutation import Mutant, excluded_by_rule, invisible_spans
 
 SOURCE = """from __future__ import annotations
 

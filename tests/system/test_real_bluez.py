@@ -2,7 +2,7 @@
 compared with the real one.
 
 Needs ``/dev/vhci`` and a running bluetoothd, so it runs in .ci/run's VM stage
-(``python -m smartball_sim.machines.vm -- pytest ... tests/test_real_bluez.py``) and on a
+(``python -m smartball_sim.machines.vm -- pytest ... tests/system/test_real_bluez.py``) and on a
 developer's machine as root; elsewhere it skips. Each test gets its own virtual controller (a new
 ``hciN``) with its own simulated SmartBall, at an address no other test uses, so neither
 a GATT cache nor a fault plan leaks between tests.

@@ -23,7 +23,7 @@ from pytest_smartball.ota import EventKind, OtaEvent, OtaResult
 
 pytest_plugins = ["pytester"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BPS = BYTES_PER_SECOND
 
 # --- figures -------------------------------------------------------------------------------
@@ -313,7 +313,7 @@ def test_without_the_option_the_soak_skips(tmp_path: Path) -> None:
 # --- the lab's power-cycle hook, on the real-device path -------------------------------------
 
 #: A lab's conftest.py: the boards are simulated SmartBalls reached through the backend
-#: hook (tests/test_plugin.py's bench); the hook "cuts the power" of the board it is given
+#: hook (tests/client/test_plugin.py's bench); the hook "cuts the power" of the board it is given
 #: by resetting that simulated device on the test's loop, from the worker thread it is
 #: called in, as a switchable USB hub would.
 POWER_CYCLE_HOOK = """
@@ -375,7 +375,7 @@ def test_reset_mid_update_tests_use_the_labs_power_cycle_hook_or_skip(
     from pytest_smartball.plugin.fixtures import NO_POWER_CYCLE
     from smartball_sim.make_image import make_image
 
-    from .plugin_sessions import EMULATED_CONFTEST, INNER_INI, REAL, A, run
+    from ..plugin_sessions import EMULATED_CONFTEST, INNER_INI, REAL, A, run
 
     pytester.makefile(".ini", pytest=INNER_INI)
     pytester.makeconftest(EMULATED_CONFTEST + (POWER_CYCLE_HOOK if lab_has_the_hook else ""))

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "build"
 #: The chromium flags of the brief: no network of its own, no first-run work, no sandbox
 #: (CI runs as root).
@@ -181,7 +181,7 @@ def release_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert "smartball compare: FAILED: erase_s" in candidate.stdout
     data = json.loads(report.read_text())
     # The same run's page from smartball-report, with a kill table of the length
-    # hil_tests.kill_table writes (the bug names of the catalogue, long test ids).
+    # tests.gate.kill_table writes (the bug names of the catalogue, long test ids).
     with_kill = tmp / "release-with-kill-table.html"
     from pytest_smartball import contract
     from pytest_smartball.release_report.command import write_page
