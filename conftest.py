@@ -19,7 +19,7 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.register_profile("thorough", max_examples=2000, deadline=None)
-# The kill-table runs (hil_tests/kill_table.py): a property that fails under a firmware bug
+# The kill-table runs (tests/gate/kill_table.py): a property that fails under a firmware bug
 # has caught it; shrinking the example would only cost time, once per bug.
 settings.register_profile(
     "kill",

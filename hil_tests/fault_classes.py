@@ -20,7 +20,7 @@ waits that derive from the device's timing obligations. A plan is
 
 The classification is by construction: :func:`classify` reads only the plan, the image
 size and the budgets, never a run. docs/faults.md ("Which plans must succeed") states the
-same budgets; tests/test_fault_classes.py keeps the two and the engine's settings in step.
+same budgets; tests/simulator/test_fault_classes.py keeps the two and the engine's settings in step.
 """
 
 from __future__ import annotations

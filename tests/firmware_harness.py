@@ -1,4 +1,4 @@
-"""The firmware model driven directly, without a radio (tests/test_firmware.py and the
+"""The firmware model driven directly, without a radio (tests/simulator/test_firmware.py and the
 modules that go deeper into one of its rules): the firmware's ``send`` goes into a
 host-side FrameDecoder and each decoded message is stamped with the loop's (virtual,
 looptime) time."""

@@ -1,5 +1,5 @@
 """Hand-made traces of a device fed to the contract monitor (pytest_smartball/monitor.py),
-for tests/test_contract_monitor.py and tests/test_contract_monitor_signed.py."""
+for tests/client/test_contract_monitor.py and tests/client/test_contract_monitor_signed.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Inner pytest sessions for the plugin's tests (tests/test_plugin.py and the modules that
+"""Inner pytest sessions for the plugin's tests (tests/client/test_plugin.py and the modules that
 test one option of it): their pytest.ini, the arguments every session gets, a runner, the
 check of a clean usage error, and an emulated bench for ``--device=real``. The ``inner``
 fixture (a pytester directory with the ini and no conftest.py) is in tests/conftest.py."""

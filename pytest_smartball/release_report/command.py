@@ -45,7 +45,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
 
 def load_kill_table(path: str | Path) -> dict[str, Any]:
     return load_json(
-        path, "the kill-table.json of python -m hil_tests.kill_table --out DIR", "bugs"
+        path, "the kill-table.json of python -m tests.gate.kill_table --out DIR", "bugs"
     )
 
 
@@ -94,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--kill-table",
         metavar="KILL_TABLE.json",
-        help="kill-table.json of python -m hil_tests.kill_table --out DIR",
+        help="kill-table.json of python -m tests.gate.kill_table --out DIR",
     )
     return ap
 

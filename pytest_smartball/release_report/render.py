@@ -119,7 +119,7 @@ def render_report(
 
     ``compare``: the previous release's report; its figures are put beside this run's (the
     report's own ``comparison``, written by ``--smartball-compare``, is used without it).
-    ``kill_table``: ``kill-table.json`` of ``python -m hil_tests.kill_table --out``.
+    ``kill_table``: ``kill-table.json`` of ``python -m tests.gate.kill_table --out``.
     ``compare_name``: what to call the previous report (its path).
     """
     candidate = (report.get("firmware") or {}).get("candidate") or {}

@@ -1,4 +1,4 @@
-"""What a kill-table run (``hil_tests/kill_observer.py``) asks the simulator after each
+"""What a kill-table run (``tests/gate/kill_observer.py``) asks the simulator after each
 test: which catalogued firmware bugs had their deviation run, and which simulator-only
 faults were armed or settings changed on a running simulated board (a test that does
 either cannot run the same way on a board: it skips there, or does something else).

@@ -174,7 +174,7 @@ class DeviceInterface:
     def link_lost(self, dev: EmulatedDevice, reason: str, *, remote: bool) -> None:
         """src/device.c device_disconnected, as the D-Bus side sees it: ServicesResolved
         false, Disconnected, Connected false. The GATT objects stay exported (real
-        bluetoothd 5.66 keeps them until RemoveDevice; tests/test_real_bluez.py compares),
+        bluetoothd 5.66 keeps them until RemoveDevice; tests/system/test_real_bluez.py compares),
         without their MTU; a call on them answers "Not connected". Notify sessions end."""
         if dev.link is None:
             return

@@ -8,7 +8,7 @@ they talk to BlueZ: ``GetManagedObjects``, ``InterfacesAdded``/``InterfacesRemov
 ``WriteValue``. Shapes, orders, paths and error names follow BlueZ's ``src/device.c``,
 ``src/gatt-client.c`` and ``src/adapter.c`` (docs/faults.md, "Emulated BlueZ"), and what
 real bluetoothd 5.66 says on D-Bus:
-``tests/test_real_bluez.py`` runs the same scenarios against both (in CI's VM stage) and
+``tests/system/test_real_bluez.py`` runs the same scenarios against both (in CI's VM stage) and
 compares them phase by phase.
 
 Each device is a :class:`smartball_sim.device.SimDevice`, the same radio, firmware and fault

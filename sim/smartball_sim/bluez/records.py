@@ -24,7 +24,7 @@ class EmulatorTiming:
     rssi_interval_s: float = 0.1
     #: A ``Connect`` to a device that does not advertise fails after the kernel's L2CAP
     #: connect timeout (``L2CAP_CONN_TIMEOUT``) with ``le-connection-abort-by-local``: what
-    #: real bluetoothd 5.66 on Linux 6.1 answered in tests/test_real_bluez.py.
+    #: real bluetoothd 5.66 on Linux 6.1 answered in tests/system/test_real_bluez.py.
     le_connect_timeout_s: float = 40.0
 
 

@@ -5,7 +5,7 @@ data, ``sim/smartball_sim/firmware/bugs.json``, so that ``--help`` can list it
 without loading the simulator. This enum is how the firmware model consults it: each bug
 is a small, named deviation in :mod:`smartball_sim.firmware.model` (search for its member), and
 the model without bugs is the reference. The HIL suite, run against each bug, must fail
-(``hil_tests/kill_table.py``).
+(``tests/gate/kill_table.py``).
 """
 
 from __future__ import annotations
