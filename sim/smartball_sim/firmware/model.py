@@ -301,7 +301,11 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
         self.boot_count += 1
         if not self.signed_only:
             return self._bootloader()
-        return self.signed_boot()
+        seconds = self.signed_boot()
+        # The application's RAM copies, from the settings page the bootloader left.
+        self.image_state = self.signed.image_state
+        self.security_counter = self.signed.security_counter
+        return seconds
 
     def _session_kept_across_reset(self) -> OtaSession | None:
         """None: a reset ends the session. Bug.SESSION_SURVIVES_RESET persists it, its
