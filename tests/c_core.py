@@ -153,8 +153,6 @@ class Bootloader(SignedBootloader):
         self.boot_count = 1
         self._pending = None
         self.signed = SignedState(security_counter=counter)
-        self.image_state = self.signed.image_state
-        self.security_counter = counter
         self.swap_wear = SwapWear()
         self.swap_cut_after_steps = None
         self.swap_resumes = 0

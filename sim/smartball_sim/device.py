@@ -24,14 +24,25 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import cast
+from dataclasses import dataclass, field, replace
+from typing import assert_never, cast
 
 from pytest_smartball.contract import codec as p
 from pytest_smartball.contract.signing import TrustedKey
 
 from . import gate_probe
-from .fault_injector import FaultInjector, FaultRecord
+from .fault_injector import (
+    CutSwap,
+    DeviceEffect,
+    DropLink,
+    FailFlash,
+    FaultInjector,
+    FaultRecord,
+    FlipStaged,
+    PauseAdvertising,
+    Reboot,
+    SlowErase,
+)
 from .faults import FaultPlan
 from .firmware.bugs import FirmwareBug
 from .firmware.c_core import library_for
@@ -220,9 +231,42 @@ class SimDevice:
         plan = plan if isinstance(plan, FaultPlan) else FaultPlan.parse(plan)
         self.link_layer.check_faults(plan)
         self.fault_plan = plan
+        self._undo_firmware_faults()
         self.injector.load(plan)
         if plan:  # a fault plan is the simulator's alone: no board takes one
             gate_probe.fault_armed(str(plan))
+
+    def apply_fault(self, effect: DeviceEffect) -> None:
+        """Do what a fired fault asks (the injector decides which fault fires, and when)."""
+        fw = self.firmware
+        match effect:
+            case DropLink(reason):
+                self.disconnect(reason)
+            case Reboot():
+                self.reboot()
+            case PauseAdvertising(seconds):
+                self.pause_advertising(seconds)
+            case SlowErase(erase_total_s):
+                fw.timings = replace(fw.timings, erase_total_s=erase_total_s)
+            case FailFlash(count):
+                fw.flash.fail_next += count
+            case FlipStaged(offset):
+                if fw.pending_image is not None:
+                    fw.corrupt_staged(offset)  # after DONE: only the bootloader can tell
+                else:
+                    fw.staged_flip.append(offset)  # once the transfer is in flash
+            case CutSwap(after_steps):
+                fw.swap_cut_after_steps = after_steps
+            case _:
+                assert_never(effect)
+
+    def _undo_firmware_faults(self) -> None:
+        """What a previous plan's faults did to the firmware goes with the plan."""
+        fw = self.firmware
+        fw.timings = self.flash_timings
+        fw.flash.fail_next = 0
+        fw.staged_flip.clear()
+        fw.swap_cut_after_steps = None
 
     def attach(self, link_layer: LinkLayer) -> None:
         """Carry this device's link over another link layer (before any connection)."""

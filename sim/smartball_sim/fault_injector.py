@@ -1,9 +1,12 @@
 """Fault injection: a FaultPlan applied to one SimDevice (triggers watched, each fault
 fired once and logged as a :class:`FaultRecord`).
 
-The injector sees the device only through :class:`FaultedDevice` and its firmware through
-:class:`FaultedFirmware`, narrow protocols of what a fault acts on: the device module
-imports this one, never the reverse (no import circle, type-only imports counted)."""
+The injector decides; the device acts. A fired fault either arms the injector (what it
+answers the device later: a lost notification, a refused connect) or becomes a
+:class:`DeviceEffect`, a small value the device applies (:func:`device_effect`, pure). The
+injector sees the device only through :class:`FaultedDevice`, a narrow protocol that never
+reaches the firmware: the device module imports this one, never the reverse (no import
+circle, type-only imports counted)."""
 
 from __future__ import annotations
 
@@ -11,13 +14,13 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol, assert_never
 
 from pytest_smartball.contract import codec as p
 
 from .faults import AT_POINTS, Effect, Fault, FaultPlan, Trigger, TriggerKind
-from .firmware.types import FirmwareEvent, FirmwareEventKind, FlashTimings, StoredImage, to_us
+from .firmware.types import FirmwareEvent, FirmwareEventKind, to_us
 from .radio.seam import Link, LinkLayer
 
 #: The device's logger: a fault is logged as what happened to the device.
@@ -62,45 +65,93 @@ _CONNECT_SHAPING = frozenset(
 )
 
 
-class FailingFlash(Protocol):
-    #: The next this many flash operations fail (a ``flash-fail`` fault adds to it).
-    fail_next: int
+@dataclass(frozen=True, slots=True)
+class DropLink:
+    """The device drops its link."""
+
+    reason: str
 
 
-class FaultedFirmware(Protocol):
-    """What faults change in a firmware (the Python model or the C core): its flash
-    timings, its flash's failures, the staged image's bits and the bootloader's swap."""
+@dataclass(frozen=True, slots=True)
+class Reboot:
+    """The device resets."""
 
-    timings: FlashTimings
-    staged_flip: list[int]
-    swap_cut_after_steps: int | None
 
-    @property
-    def flash(self) -> FailingFlash: ...
-    @property
-    def pending_image(self) -> StoredImage | None: ...
-    def corrupt_staged(self, offset: int) -> None: ...
+@dataclass(frozen=True, slots=True)
+class PauseAdvertising:
+    """The device drops its link and stays silent this long."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class SlowErase:
+    """The firmware's whole staging erase takes this long from now on."""
+
+    erase_total_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class FailFlash:
+    """The next ``count`` more flash operations fail."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlipStaged:
+    """A byte of the staged image flips (CRC-32 kept): at once if the transfer is verified
+    and pending, else once the transfer is in flash."""
+
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class CutSwap:
+    """The bootloader's next swap loses power after this many steps."""
+
+    after_steps: int
+
+
+#: What a fired fault makes the device do (the device applies it: SimDevice.apply_fault).
+DeviceEffect = DropLink | Reboot | PauseAdvertising | SlowErase | FailFlash | FlipStaged | CutSwap
+
+
+def device_effect(fault: Fault) -> DeviceEffect | None:
+    """What ``fault`` makes the device do, or None for a fault that only arms the injector."""
+    match fault.effect:
+        case Effect.DROP:
+            return DropLink("link dropped (fault)")
+        case Effect.REBOOT:
+            return Reboot()
+        case Effect.ADV_PAUSE:
+            return PauseAdvertising(fault.seconds)
+        case Effect.SLOW_ERASE:
+            return SlowErase(fault.seconds)
+        case Effect.FLASH_FAIL:
+            return FailFlash(fault.count)
+        case Effect.FLIP_STAGED:
+            return FlipStaged(fault.count)
+        case Effect.SWAP_CUT:
+            return CutSwap(fault.count)
+        case _:
+            return None
 
 
 class FaultedDevice(Protocol):
-    """What the injector reads and does on its device (smartball_sim.device.SimDevice)."""
+    """What the injector reads on its device (smartball_sim.device.SimDevice), and the one
+    thing it has the device do: apply an effect."""
 
     name: str
     rng: random.Random
     link: Link | None
     link_layer: LinkLayer
     fault_log: list[FaultRecord]
-    #: The timings the device was configured with, before any slow-erase fault.
-    flash_timings: FlashTimings
 
-    @property
-    def firmware(self) -> FaultedFirmware: ...
     @property
     def connections(self) -> int: ...
     def now(self) -> float: ...
-    def disconnect(self, reason: str) -> None: ...
-    def reboot(self) -> None: ...
-    def pause_advertising(self, seconds: float) -> None: ...
+    def apply_fault(self, effect: DeviceEffect) -> None: ...
 
 
 class FaultInjector:
@@ -116,14 +167,11 @@ class FaultInjector:
         self._timers: list[asyncio.TimerHandle] = []
 
     def load(self, plan: FaultPlan) -> None:
-        """Replace the plan: what the old one armed or scheduled is undone."""
+        """Replace the plan: what the old one armed or scheduled here is undone (what it
+        did to the firmware, the device undoes before: SimDevice.set_faults)."""
         for timer in self._timers:
             timer.cancel()
         self._timers = []
-        self.device.firmware.timings = self.device.flash_timings
-        self.device.firmware.flash.fail_next = 0
-        self.device.firmware.staged_flip.clear()
-        self.device.firmware.swap_cut_after_steps = None
         self.pending = list(plan.faults)
         self.armed = _Counters()
         self._cmd_counts = {}
@@ -194,7 +242,7 @@ class FaultInjector:
         rate = self.armed.flaky_percent
         if rate and self.device.link is not None and self.device.rng.random() * 100 < rate:
             self._record("drop", f"flaky:{rate:g}%")
-            self.device.disconnect("link dropped (flaky)")
+            self.device.apply_fault(DropLink("link dropped (flaky)"))
 
     def on_connected(self, link: Link) -> None:
         # Connect-triggered faults that act on a link (drop, reboot, ...) fire now that
@@ -232,20 +280,20 @@ class FaultInjector:
 
     def _fire(self, fault: Fault) -> None:
         d = self.device
-        a = self.armed
-        self.device.fault_log.append(
-            FaultRecord(d.now(), str(fault).split("@")[0], str(fault.trigger))
-        )
+        d.fault_log.append(FaultRecord(d.now(), str(fault).split("@")[0], str(fault.trigger)))
         log.info("%s: fault %s", d.name, fault)
+        effect = device_effect(fault)
+        if effect is not None:
+            d.apply_fault(effect)
+        else:
+            self._arm(fault)
+
+    def _arm(self, fault: Fault) -> None:
+        """A fault that changes what the injector answers the device from now on."""
+        a = self.armed
         match fault.effect:
-            case Effect.DROP:
-                d.disconnect("link dropped (fault)")
-            case Effect.REBOOT:
-                d.reboot()
             case Effect.NO_RESET:
                 a.no_reset += 1
-            case Effect.ADV_PAUSE:
-                d.pause_advertising(fault.seconds)
             case Effect.RACE:
                 a.race.append(fault.seconds)
             case Effect.FLAKY:
@@ -265,19 +313,16 @@ class FaultInjector:
                 a.connect_timeout += fault.count
             case Effect.CORRUPT:
                 a.corrupt += fault.count
-            case Effect.SLOW_ERASE:
-                fw = d.firmware
-                fw.timings = replace(fw.timings, erase_total_s=fault.seconds)
-            case Effect.FLASH_FAIL:
-                d.firmware.flash.fail_next += fault.count
-            case Effect.FLIP_STAGED:
-                fw = d.firmware
-                if fw.pending_image is not None:
-                    fw.corrupt_staged(fault.count)  # after DONE: only the bootloader can tell
-                else:
-                    fw.staged_flip.append(fault.count)  # once the transfer is in flash
-            case Effect.SWAP_CUT:
-                d.firmware.swap_cut_after_steps = fault.count
+            case (
+                Effect.DROP
+                | Effect.REBOOT
+                | Effect.ADV_PAUSE
+                | Effect.SLOW_ERASE
+                | Effect.FLASH_FAIL
+                | Effect.FLIP_STAGED
+                | Effect.SWAP_CUT
+            ):
+                raise AssertionError(f"{fault.effect} acts on the device: device_effect")
             case _:
                 assert_never(fault.effect)
 

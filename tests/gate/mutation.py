@@ -66,6 +66,7 @@ MODULES = (
     "sim/smartball_sim/firmware/parts.py",
     "sim/smartball_sim/firmware/types.py",
     "sim/smartball_sim/firmware/flash.py",
+    "sim/smartball_sim/firmware/flash_controller.py",
     "sim/smartball_sim/firmware/signed.py",
     "sim/smartball_sim/firmware/swap.py",
 )

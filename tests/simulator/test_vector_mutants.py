@@ -30,6 +30,7 @@ from pytest_smartball.contract import codec as p
 from smartball_sim import contract_vectors
 from smartball_sim.firmware.c_core import FIRMWARE_DIR
 from smartball_sim.firmware.flash import PAGE_SIZE
+from smartball_sim.firmware.flash_controller import FlashController
 from smartball_sim.firmware.model import SmartBallFirmware
 from smartball_sim.firmware.types import OtaSession, _FlashJob
 
@@ -106,11 +107,11 @@ def resume_ready_at_once(mp: pytest.MonkeyPatch) -> None:
             def at_once(_s: OtaSession, action: Callable[..., None], *args: Any) -> None:
                 action(*args)
 
-            mp.setattr(self, "_after_written", at_once)
+            mp.setattr(self.flash_controller, "after_written", at_once)
             try:
                 orig(self, s, msg)
             finally:
-                mp.delattr(self, "_after_written")
+                mp.delattr(self.flash_controller, "after_written")
 
         return resume
 
@@ -260,7 +261,7 @@ def zero_byte_data_accepted(mp: pytest.MonkeyPatch) -> None:
                 s.accepted_since_ack += 1
                 if s.accepted_since_ack >= self.ack_interval(s):
                     s.accepted_since_ack = 0
-                    self._after_written(s, self._ack, s, s.next_offset)
+                    self.flash_controller.after_written(s, self._ack, s, s.next_offset)
                 return
             orig(self, msg)
 
@@ -271,14 +272,14 @@ def zero_byte_data_accepted(mp: pytest.MonkeyPatch) -> None:
 
 def write_not_retried(mp: pytest.MonkeyPatch) -> None:
     def make(orig: Any) -> Any:
-        def finish_job(self: Fw, job: _FlashJob, start_next: bool = True) -> None:
+        def finish_job(self: FlashController, job: _FlashJob, start_next: bool = True) -> None:
             if not job.is_erase:
                 job.retried = True  # as if this were the retry already
             orig(self, job, start_next)
 
         return finish_job
 
-    _wrap(mp, "_finish_job", make)
+    mp.setattr(FlashController, "finish_job", make(FlashController.finish_job))
 
 
 def progressive_never_erases(mp: pytest.MonkeyPatch) -> None:
@@ -301,7 +302,7 @@ def idle_gap_on_processing_time(mp: pytest.MonkeyPatch) -> None:
         def receive(self: Fw, data: bytes) -> None:
             self._bind_loop()
             if self._stalled():
-                self._at(self._stalled_until_us, lambda: orig(self, data))
+                self._at(self.flash_controller.stalled_until_us, lambda: orig(self, data))
                 return
             orig(self, data)
 

@@ -27,7 +27,7 @@ class ActivationMixin(FirmwareParts):
             return
         self.state = p.OtaState.VERIFYING
         # Once the last chunk is written (its ACK leaves first), read the flash back.
-        self._after_written(s, self._start_verify, s)
+        self.flash_controller.after_written(s, self._start_verify, s)
 
     def _start_verify(self, s: OtaSession) -> None:
         if s is not self.session:

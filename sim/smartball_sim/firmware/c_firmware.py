@@ -207,17 +207,9 @@ class CFirmware(SignedBootloader):
         """The running image's state as the core holds it (RAM)."""
         return p.ImageState(_Head.from_buffer(self._core).cfg.image_state)
 
-    @image_state.setter
-    def image_state(self, state: p.ImageState) -> None:
-        pass  # the bootloader's RAM copy: the core reads it from its configuration at boot
-
     @property
     def security_counter(self) -> int:
         return int(_Head.from_buffer(self._core).cfg.security_counter)
-
-    @security_counter.setter
-    def security_counter(self, counter: int) -> None:
-        pass  # as image_state
 
     def info(self) -> p.MsgInfo:
         major, minor, patch = self.active.version

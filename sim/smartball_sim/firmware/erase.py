@@ -26,11 +26,11 @@ class ErasingMixin(FirmwareParts):
         if idle_us > 0:
             self._at(self._now_us() + idle_us, self._queue_job_if_current, job)
         else:
-            self._queue_job(job)
+            self.flash_controller.queue(job)
 
     def _queue_job_if_current(self, job: _FlashJob) -> None:
         if job.session is self.session:
-            self._queue_job(job)
+            self.flash_controller.queue(job)
 
     def _page_erased_in_erasing(self, s: OtaSession, page: int) -> None:
         # A bug's switch is asked only where its deviation applies (the kill table counts

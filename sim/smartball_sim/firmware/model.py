@@ -52,6 +52,7 @@ from .bugs import FirmwareBug as Bug
 from .data import DataMixin
 from .erase import ErasingMixin
 from .flash import PAGE_SIZE, Flash
+from .flash_controller import FlashController
 from .signed import SignedMixin, SignedState
 from .swap import SwapWear
 from .types import (
@@ -61,7 +62,6 @@ from .types import (
     FlashTimings,
     OtaSession,
     StoredImage,
-    _FlashJob,
     _PendingRecord,
     to_us,
 )
@@ -165,8 +165,6 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
         self._pending: _PendingRecord | None = None
         #: The next persist of that record fails (a test's input, docs/protocol.md 7.8).
         self.persist_fail_next = False
-        #: A flash operation failed twice since the last reset (Bug.FLASH_ERROR_STICKY).
-        self._flash_failed_since_boot = False
         #: What MSG_INFO reports instead of the active image (Bug.INFO_STALE_AFTER_SWITCH).
         self._stale_info: StoredImage | None = None
         self.commands_seen: dict[int, int] = {}
@@ -180,10 +178,8 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
         self._epoch = 0
         #: Frames received and not yet handled (the CPU is stalled by a page erase).
         self._inbox: deque[p.Frame] = deque()
-        self._stalled_until_us = 0
-        self._jobs: deque[_FlashJob] = deque()
-        self._running_job: _FlashJob | None = None
-        self._completing = False
+        #: The NVMC's job queue (page erases, chunk writes) and the CPU stall of an erase.
+        self.flash_controller = FlashController(self)
         #: The event loop the scheduled steps live on, and how many have yet to run.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = 0
@@ -296,20 +292,20 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
         kept = self._session_kept_across_reset()
         self._epoch += 1
         self._scheduled = 0  # what is scheduled will find the epoch changed and do nothing
-        self._jobs.clear()
-        self._running_job = None
-        self._completing = False
+        self.flash_controller.reset()
         self._inbox.clear()
-        self._stalled_until_us = 0
         self.state = p.OtaState.RECEIVING if kept else p.OtaState.IDLE
         self.session = kept
         self._decoder = p.FrameDecoder()
-        self._flash_failed_since_boot = False
         self.accepted = None  # RAM: an accepted manifest does not survive a reset
         self.boot_count += 1
         if not self.signed_only:
             return self._bootloader()
-        return self.signed_boot()
+        seconds = self.signed_boot()
+        # The application's RAM copies, from the settings page the bootloader left.
+        self.image_state = self.signed.image_state
+        self.security_counter = self.signed.security_counter
+        return seconds
 
     def _session_kept_across_reset(self) -> OtaSession | None:
         """None: a reset ends the session. Bug.SESSION_SURVIVES_RESET persists it, its
@@ -396,9 +392,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
         loop, and its clock starts again, so it resets, as a device that lost power."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            stale = self._loop is not None and (
-                self._scheduled or self._running_job is not None or self._stalled_until_us
-            )
+            stale = self._loop is not None and (self._scheduled or self.flash_controller.busy)
             self._loop = loop
             if stale:
                 log.info("a new event loop: the work scheduled on the old one is lost; reset")
@@ -453,7 +447,8 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
     def _stalled(self) -> bool:
         if self.state == p.OtaState.ERASING and Bug.ERASE_BLOCKS_COMMANDS in self.bugs:
             return True  # until the erase's last page is done
-        return self._stalled_until_us > 0 and self._now_us() < self._stalled_until_us
+        stalled_until_us = self.flash_controller.stalled_until_us
+        return stalled_until_us > 0 and self._now_us() < stalled_until_us
 
     def _handle_inbox(self) -> None:
         """Handle received frames in order, unless a page erase stalls the CPU: then they
@@ -490,7 +485,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
             # So that a lost ACK cannot starve the host of credit: ACK all accepted bytes
             # once they are written. The interval count restarts, as at every ACK.
             s.accepted_since_ack = 0
-            self._after_written(s, self._ack, s, s.next_offset)
+            self.flash_controller.after_written(s, self._ack, s, s.next_offset)
 
     def _on_abort(self, msg: p.CmdOtaAbort) -> None:
         if self.state == p.OtaState.COMPLETE:
@@ -531,7 +526,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
                 self._resume(s, msg)
             # VERIFYING: DONE or CRC_MISMATCH follows.
             return
-        if Bug.FLASH_ERROR_STICKY in self.bugs and self._flash_failed_since_boot:
+        if Bug.FLASH_ERROR_STICKY in self.bugs and self.flash_controller.failed_since_boot:
             self._error(p.ErrorCode.FLASH_ERROR)  # the flag only a reset clears
             return
         if self.signed_only and self._start_refused_unsigned(msg):
@@ -552,7 +547,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
             return  # READY follows when the erase ends, with this max_chunk
         # READY again once every accepted byte is written: the host's credit starts at
         # next_expected_offset, so the receive buffer must be empty by then.
-        self._after_written(s, self._send_ready, s)
+        self.flash_controller.after_written(s, self._send_ready, s)
 
     def _new_session(self, msg: p.CmdOtaStart) -> None:
         progressive = self.progressive_erase and bool(msg.flags & p.StartFlag.PROGRESSIVE_ERASE)
@@ -584,7 +579,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
         """Forget the session; its queued flash work goes (a job under way completes)."""
         self.session = None
         self.state = state
-        self._jobs = deque(job for job in self._jobs if job is self._running_job)
+        self.flash_controller.drop_queued()
 
     # --- helpers ---------------------------------------------------------------------
 

@@ -1,12 +1,11 @@
 """What the parts of :class:`~smartball_sim.firmware.model.SmartBallFirmware` share: its
 state, and the steps one part calls in another, declared once for the type checker. The
 parts are ``model.py`` (receiving, commands, the reset guard), ``erase.py`` (erasing),
-``data.py`` (DATA and the flash) and ``activation.py`` (FINISH, verify, activation).
+``data.py`` (DATA) and ``activation.py`` (FINISH, verify, activation).
 Nothing here runs: the declarations exist only for the type checker."""
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +13,8 @@ from pytest_smartball.contract import codec as p
 
 from .bugs import FirmwareBug as Bug
 from .flash import Flash
-from .types import FirmwareEvent, FlashTimings, OtaSession, _FlashJob, _PendingRecord
+from .flash_controller import FlashController
+from .types import FirmwareEvent, FlashTimings, OtaSession, _PendingRecord
 
 
 class FirmwareParts:
@@ -33,11 +33,7 @@ class FirmwareParts:
     _when_sent: Callable[[Callable[[], None]], None]
     _pending: _PendingRecord | None
     persist_fail_next: bool
-    _flash_failed_since_boot: bool
-    _jobs: deque[_FlashJob]
-    _running_job: _FlashJob | None
-    _completing: bool
-    _stalled_until_us: int
+    flash_controller: FlashController
 
     if TYPE_CHECKING:
         # model.py
@@ -60,9 +56,3 @@ class FirmwareParts:
         # activation.py, signed.py
         def _staged_complete(self, s: OtaSession) -> None: ...
         def _digest_refused(self, s: OtaSession) -> bool: ...
-
-        # data.py
-        def _queue_job(self, job: _FlashJob) -> None: ...
-        def _after_written(
-            self, s: OtaSession, action: Callable[..., None], *args: Any
-        ) -> None: ...

@@ -86,9 +86,9 @@ class SignedBootloader:
     bugs: frozenset[Bug]
     boot_count: int
     _pending: _PendingRecord | None
+    #: The settings page: what the bootloader reads and leaves for the application (a
+    #: firmware takes its running image state and counter from it once the boot is over).
     signed: SignedState
-    image_state: p.ImageState
-    security_counter: int
     swap_wear: SwapWear
     #: The next swap loses power after this many steps (the ``swap-cut`` fault).
     swap_cut_after_steps: int | None
@@ -153,8 +153,6 @@ class SignedBootloader:
             seconds += swap_seconds
             if cut:
                 return seconds, True
-        self.image_state = st.image_state
-        self.security_counter = st.security_counter
         return seconds, False
 
     def _verify_pending(self, head: bytes, size: int) -> tuple[float, bool]:
