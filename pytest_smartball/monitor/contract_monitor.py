@@ -44,100 +44,100 @@ class ContractMonitor:
     # --- what the test tells the monitor --------------------------------------------------
 
     def observe_connect(self, t: float) -> None:
-        w = self._state
-        advance(w, t)
-        w.connected = True
-        w.old_life = False
-        w.fault_blind = False
-        w.credit_blind = False
-        w.rx_last = w.tx_last = None
-        w.log(t, "*", "connected")
+        mon = self._state
+        advance(mon, t)
+        mon.connected = True
+        mon.old_life = False
+        mon.fault_blind = False
+        mon.credit_blind = False
+        mon.rx_last = mon.tx_last = None
+        mon.log(t, "*", "connected")
 
     def observe_disconnect(self, t: float, by_host: bool = False) -> None:
-        w = self._state
-        advance(w, t)
-        w.log(t, "*", "link closed by the host" if by_host else "link lost")
-        w.connected = False
-        w.rx.reset()
-        w.tx.reset()
-        m = w.m
-        if (m.done_t is not None or w.activation is not None) and not w.no_reset:
+        mon = self._state
+        advance(mon, t)
+        mon.log(t, "*", "link closed by the host" if by_host else "link lost")
+        mon.connected = False
+        mon.rx.reset()
+        mon.tx.reset()
+        m = mon.m
+        if (m.done_t is not None or mon.activation is not None) and not mon.no_reset:
             # The device ends the link after DONE to reset (section 9): the activation.
-            w.reset(t, activation=True)
+            mon.reset(t, activation=True)
             return
-        w.become_unsure()
+        mon.become_unsure()
 
     def observe_reset(self, t: float) -> None:
         """The device was reset (a power cut, a watchdog): its RAM is gone (section 7.7)."""
-        w = self._state
-        advance(w, t)
-        w.log(t, "*", "device reset")
-        w.reset(t, activation=w.m.state is p.OtaState.COMPLETE)
+        mon = self._state
+        advance(mon, t)
+        mon.log(t, "*", "device reset")
+        mon.reset(t, activation=mon.m.state is p.OtaState.COMPLETE)
 
     def observe_fault(self, t: float, fault: str) -> None:
         """A fault a simulated link or device injected on purpose (smartball_sim's fault
         log names): the monitor forgets what it cannot know rather than cry wolf."""
-        w = self._state
-        w.log(t, "*", f"fault injected: {fault}")
+        mon = self._state
+        mon.log(t, "*", f"fault injected: {fault}")
         if fault in ("lose", "corrupt", "write-drop"):
             if fault != "write-drop":
-                w.damage_excused += 1  # what reaches the host may be cut or damaged
+                mon.damage_excused += 1  # what reaches the host may be cut or damaged
             # Which frames of this connection the fault took is unknowable from here: the
             # model waits for the next connection's STATUS.
-            w.fault_blind = True
-            w.become_unsure()
+            mon.fault_blind = True
+            mon.become_unsure()
         elif fault == "reboot":
-            w.reset(t, activation=w.m.state is p.OtaState.COMPLETE)
+            mon.reset(t, activation=mon.m.state is p.OtaState.COMPLETE)
         elif fault == "no-reset":
-            w.no_reset = True
-            w.activation = None
+            mon.no_reset = True
+            mon.activation = None
         elif fault == "slow-erase":
-            w.slow_erase = True  # a slowed flash stays slow, across resets too
+            mon.slow_erase = True  # a slowed flash stays slow, across resets too
 
     def observe_host_bytes(self, t: float, data: bytes) -> None:
-        w = self._state
-        advance(w, t)
+        mon = self._state
+        advance(mon, t)
         if not data:
             return
-        last, w.rx_last = w.rx_last, t
-        if w.rx.buffered and last is not None:
+        last, mon.rx_last = mon.rx_last, t
+        if mon.rx.buffered and last is not None:
             gap = t - last
-            idle = w.timing.decoder_idle_s
+            idle = mon.timing.decoder_idle_s
             if gap >= idle + IDLE_BAND_S:
-                w.rx.reset()
+                mon.rx.reset()
             elif gap > idle - IDLE_BAND_S:
-                w.rx.reset()  # the device may or may not have kept it: unknowable
-                w.log(t, "*", f"host bytes {gap:.3f}s after a partial frame: unsure")
-                w.become_unsure()
-        for frame in w.rx.feed(data):
-            on_command(w, t, frame)
+                mon.rx.reset()  # the device may or may not have kept it: unknowable
+                mon.log(t, "*", f"host bytes {gap:.3f}s after a partial frame: unsure")
+                mon.become_unsure()
+        for frame in mon.rx.feed(data):
+            on_command(mon, t, frame)
 
     def observe_device_bytes(self, t: float, data: bytes) -> None:
-        w = self._state
-        advance(w, t)
-        if not data or w.old_life:
+        mon = self._state
+        advance(mon, t)
+        if not data or mon.old_life:
             return
-        last, w.tx_last = w.tx_last, t
-        if w.tx.buffered and last is not None and t - last >= w.timing.decoder_idle_s:
-            w.damaged(t, "frame.garbage", "the device abandoned a frame halfway", "")
-            w.tx.reset()
-        before = (w.tx.stats.dropped_bytes, w.tx.stats.bad_crc, w.tx.stats.bad_length)
-        frames = w.tx.feed(data)
-        stats = w.tx.stats
+        last, mon.tx_last = mon.tx_last, t
+        if mon.tx.buffered and last is not None and t - last >= mon.timing.decoder_idle_s:
+            mon.damaged(t, "frame.garbage", "the device abandoned a frame halfway", "")
+            mon.tx.reset()
+        before = (mon.tx.stats.dropped_bytes, mon.tx.stats.bad_crc, mon.tx.stats.bad_length)
+        frames = mon.tx.feed(data)
+        stats = mon.tx.stats
         if stats.bad_length > before[2]:
-            w.damaged(t, "frame.length", "a device frame announced > 512 bytes", data.hex(" "))
+            mon.damaged(t, "frame.length", "a device frame announced > 512 bytes", data.hex(" "))
         elif stats.bad_crc > before[1]:
-            w.damaged(t, "frame.crc", "a device frame with a bad CRC", data.hex(" "))
+            mon.damaged(t, "frame.crc", "a device frame with a bad CRC", data.hex(" "))
         elif stats.dropped_bytes > before[0]:
-            w.damaged(t, "frame.garbage", "device bytes outside any frame", data.hex(" "))
+            mon.damaged(t, "frame.garbage", "device bytes outside any frame", data.hex(" "))
         for frame in frames:
-            on_device_frame(w, t, frame)
+            on_device_frame(mon, t, frame)
 
     def finish(self, t: float) -> list[Violation]:
         """The end of the observation: obligations due by ``t`` are judged."""
-        w = self._state
-        advance(w, t)
-        return w.violations
+        mon = self._state
+        advance(mon, t)
+        return mon.violations
 
     @property
     def now(self) -> float:

@@ -23,86 +23,86 @@ from .state import MonitorState
 from .work import explains_async
 
 
-def on_device_frame(w: MonitorState, t: float, frame: p.Frame) -> None:
+def on_device_frame(mon: MonitorState, t: float, frame: p.Frame) -> None:
     try:
         msg = p.parse_message(frame)
     except p.ProtocolError as exc:
-        w.log(t, "<", f"type 0x{frame.type:02X} {frame.payload.hex(' ')}")
+        mon.log(t, "<", f"type 0x{frame.type:02X} {frame.payload.hex(' ')}")
         rule = "frame.type" if "unknown" in str(exc) else "frame.fields"
-        w.violate(t, rule, str(exc), f"type 0x{frame.type:02X} {frame.payload.hex(' ')}")
+        mon.violate(t, rule, str(exc), f"type 0x{frame.type:02X} {frame.payload.hex(' ')}")
         return
-    w.log(t, "<", repr(msg))
+    mon.log(t, "<", repr(msg))
     if frame.type in p.COMMAND_TYPES:
-        w.violate(t, "frame.type", "the device sent a host command", repr(msg))
+        mon.violate(t, "frame.type", "the device sent a host command", repr(msg))
         return
     problem = field_problem(msg)
     if problem:
-        w.violate(t, "frame.fields", problem, repr(msg))
+        mon.violate(t, "frame.fields", problem, repr(msg))
         return
     assert not isinstance(msg, COMMAND_CLASSES)
-    on_device_message(w, t, msg)
+    on_device_message(mon, t, msg)
 
 
-def on_device_message(w: MonitorState, t: float, msg: p.DeviceMessage) -> None:
-    if w.unsure:
-        on_message_unsure(w, t, msg)
+def on_device_message(mon: MonitorState, t: float, msg: p.DeviceMessage) -> None:
+    if mon.unsure:
+        on_message_unsure(mon, t, msg)
         return
-    changes_state = message_changes_state(w, msg)
-    for _ in range(len(w.pending) + 1):
-        if w.unsure:  # a command just handled made the state unknowable
-            on_message_unsure(w, t, msg)
+    changes_state = message_changes_state(mon, msg)
+    for _ in range(len(mon.pending) + 1):
+        if mon.unsure:  # a command just handled made the state unknowable
+            on_message_unsure(mon, t, msg)
             return
-        if explains_async(w, t, msg):
+        if explains_async(mon, t, msg):
             if changes_state and any(
-                not isinstance(c.msg, p.CmdInfo | p.CmdOtaStatus) for c in w.pending
+                not isinstance(c.msg, p.CmdInfo | p.CmdOtaStatus) for c in mon.pending
             ):
                 # Work under way ended while commands were on their way: whether the
                 # device handled them before or after is unknowable from here.
-                w.log(t, "*", "commands in flight as the state changed: unsure")
-                w.become_unsure()
+                mon.log(t, "*", "commands in flight as the state changed: unsure")
+                mon.become_unsure()
             return
-        if not w.pending:
+        if not mon.pending:
             break
-        head = w.pending[0]
-        reply = reply_to(w, head)
+        head = mon.pending[0]
+        reply = reply_to(mon, head)
         token = contract.message_token(msg)
-        if refused_in_credit(w, head, reply, msg):
-            w.pending.popleft()
-            w.violate(
+        if refused_in_credit(mon, head, reply, msg):
+            mon.pending.popleft()
+            mon.violate(
                 t,
                 "buffer.overflow",
                 f"{describe(head.msg, head.type)} within the host's ACK credit was "
                 "refused: the receive buffer must hold the window READY granted",
                 repr(msg),
             )
-            apply(w, head, msg)
+            apply(mon, head, msg)
             return
         if not reply.tokens or (reply.optional and not may_answer(head, msg, reply)):
-            w.pending.popleft()
-            apply(w, head)
+            mon.pending.popleft()
+            apply(mon, head)
             continue
-        if token in reply.tokens or w.unsure:
-            if w.unsure and token not in reply.tokens and not loose_match(head, msg):
+        if token in reply.tokens or mon.unsure:
+            if mon.unsure and token not in reply.tokens and not loose_match(head, msg):
                 break
-            w.pending.popleft()
-            check_reply(w, t, head, msg)
-            apply(w, head, msg)
-            after_reply(w, t, head, msg)
+            mon.pending.popleft()
+            check_reply(mon, t, head, msg)
+            apply(mon, head, msg)
+            after_reply(mon, t, head, msg)
             return
         if isinstance(msg, ASYNC):
             break  # work under way cannot speak while this command waits: unexplained
-        w.pending.popleft()
-        w.violate(
+        mon.pending.popleft()
+        mon.violate(
             t,
             "reply.wrong",
-            f"{command_name(head)} in {w.state_name()} must be answered with "
+            f"{command_name(head)} in {mon.state_name()} must be answered with "
             f"{' or '.join(reply.tokens)}, not {token}",
             repr(msg),
         )
-        apply(w, head)
+        apply(mon, head)
         return
     rule = "reply.unexpected"
-    m = w.m
+    m = mon.m
     if isinstance(msg, p.MsgOtaAck) and m.state in (p.OtaState.RECEIVING, p.OtaState.VERIFYING):
         rule = "ack.offset" if msg.next_expected_offset > m.next_offset else "ack.interval"
     elif isinstance(msg, p.MsgOtaStatus) and m.state is p.OtaState.RECEIVING and m.rejected > 1:
@@ -114,52 +114,52 @@ def on_device_message(w: MonitorState, t: float, msg: p.DeviceMessage) -> None:
         and m.erasing_data > 1
     ):
         rule = "ratelimit.erasing"
-    w.violate(
+    mon.violate(
         t,
         rule,
-        f"{contract.message_token(msg)} in {w.state_name()} answers no command and "
+        f"{contract.message_token(msg)} in {mon.state_name()} answers no command and "
         "no work under way explains it",
         repr(msg),
     )
 
 
-def on_message_unsure(w: MonitorState, t: float, msg: p.DeviceMessage) -> None:
+def on_message_unsure(mon: MonitorState, t: float, msg: p.DeviceMessage) -> None:
     """While the state is unknown: pair replies with their commands by kind only, and
     take the state from the first STATUS."""
-    if explains_async(w, t, msg):
+    if explains_async(mon, t, msg):
         return
-    for i, cmd in enumerate(w.pending):
+    for i, cmd in enumerate(mon.pending):
         if loose_match(cmd, msg):
             for _ in range(i):
-                apply(w, w.pending.popleft())
-            head = w.pending.popleft()
-            check_reply(w, t, head, msg)
-            apply(w, head, msg)
-            after_reply(w, t, head, msg)
+                apply(mon, mon.pending.popleft())
+            head = mon.pending.popleft()
+            check_reply(mon, t, head, msg)
+            apply(mon, head, msg)
+            after_reply(mon, t, head, msg)
             return
     if isinstance(msg, p.MsgOtaStatus):
-        resync(w, t, msg, None)
+        resync(mon, t, msg, None)
 
 
 def refused_in_credit(
-    w: MonitorState, head: PendingCommand, reply: ExpectedReply, msg: p.DeviceMessage
+    mon: MonitorState, head: PendingCommand, reply: ExpectedReply, msg: p.DeviceMessage
 ) -> bool:
     """A STATUS showing that an in-order chunk the device had to accept was dropped."""
     return (
-        not w.unsure
+        not mon.unsure
         and not reply.tokens
         and not head.beyond_credit
         and isinstance(head.msg, p.CmdOtaData)
         and isinstance(msg, p.MsgOtaStatus)
-        and w.m.state is p.OtaState.RECEIVING
-        and head.msg.offset == w.m.next_offset
+        and mon.m.state is p.OtaState.RECEIVING
+        and head.msg.offset == mon.m.next_offset
         and msg.next_expected_offset == head.msg.offset
         and msg.state == p.OtaState.RECEIVING
     )
 
 
-def message_changes_state(w: MonitorState, msg: p.DeviceMessage) -> bool:
-    state = w.m.state
+def message_changes_state(mon: MonitorState, msg: p.DeviceMessage) -> bool:
+    state = mon.m.state
     if isinstance(msg, p.MsgOtaReady):
         return state is p.OtaState.ERASING
     if isinstance(msg, p.MsgOtaDone):

@@ -27,30 +27,30 @@ MANIFEST_REFUSALS = tuple(
 START_SIGNED_REFUSALS = ("MSG_ERROR:UNSIGNED", "MSG_ERROR:BAD_STATE")
 
 
-def reply_to(w: MonitorState, cmd: PendingCommand) -> ExpectedReply:
+def reply_to(mon: MonitorState, cmd: PendingCommand) -> ExpectedReply:
     """What the device must answer ``cmd`` with in the model's state now."""
-    m = w.m
+    m = mon.m
     state = m.state
     if cmd.error is not None:
-        if cmd.type in SIGNED_COMMANDS and w.signed is not True:
+        if cmd.type in SIGNED_COMMANDS and mon.signed is not True:
             # a device without SIGNED_IMAGES does not know the type (section 6)
             unknown = f"MSG_ERROR:{p.ErrorCode.UNKNOWN_COMMAND.name}"
-            if w.signed is False:
+            if mon.signed is False:
                 return ExpectedReply((unknown,))
             return ExpectedReply((f"MSG_ERROR:{cmd.error.name}", unknown))
         return ExpectedReply((f"MSG_ERROR:{cmd.error.name}",))
     msg = cmd.msg
     if isinstance(msg, p.CmdOtaManifest | p.CmdOtaConfirm):
-        return signed_reply(w, msg, state)
-    if w.unsure or state is None:
+        return signed_reply(mon, msg, state)
+    if mon.unsure or state is None:
         return loose_reply(msg)
     if isinstance(msg, p.CmdInfo):
         return ExpectedReply(("MSG_INFO",))
     if isinstance(msg, p.CmdOtaStatus | p.CmdOtaAbort):
         return ExpectedReply(("MSG_OTA_STATUS",))
     if isinstance(msg, p.CmdOtaStart):
-        tokens = start_reply(w, msg)
-        if not tokens and state in (p.OtaState.IDLE, p.OtaState.ERROR) and w.signed:
+        tokens = start_reply(mon, msg)
+        if not tokens and state in (p.OtaState.IDLE, p.OtaState.ERROR) and mon.signed:
             # A signed-only device refuses a new session without an accepted manifest
             # for its image, or while its image is in TEST (section 16.2).
             return ExpectedReply(START_SIGNED_REFUSALS, optional=True)
@@ -67,7 +67,7 @@ def reply_to(w: MonitorState, cmd: PendingCommand) -> ExpectedReply:
         return ExpectedReply(("MSG_ERROR:BAD_STATE",) if (n - 1) % m.window == 0 else ())
     if state is not p.OtaState.RECEIVING or m.session is None:
         return ExpectedReply(("MSG_ERROR:BAD_STATE",))
-    tokens = data_reply(w, msg)
+    tokens = data_reply(mon, msg)
     if cmd.beyond_credit and tokens in ((), ("MSG_OTA_STATUS",)):
         # Its buffer may be full, and whether a refusal is answered then depends on
         # what the device wrote meanwhile: either way is the contract's.
@@ -75,19 +75,19 @@ def reply_to(w: MonitorState, cmd: PendingCommand) -> ExpectedReply:
     return ExpectedReply(tokens)
 
 
-def signed_reply(w: MonitorState, msg: p.Command, state: p.OtaState | None) -> ExpectedReply:
+def signed_reply(mon: MonitorState, msg: p.Command, state: p.OtaState | None) -> ExpectedReply:
     """MANIFEST and CONFIRM (section 16): UNKNOWN_COMMAND on a v1 device; on a signed-
     only one CONFIRM is answered with INFO in every state, MANIFEST with STATUS or the
     refusal of its first failing check (the ones the monitor can judge without the
     device's keys are judged), BAD_STATE with a session."""
     unknown = f"MSG_ERROR:{p.ErrorCode.UNKNOWN_COMMAND.name}"
-    if w.signed is False:
+    if mon.signed is False:
         return ExpectedReply((unknown,))
-    maybe_v1 = (unknown,) if w.signed is None else ()
+    maybe_v1 = (unknown,) if mon.signed is None else ()
     if isinstance(msg, p.CmdOtaConfirm):
         return ExpectedReply(("MSG_INFO", *maybe_v1))
     assert isinstance(msg, p.CmdOtaManifest)
-    if w.unsure or state is None:
+    if mon.unsure or state is None:
         return ExpectedReply(("MSG_OTA_STATUS", *MANIFEST_REFUSALS, *maybe_v1))
     if state not in (p.OtaState.IDLE, p.OtaState.ERROR):
         return ExpectedReply(("MSG_ERROR:BAD_STATE", *maybe_v1))
@@ -97,18 +97,18 @@ def signed_reply(w: MonitorState, msg: p.Command, state: p.OtaState | None) -> E
         return ExpectedReply(("MSG_ERROR:BAD_MANIFEST", *maybe_v1))
     if manifest.image_size == 0:
         return ExpectedReply(("MSG_ERROR:BAD_PARAM", *maybe_v1))
-    if w.capacity is not None and manifest.image_size > w.capacity:
+    if mon.capacity is not None and manifest.image_size > mon.capacity:
         return ExpectedReply(("MSG_ERROR:TOO_LARGE", *maybe_v1))
     # the key, the signature, the counter and the image state are the device's to judge
     return ExpectedReply(("MSG_OTA_STATUS", *MANIFEST_REFUSALS, *maybe_v1))
 
 
-def start_reply(w: MonitorState, msg: p.CmdOtaStart) -> tuple[str, ...]:
-    m = w.m
+def start_reply(mon: MonitorState, msg: p.CmdOtaStart) -> tuple[str, ...]:
+    m = mon.m
     state = m.state
     if msg.image_size == 0 or msg.chunk_size < p.MIN_CHUNK_SIZE:
         return ("MSG_ERROR:BAD_PARAM",)
-    if w.capacity is not None and msg.image_size > w.capacity:
+    if mon.capacity is not None and msg.image_size > mon.capacity:
         return ("MSG_ERROR:TOO_LARGE",)
     if state is p.OtaState.COMPLETE:
         return ("MSG_ERROR:BAD_STATE",)
@@ -120,15 +120,15 @@ def start_reply(w: MonitorState, msg: p.CmdOtaStart) -> tuple[str, ...]:
     return ()  # a new session (its READY, at once when progressive, is work under way)
 
 
-def data_reply(w: MonitorState, msg: p.CmdOtaData) -> tuple[str, ...]:
-    m = w.m
+def data_reply(mon: MonitorState, msg: p.CmdOtaData) -> tuple[str, ...]:
+    m = mon.m
     s = m.session
     assert s is not None
     size = len(msg.data)
     if size == 0 or (m.max_chunk is not None and size > m.max_chunk):
         return ("MSG_ERROR:BAD_PARAM",)
     if msg.offset != m.next_offset:
-        return rejected_reply(w)
+        return rejected_reply(mon)
     if msg.offset + size > s.size:
         return ("MSG_ERROR:BAD_OFFSET",)
     if size % p.WORD_SIZE and msg.offset + size != s.size:
@@ -136,8 +136,8 @@ def data_reply(w: MonitorState, msg: p.CmdOtaData) -> tuple[str, ...]:
     return ()
 
 
-def rejected_reply(w: MonitorState) -> tuple[str, ...]:
-    m = w.m
+def rejected_reply(mon: MonitorState) -> tuple[str, ...]:
+    m = mon.m
     n = m.rejected + 1
     window = m.window or 1
     return ("MSG_OTA_STATUS",) if (n - 1) % window == 0 else ()

@@ -11,33 +11,33 @@ from .state import MonitorState
 from .work import on_ready
 
 
-def check_reply(w: MonitorState, t: float, head: PendingCommand, msg: p.DeviceMessage) -> None:
+def check_reply(mon: MonitorState, t: float, head: PendingCommand, msg: p.DeviceMessage) -> None:
     if isinstance(msg, p.MsgError) and msg.command != head.type:
-        w.violate(
+        mon.violate(
             t,
             "error.command",
             f"MSG_ERROR answering {command_name(head)} names command 0x{msg.command:02X}",
             repr(msg),
         )
     if isinstance(msg, p.MsgInfo):
-        check_info(w, t, msg)
+        check_info(mon, t, msg)
     if isinstance(msg, p.MsgOtaReady) and isinstance(head.msg, p.CmdOtaStart):
-        on_ready(w, t, msg, head.msg.chunk_size)
-        w.m.ready_owed = None
+        on_ready(mon, t, msg, head.msg.chunk_size)
+        mon.m.ready_owed = None
 
 
-def after_reply(w: MonitorState, t: float, head: PendingCommand, msg: p.DeviceMessage) -> None:
+def after_reply(mon: MonitorState, t: float, head: PendingCommand, msg: p.DeviceMessage) -> None:
     """A reply whose content depends on the state after the command: STATUS."""
     if not isinstance(msg, p.MsgOtaStatus):
         return
-    if w.unsure:
-        resync(w, t, msg, head)
+    if mon.unsure:
+        resync(mon, t, msg, head)
         return
-    check_status(w, t, msg)
+    check_status(mon, t, msg)
 
 
-def check_status(w: MonitorState, t: float, msg: p.MsgOtaStatus) -> None:
-    m = w.m
+def check_status(mon: MonitorState, t: float, msg: p.MsgOtaStatus) -> None:
+    m = mon.m
     s = m.session
     state = m.state
     assert state is not None
@@ -47,7 +47,7 @@ def check_status(w: MonitorState, t: float, msg: p.MsgOtaStatus) -> None:
         offset = {p.OtaState.ERASING: 0, p.OtaState.RECEIVING: m.next_offset}.get(state, s.size)
         want = p.MsgOtaStatus(state, offset, s.size, s.crc)
     if msg != want:
-        w.violate(
+        mon.violate(
             t,
             "status.fields",
             f"MSG_OTA_STATUS says {status_text(msg)}, the device holds {status_text(want)}",
@@ -55,24 +55,24 @@ def check_status(w: MonitorState, t: float, msg: p.MsgOtaStatus) -> None:
         )
 
 
-def resync(w: MonitorState, t: float, msg: p.MsgOtaStatus, head: PendingCommand | None) -> None:
+def resync(mon: MonitorState, t: float, msg: p.MsgOtaStatus, head: PendingCommand | None) -> None:
     """A STATUS shows the device's state again after the model lost it."""
-    if w.fault_blind or w.credit_blind:
+    if mon.fault_blind or mon.credit_blind:
         return
-    kept, kept_state = w.kept, w.kept_state
+    kept, kept_state = mon.kept, mon.kept_state
     judged = head is not None and isinstance(head.msg, p.CmdOtaStatus)
-    if judged and not w.changed_since_unsure:
-        if w.reset_since_unsure:
+    if judged and not mon.changed_since_unsure:
+        if mon.reset_since_unsure:
             if msg.state != p.OtaState.IDLE:
-                w.violate(
+                mon.violate(
                     t, "session.reset", f"after a reset STATUS says {status_text(msg)}", repr(msg)
                 )
         elif kept is not None and kept_state is not None:
-            judge_kept(w, t, msg, kept, kept_state)
-    w.unsure = False
-    w.kept = None
-    w.reset_seen = False
-    m = w.m
+            judge_kept(mon, t, msg, kept, kept_state)
+    mon.unsure = False
+    mon.kept = None
+    mon.reset_seen = False
+    m = mon.m
     try:
         state = p.OtaState(msg.state)
     except ValueError:
@@ -82,10 +82,10 @@ def resync(w: MonitorState, t: float, msg: p.MsgOtaStatus, head: PendingCommand 
         msg.image_crc32,
     )
     session = m.session if same else None
-    window = w.window
+    window = mon.window
     max_chunk = m.max_chunk if same else None
     staged = m.staged if same else bytearray()
-    w.m = m = DeviceModel(state=state, window=window, max_chunk=max_chunk, staged=staged)
+    mon.m = m = DeviceModel(state=state, window=window, max_chunk=max_chunk, staged=staged)
     if state in (
         p.OtaState.ERASING,
         p.OtaState.RECEIVING,
@@ -95,7 +95,7 @@ def resync(w: MonitorState, t: float, msg: p.MsgOtaStatus, head: PendingCommand 
         m.session = session or HeldSession(msg.image_size, msg.image_crc32, 0, False)
         m.next_offset = msg.next_expected_offset if state is p.OtaState.RECEIVING else 0
         # Chunks still in the buffer may be ACKed yet: from the last ACK seen on.
-        m.acked = min(w.kept_acked if same else 0, m.next_offset)
+        m.acked = min(mon.kept_acked if same else 0, m.next_offset)
         m.interval_unknown = True
         if head is not None and isinstance(head.msg, p.CmdOtaData):
             m.rejected = 1  # the STATUS answered a rejected chunk: the rate limit runs
@@ -112,11 +112,11 @@ def resync(w: MonitorState, t: float, msg: p.MsgOtaStatus, head: PendingCommand 
             m.verify_start_t = t
     if state is p.OtaState.RECEIVING and not same:
         m.max_chunk = None
-    w.sent_end = max(m.next_offset, w.sent_end if same else 0)
+    mon.sent_end = max(m.next_offset, mon.sent_end if same else 0)
 
 
 def judge_kept(
-    w: MonitorState, t: float, msg: p.MsgOtaStatus, kept: HeldSession, kept_state: p.OtaState
+    mon: MonitorState, t: float, msg: p.MsgOtaStatus, kept: HeldSession, kept_state: p.OtaState
 ) -> None:
     reachable = {
         p.OtaState.ERASING: {p.OtaState.ERASING, p.OtaState.RECEIVING, p.OtaState.ERROR},
@@ -129,12 +129,12 @@ def judge_kept(
         p.OtaState.VERIFYING: {p.OtaState.VERIFYING, p.OtaState.COMPLETE, p.OtaState.ERROR},
         p.OtaState.COMPLETE: {p.OtaState.COMPLETE},
     }.get(kept_state, set())
-    if (kept.size, kept.crc) in w.may_run:
+    if (kept.size, kept.crc) in mon.may_run:
         reachable |= {p.OtaState.IDLE, p.OtaState.COMPLETE}  # activated, reset unseen
     if msg.state not in reachable or (
         msg.state != p.OtaState.ERROR and (msg.image_size, msg.image_crc32) != (kept.size, kept.crc)
     ):
-        w.violate(
+        mon.violate(
             t,
             "session.kept",
             f"the device held a session in {kept_state.name} for a {kept.size}-byte image; "
@@ -144,41 +144,41 @@ def judge_kept(
         return
     if msg.state == p.OtaState.RECEIVING:
         offset = msg.next_expected_offset
-        if offset < w.kept_acked or offset > max(w.kept_sent, w.kept_acked):
-            w.violate(
+        if offset < mon.kept_acked or offset > max(mon.kept_sent, mon.kept_acked):
+            mon.violate(
                 t,
                 "session.kept",
                 f"STATUS offset {offset} after the link's loss: the device had ACKed "
-                f"{w.kept_acked} and was sent bytes up to {w.kept_sent} in order",
+                f"{mon.kept_acked} and was sent bytes up to {mon.kept_sent} in order",
                 repr(msg),
             )
 
 
-def check_info(w: MonitorState, t: float, msg: p.MsgInfo) -> None:
+def check_info(mon: MonitorState, t: float, msg: p.MsgInfo) -> None:
     if msg.protocol_version != p.PROTOCOL_VERSION:
-        w.violate(t, "info.fields", f"protocol_version {msg.protocol_version}", repr(msg))
-    w.signed = msg.signed_only
-    if w.signed and msg.image_state == p.ImageState.TEST:
+        mon.violate(t, "info.fields", f"protocol_version {msg.protocol_version}", repr(msg))
+    mon.signed = msg.signed_only
+    if mon.signed and msg.image_state == p.ImageState.TEST:
         running_now = (msg.active_image_size, msg.active_image_crc32)
-        if w.in_test != running_now:
-            w.before_test = w.replaced
-        w.in_test = running_now
+        if mon.in_test != running_now:
+            mon.before_test = mon.replaced
+        mon.in_test = running_now
     else:
-        w.in_test = w.before_test = None
-    if w.capacity is not None and msg.staging_capacity != w.capacity:
-        w.violate(t, "info.fields", f"staging_capacity changed from {w.capacity}", repr(msg))
-    w.capacity = msg.staging_capacity
+        mon.in_test = mon.before_test = None
+    if mon.capacity is not None and msg.staging_capacity != mon.capacity:
+        mon.violate(t, "info.fields", f"staging_capacity changed from {mon.capacity}", repr(msg))
+    mon.capacity = msg.staging_capacity
     running = (msg.active_image_size, msg.active_image_crc32)
-    refused, w.may_refuse = w.may_refuse, None
+    refused, mon.may_refuse = mon.may_refuse, None
     if refused is not None and running == refused:
-        w.log(t, "*", "the bootloader refused the new image: the old one runs")
-    elif w.active is not None and running != w.active and running not in w.may_run:
-        w.violate(
+        mon.log(t, "*", "the bootloader refused the new image: the old one runs")
+    elif mon.active is not None and running != mon.active and running not in mon.may_run:
+        mon.violate(
             t,
             "activation.info",
             f"MSG_INFO reports a {running[0]}-byte image with CRC {running[1]:08x}; the "
-            f"device must run the {w.active[0]}-byte image {w.active[1]:08x}",
+            f"device must run the {mon.active[0]}-byte image {mon.active[1]:08x}",
             repr(msg),
         )
-    w.active = running
-    w.may_run.discard(running)
+    mon.active = running
+    mon.may_run.discard(running)

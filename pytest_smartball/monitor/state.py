@@ -20,7 +20,8 @@ TRACE_FRAMES = 20
 
 
 class MonitorState:
-    """Everything the rules read and change; the functions of the other modules act on it."""
+    """Everything the rules read and change. The functions of the modules beside this one
+    act on it, each given it as ``mon``: they are the monitor's rules, this its memory."""
 
     def __init__(self, name: str = "device", margin_s: float = DEFAULT_MARGIN_S) -> None:
         self.name = name
