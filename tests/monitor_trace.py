@@ -1,4 +1,4 @@
-"""Hand-made traces of a device fed to the contract monitor (pytest_smartball/monitor.py),
+"""Hand-made traces of a device fed to the contract monitor (pytest_smartball/monitor/),
 for tests/client/test_contract_monitor.py and tests/client/test_contract_monitor_signed.py."""
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from .decide import decide
 from .record import Commit, ImageId, Record
 from .result import OtaEvent, OtaResult
 from .settings import HealthCheckFailed, OtaSettings
-from .states import EventKind, Outcome, State
+from .states import EventKind, State
 from .timeouts import SilenceWatch, reappear_s
 from .window import CreditWindow, Transfer, TransferWaits, Wake, host_chunk
 
@@ -170,10 +170,6 @@ class OtaEngine:
             self.result.duration_s = loop.time() - self._t0
         r = self.record
         assert r.outcome is not None
-        self.result.outcome = r.outcome
-        self.result.success = r.outcome is Outcome.SUCCEEDED
-        self.result.failure = r.failure
-        self.result.error = r.error
         self._event(EventKind.END, r.outcome.value + (f": {r.error}" if r.error else ""))
         return self.result
 
@@ -182,9 +178,8 @@ class OtaEngine:
         and the state change)."""
         old = self.record.state
         self.record, notes = decide(self.record, seen)
-        r, res = self.record, self.result
-        res.connects, res.reconnects = r.connects, r.reconnects
-        res.resumes, res.restarts, res.rewinds = r.resumes, r.restarts, r.rewinds
+        r = self.record
+        self.result.follow(r)
         for note in notes:
             self._event(note.kind, note.detail)
         if r.state is not old:

@@ -7,6 +7,7 @@ from typing import Any
 
 from pytest_smartball.contract import codec as p
 
+from .record import Record
 from .states import EventKind, FailureKind, Outcome, State
 
 
@@ -22,8 +23,10 @@ class OtaEvent:
 
 @dataclass(slots=True)
 class OtaResult:
-    #: The new image was seen running (``outcome is Outcome.SUCCEEDED``).
-    success: bool = False
+    """An update's figures. What the record owns (the outcome, its reason, the counts of
+    connects, resumes, restarts, rewinds) is taken from it in one place, :meth:`follow`;
+    the rest (bytes, times, events) is what the engine measured on the link."""
+
     outcome: Outcome = Outcome.FAILED
     #: Why the update FAILED (None when it succeeded or is UNCONFIRMED).
     failure: FailureKind | None = None
@@ -54,9 +57,20 @@ class OtaResult:
     rssi_dbm: int | None = None
     events: list[OtaEvent] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        if self.success:  # a result built by hand from ``success`` alone
-            self.outcome = Outcome.SUCCEEDED
+    def follow(self, record: Record) -> None:
+        """Take what the record owns. The engine calls it after each decision, not only at
+        the end: the result is handed out when the engine is made (the plugin records it
+        from then on, the CLI reads its connects when a Bluetooth error ends the run)."""
+        self.outcome = record.outcome or Outcome.FAILED
+        self.failure = record.failure
+        self.error = record.error
+        self.connects, self.reconnects = record.connects, record.reconnects
+        self.resumes, self.restarts, self.rewinds = record.resumes, record.restarts, record.rewinds
+
+    @property
+    def success(self) -> bool:
+        """The new image was seen running."""
+        return self.outcome is Outcome.SUCCEEDED
 
     @property
     def unconfirmed(self) -> bool:
@@ -81,7 +95,7 @@ class OtaResult:
         return self.image_size / transfer if transfer > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {"success": self.success, **asdict(self)}
         out["outcome"] = self.outcome.value
         out["failure"] = self.failure.value if self.failure else None
         out["throughput_bps"] = round(self.throughput_bps, 1)

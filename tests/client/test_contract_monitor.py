@@ -1,4 +1,4 @@
-"""The contract monitor (pytest_smartball/monitor.py), pure: hand-made traces of a device,
+"""The contract monitor (pytest_smartball/monitor/), pure: hand-made traces of a device,
 one that keeps each rule and one that breaks it; the rule must fire on the second only."""
 
 from __future__ import annotations

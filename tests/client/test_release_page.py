@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from pytest_smartball.image import FirmwareImage
-from pytest_smartball.ota import EventKind, OtaEvent, OtaResult
+from pytest_smartball.ota import EventKind, OtaEvent, OtaResult, Outcome
 from pytest_smartball.plugin import report as rep
 from pytest_smartball.release_report import command, model, render, render_report
 from pytest_smartball.release_report.trace import ProgressTrace
@@ -204,7 +204,7 @@ class Elements(HTMLParser):
 
 def test_every_update_keeps_its_event_times_and_progress_in_the_report() -> None:
     result = OtaResult(
-        success=True,
+        outcome=Outcome.SUCCEEDED,
         image_size=IMAGE.size,
         duration_s=3.0,
         events=[

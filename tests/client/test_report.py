@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from pytest_smartball.contract import codec as p
 from pytest_smartball.image import FirmwareImage
-from pytest_smartball.ota import EventKind, FailureKind, OtaEvent, OtaResult
+from pytest_smartball.ota import EventKind, FailureKind, OtaEvent, OtaResult, Outcome
 from pytest_smartball.plugin import report as rep
 
 IMAGE = FirmwareImage(b"\x01" * 1000, "build/smartball.bin")
@@ -18,7 +18,7 @@ AFTER = p.MsgInfo(1, 1, 5, 0, 1000, IMAGE.crc32, 491520)
 
 def result(success: bool = True) -> OtaResult:
     r = OtaResult(
-        success=success,
+        outcome=Outcome.SUCCEEDED if success else Outcome.FAILED,
         image_size=IMAGE.size,
         image_crc32=IMAGE.crc32,
         bytes_sent=1200,

@@ -107,9 +107,11 @@ def test_the_report_and_junit_carry_the_outcome() -> None:
     assert (summary["updates_failed"], summary["updates_unconfirmed"]) == (0, 1)
 
 
-def test_a_result_built_from_success_alone_says_succeeded() -> None:
-    assert OtaResult(success=True).outcome is Outcome.SUCCEEDED
-    assert OtaResult().outcome is Outcome.FAILED
+def test_success_is_the_outcome_succeeded_and_nothing_else() -> None:
+    assert OtaResult(outcome=Outcome.SUCCEEDED).success
+    assert not OtaResult(outcome=Outcome.UNCONFIRMED).success
+    assert not OtaResult().success and OtaResult().outcome is Outcome.FAILED
+    assert OtaResult(outcome=Outcome.SUCCEEDED).to_dict()["success"] is True
 
 
 @pytest.mark.skipif(

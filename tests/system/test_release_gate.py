@@ -19,7 +19,7 @@ import pytest
 
 from pytest_smartball import compare, soak
 from pytest_smartball.figures import BYTES_PER_SECOND, Figure, FigureRecorder, junit_properties
-from pytest_smartball.ota import EventKind, OtaEvent, OtaResult
+from pytest_smartball.ota import EventKind, OtaEvent, OtaResult, Outcome
 
 pytest_plugins = ["pytester"]
 
@@ -129,7 +129,8 @@ def test_a_previous_report_that_cannot_be_compared_is_named(tmp_path: Path) -> N
 
 
 def _result(success: bool, duration: float) -> OtaResult:
-    result = OtaResult(success=success, image_size=1000, duration_s=duration)
+    outcome = Outcome.SUCCEEDED if success else Outcome.FAILED
+    result = OtaResult(outcome=outcome, image_size=1000, duration_s=duration)
     result.phase_s = {"transferring": duration / 2, "waiting-ready": 1.0}
     if not success:
         result.error = "gave up"

@@ -26,7 +26,8 @@ tests/client/test_contract.py checks each against its cell.
 
 The rooms: ``codec`` builds the codec's and the decoder's vectors, ``runner`` drives the
 firmware model through a session on a virtual clock, ``sessions`` holds the sessions of
-``device.json``; this module renders the files and compares them (``main``).
+``device.json`` (the command x state table's in ``cells``, what they send in ``inputs``);
+this module renders the files and compares them (``main``).
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ from typing import Any
 
 from pytest_smartball import contract
 
+from .cells import table_sessions
 from .codec import codec_vectors, decoder_vectors
 from .manifests import manifest_header, manifest_vectors
 from .runner import DeviceConfig, Step, VectorSession, run_session
-from .sessions import device_vectors, error_sessions, story_sessions, table_sessions
+from .sessions import device_vectors, error_sessions, story_sessions
 
 __all__ = [
     "GENERATORS",
