@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_smartball.image import FirmwareImage
-from pytest_smartball.loops import run as run_loop
-from pytest_smartball.ota import OtaEngine, OtaResult
-from pytest_smartball.targets import Target, kind_of, open_in_process
+from pytest_smartball.ota import OtaResult
+from pytest_smartball.targets import kind_of, simulated_update
 from smartball_sim.device import RadioTimings, SimDevice
 from smartball_sim.firmware.model import DEFAULT_STAGING_CAPACITY
 from smartball_sim.make_image import FIELD_IMAGE_SIZE, make_image
@@ -129,16 +128,18 @@ class Row:
         return out
 
 
-def make_target(
+def run_update(
+    image: FirmwareImage,
     profile: str,
     *,
-    flash: str,
-    progressive: bool,
-    window: int,
-    faults: str,
-    seed: int,
+    flash: str = DATASHEET,
+    progressive: bool = False,
+    window: int = WINDOW,
+    faults: str = "",
+    seed: int = 0,
     firmware: Firmware = MODEL,
-) -> Target:
+) -> tuple[OtaResult, SimDevice, list[Packet]]:
+    """One simulated update of a bench row's device, with the packets of its air log."""
     options: dict[str, Any] = dict(
         faults=faults,
         seed=seed,
@@ -152,37 +153,13 @@ def make_target(
         **firmware.options(),
     )
     if profile == BUMBLE:  # Bumble's own link: no radio profile of ours
-        return open_in_process(kind_of("sim", BUMBLE), **options)
-    kind = kind_of("sim", "model")
-    return open_in_process(kind, radio=RadioTimings(link=PROFILES[profile]), **options)
-
-
-def run_update(
-    image: FirmwareImage,
-    profile: str,
-    *,
-    flash: str = DATASHEET,
-    progressive: bool = False,
-    window: int = WINDOW,
-    faults: str = "",
-    seed: int = 0,
-    firmware: Firmware = MODEL,
-) -> tuple[OtaResult, SimDevice, list[Packet]]:
-    target = make_target(
-        profile,
-        flash=flash,
-        progressive=progressive,
-        window=window,
-        faults=faults,
-        seed=seed,
-        firmware=firmware,
-    )
-    device = target.sim
-    assert device is not None
+        update = simulated_update(image, kind_of("sim", BUMBLE), **options)
+    else:
+        radio = RadioTimings(link=PROFILES[profile])
+        update = simulated_update(image, kind_of("sim", "model"), radio=radio, **options)
     air: list[Packet] = []
-    device.air_log = air
-    engine = OtaEngine(image, target.backend, address=target.address)
-    return run_loop(virtual=True, coro=engine.run()), device, air
+    update.device.air_log = air
+    return update.run(), update.device, air
 
 
 def measure(

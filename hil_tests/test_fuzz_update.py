@@ -42,10 +42,9 @@ from hil_tests.fault_classes import (
 )
 from pytest_smartball.contract import codec as p
 from pytest_smartball.image import FirmwareImage
-from pytest_smartball.loops import run as run_loop
 from pytest_smartball.options import SmartBallOptions
-from pytest_smartball.ota import OtaEngine, OtaResult, Outcome
-from pytest_smartball.targets import Target, kind_of, open_in_process
+from pytest_smartball.ota import OtaResult, Outcome
+from pytest_smartball.targets import SimulatedUpdate, kind_of, simulated_update
 from smartball_sim.device import SimDevice
 from smartball_sim.faults import FaultPlan
 from smartball_sim.firmware.model import DEFAULT_STAGING_CAPACITY
@@ -141,14 +140,15 @@ def core_options() -> dict[str, Any]:
     }
 
 
-def make_target(sim_link: str, plan: FaultPlan, seed: int, progressive: bool) -> Target:
-    """A fresh simulated SmartBall on the link ``--sim-link`` asks for (with the run's
-    firmware bugs, if any)."""
-    return open_in_process(
+def prepare_update(case: Case, sim_link: str) -> SimulatedUpdate:
+    """The case's update on a fresh simulated SmartBall on the link ``--sim-link`` asks for
+    (with the run's firmware bugs and firmware core, if any)."""
+    return simulated_update(
+        case.image,
         kind_of("sim", sim_link),
-        faults=plan,
-        seed=seed,
-        progressive_erase=progressive,
+        faults=case.plan,
+        seed=case.seed,
+        progressive_erase=case.progressive,
         firmware_bugs=tuple(FIRMWARE_BUGS),
         **core_options(),
     )
@@ -166,16 +166,12 @@ def for_link(plan: FaultPlan, sim_link: str) -> FaultPlan:
 def run_update(case: Case, sim_link: str, report: Callable[[str], None] = note) -> Run:
     """One whole update on a fresh simulated device. ``report`` shows what a failing
     example needs (hypothesis prints the notes of the final, shrunk example only)."""
-    plan = for_link(case.plan, sim_link)
-    report(
-        f"replay: {replay_command(Case(case.image, plan, case.seed, case.progressive), sim_link)}"
-    )
-    target = make_target(sim_link, plan, case.seed, case.progressive)
-    device = target.sim
-    assert device is not None
+    shown = Case(case.image, for_link(case.plan, sim_link), case.seed, case.progressive)
+    report(f"replay: {replay_command(shown, sim_link)}")
+    update = prepare_update(shown, sim_link)
+    device = update.device
     baseline = device.firmware.active.data
-    engine = OtaEngine(case.image, target.backend, address=device.address)
-    result = run_loop(virtual=True, coro=engine.run())
+    result = update.run()
     for ota_event in result.events:
         report(str(ota_event))
     for record in device.fault_log:
@@ -427,8 +423,7 @@ def test_the_fuzzers_devices_run_the_runs_firmware(smartball_options: SmartBallO
     or the model), and a failing example's replay line asks the CLI for the same."""
     from smartball_sim.firmware.c_firmware import CFirmware
 
-    device = make_target("model", FaultPlan(), 0, False).sim
-    assert device is not None
+    device = prepare_update(_case(5000, 1, ""), "model").device
     on_c = smartball_options.sim_firmware == "c"
     assert isinstance(device.firmware, CFirmware) is on_c
     replay = replay_command(_case(5000, 1, ""), "model")

@@ -11,11 +11,8 @@ import re
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
-from pytest_smartball.contract import codec as p
-
-from .. import contract
 from ..link import LinkSettings
-from ..options import BLUEZ_CHOICES, SIM_TRUST_CHOICES, SIM_TRUST_DEFAULT, SIMULATED_BLUEZ
+from ..options import SHARED_OPTIONS, SIMULATED_BLUEZ
 from ..ota import OtaSettings
 from ..targets import TargetKind, kind_of
 from .errors import EXIT_BAD_INPUT, EXIT_CODES, CliError
@@ -28,25 +25,15 @@ LIST_SCAN_TIMEOUT_S = 5.0
 
 #: Options shared by every subcommand; accepted before or after the subcommand's name.
 COMMON_DEFAULTS: dict[str, Any] = {
-    "name": p.DEFAULT_NAME,
-    "address": None,
-    "adapter": "hci0",
-    "bluez": "system",
+    **{key: option.parser_kwargs(cli=True)["default"] for key, option in SHARED_OPTIONS.items()},
     "bus": None,
     "sim": False,
-    "faults": None,
-    "seed": 0,
     "json": False,
     "verbose": 0,
     "realtime": False,
     "erase_time": None,
     "sim_address": None,
-    "sim_firmware_bug": [],
     "sim_progressive_erase": False,
-    "sim_link": "model",
-    "sim_firmware": "python",
-    "sim_firmware_lib": None,
-    "sim_trust": SIM_TRUST_DEFAULT,
     "scan_timeout": None,
     "settle": LinkSettings().settle_s,
 }
@@ -134,26 +121,21 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
 
 
+def _add_shared(group: argparse._ArgumentGroup, key: str, **extra: Any) -> None:
+    """Add the setting ``key`` of :data:`~pytest_smartball.options.SHARED_OPTIONS`, its
+    default SUPPRESSed (see :func:`_add_common`)."""
+    option = SHARED_OPTIONS[key]
+    kwargs = option.parser_kwargs(cli=True) | {"default": argparse.SUPPRESS} | extra
+    group.add_argument(option.cli_flag, **kwargs)
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     """Common options. Defaults are SUPPRESSed so that an option given before the
     subcommand is not overwritten by the subparser's default; parse_args fills them in."""
     s = argparse.SUPPRESS
     dev = parser.add_argument_group("device")
-    dev.add_argument("--name", default=s, help=f"advertised name (default: {p.DEFAULT_NAME})")
-    dev.add_argument(
-        "--address", default=s, help="Bluetooth address of the device (preferred over --name)"
-    )
-    dev.add_argument("--adapter", default=s, help="BlueZ adapter (default: hci0)")
-    dev.add_argument(
-        "--bluez",
-        choices=BLUEZ_CHOICES,
-        default=s,
-        help="the system's BlueZ (default); 'emulated': a private dbus-daemon and an "
-        "emulated bluetoothd serving a simulated SmartBall, in real time, through the real "
-        "BlueZ code path; or 'vhci': this machine's real BlueZ with a simulated SmartBall "
-        "behind a virtual controller on /dev/vhci (for both, --faults, --seed, --erase-time "
-        "and --sim-address apply)",
-    )
+    for key in ("name", "address", "adapter", "bluez"):
+        _add_shared(dev, key)
     dev.add_argument(
         "--bus",
         default=s,
@@ -186,16 +168,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         default=s,
         help="run against a simulated SmartBall in-process (virtual time unless --realtime)",
     )
-    sim.add_argument(
-        "--faults",
-        default=s,
-        metavar="SPEC",
-        help="with --sim: faults to inject, e.g. 'drop@erase:50%%,reboot@offset:200000' or a "
-        "profile such as field-linux; docs/faults.md lists them",
-    )
-    sim.add_argument(
-        "--seed", type=_int, default=s, metavar="N", help="simulator random seed (default: 0)"
-    )
+    _add_shared(sim, "faults")
+    _add_shared(sim, "seed", type=_int)
     sim.add_argument(
         "--realtime",
         action="store_true",
@@ -217,16 +191,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="with --sim: the simulated device's address (default: the simulator's own)",
     )
-    bugs = [entry.name for entry in contract.firmware_bugs()]
-    sim.add_argument(
-        "--sim-firmware-bug",
-        action="append",
-        choices=bugs,
-        default=s,
-        metavar="NAME",
-        help="with --sim: the simulated firmware has this bug (repeatable; "
-        "docs/firmware-bugs.md says what each does): " + ", ".join(bugs),
-    )
+    _add_shared(sim, "sim_firmware_bug")
     sim.add_argument(
         "--sim-progressive-erase",
         action="store_true",
@@ -234,36 +199,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="with --sim: the simulated device offers progressive erase (protocol section 8: "
         "READY at once, each page erased before its first write); the engine then asks for it",
     )
-    sim.add_argument(
-        "--sim-link",
-        choices=("model", "bumble"),
-        default=s,
-        help="with --sim: what carries the BLE link: our radio model (default) or Google's "
-        "Bumble stack (real HCI/L2CAP/ATT; pip install 'pytest-smartball[bumble]')",
-    )
-    sim.add_argument(
-        "--sim-firmware",
-        choices=("python", "c"),
-        default=s,
-        help="with --sim: what runs inside the simulated SmartBall: the Python firmware model "
-        "(default) or the C reference core of firmware/ (docs/firmware.md; built with the "
-        "system C compiler on first use)",
-    )
-    sim.add_argument(
-        "--sim-firmware-lib",
-        default=s,
-        metavar="PATH",
-        help="with --sim-firmware=c: a built core to load (a firmware team's own build of "
-        "firmware/include/smartball_core.h's HAL) instead of building firmware/",
-    )
-    sim.add_argument(
-        "--sim-trust",
-        choices=SIM_TRUST_CHOICES,
-        default=s,
-        help="with --sim: what the simulated SmartBall is provisioned to trust: 'test' "
-        "(default: the repository's test key, a signed-only ball, as release firmware is) "
-        "or 'none' (a v1 ball that runs any image it is sent), with either --sim-firmware",
-    )
+    for key in ("sim_link", "sim_firmware", "sim_firmware_lib", "sim_trust"):
+        _add_shared(sim, key)
     _add_output(parser)
 
 

@@ -10,17 +10,12 @@ import shlex
 
 import pytest
 
-from pytest_smartball.contract import codec as p
-
-from .. import contract
 from ..options import (
-    BLUEZ_CHOICES,
     DEFAULT_COMPARE_MIN_MEASURED_PERCENT,
     DEFAULT_COMPARE_TOLERANCE_PERCENT,
     DEFAULT_SCAN_TIMEOUT_S,
     DEVICE_CHOICES,
-    SIM_TRUST_CHOICES,
-    SIM_TRUST_DEFAULT,
+    SHARED_OPTIONS,
     SmartBallOptions,
 )
 
@@ -38,6 +33,12 @@ _DEVICE_HELP = "run against the in-process simulator (default) or real hardware"
 NEEDS_DEVICE = pytest.StashKey[bool]()
 
 
+def _add_shared(group: pytest.OptionGroup, key: str, **extra: object) -> None:
+    """Add the setting ``key`` of :data:`~pytest_smartball.options.SHARED_OPTIONS`."""
+    option = SHARED_OPTIONS[key]
+    group.addoption(option.plugin_flag, **option.parser_kwargs(cli=False), **extra)
+
+
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("smartball", "SmartBall device under test")
     group.addoption(
@@ -48,18 +49,9 @@ def add_options(parser: pytest.Parser) -> None:
         help=_DEVICE_HELP + "; the same as --device, and works where another plugin or "
         "conftest owns --device",
     )
-    group.addoption(
-        "--ble-name",
-        default=p.DEFAULT_NAME,
-        help=f"advertised name of the device (default: {p.DEFAULT_NAME})",
-    )
-    group.addoption(
-        "--ble-address",
-        default=None,
-        help="Bluetooth address of the device (preferred over the name); several, "
-        "comma-separated, give each pytest-xdist worker (-n N) its own device",
-    )
-    group.addoption("--ble-adapter", default="hci0", help="BlueZ adapter (default: hci0)")
+    _add_shared(group, "name")
+    _add_shared(group, "address")
+    _add_shared(group, "adapter")
     group.addoption(
         "--ble-scan-timeout",
         type=float,
@@ -96,9 +88,7 @@ def add_options(parser: pytest.Parser) -> None:
         help="write a JSON summary of the run (devices, firmware before and after, every "
         "update's figures, outcomes) for the release checklist",
     )
-    group.addoption(
-        "--sim-seed", type=int, default=0, help="seed for the simulator's randomness (default 0)"
-    )
+    _add_shared(group, "seed", type=int)
     group.addoption(
         "--fuzz-examples",
         type=int,
@@ -107,39 +97,10 @@ def add_options(parser: pytest.Parser) -> None:
         help="hypothesis examples per property (the fuzz suites scale from it; default: "
         "the hypothesis profile's, 100 in CI)",
     )
-    group.addoption(
-        "--sim-link",
-        choices=("model", "bumble"),
-        default="model",
-        help="what carries the simulator's BLE link: our radio model (default) or Google's "
-        "Bumble stack (real HCI/L2CAP/ATT; pip install 'pytest-smartball[bumble]')",
-    )
-    group.addoption(
-        "--sim-faults",
-        default=None,
-        help="fault plan applied to every simulated device, e.g. "
-        "'drop@erase:50%%,reboot@offset:200000' or a profile name",
-    )
-    group.addoption(
-        "--bluez",
-        choices=BLUEZ_CHOICES,
-        default="system",
-        help="with --device=real: the system's BlueZ (default); 'emulated': a private "
-        "dbus-daemon and an emulated bluetoothd serving simulated SmartBalls "
-        "(smartball_sim.bluez); or 'vhci': the system's real BlueZ with simulated SmartBalls "
-        "behind a virtual controller on /dev/vhci (smartball_sim.machines.vhci); both are "
-        "started and stopped by this run",
-    )
-    bugs = [entry.name for entry in contract.firmware_bugs()]
-    group.addoption(
-        "--sim-firmware-bug",
-        action="append",
-        default=[],
-        choices=bugs,
-        metavar="NAME",
-        help="give every simulated SmartBall this firmware bug (repeatable), to measure "
-        "what the suite catches; docs/firmware-bugs.md says what each does: " + ", ".join(bugs),
-    )
+    _add_shared(group, "sim_link")
+    _add_shared(group, "faults")
+    _add_shared(group, "bluez")
+    _add_shared(group, "sim_firmware_bug")
     group.addoption(
         "--sim-flash",
         default=None,
@@ -147,29 +108,9 @@ def add_options(parser: pytest.Parser) -> None:
         help="the simulated flash's timings, e.g. 'erase_page_s=0.12,write_word_s=50e-6' "
         "(default: the nRF52840's, 85 ms per page erase, 41 us per word)",
     )
-    group.addoption(
-        "--sim-firmware",
-        default="python",
-        choices=("python", "c"),
-        help="what runs inside the simulated SmartBall: the Python firmware model (default) "
-        "or the C reference core of firmware/ (docs/firmware.md; built with the system C "
-        "compiler on first use)",
-    )
-    group.addoption(
-        "--sim-firmware-lib",
-        default=None,
-        metavar="PATH",
-        help="with --sim-firmware=c: a built core to load (a firmware team's own build of "
-        "firmware/include/smartball_core.h's HAL) instead of building firmware/",
-    )
-    group.addoption(
-        "--sim-trust",
-        default=SIM_TRUST_DEFAULT,
-        choices=SIM_TRUST_CHOICES,
-        help="what every simulated SmartBall trusts: 'test', the repository's test key (a "
-        "signed-only ball, docs/protocol.md section 16), or 'none' (a v1 ball that runs any "
-        f"image; default: {SIM_TRUST_DEFAULT}), with either --sim-firmware",
-    )
+    _add_shared(group, "sim_firmware")
+    _add_shared(group, "sim_firmware_lib")
+    _add_shared(group, "sim_trust")
     release = parser.getgroup("smartball-release", "SmartBall release gate")
     release.addoption(
         "--smartball-compare",

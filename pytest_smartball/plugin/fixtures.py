@@ -37,8 +37,6 @@ from ..targets import (
     FAST_LINK,
     FAST_OTA,
     Target,
-    TargetKind,
-    kind_of,
     open_in_process,
     real_time_firmware_image,
 )
@@ -58,14 +56,10 @@ def smartball_options(pytestconfig: pytest.Config) -> SmartBallOptions:
     return smartball_session(pytestconfig).options
 
 
-def _kind(opts: SmartBallOptions) -> TargetKind:
-    return kind_of(opts.device, opts.sim_link, opts.bluez)
-
-
 @pytest.fixture(scope="session")
-def smartball_reset_settings(smartball_options: SmartBallOptions) -> OtaSettings:
+def smartball_reset_settings(pytestconfig: pytest.Config) -> OtaSettings:
     """Settings for returning a real device to its baseline between tests."""
-    return FAST_OTA if _kind(smartball_options).fast_settings else OtaSettings()
+    return FAST_OTA if smartball_session(pytestconfig).kind.fast_settings else OtaSettings()
 
 
 @pytest.fixture
@@ -322,7 +316,7 @@ def firmware_image(
     a signed image already, else signed here with the suite's key (``--signing-key``) and
     the device's security counter. Behind ``--bluez=emulated|vhci`` (balls that run in real
     time): --firmware, or a small generated image, as it is."""
-    if _kind(smartball_options).real_time_image:
+    if smartball_session(request.config).kind.real_time_image:
         return real_time_firmware_image(smartball_options.firmware, smartball_options.seed)
     if smartball_options.firmware:
         image = load_image(smartball_options.firmware)
@@ -361,15 +355,15 @@ def _signed_form(
 
 
 @pytest.fixture
-def link_settings(smartball_options: SmartBallOptions) -> LinkSettings:
-    if _kind(smartball_options).fast_settings:  # balls that erase a page in 5 ms
+def link_settings(pytestconfig: pytest.Config, smartball_options: SmartBallOptions) -> LinkSettings:
+    if smartball_session(pytestconfig).kind.fast_settings:  # balls that erase a page in 5 ms
         return FAST_LINK
     return LinkSettings(scan_timeout_s=smartball_options.scan_timeout)
 
 
 @pytest.fixture
-def ota_settings(smartball_options: SmartBallOptions, link_settings: LinkSettings) -> OtaSettings:
-    if _kind(smartball_options).fast_settings:
+def ota_settings(pytestconfig: pytest.Config, link_settings: LinkSettings) -> OtaSettings:
+    if smartball_session(pytestconfig).kind.fast_settings:
         return FAST_OTA
     return OtaSettings(link=link_settings)
 

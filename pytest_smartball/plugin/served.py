@@ -12,13 +12,12 @@ settings and image the other fixtures use with them is decided in :mod:`.fixture
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from ..image import load_image
-from ..options import SmartBallOptions
-from ..targets import TargetKind
+from ..targets import TargetKind, TargetUnavailable, opener
 from .command_line import read_options
 
 if TYPE_CHECKING:  # the simulator is imported only when asked for
@@ -27,56 +26,31 @@ if TYPE_CHECKING:  # the simulator is imported only when asked for
 
 _EMULATED = pytest.StashKey["EmulatedBluez"]()
 _VHCI = pytest.StashKey["VirtualRadio"]()
+#: Where the session keeps what each kind that serves the real path started.
+_STARTED: dict[str, pytest.StashKey[Any]] = {"emulated": _EMULATED, "vhci": _VHCI}
 
 
 def start(config: pytest.Config, kind: TargetKind) -> None:
     """Start the simulated SmartBalls a kind that serves the real path serves (for the
-    others: nothing)."""
-    if kind.serves_real_path:
-        {"emulated": _start_emulated, "vhci": _start_vhci}[kind.name](config)
-
-
-def _baseline(opts: SmartBallOptions) -> bytes | None:
-    return load_image(opts.baseline).data if opts.baseline else None
-
-
-def _start_emulated(config: pytest.Config) -> None:
+    others: nothing), with what its table entry opens, and point --ble-adapter at the
+    adapter that reaches them."""
+    if not kind.serves_real_path:
+        return
     opts = read_options(config)
-    from ..targets.emulated_bluez import EmulatorUnavailable, start_emulator
-
+    baseline = load_image(opts.baseline).data if opts.baseline else None
+    ball: dict[str, Any] = {"faults": opts.faults, "seed": opts.seed, "active_image": baseline}
+    if kind.name == "emulated":  # a virtual controller gets an adapter of the kernel's
+        ball["adapter"] = opts.adapter
     try:
-        bluez = start_emulator(
-            opts.name,
-            opts.addresses,
-            adapter=opts.adapter,
-            faults=opts.faults,
-            seed=opts.seed,
-            active_image=_baseline(opts),
-        )
-    except EmulatorUnavailable as exc:
-        raise pytest.UsageError(f"--bluez=emulated: {exc}") from None
-    config.stash[_EMULATED] = bluez
-    config.add_cleanup(bluez.stop)
-
-
-def _start_vhci(config: pytest.Config) -> None:
-    """Start the radio for this session and point --ble-adapter at it."""
-    opts = read_options(config)
-    from ..targets.vhci_bluez import VhciSetupError, start_radio
-
-    try:
-        radio = start_radio(
-            opts.name,
-            opts.addresses,
-            faults=opts.faults,
-            seed=opts.seed,
-            active_image=_baseline(opts),
-        )
-    except VhciSetupError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    config.option.ble_adapter = radio.adapter
-    config.stash[_VHCI] = radio
-    config.add_cleanup(radio.stop)
+        served = opener(kind)(opts.name, opts.addresses, **ball)
+    except TargetUnavailable as exc:
+        # the emulator's reasons are the machine's (no dbus-daemon): name the option too
+        raise pytest.UsageError(
+            f"--bluez=emulated: {exc}" if kind.name == "emulated" else str(exc)
+        ) from None
+    config.option.ble_adapter = served.adapter
+    config.stash[_STARTED[kind.name]] = served
+    config.add_cleanup(served.stop)
 
 
 @pytest.fixture(scope="session")

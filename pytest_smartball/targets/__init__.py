@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..image import FirmwareImage, generated_image, load_image
 from ..link import BleBackend, LinkSettings
-from ..ota import Limits, OtaSettings
+from ..loops import run as run_loop
+from ..ota import Limits, OtaEngine, OtaResult, OtaSettings
 
 if TYPE_CHECKING:
     from smartball_sim.device import SimDevice
@@ -175,6 +176,11 @@ class NoSuchTarget(ValueError):
     """Options that name no kind of :data:`KINDS` (one sentence: what to type instead)."""
 
 
+class TargetUnavailable(RuntimeError):
+    """A kind that serves the real path cannot start on this machine (one sentence: what is
+    missing)."""
+
+
 def kind_of(device: str, sim_link: str = "model", bluez: str = "system") -> TargetKind:
     """The kind ``--device``, ``--sim-link`` and ``--bluez`` ask for (``--sim-link``
     applies to the simulator in this process only, and is not looked at otherwise)."""
@@ -221,3 +227,29 @@ def open_in_process(kind: TargetKind, **options: Any) -> Target:
         raise NoSuchTarget(f"{kind.name}: not a simulated SmartBall in this process")
     target: Target = opener(kind)(**options)
     return target
+
+
+@dataclass(slots=True)
+class SimulatedUpdate:
+    """One update of a fresh simulated SmartBall in this process, on the virtual clock: the
+    device is open to be looked at or instrumented (its image before, its air log) before
+    :meth:`run` updates it. What the fuzzer's properties and the benchmark's figures run."""
+
+    image: FirmwareImage
+    target: Target
+
+    @property
+    def device(self) -> SimDevice:
+        assert self.target.sim is not None, "an in-process target holds its device"
+        return self.target.sim
+
+    def run(self) -> OtaResult:
+        """The whole update, the engine's default settings, to its end."""
+        engine = OtaEngine(self.image, self.target.backend, address=self.target.address)
+        return run_loop(virtual=True, coro=engine.run())
+
+
+def simulated_update(image: FirmwareImage, kind: TargetKind, **options: Any) -> SimulatedUpdate:
+    """An update of ``image`` ready to run on a fresh SmartBall of the in-process ``kind``,
+    opened with ``options`` (those of :func:`~.simulated.make_sim_target`)."""
+    return SimulatedUpdate(image, open_in_process(kind, **options))

@@ -34,8 +34,10 @@ from smartball_sim.bluez.launcher import (
 from smartball_sim.device import DEFAULT_ADDRESS
 from smartball_sim.firmware.model import FlashTimings
 
+from . import TargetUnavailable
 
-class EmulatorUnavailable(RuntimeError):
+
+class EmulatorUnavailable(TargetUnavailable):
     """The emulated BlueZ could not start (one sentence: what is missing)."""
 
 

@@ -24,13 +24,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from . import TargetUnavailable
+
 if TYPE_CHECKING:  # the simulator is imported only when the radio is started
     from smartball_sim.machines.vhci import VirtualRadio
 
 INSTALL_HINT = "--bluez=vhci needs Google's Bumble BLE stack: pip install bumble"
 
 
-class VhciSetupError(Exception):
+class VhciSetupError(TargetUnavailable):
     """The virtual radio cannot run here; the message is one sentence."""
 
 

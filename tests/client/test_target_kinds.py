@@ -7,8 +7,18 @@ import itertools
 
 import pytest
 
+from pytest_smartball.image import generated_image
 from pytest_smartball.options import BLUEZ_CHOICES, DEVICE_CHOICES
-from pytest_smartball.targets import KINDS, NoSuchTarget, kind_named, kind_of, open_in_process
+from pytest_smartball.targets import (
+    KINDS,
+    NoSuchTarget,
+    TargetUnavailable,
+    kind_named,
+    kind_of,
+    open_in_process,
+    opener,
+    simulated_update,
+)
 
 SIM_LINKS = ("model", "bumble")
 
@@ -54,3 +64,25 @@ def test_only_an_in_process_kind_opens_a_simulated_ball_here() -> None:
     for name in ("real", "emulated", "vhci"):
         with pytest.raises(NoSuchTarget):
             open_in_process(kind_named(name))
+
+
+def test_a_simulated_update_runs_once_on_a_fresh_ball_of_its_kind() -> None:
+    image = generated_image(5, 6000)
+    update = simulated_update(image, kind_named("sim"), seed=3)
+    before = update.device.firmware.active.data
+    result = update.run()
+    assert result.success, result.error
+    assert update.device.firmware.active.data == image.data != before
+    with pytest.raises(NoSuchTarget):
+        simulated_update(image, kind_named("emulated"))
+
+
+def test_the_kinds_that_serve_the_real_path_start_with_what_the_table_names() -> None:
+    from pytest_smartball.targets.emulated_bluez import EmulatorUnavailable, start_emulator
+    from pytest_smartball.targets.vhci_bluez import VhciSetupError, start_radio
+
+    assert opener(kind_named("emulated")) is start_emulator
+    assert opener(kind_named("vhci")) is start_radio
+    # the plugin stops either with one sentence, whichever cannot start
+    assert issubclass(EmulatorUnavailable, TargetUnavailable)
+    assert issubclass(VhciSetupError, TargetUnavailable)
