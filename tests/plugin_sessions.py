@@ -1,11 +1,14 @@
-"""Inner pytest sessions for the plugin's tests (tests/client/test_plugin.py and the modules that
-test one option of it): their pytest.ini, the arguments every session gets, a runner, the
-check of a clean usage error, and an emulated bench for ``--device=real``. The ``inner``
-fixture (a pytester directory with the ini and no conftest.py) is in tests/conftest.py."""
+"""Inner pytest sessions for the plugin's tests (tests/client/test_plugin_*.py and the modules
+that test one option of it): their pytest.ini, the arguments every session gets, a runner, the
+check of a clean usage error, an emulated bench for ``--device=real``, and a reader of the
+JUnit XML a session writes. The ``inner`` fixture (a pytester directory with the ini and no
+conftest.py) is in tests/conftest.py."""
 
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +112,16 @@ def smartball_reset_settings():
 """
 
 REAL = ("--device=real", "--firmware=candidate.bin", "--ble-scan-timeout=1")
+
+
+def junit_cases(path: Path) -> dict[str, dict]:
+    """Each test case of a JUnit XML file by name: its properties, its captured output and
+    its failure text."""
+    cases: dict[str, dict] = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        cases[case.get("name") or ""] = {
+            "properties": {p.get("name"): p.get("value") for p in case.iter("property")},
+            "system-out": "\n".join(s.text or "" for s in case.iter("system-out")),
+            "failure": "\n".join(f.text or "" for f in case.iter("failure")),
+        }
+    return cases

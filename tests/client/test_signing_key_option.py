@@ -1,5 +1,5 @@
 """The plugin's ``--signing-key`` and ``smartball_signer``: the key the release gate signs
-its test images with (docs/security.md). Inner pytest runs, as tests/client/test_plugin.py does."""
+its test images with (docs/security.md). Inner pytest runs, as tests/client/test_plugin_*.py do."""
 
 from __future__ import annotations
 

@@ -314,9 +314,9 @@ def test_without_the_option_the_soak_skips(tmp_path: Path) -> None:
 # --- the lab's power-cycle hook, on the real-device path -------------------------------------
 
 #: A lab's conftest.py: the boards are simulated SmartBalls reached through the backend
-#: hook (tests/client/test_plugin.py's bench); the hook "cuts the power" of the board it is given
-#: by resetting that simulated device on the test's loop, from the worker thread it is
-#: called in, as a switchable USB hub would.
+#: hook (tests/client/test_plugin_real_path.py's bench); the hook "cuts the power" of the
+#: board it is given by resetting that simulated device on the test's loop, from the worker
+#: thread it is called in, as a switchable USB hub would.
 POWER_CYCLE_HOOK = """
 import asyncio
 
