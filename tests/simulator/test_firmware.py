@@ -5,7 +5,7 @@ places where the model and the document used to disagree (issue 17).
 No radio and no bleak: the firmware's ``send`` goes into a host-side FrameDecoder, and each
 decoded message is stamped with the loop's (virtual, looptime) time, so erase and flash
 timings are checked exactly without real waiting. Every cell of the command x state table
-is checked in tests/client/test_contract.py; the tests here go deeper where a cell cannot.
+is checked in tests/client/test_contract_table.py; the tests here go deeper where a cell cannot.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ Four files under ``pytest_smartball/contract/vectors/``, for any implementation'
     model took with the vector's flash timings; they are informative, the order is not.
 
 Every cell of ``command_state.json`` has a vector here (named ``cell:ROW:STATE``), and
-tests/client/test_contract.py checks each against its cell.
+tests/client/test_contract_table.py checks each against its cell.
 
 The rooms: ``codec`` builds the codec's and the decoder's vectors, ``runner`` drives the
 firmware model through a session on a virtual clock, ``sessions`` holds the sessions of
