@@ -49,7 +49,7 @@ CASES: list[tuple[str, str | None]] = [
 ]
 
 #: A device that never resets after DONE cannot be finished by any host: the engine's
-#: bounded give-up on it is tested with the engine (tests/client/test_ota.py).
+#: bounded give-up on it is tested with the engine (tests/client/test_ota_outcomes.py).
 HOPELESS = {Effect.NO_RESET}
 #: A signed update's faults act on a signed-only ball only, which the naive script cannot
 #: update (it sends no manifest): tests/simulator/test_firmware_signed.py tests them.

@@ -695,7 +695,7 @@ def test_the_start_that_fires_a_reset_opens_no_session(tmp_path) -> None:
     and the engine counted no restart. The START was never seen: the device is idle, the
     engine finds that out and restarts (the session was in RAM: it is gone)."""
     # Before the last chunk: with every byte at the device the engine sends FINISH, not a
-    # resume START (tests/client/test_ota.py), and the reset would never fire.
+    # resume START (tests/client/test_ota_outcomes.py), and the reset would never fire.
     code, result = _flash_cli(tmp_path, "drop@offset:300000,reboot@cmd:CMD_OTA_START#2")
     assert code == 0, result["error"]
     assert result["restarts"] == 1
