@@ -4,7 +4,7 @@ catalogue (``sim/smartball_sim/firmware/bugs.json``) and print the kill table: b
 
     python -m tests.gate.kill_table [--jobs 2] [--bug NAME ...] [--out DIR] [--write-doc]
 
-Each bug gets its own run of ``pytest hil_tests --device=sim --sim-firmware-bug NAME``
+Each bug gets its own run of ``pytest GATE_TESTS --device=sim --sim-firmware-bug NAME``
 (kill_observer.py classifies every test), and a control run without a bug comes first:
 the suite must pass it, else no failure under a bug means anything. A bug is killed when
 at least one test failed because of it; a test that failed because the simulator itself
@@ -31,6 +31,8 @@ from pytest_smartball import contract
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTROL = "(none)"
+#: What the gate runs: the release suite and the simulator-only update fuzzer beside it.
+GATE_TESTS = ["hil_tests", "tests/simulator/test_fuzz_update.py"]
 #: Examples per hypothesis property in the kill runs (the fuzz suites scale from it):
 #: every run repeats the whole suite, so the fuzzers get a fiftieth of the CI run's
 #: examples, without shrinking (HYPOTHESIS_PROFILE=kill, conftest.py).
@@ -52,7 +54,7 @@ class BugRun:
     output_tail: str = ""
 
     def with_verdict(self, verdict: str) -> list[str]:
-        return sorted(t for t, v in self.tests.items() if v["verdict"] == verdict)
+        return sorted((t for t, v in self.tests.items() if v["verdict"] == verdict), key=by_name)
 
     @property
     def killers(self) -> list[str]:
@@ -71,7 +73,8 @@ class BugRun:
     def fired_not_caught(self) -> list[str]:
         """Tests in which the bug's deviation ran and which passed all the same."""
         return sorted(
-            t for t, v in self.tests.items() if v.get("fired") and v["verdict"] == "passed"
+            (t for t, v in self.tests.items() if v.get("fired") and v["verdict"] == "passed"),
+            key=by_name,
         )
 
     @property
@@ -128,7 +131,7 @@ def run_one(bug: str, out: Path, fuzz_examples: int, extra: list[str]) -> BugRun
     for attempt in range(MAX_PROCESSES):
         observations = out / f"{name}.{attempt}.json"
         command = observed_suite_command(
-            remaining or ["hil_tests"],
+            remaining or GATE_TESTS,
             observations,
             fuzz_examples,
             out / ("tmp-" + name),
@@ -161,9 +164,15 @@ def run_one(bug: str, out: Path, fuzz_examples: int, extra: list[str]) -> BugRun
 
 
 def short(nodeid: str) -> str:
-    """``hil_tests/test_x.py::test_y[p]`` -> ``test_x::test_y[p]``."""
+    """``hil_tests/test_x.py::test_y[p]``, ``tests/simulator/test_x.py::...`` -> ``test_x::...``."""
     path, _, name = nodeid.partition("::")
     return f"{Path(path).stem}::{name}"
+
+
+def by_name(nodeid: str) -> tuple[str, str]:
+    """Tests in the order of their short names, whichever folder holds them (the table's
+    examples do not depend on where a module lives)."""
+    return short(nodeid), nodeid
 
 
 def one_per_module(nodeids: list[str]) -> list[str]:
@@ -249,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     failed_control = [
         t for t, v in control.tests.items() if v["verdict"] not in ("passed", "skipped")
     ]
-    print(f"kill table: {len(runs)} firmware bugs against hil_tests ({len(control.tests)} tests)")
+    gate = " and ".join(GATE_TESTS)
+    print(f"kill table: {len(runs)} firmware bugs against {gate} ({len(control.tests)} tests)")
     if control.exit_code != 0 or failed_control or not control.tests:
         print("kill table: FAILED: the suite does not pass on the reference firmware:")
         print("\n".join(f"  {t}: {control.tests[t]['why']}" for t in failed_control))

@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.gate.kill_table import observed_suite_command
+from tests.gate.kill_table import GATE_TESTS, observed_suite_command
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The reference firmware model: what a SmartBall's firmware decides, and its flash.
@@ -317,11 +317,11 @@ def copy_tree(into: Path) -> None:
 
 
 def run_suite(tree: Path, tmp: Path, timeout_s: float, extra: list[str]) -> tuple[str, str]:
-    """hil_tests in ``tree`` (its own packages first on the path), stopped at the first
-    catch. Returns (verdict, why) by the kill table's rules."""
+    """The gate's tests (GATE_TESTS) in ``tree`` (its own packages first on the path),
+    stopped at the first catch. Returns (verdict, why) by the kill table's rules."""
     observations = tmp / "observations.json"
     command = observed_suite_command(
-        ["hil_tests"], observations, FUZZ_EXAMPLES, tmp / "pytest", ["--kill-first-catch", *extra]
+        GATE_TESTS, observations, FUZZ_EXAMPLES, tmp / "pytest", ["--kill-first-catch", *extra]
     )
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")},

@@ -22,7 +22,6 @@ from bumble.host import Host
 from bumble.link import LocalLink
 from bumble.transport.common import AsyncPipeSink
 
-from hil_tests.fault_classes import Budgets, Link, time_bound
 from pytest_smartball.cli import main as cli_main
 from pytest_smartball.cli.output import install_logging
 from pytest_smartball.contract import codec as p
@@ -39,6 +38,7 @@ from smartball_sim.faults import FaultPlan
 from smartball_sim.make_image import make_image
 from smartball_sim.radio import gatt_layout
 from tests.hosts import NusHost
+from tests.simulator.fault_classes import Budgets, Link, time_bound
 
 ADDRESS = "C0:FF:EE:00:00:01"
 IMAGE = bytes(range(256)) * 4

@@ -1,4 +1,4 @@
-"""The fuzz oracle's classification (hil_tests/fault_classes.py) agrees with the engine.
+"""The fuzz oracle's classification (tests/simulator/fault_classes.py) agrees with the engine.
 
 The budgets are read from the engine's settings, never copied; docs/faults.md states them
 in a table this test checks; the issue's plans land in the kind the document gives them;
@@ -17,7 +17,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hil_tests.fault_classes import (
+from pytest_smartball.image import FirmwareImage
+from pytest_smartball.link import LinkSettings
+from pytest_smartball.loops import run as run_loop
+from pytest_smartball.ota import Limits, OtaEngine, OtaSettings, Outcome
+from pytest_smartball.targets.simulated import make_sim_target
+from smartball_sim.faults import Effect, FaultPlan
+from smartball_sim.make_image import make_image
+from tests.simulator.fault_classes import (
     EVERY,
     Budgets,
     Kind,
@@ -28,13 +35,6 @@ from hil_tests.fault_classes import (
     recoverable_plans,
     time_bound,
 )
-from pytest_smartball.image import FirmwareImage
-from pytest_smartball.link import LinkSettings
-from pytest_smartball.loops import run as run_loop
-from pytest_smartball.ota import Limits, OtaEngine, OtaSettings, Outcome
-from pytest_smartball.targets.simulated import make_sim_target
-from smartball_sim.faults import Effect, FaultPlan
-from smartball_sim.make_image import make_image
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "faults.md").read_text(encoding="utf-8")
 FIELD_SIZE = 323194

@@ -2,7 +2,7 @@
 
 Each example builds a fresh simulated SmartBall with a generated fault plan, runs the OTA
 engine to the end on a virtual clock, and checks what that kind of plan demands
-(hil_tests/fault_classes.py classifies plans from the plan alone; docs/faults.md, "Which
+(tests/simulator/fault_classes.py classifies plans from the plan alone; docs/faults.md, "Which
 plans must succeed", states the budgets):
 
 * a **recoverable** plan (every fault within the engine's budgets) MUST end in success:
@@ -16,6 +16,9 @@ plans must succeed", states the budgets):
 
 Both erase modes are covered: the device advertises progressive erase or not (P18). A
 failing example shrinks to a minimal plan and prints the shell command that replays it.
+
+Every update runs under the contract monitor (``smartball_monitor``), as the release suite's
+tests do: a device that breaks protocol v1 fails the example even when the engine recovered.
 
 CI runs 2,000 recoverable updates (20 times hypothesis's example count) and a few hundred
 others; a nightly run reaches 20,000 with ``--fuzz-examples 1000`` (see docs/faults.md).
@@ -31,15 +34,6 @@ import pytest
 from hypothesis import event, example, given, note, settings
 from hypothesis import strategies as st
 
-from hil_tests.fault_classes import (
-    Budgets,
-    Kind,
-    Link,
-    classify,
-    hopeless_plans,
-    recoverable_plans,
-    time_bound,
-)
 from pytest_smartball.contract import codec as p
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.options import SmartBallOptions
@@ -50,10 +44,23 @@ from smartball_sim.faults import FaultPlan
 from smartball_sim.firmware.model import DEFAULT_STAGING_CAPACITY
 from smartball_sim.fuzz_inputs import fault_plans, image_specs
 from smartball_sim.make_image import make_image
+from tests.simulator.fault_classes import (
+    Budgets,
+    Kind,
+    Link,
+    classify,
+    hopeless_plans,
+    recoverable_plans,
+    time_bound,
+)
 
 # The work is bounded by example counts and virtual time, not by the wall clock; the
 # timeout only catches a hang, generously, so a busy machine cannot fail the run.
-pytestmark = [pytest.mark.sim_only, pytest.mark.timeout(3600)]
+pytestmark = [
+    pytest.mark.sim_only,
+    pytest.mark.timeout(3600),
+    pytest.mark.usefixtures("smartball_monitor"),
+]
 
 CHUNK, WINDOW = 232, 16
 #: The many-plans properties use small images so thousands of updates fit in CI time;

@@ -55,7 +55,7 @@ EVERY = 1_000_000
 FOREVER_S = 1_000_000.0
 
 #: Not the engine's settings but what a host needs on top of them; each is generous, and a
-#: run that needs more is reported by the time bound (hil_tests/test_fuzz_update.py).
+#: run that needs more is reported by the time bound (tests/simulator/test_fuzz_update.py).
 #: A reconnect to a device that advertises: a scan that sees it, a connect, NUS found,
 #: INFO and STATUS answered, a resume START answered and a window sent again.
 RECONNECT_S = 2.0
