@@ -12,12 +12,7 @@ from pytest_smartball.contract.manifest import Manifest
 from pytest_smartball.ota import observations as o
 from pytest_smartball.ota.decide import decide
 from pytest_smartball.ota.record import Commit, ImageId, Limits, Record
-from pytest_smartball.ota.states import (
-    EventKind,
-    FailureKind,
-    Outcome,
-    State,
-)
+from pytest_smartball.ota.states import EventKind, FailureKind, Outcome, State
 
 IMAGE = ImageId(20_000, 0x1234ABCD, "test.bin")
 OTHER_CRC = 0xDEADBEEF

@@ -16,22 +16,10 @@ from pytest_smartball.contract import codec as p
 from pytest_smartball.ota import observations as o
 from pytest_smartball.ota.decide import decide
 from pytest_smartball.ota.record import Commit, Record, Said
-from pytest_smartball.ota.states import (
-    EventKind,
-    FailureKind,
-    Outcome,
-    State,
-)
+from pytest_smartball.ota.states import EventKind, FailureKind, Outcome, State
 from pytest_smartball.ota.timeouts import SilenceWatch
 
-from .ota_decide_cases import (
-    LIMITS,
-    OTHER_CRC,
-    error,
-    record,
-    run,
-    status,
-)
+from .ota_decide_cases import LIMITS, OTHER_CRC, error, record, run, status
 
 # --- the three outcomes when the device cannot be reached -----------------------------------
 
