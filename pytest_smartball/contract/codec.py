@@ -2,7 +2,7 @@
 
 No asyncio and no bleak here: the client and the simulated device both build on this
 module, so the two sides cannot drift apart. ``docs/protocol.md`` is the contract the
-firmware must match; its worked examples are checked by ``tests/client/test_protocol.py``.
+firmware must match; its worked examples are checked by ``tests/client/test_protocol_messages.py``.
 
 Frame (little-endian)::
 

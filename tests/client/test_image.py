@@ -1,7 +1,7 @@
 """load_image: raw .bin and Intel .hex images, and every way a file can be unusable.
 
 ELF, UF2 and DFU packages built by the real tools, pipes and the CLI's refusals are in
-tests/client/test_image_formats.py."""
+tests/client/test_image_{elf,uf2,dfu,pipes,cli_refusals}.py."""
 
 from __future__ import annotations
 
