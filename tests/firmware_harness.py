@@ -1,7 +1,7 @@
-"""The firmware model driven directly, without a radio (tests/simulator/test_firmware.py and the
-modules that go deeper into one of its rules): the firmware's ``send`` goes into a
-host-side FrameDecoder and each decoded message is stamped with the loop's (virtual,
-looptime) time."""
+"""The firmware model driven directly, without a radio (tests/simulator/test_firmware_session.py,
+_data, _flash, _decoder and the modules that go deeper into one of its rules): the firmware's
+``send`` goes into a host-side FrameDecoder and each decoded message is stamped with the
+loop's (virtual, looptime) time."""
 
 from __future__ import annotations
 

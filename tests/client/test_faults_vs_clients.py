@@ -52,7 +52,7 @@ CASES: list[tuple[str, str | None]] = [
 #: bounded give-up on it is tested with the engine (tests/client/test_ota_outcomes.py).
 HOPELESS = {Effect.NO_RESET}
 #: A signed update's faults act on a signed-only ball only, which the naive script cannot
-#: update (it sends no manifest): tests/simulator/test_firmware_signed.py tests them.
+#: update (it sends no manifest): tests/simulator/test_firmware_signed_boot.py tests them.
 
 
 def test_every_effect_has_a_case() -> None:

@@ -131,7 +131,7 @@ def test_the_session_script_exercises_the_reference() -> None:
 
 
 #: The bugs of a signed update: they act on a signed-only ball only (the script here runs
-#: on a v1 ball); tests/simulator/test_firmware_signed.py shows each one changing what the
+#: on a v1 ball); tests/simulator/test_firmware_signed_bugs.py shows each one changing what the
 #: device does.
 SIGNED_UPDATE_BUGS = {
     FirmwareBug.NO_SIGNATURE_CHECK,

@@ -1,7 +1,8 @@
 """The race and stale-cache fault plans pass in both erase modes (issue 15), on the links
 they exist on: the in-process model link and the emulated BlueZ (real bleak, its BlueZ
 backend, dbus-fast and a dbus-daemon). Bumble refuses them (they are a BlueZ host's
-failures, tests/simulator/test_bumble.py); the real-BlueZ VM stage runs them in normal mode only.
+failures, tests/simulator/test_bumble_faults.py); the real-BlueZ VM stage runs them in normal
+mode only.
 
 A device that offers progressive erase gets the flag from the engine (its default), so the
 progressive runs below are the ones whose READY grants the wider window."""
