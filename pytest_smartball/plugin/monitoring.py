@@ -1,7 +1,8 @@
-"""The contract monitor on a test: every NUS link the test opens (the ``nus`` fixture's, the
-OTA engine's, a fuzzer's) is watched by :class:`~pytest_smartball.monitor.ContractMonitor`,
-one per device, and the test fails with the first frame that breaks the contract, also when
-its own assertions passed (the engine's tolerance must not hide a firmware's bugs).
+"""The contract monitor on a test: the first frame that breaks the contract fails it. Every
+NUS link the test opens (the ``nus`` fixture's, the OTA engine's, a fuzzer's) is watched by
+:class:`~pytest_smartball.monitor.ContractMonitor`, one per device, and the test fails with
+that frame also when its own assertions passed (the engine's tolerance must not hide a
+firmware's bugs).
 
 The plugin turns it on only for tests that ask (the ``smartball_monitor`` fixture, which
 ``hil_tests/conftest.py`` makes autouse); nothing changes for anyone else's tests.

@@ -1,6 +1,7 @@
-"""What each test leaves behind: every update's figures and the figures a test measured
+"""What each test leaves behind: its updates' figures, a soak's summary, and the timeline of
+a failed test. The figures are every update's and those a test measured
 (``smartball_figures``; JUnit XML properties and the ``--smartball-report`` JSON summary,
-:mod:`pytest_smartball.plugin.report`), a soak's summary, and, when a test fails, the timeline of
+:mod:`pytest_smartball.plugin.report`); the timeline, when a test fails, is that of
 the client's events and the simulated device's fault log (in the terminal and the JUnit
 XML's ``<system-out>``). At the end of the run, ``--smartball-compare`` puts the figures
 beside the previous release's (:mod:`pytest_smartball.compare`)."""

@@ -146,7 +146,7 @@ SIGNED_UPDATE_BUGS = {
 }
 #: Catalogue bugs added after the kill-table run docs/firmware-bugs.md records (and
 #: docs/kill-table.json beside it): their rows come with the next recorded run, which needs
-#: the gate's security tests (hil_tests/test_security.py). CI's kill-table stage measures
+#: the gate's security tests (hil_tests/test_security_*.py). CI's kill-table stage measures
 #: every bug of the catalogue on each run whatever this set says; empty it once the doc's
 #: run has them.
 NOT_YET_IN_THE_RECORDED_RUN: frozenset[FirmwareBug] = frozenset()

@@ -1,6 +1,6 @@
 """The emulator's D-Bus side: bluetoothd's names and error replies, and the object tree
-every interface lives in (``ObjectTree``): the objects and their properties, the signals
-that announce changes (``InterfacesAdded``/``InterfacesRemoved`` from ``/``,
+every interface lives in (``ObjectTree``). The tree holds the objects and their properties,
+the signals that announce changes (``InterfacesAdded``/``InterfacesRemoved`` from ``/``,
 ``PropertiesChanged``), ``ObjectManager``, ``Properties`` and ``Introspectable``, and the
 dispatch of a method call to the object that answers its interface (one per D-Bus interface,
 in the modules beside this one), at its method ``m_<Member>``."""
