@@ -24,8 +24,9 @@ each is a named deviation of a line or two where the reference behaviour is deci
 the HIL suite's strength can be measured against them. Without bugs this is the reference.
 
 This module holds the class, its reception, commands and reset guard; its data types live in
-``types.py``, its erasing, DATA/flash and FINISH/verify/activation parts in the mixins of
-``erase.py``, ``data.py``, ``activation.py`` (all in this folder).
+``types.py``; its eraser (``erase.py``) and flash controller are collaborators it holds,
+its DATA/flash and FINISH/verify/activation parts the mixins of ``data.py``,
+``activation.py`` (all in this folder).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from .activation import ActivationMixin
 from .bugs import SMALL_FRAME_BUFFER, SMALL_RX_BUFFER_CHUNKS
 from .bugs import FirmwareBug as Bug
 from .data import DataMixin
-from .erase import ErasingMixin
+from .erase import Eraser
 from .flash import PAGE_SIZE, Flash
 from .flash_controller import FlashController
 from .signed import SignedMixin, SignedState
@@ -113,7 +114,7 @@ _TEXTS = {
 _SIGNED_COMMANDS = frozenset({p.MsgType.CMD_OTA_MANIFEST, p.MsgType.CMD_OTA_CONFIRM})
 
 
-class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
+class SmartBallFirmware(DataMixin, ActivationMixin, SignedMixin):
     def __init__(
         self,
         *,
@@ -180,6 +181,8 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
         self._inbox: deque[p.Frame] = deque()
         #: The NVMC's job queue (page erases, chunk writes) and the CPU stall of an erase.
         self.flash_controller = FlashController(self)
+        #: The erase after START, the page-erased report and READY.
+        self.eraser = Eraser(self)
         #: The event loop the scheduled steps live on, and how many have yet to run.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = 0
@@ -547,7 +550,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
             return  # READY follows when the erase ends, with this max_chunk
         # READY again once every accepted byte is written: the host's credit starts at
         # next_expected_offset, so the receive buffer must be empty by then.
-        self.flash_controller.after_written(s, self._send_ready, s)
+        self.flash_controller.after_written(s, self.eraser.send_ready, s)
 
     def _new_session(self, msg: p.CmdOtaStart) -> None:
         progressive = self.progressive_erase and bool(msg.flags & p.StartFlag.PROGRESSIVE_ERASE)
@@ -565,10 +568,10 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
         self.session = s
         if progressive:
             self.state = p.OtaState.RECEIVING  # pages are erased as DATA reaches them
-            self._send_ready(s)
+            self.eraser.send_ready(s)
             return
         self.state = p.OtaState.ERASING
-        self._erase_next_page(s, 0)
+        self.eraser.erase_next_page(s, 0)
 
     def _pages_to_erase(self, image_size: int) -> int:
         if image_size % PAGE_SIZE and Bug.LAST_PAGE_NOT_ERASED in self.bugs:
