@@ -24,9 +24,9 @@ each is a named deviation of a line or two where the reference behaviour is deci
 the HIL suite's strength can be measured against them. Without bugs this is the reference.
 
 This module holds the class, its reception, commands and reset guard; its data types live in
-``types.py``; its eraser (``erase.py``) and flash controller are collaborators it holds,
-its DATA/flash and FINISH/verify/activation parts the mixins of ``data.py``,
-``activation.py`` (all in this folder).
+``types.py``; its eraser (``erase.py``), activation (``activation.py``: FINISH, verify,
+activation) and flash controller are collaborators it holds, its DATA part the mixin of
+``data.py`` (all in this folder).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from .. import gate_probe
 from ..gate_probe import BugSwitches
 from ..make_image import image_version
 from .activation import TX_COMPLETE_WAIT_S as TX_COMPLETE_WAIT_S
-from .activation import ActivationMixin
+from .activation import Activation
 from .bugs import SMALL_FRAME_BUFFER, SMALL_RX_BUFFER_CHUNKS
 from .bugs import FirmwareBug as Bug
 from .data import DataMixin
@@ -114,7 +114,7 @@ _TEXTS = {
 _SIGNED_COMMANDS = frozenset({p.MsgType.CMD_OTA_MANIFEST, p.MsgType.CMD_OTA_CONFIRM})
 
 
-class SmartBallFirmware(DataMixin, ActivationMixin, SignedMixin):
+class SmartBallFirmware(DataMixin, SignedMixin):
     def __init__(
         self,
         *,
@@ -183,6 +183,8 @@ class SmartBallFirmware(DataMixin, ActivationMixin, SignedMixin):
         self.flash_controller = FlashController(self)
         #: The erase after START, the page-erased report and READY.
         self.eraser = Eraser(self)
+        #: FINISH, the verify, the pending record and DONE, the reset into the new image.
+        self.activation = Activation(self)
         #: The event loop the scheduled steps live on, and how many have yet to run.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = 0
@@ -504,6 +506,9 @@ class SmartBallFirmware(DataMixin, ActivationMixin, SignedMixin):
         self._end_session(p.OtaState.IDLE)
         self.accepted = None  # ABORT discards an accepted manifest too
         self._reply(self.status())
+
+    def _on_finish(self, msg: p.CmdOtaFinish) -> None:
+        self.activation.on_finish(msg)
 
     def _on_start(self, msg: p.CmdOtaStart) -> None:
         if msg.image_size == 0 or msg.chunk_size < p.MIN_CHUNK_SIZE:
