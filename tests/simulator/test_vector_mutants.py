@@ -28,6 +28,7 @@ import pytest
 
 from pytest_smartball.contract import codec as p
 from smartball_sim import contract_vectors
+from smartball_sim.firmware.activation import Activation
 from smartball_sim.firmware.c_core import FIRMWARE_DIR
 from smartball_sim.firmware.flash import PAGE_SIZE
 from smartball_sim.firmware.flash_controller import FlashController
@@ -312,14 +313,13 @@ def idle_gap_on_processing_time(mp: pytest.MonkeyPatch) -> None:
 
 
 def failed_persist_ignored(mp: pytest.MonkeyPatch) -> None:
-    def make(orig: Any) -> Any:
-        def verify(self: Fw, s: OtaSession) -> None:
-            self.persist_fail_next = False
-            orig(self, s)
+    orig = Activation._verify
 
-        return verify
+    def verify(self: Activation, s: OtaSession) -> None:
+        self._fw.persist_fail_next = False
+        orig(self, s)
 
-    _wrap(mp, "_verify", make)
+    mp.setattr(Activation, "_verify", verify)
 
 
 #: mutant -> the vector written for its rule (it must fail; others may too)

@@ -56,7 +56,7 @@ class DataMixin(FirmwareParts):
                 if page not in s.erase_queued:  # erased just before its first write
                     s.erase_queued.add(page)
                     job = _FlashJob(s, p.MsgType.CMD_OTA_DATA, page=page)
-                    job.after.append(lambda: self._page_erased(s))
+                    job.after.append(lambda: self.eraser.page_erased(s))
                     self.flash_controller.queue(job)
         self.flash_controller.queue(
             _FlashJob(

@@ -24,8 +24,9 @@ each is a named deviation of a line or two where the reference behaviour is deci
 the HIL suite's strength can be measured against them. Without bugs this is the reference.
 
 This module holds the class, its reception, commands and reset guard; its data types live in
-``types.py``, its erasing, DATA/flash and FINISH/verify/activation parts in the mixins of
-``erase.py``, ``data.py``, ``activation.py`` (all in this folder).
+``types.py``; its eraser (``erase.py``), activation (``activation.py``: FINISH, verify,
+activation) and flash controller are collaborators it holds, its DATA part the mixin of
+``data.py`` (all in this folder).
 """
 
 from __future__ import annotations
@@ -46,11 +47,11 @@ from .. import gate_probe
 from ..gate_probe import BugSwitches
 from ..make_image import image_version
 from .activation import TX_COMPLETE_WAIT_S as TX_COMPLETE_WAIT_S
-from .activation import ActivationMixin
+from .activation import Activation
 from .bugs import SMALL_FRAME_BUFFER, SMALL_RX_BUFFER_CHUNKS
 from .bugs import FirmwareBug as Bug
 from .data import DataMixin
-from .erase import ErasingMixin
+from .erase import Eraser
 from .flash import PAGE_SIZE, Flash
 from .flash_controller import FlashController
 from .signed import SignedMixin, SignedState
@@ -113,7 +114,7 @@ _TEXTS = {
 _SIGNED_COMMANDS = frozenset({p.MsgType.CMD_OTA_MANIFEST, p.MsgType.CMD_OTA_CONFIRM})
 
 
-class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
+class SmartBallFirmware(DataMixin, SignedMixin):
     def __init__(
         self,
         *,
@@ -180,6 +181,10 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
         self._inbox: deque[p.Frame] = deque()
         #: The NVMC's job queue (page erases, chunk writes) and the CPU stall of an erase.
         self.flash_controller = FlashController(self)
+        #: The erase after START, the page-erased report and READY.
+        self.eraser = Eraser(self)
+        #: FINISH, the verify, the pending record and DONE, the reset into the new image.
+        self.activation = Activation(self)
         #: The event loop the scheduled steps live on, and how many have yet to run.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = 0
@@ -502,6 +507,9 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
         self.accepted = None  # ABORT discards an accepted manifest too
         self._reply(self.status())
 
+    def _on_finish(self, msg: p.CmdOtaFinish) -> None:
+        self.activation.on_finish(msg)
+
     def _on_start(self, msg: p.CmdOtaStart) -> None:
         if msg.image_size == 0 or msg.chunk_size < p.MIN_CHUNK_SIZE:
             self._error(p.ErrorCode.BAD_PARAM, what="image_size 0 or chunk_size below 4")
@@ -547,7 +555,7 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
             return  # READY follows when the erase ends, with this max_chunk
         # READY again once every accepted byte is written: the host's credit starts at
         # next_expected_offset, so the receive buffer must be empty by then.
-        self.flash_controller.after_written(s, self._send_ready, s)
+        self.flash_controller.after_written(s, self.eraser.send_ready, s)
 
     def _new_session(self, msg: p.CmdOtaStart) -> None:
         progressive = self.progressive_erase and bool(msg.flags & p.StartFlag.PROGRESSIVE_ERASE)
@@ -565,10 +573,10 @@ class SmartBallFirmware(ErasingMixin, DataMixin, ActivationMixin, SignedMixin):
         self.session = s
         if progressive:
             self.state = p.OtaState.RECEIVING  # pages are erased as DATA reaches them
-            self._send_ready(s)
+            self.eraser.send_ready(s)
             return
         self.state = p.OtaState.ERASING
-        self._erase_next_page(s, 0)
+        self.eraser.erase_next_page(s, 0)
 
     def _pages_to_erase(self, image_size: int) -> int:
         if image_size % PAGE_SIZE and Bug.LAST_PAGE_NOT_ERASED in self.bugs:

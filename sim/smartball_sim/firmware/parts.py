@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_smartball.contract import codec as p
 
 from .bugs import FirmwareBug as Bug
+from .erase import Eraser
 from .flash import Flash
 from .flash_controller import FlashController
 from .types import FirmwareEvent, FlashTimings, OtaSession, _PendingRecord
@@ -34,6 +35,7 @@ class FirmwareParts:
     _pending: _PendingRecord | None
     persist_fail_next: bool
     flash_controller: FlashController
+    eraser: Eraser
 
     if TYPE_CHECKING:
         # model.py
@@ -49,10 +51,3 @@ class FirmwareParts:
         def _end_session(self, state: p.OtaState) -> None: ...
         def _reply(self, msg: p.DeviceMessage) -> None: ...
         def _error(self, code: p.ErrorCode, command: int | None = None, **details: Any) -> None: ...
-
-        # erase.py
-        def _page_erased(self, s: OtaSession) -> None: ...
-
-        # activation.py, signed.py
-        def _staged_complete(self, s: OtaSession) -> None: ...
-        def _digest_refused(self, s: OtaSession) -> bool: ...
