@@ -148,7 +148,12 @@ class DeviceProtocolModel(RuleBasedStateMachine):
         cell = TABLE.row(row_id).cells[self.state]
         got = [contract.message_token(m) for m in replies]
         want_errors = [t for t in cell.reply if t.startswith("MSG_ERROR:")]
-        assert [t for t in got if t.startswith("MSG_ERROR:")] == want_errors, (row_id, replies)
+        # An error the cell says follows later (its "then": the verify's CRC_MISMATCH after
+        # FINISH) may already be among the replies when the work was quick; the caller checks
+        # the "then" part itself.
+        later = {t.rstrip("+?") for t in cell.then}
+        errors = [t for t in got if t.startswith("MSG_ERROR:") and t not in later]
+        assert errors == want_errors, (row_id, replies)
         for token in cell.reply:
             assert token in got, (row_id, token, replies)
         self.state = cell.state

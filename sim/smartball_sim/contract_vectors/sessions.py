@@ -327,8 +327,8 @@ THREE_PAGES = bytes(3 * 4096)
 
 def rule_sessions() -> list[VectorSession]:
     """One session per rule that a device could break while passing every other vector
-    (issue 24's list): each fails a firmware that breaks its rule (tests/test_vector_mutants.py
-    shows it on the model)."""
+    (issue 24's list): each fails a firmware that breaks its rule
+    (tests/simulator/test_vector_mutants.py shows it on the model)."""
     finish = p.encode(p.CmdOtaFinish())
     status = p.encode(p.CmdOtaStatus())
     c = list(chunks())

@@ -58,6 +58,7 @@ from .signed import SignedMixin, SignedState
 from .swap import SwapWear
 from .types import (
     _US,
+    ERROR_TEXTS,
     FirmwareEvent,
     FirmwareEventKind,
     FlashTimings,
@@ -93,23 +94,6 @@ class _PowerCycled(Exception):
     """Raised out of a call that reset the device, to unwind the step that made it."""
 
 
-#: Error texts (informative; hosts act on the code). Each is at most MAX_ERROR_TEXT bytes.
-_TEXTS = {
-    p.ErrorCode.BAD_FRAME: "payload too short for its type",
-    p.ErrorCode.BAD_STATE: "not allowed in state {state}",
-    p.ErrorCode.BAD_OFFSET: "chunk runs past the image end",
-    p.ErrorCode.TOO_LARGE: "image larger than the staging area",
-    p.ErrorCode.CRC_MISMATCH: "staged image CRC mismatch; old image kept",
-    p.ErrorCode.FLASH_ERROR: "flash failed twice; old image kept",
-    p.ErrorCode.UNKNOWN_COMMAND: "unknown command 0x{type:02X}",
-    p.ErrorCode.BAD_PARAM: "{what}",
-    p.ErrorCode.BAD_MANIFEST: "{what}",
-    p.ErrorCode.UNTRUSTED_KEY: "{what}",
-    p.ErrorCode.BAD_SIGNATURE: "{what}",
-    p.ErrorCode.DOWNGRADE: "{what}",
-    p.ErrorCode.UNSIGNED: "no accepted manifest for this image",
-    p.ErrorCode.DIGEST_MISMATCH: "staged image SHA-256 mismatch; old image kept",
-}
 #: The commands only a device with SIGNED_IMAGES knows (a v1 device: UNKNOWN_COMMAND).
 _SIGNED_COMMANDS = frozenset({p.MsgType.CMD_OTA_MANIFEST, p.MsgType.CMD_OTA_CONFIRM})
 
@@ -595,7 +579,7 @@ class SmartBallFirmware(DataMixin, SignedMixin):
         self._call_out(self._send, p.encode(msg))
 
     def _error(self, code: p.ErrorCode, command: int | None = None, **details: Any) -> None:
-        text = _TEXTS[code].format(state=self.state.name, **details)
+        text = ERROR_TEXTS[code].format(state=self.state.name, **details)
         encoded = text.encode()[: p.MAX_ERROR_TEXT].decode("utf-8", errors="ignore")
         log.info("error %s: %s", code.name, encoded)
         answering = self._answering if command is None else command

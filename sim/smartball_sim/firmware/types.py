@@ -171,3 +171,22 @@ class _PendingRecord:
     image_crc32: int
     #: Signed updates: the manifest and its signature (the bootloader verifies again).
     head: bytes | None = None
+
+
+#: Error texts (informative; hosts act on the code). Each is at most MAX_ERROR_TEXT bytes.
+ERROR_TEXTS: dict[p.ErrorCode, str] = {
+    p.ErrorCode.BAD_FRAME: "payload too short for its type",
+    p.ErrorCode.BAD_STATE: "not allowed in state {state}",
+    p.ErrorCode.BAD_OFFSET: "chunk runs past the image end",
+    p.ErrorCode.TOO_LARGE: "image larger than the staging area",
+    p.ErrorCode.CRC_MISMATCH: "staged image CRC mismatch; old image kept",
+    p.ErrorCode.FLASH_ERROR: "flash failed twice; old image kept",
+    p.ErrorCode.UNKNOWN_COMMAND: "unknown command 0x{type:02X}",
+    p.ErrorCode.BAD_PARAM: "{what}",
+    p.ErrorCode.BAD_MANIFEST: "{what}",
+    p.ErrorCode.UNTRUSTED_KEY: "{what}",
+    p.ErrorCode.BAD_SIGNATURE: "{what}",
+    p.ErrorCode.DOWNGRADE: "{what}",
+    p.ErrorCode.UNSIGNED: "no accepted manifest for this image",
+    p.ErrorCode.DIGEST_MISMATCH: "staged image SHA-256 mismatch; old image kept",
+}
