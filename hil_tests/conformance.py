@@ -20,7 +20,7 @@ from pytest_smartball import contract
 from pytest_smartball.contract import codec as p
 from pytest_smartball.link import LinkLost, NusLink, ResponseTimeout
 
-from .helpers import present_manifest
+from .helpers import PAGE_SIZE, present_manifest
 
 TIMING = contract.timing()
 #: Radio delivery on top of the device's own obligation: a few connection events (at most
@@ -58,8 +58,6 @@ class Session:
         return len(self.image)
 
 
-#: A flash page: MSG_OTA_PROGRESS counts an erase in bytes, whole pages (protocol section 5).
-PAGE_SIZE = 4096
 #: The shortest page erase with which the ERASING set-up (ERASE_PAGES pages) lasts long
 #: enough for a command, its reply and a STATUS: 40 ms a page is 1.6 s; the nRF52840 takes 85.
 CATCHABLE_PAGE_S = 0.040

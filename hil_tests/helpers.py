@@ -8,9 +8,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from pytest_smartball import contract
 from pytest_smartball.contract import Timing
 from pytest_smartball.contract import codec as p
-from pytest_smartball.contract.manifest import MANIFEST_SIZE, Manifest, crc_preserving_flip
+from pytest_smartball.contract.manifest import MANIFEST_SIZE, Manifest
 from pytest_smartball.link import LinkSettings, NusLink, ResponseTimeout, find_device
 from pytest_smartball.targets import Target
 
@@ -23,7 +24,7 @@ ERASE_SILENCE_S = 10.0
 ACK_WAIT_S = 5.0
 MAX_FULL_BUFFER_WAITS = 3
 #: A flash page: what an erase MSG_OTA_PROGRESS counts in (protocol section 5).
-PAGE_SIZE = 4096
+PAGE_SIZE = contract.flash_layout().page_size
 
 
 class SuiteKey:
@@ -292,12 +293,6 @@ async def send_in_ack_intervals(
 
 
 # --- tampering: a CRC-32 forgery (the CRC is not a signature), a changed manifest ------------
-
-
-def flipped_with_the_same_crc(image: bytes, where: int) -> bytes:
-    """``image`` with the byte at ``where`` changed and its CRC-32 kept: what an attacker
-    does to get a changed image past the CRC check; only the SHA-256 catches it."""
-    return crc_preserving_flip(image, where)
 
 
 def changed_manifest(manifest: Manifest, field: str) -> Manifest:

@@ -37,9 +37,9 @@ RUNS_ANY_IMAGE = (
     "(docs/security.md)"
 )
 #: Three pages, the last one partly: never activated (each session here is refused).
-IMAGE = random.Random(23).randbytes(3 * 4096 - 100)
+IMAGE = random.Random(23).randbytes(3 * h.PAGE_SIZE - 100)
 #: The pages of a full staging bank: the longest swap.
-FULL_BANK_PAGES = -(-contract.flash_layout().staging_capacity // 4096)
+FULL_BANK_PAGES = -(-contract.flash_layout().staging_capacity // h.PAGE_SIZE)
 #: How long a refusal may take: a reply, never an erase (which is 85 ms a page).
 REFUSAL_S = TIMING.reply_max_s + c.RADIO_MARGIN_S
 

@@ -220,7 +220,7 @@ async def test_data_during_the_erase_gets_bad_state_for_the_first_and_the_window
     chunk = p.granted_max_chunk(nus.max_data_chunk)
     learnt = await h.open_session(nus, IMAGE, CRC, chunk, TIMING)
     await nus.request(p.CmdOtaAbort(), (p.MsgOtaStatus,))
-    image = c.erase_image(info.staging_capacity, pages=info.staging_capacity // c.PAGE_SIZE)
+    image = c.erase_image(info.staging_capacity, pages=info.staging_capacity // h.PAGE_SIZE)
     crc = p.crc32(image)
     await h.present_manifest(nus, image, crc, info)
     await nus.send(p.CmdOtaStart(len(image), crc, chunk))

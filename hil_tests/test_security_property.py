@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from pytest_smartball.contract import codec as p
 from pytest_smartball.contract import signing
+from pytest_smartball.contract.manifest import crc_preserving_flip
 from pytest_smartball.loops import virtual_event_loop
 from pytest_smartball.options import SmartBallOptions
 from pytest_smartball.suite_signer import SuiteSigner
@@ -34,7 +35,7 @@ from smartball_sim.firmware.c_core import library_for
 from smartball_sim.firmware.c_firmware import CFirmware
 from smartball_sim.firmware.model import FlashTimings, SmartBallFirmware
 
-from .helpers import changed_manifest, flipped_with_the_same_crc
+from .helpers import changed_manifest
 
 pytestmark = [pytest.mark.sim_only, pytest.mark.timeout(1800)]
 
@@ -175,7 +176,7 @@ def make_attack(kind: str, counter: int, image: bytes, field: str, where: int) -
             forged = FOREIGN.sign_manifest(good.manifest)
             return Attack(forged.head, image, {})
         case "flip":
-            return Attack(good.head, flipped_with_the_same_crc(image, where % len(image)), genuine)
+            return Attack(good.head, crc_preserving_flip(image, where % len(image)), genuine)
         case "truncated":
             return Attack(good.head, image[: -1 - where % 8], genuine)
         case "extra-byte":

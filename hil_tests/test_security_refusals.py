@@ -18,7 +18,7 @@ import random
 import pytest
 
 from pytest_smartball.contract import codec as p
-from pytest_smartball.contract.manifest import Manifest
+from pytest_smartball.contract.manifest import Manifest, crc_preserving_flip
 from pytest_smartball.link import NusLink
 from pytest_smartball.suite_signer import SuiteSigner
 from pytest_smartball.targets import Target
@@ -106,7 +106,7 @@ async def test_a_tampered_image_is_refused(
     await expect_accepted(nus, manifest_of(signed.head), "the genuine manifest")
     if tampering.startswith("flip-"):
         where = {"flip-start": 0, "flip-middle": len(IMAGE) // 2, "flip-end": len(IMAGE) - 1}
-        sent = h.flipped_with_the_same_crc(IMAGE, where[tampering])
+        sent = crc_preserving_flip(IMAGE, where[tampering])
         reply = await transfer(nus, sent)
         assert isinstance(reply, p.MsgError) and reply.code == err.DIGEST_MISMATCH, (
             f"an image with a byte flipped at {where[tampering]} (its CRC-32 forged to the "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pytest_smartball.contract import codec as p
+from .contract import codec as p
 
 __all__ = ["info_dict", "info_from_dict"]
 

@@ -18,10 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_smartball.contract import codec as p
-from pytest_smartball.contract.manifest import SIGNED_HEAD_SIZE, Manifest, SignedImage, key_id_text
-
 from . import contract
+from .contract import codec as p
+from .contract.manifest import SIGNED_HEAD_SIZE, Manifest, SignedImage, key_id_text
 from .image_formats import (
     FormatError,
     ImageFormat,

@@ -36,10 +36,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from pytest_smartball.contract.codec import crc16_ccitt_false
-from pytest_smartball.contract.manifest import ManifestError, SignedImage, is_signed_image
-
 from . import contract
+from .contract.codec import crc16_ccitt_false
+from .contract.manifest import ManifestError, SignedImage, is_signed_image
 
 
 class FormatError(ValueError):

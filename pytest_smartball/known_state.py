@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 from bleak.backends.device import BLEDevice
 
-from pytest_smartball.contract import codec as p
-
+from .contract import codec as p
 from .image import FirmwareImage
 from .link import BleBackend, LinkError, LinkLost, LinkSettings, NusLink, find_device
 from .ota import OtaEngine, OtaResult, OtaSettings

@@ -40,10 +40,11 @@ SIM_FIRMWARE_CHOICES = ("python", "c")
 @dataclass(frozen=True, slots=True)
 class SharedOption:
     """One setting both fronts offer: its flag in pytest (``plugin_flag``) and in
-    ``smartball-ota`` (``cli_flag``), its default, choices and help. The CLI's help may be
-    worded for its own context (``cli_help``: "with --sim: ..."); what the value means and
-    which values it takes is said once, here. Each front adds its own type (the CLI's
-    validators turn a bad value into its one-sentence error)."""
+    ``smartball-ota`` (``cli_flag``), its default, choices and help. The flags, defaults and
+    choices are said once, here; the CLI's help may be worded for its own context
+    (``cli_help``: "with --sim: ..."), so seven of the settings carry two wordings of their
+    help. Each front adds its own type (the CLI's validators turn a bad value into its
+    one-sentence error)."""
 
     plugin_flag: str
     cli_flag: str

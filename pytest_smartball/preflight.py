@@ -18,10 +18,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pytest_smartball.contract import codec as p
-
 from . import bluez
 from .bluez import AdapterInfo, BluezUnavailable
+from .contract import codec as p
 from .image import FirmwareImage, ImageError, load_image
 from .known_state import idle_and_info
 from .link import BleBackend, DeviceNotFound, LinkError, LinkSettings, Sighting, observe

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from pytest_smartball.contract import codec as p
+from .contract import codec as p
 
 
 def messages() -> st.SearchStrategy[p.Message]:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pytest_smartball.contract import codec as p
-from pytest_smartball.contract.manifest import Manifest, SignedImage, key_id
-from pytest_smartball.contract.signing import load_private, raw_public, test_key
+from .contract import codec as p
+from .contract.manifest import Manifest, SignedImage, key_id
+from .contract.signing import load_private, raw_public, test_key
 
 #: The version a manifest names for an image that is only a session's payload (random
 #: bytes with no version descriptor: the simulator reads 0.0.0 from them too).

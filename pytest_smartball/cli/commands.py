@@ -10,8 +10,7 @@ from typing import Any
 from bleak.backends.device import BLEDevice
 from tqdm import tqdm
 
-from pytest_smartball.contract import codec as p
-
+from ..contract import codec as p
 from ..device_info import info_dict
 from ..image import FirmwareImage
 from ..link import LINK_ERRORS, DeviceNotFound, LinkError, NusLink, find_device, scan

@@ -12,8 +12,7 @@ import subprocess
 import sys
 from typing import Any
 
-from pytest_smartball.contract import codec as p
-
+from ..contract import codec as p
 from ..ota import HealthCheck, HealthCheckFailed
 
 

@@ -8,10 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from pytest_smartball.contract import signing
-from pytest_smartball.contract.manifest import SIGNED_HEAD_SIZE, key_id_text
-from pytest_smartball.contract.signing import KeyFileError
-
+from ..contract import signing
+from ..contract.manifest import SIGNED_HEAD_SIZE, key_id_text
+from ..contract.signing import KeyFileError
 from ..image import ImageError, load_image
 from . import output as out
 from .args import PROG, Context

@@ -12,9 +12,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pytest_smartball.contract import codec as p
-from pytest_smartball.contract.manifest import key_id_text
-
+from ..contract import codec as p
+from ..contract.manifest import key_id_text
 from ..image import FirmwareImage
 from ..ota import EventKind, OtaEngine, OtaEvent, OtaResult, Outcome, State
 from ..targets import Target

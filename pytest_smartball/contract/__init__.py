@@ -1,5 +1,7 @@
 """The protocol contract as data: the command x state table, the device's timing obligations
-and the test vectors, read from this package's ``contract/`` directory.
+and the test vectors, read from the JSON files beside this module. This package is the ground
+floor the client and the simulator both stand on: the codec (``codec``), the signed image's
+manifest (``manifest``) and its signatures (``signing``) live here too.
 
 Pure: no I/O but reading its own package data, so the simulator, the client and the HIL
 suite on a real bench all read the same files. ``docs/protocol.md`` renders the table and

@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from pytest_smartball.contract.manifest import (
+from .manifest import (
     MANIFEST_SIZE,
     SIGNED_HEAD_SIZE,
     Manifest,

@@ -29,8 +29,7 @@ from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
 from bleak_retry_connector import BleakClientWithServiceCache, establish_connection
 
-from pytest_smartball.contract import codec as p
-
+from ..contract import codec as p
 from .backend import BleBackend
 from .errors import (
     LINK_ERRORS,

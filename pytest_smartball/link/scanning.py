@@ -13,9 +13,8 @@ from bleak import BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 
-from pytest_smartball.contract import codec as p
-
 from ..bluez import connected_devices
+from ..contract import codec as p
 from .backend import BleBackend
 from .errors import STACK_ERRORS, DeviceNotFound
 

@@ -3,8 +3,7 @@ effect on the modelled state once it is (section 7)."""
 
 from __future__ import annotations
 
-from pytest_smartball.contract import codec as p
-
+from ..contract import codec as p
 from .model import DEVICE_CLASSES, DeviceModel, HeldSession, PendingCommand, describe
 from .replies import data_reply, start_reply
 from .state import MonitorState

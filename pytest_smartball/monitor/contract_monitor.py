@@ -5,8 +5,7 @@ observation to them."""
 
 from __future__ import annotations
 
-from pytest_smartball.contract import codec as p
-
+from ..contract import codec as p
 from .commands import on_command
 from .matching import on_device_frame
 from .rules import Violation
@@ -29,17 +28,8 @@ class ContractMonitor:
         return self._state.name
 
     @property
-    def margin_s(self) -> float:
-        return self._state.margin_s
-
-    @property
     def violations(self) -> list[Violation]:
         return self._state.violations
-
-    @property
-    def active(self) -> tuple[int, int] | None:
-        """The image the device runs, as far as the monitor knows (size, CRC-32)."""
-        return self._state.active
 
     # --- what the test tells the monitor --------------------------------------------------
 
@@ -63,7 +53,7 @@ class ContractMonitor:
         m = mon.m
         if (m.done_t is not None or mon.activation is not None) and not mon.no_reset:
             # The device ends the link after DONE to reset (section 9): the activation.
-            mon.reset(t, activation=True)
+            mon.reset(activation=True)
             return
         mon.become_unsure()
 
@@ -72,7 +62,7 @@ class ContractMonitor:
         mon = self._state
         advance(mon, t)
         mon.log(t, "*", "device reset")
-        mon.reset(t, activation=mon.m.state is p.OtaState.COMPLETE)
+        mon.reset(activation=mon.m.state is p.OtaState.COMPLETE)
 
     def observe_fault(self, t: float, fault: str) -> None:
         """A fault a simulated link or device injected on purpose (smartball_sim's fault
@@ -87,7 +77,7 @@ class ContractMonitor:
             mon.fault_blind = True
             mon.become_unsure()
         elif fault == "reboot":
-            mon.reset(t, activation=mon.m.state is p.OtaState.COMPLETE)
+            mon.reset(activation=mon.m.state is p.OtaState.COMPLETE)
         elif fault == "no-reset":
             mon.no_reset = True
             mon.activation = None
@@ -143,8 +133,3 @@ class ContractMonitor:
     def now(self) -> float:
         """The time of the last thing observed."""
         return self._state.now
-
-    @property
-    def first(self) -> Violation | None:
-        violations = self._state.violations
-        return violations[0] if violations else None

@@ -4,9 +4,8 @@ follows; what neither explains is a violation."""
 
 from __future__ import annotations
 
-from pytest_smartball import contract
-from pytest_smartball.contract import codec as p
-
+from .. import contract
+from ..contract import codec as p
 from .commands import apply
 from .model import (
     ASYNC,

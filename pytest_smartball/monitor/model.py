@@ -7,9 +7,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from pytest_smartball.contract import codec as p
+from .. import contract
+from ..contract import codec as p
 
-PAGE_SIZE = 4096
+PAGE_SIZE = contract.flash_layout().page_size
 
 
 @dataclass(slots=True)

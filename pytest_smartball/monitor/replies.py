@@ -4,10 +4,9 @@ monitor's state; and, while the state is unknown, the reply's kind only."""
 
 from __future__ import annotations
 
-from pytest_smartball import contract
-from pytest_smartball.contract import codec as p
-from pytest_smartball.contract.manifest import Manifest, ManifestError
-
+from .. import contract
+from ..contract import codec as p
+from ..contract.manifest import Manifest, ManifestError
 from .model import ExpectedReply, PendingCommand
 from .state import MonitorState
 

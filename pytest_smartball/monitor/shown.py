@@ -4,8 +4,7 @@ INFO's running image (the activation, section 9 and 16)."""
 
 from __future__ import annotations
 
-from pytest_smartball.contract import codec as p
-
+from ..contract import codec as p
 from .model import DeviceModel, HeldSession, PendingCommand, command_name, status_text
 from .state import MonitorState
 from .work import on_ready

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import collections
 
-from pytest_smartball import contract
-from pytest_smartball.contract import codec as p
-
+from .. import contract
+from ..contract import codec as p
 from .model import DeviceModel, HeldSession, PendingCommand
 from .rules import Violation
 
@@ -127,7 +126,7 @@ class MonitorState:
         m.last_progress_t = None
         m.verify_start_t = None
 
-    def reset(self, t: float, activation: bool) -> None:
+    def reset(self, activation: bool) -> None:
         m = self.m
         if self.signed and self.in_test is not None and self.before_test is not None:
             # An image in TEST reverts at a reset unless it was confirmed (section 16.6):

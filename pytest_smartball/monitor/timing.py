@@ -3,8 +3,7 @@ PROGRESS, READY, the verify's outcome, the disconnect after DONE."""
 
 from __future__ import annotations
 
-from pytest_smartball.contract import codec as p
-
+from ..contract import codec as p
 from .commands import apply
 from .model import command_name, describe, page_count
 from .replies import reply_to

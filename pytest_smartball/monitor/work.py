@@ -3,8 +3,7 @@ DONE, the verify's and the flash's errors): the erase, the ACK interval, the ver
 
 from __future__ import annotations
 
-from pytest_smartball.contract import codec as p
-
+from ..contract import codec as p
 from .model import ASYNC, ASYNC_ERRORS, PAGE_SIZE, DeviceModel, page_count
 from .state import MonitorState
 

@@ -15,8 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from pytest_smartball.contract import codec as p
-
+from ..contract import codec as p
 from .moves import (
     end,
     give_up,

@@ -23,8 +23,7 @@ from typing import TypeVar
 
 from bleak.backends.device import BLEDevice
 
-from pytest_smartball.contract import codec as p
-
+from ..contract import codec as p
 from ..image import FirmwareImage, ImageError
 from ..link import (
     STACK_ERRORS,

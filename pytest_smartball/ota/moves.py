@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pytest_smartball.contract import codec as p
-
+from ..contract import codec as p
 from .observations import LinkFailed
 from .record import Commit, Decision, Note, Record
 from .states import EventKind, FailureKind, Outcome, State

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pytest_smartball.contract import codec as p
+from ..contract import codec as p
 
 
 @dataclass(frozen=True, slots=True)

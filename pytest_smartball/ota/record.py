@@ -6,9 +6,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from pytest_smartball.contract import codec as p
-from pytest_smartball.contract.manifest import Manifest
-
+from ..contract import codec as p
+from ..contract.manifest import Manifest
 from .states import EventKind, FailureKind, Outcome, State
 
 

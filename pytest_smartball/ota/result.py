@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pytest_smartball.contract import codec as p
-
+from ..contract import codec as p
 from .record import Record
 from .states import EventKind, FailureKind, Outcome, State
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
-from pytest_smartball.contract import codec as p
-
+from ..contract import codec as p
 from ..link.settings import LinkSettings
 from .record import Limits
 from .timeouts import DEFAULT as DEFAULT_TIMEOUTS

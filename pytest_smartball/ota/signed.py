@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pytest_smartball.contract import codec as p
-from pytest_smartball.contract.manifest import key_id_text
-
+from ..contract import codec as p
+from ..contract.manifest import key_id_text
 from .moves import end
 from .observations import ConfirmReply, HealthChecked, ManifestAccepted, Observation
 from .record import Commit, Decision, ImageId, Note, Record

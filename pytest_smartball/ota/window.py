@@ -45,7 +45,7 @@ import enum
 from collections import deque
 from dataclasses import dataclass
 
-from pytest_smartball.contract import codec as p
+from ..contract import codec as p
 
 #: The first pause after a repeated refusal, and the longest (see the module's text).
 REFUSAL_PAUSE_S = 0.02

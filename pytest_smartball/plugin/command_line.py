@@ -190,28 +190,23 @@ def command_words(config: pytest.Config) -> list[str]:
 
 
 def read_options(config: pytest.Config) -> SmartBallOptions:
+    # The settings both fronts share are read by their flags in the one table; their keys
+    # are SmartBallOptions' fields, but for the bugs (given once per bug, kept once each).
+    shared = {key: config.getoption(option.plugin_flag) for key, option in SHARED_OPTIONS.items()}
+    bugs = shared.pop("sim_firmware_bug") or ()
     return SmartBallOptions(
+        **shared,
         device=config.getoption(DEVICE_DEST),
-        name=config.getoption("--ble-name"),
-        address=config.getoption("--ble-address"),
-        adapter=config.getoption("--ble-adapter"),
         firmware=config.getoption("--firmware"),
-        seed=config.getoption("--sim-seed"),
-        faults=config.getoption("--sim-faults"),
         baseline=config.getoption("--baseline-firmware"),
         report=config.getoption("--smartball-report"),
         scan_timeout=config.getoption("--ble-scan-timeout"),
-        bluez=config.getoption("--bluez"),
-        firmware_bugs=tuple(dict.fromkeys(config.getoption("--sim-firmware-bug") or ())),
+        firmware_bugs=tuple(dict.fromkeys(bugs)),
         sim_flash=config.getoption("--sim-flash"),
-        sim_firmware=config.getoption("--sim-firmware"),
-        sim_firmware_lib=config.getoption("--sim-firmware-lib"),
-        sim_trust=config.getoption("--sim-trust"),
         compare=config.getoption("--smartball-compare"),
         compare_tolerance_percent=config.getoption("--smartball-compare-tolerance"),
         compare_min_measured_percent=config.getoption("--smartball-compare-min-measured"),
         soak=config.getoption("--smartball-soak"),
-        sim_link=config.getoption("--sim-link"),
         html=config.getoption("--smartball-html"),
         device_flag=device_flag(config),
         signing_key=config.getoption("--signing-key"),

@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
-from pytest_smartball.contract import codec as p
-from pytest_smartball.contract.manifest import is_signed_image
-
 from .. import loops
+from ..contract import codec as p
+from ..contract.manifest import is_signed_image
 from ..figures import FigureRecorder
 from ..image import FirmwareImage, ImageError, generated_image, load_image
 from ..link import LinkSettings, NusLink, find_device

@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 
-from pytest_smartball.contract import codec as p
-
 from .. import compare, loops, preflight, soak
 from .. import figures as fig
+from ..contract import codec as p
 from ..device_info import info_dict
 from ..image import FirmwareImage
 from ..options import SmartBallOptions

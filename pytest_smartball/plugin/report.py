@@ -18,8 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from pytest_smartball.contract import codec as p
-
+from ..contract import codec as p
 from ..device_info import info_dict
 from ..image import FirmwareImage
 from ..ota import OtaResult

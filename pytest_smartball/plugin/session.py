@@ -18,9 +18,8 @@ from typing import Any
 
 import pytest
 
-from pytest_smartball.contract import codec as p
-
 from .. import loops, preflight
+from ..contract import codec as p
 from ..device_info import info_dict, info_from_dict
 from ..image import FirmwareImage, ImageError, generated_image, load_image
 from ..link import BleBackend
@@ -215,7 +214,7 @@ def _check_release_options(opts: SmartBallOptions) -> None:
     if opts.soak is not None and opts.soak < 1:
         raise pytest.UsageError("--smartball-soak: the number of updates must be 1 or more")
     if opts.signing_key:
-        from pytest_smartball.contract.signing import (  # only when a key is given
+        from ..contract.signing import (  # only when a key is given
             KeyFileError,
             load_private,
         )

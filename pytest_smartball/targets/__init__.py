@@ -243,9 +243,11 @@ class SimulatedUpdate:
         assert self.target.sim is not None, "an in-process target holds its device"
         return self.target.sim
 
-    def run(self) -> OtaResult:
-        """The whole update, the engine's default settings, to its end."""
-        engine = OtaEngine(self.image, self.target.backend, address=self.target.address)
+    def run(self, settings: OtaSettings | None = None) -> OtaResult:
+        """The whole update, with the engine's default ``settings`` unless given, to its end."""
+        engine = OtaEngine(
+            self.image, self.target.backend, address=self.target.address, settings=settings
+        )
         return run_loop(virtual=True, coro=engine.run())
 
 

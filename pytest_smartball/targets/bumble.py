@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pytest_smartball.contract import codec as p
 from smartball_sim.bumble.faults import BlueZOnlyFault  # no bumble import
 
+from ..contract import codec as p
 from ..link import BleBackend
 from . import Target
 

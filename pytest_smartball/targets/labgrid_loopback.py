@@ -52,7 +52,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from pytest_smartball.contract import codec as p
 from smartball_sim.bluez.launcher import (
     RUN_ID_VARIABLE,
     DbusDaemonMissing,
@@ -61,6 +60,7 @@ from smartball_sim.bluez.launcher import (
 )
 from smartball_sim.device import SimDevice
 
+from ..contract import codec as p
 from ..image import ImageError, load_image
 
 log = logging.getLogger("pytest_smartball.targets.labgrid_loopback")

@@ -7,8 +7,6 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-from pytest_smartball.contract import codec as p
-from pytest_smartball.contract import signing
 from smartball_sim.device import DEFAULT_ADDRESS, SimDevice
 from smartball_sim.fault_injector import FaultRecord
 from smartball_sim.faults import FaultPlan, FaultSpecError
@@ -17,6 +15,8 @@ from smartball_sim.firmware.c_core import MissingCompiler
 from smartball_sim.firmware.model import FlashTimings
 from smartball_sim.fronts.in_process import SimWorld
 
+from ..contract import codec as p
+from ..contract import signing
 from ..link import BleBackend
 from ..options import SIM_TRUST_CHOICES
 from . import Target

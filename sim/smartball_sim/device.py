@@ -159,8 +159,8 @@ class SimDevice:
                     "the C core has no firmware-bug switches and grants one window: "
                     "firmware bugs and progressive_window_bytes need the Python model"
                 )
-            # The C core offers the part of SmartBallFirmware's interface the device, the
-            # fault injector and the HIL suite use (smartball_sim.firmware.c_firmware): typed as the
+            # The C core offers the part of SmartBallFirmware's interface the device and the
+            # HIL suite use (smartball_sim.firmware.c_firmware): typed as the
             # model so that their code needs no second path.
             self.firmware = cast(
                 SmartBallFirmware,
@@ -251,10 +251,7 @@ class SimDevice:
             case FailFlash(count):
                 fw.flash.fail_next += count
             case FlipStaged(offset):
-                if fw.pending_image is not None:
-                    fw.corrupt_staged(offset)  # after DONE: only the bootloader can tell
-                else:
-                    fw.staged_flip.append(offset)  # once the transfer is in flash
+                fw.flip_staged(offset)
             case CutSwap(after_steps):
                 fw.swap_cut_after_steps = after_steps
             case _:
@@ -262,11 +259,7 @@ class SimDevice:
 
     def _undo_firmware_faults(self) -> None:
         """What a previous plan's faults did to the firmware goes with the plan."""
-        fw = self.firmware
-        fw.timings = self.flash_timings
-        fw.flash.fail_next = 0
-        fw.staged_flip.clear()
-        fw.swap_cut_after_steps = None
+        self.firmware.clear_faults(self.flash_timings)
 
     def attach(self, link_layer: LinkLayer) -> None:
         """Carry this device's link over another link layer (before any connection)."""

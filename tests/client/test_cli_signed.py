@@ -25,22 +25,10 @@ from pytest_smartball.cli.errors import (
 from pytest_smartball.contract import signing
 from pytest_smartball.contract.manifest import key_id_text
 
+from .cli_runs import run, run_json
+
 IMAGE = random.Random(5).randbytes(20_000)
 TEST_KID = key_id_text(signing.test_trusted_key().key_id)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
-    code, out, _ = run(capsys, *argv, "--json")
-    lines = out.strip().splitlines()
-    assert len(lines) == 1, out
-    return code, json.loads(lines[0])
 
 
 def failure_line(err: str, what: str) -> str:
@@ -71,7 +59,7 @@ def signed(tmp_path: Path) -> Path:
 def test_a_signed_image_is_flashed_confirmed_and_the_result_says_so(
     capsys: pytest.CaptureFixture[str], signed: Path
 ) -> None:
-    code, data = run_json(capsys, "flash", "--sim", str(signed))
+    code, data, _ = run_json(capsys, "flash", "--sim", str(signed))
     assert code == EXIT_OK and data["outcome"] == "succeeded"
     assert data["image_state"] == "confirmed"
     after = data["info_after"]
@@ -92,7 +80,7 @@ def test_human_output_says_confirmed(capsys: pytest.CaptureFixture[str], signed:
 def test_an_unsigned_image_to_the_signed_only_ball_is_refused_before_anything_is_sent(
     capsys: pytest.CaptureFixture[str], unsigned: Path
 ) -> None:
-    code, data = run_json(capsys, "flash", "--sim", str(unsigned))
+    code, data, _ = run_json(capsys, "flash", "--sim", str(unsigned))
     assert code == EXIT_UNSIGNED and data["failure"] == "unsigned"
     assert "the device runs only signed images" in data["error"]
     assert "sign it with `smartball-ota sign`" in data["error"]
@@ -108,7 +96,7 @@ def test_another_keys_image_is_refused_with_its_own_exit_code(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     path = signed_file(tmp_path, key=signing.generate())
-    code, data = run_json(capsys, "flash", "--sim", str(path))
+    code, data, _ = run_json(capsys, "flash", "--sim", str(path))
     assert code == EXIT_UNTRUSTED_KEY and data["failure"] == "untrusted-key"
     assert f"the device trusts key {TEST_KID}" in data["error"]
     assert data["bytes_sent"] == 0
@@ -117,7 +105,7 @@ def test_another_keys_image_is_refused_with_its_own_exit_code(
 def test_no_confirm_leaves_the_image_on_trial(
     capsys: pytest.CaptureFixture[str], signed: Path
 ) -> None:
-    code, data = run_json(capsys, "flash", "--sim", "--no-confirm", str(signed))
+    code, data, _ = run_json(capsys, "flash", "--sim", "--no-confirm", str(signed))
     assert code == EXIT_OK and data["image_state"] == "test"
     assert "confirmed" not in [event["kind"] for event in data["events"]]
     code, out, _ = run(capsys, "flash", "--sim", "--no-confirm", str(signed))
@@ -129,7 +117,7 @@ def test_a_passing_health_check_comes_before_the_confirm(
 ) -> None:
     seen = tmp_path / "env.txt"
     check = f'echo "$SMARTBALL_FIRMWARE $SMARTBALL_IMAGE_CRC32" > {seen}'
-    code, data = run_json(capsys, "flash", "--sim", "--health-check", check, str(signed))
+    code, data, _ = run_json(capsys, "flash", "--sim", "--health-check", check, str(signed))
     assert code == EXIT_OK and data["image_state"] == "confirmed"
     kinds = [event["kind"] for event in data["events"]]
     assert kinds.index("health-check") < kinds.index("confirmed")
@@ -139,7 +127,7 @@ def test_a_passing_health_check_comes_before_the_confirm(
 def test_a_failing_health_check_leaves_the_image_unconfirmed(
     capsys: pytest.CaptureFixture[str], signed: Path
 ) -> None:
-    code, data = run_json(capsys, "flash", "--sim", "--health-check", "exit 3", str(signed))
+    code, data, _ = run_json(capsys, "flash", "--sim", "--health-check", "exit 3", str(signed))
     assert code == EXIT_UNHEALTHY and data["failure"] == "unhealthy"
     assert "`exit 3` exited with 3" in data["error"]
     assert "runs it on trial and returns to its old image" in data["error"]
@@ -151,7 +139,7 @@ def test_a_health_check_that_hangs_is_stopped_by_its_timeout(
 ) -> None:
     t0 = time.monotonic()
     argv = ("flash", "--sim", "--health-check", "sleep 30", "--health-check-timeout", "0.5")
-    code, data = run_json(capsys, *argv, str(signed))
+    code, data, _ = run_json(capsys, *argv, str(signed))
     assert code == EXIT_UNHEALTHY and "did not finish within 0.5 s" in data["error"]
     assert time.monotonic() - t0 < 20  # the wall-clock bound, not the 30 s sleep
 
@@ -169,7 +157,7 @@ def test_a_reset_before_the_confirm_is_reverted_with_its_own_exit_code(
     capsys: pytest.CaptureFixture[str], signed: Path
 ) -> None:
     argv = ("flash", "--sim", "--faults", "reboot@cmd:CMD_OTA_CONFIRM#1", str(signed))
-    code, data = run_json(capsys, *argv)
+    code, data, _ = run_json(capsys, *argv)
     assert code == EXIT_REVERTED and data["outcome"] == "reverted"
     assert "reset before it was confirmed" in data["error"]
     assert data["image_state"] == "reverted"
@@ -184,7 +172,7 @@ def test_a_reset_before_the_confirm_is_reverted_with_its_own_exit_code(
 def test_a_v1_ball_gets_a_signed_image_with_a_warning(
     capsys: pytest.CaptureFixture[str], signed: Path
 ) -> None:
-    code, data = run_json(capsys, "flash", "--sim", "--sim-trust", "none", str(signed))
+    code, data, _ = run_json(capsys, "flash", "--sim", "--sim-trust", "none", str(signed))
     assert code == EXIT_OK and data["image_state"] is None
     warnings = [e["detail"] for e in data["events"] if e["kind"] == "warning"]
     assert any("it checks no signature" in w for w in warnings)
@@ -197,7 +185,7 @@ def test_info_shows_the_balls_trust(capsys: pytest.CaptureFixture[str]) -> None:
     assert "signed only       yes" in out
     assert f"trusted key id    {TEST_KID}" in out
     assert "security counter  0" in out and "image state       confirmed" in out
-    code, data = run_json(capsys, "info", "--sim")
+    code, data, _ = run_json(capsys, "info", "--sim")
     assert data["signed_only"] and data["trusted_key_id"] == TEST_KID
     assert data["image_state"] == "confirmed" and data["security_counter"] == 0
     code, out, _ = run(capsys, "info", "--sim", "--sim-trust", "none")
@@ -205,7 +193,7 @@ def test_info_shows_the_balls_trust(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_confirm_on_a_confirmed_ball_changes_nothing(capsys: pytest.CaptureFixture[str]) -> None:
-    code, data = run_json(capsys, "confirm", "--sim")
+    code, data, _ = run_json(capsys, "confirm", "--sim")
     assert code == EXIT_OK and data["image_state"] == "confirmed"
 
 
@@ -250,7 +238,7 @@ def test_the_windows_of_a_signed_update_end_as_they_are(
     """A staged byte changed behind an unchanged CRC-32 (refused at FINISH; after DONE, by
     the bootloader: reverted), a power cut between the verify and PENDING (the update runs
     again), just after the confirm (it stands), in the swap (it resumes)."""
-    got, data = run_json(capsys, "flash", "--sim", "--faults", faults, str(signed))
+    got, data, _ = run_json(capsys, "flash", "--sim", "--faults", faults, str(signed))
     assert (got, data["outcome"]) == (code, outcome), data["error"]
     assert words in data["error"]
     holds_new = data["sim_active_image"]["size"] == len(IMAGE)

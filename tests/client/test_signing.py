@@ -13,29 +13,16 @@ from pathlib import Path
 import pytest
 from intelhex import IntelHex
 
-from pytest_smartball.cli import main
 from pytest_smartball.cli.errors import EXIT_BAD_INPUT, EXIT_BAD_KEY, EXIT_OK
 from pytest_smartball.contract import signing
 from pytest_smartball.contract.manifest import SIGNED_HEAD_SIZE, SignedImage, key_id_text
 from pytest_smartball.image import load_image
 from pytest_smartball.image_formats import ImageFormat
 
+from .cli_runs import one_error_line, run
+
 TEST_KEY = Path(signing.__file__).parent / "keys" / signing.TEST_KEY_NAME
 IMAGE = random.Random(23).randbytes(12_345)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
-
-
-def one_error(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one sentence, got: {err!r}"
-    assert lines[0].startswith("smartball-ota: ")
-    return lines[0]
 
 
 @pytest.fixture
@@ -74,7 +61,7 @@ def test_keygen_never_overwrites_a_key(capsys: pytest.CaptureFixture[str], tmp_p
     before = key.read_bytes()
     code, out, err = run(capsys, "keygen", str(key))
     assert code == EXIT_BAD_INPUT and out == ""
-    assert "exists: keygen never overwrites a key" in one_error(err)
+    assert "exists: keygen never overwrites a key" in one_error_line(err)
     assert key.read_bytes() == before
 
 
@@ -83,7 +70,7 @@ def test_keygen_never_overwrites_a_public_key_either(
 ) -> None:
     (tmp_path / "k.pub.pem").write_text("someone's public key")
     code, _, err = run(capsys, "keygen", str(tmp_path / "k.pem"))
-    assert code == EXIT_BAD_INPUT and "k.pub.pem exists" in one_error(err)
+    assert code == EXIT_BAD_INPUT and "k.pub.pem exists" in one_error_line(err)
     assert not (tmp_path / "k.pem").exists()
 
 
@@ -91,7 +78,7 @@ def test_keygen_into_a_missing_folder_is_one_sentence(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     code, _, err = run(capsys, "keygen", str(tmp_path / "nope" / "k.pem"))
-    assert code == EXIT_BAD_INPUT and "does not exist" in one_error(err)
+    assert code == EXIT_BAD_INPUT and "does not exist" in one_error_line(err)
 
 
 def test_keygen_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -179,7 +166,7 @@ def test_bad_versions_and_counters_are_bad_input_and_write_nothing(
     out_path = tmp_path / "fw.sbi"
     args = ["sign", str(image), "--key", str(TEST_KEY), "--version", version]
     code, _, err = run(capsys, *args, "--counter", counter, "-o", str(out_path))
-    assert code == EXIT_BAD_INPUT and words in one_error(err)
+    assert code == EXIT_BAD_INPUT and words in one_error_line(err)
     assert not out_path.exists()
 
 
@@ -192,14 +179,14 @@ def test_a_missing_argument_is_bad_input_with_the_usage(
 
 def test_a_bad_image_is_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = sign(capsys, tmp_path / "nope.bin", tmp_path / "fw.sbi")
-    assert code == EXIT_BAD_INPUT and "no such file" in one_error(err)
+    assert code == EXIT_BAD_INPUT and "no such file" in one_error_line(err)
 
 
 def test_signing_onto_the_image_itself_is_refused(
     capsys: pytest.CaptureFixture[str], image: Path
 ) -> None:
     code, _, err = sign(capsys, image, image)
-    assert code == EXIT_BAD_INPUT and "is the image itself" in one_error(err)
+    assert code == EXIT_BAD_INPUT and "is the image itself" in one_error_line(err)
     assert image.read_bytes() == IMAGE
 
 
@@ -238,7 +225,7 @@ def test_a_bad_key_is_its_own_exit_code_and_writes_nothing(
     out_path = tmp_path / "fw.sbi"
     code, out, err = sign(capsys, image, out_path, key=key)
     assert code == EXIT_BAD_KEY and out == ""
-    assert words in one_error(err)
+    assert words in one_error_line(err)
     assert not out_path.exists()
 
 

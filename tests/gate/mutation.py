@@ -12,9 +12,9 @@ rule stated in :func:`excluded_by_rule`, never one by one. The rest are the popu
 source give the same mutants), ``--all`` takes every one (nightly).
 
 Each mutant runs in a copy of the tree of its own under ``--out`` (the working tree is
-never touched; two runs with different ``--out`` never meet), two at a time:
-``pytest hil_tests --device=sim`` with the kill table's observer (kill_observer.py), which
-ends the run at the first test that catches it. Each mutant is then
+never touched; two runs with different ``--out`` never meet), two at a time: ``pytest``
+of the gate's tests (kill_table.GATE_TESTS) ``--device=sim`` with the kill table's observer
+(kill_observer.py), which ends the run at the first test that catches it. Each mutant is then
 
 * ``caught``: a test failed on its own terms (the kill table's rule);
 * ``crashed``: tests failed only because the simulator raised (or could not be imported);
@@ -402,7 +402,7 @@ def _end_runs(signum: int, frame: object) -> None:
 
 def where_it_imports(tree: Path) -> str:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(tree / "sim")])}
-    code = "import smartball_sim, pytest_smartball, hil_tests; print(smartball_sim.__file__)"
+    code = "import smartball_sim, pytest_smartball, hil_tests, tests; print(smartball_sim.__file__)"
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, env=env
     )
@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     verdict, why = run_suite(control_tree, out / "control", args.timeout, extra)
     shutil.rmtree(control_tree, ignore_errors=True)
     if verdict != "survived":
-        print(f"mutation: FAILED: hil_tests does not pass on the unmutated copy: {verdict}: {why}")
+        print(f"mutation: FAILED: the gate's tests fail on the unmutated copy: {verdict}: {why}")
         return 1
 
     equivalents = load_equivalents()

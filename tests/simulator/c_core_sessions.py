@@ -6,21 +6,17 @@ device of the vectors' kind.
 from __future__ import annotations
 
 import ctypes
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_smartball.contract import codec as p
+from pytest_smartball import contract
 
 from .. import c_core
 
-VECTORS = Path(p.__file__).resolve().parent / "vectors"
-
 
 def _vectors(name: str) -> list[dict[str, Any]]:
-    vectors: list[dict[str, Any]] = json.loads((VECTORS / name).read_text())["vectors"]
+    vectors: list[dict[str, Any]] = contract.vectors(name)["vectors"]
     return vectors
 
 

@@ -13,7 +13,7 @@ import pytest
 from .. import c_core
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # no state of its own: one build for the four modules
 def lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     prebuilt = os.environ.get(c_core.LIB_ENV)
     if prebuilt:

@@ -11,19 +11,18 @@ with ``make -C firmware host``.
 from __future__ import annotations
 
 import ctypes
-import json
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pytest_smartball import contract
 from pytest_smartball.contract import codec as p
 
 from .. import c_core
 from .c_core_sessions import (
     _SESSION_DEVICE,
-    VECTORS,
     _report,
     _session,
     _types,
@@ -179,7 +178,7 @@ def test_manifest_vectors(lib: ctypes.CDLL, capsys: pytest.CaptureFixture[str]) 
     """manifest.json: each signed head as CMD_OTA_MANIFEST to a signed-only C core in IDLE
     (the file's device: the test key, counter 3): accepted (MSG_OTA_STATUS) or the error of
     the first check that refuses it, section 16.1's order."""
-    data = json.loads((VECTORS / "manifest.json").read_text())
+    data = contract.vectors("manifest.json")
     device = data["device"]
     trust = {k: device[k] for k in ("trusted_key_ids", "security_counter")}
     failures = []

@@ -19,9 +19,7 @@ from pytest_smartball.contract import signing
 from pytest_smartball.contract.manifest import Manifest
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link.nus import watch_links
-from pytest_smartball.loops import run as run_loop
-from pytest_smartball.ota import OtaEngine
-from pytest_smartball.targets.simulated import make_sim_target
+from pytest_smartball.targets import kind_of, simulated_update
 from smartball_sim.faults import FaultPlan
 from smartball_sim.fuzz_inputs import fault_plans, image_specs
 
@@ -193,21 +191,27 @@ def _update_as_seen(case: tuple[bytes, FaultPlan, int, bool], **device: Any) -> 
     events without their times (and without the device's error texts, which the C core
     leaves out, as section 5 allows) and the faults that fired."""
     data, plan, seed, progressive = case
-    target = make_sim_target(faults=plan, seed=seed, progressive_erase=progressive, **device)
-    assert target.sim is not None
+    update = simulated_update(
+        FirmwareImage(data, "plan.bin"),
+        kind_of("sim"),
+        faults=plan,
+        seed=seed,
+        progressive_erase=progressive,
+        **device,
+    )
     frames: list[tuple[Any, ...]] = []
     stop = watch_links(lambda _link: _FramesSeen(frames))
     try:
-        engine = OtaEngine(FirmwareImage(data, "plan.bin"), target.backend, address=target.address)
-        result = run_loop(virtual=True, coro=engine.run())
+        result = update.run()
     finally:
         stop()
+    device_ = update.device
     events = [
         (e.kind, e.detail.split(":")[0] if e.kind in ("device-error", "end") else e.detail)
         for e in result.events
     ]
-    faults = [str(record).split(maxsplit=1)[1] for record in target.sim.fault_log]
-    return result.outcome, result.failure, target.sim.firmware.active.data, events, faults, frames
+    faults = [str(record).split(maxsplit=1)[1] for record in device_.fault_log]
+    return result.outcome, result.failure, device_.firmware.active.data, events, faults, frames
 
 
 class _FramesSeen:

@@ -19,9 +19,8 @@ from hypothesis import strategies as st
 
 from pytest_smartball.image import FirmwareImage
 from pytest_smartball.link import LinkSettings
-from pytest_smartball.loops import run as run_loop
-from pytest_smartball.ota import Limits, OtaEngine, OtaSettings, Outcome
-from pytest_smartball.targets.simulated import make_sim_target
+from pytest_smartball.ota import Limits, OtaSettings, Outcome
+from pytest_smartball.targets import kind_of, simulated_update
 from smartball_sim.faults import Effect, FaultPlan
 from smartball_sim.make_image import make_image
 from tests.simulator.fault_classes import (
@@ -149,10 +148,7 @@ def test_at_the_edge_of_the_attempts_budget_the_engine_does_what_the_class_says(
     settings_ = OtaSettings(limits=Limits(max_attempts_without_progress=attempts))
     image = FirmwareImage(make_image(5000, 1), "edge.bin")
     kind = classify(FaultPlan.parse(spec), image.size, Budgets.of(settings_)).kind
-    target = make_sim_target(faults=spec, seed=0)
-    assert target.sim is not None
-    engine = OtaEngine(image, target.backend, address=target.sim.address, settings=settings_)
-    result = run_loop(virtual=True, coro=engine.run())
+    result = simulated_update(image, kind_of("sim"), faults=spec, seed=0).run(settings_)
     if kind is Kind.RECOVERABLE:
         assert result.success, result.error
     else:

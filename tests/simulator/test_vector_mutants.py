@@ -15,7 +15,6 @@ VERIFYING vectors do not depend on how a device splits its CRC.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from pytest_smartball import contract
 from pytest_smartball.contract import codec as p
 from smartball_sim import contract_vectors
 from smartball_sim.firmware.activation import Activation
@@ -37,8 +37,7 @@ from smartball_sim.firmware.types import OtaSession, _FlashJob
 
 from .. import c_core
 
-VECTORS = Path(p.__file__).resolve().parent / "vectors"
-PACKAGED: list[dict[str, Any]] = json.loads((VECTORS / "device.json").read_text())["vectors"]
+PACKAGED: list[dict[str, Any]] = contract.vectors("device.json")["vectors"]
 V1 = [v for v in PACKAGED if "signed_only" not in v["device"]]
 
 Fw = SmartBallFirmware

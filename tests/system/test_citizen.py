@@ -433,40 +433,12 @@ def test_the_contract_is_the_ground_floor() -> None:
                 assert _is_contract(imported), f"{module} imports {imported}"
 
 
-def test_no_import_circles() -> None:
-    graph = {
-        module: {m for m in imports_of(module, top_level_only=True) if m in graph_nodes()}
-        for module in graph_nodes()
-    }
-    done: set[str] = set()
-
-    def visit(module: str, path: list[str]) -> None:
-        if module in path:
-            cycle = [*path[path.index(module) :], module]
-            raise AssertionError("import circle: " + " -> ".join(cycle))
-        if module in done:
-            return
-        for imported in sorted(graph[module]):
-            visit(imported, [*path, module])
-        done.add(module)
-
-    for module in sorted(graph):
-        visit(module, [])
-
-
-def graph_nodes() -> list[str]:
-    return modules("pytest_smartball") + modules("smartball_sim")
-
-
-#: The packages searched for circles that count type-only imports.
-CIRCLE_PACKAGES = ("pytest_smartball", "smartball_sim")
-
-
 def test_no_import_circle_counting_type_only_imports() -> None:
     """Issue 22: a circle closed only by ``if TYPE_CHECKING:`` imports is still a circle (a
     module that needs another's types to be read). Every top-level import counts, type-only
-    ones too; what a function imports when it runs does not."""
-    nodes = [m for package in CIRCLE_PACKAGES for m in modules(package)]
+    ones too; what a function imports when it runs does not. (A circle of run-time imports
+    is one of these too.)"""
+    nodes = [m for package in PACKAGES for m in modules(package)]
     graph = import_graph(nodes, type_only=True)
     circles = import_circles(graph)
     assert circles == [], "import circles (type-only imports counted):\n" + "\n".join(
@@ -533,7 +505,7 @@ def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
-ALL_MODULES = frozenset(graph_nodes())
+ALL_MODULES = frozenset(m for package in PACKAGES for m in modules(package))
 
 
 def imports_of(module: str, *, top_level_only: bool, type_only: bool = False) -> set[str]:

@@ -34,9 +34,20 @@ def test_no_module_is_longer_than_600_lines() -> None:
     assert not long, f"modules over {MAX_LINES} lines (split them by responsibility): {long}"
 
 
-def test_the_modules_counted_include_every_source_folder() -> None:
-    counted = {path.relative_to(ROOT).parts[0] for path in python_modules()}
-    assert counted == {*SOURCE_DIRS, "conftest.py"}
+def test_every_top_level_folder_of_python_is_counted() -> None:
+    """A new folder of the project's Python must join SOURCE_DIRS (the venv, hidden folders
+    and build output aside)."""
+    generated = {"build", "dist"}
+    with_python = {
+        folder.name
+        for folder in ROOT.iterdir()
+        if folder.is_dir()
+        and not folder.name.startswith(".")
+        and folder.name not in generated
+        and not folder.name.endswith(".egg-info")
+        and any(folder.rglob("*.py"))
+    }
+    assert with_python == set(SOURCE_DIRS)
 
 
 def test_the_readme_package_map_is_the_one_the_tree_renders() -> None:
@@ -46,11 +57,12 @@ def test_the_readme_package_map_is_the_one_the_tree_renders() -> None:
     )
 
 
-def test_the_package_map_names_every_module_of_both_packages() -> None:
-    rendered = package_map.render()
+def test_every_module_of_both_packages_is_in_a_mapped_folder_and_says_what_it_is() -> None:
+    """The map names a module by its folder's row and its docstring's first sentence: so
+    every module sits in a package folder of the map and has a first sentence to show."""
+    folders = set(package_map.package_folders())
     for package in package_map.PACKAGES:
         for module in package.rglob("*.py"):
-            if module.name != "__init__.py":
-                folder = module.parent.relative_to(ROOT).as_posix()
-                row = next(line for line in rendered.splitlines() if f"`{folder}/`" in line)
-                assert f"`{module.name}`:" in row, f"{module} is not named in its folder's row"
+            assert module.parent in folders, f"{module}: its folder is no package of the map"
+            sentence = package_map.first_sentence(module.read_text(encoding="utf-8"))
+            assert sentence, f"{module}: no docstring to name it by in README's map"

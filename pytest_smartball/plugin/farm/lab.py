@@ -34,7 +34,7 @@ from labgrid.resource.remote import RemotePlace, RemotePlaceManager
 from labgrid.step import step
 from labgrid.util.proxy import proxymanager
 
-from pytest_smartball.contract import codec as p
+from ...contract import codec as p
 
 #: The bound on each call to the coordinator (connect, read, acquire, release).
 CALL_TIMEOUT_S = 30.0

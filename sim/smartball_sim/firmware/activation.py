@@ -12,12 +12,11 @@ from pytest_smartball.contract import codec as p
 
 from .bugs import LATE_RESET_S, SLOW_VERIFY_BYTES_PER_S
 from .bugs import FirmwareBug as Bug
+from .erase import EraserOwner
 from .flash import Flash
-from .flash_controller import FlashController
 from .types import (
     FirmwareEvent,
     FirmwareEventKind,
-    FlashTimings,
     OtaSession,
     _PendingRecord,
     to_us,
@@ -28,28 +27,18 @@ from .types import (
 TX_COMPLETE_WAIT_S = 1.0
 
 
-class ActivationOwner(Protocol):
-    """What the activation needs of its firmware: its state, session, timings, bugs, flash
-    and flash controller, the pending record it persists, the signed checks of the staged
-    image, the clock, its way out and the reset."""
+class ActivationOwner(EraserOwner, Protocol):
+    """What the activation needs of its firmware beyond what the eraser needs: its flash,
+    the pending record it persists, the signed checks of the staged image, the reset guard,
+    its way out and the reset."""
 
-    state: p.OtaState
-    session: OtaSession | None
-    timings: FlashTimings
-    bugs: frozenset[Bug]
     flash: Flash
-    flash_controller: FlashController
     _pending: _PendingRecord | None
     persist_fail_next: bool
-    _observe: Callable[[FirmwareEvent], None]
     _request_reset: Callable[[], None]
     _when_sent: Callable[[Callable[[], None]], None]
 
-    def _now_us(self) -> int: ...
-    def _at(self, when_us: int, action: Callable[..., None], *args: Any) -> None: ...
     def _guarded(self, action: Callable[..., None], *args: Any) -> Callable[[], None]: ...
-    def _call_out(self, callback: Callable[..., None], *args: Any) -> None: ...
-    def _reply(self, msg: p.DeviceMessage) -> None: ...
     def _error(self, code: p.ErrorCode, command: int | None = None, **details: Any) -> None: ...
     def _end_session(self, state: p.OtaState) -> None: ...
     def _staged_complete(self, s: OtaSession) -> None: ...

@@ -245,13 +245,6 @@ class CFirmware(SignedBootloader):
         s = self._status()
         return p.MsgOtaStatus(s.state, s.next_offset, s.image_size, s.image_crc32)
 
-    @property
-    def pending_image(self) -> StoredImage | None:
-        if self._pending is None:
-            return None
-        data = self.flash.read(0, self._pending.image_size)
-        return StoredImage(data, image_version(data))
-
     def staged_bytes(self) -> bytes:
         return self.flash.read(0, self._status().image_size)
 

@@ -228,14 +228,6 @@ class SmartBallFirmware(DataMixin, SignedMixin):
     def decoder_stats(self) -> p.DecoderStats:
         return self._decoder.stats
 
-    @property
-    def pending_image(self) -> StoredImage | None:
-        """The verified image the bootloader switches to at the next reset, if any."""
-        if self._pending is None:
-            return None
-        data = self.flash.read(0, self._pending.image_size)
-        return StoredImage(data, image_version(data))
-
     def staged_bytes(self) -> bytes:
         size = self.session.image_size if self.session else 0
         return self.flash.read(0, size)

@@ -24,6 +24,7 @@ from pytest_smartball.contract.manifest import (
 )
 from pytest_smartball.contract.signing import SignatureRefused, TrustedKey, verify
 
+from ..make_image import image_version
 from .bugs import FirmwareBug as Bug
 from .flash import PAGE_SIZE, Flash
 from .parts import FirmwareParts
@@ -111,6 +112,30 @@ class SignedBootloader:
                 break
             self.boot_count += 1  # the power is back: the bootloader starts again
         return seconds
+
+    @property
+    def pending_image(self) -> StoredImage | None:
+        """The verified image the bootloader switches to at the next reset, if any."""
+        if self._pending is None:
+            return None
+        data = self.flash.read(0, self._pending.image_size)
+        return StoredImage(data, image_version(data))
+
+    def flip_staged(self, offset: int) -> None:
+        """The ``flip-staged`` fault: a staged byte flips (CRC-32 kept) at once when the
+        transfer is verified and pending (only the bootloader can tell then), else once the
+        transfer is in flash."""
+        if self._pending is not None:
+            self.corrupt_staged(offset)
+        else:
+            self.staged_flip.append(offset)
+
+    def clear_faults(self, timings: FlashTimings) -> None:
+        """What a previous fault plan did to the flash and the bootloader goes with it."""
+        self.timings = timings
+        self.flash.fail_next = 0
+        self.staged_flip.clear()
+        self.swap_cut_after_steps = None
 
     def corrupt_staged(self, offset: int, size: int | None = None) -> None:
         """Flip a byte of the staged image, keeping its CRC-32 (a fault: a flash cell or a
