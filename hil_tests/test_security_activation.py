@@ -204,7 +204,7 @@ async def test_a_staging_flip_after_the_transfer_is_caught(
     assert smartball.sim is not None
     signed = signer.sign(IMAGE, counter=info.security_counter)
     await expect_accepted(nus, manifest_of(signed.head), "the genuine manifest")
-    smartball.sim.firmware.staged_flip.append(len(IMAGE) // 3)
+    smartball.sim.firmware.bootloader.staged_flip.append(len(IMAGE) // 3)
     reply = await transfer(nus, IMAGE)
     assert isinstance(reply, p.MsgError) and reply.code == err.DIGEST_MISMATCH, (
         f"the staged flash differs from the image that arrived: FINISH must answer "
@@ -227,7 +227,7 @@ async def test_the_bootloader_verifies_the_pending_image_again(
     await expect_accepted(nus, manifest_of(signed.head), "the genuine manifest")
     reply = await transfer(nus, IMAGE)
     assert reply == p.MsgOtaDone(p.crc32(IMAGE)), f"FINISH of the genuine image: {reply}"
-    sim.firmware.corrupt_staged(len(IMAGE) // 2)
+    sim.firmware.bootloader.corrupt_staged(len(IMAGE) // 2)
     await power_cycle()
     async with await back_after_reset(smartball) as link:
         after = await running(link)

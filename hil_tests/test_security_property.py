@@ -252,7 +252,7 @@ def test_no_tampered_or_foreign_image_ever_runs(
         play(ball, attack, cut, at, delay, resets, confirm)
         fw = ball.fw
         assert fw.security_counter >= counter, f"the counter went down: {fw.security_counter}"
-        assert fw.signed.swap is None, "the device is left in the middle of a swap"
+        assert fw.bootloader.signed.swap is None, "the device is left in the middle of a swap"
         assert fw.active.data, "the device has no image to boot"
         assert trusted(fw.active.data, attack, fw.security_counter), (
             f"after a {kind} attack the device runs a {len(fw.active.data)}-byte image that "
@@ -260,7 +260,7 @@ def test_no_tampered_or_foreign_image_ever_runs(
             f"{fw.security_counter}"
         )
         event(f"runs {'the factory image' if fw.active.data == BASELINE else 'a new image'}")
-        if fw.swap_wear.scratch_erases:
+        if fw.bootloader.swap_wear.scratch_erases:
             event(f"a swap ran (cut: {cut}, confirm: {confirm})")
         info = ball.send(p.CmdInfo())
         assert any(isinstance(m, p.MsgInfo) and m.signed_only for m in info), info
@@ -275,9 +275,9 @@ def play(
     more, so that whatever was under way has finished booting."""
     fw = ball.fw
     if attack.flip_staged_at is not None:
-        fw.staged_flip.append(attack.flip_staged_at)
+        fw.bootloader.staged_flip.append(attack.flip_staged_at)
     if cut == "during-swap":
-        fw.swap_cut_after_steps = at
+        fw.bootloader.swap_cut_after_steps = at
     for n, command in enumerate(commands(attack)):
         # START waits out the erase, a chunk its own write: a host within the credit.
         ball.send(command, settle_s=3.5 if isinstance(command, p.CmdOtaStart) else 0.05)

@@ -53,7 +53,6 @@ from smartball_sim.firmware.c_core import (
 )
 from smartball_sim.firmware.flash import Flash
 from smartball_sim.firmware.signed import SignedBootloader, SignedState
-from smartball_sim.firmware.swap import SwapWear
 from smartball_sim.firmware.types import FlashTimings, StoredImage, _PendingRecord
 from smartball_sim.make_image import image_version
 
@@ -140,28 +139,24 @@ def _type_name(type_: int) -> str:
 STATES = ["IDLE", "ERASING", "RECEIVING", "VERIFYING", "COMPLETE", "ERROR"]
 
 
-class Bootloader(SignedBootloader):
+class Bootloader:
     """A signed-only device's bootloader and persisted records, the simulator's own (the
     second verify, the swap, TEST and the revert), over a copy of the replay's flash."""
 
     def __init__(self, capacity: int, active: StoredImage, counter: int) -> None:
-        self.trusted_keys = (signing.test_trusted_key(),)
+        self.trusted_keys: tuple[signing.TrustedKey, ...] = (signing.test_trusted_key(),)
         self.active = active
         self.timings = FlashTimings()
         self.flash = Flash(capacity)
-        self.bugs = frozenset()
+        self.bugs: frozenset[Any] = frozenset()
         self.boot_count = 1
-        self._pending = None
-        self.signed = SignedState(security_counter=counter)
-        self.swap_wear = SwapWear()
-        self.swap_cut_after_steps = None
-        self.swap_resumes = 0
-        self.staged_flip = []
+        self._pending: _PendingRecord | None = None
+        self.loader = SignedBootloader(self, counter)
 
     def boot(self, flash: bytearray, pending: _PendingRecord | None) -> None:
         self._pending = pending
         self.flash.overwrite(0, bytes(flash))
-        self.signed_boot()
+        self.loader.boot()
         flash[:] = self.flash.read(0, len(flash))
 
     def verify(self, key_id: int, msg: bytes, sig: bytes) -> int:
@@ -270,9 +265,9 @@ class Replay:
         def confirmed(_ctx: Any, counter: int) -> int:
             if not self.confirm_ok:
                 return -1
-            boot.signed.image_state = p.ImageState.CONFIRMED
-            boot.signed.test_manifest = None
-            boot.signed.security_counter = counter
+            boot.loader.signed.image_state = p.ImageState.CONFIRMED
+            boot.loader.signed.test_manifest = None
+            boot.loader.signed.security_counter = counter
             return 0
 
         return (
@@ -289,7 +284,7 @@ class Replay:
         )
 
     def _boot(self) -> None:
-        st = self.boot.signed if self.boot else SignedState()
+        st = self.boot.loader.signed if self.boot else SignedState()
         cfg = Config(
             self.device["window"],
             self.device["flash"]["rx_buffer_chunks"],

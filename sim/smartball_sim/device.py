@@ -251,15 +251,18 @@ class SimDevice:
             case FailFlash(count):
                 fw.flash.fail_next += count
             case FlipStaged(offset):
-                fw.flip_staged(offset)
+                fw.bootloader.flip_staged(offset)
             case CutSwap(after_steps):
-                fw.swap_cut_after_steps = after_steps
+                fw.bootloader.swap_cut_after_steps = after_steps
             case _:
                 assert_never(effect)
 
     def _undo_firmware_faults(self) -> None:
         """What a previous plan's faults did to the firmware goes with the plan."""
-        self.firmware.clear_faults(self.flash_timings)
+        fw = self.firmware
+        fw.timings = self.flash_timings
+        fw.flash.clear_faults()
+        fw.bootloader.clear_faults()
 
     def attach(self, link_layer: LinkLayer) -> None:
         """Carry this device's link over another link layer (before any connection)."""

@@ -43,7 +43,9 @@ def assert_untouched(device: SimDevice, baseline_crc: int, result: OtaResult) ->
     assert not result.success and result.outcome is Outcome.FAILED
     assert "keeps its old image" in result.error
     assert device.firmware.active.crc32 == baseline_crc, "old image must stay active"
-    assert device.firmware.pending_image is None, "no partial image may be marked complete"
+    assert device.firmware.bootloader.pending_image is None, (
+        "no partial image may be marked complete"
+    )
     assert device.firmware.state != p.OtaState.COMPLETE
 
 

@@ -86,7 +86,7 @@ async def test_naive_client_succeeds_without_faults(smartball, sim_device: SimDe
     image = FirmwareImage(random.Random(1).randbytes(20_000))
     await naive_flash(smartball.backend, sim_device.address, image.data)
     for _ in range(100):
-        if sim_device.firmware.pending_image is None and sim_device.booted:
+        if sim_device.firmware.bootloader.pending_image is None and sim_device.booted:
             break
         await asyncio.sleep(0.1)
     assert sim_device.firmware.active.crc32 == image.crc32
@@ -328,9 +328,9 @@ async def test_a_radio_faster_than_the_flash_overflows_a_small_buffer_and_still_
     result = await OtaEngine(firmware_image, target.backend).run()
     assert_flashed(target.sim, firmware_image, result)
     fw = target.sim.firmware
-    assert fw.data_dropped_full > 0, "the buffer never overflowed"
+    assert fw.data.dropped_full > 0, "the buffer never overflowed"
     assert result.rewinds == event_kinds(result).count(EventKind.REWIND) > 0
-    assert fw.data_rejected_behind == 0
+    assert fw.data.rejected_behind == 0
     # Paced: without the halving this device gets 4 images' worth re-sent (window.py).
     assert result.bytes_resent < 3 * firmware_image.size, result.bytes_resent
 

@@ -63,7 +63,6 @@ MODULES = (
     "sim/smartball_sim/firmware/activation.py",
     "sim/smartball_sim/firmware/data.py",
     "sim/smartball_sim/firmware/erase.py",
-    "sim/smartball_sim/firmware/parts.py",
     "sim/smartball_sim/firmware/types.py",
     "sim/smartball_sim/firmware/flash.py",
     "sim/smartball_sim/firmware/flash_controller.py",

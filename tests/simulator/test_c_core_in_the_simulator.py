@@ -107,9 +107,11 @@ def test_the_cli_flashes_the_c_core_through_the_field_faults(
     assert code == 0, text
     assert "Update succeeded" in text and len(cores) == 1
     signed = cores[0]
-    assert signed.signed_only and signed.active.data == image and signed.swap_resumes == 0
+    assert (
+        signed.signed_only and signed.active.data == image and signed.bootloader.swap_resumes == 0
+    )
     assert (signed.image_state, signed.security_counter) == (p.ImageState.CONFIRMED, 4)
-    assert signed.signed.security_counter == 4  # persisted, not only the core's RAM copy
+    assert signed.bootloader.signed.security_counter == 4  # persisted, not only the core's RAM copy
     code, text = _cli(capsys, "flash", str(path), *field, "--sim-trust=none")
     assert code == 0, text
     assert len(cores) == 2 and not cores[1].signed_only and cores[1].active.data == image

@@ -213,7 +213,7 @@ async def test_a_resume_ready_waits_for_the_buffer_so_credit_never_doubles() -> 
     assert t_ready - t0 == pytest.approx(4 * 25 * 41e-6, abs=1e-6)
     for k in range(4, 8):  # a window from READY's offset: nothing dropped
         h.send(CmdOtaData(k * CHUNK, NEW_IMAGE[k * CHUNK : (k + 1) * CHUNK]))
-    assert h.fw.data_dropped_full == 0
+    assert h.fw.data.dropped_full == 0
     assert h.status().next_expected_offset == 8 * CHUNK
 
 
@@ -235,13 +235,13 @@ async def test_a_full_receive_buffer_drops_data_and_the_status_rewinds_the_host(
     await h.start_and_wait_ready()
     for k in range(3):  # faster than the flash: the third finds the 2-chunk buffer full
         h.send(CmdOtaData(k * CHUNK, NEW_IMAGE[k * CHUNK : (k + 1) * CHUNK]))
-    assert h.fw.data_dropped_full == 1
+    assert h.fw.data.dropped_full == 1
     (status,) = h.take()
     assert isinstance(status, MsgOtaStatus) and status.next_expected_offset == 2 * CHUNK
     await asyncio.sleep(0.01)  # the flash catches up; the chunk is accepted on resend
     h.send(CmdOtaData(2 * CHUNK, NEW_IMAGE[2 * CHUNK : 3 * CHUNK]))
     assert h.status().next_expected_offset == 3 * CHUNK
-    assert h.fw.data_dropped_full == 1
+    assert h.fw.data.dropped_full == 1
 
 
 # --- a zero-latency host: no float compared against the clock (regression, issue 10) ----------
@@ -298,5 +298,5 @@ async def test_a_zero_latency_host_at_full_credit_never_finds_the_buffer_full() 
     fw.receive(p.encode(start_for(image, chunk=232)))
     async with asyncio.timeout(120):
         await done.wait()
-    assert state["rewinds"] == 0 and fw.data_dropped_full == 0, state
+    assert state["rewinds"] == 0 and fw.data.dropped_full == 0, state
     assert fw.state == OtaState.COMPLETE

@@ -208,7 +208,7 @@ async def test_start_and_abort_in_complete_cannot_cancel_the_switch() -> None:
     ABORT answers COMPLETE, the reset still comes and the new image runs."""
     h = Harness()
     await h.goto(OtaState.COMPLETE)
-    assert h.fw.pending_image is not None
+    assert h.fw.bootloader.pending_image is not None
     assert error_code(h.ask(start_for(bytes(5000)))) == ErrorCode.BAD_STATE
     assert h.ask(CmdOtaAbort()) == MsgOtaStatus(
         OtaState.COMPLETE, len(NEW_IMAGE), len(NEW_IMAGE), p.crc32(NEW_IMAGE)
@@ -250,7 +250,7 @@ async def test_the_bootloader_checks_the_staged_crc_again() -> None:
     h.fw.flash.erase_page(1)
     h.fw.power_cycle()
     assert h.info().active_image_crc32 == p.crc32(OLD_IMAGE)
-    assert h.fw.pending_image is None
+    assert h.fw.bootloader.pending_image is None
 
 
 # --- FINISH ---------------------------------------------------------------------------------

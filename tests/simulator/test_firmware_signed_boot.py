@@ -108,7 +108,7 @@ async def test_start_in_test_state_is_bad_state() -> None:
 async def test_the_bootloader_verifies_pending_again() -> None:
     ball = Ball()
     await ball.update()
-    ball.fw.corrupt_staged(100)  # after DONE: only the bootloader's own check sees it
+    ball.fw.bootloader.corrupt_staged(100)  # after DONE: only the bootloader's own check sees it
     ball.reset()
     assert ball.fw.active.data == OLD_IMAGE
     assert ball.info().image_state == ImageState.CONFIRMED
@@ -121,8 +121,8 @@ async def test_a_swap_costs_three_erases_per_page_and_its_time() -> None:
     seconds = ball.reset()
     pages = math.ceil(max(len(NEW_IMAGE), len(OLD_IMAGE)) / PAGE_SIZE)
     assert ball.fw.flash.erases - erases_before == pages
-    assert ball.fw.swap_wear.active_bank_erases == pages
-    assert ball.fw.swap_wear.scratch_erases == pages
+    assert ball.fw.bootloader.swap_wear.active_bank_erases == pages
+    assert ball.fw.bootloader.swap_wear.scratch_erases == pages
     assert seconds >= pages * STEPS_PER_PAGE * TIMINGS.erase_page_s
 
 
@@ -130,9 +130,9 @@ async def test_a_swap_costs_three_erases_per_page_and_its_time() -> None:
 async def test_a_power_cut_in_the_swap_resumes_it(cut_after: int) -> None:
     ball = Ball()
     await ball.update()
-    ball.fw.swap_cut_after_steps = cut_after
+    ball.fw.bootloader.swap_cut_after_steps = cut_after
     ball.reset()
-    assert ball.fw.swap_resumes == 1
+    assert ball.fw.bootloader.swap_resumes == 1
     assert ball.fw.active.data == NEW_IMAGE
     assert ball.info().image_state == ImageState.TEST
     ball.reset()  # and the revert, cut as well, resumes too
@@ -214,7 +214,7 @@ async def test_a_power_cut_between_the_verify_and_pending_keeps_the_old_image() 
     device = Device("reboot@at:verified")
     await device.update(signed(counter=5))
     assert device.fw.active.data == OLD_IMAGE
-    assert device.fw.pending_image is None
+    assert device.fw.bootloader.pending_image is None
     assert (device.fw.image_state, device.fw.security_counter) == (ImageState.CONFIRMED, 3)
     assert [(r.fault, r.trigger) for r in device.sim.fault_log] == [("reboot", "at:verified")]
 
@@ -224,7 +224,7 @@ async def test_a_power_cut_in_the_swap_still_brings_the_new_image_up_in_test() -
     await device.update(signed(counter=5))
     assert device.fw.active.data == NEW_IMAGE
     assert device.fw.image_state == ImageState.TEST
-    assert device.fw.swap_resumes == 1
+    assert device.fw.bootloader.swap_resumes == 1
 
 
 async def test_a_power_cut_after_the_swap_before_the_confirm_reverts() -> None:

@@ -59,7 +59,7 @@ async def test_bug_no_signature_check(bug: str | None) -> None:
 @pytest.mark.parametrize("bug", [None, "hash-of-stream", "hash-not-compared"])
 async def test_bugs_hash_of_stream_and_hash_not_compared(bug: str | None) -> None:
     ball = _bugged(*filter(None, [bug]))
-    ball.fw.staged_flip.append(5_000)
+    ball.fw.bootloader.staged_flip.append(5_000)
     replies = await ball.update()
     if bug is None:
         assert isinstance(replies[-1], MsgError) and replies[-1].code == ErrorCode.DIGEST_MISMATCH
@@ -123,7 +123,7 @@ async def test_bug_no_revert(bug: str | None) -> None:
 async def test_bug_bootloader_trusts_pending(bug: str | None) -> None:
     ball = _bugged(*filter(None, [bug]))
     await ball.update()
-    ball.fw.corrupt_staged(100)  # after DONE
+    ball.fw.bootloader.corrupt_staged(100)  # after DONE
     ball.reset()
     expected = crc_preserving_flip(NEW_IMAGE, 100) if bug else OLD_IMAGE
     assert ball.fw.active.data == expected

@@ -133,7 +133,7 @@ async def test_each_manifest_refusal_in_the_protocols_order(
     ball.fw.receive(p.encode_frame(p.MsgType.CMD_OTA_MANIFEST, payload))
     (reply,) = ball.replies
     assert isinstance(reply, MsgError) and (reply.code, reply.command) == (code, 0x15)
-    assert ball.fw.accepted is None
+    assert ball.fw.signed_updates.accepted is None
     # Nothing in flash changed, and START is still refused before any erase.
     assert ball.refused(start_for(NEW_IMAGE)) == ErrorCode.UNSIGNED
     assert ball.fw.flash.erases == 0
@@ -193,7 +193,7 @@ async def test_the_manifest_belongs_to_the_session_and_a_resume_needs_none() -> 
     ball = Ball()
     ball.ask(manifest_cmd(GOOD.head))
     ball.fw.receive(p.encode(start_for(NEW_IMAGE)))
-    assert ball.fw.accepted is None and ball.fw.session is not None
+    assert ball.fw.signed_updates.accepted is None and ball.fw.session is not None
     await asyncio.sleep(1)
     ball.fw.receive(p.encode(CmdOtaData(0, NEW_IMAGE[:CHUNK])))
     ball.replies.clear()
@@ -210,18 +210,18 @@ async def test_a_signed_update_finishes_with_done_and_pending() -> None:
     replies = await ball.update()
     assert replies == [MsgOtaDone(p.crc32(NEW_IMAGE))]
     assert ball.fw.state == OtaState.COMPLETE
-    assert ball.fw.pending_image is not None
+    assert ball.fw.bootloader.pending_image is not None
 
 
 async def test_a_staged_byte_changed_behind_the_crc_is_a_digest_mismatch() -> None:
     ball = Ball()
-    ball.fw.staged_flip.append(5_000)  # the flip-staged fault: the CRC-32 is kept
+    ball.fw.bootloader.staged_flip.append(5_000)  # the flip-staged fault: the CRC-32 is kept
     replies = await ball.update()
     assert [(m.code, m.command) for m in replies if isinstance(m, MsgError)] == [
         (ErrorCode.DIGEST_MISMATCH, p.MsgType.CMD_OTA_FINISH)
     ]
     assert ball.fw.state == OtaState.ERROR
-    assert ball.fw.pending_image is None
+    assert ball.fw.bootloader.pending_image is None
     ball.reset()
     assert ball.fw.active.data == OLD_IMAGE
 

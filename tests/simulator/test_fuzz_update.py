@@ -41,7 +41,7 @@ from pytest_smartball.ota import OtaResult, Outcome
 from pytest_smartball.targets import SimulatedUpdate, kind_of, simulated_update
 from smartball_sim.device import SimDevice
 from smartball_sim.faults import FaultPlan
-from smartball_sim.firmware.model import DEFAULT_STAGING_CAPACITY
+from smartball_sim.firmware.model import DEFAULT_STAGING_CAPACITY, SmartBallFirmware
 from smartball_sim.fuzz_inputs import fault_plans, image_specs
 from smartball_sim.make_image import make_image
 from tests.simulator.fault_classes import (
@@ -223,13 +223,13 @@ def check_safe(case: Case, run: Run) -> None:
         # "Failed" says the device keeps its old image: it must be true.
         assert result.failure is not None and result.error
         assert fw.active.data == run.baseline, "failed, but the device runs the new image"
-    if fw.pending_image is not None:
-        assert fw.pending_image.data == image.data, "a partial image is marked complete"
+    if fw.bootloader.pending_image is not None:
+        assert fw.bootloader.pending_image.data == image.data, "a partial image is marked complete"
     if fw.state == p.OtaState.COMPLETE:
         assert fw.staged_bytes() == image.data
     # The model counts the DATA it refused as behind its offset (the C core keeps no such
     # count): a check of the client, made in the runs against the model.
-    behind = getattr(fw, "data_rejected_behind", 0)
+    behind = fw.data.rejected_behind if isinstance(fw, SmartBallFirmware) else 0
     assert behind == 0, "the client sent DATA the device had not asked for"
     rewinds = sum(1 for e in result.events if e.kind in ("rewind", "ack-timeout", "desync"))
     per_window = WINDOW * CHUNK
@@ -274,10 +274,14 @@ def check_sentence_matches_device(case: Case, run: Run) -> None:
         # The switch is committed and waits for a reset: the old image runs, the new one
         # is pending.
         assert fw.active.data == run.baseline
-        assert fw.pending_image is not None and fw.pending_image.data == case.image.data
+        assert (
+            fw.bootloader.pending_image is not None
+            and fw.bootloader.pending_image.data == case.image.data
+        )
     elif "The device verified the new image" in text:
         verified = fw.active.data == case.image.data or (
-            fw.pending_image is not None and fw.pending_image.data == case.image.data
+            fw.bootloader.pending_image is not None
+            and fw.bootloader.pending_image.data == case.image.data
         )
         assert verified, "said verified, but the device holds no verified new image"
     else:

@@ -64,7 +64,7 @@ async def test_a_whole_window_fits_while_a_page_erases_and_acks_come_per_half_wi
     await asyncio.sleep(0.5)
     msgs = h.take()
     assert not any(isinstance(m, MsgOtaStatus) for m in msgs), msgs
-    assert h.fw.data_dropped_full == 0
+    assert h.fw.data.dropped_full == 0
     acks = [m.next_expected_offset for m in msgs if isinstance(m, MsgOtaAck)]
     assert acks == [18 * 232, 36 * 232]  # every 18 chunks, half of 36 (not every 8)
 
@@ -87,6 +87,6 @@ async def test_the_engine_finishes_with_the_wider_window_through_the_faults(plan
     result = await OtaEngine(image, target.backend).run()
     assert result.success, result.error
     assert target.sim.firmware.active.data == image.data
-    assert target.sim.firmware.data_dropped_full == 0  # the credit kept within the buffer
+    assert target.sim.firmware.data.dropped_full == 0  # the credit kept within the buffer
     ready = [e.detail for e in result.events if e.kind is EventKind.READY]
     assert ready and all(detail.endswith("window 36") for detail in ready)

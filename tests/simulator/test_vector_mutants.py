@@ -174,7 +174,7 @@ def _length(fw: Fw, s: OtaSession, msg: p.CmdOtaData) -> bool:
 
 def _offset(fw: Fw, s: OtaSession, msg: p.CmdOtaData) -> bool:
     if msg.offset != s.next_offset:
-        fw._reject_offset(s)
+        fw.data.reject_offset(s)
         return True
     return False
 
@@ -195,7 +195,7 @@ def _words(fw: Fw, s: OtaSession, msg: p.CmdOtaData) -> bool:
 
 def _full(fw: Fw, s: OtaSession, msg: p.CmdOtaData) -> bool:
     if s.unwritten_chunks >= fw.rx_buffer_chunks(s):
-        fw._reject_offset(s)
+        fw.data.reject_offset(s)
         return True
     return False
 
@@ -261,7 +261,7 @@ def zero_byte_data_accepted(mp: pytest.MonkeyPatch) -> None:
                 s.accepted_since_ack += 1
                 if s.accepted_since_ack >= self.ack_interval(s):
                     s.accepted_since_ack = 0
-                    self.flash_controller.after_written(s, self._ack, s, s.next_offset)
+                    self.flash_controller.after_written(s, self.data.ack, s, s.next_offset)
                 return
             orig(self, msg)
 

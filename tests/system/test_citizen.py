@@ -454,8 +454,9 @@ def test_the_circle_finder_finds_a_type_only_circle() -> None:
     assert import_circles({"a": {"b"}, "b": set()}) == []
     device = imports_of("smartball_sim.device", top_level_only=True, type_only=True)
     assert "smartball_sim.fault_injector" in device  # a run-time import, counted
-    parts = imports_of("smartball_sim.firmware.parts", top_level_only=True, type_only=True)
-    assert "smartball_sim.firmware.types" in parts
+    seam = "smartball_sim.radio.seam"  # imports the fault plan under `if TYPE_CHECKING:`
+    assert "smartball_sim.faults" in imports_of(seam, top_level_only=True, type_only=True)
+    assert "smartball_sim.faults" not in imports_of(seam, top_level_only=True, type_only=False)
 
 
 def import_graph(nodes: list[str], *, type_only: bool) -> dict[str, set[str]]:

@@ -14,6 +14,7 @@ from .bugs import LATE_RESET_S, SLOW_VERIFY_BYTES_PER_S
 from .bugs import FirmwareBug as Bug
 from .erase import EraserOwner
 from .flash import Flash
+from .signed import SignedUpdates
 from .types import (
     FirmwareEvent,
     FirmwareEventKind,
@@ -37,12 +38,11 @@ class ActivationOwner(EraserOwner, Protocol):
     persist_fail_next: bool
     _request_reset: Callable[[], None]
     _when_sent: Callable[[Callable[[], None]], None]
+    signed_updates: SignedUpdates
 
     def _guarded(self, action: Callable[..., None], *args: Any) -> Callable[[], None]: ...
     def _error(self, code: p.ErrorCode, command: int | None = None, **details: Any) -> None: ...
     def _end_session(self, state: p.OtaState) -> None: ...
-    def _staged_complete(self, s: OtaSession) -> None: ...
-    def _digest_refused(self, s: OtaSession) -> bool: ...
 
 
 class Activation:
@@ -68,7 +68,7 @@ class Activation:
         if s is not fw.session:
             return
         if s.manifest is not None:
-            fw._staged_complete(s)
+            fw.signed_updates.staged_complete(s)
         per_byte = fw.timings.verify_s_per_byte
         if s.manifest is not None:
             per_byte += fw.timings.hash_s_per_byte  # and the SHA-256 of the same flash
@@ -89,7 +89,7 @@ class Activation:
             fw._error(p.ErrorCode.CRC_MISMATCH, command=p.MsgType.CMD_OTA_FINISH)
             fw._call_out(fw._observe, FirmwareEvent(FirmwareEventKind.VERIFY_FAILED))
             return
-        if fw._digest_refused(s):
+        if fw.signed_updates.digest_refused(s):
             return
         if s.manifest is not None:  # the window between the verify and PENDING persisted
             fw._call_out(fw._observe, FirmwareEvent(FirmwareEventKind.SIGNED_VERIFIED))

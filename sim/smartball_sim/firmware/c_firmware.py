@@ -75,8 +75,7 @@ from .c_core import (
     load,
 )
 from .flash import PAGE_SIZE, Flash
-from .signed import SignedBootloader, SignedState
-from .swap import SwapWear
+from .signed import SignedBootloader
 from .types import (
     FirmwareEvent,
     FirmwareEventKind,
@@ -109,7 +108,7 @@ class _Head(ctypes.Structure):
     _fields_ = [("hal", ctypes.c_void_p), ("cfg", Config)]
 
 
-class CFirmware(SignedBootloader):
+class CFirmware:
     """The C core behind the interface :class:`~smartball_sim.device.SimDevice` uses."""
 
     def __init__(
@@ -146,12 +145,9 @@ class CFirmware(SignedBootloader):
         # Signed updates: the provisioning and the platform's records (SignedBootloader).
         self.trusted_keys = tuple(trusted_keys)
         self.bugs: frozenset[Any] = frozenset()  # the bootloader's bug switches: none
-        self.signed = SignedState(security_counter=security_counter)
-        self.swap_wear = SwapWear()
-        self.swap_cut_after_steps: int | None = None
-        self.swap_resumes = 0
-        #: flip-staged: consumed when the core starts the verify (SB_EV_STAGED).
-        self.staged_flip: list[int] = []
+        #: The second verify, the swap, TEST and the revert (its flip-staged faults are
+        #: consumed when the core starts the verify, SB_EV_STAGED).
+        self.bootloader = SignedBootloader(self, security_counter)
         self._sha: Any = None  # the SHA-256 under way (the HAL's one context)
         self.commands_seen: dict[int, int] = {}
         self._pending: _PendingRecord | None = None
@@ -196,6 +192,10 @@ class CFirmware(SignedBootloader):
     def session_window(self, progressive: bool, max_chunk: int) -> int:
         """The window READY grants: the C core grants its one window in either mode."""
         return self.window
+
+    @property
+    def signed_only(self) -> bool:
+        return bool(self.trusted_keys)
 
     @property
     def capabilities(self) -> p.Capability:
@@ -272,7 +272,7 @@ class CFirmware(SignedBootloader):
         self._sha = None
         seconds = 0.0
         if self.signed_only:
-            seconds = self.signed_boot()
+            seconds = self.bootloader.boot()
         elif self._pending is not None:
             size, crc = self._pending.image_size, self._pending.image_crc32
             self._pending = None
@@ -289,7 +289,7 @@ class CFirmware(SignedBootloader):
     # --- the core's life ----------------------------------------------------------------
 
     def _boot(self) -> None:
-        st = self.signed
+        st = self.bootloader.signed
         cfg = Config(
             self.window,
             self.timings.rx_buffer_chunks or 0,
@@ -522,9 +522,9 @@ class CFirmware(SignedBootloader):
 
     def _persist_confirmed(self, _ctx: Any, counter: int) -> int:
         def persist() -> None:  # one record: the image state and the counter together
-            self.signed.image_state = p.ImageState.CONFIRMED
-            self.signed.test_manifest = None
-            self.signed.security_counter = counter
+            self.bootloader.signed.image_state = p.ImageState.CONFIRMED
+            self.bootloader.signed.test_manifest = None
+            self.bootloader.signed.security_counter = counter
 
         self._effects.append(persist)
         return 0
@@ -560,5 +560,4 @@ class CFirmware(SignedBootloader):
         """Every byte is in flash and the verify starts: a ``flip-staged`` fault acts now,
         before the core reads the image back (as in the model)."""
         self._observe(FirmwareEvent(FirmwareEventKind.STAGED, total=size))
-        while self.staged_flip:
-            self.corrupt_staged(self.staged_flip.pop(0), size)
+        self.bootloader.flip_queued(size)

@@ -108,6 +108,10 @@ class Flash:
         if offset < 0 or size < 0 or offset + size > self.size:
             raise FlashMisuse(f"{size} bytes at {offset} are outside the {self.size}-byte flash")
 
+    def clear_faults(self) -> None:
+        """A fault plan's failures still to come go with the plan."""
+        self.fail_next = 0
+
 
 def pad_to_words(data: bytes) -> bytes:
     """The last partial word of an image is padded with 0xFF (erased flash)."""

@@ -24,9 +24,9 @@ each is a named deviation of a line or two where the reference behaviour is deci
 the HIL suite's strength can be measured against them. Without bugs this is the reference.
 
 This module holds the class, its reception, commands and reset guard; its data types live in
-``types.py``; its eraser (``erase.py``), activation (``activation.py``: FINISH, verify,
-activation) and flash controller are collaborators it holds, its DATA part the mixin of
-``data.py`` (all in this folder).
+``types.py``. Its collaborators (all in this folder): the flash controller, the eraser
+(``erase.py``), the DATA receiver (``data.py``), the activation (``activation.py``: FINISH,
+verify, activation), the signed updates and the bootloader (``signed.py``).
 """
 
 from __future__ import annotations
@@ -50,12 +50,11 @@ from .activation import TX_COMPLETE_WAIT_S as TX_COMPLETE_WAIT_S
 from .activation import Activation
 from .bugs import SMALL_FRAME_BUFFER, SMALL_RX_BUFFER_CHUNKS
 from .bugs import FirmwareBug as Bug
-from .data import DataMixin
+from .data import DataReceiver
 from .erase import Eraser
 from .flash import PAGE_SIZE, Flash
 from .flash_controller import FlashController
-from .signed import SignedMixin, SignedState
-from .swap import SwapWear
+from .signed import SignedBootloader, SignedUpdates
 from .types import (
     _US,
     ERROR_TEXTS,
@@ -64,6 +63,7 @@ from .types import (
     FlashTimings,
     OtaSession,
     StoredImage,
+    _FlashJob,
     _PendingRecord,
     to_us,
 )
@@ -98,7 +98,7 @@ class _PowerCycled(Exception):
 _SIGNED_COMMANDS = frozenset({p.MsgType.CMD_OTA_MANIFEST, p.MsgType.CMD_OTA_CONFIRM})
 
 
-class SmartBallFirmware(DataMixin, SignedMixin):
+class SmartBallFirmware:
     def __init__(
         self,
         *,
@@ -131,7 +131,7 @@ class SmartBallFirmware(DataMixin, SignedMixin):
         self.timings = timings or FlashTimings()
         self._progressive_erase = progressive_erase
         #: Asking whether a bug is on records that its deviation ran (gate_probe).
-        self.bugs = BugSwitches(bugs)
+        self.bugs: frozenset[Bug] = BugSwitches(bugs)
         #: A progressive session's window covers at least this many bytes (None: the normal
         #: window); see :meth:`session_window`.
         self.progressive_window_bytes = progressive_window_bytes
@@ -153,21 +153,16 @@ class SmartBallFirmware(DataMixin, SignedMixin):
         #: What MSG_INFO reports instead of the active image (Bug.INFO_STALE_AFTER_SWITCH).
         self._stale_info: StoredImage | None = None
         self.commands_seen: dict[int, int] = {}
-        #: DATA at an offset the device had already received (a host re-sending what the
-        #: device never asked for) or beyond it (after a lost write): for fuzz properties.
-        self.data_rejected_behind = 0
-        self.data_rejected_ahead = 0
-        self.data_dropped_full = 0
         self.boot_count = 1
         #: Bumped by every reset; a step or callback from an older life does nothing.
         self._epoch = 0
         #: Frames received and not yet handled (the CPU is stalled by a page erase).
         self._inbox: deque[p.Frame] = deque()
-        #: The NVMC's job queue (page erases, chunk writes) and the CPU stall of an erase.
+        # The collaborators, each reaching this firmware through its owner protocol: the
+        # NVMC's job queue, the erase after START, DATA, and FINISH to the reset.
         self.flash_controller = FlashController(self)
-        #: The erase after START, the page-erased report and READY.
         self.eraser = Eraser(self)
-        #: FINISH, the verify, the pending record and DONE, the reset into the new image.
+        self.data = DataReceiver(self)
         self.activation = Activation(self)
         #: The event loop the scheduled steps live on, and how many have yet to run.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,14 +171,11 @@ class SmartBallFirmware(DataMixin, SignedMixin):
         self._answering = 0
         # Signed updates (signed.py): the provisioning, what survives a reset, RAM.
         self.trusted_keys = tuple(trusted_keys)
-        self.signed = SignedState(security_counter=security_counter)
-        self.image_state = self.signed.image_state
+        self.bootloader = SignedBootloader(self, security_counter)  # its settings page persists
+        #: RAM copies of the persisted image state and counter (a bug may fail to persist).
+        self.image_state = self.bootloader.signed.image_state
         self.security_counter = security_counter
-        self.accepted = None
-        self.swap_wear = SwapWear()
-        self.swap_cut_after_steps = None
-        self.swap_resumes = 0
-        self.staged_flip = []
+        self.signed_updates = SignedUpdates(self)
 
     # --- what the device exposes -----------------------------------------------------
 
@@ -218,6 +210,10 @@ class SmartBallFirmware(DataMixin, SignedMixin):
         if Bug.ACK_EVERY_WINDOW in self.bugs:
             return s.window  # stop-and-wait one window at a time
         return max(1, s.window // 2)
+
+    @property
+    def signed_only(self) -> bool:
+        return bool(self.trusted_keys)
 
     @property
     def capabilities(self) -> p.Capability:
@@ -278,14 +274,14 @@ class SmartBallFirmware(DataMixin, SignedMixin):
         self.state = p.OtaState.RECEIVING if kept else p.OtaState.IDLE
         self.session = kept
         self._decoder = p.FrameDecoder()
-        self.accepted = None  # RAM: an accepted manifest does not survive a reset
+        self.signed_updates.forget_manifest()  # RAM: it does not survive a reset
         self.boot_count += 1
         if not self.signed_only:
             return self._bootloader()
-        seconds = self.signed_boot()
+        seconds = self.bootloader.boot()
         # The application's RAM copies, from the settings page the bootloader left.
-        self.image_state = self.signed.image_state
-        self.security_counter = self.signed.security_counter
+        self.image_state = self.bootloader.signed.image_state
+        self.security_counter = self.bootloader.signed.security_counter
         return seconds
 
     def _session_kept_across_reset(self) -> OtaSession | None:
@@ -466,7 +462,7 @@ class SmartBallFirmware(DataMixin, SignedMixin):
             # So that a lost ACK cannot starve the host of credit: ACK all accepted bytes
             # once they are written. The interval count restarts, as at every ACK.
             s.accepted_since_ack = 0
-            self.flash_controller.after_written(s, self._ack, s, s.next_offset)
+            self.flash_controller.after_written(s, self.data.ack, s, s.next_offset)
 
     def _on_abort(self, msg: p.CmdOtaAbort) -> None:
         if self.state == p.OtaState.COMPLETE:
@@ -480,11 +476,20 @@ class SmartBallFirmware(DataMixin, SignedMixin):
             self._reply(p.MsgOtaStatus(p.OtaState.IDLE, 0, 0, 0))
             return
         self._end_session(p.OtaState.IDLE)
-        self.accepted = None  # ABORT discards an accepted manifest too
+        self.signed_updates.forget_manifest()  # ABORT discards an accepted manifest too
         self._reply(self.status())
+
+    def _on_data(self, msg: p.CmdOtaData) -> None:
+        self.data.on_data(msg)
 
     def _on_finish(self, msg: p.CmdOtaFinish) -> None:
         self.activation.on_finish(msg)
+
+    def _on_manifest(self, msg: p.CmdOtaManifest) -> None:
+        self.signed_updates.on_manifest(msg)
+
+    def _on_confirm(self, msg: p.CmdOtaConfirm) -> None:
+        self.signed_updates.on_confirm(msg)
 
     def _on_start(self, msg: p.CmdOtaStart) -> None:
         if msg.image_size == 0 or msg.chunk_size < p.MIN_CHUNK_SIZE:
@@ -513,7 +518,7 @@ class SmartBallFirmware(DataMixin, SignedMixin):
         if Bug.FLASH_ERROR_STICKY in self.bugs and self.flash_controller.failed_since_boot:
             self._error(p.ErrorCode.FLASH_ERROR)  # the flag only a reset clears
             return
-        if self.signed_only and self._start_refused_unsigned(msg):
+        if self.signed_only and self.signed_updates.start_refused_unsigned(msg):
             return  # nothing erased
         self._new_session(msg)
 
@@ -545,7 +550,7 @@ class SmartBallFirmware(DataMixin, SignedMixin):
             pages=self._pages_to_erase(msg.image_size),
         )
         self._end_session(p.OtaState.IDLE)
-        self._give_manifest_to(s)
+        self.signed_updates.give_manifest_to(s)
         self.session = s
         if progressive:
             self.state = p.OtaState.RECEIVING  # pages are erased as DATA reaches them
@@ -558,6 +563,9 @@ class SmartBallFirmware(DataMixin, SignedMixin):
         if image_size % PAGE_SIZE and Bug.LAST_PAGE_NOT_ERASED in self.bugs:
             return max(1, image_size // PAGE_SIZE)  # rounds the partial last page away
         return math.ceil(image_size / PAGE_SIZE)
+
+    def _flash_failed(self, job: _FlashJob) -> None:
+        self.data.flash_failed(job)
 
     def _end_session(self, state: p.OtaState) -> None:
         """Forget the session; its queued flash work goes (a job under way completes)."""
