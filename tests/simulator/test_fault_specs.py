@@ -12,6 +12,17 @@ from hypothesis import strategies as st
 
 from pytest_smartball.contract import codec as p
 from pytest_smartball.contract.codec import MsgType
+from smartball_sim.fault_injector import (
+    CutSwap,
+    DeviceEffect,
+    DropLink,
+    FailFlash,
+    FlipStaged,
+    PauseAdvertising,
+    Reboot,
+    SlowErase,
+    device_effect,
+)
 from smartball_sim.faults import (
     AT_POINTS,
     EFFECTS,
@@ -335,3 +346,31 @@ def test_unknown_effect_lists_effects_and_profiles() -> None:
 def test_fault_spec_error_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         FaultPlan.parse("drop@erase:101%")
+
+
+# --- what a fired fault makes the device do -------------------------------------------------
+
+DEVICE_EFFECTS: list[tuple[str, DeviceEffect]] = [
+    ("drop", DropLink("link dropped (fault)")),
+    ("reboot", Reboot()),
+    ("adv-pause:7s", PauseAdvertising(7.0)),
+    ("slow-erase:40s", SlowErase(40.0)),
+    ("flash-fail:3", FailFlash(3)),
+    ("flip-staged:5000", FlipStaged(5000)),
+    ("swap-cut:4", CutSwap(4)),
+]
+
+
+@pytest.mark.parametrize(("spec", "effect"), DEVICE_EFFECTS)
+def test_a_fault_the_device_acts_on_becomes_its_effect_with_its_argument(
+    spec: str, effect: DeviceEffect
+) -> None:
+    (fault,) = FaultPlan.parse(spec).faults
+    assert device_effect(fault) == effect
+
+
+def test_every_other_effect_is_the_injectors_own_and_asks_nothing_of_the_device() -> None:
+    acted_on = {FaultPlan.parse(spec).faults[0].effect for spec, _ in DEVICE_EFFECTS}
+    for effect in Effect:
+        if effect not in acted_on:
+            assert device_effect(Fault(effect)) is None, effect
