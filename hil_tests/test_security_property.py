@@ -35,7 +35,7 @@ from smartball_sim.firmware.c_core import library_for
 from smartball_sim.firmware.c_firmware import CFirmware
 from smartball_sim.firmware.model import FlashTimings, SmartBallFirmware
 
-from .helpers import changed_manifest
+from .helpers import PAGE_SIZE, changed_manifest
 
 pytestmark = [pytest.mark.sim_only, pytest.mark.timeout(1800)]
 
@@ -215,7 +215,7 @@ def cases(draw: st.DrawFn) -> tuple[str, int, bytes, str, int, str, int, float, 
     # and after the confirm, and the revert.
     kind = "genuine" if draw(st.booleans()) else draw(st.sampled_from(ATTACKS))
     counter = draw(st.integers(1 if kind == "downgrade" else 0, 3))
-    size = draw(st.integers(1, 3)) * 4096 - draw(st.integers(0, 1000)) // 4 * 4
+    size = draw(st.integers(1, 3)) * PAGE_SIZE - draw(st.integers(0, 1000)) // 4 * 4
     image = random.Random(draw(st.integers(0, 2**16))).randbytes(size)
     field = draw(st.sampled_from(FIELDS))
     where = draw(st.integers(0, 2**20))
@@ -300,7 +300,7 @@ def test_the_propertys_host_can_update_the_ball(confirm: bool) -> None:
     """The property is not vacuous: the same host with a genuine signed image and no
     fault updates the ball (confirmed: it stays, the counter raised; not confirmed: the
     final reset reverts it)."""
-    image = random.Random(32).randbytes(2 * 4096 - 8)
+    image = random.Random(32).randbytes(2 * PAGE_SIZE - 8)
     ball = Ball.provisioned(2)
     try:
         play(ball, make_attack("genuine", 3, image, "", 0), "none", 0, 0.0, 0, confirm)

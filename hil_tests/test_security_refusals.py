@@ -196,7 +196,7 @@ async def test_nothing_is_erased_before_the_manifest_is_checked(
     simulator, the staging bank's bytes and erase count exactly as they were."""
     signed_only(info)
     ready = await c.start(nus, IMAGE)
-    await c.stream(nus, IMAGE, ready, 2 * 4096)
+    await c.stream(nus, IMAGE, ready, 2 * h.PAGE_SIZE)
     await nus.request(p.CmdOtaAbort(), (p.MsgOtaStatus,))
     sim = smartball.sim
     flash = sim.firmware.flash if sim is not None else None

@@ -71,8 +71,8 @@ class Timeouts:
 
 DEFAULT = Timeouts.from_contract()
 
-#: The flash page a swap moves at a time (docs/protocol.md section 16.4).
-SWAP_PAGE = 4096
+#: The flash page a swap moves at a time (docs/protocol.md section 16.4): the flash's page.
+SWAP_PAGE = contract.flash_layout().page_size
 
 
 def swap_reappear_s(new_size: int, old_size: int, timing: contract.Timing | None = None) -> float:

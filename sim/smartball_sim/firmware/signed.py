@@ -267,13 +267,12 @@ class SignedBootloader:
 
 
 class SignedOwner(Protocol):
-    """What the signed updates need of their firmware: its state and session, its bugs,
+    """What the signed updates need of their firmware: its state, its bugs,
     flash and staging capacity, its provisioning and bootloader (the settings page, the
     staged flips), the RAM copies of the image state and counter it reports, and its way
     out (replies, errors, the observer, the session's end)."""
 
     state: p.OtaState
-    session: OtaSession | None
     bugs: frozenset[Bug]
     flash: Flash
     staging_capacity: int
